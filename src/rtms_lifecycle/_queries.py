@@ -1,0 +1,276 @@
+"""Read queries behind the Tracker: plain functions of a connection."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+from sqlalchemy import Connection, Row, and_, case, func, literal, or_, select, text, tuple_
+
+from ._tables import LIVE_PREDICATE, concurrency_alerts, deliveries, stream_events, streams
+from ._tables import transitions as transitions_table
+from .events import EventKind, Scope, Source
+from .machine import ACTIVE_STATES, State, TransitionName, fold
+from .records import (
+    ConcurrencyAlertRecord,
+    DeliveryRecord,
+    InterruptionStats,
+    Outcome,
+    StopReasonStat,
+    Stream,
+    Transition,
+)
+from .stop_reasons import describe_stop_reason
+from .store import row_to_event, row_to_state, state_to_stream
+
+_LIVE: Final = text(LIVE_PREDICATE)
+_RANK: Final = case({kind.value: kind.rank for kind in EventKind}, value=transitions_table.c.kind)
+
+
+def _stream(row: Row[Any]) -> Stream:
+    return state_to_stream(row_to_state(row))
+
+
+def _transition(row: Row[Any]) -> Transition:
+    m = row._mapping
+    return Transition(
+        id=m["id"],
+        stream_id=m["stream_id"],
+        from_state=State(m["from_state"]),
+        to_state=State(m["to_state"]),
+        name=TransitionName(m["name"]),
+        kind=m["kind"],
+        event_ts=m["event_ts"],
+        source=Source(m["source"]),
+        late=bool(m["late"]),
+        recorded_at=m["recorded_at"],
+        delivery_id=m["delivery_id"],
+    )
+
+
+def stream(conn: Connection, stream_id: str) -> Stream | None:
+    row = conn.execute(
+        select(streams).where(streams.c.stream_id == stream_id, streams.c.state != "new")
+    ).first()
+    return _stream(row) if row else None
+
+
+def active_streams(conn: Connection, scope: Scope | None, scope_id: str | None) -> list[Stream]:
+    # The live predicate is repeated verbatim so that SQLite picks the partial index.
+    query = select(streams).where(_LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES]))
+    if scope is not None:
+        query = query.where(streams.c.scope == Scope(scope).value)
+    if scope_id is not None:
+        query = query.where(streams.c.scope_id == scope_id)
+    return [_stream(r) for r in conn.execute(query.order_by(streams.c.stream_id))]
+
+
+def list_streams(
+    conn: Connection,
+    states: Sequence[State] | None,
+    scope: Scope | None,
+    scope_id: str | None,
+    since: int | None,
+    until: int | None,
+    limit: int | None,
+) -> list[Stream]:
+    query = select(streams).where(streams.c.state != State.NEW.value)
+    if states:
+        values = [State(s).value for s in states]
+        if State.STOPPED.value not in values:
+            query = query.where(_LIVE)
+        query = query.where(streams.c.state.in_(values))
+    if scope is not None:
+        query = query.where(streams.c.scope == Scope(scope).value)
+    if scope_id is not None:
+        query = query.where(streams.c.scope_id == scope_id)
+    began = func.coalesce(streams.c.started_at, streams.c.last_event_at)
+    if until is not None:
+        query = query.where(began < until)
+    if since is not None:
+        query = query.where(or_(streams.c.stopped_at.is_(None), streams.c.stopped_at >= since))
+    query = query.order_by(streams.c.last_event_at.desc(), streams.c.stream_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_stream(r) for r in conn.execute(query)]
+
+
+def history(conn: Connection, stream_id: str) -> list[Transition]:
+    query = (
+        select(transitions_table)
+        .where(transitions_table.c.stream_id == stream_id)
+        .order_by(transitions_table.c.event_ts, _RANK, transitions_table.c.id)
+    )
+    return [_transition(r) for r in conn.execute(query)]
+
+
+def audit(conn: Connection, stream_id: str) -> list[Transition]:
+    query = (
+        select(transitions_table)
+        .where(transitions_table.c.stream_id == stream_id)
+        .order_by(transitions_table.c.id)
+    )
+    return [_transition(r) for r in conn.execute(query)]
+
+
+def transitions_since(conn: Connection, cursor: tuple[int, int], limit: int) -> list[Transition]:
+    t = transitions_table
+    query = select(t).where(
+        tuple_(t.c.tx_id, t.c.id) > tuple_(literal(cursor[0]), literal(cursor[1]))
+    )
+    if conn.dialect.name == "postgresql":
+        # Only transactions older than every running one: no row can still appear below them.
+        horizon = text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        query = query.where(t.c.tx_id < horizon)
+    query = query.order_by(t.c.tx_id, t.c.id).limit(limit)
+    return [_transition(r) for r in conn.execute(query)]
+
+
+def feed_cursor_of(conn: Connection, transition_id: int) -> tuple[int, int]:
+    tx_id = conn.execute(
+        select(transitions_table.c.tx_id).where(transitions_table.c.id == transition_id)
+    ).scalar_one()
+    return (tx_id, transition_id)
+
+
+def _window(column: Any, since: int | None, until: int | None) -> Any:
+    clauses = [column.is_not(None)]
+    if since is not None:
+        clauses.append(column >= since)
+    if until is not None:
+        clauses.append(column < until)
+    return and_(*clauses)
+
+
+def stop_reason_stats(
+    conn: Connection, since: int | None, until: int | None, by_scope: bool
+) -> list[StopReasonStat]:
+    query = select(
+        streams.c.scope, streams.c.stop_reason, streams.c.started_at, streams.c.stopped_at
+    ).where(_window(streams.c.stopped_at, since, until))
+    durations: dict[tuple[str | None, int | None], list[int]] = defaultdict(list)
+    counts: dict[tuple[str | None, int | None], int] = defaultdict(int)
+    for scope, reason, started_at, stopped_at in conn.execution_options(yield_per=5000).execute(
+        query
+    ):
+        key = (scope if by_scope else None, reason)
+        counts[key] += 1
+        if started_at is not None:
+            durations[key].append(stopped_at - started_at)
+    totals: dict[str | None, int] = defaultdict(int)
+    for (scope, _), count in counts.items():
+        totals[scope] += count
+    stats = []
+    for (scope, reason), count in counts.items():
+        described = describe_stop_reason(reason)
+        found = durations.get((scope, reason))
+        stats.append(
+            StopReasonStat(
+                stop_reason=reason,
+                stop_reason_name=described.name,
+                stop_reason_category=described.category,
+                count=count,
+                share=round(count / totals[scope], 6),
+                median_duration_ms=int(statistics.median(found)) if found else None,
+                scope=Scope(scope) if scope else None,
+            )
+        )
+    stats.sort(
+        key=lambda s: (s.scope or "", -s.count, s.stop_reason if s.stop_reason is not None else -1)
+    )
+    return stats
+
+
+def interruption_stats(
+    conn: Connection, since: int | None, until: int | None, scope: Scope | None
+) -> InterruptionStats:
+    began = func.coalesce(streams.c.started_at, streams.c.last_event_at)
+    where = [_window(began, since, until), streams.c.state != State.NEW.value]
+    if scope is not None:
+        where.append(streams.c.scope == Scope(scope).value)
+    total = conn.execute(select(func.count()).select_from(streams).where(*where)).scalar_one()
+    interrupted = select(streams.c.stream_id).where(*where, streams.c.interruptions > 0)
+    recovery_times: list[int] = []
+    counts = {"streams": 0, "interruptions": 0, "recovered": 0, "stopped": 0}
+    events: dict[str, list[Any]] = defaultdict(list)
+    rows = conn.execute(
+        select(stream_events).where(stream_events.c.stream_id.in_(interrupted.scalar_subquery()))
+    )
+    for row in rows:
+        events[row.stream_id].append(row_to_event(row))
+    for stream_id, stream_events_ in events.items():
+        counts["streams"] += 1
+        _, steps = fold(stream_id, stream_events_)
+        interrupted_at: int | None = None
+        for ev, name in steps:
+            if name is TransitionName.INTERRUPT:
+                counts["interruptions"] += 1
+                interrupted_at = ev.event_ts if interrupted_at is None else interrupted_at
+            elif name is TransitionName.RESUME and interrupted_at is not None:
+                counts["recovered"] += 1
+                recovery_times.append(ev.event_ts - interrupted_at)
+                interrupted_at = None
+            elif name is TransitionName.STOP and interrupted_at is not None:
+                counts["stopped"] += 1
+    return InterruptionStats(
+        streams=total,
+        interrupted_streams=counts["streams"],
+        interruptions=counts["interruptions"],
+        recovered=counts["recovered"],
+        median_recovery_ms=int(statistics.median(recovery_times)) if recovery_times else None,
+        stopped_while_interrupted=counts["stopped"],
+    )
+
+
+def _alert(row: Row[Any]) -> ConcurrencyAlertRecord:
+    m = row._mapping
+    return ConcurrencyAlertRecord(**{k: m[k] for k in ConcurrencyAlertRecord.__dataclass_fields__})
+
+
+def alerts(conn: Connection, since: int | None, limit: int | None) -> list[ConcurrencyAlertRecord]:
+    query = select(concurrency_alerts)
+    if since is not None:
+        query = query.where(concurrency_alerts.c.event_ts >= since)
+    query = query.order_by(concurrency_alerts.c.event_ts.desc(), concurrency_alerts.c.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    return [_alert(r) for r in conn.execute(query)]
+
+
+def list_deliveries(
+    conn: Connection, outcomes: Iterable[Outcome] | None, stream_id: str | None, limit: int | None
+) -> list[DeliveryRecord]:
+    query = select(deliveries)
+    wanted = [Outcome(o).value for o in outcomes or ()]
+    if wanted:
+        query = query.where(deliveries.c.outcome.in_(wanted))
+    if stream_id is not None:
+        query = query.where(deliveries.c.stream_id == stream_id)
+    query = query.order_by(deliveries.c.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    return [
+        DeliveryRecord(
+            id=r.id,
+            received_at=r.received_at,
+            source=Source(r.source),
+            event=r.event,
+            event_ts=r.event_ts,
+            stream_id=r.stream_id,
+            outcome=Outcome(r.outcome),
+            error=json.loads(r.error) if r.error else None,
+            detail=r.detail,
+            raw=bytes(r.raw),
+        )
+        for r in conn.execute(query)
+    ]
+
+
+def stale_streams(conn: Connection, cutoff: int) -> list[str]:
+    query = select(streams.c.stream_id).where(
+        _LIVE, streams.c.state != State.NEW.value, streams.c.last_event_at < cutoff
+    )
+    return list(conn.execute(query.order_by(streams.c.stream_id)).scalars())

@@ -1,0 +1,166 @@
+"""The SQL schema (SQLAlchemy Core). Migrations in ``migrations/`` must match it: a test checks."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+# Named constraints make migrations reproducible across SQLite (batch mode) and PostgreSQL.
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for ids that grow.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+_ID_LENGTH: Final = 255
+
+# Live rows are a small, hot part of a huge table: a partial index keeps them one seek away.
+# Queries must repeat this exact predicate for SQLite's planner to use the index.
+LIVE_PREDICATE: Final = "state != 'stopped'"
+
+streams = Table(
+    "streams",
+    metadata,
+    Column("stream_id", String(_ID_LENGTH), primary_key=True),
+    Column("scope", String(32), nullable=False),
+    Column("scope_id", String(_ID_LENGTH), nullable=False),
+    Column("account_id", String(_ID_LENGTH)),
+    Column("session_key", String(_ID_LENGTH)),
+    Column("operator_id", String(_ID_LENGTH)),
+    Column("server_urls", Text),
+    Column("state", String(16), nullable=False),
+    Column("started_at", BigInteger),
+    Column("stopped_at", BigInteger),
+    Column("stop_reason", Integer),
+    Column("last_event_at", BigInteger),
+    Column("interruptions", Integer, nullable=False),
+    Column("resumes", Integer, nullable=False),
+    Column("failovers", Integer, nullable=False),
+    Column("fold_ts", BigInteger, nullable=False),
+    Column("fold_rank", SmallInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index(
+        "ix_streams_live",
+        "state",
+        "scope",
+        "scope_id",
+        sqlite_where=text(LIVE_PREDICATE),
+        postgresql_where=text(LIVE_PREDICATE),
+    ),
+    Index("ix_streams_scope_scope_id", "scope", "scope_id"),
+    Index(
+        "ix_streams_stopped_at",
+        "stopped_at",
+        sqlite_where=text("stopped_at IS NOT NULL"),
+        postgresql_where=text("stopped_at IS NOT NULL"),
+    ),
+    Index("ix_streams_started_at", "started_at"),
+)
+
+stream_events = Table(
+    "stream_events",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("stream_id", String(_ID_LENGTH), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("event_ts", BigInteger, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("event", String(128), nullable=False),
+    Column("scope", String(32), nullable=False),
+    Column("scope_id", String(_ID_LENGTH), nullable=False),
+    Column("account_id", String(_ID_LENGTH)),
+    Column("session_key", String(_ID_LENGTH)),
+    Column("operator_id", String(_ID_LENGTH)),
+    Column("server_urls", Text),
+    Column("stop_reason", Integer),
+    # Canonical JSON of the delivery's payload: what duplicate and conflict detection compare.
+    Column("payload", Text, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    # The event's identity (spec section 3): the database, not the code, keeps it unique.
+    UniqueConstraint("stream_id", "kind", "event_ts"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("received_at", BigInteger, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("event", Text),
+    Column("event_ts", BigInteger),
+    Column("stream_id", String(_ID_LENGTH)),
+    Column("kind", String(16)),
+    Column("outcome", String(16), nullable=False),
+    # JSON list of {"field", "reason"}; set only for rejected deliveries.
+    Column("error", Text),
+    # Why a delivery was a duplicate, a conflict or ignored, in words.
+    Column("detail", Text),
+    Column("raw", LargeBinary, nullable=False),
+    Index("ix_deliveries_outcome_id", "outcome", "id"),
+    Index("ix_deliveries_stream_id_id", "stream_id", "id"),
+)
+
+# Append-only: no code path updates or deletes a row of it.
+transitions = Table(
+    "transitions",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("stream_id", String(_ID_LENGTH), nullable=False),
+    Column("from_state", String(16), nullable=False),
+    Column("to_state", String(16), nullable=False),
+    Column("name", String(16), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("event_ts", BigInteger, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("late", Boolean, nullable=False),
+    Column("recorded_at", BigInteger, nullable=False),
+    # PostgreSQL transaction id of the writer: ids are not commit-ordered, transaction ids below
+    # every running transaction are, which is what the durable feed's cursor rests on.
+    Column("tx_id", BigInteger, nullable=False),
+    Column("delivery_id", BigInteger),
+    Index("ix_transitions_stream_id_event_ts", "stream_id", "event_ts"),
+    Index("ix_transitions_tx_id_id", "tx_id", "id"),
+)
+
+concurrency_alerts = Table(
+    "concurrency_alerts",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("event", String(64), nullable=False),
+    Column("event_ts", BigInteger, nullable=False),
+    Column("concurrency_number", Integer, nullable=False),
+    Column("concurrency_limit", Integer),
+    Column("percentage", Integer),
+    Column("operator_id", String(_ID_LENGTH)),
+    Column("id_field", String(32)),
+    Column("id_value", String(_ID_LENGTH)),
+    Column("account_id", String(_ID_LENGTH)),
+    Column("payload", Text, nullable=False),
+    # sha256 of event, event_ts and payload: a retried alert is stored once.
+    Column("fingerprint", String(64), nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    UniqueConstraint("fingerprint"),
+    Index("ix_concurrency_alerts_event_ts", "event_ts"),
+)

@@ -1,0 +1,632 @@
+"""Typed models of every Zoom RTMS webhook delivery, and the one parser that reads them.
+
+:func:`parse_delivery` turns raw bytes (or text, or a decoded mapping) into a normalised view that
+every later layer uses: a :class:`StreamEvent`, a :class:`ConcurrencyAlert`, a :class:`UrlValidation`
+or an :class:`UnhandledDelivery`. A body it cannot accept raises :class:`DeliveryRejected` naming
+each bad field and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError, from_json
+
+from .exceptions import DeliveryRejected, FieldError
+
+__all__ = [
+    "ConcurrencyAlert",
+    "EventKind",
+    "ParsedDelivery",
+    "Scope",
+    "Source",
+    "StreamEvent",
+    "UnhandledDelivery",
+    "UrlValidation",
+    "parse_delivery",
+    "stream_event_names",
+]
+
+# Largest epoch-ms a BIGINT column holds; anything beyond is not a timestamp.
+_MAX_TS: Final = 2**63 - 1
+
+
+class Scope(StrEnum):
+    """The Zoom product a stream belongs to."""
+
+    MEETING = "meeting"
+    WEBINAR = "webinar"
+    SESSION = "session"
+    CONTACT_CENTER = "contact_center"
+    PHONE = "phone"
+
+
+class EventKind(StrEnum):
+    """What happened to a stream; ``resumed`` is reported by the app, never by Zoom."""
+
+    STARTED = "started"
+    INTERRUPTED = "interrupted"
+    RESUMED = "resumed"
+    STOPPED = "stopped"
+
+    @property
+    def rank(self) -> int:
+        """Tie-break between events of one stream with the same ``event_ts`` (spec section 4)."""
+        return _RANK[self]
+
+
+_RANK: Final = {
+    EventKind.STARTED: 0,
+    EventKind.INTERRUPTED: 1,
+    EventKind.RESUMED: 2,
+    EventKind.STOPPED: 3,
+}
+
+
+class Source(StrEnum):
+    """Who reported an event: Zoom's webhook, the app's media connector, or the library itself."""
+
+    WEBHOOK = "webhook"
+    APP = "app"
+    SYSTEM = "system"
+
+
+# --- field types -------------------------------------------------------------------------------
+
+
+def _event_ts(value: Any) -> int:
+    # Real deliveries sometimes carry the timestamp as a numeric string; bools are ints in Python
+    # but never a timestamp.
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError(
+            "event_ts", "must be an integer (epoch milliseconds), got {got}", {"got": _show(value)}
+        )
+    if not 0 <= value <= _MAX_TS:
+        raise PydanticCustomError(
+            "event_ts", "must be between 0 and 2**63-1, got {got}", {"got": value}
+        )
+    return value
+
+
+def _strict_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError("int", "must be an integer, got {got}", {"got": _show(value)})
+    if not -(2**31) <= value < 2**31:
+        raise PydanticCustomError("int", "out of range, got {got}", {"got": value})
+    return value
+
+
+def _identifier(value: Any) -> str:
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "identifier", "must be a string, got {got}", {"got": _show(value)}
+        )
+    if not value:
+        raise PydanticCustomError("identifier", "must not be empty", {})
+    if "\x00" in value:
+        raise PydanticCustomError("identifier", "must not contain NUL characters", {})
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    # Tolerated as null when absent; numbers are kept as their text so nothing is lost.
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    raise PydanticCustomError("text", "must be a string, got {got}", {"got": _show(value)})
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+EventTs = Annotated[int, BeforeValidator(_event_ts)]
+Identifier = Annotated[str, BeforeValidator(_identifier)]
+OptionalText = Annotated[str | None, BeforeValidator(_optional_text)]
+Int32 = Annotated[int, BeforeValidator(_strict_int)]
+
+_LENIENT = ConfigDict(extra="allow", frozen=True)
+
+
+# --- payloads ----------------------------------------------------------------------------------
+
+
+class _StreamPayload(BaseModel):
+    model_config = _LENIENT
+    rtms_stream_id: Identifier
+    account_id: OptionalText = None
+
+
+class _StartedFields(BaseModel):
+    model_config = _LENIENT
+    server_urls: OptionalText = None
+
+
+class _OperatorFields(BaseModel):
+    model_config = _LENIENT
+    operator_id: OptionalText = None
+
+
+class _StoppedFields(BaseModel):
+    model_config = _LENIENT
+    stop_reason: Int32
+
+
+class MeetingPayload(_StreamPayload):
+    """Fields every meeting stream event carries."""
+
+    meeting_uuid: Identifier
+
+
+class WebinarPayload(_StreamPayload):
+    """Webinar stream events: Zoom's SDK docs show ``webinar_uuid`` and ``meeting_uuid`` both."""
+
+    webinar_uuid: Identifier = Field(validation_alias=AliasChoices("webinar_uuid", "meeting_uuid"))
+
+
+class SessionPayload(_StreamPayload):
+    """Video SDK session stream events."""
+
+    session_id: Identifier
+    session_key: OptionalText = None
+
+
+class ContactCenterPayload(_StreamPayload):
+    """Contact Center voice stream events: ``engagement_id``, else ``session_id``."""
+
+    engagement_id: Identifier = Field(validation_alias=AliasChoices("engagement_id", "session_id"))
+
+
+class PhonePayload(_StreamPayload):
+    """Zoom Phone stream events."""
+
+    call_id: Identifier
+
+
+class MeetingStartedPayload(MeetingPayload, _StartedFields, _OperatorFields):
+    """``meeting.rtms_started`` payload."""
+
+
+class MeetingStoppedPayload(MeetingPayload, _StoppedFields):
+    """``meeting.rtms_stopped`` payload."""
+
+
+class WebinarStartedPayload(WebinarPayload, _StartedFields, _OperatorFields):
+    """``webinar.rtms_started`` payload."""
+
+
+class WebinarStoppedPayload(WebinarPayload, _StoppedFields):
+    """``webinar.rtms_stopped`` payload."""
+
+
+class SessionStartedPayload(SessionPayload, _StartedFields):
+    """``session.rtms_started`` payload."""
+
+
+class SessionStoppedPayload(SessionPayload, _StoppedFields):
+    """``session.rtms_stopped`` payload."""
+
+
+class ContactCenterStartedPayload(ContactCenterPayload, _StartedFields):
+    """``contact_center.voice_rtms_started`` payload."""
+
+
+class ContactCenterStoppedPayload(ContactCenterPayload, _StoppedFields):
+    """``contact_center.voice_rtms_stopped`` payload."""
+
+
+class PhoneStartedPayload(PhonePayload, _StartedFields):
+    """``phone.rtms_started`` payload."""
+
+
+class PhoneStoppedPayload(PhonePayload, _StoppedFields):
+    """``phone.rtms_stopped`` payload."""
+
+
+# --- deliveries --------------------------------------------------------------------------------
+
+
+class Delivery(BaseModel):
+    """The envelope every webhook body shares."""
+
+    model_config = _LENIENT
+    event: str
+    event_ts: EventTs
+
+
+class StreamDelivery(Delivery):
+    """A stream event: which scope and kind it is are class attributes."""
+
+    scope: ClassVar[Scope]
+    kind: ClassVar[EventKind]
+    scope_id_field: ClassVar[str]
+    payload: _StreamPayload
+
+
+def _stream_model(
+    scope: Scope, kind: EventKind, event: str, scope_id_field: str, payload: type[_StreamPayload]
+) -> type[StreamDelivery]:
+    name = "".join(part.title() for part in event.replace(".", "_").split("_"))
+    model: type[StreamDelivery] = type(  # pydantic builds the model from the annotations
+        name,
+        (StreamDelivery,),
+        {
+            "__module__": __name__,
+            "__doc__": f"The ``{event}`` webhook delivery.",
+            "__annotations__": {"event": Literal[event], "payload": payload},
+        },
+    )
+    model.scope, model.kind, model.scope_id_field = scope, kind, scope_id_field
+    return model
+
+
+# scope: (event name prefix, scope id field, payload of started / interrupted / stopped)
+_PAYLOADS: Final[dict[Scope, tuple[str, str, tuple[type[_StreamPayload], ...]]]] = {
+    Scope.MEETING: (
+        "meeting.rtms_",
+        "meeting_uuid",
+        (MeetingStartedPayload, MeetingPayload, MeetingStoppedPayload),
+    ),
+    Scope.WEBINAR: (
+        "webinar.rtms_",
+        "webinar_uuid",
+        (WebinarStartedPayload, WebinarPayload, WebinarStoppedPayload),
+    ),
+    Scope.SESSION: (
+        "session.rtms_",
+        "session_id",
+        (SessionStartedPayload, SessionPayload, SessionStoppedPayload),
+    ),
+    Scope.CONTACT_CENTER: (
+        "contact_center.voice_rtms_",
+        "engagement_id",
+        (ContactCenterStartedPayload, ContactCenterPayload, ContactCenterStoppedPayload),
+    ),
+    Scope.PHONE: (
+        "phone.rtms_",
+        "call_id",
+        (PhoneStartedPayload, PhonePayload, PhoneStoppedPayload),
+    ),
+}
+_WEBHOOK_KINDS: Final = (EventKind.STARTED, EventKind.INTERRUPTED, EventKind.STOPPED)
+
+#: Every stream event name Zoom sends, mapped to its typed delivery model.
+STREAM_MODELS: Final[dict[str, type[StreamDelivery]]] = {
+    prefix + kind.value: _stream_model(scope, kind, prefix + kind.value, id_field, payload)
+    for scope, (prefix, id_field, payloads) in _PAYLOADS.items()
+    for kind, payload in zip(_WEBHOOK_KINDS, payloads, strict=True)
+}
+
+
+def stream_event_names() -> list[str]:
+    """The 15 stream event names the parser understands."""
+    return list(STREAM_MODELS)
+
+
+class ConcurrencyNearLimitPayload(BaseModel):
+    """``rtms.concurrency_near_limit`` payload."""
+
+    model_config = _LENIENT
+    concurrency_limit: Int32
+    concurrency_number: Int32
+    percentage: Int32
+    account_id: OptionalText = None
+
+
+class MeetingIdField(BaseModel):
+    """``id_field`` naming a meeting."""
+
+    model_config = _LENIENT
+    meeting_uuid: Identifier
+
+
+class WebinarIdField(BaseModel):
+    """``id_field`` naming a webinar."""
+
+    model_config = _LENIENT
+    webinar_uuid: Identifier
+
+
+class SessionIdField(BaseModel):
+    """``id_field`` naming a Video SDK session."""
+
+    model_config = _LENIENT
+    session_id: Identifier
+
+
+_ID_FIELDS: Final = ("meeting_uuid", "webinar_uuid", "session_id")
+
+
+class ConcurrencyLimitedPayload(BaseModel):
+    """``rtms.concurrency_limited`` payload; ``id_field`` holds exactly one identifier."""
+
+    model_config = _LENIENT
+    operator_id: OptionalText = None
+    concurrency_number: Int32
+    id_field: MeetingIdField | WebinarIdField | SessionIdField
+    account_id: OptionalText = None
+
+    @field_validator("id_field", mode="before")
+    @classmethod
+    def _exactly_one_id(cls, id_field: Any) -> Any:
+        # Checked here so that the error names id_field once, not once per union branch.
+        if not isinstance(id_field, dict):
+            raise PydanticCustomError(
+                "id_field", "must be an object, got {got}", {"got": _show(id_field)}
+            )
+        present = [name for name in _ID_FIELDS if name in id_field]
+        if len(present) != 1:
+            raise PydanticCustomError(
+                "id_field",
+                "must hold exactly one of {names}, got {got}",
+                {"names": ", ".join(_ID_FIELDS), "got": ", ".join(present) or "none"},
+            )
+        try:
+            _identifier(id_field[present[0]])
+        except PydanticCustomError as exc:
+            raise PydanticCustomError(
+                "id_field", "{name} {reason}", {"name": present[0], "reason": exc.message()}
+            ) from None
+        return id_field
+
+
+class ConcurrencyNearLimit(Delivery):
+    """The ``rtms.concurrency_near_limit`` webhook delivery."""
+
+    event: Literal["rtms.concurrency_near_limit"]
+    payload: ConcurrencyNearLimitPayload
+
+
+class ConcurrencyLimited(Delivery):
+    """The ``rtms.concurrency_limited`` webhook delivery."""
+
+    event: Literal["rtms.concurrency_limited"]
+    payload: ConcurrencyLimitedPayload
+
+
+class UrlValidationPayload(BaseModel):
+    """``endpoint.url_validation`` payload."""
+
+    model_config = _LENIENT
+    plainToken: Identifier  # noqa: N815 - Zoom's own field name
+
+
+class EndpointUrlValidation(Delivery):
+    """Zoom's endpoint challenge."""
+
+    event: Literal["endpoint.url_validation"]
+    payload: UrlValidationPayload
+
+
+_OTHER_MODELS: Final[dict[str, type[Delivery]]] = {
+    "rtms.concurrency_near_limit": ConcurrencyNearLimit,
+    "rtms.concurrency_limited": ConcurrencyLimited,
+    "endpoint.url_validation": EndpointUrlValidation,
+}
+
+
+# --- the normalised view -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event of one stream, whatever its scope or source: what the lifecycle folds over."""
+
+    event: str
+    scope: Scope
+    kind: EventKind
+    stream_id: str
+    scope_id: str
+    event_ts: int
+    source: Source = Source.WEBHOOK
+    account_id: str | None = None
+    session_key: str | None = None
+    operator_id: str | None = None
+    server_urls: str | None = None
+    stop_reason: int | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    model: StreamDelivery | None = None
+
+    @property
+    def identity(self) -> tuple[str, EventKind, int]:
+        """``(rtms_stream_id, kind, event_ts)``: two events with one identity are one event."""
+        return (self.stream_id, self.kind, self.event_ts)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where the event sits in its stream's fold: ``(event_ts, rank)``."""
+        return (self.event_ts, _RANK[self.kind])
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyAlert:
+    """An account-level ``rtms.concurrency_*`` alert."""
+
+    event: str
+    event_ts: int
+    concurrency_number: int
+    concurrency_limit: int | None
+    percentage: int | None
+    operator_id: str | None
+    id_field: str | None
+    id_value: str | None
+    account_id: str | None
+    payload: Mapping[str, Any]
+    model: ConcurrencyNearLimit | ConcurrencyLimited
+
+
+@dataclass(frozen=True, slots=True)
+class UrlValidation:
+    """Zoom's ``endpoint.url_validation`` challenge."""
+
+    event: str
+    event_ts: int
+    plain_token: str
+    payload: Mapping[str, Any]
+    model: EndpointUrlValidation
+
+
+@dataclass(frozen=True, slots=True)
+class UnhandledDelivery:
+    """A well-formed delivery of an event this library does not know: stored, not interpreted."""
+
+    event: str
+    event_ts: int
+    payload: Any
+
+
+ParsedDelivery = StreamEvent | ConcurrencyAlert | UrlValidation | UnhandledDelivery
+
+_ENVELOPE: Final = TypeAdapter(Delivery)
+
+
+def _decode(body: bytes | bytearray | memoryview | str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(body, Mapping):
+        # Any mapping is accepted, not only a dict (e.g. a framework's read-only view of the body).
+        data: Any = dict(body)
+    else:
+        try:
+            data = from_json(body if isinstance(body, str | bytes) else bytes(body))
+        except ValueError as exc:
+            raise DeliveryRejected([FieldError("body", f"not valid JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise DeliveryRejected(
+            [FieldError("body", f"must be a JSON object, got {type(data).__name__}")]
+        )
+    return data
+
+
+# pydantic's wording for the few built-in checks left, in the words of the rest of our errors
+_REASONS: Final = {
+    "missing": "missing",
+    "string_type": "must be a string",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+}
+
+
+def _field_errors(exc: ValidationError, rename: str | None) -> list[FieldError]:
+    errors = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in error["loc"]) or "body"
+        if rename and path.startswith("payload."):
+            path = rename + path[len("payload") :]
+        reason = _REASONS.get(error["type"], error["msg"])
+        if error["type"] in _REASONS and error["type"] != "missing":
+            reason = f"{reason}, got {_show(error['input'])}"
+        errors.append(FieldError(path, reason))
+    return errors
+
+
+def parse_delivery(
+    body: bytes | bytearray | memoryview | str | Mapping[str, Any],
+) -> ParsedDelivery:
+    """Parse one webhook body; raise :class:`DeliveryRejected` if it cannot be accepted."""
+    data = _decode(body)
+    event = data.get("event")
+    model = STREAM_MODELS.get(event) if isinstance(event, str) else None
+    if model is None:
+        other = _OTHER_MODELS.get(event) if isinstance(event, str) else None
+        if other is None:
+            envelope = _validate(_ENVELOPE.validate_python, data, event, None)
+            return UnhandledDelivery(envelope.event, envelope.event_ts, data.get("payload"))
+        return _other(_validate(other.model_validate, data, event, None), data)
+    payload = data.get("payload")
+    rename = None
+    if (
+        isinstance(payload, dict)
+        and "rtms_stream_id" not in payload
+        and isinstance(payload.get("object"), dict)
+    ):
+        inner = dict(payload["object"])
+        inner.setdefault("account_id", payload.get("account_id"))
+        data = {**data, "payload": inner}
+        rename = "payload.object"
+    parsed = _validate(model.model_validate, data, event, rename)
+    assert isinstance(parsed, StreamDelivery)
+    p = parsed.payload
+    return StreamEvent(
+        event=parsed.event,
+        scope=model.scope,
+        kind=model.kind,
+        stream_id=p.rtms_stream_id,
+        scope_id=getattr(p, model.scope_id_field),
+        event_ts=parsed.event_ts,
+        account_id=p.account_id,
+        session_key=getattr(p, "session_key", None),
+        operator_id=getattr(p, "operator_id", None),
+        server_urls=getattr(p, "server_urls", None),
+        stop_reason=getattr(p, "stop_reason", None),
+        payload=payload if isinstance(payload, dict) else {},
+        model=parsed,
+    )
+
+
+def _validate(validate: Any, data: dict[str, Any], event: Any, rename: str | None) -> Delivery:
+    try:
+        result: Delivery = validate(data)
+    except ValidationError as exc:
+        raise DeliveryRejected(
+            _field_errors(exc, rename) or [FieldError("body", str(exc))],
+            event if isinstance(event, str) else None,
+        ) from None
+    return result
+
+
+def _other(parsed: Delivery, data: dict[str, Any]) -> ParsedDelivery:
+    payload = data["payload"]
+    if isinstance(parsed, EndpointUrlValidation):
+        return UrlValidation(
+            parsed.event, parsed.event_ts, parsed.payload.plainToken, payload, parsed
+        )
+    if isinstance(parsed, ConcurrencyNearLimit):
+        near = parsed.payload
+        return ConcurrencyAlert(
+            parsed.event,
+            parsed.event_ts,
+            near.concurrency_number,
+            near.concurrency_limit,
+            near.percentage,
+            None,
+            None,
+            None,
+            near.account_id,
+            payload,
+            parsed,
+        )
+    assert isinstance(parsed, ConcurrencyLimited)
+    limited = parsed.payload
+    id_name, id_value = next(iter(limited.id_field.model_dump(include=set(_ID_FIELDS)).items()))
+    return ConcurrencyAlert(
+        parsed.event,
+        parsed.event_ts,
+        limited.concurrency_number,
+        None,
+        None,
+        limited.operator_id,
+        id_name,
+        id_value,
+        limited.account_id,
+        payload,
+        parsed,
+    )

@@ -1,0 +1,64 @@
+"""Every exception the library raises derives from :class:`RTMSLifecycleError`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigurationError",
+    "DeliveryRejected",
+    "FieldError",
+    "RTMSLifecycleError",
+    "SchemaOutdatedError",
+    "StoreError",
+    "StreamNotFound",
+    "WebhookRefused",
+]
+
+
+class RTMSLifecycleError(Exception):
+    """Root of every error raised by rtms_lifecycle."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One reason a delivery was rejected: the field (dotted path) and why."""
+
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "reason": self.reason}
+
+
+class DeliveryRejected(RTMSLifecycleError):
+    """A delivery body that cannot be understood; ``errors`` names each bad field."""
+
+    def __init__(self, errors: Sequence[FieldError], event: str | None = None) -> None:
+        self.errors: tuple[FieldError, ...] = tuple(errors)
+        self.event = event
+        super().__init__("; ".join(str(e) for e in self.errors))
+
+
+class StoreError(RTMSLifecycleError):
+    """The database could not record a delivery; nothing of it was kept."""
+
+
+class SchemaOutdatedError(RTMSLifecycleError):
+    """The database schema is older than this library; it must be upgraded first."""
+
+
+class StreamNotFound(RTMSLifecycleError, LookupError):
+    """No stream with that ``rtms_stream_id`` is stored."""
+
+
+class ConfigurationError(RTMSLifecycleError):
+    """The library or the receiver was configured in a way that cannot work."""
+
+
+class WebhookRefused(RTMSLifecycleError):
+    """A webhook request failed verification (signature, timestamp)."""

@@ -1,0 +1,225 @@
+"""The stream lifecycle: one ``transitions`` machine, and the fold of a stream's events over it.
+
+The machine is built once at import time with no model bound to it; each step fires the event's
+trigger on a small slotted object. Binding a model per stream would cost a ``Machine`` (or an
+``add_model``) per stream, which is far slower and grows with the number of streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, Final
+
+from transitions import EventData, Machine, Transition
+
+from .events import EventKind, Scope, StreamEvent
+
+__all__ = [
+    "ACTIVE_STATES",
+    "LIVE_STATES",
+    "MACHINE",
+    "State",
+    "StreamState",
+    "TransitionName",
+    "fold",
+    "step",
+    "transition_table",
+]
+
+
+class State(StrEnum):
+    """A stream's lifecycle state; ``new`` is the state before any event."""
+
+    NEW = "new"
+    STARTED = "started"
+    INTERRUPTED = "interrupted"
+    RESUMED = "resumed"
+    STOPPED = "stopped"
+
+
+class TransitionName(StrEnum):
+    """What a transition means, whatever event caused it."""
+
+    START = "start"
+    INTERRUPT = "interrupt"
+    RESUME = "resume"
+    FAILOVER = "failover"
+    STOP = "stop"
+
+
+ACTIVE_STATES: Final = frozenset({State.STARTED, State.RESUMED})
+LIVE_STATES: Final = frozenset({State.STARTED, State.INTERRUPTED, State.RESUMED})
+
+
+class _NamedTransition(Transition):  # type: ignore[misc]  # transitions ships no type hints
+    """A transition that knows its name in the spec's table (``failover``, ``resume``...)."""
+
+    def __init__(
+        self, source: str, dest: str, *args: Any, name: TransitionName, **kwargs: Any
+    ) -> None:
+        super().__init__(source, dest, *args, **kwargs)
+        self.name = name
+
+
+class _Machine(Machine):  # type: ignore[misc]
+    transition_cls = _NamedTransition
+
+
+def _record(event_data: EventData) -> None:
+    event_data.model.fired = event_data.transition.name
+
+
+# transitions names Enum states by member name; plain strings keep the spec's lower-case names.
+_S = {state: state.value for state in State}
+_T, _K = TransitionName, EventKind
+_NOT_STOPPED = [_S[State.NEW], _S[State.STARTED], _S[State.INTERRUPTED], _S[State.RESUMED]]
+
+#: The lifecycle of spec section 4. Triggers are event kinds; a cell missing here is ignored.
+MACHINE: Final = _Machine(
+    model=None,
+    states=list(_S.values()),
+    initial=_S[State.NEW],
+    auto_transitions=False,
+    ignore_invalid_triggers=True,
+    send_event=True,
+    after_state_change=_record,
+    transitions=[
+        {
+            "trigger": _K.STARTED,
+            "source": _S[State.NEW],
+            "dest": _S[State.STARTED],
+            "name": _T.START,
+        },
+        {
+            "trigger": _K.STARTED,
+            "source": _S[State.STARTED],
+            "dest": _S[State.STARTED],
+            "name": _T.FAILOVER,
+        },
+        {
+            "trigger": _K.STARTED,
+            "source": _S[State.INTERRUPTED],
+            "dest": _S[State.RESUMED],
+            "name": _T.RESUME,
+        },
+        {
+            "trigger": _K.STARTED,
+            "source": _S[State.RESUMED],
+            "dest": _S[State.RESUMED],
+            "name": _T.FAILOVER,
+        },
+        {
+            "trigger": _K.INTERRUPTED,
+            "source": _NOT_STOPPED,
+            "dest": _S[State.INTERRUPTED],
+            "name": _T.INTERRUPT,
+        },
+        {
+            "trigger": _K.RESUMED,
+            "source": _S[State.INTERRUPTED],
+            "dest": _S[State.RESUMED],
+            "name": _T.RESUME,
+        },
+        {"trigger": _K.STOPPED, "source": _NOT_STOPPED, "dest": _S[State.STOPPED], "name": _T.STOP},
+    ],
+)
+_TRIGGERS: Final = {kind: MACHINE.events[kind] for kind in EventKind}
+
+
+def transition_table() -> dict[tuple[State, EventKind], tuple[State, TransitionName]]:
+    """Every applied cell of the machine, read from its definition (docs and diagrams use it)."""
+    table = {}
+    for kind, event in _TRIGGERS.items():
+        for source, transitions in event.transitions.items():
+            for transition in transitions:
+                table[State(source), kind] = (State(transition.dest), transition.name)
+    return table
+
+
+class _Cursor:
+    """The object the machine moves: a state, and the name of the transition that fired."""
+
+    __slots__ = ("fired", "state")
+
+    def __init__(self, state: State) -> None:
+        self.state: str = state.value
+        self.fired: TransitionName | None = None
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Everything the fold derives for one stream (spec section 4)."""
+
+    stream_id: str
+    scope: Scope | None = None
+    scope_id: str | None = None
+    account_id: str | None = None
+    session_key: str | None = None
+    operator_id: str | None = None
+    server_urls: str | None = None
+    state: State = State.NEW
+    started_at: int | None = None
+    stopped_at: int | None = None
+    stop_reason: int | None = None
+    last_event_at: int | None = None
+    interruptions: int = 0
+    resumes: int = 0
+    failovers: int = 0
+    # (event_ts, rank) of the latest event folded in, applied or ignored: an event after it can be
+    # stepped on top of the stored state; one before it needs the stream re-folded.
+    fold_ts: int = -1
+    fold_rank: int = -1
+
+    def same_as(self, other: StreamState) -> bool:
+        """Whether two states agree on every field."""
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self))
+
+
+# Fields a stream takes from the earliest applied event that carries them.
+_FIRST_SEEN: Final = ("scope", "scope_id", "account_id", "session_key", "operator_id")
+
+
+def step(stream: StreamState, event: StreamEvent) -> TransitionName | None:
+    """Fold one event in (it must come after every event already folded); None if ignored.
+
+    An ignored event counts nowhere: it moves only the fold position, no derived field.
+    """
+    stream.fold_ts, stream.fold_rank = event.position
+    cursor = _Cursor(stream.state)
+    _TRIGGERS[event.kind].trigger(cursor)
+    fired = cursor.fired
+    if fired is None:
+        return None
+    for name in _FIRST_SEEN:
+        if getattr(stream, name) is None:
+            setattr(stream, name, getattr(event, name))
+    stream.state = State(cursor.state)
+    stream.last_event_at = event.event_ts
+    if event.kind is EventKind.STARTED:
+        stream.server_urls = event.server_urls
+        if stream.started_at is None:
+            stream.started_at = event.event_ts
+    elif event.kind is EventKind.STOPPED:
+        stream.stopped_at, stream.stop_reason = event.event_ts, event.stop_reason
+    if fired is TransitionName.INTERRUPT:
+        stream.interruptions += 1
+    elif fired is TransitionName.RESUME:
+        stream.resumes += 1
+    elif fired is TransitionName.FAILOVER:
+        stream.failovers += 1
+    return fired
+
+
+def fold(
+    stream_id: str, events: Iterable[StreamEvent]
+) -> tuple[StreamState, list[tuple[StreamEvent, TransitionName | None]]]:
+    """Fold a stream's distinct events in event-time order; returns the state and each step."""
+    stream = StreamState(stream_id)
+    steps = [(event, step(stream, event)) for event in sorted(events, key=_position)]
+    return stream, steps
+
+
+def _position(event: StreamEvent) -> tuple[int, int]:
+    return event.position

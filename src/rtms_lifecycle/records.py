@@ -1,0 +1,214 @@
+"""What the library hands back: streams, transitions, deliveries, results and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from .events import Scope, Source
+from .exceptions import FieldError
+from .machine import State, TransitionName
+from .stop_reasons import StopReasonCategory, describe_stop_reason
+
+__all__ = [
+    "ConcurrencyAlertRecord",
+    "DeliveryRecord",
+    "IngestResult",
+    "InterruptionStats",
+    "Outcome",
+    "StopReasonStat",
+    "Stream",
+    "Transition",
+]
+
+
+class Outcome(StrEnum):
+    """What became of one delivery (spec section 5)."""
+
+    APPLIED = "applied"
+    IGNORED = "ignored"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    REJECTED = "rejected"
+    UNHANDLED = "unhandled"
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A stream as stored: every attribute is one of the spec's stream keys."""
+
+    stream_id: str
+    scope: Scope
+    scope_id: str
+    account_id: str | None
+    session_key: str | None
+    operator_id: str | None
+    server_urls: str | None
+    state: State
+    started_at: int | None
+    stopped_at: int | None
+    last_event_at: int | None
+    stop_reason: int | None
+    interruptions: int
+    resumes: int
+    failovers: int
+
+    @property
+    def stop_reason_name(self) -> str | None:
+        """Zoom's name of the stop reason (``EXPIRED`` for an expiry); None while live."""
+        return describe_stop_reason(self.stop_reason).name if self.stopped else None
+
+    @property
+    def stop_reason_category(self) -> StopReasonCategory | None:
+        """Our category of the stop reason; None while live."""
+        return describe_stop_reason(self.stop_reason).category if self.stopped else None
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the stream has ended."""
+        return self.state is State.STOPPED
+
+    @property
+    def active(self) -> bool:
+        """Whether media flows: started or resumed."""
+        return self.state in (State.STARTED, State.RESUMED)
+
+    @property
+    def server_url_list(self) -> list[str]:
+        """``server_urls`` split on commas."""
+        return [url.strip() for url in (self.server_urls or "").split(",") if url.strip()]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The spec's JSON shape of a stream (section 9)."""
+        data = asdict(self)
+        data["scope"] = self.scope.value
+        data["state"] = self.state.value
+        data["stop_reason_name"] = self.stop_reason_name
+        category = self.stop_reason_category
+        data["stop_reason_category"] = category.value if category else None
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One row of the append-only audit history."""
+
+    id: int
+    stream_id: str
+    from_state: State
+    to_state: State
+    name: TransitionName
+    kind: str
+    event_ts: int
+    source: Source
+    late: bool
+    recorded_at: int
+    delivery_id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {k: (v.value if isinstance(v, StrEnum) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """The outcome of one delivery; ``stream`` and ``transition`` are set when one was applied."""
+
+    outcome: Outcome
+    delivery_id: int | None = None
+    event: str | None = None
+    stream_id: str | None = None
+    errors: tuple[FieldError, ...] = ()
+    detail: str | None = None
+    stream: Stream | None = None
+    transition: Transition | None = None
+
+    @property
+    def error(self) -> str | None:
+        """The rejection reasons as one line, or None."""
+        return "; ".join(str(e) for e in self.errors) or None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """A stored delivery, as received."""
+
+    id: int
+    received_at: int
+    source: Source
+    event: str | None
+    event_ts: int | None
+    stream_id: str | None
+    outcome: Outcome
+    error: list[dict[str, str]] | None
+    detail: str | None
+    raw: bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form; ``raw`` as text (invalid UTF-8 replaced)."""
+        data = asdict(self)
+        data["source"] = self.source.value
+        data["outcome"] = self.outcome.value
+        data["raw"] = self.raw.decode("utf-8", errors="replace")
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyAlertRecord:
+    """A stored account-level concurrency alert."""
+
+    id: int
+    event: str
+    event_ts: int
+    concurrency_number: int
+    concurrency_limit: int | None
+    percentage: int | None
+    operator_id: str | None
+    id_field: str | None
+    id_value: str | None
+    account_id: str | None
+    received_at: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class StopReasonStat:
+    """How many streams stopped for one reason (in one scope, when grouped by scope)."""
+
+    stop_reason: int | None
+    stop_reason_name: str
+    stop_reason_category: StopReasonCategory
+    count: int
+    share: float
+    median_duration_ms: int | None
+    scope: Scope | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``scope`` only when grouped by scope)."""
+        data = asdict(self)
+        data["stop_reason_category"] = self.stop_reason_category.value
+        if self.scope is None:
+            del data["scope"]
+        else:
+            data["scope"] = self.scope.value
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptionStats:
+    """How often streams were interrupted and how they fared."""
+
+    streams: int
+    interrupted_streams: int
+    interruptions: int
+    recovered: int
+    median_recovery_ms: int | None
+    stopped_while_interrupted: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)

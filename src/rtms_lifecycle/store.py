@@ -1,0 +1,650 @@
+"""The SQL store: records deliveries, folds stream events, appends the audit history.
+
+Every write goes through :meth:`Store.record`, one transaction per call, whatever the batch size.
+Writers of one stream serialise: on PostgreSQL the stream rows are locked (``SELECT ... FOR
+UPDATE``, in stream-id order so that two batches cannot deadlock); on SQLite every write
+transaction starts with ``BEGIN IMMEDIATE``. The event identity is a unique constraint, so even a
+race nobody foresaw cannot apply one event twice: it fails, and the batch is retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from . import _migrate
+from ._tables import concurrency_alerts, deliveries, stream_events, streams
+from ._tables import transitions as transitions_table
+from .events import (
+    ConcurrencyAlert,
+    EventKind,
+    ParsedDelivery,
+    Scope,
+    Source,
+    StreamEvent,
+    UnhandledDelivery,
+    UrlValidation,
+)
+from .exceptions import FieldError, StoreError
+from .machine import State, StreamState, TransitionName, fold, step
+from .records import IngestResult, Outcome, Stream, Transition
+
+__all__ = ["DEFAULT_DB_URL", "KnownStreamEvent", "Incoming", "Store", "now_ms"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB_URL: Final = "sqlite:///rtms_lifecycle.db"
+# How often a transaction that lost a race (deadlock, serialisation, a busy SQLite) is retried.
+_ATTEMPTS: Final = 8
+# Keeps IN (...) lists well under every driver's bound-parameter limit.
+_CHUNK: Final = 500
+_RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01", "23505"})
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class KnownStreamEvent:
+    """An app-reported resume or a system expiry: the stream's scope comes from the store."""
+
+    stream_id: str
+    kind: EventKind
+    event_ts: int
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One delivery to record: what was received, and what parsing made of it."""
+
+    raw: bytes
+    parsed: ParsedDelivery | KnownStreamEvent | None
+    source: Source = Source.WEBHOOK
+    errors: tuple[FieldError, ...] = ()
+    event: str | None = None
+    # Expiry only: record nothing unless the stream is still live with no event since then.
+    stale_before: int | None = None
+
+
+@dataclass(slots=True)
+class _Live:
+    """A stream as the batch sees it, and what the batch changed."""
+
+    state: StreamState
+    exists: bool
+    dirty: bool = False
+    stored_events: list[StreamEvent] | None = None
+    new_events: list[StreamEvent] = field(default_factory=list)
+
+
+def _canonical(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _normalise_url(url: str) -> str:
+    parsed = make_url(url)
+    # psycopg 3 is the PostgreSQL driver we ship (extra "postgres"); SQLAlchemy's default is
+    # psycopg2, which users would otherwise have to install besides.
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves; pysqlite's own transaction handling would defer it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A writer takes the write lock up front: two writers never both read, then both write.
+        write = conn.get_execution_options().get("rtms_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine configured the way the store needs it (SQLite pragmas and locking)."""
+    url = _normalise_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url)
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return True
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
+
+
+class Store:
+    """Persistence of the lifecycle: the only module that writes SQL."""
+
+    def __init__(self, db: str | Engine | None = None, *, migrate: bool = True) -> None:
+        self.engine = (
+            create_store_engine(db or DEFAULT_DB_URL) if not isinstance(db, Engine) else db
+        )
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite" and isinstance(db, Engine):
+            _configure_sqlite(self.engine)
+        self._writer = self.engine.execution_options(rtms_write=True)
+        if migrate:
+            _migrate.ensure_schema(self.engine)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def record(self, items: Sequence[Incoming]) -> list[IngestResult | None]:
+        """Record deliveries in one transaction; None for an expiry that no longer applies."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with self._writer.begin() as conn:
+                    return _Batch(conn, now_ms()).run(items)
+            except DBAPIError as exc:
+                if not _retryable(exc) or attempt == _ATTEMPTS:
+                    raise StoreError(
+                        f"could not record {len(items)} deliveries: {exc.orig}"
+                    ) from exc
+                log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc.orig)
+                time.sleep(random.uniform(0, 0.01 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def read(self) -> Connection:
+        """A read-only connection (its transaction ends with the ``with`` block)."""
+        return self.engine.connect()
+
+
+def row_to_state(row: Row[Any]) -> StreamState:
+    """A stored stream row as the fold's state."""
+    m = row._mapping
+    return StreamState(
+        stream_id=m["stream_id"],
+        scope=Scope(m["scope"]),
+        scope_id=m["scope_id"],
+        account_id=m["account_id"],
+        session_key=m["session_key"],
+        operator_id=m["operator_id"],
+        server_urls=m["server_urls"],
+        state=State(m["state"]),
+        started_at=m["started_at"],
+        stopped_at=m["stopped_at"],
+        stop_reason=m["stop_reason"],
+        last_event_at=m["last_event_at"],
+        interruptions=m["interruptions"],
+        resumes=m["resumes"],
+        failovers=m["failovers"],
+        fold_ts=m["fold_ts"],
+        fold_rank=m["fold_rank"],
+    )
+
+
+def state_to_stream(state: StreamState) -> Stream:
+    """The public view of a folded stream."""
+    assert state.scope is not None and state.scope_id is not None
+    return Stream(
+        stream_id=state.stream_id,
+        scope=state.scope,
+        scope_id=state.scope_id,
+        account_id=state.account_id,
+        session_key=state.session_key,
+        operator_id=state.operator_id,
+        server_urls=state.server_urls,
+        state=state.state,
+        started_at=state.started_at,
+        stopped_at=state.stopped_at,
+        last_event_at=state.last_event_at,
+        stop_reason=state.stop_reason,
+        interruptions=state.interruptions,
+        resumes=state.resumes,
+        failovers=state.failovers,
+    )
+
+
+def row_to_event(row: Row[Any]) -> StreamEvent:
+    """A stored stream event, as the fold needs it."""
+    m = row._mapping
+    return StreamEvent(
+        event=m["event"],
+        scope=Scope(m["scope"]),
+        kind=EventKind(m["kind"]),
+        stream_id=m["stream_id"],
+        scope_id=m["scope_id"],
+        event_ts=m["event_ts"],
+        source=Source(m["source"]),
+        account_id=m["account_id"],
+        session_key=m["session_key"],
+        operator_id=m["operator_id"],
+        server_urls=m["server_urls"],
+        stop_reason=m["stop_reason"],
+    )
+
+
+_STATE_COLUMNS: Final = tuple(
+    c.name for c in streams.columns if c.name not in ("stream_id", "created_at", "updated_at")
+)
+_UPDATE_STREAM: Final = (
+    update(streams)
+    .where(streams.c.stream_id == bindparam("b_stream_id"))
+    .values({name: bindparam(name) for name in (*_STATE_COLUMNS, "updated_at")})
+)
+
+
+class _Batch:
+    """One transaction's worth of deliveries: read what they touch, decide in memory, write."""
+
+    def __init__(self, conn: Connection, now: int) -> None:
+        self.conn = conn
+        self.now = now
+        self.postgres = conn.dialect.name == "postgresql"
+        self.live: dict[str, _Live] = {}
+        self.known: dict[tuple[str, str, int], str] = {}  # identity -> canonical payload
+        self.delivery_rows: list[dict[str, Any]] = []
+        # Which result each delivery row belongs to (an expiry that no longer applies has none).
+        self.delivery_slots: list[int] = []
+        self.event_rows: list[dict[str, Any]] = []
+        self.transition_rows: list[dict[str, Any]] = []  # "delivery" holds its delivery's index
+        self.alert_rows: list[dict[str, Any]] = []
+        self.results: list[IngestResult | None] = []
+
+    def run(self, items: Sequence[Incoming]) -> list[IngestResult | None]:
+        self._load(items)
+        for item in items:
+            self.results.append(self._decide(item))
+        self._write()
+        return self.results
+
+    # --- reading what the batch touches -----------------------------------------------------
+
+    def _load(self, items: Sequence[Incoming]) -> None:
+        creates: dict[str, StreamEvent] = {}
+        touched: set[str] = set()
+        identities: list[tuple[str, str, int]] = []
+        for item in items:
+            parsed = item.parsed
+            if isinstance(parsed, StreamEvent):
+                creates.setdefault(parsed.stream_id, parsed)
+                identities.append((parsed.stream_id, parsed.kind.value, parsed.event_ts))
+            elif isinstance(parsed, KnownStreamEvent):
+                touched.add(parsed.stream_id)
+                identities.append((parsed.stream_id, parsed.kind.value, parsed.event_ts))
+        ids = sorted(touched | creates.keys())
+        if not ids:
+            return
+        if creates:
+            self._create_placeholders(sorted(creates), creates)
+        for chunk in _chunks(ids):
+            query = select(streams).where(streams.c.stream_id.in_(chunk))
+            if self.postgres:
+                query = query.order_by(streams.c.stream_id).with_for_update()
+            for row in self.conn.execute(query):
+                new = row.state == State.NEW.value
+                state = StreamState(row.stream_id) if new else row_to_state(row)
+                self.live[row.stream_id] = _Live(state, exists=not new)
+        identity = tuple_(stream_events.c.stream_id, stream_events.c.kind, stream_events.c.event_ts)
+        for chunk in _chunks(sorted(set(identities))):
+            rows = self.conn.execute(
+                select(
+                    stream_events.c.stream_id,
+                    stream_events.c.kind,
+                    stream_events.c.event_ts,
+                    stream_events.c.payload,
+                ).where(identity.in_(chunk))
+            )
+            for row in rows:
+                self.known[row.stream_id, row.kind, row.event_ts] = row.payload
+
+    def _create_placeholders(self, ids: list[str], first: dict[str, StreamEvent]) -> None:
+        # Inserting first and locking after gives racing writers of a new stream one row to
+        # queue on; state "new" marks a row no event has been applied to yet.
+        rows = [
+            {
+                "stream_id": sid,
+                "scope": first[sid].scope.value,
+                "scope_id": first[sid].scope_id,
+                "state": State.NEW.value,
+                "interruptions": 0,
+                "resumes": 0,
+                "failovers": 0,
+                "fold_ts": -1,
+                "fold_rank": -1,
+                "created_at": self.now,
+                "updated_at": self.now,
+            }
+            for sid in ids
+        ]
+        dialect_insert = postgresql.insert if self.postgres else sqlite.insert
+        statement = dialect_insert(streams).on_conflict_do_nothing(index_elements=["stream_id"])
+        for chunk in _chunks(rows):
+            self.conn.execute(statement, list(chunk))
+
+    def _stored_events(self, live: _Live) -> list[StreamEvent]:
+        if live.stored_events is None:
+            rows = self.conn.execute(
+                select(stream_events).where(stream_events.c.stream_id == live.state.stream_id)
+            )
+            live.stored_events = [row_to_event(row) for row in rows]
+        return live.stored_events
+
+    # --- deciding ---------------------------------------------------------------------------
+
+    def _decide(self, item: Incoming) -> IngestResult | None:
+        parsed = item.parsed
+        if item.errors or parsed is None:
+            return self._delivery(item, Outcome.REJECTED, errors=item.errors)
+        if isinstance(parsed, UnhandledDelivery):
+            return self._delivery(
+                item, Outcome.UNHANDLED, event=parsed.event, event_ts=parsed.event_ts
+            )
+        if isinstance(parsed, UrlValidation):
+            return self._delivery(
+                item, Outcome.APPLIED, event=parsed.event, event_ts=parsed.event_ts
+            )
+        if isinstance(parsed, ConcurrencyAlert):
+            self._alert(parsed)
+            return self._delivery(
+                item, Outcome.APPLIED, event=parsed.event, event_ts=parsed.event_ts
+            )
+        live = self.live.get(parsed.stream_id)
+        if isinstance(parsed, KnownStreamEvent):
+            if live is None or live.state.scope is None:
+                return self._delivery(
+                    item,
+                    Outcome.REJECTED,
+                    event=item.event,
+                    event_ts=parsed.event_ts,
+                    stream_id=parsed.stream_id,
+                    errors=(FieldError("rtms_stream_id", "no stream with this id is stored"),),
+                )
+            parsed = StreamEvent(
+                event=item.event or "app.resumed",
+                scope=live.state.scope,
+                kind=EventKind.RESUMED,
+                stream_id=parsed.stream_id,
+                scope_id=live.state.scope_id or "",
+                event_ts=parsed.event_ts,
+                source=item.source,
+                payload={"rtms_stream_id": parsed.stream_id},
+            )
+        assert live is not None
+        if item.stale_before is not None and not (
+            live.state.state in (State.STARTED, State.INTERRUPTED, State.RESUMED)
+            and (live.state.last_event_at or 0) < item.stale_before
+        ):
+            return None
+        return self._stream_event(item, parsed, live)
+
+    def _stream_event(self, item: Incoming, ev: StreamEvent, live: _Live) -> IngestResult:
+        common = {
+            "event": ev.event,
+            "event_ts": ev.event_ts,
+            "stream_id": ev.stream_id,
+            "kind": ev.kind,
+        }
+        before = live.state
+        if before.scope is not None and before.scope is not ev.scope:
+            return self._delivery(
+                item,
+                Outcome.CONFLICT,
+                **common,
+                detail=(
+                    f"stream {ev.stream_id} is a {before.scope.value} stream, "
+                    f"this event is for a {ev.scope.value}"
+                ),
+            )
+        identity = (ev.stream_id, ev.kind.value, ev.event_ts)
+        payload = _canonical(ev.payload)
+        stored = self.known.get(identity)
+        if stored is not None:
+            if stored == payload:
+                return self._delivery(
+                    item, Outcome.DUPLICATE, **common, detail="this event is already stored"
+                )
+            return self._delivery(
+                item,
+                Outcome.CONFLICT,
+                **common,
+                detail=(
+                    "an event with this identity but another payload is stored; the first stands"
+                ),
+            )
+        self.known[identity] = payload
+        self._event_row(ev, payload)
+        live.dirty = True
+        if ev.position > (before.fold_ts, before.fold_rank):
+            after = StreamState(**{name: getattr(before, name) for name in _STATE_FIELDS})
+            name = step(after, ev)
+        else:
+            after, steps = fold(ev.stream_id, [*self._stored_events(live), *live.new_events, ev])
+            name = next(n for e, n in steps if e is ev)
+        live.new_events.append(ev)
+        live.state = after
+        if name is None:
+            return self._delivery(
+                item,
+                Outcome.IGNORED,
+                **common,
+                detail=f"a {ev.kind.value} event changes nothing in state {after.state.value}",
+            )
+        late = before.last_event_at is not None and ev.event_ts < before.last_event_at
+        result = self._delivery(item, Outcome.APPLIED, **common, stream=state_to_stream(after))
+        self.transition_rows.append(
+            {
+                "stream_id": ev.stream_id,
+                "from_state": before.state.value,
+                "to_state": after.state.value,
+                "name": name.value,
+                "kind": ev.kind.value,
+                "event_ts": ev.event_ts,
+                "source": ev.source.value,
+                "late": late,
+                "recorded_at": self.now,
+                "delivery": len(self.delivery_rows) - 1,
+                "result": len(self.results),
+            }
+        )
+        return result
+
+    def _delivery(
+        self,
+        item: Incoming,
+        outcome: Outcome,
+        *,
+        event: str | None = None,
+        event_ts: int | None = None,
+        stream_id: str | None = None,
+        kind: EventKind | None = None,
+        errors: tuple[FieldError, ...] = (),
+        detail: str | None = None,
+        stream: Stream | None = None,
+    ) -> IngestResult:
+        self.delivery_slots.append(len(self.results))
+        self.delivery_rows.append(
+            {
+                "received_at": self.now,
+                "source": item.source.value,
+                "event": event or item.event,
+                "event_ts": event_ts,
+                "stream_id": stream_id,
+                "kind": kind.value if kind else None,
+                "outcome": outcome.value,
+                "error": json.dumps([e.as_dict() for e in errors]) if errors else None,
+                "detail": detail,
+                "raw": item.raw,
+            }
+        )
+        return IngestResult(
+            outcome=outcome,
+            event=event or item.event,
+            stream_id=stream_id,
+            errors=errors,
+            detail=detail,
+            stream=stream,
+        )
+
+    def _event_row(self, ev: StreamEvent, payload: str) -> None:
+        self.event_rows.append(
+            {
+                "stream_id": ev.stream_id,
+                "kind": ev.kind.value,
+                "event_ts": ev.event_ts,
+                "source": ev.source.value,
+                "event": ev.event,
+                "scope": ev.scope.value,
+                "scope_id": ev.scope_id,
+                "account_id": ev.account_id,
+                "session_key": ev.session_key,
+                "operator_id": ev.operator_id,
+                "server_urls": ev.server_urls,
+                "stop_reason": ev.stop_reason,
+                "payload": payload,
+                "received_at": self.now,
+            }
+        )
+
+    def _alert(self, alert: ConcurrencyAlert) -> None:
+        payload = _canonical(alert.payload)
+        fingerprint = hashlib.sha256(
+            f"{alert.event}\x00{alert.event_ts}\x00{payload}".encode()
+        ).hexdigest()
+        self.alert_rows.append(
+            {
+                "event": alert.event,
+                "event_ts": alert.event_ts,
+                "concurrency_number": alert.concurrency_number,
+                "concurrency_limit": alert.concurrency_limit,
+                "percentage": alert.percentage,
+                "operator_id": alert.operator_id,
+                "id_field": alert.id_field,
+                "id_value": alert.id_value,
+                "account_id": alert.account_id,
+                "payload": payload,
+                "fingerprint": fingerprint,
+                "received_at": self.now,
+            }
+        )
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def _write(self) -> None:
+        conn = self.conn
+        delivery_ids = self._insert_returning_ids(deliveries, self.delivery_rows)
+        for slot, delivery_id in zip(self.delivery_slots, delivery_ids, strict=True):
+            result = self.results[slot]
+            assert result is not None
+            self.results[slot] = replace(result, delivery_id=delivery_id)
+        if self.event_rows:
+            conn.execute(insert(stream_events), self.event_rows)
+        if self.transition_rows:
+            self._write_transitions(delivery_ids)
+        dirty = [
+            {
+                "b_stream_id": sid,
+                "updated_at": self.now,
+                **{name: _plain(getattr(live.state, name)) for name in _STATE_COLUMNS},
+            }
+            for sid, live in self.live.items()
+            if live.dirty
+        ]
+        if dirty:
+            conn.execute(_UPDATE_STREAM, dirty)
+        if self.alert_rows:
+            dialect_insert = postgresql.insert if self.postgres else sqlite.insert
+            conn.execute(
+                dialect_insert(concurrency_alerts).on_conflict_do_nothing(
+                    index_elements=["fingerprint"]
+                ),
+                self.alert_rows,
+            )
+
+    def _write_transitions(self, delivery_ids: list[int]) -> None:
+        tx_id = 0
+        if self.postgres:
+            tx_id = self.conn.execute(
+                select(func.pg_current_xact_id().cast(postgresql.TEXT).cast(postgresql.BIGINT))
+            ).scalar_one()
+        rows = [
+            {
+                **{k: v for k, v in row.items() if k not in ("delivery", "result")},
+                "tx_id": tx_id,
+                "delivery_id": delivery_ids[row["delivery"]],
+            }
+            for row in self.transition_rows
+        ]
+        ids = self._insert_returning_ids(transitions_table, rows)
+        for row, transition_id in zip(self.transition_rows, ids, strict=True):
+            index = row["result"]
+            result = self.results[index]
+            assert result is not None
+            self.results[index] = replace(
+                result,
+                transition=Transition(
+                    id=transition_id,
+                    stream_id=row["stream_id"],
+                    from_state=State(row["from_state"]),
+                    to_state=State(row["to_state"]),
+                    name=TransitionName(row["name"]),
+                    kind=row["kind"],
+                    event_ts=row["event_ts"],
+                    source=Source(row["source"]),
+                    late=row["late"],
+                    recorded_at=row["recorded_at"],
+                    delivery_id=delivery_ids[row["delivery"]],
+                ),
+            )
+
+    def _insert_returning_ids(self, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+        if not rows:
+            return []
+        result = self.conn.execute(
+            insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
+        )
+        return [row[0] for row in result]
+
+
+_STATE_FIELDS: Final = tuple(StreamState.__dataclass_fields__)
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Scope | State) else value

@@ -1,0 +1,72 @@
+"""The database fixtures in conftest.py hand out real, isolated databases."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+
+def _libpq(url: str) -> str:
+    """Turn a ``postgresql+psycopg://`` SQLAlchemy URL into a libpq URI."""
+    assert url.startswith("postgresql+psycopg://")
+    return "postgresql://" + url.removeprefix("postgresql+psycopg://")
+
+
+def _dbname(url: str) -> str:
+    """The database name at the end of a database URL."""
+    return url.rsplit("/", 1)[1]
+
+
+@pytest.mark.postgres
+def test_postgres_database_accepts_create_insert_select(postgres_url: str) -> None:
+    """A fresh PostgreSQL database accepts a table create, an insert and a select."""
+    with psycopg.connect(_libpq(postgres_url)) as conn:
+        conn.execute("CREATE TABLE streams (id text PRIMARY KEY, state text NOT NULL)")
+        conn.execute("INSERT INTO streams VALUES (%s, %s)", ("s-1", "active"))
+        rows = conn.execute("SELECT id, state FROM streams").fetchall()
+        current = conn.execute("SELECT current_database(), current_user").fetchone()
+    assert rows == [("s-1", "active")]
+    assert current == (_dbname(postgres_url), "postgres")
+
+
+@pytest.mark.postgres
+def test_postgres_databases_are_distinct(
+    postgres_url: str, make_postgres_url: Callable[[], str]
+) -> None:
+    """Two requested PostgreSQL databases have different names and do not share tables."""
+    other_url = make_postgres_url()
+    assert _dbname(postgres_url) != _dbname(other_url)
+    with psycopg.connect(_libpq(postgres_url)) as conn:
+        conn.execute("CREATE TABLE only_here (x int)")
+    with psycopg.connect(_libpq(other_url)) as conn:
+        found = conn.execute("SELECT to_regclass('only_here')").fetchone()
+    assert found == (None,)
+
+
+@pytest.mark.postgres
+def test_postgres_server_urls_name_the_server(postgres_server: object, postgres_url: str) -> None:
+    """The URL points at the session server on 127.0.0.1 with the postgres superuser."""
+    port = getattr(postgres_server, "port", None)
+    assert postgres_url.startswith(f"postgresql+psycopg://postgres@127.0.0.1:{port}/")
+
+
+def test_sqlite_url_is_a_real_file(sqlite_url: str, tmp_path: Path) -> None:
+    """The SQLite URL names rtms.db in the test's tmp dir, and the file exists once written."""
+    path = tmp_path / "rtms.db"
+    assert sqlite_url == f"sqlite:///{path}"
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert path.is_file()
+    assert path.stat().st_size > 0
+
+
+def test_db_url_yields_each_backend(db_url: str, request: pytest.FixtureRequest) -> None:
+    """The db_url fixture yields a SQLite URL for the sqlite id and a psycopg URL for postgres."""
+    backend = request.node.callspec.id
+    expected = {"sqlite": "sqlite:///", "postgres": "postgresql+psycopg://"}[backend]
+    assert db_url.startswith(expected)
