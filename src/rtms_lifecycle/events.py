@@ -1,9 +1,9 @@
 """Typed models of every Zoom RTMS webhook delivery, and the one parser that reads them.
 
-:func:`parse_delivery` turns raw bytes (or text, or a decoded mapping) into a normalised view that
-every later layer uses: a :class:`StreamEvent`, a :class:`ConcurrencyAlert`, a :class:`UrlValidation`
-or an :class:`UnhandledDelivery`. A body it cannot accept raises :class:`DeliveryRejected` naming
-each bad field and why.
+:func:`parse_delivery` turns raw bytes (or text, or a decoded mapping) into a normalised view
+that every later layer uses: a :class:`StreamEvent`, a :class:`ConcurrencyAlert`, a
+:class:`UrlValidation` or an :class:`UnhandledDelivery`. A body it cannot accept raises
+:class:`DeliveryRejected` naming each bad field and why.
 """
 
 from __future__ import annotations

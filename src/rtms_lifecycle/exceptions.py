@@ -12,7 +12,6 @@ __all__ = [
     "RTMSLifecycleError",
     "SchemaOutdatedError",
     "StoreError",
-    "StreamNotFound",
     "WebhookRefused",
 ]
 
@@ -50,10 +49,6 @@ class StoreError(RTMSLifecycleError):
 
 class SchemaOutdatedError(RTMSLifecycleError):
     """The database schema is older than this library; it must be upgraded first."""
-
-
-class StreamNotFound(RTMSLifecycleError, LookupError):
-    """No stream with that ``rtms_stream_id`` is stored."""
 
 
 class ConfigurationError(RTMSLifecycleError):

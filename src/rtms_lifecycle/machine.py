@@ -53,7 +53,7 @@ ACTIVE_STATES: Final = frozenset({State.STARTED, State.RESUMED})
 LIVE_STATES: Final = frozenset({State.STARTED, State.INTERRUPTED, State.RESUMED})
 
 
-class _NamedTransition(Transition):  # type: ignore[misc]  # transitions ships no type hints
+class _NamedTransition(Transition):
     """A transition that knows its name in the spec's table (``failover``, ``resume``...)."""
 
     def __init__(
@@ -63,12 +63,16 @@ class _NamedTransition(Transition):  # type: ignore[misc]  # transitions ships n
         self.name = name
 
 
-class _Machine(Machine):  # type: ignore[misc]
+class _Machine(Machine):
     transition_cls = _NamedTransition
 
 
 def _record(event_data: EventData) -> None:
-    event_data.model.fired = event_data.transition.name
+    transition = event_data.transition
+    assert isinstance(transition, _NamedTransition)
+    cursor = event_data.model
+    assert isinstance(cursor, _Cursor)
+    cursor.fired = transition.name
 
 
 # transitions names Enum states by member name; plain strings keep the spec's lower-case names.
@@ -134,7 +138,8 @@ def transition_table() -> dict[tuple[State, EventKind], tuple[State, TransitionN
     for kind, event in _TRIGGERS.items():
         for source, transitions in event.transitions.items():
             for transition in transitions:
-                table[State(source), kind] = (State(transition.dest), transition.name)
+                assert isinstance(transition, _NamedTransition)
+                table[State(source), kind] = (State(str(transition.dest)), transition.name)
     return table
 
 

@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import _migrate
 from ._tables import concurrency_alerts, deliveries, stream_events, streams
@@ -222,7 +222,8 @@ def row_to_state(row: Row[Any]) -> StreamState:
 
 def state_to_stream(state: StreamState) -> Stream:
     """The public view of a folded stream."""
-    assert state.scope is not None and state.scope_id is not None
+    assert state.scope is not None, "a stream takes its scope from its first applied event"
+    assert state.scope_id is not None
     return Stream(
         stream_id=state.stream_id,
         scope=state.scope,
@@ -416,18 +417,12 @@ class _Batch:
         return self._stream_event(item, parsed, live)
 
     def _stream_event(self, item: Incoming, ev: StreamEvent, live: _Live) -> IngestResult:
-        common = {
-            "event": ev.event,
-            "event_ts": ev.event_ts,
-            "stream_id": ev.stream_id,
-            "kind": ev.kind,
-        }
         before = live.state
         if before.scope is not None and before.scope is not ev.scope:
             return self._delivery(
                 item,
                 Outcome.CONFLICT,
-                **common,
+                about=ev,
                 detail=(
                     f"stream {ev.stream_id} is a {before.scope.value} stream, "
                     f"this event is for a {ev.scope.value}"
@@ -439,12 +434,12 @@ class _Batch:
         if stored is not None:
             if stored == payload:
                 return self._delivery(
-                    item, Outcome.DUPLICATE, **common, detail="this event is already stored"
+                    item, Outcome.DUPLICATE, about=ev, detail="this event is already stored"
                 )
             return self._delivery(
                 item,
                 Outcome.CONFLICT,
-                **common,
+                about=ev,
                 detail=(
                     "an event with this identity but another payload is stored; the first stands"
                 ),
@@ -453,7 +448,7 @@ class _Batch:
         self._event_row(ev, payload)
         live.dirty = True
         if ev.position > (before.fold_ts, before.fold_rank):
-            after = StreamState(**{name: getattr(before, name) for name in _STATE_FIELDS})
+            after = replace(before)
             name = step(after, ev)
         else:
             after, steps = fold(ev.stream_id, [*self._stored_events(live), *live.new_events, ev])
@@ -464,11 +459,11 @@ class _Batch:
             return self._delivery(
                 item,
                 Outcome.IGNORED,
-                **common,
-                detail=f"a {ev.kind.value} event changes nothing in state {after.state.value}",
+                about=ev,
+                detail=(f"a {ev.kind.value} event changes nothing in state {after.state.value}"),
             )
         late = before.last_event_at is not None and ev.event_ts < before.last_event_at
-        result = self._delivery(item, Outcome.APPLIED, **common, stream=state_to_stream(after))
+        result = self._delivery(item, Outcome.APPLIED, about=ev, stream=state_to_stream(after))
         self.transition_rows.append(
             {
                 "stream_id": ev.stream_id,
@@ -491,23 +486,32 @@ class _Batch:
         item: Incoming,
         outcome: Outcome,
         *,
+        about: StreamEvent | None = None,
         event: str | None = None,
         event_ts: int | None = None,
         stream_id: str | None = None,
-        kind: EventKind | None = None,
         errors: tuple[FieldError, ...] = (),
         detail: str | None = None,
         stream: Stream | None = None,
     ) -> IngestResult:
+        kind = None
+        if about is not None:
+            event, event_ts, stream_id, kind = (
+                about.event,
+                about.event_ts,
+                about.stream_id,
+                about.kind.value,
+            )
+        event = event or item.event
         self.delivery_slots.append(len(self.results))
         self.delivery_rows.append(
             {
                 "received_at": self.now,
                 "source": item.source.value,
-                "event": event or item.event,
+                "event": event,
                 "event_ts": event_ts,
                 "stream_id": stream_id,
-                "kind": kind.value if kind else None,
+                "kind": kind,
                 "outcome": outcome.value,
                 "error": json.dumps([e.as_dict() for e in errors]) if errors else None,
                 "detail": detail,
@@ -516,7 +520,7 @@ class _Batch:
         )
         return IngestResult(
             outcome=outcome,
-            event=event or item.event,
+            event=event,
             stream_id=stream_id,
             errors=errors,
             detail=detail,
@@ -641,9 +645,6 @@ class _Batch:
             insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
         )
         return [row[0] for row in result]
-
-
-_STATE_FIELDS: Final = tuple(StreamState.__dataclass_fields__)
 
 
 def _plain(value: Any) -> Any:

@@ -27,7 +27,7 @@ from .records import (
     Stream,
     Transition,
 )
-from .store import KnownStreamEvent, Incoming, Store, now_ms
+from .store import Incoming, KnownStreamEvent, Store, now_ms
 
 __all__ = ["Body", "IngestSummary", "TransitionCallback", "Tracker"]
 
@@ -161,17 +161,12 @@ class Tracker:
 
         Zoom sends no webhook for a recovery; only the app's media connector knows of it.
         """
-        body = {
-            "event": "app.rtms_resumed",
-            "event_ts": at_ms,
-            "payload": {"rtms_stream_id": stream_id},
-        }
-        raw = json.dumps(body, separators=(",", ":")).encode()
-        item = Incoming(
-            raw,
-            KnownStreamEvent(stream_id, EventKind.RESUMED, at_ms),
+        item = _synthetic(
+            "app.rtms_resumed",
+            stream_id,
+            at_ms,
             Source.APP,
-            event=body["event"],
+            KnownStreamEvent(stream_id, EventKind.RESUMED, at_ms),
         )
         if not isinstance(stream_id, str) or not stream_id:
             item.parsed, item.errors = (
@@ -205,7 +200,14 @@ class Tracker:
         closed: list[Stream] = []
         for start in range(0, len(stale), DEFAULT_BATCH_SIZE):
             items = [
-                self._expiry(stream_id, now, cutoff)
+                _synthetic(
+                    "system.rtms_expired",
+                    stream_id,
+                    now,
+                    Source.SYSTEM,
+                    KnownStreamEvent(stream_id, EventKind.STOPPED, now),
+                    stale_before=cutoff,
+                )
                 for stream_id in stale[start : start + DEFAULT_BATCH_SIZE]
             ]
             closed.extend(
@@ -214,22 +216,6 @@ class Tracker:
                 if r and r.outcome is Outcome.APPLIED and r.stream
             )
         return closed
-
-    @staticmethod
-    def _expiry(stream_id: str, now: int, cutoff: int) -> Incoming:
-        body = {
-            "event": "system.rtms_expired",
-            "event_ts": now,
-            "payload": {"rtms_stream_id": stream_id},
-        }
-        raw = json.dumps(body, separators=(",", ":")).encode()
-        return Incoming(
-            raw,
-            KnownStreamEvent(stream_id, EventKind.STOPPED, now),
-            Source.SYSTEM,
-            event=body["event"],
-            stale_before=cutoff,
-        )
 
     def _record(self, items: Sequence[Incoming]) -> list[IngestResult | None]:
         results = self._store.record(items)
@@ -406,6 +392,20 @@ class Tracker:
         except Exception:
             return False
         return True
+
+
+def _synthetic(
+    event: str,
+    stream_id: str,
+    event_ts: int,
+    source: Source,
+    parsed: KnownStreamEvent,
+    stale_before: int | None = None,
+) -> Incoming:
+    # Stored like a webhook body, so that every event of a stream can be replayed from deliveries.
+    body = {"event": event, "event_ts": event_ts, "payload": {"rtms_stream_id": stream_id}}
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return Incoming(raw, parsed, source, event=event, stale_before=stale_before)
 
 
 def _parse_cursor(cursor: str | None) -> tuple[int, int]:
