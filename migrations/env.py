@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 
 from rtms_lifecycle._tables import metadata
 
@@ -21,17 +21,19 @@ def _run(connection: Connection) -> None:
 
 
 def _online() -> None:
-    connection = context.config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
+    # The library hands over a Connection; pytest-alembic an Engine; alembic's CLI only a URL.
+    given = context.config.attributes.get("connection")
+    if isinstance(given, Connection):
+        _run(given)
         return
-    url = context.config.get_main_option("sqlalchemy.url")
-    if not url:
-        raise RuntimeError("no database: set sqlalchemy.url or pass a connection")
-    engine = create_engine(url)
+    engine = given if isinstance(given, Engine) else None
+    if engine is None:
+        url = context.config.get_main_option("sqlalchemy.url")
+        if not url:
+            raise RuntimeError("no database: set sqlalchemy.url or pass a connection")
+        engine = create_engine(url)
     with engine.connect() as conn:
         _run(conn)
-    engine.dispose()
 
 
 if context.is_offline_mode():

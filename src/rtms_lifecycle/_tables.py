@@ -43,8 +43,9 @@ streams = Table(
     "streams",
     metadata,
     Column("stream_id", String(_ID_LENGTH), primary_key=True),
-    Column("scope", String(32), nullable=False),
-    Column("scope_id", String(_ID_LENGTH), nullable=False),
+    # Null only while the stream is "new": an app-reported resume can arrive before any webhook.
+    Column("scope", String(32)),
+    Column("scope_id", String(_ID_LENGTH)),
     Column("account_id", String(_ID_LENGTH)),
     Column("session_key", String(_ID_LENGTH)),
     Column("operator_id", String(_ID_LENGTH)),
@@ -88,8 +89,9 @@ stream_events = Table(
     Column("event_ts", BigInteger, nullable=False),
     Column("source", String(16), nullable=False),
     Column("event", String(128), nullable=False),
-    Column("scope", String(32), nullable=False),
-    Column("scope_id", String(_ID_LENGTH), nullable=False),
+    # Null for an app-reported event of a stream no webhook has told us about yet.
+    Column("scope", String(32)),
+    Column("scope_id", String(_ID_LENGTH)),
     Column("account_id", String(_ID_LENGTH)),
     Column("session_key", String(_ID_LENGTH)),
     Column("operator_id", String(_ID_LENGTH)),

@@ -429,13 +429,17 @@ _OTHER_MODELS: Final[dict[str, type[Delivery]]] = {
 
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
-    """One event of one stream, whatever its scope or source: what the lifecycle folds over."""
+    """One event of one stream, whatever its scope or source: what the lifecycle folds over.
+
+    ``scope`` and ``scope_id`` are None only for an app-reported event of a stream that no
+    webhook has told us about yet; every webhook event carries both.
+    """
 
     event: str
-    scope: Scope
+    scope: Scope | None
     kind: EventKind
     stream_id: str
-    scope_id: str
+    scope_id: str | None
     event_ts: int
     source: Source = Source.WEBHOOK
     account_id: str | None = None

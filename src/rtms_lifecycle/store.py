@@ -49,7 +49,7 @@ from .events import (
     UrlValidation,
 )
 from .exceptions import FieldError, StoreError
-from .machine import State, StreamState, TransitionName, fold, step
+from .machine import LIVE_STATES, State, StreamState, TransitionName, fold, step
 from .records import IngestResult, Outcome, Stream, Transition
 
 __all__ = ["DEFAULT_DB_URL", "KnownStreamEvent", "Incoming", "Store", "now_ms"]
@@ -96,7 +96,6 @@ class _Live:
     """A stream as the batch sees it, and what the batch changed."""
 
     state: StreamState
-    exists: bool
     dirty: bool = False
     stored_events: list[StreamEvent] | None = None
     new_events: list[StreamEvent] = field(default_factory=list)
@@ -120,21 +119,25 @@ def _normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # We issue BEGIN ourselves; pysqlite's own transaction handling would defer it.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # We issue BEGIN ourselves; pysqlite's own transaction handling would defer it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        # A writer takes the write lock up front: two writers never both read, then both write.
-        write = conn.get_execution_options().get("rtms_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A writer takes the write lock up front: two writers never both read, then both write.
+    write = conn.get_execution_options().get("rtms_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    if not event.contains(engine, "connect", _sqlite_connect):
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
 
 
 def create_store_engine(url: str) -> Engine:
@@ -201,7 +204,7 @@ def row_to_state(row: Row[Any]) -> StreamState:
     m = row._mapping
     return StreamState(
         stream_id=m["stream_id"],
-        scope=Scope(m["scope"]),
+        scope=Scope(m["scope"]) if m["scope"] else None,
         scope_id=m["scope_id"],
         account_id=m["account_id"],
         session_key=m["session_key"],
@@ -248,7 +251,7 @@ def row_to_event(row: Row[Any]) -> StreamEvent:
     m = row._mapping
     return StreamEvent(
         event=m["event"],
-        scope=Scope(m["scope"]),
+        scope=Scope(m["scope"]) if m["scope"] else None,
         kind=EventKind(m["kind"]),
         stream_id=m["stream_id"],
         scope_id=m["scope_id"],
@@ -299,51 +302,41 @@ class _Batch:
     # --- reading what the batch touches -----------------------------------------------------
 
     def _load(self, items: Sequence[Incoming]) -> None:
-        creates: dict[str, StreamEvent] = {}
-        touched: set[str] = set()
-        identities: list[tuple[str, str, int]] = []
-        for item in items:
-            parsed = item.parsed
-            if isinstance(parsed, StreamEvent):
-                creates.setdefault(parsed.stream_id, parsed)
-                identities.append((parsed.stream_id, parsed.kind.value, parsed.event_ts))
-            elif isinstance(parsed, KnownStreamEvent):
-                touched.add(parsed.stream_id)
-                identities.append((parsed.stream_id, parsed.kind.value, parsed.event_ts))
-        ids = sorted(touched | creates.keys())
+        identities = sorted(
+            {
+                (parsed.stream_id, parsed.kind.value, parsed.event_ts)
+                for parsed in (item.parsed for item in items)
+                if isinstance(parsed, StreamEvent | KnownStreamEvent)
+            }
+        )
+        ids = sorted({stream_id for stream_id, _, _ in identities})
         if not ids:
             return
-        if creates:
-            self._create_placeholders(sorted(creates), creates)
+        self._create_placeholders(ids)
         for chunk in _chunks(ids):
             query = select(streams).where(streams.c.stream_id.in_(chunk))
             if self.postgres:
                 query = query.order_by(streams.c.stream_id).with_for_update()
             for row in self.conn.execute(query):
-                new = row.state == State.NEW.value
-                state = StreamState(row.stream_id) if new else row_to_state(row)
-                self.live[row.stream_id] = _Live(state, exists=not new)
+                self.live[row.stream_id] = _Live(row_to_state(row))
         identity = tuple_(stream_events.c.stream_id, stream_events.c.kind, stream_events.c.event_ts)
-        for chunk in _chunks(sorted(set(identities))):
-            rows = self.conn.execute(
-                select(
-                    stream_events.c.stream_id,
-                    stream_events.c.kind,
-                    stream_events.c.event_ts,
-                    stream_events.c.payload,
-                ).where(identity.in_(chunk))
-            )
-            for row in rows:
+        known = select(
+            stream_events.c.stream_id,
+            stream_events.c.kind,
+            stream_events.c.event_ts,
+            stream_events.c.payload,
+        )
+        for chunk in _chunks(identities):
+            for row in self.conn.execute(known.where(identity.in_(chunk))):
                 self.known[row.stream_id, row.kind, row.event_ts] = row.payload
 
-    def _create_placeholders(self, ids: list[str], first: dict[str, StreamEvent]) -> None:
+    def _create_placeholders(self, ids: list[str]) -> None:
         # Inserting first and locking after gives racing writers of a new stream one row to
-        # queue on; state "new" marks a row no event has been applied to yet.
+        # queue on. Sorted ids make every writer lock in one order, so none can deadlock.
+        # State "new" marks a row no event has been applied to yet.
         rows = [
             {
                 "stream_id": sid,
-                "scope": first[sid].scope.value,
-                "scope_id": first[sid].scope_id,
                 "state": State.NEW.value,
                 "interruptions": 0,
                 "resumes": 0,
@@ -387,38 +380,27 @@ class _Batch:
             return self._delivery(
                 item, Outcome.APPLIED, event=parsed.event, event_ts=parsed.event_ts
             )
-        live = self.live.get(parsed.stream_id)
+        live = self.live[parsed.stream_id]
         if isinstance(parsed, KnownStreamEvent):
-            if live is None or live.state.scope is None:
-                return self._delivery(
-                    item,
-                    Outcome.REJECTED,
-                    event=item.event,
-                    event_ts=parsed.event_ts,
-                    stream_id=parsed.stream_id,
-                    errors=(FieldError("rtms_stream_id", "no stream with this id is stored"),),
-                )
             parsed = StreamEvent(
-                event=item.event or "app.resumed",
+                event=item.event or parsed.kind.value,
                 scope=live.state.scope,
-                kind=EventKind.RESUMED,
+                kind=parsed.kind,
                 stream_id=parsed.stream_id,
-                scope_id=live.state.scope_id or "",
+                scope_id=live.state.scope_id,
                 event_ts=parsed.event_ts,
                 source=item.source,
                 payload={"rtms_stream_id": parsed.stream_id},
             )
-        assert live is not None
         if item.stale_before is not None and not (
-            live.state.state in (State.STARTED, State.INTERRUPTED, State.RESUMED)
-            and (live.state.last_event_at or 0) < item.stale_before
+            live.state.state in LIVE_STATES and (live.state.last_event_at or 0) < item.stale_before
         ):
             return None
         return self._stream_event(item, parsed, live)
 
     def _stream_event(self, item: Incoming, ev: StreamEvent, live: _Live) -> IngestResult:
         before = live.state
-        if before.scope is not None and before.scope is not ev.scope:
+        if before.scope is not None and ev.scope is not None and before.scope is not ev.scope:
             return self._delivery(
                 item,
                 Outcome.CONFLICT,
@@ -535,7 +517,7 @@ class _Batch:
                 "event_ts": ev.event_ts,
                 "source": ev.source.value,
                 "event": ev.event,
-                "scope": ev.scope.value,
+                "scope": ev.scope.value if ev.scope else None,
                 "scope_id": ev.scope_id,
                 "account_id": ev.account_id,
                 "session_key": ev.session_key,

@@ -1,0 +1,44 @@
+"""Builders of webhook bodies for tests: one place that knows each scope's event names and ids."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rtms_lifecycle import EventKind, Scope
+
+# scope -> (event name prefix, scope id field)
+SCOPES: dict[Scope, tuple[str, str]] = {
+    Scope.MEETING: ("meeting.rtms_", "meeting_uuid"),
+    Scope.WEBINAR: ("webinar.rtms_", "webinar_uuid"),
+    Scope.SESSION: ("session.rtms_", "session_id"),
+    Scope.CONTACT_CENTER: ("contact_center.voice_rtms_", "engagement_id"),
+    Scope.PHONE: ("phone.rtms_", "call_id"),
+}
+
+
+def body(
+    kind: EventKind | str,
+    stream_id: str,
+    event_ts: int,
+    *,
+    scope: Scope = Scope.MEETING,
+    scope_id: str = "scope-1",
+    stop_reason: int | None = 1,
+    server_urls: str | None = "wss://rtms.zoom.us/1",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A webhook body of ``kind`` (started, interrupted or stopped) for one stream."""
+    kind = EventKind(kind)
+    prefix, id_field = SCOPES[scope]
+    payload: dict[str, Any] = {"rtms_stream_id": stream_id, id_field: scope_id, **extra}
+    if kind is EventKind.STARTED and server_urls is not None:
+        payload["server_urls"] = server_urls
+    if kind is EventKind.STOPPED and stop_reason is not None:
+        payload["stop_reason"] = stop_reason
+    return {"event": prefix + kind.value, "event_ts": event_ts, "payload": payload}
+
+
+def raw(kind: EventKind | str, stream_id: str, event_ts: int, **kwargs: Any) -> bytes:
+    """The same body as bytes, as Zoom would send it."""
+    return json.dumps(body(kind, stream_id, event_ts, **kwargs)).encode()
