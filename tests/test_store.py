@@ -146,9 +146,11 @@ def test_first_stored_version_stands_on_conflict(tracker: Tracker) -> None:
     tracker.ingest(raw("started", "s1", 10, server_urls="wss://first"))
     result = tracker.ingest(raw("started", "s1", 10, server_urls="wss://second"))
     assert result.outcome is Outcome.CONFLICT
-    assert result.detail is not None and "first stands" in result.detail
+    assert result.detail is not None
+    assert "first stands" in result.detail
     stream = tracker.stream("s1")
-    assert stream is not None and stream.server_urls == "wss://first"
+    assert stream is not None
+    assert stream.server_urls == "wss://first"
 
 
 def test_rejected_delivery_keeps_raw_bytes_and_error(tracker: Tracker) -> None:
@@ -181,7 +183,8 @@ def test_late_event_refolds_and_is_marked_late(tracker: Tracker) -> None:
         State.STOPPED,
     )
     stream = tracker.stream("s1")
-    assert stream is not None and (stream.interruptions, stream.state) == (1, State.STOPPED)
+    assert stream is not None
+    assert (stream.interruptions, stream.state) == (1, State.STOPPED)
 
 
 def test_event_after_stop_is_ignored_and_kept(tracker: Tracker) -> None:
@@ -195,7 +198,8 @@ def test_event_after_stop_is_ignored_and_kept(tracker: Tracker) -> None:
         ).scalar_one()
     assert stored == 3
     stream = tracker.stream("s1")
-    assert stream is not None and (stream.failovers, stream.last_event_at) == (0, 20)
+    assert stream is not None
+    assert (stream.failovers, stream.last_event_at) == (0, 20)
 
 
 def test_one_audit_row_per_applied_event(tracker: Tracker) -> None:
