@@ -106,6 +106,7 @@ def upgrade() -> None:
         sa.Column("operator_id", sa.String(length=255), nullable=True),
         sa.Column("server_urls", sa.Text(), nullable=True),
         sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("first_event_at", sa.BigInteger(), nullable=True),
         sa.Column("started_at", sa.BigInteger(), nullable=True),
         sa.Column("stopped_at", sa.BigInteger(), nullable=True),
         sa.Column("stop_reason", sa.Integer(), nullable=True),
@@ -128,7 +129,7 @@ def upgrade() -> None:
             postgresql_where=sa.text("state != 'stopped'"),
         )
         batch_op.create_index("ix_streams_scope_scope_id", ["scope", "scope_id"], unique=False)
-        batch_op.create_index("ix_streams_started_at", ["started_at"], unique=False)
+        batch_op.create_index("ix_streams_first_event_at", ["first_event_at"], unique=False)
         batch_op.create_index(
             "ix_streams_stopped_at",
             ["stopped_at"],
@@ -177,7 +178,7 @@ def downgrade() -> None:
             sqlite_where=sa.text("stopped_at IS NOT NULL"),
             postgresql_where=sa.text("stopped_at IS NOT NULL"),
         )
-        batch_op.drop_index("ix_streams_started_at")
+        batch_op.drop_index("ix_streams_first_event_at")
         batch_op.drop_index("ix_streams_scope_scope_id")
         batch_op.drop_index(
             "ix_streams_live",

@@ -87,7 +87,7 @@ def list_streams(
         query = query.where(streams.c.scope == Scope(scope).value)
     if scope_id is not None:
         query = query.where(streams.c.scope_id == scope_id)
-    began = func.coalesce(streams.c.started_at, streams.c.last_event_at)
+    began = streams.c.first_event_at
     if until is not None:
         query = query.where(began < until)
     if since is not None:
@@ -187,7 +187,7 @@ def stop_reason_stats(
 def interruption_stats(
     conn: Connection, since: int | None, until: int | None, scope: Scope | None
 ) -> InterruptionStats:
-    began = func.coalesce(streams.c.started_at, streams.c.last_event_at)
+    began = streams.c.first_event_at
     where = [_window(began, since, until), streams.c.state != State.NEW.value]
     if scope is not None:
         where.append(streams.c.scope == Scope(scope).value)

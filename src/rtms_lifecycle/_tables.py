@@ -51,6 +51,7 @@ streams = Table(
     Column("operator_id", String(_ID_LENGTH)),
     Column("server_urls", Text),
     Column("state", String(16), nullable=False),
+    Column("first_event_at", BigInteger),
     Column("started_at", BigInteger),
     Column("stopped_at", BigInteger),
     Column("stop_reason", Integer),
@@ -77,7 +78,7 @@ streams = Table(
         sqlite_where=text("stopped_at IS NOT NULL"),
         postgresql_where=text("stopped_at IS NOT NULL"),
     ),
-    Index("ix_streams_started_at", "started_at"),
+    Index("ix_streams_first_event_at", "first_event_at"),
 )
 
 stream_events = Table(

@@ -593,8 +593,18 @@ def _validate(validate: Any, data: dict[str, Any], event: Any, rename: str | Non
         raise DeliveryRejected(
             _field_errors(exc, rename) or [FieldError("body", str(exc))],
             event if isinstance(event, str) else None,
+            _stream_id_hint(data.get("payload")),
         ) from None
     return result
+
+
+def _stream_id_hint(payload: Any) -> str | None:
+    if not isinstance(payload, dict):
+        return None
+    found = payload.get("rtms_stream_id")
+    if found is None and isinstance(payload.get("object"), dict):
+        found = payload["object"].get("rtms_stream_id")
+    return found if isinstance(found, str) and found and "\x00" not in found else None
 
 
 def _other(parsed: Delivery, data: dict[str, Any]) -> ParsedDelivery:

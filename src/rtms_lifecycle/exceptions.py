@@ -37,9 +37,16 @@ class FieldError:
 class DeliveryRejected(RTMSLifecycleError):
     """A delivery body that cannot be understood; ``errors`` names each bad field."""
 
-    def __init__(self, errors: Sequence[FieldError], event: str | None = None) -> None:
+    def __init__(
+        self,
+        errors: Sequence[FieldError],
+        event: str | None = None,
+        stream_id: str | None = None,
+    ) -> None:
         self.errors: tuple[FieldError, ...] = tuple(errors)
         self.event = event
+        # The stream the body seems to be about, so that its rejections can be found with it.
+        self.stream_id = stream_id
         super().__init__("; ".join(str(e) for e in self.errors))
 
 
@@ -56,4 +63,12 @@ class ConfigurationError(RTMSLifecycleError):
 
 
 class WebhookRefused(RTMSLifecycleError):
-    """A webhook request failed verification (signature, timestamp)."""
+    """A webhook request failed verification (signature, timestamp).
+
+    ``reason`` is a short machine-readable code (e.g. ``signature_invalid``); neither it nor the
+    message ever contains a secret or a signature, so both are safe to log and to answer.
+    """
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or reason)

@@ -165,6 +165,8 @@ class StreamState:
     operator_id: str | None = None
     server_urls: str | None = None
     state: State = State.NEW
+    # When the stream began, as far as we know: the first applied event, `started` or not.
+    first_event_at: int | None = None
     started_at: int | None = None
     stopped_at: int | None = None
     stop_reason: int | None = None
@@ -202,6 +204,8 @@ def step(stream: StreamState, event: StreamEvent) -> TransitionName | None:
             setattr(stream, name, getattr(event, name))
     stream.state = State(cursor.state)
     stream.last_event_at = event.event_ts
+    if stream.first_event_at is None:
+        stream.first_event_at = event.event_ts
     if event.kind is EventKind.STARTED:
         stream.server_urls = event.server_urls
         if stream.started_at is None:

@@ -87,6 +87,7 @@ class Incoming:
     source: Source = Source.WEBHOOK
     errors: tuple[FieldError, ...] = ()
     event: str | None = None
+    stream_id: str | None = None  # for a rejected body: the stream it seems to be about
     # Expiry only: record nothing unless the stream is still live with no event since then.
     stale_before: int | None = None
 
@@ -211,6 +212,7 @@ def row_to_state(row: Row[Any]) -> StreamState:
         operator_id=m["operator_id"],
         server_urls=m["server_urls"],
         state=State(m["state"]),
+        first_event_at=m["first_event_at"],
         started_at=m["started_at"],
         stopped_at=m["stopped_at"],
         stop_reason=m["stop_reason"],
@@ -366,7 +368,9 @@ class _Batch:
     def _decide(self, item: Incoming) -> IngestResult | None:
         parsed = item.parsed
         if item.errors or parsed is None:
-            return self._delivery(item, Outcome.REJECTED, errors=item.errors)
+            return self._delivery(
+                item, Outcome.REJECTED, errors=item.errors, stream_id=item.stream_id
+            )
         if isinstance(parsed, UnhandledDelivery):
             return self._delivery(
                 item, Outcome.UNHANDLED, event=parsed.event, event_ts=parsed.event_ts

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from . import _queries
 from .events import EventKind, Scope, Source, parse_delivery
-from .exceptions import DeliveryRejected, FieldError
+from .exceptions import ConfigurationError, DeliveryRejected, FieldError
 from .machine import State, TransitionName
 from .records import (
     ConcurrencyAlertRecord,
@@ -28,6 +28,7 @@ from .records import (
     Transition,
 )
 from .store import Incoming, KnownStreamEvent, Store, now_ms
+from .webhook import DEFAULT_REPLAY_WINDOW, WebhookVerifier
 
 __all__ = ["Body", "IngestSummary", "TransitionCallback", "Tracker"]
 
@@ -99,7 +100,9 @@ def to_incoming(body: Body, source: Source = Source.WEBHOOK) -> Incoming:
     try:
         parsed = parse_delivery(body)
     except DeliveryRejected as exc:
-        return Incoming(raw, None, source, errors=exc.errors, event=exc.event)
+        return Incoming(
+            raw, None, source, errors=exc.errors, event=exc.event, stream_id=exc.stream_id
+        )
     return Incoming(raw, parsed, source, event=parsed.event)
 
 
@@ -111,7 +114,17 @@ class Tracker:
     older migration is refused (:class:`SchemaOutdatedError`) until ``rtms-lifecycle db upgrade``.
     """
 
-    def __init__(self, db: str | Engine | None = None, *, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        db: str | Engine | None = None,
+        *,
+        migrate: bool = True,
+        webhook_secrets: Sequence[str] | None = None,
+        replay_window: float = DEFAULT_REPLAY_WINDOW,
+    ) -> None:
+        self._verifier = (
+            WebhookVerifier(webhook_secrets, replay_window) if webhook_secrets is not None else None
+        )
         self._store = Store(db, migrate=migrate)
         self._subscriptions: tuple[_Subscription, ...] = ()
         self._lock = threading.Lock()
@@ -133,9 +146,23 @@ class Tracker:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def ingest(self, body: Body, *, source: Source = Source.WEBHOOK) -> IngestResult:
-        """Record one delivery in its own transaction; a rejected body is stored, not raised."""
-        (result,) = self._record([to_incoming(body, source)])
+    def ingest(self, body: Body, *, headers: Mapping[str, str] | None = None) -> IngestResult:
+        """Record one delivery in its own transaction; a rejected body is stored, not raised.
+
+        With ``headers`` (the request's), the delivery is first verified with the tracker's
+        ``webhook_secrets`` (Zoom's signature over the raw bytes, and the replay window): a
+        refused request raises :class:`WebhookRefused` and changes nothing in the store.
+        """
+        if headers is not None:
+            if self._verifier is None:
+                raise ConfigurationError(
+                    "ingest(headers=...) verifies Zoom's signature: create the Tracker with "
+                    "webhook_secrets=[...] (or verify yourself and leave headers out)"
+                )
+            if not isinstance(body, bytes | bytearray | memoryview | str):
+                raise TypeError("a signature covers raw bytes: pass the body as received")
+            self._verifier.verify(headers, body.encode() if isinstance(body, str) else bytes(body))
+        (result,) = self._record([to_incoming(body)])
         assert result is not None
         return result
 
