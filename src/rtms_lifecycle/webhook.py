@@ -1,0 +1,195 @@
+"""Zoom webhook security, framework-free (spec section 8).
+
+Any backend can call these: :class:`WebhookVerifier` checks ``x-zm-signature`` and
+``x-zm-request-timestamp`` over the raw body, :func:`url_validation_response` answers Zoom's
+``endpoint.url_validation`` challenge, and :func:`secrets_from_env` reads the secret tokens.
+
+Nothing here logs, and no error message carries a secret or a signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
+from typing import Final
+
+from .exceptions import ConfigurationError, WebhookRefused
+
+__all__ = [
+    "DEFAULT_REPLAY_WINDOW",
+    "SECRET_ENV",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "RefusalReason",
+    "WebhookVerifier",
+    "secrets_from_env",
+    "sign",
+    "url_validation_response",
+]
+
+SIGNATURE_HEADER: Final = "x-zm-signature"
+TIMESTAMP_HEADER: Final = "x-zm-request-timestamp"
+SECRET_ENV: Final = "ZOOM_WEBHOOK_SECRET_TOKEN"
+DEFAULT_REPLAY_WINDOW: Final = 300.0
+# Epoch seconds have 10 digits until the year 2286; anything much longer is not a timestamp and
+# would only make int() work harder on attacker-controlled input.
+_MAX_TIMESTAMP_DIGITS: Final = 18
+
+
+class RefusalReason(StrEnum):
+    """Why a webhook request was refused: the ``reason`` of :class:`WebhookRefused`."""
+
+    SIGNATURE_MISSING = "signature_missing"
+    SIGNATURE_INVALID = "signature_invalid"
+    TIMESTAMP_MISSING = "timestamp_missing"
+    TIMESTAMP_INVALID = "timestamp_invalid"
+    TIMESTAMP_STALE = "timestamp_stale"
+    TIMESTAMP_FUTURE = "timestamp_future"
+
+
+def _hmac_hex(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, timestamp: int | str, body: bytes) -> str:
+    """The ``x-zm-signature`` Zoom sends: ``v0=`` + hex HMAC-SHA256 of ``v0:{ts}:{body}``."""
+    return "v0=" + _hmac_hex(secret, b"v0:%s:%s" % (str(timestamp).encode("utf-8"), body))
+
+
+def url_validation_response(secret: str, plain_token: str) -> dict[str, str]:
+    """The answer to ``endpoint.url_validation``: the token and its HMAC under ``secret``."""
+    return {
+        "plainToken": plain_token,
+        "encryptedToken": _hmac_hex(secret, plain_token.encode("utf-8")),
+    }
+
+
+def _split_secrets(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def secrets_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secret tokens in ``ZOOM_WEBHOOK_SECRET_TOKEN`` (comma-separated: several apps, rotation).
+
+    Whitespace around each is stripped and empty entries dropped; none at all is a
+    :class:`ConfigurationError`, since a receiver without a secret could verify nothing.
+    """
+    secrets = _split_secrets((os.environ if environ is None else environ).get(SECRET_ENV))
+    if not secrets:
+        raise ConfigurationError(
+            f"no webhook secret token: set {SECRET_ENV} to your Zoom app's Secret Token "
+            "(Marketplace > your app > Features > Access; several, comma-separated, for "
+            "several apps or while rotating)"
+        )
+    return secrets
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    # Plain dicts are case-sensitive; HTTP header names are not.
+    for key, candidate in headers.items():
+        if key.lower() == name:
+            return candidate
+    return None
+
+
+class WebhookVerifier:
+    """Checks that a request comes from Zoom, and is fresh (spec section 8).
+
+    Every configured secret is tried, always all of them and each in constant time, so neither
+    a match nor its position leaks through timing. The signature covers the timestamp, so the
+    replay window is checked only once the signature is known to be genuine: a stale refusal
+    then means a real but old (replayed, or clock-skewed) request.
+    """
+
+    def __init__(
+        self,
+        secrets: Sequence[str],
+        replay_window: float = DEFAULT_REPLAY_WINDOW,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if isinstance(secrets, str):
+            # A lone string would otherwise be taken as one secret per character.
+            raise TypeError("secrets must be a sequence of strings, not a string")
+        if not secrets:
+            raise ConfigurationError(
+                f"a webhook verifier needs at least one secret token (see {SECRET_ENV})"
+            )
+        if any(not isinstance(s, str) or not s.strip() for s in secrets):
+            raise ConfigurationError("webhook secret tokens must be non-empty strings")
+        if replay_window <= 0:
+            raise ConfigurationError("the replay window must be a positive number of seconds")
+        self._secrets: tuple[str, ...] = tuple(secrets)
+        self.replay_window = float(replay_window)
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        # Never the secrets themselves: a repr ends up in logs and tracebacks.
+        return (
+            f"WebhookVerifier(<{len(self._secrets)} secret(s)>, "
+            f"replay_window={self.replay_window:g})"
+        )
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Return if the request is genuine and fresh; else raise :class:`WebhookRefused`."""
+        self.matching_secret(headers, body)
+
+    def matching_secret(self, headers: Mapping[str, str], body: bytes) -> str:
+        """Verify like :meth:`verify`, and return the first configured secret that signed it.
+
+        That is the secret to answer a url validation challenge with: the one of the app
+        (or, while rotating, the token) Zoom used for this very request.
+        """
+        signature = _header(headers, SIGNATURE_HEADER)
+        timestamp = _header(headers, TIMESTAMP_HEADER)
+        if not signature:
+            raise WebhookRefused(RefusalReason.SIGNATURE_MISSING, f"no {SIGNATURE_HEADER} header")
+        if not timestamp:
+            raise WebhookRefused(RefusalReason.TIMESTAMP_MISSING, f"no {TIMESTAMP_HEADER} header")
+        seconds = self._parse_timestamp(timestamp)
+        secret = self._match(signature, timestamp, bytes(body))
+        if secret is None:
+            raise WebhookRefused(
+                RefusalReason.SIGNATURE_INVALID,
+                "signature does not match the body under any configured secret token",
+            )
+        skew = seconds - self._clock()
+        if skew < -self.replay_window:
+            raise WebhookRefused(
+                RefusalReason.TIMESTAMP_STALE,
+                f"request timestamp is {-skew:.0f} s old, beyond the "
+                f"{self.replay_window:g} s replay window",
+            )
+        if skew > self.replay_window:
+            raise WebhookRefused(
+                RefusalReason.TIMESTAMP_FUTURE,
+                f"request timestamp is {skew:.0f} s in the future, beyond the "
+                f"{self.replay_window:g} s replay window",
+            )
+        return secret
+
+    @staticmethod
+    def _parse_timestamp(value: str) -> int:
+        # Only plain ASCII digits: int() would also take "+1_700_000_000" or Arabic-Indic digits.
+        if not (value.isascii() and value.isdigit() and len(value) <= _MAX_TIMESTAMP_DIGITS):
+            raise WebhookRefused(
+                RefusalReason.TIMESTAMP_INVALID,
+                f"{TIMESTAMP_HEADER} must be whole epoch seconds",
+            )
+        return int(value)
+
+    def _match(self, signature: str, timestamp: str, body: bytes) -> str | None:
+        # Header values may hold any character; compare_digest wants bytes for non-ASCII text.
+        given = signature.encode("utf-8", errors="surrogatepass")
+        matched: str | None = None
+        for secret in self._secrets:
+            expected = sign(secret, timestamp, body).encode("ascii")
+            if hmac.compare_digest(given, expected) and matched is None:
+                matched = secret
+        return matched
