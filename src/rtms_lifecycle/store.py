@@ -13,8 +13,10 @@ import hashlib
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -169,6 +171,11 @@ class Store:
         if self.dialect == "sqlite" and isinstance(db, Engine):
             _configure_sqlite(self.engine)
         self._writer = self.engine.execution_options(rtms_write=True)
+        # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
+        # tries: threads of one process queue here instead, at no cost to other processes.
+        self._serial: AbstractContextManager[object] = (
+            threading.Lock() if self.dialect == "sqlite" else nullcontext()
+        )
         if migrate:
             _migrate.ensure_schema(self.engine)
 
@@ -182,7 +189,7 @@ class Store:
         """Record deliveries in one transaction; None for an expiry that no longer applies."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                with self._writer.begin() as conn:
+                with self._serial, self._writer.begin() as conn:
                     return _Batch(conn, now_ms()).run(items)
             except DBAPIError as exc:
                 if not _retryable(exc) or attempt == _ATTEMPTS:
