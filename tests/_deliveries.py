@@ -7,6 +7,29 @@ from typing import Any
 
 from rtms_lifecycle import EventKind, Scope
 
+# The keys of a stream in every JSON the project prints (spec section 9), exactly.
+SPEC_STREAM_KEYS = frozenset(
+    {
+        "stream_id",
+        "scope",
+        "scope_id",
+        "account_id",
+        "session_key",
+        "operator_id",
+        "server_urls",
+        "state",
+        "started_at",
+        "stopped_at",
+        "last_event_at",
+        "stop_reason",
+        "stop_reason_name",
+        "stop_reason_category",
+        "interruptions",
+        "resumes",
+        "failovers",
+    }
+)
+
 # scope -> (event name prefix, scope id field)
 SCOPES: dict[Scope, tuple[str, str]] = {
     Scope.MEETING: ("meeting.rtms_", "meeting_uuid"),

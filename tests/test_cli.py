@@ -21,30 +21,11 @@ from rtms_lifecycle import Tracker, _migrate
 from rtms_lifecycle.cli import cli, format_duration, format_time, parse_duration, parse_time
 from rtms_lifecycle.store import create_store_engine
 
-from ._deliveries import body
+from ._deliveries import SPEC_STREAM_KEYS, body
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "shared" / "zoom" / "examples").glob("*"))
 ENTRY_POINT = Path(sys.executable).with_name("rtms-lifecycle")
 
-STREAM_KEYS = {
-    "stream_id",
-    "scope",
-    "scope_id",
-    "account_id",
-    "session_key",
-    "operator_id",
-    "server_urls",
-    "state",
-    "started_at",
-    "stopped_at",
-    "last_event_at",
-    "stop_reason",
-    "stop_reason_name",
-    "stop_reason_category",
-    "interruptions",
-    "resumes",
-    "failovers",
-}
 OUTCOMES = ["applied", "ignored", "duplicate", "conflict", "rejected", "unhandled"]
 STAT_KEYS = {
     "stop_reason",
@@ -291,7 +272,7 @@ def test_streams_filters(scenario_db: str, options: list[str], expected: set[str
     """Filters select by state, scope and activity; --limit keeps the most recent activity."""
     found = invoke_json(scenario_db, "streams", *options)
     assert ids(found) == expected
-    assert all(set(stream) == STREAM_KEYS for stream in found)
+    assert all(set(stream) == SPEC_STREAM_KEYS for stream in found)
 
 
 def test_streams_json_has_the_spec_fields(scenario_db: str) -> None:
@@ -347,7 +328,7 @@ def test_stream_shows_one_stream_and_its_history(scenario_db: str) -> None:
     """stream ID --json gives the stream (spec keys) and its transitions in event-time order."""
     shown = invoke_json(scenario_db, "stream", "s-session")
     assert set(shown) == {"stream", "history"}
-    assert set(shown["stream"]) == STREAM_KEYS
+    assert set(shown["stream"]) == SPEC_STREAM_KEYS
     assert shown["stream"]["state"] == "resumed"
     assert [t["name"] for t in shown["history"]] == ["start", "interrupt", "resume"]
     assert [(t["from_state"], t["to_state"]) for t in shown["history"]] == [
@@ -481,7 +462,7 @@ def test_expire_closes_stale_streams_once(scenario_db: str) -> None:
     """expire --stale-after closes every live stream older than that, as EXPIRED, only once."""
     closed = invoke_json(scenario_db, "expire", "--stale-after", "6h")
     assert ids(closed) == {"s-meeting", "s-webinar", "s-session"}
-    assert all(set(s) == STREAM_KEYS for s in closed)
+    assert all(set(s) == SPEC_STREAM_KEYS for s in closed)
     assert {(s["state"], s["stop_reason"], s["stop_reason_name"]) for s in closed} == {
         ("stopped", None, "EXPIRED")
     }

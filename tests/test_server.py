@@ -27,29 +27,11 @@ from rtms_lifecycle import ConfigurationError, Outcome, State, Tracker
 from rtms_lifecycle.server import API_TOKEN_ENV, create_app, create_router
 from rtms_lifecycle.webhook import SECRET_ENV, WebhookVerifier
 from tests import _deliveries
+from tests._deliveries import SPEC_STREAM_KEYS
 from tests._live import SECRET, serving, serving_process, signed
 
 OTHER = "second-app-secret"
 TOKEN = "read-api-token"
-SPEC_STREAM_KEYS = {
-    "stream_id",
-    "scope",
-    "scope_id",
-    "account_id",
-    "session_key",
-    "operator_id",
-    "server_urls",
-    "state",
-    "started_at",
-    "stopped_at",
-    "last_event_at",
-    "stop_reason",
-    "stop_reason_name",
-    "stop_reason_category",
-    "interruptions",
-    "resumes",
-    "failovers",
-}
 
 
 def url_validation(token: str) -> bytes:

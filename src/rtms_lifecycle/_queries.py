@@ -24,7 +24,7 @@ from .records import (
     Transition,
 )
 from .stop_reasons import describe_stop_reason
-from .store import row_to_event, row_to_state, state_to_stream
+from .store import row_to_event, row_to_state, state_to_stream, transition_of
 
 _LIVE: Final = text(LIVE_PREDICATE)
 _RANK: Final = case({kind.value: kind.rank for kind in EventKind}, value=transitions_table.c.kind)
@@ -35,20 +35,7 @@ def _stream(row: Row[Any]) -> Stream:
 
 
 def _transition(row: Row[Any]) -> Transition:
-    m = row._mapping
-    return Transition(
-        id=m["id"],
-        stream_id=m["stream_id"],
-        from_state=State(m["from_state"]),
-        to_state=State(m["to_state"]),
-        name=TransitionName(m["name"]),
-        kind=m["kind"],
-        event_ts=m["event_ts"],
-        source=Source(m["source"]),
-        late=bool(m["late"]),
-        recorded_at=m["recorded_at"],
-        delivery_id=m["delivery_id"],
-    )
+    return transition_of(row._mapping)
 
 
 def stream(conn: Connection, stream_id: str) -> Stream | None:

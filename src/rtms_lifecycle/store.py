@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -252,6 +252,23 @@ def state_to_stream(state: StreamState) -> Stream:
         interruptions=state.interruptions,
         resumes=state.resumes,
         failovers=state.failovers,
+    )
+
+
+def transition_of(m: Mapping[Any, Any]) -> Transition:
+    """An audit row (a stored row's mapping, or the values just inserted) as a Transition."""
+    return Transition(
+        id=m["id"],
+        stream_id=m["stream_id"],
+        from_state=State(m["from_state"]),
+        to_state=State(m["to_state"]),
+        name=TransitionName(m["name"]),
+        kind=m["kind"],
+        event_ts=m["event_ts"],
+        source=Source(m["source"]),
+        late=bool(m["late"]),
+        recorded_at=m["recorded_at"],
+        delivery_id=m["delivery_id"],
     )
 
 
@@ -610,25 +627,11 @@ class _Batch:
             for row in self.transition_rows
         ]
         ids = self._insert_returning_ids(transitions_table, rows)
-        for row, transition_id in zip(self.transition_rows, ids, strict=True):
-            index = row["result"]
-            result = self.results[index]
+        for pending, row, transition_id in zip(self.transition_rows, rows, ids, strict=True):
+            result = self.results[pending["result"]]
             assert result is not None
-            self.results[index] = replace(
-                result,
-                transition=Transition(
-                    id=transition_id,
-                    stream_id=row["stream_id"],
-                    from_state=State(row["from_state"]),
-                    to_state=State(row["to_state"]),
-                    name=TransitionName(row["name"]),
-                    kind=row["kind"],
-                    event_ts=row["event_ts"],
-                    source=Source(row["source"]),
-                    late=row["late"],
-                    recorded_at=row["recorded_at"],
-                    delivery_id=delivery_ids[row["delivery"]],
-                ),
+            self.results[pending["result"]] = replace(
+                result, transition=transition_of({**row, "id": transition_id})
             )
 
     def _insert_returning_ids(self, table: Any, rows: list[dict[str, Any]]) -> list[int]:
