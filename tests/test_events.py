@@ -641,3 +641,37 @@ def test_unknown_event_is_unhandled_not_rejected(event: str, payload: object) ->
     parsed = parse_delivery(wire(body))
     expected = UnhandledDelivery(event, EVENT_TS, None if payload is MISSING else payload)
     assert parsed == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "limit"),
+    [
+        ("rtms_stream_id", "s" * 256, 255),
+        ("meeting_uuid", "m" * 256, 255),
+        ("operator_id", "o" * 256, 255),
+        ("server_urls", "wss://x," * 300, 2000),
+    ],
+)
+def test_overlong_field_is_rejected_with_its_limit(field: str, value: str, limit: int) -> None:
+    """A value longer than its column holds is rejected up front, naming the field and limit."""
+    payload = {"rtms_stream_id": "s1", "meeting_uuid": "m1", field: value}
+    with pytest.raises(DeliveryRejected) as caught:
+        parse_delivery({"event": "meeting.rtms_started", "event_ts": 1, "payload": payload})
+    (error,) = caught.value.errors
+    assert error.field == f"payload.{field}"
+    assert f"at most {limit}" in error.reason
+
+
+@pytest.mark.parametrize("length", [255, 1])
+def test_identifier_at_the_limit_is_accepted(length: int) -> None:
+    """Identifiers up to the column size parse."""
+    sid = "s" * length
+    event = parse_delivery(
+        {
+            "event": "meeting.rtms_started",
+            "event_ts": 1,
+            "payload": {"rtms_stream_id": sid, "meeting_uuid": "m1"},
+        }
+    )
+    assert isinstance(event, StreamEvent)
+    assert event.stream_id == sid

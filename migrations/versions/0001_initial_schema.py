@@ -123,7 +123,23 @@ def upgrade() -> None:
     with op.batch_alter_table("streams", schema=None) as batch_op:
         batch_op.create_index(
             "ix_streams_live",
-            ["state", "scope", "scope_id"],
+            [
+                "state",
+                "scope",
+                "scope_id",
+                "stream_id",
+                "account_id",
+                "session_key",
+                "operator_id",
+                "server_urls",
+                "started_at",
+                "stopped_at",
+                "last_event_at",
+                "stop_reason",
+                "interruptions",
+                "resumes",
+                "failovers",
+            ],
             unique=False,
             sqlite_where=sa.text("state != 'stopped'"),
             postgresql_where=sa.text("state != 'stopped'"),
@@ -132,7 +148,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_streams_first_event_at", ["first_event_at"], unique=False)
         batch_op.create_index(
             "ix_streams_stopped_at",
-            ["stopped_at"],
+            ["stopped_at", "stop_reason", "started_at", "scope"],
             unique=False,
             sqlite_where=sa.text("stopped_at IS NOT NULL"),
             postgresql_where=sa.text("stopped_at IS NOT NULL"),

@@ -135,25 +135,23 @@ def _window(column: Any, since: int | None, until: int | None) -> Any:
 def stop_reason_stats(
     conn: Connection, since: int | None, until: int | None, by_scope: bool
 ) -> list[StopReasonStat]:
-    query = select(
-        streams.c.scope, streams.c.stop_reason, streams.c.started_at, streams.c.stopped_at
-    ).where(_window(streams.c.stopped_at, since, until))
-    durations: dict[tuple[str | None, int | None], list[int]] = defaultdict(list)
-    counts: dict[tuple[str | None, int | None], int] = defaultdict(int)
-    for scope, reason, started_at, stopped_at in conn.execution_options(yield_per=5000).execute(
-        query
-    ):
-        key = (scope if by_scope else None, reason)
-        counts[key] += 1
-        if started_at is not None:
-            durations[key].append(stopped_at - started_at)
+    # Only columns of ix_streams_stopped_at: the rows are never visited, the index answers.
+    scope_column = streams.c.scope if by_scope else literal(None)
+    duration = streams.c.stopped_at - streams.c.started_at
+    query = select(scope_column, streams.c.stop_reason, duration).where(
+        _window(streams.c.stopped_at, since, until)
+    )
+    groups: dict[tuple[str | None, int | None], list[int | None]] = defaultdict(list)
+    for key_scope, reason, took in conn.execute(query):
+        groups[key_scope, reason].append(took)
+    counts = {key: len(found) for key, found in groups.items()}
     totals: dict[str | None, int] = defaultdict(int)
     for (scope, _), count in counts.items():
         totals[scope] += count
     stats = []
     for (scope, reason), count in counts.items():
         described = describe_stop_reason(reason)
-        found = durations.get((scope, reason))
+        found = [took for took in groups[scope, reason] if took is not None]
         stats.append(
             StopReasonStat(
                 stop_reason=reason,

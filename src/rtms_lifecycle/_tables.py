@@ -20,6 +20,8 @@ from sqlalchemy import (
     text,
 )
 
+from .events import MAX_ID_LENGTH
+
 # Named constraints make migrations reproducible across SQLite (batch mode) and PostgreSQL.
 NAMING_CONVENTION: Final = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -33,11 +35,28 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for ids that grow.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
-_ID_LENGTH: Final = 255
+_ID_LENGTH: Final = MAX_ID_LENGTH
 
 # Live rows are a small, hot part of a huge table: a partial index keeps them one seek away.
 # Queries must repeat this exact predicate for SQLite's planner to use the index.
 LIVE_PREDICATE: Final = "state != 'stopped'"
+LIVE_INDEX_COLUMNS: Final = (
+    "state",
+    "scope",
+    "scope_id",
+    "stream_id",
+    "account_id",
+    "session_key",
+    "operator_id",
+    "server_urls",
+    "started_at",
+    "stopped_at",
+    "last_event_at",
+    "stop_reason",
+    "interruptions",
+    "resumes",
+    "failovers",
+)
 
 streams = Table(
     "streams",
@@ -63,18 +82,21 @@ streams = Table(
     Column("fold_rank", SmallInteger, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # Covering: every column of a Stream, so live queries never visit the (huge) table.
     Index(
         "ix_streams_live",
-        "state",
-        "scope",
-        "scope_id",
+        *LIVE_INDEX_COLUMNS,
         sqlite_where=text(LIVE_PREDICATE),
         postgresql_where=text(LIVE_PREDICATE),
     ),
     Index("ix_streams_scope_scope_id", "scope", "scope_id"),
+    # Covers stop-reason statistics: a month of stops is read from the index alone.
     Index(
         "ix_streams_stopped_at",
         "stopped_at",
+        "stop_reason",
+        "started_at",
+        "scope",
         sqlite_where=text("stopped_at IS NOT NULL"),
         postgresql_where=text("stopped_at IS NOT NULL"),
     ),

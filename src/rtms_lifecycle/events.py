@@ -40,6 +40,9 @@ __all__ = [
     "stream_event_names",
 ]
 
+# Column sizes (see _tables): identifiers and short texts, and the server URL list.
+MAX_ID_LENGTH: Final = 255
+MAX_URLS_LENGTH: Final = 2000
 # Largest epoch-ms a BIGINT column holds; anything beyond is not a timestamp.
 _MAX_TS: Final = 2**63 - 1
 
@@ -120,18 +123,35 @@ def _identifier(value: Any) -> str:
         raise PydanticCustomError("identifier", "must not be empty", {})
     if "\x00" in value:
         raise PydanticCustomError("identifier", "must not contain NUL characters", {})
+    _check_length(value, MAX_ID_LENGTH)
     return value
 
 
-def _optional_text(value: Any) -> str | None:
-    # Tolerated as null when absent; numbers are kept as their text so nothing is lost.
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    raise PydanticCustomError("text", "must be a string, got {got}", {"got": _show(value)})
+def _check_length(value: str, limit: int) -> None:
+    # The columns have these sizes on PostgreSQL: a longer value would fail the whole
+    # transaction there, so it is refused here, with the reason.
+    if len(value) > limit:
+        raise PydanticCustomError(
+            "too_long",
+            "too long: {length} characters, at most {limit}",
+            {"length": len(value), "limit": limit},
+        )
+
+
+def _text(limit: int) -> Any:
+    def _optional_text(value: Any) -> str | None:
+        # Tolerated as null when absent; numbers are kept as their text so nothing is lost.
+        if value is None:
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise PydanticCustomError("text", "must be a string, got {got}", {"got": _show(value)})
+        text: str = value.replace("\x00", "")
+        _check_length(text, limit)
+        return text
+
+    return _optional_text
 
 
 def _show(value: Any) -> str:
@@ -141,7 +161,9 @@ def _show(value: Any) -> str:
 
 EventTs = Annotated[int, BeforeValidator(_event_ts)]
 Identifier = Annotated[str, BeforeValidator(_identifier)]
-OptionalText = Annotated[str | None, BeforeValidator(_optional_text)]
+OptionalText = Annotated[str | None, BeforeValidator(_text(MAX_ID_LENGTH))]
+# Several comma-separated URLs; generous, but bounded like every indexed column.
+ServerUrls = Annotated[str | None, BeforeValidator(_text(MAX_URLS_LENGTH))]
 Int32 = Annotated[int, BeforeValidator(_strict_int)]
 
 _LENIENT = ConfigDict(extra="allow", frozen=True)
@@ -158,7 +180,7 @@ class _StreamPayload(BaseModel):
 
 class _StartedFields(BaseModel):
     model_config = _LENIENT
-    server_urls: OptionalText = None
+    server_urls: ServerUrls = None
 
 
 class _OperatorFields(BaseModel):
@@ -644,3 +666,18 @@ def _other(parsed: Delivery, data: dict[str, Any]) -> ParsedDelivery:
         payload,
         parsed,
     )
+
+
+class _AppEvent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    rtms_stream_id: Identifier
+    event_ts: EventTs
+
+
+def check_app_event(stream_id: Any, event_ts: Any) -> tuple[str, int]:
+    """Validate an app-reported event's stream id and time as webhook fields are validated."""
+    try:
+        checked = _AppEvent(rtms_stream_id=stream_id, event_ts=event_ts)
+    except ValidationError as exc:
+        raise DeliveryRejected(_field_errors(exc, None)) from None
+    return checked.rtms_stream_id, checked.event_ts

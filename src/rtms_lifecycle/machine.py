@@ -1,8 +1,11 @@
 """The stream lifecycle: one ``transitions`` machine, and the fold of a stream's events over it.
 
-The machine is built once at import time with no model bound to it; each step fires the event's
-trigger on a small slotted object. Binding a model per stream would cost a ``Machine`` (or an
-``add_model``) per stream, which is far slower and grows with the number of streams.
+The machine is the single definition of the lifecycle. It is built once at import time with no
+model bound to it (a ``Machine`` or an ``add_model`` per stream would cost far more and slow down
+as streams accumulate) and compiled, also once, into a table of its cells, which each step of
+the fold reads: a dictionary lookup costs about 1 us where firing a trigger costs about 24 us,
+and the fold runs on every ingested event. The tests fire the machine's own triggers for every
+cell and check the table agrees.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, Final
 
-from transitions import EventData, Machine, Transition
+from transitions import Machine, Transition
 
 from .events import EventKind, Scope, StreamEvent
 
@@ -67,14 +70,6 @@ class _Machine(Machine):
     transition_cls = _NamedTransition
 
 
-def _record(event_data: EventData) -> None:
-    transition = event_data.transition
-    assert isinstance(transition, _NamedTransition)
-    cursor = event_data.model
-    assert isinstance(cursor, _Cursor)
-    cursor.fired = transition.name
-
-
 # transitions names Enum states by member name; plain strings keep the spec's lower-case names.
 _S = {state: state.value for state in State}
 _T, _K = TransitionName, EventKind
@@ -87,8 +82,6 @@ MACHINE: Final = _Machine(
     initial=_S[State.NEW],
     auto_transitions=False,
     ignore_invalid_triggers=True,
-    send_event=True,
-    after_state_change=_record,
     transitions=[
         {
             "trigger": _K.STARTED,
@@ -143,16 +136,6 @@ def transition_table() -> dict[tuple[State, EventKind], tuple[State, TransitionN
     return table
 
 
-class _Cursor:
-    """The object the machine moves: a state, and the name of the transition that fired."""
-
-    __slots__ = ("fired", "state")
-
-    def __init__(self, state: State) -> None:
-        self.state: str = state.value
-        self.fired: TransitionName | None = None
-
-
 @dataclass(slots=True)
 class StreamState:
     """Everything the fold derives for one stream (spec section 4)."""
@@ -188,21 +171,23 @@ class StreamState:
 _FIRST_SEEN: Final = ("scope", "scope_id", "account_id", "session_key", "operator_id")
 
 
+_COMPILED: Final = transition_table()
+
+
 def step(stream: StreamState, event: StreamEvent) -> TransitionName | None:
     """Fold one event in (it must come after every event already folded); None if ignored.
 
     An ignored event counts nowhere: it moves only the fold position, no derived field.
     """
     stream.fold_ts, stream.fold_rank = event.position
-    cursor = _Cursor(stream.state)
-    _TRIGGERS[event.kind].trigger(cursor)
-    fired = cursor.fired
-    if fired is None:
+    cell = _COMPILED.get((stream.state, event.kind))
+    if cell is None:
         return None
+    state, fired = cell
     for name in _FIRST_SEEN:
         if getattr(stream, name) is None:
             setattr(stream, name, getattr(event, name))
-    stream.state = State(cursor.state)
+    stream.state = state
     stream.last_event_at = event.event_ts
     if stream.first_event_at is None:
         stream.first_event_at = event.event_ts

@@ -24,18 +24,20 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    Table,
     bindparam,
     create_engine,
     event,
     func,
     insert,
+    literal_column,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.sql.elements import BindParameter
 
 from . import _migrate
 from ._tables import concurrency_alerts, deliveries, stream_events, streams
@@ -99,9 +101,29 @@ class _Live:
     """A stream as the batch sees it, and what the batch changed."""
 
     state: StreamState
+    # No row yet (SQLite only: there the write lock makes a placeholder row unnecessary).
+    insert: bool = False
     dirty: bool = False
-    stored_events: list[StreamEvent] | None = None
+    # The stream's stored events, as rows: turned into events only if a late one needs a re-fold.
+    stored_rows: list[Row[Any]] = field(default_factory=list)
     new_events: list[StreamEvent] = field(default_factory=list)
+
+    def stored_events(self) -> list[StreamEvent]:
+        return [row_to_event(row) for row in self.stored_rows]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A result whose ids are known only once its rows are written."""
+
+    outcome: Outcome
+    event: str | None
+    stream_id: str | None
+    errors: tuple[FieldError, ...]
+    detail: str | None
+    state: StreamState | None = None
+    transition: dict[str, Any] | None = None
+    delivery_id: int | None = None
 
 
 def _canonical(payload: Any) -> str:
@@ -150,10 +172,13 @@ def create_store_engine(url: str) -> Engine:
         engine = create_engine(url)
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pre-ping: it costs a round trip per transaction; a connection found dead is retried.
+    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)
 
 
 def _retryable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
     sqlstate = getattr(exc.orig, "sqlstate", None)
     if sqlstate in _RETRYABLE_SQLSTATES:
         return True
@@ -185,12 +210,15 @@ class Store:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def record(self, items: Sequence[Incoming]) -> list[IngestResult | None]:
-        """Record deliveries in one transaction; None for an expiry that no longer applies."""
+    def record(self, items: Sequence[Incoming], *, full: bool = True) -> list[IngestResult | None]:
+        """Record deliveries in one transaction; None for an expiry that no longer applies.
+
+        Without ``full``, results carry outcomes and ids but no Stream or Transition.
+        """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 with self._serial, self._writer.begin() as conn:
-                    return _Batch(conn, now_ms()).run(items)
+                    return _Batch(conn, now_ms(), full).run(items)
             except DBAPIError as exc:
                 if not _retryable(exc) or attempt == _ATTEMPTS:
                     raise StoreError(
@@ -294,102 +322,117 @@ def row_to_event(row: Row[Any]) -> StreamEvent:
 _STATE_COLUMNS: Final = tuple(
     c.name for c in streams.columns if c.name not in ("stream_id", "created_at", "updated_at")
 )
+_ENUM_COLUMNS: Final = frozenset({"scope", "state"})
+
+# Statements are built once: building them per call (coercions, cache keys) costs more than
+# running them on SQLite.
+_IDS: Final[BindParameter[list[str]]] = bindparam("ids", expanding=True)
+_SELECT_STREAMS: Final = select(streams).where(streams.c.stream_id.in_(_IDS))
+_LOCK_STREAMS: Final = _SELECT_STREAMS.order_by(streams.c.stream_id).with_for_update()
+# By stream id, not by event identity: a row-value IN over several identities makes SQLite scan
+# the whole table, while this reads only the touched streams' few events through the index.
+_SELECT_EVENTS: Final = select(stream_events).where(stream_events.c.stream_id.in_(_IDS))
 _UPDATE_STREAM: Final = (
     update(streams)
     .where(streams.c.stream_id == bindparam("b_stream_id"))
     .values({name: bindparam(name) for name in (*_STATE_COLUMNS, "updated_at")})
 )
+_INSERT_PLACEHOLDERS: Final = postgresql.insert(streams).on_conflict_do_nothing(
+    index_elements=["stream_id"]
+)
+_INSERT_ALERTS: Final = {
+    "postgresql": postgresql.insert(concurrency_alerts).on_conflict_do_nothing(
+        index_elements=["fingerprint"]
+    ),
+    "sqlite": sqlite.insert(concurrency_alerts).on_conflict_do_nothing(
+        index_elements=["fingerprint"]
+    ),
+}
+# A transition row carries its writer's PostgreSQL transaction id (see _tables.transitions).
+_INSERT_TRANSITIONS_PG: Final = insert(transitions_table).values(
+    tx_id=literal_column("pg_current_xact_id()::text::bigint")
+)
+
+
+def _state_row(state: StreamState) -> dict[str, Any]:
+    row = {name: getattr(state, name) for name in _STATE_COLUMNS}
+    for name in _ENUM_COLUMNS:
+        if row[name] is not None:
+            row[name] = row[name].value
+    return row
 
 
 class _Batch:
     """One transaction's worth of deliveries: read what they touch, decide in memory, write."""
 
-    def __init__(self, conn: Connection, now: int) -> None:
+    def __init__(self, conn: Connection, now: int, full: bool) -> None:
         self.conn = conn
         self.now = now
+        # Without full results (bulk loads without callbacks) no Stream or Transition is built.
+        self.full = full
         self.postgres = conn.dialect.name == "postgresql"
         self.live: dict[str, _Live] = {}
         self.known: dict[tuple[str, str, int], str] = {}  # identity -> canonical payload
         self.delivery_rows: list[dict[str, Any]] = []
-        # Which result each delivery row belongs to (an expiry that no longer applies has none).
-        self.delivery_slots: list[int] = []
         self.event_rows: list[dict[str, Any]] = []
-        self.transition_rows: list[dict[str, Any]] = []  # "delivery" holds its delivery's index
+        self.transition_rows: list[dict[str, Any]] = []
         self.alert_rows: list[dict[str, Any]] = []
-        self.results: list[IngestResult | None] = []
+        # One per item; None for an expiry that no longer applies (it writes nothing).
+        self.pending: list[_Pending | None] = []
 
     def run(self, items: Sequence[Incoming]) -> list[IngestResult | None]:
         self._load(items)
         for item in items:
-            self.results.append(self._decide(item))
+            self.pending.append(self._decide(item))
         self._write()
-        return self.results
+        return [self._result(p) if p is not None else None for p in self.pending]
 
     # --- reading what the batch touches -----------------------------------------------------
 
     def _load(self, items: Sequence[Incoming]) -> None:
-        identities = sorted(
+        ids = sorted(
             {
-                (parsed.stream_id, parsed.kind.value, parsed.event_ts)
+                parsed.stream_id
                 for parsed in (item.parsed for item in items)
                 if isinstance(parsed, StreamEvent | KnownStreamEvent)
             }
         )
-        ids = sorted({stream_id for stream_id, _, _ in identities})
         if not ids:
             return
-        self._create_placeholders(ids)
+        lock = _LOCK_STREAMS if self.postgres else _SELECT_STREAMS
         for chunk in _chunks(ids):
-            query = select(streams).where(streams.c.stream_id.in_(chunk))
-            if self.postgres:
-                query = query.order_by(streams.c.stream_id).with_for_update()
-            for row in self.conn.execute(query):
+            for row in self.conn.execute(lock, {"ids": chunk}):
                 self.live[row.stream_id] = _Live(row_to_state(row))
-        identity = tuple_(stream_events.c.stream_id, stream_events.c.kind, stream_events.c.event_ts)
-        known = select(
-            stream_events.c.stream_id,
-            stream_events.c.kind,
-            stream_events.c.event_ts,
-            stream_events.c.payload,
-        )
-        for chunk in _chunks(identities):
-            for row in self.conn.execute(known.where(identity.in_(chunk))):
+        missing = [sid for sid in ids if sid not in self.live]
+        if missing and self.postgres:
+            # Racing writers of a new stream need one row to queue on: insert it, then lock it.
+            # Sorted ids make every writer lock in one order, so none can deadlock.
+            for chunk in _chunks(missing):
+                self.conn.execute(_INSERT_PLACEHOLDERS, [self._placeholder(sid) for sid in chunk])
+                for row in self.conn.execute(lock, {"ids": chunk}):
+                    self.live[row.stream_id] = _Live(row_to_state(row))
+        else:
+            # SQLite: BEGIN IMMEDIATE already made this the only writer.
+            for sid in missing:
+                self.live[sid] = _Live(StreamState(sid), insert=True)
+        stored = [sid for sid in ids if not self.live[sid].insert]
+        for chunk in _chunks(stored):
+            for row in self.conn.execute(_SELECT_EVENTS, {"ids": chunk}):
                 self.known[row.stream_id, row.kind, row.event_ts] = row.payload
+                self.live[row.stream_id].stored_rows.append(row)
 
-    def _create_placeholders(self, ids: list[str]) -> None:
-        # Inserting first and locking after gives racing writers of a new stream one row to
-        # queue on. Sorted ids make every writer lock in one order, so none can deadlock.
+    def _placeholder(self, stream_id: str) -> dict[str, Any]:
         # State "new" marks a row no event has been applied to yet.
-        rows = [
-            {
-                "stream_id": sid,
-                "state": State.NEW.value,
-                "interruptions": 0,
-                "resumes": 0,
-                "failovers": 0,
-                "fold_ts": -1,
-                "fold_rank": -1,
-                "created_at": self.now,
-                "updated_at": self.now,
-            }
-            for sid in ids
-        ]
-        dialect_insert = postgresql.insert if self.postgres else sqlite.insert
-        statement = dialect_insert(streams).on_conflict_do_nothing(index_elements=["stream_id"])
-        for chunk in _chunks(rows):
-            self.conn.execute(statement, list(chunk))
-
-    def _stored_events(self, live: _Live) -> list[StreamEvent]:
-        if live.stored_events is None:
-            rows = self.conn.execute(
-                select(stream_events).where(stream_events.c.stream_id == live.state.stream_id)
-            )
-            live.stored_events = [row_to_event(row) for row in rows]
-        return live.stored_events
+        return {
+            "stream_id": stream_id,
+            **_state_row(StreamState(stream_id)),
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
 
     # --- deciding ---------------------------------------------------------------------------
 
-    def _decide(self, item: Incoming) -> IngestResult | None:
+    def _decide(self, item: Incoming) -> _Pending | None:
         parsed = item.parsed
         if item.errors or parsed is None:
             return self._delivery(
@@ -426,7 +469,7 @@ class _Batch:
             return None
         return self._stream_event(item, parsed, live)
 
-    def _stream_event(self, item: Incoming, ev: StreamEvent, live: _Live) -> IngestResult:
+    def _stream_event(self, item: Incoming, ev: StreamEvent, live: _Live) -> _Pending:
         before = live.state
         if before.scope is not None and ev.scope is not None and before.scope is not ev.scope:
             return self._delivery(
@@ -461,7 +504,7 @@ class _Batch:
             after = replace(before)
             name = step(after, ev)
         else:
-            after, steps = fold(ev.stream_id, [*self._stored_events(live), *live.new_events, ev])
+            after, steps = fold(ev.stream_id, [*live.stored_events(), *live.new_events, ev])
             name = next(n for e, n in steps if e is ev)
         live.new_events.append(ev)
         live.state = after
@@ -470,26 +513,23 @@ class _Batch:
                 item,
                 Outcome.IGNORED,
                 about=ev,
-                detail=(f"a {ev.kind.value} event changes nothing in state {after.state.value}"),
+                detail=f"a {ev.kind.value} event changes nothing in state {after.state.value}",
             )
-        late = before.last_event_at is not None and ev.event_ts < before.last_event_at
-        result = self._delivery(item, Outcome.APPLIED, about=ev, stream=state_to_stream(after))
-        self.transition_rows.append(
-            {
-                "stream_id": ev.stream_id,
-                "from_state": before.state.value,
-                "to_state": after.state.value,
-                "name": name.value,
-                "kind": ev.kind.value,
-                "event_ts": ev.event_ts,
-                "source": ev.source.value,
-                "late": late,
-                "recorded_at": self.now,
-                "delivery": len(self.delivery_rows) - 1,
-                "result": len(self.results),
-            }
-        )
-        return result
+        pending = self._delivery(item, Outcome.APPLIED, about=ev)
+        pending.state = after
+        pending.transition = {
+            "stream_id": ev.stream_id,
+            "from_state": before.state.value,
+            "to_state": after.state.value,
+            "name": name.value,
+            "kind": ev.kind.value,
+            "event_ts": ev.event_ts,
+            "source": ev.source.value,
+            "late": before.last_event_at is not None and ev.event_ts < before.last_event_at,
+            "recorded_at": self.now,
+        }
+        self.transition_rows.append(pending.transition)
+        return pending
 
     def _delivery(
         self,
@@ -502,8 +542,7 @@ class _Batch:
         stream_id: str | None = None,
         errors: tuple[FieldError, ...] = (),
         detail: str | None = None,
-        stream: Stream | None = None,
-    ) -> IngestResult:
+    ) -> _Pending:
         kind = None
         if about is not None:
             event, event_ts, stream_id, kind = (
@@ -513,7 +552,6 @@ class _Batch:
                 about.kind.value,
             )
         event = event or item.event
-        self.delivery_slots.append(len(self.results))
         self.delivery_rows.append(
             {
                 "received_at": self.now,
@@ -528,14 +566,7 @@ class _Batch:
                 "raw": item.raw,
             }
         )
-        return IngestResult(
-            outcome=outcome,
-            event=event,
-            stream_id=stream_id,
-            errors=errors,
-            detail=detail,
-            stream=stream,
-        )
+        return _Pending(outcome, event, stream_id, errors, detail)
 
     def _event_row(self, ev: StreamEvent, payload: str) -> None:
         self.event_rows.append(
@@ -583,65 +614,74 @@ class _Batch:
 
     def _write(self) -> None:
         conn = self.conn
-        delivery_ids = self._insert_returning_ids(deliveries, self.delivery_rows)
-        for slot, delivery_id in zip(self.delivery_slots, delivery_ids, strict=True):
-            result = self.results[slot]
-            assert result is not None
-            self.results[slot] = replace(result, delivery_id=delivery_id)
+        written = [p for p in self.pending if p is not None]
+        for pending, delivery_id in zip(
+            written, self._insert_with_ids(deliveries, self.delivery_rows), strict=True
+        ):
+            pending.delivery_id = delivery_id
+            if pending.transition is not None:
+                pending.transition["delivery_id"] = delivery_id
         if self.event_rows:
             conn.execute(insert(stream_events), self.event_rows)
         if self.transition_rows:
-            self._write_transitions(delivery_ids)
-        dirty = [
-            {
-                "b_stream_id": sid,
-                "updated_at": self.now,
-                **{name: _plain(getattr(live.state, name)) for name in _STATE_COLUMNS},
-            }
-            for sid, live in self.live.items()
-            if live.dirty
-        ]
-        if dirty:
-            conn.execute(_UPDATE_STREAM, dirty)
+            self._insert_with_ids(transitions_table, self.transition_rows)
+        new, changed = [], []
+        for sid, live in self.live.items():
+            if live.insert:
+                new.append(
+                    {
+                        "stream_id": sid,
+                        **_state_row(live.state),
+                        "created_at": self.now,
+                        "updated_at": self.now,
+                    }
+                )
+            elif live.dirty:
+                changed.append(
+                    {"b_stream_id": sid, **_state_row(live.state), "updated_at": self.now}
+                )
+        if new:
+            conn.execute(insert(streams), new)
+        if changed:
+            conn.execute(_UPDATE_STREAM, changed)
         if self.alert_rows:
-            dialect_insert = postgresql.insert if self.postgres else sqlite.insert
-            conn.execute(
-                dialect_insert(concurrency_alerts).on_conflict_do_nothing(
-                    index_elements=["fingerprint"]
-                ),
-                self.alert_rows,
-            )
+            conn.execute(_INSERT_ALERTS[conn.dialect.name], self.alert_rows)
 
-    def _write_transitions(self, delivery_ids: list[int]) -> None:
-        tx_id = 0
-        if self.postgres:
-            tx_id = self.conn.execute(
-                select(func.pg_current_xact_id().cast(postgresql.TEXT).cast(postgresql.BIGINT))
-            ).scalar_one()
-        rows = [
-            {
-                **{k: v for k, v in row.items() if k not in ("delivery", "result")},
-                "tx_id": tx_id,
-                "delivery_id": delivery_ids[row["delivery"]],
-            }
-            for row in self.transition_rows
-        ]
-        ids = self._insert_returning_ids(transitions_table, rows)
-        for pending, row, transition_id in zip(self.transition_rows, rows, ids, strict=True):
-            result = self.results[pending["result"]]
-            assert result is not None
-            self.results[pending["result"]] = replace(
-                result, transition=transition_of({**row, "id": transition_id})
-            )
-
-    def _insert_returning_ids(self, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+    def _insert_with_ids(self, table: Table, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert rows, setting each row's ``id``; returns the ids in row order."""
         if not rows:
             return []
-        result = self.conn.execute(
-            insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
+        if self.postgres:
+            statement = _INSERT_TRANSITIONS_PG if table is transitions_table else insert(table)
+            result = self.conn.execute(
+                statement.returning(table.c.id, sort_by_parameter_order=True), rows
+            )
+            ids = [row[0] for row in result]
+        else:
+            # The write lock is ours (BEGIN IMMEDIATE): the next ids are ours to hand out, and a
+            # plain executemany is far faster than SQLite's row-by-row ordered RETURNING.
+            first = (self.conn.execute(select(func.max(table.c.id))).scalar() or 0) + 1
+            ids = list(range(first, first + len(rows)))
+            for row, row_id in zip(rows, ids, strict=True):
+                row["id"] = row_id
+            if table is transitions_table:
+                for row in rows:
+                    row["tx_id"] = 0
+            self.conn.execute(insert(table), rows)
+            return ids
+        for row, row_id in zip(rows, ids, strict=True):
+            row["id"] = row_id
+        return ids
+
+    def _result(self, pending: _Pending) -> IngestResult:
+        full = self.full and pending.state is not None
+        return IngestResult(
+            outcome=pending.outcome,
+            delivery_id=pending.delivery_id,
+            event=pending.event,
+            stream_id=pending.stream_id,
+            errors=pending.errors,
+            detail=pending.detail,
+            stream=state_to_stream(pending.state) if full and pending.state else None,
+            transition=transition_of(pending.transition) if full and pending.transition else None,
         )
-        return [row[0] for row in result]
-
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Scope | State) else value

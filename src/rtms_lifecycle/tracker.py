@@ -14,7 +14,7 @@ from typing import Any, Final, overload
 from sqlalchemy import Engine
 
 from . import _queries
-from .events import EventKind, Scope, Source, parse_delivery
+from .events import EventKind, Scope, Source, check_app_event, parse_delivery
 from .exceptions import ConfigurationError, DeliveryRejected, FieldError
 from .machine import State, TransitionName
 from .records import (
@@ -177,10 +177,10 @@ class Tracker:
         for body in bodies:
             batch.append(to_incoming(body))
             if len(batch) >= batch_size:
-                counts.update(r.outcome for r in self._record(batch) if r)
+                counts.update(r.outcome for r in self._record(batch, full=False) if r)
                 batch = []
         if batch:
-            counts.update(r.outcome for r in self._record(batch) if r)
+            counts.update(r.outcome for r in self._record(batch, full=False) if r)
         return IngestSummary(dict(counts))
 
     def report_resumed(self, stream_id: str, at_ms: int) -> IngestResult:
@@ -188,22 +188,14 @@ class Tracker:
 
         Zoom sends no webhook for a recovery; only the app's media connector knows of it.
         """
-        item = _synthetic(
-            "app.rtms_resumed",
-            stream_id,
-            at_ms,
-            Source.APP,
-            KnownStreamEvent(stream_id, EventKind.RESUMED, at_ms),
-        )
-        if not isinstance(stream_id, str) or not stream_id:
-            item.parsed, item.errors = (
-                None,
-                (FieldError("rtms_stream_id", "must be a non-empty string"),),
-            )
-        elif isinstance(at_ms, bool) or not isinstance(at_ms, int) or at_ms < 0:
-            item.parsed, item.errors = (
-                None,
-                (FieldError("event_ts", "must be a non-negative integer (epoch ms)"),),
+        event = "app.rtms_resumed"
+        try:
+            sid, ts = check_app_event(stream_id, at_ms)
+        except DeliveryRejected as exc:
+            item = _synthetic(event, stream_id, at_ms, Source.APP, None, errors=exc.errors)
+        else:
+            item = _synthetic(
+                event, sid, ts, Source.APP, KnownStreamEvent(sid, EventKind.RESUMED, ts)
             )
         (result,) = self._record([item])
         assert result is not None
@@ -244,9 +236,10 @@ class Tracker:
             )
         return closed
 
-    def _record(self, items: Sequence[Incoming]) -> list[IngestResult | None]:
-        results = self._store.record(items)
+    def _record(self, items: Sequence[Incoming], *, full: bool = True) -> list[IngestResult | None]:
         subscriptions = self._subscriptions
+        # Callbacks need each transition's stream; a bulk load without callbacks needs counts.
+        results = self._store.record(items, full=full or bool(subscriptions))
         if subscriptions:
             for result in results:
                 if result is not None and result.transition and result.stream:
@@ -426,13 +419,15 @@ def _synthetic(
     stream_id: str,
     event_ts: int,
     source: Source,
-    parsed: KnownStreamEvent,
+    parsed: KnownStreamEvent | None,
+    *,
+    errors: tuple[FieldError, ...] = (),
     stale_before: int | None = None,
 ) -> Incoming:
     # Stored like a webhook body, so that every event of a stream can be replayed from deliveries.
     body = {"event": event, "event_ts": event_ts, "payload": {"rtms_stream_id": stream_id}}
-    raw = json.dumps(body, separators=(",", ":")).encode()
-    return Incoming(raw, parsed, source, event=event, stale_before=stale_before)
+    raw = json.dumps(body, separators=(",", ":"), default=repr).encode()
+    return Incoming(raw, parsed, source, errors, event=event, stale_before=stale_before)
 
 
 def _parse_cursor(cursor: str | None) -> tuple[int, int]:
