@@ -24,14 +24,24 @@ from .records import (
     Transition,
 )
 from .stop_reasons import describe_stop_reason
-from .store import row_to_event, row_to_state, state_to_stream, transition_of
+from .store import row_to_event, transition_of
 
 _LIVE: Final = text(LIVE_PREDICATE)
 _RANK: Final = case({kind.value: kind.rank for kind in EventKind}, value=transitions_table.c.kind)
 
 
-def _stream(row: Row[Any]) -> Stream:
-    return state_to_stream(row_to_state(row))
+# A Stream's columns in its fields' order, so that rows become Streams positionally: the live
+# and list queries build thousands of them.
+_STREAM_COLUMNS: Final = [streams.c[name] for name in Stream.__dataclass_fields__]
+_SCOPES: Final = {scope.value: scope for scope in Scope}
+_STATES: Final = {state.value: state for state in State}
+
+
+def _streams(conn: Connection, query: Any) -> list[Stream]:
+    return [
+        Stream(sid, _SCOPES[scope], scope_id, account, key, operator, urls, _STATES[state], *rest)
+        for sid, scope, scope_id, account, key, operator, urls, state, *rest in conn.execute(query)
+    ]
 
 
 def _transition(row: Row[Any]) -> Transition:
@@ -39,20 +49,23 @@ def _transition(row: Row[Any]) -> Transition:
 
 
 def stream(conn: Connection, stream_id: str) -> Stream | None:
-    row = conn.execute(
-        select(streams).where(streams.c.stream_id == stream_id, streams.c.state != "new")
-    ).first()
-    return _stream(row) if row else None
+    query = select(*_STREAM_COLUMNS).where(
+        streams.c.stream_id == stream_id, streams.c.state != State.NEW.value
+    )
+    found = _streams(conn, query)
+    return found[0] if found else None
 
 
 def active_streams(conn: Connection, scope: Scope | None, scope_id: str | None) -> list[Stream]:
     # The live predicate is repeated verbatim so that SQLite picks the partial index.
-    query = select(streams).where(_LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES]))
+    query = select(*_STREAM_COLUMNS).where(
+        _LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES])
+    )
     if scope is not None:
         query = query.where(streams.c.scope == Scope(scope).value)
     if scope_id is not None:
         query = query.where(streams.c.scope_id == scope_id)
-    return [_stream(r) for r in conn.execute(query.order_by(streams.c.stream_id))]
+    return _streams(conn, query.order_by(streams.c.stream_id))
 
 
 def list_streams(
@@ -64,7 +77,7 @@ def list_streams(
     until: int | None,
     limit: int | None,
 ) -> list[Stream]:
-    query = select(streams).where(streams.c.state != State.NEW.value)
+    query = select(*_STREAM_COLUMNS).where(streams.c.state != State.NEW.value)
     if states:
         values = [State(s).value for s in states]
         if State.STOPPED.value not in values:
@@ -82,7 +95,7 @@ def list_streams(
     query = query.order_by(streams.c.last_event_at.desc(), streams.c.stream_id)
     if limit is not None:
         query = query.limit(limit)
-    return [_stream(r) for r in conn.execute(query)]
+    return _streams(conn, query)
 
 
 def history(conn: Connection, stream_id: str) -> list[Transition]:

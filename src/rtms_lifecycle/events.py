@@ -590,19 +590,21 @@ def parse_delivery(
         rename = "payload.object"
     parsed = _validate(model.model_validate, data, event, rename)
     assert isinstance(parsed, StreamDelivery)
-    p = parsed.payload
+    # The model's declared fields only: an undeclared one (a meeting's "session_key") is an
+    # unvalidated extra, kept in the raw payload but not read as the field.
+    fields = parsed.payload.__dict__
     return StreamEvent(
         event=parsed.event,
         scope=model.scope,
         kind=model.kind,
-        stream_id=p.rtms_stream_id,
-        scope_id=getattr(p, model.scope_id_field),
+        stream_id=fields["rtms_stream_id"],
+        scope_id=fields[model.scope_id_field],
         event_ts=parsed.event_ts,
-        account_id=p.account_id,
-        session_key=getattr(p, "session_key", None),
-        operator_id=getattr(p, "operator_id", None),
-        server_urls=getattr(p, "server_urls", None),
-        stop_reason=getattr(p, "stop_reason", None),
+        account_id=fields["account_id"],
+        session_key=fields.get("session_key"),
+        operator_id=fields.get("operator_id"),
+        server_urls=fields.get("server_urls"),
+        stop_reason=fields.get("stop_reason"),
         payload=payload if isinstance(payload, dict) else {},
         model=parsed,
     )

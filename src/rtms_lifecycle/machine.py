@@ -11,8 +11,9 @@ cell and check the table agrees.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any, Final
 
 from transitions import Machine, Transition
@@ -164,7 +165,14 @@ class StreamState:
 
     def same_as(self, other: StreamState) -> bool:
         """Whether two states agree on every field."""
-        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self))
+        return _ALL_FIELDS(self) == _ALL_FIELDS(other)
+
+    def copy(self) -> StreamState:
+        """An independent copy (``dataclasses.replace`` is several times slower)."""
+        return StreamState(*_ALL_FIELDS(self))
+
+
+_ALL_FIELDS: Final = attrgetter(*StreamState.__dataclass_fields__)
 
 
 # Fields a stream takes from the earliest applied event that carries them.

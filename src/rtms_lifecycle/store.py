@@ -17,9 +17,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final
 
+from pydantic_core import from_json, to_json
 from sqlalchemy import (
     Connection,
     Engine,
@@ -28,7 +30,6 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
-    func,
     insert,
     literal_column,
     select,
@@ -124,6 +125,11 @@ class _Pending:
     state: StreamState | None = None
     transition: dict[str, Any] | None = None
     delivery_id: int | None = None
+
+
+def _same_payload(stored: str | Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
+    # "Same payload" means equal as parsed JSON, whatever the key order or spacing.
+    return (from_json(stored) if isinstance(stored, str) else stored) == payload
 
 
 def _canonical(payload: Any) -> str:
@@ -354,6 +360,18 @@ _INSERT_TRANSITIONS_PG: Final = insert(transitions_table).values(
 )
 
 
+_INSERT_EVENTS: Final = insert(stream_events)
+_INSERT_STREAMS: Final = insert(streams)
+_SQLITE: Final = sqlite.dialect(paramstyle="qmark")
+
+
+@lru_cache(maxsize=64)
+def _sqlite_sql(statement: Any, keys: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """A statement's SQLite text for rows with these keys, and the keys in parameter order."""
+    compiled = statement.compile(dialect=_SQLITE, column_keys=list(keys))
+    return str(compiled), tuple(compiled.positiontup)
+
+
 def _state_row(state: StreamState) -> dict[str, Any]:
     row = {name: getattr(state, name) for name in _STATE_COLUMNS}
     for name in _ENUM_COLUMNS:
@@ -372,7 +390,8 @@ class _Batch:
         self.full = full
         self.postgres = conn.dialect.name == "postgresql"
         self.live: dict[str, _Live] = {}
-        self.known: dict[tuple[str, str, int], str] = {}  # identity -> canonical payload
+        # identity -> payload: stored JSON text, or the mapping of an event of this batch
+        self.known: dict[tuple[str, str, int], str | Mapping[str, Any]] = {}
         self.delivery_rows: list[dict[str, Any]] = []
         self.event_rows: list[dict[str, Any]] = []
         self.transition_rows: list[dict[str, Any]] = []
@@ -482,10 +501,9 @@ class _Batch:
                 ),
             )
         identity = (ev.stream_id, ev.kind.value, ev.event_ts)
-        payload = _canonical(ev.payload)
         stored = self.known.get(identity)
         if stored is not None:
-            if stored == payload:
+            if _same_payload(stored, ev.payload):
                 return self._delivery(
                     item, Outcome.DUPLICATE, about=ev, detail="this event is already stored"
                 )
@@ -497,11 +515,11 @@ class _Batch:
                     "an event with this identity but another payload is stored; the first stands"
                 ),
             )
-        self.known[identity] = payload
-        self._event_row(ev, payload)
+        self.known[identity] = ev.payload
+        self._event_row(ev, to_json(ev.payload).decode())
         live.dirty = True
         if ev.position > (before.fold_ts, before.fold_rank):
-            after = replace(before)
+            after = before.copy()
             name = step(after, ev)
         else:
             after, steps = fold(ev.stream_id, [*live.stored_events(), *live.new_events, ev])
@@ -622,7 +640,7 @@ class _Batch:
             if pending.transition is not None:
                 pending.transition["delivery_id"] = delivery_id
         if self.event_rows:
-            conn.execute(insert(stream_events), self.event_rows)
+            self._executemany(_INSERT_EVENTS, self.event_rows)
         if self.transition_rows:
             self._insert_with_ids(transitions_table, self.transition_rows)
         new, changed = [], []
@@ -641,9 +659,9 @@ class _Batch:
                     {"b_stream_id": sid, **_state_row(live.state), "updated_at": self.now}
                 )
         if new:
-            conn.execute(insert(streams), new)
+            self._executemany(_INSERT_STREAMS, new)
         if changed:
-            conn.execute(_UPDATE_STREAM, changed)
+            self._executemany(_UPDATE_STREAM, changed)
         if self.alert_rows:
             conn.execute(_INSERT_ALERTS[conn.dialect.name], self.alert_rows)
 
@@ -658,20 +676,37 @@ class _Batch:
             )
             ids = [row[0] for row in result]
         else:
-            # The write lock is ours (BEGIN IMMEDIATE): the next ids are ours to hand out, and a
-            # plain executemany is far faster than SQLite's row-by-row ordered RETURNING.
-            first = (self.conn.execute(select(func.max(table.c.id))).scalar() or 0) + 1
-            ids = list(range(first, first + len(rows)))
-            for row, row_id in zip(rows, ids, strict=True):
-                row["id"] = row_id
+            ids = []
             if table is transitions_table:
                 for row in rows:
                     row["tx_id"] = 0
-            self.conn.execute(insert(table), rows)
-            return ids
+            for chunk in _chunks(rows):
+                ids.extend(self._sqlite_insert_ids(table, chunk))
         for row, row_id in zip(rows, ids, strict=True):
             row["id"] = row_id
         return ids
+
+    def _sqlite_insert_ids(self, table: Table, rows: Sequence[dict[str, Any]]) -> range:
+        # One multi-row INSERT: SQLite gives its rows consecutive rowids after the largest one
+        # (no AUTOINCREMENT, and BEGIN IMMEDIATE made this the only writer), so the last rowid
+        # names them all. SQLite's ordered RETURNING would run one INSERT per row instead.
+        keys = list(rows[0])
+        row_sql = "(" + ", ".join("?" * len(keys)) + ")"
+        sql = f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES " + ", ".join(
+            [row_sql] * len(rows)
+        )
+        params = tuple(row[key] for row in rows for key in keys)
+        last = self.conn.exec_driver_sql(sql, params).lastrowid
+        return range(last - len(rows) + 1, last + 1)
+
+    def _executemany(self, statement: Any, rows: list[dict[str, Any]]) -> None:
+        if self.postgres:
+            self.conn.execute(statement, rows)
+            return
+        # SQLAlchemy prepares every row's parameters in Python; on SQLite that costs more than
+        # the inserts themselves, so the statement is compiled once and fed plain tuples.
+        sql, keys = _sqlite_sql(statement, tuple(rows[0]))
+        self.conn.exec_driver_sql(sql, [tuple(row[key] for key in keys) for row in rows])
 
     def _result(self, pending: _Pending) -> IngestResult:
         full = self.full and pending.state is not None
