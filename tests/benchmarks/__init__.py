@@ -1,0 +1,1 @@
+"""Benchmarks of ingest throughput, memory and queries at scale (see docs/benchmarks.md)."""

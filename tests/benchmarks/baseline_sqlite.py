@@ -1,0 +1,208 @@
+"""Raw SQLite baseline: the least SQL one event needs, with the standard library's ``sqlite3``.
+
+Per delivery: ``json.loads`` (to know the stream), insert the delivery, upsert the stream row,
+insert the transition row. No validation, no duplicate detection, no fold, no ORM.
+
+``--pragmas store`` uses exactly what ``rtms_lifecycle.store`` sets on every connection
+(``journal_mode=WAL``, ``synchronous=NORMAL``, ``busy_timeout=30000``, ``BEGIN IMMEDIATE``);
+``--pragmas default`` keeps SQLite's defaults (rollback journal, ``synchronous=FULL``).
+``--schema lean`` makes three minimal tables (primary keys only); ``--schema library`` writes
+the same three statements into the library's own tables, with all of its indexes and triggers
+(the database is created by ``Tracker``).
+
+    python -m tests.benchmarks.baseline_sqlite /tmp/load.jsonl --batch-size 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+LEAN_SCHEMA: Final = (
+    """CREATE TABLE deliveries (id INTEGER PRIMARY KEY, received_at INTEGER NOT NULL,
+        event TEXT, event_ts INTEGER, stream_id TEXT, outcome TEXT NOT NULL, raw BLOB NOT NULL)""",
+    """CREATE TABLE streams (stream_id TEXT PRIMARY KEY, scope TEXT, scope_id TEXT,
+        state TEXT NOT NULL, started_at INTEGER, stopped_at INTEGER, stop_reason INTEGER,
+        last_event_at INTEGER, updated_at INTEGER NOT NULL)""",
+    """CREATE TABLE transitions (id INTEGER PRIMARY KEY, stream_id TEXT NOT NULL,
+        to_state TEXT NOT NULL, kind TEXT NOT NULL, event_ts INTEGER NOT NULL,
+        recorded_at INTEGER NOT NULL, delivery_id INTEGER)""",
+)
+INSERT_DELIVERY: Final = (
+    "INSERT INTO deliveries (received_at, source, event, event_ts, stream_id, kind, outcome, raw)"
+    " VALUES (?, 'webhook', ?, ?, ?, ?, 'applied', ?)"
+)
+LEAN_INSERT_DELIVERY: Final = (
+    "INSERT INTO deliveries (received_at, event, event_ts, stream_id, outcome, raw)"
+    " VALUES (?, ?, ?, ?, 'applied', ?)"
+)
+UPSERT_STREAM: Final = """
+    INSERT INTO streams (stream_id, scope, scope_id, state, started_at, stopped_at, stop_reason,
+        last_event_at, interruptions, resumes, failovers, fold_ts, fold_rank, created_at,
+        updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, 0, ?, ?)
+    ON CONFLICT (stream_id) DO UPDATE SET state = excluded.state,
+        started_at = coalesce(streams.started_at, excluded.started_at),
+        stopped_at = excluded.stopped_at, stop_reason = excluded.stop_reason,
+        last_event_at = excluded.last_event_at, fold_ts = excluded.fold_ts,
+        updated_at = excluded.updated_at"""
+LEAN_UPSERT_STREAM: Final = """
+    INSERT INTO streams (stream_id, scope, scope_id, state, started_at, stopped_at, stop_reason,
+        last_event_at, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (stream_id) DO UPDATE SET state = excluded.state,
+        started_at = coalesce(streams.started_at, excluded.started_at),
+        stopped_at = excluded.stopped_at, stop_reason = excluded.stop_reason,
+        last_event_at = excluded.last_event_at, updated_at = excluded.updated_at"""
+INSERT_TRANSITION: Final = (
+    "INSERT INTO transitions (stream_id, from_state, to_state, name, kind, event_ts, source, late,"
+    " recorded_at, tx_id, delivery_id) VALUES (?, '', ?, ?, ?, ?, 'webhook', 0, ?, 0, ?)"
+)
+LEAN_INSERT_TRANSITION: Final = (
+    "INSERT INTO transitions (stream_id, to_state, kind, event_ts, recorded_at, delivery_id)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+SCOPE_ID_FIELDS: Final = ("meeting_uuid", "webinar_uuid", "session_id", "engagement_id", "call_id")
+STATE_OF: Final = {"started": "started", "interrupted": "interrupted", "stopped": "stopped"}
+NAME_OF: Final = {"started": "start", "interrupted": "interrupt", "stopped": "stop"}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One timed run."""
+
+    name: str
+    deliveries: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Deliveries per second."""
+        return self.deliveries / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly, rate included."""
+        return {**asdict(self), "rate": round(self.rate, 1)}
+
+
+def connect(path: Path, pragmas: str) -> sqlite3.Connection:
+    """A connection in autocommit mode (we BEGIN ourselves), with the chosen pragmas."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    if pragmas == "store":
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+            conn.execute(f"PRAGMA {pragma}")
+    elif pragmas != "default":
+        raise ValueError(f"unknown pragmas {pragmas!r}")
+    return conn
+
+
+def prepare(path: Path, schema: str) -> None:
+    """Create the database: lean tables, or the library's schema through ``Tracker``."""
+    if schema == "lean":
+        with sqlite3.connect(path) as conn:
+            for statement in LEAN_SCHEMA:
+                conn.execute(statement)
+        return
+    from rtms_lifecycle import Tracker
+
+    Tracker(f"sqlite:///{path}").close()
+
+
+def ingest(lines: Any, conn: sqlite3.Connection, batch_size: int, schema: str) -> int:
+    """Record each delivery with three statements, ``batch_size`` per transaction."""
+    lean = schema == "lean"
+    insert_delivery = LEAN_INSERT_DELIVERY if lean else INSERT_DELIVERY
+    upsert_stream = LEAN_UPSERT_STREAM if lean else UPSERT_STREAM
+    insert_transition = LEAN_INSERT_TRANSITION if lean else INSERT_TRANSITION
+    execute = conn.execute
+    count = pending = 0
+    execute("BEGIN IMMEDIATE")
+    for line in lines:
+        raw = line.strip()
+        if not raw:
+            continue
+        body = json.loads(raw)
+        event, ts, payload = body["event"], int(body["event_ts"]), body["payload"]
+        scope, _, kind = event.partition(".")
+        kind = kind.rpartition("_")[2]
+        stream_id = payload["rtms_stream_id"]
+        scope_id = next((payload[f] for f in SCOPE_ID_FIELDS if f in payload), None)
+        now = time.time_ns() // 1_000_000
+        state = STATE_OF[kind]
+        started_at = ts if kind == "started" else None
+        stopped_at = ts if kind == "stopped" else None
+        reason = payload.get("stop_reason")
+        if lean:
+            delivery_id = execute(insert_delivery, (now, event, ts, stream_id, raw)).lastrowid
+            execute(
+                upsert_stream,
+                (stream_id, scope, scope_id, state, started_at, stopped_at, reason, ts, now),
+            )
+            execute(insert_transition, (stream_id, state, kind, ts, now, delivery_id))
+        else:
+            delivery_id = execute(insert_delivery, (now, event, ts, stream_id, kind, raw)).lastrowid
+            execute(
+                upsert_stream,
+                (
+                    stream_id,
+                    scope,
+                    scope_id,
+                    state,
+                    started_at,
+                    stopped_at,
+                    reason,
+                    ts,
+                    ts,
+                    now,
+                    now,
+                ),
+            )
+            execute(
+                insert_transition, (stream_id, state, NAME_OF[kind], kind, ts, now, delivery_id)
+            )
+        count += 1
+        pending += 1
+        if pending >= batch_size:
+            execute("COMMIT")
+            execute("BEGIN IMMEDIATE")
+            pending = 0
+    execute("COMMIT")
+    return count
+
+
+def run(jsonl: Path, *, batch_size: int, pragmas: str = "store", schema: str = "lean") -> Result:
+    """Ingest ``jsonl`` into a fresh database in a temporary directory; time it."""
+    with tempfile.TemporaryDirectory(prefix="rtms-bench-") as tmp:
+        path = Path(tmp) / "raw.db"
+        prepare(path, schema)
+        conn = connect(path, pragmas)
+        started = time.perf_counter()
+        with jsonl.open("rb") as lines:
+            count = ingest(lines, conn, batch_size, schema)
+        seconds = time.perf_counter() - started
+        conn.close()
+    name = f"raw sqlite3 ({schema} schema, {pragmas} pragmas), batch {batch_size}"
+    return Result(name, count, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the baseline once and print its rate as JSON."""
+    parser = argparse.ArgumentParser(description="raw sqlite3 ingest baseline")
+    parser.add_argument("jsonl", type=Path)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--pragmas", choices=("store", "default"), default="store")
+    parser.add_argument("--schema", choices=("lean", "library"), default="lean")
+    args = parser.parse_args(argv)
+    result = run(args.jsonl, batch_size=args.batch_size, pragmas=args.pragmas, schema=args.schema)
+    print(json.dumps(result.as_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
