@@ -34,7 +34,9 @@ class Outcome(StrEnum):
     UNHANDLED = "unhandled"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass pays object.__setattr__ per field, and the live-stream query
+# builds thousands. A Stream is a snapshot; changing one changes nothing stored.
+@dataclass(slots=True)
 class Stream:
     """A stream as stored: every attribute is one of the spec's stream keys."""
 
