@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Row, and_, case, func, literal, or_, select, 
 
 from ._tables import LIVE_PREDICATE, concurrency_alerts, deliveries, stream_events, streams
 from ._tables import transitions as transitions_table
+from ._writers import EVENT_COLUMNS, TRANSITION_COLUMNS
 from .events import EventKind, Scope, Source
 from .machine import ACTIVE_STATES, State, TransitionName, fold
 from .records import (
@@ -24,7 +25,7 @@ from .records import (
     Transition,
 )
 from .stop_reasons import describe_stop_reason
-from .store import row_to_event, transition_of
+from .store import event_from_row, transition_from_row
 
 _LIVE: Final = text(LIVE_PREDICATE)
 _RANK: Final = case({kind.value: kind.rank for kind in EventKind}, value=transitions_table.c.kind)
@@ -44,8 +45,12 @@ def _streams(conn: Connection, query: Any) -> list[Stream]:
     ]
 
 
-def _transition(row: Row[Any]) -> Transition:
-    return transition_of(row._mapping)
+_TRANSITION_COLUMNS: Final = [transitions_table.c[name] for name in TRANSITION_COLUMNS]
+_EVENT_COLUMNS: Final = [stream_events.c[name] for name in EVENT_COLUMNS]
+
+
+def _transitions(conn: Connection, query: Any) -> list[Transition]:
+    return [transition_from_row(tuple(row)) for row in conn.execute(query)]
 
 
 def stream(conn: Connection, stream_id: str) -> Stream | None:
@@ -100,25 +105,25 @@ def list_streams(
 
 def history(conn: Connection, stream_id: str) -> list[Transition]:
     query = (
-        select(transitions_table)
+        select(*_TRANSITION_COLUMNS)
         .where(transitions_table.c.stream_id == stream_id)
         .order_by(transitions_table.c.event_ts, _RANK, transitions_table.c.id)
     )
-    return [_transition(r) for r in conn.execute(query)]
+    return _transitions(conn, query)
 
 
 def audit(conn: Connection, stream_id: str) -> list[Transition]:
     query = (
-        select(transitions_table)
+        select(*_TRANSITION_COLUMNS)
         .where(transitions_table.c.stream_id == stream_id)
         .order_by(transitions_table.c.id)
     )
-    return [_transition(r) for r in conn.execute(query)]
+    return _transitions(conn, query)
 
 
 def transitions_since(conn: Connection, cursor: tuple[int, int], limit: int) -> list[Transition]:
     t = transitions_table
-    query = select(t).where(
+    query = select(*_TRANSITION_COLUMNS).where(
         tuple_(t.c.tx_id, t.c.id) > tuple_(literal(cursor[0]), literal(cursor[1]))
     )
     if conn.dialect.name == "postgresql":
@@ -126,7 +131,7 @@ def transitions_since(conn: Connection, cursor: tuple[int, int], limit: int) -> 
         horizon = text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
         query = query.where(t.c.tx_id < horizon)
     query = query.order_by(t.c.tx_id, t.c.id).limit(limit)
-    return [_transition(r) for r in conn.execute(query)]
+    return _transitions(conn, query)
 
 
 def feed_cursor_of(conn: Connection, transition_id: int) -> tuple[int, int]:
@@ -195,10 +200,10 @@ def interruption_stats(
     counts = {"streams": 0, "interruptions": 0, "recovered": 0, "stopped": 0}
     events: dict[str, list[Any]] = defaultdict(list)
     rows = conn.execute(
-        select(stream_events).where(stream_events.c.stream_id.in_(interrupted.scalar_subquery()))
+        select(*_EVENT_COLUMNS).where(stream_events.c.stream_id.in_(interrupted.scalar_subquery()))
     )
     for row in rows:
-        events[row.stream_id].append(row_to_event(row))
+        events[row.stream_id].append(event_from_row(tuple(row)))
     for stream_id, stream_events_ in events.items():
         counts["streams"] += 1
         _, steps = fold(stream_id, stream_events_)

@@ -171,6 +171,10 @@ class StreamState:
         """An independent copy (``dataclasses.replace`` is several times slower)."""
         return StreamState(*_ALL_FIELDS(self))
 
+    def as_tuple(self) -> tuple[Any, ...]:
+        """Every field, in declaration order."""
+        return _ALL_FIELDS(self)
+
 
 _ALL_FIELDS: Final = attrgetter(*StreamState.__dataclass_fields__)
 

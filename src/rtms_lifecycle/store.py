@@ -5,6 +5,8 @@ Writers of one stream serialise: on PostgreSQL the stream rows are locked (``SEL
 UPDATE``, in stream-id order so that two batches cannot deadlock); on SQLite every write
 transaction starts with ``BEGIN IMMEDIATE``. The event identity is a unique constraint, so even a
 race nobody foresaw cannot apply one event twice: it fails, and the batch is retried.
+
+The write path talks to the driver directly (``_writers``); reads go through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -18,31 +20,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Final
 
 from pydantic_core import from_json, to_json
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Row,
-    Table,
-    bindparam,
-    create_engine,
-    event,
-    insert,
-    literal_column,
-    select,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.sql.elements import BindParameter
 
 from . import _migrate
-from ._tables import concurrency_alerts, deliveries, stream_events, streams
-from ._tables import transitions as transitions_table
+from ._writers import EVENT_COLUMNS, Row, WriteFailed, Writes, WriteTx, state_row, writer_for
 from .events import (
     ConcurrencyAlert,
     EventKind,
@@ -64,9 +49,9 @@ log = logging.getLogger(__name__)
 DEFAULT_DB_URL: Final = "sqlite:///rtms_lifecycle.db"
 # How often a transaction that lost a race (deadlock, serialisation, a busy SQLite) is retried.
 _ATTEMPTS: Final = 8
-# Keeps IN (...) lists well under every driver's bound-parameter limit.
-_CHUNK: Final = 500
-_RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01", "23505"})
+_PAYLOAD: Final = EVENT_COLUMNS.index("payload")
+_SCOPES: Final = {scope.value: scope for scope in Scope}
+_STATES: Final = {state.value: state for state in State}
 
 
 def now_ms() -> int:
@@ -106,25 +91,25 @@ class _Live:
     insert: bool = False
     dirty: bool = False
     # The stream's stored events, as rows: turned into events only if a late one needs a re-fold.
-    stored_rows: list[Row[Any]] = field(default_factory=list)
+    stored_rows: list[Row] = field(default_factory=list)
     new_events: list[StreamEvent] = field(default_factory=list)
 
     def stored_events(self) -> list[StreamEvent]:
-        return [row_to_event(row) for row in self.stored_rows]
+        return [event_from_row(row) for row in self.stored_rows]
 
 
 @dataclass(slots=True)
 class _Pending:
-    """A result whose ids are known only once its rows are written."""
+    """What one delivery came to, until the batch is written."""
 
     outcome: Outcome
     event: str | None
     stream_id: str | None
     errors: tuple[FieldError, ...]
     detail: str | None
+    delivery_id: int
     state: StreamState | None = None
-    transition: dict[str, Any] | None = None
-    delivery_id: int | None = None
+    transition: Row | None = None
 
 
 def _same_payload(stored: str | Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
@@ -134,11 +119,6 @@ def _same_payload(stored: str | Mapping[str, Any], payload: Mapping[str, Any]) -
 
 def _canonical(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
 
 
 def _normalise_url(url: str) -> str:
@@ -160,9 +140,8 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    # A writer takes the write lock up front: two writers never both read, then both write.
-    write = conn.get_execution_options().get("rtms_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    # A reader's statements see one snapshot (writers begin their own, in _writers).
+    conn.exec_driver_sql("BEGIN")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -182,15 +161,6 @@ def create_store_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)
 
 
-def _retryable(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
-        return True
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    if sqlstate in _RETRYABLE_SQLSTATES:
-        return True
-    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
-
-
 class Store:
     """Persistence of the lifecycle: the only module that writes SQL."""
 
@@ -201,7 +171,7 @@ class Store:
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite" and isinstance(db, Engine):
             _configure_sqlite(self.engine)
-        self._writer = self.engine.execution_options(rtms_write=True)
+        self._writer = writer_for(self.engine)
         # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
         # tries: threads of one process queue here instead, at no cost to other processes.
         self._serial: AbstractContextManager[object] = (
@@ -211,7 +181,9 @@ class Store:
             _migrate.ensure_schema(self.engine)
 
     def close(self) -> None:
-        """Release every pooled connection."""
+        """Release every connection."""
+        with self._serial:
+            self._writer.close()
         self.engine.dispose()
 
     # --- writing ----------------------------------------------------------------------------
@@ -223,14 +195,12 @@ class Store:
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                with self._serial, self._writer.begin() as conn:
-                    return _Batch(conn, now_ms(), full).run(items)
-            except DBAPIError as exc:
-                if not _retryable(exc) or attempt == _ATTEMPTS:
-                    raise StoreError(
-                        f"could not record {len(items)} deliveries: {exc.orig}"
-                    ) from exc
-                log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc.orig)
+                with self._serial, self._writer.transaction() as tx:
+                    return _Batch(tx, now_ms(), full).run(items)
+            except WriteFailed as exc:
+                if not exc.retryable or attempt == _ATTEMPTS:
+                    raise StoreError(f"could not record {len(items)} deliveries: {exc}") from exc
+                log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc)
                 time.sleep(random.uniform(0, 0.01 * 2**attempt))
         raise AssertionError("unreachable")
 
@@ -241,28 +211,19 @@ class Store:
         return self.engine.connect()
 
 
-def row_to_state(row: Row[Any]) -> StreamState:
-    """A stored stream row as the fold's state."""
-    m = row._mapping
+def state_from_row(row: Row) -> StreamState:
+    """A stored stream row (``_writers.STREAM_COLUMNS``) as the fold's state."""
+    sid, scope, scope_id, account, key, operator, urls, state, *rest = row
     return StreamState(
-        stream_id=m["stream_id"],
-        scope=Scope(m["scope"]) if m["scope"] else None,
-        scope_id=m["scope_id"],
-        account_id=m["account_id"],
-        session_key=m["session_key"],
-        operator_id=m["operator_id"],
-        server_urls=m["server_urls"],
-        state=State(m["state"]),
-        first_event_at=m["first_event_at"],
-        started_at=m["started_at"],
-        stopped_at=m["stopped_at"],
-        stop_reason=m["stop_reason"],
-        last_event_at=m["last_event_at"],
-        interruptions=m["interruptions"],
-        resumes=m["resumes"],
-        failovers=m["failovers"],
-        fold_ts=m["fold_ts"],
-        fold_rank=m["fold_rank"],
+        sid,
+        _SCOPES[scope] if scope else None,
+        scope_id,
+        account,
+        key,
+        operator,
+        urls,
+        _STATES[state],
+        *rest,
     )
 
 
@@ -289,113 +250,59 @@ def state_to_stream(state: StreamState) -> Stream:
     )
 
 
-def transition_of(m: Mapping[Any, Any]) -> Transition:
-    """An audit row (a stored row's mapping, or the values just inserted) as a Transition."""
+def transition_from_row(row: Row) -> Transition:
+    """An audit row (``_writers.TRANSITION_COLUMNS``) as a Transition."""
+    tid, sid, from_state, to_state, name, kind, event_ts, source, late, recorded_at, did = row
     return Transition(
-        id=m["id"],
-        stream_id=m["stream_id"],
-        from_state=State(m["from_state"]),
-        to_state=State(m["to_state"]),
-        name=TransitionName(m["name"]),
-        kind=m["kind"],
-        event_ts=m["event_ts"],
-        source=Source(m["source"]),
-        late=bool(m["late"]),
-        recorded_at=m["recorded_at"],
-        delivery_id=m["delivery_id"],
+        id=tid,
+        stream_id=sid,
+        from_state=_STATES[from_state],
+        to_state=_STATES[to_state],
+        name=TransitionName(name),
+        kind=kind,
+        event_ts=event_ts,
+        source=Source(source),
+        late=bool(late),
+        recorded_at=recorded_at,
+        delivery_id=did,
     )
 
 
-def row_to_event(row: Row[Any]) -> StreamEvent:
-    """A stored stream event, as the fold needs it."""
-    m = row._mapping
+def event_from_row(row: Row) -> StreamEvent:
+    """A stored stream event (``_writers.EVENT_COLUMNS``), as the fold needs it."""
+    sid, kind, event_ts, source, name, scope, scope_id, account, key, operator, urls, reason = row[
+        :_PAYLOAD
+    ]
     return StreamEvent(
-        event=m["event"],
-        scope=Scope(m["scope"]) if m["scope"] else None,
-        kind=EventKind(m["kind"]),
-        stream_id=m["stream_id"],
-        scope_id=m["scope_id"],
-        event_ts=m["event_ts"],
-        source=Source(m["source"]),
-        account_id=m["account_id"],
-        session_key=m["session_key"],
-        operator_id=m["operator_id"],
-        server_urls=m["server_urls"],
-        stop_reason=m["stop_reason"],
+        event=name,
+        scope=_SCOPES[scope] if scope else None,
+        kind=EventKind(kind),
+        stream_id=sid,
+        scope_id=scope_id,
+        event_ts=event_ts,
+        source=Source(source),
+        account_id=account,
+        session_key=key,
+        operator_id=operator,
+        server_urls=urls,
+        stop_reason=reason,
     )
-
-
-_STATE_COLUMNS: Final = tuple(
-    c.name for c in streams.columns if c.name not in ("stream_id", "created_at", "updated_at")
-)
-_ENUM_COLUMNS: Final = frozenset({"scope", "state"})
-
-# Statements are built once: building them per call (coercions, cache keys) costs more than
-# running them on SQLite.
-_IDS: Final[BindParameter[list[str]]] = bindparam("ids", expanding=True)
-_SELECT_STREAMS: Final = select(streams).where(streams.c.stream_id.in_(_IDS))
-_LOCK_STREAMS: Final = _SELECT_STREAMS.order_by(streams.c.stream_id).with_for_update()
-# By stream id, not by event identity: a row-value IN over several identities makes SQLite scan
-# the whole table, while this reads only the touched streams' few events through the index.
-_SELECT_EVENTS: Final = select(stream_events).where(stream_events.c.stream_id.in_(_IDS))
-_UPDATE_STREAM: Final = (
-    update(streams)
-    .where(streams.c.stream_id == bindparam("b_stream_id"))
-    .values({name: bindparam(name) for name in (*_STATE_COLUMNS, "updated_at")})
-)
-_INSERT_PLACEHOLDERS: Final = postgresql.insert(streams).on_conflict_do_nothing(
-    index_elements=["stream_id"]
-)
-_INSERT_ALERTS: Final = {
-    "postgresql": postgresql.insert(concurrency_alerts).on_conflict_do_nothing(
-        index_elements=["fingerprint"]
-    ),
-    "sqlite": sqlite.insert(concurrency_alerts).on_conflict_do_nothing(
-        index_elements=["fingerprint"]
-    ),
-}
-# A transition row carries its writer's PostgreSQL transaction id (see _tables.transitions).
-_INSERT_TRANSITIONS_PG: Final = insert(transitions_table).values(
-    tx_id=literal_column("pg_current_xact_id()::text::bigint")
-)
-
-
-_INSERT_EVENTS: Final = insert(stream_events)
-_INSERT_STREAMS: Final = insert(streams)
-_SQLITE: Final = sqlite.dialect(paramstyle="qmark")
-
-
-@lru_cache(maxsize=64)
-def _sqlite_sql(statement: Any, keys: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    """A statement's SQLite text for rows with these keys, and the keys in parameter order."""
-    compiled = statement.compile(dialect=_SQLITE, column_keys=list(keys))
-    return str(compiled), tuple(compiled.positiontup)
-
-
-def _state_row(state: StreamState) -> dict[str, Any]:
-    row = {name: getattr(state, name) for name in _STATE_COLUMNS}
-    for name in _ENUM_COLUMNS:
-        if row[name] is not None:
-            row[name] = row[name].value
-    return row
 
 
 class _Batch:
     """One transaction's worth of deliveries: read what they touch, decide in memory, write."""
 
-    def __init__(self, conn: Connection, now: int, full: bool) -> None:
-        self.conn = conn
+    def __init__(self, tx: WriteTx, now: int, full: bool) -> None:
+        self.tx = tx
         self.now = now
         # Without full results (bulk loads without callbacks) no Stream or Transition is built.
         self.full = full
-        self.postgres = conn.dialect.name == "postgresql"
         self.live: dict[str, _Live] = {}
         # identity -> payload: stored JSON text, or the mapping of an event of this batch
         self.known: dict[tuple[str, str, int], str | Mapping[str, Any]] = {}
-        self.delivery_rows: list[dict[str, Any]] = []
-        self.event_rows: list[dict[str, Any]] = []
-        self.transition_rows: list[dict[str, Any]] = []
-        self.alert_rows: list[dict[str, Any]] = []
+        self.writes = Writes()
+        self.delivery_ids: Iterator[int] = iter(())
+        self.transition_ids: Iterator[int] = iter(())
         # One per item; None for an expiry that no longer applies (it writes nothing).
         self.pending: list[_Pending | None] = []
 
@@ -403,51 +310,28 @@ class _Batch:
         self._load(items)
         for item in items:
             self.pending.append(self._decide(item))
-        self._write()
+        self._write_streams()
+        self.tx.write(self.writes)
         return [self._result(p) if p is not None else None for p in self.pending]
 
     # --- reading what the batch touches -----------------------------------------------------
 
     def _load(self, items: Sequence[Incoming]) -> None:
-        ids = sorted(
-            {
-                parsed.stream_id
-                for parsed in (item.parsed for item in items)
-                if isinstance(parsed, StreamEvent | KnownStreamEvent)
-            }
-        )
-        if not ids:
-            return
-        lock = _LOCK_STREAMS if self.postgres else _SELECT_STREAMS
-        for chunk in _chunks(ids):
-            for row in self.conn.execute(lock, {"ids": chunk}):
-                self.live[row.stream_id] = _Live(row_to_state(row))
-        missing = [sid for sid in ids if sid not in self.live]
-        if missing and self.postgres:
-            # Racing writers of a new stream need one row to queue on: insert it, then lock it.
-            # Sorted ids make every writer lock in one order, so none can deadlock.
-            for chunk in _chunks(missing):
-                self.conn.execute(_INSERT_PLACEHOLDERS, [self._placeholder(sid) for sid in chunk])
-                for row in self.conn.execute(lock, {"ids": chunk}):
-                    self.live[row.stream_id] = _Live(row_to_state(row))
-        else:
-            # SQLite: BEGIN IMMEDIATE already made this the only writer.
-            for sid in missing:
-                self.live[sid] = _Live(StreamState(sid), insert=True)
-        stored = [sid for sid in ids if not self.live[sid].insert]
-        for chunk in _chunks(stored):
-            for row in self.conn.execute(_SELECT_EVENTS, {"ids": chunk}):
-                self.known[row.stream_id, row.kind, row.event_ts] = row.payload
-                self.live[row.stream_id].stored_rows.append(row)
-
-    def _placeholder(self, stream_id: str) -> dict[str, Any]:
-        # State "new" marks a row no event has been applied to yet.
-        return {
-            "stream_id": stream_id,
-            **_state_row(StreamState(stream_id)),
-            "created_at": self.now,
-            "updated_at": self.now,
-        }
+        ids: set[str] = set()
+        events = 0
+        for item in items:
+            if isinstance(item.parsed, StreamEvent | KnownStreamEvent):
+                ids.add(item.parsed.stream_id)
+                events += 1
+        loaded = self.tx.load(sorted(ids), len(items), events, self.now)
+        self.delivery_ids, self.transition_ids = loaded.delivery_ids, loaded.transition_ids
+        for row in loaded.streams:
+            self.live[row[0]] = _Live(state_from_row(row))
+        for sid in ids - self.live.keys():
+            self.live[sid] = _Live(StreamState(sid), insert=True)
+        for row in loaded.events:
+            self.known[row[0], row[1], row[2]] = row[_PAYLOAD]
+            self.live[row[0]].stored_rows.append(row)
 
     # --- deciding ---------------------------------------------------------------------------
 
@@ -535,18 +419,20 @@ class _Batch:
             )
         pending = self._delivery(item, Outcome.APPLIED, about=ev)
         pending.state = after
-        pending.transition = {
-            "stream_id": ev.stream_id,
-            "from_state": before.state.value,
-            "to_state": after.state.value,
-            "name": name.value,
-            "kind": ev.kind.value,
-            "event_ts": ev.event_ts,
-            "source": ev.source.value,
-            "late": before.last_event_at is not None and ev.event_ts < before.last_event_at,
-            "recorded_at": self.now,
-        }
-        self.transition_rows.append(pending.transition)
+        pending.transition = (
+            next(self.transition_ids),
+            ev.stream_id,
+            before.state.value,
+            after.state.value,
+            name.value,
+            ev.kind.value,
+            ev.event_ts,
+            ev.source.value,
+            before.last_event_at is not None and ev.event_ts < before.last_event_at,
+            self.now,
+            pending.delivery_id,
+        )
+        self.writes.transitions.append(pending.transition)
         return pending
 
     def _delivery(
@@ -570,40 +456,42 @@ class _Batch:
                 about.kind.value,
             )
         event = event or item.event
-        self.delivery_rows.append(
-            {
-                "received_at": self.now,
-                "source": item.source.value,
-                "event": event,
-                "event_ts": event_ts,
-                "stream_id": stream_id,
-                "kind": kind,
-                "outcome": outcome.value,
-                "error": json.dumps([e.as_dict() for e in errors]) if errors else None,
-                "detail": detail,
-                "raw": item.raw,
-            }
+        delivery_id = next(self.delivery_ids)
+        self.writes.deliveries.append(
+            (
+                delivery_id,
+                self.now,
+                item.source.value,
+                event,
+                event_ts,
+                stream_id,
+                kind,
+                outcome.value,
+                json.dumps([e.as_dict() for e in errors]) if errors else None,
+                detail,
+                item.raw,
+            )
         )
-        return _Pending(outcome, event, stream_id, errors, detail)
+        return _Pending(outcome, event, stream_id, errors, detail, delivery_id)
 
     def _event_row(self, ev: StreamEvent, payload: str) -> None:
-        self.event_rows.append(
-            {
-                "stream_id": ev.stream_id,
-                "kind": ev.kind.value,
-                "event_ts": ev.event_ts,
-                "source": ev.source.value,
-                "event": ev.event,
-                "scope": ev.scope.value if ev.scope else None,
-                "scope_id": ev.scope_id,
-                "account_id": ev.account_id,
-                "session_key": ev.session_key,
-                "operator_id": ev.operator_id,
-                "server_urls": ev.server_urls,
-                "stop_reason": ev.stop_reason,
-                "payload": payload,
-                "received_at": self.now,
-            }
+        self.writes.events.append(
+            (
+                ev.stream_id,
+                ev.kind.value,
+                ev.event_ts,
+                ev.source.value,
+                ev.event,
+                ev.scope.value if ev.scope else None,
+                ev.scope_id,
+                ev.account_id,
+                ev.session_key,
+                ev.operator_id,
+                ev.server_urls,
+                ev.stop_reason,
+                payload,
+                self.now,
+            )
         )
 
     def _alert(self, alert: ConcurrencyAlert) -> None:
@@ -611,102 +499,32 @@ class _Batch:
         fingerprint = hashlib.sha256(
             f"{alert.event}\x00{alert.event_ts}\x00{payload}".encode()
         ).hexdigest()
-        self.alert_rows.append(
-            {
-                "event": alert.event,
-                "event_ts": alert.event_ts,
-                "concurrency_number": alert.concurrency_number,
-                "concurrency_limit": alert.concurrency_limit,
-                "percentage": alert.percentage,
-                "operator_id": alert.operator_id,
-                "id_field": alert.id_field,
-                "id_value": alert.id_value,
-                "account_id": alert.account_id,
-                "payload": payload,
-                "fingerprint": fingerprint,
-                "received_at": self.now,
-            }
+        self.writes.alerts.append(
+            (
+                alert.event,
+                alert.event_ts,
+                alert.concurrency_number,
+                alert.concurrency_limit,
+                alert.percentage,
+                alert.operator_id,
+                alert.id_field,
+                alert.id_value,
+                alert.account_id,
+                payload,
+                fingerprint,
+                self.now,
+            )
         )
 
     # --- writing ----------------------------------------------------------------------------
 
-    def _write(self) -> None:
-        conn = self.conn
-        written = [p for p in self.pending if p is not None]
-        for pending, delivery_id in zip(
-            written, self._insert_with_ids(deliveries, self.delivery_rows), strict=True
-        ):
-            pending.delivery_id = delivery_id
-            if pending.transition is not None:
-                pending.transition["delivery_id"] = delivery_id
-        if self.event_rows:
-            self._executemany(_INSERT_EVENTS, self.event_rows)
-        if self.transition_rows:
-            self._insert_with_ids(transitions_table, self.transition_rows)
-        new, changed = [], []
+    def _write_streams(self) -> None:
         for sid, live in self.live.items():
             if live.insert:
-                new.append(
-                    {
-                        "stream_id": sid,
-                        **_state_row(live.state),
-                        "created_at": self.now,
-                        "updated_at": self.now,
-                    }
-                )
+                self.writes.new_streams.append((*state_row(live.state), self.now, self.now))
             elif live.dirty:
-                changed.append(
-                    {"b_stream_id": sid, **_state_row(live.state), "updated_at": self.now}
-                )
-        if new:
-            self._executemany(_INSERT_STREAMS, new)
-        if changed:
-            self._executemany(_UPDATE_STREAM, changed)
-        if self.alert_rows:
-            conn.execute(_INSERT_ALERTS[conn.dialect.name], self.alert_rows)
-
-    def _insert_with_ids(self, table: Table, rows: list[dict[str, Any]]) -> list[int]:
-        """Insert rows, setting each row's ``id``; returns the ids in row order."""
-        if not rows:
-            return []
-        if self.postgres:
-            statement = _INSERT_TRANSITIONS_PG if table is transitions_table else insert(table)
-            result = self.conn.execute(
-                statement.returning(table.c.id, sort_by_parameter_order=True), rows
-            )
-            ids = [row[0] for row in result]
-        else:
-            ids = []
-            if table is transitions_table:
-                for row in rows:
-                    row["tx_id"] = 0
-            for chunk in _chunks(rows):
-                ids.extend(self._sqlite_insert_ids(table, chunk))
-        for row, row_id in zip(rows, ids, strict=True):
-            row["id"] = row_id
-        return ids
-
-    def _sqlite_insert_ids(self, table: Table, rows: Sequence[dict[str, Any]]) -> range:
-        # One multi-row INSERT: SQLite gives its rows consecutive rowids after the largest one
-        # (no AUTOINCREMENT, and BEGIN IMMEDIATE made this the only writer), so the last rowid
-        # names them all. SQLite's ordered RETURNING would run one INSERT per row instead.
-        keys = list(rows[0])
-        row_sql = "(" + ", ".join("?" * len(keys)) + ")"
-        sql = f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES " + ", ".join(
-            [row_sql] * len(rows)
-        )
-        params = tuple(row[key] for row in rows for key in keys)
-        last = self.conn.exec_driver_sql(sql, params).lastrowid
-        return range(last - len(rows) + 1, last + 1)
-
-    def _executemany(self, statement: Any, rows: list[dict[str, Any]]) -> None:
-        if self.postgres:
-            self.conn.execute(statement, rows)
-            return
-        # SQLAlchemy prepares every row's parameters in Python; on SQLite that costs more than
-        # the inserts themselves, so the statement is compiled once and fed plain tuples.
-        sql, keys = _sqlite_sql(statement, tuple(rows[0]))
-        self.conn.exec_driver_sql(sql, [tuple(row[key] for key in keys) for row in rows])
+                row = state_row(live.state)
+                self.writes.changed_streams.append((*row[1:], self.now, sid))
 
     def _result(self, pending: _Pending) -> IngestResult:
         full = self.full and pending.state is not None
@@ -718,5 +536,7 @@ class _Batch:
             errors=pending.errors,
             detail=pending.detail,
             stream=state_to_stream(pending.state) if full and pending.state else None,
-            transition=transition_of(pending.transition) if full and pending.transition else None,
+            transition=(
+                transition_from_row(pending.transition) if full and pending.transition else None
+            ),
         )
