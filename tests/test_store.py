@@ -297,3 +297,82 @@ def test_concurrent_writers_apply_each_event_once(
     assert max(first_seen.values()) == 1
     distinct = {(sid, kind.value, ts) for sid, events in scenario.items() for kind, ts in events}
     assert set(first_seen) == distinct
+
+
+# --- PostgreSQL: an optimistic first attempt, a cautious retry ---------------------------------
+
+
+def _psycopg_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _ingest_while_held(url: str, hold: str, body: bytes) -> tuple[Any, Any]:
+    """Ingest ``body`` while another transaction holds rows with ``hold``, then commit that.
+
+    Returns the ingest's result (or exception) once the other transaction has committed.
+    """
+    import threading
+    import time
+
+    import psycopg
+
+    outcome: list[Any] = []
+    with psycopg.connect(_psycopg_url(url)) as other, Tracker(url) as tracker:
+        other.execute(hold)
+        thread = threading.Thread(target=lambda: outcome.append(tracker.ingest(body)))
+        thread.start()
+        deadline = time.monotonic() + 10
+        with psycopg.connect(_psycopg_url(url), autocommit=True) as watcher:
+            # The ingest is waiting on the held rows: it read its snapshot before the commit.
+            while not watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            ).fetchone() == (1,):
+                assert time.monotonic() < deadline, "the ingest never waited on the held rows"
+                time.sleep(0.01)
+        other.commit()
+        thread.join(timeout=30)
+        return outcome[0], tracker.stream(json.loads(body)["payload"]["rtms_stream_id"])
+
+
+@pytest.mark.postgres
+def test_postgres_stream_changed_under_a_writer_is_retried_cautiously(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream updated by another transaction after the first attempt read it: retried, once."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, "rtms_lifecycle.store")
+    with Tracker(postgres_url) as tracker:
+        tracker.ingest(raw("started", "s1", 10))
+    result, stream = _ingest_while_held(
+        postgres_url,
+        "UPDATE streams SET updated_at = updated_at + 1 WHERE stream_id = 's1'",
+        raw("stopped", "s1", 20, stop_reason=6),
+    )
+    assert result.outcome is Outcome.APPLIED
+    assert stream is not None and (stream.state, stream.stop_reason) == (State.STOPPED, 6)
+    assert [r.message for r in caplog.records if "lost a race" in r.message]
+    with Tracker(postgres_url) as tracker:
+        assert [t.name.value for t in tracker.audit("s1")] == ["start", "stop"]
+        assert len(tracker.deliveries(stream_id="s1")) == 2
+
+
+@pytest.mark.postgres
+def test_postgres_new_stream_inserted_under_a_writer_is_retried_cautiously(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two writers creating one stream: the one that loses retries, locks the row and applies."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, "rtms_lifecycle.store")
+    Tracker(postgres_url).close()
+    # What a cautious writer of the same new stream does first: a placeholder row.
+    hold = (
+        "INSERT INTO streams (stream_id, state, interruptions, resumes, failovers, fold_ts,"
+        " fold_rank, created_at, updated_at) VALUES ('s2', 'new', 0, 0, 0, -1, -1, 0, 0)"
+    )
+    result, stream = _ingest_while_held(postgres_url, hold, raw("started", "s2", 10))
+    assert result.outcome is Outcome.APPLIED
+    assert stream is not None and stream.state is State.STARTED
+    assert [r.message for r in caplog.records if "lost a race" in r.message]

@@ -22,6 +22,7 @@ from itertools import count
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sqlalchemy import Engine, Table
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.pool import PoolProxiedConnection
 
 from ._tables import concurrency_alerts, deliveries, stream_events, streams, transitions
@@ -150,10 +151,9 @@ class WriteTx(Protocol):
     def load(
         self, stream_ids: Sequence[str], deliveries: int, transitions: int, now: int
     ) -> Loaded:
-        """Lock and read the given streams (sorted ids) and their events; reserve ids.
+        """Read the given streams (sorted ids) and their events; reserve ids.
 
-        Streams that have no row are missing from the result on SQLite; on PostgreSQL they get
-        a placeholder row (state ``new``), so that racing writers of a new stream queue on it.
+        A stream that has no row is missing from the result and the batch inserts its row.
         At most ``deliveries`` and ``transitions`` ids are taken from the iterators.
         """
         ...
@@ -174,10 +174,11 @@ class WriteFailed(Exception):
 class Writer(Protocol):
     """Opens write transactions on one database."""
 
-    def transaction(self) -> Any:
+    def transaction(self, *, cautious: bool = False) -> Any:
         """A context manager yielding a :class:`WriteTx`; commits on success.
 
-        Raises :class:`WriteFailed` when the database refuses.
+        Raises :class:`WriteFailed` when the database refuses. A first attempt may be
+        optimistic and lose a race (then it is retried); a ``cautious`` one locks instead.
         """
         ...
 
@@ -222,15 +223,24 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 def _insert(
-    table: Table, names: Sequence[str], mark: str, *, computed: str = "", suffix: str = ""
+    table: Table,
+    names: Sequence[str],
+    mark: str,
+    *,
+    computed: str = "",
+    suffix: str = "",
+    rows: int = 1,
 ) -> str:
-    """An INSERT of ``names`` as parameters; ``computed`` is ``"column = SQL expression"``."""
+    """An INSERT of ``rows`` rows of ``names``; ``computed`` is ``"column = SQL expression"``."""
     columns, values = list(names), [mark] * len(names)
     if computed:
         column, _, expression = computed.partition(" = ")
         columns.append(column)
         values.append(expression)
-    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(values)}){suffix}"
+    row = f"({', '.join(values)})"
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}{suffix}"
+    )
 
 
 def _update_streams(mark: str) -> str:
@@ -319,7 +329,8 @@ class _SqliteWriter:
             self._held = None
 
     @contextmanager
-    def transaction(self) -> Iterator[_SqliteTx]:
+    def transaction(self, *, cautious: bool = False) -> Iterator[_SqliteTx]:
+        # Always cautious: BEGIN IMMEDIATE makes this the only writer until it commits.
         if self._held is None:
             self._held = _checkout(self._engine)
         held = self._held
@@ -348,77 +359,146 @@ class _SqliteWriter:
 
 # --- PostgreSQL -------------------------------------------------------------------------------
 
-# Placeholders are inserted for every stream of the batch in stream-id order, and the rows then
-# locked in the same order: two batches touching the same streams can never deadlock.
-_PG_PLACEHOLDERS: Final = _insert(
-    streams, _NEW_STREAM_COLUMNS, "%s", suffix=" ON CONFLICT (stream_id) DO NOTHING"
+
+# Placeholders are inserted in stream-id order, and the rows then locked in the same order: two
+# batches touching the same streams can never deadlock.
+def _numbered(sql: str) -> str:
+    """``%s`` markers as PostgreSQL's ``$1, $2, ...``, for psycopg's RawCursor.
+
+    psycopg parses a ``%s`` query on every execution once it has more than 50 parameters.
+    """
+    pieces = sql.split("%s")
+    return "".join(f"{piece}${i}" for i, piece in enumerate(pieces[:-1], 1)) + pieces[-1]
+
+
+_PG_PLACEHOLDERS: Final = _numbered(
+    _insert(streams, _NEW_STREAM_COLUMNS, "%s", suffix=" ON CONFLICT (stream_id) DO NOTHING")
 )
-_PG_LOCK: Final = _select(
-    streams, STREAM_COLUMNS, "stream_id = ANY(%s) ORDER BY stream_id FOR UPDATE"
+_PG_LOCK_STREAMS: Final = _numbered(
+    _select(streams, ("stream_id",), "stream_id = ANY(%s) ORDER BY stream_id FOR UPDATE")
 )
-_PG_SELECT_EVENTS: Final = _select(stream_events, EVENT_COLUMNS, "stream_id = ANY(%s)")
-_PG_IDS: Final = "SELECT nextval(%s::regclass) FROM generate_series(1, %s)"
+
+
+def _json_rows(table: Table, names: Sequence[str]) -> str:
+    return (
+        f"(SELECT json_agg(json_build_array({', '.join(names)})) FROM {table.name}"
+        " WHERE stream_id = ANY($1))"
+    )
+
+
+# Everything a batch reads, in one statement: its streams, their events, and ids for its rows.
+# One statement reads one snapshot, so the streams and events always agree.
+_PG_READ: Final = (
+    f"SELECT {_json_rows(streams, STREAM_COLUMNS)}, {_json_rows(stream_events, EVENT_COLUMNS)},"
+    " ARRAY(SELECT nextval($2::regclass) FROM generate_series(1, $3) ORDER BY 1),"
+    " ARRAY(SELECT nextval($4::regclass) FROM generate_series(1, $5) ORDER BY 1)"
+)
 _PG_SEQUENCES: Final = (
     "SELECT pg_get_serial_sequence('deliveries', 'id'), pg_get_serial_sequence('transitions', 'id')"
 )
-_PG_DELIVERIES: Final = _insert(deliveries, DELIVERY_COLUMNS, "%s")
-_PG_EVENTS: Final = _insert(stream_events, _EVENT_INSERT_COLUMNS, "%s")
-# A transition row carries its writer's transaction id (see _tables.transitions).
-_PG_TRANSITIONS: Final = _insert(
-    transitions, TRANSITION_COLUMNS, "%s", computed="tx_id = pg_current_xact_id()::text::bigint"
+# The parts of a write: every batch's rows go in one statement per slice of _PG_ROWS rows of each
+# table (a statement per table and row would cost a round trip of Python in psycopg each).
+_PG_INSERTS: Final = (
+    (deliveries, DELIVERY_COLUMNS, "", ""),
+    (stream_events, _EVENT_INSERT_COLUMNS, "", ""),
+    # A transition row carries its writer's transaction id (see _tables.transitions).
+    (transitions, TRANSITION_COLUMNS, "tx_id = pg_current_xact_id()::text::bigint", ""),
+    (streams, _NEW_STREAM_COLUMNS, "", ""),
+    (concurrency_alerts, ALERT_COLUMNS, "", _ON_NEW_ALERT),
 )
-_PG_NEW_STREAMS: Final = _insert(streams, _NEW_STREAM_COLUMNS, "%s")
-_PG_CHANGED_STREAMS: Final = _update_streams("%s")
-_PG_ALERTS: Final = _insert(concurrency_alerts, ALERT_COLUMNS, "%s", suffix=_ON_NEW_ALERT)
+_PG_ROWS: Final = 100
+_PG_UPDATE_COLUMNS: Final = (*STREAM_COLUMNS[1:], "updated_at", "stream_id")
+_PG_DIALECT: Final = postgresql.dialect()  # type: ignore[no-untyped-call]
+# UPDATE ... FROM (VALUES ...) takes its types from the values: each one is cast to its column's.
+_PG_UPDATE_ROW: Final = "({})".format(
+    ", ".join(
+        f"%s::{streams.c[name].type.compile(dialect=_PG_DIALECT)}" for name in _PG_UPDATE_COLUMNS
+    )
+)
+
+
+@lru_cache(maxsize=256)
+def _pg_write_sql(counts: tuple[int, ...]) -> str:
+    """One statement writing ``counts`` rows of each of _PG_INSERTS, then of changed streams."""
+    parts = [
+        _insert(table, names, "%s", computed=computed, suffix=suffix, rows=n)
+        for (table, names, computed, suffix), n in zip(_PG_INSERTS, counts, strict=False)
+        if n
+    ]
+    if counts[-1]:
+        assignments = ", ".join(f"{name} = v.{name}" for name in _PG_UPDATE_COLUMNS[:-1])
+        parts.append(
+            f"UPDATE streams SET {assignments} FROM (VALUES "
+            f"{', '.join([_PG_UPDATE_ROW] * counts[-1])}) AS v({', '.join(_PG_UPDATE_COLUMNS)})"
+            " WHERE streams.stream_id = v.stream_id"
+        )
+    ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(parts))
+    return _numbered(f"WITH {ctes} SELECT 1")
 
 
 class _PostgresTx:
-    __slots__ = ("_conn", "_sequences")
+    """Optimistic (REPEATABLE READ, no locks) unless ``cautious`` (READ COMMITTED, row locks).
 
-    def __init__(self, conn: psycopg.Connection[Any], sequences: tuple[str, str]) -> None:
+    Optimistic: the transaction reads one snapshot, and PostgreSQL refuses to update a stream
+    row that another transaction changed since (serialisation failure), or to insert one it
+    inserted (unique violation): either way the batch is retried, cautiously. Cautious: every
+    stream gets a row (a placeholder in state ``new`` if it had none) and the rows are locked
+    in stream-id order, so racing writers queue, and never deadlock.
+    """
+
+    __slots__ = ("_cautious", "_conn", "_cursor", "_sequences")
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        sequences: tuple[str, str],
+        cursor: type[psycopg.RawCursor[Any]],
+        cautious: bool,
+    ) -> None:
         self._conn = conn
         self._sequences = sequences
+        # $n placeholders: psycopg passes the query through unparsed.
+        self._cursor = cursor
+        self._cautious = cautious
 
     def load(
         self, stream_ids: Sequence[str], deliveries: int, transitions: int, now: int
     ) -> Loaded:
-        # Everything is queued in the pipeline; the first fetch sends it all in one round trip.
         conn = self._conn
         ids = list(stream_ids)
-        locked, events = conn.cursor(), conn.cursor()
-        if ids:
-            conn.cursor().executemany(_PG_PLACEHOLDERS, [new_stream_row(s, now) for s in ids])
-            locked.execute(_PG_LOCK, (ids,))
-            events.execute(_PG_SELECT_EVENTS, (ids,))
-        reserved = []
-        for sequence, n in zip(self._sequences, (deliveries, transitions), strict=True):
-            cursor = conn.cursor()
-            if n:
-                cursor.execute(_PG_IDS, (sequence, n))
-            reserved.append(cursor if n else None)
-        delivery_ids, transition_ids = (
-            iter(sorted(row[0] for row in cursor.fetchall()) if cursor else ())
-            for cursor in reserved
+        if self._cautious and ids:
+            rows = [new_stream_row(sid, now) for sid in ids]
+            self._cursor(conn).executemany(_PG_PLACEHOLDERS, rows)
+            self._cursor(conn).execute(_PG_LOCK_STREAMS, (ids,))
+        # Queued behind the lock in the pipeline: one round trip for all of it.
+        delivery_seq, transition_seq = self._sequences
+        read = self._cursor(conn).execute(
+            _PG_READ, (ids, delivery_seq, deliveries, transition_seq, transitions)
         )
+        row = read.fetchone()
+        assert row is not None
+        found, stored, delivery_ids, transition_ids = row
         return Loaded(
-            locked.fetchall() if ids else [],
-            events.fetchall() if ids else [],
-            delivery_ids,
-            transition_ids,
+            [tuple(r) for r in found or ()],
+            [tuple(r) for r in stored or ()],
+            iter(delivery_ids),
+            iter(transition_ids),
         )
 
     def write(self, writes: Writes) -> None:
-        cursor = self._conn.cursor()
-        for sql, rows in (
-            (_PG_DELIVERIES, writes.deliveries),
-            (_PG_EVENTS, writes.events),
-            (_PG_TRANSITIONS, writes.transitions),
-            (_PG_NEW_STREAMS, writes.new_streams),
-            (_PG_CHANGED_STREAMS, writes.changed_streams),
-            (_PG_ALERTS, writes.alerts),
-        ):
-            if rows:
-                cursor.executemany(sql, rows)
+        tables = (
+            writes.deliveries,
+            writes.events,
+            writes.transitions,
+            writes.new_streams,
+            writes.alerts,
+            writes.changed_streams,
+        )
+        cursor = self._cursor(self._conn)
+        for start in range(0, max(map(len, tables)), _PG_ROWS):
+            parts = [rows[start : start + _PG_ROWS] for rows in tables]
+            sql = _pg_write_sql(tuple(map(len, parts)))
+            cursor.execute(sql, [value for rows in parts for row in rows for value in row])
 
 
 class _PostgresWriter:
@@ -435,19 +515,25 @@ class _PostgresWriter:
         """Nothing is held between transactions."""
 
     @contextmanager
-    def transaction(self) -> Iterator[_PostgresTx]:
+    def transaction(self, *, cautious: bool = False) -> Iterator[_PostgresTx]:
         psycopg = self._psycopg
         held = _checkout(self._engine)
         conn = held.driver_connection
         assert isinstance(conn, psycopg.Connection)
+        isolation = conn.isolation_level
         try:
             if self._sequences is None:
                 names = conn.execute(_PG_SEQUENCES).fetchone()
                 conn.rollback()
                 assert names is not None
                 self._sequences = (names[0], names[1])
+            conn.isolation_level = (
+                psycopg.IsolationLevel.READ_COMMITTED
+                if cautious
+                else psycopg.IsolationLevel.REPEATABLE_READ
+            )
             with conn.pipeline():
-                yield _PostgresTx(conn, self._sequences)
+                yield _PostgresTx(conn, self._sequences, psycopg.RawCursor, cautious)
                 conn.commit()
         except BaseException as exc:
             broken = conn.closed or conn.broken
@@ -463,4 +549,7 @@ class _PostgresWriter:
                 raise WriteFailed(str(exc), retryable=retryable) from exc
             raise
         finally:
+            # The connection goes back to the pool as SQLAlchemy lent it.
+            if held.is_valid and conn.isolation_level != isolation:
+                conn.isolation_level = isolation
             held.close()

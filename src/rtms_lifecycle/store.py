@@ -87,7 +87,7 @@ class _Live:
     """A stream as the batch sees it, and what the batch changed."""
 
     state: StreamState
-    # No row yet (SQLite only: there the write lock makes a placeholder row unnecessary).
+    # No row yet: the batch inserts it.
     insert: bool = False
     dirty: bool = False
     # The stream's stored events, as rows: turned into events only if a late one needs a re-fold.
@@ -195,7 +195,8 @@ class Store:
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                with self._serial, self._writer.transaction() as tx:
+                # A batch that lost a race is retried cautiously: no more optimism.
+                with self._serial, self._writer.transaction(cautious=attempt > 1) as tx:
                     return _Batch(tx, now_ms(), full).run(items)
             except WriteFailed as exc:
                 if not exc.retryable or attempt == _ATTEMPTS:
