@@ -324,10 +324,10 @@ def _ingest_while_held(url: str, hold: str, body: bytes) -> tuple[Any, Any]:
         deadline = time.monotonic() + 10
         with psycopg.connect(_psycopg_url(url), autocommit=True) as watcher:
             # The ingest is waiting on the held rows: it read its snapshot before the commit.
-            while not watcher.execute(
+            while watcher.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                 " AND datname = current_database()"
-            ).fetchone() == (1,):
+            ).fetchone() != (1,):
                 assert time.monotonic() < deadline, "the ingest never waited on the held rows"
                 time.sleep(0.01)
         other.commit()
@@ -351,7 +351,8 @@ def test_postgres_stream_changed_under_a_writer_is_retried_cautiously(
         raw("stopped", "s1", 20, stop_reason=6),
     )
     assert result.outcome is Outcome.APPLIED
-    assert stream is not None and (stream.state, stream.stop_reason) == (State.STOPPED, 6)
+    assert stream is not None
+    assert (stream.state, stream.stop_reason) == (State.STOPPED, 6)
     assert [r.message for r in caplog.records if "lost a race" in r.message]
     with Tracker(postgres_url) as tracker:
         assert [t.name.value for t in tracker.audit("s1")] == ["start", "stop"]
@@ -374,5 +375,6 @@ def test_postgres_new_stream_inserted_under_a_writer_is_retried_cautiously(
     )
     result, stream = _ingest_while_held(postgres_url, hold, raw("started", "s2", 10))
     assert result.outcome is Outcome.APPLIED
-    assert stream is not None and stream.state is State.STARTED
+    assert stream is not None
+    assert stream.state is State.STARTED
     assert [r.message for r in caplog.records if "lost a race" in r.message]
