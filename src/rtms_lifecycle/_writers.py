@@ -36,6 +36,7 @@ __all__ = [
     "ALERT_COLUMNS",
     "DELIVERY_COLUMNS",
     "EVENT_COLUMNS",
+    "IDENTITY_COLUMNS",
     "STREAM_COLUMNS",
     "TRANSITION_COLUMNS",
     "Loaded",
@@ -84,6 +85,8 @@ EVENT_COLUMNS: Final = _columns(
     ),
 )
 _EVENT_INSERT_COLUMNS: Final = (*EVENT_COLUMNS, "received_at")
+#: An event's identity, and the payload that decides whether a second delivery is the same event.
+IDENTITY_COLUMNS: Final = ("stream_id", "kind", "event_ts", "payload")
 DELIVERY_COLUMNS: Final = _columns(
     deliveries,
     (
@@ -126,7 +129,8 @@ class Loaded:
     """What a batch reads before deciding: the rows it touches, and ids for what it will add."""
 
     streams: list[Row]
-    events: list[Row]
+    #: ``IDENTITY_COLUMNS`` of the stored events among the identities asked for
+    known: list[Row]
     delivery_ids: Iterator[int]
     transition_ids: Iterator[int]
 
@@ -135,13 +139,14 @@ class Loaded:
 class Writes:
     """What a batch decided to write."""
 
+    now: int
     deliveries: list[Row] = field(default_factory=list)
     events: list[Row] = field(default_factory=list)
     transitions: list[Row] = field(default_factory=list)
     #: ``STREAM_COLUMNS`` then ``created_at``, ``updated_at``
     new_streams: list[Row] = field(default_factory=list)
-    #: ``STREAM_COLUMNS[1:]`` then ``updated_at``, then ``stream_id``
-    changed_streams: list[Row] = field(default_factory=list)
+    #: (as stored, as it is now), both in ``STREAM_COLUMNS`` order; ``updated_at`` is ``now``
+    changed_streams: list[tuple[Row, Row]] = field(default_factory=list)
     alerts: list[Row] = field(default_factory=list)
 
 
@@ -149,13 +154,22 @@ class WriteTx(Protocol):
     """One write transaction."""
 
     def load(
-        self, stream_ids: Sequence[str], deliveries: int, transitions: int, now: int
+        self,
+        stream_ids: Sequence[str],
+        identities: Sequence[Row],
+        deliveries: int,
+        transitions: int,
+        now: int,
     ) -> Loaded:
-        """Read the given streams (sorted ids) and their events; reserve ids.
+        """Read the given streams (sorted ids) and which of these event identities are stored.
 
         A stream that has no row is missing from the result and the batch inserts its row.
         At most ``deliveries`` and ``transitions`` ids are taken from the iterators.
         """
+        ...
+
+    def events(self, stream_id: str) -> list[Row]:
+        """Every stored event of a stream (``EVENT_COLUMNS``): a late event re-folds them."""
         ...
 
     def write(self, writes: Writes) -> None:
@@ -217,7 +231,7 @@ def _checkout(engine: Engine) -> PoolProxiedConnection:
         raise WriteFailed(str(exc), retryable=False) from exc
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
 
@@ -243,11 +257,6 @@ def _insert(
     )
 
 
-def _update_streams(mark: str) -> str:
-    assignments = ", ".join(f"{name} = {mark}" for name in (*STREAM_COLUMNS[1:], "updated_at"))
-    return f"UPDATE streams SET {assignments} WHERE stream_id = {mark}"
-
-
 def _select(table: Table, names: Sequence[str], where: str) -> str:
     return f"SELECT {', '.join(names)} FROM {table.name} WHERE {where}"
 
@@ -263,16 +272,46 @@ _SQLITE_EVENTS: Final = _insert(stream_events, _EVENT_INSERT_COLUMNS, "?")
 # SQLite has no transaction ids: the feed's cursor there rests on serialised writers.
 _SQLITE_TRANSITIONS: Final = _insert(transitions, TRANSITION_COLUMNS, "?", computed="tx_id = 0")
 _SQLITE_NEW_STREAMS: Final = _insert(streams, _NEW_STREAM_COLUMNS, "?")
-_SQLITE_CHANGED_STREAMS: Final = _update_streams("?")
 _SQLITE_ALERTS: Final = _insert(concurrency_alerts, ALERT_COLUMNS, "?", suffix=_ON_NEW_ALERT)
 _SQLITE_LAST_IDS: Final = (
     "SELECT (SELECT max(id) FROM deliveries), (SELECT max(id) FROM transitions)"
 )
 
 
+@lru_cache(maxsize=64)
+def _sqlite_update(changed: tuple[int, ...]) -> str:
+    assignments = "".join(f"{STREAM_COLUMNS[i]} = ?, " for i in changed)
+    return f"UPDATE streams SET {assignments}updated_at = ? WHERE stream_id = ?"
+
+
+def _sqlite_changes(writes: Writes) -> dict[str, list[Row]]:
+    # Only the columns that changed: SQLite rewrites the entries of every index holding a column
+    # the statement sets, changed or not (twice the pages written per event, measured).
+    shapes: dict[tuple[int, ...], list[Row]] = {}
+    for stored, now in writes.changed_streams:
+        changed = tuple(i for i in range(1, len(now)) if now[i] != stored[i])
+        shapes.setdefault(changed, []).append((*(now[i] for i in changed), writes.now, now[0]))
+    return {_sqlite_update(changed): rows for changed, rows in shapes.items()}
+
+
 @lru_cache(maxsize=32)
-def _sqlite_in(table: Table, names: tuple[str, ...], n: int) -> str:
-    return _select(table, names, f"stream_id IN ({', '.join('?' * n)})")
+def _sqlite_in(n: int) -> str:
+    return _select(streams, STREAM_COLUMNS, f"stream_id IN ({', '.join('?' * n)})")
+
+
+@lru_cache(maxsize=32)
+def _sqlite_known(n: int) -> str:
+    # The listed identities drive the join (CROSS JOIN keeps them the outer loop), each one a
+    # probe of the unique index; a row-value IN list would be planned as a scan of the table.
+    values = ", ".join(["(?, ?, ?)"] * n)
+    columns = ", ".join(f"e.{name}" for name in IDENTITY_COLUMNS)
+    return (
+        f"WITH v(s, k, t) AS (VALUES {values}) SELECT {columns} FROM v CROSS JOIN"
+        " stream_events AS e ON e.stream_id = v.s AND e.kind = v.k AND e.event_ts = v.t"
+    )
+
+
+_SQLITE_STREAM_EVENTS: Final = _select(stream_events, EVENT_COLUMNS, "stream_id = ?")
 
 
 def _sqlite_busy(exc: sqlite3.Error) -> bool:
@@ -286,21 +325,31 @@ class _SqliteTx:
         self._conn = conn
 
     def load(
-        self, stream_ids: Sequence[str], deliveries: int, transitions: int, now: int
+        self,
+        stream_ids: Sequence[str],
+        identities: Sequence[Row],
+        deliveries: int,
+        transitions: int,
+        now: int,
     ) -> Loaded:
         conn = self._conn
         found: list[Row] = []
         for chunk in _chunks(stream_ids):
-            found += conn.execute(_sqlite_in(streams, STREAM_COLUMNS, len(chunk)), chunk)
-        stored = [row[0] for row in found]
-        events: list[Row] = []
-        for chunk in _chunks(stored):
-            events += conn.execute(_sqlite_in(stream_events, EVENT_COLUMNS, len(chunk)), chunk)
+            found += conn.execute(_sqlite_in(len(chunk)), chunk)
+        # A new stream has no events: only identities of stored streams are looked up.
+        stored = {row[0] for row in found}
+        asked = [identity for identity in identities if identity[0] in stored]
+        known: list[Row] = []
+        for part in _chunks(asked):
+            known += conn.execute(_sqlite_known(len(part)), [v for i in part for v in i])
         # BEGIN IMMEDIATE made this the only writer: the ids after the largest are ours.
         last_delivery, last_transition = conn.execute(_SQLITE_LAST_IDS).fetchone()
         return Loaded(
-            found, events, count((last_delivery or 0) + 1), count((last_transition or 0) + 1)
+            found, known, count((last_delivery or 0) + 1), count((last_transition or 0) + 1)
         )
+
+    def events(self, stream_id: str) -> list[Row]:
+        return self._conn.execute(_SQLITE_STREAM_EVENTS, (stream_id,)).fetchall()
 
     def write(self, writes: Writes) -> None:
         many = self._conn.executemany
@@ -309,7 +358,7 @@ class _SqliteTx:
             (_SQLITE_EVENTS, writes.events),
             (_SQLITE_TRANSITIONS, writes.transitions),
             (_SQLITE_NEW_STREAMS, writes.new_streams),
-            (_SQLITE_CHANGED_STREAMS, writes.changed_streams),
+            *_sqlite_changes(writes).items(),
             (_SQLITE_ALERTS, writes.alerts),
         ):
             if rows:
@@ -379,20 +428,23 @@ _PG_LOCK_STREAMS: Final = _numbered(
 )
 
 
-def _json_rows(table: Table, names: Sequence[str]) -> str:
-    return (
-        f"(SELECT json_agg(json_build_array({', '.join(names)})) FROM {table.name}"
-        " WHERE stream_id = ANY($1))"
-    )
+def _json_rows(names: Sequence[str], source: str) -> str:
+    return f"(SELECT json_agg(json_build_array({', '.join(names)})) FROM {source})"
 
 
-# Everything a batch reads, in one statement: its streams, their events, and ids for its rows.
-# One statement reads one snapshot, so the streams and events always agree.
+# Everything a batch reads, in one statement: its streams, which of its events are stored, and
+# ids for its rows. One statement reads one snapshot, so the streams and events always agree.
 _PG_READ: Final = (
-    f"SELECT {_json_rows(streams, STREAM_COLUMNS)}, {_json_rows(stream_events, EVENT_COLUMNS)},"
-    " ARRAY(SELECT nextval($2::regclass) FROM generate_series(1, $3) ORDER BY 1),"
-    " ARRAY(SELECT nextval($4::regclass) FROM generate_series(1, $5) ORDER BY 1)"
+    f"SELECT {_json_rows(STREAM_COLUMNS, 'streams WHERE stream_id = ANY($1)')},"
+    + _json_rows(
+        [f"e.{name}" for name in IDENTITY_COLUMNS],
+        "unnest($2::text[], $3::text[], $4::bigint[]) AS v(s, k, t) JOIN stream_events AS e"
+        " ON e.stream_id = v.s AND e.kind = v.k AND e.event_ts = v.t",
+    )
+    + ", ARRAY(SELECT nextval($5::regclass) FROM generate_series(1, $6) ORDER BY 1),"
+    " ARRAY(SELECT nextval($7::regclass) FROM generate_series(1, $8) ORDER BY 1)"
 )
+_PG_STREAM_EVENTS: Final = _select(stream_events, EVENT_COLUMNS, "stream_id = $1")
 _PG_SEQUENCES: Final = (
     "SELECT pg_get_serial_sequence('deliveries', 'id'), pg_get_serial_sequence('transitions', 'id')"
 )
@@ -462,7 +514,12 @@ class _PostgresTx:
         self._cautious = cautious
 
     def load(
-        self, stream_ids: Sequence[str], deliveries: int, transitions: int, now: int
+        self,
+        stream_ids: Sequence[str],
+        identities: Sequence[Row],
+        deliveries: int,
+        transitions: int,
+        now: int,
     ) -> Loaded:
         conn = self._conn
         ids = list(stream_ids)
@@ -472,18 +529,22 @@ class _PostgresTx:
             self._cursor(conn).execute(_PG_LOCK_STREAMS, (ids,))
         # Queued behind the lock in the pipeline: one round trip for all of it.
         delivery_seq, transition_seq = self._sequences
+        columns = [list(column) for column in zip(*identities, strict=True)] or [[], [], []]
         read = self._cursor(conn).execute(
-            _PG_READ, (ids, delivery_seq, deliveries, transition_seq, transitions)
+            _PG_READ, (ids, *columns, delivery_seq, deliveries, transition_seq, transitions)
         )
         row = read.fetchone()
         assert row is not None
-        found, stored, delivery_ids, transition_ids = row
+        found, known, delivery_ids, transition_ids = row
         return Loaded(
             [tuple(r) for r in found or ()],
-            [tuple(r) for r in stored or ()],
+            [tuple(r) for r in known or ()],
             iter(delivery_ids),
             iter(transition_ids),
         )
+
+    def events(self, stream_id: str) -> list[Row]:
+        return self._cursor(self._conn).execute(_PG_STREAM_EVENTS, (stream_id,)).fetchall()
 
     def write(self, writes: Writes) -> None:
         tables = (
@@ -492,7 +553,7 @@ class _PostgresTx:
             writes.transitions,
             writes.new_streams,
             writes.alerts,
-            writes.changed_streams,
+            [(*now[1:], writes.now, now[0]) for _, now in writes.changed_streams],
         )
         cursor = self._cursor(self._conn)
         for start in range(0, max(map(len, tables)), _PG_ROWS):

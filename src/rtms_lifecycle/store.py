@@ -87,15 +87,13 @@ class _Live:
     """A stream as the batch sees it, and what the batch changed."""
 
     state: StreamState
-    # No row yet: the batch inserts it.
-    insert: bool = False
+    # The row as stored (``_writers.STREAM_COLUMNS``); empty if there is none yet, and the batch
+    # inserts it.
+    stored: Row = ()
     dirty: bool = False
-    # The stream's stored events, as rows: turned into events only if a late one needs a re-fold.
-    stored_rows: list[Row] = field(default_factory=list)
+    # The stream's stored events: read only when a late event needs a re-fold.
+    stored_events: list[StreamEvent] | None = None
     new_events: list[StreamEvent] = field(default_factory=list)
-
-    def stored_events(self) -> list[StreamEvent]:
-        return [event_from_row(row) for row in self.stored_rows]
 
 
 @dataclass(slots=True)
@@ -301,7 +299,7 @@ class _Batch:
         self.live: dict[str, _Live] = {}
         # identity -> payload: stored JSON text, or the mapping of an event of this batch
         self.known: dict[tuple[str, str, int], str | Mapping[str, Any]] = {}
-        self.writes = Writes()
+        self.writes = Writes(now)
         self.delivery_ids: Iterator[int] = iter(())
         self.transition_ids: Iterator[int] = iter(())
         # One per item; None for an expiry that no longer applies (it writes nothing).
@@ -319,20 +317,22 @@ class _Batch:
 
     def _load(self, items: Sequence[Incoming]) -> None:
         ids: set[str] = set()
-        events = 0
+        identities: set[Row] = set()
         for item in items:
             if isinstance(item.parsed, StreamEvent | KnownStreamEvent):
-                ids.add(item.parsed.stream_id)
-                events += 1
-        loaded = self.tx.load(sorted(ids), len(items), events, self.now)
+                parsed = item.parsed
+                ids.add(parsed.stream_id)
+                identities.add((parsed.stream_id, parsed.kind.value, parsed.event_ts))
+        loaded = self.tx.load(
+            sorted(ids), sorted(identities), len(items), len(identities), self.now
+        )
         self.delivery_ids, self.transition_ids = loaded.delivery_ids, loaded.transition_ids
         for row in loaded.streams:
-            self.live[row[0]] = _Live(state_from_row(row))
+            self.live[row[0]] = _Live(state_from_row(row), row)
         for sid in ids - self.live.keys():
-            self.live[sid] = _Live(StreamState(sid), insert=True)
-        for row in loaded.events:
-            self.known[row[0], row[1], row[2]] = row[_PAYLOAD]
-            self.live[row[0]].stored_rows.append(row)
+            self.live[sid] = _Live(StreamState(sid), stored_events=[])
+        for sid, kind, event_ts, payload in loaded.known:
+            self.known[sid, kind, event_ts] = payload
 
     # --- deciding ---------------------------------------------------------------------------
 
@@ -407,7 +407,9 @@ class _Batch:
             after = before.copy()
             name = step(after, ev)
         else:
-            after, steps = fold(ev.stream_id, [*live.stored_events(), *live.new_events, ev])
+            if live.stored_events is None:
+                live.stored_events = [event_from_row(row) for row in self.tx.events(ev.stream_id)]
+            after, steps = fold(ev.stream_id, [*live.stored_events, *live.new_events, ev])
             name = next(n for e, n in steps if e is ev)
         live.new_events.append(ev)
         live.state = after
@@ -520,12 +522,11 @@ class _Batch:
     # --- writing ----------------------------------------------------------------------------
 
     def _write_streams(self) -> None:
-        for sid, live in self.live.items():
-            if live.insert:
+        for live in self.live.values():
+            if not live.stored:
                 self.writes.new_streams.append((*state_row(live.state), self.now, self.now))
             elif live.dirty:
-                row = state_row(live.state)
-                self.writes.changed_streams.append((*row[1:], self.now, sid))
+                self.writes.changed_streams.append((live.stored, state_row(live.state)))
 
     def _result(self, pending: _Pending) -> IngestResult:
         full = self.full and pending.state is not None
