@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from rtms_lifecycle import EventKind, Outcome, Scope, State, Stream, Tracker
-from rtms_lifecycle._tables import deliveries, stream_events, transitions
+from rtms_lifecycle._tables import EVENT_OUTCOMES, deliveries, transitions
 from rtms_lifecycle.events import Source, StreamEvent, parse_delivery
 from rtms_lifecycle.machine import fold
 from rtms_lifecycle.store import state_to_stream
@@ -194,7 +194,9 @@ def test_event_after_stop_is_ignored_and_kept(tracker: Tracker) -> None:
     assert tracker.ingest(raw("started", "s1", 30)).outcome is Outcome.IGNORED
     with tracker.engine.connect() as conn:
         stored = conn.execute(
-            select(func.count()).select_from(stream_events).where(stream_events.c.stream_id == "s1")
+            select(func.count())
+            .select_from(deliveries)
+            .where(deliveries.c.stream_id == "s1", deliveries.c.outcome.in_(EVENT_OUTCOMES))
         ).scalar_one()
     assert stored == 3
     stream = tracker.stream("s1")

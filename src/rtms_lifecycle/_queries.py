@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Row, and_, case, func, literal, or_, select, text, tuple_
 
-from ._tables import LIVE_PREDICATE, concurrency_alerts, deliveries, stream_events, streams
+from ._tables import EVENT_OUTCOMES, LIVE_PREDICATE, concurrency_alerts, deliveries, streams
 from ._tables import transitions as transitions_table
 from ._writers import EVENT_COLUMNS, TRANSITION_COLUMNS
 from .events import EventKind, Scope, Source
@@ -25,7 +25,7 @@ from .records import (
     Transition,
 )
 from .stop_reasons import describe_stop_reason
-from .store import event_from_row, transition_from_row
+from .store import event_from_delivery, transition_from_row
 
 _LIVE: Final = text(LIVE_PREDICATE)
 _RANK: Final = case({kind.value: kind.rank for kind in EventKind}, value=transitions_table.c.kind)
@@ -46,7 +46,7 @@ def _streams(conn: Connection, query: Any) -> list[Stream]:
 
 
 _TRANSITION_COLUMNS: Final = [transitions_table.c[name] for name in TRANSITION_COLUMNS]
-_EVENT_COLUMNS: Final = [stream_events.c[name] for name in EVENT_COLUMNS]
+_EVENT_COLUMNS: Final = [deliveries.c[name] for name in EVENT_COLUMNS]
 
 
 def _transitions(conn: Connection, query: Any) -> list[Transition]:
@@ -200,10 +200,13 @@ def interruption_stats(
     counts = {"streams": 0, "interruptions": 0, "recovered": 0, "stopped": 0}
     events: dict[str, list[Any]] = defaultdict(list)
     rows = conn.execute(
-        select(*_EVENT_COLUMNS).where(stream_events.c.stream_id.in_(interrupted.scalar_subquery()))
+        select(*_EVENT_COLUMNS).where(
+            deliveries.c.stream_id.in_(interrupted.scalar_subquery()),
+            deliveries.c.outcome.in_(EVENT_OUTCOMES),
+        )
     )
     for row in rows:
-        events[row.stream_id].append(event_from_row(tuple(row)))
+        events[row.stream_id].append(event_from_delivery(tuple(row)))
     for stream_id, stream_events_ in events.items():
         counts["streams"] += 1
         _, steps = fold(stream_id, stream_events_)

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.pool import PoolProxiedConnection
 
-from ._tables import concurrency_alerts, deliveries, stream_events, streams, transitions
+from ._tables import EVENT_PREDICATE, concurrency_alerts, deliveries, streams, transitions
 from .machine import StreamState
 from .records import Transition
 
@@ -36,7 +36,6 @@ __all__ = [
     "ALERT_COLUMNS",
     "DELIVERY_COLUMNS",
     "EVENT_COLUMNS",
-    "IDENTITY_COLUMNS",
     "STREAM_COLUMNS",
     "TRANSITION_COLUMNS",
     "Loaded",
@@ -66,27 +65,10 @@ def _columns(table: Table, names: Sequence[str]) -> tuple[str, ...]:
 #: A stream row: ``stream_id``, then the fold's state, in ``StreamState``'s field order.
 STREAM_COLUMNS: Final = _columns(streams, tuple(StreamState.__dataclass_fields__))
 #: A stored event, as the fold reads it back.
+#: A stored event: the delivery that brought it first, which a re-fold parses again.
 EVENT_COLUMNS: Final = _columns(
-    stream_events,
-    (
-        "stream_id",
-        "kind",
-        "event_ts",
-        "source",
-        "event",
-        "scope",
-        "scope_id",
-        "account_id",
-        "session_key",
-        "operator_id",
-        "server_urls",
-        "stop_reason",
-        "payload",
-    ),
+    deliveries, ("id", "stream_id", "source", "event", "kind", "event_ts", "raw")
 )
-_EVENT_INSERT_COLUMNS: Final = (*EVENT_COLUMNS, "received_at")
-#: An event's identity, and the payload that decides whether a second delivery is the same event.
-IDENTITY_COLUMNS: Final = ("stream_id", "kind", "event_ts", "payload")
 DELIVERY_COLUMNS: Final = _columns(
     deliveries,
     (
@@ -129,7 +111,7 @@ class Loaded:
     """What a batch reads before deciding: the rows it touches, and ids for what it will add."""
 
     streams: list[Row]
-    #: ``IDENTITY_COLUMNS`` of the stored events among the identities asked for
+    #: ``(stream_id, kind, event_ts, delivery id)`` of the identities asked for that are stored
     known: list[Row]
     delivery_ids: Iterator[int]
     transition_ids: Iterator[int]
@@ -141,7 +123,6 @@ class Writes:
 
     now: int
     deliveries: list[Row] = field(default_factory=list)
-    events: list[Row] = field(default_factory=list)
     transitions: list[Row] = field(default_factory=list)
     #: ``STREAM_COLUMNS`` then ``created_at``, ``updated_at``
     new_streams: list[Row] = field(default_factory=list)
@@ -170,6 +151,10 @@ class WriteTx(Protocol):
 
     def events(self, stream_id: str) -> list[Row]:
         """Every stored event of a stream (``EVENT_COLUMNS``): a late event re-folds them."""
+        ...
+
+    def event(self, delivery_id: int) -> Row:
+        """One stored event (``EVENT_COLUMNS``), by the id of its delivery."""
         ...
 
     def write(self, writes: Writes) -> None:
@@ -268,7 +253,6 @@ _NEW_STREAM_COLUMNS: Final = (*STREAM_COLUMNS, "created_at", "updated_at")
 # --- SQLite -----------------------------------------------------------------------------------
 
 _SQLITE_DELIVERIES: Final = _insert(deliveries, DELIVERY_COLUMNS, "?")
-_SQLITE_EVENTS: Final = _insert(stream_events, _EVENT_INSERT_COLUMNS, "?")
 # SQLite has no transaction ids: the feed's cursor there rests on serialised writers.
 _SQLITE_TRANSITIONS: Final = _insert(transitions, TRANSITION_COLUMNS, "?", computed="tx_id = 0")
 _SQLITE_NEW_STREAMS: Final = _insert(streams, _NEW_STREAM_COLUMNS, "?")
@@ -304,14 +288,19 @@ def _sqlite_known(n: int) -> str:
     # The listed identities drive the join (CROSS JOIN keeps them the outer loop), each one a
     # probe of the unique index; a row-value IN list would be planned as a scan of the table.
     values = ", ".join(["(?, ?, ?)"] * n)
-    columns = ", ".join(f"e.{name}" for name in IDENTITY_COLUMNS)
-    return (
-        f"WITH v(s, k, t) AS (VALUES {values}) SELECT {columns} FROM v CROSS JOIN"
-        " stream_events AS e ON e.stream_id = v.s AND e.kind = v.k AND e.event_ts = v.t"
-    )
+    return f"WITH v(s, k, t) AS (VALUES {values}) SELECT {_KNOWN} FROM v CROSS JOIN {_JOIN_KNOWN}"
 
 
-_SQLITE_STREAM_EVENTS: Final = _select(stream_events, EVENT_COLUMNS, "stream_id = ?")
+# An identity lookup: the partial unique index on deliveries answers it.
+_KNOWN: Final = "d.stream_id, d.kind, d.event_ts, d.id"
+_JOIN_KNOWN: Final = (
+    "deliveries AS d ON d.stream_id = v.s AND d.kind = v.k AND d.event_ts = v.t"
+    f" AND d.{EVENT_PREDICATE}"
+)
+_STREAM_EVENTS: Final = _select(deliveries, EVENT_COLUMNS, f"stream_id = %s AND {EVENT_PREDICATE}")
+_EVENT: Final = _select(deliveries, EVENT_COLUMNS, "id = %s")
+_SQLITE_STREAM_EVENTS: Final = _STREAM_EVENTS.replace("%s", "?")
+_SQLITE_EVENT: Final = _EVENT.replace("%s", "?")
 
 
 def _sqlite_busy(exc: sqlite3.Error) -> bool:
@@ -351,11 +340,14 @@ class _SqliteTx:
     def events(self, stream_id: str) -> list[Row]:
         return self._conn.execute(_SQLITE_STREAM_EVENTS, (stream_id,)).fetchall()
 
+    def event(self, delivery_id: int) -> Row:
+        row: Row = self._conn.execute(_SQLITE_EVENT, (delivery_id,)).fetchone()
+        return row
+
     def write(self, writes: Writes) -> None:
         many = self._conn.executemany
         for sql, rows in (
             (_SQLITE_DELIVERIES, writes.deliveries),
-            (_SQLITE_EVENTS, writes.events),
             (_SQLITE_TRANSITIONS, writes.transitions),
             (_SQLITE_NEW_STREAMS, writes.new_streams),
             *_sqlite_changes(writes).items(),
@@ -437,14 +429,13 @@ def _json_rows(names: Sequence[str], source: str) -> str:
 _PG_READ: Final = (
     f"SELECT {_json_rows(STREAM_COLUMNS, 'streams WHERE stream_id = ANY($1)')},"
     + _json_rows(
-        [f"e.{name}" for name in IDENTITY_COLUMNS],
-        "unnest($2::text[], $3::text[], $4::bigint[]) AS v(s, k, t) JOIN stream_events AS e"
-        " ON e.stream_id = v.s AND e.kind = v.k AND e.event_ts = v.t",
+        [_KNOWN], f"unnest($2::text[], $3::text[], $4::bigint[]) AS v(s, k, t) JOIN {_JOIN_KNOWN}"
     )
     + ", ARRAY(SELECT nextval($5::regclass) FROM generate_series(1, $6) ORDER BY 1),"
     " ARRAY(SELECT nextval($7::regclass) FROM generate_series(1, $8) ORDER BY 1)"
 )
-_PG_STREAM_EVENTS: Final = _select(stream_events, EVENT_COLUMNS, "stream_id = $1")
+_PG_STREAM_EVENTS: Final = _numbered(_STREAM_EVENTS)
+_PG_EVENT: Final = _numbered(_EVENT)
 _PG_SEQUENCES: Final = (
     "SELECT pg_get_serial_sequence('deliveries', 'id'), pg_get_serial_sequence('transitions', 'id')"
 )
@@ -452,7 +443,6 @@ _PG_SEQUENCES: Final = (
 # table (a statement per table and row would cost a round trip of Python in psycopg each).
 _PG_INSERTS: Final = (
     (deliveries, DELIVERY_COLUMNS, "", ""),
-    (stream_events, _EVENT_INSERT_COLUMNS, "", ""),
     # A transition row carries its writer's transaction id (see _tables.transitions).
     (transitions, TRANSITION_COLUMNS, "tx_id = pg_current_xact_id()::text::bigint", ""),
     (streams, _NEW_STREAM_COLUMNS, "", ""),
@@ -546,10 +536,14 @@ class _PostgresTx:
     def events(self, stream_id: str) -> list[Row]:
         return self._cursor(self._conn).execute(_PG_STREAM_EVENTS, (stream_id,)).fetchall()
 
+    def event(self, delivery_id: int) -> Row:
+        row: Row | None = self._cursor(self._conn).execute(_PG_EVENT, (delivery_id,)).fetchone()
+        assert row is not None
+        return row
+
     def write(self, writes: Writes) -> None:
         tables = (
             writes.deliveries,
-            writes.events,
             writes.transitions,
             writes.new_streams,
             writes.alerts,

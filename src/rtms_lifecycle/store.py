@@ -22,12 +22,11 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pydantic_core import from_json, to_json
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from . import _migrate
-from ._writers import EVENT_COLUMNS, Row, WriteFailed, Writes, WriteTx, state_row, writer_for
+from ._writers import Row, WriteFailed, Writes, WriteTx, state_row, writer_for
 from .events import (
     ConcurrencyAlert,
     EventKind,
@@ -37,6 +36,7 @@ from .events import (
     StreamEvent,
     UnhandledDelivery,
     UrlValidation,
+    parse_delivery,
 )
 from .exceptions import FieldError, StoreError
 from .machine import LIVE_STATES, State, StreamState, TransitionName, fold, step
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 DEFAULT_DB_URL: Final = "sqlite:///rtms_lifecycle.db"
 # How often a transaction that lost a race (deadlock, serialisation, a busy SQLite) is retried.
 _ATTEMPTS: Final = 8
-_PAYLOAD: Final = EVENT_COLUMNS.index("payload")
 _SCOPES: Final = {scope.value: scope for scope in Scope}
 _STATES: Final = {state.value: state for state in State}
 
@@ -108,11 +107,6 @@ class _Pending:
     delivery_id: int
     state: StreamState | None = None
     transition: Row | None = None
-
-
-def _same_payload(stored: str | Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
-    # "Same payload" means equal as parsed JSON, whatever the key order or spacing.
-    return (from_json(stored) if isinstance(stored, str) else stored) == payload
 
 
 def _canonical(payload: Any) -> str:
@@ -267,24 +261,42 @@ def transition_from_row(row: Row) -> Transition:
     )
 
 
-def event_from_row(row: Row) -> StreamEvent:
-    """A stored stream event (``_writers.EVENT_COLUMNS``), as the fold needs it."""
-    sid, kind, event_ts, source, name, scope, scope_id, account, key, operator, urls, reason = row[
-        :_PAYLOAD
-    ]
+def event_from_delivery(
+    row: Row, scope: Scope | None = None, scope_id: str | None = None
+) -> StreamEvent:
+    """A stored event (``_writers.EVENT_COLUMNS``), from the delivery that brought it.
+
+    A webhook's body is parsed again; an app's or the system's event is rebuilt, with the
+    stream's ``scope`` and ``scope_id`` (it carries none of its own).
+    """
+    _, stream_id, source, event, kind, event_ts, raw = row
+    if source == Source.WEBHOOK:
+        parsed = parse_delivery(raw)
+        assert isinstance(parsed, StreamEvent), "a stored webhook event was parsed once already"
+        return parsed
+    return _known_event(
+        event, EventKind(kind), stream_id, event_ts, Source(source), scope, scope_id
+    )
+
+
+def _known_event(
+    event: str,
+    kind: EventKind,
+    stream_id: str,
+    event_ts: int,
+    source: Source,
+    scope: Scope | None,
+    scope_id: str | None,
+) -> StreamEvent:
     return StreamEvent(
-        event=name,
-        scope=_SCOPES[scope] if scope else None,
-        kind=EventKind(kind),
-        stream_id=sid,
+        event=event,
+        scope=scope,
+        kind=kind,
+        stream_id=stream_id,
         scope_id=scope_id,
         event_ts=event_ts,
-        source=Source(source),
-        account_id=account,
-        session_key=key,
-        operator_id=operator,
-        server_urls=urls,
-        stop_reason=reason,
+        source=source,
+        payload={"rtms_stream_id": stream_id},
     )
 
 
@@ -297,8 +309,8 @@ class _Batch:
         # Without full results (bulk loads without callbacks) no Stream or Transition is built.
         self.full = full
         self.live: dict[str, _Live] = {}
-        # identity -> payload: stored JSON text, or the mapping of an event of this batch
-        self.known: dict[tuple[str, str, int], str | Mapping[str, Any]] = {}
+        # identity -> the stored event's delivery id, or the payload of an event of this batch
+        self.known: dict[tuple[str, str, int], int | Mapping[str, Any]] = {}
         self.writes = Writes(now)
         self.delivery_ids: Iterator[int] = iter(())
         self.transition_ids: Iterator[int] = iter(())
@@ -331,8 +343,8 @@ class _Batch:
             self.live[row[0]] = _Live(state_from_row(row), row)
         for sid in ids - self.live.keys():
             self.live[sid] = _Live(StreamState(sid), stored_events=[])
-        for sid, kind, event_ts, payload in loaded.known:
-            self.known[sid, kind, event_ts] = payload
+        for sid, kind, event_ts, delivery_id in loaded.known:
+            self.known[sid, kind, event_ts] = delivery_id
 
     # --- deciding ---------------------------------------------------------------------------
 
@@ -357,15 +369,14 @@ class _Batch:
             )
         live = self.live[parsed.stream_id]
         if isinstance(parsed, KnownStreamEvent):
-            parsed = StreamEvent(
-                event=item.event or parsed.kind.value,
-                scope=live.state.scope,
-                kind=parsed.kind,
-                stream_id=parsed.stream_id,
-                scope_id=live.state.scope_id,
-                event_ts=parsed.event_ts,
-                source=item.source,
-                payload={"rtms_stream_id": parsed.stream_id},
+            parsed = _known_event(
+                item.event or parsed.kind.value,
+                parsed.kind,
+                parsed.stream_id,
+                parsed.event_ts,
+                item.source,
+                live.state.scope,
+                live.state.scope_id,
             )
         if item.stale_before is not None and not (
             live.state.state in LIVE_STATES and (live.state.last_event_at or 0) < item.stale_before
@@ -388,7 +399,12 @@ class _Batch:
         identity = (ev.stream_id, ev.kind.value, ev.event_ts)
         stored = self.known.get(identity)
         if stored is not None:
-            if _same_payload(stored, ev.payload):
+            if isinstance(stored, int):
+                # Only a second delivery of a stored event reads the first one's body again.
+                first = event_from_delivery(self.tx.event(stored), before.scope, before.scope_id)
+                stored = self.known[identity] = first.payload
+            # "Same payload" means equal as parsed JSON, whatever the key order or spacing.
+            if stored == ev.payload:
                 return self._delivery(
                     item, Outcome.DUPLICATE, about=ev, detail="this event is already stored"
                 )
@@ -401,14 +417,16 @@ class _Batch:
                 ),
             )
         self.known[identity] = ev.payload
-        self._event_row(ev, to_json(ev.payload).decode())
         live.dirty = True
         if ev.position > (before.fold_ts, before.fold_rank):
             after = before.copy()
             name = step(after, ev)
         else:
             if live.stored_events is None:
-                live.stored_events = [event_from_row(row) for row in self.tx.events(ev.stream_id)]
+                live.stored_events = [
+                    event_from_delivery(row, before.scope, before.scope_id)
+                    for row in self.tx.events(ev.stream_id)
+                ]
             after, steps = fold(ev.stream_id, [*live.stored_events, *live.new_events, ev])
             name = next(n for e, n in steps if e is ev)
         live.new_events.append(ev)
@@ -476,26 +494,6 @@ class _Batch:
             )
         )
         return _Pending(outcome, event, stream_id, errors, detail, delivery_id)
-
-    def _event_row(self, ev: StreamEvent, payload: str) -> None:
-        self.writes.events.append(
-            (
-                ev.stream_id,
-                ev.kind.value,
-                ev.event_ts,
-                ev.source.value,
-                ev.event,
-                ev.scope.value if ev.scope else None,
-                ev.scope_id,
-                ev.account_id,
-                ev.session_key,
-                ev.operator_id,
-                ev.server_urls,
-                ev.stop_reason,
-                payload,
-                self.now,
-            )
-        )
 
     def _alert(self, alert: ConcurrencyAlert) -> None:
         payload = _canonical(alert.payload)
