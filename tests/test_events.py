@@ -675,3 +675,13 @@ def test_identifier_at_the_limit_is_accepted(length: int) -> None:
     )
     assert isinstance(event, StreamEvent)
     assert event.stream_id == sid
+
+
+@pytest.mark.parametrize("value", [[], {"id": 1}, True, "x" * 300])
+def test_unreadable_account_id_is_read_as_absent(value: Any) -> None:
+    """account_id is in no published schema: a value nobody sends is read as absent, not refused."""
+    body = delivery("webinar.rtms_stopped", valid_payload("webinar.rtms_stopped"))
+    body["payload"]["account_id"] = value
+    parsed = parse_delivery(wire(body))
+    assert isinstance(parsed, StreamEvent)
+    assert parsed.account_id is None

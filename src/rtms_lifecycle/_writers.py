@@ -173,11 +173,12 @@ class WriteFailed(Exception):
 class Writer(Protocol):
     """Opens write transactions on one database."""
 
-    def transaction(self, *, cautious: bool = False) -> Any:
+    def transaction(self, *, cautious: bool = False, size: int = 1) -> Any:
         """A context manager yielding a :class:`WriteTx`; commits on success.
 
         Raises :class:`WriteFailed` when the database refuses. A first attempt may be
         optimistic and lose a race (then it is retried); a ``cautious`` one locks instead.
+        ``size`` is the number of deliveries the transaction will record.
         """
         ...
 
@@ -370,7 +371,7 @@ class _SqliteWriter:
             self._held = None
 
     @contextmanager
-    def transaction(self, *, cautious: bool = False) -> Iterator[_SqliteTx]:
+    def transaction(self, *, cautious: bool = False, size: int = 1) -> Iterator[_SqliteTx]:
         # Always cautious: BEGIN IMMEDIATE makes this the only writer until it commits.
         if self._held is None:
             self._held = _checkout(self._engine)
@@ -424,15 +425,15 @@ def _json_rows(names: Sequence[str], source: str) -> str:
     return f"(SELECT json_agg(json_build_array({', '.join(names)})) FROM {source})"
 
 
-# Everything a batch reads, in one statement: its streams, which of its events are stored, and
-# ids for its rows. One statement reads one snapshot, so the streams and events always agree.
+# Everything a batch reads, in one statement: its streams (each with its row version, xmin),
+# which of its events are stored, and ids for its rows. One statement reads one snapshot.
 _PG_READ: Final = (
-    f"SELECT {_json_rows(STREAM_COLUMNS, 'streams WHERE stream_id = ANY($1)')},"
+    f"SELECT {_json_rows((*STREAM_COLUMNS, 'xmin::text'), 'streams WHERE stream_id = ANY($1)')},"
     + _json_rows(
         [_KNOWN], f"unnest($2::text[], $3::text[], $4::bigint[]) AS v(s, k, t) JOIN {_JOIN_KNOWN}"
     )
-    + ", ARRAY(SELECT nextval($5::regclass) FROM generate_series(1, $6) ORDER BY 1),"
-    " ARRAY(SELECT nextval($7::regclass) FROM generate_series(1, $8) ORDER BY 1)"
+    + ", ARRAY(SELECT nextval($5::regclass) FROM generate_series(1, $6::int) ORDER BY 1),"
+    " ARRAY(SELECT nextval($7::regclass) FROM generate_series(1, $8::int) ORDER BY 1)"
 )
 _PG_STREAM_EVENTS: Final = _numbered(_STREAM_EVENTS)
 _PG_EVENT: Final = _numbered(_EVENT)
@@ -451,8 +452,9 @@ _PG_INSERTS: Final = (
 _PG_ROWS: Final = 100
 _PG_UPDATE_COLUMNS: Final = (*STREAM_COLUMNS[1:], "updated_at", "stream_id")
 _PG_DIALECT: Final = postgresql.dialect()  # type: ignore[no-untyped-call]
-# UPDATE ... FROM (VALUES ...) takes its types from the values: each one is cast to its column's.
-_PG_UPDATE_ROW: Final = "({})".format(
+# UPDATE ... FROM (VALUES ...) takes its types from the values: each one is cast to its column's;
+# the last is the version (xmin) the row had when the batch read it.
+_PG_UPDATE_ROW: Final = "({}, %s::xid)".format(
     ", ".join(
         f"%s::{streams.c[name].type.compile(dialect=_PG_DIALECT)}" for name in _PG_UPDATE_COLUMNS
     )
@@ -467,28 +469,37 @@ def _pg_write_sql(counts: tuple[int, ...]) -> str:
         for (table, names, computed, suffix), n in zip(_PG_INSERTS, counts, strict=False)
         if n
     ]
+    check = "0"
     if counts[-1]:
+        # Compare and swap: a row another writer changed since the batch read it is not
+        # updated, and then the whole statement fails as a serialisation failure (retried).
         assignments = ", ".join(f"{name} = v.{name}" for name in _PG_UPDATE_COLUMNS[:-1])
         parts.append(
             f"UPDATE streams SET {assignments} FROM (VALUES "
-            f"{', '.join([_PG_UPDATE_ROW] * counts[-1])}) AS v({', '.join(_PG_UPDATE_COLUMNS)})"
-            " WHERE streams.stream_id = v.stream_id"
+            f"{', '.join([_PG_UPDATE_ROW] * counts[-1])})"
+            f" AS v({', '.join(_PG_UPDATE_COLUMNS)}, version)"
+            " WHERE streams.stream_id = v.stream_id AND streams.xmin = v.version RETURNING 1"
+        )
+        check = (
+            f"CASE WHEN (SELECT count(*) FROM w{len(parts) - 1}) = {counts[-1]} THEN 0"
+            " ELSE rtms_lifecycle_lost_race() END"
         )
     ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(parts))
-    return _numbered(f"WITH {ctes} SELECT 1")
+    return _numbered(f"WITH {ctes} SELECT {check}")
 
 
 class _PostgresTx:
-    """Optimistic (REPEATABLE READ, no locks) unless ``cautious`` (READ COMMITTED, row locks).
+    """Optimistic unless ``cautious``.
 
-    Optimistic: the transaction reads one snapshot, and PostgreSQL refuses to update a stream
-    row that another transaction changed since (serialisation failure), or to insert one it
-    inserted (unique violation): either way the batch is retried, cautiously. Cautious: every
-    stream gets a row (a placeholder in state ``new`` if it had none) and the rows are locked
-    in stream-id order, so racing writers queue, and never deadlock.
+    Optimistic: no locks. The batch reads its streams with their row versions, and writes them
+    back only if the versions are unchanged (compare and swap); a stream another writer
+    inserted meanwhile fails the insert (unique violation). Either way nothing is written and
+    the batch is retried, cautiously: every stream gets a row (a placeholder in state ``new``
+    if it had none) and the rows are locked in stream-id order, so that racing writers queue,
+    and never deadlock.
     """
 
-    __slots__ = ("_cautious", "_conn", "_cursor", "_sequences")
+    __slots__ = ("_cautious", "_conn", "_cursor", "_sequences", "_versions")
 
     def __init__(
         self,
@@ -502,6 +513,7 @@ class _PostgresTx:
         # $n placeholders: psycopg passes the query through unparsed.
         self._cursor = cursor
         self._cautious = cautious
+        self._versions: dict[str, str] = {}
 
     def load(
         self,
@@ -517,7 +529,6 @@ class _PostgresTx:
             rows = [new_stream_row(sid, now) for sid in ids]
             self._cursor(conn).executemany(_PG_PLACEHOLDERS, rows)
             self._cursor(conn).execute(_PG_LOCK_STREAMS, (ids,))
-        # Queued behind the lock in the pipeline: one round trip for all of it.
         delivery_seq, transition_seq = self._sequences
         columns = [list(column) for column in zip(*identities, strict=True)] or [[], [], []]
         read = self._cursor(conn).execute(
@@ -526,8 +537,12 @@ class _PostgresTx:
         row = read.fetchone()
         assert row is not None
         found, known, delivery_ids, transition_ids = row
+        streams_read = []
+        for *stream, version in found or ():
+            self._versions[stream[0]] = version
+            streams_read.append(tuple(stream))
         return Loaded(
-            [tuple(r) for r in found or ()],
+            streams_read,
             [tuple(r) for r in known or ()],
             iter(delivery_ids),
             iter(transition_ids),
@@ -547,7 +562,10 @@ class _PostgresTx:
             writes.transitions,
             writes.new_streams,
             writes.alerts,
-            [(*now[1:], writes.now, now[0]) for _, now in writes.changed_streams],
+            [
+                (*now[1:], writes.now, now[0], self._versions[now[0]])
+                for _, now in writes.changed_streams
+            ],
         )
         cursor = self._cursor(self._conn)
         for start in range(0, max(map(len, tables)), _PG_ROWS):
@@ -557,7 +575,7 @@ class _PostgresTx:
 
 
 class _PostgresWriter:
-    """A pooled connection per transaction, in pipeline mode."""
+    """A pooled connection per transaction."""
 
     def __init__(self, engine: Engine) -> None:
         import psycopg  # the "postgres" extra
@@ -570,26 +588,24 @@ class _PostgresWriter:
         """Nothing is held between transactions."""
 
     @contextmanager
-    def transaction(self, *, cautious: bool = False) -> Iterator[_PostgresTx]:
+    def transaction(self, *, cautious: bool = False, size: int = 1) -> Iterator[_PostgresTx]:
         psycopg = self._psycopg
         held = _checkout(self._engine)
         conn = held.driver_connection
         assert isinstance(conn, psycopg.Connection)
-        isolation = conn.isolation_level
+        # An optimistic batch small enough to be written by one statement needs no transaction:
+        # its read is one statement, its write another, each atomic on its own, and the write
+        # checks what the read saw. That saves BEGIN and COMMIT: two of four round trips.
+        alone = not cautious and size <= _PG_ROWS
         try:
             if self._sequences is None:
                 names = conn.execute(_PG_SEQUENCES).fetchone()
                 conn.rollback()
                 assert names is not None
                 self._sequences = (names[0], names[1])
-            conn.isolation_level = (
-                psycopg.IsolationLevel.READ_COMMITTED
-                if cautious
-                else psycopg.IsolationLevel.REPEATABLE_READ
-            )
-            with conn.pipeline():
-                yield _PostgresTx(conn, self._sequences, psycopg.RawCursor, cautious)
-                conn.commit()
+            conn.autocommit = alone
+            yield _PostgresTx(conn, self._sequences, psycopg.RawCursor, cautious)
+            conn.commit()
         except BaseException as exc:
             broken = conn.closed or conn.broken
             if not broken:
@@ -605,6 +621,6 @@ class _PostgresWriter:
             raise
         finally:
             # The connection goes back to the pool as SQLAlchemy lent it.
-            if held.is_valid and conn.isolation_level != isolation:
-                conn.isolation_level = isolation
+            if held.is_valid and conn.autocommit:
+                conn.autocommit = False
             held.close()

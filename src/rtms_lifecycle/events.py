@@ -154,6 +154,19 @@ def _text(limit: int) -> Any:
     return _optional_text
 
 
+def _absent_if_unreadable(read: Any) -> Any:
+    # For a field the published schema does not declare: a value nobody would send (a list, an
+    # object, a boolean, an id too long to store) is read as absent, never a reason to reject
+    # the delivery (spec: extra fields are accepted); the raw payload keeps it as it came.
+    def _lenient(value: Any) -> Any:
+        try:
+            return read(value)
+        except PydanticCustomError:
+            return None
+
+    return _lenient
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -162,6 +175,8 @@ def _show(value: Any) -> str:
 EventTs = Annotated[int, BeforeValidator(_event_ts)]
 Identifier = Annotated[str, BeforeValidator(_identifier)]
 OptionalText = Annotated[str | None, BeforeValidator(_text(MAX_ID_LENGTH))]
+# account_id: a known extra field, in no payload of the published schema.
+ExtraText = Annotated[str | None, BeforeValidator(_absent_if_unreadable(_text(MAX_ID_LENGTH)))]
 # Several comma-separated URLs; generous, but bounded like every indexed column.
 ServerUrls = Annotated[str | None, BeforeValidator(_text(MAX_URLS_LENGTH))]
 Int32 = Annotated[int, BeforeValidator(_strict_int)]
@@ -175,7 +190,7 @@ _LENIENT = ConfigDict(extra="allow", frozen=True)
 class _StreamPayload(BaseModel):
     model_config = _LENIENT
     rtms_stream_id: Identifier
-    account_id: OptionalText = None
+    account_id: ExtraText = None
 
 
 class _StartedFields(BaseModel):
@@ -351,7 +366,7 @@ class ConcurrencyNearLimitPayload(BaseModel):
     concurrency_limit: Int32
     concurrency_number: Int32
     percentage: Int32
-    account_id: OptionalText = None
+    account_id: ExtraText = None
 
 
 class MeetingIdField(BaseModel):
@@ -385,7 +400,7 @@ class ConcurrencyLimitedPayload(BaseModel):
     operator_id: OptionalText = None
     concurrency_number: Int32
     id_field: MeetingIdField | WebinarIdField | SessionIdField
-    account_id: OptionalText = None
+    account_id: ExtraText = None
 
     @field_validator("id_field", mode="before")
     @classmethod

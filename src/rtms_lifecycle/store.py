@@ -188,7 +188,10 @@ class Store:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # A batch that lost a race is retried cautiously: no more optimism.
-                with self._serial, self._writer.transaction(cautious=attempt > 1) as tx:
+                with (
+                    self._serial,
+                    self._writer.transaction(cautious=attempt > 1, size=len(items)) as tx,
+                ):
                     return _Batch(tx, now_ms(), full).run(items)
             except WriteFailed as exc:
                 if not exc.retryable or attempt == _ATTEMPTS:
