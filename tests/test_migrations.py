@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pytest_alembic.tests import (
@@ -14,7 +15,7 @@ from pytest_alembic.tests import (
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from rtms_lifecycle import SchemaOutdatedError, Tracker, _migrate
+from rtms_lifecycle import Outcome, SchemaOutdatedError, State, Tracker, _migrate
 from rtms_lifecycle.store import create_store_engine
 
 from ._deliveries import raw
@@ -77,4 +78,58 @@ def test_foreign_tables_are_refused(sqlite_url: str) -> None:
         conn.execute(text("CREATE TABLE streams (x INTEGER)"))
     with pytest.raises(SchemaOutdatedError, match="not created by rtms-lifecycle"):
         Tracker(engine)
+    engine.dispose()
+
+
+def _old_started(conn: Any, stream_id: str, ts: int, body: bytes) -> None:
+    """What an 0002 store wrote for an applied ``started``: delivery, event row, stream row."""
+    conn.execute(
+        text(
+            "INSERT INTO deliveries (id, received_at, source, event, event_ts, stream_id, kind,"
+            " outcome, raw) VALUES (1, 0, 'webhook', 'meeting.rtms_started', :ts, :sid,"
+            " 'started', 'applied', :raw)"
+        ),
+        {"ts": ts, "sid": stream_id, "raw": body},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO stream_events (stream_id, kind, event_ts, source, event, scope, scope_id,"
+            " payload, received_at) VALUES (:sid, 'started', :ts, 'webhook',"
+            " 'meeting.rtms_started', 'meeting', 'mtg-1', '{}', 0)"
+        ),
+        {"ts": ts, "sid": stream_id},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO streams (stream_id, scope, scope_id, state, first_event_at, started_at,"
+            " last_event_at, interruptions, resumes, failovers, fold_ts, fold_rank, created_at,"
+            " updated_at) VALUES (:sid, 'meeting', 'mtg-1', 'started', :ts, :ts, :ts, 0, 0, 0,"
+            " :ts, 1, 0, 0)"
+        ),
+        {"ts": ts, "sid": stream_id},
+    )
+
+
+def test_events_stored_before_0003_are_read_from_their_deliveries(db_url: str) -> None:
+    """After 0003 an event stored by an older version is still known: duplicates, re-folds."""
+    engine = create_store_engine(db_url)
+    _migrate.upgrade(engine, "0002")
+    first = raw("started", "s1", 100, scope_id="mtg-1", server_urls="wss://a")
+    with engine.begin() as conn:
+        _old_started(conn, "s1", 100, first)
+    _migrate.upgrade(engine)
+    with Tracker(engine) as tracker:
+        assert tracker.ingest(first).outcome is Outcome.DUPLICATE
+        other = raw("started", "s1", 100, scope_id="mtg-1", server_urls="wss://b")
+        assert tracker.ingest(other).outcome is Outcome.CONFLICT
+        # An interruption before the stored start: the stream is re-folded from the raw bytes.
+        late = tracker.ingest(raw("interrupted", "s1", 50, scope_id="mtg-1"))
+        assert late.outcome is Outcome.APPLIED
+        stream = tracker.stream("s1")
+        assert stream is not None
+        assert (stream.state, stream.resumes, stream.server_urls) == (
+            State.RESUMED,
+            1,
+            "wss://a",
+        )
     engine.dispose()

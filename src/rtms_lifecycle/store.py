@@ -1,12 +1,13 @@
 """The SQL store: records deliveries, folds stream events, appends the audit history.
 
-Every write goes through :meth:`Store.record`, one transaction per call, whatever the batch size.
-Writers of one stream serialise: on PostgreSQL the stream rows are locked (``SELECT ... FOR
-UPDATE``, in stream-id order so that two batches cannot deadlock); on SQLite every write
-transaction starts with ``BEGIN IMMEDIATE``. The event identity is a unique constraint, so even a
-race nobody foresaw cannot apply one event twice: it fails, and the batch is retried.
+Every write goes through :meth:`Store.record`, atomic per call, whatever the batch size. On
+SQLite every write transaction starts with ``BEGIN IMMEDIATE``; on PostgreSQL a first attempt
+is optimistic (compare and swap on the stream rows' versions) and a retry locks the rows (see
+``_writers``). The event identity is a unique index, so even a race nobody foresaw cannot apply
+one event twice: it fails, and the batch is retried.
 
-The write path talks to the driver directly (``_writers``); reads go through SQLAlchemy.
+Here the batch is decided in memory; ``_writers`` talks to the driver. Reads go through
+SQLAlchemy.
 """
 
 from __future__ import annotations

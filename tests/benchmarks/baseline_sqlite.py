@@ -103,15 +103,29 @@ def connect(path: Path, pragmas: str) -> sqlite3.Connection:
 
 
 def prepare(path: Path, schema: str) -> None:
-    """Create the database: lean tables, or the library's schema through ``Tracker``."""
+    """Create the database: lean tables, or the library's schema (``library-0002``: as it was
+    before migration 0003 put the event-identity index on ``deliveries``)."""
     if schema == "lean":
         with sqlite3.connect(path) as conn:
             for statement in LEAN_SCHEMA:
                 conn.execute(statement)
         return
-    from rtms_lifecycle import Tracker
+    library_schema(f"sqlite:///{path}", schema)
 
-    Tracker(f"sqlite:///{path}").close()
+
+def library_schema(url: str, schema: str) -> None:
+    """The library's schema at head (``library``) or at migration 0002 (``library-0002``)."""
+    from rtms_lifecycle import Tracker
+    from rtms_lifecycle._migrate import upgrade
+    from rtms_lifecycle.store import create_store_engine
+
+    if schema == "library":
+        Tracker(url).close()
+        return
+    assert schema == "library-0002", schema
+    engine = create_store_engine(url)
+    upgrade(engine, "0002")
+    engine.dispose()
 
 
 def ingest(lines: Any, conn: sqlite3.Connection, batch_size: int, schema: str) -> int:

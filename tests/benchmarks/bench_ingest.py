@@ -132,6 +132,7 @@ def bench_sqlite(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
 
         raw_lib_b, raw_lib_1 = raw(1000, "store", "library"), raw(1, "store", "library")
+        raw_old_b, raw_old_1 = raw(1000, "store", "library-0002"), raw(1, "store", "library-0002")
         raw_lean_b, raw_lean_1 = raw(1000, "store", "lean"), raw(1, "store", "lean")
         rows: list[tuple[str, Result, Result | None]] = []
         if args.default_pragmas:
@@ -152,6 +153,8 @@ def bench_sqlite(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows += [
             ("ingest_many (batch 1000) vs raw, library schema", ours_b, raw_lib_b),
             ("ingest_many (batch 1) vs raw, library schema", ours_1, raw_lib_1),
+            ("ingest_many (batch 1000) vs raw, library schema at 0002", ours_b, raw_old_b),
+            ("ingest_many (batch 1) vs raw, library schema at 0002", ours_1, raw_old_1),
             ("ingest_many (batch 1000) vs raw, lean schema", ours_b, raw_lean_b),
             ("ingest_many (batch 1) vs raw, lean schema", ours_1, raw_lean_1),
         ]
@@ -189,13 +192,14 @@ def bench_postgres(args: argparse.Namespace) -> list[dict[str, Any]]:
         parts = baseline_postgres.partition(load, args.processes)
         print(f"load: {args.deliveries:,} deliveries, {args.streams:,} streams", end=", ")
         print(f"{args.processes} processes")
-        results: dict[str, list[Result]] = {"lean": [], "library": [], "ours": []}
+        results: dict[str, list[Result]] = {"lean": [], "library": [], "0002": [], "ours": []}
         for _ in range(args.repeat):
             name = create_database(server)
             results["lean"].append(baseline_postgres.run(server.conninfo(name), parts, "lean"))
-            name = create_database(server)
-            Tracker(server.url(name)).close()
-            results["library"].append(baseline_postgres.run(server.conninfo(name), parts))
+            for schema, key in (("library", "library"), ("library-0002", "0002")):
+                name = create_database(server)
+                baseline_sqlite.library_schema(server.url(name), schema)
+                results[key].append(baseline_postgres.run(server.conninfo(name), parts))
             name = create_database(server)
             url = server.url(name)
             Tracker(url).close()
@@ -220,6 +224,11 @@ def bench_postgres(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "PostgreSQL ingest vs raw psycopg, library schema",
                     fastest["ours"],
                     fastest["library"],
+                ),
+                (
+                    "PostgreSQL ingest vs raw psycopg, library schema at 0002",
+                    fastest["ours"],
+                    fastest["0002"],
                 ),
                 ("PostgreSQL ingest vs raw psycopg, lean schema", fastest["ours"], fastest["lean"]),
             ]

@@ -43,10 +43,8 @@ _STREAM_COLUMNS: Final = (
     " started_at, stopped_at, stop_reason, last_event_at, interruptions, resumes, failovers,"
     " fold_ts, fold_rank, created_at, updated_at"
 )
-_EVENT_COLUMNS: Final = (
-    "stream_id, kind, event_ts, source, event, scope, scope_id, account_id, session_key,"
-    " operator_id, server_urls, stop_reason, payload, received_at"
-)
+# A stream's events are the deliveries that brought them (outcome applied), raw bytes and all.
+_EVENT_COLUMNS: Final = "stream_id, kind, event_ts, source, event, outcome, raw, received_at"
 _TRANSITION_COLUMNS: Final = (
     "stream_id, from_state, to_state, name, kind, event_ts, source, late, recorded_at, tx_id,"
     " delivery_id"
@@ -56,10 +54,6 @@ _TRANSITION_COLUMNS: Final = (
 def _insert(table: str, columns: str) -> str:
     marks = ", ".join("?" for _ in columns.split(","))
     return f"INSERT INTO {table} ({columns}) VALUES ({marks})"
-
-
-def _canonical(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _stream_rows(
@@ -96,10 +90,9 @@ def _stream_rows(
             payload["server_urls"] = urls
         if kind == "stopped":
             payload["stop_reason"] = reason
-        identity = (stream_id, kind, event_ts, "webhook", prefix + kind, scope, scope_id)
-        started_urls = urls if kind == "started" else None
-        described = (account, None, None, started_urls, payload.get("stop_reason"))
-        events.append((*identity, *described, _canonical(payload), event_ts))
+        event = prefix + kind
+        raw = json.dumps({"event": event, "event_ts": event_ts, "payload": payload}).encode()
+        events.append((stream_id, kind, event_ts, "webhook", event, "applied", raw, event_ts))
         transitions.append(
             (stream_id, before, after, name, kind, event_ts, "webhook", 0, event_ts, 0, None)
         )
@@ -132,7 +125,7 @@ def build(path: Path, streams: int, live: int, months: int, seed: int = 11) -> f
             event_rows += events
             transition_rows += transitions
         conn.executemany(_insert("streams", _STREAM_COLUMNS), stream_rows)
-        conn.executemany(_insert("stream_events", _EVENT_COLUMNS), event_rows)
+        conn.executemany(_insert("deliveries", _EVENT_COLUMNS), event_rows)
         conn.executemany(_insert("transitions", _TRANSITION_COLUMNS), transition_rows)
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
@@ -144,7 +137,7 @@ def build(path: Path, streams: int, live: int, months: int, seed: int = 11) -> f
 def ensure_db(path: Path, streams: int, live: int, months: int, rebuild: bool) -> Path:
     """The database at ``path``, built unless a matching one is there."""
     meta = path.with_name(path.name + ".meta.json")
-    wanted = {"streams": streams, "live": live, "months": months, "version": 1}
+    wanted = {"streams": streams, "live": live, "months": months, "version": 2}
     if not rebuild and path.exists() and meta.exists() and json.loads(meta.read_text()) == wanted:
         print(f"reusing {path} ({streams:,} streams, {live:,} live)")
         return path
