@@ -61,12 +61,14 @@ def ours_sqlite(load: Path, batch_size: int) -> Result:
 
 
 def ours_cli(load: Path, batch_size: int) -> Result:
-    """``rtms-lifecycle ingest`` in a subprocess (interpreter start-up and imports included)."""
+    """``rtms-lifecycle ingest`` in a subprocess (interpreter start-up and imports included).
+
+    The database is created first, untimed, as the raw baselines' is.
+    """
     with tempfile.TemporaryDirectory(prefix="rtms-bench-") as tmp:
-        command = [
-            *(_cli_command(), "--db", f"sqlite:///{tmp}/cli.db"),
-            *("ingest", str(load), "--batch-size", str(batch_size), "--json"),
-        ]
+        db = (_cli_command(), "--db", f"sqlite:///{tmp}/cli.db")
+        subprocess.run([*db, "db", "upgrade"], check=True, capture_output=True)
+        command = [*db, "ingest", str(load), "--batch-size", str(batch_size), "--json"]
         started = time.perf_counter()
         done = subprocess.run(command, check=True, capture_output=True, text=True)
         seconds = time.perf_counter() - started
@@ -160,7 +162,11 @@ def bench_sqlite(args: argparse.Namespace) -> list[dict[str, Any]]:
         ]
         if args.cli:
             rows.append(
-                ("CLI ingest (batch 1000) vs raw, library schema", ours_cli(load, 1000), raw_lib_b)
+                (
+                    "CLI ingest (batch 1000) vs raw, library schema",
+                    best(r, lambda: ours_cli(load, 1000)),
+                    raw_lib_b,
+                )
             )
         return report(rows)
 
