@@ -23,25 +23,18 @@ from .bench_ingest import lines, make_load
 CUMULATIVE = (
     ("whole ingest_many", "rtms_lifecycle/tracker.py", "ingest_many"),
     ("parse: to_incoming (pydantic parse_delivery)", "rtms_lifecycle/tracker.py", "to_incoming"),
-    ("  of which pydantic __getattr__ misses", "pydantic/main.py", "__getattr__"),
     ("Store.record (one transaction)", "rtms_lifecycle/store.py", "record"),
-    ("  _Batch._load (placeholders, SELECTs)", "rtms_lifecycle/store.py", "_load"),
-    (
-        "    _create_placeholders (INSERT OR IGNORE)",
-        "rtms_lifecycle/store.py",
-        "_create_placeholders",
-    ),
+    ("  _Batch._load (streams, stored identities, ids)", "rtms_lifecycle/store.py", "_load"),
     ("  _Batch._decide (in-memory decisions)", "rtms_lifecycle/store.py", "_decide"),
-    ("    _canonical (JSON canonicalisation)", "rtms_lifecycle/store.py", "_canonical"),
-    ("    machine.step (incl. transitions lib)", "rtms_lifecycle/machine.py", "step"),
-    ("      transitions Event.trigger", "transitions/core.py", "trigger"),
-    ("    state_to_stream (public Stream)", "rtms_lifecycle/store.py", "state_to_stream"),
-    ("  _Batch._write (INSERTs, UPDATE)", "rtms_lifecycle/store.py", "_write"),
-    ("    _insert_returning_ids (RETURNING)", "rtms_lifecycle/store.py", "_insert_returning_ids"),
-    ("    _write_transitions", "rtms_lifecycle/store.py", "_write_transitions"),
-    ("dataclasses.replace (everywhere)", "dataclasses.py", "replace"),
-    ("SQLAlchemy Connection.execute (all)", "sqlalchemy/engine/base.py", "execute"),
-    ("SQLAlchemy construct_params", "sqlalchemy/sql/compiler.py", "construct_params"),
+    ("    machine.step", "rtms_lifecycle/machine.py", "step"),
+    (
+        "    event_from_delivery (re-folds, collisions)",
+        "rtms_lifecycle/store.py",
+        "event_from_delivery",
+    ),
+    ("  write (inserts, updates)", "rtms_lifecycle/_writers.py", "write"),
+    ("    _sqlite_changes (changed columns)", "rtms_lifecycle/_writers.py", "_sqlite_changes"),
+    ("  BEGIN and COMMIT", "rtms_lifecycle/_writers.py", "transaction"),
 )
 # C functions of the sqlite3 module: the time SQLite itself spends.
 DRIVER = ("execute", "executemany", "commit", "fetchone", "fetchall", "fetchmany")
