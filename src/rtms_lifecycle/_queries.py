@@ -25,7 +25,7 @@ from .records import (
     Transition,
 )
 from .stop_reasons import describe_stop_reason
-from .store import event_from_delivery, transition_from_row
+from .store import SCOPE_OF, STATE_OF, event_from_delivery, transition_from_row
 
 _LIVE: Final = text(LIVE_PREDICATE)
 _RANK: Final = case({kind.value: kind.rank for kind in EventKind}, value=transitions_table.c.kind)
@@ -34,13 +34,11 @@ _RANK: Final = case({kind.value: kind.rank for kind in EventKind}, value=transit
 # A Stream's columns in its fields' order, so that rows become Streams positionally: the live
 # and list queries build thousands of them.
 _STREAM_COLUMNS: Final = [streams.c[name] for name in Stream.__dataclass_fields__]
-_SCOPES: Final = {scope.value: scope for scope in Scope}
-_STATES: Final = {state.value: state for state in State}
 
 
 def _streams(conn: Connection, query: Any) -> list[Stream]:
     return [
-        Stream(sid, _SCOPES[scope], scope_id, account, key, operator, urls, _STATES[state], *rest)
+        Stream(sid, SCOPE_OF[scope], scope_id, account, key, operator, urls, STATE_OF[state], *rest)
         for sid, scope, scope_id, account, key, operator, urls, state, *rest in conn.execute(query)
     ]
 

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from rtms_lifecycle.store import SQLITE_PRAGMAS
+
 LEAN_SCHEMA: Final = (
     """CREATE TABLE deliveries (id INTEGER PRIMARY KEY, received_at INTEGER NOT NULL,
         event TEXT, event_ts INTEGER, stream_id TEXT, outcome TEXT NOT NULL, raw BLOB NOT NULL)""",
@@ -95,7 +97,7 @@ def connect(path: Path, pragmas: str) -> sqlite3.Connection:
     """A connection in autocommit mode (we BEGIN ourselves), with the chosen pragmas."""
     conn = sqlite3.connect(path, isolation_level=None)
     if pragmas == "store":
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+        for pragma in SQLITE_PRAGMAS:
             conn.execute(f"PRAGMA {pragma}")
     elif pragmas != "default":
         raise ValueError(f"unknown pragmas {pragmas!r}")

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from .baseline_sqlite import connect
 from .generate import SCOPE_WEIGHTS, SCOPES, START_MS, STOP_REASONS, LoadSpec, generate
 
 DAY_MS: Final = 86_400_000
@@ -165,14 +166,6 @@ def timed(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> dict[str, floa
     }
 
 
-def raw_connection(path: Path) -> sqlite3.Connection:
-    """A plain connection with the store's pragmas."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
-        conn.execute(f"PRAGMA {pragma}")
-    return conn
-
-
 def raw_stats(conn: sqlite3.Connection, since: int | None, until: int | None) -> int:
     """The baseline of stop_reason_stats: same rows, same grouping and medians, no SQLAlchemy."""
     sql = "SELECT scope, stop_reason, started_at, stopped_at FROM streams"
@@ -220,7 +213,7 @@ def bench_queries(path: Path, months: int, repeat: int) -> list[dict[str, Any]]:
     from rtms_lifecycle import Tracker
 
     tracker = Tracker(f"sqlite:///{path}")
-    conn = raw_connection(path)
+    conn = connect(path, "store")
     total = conn.execute("SELECT count(*) FROM streams").fetchone()[0]
     rng = random.Random(5)
     ids = [f"q{rng.randrange(total):09d}" for _ in range(repeat * 10)]
@@ -304,7 +297,7 @@ def late_event_cost(path: Path, samples: int, batch_load: int = 8_000) -> dict[s
     rate of ``ingest_many`` (default batches) of ``batch_load`` fresh in-order deliveries."""
     from rtms_lifecycle import Outcome, Tracker
 
-    conn = raw_connection(path)
+    conn = connect(path, "store")
     total = conn.execute("SELECT count(*) FROM streams").fetchone()[0]
     live = conn.execute(
         "SELECT count(*) FROM streams WHERE state != 'stopped' AND stream_id LIKE 'q%'"
