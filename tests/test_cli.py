@@ -23,7 +23,7 @@ from rtms_lifecycle.store import create_store_engine
 
 from ._deliveries import SPEC_STREAM_KEYS, body
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "shared" / "zoom" / "examples").glob("*"))
+EXAMPLES = sorted((Path(__file__).resolve().parent / "zoom" / "examples").glob("*.json"))
 ENTRY_POINT = Path(sys.executable).with_name("rtms-lifecycle")
 
 OUTCOMES = ["applied", "ignored", "duplicate", "conflict", "rejected", "unhandled"]
@@ -137,7 +137,7 @@ def downgrade_one_revision(url: str) -> str:
 # --- ingest ---------------------------------------------------------------------------------------
 
 
-def test_ingest_counts_the_shared_zoom_examples(db_url: str, tmp_path: Path) -> None:
+def test_ingest_counts_zoom_published_examples(db_url: str, tmp_path: Path) -> None:
     """Zoom's 11 examples share one stream id: the meeting's 3 events and 2 alerts apply, the
     webinar's and session's 6 events conflict (another scope)."""
     assert len(EXAMPLES) == 11
