@@ -6,7 +6,9 @@ insert the transition row. No validation, no duplicate detection, no fold, no OR
 ``--pragmas store`` uses exactly what ``rtms_lifecycle.store`` sets on every connection
 (``journal_mode=WAL``, ``synchronous=NORMAL``, ``busy_timeout=30000``, ``BEGIN IMMEDIATE``);
 ``--pragmas default`` keeps SQLite's defaults (rollback journal, ``synchronous=FULL``).
-``--schema lean`` makes three minimal tables (primary keys only); ``--schema library`` writes
+``--schema lean`` makes three minimal tables (primary keys only); ``--schema user`` adds what a
+user's own script would need to be correct (a unique event identity on deliveries, an index on
+the stream state, for "which streams are live"); ``--schema library`` writes
 the same three statements into the library's own tables, with all of its indexes and triggers
 (the database is created by ``Tracker``).
 
@@ -24,8 +26,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from rtms_lifecycle.store import SQLITE_PRAGMAS
-
 LEAN_SCHEMA: Final = (
     """CREATE TABLE deliveries (id INTEGER PRIMARY KEY, received_at INTEGER NOT NULL,
         event TEXT, event_ts INTEGER, stream_id TEXT, outcome TEXT NOT NULL, raw BLOB NOT NULL)""",
@@ -35,6 +35,21 @@ LEAN_SCHEMA: Final = (
     """CREATE TABLE transitions (id INTEGER PRIMARY KEY, stream_id TEXT NOT NULL,
         to_state TEXT NOT NULL, kind TEXT NOT NULL, event_ts INTEGER NOT NULL,
         recorded_at INTEGER NOT NULL, delivery_id INTEGER)""",
+)
+# The lean tables plus what makes a user's script correct and useful: retries stay unique, and
+# "which streams are live" is answered from an index.
+USER_SCHEMA: Final = (
+    """CREATE TABLE deliveries (id INTEGER PRIMARY KEY, received_at INTEGER NOT NULL,
+        event TEXT, event_ts INTEGER, stream_id TEXT, kind TEXT, outcome TEXT NOT NULL,
+        raw BLOB NOT NULL)""",
+    "CREATE UNIQUE INDEX deliveries_identity ON deliveries (stream_id, kind, event_ts)",
+    LEAN_SCHEMA[1],
+    "CREATE INDEX streams_state ON streams (state)",
+    LEAN_SCHEMA[2],
+)
+USER_INSERT_DELIVERY: Final = (
+    "INSERT INTO deliveries (received_at, event, event_ts, stream_id, kind, outcome, raw)"
+    " VALUES (?, ?, ?, ?, ?, 'applied', ?)"
 )
 INSERT_DELIVERY: Final = (
     "INSERT INTO deliveries (received_at, source, event, event_ts, stream_id, kind, outcome, raw)"
@@ -97,6 +112,9 @@ def connect(path: Path, pragmas: str) -> sqlite3.Connection:
     """A connection in autocommit mode (we BEGIN ourselves), with the chosen pragmas."""
     conn = sqlite3.connect(path, isolation_level=None)
     if pragmas == "store":
+        # Imported here: the "user" baseline runs as a whole process, without the library.
+        from rtms_lifecycle.store import SQLITE_PRAGMAS
+
         for pragma in SQLITE_PRAGMAS:
             conn.execute(f"PRAGMA {pragma}")
     elif pragmas != "default":
@@ -107,9 +125,9 @@ def connect(path: Path, pragmas: str) -> sqlite3.Connection:
 def prepare(path: Path, schema: str) -> None:
     """Create the database: lean tables, or the library's schema (``library-0002``: as it was
     before migration 0003 put the event-identity index on ``deliveries``)."""
-    if schema == "lean":
+    if schema in ("lean", "user"):
         with sqlite3.connect(path) as conn:
-            for statement in LEAN_SCHEMA:
+            for statement in LEAN_SCHEMA if schema == "lean" else USER_SCHEMA:
                 conn.execute(statement)
         return
     library_schema(f"sqlite:///{path}", schema)
@@ -132,8 +150,9 @@ def library_schema(url: str, schema: str) -> None:
 
 def ingest(lines: Any, conn: sqlite3.Connection, batch_size: int, schema: str) -> int:
     """Record each delivery with three statements, ``batch_size`` per transaction."""
-    lean = schema == "lean"
+    lean = schema in ("lean", "user")
     insert_delivery = LEAN_INSERT_DELIVERY if lean else INSERT_DELIVERY
+    user = schema == "user"
     upsert_stream = LEAN_UPSERT_STREAM if lean else UPSERT_STREAM
     insert_transition = LEAN_INSERT_TRANSITION if lean else INSERT_TRANSITION
     execute = conn.execute
@@ -155,7 +174,13 @@ def ingest(lines: Any, conn: sqlite3.Connection, batch_size: int, schema: str) -
         stopped_at = ts if kind == "stopped" else None
         reason = payload.get("stop_reason")
         if lean:
-            delivery_id = execute(insert_delivery, (now, event, ts, stream_id, raw)).lastrowid
+            delivery_id = execute(
+                *(
+                    (USER_INSERT_DELIVERY, (now, event, ts, stream_id, kind, raw))
+                    if user
+                    else (insert_delivery, (now, event, ts, stream_id, raw))
+                )
+            ).lastrowid
             execute(
                 upsert_stream,
                 (stream_id, scope, scope_id, state, started_at, stopped_at, reason, ts, now),
@@ -213,8 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("jsonl", type=Path)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--pragmas", choices=("store", "default"), default="store")
-    parser.add_argument("--schema", choices=("lean", "library"), default="lean")
+    parser.add_argument("--schema", choices=("lean", "user", "library"), default="lean")
+    parser.add_argument(
+        "--db", type=Path, help="write this new file (kept) instead of a temporary one"
+    )
     args = parser.parse_args(argv)
+    if args.db is not None:
+        prepare(args.db, args.schema)
+        conn = connect(args.db, args.pragmas)
+        with args.jsonl.open("rb") as lines:
+            count = ingest(lines, conn, args.batch_size, args.schema)
+        conn.close()
+        print(json.dumps({"deliveries": count}))
+        return 0
     result = run(args.jsonl, batch_size=args.batch_size, pragmas=args.pragmas, schema=args.schema)
     print(json.dumps(result.as_dict()))
     return 0
