@@ -57,6 +57,8 @@ def parse(text: str) -> URL:
     """
     if not text.strip():
         raise DatabaseURLError(f"the database URL is empty: give {_EXAMPLES}")
+    if "\x00" in text:
+        raise DatabaseURLError("the database URL contains a NUL character")
     if "://" not in text:
         # A path is taken as written: relative to the current folder, like sqlite:///path.
         return URL.create("sqlite", database=text)
