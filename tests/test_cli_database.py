@@ -196,33 +196,33 @@ def test_stream_ids_are_never_shortened(sqlite_url: str, command: list[str]) -> 
     assert "…" in shown  # the other columns gave way
 
 
-def test_streams_table_shows_the_newest_50(sqlite_url: str) -> None:
-    """Without --limit, the table shows the newest 50 and says "showing 50 of N"."""
+@pytest.fixture
+def sixty_streams(sqlite_url: str) -> str:
+    """A database with 60 streams, s-000 (oldest) to s-059."""
     invoke_json(
         sqlite_url,
         "ingest",
         "-",
         stdin=jsonl(body("started", f"s-{i:03d}", T0 + i) for i in range(60)),
     )
-    result = invoke(sqlite_url, "streams")
+    return sqlite_url
+
+
+def test_streams_table_shows_the_newest_50(sixty_streams: str) -> None:
+    """Without --limit, the table shows the newest 50 and says "showing 50 of N"."""
+    result = invoke(sixty_streams, "streams")
     assert "showing 50 of 60" in result.stdout
     assert "s-059" in result.stdout
     assert "s-010" in result.stdout
     assert "s-009" not in result.stdout
-    more = invoke(sqlite_url, "streams", "--limit", "55")
+    more = invoke(sixty_streams, "streams", "--limit", "55")
     assert "s-005" in more.stdout
     assert "showing" not in more.stdout
 
 
-def test_streams_json_still_lists_every_stream(sqlite_url: str) -> None:
+def test_streams_json_still_lists_every_stream(sixty_streams: str) -> None:
     """--json without filters or --limit returns every stream, as the contract says."""
-    invoke_json(
-        sqlite_url,
-        "ingest",
-        "-",
-        stdin=jsonl(body("started", f"s-{i:03d}", T0 + i) for i in range(60)),
-    )
-    assert len(invoke_json(sqlite_url, "streams")) == 60
+    assert len(invoke_json(sixty_streams, "streams")) == 60
 
 
 def test_ingest_progress_shows_an_eta_for_files(sqlite_url: str, tmp_path: Path) -> None:
