@@ -102,9 +102,8 @@ _OUTCOME_STYLE: Final = {
 
 # --- errors ---------------------------------------------------------------------------------------
 
-# The names the commands raise (the mapping itself lives in _cli_errors).
+# The name the commands raise a failure by (the mapping itself lives in _cli_errors).
 _Failure = Failure
-_Refused = BadInput
 
 
 class _Group(click.Group):
