@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import _dburl
 from ._bounds import MAX_COUNT, MAX_EPOCH_MS, MIN_EPOCH_MS
 from .events import Scope, Source, UrlValidation, parse_delivery
 from .exceptions import ConfigurationError, StoreError, WebhookRefused
@@ -75,7 +76,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 API_TOKEN_ENV: Final = "RTMS_LIFECYCLE_API_TOKEN"
-DB_ENV: Final = "RTMS_LIFECYCLE_DB"
+DB_ENV: Final = _dburl.DB_ENV
 DEFAULT_PATH: Final = "/webhook"
 # Zoom's RTMS deliveries are well under 4 KiB; 64 KiB leaves room for unknown fields while
 # capping what an unauthenticated sender makes us buffer before the signature is checked.
