@@ -314,11 +314,10 @@ def _table(title: str | None, *columns: str, right: Iterable[str] = ()) -> Table
     return table
 
 
-def _whole(table: Table, column: int, values: Iterable[str | None]) -> Table:
+def _whole(table: Table, column: int, values: Iterable[str | None]) -> None:
     """Never shorten this column (stream ids are copied from it); the others give way."""
     table.columns[column].no_wrap = True
     table.columns[column].min_width = max((len(v or _DASH) for v in values), default=None)
-    return table
 
 
 def _streams_table(title: str, streams: Sequence[Stream]) -> Table:
