@@ -341,9 +341,9 @@ def test_stream_shows_one_stream_and_its_history(scenario_db: str) -> None:
 
 
 @pytest.mark.parametrize("as_json", [[], ["--json"]])
-def test_unknown_stream_exits_1_with_a_clear_message(sqlite_url: str, as_json: list[str]) -> None:
+def test_unknown_stream_exits_1_with_a_clear_message(scenario_db: str, as_json: list[str]) -> None:
     """An unknown stream id is one line on stderr naming it, exit code 1, nothing on stdout."""
-    result = invoke(sqlite_url, "stream", "nope", *as_json)
+    result = invoke(scenario_db, "stream", "nope", *as_json)
     assert result.exit_code == 1
     assert result.stdout == ""
     assert "no stream with rtms_stream_id 'nope'" in result.stderr
@@ -571,16 +571,16 @@ def test_db_option_falls_back_to_the_environment(sqlite_url: str, tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    ("db", "message"),
+    ("args", "message"),
     [
-        ("not a url", "database error"),
-        ("sqlite:////nonexistent-dir/x/y.db", "database error"),
+        (["streams"], "no database at /nonexistent-dir/x/y.db"),
+        (["ingest", "-"], "database unavailable: unable to open database file"),
     ],
 )
-def test_database_errors_are_one_clean_line(db: str, message: str) -> None:
-    """A database that cannot be opened is one line on stderr and exit code 1, no traceback."""
-    result = invoke(db, "streams")
-    assert result.exit_code == 1
+def test_database_errors_are_one_clean_line(args: list[str], message: str) -> None:
+    """A database that cannot be opened is one line on stderr and exit code 3, no traceback."""
+    result = invoke("sqlite:////nonexistent-dir/x/y.db", *args, stdin="")
+    assert result.exit_code == 3
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
@@ -589,9 +589,10 @@ def test_database_errors_are_one_clean_line(db: str, message: str) -> None:
 # --- migrations -----------------------------------------------------------------------------------
 
 
-def test_db_current_and_upgrade_on_a_new_database(sqlite_url: str) -> None:
+def test_db_current_and_upgrade_on_a_new_database(sqlite_url: str, tmp_path: Path) -> None:
     """db current never creates the schema; db upgrade does, and a second upgrade is a no-op."""
     head = _migrate.head_revision()
+    (tmp_path / "rtms.db").touch()  # an empty file: db current never creates one
     assert invoke_json(sqlite_url, "db", "current") == {
         "current": None,
         "head": head,
@@ -632,7 +633,7 @@ def test_demo_is_idempotent(sqlite_url: str) -> None:
         "phone",
     }
     assert {"started", "stopped"} <= {s["state"] for s in streams}
-    second = invoke(sqlite_url, "demo")
+    second = invoke(sqlite_url, "demo", "--force")
     assert second.exit_code == 0
     assert "already here" in second.stdout
     assert "were duplicates and no stream changed" in second.stdout

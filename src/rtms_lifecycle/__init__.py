@@ -17,10 +17,13 @@ from .events import (
 )
 from .exceptions import (
     ConfigurationError,
+    DatabaseUnavailable,
+    DatabaseURLError,
     DeliveryRejected,
     FieldError,
     RTMSLifecycleError,
     SchemaOutdatedError,
+    SchemaTooNewError,
     StoreError,
     WebhookRefused,
 )
@@ -42,6 +45,8 @@ __all__ = [
     "ConcurrencyAlert",
     "ConcurrencyAlertRecord",
     "ConfigurationError",
+    "DatabaseURLError",
+    "DatabaseUnavailable",
     "DeliveryRecord",
     "DeliveryRejected",
     "EventKind",
@@ -53,6 +58,7 @@ __all__ = [
     "ParsedDelivery",
     "RTMSLifecycleError",
     "SchemaOutdatedError",
+    "SchemaTooNewError",
     "Scope",
     "Source",
     "State",

@@ -9,9 +9,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, inspect
 
-from .exceptions import SchemaOutdatedError
+from .exceptions import SchemaOutdatedError, SchemaTooNewError
 
 _PACKAGED = Path(__file__).with_name("migrations")
 # An editable install or a source checkout runs the top-level folder the wheel is built from.
@@ -38,6 +39,24 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "the migrations folder has no revision"
     return head
+
+
+def is_known(revision: str) -> bool:
+    """Whether this version ships ``revision``; an unknown one was written by a newer version."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def refuse_newer(revision: str | None) -> None:
+    """Refuse a database migrated by a newer rtms-lifecycle: neither using nor upgrading it."""
+    if revision is not None and not is_known(revision):
+        raise SchemaTooNewError(
+            f"the database schema is at revision {revision}, which this version of "
+            f"rtms-lifecycle (newest revision {head_revision()}) does not know: it was written "
+            "by a newer version; upgrade rtms-lifecycle to use it"
+        )
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -68,6 +87,7 @@ def ensure_schema(engine: Engine) -> None:
             )
         upgrade(engine)
         return
+    refuse_newer(current)
     raise SchemaOutdatedError(
         f"the database schema is at revision {current}, this version of rtms-lifecycle needs "
         f"{head_revision()}: run `rtms-lifecycle db upgrade` (with the same --db) first"

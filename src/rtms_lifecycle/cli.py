@@ -30,15 +30,18 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError
 
-from . import _migrate
+from . import _dburl, _migrate
+from ._bounds import MAX_COUNT, MAX_DURATION, MAX_EPOCH_MS, MIN_EPOCH_MS
+from ._cli_errors import BadInput, Failure, cli_errors
+from ._cli_reading import Reading
 from .events import Scope
-from .exceptions import RTMSLifecycleError, SchemaOutdatedError
 from .machine import ACTIVE_STATES, State
 from .records import (
     ConcurrencyAlertRecord,
@@ -49,12 +52,12 @@ from .records import (
     Stream,
     Transition,
 )
-from .store import DEFAULT_DB_URL, create_store_engine
+from .store import create_store_engine
 from .tracker import DEFAULT_BATCH_SIZE, IngestSummary, Tracker
 
 __all__ = ["cli", "main"]
 
-DB_ENV: Final = "RTMS_LIFECYCLE_DB"
+DB_ENV: Final = _dburl.DB_ENV
 DEMO_RESOURCE: Final = "data/demo_day.jsonl.gz"
 # Piped output is read by grep and friends: never wrap a row because an imagined terminal is
 # 80 columns wide.
@@ -62,12 +65,13 @@ _PIPE_WIDTH: Final = 240
 # Updating the progress bar per line would cost more than parsing the line.
 _PROGRESS_EVERY: Final = 500
 _DASH: Final = "—"
+# The streams table without --limit: the newest this many (--json still lists every stream).
+_TABLE_STREAMS: Final = 50
 # Epoch milliseconds below this are before 1973: such a number is almost surely epoch seconds.
 _MIN_EPOCH_MS: Final = 100_000_000_000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_PART: Final = re.compile(r"(\d+)([smhd])")
-_OPTIONAL_EXTRAS: Final = {"psycopg": "postgres", "fastapi": "server", "uvicorn": "server"}
 
 _STATE_STYLE: Final = {
     State.STARTED: "green",
@@ -98,53 +102,24 @@ _OUTCOME_STYLE: Final = {
 
 # --- errors ---------------------------------------------------------------------------------------
 
-
-class _Failure(click.ClickException):
-    """A clean one-line error on stderr and a non-zero exit, never a traceback."""
-
-    exit_code = 1
-
-
-class _Refused(_Failure):
-    """The database must be upgraded first: 2, like a usage error, since nothing ran."""
-
-    exit_code = 2
-
-
-def _missing_extra(exc: ModuleNotFoundError) -> _Failure | None:
-    extra = _OPTIONAL_EXTRAS.get((exc.name or "").partition(".")[0])
-    if extra is None:
-        return None
-    return _Failure(
-        f"{exc.name} is not installed: install the '{extra}' extra, "
-        f"e.g. pip install 'rtms-lifecycle[{extra}]'"
-    )
-
-
-def _database_error(exc: SQLAlchemyError) -> _Failure:
-    # SQLAlchemy's own text spans lines (SQL, parameters, a link); the driver's first line says it.
-    cause = getattr(exc, "orig", None) or exc
-    first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    return _Failure(f"database error: {first_line}")
+# The name the commands raise a failure by (the mapping itself lives in _cli_errors).
+_Failure = Failure
 
 
 class _Group(click.Group):
-    """Turns every library error into a message: operators read these, not tracebacks."""
+    """Maps errors to one line and an exit code; gives every command the global options."""
+
+    group_class = type  # subgroups (`db`) are _Groups too, so their commands get --db
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with cli_errors():
             return super().invoke(ctx)
-        except SchemaOutdatedError as exc:
-            raise _Refused(str(exc)) from exc
-        except RTMSLifecycleError as exc:
-            raise _Failure(str(exc)) from exc
-        except SQLAlchemyError as exc:
-            raise _database_error(exc) from exc
-        except ModuleNotFoundError as exc:
-            failure = _missing_extra(exc)
-            if failure is None:
-                raise
-            raise failure from exc
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        # `rtms-lifecycle streams --db x` works like `rtms-lifecycle --db x streams`.
+        if not any(param.name == "db" for param in cmd.params):
+            cmd.params.append(_db_after_command())
+        super().add_command(cmd, name)
 
 
 # --- parameters -----------------------------------------------------------------------------------
@@ -157,7 +132,7 @@ def parse_time(text: str) -> int:
         value = int(text)
         if 0 < value < _MIN_EPOCH_MS:
             raise ValueError(f"{text} looks like epoch seconds: give epoch milliseconds")
-        return value
+        return _in_time_range(value, text)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -168,7 +143,13 @@ def parse_time(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     # Integer arithmetic: a float timestamp can be a millisecond off.
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
+    return _in_time_range((moment - _EPOCH) // timedelta(milliseconds=1), text)
+
+
+def _in_time_range(ms: int, text: str) -> int:
+    if not MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
+        raise ValueError(f"{text} is out of range: times go from year 1 to year 9999")
+    return ms
 
 
 def parse_duration(text: str) -> timedelta:
@@ -180,6 +161,8 @@ def parse_duration(text: str) -> timedelta:
     seconds = sum(int(number) * _DURATION_UNITS[unit] for number, unit in parts)
     if seconds <= 0:
         raise ValueError(f"{text!r}: the duration must be longer than zero")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{text!r} is out of range: at most {MAX_DURATION.days}d")
     return timedelta(seconds=seconds)
 
 
@@ -215,11 +198,25 @@ class _App:
     err: Console
     _tracker: Tracker | None = field(default=None, repr=False)
 
-    def tracker(self) -> Tracker:
+    def use_db(self, text: str, given: bool) -> None:
+        """Take ``--db`` (a URL or a file path) as the commands will use it, or refuse it."""
+        url = _dburl.parse(text)
+        _dburl.refuse_memory(url)
+        self.db = url.render_as_string(hide_password=False)
+        self.db_given = given
+
+    def tracker(self, *, create: bool = True) -> Tracker:
+        """The tracker; with ``create=False`` (read commands) a missing SQLite file is an error."""
         # Opened on first use, so that `db upgrade` and `db current` never auto-migrate.
         if self._tracker is None:
+            if not create:
+                self.require_database()
             self._tracker = Tracker(self.db)
         return self._tracker
+
+    def require_database(self) -> None:
+        """Reading never creates a database: refuse a SQLite file that does not exist."""
+        _dburl.require_existing_file(make_url(self.db))
 
     def close(self) -> None:
         if self._tracker is not None:
@@ -239,6 +236,22 @@ class _App:
 
 
 _pass_app = click.make_pass_decorator(_App)
+
+
+def _set_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    app = ctx.find_object(_App)
+    if value is not None and app is not None:
+        app.use_db(value, given=True)
+
+
+def _db_after_command() -> click.Option:
+    return click.Option(
+        ["--db"],
+        metavar="URL",
+        expose_value=False,
+        callback=_set_db,
+        help="The database, as the global --db (which may also come after the command).",
+    )
 
 
 def _console(stderr: bool = False) -> Console:
@@ -301,6 +314,12 @@ def _table(title: str | None, *columns: str, right: Iterable[str] = ()) -> Table
     return table
 
 
+def _whole(table: Table, column: int, values: Iterable[str | None]) -> None:
+    """Never shorten this column (stream ids are copied from it); the others give way."""
+    table.columns[column].no_wrap = True
+    table.columns[column].min_width = max((len(v or _DASH) for v in values), default=None)
+
+
 def _streams_table(title: str, streams: Sequence[Stream]) -> Table:
     table = _table(
         title,
@@ -314,6 +333,7 @@ def _streams_table(title: str, streams: Sequence[Stream]) -> Table:
         "Failovers",
         right=("Duration", "Interruptions", "Failovers"),
     )
+    _whole(table, 0, (stream.stream_id for stream in streams))
     for stream in streams:
         duration = (
             stream.stopped_at - stream.started_at
@@ -449,6 +469,7 @@ def _deliveries_table(records: Sequence[DeliveryRecord]) -> Table:
         "Error / detail",
         right=("ID",),
     )
+    _whole(table, 5, (record.stream_id for record in records))
     for record in records:
         problem = "; ".join(f"{e['field']}: {e['reason']}" for e in record.error or ())
         table.add_row(
@@ -528,6 +549,8 @@ def _progress(
     if total:
         columns += [BarColumn(), TaskProgressColumn()]
     columns += [_RateColumn(), TimeElapsedColumn()]
+    if total:
+        columns += [TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task("ingest", total=total, count=0)
 
@@ -567,11 +590,22 @@ def _decompressed(raw: IO[bytes]) -> Iterator[Iterable[bytes]]:
         yield raw
 
 
-def _replay(app: _App, tracker: Tracker, raw: IO[bytes], batch_size: int) -> IngestSummary:
-    """Ingest JSON Lines (gzipped or not) from a file or a pipe, streaming it line by line."""
+def _replay(
+    app: _App, tracker: Tracker, raw: IO[bytes], batch_size: int
+) -> tuple[IngestSummary, Reading]:
+    """Ingest JSON Lines (gzipped or not) from a file or a pipe, streaming it line by line.
+
+    Damaged input or a Ctrl-C ends the input early; what was read is recorded (``Reading.check``).
+    """
     total, position = _size_and_position(raw)
-    with _decompressed(raw) as source, _progress(app.err, total, position) as report:
-        return tracker.ingest_many(_json_lines(source, report), batch_size=batch_size)
+    reading = Reading()
+    with (
+        _decompressed(raw) as source,
+        _progress(app.err, total, position) as report,
+        reading.interruptible(),
+    ):
+        lines = _json_lines(reading.lines_of(source), report)
+        return tracker.ingest_many(lines, batch_size=batch_size), reading
 
 
 def _report_ingest(app: _App, summary: IngestSummary, seconds: float) -> None:
@@ -590,10 +624,11 @@ def _report_ingest(app: _App, summary: IngestSummary, seconds: float) -> None:
     "--db",
     metavar="URL",
     envvar=DB_ENV,
-    default=DEFAULT_DB_URL,
+    default=_dburl.DEFAULT_DB_URL,
     show_default=True,
     show_envvar=True,
-    help="SQLAlchemy database URL (sqlite:///file.db, postgresql://user@host/db).",
+    help="SQLAlchemy database URL (sqlite:///file.db, postgresql://user@host/db) or a SQLite "
+    "file's path.",
 )
 @click.version_option(package_name="rtms-lifecycle")
 @click.pass_context
@@ -604,6 +639,7 @@ def cli(ctx: click.Context, db: str) -> None:
     """
     given = ctx.get_parameter_source("db") is ParameterSource.COMMANDLINE
     app = _App(db=db, db_given=given, out=_console(), err=_console(stderr=True))
+    app.use_db(db, given)
     ctx.obj = app
     ctx.call_on_close(app.close)
 
@@ -628,14 +664,15 @@ def ingest(app: _App, path: str, batch_size: int, as_json: bool) -> None:
     tracker = app.tracker()
     started = time.perf_counter()
     if path == "-":
-        summary = _replay(app, tracker, sys.stdin.buffer, batch_size)
+        summary, reading = _replay(app, tracker, sys.stdin.buffer, batch_size)
     else:
         with open(path, "rb") as raw:
-            summary = _replay(app, tracker, raw, batch_size)
+            summary, reading = _replay(app, tracker, raw, batch_size)
     if as_json:
         _emit_json(summary.as_dict())
     else:
         _report_ingest(app, summary, time.perf_counter() - started)
+    reading.check(summary.total)
 
 
 @cli.command()
@@ -648,7 +685,11 @@ def ingest(app: _App, path: str, batch_size: int, as_json: bool) -> None:
 )
 @click.option("--scope", type=click.Choice([s.value for s in Scope]), help="Only this product.")
 @click.option("--active", is_flag=True, help="Only streams whose media flows (started, resumed).")
-@click.option("--limit", type=click.IntRange(min=1), help="At most N streams (newest first).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=MAX_COUNT),
+    help=f"At most N streams (newest first); the table shows {_TABLE_STREAMS} unless given.",
+)
 @_JSON_OPTION
 @_pass_app
 def streams(
@@ -663,9 +704,17 @@ def streams(
     if active and states:
         raise click.UsageError("--active means --state started --state resumed: give one or other")
     wanted: Iterable[State | str] | None = ACTIVE_STATES if active else (states or None)
-    found = app.tracker().streams(wanted, scope=scope, limit=limit)
+    found = app.tracker(create=False).streams(wanted, scope=scope, limit=limit)
     if as_json:
         _emit_json([s.as_dict() for s in found])
+        return
+    if limit is None and len(found) > _TABLE_STREAMS:
+        # Drawing tens of thousands of rows takes a minute and helps nobody.
+        title = (
+            f"Newest streams: showing {_TABLE_STREAMS} of {len(found):,} "
+            "(--limit N shows more, --json lists all)"
+        )
+        app.out.print(_streams_table(title, found[:_TABLE_STREAMS]))
         return
     app.out.print(_streams_table(f"{len(found):,} streams", found))
 
@@ -676,7 +725,7 @@ def streams(
 @_pass_app
 def stream_command(app: _App, stream_id: str, as_json: bool) -> None:
     """Show one stream (by rtms_stream_id) and its history."""
-    tracker = app.tracker()
+    tracker = app.tracker(create=False)
     found = tracker.stream(stream_id)
     if found is None:
         raise _Failure(f"no stream with rtms_stream_id {stream_id!r} is stored in {app.shown_db}")
@@ -718,7 +767,7 @@ def stats(
     as_json: bool,
 ) -> None:
     """Why streams stopped: count, share and median duration per stop reason."""
-    tracker = app.tracker()
+    tracker = app.tracker(create=False)
     if interruptions:
         scopes: list[Scope | None] = list(Scope) if by_scope else [None]
         rows = [(s, tracker.interruption_stats(since, until, scope=s)) for s in scopes]
@@ -746,7 +795,7 @@ def stats(
 @click.option("--stream", "stream_id", metavar="ID", help="Only deliveries for this stream.")
 @click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_COUNT),
     default=100,
     show_default=True,
     help="At most N deliveries; 0 for all.",
@@ -757,7 +806,8 @@ def deliveries(
     app: _App, outcomes: tuple[str, ...], stream_id: str | None, limit: int, as_json: bool
 ) -> None:
     """Stored deliveries, newest first, with their outcome and why one was rejected."""
-    found = app.tracker().deliveries(outcomes or None, stream_id=stream_id, limit=limit or None)
+    tracker = app.tracker(create=False)
+    found = tracker.deliveries(outcomes or None, stream_id=stream_id, limit=limit or None)
     if as_json:
         _emit_json([d.as_dict() for d in found])
         return
@@ -775,7 +825,7 @@ def deliveries(
 @_pass_app
 def alerts(app: _App, since: int | None, as_json: bool) -> None:
     """Account concurrency alerts (near the limit, or a stream refused), newest first."""
-    found = app.tracker().concurrency_alerts(since)
+    found = app.tracker(create=False).concurrency_alerts(since)
     if as_json:
         _emit_json([a.as_dict() for a in found])
         return
@@ -819,12 +869,15 @@ def _revisions(url: str) -> tuple[str | None, str]:
 @_pass_app
 def db_current(app: _App, as_json: bool) -> None:
     """Show the database's migration and the one this version needs."""
+    app.require_database()
     current, head = _revisions(app.db)
     if as_json:
         _emit_json({"current": current, "head": head, "up_to_date": current == head})
         return
     if current == head:
         verdict = "up to date"
+    elif current is not None and not _migrate.is_known(current):
+        verdict = "newer than this version of rtms-lifecycle: upgrade rtms-lifecycle"
     elif current is None:
         verdict = "no schema yet: created on first use"
     else:
@@ -840,6 +893,7 @@ def db_upgrade(app: _App, as_json: bool) -> None:
     engine = create_store_engine(app.db)
     try:
         before = _migrate.current_revision(engine)
+        _migrate.refuse_newer(before)
         _migrate.upgrade(engine)
         after = _migrate.current_revision(engine)
     finally:
@@ -924,16 +978,30 @@ def _eventfulness(stream: Stream) -> tuple[int, int]:
 
 @cli.command()
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--force", is_flag=True, help="Replay even into a database that already holds streams."
+)
 @_pass_app
-def demo(app: _App, top: int) -> None:
-    """Replay a bundled day of RTMS webhooks, then show what the record tells."""
+def demo(app: _App, top: int, force: bool) -> None:
+    """Replay a bundled day of RTMS webhooks, then show what the record tells.
+
+    Refuses a database that already holds streams (the fake ones could not be told apart or
+    removed) unless --force.
+    """
     tracker = app.tracker()
+    held = len(tracker.streams(limit=1))
+    if held and not force:
+        raise BadInput(
+            f"{app.shown_db} already holds streams: the demo would mix a day of made-up streams "
+            "into them, for good. Give the demo its own database (--db demo.db), or --force"
+        )
     transitions = _count_transitions(tracker)
     app.out.print(f"Replaying a day of Zoom RTMS webhooks into {app.shown_db} ...", markup=False)
     started = time.perf_counter()
     with _demo_file() as raw:
-        summary = _replay(app, tracker, raw, DEFAULT_BATCH_SIZE)
+        summary, reading = _replay(app, tracker, raw, DEFAULT_BATCH_SIZE)
     _report_ingest(app, summary, time.perf_counter() - started)
+    reading.check(summary.total)
     app.out.print(_demo_verdict(summary, transitions()), markup=False)
     active = tracker.streams(ACTIVE_STATES)
     title = f"Active streams ({len(active):,}; latest {min(top, len(active))})"

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 
 __all__ = [
     "ConfigurationError",
+    "DatabaseURLError",
+    "DatabaseUnavailable",
     "DeliveryRejected",
     "FieldError",
     "RTMSLifecycleError",
     "SchemaOutdatedError",
+    "SchemaTooNewError",
     "StoreError",
     "WebhookRefused",
 ]
@@ -58,8 +61,20 @@ class SchemaOutdatedError(RTMSLifecycleError):
     """The database schema is older than this library; it must be upgraded first."""
 
 
+class SchemaTooNewError(SchemaOutdatedError):
+    """The database was migrated by a newer rtms-lifecycle: this version is too old for it."""
+
+
 class ConfigurationError(RTMSLifecycleError):
     """The library or the receiver was configured in a way that cannot work."""
+
+
+class DatabaseURLError(ConfigurationError):
+    """A database URL that cannot work: malformed, an unsupported database, a missing driver."""
+
+
+class DatabaseUnavailable(RTMSLifecycleError):
+    """The database is not there: a SQLite file that does not exist where one is only read."""
 
 
 class WebhookRefused(RTMSLifecycleError):

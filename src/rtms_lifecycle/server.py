@@ -38,6 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import _dburl
+from ._bounds import MAX_COUNT, MAX_EPOCH_MS, MIN_EPOCH_MS
 from .events import Scope, Source, UrlValidation, parse_delivery
 from .exceptions import ConfigurationError, StoreError, WebhookRefused
 from .machine import ACTIVE_STATES, State, TransitionName
@@ -74,7 +76,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 API_TOKEN_ENV: Final = "RTMS_LIFECYCLE_API_TOKEN"
-DB_ENV: Final = "RTMS_LIFECYCLE_DB"
+DB_ENV: Final = _dburl.DB_ENV
 DEFAULT_PATH: Final = "/webhook"
 # Zoom's RTMS deliveries are well under 4 KiB; 64 KiB leaves room for unknown fields while
 # capping what an unauthenticated sender makes us buffer before the signature is checked.
@@ -336,6 +338,8 @@ def _epoch_ms(value: int | datetime | None) -> int | datetime | None:
 
 
 _TIME_DOC: Final = "epoch milliseconds, or ISO 8601 (naive means UTC)"
+# Out of range is a 422 like any bad value, not an overflow deep in the database driver.
+_EpochMs = Annotated[int, Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)]
 
 
 _BEARER: Final = HTTPBearer(auto_error=False, description=f"The token set in {API_TOKEN_ENV}.")
@@ -372,7 +376,7 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         state: Annotated[list[State] | None, Query(description="Repeatable.")] = None,
         scope: Scope | None = None,
         active: Annotated[bool, Query(description="Only started or resumed.")] = False,
-        limit: Annotated[int | None, Query(ge=1)] = None,
+        limit: Annotated[int | None, Query(ge=1, le=MAX_COUNT)] = None,
     ) -> list[StreamModel]:
         states: set[State] | None = set(state) if state else None
         if active:
@@ -396,8 +400,8 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
 
     @router.get("/stats/stop-reasons", summary="Why streams stopped in a time window")
     def stop_reasons(
-        since: Annotated[int | datetime | None, Query(description=_TIME_DOC)] = None,
-        until: Annotated[int | datetime | None, Query(description=_TIME_DOC)] = None,
+        since: Annotated[_EpochMs | datetime | None, Query(description=_TIME_DOC)] = None,
+        until: Annotated[_EpochMs | datetime | None, Query(description=_TIME_DOC)] = None,
         by_scope: bool = False,
     ) -> list[StopReasonStatModel]:
         stats = tracker.stop_reason_stats(_epoch_ms(since), _epoch_ms(until), by_scope)

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from . import _migrate
+from ._dburl import DEFAULT_DB_URL, check_driver, default_url, parse
 from ._writers import Row, WriteFailed, Writes, WriteTx, state_row, writer_for
 from .events import (
     ConcurrencyAlert,
@@ -47,7 +48,6 @@ __all__ = ["DEFAULT_DB_URL", "KnownStreamEvent", "Incoming", "Store", "now_ms"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB_URL: Final = "sqlite:///rtms_lifecycle.db"
 # How often a transaction that lost a race (deadlock, serialisation, a busy SQLite) is retried.
 _ATTEMPTS: Final = 8
 # Stored text to enum member, cheaper than calling the enum: rows become objects by the thousand.
@@ -118,11 +118,8 @@ def _canonical(payload: Any) -> str:
 
 
 def _normalise_url(url: str) -> str:
-    parsed = make_url(url)
-    # psycopg 3 is the PostgreSQL driver we ship (extra "postgres"); SQLAlchemy's default is
-    # psycopg2, which users would otherwise have to install besides.
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
+    parsed = parse(url)
+    check_driver(parsed)
     return parsed.render_as_string(hide_password=False)
 
 
@@ -161,9 +158,7 @@ class Store:
     """Persistence of the lifecycle: the only module that writes SQL."""
 
     def __init__(self, db: str | Engine | None = None, *, migrate: bool = True) -> None:
-        self.engine = (
-            create_store_engine(db or DEFAULT_DB_URL) if not isinstance(db, Engine) else db
-        )
+        self.engine = create_store_engine(db or default_url()) if not isinstance(db, Engine) else db
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite" and isinstance(db, Engine):
             _configure_sqlite(self.engine)

@@ -109,8 +109,9 @@ def to_incoming(body: Body, source: Source = Source.WEBHOOK) -> Incoming:
 class Tracker:
     """Records RTMS deliveries into a database and answers questions about streams.
 
-    ``db`` is an SQLAlchemy URL (``sqlite:///file.db``, ``postgresql://...``) or an ``Engine``;
-    by default ``sqlite:///rtms_lifecycle.db``. A new, empty database gets the schema; one at an
+    ``db`` is an SQLAlchemy URL (``sqlite:///file.db``, ``postgresql://...``), a SQLite file's
+    path, or an ``Engine``; by default ``RTMS_LIFECYCLE_DB``, as the CLI and ``serve`` read it,
+    else ``sqlite:///rtms_lifecycle.db``. A new, empty database gets the schema; one at an
     older migration is refused (:class:`SchemaOutdatedError`) until ``rtms-lifecycle db upgrade``.
     """
 

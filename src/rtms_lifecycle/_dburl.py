@@ -1,0 +1,129 @@
+"""Database URLs as operators type them: a plain path is a SQLite file; what cannot work is refused.
+
+Every refusal is a :class:`DatabaseURLError` naming what is wrong, raised before any connection
+is tried, so that a typo never turns into a traceback or into a database somewhere unexpected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Final
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .exceptions import DatabaseUnavailable, DatabaseURLError
+
+__all__ = [
+    "DB_ENV",
+    "DEFAULT_DB_URL",
+    "check_driver",
+    "default_url",
+    "parse",
+    "refuse_memory",
+    "require_existing_file",
+    "shown",
+    "sqlite_file",
+]
+
+#: The environment variable naming the database, read by the CLI, ``serve`` and ``Tracker()``.
+DB_ENV: Final = "RTMS_LIFECYCLE_DB"
+DEFAULT_DB_URL: Final = "sqlite:///rtms_lifecycle.db"
+_SUPPORTED: Final = ("sqlite", "postgresql")
+_EXAMPLES: Final = "sqlite:///file.db, a file path, or postgresql://user@host/dbname"
+# "scheme://user:secret@": what an unparseable URL's message must not show.
+_PASSWORD: Final = re.compile(r"(://[^:/@]*:)[^@/]*@")
+_MEMORY: Final = ("", ":memory:")
+
+
+def default_url() -> str:
+    """The database when none is given: ``RTMS_LIFECYCLE_DB`` if set and not empty, else the file
+    ``rtms_lifecycle.db`` in the current folder."""
+    return os.environ.get(DB_ENV) or DEFAULT_DB_URL
+
+
+def shown(text: str) -> str:
+    """The URL as it may appear in a message or a log: without its password."""
+    return _PASSWORD.sub(r"\1***@", text)
+
+
+def parse(text: str) -> URL:
+    """A SQLAlchemy URL from a URL or from a plain file path, which means a SQLite file.
+
+    ``postgresql://`` means psycopg 3. An unsupported database is refused here; a driver that is
+    not installed only by :func:`check_driver`.
+    """
+    if not text.strip():
+        raise DatabaseURLError(f"the database URL is empty: give {_EXAMPLES}")
+    if "\x00" in text:
+        raise DatabaseURLError("the database URL contains a NUL character")
+    if "://" not in text:
+        # A path is taken as written: relative to the current folder, like sqlite:///path.
+        return URL.create("sqlite", database=text)
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise DatabaseURLError(f"{shown(text)!r} is not a database URL: give {_EXAMPLES}") from None
+    except ValueError as exc:
+        # make_url reads the port with int(): "invalid literal for int() ... 'notaport'".
+        reason = "its port is not a number" if "int()" in str(exc) else str(exc)
+        raise DatabaseURLError(f"{shown(text)!r} is not a database URL: {reason}") from None
+    if url.drivername in ("postgresql", "postgres"):
+        # psycopg 3 is the PostgreSQL driver we ship (extra "postgres"); SQLAlchemy's default is
+        # psycopg2, which users would otherwise have to install besides.
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in _SUPPORTED:
+        raise DatabaseURLError(
+            f"{url.get_backend_name()!r} databases are not supported: rtms-lifecycle stores in "
+            "SQLite (sqlite:///file.db) or PostgreSQL (postgresql://user@host/dbname)"
+        )
+    return url
+
+
+def check_driver(url: URL) -> None:
+    """Refuse a URL whose database driver cannot be loaded, naming what to install."""
+    try:
+        url.get_dialect().import_dbapi()
+    except ArgumentError:
+        raise DatabaseURLError(
+            f"{url.drivername!r} is not a driver SQLAlchemy knows: use sqlite:/// or postgresql://"
+        ) from None
+    except ImportError as exc:
+        if url.get_driver_name() == "psycopg":
+            hint = "install the 'postgres' extra, e.g. pip install 'rtms-lifecycle[postgres]'"
+        else:
+            hint = "use postgresql:// (psycopg 3, the 'postgres' extra) or install that driver"
+        raise DatabaseURLError(
+            f"the database driver {url.get_driver_name()!r} is not installed "
+            f"(no module {exc.name!r}): {hint}"
+        ) from None
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL; None for another database or an in-memory one."""
+    if url.get_backend_name() != "sqlite" or (url.database or "") in _MEMORY:
+        return None
+    if url.query.get("mode") == "memory" or (url.database or "").startswith("file::memory:"):
+        return None
+    return Path(url.database or "")
+
+
+def refuse_memory(url: URL) -> None:
+    """A command's in-memory SQLite database would vanish with the command: refuse it."""
+    if url.get_backend_name() == "sqlite" and sqlite_file(url) is None:
+        raise DatabaseURLError(
+            f"{url.render_as_string()} is an in-memory database: everything recorded would be lost "
+            "when the command ends; give a file (sqlite:///rtms_lifecycle.db or a path)"
+        )
+
+
+def require_existing_file(url: URL) -> None:
+    """Reading never creates a database: a SQLite file that is not there is an error."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise DatabaseUnavailable(
+            f"no database at {path}: the SQLite file does not exist (reading never creates "
+            "one: check the path, or record deliveries first with ingest or serve)"
+        )

@@ -1,0 +1,236 @@
+"""Which database a command opens, and the commands that protect the data in it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rtms_lifecycle import Tracker
+from rtms_lifecycle.cli import cli
+
+from ._deliveries import body
+from .test_cli import SCENARIO, T0, invoke, invoke_json, jsonl, run_process
+
+READ_COMMANDS = [
+    ["streams"],
+    ["stream", "s-phone"],
+    ["stats"],
+    ["stats", "--interruptions"],
+    ["deliveries"],
+    ["alerts"],
+    ["db", "current"],
+]
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's RTMS_LIFECYCLE_DB never decides a test's database."""
+    monkeypatch.delenv("RTMS_LIFECYCLE_DB", raising=False)
+
+
+# --- read commands never create a database --------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=" ".join)
+def test_read_commands_never_create_a_database(args: list[str], tmp_path: Path) -> None:
+    """A SQLite file that is not there: exit 3 naming its path, and no file is created."""
+    typo = tmp_path / "rtms_lifecyle.db"
+    result = invoke(f"sqlite:///{typo}", *args)
+    assert result.exit_code == 3
+    assert result.stdout == ""
+    assert f"no database at {typo}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not typo.exists()
+
+
+def test_the_default_database_is_not_created_by_reading(tmp_path: Path) -> None:
+    """`rtms-lifecycle streams` in an empty folder says rtms_lifecycle.db is missing, exit 3."""
+    result = run_process("streams", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "no database at rtms_lifecycle.db" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_commands_still_create_a_new_database(tmp_path: Path) -> None:
+    """ingest creates the SQLite file with its schema, as before."""
+    path = tmp_path / "new.db"
+    assert invoke_json(str(path), "ingest", "-", stdin=jsonl(SCENARIO))["applied"] == 10
+    assert path.is_file()
+
+
+# --- --db: a path, and after the command ----------------------------------------------------------
+
+
+def test_db_accepts_a_plain_file_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--db ./rtms.db is the SQLite file rtms.db in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    invoke_json("./rtms.db", "ingest", "-", stdin=jsonl(SCENARIO))
+    assert (tmp_path / "rtms.db").is_file()
+    url = f"sqlite:///{tmp_path / 'rtms.db'}"
+    assert len(invoke_json(url, "streams")) == 5
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["streams", "--json", "--db", "{db}"],
+        ["streams", "--db={db}", "--json"],
+        ["db", "current", "--db", "{db}", "--json"],
+        ["--db", "elsewhere.db", "streams", "--db", "{db}", "--json"],
+    ],
+    ids=["after", "equals", "subgroup", "later-wins"],
+)
+def test_global_options_after_the_command(
+    sqlite_url: str, args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rtms-lifecycle streams --db X` is `rtms-lifecycle --db X streams`."""
+    invoke_json(sqlite_url, "ingest", "-", stdin=jsonl(SCENARIO))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, [a.format(db=sqlite_url) for a in args])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
+def test_ingest_takes_db_after_the_command(tmp_path: Path) -> None:
+    """As a process: `ingest - --db PATH` writes PATH."""
+    result = run_process(
+        "ingest", "-", "--db", "after.db", cwd=tmp_path, stdin=jsonl(SCENARIO).encode()
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "after.db").is_file()
+
+
+# --- Tracker() and the environment ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["url", "path"])
+def test_tracker_without_a_url_honours_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """Tracker() opens RTMS_LIFECYCLE_DB (a URL or a path), the database the CLI reads."""
+    path = tmp_path / "env.db"
+    monkeypatch.setenv("RTMS_LIFECYCLE_DB", f"sqlite:///{path}" if form == "url" else str(path))
+    monkeypatch.chdir(tmp_path / ".." if form == "url" else tmp_path)
+    with Tracker() as tracker:
+        tracker.ingest(json.dumps(SCENARIO[0]))
+    assert path.is_file()
+    result = CliRunner().invoke(cli, ["streams", "--json"])
+    assert [s["stream_id"] for s in json.loads(result.stdout)] == ["s-meeting"]
+
+
+def test_tracker_without_url_or_environment_uses_the_default_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without RTMS_LIFECYCLE_DB (or with it empty), Tracker() writes ./rtms_lifecycle.db."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RTMS_LIFECYCLE_DB", "")
+    with Tracker() as tracker:
+        tracker.ingest(json.dumps(SCENARIO[0]))
+    assert (tmp_path / "rtms_lifecycle.db").is_file()
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+
+def test_demo_refuses_a_database_that_holds_streams(db_url: str) -> None:
+    """demo into real data: exit 2, one line suggesting its own database or --force, nothing
+    written."""
+    invoke_json(db_url, "ingest", "-", stdin=jsonl(SCENARIO))
+    before = invoke_json(db_url, "deliveries", "--limit", "0")
+    result = invoke(db_url, "demo")
+    assert result.exit_code == 2
+    assert "already holds streams" in result.stderr
+    assert "--force" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert invoke_json(db_url, "deliveries", "--limit", "0") == before
+
+
+def test_demo_force_replays_into_a_database_with_streams(db_url: str) -> None:
+    """demo --force adds the demo day to a database that already holds streams."""
+    invoke_json(db_url, "ingest", "-", stdin=jsonl(SCENARIO))
+    result = invoke(db_url, "demo", "--force")
+    assert result.exit_code == 0, result.output
+    assert len(invoke_json(db_url, "streams")) > len(SCENARIO)
+
+
+def test_demo_reads_the_environment_and_refuses_it_too(sqlite_url: str, tmp_path: Path) -> None:
+    """RTMS_LIFECYCLE_DB pointing at real data: the process refuses, and nothing is written."""
+    invoke_json(sqlite_url, "ingest", "-", stdin=jsonl(SCENARIO))
+    result = run_process("demo", cwd=tmp_path, env={"RTMS_LIFECYCLE_DB": sqlite_url})
+    assert result.returncode == 2
+    assert len(invoke_json(sqlite_url, "streams")) == 5
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+LONG_IDS = [f"{i:06d}4f6b5f4a559b8e6d1b2c3d4e5f" for i in range(3)]
+
+
+def terminal_output(*args: str, columns: int = 80) -> str:
+    """The command's stdout as an 80-column terminal would show it, without colours."""
+    result = CliRunner(env={"COLUMNS": str(columns), "FORCE_COLOR": "1"}).invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return _ESCAPES.sub("", result.stdout)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["streams"], ["deliveries"], ["expire", "--stale-after", "1s"]],
+    ids=" ".join,
+)
+def test_stream_ids_are_never_shortened(sqlite_url: str, command: list[str]) -> None:
+    """At 80 columns every stream id is shown whole, so it can be copied into `stream ID`."""
+    starts = [
+        body("started", sid, T0, scope="contact_center", scope_id="engagement-1")
+        for sid in LONG_IDS
+    ]
+    invoke_json(sqlite_url, "ingest", "-", stdin=jsonl(starts))
+    shown = terminal_output("--db", sqlite_url, *command)
+    assert all(sid in shown for sid in LONG_IDS), shown
+    assert "…" in shown  # the other columns gave way
+
+
+@pytest.fixture
+def sixty_streams(sqlite_url: str) -> str:
+    """A database with 60 streams, s-000 (oldest) to s-059."""
+    invoke_json(
+        sqlite_url,
+        "ingest",
+        "-",
+        stdin=jsonl(body("started", f"s-{i:03d}", T0 + i) for i in range(60)),
+    )
+    return sqlite_url
+
+
+def test_streams_table_shows_the_newest_50(sixty_streams: str) -> None:
+    """Without --limit, the table shows the newest 50 and says "showing 50 of N"."""
+    result = invoke(sixty_streams, "streams")
+    assert "showing 50 of 60" in result.stdout
+    assert "s-059" in result.stdout
+    assert "s-010" in result.stdout
+    assert "s-009" not in result.stdout
+    more = invoke(sixty_streams, "streams", "--limit", "55")
+    assert "s-005" in more.stdout
+    assert "showing" not in more.stdout
+
+
+def test_streams_json_still_lists_every_stream(sixty_streams: str) -> None:
+    """--json without filters or --limit returns every stream, as the contract says."""
+    assert len(invoke_json(sixty_streams, "streams")) == 60
+
+
+def test_ingest_progress_shows_an_eta_for_files(sqlite_url: str, tmp_path: Path) -> None:
+    """On a terminal, ingesting a file draws a bar with the time remaining."""
+    path = tmp_path / "in.jsonl"
+    path.write_text(jsonl(body("started", f"s-{i}", T0 + i) for i in range(3000)))
+    result = CliRunner(env={"COLUMNS": "120", "FORCE_COLOR": "1"}).invoke(
+        cli, ["--db", sqlite_url, "ingest", str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "eta" in _ESCAPES.sub("", result.stderr)
