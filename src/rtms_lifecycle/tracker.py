@@ -222,7 +222,9 @@ class Tracker:
             stale = _queries.stale_streams(conn, cutoff)
         if dry_run:
             return [
-                replace(stream, state=State.STOPPED, stopped_at=at, stop_reason=None)
+                replace(
+                    stream, state=State.STOPPED, stopped_at=at, last_event_at=at, stop_reason=None
+                )
                 for stream, at in ((s, _expired_at(s, stale_ms)) for s in stale)
             ]
         closed: list[Stream] = []
