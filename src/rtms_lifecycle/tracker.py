@@ -239,7 +239,8 @@ class Tracker:
                         at,
                         Source.SYSTEM,
                         KnownStreamEvent(stream.stream_id, EventKind.STOPPED, at),
-                        stale_before=cutoff,
+                        # Only if no newer event came meanwhile: the stop time was read from it.
+                        stale_before=at - stale_ms + 1,
                     )
                 )
             closed.extend(
