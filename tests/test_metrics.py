@@ -216,9 +216,11 @@ def test_metrics_add_up_across_uvicorn_workers(sqlite_url: str, tmp_path: Path) 
 def test_a_missing_multiprocess_directory_is_a_configuration_error(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """PROMETHEUS_MULTIPROC_DIR naming no directory stops create_app with a clear error."""
+    """PROMETHEUS_MULTIPROC_DIR naming no directory stops create_app with a clear error,
+    before any database is created."""
     from rtms_lifecycle import ConfigurationError
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "absent"))
     with pytest.raises(ConfigurationError, match="PROMETHEUS_MULTIPROC_DIR"):
         create_app(sqlite_url, secrets=[SECRET])
+    assert not (tmp_path / "rtms.db").exists()

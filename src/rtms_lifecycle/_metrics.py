@@ -34,8 +34,9 @@ __all__ = [
     "STORE_FAILURES",
     "STORE_SECONDS",
     "NO_SCOPE",
+    "add_store_gauges",
     "exposition",
-    "registry_for",
+    "new_registry",
     "scope_label",
 ]
 
@@ -127,8 +128,12 @@ class _FromStore(Collector):
         yield active
 
 
-def registry_for(tracker: Tracker) -> CollectorRegistry:
-    """What ``GET /metrics`` shows for an app on ``tracker``."""
+def new_registry() -> CollectorRegistry:
+    """A registry of this process's metrics (or every worker's, in multiprocess mode).
+
+    Raises :class:`ConfigurationError` for a multiprocess directory that does not exist, before
+    anything else is set up.
+    """
     registry = CollectorRegistry(auto_describe=False)
     if os.environ.get(MULTIPROC_ENV):
         try:
@@ -140,8 +145,12 @@ def registry_for(tracker: Tracker) -> CollectorRegistry:
     else:
         for metric in _PROCESS_METRICS:
             registry.register(metric)
-    registry.register(_FromStore(tracker))
     return registry
+
+
+def add_store_gauges(registry: CollectorRegistry, tracker: Tracker) -> None:
+    """Add the gauges read from ``tracker``'s database at each scrape."""
+    registry.register(_FromStore(tracker))
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

@@ -486,9 +486,11 @@ def create_app(
     secrets = secrets_from_env() if secrets is None else secrets
     verifier = WebhookVerifier(secrets, replay_window=replay_window)
     token = _api_token(api_token)
+    registry = _metrics.new_registry() if metrics else None
     owned = not isinstance(db, Tracker)
     tracker = db if isinstance(db, Tracker) else Tracker(db or os.environ.get(DB_ENV) or None)
-    registry = _metrics.registry_for(tracker) if metrics else None
+    if registry is not None:
+        _metrics.add_store_gauges(registry, tracker)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
