@@ -1043,7 +1043,8 @@ def test_concurrency_alerts_and_latest_alert(tracker: Tracker, bulk: bool) -> No
 
 @pytest.mark.parametrize("stale_after", [timedelta(hours=1), 3600.0], ids=["timedelta", "seconds"])
 def test_expire_closes_only_stale_live_streams(tracker: Tracker, stale_after: Any) -> None:
-    """expire() stops live streams idle longer than stale_after, as source=system without reason."""
+    """expire() stops live streams idle longer than stale_after, as source=system without reason,
+    each at its last event plus stale_after."""
     now = now_ms()
     tracker.ingest_many(
         [
@@ -1060,9 +1061,9 @@ def test_expire_closes_only_stale_live_streams(tracker: Tracker, stale_after: An
         ]
     )
 
-    before = now_ms()
+    last_events = {"stale-started": now - 3 * HOUR, "stale-int": now - 2 * HOUR}
+    last_events["stale-res"] = now - 5 * HOUR + 2
     closed = tracker.expire(stale_after)
-    after = now_ms()
 
     assert ids(closed) == {"stale-started", "stale-int", "stale-res"}
     for stream in closed:
@@ -1070,8 +1071,7 @@ def test_expire_closes_only_stale_live_streams(tracker: Tracker, stale_after: An
         assert stream.state is State.STOPPED
         assert stream.stop_reason is None
         assert (stream.stop_reason_name, stream.stop_reason_category) == ("EXPIRED", "expired")
-        assert stream.stopped_at is not None
-        assert before <= stream.stopped_at <= after
+        assert stream.stopped_at == last_events[stream.stream_id] + HOUR
         last = tracker.audit(stream.stream_id)[-1]
         assert (last.name, last.kind, last.source, last.to_state) == (
             "stop",
@@ -1095,7 +1095,8 @@ def test_real_stop_arriving_after_expiry_replaces_it(tracker: Tracker) -> None:
     (expired,) = tracker.expire(timedelta(hours=1))
     assert expired.stop_reason_name == "EXPIRED"
 
-    result = tracker.ingest(body("stopped", "s1", now - 2 * HOUR, stop_reason=6))
+    # The expiry stopped it at its last event plus an hour: now - 2h. The real stop came before.
+    result = tracker.ingest(body("stopped", "s1", now - 2 * HOUR - MINUTE, stop_reason=6))
 
     assert result.outcome is Outcome.APPLIED
     assert result.transition is not None
@@ -1105,10 +1106,10 @@ def test_real_stop_arriving_after_expiry_replaces_it(tracker: Tracker) -> None:
     assert (stream.state, stream.stop_reason, stream.stopped_at) == (
         State.STOPPED,
         6,
-        now - 2 * HOUR,
+        now - 2 * HOUR - MINUTE,
     )
     assert (stream.stop_reason_name, stream.stop_reason_category) == ("MEETING_ENDED", "normal")
-    assert stream.last_event_at == now - 2 * HOUR
+    assert stream.last_event_at == now - 2 * HOUR - MINUTE
     assert [t.source for t in tracker.audit("s1")] == ["webhook", "system", "webhook"]
     assert [d.source for d in tracker.deliveries(stream_id="s1")] == [
         "webhook",

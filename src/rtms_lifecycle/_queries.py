@@ -59,8 +59,15 @@ def stream(conn: Connection, stream_id: str) -> Stream | None:
     return found[0] if found else None
 
 
-def active_streams(conn: Connection, scope: Scope | None, scope_id: str | None) -> list[Stream]:
-    # The live predicate is repeated verbatim so that SQLite picks the partial index.
+def _of_account(query: Any, account_id: str | None) -> Any:
+    return query if account_id is None else query.where(streams.c.account_id == account_id)
+
+
+def active_streams(
+    conn: Connection, scope: Scope | None, scope_id: str | None, account_id: str | None = None
+) -> list[Stream]:
+    # The live predicate is repeated verbatim so that SQLite picks the partial index (which
+    # holds every column, account_id included: the filters never leave it).
     query = select(*_STREAM_COLUMNS).where(
         _LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES])
     )
@@ -68,6 +75,7 @@ def active_streams(conn: Connection, scope: Scope | None, scope_id: str | None) 
         query = query.where(streams.c.scope == Scope(scope).value)
     if scope_id is not None:
         query = query.where(streams.c.scope_id == scope_id)
+    query = _of_account(query, account_id)
     return _streams(conn, query.order_by(streams.c.stream_id))
 
 
@@ -79,8 +87,11 @@ def list_streams(
     since: int | None,
     until: int | None,
     limit: int | None,
+    account_id: str | None = None,
 ) -> list[Stream]:
-    query = select(*_STREAM_COLUMNS).where(streams.c.state != State.NEW.value)
+    query = _of_account(
+        select(*_STREAM_COLUMNS).where(streams.c.state != State.NEW.value), account_id
+    )
     if states:
         values = [State(s).value for s in states]
         if State.STOPPED.value not in values:
@@ -149,13 +160,20 @@ def _window(column: Any, since: int | None, until: int | None) -> Any:
 
 
 def stop_reason_stats(
-    conn: Connection, since: int | None, until: int | None, by_scope: bool
+    conn: Connection,
+    since: int | None,
+    until: int | None,
+    by_scope: bool,
+    account_id: str | None = None,
 ) -> list[StopReasonStat]:
     # Only columns of ix_streams_stopped_at: the rows are never visited, the index answers.
     scope_column = streams.c.scope if by_scope else literal(None)
     duration = streams.c.stopped_at - streams.c.started_at
-    query = select(scope_column, streams.c.stop_reason, duration).where(
-        _window(streams.c.stopped_at, since, until)
+    query = _of_account(
+        select(scope_column, streams.c.stop_reason, duration).where(
+            _window(streams.c.stopped_at, since, until)
+        ),
+        account_id,
     )
     groups: dict[tuple[str | None, int | None], list[int | None]] = defaultdict(list)
     for key_scope, reason, took in conn.execute(query):
@@ -186,12 +204,18 @@ def stop_reason_stats(
 
 
 def interruption_stats(
-    conn: Connection, since: int | None, until: int | None, scope: Scope | None
+    conn: Connection,
+    since: int | None,
+    until: int | None,
+    scope: Scope | None,
+    account_id: str | None = None,
 ) -> InterruptionStats:
     began = streams.c.first_event_at
     where = [_window(began, since, until), streams.c.state != State.NEW.value]
     if scope is not None:
         where.append(streams.c.scope == Scope(scope).value)
+    if account_id is not None:
+        where.append(streams.c.account_id == account_id)
     total = conn.execute(select(func.count()).select_from(streams).where(*where)).scalar_one()
     interrupted = select(streams.c.stream_id).where(*where, streams.c.interruptions > 0)
     recovery_times: list[int] = []
@@ -273,8 +297,18 @@ def list_deliveries(
     ]
 
 
-def stale_streams(conn: Connection, cutoff: int) -> list[str]:
-    query = select(streams.c.stream_id).where(
+def stale_streams(conn: Connection, cutoff: int) -> list[Stream]:
+    query = select(*_STREAM_COLUMNS).where(
         _LIVE, streams.c.state != State.NEW.value, streams.c.last_event_at < cutoff
     )
-    return list(conn.execute(query.order_by(streams.c.stream_id)).scalars())
+    return _streams(conn, query.order_by(streams.c.stream_id))
+
+
+def active_counts(conn: Connection) -> dict[Scope, int]:
+    # Grouped inside the live partial index: a scrape costs what active_streams() costs.
+    query = (
+        select(streams.c.scope, func.count())
+        .where(_LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES]))
+        .group_by(streams.c.scope)
+    )
+    return {Scope(scope): count for scope, count in conn.execute(query)}

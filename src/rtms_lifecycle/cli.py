@@ -41,6 +41,7 @@ from . import _dburl, _migrate
 from ._bounds import MAX_COUNT, MAX_DURATION, MAX_EPOCH_MS, MIN_EPOCH_MS
 from ._cli_errors import BadInput, Failure, cli_errors
 from ._cli_reading import Reading
+from ._logging import LOG_FORMATS, LOG_LEVELS
 from .events import Scope
 from .machine import ACTIVE_STATES, State
 from .records import (
@@ -182,6 +183,9 @@ def _parsed_by(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Pa
 
 _JSON_OPTION: Final = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (docs/cli.md) instead of a table."
+)
+_ACCOUNT_OPTION: Final = click.option(
+    "--account", "account_id", metavar="ID", help="Only streams of this Zoom account_id."
 )
 
 
@@ -690,6 +694,7 @@ def ingest(app: _App, path: str, batch_size: int, as_json: bool) -> None:
     type=click.IntRange(min=1, max=MAX_COUNT),
     help=f"At most N streams (newest first); the table shows {_TABLE_STREAMS} unless given.",
 )
+@_ACCOUNT_OPTION
 @_JSON_OPTION
 @_pass_app
 def streams(
@@ -698,13 +703,16 @@ def streams(
     scope: str | None,
     active: bool,
     limit: int | None,
+    account_id: str | None,
     as_json: bool,
 ) -> None:
     """List stored streams, most recent activity first (all of them unless filtered)."""
     if active and states:
         raise click.UsageError("--active means --state started --state resumed: give one or other")
     wanted: Iterable[State | str] | None = ACTIVE_STATES if active else (states or None)
-    found = app.tracker(create=False).streams(wanted, scope=scope, limit=limit)
+    found = app.tracker(create=False).streams(
+        wanted, scope=scope, limit=limit, account_id=account_id
+    )
     if as_json:
         _emit_json([s.as_dict() for s in found])
         return
@@ -756,6 +764,7 @@ def stream_command(app: _App, stream_id: str, as_json: bool) -> None:
     is_flag=True,
     help="Interruption statistics (of streams that began in the window) instead.",
 )
+@_ACCOUNT_OPTION
 @_JSON_OPTION
 @_pass_app
 def stats(
@@ -764,20 +773,24 @@ def stats(
     until: int | None,
     by_scope: bool,
     interruptions: bool,
+    account_id: str | None,
     as_json: bool,
 ) -> None:
     """Why streams stopped: count, share and median duration per stop reason."""
     tracker = app.tracker(create=False)
     if interruptions:
         scopes: list[Scope | None] = list(Scope) if by_scope else [None]
-        rows = [(s, tracker.interruption_stats(since, until, scope=s)) for s in scopes]
+        rows = [
+            (s, tracker.interruption_stats(since, until, scope=s, account_id=account_id))
+            for s in scopes
+        ]
         if as_json:
             data = [{"scope": s.value, **r.as_dict()} for s, r in rows if s is not None]
             _emit_json(data if by_scope else rows[0][1].as_dict())
             return
         app.out.print(_interruptions_table([(s.value if s else None, r) for s, r in rows]))
         return
-    found = tracker.stop_reason_stats(since, until, by_scope=by_scope)
+    found = tracker.stop_reason_stats(since, until, by_scope=by_scope, account_id=account_id)
     if as_json:
         _emit_json([s.as_dict() for s in found])
         return
@@ -840,15 +853,20 @@ def alerts(app: _App, since: int | None, as_json: bool) -> None:
     required=True,
     help="Close live streams with no event for this long: 90s, 15m, 6h, 2d, 1h30m.",
 )
+@click.option("--dry-run", is_flag=True, help="Show what would be expired, and write nothing.")
 @_JSON_OPTION
 @_pass_app
-def expire(app: _App, stale_after: timedelta, as_json: bool) -> None:
-    """Stop live streams whose stopped webhook never came (stop reason EXPIRED)."""
-    closed = app.tracker().expire(stale_after)
+def expire(app: _App, stale_after: timedelta, dry_run: bool, as_json: bool) -> None:
+    """Stop live streams whose stopped webhook never came (stop reason EXPIRED).
+
+    Each stops at its last event plus --stale-after, when it became stale.
+    """
+    closed = app.tracker().expire(stale_after, dry_run=dry_run)
     if as_json:
         _emit_json([s.as_dict() for s in closed])
         return
-    app.out.print(_streams_table(f"Expired {len(closed):,} streams", closed))
+    verb = "Would expire" if dry_run else "Expired"
+    app.out.print(_streams_table(f"{verb} {len(closed):,} streams", closed))
 
 
 @cli.group()
@@ -910,14 +928,44 @@ def db_upgrade(app: _App, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--path", default="/webhook", show_default=True, help="The webhook's URL path.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="The receiver's and uvicorn's log level.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr as text, or as JSON objects (docs/operations.md).",
+)
+@click.option(
+    "--metrics/--no-metrics",
+    default=True,
+    show_default=True,
+    help="Serve GET /metrics (Prometheus; behind the API token when one is set).",
+)
 @_pass_app
-def serve(app: _App, host: str, port: int, path: str) -> None:
+def serve(
+    app: _App, host: str, port: int, path: str, log_level: str, log_format: str, metrics: bool
+) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:
         from . import server  # the 'server' extra: imported only when asked for
     except ImportError as exc:
         raise _Failure(str(exc)) from exc
-    server.run(host=host, port=port, path=path, db=app.db)
+    server.run(
+        host=host,
+        port=port,
+        path=path,
+        db=app.db,
+        log_level=log_level,
+        log_format="json" if log_format == "json" else "text",
+        metrics=metrics,
+    )
 
 
 # --- demo -----------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import logging.config
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -28,6 +30,8 @@ try:
     from fastapi.responses import JSONResponse, Response
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from starlette.requests import ClientDisconnect
+
+    from . import _metrics
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         f"rtms_lifecycle.server needs FastAPI and uvicorn ({exc.name} is missing): "
@@ -40,6 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import _dburl
 from ._bounds import MAX_COUNT, MAX_EPOCH_MS, MIN_EPOCH_MS
+from ._logging import LogFormat, log_config
 from .events import Scope, Source, UrlValidation, parse_delivery
 from .exceptions import ConfigurationError, StoreError, WebhookRefused
 from .machine import ACTIVE_STATES, State, TransitionName
@@ -248,6 +253,28 @@ class _Recorder:
         return await anyio.to_thread.run_sync(self._tracker.ingest, body, limiter=self._limiter)
 
 
+def _log_recorded(result: IngestResult, seconds: float) -> None:
+    # One line per delivery; the fields let a JSON log be searched by stream and outcome.
+    reason = result.error or result.detail
+    error = f": {reason}" if reason else ""
+    log.info(
+        "recorded delivery %s (%s, stream %s): %s%s",
+        result.delivery_id,
+        result.event or "?",
+        result.stream_id or "-",
+        result.outcome.value,
+        error,
+        extra={
+            "event": result.event,
+            "stream_id": result.stream_id,
+            "delivery_id": result.delivery_id,
+            "outcome": result.outcome.value,
+            "reason": reason,
+            "duration_ms": round(seconds * 1000, 3),
+        },
+    )
+
+
 def create_router(
     tracker: Tracker,
     verifier: WebhookVerifier,
@@ -297,6 +324,7 @@ def create_router(
         try:
             body = await _read_body(request, max_body_bytes)
         except _TooLarge:
+            _metrics.REFUSALS.labels("body_too_large").inc()
             return _error(413, "body_too_large", f"request body exceeds {max_body_bytes} bytes")
         except ClientDisconnect:
             # Nobody is left to answer, and half a body is nothing to record.
@@ -306,19 +334,34 @@ def create_router(
             secret = verifier.matching_secret(request.headers, body)
         except WebhookRefused as refused:
             client = request.client.host if request.client else "?"
-            log.warning("refused a webhook request from %s: %s", client, refused.reason)
+            _metrics.REFUSALS.labels(refused.reason).inc()
+            log.warning(
+                "refused a webhook request from %s: %s",
+                client,
+                refused.reason,
+                extra={"reason": str(refused.reason), "client": client},
+            )
             return _error(401, refused.reason, str(refused))
+        started = time.perf_counter()
         try:
             result = await recorder.ingest(body)
         except (StoreError, SQLAlchemyError):
-            log.exception("could not record a webhook delivery; answering 503 so Zoom retries")
+            took = time.perf_counter() - started
+            _metrics.STORE_FAILURES.inc()
+            _metrics.STORE_SECONDS.observe(took)
+            log.exception(
+                "could not record a webhook delivery; answering 503 so Zoom retries",
+                extra={"outcome": "store_failed", "duration_ms": round(took * 1000, 3)},
+            )
             return _error(
                 503, "store_unavailable", "the delivery could not be recorded; retry later"
             )
+        took = time.perf_counter() - started
+        _metrics.STORE_SECONDS.observe(took)
+        _metrics.DELIVERIES.labels(result.outcome.value, _metrics.scope_label(result.event)).inc()
+        _log_recorded(result, took)
         if result.event == _URL_VALIDATION and result.outcome is Outcome.APPLIED:
             return JSONResponse(_answer_url_validation(secret, body).model_dump())
-        if result.outcome is Outcome.REJECTED:
-            log.info("stored rejected delivery %s: %s", result.delivery_id, result.error)
         delivery = DeliveryAnswer(
             outcome=result.outcome, delivery_id=result.delivery_id, error=result.error
         )
@@ -377,13 +420,14 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         scope: Scope | None = None,
         active: Annotated[bool, Query(description="Only started or resumed.")] = False,
         limit: Annotated[int | None, Query(ge=1, le=MAX_COUNT)] = None,
+        account_id: Annotated[str | None, Query(description="One Zoom account.")] = None,
     ) -> list[StreamModel]:
         states: set[State] | None = set(state) if state else None
         if active:
             states = set(ACTIVE_STATES) & states if states is not None else set(ACTIVE_STATES)
             if not states:
                 return []  # the tracker reads an empty filter as "every state"
-        found = tracker.streams(states, scope=scope, limit=limit)
+        found = tracker.streams(states, scope=scope, limit=limit, account_id=account_id)
         return [StreamModel.of(stream) for stream in found]
 
     @router.get(
@@ -403,8 +447,11 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         since: Annotated[_EpochMs | datetime | None, Query(description=_TIME_DOC)] = None,
         until: Annotated[_EpochMs | datetime | None, Query(description=_TIME_DOC)] = None,
         by_scope: bool = False,
+        account_id: Annotated[str | None, Query(description="One Zoom account.")] = None,
     ) -> list[StopReasonStatModel]:
-        stats = tracker.stop_reason_stats(_epoch_ms(since), _epoch_ms(until), by_scope)
+        stats = tracker.stop_reason_stats(
+            _epoch_ms(since), _epoch_ms(until), by_scope, account_id=account_id
+        )
         return [StopReasonStatModel.of(stat) for stat in stats]
 
     return router
@@ -426,26 +473,40 @@ def create_app(
     api_token: str | None = None,
     replay_window: float = DEFAULT_REPLAY_WINDOW,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    metrics: bool = True,
 ) -> FastAPI:
-    """The receiver: ``POST {path}``, ``GET /healthz`` and, with a token, the read API.
+    """The receiver: ``POST {path}``, ``GET /healthz``, ``GET /metrics`` and, with a token, the
+    read API.
 
     ``db``: a URL, an engine or a ready :class:`Tracker` (which the caller then closes); by
     default ``RTMS_LIFECYCLE_DB``, else the tracker's default. ``secrets``: by default
     ``ZOOM_WEBHOOK_SECRET_TOKEN``; without any the app refuses to start
     (:class:`ConfigurationError`). ``api_token``: by default ``RTMS_LIFECYCLE_API_TOKEN``; the
-    read API exists only when one is set.
+    read API exists only when one is set, and then guards ``/metrics`` too. ``metrics``:
+    whether to serve ``/metrics`` (Prometheus' text format; docs/operations.md).
     """
     # Verify the configuration before touching a database: a misconfigured receiver should
     # fail without creating anything.
-    verifier = WebhookVerifier(
-        secrets_from_env() if secrets is None else secrets, replay_window=replay_window
-    )
+    secrets = secrets_from_env() if secrets is None else secrets
+    verifier = WebhookVerifier(secrets, replay_window=replay_window)
     token = _api_token(api_token)
+    registry = _metrics.new_registry() if metrics else None
     owned = not isinstance(db, Tracker)
     tracker = db if isinstance(db, Tracker) else Tracker(db or os.environ.get(DB_ENV) or None)
+    if registry is not None:
+        _metrics.add_store_gauges(registry, tracker)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        log.info(
+            "receiver ready: database %s, %d webhook secret(s), webhook path %s, "
+            "read API %s, metrics %s",
+            tracker.engine.url.render_as_string(hide_password=True),
+            len(secrets),
+            path,
+            "on" if token is not None else "off (no API token)",
+            "off" if registry is None else "on" + (" (token required)" if token else ""),
+        )
         yield
         if owned:
             tracker.close()
@@ -472,6 +533,20 @@ def create_app(
             return HealthAnswer(status="ok")
         return JSONResponse(HealthAnswer(status="unavailable").model_dump(), status_code=503)
 
+    if registry is not None:
+        guard = [Depends(_RequireToken(token))] if token is not None else []
+
+        @app.get(
+            "/metrics",
+            tags=["health"],
+            summary="Prometheus metrics (text format)",
+            dependencies=guard,
+            response_class=Response,
+            responses={200: {"content": {_metrics.CONTENT_TYPE: {}}}},
+        )
+        def metrics_page() -> Response:
+            return Response(_metrics.exposition(registry), media_type=_metrics.CONTENT_TYPE)
+
     return app
 
 
@@ -480,8 +555,26 @@ def run(
     port: int = 8000,
     path: str = DEFAULT_PATH,
     db: str | None = None,
+    *,
+    log_level: str = "info",
+    log_format: LogFormat = "text",
+    metrics: bool = True,
 ) -> None:
-    """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted."""
-    app = create_app(db, path=path)
+    """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
+
+    ``log_level`` and ``log_format`` (``text`` or ``json`` lines) apply to the library's loggers
+    and uvicorn's, all on stderr.
+    """
+    config = log_config(log_level, log_format)
+    # Configured before the app exists, so that what creating it logs is formatted too.
+    logging.config.dictConfig(config)
+    app = create_app(db, path=path, metrics=metrics)
     # The access log shows method, path and status only: never a header, so never a signature.
-    uvicorn.run(app, host=host, port=port, server_header=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        server_header=False,
+        log_config=config,
+        log_level=log_level.lower(),
+    )

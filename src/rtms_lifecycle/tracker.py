@@ -7,7 +7,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, overload
 
@@ -202,34 +202,48 @@ class Tracker:
         assert result is not None
         return result
 
-    def expire(self, stale_after: timedelta | float) -> list[Stream]:
-        """Stop every live stream with no event for ``stale_after`` (spec section 7).
+    def expire(self, stale_after: timedelta | float, *, dry_run: bool = False) -> list[Stream]:
+        """Stop every live stream with no event for ``stale_after``.
 
-        Each gets a ``source=system`` ``stopped`` event at now with no stop reason. A real
-        ``stopped`` arriving later carries an older time, so the fold applies it instead.
+        Each gets a ``source=system`` ``stopped`` event with no stop reason, at its
+        ``last_event_at`` plus ``stale_after``: the moment it became stale, not the moment this
+        ran, so a late expiry does not stretch the stream's duration. A real ``stopped`` that
+        arrives later with an older ``event_ts`` is folded in first and wins over the expiry.
+        With ``dry_run``, nothing is written: the streams are returned as the expiry would
+        leave them.
         """
         seconds = (
             stale_after.total_seconds()
             if isinstance(stale_after, timedelta)
             else float(stale_after)
         )
-        now = now_ms()
-        cutoff = now - int(seconds * 1000)
+        stale_ms = int(seconds * 1000)
+        cutoff = now_ms() - stale_ms
         with self._store.read() as conn:
             stale = _queries.stale_streams(conn, cutoff)
+        if dry_run:
+            return [
+                replace(
+                    stream, state=State.STOPPED, stopped_at=at, last_event_at=at, stop_reason=None
+                )
+                for stream, at in ((s, _expired_at(s, stale_ms)) for s in stale)
+            ]
         closed: list[Stream] = []
         for start in range(0, len(stale), DEFAULT_BATCH_SIZE):
-            items = [
-                _synthetic(
-                    "system.rtms_expired",
-                    stream_id,
-                    now,
-                    Source.SYSTEM,
-                    KnownStreamEvent(stream_id, EventKind.STOPPED, now),
-                    stale_before=cutoff,
+            items = []
+            for stream in stale[start : start + DEFAULT_BATCH_SIZE]:
+                at = _expired_at(stream, stale_ms)
+                items.append(
+                    _synthetic(
+                        "system.rtms_expired",
+                        stream.stream_id,
+                        at,
+                        Source.SYSTEM,
+                        KnownStreamEvent(stream.stream_id, EventKind.STOPPED, at),
+                        # Only if no newer event came meanwhile: the stop time was read from it.
+                        stale_before=at - stale_ms + 1,
+                    )
                 )
-                for stream_id in stale[start : start + DEFAULT_BATCH_SIZE]
-            ]
             closed.extend(
                 r.stream
                 for r in self._record(items)
@@ -308,11 +322,20 @@ class Tracker:
             return _queries.stream(conn, stream_id)
 
     def active_streams(
-        self, scope: Scope | str | None = None, scope_id: str | None = None
+        self,
+        scope: Scope | str | None = None,
+        scope_id: str | None = None,
+        *,
+        account_id: str | None = None,
     ) -> list[Stream]:
-        """Streams whose media flows now (started or resumed), read through a partial index."""
+        """Streams whose media flows now (started or resumed), read through a partial index.
+
+        ``account_id`` keeps the streams of one Zoom account.
+        """
         with self._store.read() as conn:
-            return _queries.active_streams(conn, Scope(scope) if scope else None, scope_id)
+            return _queries.active_streams(
+                conn, Scope(scope) if scope else None, scope_id, account_id
+            )
 
     def streams(
         self,
@@ -323,8 +346,10 @@ class Tracker:
         since: Timestamp | None = None,
         until: Timestamp | None = None,
         limit: int | None = None,
+        account_id: str | None = None,
     ) -> list[Stream]:
-        """Stored streams, newest activity first; ``since``/``until`` keep streams alive then."""
+        """Stored streams, newest activity first; ``since``/``until`` keep streams alive then,
+        ``account_id`` those of one Zoom account."""
         states = sorted(_set(state, State) or ())
         with self._store.read() as conn:
             return _queries.list_streams(
@@ -335,6 +360,7 @@ class Tracker:
                 _ms(since),
                 _ms(until),
                 limit,
+                account_id,
             )
 
     def history(self, stream_id: str) -> list[Transition]:
@@ -374,23 +400,31 @@ class Tracker:
             return _queries.list_deliveries(conn, _set(outcome, Outcome), stream_id, limit)
 
     def stop_reason_stats(
-        self, since: Timestamp | None = None, until: Timestamp | None = None, by_scope: bool = False
+        self,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        by_scope: bool = False,
+        *,
+        account_id: str | None = None,
     ) -> list[StopReasonStat]:
         """Per stop reason (and scope): count, share and median duration of streams stopped
-        in ``[since, until)``."""
+        in ``[since, until)`` (of one Zoom account with ``account_id``)."""
         with self._store.read() as conn:
-            return _queries.stop_reason_stats(conn, _ms(since), _ms(until), by_scope)
+            return _queries.stop_reason_stats(conn, _ms(since), _ms(until), by_scope, account_id)
 
     def interruption_stats(
         self,
         since: Timestamp | None = None,
         until: Timestamp | None = None,
         scope: Scope | str | None = None,
+        *,
+        account_id: str | None = None,
     ) -> InterruptionStats:
-        """Interruptions of streams that began in ``[since, until)`` and how they recovered."""
+        """Interruptions of streams that began in ``[since, until)`` and how they recovered
+        (of one Zoom account with ``account_id``)."""
         with self._store.read() as conn:
             return _queries.interruption_stats(
-                conn, _ms(since), _ms(until), Scope(scope) if scope else None
+                conn, _ms(since), _ms(until), Scope(scope) if scope else None, account_id
             )
 
     def concurrency_alerts(
@@ -429,6 +463,12 @@ def _synthetic(
     body = {"event": event, "event_ts": event_ts, "payload": {"rtms_stream_id": stream_id}}
     raw = json.dumps(body, separators=(",", ":"), default=repr).encode()
     return Incoming(raw, parsed, source, errors, event=event, stale_before=stale_before)
+
+
+def _expired_at(stream: Stream, stale_ms: int) -> int:
+    # A live stream always has a last event (the one that made it live).
+    assert stream.last_event_at is not None
+    return stream.last_event_at + stale_ms
 
 
 def _parse_cursor(cursor: str | None) -> tuple[int, int]:

@@ -227,6 +227,20 @@ def bench_queries(path: Path, months: int, repeat: int) -> list[dict[str, Any]]:
     active = len(tracker.active_streams())
     print(f"{total:,} streams, {active:,} active; {in_month:,} stops in the month measured")
     print("active_streams() plan:", *query_plan(tracker, tracker.active_streams), sep="\n  ")
+    account = "acct-0007"
+    in_account = conn.execute(
+        "SELECT count(*) FROM streams WHERE account_id = ? AND stopped_at >= ? AND stopped_at < ?",
+        (account, month_start, month_end),
+    ).fetchone()[0]
+
+    def account_stats() -> None:
+        tracker.stop_reason_stats(month_start, month_end, account_id=account)
+
+    def account_active() -> None:
+        tracker.active_streams(account_id=account)
+
+    print("account_id= plans:", *query_plan(tracker, account_stats), sep="\n  ")
+    print(*query_plan(tracker, account_active), sep="\n  ")
 
     def raw_active() -> None:
         conn.execute(
@@ -268,6 +282,18 @@ def bench_queries(path: Path, months: int, repeat: int) -> list[dict[str, Any]]:
             timed(tracker.stop_reason_stats, 5, warmup=1),
             timed(lambda: raw_stats(conn, None, None), 5, warmup=1),
             None,
+        ),
+        (
+            f"active_streams(account_id=) (of {active:,})",
+            timed(account_active, repeat),
+            timed(raw_active, repeat),
+            5.0,
+        ),
+        (
+            f"stop_reason_stats(account_id=), a month ({in_account:,})",
+            timed(account_stats, max(repeat // 5, 5)),
+            timed(lambda: raw_stats(conn, month_start, month_end), max(repeat // 5, 5)),
+            300.0,
         ),
         (
             "stream(id) + history(id)",

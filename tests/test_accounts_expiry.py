@@ -1,0 +1,180 @@
+"""Account filters and expiry's stop time and dry run, on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rtms_lifecycle import Outcome, Scope, State, Tracker
+from rtms_lifecycle.cli import cli
+from rtms_lifecycle.server import create_app
+from rtms_lifecycle.store import now_ms
+from tests._deliveries import body
+from tests._live import SECRET, serving
+
+HOUR = 3_600_000
+MINUTE = 60_000
+TOKEN = "read-token"
+
+
+def invoke_json(db: str, *args: str) -> Any:
+    """Run a command with --json in-process; it must succeed."""
+    result = CliRunner().invoke(cli, ["--db", db, *args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def tracker(db_url: str) -> Iterator[Tracker]:
+    """A Tracker on a fresh database of each backend."""
+    with Tracker(db_url) as t:
+        yield t
+
+
+@pytest.fixture
+def accounts(tracker: Tracker) -> int:
+    """Streams of two accounts (and one without): live, stopped and interrupted; returns now."""
+    now = now_ms()
+    a, b = {"account_id": "acct-a"}, {"account_id": "acct-b"}
+    tracker.ingest_many(
+        [
+            body("started", "a-live", now - HOUR, **a),
+            body("started", "a-done", now - 3 * HOUR, **a),
+            body("interrupted", "a-done", now - 3 * HOUR + MINUTE, **a),
+            body("started", "a-done", now - 3 * HOUR + 2 * MINUTE, **a),
+            body("stopped", "a-done", now - 2 * HOUR, stop_reason=6, **a),
+            body("started", "b-live", now - HOUR, scope=Scope.WEBINAR, **b),
+            body("started", "b-done", now - 3 * HOUR, **b),
+            body("stopped", "b-done", now - 2 * HOUR, stop_reason=10, **b),
+            body("started", "no-account", now - HOUR),
+        ]
+    )
+    return now
+
+
+def ids(streams: Any) -> set[str]:
+    """Stream ids of Streams or of their JSON."""
+    return {s["stream_id"] if isinstance(s, dict) else s.stream_id for s in streams}
+
+
+# --- account filters ------------------------------------------------------------------------------
+
+
+def test_streams_of_one_account(tracker: Tracker, accounts: int) -> None:
+    """streams(account_id=) and active_streams(account_id=) keep that account's streams only."""
+    assert ids(tracker.streams(account_id="acct-a")) == {"a-live", "a-done"}
+    assert ids(tracker.streams(State.STOPPED, account_id="acct-b")) == {"b-done"}
+    assert ids(tracker.active_streams(account_id="acct-b")) == {"b-live"}
+    assert ids(tracker.active_streams(Scope.MEETING, account_id="acct-b")) == set()
+    assert tracker.streams(account_id="acct-z") == []
+
+
+def test_stop_reason_stats_of_one_account(tracker: Tracker, accounts: int) -> None:
+    """stop_reason_stats(account_id=) counts that account's stops only, shares within it."""
+    (only,) = tracker.stop_reason_stats(account_id="acct-b")
+    assert (only.stop_reason, only.count, only.share) == (10, 1, 1.0)
+    assert sum(s.count for s in tracker.stop_reason_stats()) == 2
+
+
+def test_interruption_stats_of_one_account(tracker: Tracker, accounts: int) -> None:
+    """interruption_stats(account_id=) counts that account's streams and interruptions only."""
+    a = tracker.interruption_stats(account_id="acct-a")
+    b = tracker.interruption_stats(account_id="acct-b")
+    assert (a.streams, a.interrupted_streams, a.recovered) == (2, 1, 1)
+    assert (b.streams, b.interrupted_streams) == (2, 0)
+
+
+def test_cli_account_filters(db_url: str, accounts: int) -> None:
+    """streams --account and stats --account (stop reasons, interruptions) filter by account."""
+    assert ids(invoke_json(db_url, "streams", "--account", "acct-a")) == {"a-live", "a-done"}
+    assert ids(invoke_json(db_url, "streams", "--active", "--account", "acct-b")) == {"b-live"}
+    stats = invoke_json(db_url, "stats", "--account", "acct-a")
+    assert [(s["stop_reason"], s["count"]) for s in stats] == [(6, 1)]
+    interruptions = invoke_json(db_url, "stats", "--interruptions", "--account", "acct-b")
+    assert interruptions["streams"] == 2
+    assert interruptions["interruptions"] == 0
+
+
+def test_read_api_account_filters(tracker: Tracker, accounts: int) -> None:
+    """The read API's account_id parameter filters /streams and /stats/stop-reasons."""
+    app = create_app(tracker, secrets=[SECRET], api_token=TOKEN)
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with serving(app) as url, httpx.Client(base_url=url, headers=auth) as client:
+        streams = client.get("/streams", params={"account_id": "acct-b", "active": "true"})
+        stats = client.get("/stats/stop-reasons", params={"account_id": "acct-a"})
+    assert ids(streams.json()) == {"b-live"}
+    assert [(s["stop_reason"], s["count"]) for s in stats.json()] == [(6, 1)]
+
+
+# --- expiry ---------------------------------------------------------------------------------------
+
+
+def test_dry_run_shows_the_expiry_and_writes_nothing(tracker: Tracker, accounts: int) -> None:
+    """expire(dry_run=True) returns the streams as the expiry would leave them; nothing changes."""
+    before = (tracker.streams(), tracker.deliveries(limit=None))
+    planned = tracker.expire(timedelta(minutes=30), dry_run=True)
+    assert (tracker.streams(), tracker.deliveries(limit=None)) == before
+    done = tracker.expire(timedelta(minutes=30))
+    assert planned == done
+    assert ids(done) == {"a-live", "b-live", "no-account"}
+
+
+def test_cli_expire_dry_run(db_url: str, accounts: int) -> None:
+    """expire --dry-run prints what expire would print, and a second look finds them still live."""
+    planned = invoke_json(db_url, "expire", "--stale-after", "30m", "--dry-run")
+    assert len(invoke_json(db_url, "streams", "--active")) == 3
+    assert planned == invoke_json(db_url, "expire", "--stale-after", "30m")
+    assert invoke_json(db_url, "streams", "--active") == []
+    result = CliRunner().invoke(cli, ["--db", db_url, "expire", "--stale-after", "1m", "--dry-run"])
+    assert "Would expire 0 streams" in result.stdout
+
+
+def test_expiry_stops_at_last_event_plus_stale_after(tracker: Tracker) -> None:
+    """An expired stream's duration is its silence bound, however late the expiry ran."""
+    now = now_ms()
+    tracker.ingest(body("started", "old", now - 600 * 24 * HOUR))
+    (expired,) = tracker.expire(timedelta(hours=6))
+    assert expired.stopped_at == now - 600 * 24 * HOUR + 6 * HOUR
+    (stat,) = tracker.stop_reason_stats()
+    assert stat.median_duration_ms == 6 * HOUR
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(real_stop_before=st.integers(min_value=1, max_value=6 * HOUR - 1), stop_first=st.booleans())
+def test_a_real_stop_before_the_expiry_time_wins_in_any_order(
+    db_url: str, real_stop_before: int, stop_first: bool
+) -> None:
+    """A real stop older than the expiry's time gives the same stream whether it came before or
+    after the expiry."""
+    now = now_ms()
+    start = now - 10 * HOUR
+    sid = f"s-{real_stop_before}-{stop_first}"
+    stop_at = start + 6 * HOUR - real_stop_before
+    stop = body("stopped", sid, stop_at, stop_reason=6)
+    with Tracker(db_url) as tracker:
+        tracker.ingest(body("started", sid, start))
+        if stop_first:
+            assert tracker.ingest(stop).outcome is Outcome.APPLIED
+        tracker.expire(timedelta(hours=6))
+        if not stop_first:
+            assert tracker.ingest(stop).outcome is Outcome.APPLIED
+        stream = tracker.stream(sid)
+    assert stream is not None
+    assert (stream.state, stream.stop_reason, stream.stopped_at, stream.last_event_at) == (
+        State.STOPPED,
+        6,
+        stop_at,
+        stop_at,
+    )

@@ -1,0 +1,119 @@
+"""``serve --log-level --log-format``: what a real receiver writes to stderr, read back."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.engine import make_url
+
+from rtms_lifecycle.cli import cli
+from tests import _deliveries
+from tests._live import signed
+from tests._served import Served, serve_command
+
+T0 = 1_700_000_000_000
+PASSWORD = "s3cret-pw"
+
+
+def deliver(served: Served, body: bytes, **sign_kwargs: Any) -> int:
+    """POST ``body`` to the webhook, signed unless told otherwise; the status code."""
+    headers = signed(body, **sign_kwargs)
+    return httpx.post(f"{served.url}/webhook", content=body, headers=headers).status_code
+
+
+def json_lines(lines: list[str]) -> list[dict[str, Any]]:
+    """Every line parsed: a JSON log has nothing else on stderr."""
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def test_json_lines_carry_the_delivery_fields(sqlite_url: str, tmp_path: Path) -> None:
+    """--log-format json: one JSON object per line; a delivery's carries event, stream_id,
+    outcome, reason and duration_ms."""
+    with serve_command(sqlite_url, tmp_path, "--log-format", "json") as served:
+        assert deliver(served, _deliveries.raw("started", "m-1", T0)) == 200
+        assert deliver(served, b'{"event": "meeting.rtms_stopped", "event_ts": 1}') == 200
+    logged = json_lines(served.lines())
+    recorded = [line for line in logged if line.get("delivery_id") is not None]
+    applied, rejected = recorded
+    assert applied["event"] == "meeting.rtms_started"
+    assert applied["stream_id"] == "m-1"
+    assert applied["outcome"] == "applied"
+    assert applied["level"] == "info"
+    assert applied["logger"] == "rtms_lifecycle.server"
+    assert isinstance(applied["duration_ms"], float)
+    assert "reason" not in applied
+    assert rejected["outcome"] == "rejected"
+    assert "payload" in rejected["reason"]
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in logged)
+    access = [line for line in logged if line["logger"] == "uvicorn.access"]
+    assert any("POST /webhook" in line["message"] for line in access)
+
+
+def test_json_refusal_carries_its_reason(sqlite_url: str, tmp_path: Path) -> None:
+    """A refused request's JSON line is a warning with the refusal reason and the client."""
+    body = _deliveries.raw("started", "m-1", T0)
+    with serve_command(sqlite_url, tmp_path, "--log-format", "json") as served:
+        assert deliver(served, body, ts=int(time.time()) - 3600) == 401
+    (refusal,) = [line for line in json_lines(served.lines()) if line.get("reason")]
+    assert (refusal["level"], refusal["reason"], refusal["client"]) == (
+        "warning",
+        "timestamp_stale",
+        "127.0.0.1",
+    )
+
+
+@pytest.mark.postgres
+def test_startup_line_names_the_database_without_its_password(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The start-up line names the database (password masked), the secrets, the read API and
+    metrics."""
+    with_password = make_url(postgres_url).set(password=PASSWORD).render_as_string(False)
+    env = {"RTMS_LIFECYCLE_API_TOKEN": "token", "ZOOM_WEBHOOK_SECRET_TOKEN": "one,two"}
+    with serve_command(with_password, tmp_path, "--log-format", "json", env=env) as served:
+        pass
+    text = "\n".join(served.lines())
+    assert PASSWORD not in text
+    (ready,) = [m for m in json_lines(served.lines()) if "receiver ready" in m["message"]]
+    assert make_url(with_password).render_as_string(hide_password=True) in ready["message"]
+    assert "2 webhook secret(s)" in ready["message"]
+    assert "read API on" in ready["message"]
+    assert "metrics on (token required)" in ready["message"]
+
+
+def test_text_lines_by_default(sqlite_url: str, tmp_path: Path) -> None:
+    """Without --log-format, lines are text: UTC time, level, logger, message."""
+    with serve_command(sqlite_url, tmp_path) as served:
+        assert deliver(served, _deliveries.raw("started", "m-1", T0)) == 200
+    pattern = re.compile(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ INFO rtms_lifecycle\.server: recorded delivery 1 "
+        r"\(meeting\.rtms_started, stream m-1\): applied$"
+    )
+    assert any(pattern.match(line) for line in served.lines()), served.lines()
+    assert any("receiver ready: database sqlite:///" in line for line in served.lines())
+    assert any("read API off" in line and "metrics on" in line for line in served.lines())
+
+
+def test_log_level_warning_leaves_out_info(sqlite_url: str, tmp_path: Path) -> None:
+    """--log-level warning keeps refusals and drops the per-delivery and access lines."""
+    body = _deliveries.raw("started", "m-1", T0)
+    with serve_command(sqlite_url, tmp_path, "--log-level", "warning") as served:
+        assert deliver(served, body) == 200
+        assert deliver(served, body, secret="guessed") == 401
+    lines = served.lines()
+    assert not any("recorded delivery" in line or "receiver ready" in line for line in lines)
+    assert any("WARNING" in line and "signature_invalid" in line for line in lines), lines
+
+
+def test_unknown_log_format_is_a_usage_error(sqlite_url: str) -> None:
+    """serve --log-format xml is refused before anything starts, naming the choices."""
+    result = CliRunner().invoke(cli, ["--db", sqlite_url, "serve", "--log-format", "xml"])
+    assert result.exit_code == 2
+    assert "'text', 'json'" in result.stderr or "text, json" in result.stderr

@@ -1,0 +1,226 @@
+"""``GET /metrics``: scraped from real receivers on loopback, read with Prometheus' own parser."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from rtms_lifecycle import Tracker, _migrate
+from rtms_lifecycle._metrics import scope_label
+from rtms_lifecycle.server import create_app
+from tests import _deliveries
+from tests._live import SECRET, serving, signed
+from tests._served import serve_command, uvicorn_workers
+
+TOKEN = "metrics-token"
+T0 = 1_700_000_000_000
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(text: str) -> Samples:
+    """Every sample of an exposition, by name and labels, parsed by prometheus-client."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[sample.name, frozenset(sample.labels.items())] = sample.value
+    return found
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    """One sample's value; 0 when absent (a counter not yet incremented)."""
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def scrape(url: str, token: str | None = None) -> Samples:
+    """GET /metrics, which must answer 200 in Prometheus' text format."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    answer = httpx.get(f"{url}/metrics", headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain; version=")
+    return samples(answer.text)
+
+
+def deliver(url: str, body: bytes, **sign_kwargs: Any) -> httpx.Response:
+    """POST ``body`` to the webhook on a new connection, signed unless told otherwise."""
+    return httpx.post(f"{url}/webhook", content=body, headers=signed(body, **sign_kwargs))
+
+
+def test_scope_label_only_names_known_scopes() -> None:
+    """A delivery's scope label is its event's known prefix, else none: no label from a sender."""
+    assert scope_label("meeting.rtms_started") == "meeting"
+    assert scope_label("contact_center.voice_rtms_stopped") == "contact_center"
+    assert scope_label("rtms.concurrency_limited") == "none"
+    assert scope_label("evil-label.rtms_started") == "none"
+    assert scope_label(None) == "none"
+
+
+def test_metrics_count_deliveries_by_outcome_and_scope(db_url: str, tmp_path: Path) -> None:
+    """Each recorded delivery counts once under its outcome and scope, and its write is timed."""
+    started = _deliveries.raw("started", "m-1", T0)
+    webinar = _deliveries.raw("started", "w-1", T0, scope=_deliveries.Scope.WEBINAR)
+    with serve_command(db_url, tmp_path) as served:
+        for body in (started, started, webinar, b'{"event": "meeting.rtms_started"}'):
+            assert deliver(served.url, body).status_code == 200
+        found = scrape(served.url)
+    total = "rtms_lifecycle_deliveries_total"
+    assert value(found, total, outcome="applied", scope="meeting") == 1
+    assert value(found, total, outcome="duplicate", scope="meeting") == 1
+    assert value(found, total, outcome="applied", scope="webinar") == 1
+    assert value(found, total, outcome="rejected", scope="meeting") == 1
+    assert value(found, "rtms_lifecycle_store_seconds_count") == 4
+    assert value(found, "rtms_lifecycle_store_seconds_bucket", le="+Inf") == 4
+    assert value(found, "rtms_lifecycle_store_failures_total") == 0
+
+
+def test_metrics_count_refusals_by_reason(sqlite_url: str, tmp_path: Path) -> None:
+    """Refused requests count under their reason: forged, stale, unsigned, too large."""
+    body = _deliveries.raw("started", "m-1", T0)
+    with serve_command(sqlite_url, tmp_path) as served:
+        assert deliver(served.url, body, secret="guessed").status_code == 401
+        assert deliver(served.url, body, ts=int(time.time()) - 3600).status_code == 401
+        assert httpx.post(f"{served.url}/webhook", content=body).status_code == 401
+        assert deliver(served.url, b"{" + b" " * 70_000 + b"}").status_code == 413
+        found = scrape(served.url)
+    refusals = "rtms_lifecycle_webhook_refusals_total"
+    assert value(found, refusals, reason="signature_invalid") == 1
+    assert value(found, refusals, reason="timestamp_stale") == 1
+    assert value(found, refusals, reason="signature_missing") == 1
+    assert value(found, refusals, reason="body_too_large") == 1
+    assert not any(name == "rtms_lifecycle_deliveries_total" for name, _ in found)
+
+
+def test_metrics_need_the_api_token_when_one_is_set(sqlite_url: str, tmp_path: Path) -> None:
+    """With an API token, /metrics answers 401 without it and the metrics with it."""
+    with serve_command(sqlite_url, tmp_path, env={"RTMS_LIFECYCLE_API_TOKEN": TOKEN}) as served:
+        assert httpx.get(f"{served.url}/metrics").status_code == 401
+        wrong = {"authorization": "Bearer nope"}
+        assert httpx.get(f"{served.url}/metrics", headers=wrong).status_code == 401
+        assert value(scrape(served.url, TOKEN), "rtms_lifecycle_store_failures_total") == 0
+
+
+def test_no_metrics_serves_no_metrics(sqlite_url: str, tmp_path: Path) -> None:
+    """serve --no-metrics has no /metrics route."""
+    with serve_command(sqlite_url, tmp_path, "--no-metrics") as served:
+        assert httpx.get(f"{served.url}/metrics").status_code == 404
+
+
+def test_info_names_version_and_schema_revision(sqlite_url: str, tmp_path: Path) -> None:
+    """rtms_lifecycle_info is 1, labelled with the package version and the schema revision."""
+    from importlib.metadata import version
+
+    with serve_command(sqlite_url, tmp_path) as served:
+        found = scrape(served.url)
+    labels = {"version": version("rtms-lifecycle"), "schema_revision": _migrate.head_revision()}
+    assert value(found, "rtms_lifecycle_info", **labels) == 1
+
+
+@pytest.mark.postgres
+def test_active_streams_agree_across_receivers(postgres_url: str, tmp_path: Path) -> None:
+    """Two receivers on one database report the same active streams, whichever got the events."""
+    bodies = [
+        _deliveries.raw("started", "m-1", T0),
+        _deliveries.raw("started", "m-2", T0),
+        _deliveries.raw("stopped", "m-2", T0 + 1),
+        _deliveries.raw("started", "s-1", T0, scope=_deliveries.Scope.SESSION),
+    ]
+    with (
+        serve_command(postgres_url, tmp_path) as first,
+        serve_command(postgres_url, tmp_path) as second,
+    ):
+        for body in bodies:
+            assert deliver(first.url, body).status_code == 200
+        for served in (first, second):
+            found = scrape(served.url)
+            assert value(found, "rtms_lifecycle_active_streams", scope="meeting") == 1
+            assert value(found, "rtms_lifecycle_active_streams", scope="session") == 1
+            assert value(found, "rtms_lifecycle_active_streams", scope="webinar") == 0
+        assert value(scrape(second.url), "rtms_lifecycle_deliveries_total") == 0
+
+
+def test_store_failure_is_counted(sqlite_url: str, tmp_path: Path) -> None:
+    """A delivery the store cannot record (its table gone) answers 503 and counts as a failure."""
+    with ExitStack() as stack:
+        tracker = stack.enter_context(Tracker(sqlite_url))
+        url = stack.enter_context(serving(create_app(tracker, secrets=[SECRET])))
+        assert deliver(url, _deliveries.raw("started", "m-1", T0)).status_code == 200
+        with sqlite3.connect(tmp_path / "rtms.db") as conn:
+            conn.execute("ALTER TABLE deliveries RENAME TO deliveries_gone")
+        assert deliver(url, _deliveries.raw("started", "m-2", T0)).status_code == 503
+        found = scrape(url)
+    assert value(found, "rtms_lifecycle_store_failures_total") >= 1
+    assert value(found, "rtms_lifecycle_deliveries_total", outcome="applied", scope="meeting") >= 1
+
+
+def _per_worker(directory: Path) -> dict[str, float]:
+    """Deliveries counted by each worker process, read from its own multiprocess files."""
+    counted: dict[str, float] = {}
+    for file in directory.glob("counter_*.db"):
+        pid = file.stem.removeprefix("counter_")
+        alone = directory.parent / f"worker-{pid}"
+        alone.mkdir(exist_ok=True)
+        shutil.copy(file, alone)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        counted[pid] = sum(
+            s.value
+            for family in registry.collect()
+            for s in family.samples
+            if s.name == "rtms_lifecycle_deliveries_total"
+        )
+    return counted
+
+
+def test_metrics_add_up_across_uvicorn_workers(sqlite_url: str, tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR, every worker's scrape shows the deliveries of all workers."""
+    Tracker(sqlite_url).close()  # the schema exists before two workers open the database
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    sent = 0
+    with uvicorn_workers(sqlite_url, tmp_path, workers=2, env=env) as served:
+
+        def one(i: int) -> int:
+            return deliver(served.url, _deliveries.raw("started", f"m-{i}", T0)).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            # Until both workers have recorded some: the kernel hands connections to either.
+            for _ in range(20):
+                statuses = list(pool.map(one, range(sent, sent + 20)))
+                assert statuses == [200] * 20
+                sent += 20
+                if len([n for n in _per_worker(shared).values() if n > 0]) == 2:
+                    break
+        counted = _per_worker(shared)
+        assert len([n for n in counted.values() if n > 0]) == 2, counted
+        scrapes = [scrape(served.url) for _ in range(10)]
+    assert sum(counted.values()) == sent
+    for found in scrapes:
+        assert (
+            value(found, "rtms_lifecycle_deliveries_total", outcome="applied", scope="meeting")
+            == sent
+        )
+        assert value(found, "rtms_lifecycle_active_streams", scope="meeting") == sent
+
+
+def test_a_missing_multiprocess_directory_is_a_configuration_error(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR naming no directory stops create_app with a clear error,
+    before any database is created."""
+    from rtms_lifecycle import ConfigurationError
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "absent"))
+    with pytest.raises(ConfigurationError, match="PROMETHEUS_MULTIPROC_DIR"):
+        create_app(sqlite_url, secrets=[SECRET])
+    assert not (tmp_path / "rtms.db").exists()
