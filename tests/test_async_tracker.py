@@ -1,4 +1,4 @@
-"""AsyncTracker on real SQLite and PostgreSQL: the Tracker's answers, awaited; callbacks on the loop."""
+"""AsyncTracker on real SQLite and PostgreSQL: Tracker's answers awaited, callbacks on the loop."""
 
 from __future__ import annotations
 
@@ -386,7 +386,7 @@ async def test_concurrent_ingests_each_notify_once(db_url: str) -> None:
 
 
 async def test_cancelled_ingest_still_commits_and_notifies(sqlite_url: str) -> None:
-    """A caller cancelled while its write waits for the lock: the write and callback still happen."""
+    """A caller cancelled while its write waits for the lock: write and callback still happen."""
     calls: list[str] = []
     atracker = AsyncTracker(sqlite_url)
     atracker.on_transition(lambda t, s: calls.append(t.stream_id))
