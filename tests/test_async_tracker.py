@@ -402,6 +402,7 @@ async def test_cancelled_ingest_still_commits_and_notifies(sqlite_url: str) -> N
         holder.execute("ROLLBACK")
         holder.close()
     await atracker.close()  # waits for the write the caller left behind
+    await atracker.close()  # and a second close is harmless
 
     assert calls == ["s1"]
     with Tracker(sqlite_url) as tracker:

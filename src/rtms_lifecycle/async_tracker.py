@@ -107,6 +107,7 @@ class AsyncTracker:
         self._collects = False
         self._lock = threading.Lock()
         self._running: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     @property
     def sync(self) -> Tracker:
@@ -122,6 +123,9 @@ class AsyncTracker:
         """Wait for calls still running, then release the threads and (if owned) the database."""
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        if self._closed:
+            return
+        self._closed = True
         if self._owned:
             await self._offload(self._writes, self._sync.close)
         self._writes.shutdown(wait=False)
