@@ -7,6 +7,7 @@ them; callbacks (plain or ``async def``) run on the event loop after each commit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -14,7 +15,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import timedelta
 from itertools import islice
 from typing import Any, Final, ParamSpec, TypeVar, overload
@@ -106,7 +107,9 @@ class AsyncTracker:
         self._subscriptions: tuple[_Subscription, ...] = ()
         self._collects = False
         self._lock = threading.Lock()
-        self._running: set[asyncio.Task[Any]] = set()
+        # Writes in worker threads, and callbacks of writes whose caller stopped waiting.
+        self._jobs: set[Future[Any]] = set()
+        self._callbacks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
@@ -121,13 +124,18 @@ class AsyncTracker:
 
     async def close(self) -> None:
         """Wait for calls still running, then release the threads and (if owned) the database."""
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        while self._jobs or self._callbacks:
+            # A job's end hands its callbacks to the loop before its wrapper here completes.
+            await asyncio.gather(
+                *(asyncio.wrap_future(job) for job in list(self._jobs)),
+                *self._callbacks,
+                return_exceptions=True,
+            )
         if self._closed:
             return
         self._closed = True
         if self._owned:
-            await self._offload(self._writes, self._sync.close)
+            await asyncio.wrap_future(self._writes.submit(self._sync.close))
         self._writes.shutdown(wait=False)
         self._threads.shutdown(wait=False)
 
@@ -139,33 +147,50 @@ class AsyncTracker:
 
     # --- where work runs --------------------------------------------------------------------
 
-    @staticmethod
-    async def _offload(
-        executor: Executor, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        # The job sees the caller's context variables, as with asyncio.to_thread.
-        job = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(executor, job)
-
     async def _read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._offload(self._threads, fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, _in_context(fn, *args, **kwargs))
 
     async def _write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        # Shielded: a commit and its callbacks belong together, and the commit cannot be called
-        # back once its thread runs, so a cancelled caller stops waiting but the call finishes.
-        task = asyncio.ensure_future(self._write_and_notify(functools.partial(fn, *args, **kwargs)))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(_log_orphaned_failure)
-            raise
-
-    async def _write_and_notify(self, call: Callable[[], T]) -> T:
-        result, notices = await self._offload(self._writes, self._collecting, call)
-        await self._notify(notices)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[tuple[T, list[_Notice]]] = loop.create_future()
+        call = functools.partial(fn, *args, **kwargs)
+        job = self._writes.submit(_in_context(self._collecting, call))
+        self._jobs.add(job)
+        job.add_done_callback(functools.partial(self._finished, loop, waiter))
+        # The waiter is not linked back to the job: a commit cannot be called back once its thread
+        # runs, so a cancelled caller stops waiting, and the write finishes, callbacks included.
+        result, notices = await waiter
+        if notices:
+            await asyncio.shield(self._notify_in_task(notices))
         return result
+
+    def _finished(
+        self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], job: Future[Any]
+    ) -> None:
+        # In the worker thread: hand the outcome to the event loop (unless it is closed: nobody
+        # is left to tell), then stop counting the job, so close() never misses its callbacks.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._settle, waiter, job)
+        self._jobs.discard(job)
+
+    def _settle(self, waiter: asyncio.Future[Any], job: Future[Any]) -> None:
+        exc = job.exception()
+        if not waiter.cancelled():
+            if exc is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(job.result())
+        elif exc is not None:
+            log.error("a write whose caller was cancelled failed", exc_info=exc)
+        elif notices := job.result()[1]:
+            self._notify_in_task(notices)
+
+    def _notify_in_task(self, notices: Sequence[_Notice]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._notify(notices))
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
+        return task
 
     def _collecting(self, call: Callable[[], T]) -> tuple[T, list[_Notice]]:
         # Runs in the job's own copy of the context: other jobs' threads collect their own.
@@ -369,7 +394,6 @@ class AsyncTracker:
         return await self._read(self._sync.ping)
 
 
-def _log_orphaned_failure(task: asyncio.Task[Any]) -> None:
-    # Its caller was cancelled, so nobody else will see why the call failed.
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("a write whose caller was cancelled failed", exc_info=exc)
+def _in_context(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Callable[[], T]:
+    """``fn(*args, **kwargs)`` in a copy of the caller's context variables, as in to_thread."""
+    return functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
