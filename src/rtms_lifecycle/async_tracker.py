@@ -71,8 +71,8 @@ class AsyncTracker:
     Takes the same arguments as :class:`Tracker`, or an existing ``Tracker`` to share (its owner
     closes it). Parsing and database work run in worker threads (at most ``max_threads`` at a
     time; on SQLite, writes one at a time in arrival order, the single writer SQLite admits), so
-    the event loop only waits for the results. A call that started finishes, callbacks included,
-    even if the awaiting task is cancelled; :meth:`close` waits for such calls.
+    the event loop only waits for the results. A write that was called finishes, callbacks
+    included, even if the awaiting task is cancelled; :meth:`close` waits for such writes.
     """
 
     def __init__(
