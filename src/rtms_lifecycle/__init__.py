@@ -1,9 +1,10 @@
 """rtms_lifecycle: a trustworthy, queryable record of every Zoom RTMS stream.
 
 Feed it Zoom's RTMS webhooks (and your app's resume reports); ask it which streams are live, what
-happened to each, and why streams stop. See :class:`Tracker`.
+happened to each, and why streams stop. See :class:`Tracker` (:class:`AsyncTracker` for asyncio).
 """
 
+from .async_tracker import AsyncTracker
 from .events import (
     ConcurrencyAlert,
     EventKind,
@@ -42,6 +43,7 @@ from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
 from .tracker import IngestSummary, Tracker, TransitionCallback
 
 __all__ = [
+    "AsyncTracker",
     "ConcurrencyAlert",
     "ConcurrencyAlertRecord",
     "ConfigurationError",

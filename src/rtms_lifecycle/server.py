@@ -1,7 +1,7 @@
 """The webhook receiver as a FastAPI app (extra ``server``), and routers to embed in your own.
 
-- :func:`create_router`: ``POST /webhook``, verified (spec section 8), recorded by a
-  :class:`~rtms_lifecycle.Tracker`. Include it in an existing FastAPI app.
+- :func:`create_router`: ``POST /webhook``, verified (spec section 8), recorded by an
+  :class:`~rtms_lifecycle.AsyncTracker`. Include it in an existing FastAPI app.
 - :func:`create_read_router`: the bearer-token read API (``/streams``, ``/stats/stop-reasons``).
 - :func:`create_app`: a ready app with both, plus ``GET /healthz``; :func:`run` serves it.
 
@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
 
 try:
-    import anyio
     import uvicorn
     from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
     from fastapi.responses import JSONResponse, Response
@@ -45,6 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import _dburl
 from ._bounds import MAX_COUNT, MAX_EPOCH_MS, MIN_EPOCH_MS
 from ._logging import LogFormat, log_config
+from .async_tracker import AsyncTracker
 from .events import Scope, Source, UrlValidation, parse_delivery
 from .exceptions import ConfigurationError, StoreError, WebhookRefused
 from .machine import ACTIVE_STATES, State, TransitionName
@@ -232,27 +232,6 @@ def _answer_url_validation(secret: str, body: bytes) -> UrlValidationAnswer:
     return UrlValidationAnswer(**url_validation_response(secret, challenge.plain_token))
 
 
-class _Recorder:
-    """Runs the synchronous tracker in worker threads, so the event loop never waits on the
-    database; on SQLite, one write at a time.
-
-    SQLite admits a single writer. Writers left to queue inside SQLite poll its lock with sleeps
-    of up to 100 ms (its busy handler), which made the slowest answers under load exceed a second;
-    queued here instead (FIFO), each write starts the moment the previous one commits.
-    """
-
-    def __init__(self, tracker: Tracker) -> None:
-        self._tracker = tracker
-        self._serial = tracker.engine.dialect.name == "sqlite"
-        self._limiter: anyio.CapacityLimiter | None = None
-
-    async def ingest(self, body: bytes) -> IngestResult:
-        if self._serial and self._limiter is None:
-            # Created on first use: older anyio versions need a running event loop for it.
-            self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(self._tracker.ingest, body, limiter=self._limiter)
-
-
 def _log_recorded(result: IngestResult, seconds: float) -> None:
     # One line per delivery; the fields let a JSON log be searched by stream and outcome.
     reason = result.error or result.detail
@@ -276,7 +255,7 @@ def _log_recorded(result: IngestResult, seconds: float) -> None:
 
 
 def create_router(
-    tracker: Tracker,
+    tracker: AsyncTracker | Tracker,
     verifier: WebhookVerifier,
     *,
     path: str = DEFAULT_PATH,
@@ -284,14 +263,16 @@ def create_router(
 ) -> APIRouter:
     """A router with ``POST {path}``: verify, answer url validation, record the delivery.
 
-    The tracker is synchronous; it runs in worker threads, so the event loop never waits on
-    the database. Include the router in your own app with ``app.include_router(router)``.
+    Deliveries are recorded by an :class:`AsyncTracker`: the event loop never waits on the
+    database, on SQLite writes queue first come first served, and the tracker's callbacks
+    (``async def`` ones too) run on the event loop before the answer. A :class:`Tracker` is
+    wrapped in one that shares it. Include the router with ``app.include_router(router)``.
     """
     if not path.startswith("/"):
         raise ConfigurationError(f"the webhook path must start with '/', got {path!r}")
     if max_body_bytes < 1:
         raise ConfigurationError("max_body_bytes must be at least 1")
-    recorder = _Recorder(tracker)
+    recorder = tracker if isinstance(tracker, AsyncTracker) else AsyncTracker(tracker)
     router = APIRouter(tags=["webhook"])
 
     @router.post(

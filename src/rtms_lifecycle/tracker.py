@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -285,10 +286,17 @@ class Tracker:
 
         Filters narrow it to target states, transition names or scopes. Never called for
         duplicates, conflicts or ignored events. A callback that raises is logged; it undoes
-        and blocks nothing. Usable as a decorator, with or without arguments.
+        and blocks nothing. Usable as a decorator, with or without arguments. An ``async def``
+        callback is refused (:class:`TypeError`): :class:`AsyncTracker` awaits those.
         """
 
         def register(fn: TransitionCallback) -> TransitionCallback:
+            if _is_coroutine_function(fn):
+                # Called in the writing thread, it would only make a coroutine nobody awaits.
+                raise TypeError(
+                    f"{fn!r} is a coroutine function: a Tracker cannot await it; "
+                    "register it on an AsyncTracker instead"
+                )
             subscription = _Subscription(
                 fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
             )
@@ -305,14 +313,12 @@ class Tracker:
         for subscription in subscriptions:
             if subscription.wants(transition, stream):
                 try:
-                    subscription.callback(transition, stream)
+                    outcome = subscription.callback(transition, stream)
+                    if inspect.iscoroutine(outcome):
+                        outcome.close()  # else: "never awaited", far from the cause
+                        raise TypeError("it returned a coroutine: use an AsyncTracker to await it")
                 except Exception:
-                    log.exception(
-                        "transition callback %r failed for %s (%s)",
-                        subscription.callback,
-                        transition.stream_id,
-                        transition.name,
-                    )
+                    _callback_failed(subscription.callback, transition)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -447,6 +453,23 @@ class Tracker:
         except Exception:
             return False
         return True
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    # A callable object counts by its __call__; functools.partial is unwrapped by inspect.
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - the method itself is what is inspected
+    )
+
+
+def _callback_failed(callback: TransitionCallback, transition: Transition) -> None:
+    """Log a callback's failure (from inside its ``except``): it undoes and blocks nothing."""
+    log.exception(
+        "transition callback %r failed for %s (%s)",
+        callback,
+        transition.stream_id,
+        transition.name,
+    )
 
 
 def _synthetic(

@@ -1,0 +1,399 @@
+"""The embedding API for asyncio backends: :class:`AsyncTracker`, every method awaitable.
+
+The database work and the parsing run in worker threads, so the event loop never waits on
+them; callbacks (plain or ``async def``) run on the event loop after each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+import logging
+import threading
+from collections import Counter
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from datetime import timedelta
+from itertools import islice
+from typing import Any, Final, ParamSpec, TypeVar, overload
+
+from sqlalchemy import Engine
+
+from .events import Scope
+from .machine import State, TransitionName
+from .records import (
+    ConcurrencyAlertRecord,
+    DeliveryRecord,
+    IngestResult,
+    InterruptionStats,
+    Outcome,
+    StopReasonStat,
+    Stream,
+    Transition,
+)
+from .tracker import (
+    DEFAULT_BATCH_SIZE,
+    Body,
+    IngestSummary,
+    Timestamp,
+    Tracker,
+    TransitionCallback,
+    _callback_failed,
+    _set,
+    _Subscription,
+)
+from .webhook import DEFAULT_REPLAY_WINDOW
+
+__all__ = ["DEFAULT_MAX_THREADS", "AsyncTracker"]
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Worker threads for reads (and for writes on PostgreSQL), per AsyncTracker.
+DEFAULT_MAX_THREADS: Final = 16
+
+_Notice = tuple[Transition, Stream]
+# The transitions a write in this worker-thread job applied, and which AsyncTracker asked: the
+# Tracker calls its callbacks in the writing thread, and they belong on the event loop.
+_COLLECTING: contextvars.ContextVar[tuple[AsyncTracker, list[_Notice]] | None] = (
+    contextvars.ContextVar("rtms_lifecycle_collecting", default=None)
+)
+
+
+class AsyncTracker:
+    """A :class:`Tracker` for asyncio: the same methods, each awaitable.
+
+    Takes the same arguments as :class:`Tracker`, or an existing ``Tracker`` to share (its owner
+    closes it). Parsing and database work run in worker threads (at most ``max_threads`` at a
+    time; on SQLite, writes one at a time in arrival order, the single writer SQLite admits), so
+    the event loop only waits for the results. A write that was called finishes, callbacks
+    included, even if the awaiting task is cancelled; :meth:`close` waits for such writes.
+    """
+
+    def __init__(
+        self,
+        db: str | Engine | Tracker | None = None,
+        *,
+        migrate: bool = True,
+        webhook_secrets: Sequence[str] | None = None,
+        replay_window: float = DEFAULT_REPLAY_WINDOW,
+        max_threads: int = DEFAULT_MAX_THREADS,
+    ) -> None:
+        if max_threads < 1:
+            raise ValueError("max_threads must be at least 1")
+        if isinstance(db, Tracker):
+            if not migrate or webhook_secrets is not None or replay_window != DEFAULT_REPLAY_WINDOW:
+                raise TypeError("an existing Tracker keeps its own options: pass db alone")
+            self._sync, self._owned = db, False
+        else:
+            self._sync = Tracker(
+                db, migrate=migrate, webhook_secrets=webhook_secrets, replay_window=replay_window
+            )
+            self._owned = True
+        self._threads = ThreadPoolExecutor(max_threads, thread_name_prefix="rtms-lifecycle")
+        # SQLite admits one writer. Writers left to queue inside SQLite poll its lock with sleeps
+        # of up to 100 ms (its busy handler); queued for one thread instead, first come first
+        # served, each write starts as the previous one commits, and no reader waits behind.
+        self._writes: Executor = (
+            ThreadPoolExecutor(1, thread_name_prefix="rtms-lifecycle-writer")
+            if self._sync.engine.dialect.name == "sqlite"
+            else self._threads
+        )
+        self._subscriptions: tuple[_Subscription, ...] = ()
+        self._collects = False
+        self._lock = threading.Lock()
+        # Writes in worker threads, and callbacks of writes whose caller stopped waiting.
+        self._jobs: set[Future[Any]] = set()
+        self._callbacks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def sync(self) -> Tracker:
+        """The synchronous :class:`Tracker` underneath, for threads and scripts."""
+        return self._sync
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine underneath."""
+        return self._sync.engine
+
+    async def close(self) -> None:
+        """Wait for calls still running, then release the threads and (if owned) the database."""
+        while self._jobs or self._callbacks:
+            # A job's end hands its callbacks to the loop before its wrapper here completes.
+            await asyncio.gather(
+                *(asyncio.wrap_future(job) for job in list(self._jobs)),
+                *self._callbacks,
+                return_exceptions=True,
+            )
+        if self._closed:
+            return
+        self._closed = True
+        if self._owned:
+            await asyncio.wrap_future(self._writes.submit(self._sync.close))
+        self._writes.shutdown(wait=False)
+        self._threads.shutdown(wait=False)
+
+    async def __aenter__(self) -> AsyncTracker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- where work runs --------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, _in_context(fn, *args, **kwargs))
+
+    async def _write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[tuple[T, list[_Notice]]] = loop.create_future()
+        call = functools.partial(fn, *args, **kwargs)
+        job = self._writes.submit(_in_context(self._collecting, call))
+        self._jobs.add(job)
+        job.add_done_callback(functools.partial(self._finished, loop, waiter))
+        # The waiter is not linked back to the job: a commit cannot be called back once its thread
+        # runs, so a cancelled caller stops waiting, and the write finishes, callbacks included.
+        result, notices = await waiter
+        if notices:
+            await asyncio.shield(self._notify_in_task(notices))
+        return result
+
+    def _finished(
+        self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], job: Future[Any]
+    ) -> None:
+        # In the worker thread: hand the outcome to the event loop (unless it is closed: nobody
+        # is left to tell), then stop counting the job, so close() never misses its callbacks.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._settle, waiter, job)
+        self._jobs.discard(job)
+
+    def _settle(self, waiter: asyncio.Future[Any], job: Future[Any]) -> None:
+        exc = job.exception()
+        if not waiter.cancelled():
+            if exc is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(job.result())
+        elif exc is not None:
+            log.error("a write whose caller was cancelled failed", exc_info=exc)
+        elif notices := job.result()[1]:
+            self._notify_in_task(notices)
+
+    def _notify_in_task(self, notices: Sequence[_Notice]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._notify(notices))
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
+        return task
+
+    def _collecting(self, call: Callable[[], T]) -> tuple[T, list[_Notice]]:
+        # Runs in the job's own copy of the context: other jobs' threads collect their own.
+        notices: list[_Notice] = []
+        _COLLECTING.set((self, notices))
+        return call(), notices
+
+    def _collect(self, transition: Transition, stream: Stream) -> None:
+        # Registered on the Tracker: in a job of this AsyncTracker, keep the transition for the
+        # event loop; elsewhere (the Tracker used directly, or by another AsyncTracker) nothing.
+        collecting = _COLLECTING.get()
+        if collecting is not None and collecting[0] is self:
+            collecting[1].append((transition, stream))
+
+    async def _notify(self, notices: Sequence[_Notice]) -> None:
+        subscriptions = self._subscriptions
+        for transition, stream in notices:
+            for subscription in subscriptions:
+                if subscription.wants(transition, stream):
+                    try:
+                        outcome = subscription.callback(transition, stream)
+                        if inspect.isawaitable(outcome):
+                            await outcome
+                    except Exception:
+                        _callback_failed(subscription.callback, transition)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    async def ingest(self, body: Body, *, headers: Mapping[str, str] | None = None) -> IngestResult:
+        """Awaitable :meth:`Tracker.ingest`: one delivery, one transaction, callbacks after."""
+        return await self._write(self._sync.ingest, body, headers=headers)
+
+    async def ingest_many(
+        self,
+        bodies: Iterable[Body] | AsyncIterable[Body],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> IngestSummary:
+        """Awaitable :meth:`Tracker.ingest_many`, from a sync or an async iterable.
+
+        A sync iterable is read in the worker thread (a file or a generator may block); an async
+        one on the event loop. Each batch is parsed and committed in a worker thread, and its
+        callbacks run before the next batch is read.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        counts: Counter[Outcome] = Counter()
+        if isinstance(bodies, AsyncIterable):
+            batch: list[Body] = []
+            async for body in bodies:
+                batch.append(body)
+                if len(batch) >= batch_size:
+                    counts.update((await self._batch(iter(batch), batch_size)).counts)
+                    batch = []
+            if batch:
+                counts.update((await self._batch(iter(batch), batch_size)).counts)
+        else:
+            iterator = iter(bodies)
+            while (summary := await self._batch(iterator, batch_size)).total:
+                counts.update(summary.counts)
+        return IngestSummary(dict(counts))
+
+    async def _batch(self, bodies: Iterator[Body], size: int) -> IngestSummary:
+        """The next ``size`` bodies, read, parsed and recorded in one job (none: all read)."""
+        return await self._write(
+            lambda: self._sync.ingest_many(islice(bodies, size), batch_size=size)
+        )
+
+    async def report_resumed(self, stream_id: str, at_ms: int) -> IngestResult:
+        """Awaitable :meth:`Tracker.report_resumed`."""
+        return await self._write(self._sync.report_resumed, stream_id, at_ms)
+
+    async def expire(self, stale_after: timedelta | float) -> list[Stream]:
+        """Awaitable :meth:`Tracker.expire`."""
+        return await self._write(self._sync.expire, stale_after)
+
+    # --- callbacks --------------------------------------------------------------------------
+
+    @overload
+    def on_transition(
+        self, callback: TransitionCallback, *, to: Any = None, name: Any = None, scope: Any = None
+    ) -> TransitionCallback: ...
+
+    @overload
+    def on_transition(
+        self, callback: None = None, *, to: Any = None, name: Any = None, scope: Any = None
+    ) -> Callable[[TransitionCallback], TransitionCallback]: ...
+
+    def on_transition(
+        self,
+        callback: TransitionCallback | None = None,
+        *,
+        to: State | str | Iterable[State | str] | None = None,
+        name: TransitionName | str | Iterable[TransitionName | str] | None = None,
+        scope: Scope | str | Iterable[Scope | str] | None = None,
+    ) -> TransitionCallback | Callable[[TransitionCallback], TransitionCallback]:
+        """:meth:`Tracker.on_transition`, on the event loop: ``async def`` callbacks are awaited.
+
+        Every callback runs on the event loop, in the task of the call that committed, after the
+        commit and before that call returns, in registration order. One that raises is logged.
+        """
+
+        def register(fn: TransitionCallback) -> TransitionCallback:
+            subscription = _Subscription(
+                fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
+            )
+            with self._lock:
+                self._subscriptions = (*self._subscriptions, subscription)
+                if not self._collects:
+                    # Only now: without callbacks, bulk loads skip building each transition.
+                    self._sync.on_transition(self._collect)
+                    self._collects = True
+            return fn
+
+        return register(callback) if callback is not None else register
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def stream(self, stream_id: str) -> Stream | None:
+        """Awaitable :meth:`Tracker.stream`."""
+        return await self._read(self._sync.stream, stream_id)
+
+    async def active_streams(
+        self, scope: Scope | str | None = None, scope_id: str | None = None
+    ) -> list[Stream]:
+        """Awaitable :meth:`Tracker.active_streams`."""
+        return await self._read(self._sync.active_streams, scope, scope_id)
+
+    async def streams(
+        self,
+        state: State | str | Iterable[State | str] | None = None,
+        *,
+        scope: Scope | str | None = None,
+        scope_id: str | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        limit: int | None = None,
+    ) -> list[Stream]:
+        """Awaitable :meth:`Tracker.streams`."""
+        return await self._read(
+            self._sync.streams,
+            state,
+            scope=scope,
+            scope_id=scope_id,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+
+    async def history(self, stream_id: str) -> list[Transition]:
+        """Awaitable :meth:`Tracker.history`."""
+        return await self._read(self._sync.history, stream_id)
+
+    async def audit(self, stream_id: str) -> list[Transition]:
+        """Awaitable :meth:`Tracker.audit`."""
+        return await self._read(self._sync.audit, stream_id)
+
+    async def transitions_since(
+        self, cursor: str | None = None, limit: int = 100
+    ) -> tuple[list[Transition], str]:
+        """Awaitable :meth:`Tracker.transitions_since`."""
+        return await self._read(self._sync.transitions_since, cursor, limit)
+
+    async def deliveries(
+        self,
+        outcome: Outcome | str | Iterable[Outcome | str] | None = None,
+        *,
+        stream_id: str | None = None,
+        limit: int | None = 100,
+    ) -> list[DeliveryRecord]:
+        """Awaitable :meth:`Tracker.deliveries`."""
+        return await self._read(self._sync.deliveries, outcome, stream_id=stream_id, limit=limit)
+
+    async def stop_reason_stats(
+        self, since: Timestamp | None = None, until: Timestamp | None = None, by_scope: bool = False
+    ) -> list[StopReasonStat]:
+        """Awaitable :meth:`Tracker.stop_reason_stats`."""
+        return await self._read(self._sync.stop_reason_stats, since, until, by_scope)
+
+    async def interruption_stats(
+        self,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        scope: Scope | str | None = None,
+    ) -> InterruptionStats:
+        """Awaitable :meth:`Tracker.interruption_stats`."""
+        return await self._read(self._sync.interruption_stats, since, until, scope)
+
+    async def concurrency_alerts(
+        self, since: Timestamp | None = None, limit: int | None = None
+    ) -> list[ConcurrencyAlertRecord]:
+        """Awaitable :meth:`Tracker.concurrency_alerts`."""
+        return await self._read(self._sync.concurrency_alerts, since, limit)
+
+    async def latest_alert(self) -> ConcurrencyAlertRecord | None:
+        """Awaitable :meth:`Tracker.latest_alert`."""
+        return await self._read(self._sync.latest_alert)
+
+    async def ping(self) -> bool:
+        """Awaitable :meth:`Tracker.ping`."""
+        return await self._read(self._sync.ping)
+
+
+def _in_context(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Callable[[], T]:
+    """``fn(*args, **kwargs)`` in a copy of the caller's context variables, as in to_thread."""
+    return functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
