@@ -22,6 +22,7 @@ from .exceptions import (
     RTMSLifecycleError,
     SchemaOutdatedError,
     StoreError,
+    StoreTimeout,
     WebhookRefused,
 )
 from .machine import State, TransitionName
@@ -60,6 +61,7 @@ __all__ = [
     "StopReasonCategory",
     "StopReasonStat",
     "StoreError",
+    "StoreTimeout",
     "Stream",
     "StreamEvent",
     "Tracker",

@@ -12,6 +12,7 @@ __all__ = [
     "RTMSLifecycleError",
     "SchemaOutdatedError",
     "StoreError",
+    "StoreTimeout",
     "WebhookRefused",
 ]
 
@@ -52,6 +53,11 @@ class DeliveryRejected(RTMSLifecycleError):
 
 class StoreError(RTMSLifecycleError):
     """The database could not record a delivery; nothing of it was kept."""
+
+
+class StoreTimeout(StoreError):
+    """The database did not commit within the time allowed (a held lock, a slow disk); nothing
+    of the delivery was kept."""
 
 
 class SchemaOutdatedError(RTMSLifecycleError):
