@@ -856,14 +856,68 @@ def db_upgrade(app: _App, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--path", default="/webhook", show_default=True, help="The webhook's URL path.")
+@click.option(
+    "--store-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=2.5,
+    show_default=True,
+    help="Seconds a delivery may take to commit; past it the answer is 503 (Zoom retries).",
+)
+@click.option(
+    "--keep-alive-timeout",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Seconds an idle connection stays open after a response.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds a request has to arrive whole; slower connections are closed.",
+)
+@click.option(
+    "--limit-concurrency",
+    type=click.IntRange(1),
+    default=None,
+    help="Open connections at most [default: 1000, less under a low file descriptor limit].",
+)
+@click.option(
+    "--backlog",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    help="Connections the kernel queues before they are accepted.",
+)
 @_pass_app
-def serve(app: _App, host: str, port: int, path: str) -> None:
+def serve(
+    app: _App,
+    host: str,
+    port: int,
+    path: str,
+    store_timeout: float,
+    keep_alive_timeout: int,
+    request_timeout: float,
+    limit_concurrency: int | None,
+    backlog: int,
+) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:
         from . import server  # the 'server' extra: imported only when asked for
     except ImportError as exc:
         raise _Failure(str(exc)) from exc
-    server.run(host=host, port=port, path=path, db=app.db)
+    server.run(
+        host=host,
+        port=port,
+        path=path,
+        db=app.db,
+        store_timeout=store_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+        request_timeout=request_timeout,
+        limit_concurrency=limit_concurrency,
+        backlog=backlog,
+    )
 
 
 # --- demo -----------------------------------------------------------------------------------------

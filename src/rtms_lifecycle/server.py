@@ -16,16 +16,19 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+import resource
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 try:
     import anyio
     import uvicorn
     from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
     from fastapi.responses import JSONResponse, Response
+    from fastapi.routing import APIRoute
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from starlette.requests import ClientDisconnect
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
@@ -38,8 +41,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ._deadline import DEFAULT_STORE_TIMEOUT
+from ._http import bounded_protocol
+from ._logthrottle import throttle_tracebacks
 from .events import Scope, Source, UrlValidation, parse_delivery
-from .exceptions import ConfigurationError, StoreError, WebhookRefused
+from .exceptions import ConfigurationError, StoreError, StoreTimeout, WebhookRefused
 from .machine import ACTIVE_STATES, State, TransitionName
 from .records import IngestResult, Outcome, StopReasonStat, Stream, Transition
 from .stop_reasons import StopReasonCategory
@@ -56,6 +62,7 @@ __all__ = [
     "DB_ENV",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_PATH",
+    "DEFAULT_STORE_TIMEOUT",
     "DeliveryAnswer",
     "DetailAnswer",
     "ErrorAnswer",
@@ -80,6 +87,20 @@ DEFAULT_PATH: Final = "/webhook"
 # capping what an unauthenticated sender makes us buffer before the signature is checked.
 DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
 _URL_VALIDATION: Final = "endpoint.url_validation"
+#: Idle seconds after a response before a kept-alive connection is closed.
+DEFAULT_KEEP_ALIVE_TIMEOUT: Final = 5
+#: Seconds a request has to arrive whole (headers and body): Zoom's take milliseconds.
+DEFAULT_REQUEST_TIMEOUT: Final = 5.0
+#: Connections the kernel queues before the server accepts them. Zoom waits 3 s for an answer:
+#: a long queue only makes senders wait for answers they will no longer take.
+DEFAULT_BACKLOG: Final = 256
+# Open connections at most, by default: below the process's file descriptor limit, which must
+# leave room for the database, the log and the worker threads' files.
+_MAX_CONNECTIONS: Final = 1000
+_RESERVED_FDS: Final = 64
+# Concurrent writes of one PostgreSQL receiver process: under the pool's 30 connections, so that
+# a write never waits for one while the read API and the health check keep theirs.
+_PG_WRITERS: Final = 20
 
 
 # --- answers (their models make the OpenAPI schema complete) ------------------------------------
@@ -108,9 +129,10 @@ class ErrorAnswer(BaseModel):
 
 
 class HealthAnswer(BaseModel):
-    """Whether the database answers."""
+    """Whether the store can record a delivery now; ``reason`` says why not."""
 
     status: Literal["ok", "unavailable"]
+    reason: str | None = None
 
 
 class StreamModel(BaseModel):
@@ -196,6 +218,11 @@ class DetailAnswer(BaseModel):
 # --- the webhook --------------------------------------------------------------------------------
 
 
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
 def _error(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse(ErrorAnswer(error=error, detail=detail).model_dump(), status_code=status)
 
@@ -226,24 +253,36 @@ def _answer_url_validation(secret: str, body: bytes) -> UrlValidationAnswer:
 
 
 class _Recorder:
-    """Runs the synchronous tracker in worker threads, so the event loop never waits on the
-    database; on SQLite, one write at a time.
+    """Runs the synchronous tracker in worker threads of its own, so the event loop never waits
+    on the database, and neither the read API nor the health check waits for its threads; on
+    SQLite, one write at a time.
 
     SQLite admits a single writer. Writers left to queue inside SQLite poll its lock with sleeps
     of up to 100 ms (its busy handler), which made the slowest answers under load exceed a second;
     queued here instead (FIFO), each write starts the moment the previous one commits.
+
+    Every delivery has ``store_timeout`` seconds from its arrival, waiting in the queue included:
+    past it, the write gives up (nothing kept) and the sender gets 503.
     """
 
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: Tracker, store_timeout: float) -> None:
         self._tracker = tracker
-        self._serial = tracker.engine.dialect.name == "sqlite"
+        self._threads = 1 if tracker.engine.dialect.name == "sqlite" else _PG_WRITERS
         self._limiter: anyio.CapacityLimiter | None = None
+        self._timeout = store_timeout
+
+    def _ingest(self, body: bytes, deadline: float) -> IngestResult:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StoreTimeout("the delivery waited for the store past its time budget")
+        return self._tracker.ingest(body, timeout=left)
 
     async def ingest(self, body: bytes) -> IngestResult:
-        if self._serial and self._limiter is None:
+        deadline = time.monotonic() + self._timeout
+        if self._limiter is None:
             # Created on first use: older anyio versions need a running event loop for it.
-            self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(self._tracker.ingest, body, limiter=self._limiter)
+            self._limiter = anyio.CapacityLimiter(self._threads)
+        return await anyio.to_thread.run_sync(self._ingest, body, deadline, limiter=self._limiter)
 
 
 def create_router(
@@ -252,17 +291,24 @@ def create_router(
     *,
     path: str = DEFAULT_PATH,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    store_timeout: float = DEFAULT_STORE_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> APIRouter:
     """A router with ``POST {path}``: verify, answer url validation, record the delivery.
 
     The tracker is synchronous; it runs in worker threads, so the event loop never waits on
-    the database. Include the router in your own app with ``app.include_router(router)``.
+    the database. A delivery the store cannot commit within ``store_timeout`` seconds is
+    answered 503 (nothing kept; Zoom retries); a body that takes over ``request_timeout``
+    seconds to arrive, 408. Include the router in your own app with
+    ``app.include_router(router)``.
     """
     if not path.startswith("/"):
         raise ConfigurationError(f"the webhook path must start with '/', got {path!r}")
     if max_body_bytes < 1:
         raise ConfigurationError("max_body_bytes must be at least 1")
-    recorder = _Recorder(tracker)
+    _positive("store_timeout", store_timeout)
+    _positive("request_timeout", request_timeout)
+    recorder = _Recorder(tracker, store_timeout)
     router = APIRouter(tags=["webhook"])
 
     @router.post(
@@ -276,8 +322,13 @@ def create_router(
                 "or the answer to Zoom's url validation challenge.",
             },
             401: {"model": ErrorAnswer, "description": "Verification failed; nothing stored."},
+            408: {"model": ErrorAnswer, "description": "The body came too slowly; nothing stored."},
             413: {"model": ErrorAnswer, "description": f"Body over {max_body_bytes} bytes."},
-            503: {"model": ErrorAnswer, "description": "The store failed; Zoom will retry."},
+            503: {
+                "model": ErrorAnswer,
+                "description": "The store failed, or did not commit within its time budget; "
+                "nothing stored, Zoom will retry.",
+            },
         },
         openapi_extra={
             "requestBody": {
@@ -293,7 +344,11 @@ def create_router(
     )
     async def receive(request: Request) -> Response:
         try:
-            body = await _read_body(request, max_body_bytes)
+            with anyio.fail_after(request_timeout):
+                body = await _read_body(request, max_body_bytes)
+        except TimeoutError:
+            log.info("a webhook sender's body took over %s s; answered 408", request_timeout)
+            return _error(408, "body_timeout", f"the body took over {request_timeout} s")
         except _TooLarge:
             return _error(413, "body_too_large", f"request body exceeds {max_body_bytes} bytes")
         except ClientDisconnect:
@@ -308,6 +363,14 @@ def create_router(
             return _error(401, refused.reason, str(refused))
         try:
             result = await recorder.ingest(body)
+        except StoreTimeout as exc:
+            # A busy store, not a broken one: one line, no traceback.
+            log.warning("store busy: answered 503 so that Zoom retries: %s", exc)
+            return _error(
+                503,
+                "store_busy",
+                f"the store did not commit within {store_timeout} s; nothing was kept, retry later",
+            )
         except (StoreError, SQLAlchemyError):
             log.exception("could not record a webhook delivery; answering 503 so Zoom retries")
             return _error(
@@ -357,6 +420,26 @@ class _RequireToken:
             )
 
 
+class _StoreFailuresAre503(APIRoute):
+    """A read route whose store fails answers 503, as the webhook does, rather than 500."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                response: Response = await handler(request)
+            except (StoreError, SQLAlchemyError):
+                log.exception("the read API could not read the store; answered 503")
+                return JSONResponse(
+                    DetailAnswer(detail="the store is unavailable; retry later").model_dump(),
+                    status_code=503,
+                )
+            return response
+
+        return guarded
+
+
 def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
     """The read API, every route requiring ``Authorization: Bearer <api_token>``."""
     if not api_token:
@@ -364,7 +447,11 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
     router = APIRouter(
         tags=["read"],
         dependencies=[Depends(_RequireToken(api_token))],
-        responses={401: {"model": DetailAnswer, "description": "Missing or wrong bearer token."}},
+        responses={
+            401: {"model": DetailAnswer, "description": "Missing or wrong bearer token."},
+            503: {"model": DetailAnswer, "description": "The store is unavailable."},
+        },
+        route_class=_StoreFailuresAre503,
     )
 
     @router.get("/streams", summary="List streams, newest activity first")
@@ -422,6 +509,8 @@ def create_app(
     api_token: str | None = None,
     replay_window: float = DEFAULT_REPLAY_WINDOW,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    store_timeout: float = DEFAULT_STORE_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> FastAPI:
     """The receiver: ``POST {path}``, ``GET /healthz`` and, with a token, the read API.
 
@@ -429,7 +518,8 @@ def create_app(
     default ``RTMS_LIFECYCLE_DB``, else the tracker's default. ``secrets``: by default
     ``ZOOM_WEBHOOK_SECRET_TOKEN``; without any the app refuses to start
     (:class:`ConfigurationError`). ``api_token``: by default ``RTMS_LIFECYCLE_API_TOKEN``; the
-    read API exists only when one is set.
+    read API exists only when one is set. ``store_timeout``: seconds a delivery may take to
+    commit before it is answered 503 (Zoom waits 3 s); ``/healthz`` uses the same budget.
     """
     # Verify the configuration before touching a database: a misconfigured receiver should
     # fail without creating anything.
@@ -437,6 +527,9 @@ def create_app(
         secrets_from_env() if secrets is None else secrets, replay_window=replay_window
     )
     token = _api_token(api_token)
+    _positive("store_timeout", store_timeout)
+    # An outage fails every request alike: one traceback a minute per kind is enough.
+    throttle_tracebacks()
     owned = not isinstance(db, Tracker)
     tracker = db if isinstance(db, Tracker) else Tracker(db or os.environ.get(DB_ENV) or None)
 
@@ -452,23 +545,82 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.tracker = tracker
-    app.include_router(create_router(tracker, verifier, path=path, max_body_bytes=max_body_bytes))
+    app.include_router(
+        create_router(
+            tracker,
+            verifier,
+            path=path,
+            max_body_bytes=max_body_bytes,
+            store_timeout=store_timeout,
+            request_timeout=request_timeout,
+        )
+    )
     if token is not None:
         app.include_router(create_read_router(tracker, token))
+    health = _Health(tracker, store_timeout)
 
-    @app.get(
+    @app.api_route(
         "/healthz",
+        methods=["GET", "HEAD"],
         tags=["health"],
-        summary="Whether the database answers",
+        summary="Whether the store can record a delivery now",
         response_model=HealthAnswer,
-        responses={503: {"model": HealthAnswer, "description": "The database does not answer."}},
+        response_model_exclude_none=True,
+        responses={503: {"model": HealthAnswer, "description": "It cannot; `reason` says why."}},
     )
-    def healthz() -> HealthAnswer | JSONResponse:
-        if tracker.ping():
+    async def healthz() -> HealthAnswer | JSONResponse:
+        reason = await health.problem()
+        if reason is None:
             return HealthAnswer(status="ok")
-        return JSONResponse(HealthAnswer(status="unavailable").model_dump(), status_code=503)
+        answer = HealthAnswer(status="unavailable", reason=reason)
+        return JSONResponse(answer.model_dump(), status_code=503)
 
     return app
+
+
+class _Health:
+    """The health check: can the store begin a write and write a row within the budget?
+
+    It runs in a thread of its own, never behind the webhook's or the read API's threads; a probe
+    stuck in the database (a server that stopped answering) is abandoned at the budget, and later
+    checks report it until it returns.
+    """
+
+    def __init__(self, tracker: Tracker, timeout: float) -> None:
+        self._tracker = tracker
+        self._timeout = timeout
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._failed: str | None = None
+
+    def _probe(self) -> str | None:
+        try:
+            self._tracker.check_writable(self._timeout)
+        except StoreTimeout as exc:
+            return f"store busy: {exc}"
+        except (StoreError, SQLAlchemyError) as exc:
+            return " ".join(str(exc).split("\n", 1)[0].split())
+        return None
+
+    async def problem(self) -> str | None:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        with anyio.move_on_after(self._timeout + 0.25):
+            reason = await anyio.to_thread.run_sync(
+                self._probe, limiter=self._limiter, abandon_on_cancel=True
+            )
+            if reason is not None and reason != self._failed:
+                log.warning("health check: the store cannot record deliveries: %s", reason)
+            self._failed = reason
+            return reason
+        return f"store busy: no answer within {self._timeout} s"
+
+
+def default_limit_concurrency() -> int:
+    """Open connections at most: 1000, or fewer under a low file descriptor limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_CONNECTIONS
+    return max(1, min(_MAX_CONNECTIONS, soft - _RESERVED_FDS))
 
 
 def run(
@@ -476,8 +628,34 @@ def run(
     port: int = 8000,
     path: str = DEFAULT_PATH,
     db: str | None = None,
+    *,
+    store_timeout: float = DEFAULT_STORE_TIMEOUT,
+    keep_alive_timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    limit_concurrency: int | None = None,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> None:
-    """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted."""
-    app = create_app(db, path=path)
+    """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
+
+    Connections idle ``keep_alive_timeout`` seconds after a response are closed, and those
+    whose request is not whole within ``request_timeout``; beyond ``limit_concurrency`` open
+    connections (default: :func:`default_limit_concurrency`) new ones are closed at once and
+    requests answered 503; ``backlog`` connections wait in the kernel's queue.
+    """
+    _positive("keep_alive_timeout", keep_alive_timeout)
+    _positive("request_timeout", request_timeout)
+    limit = default_limit_concurrency() if limit_concurrency is None else limit_concurrency
+    if limit < 1 or backlog < 1:
+        raise ConfigurationError("limit_concurrency and backlog must be at least 1")
+    app = create_app(db, path=path, store_timeout=store_timeout, request_timeout=request_timeout)
     # The access log shows method, path and status only: never a header, so never a signature.
-    uvicorn.run(app, host=host, port=port, server_header=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        server_header=False,
+        http=bounded_protocol(request_timeout),
+        timeout_keep_alive=keep_alive_timeout,
+        limit_concurrency=limit,
+        backlog=backlog,
+    )
