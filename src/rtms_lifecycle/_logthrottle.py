@@ -46,7 +46,9 @@ class TracebackThrottle(logging.Filter):
                 self._last[kind] = now
                 return True
         said = " ".join(str(exc).split())[:_LONGEST]
-        record.msg = f"{record.getMessage()} ({type(exc).__name__}: {said})"
+        # One line: asyncio's messages span several.
+        message = "; ".join(record.getMessage().splitlines())
+        record.msg = f"{message} ({type(exc).__name__}: {said})"
         record.args = None
         record.exc_info = None
         record.exc_text = None

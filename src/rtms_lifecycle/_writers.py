@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import count
@@ -466,6 +466,13 @@ class _SqliteWriter:
         if self._path is None or _file_identity(self._path) == self._identity:
             return
         gone = not os.path.exists(self._path)
+        self._engine.dispose()
+        if gone:
+            # The deleted file's write-ahead log and index are left at its path: SQLite would
+            # apply that log to whatever file is put back there (a backup: then corrupted).
+            for suffix in ("-wal", "-shm"):
+                with suppress(FileNotFoundError):
+                    os.remove(self._path + suffix)
         raise WriteFailed(
             f"the database file {self._path} was {'deleted' if gone else 'replaced'} while "
             "open: what was just written is not in it",

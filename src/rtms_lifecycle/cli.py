@@ -886,9 +886,9 @@ def db_upgrade(app: _App, as_json: bool) -> None:
 @click.option(
     "--backlog",
     type=click.IntRange(1),
-    default=256,
-    show_default=True,
-    help="Connections the kernel queues before they are accepted.",
+    default=None,
+    help="Connections the kernel queues before they are accepted [default: 256, less under a "
+    "low file descriptor limit].",
 )
 @_pass_app
 def serve(
@@ -900,7 +900,7 @@ def serve(
     keep_alive_timeout: int,
     request_timeout: float,
     limit_concurrency: int | None,
-    backlog: int,
+    backlog: int | None,
 ) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:

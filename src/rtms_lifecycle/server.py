@@ -91,9 +91,9 @@ _URL_VALIDATION: Final = "endpoint.url_validation"
 DEFAULT_KEEP_ALIVE_TIMEOUT: Final = 5
 #: Seconds a request has to arrive whole (headers and body): Zoom's take milliseconds.
 DEFAULT_REQUEST_TIMEOUT: Final = 5.0
-#: Connections the kernel queues before the server accepts them. Zoom waits 3 s for an answer:
-#: a long queue only makes senders wait for answers they will no longer take.
-DEFAULT_BACKLOG: Final = 256
+# Connections the kernel queues before the server accepts them, at most. Zoom waits 3 s for an
+# answer: a long queue only makes senders wait for answers they will no longer take.
+_MAX_BACKLOG: Final = 256
 # Open connections at most, by default: below the process's file descriptor limit, which must
 # leave room for the database, the log and the worker threads' files.
 _MAX_CONNECTIONS: Final = 1000
@@ -559,9 +559,8 @@ def create_app(
         app.include_router(create_read_router(tracker, token))
     health = _Health(tracker, store_timeout)
 
-    @app.api_route(
+    @app.get(
         "/healthz",
-        methods=["GET", "HEAD"],
         tags=["health"],
         summary="Whether the store can record a delivery now",
         response_model=HealthAnswer,
@@ -575,6 +574,15 @@ def create_app(
         answer = HealthAnswer(status="unavailable", reason=reason)
         return JSONResponse(answer.model_dump(), status_code=503)
 
+    # Load balancers often probe with HEAD: the same check, the status alone.
+    app.add_api_route(
+        "/healthz",
+        healthz,
+        methods=["HEAD"],
+        include_in_schema=False,
+        response_model=HealthAnswer,
+        response_model_exclude_none=True,
+    )
     return app
 
 
@@ -615,12 +623,18 @@ class _Health:
         return f"store busy: no answer within {self._timeout} s"
 
 
-def default_limit_concurrency() -> int:
-    """Open connections at most: 1000, or fewer under a low file descriptor limit."""
+def default_limits() -> tuple[int, int]:
+    """``(limit_concurrency, backlog)`` that fit the process's file descriptor limit.
+
+    At most 1000 connections and a backlog of 256. The server accepts up to ``backlog``
+    connections at a time before it can close those over the limit, so both must fit in the
+    descriptors left once the database, the log and the threads have theirs.
+    """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return _MAX_CONNECTIONS
-    return max(1, min(_MAX_CONNECTIONS, soft - _RESERVED_FDS))
+        return _MAX_CONNECTIONS, _MAX_BACKLOG
+    backlog = max(8, min(_MAX_BACKLOG, soft // 8))
+    return max(1, min(_MAX_CONNECTIONS, soft - _RESERVED_FDS - backlog)), backlog
 
 
 def run(
@@ -633,18 +647,20 @@ def run(
     keep_alive_timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     limit_concurrency: int | None = None,
-    backlog: int = DEFAULT_BACKLOG,
+    backlog: int | None = None,
 ) -> None:
     """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
 
     Connections idle ``keep_alive_timeout`` seconds after a response are closed, and those
     whose request is not whole within ``request_timeout``; beyond ``limit_concurrency`` open
-    connections (default: :func:`default_limit_concurrency`) new ones are closed at once and
-    requests answered 503; ``backlog`` connections wait in the kernel's queue.
+    connections new ones are closed at once and requests answered 503; ``backlog``
+    connections wait in the kernel's queue (defaults: :func:`default_limits`).
     """
     _positive("keep_alive_timeout", keep_alive_timeout)
     _positive("request_timeout", request_timeout)
-    limit = default_limit_concurrency() if limit_concurrency is None else limit_concurrency
+    default_limit, default_backlog = default_limits()
+    limit = default_limit if limit_concurrency is None else limit_concurrency
+    backlog = default_backlog if backlog is None else backlog
     if limit < 1 or backlog < 1:
         raise ConfigurationError("limit_concurrency and backlog must be at least 1")
     app = create_app(db, path=path, store_timeout=store_timeout, request_timeout=request_timeout)
