@@ -178,6 +178,20 @@ class Tracker:
         assert result is not None
         return result
 
+    def ingest_batch(
+        self, bodies: Sequence[Body], *, timeout: float | None = None
+    ) -> list[IngestResult]:
+        """Record deliveries in one durable transaction, each with its own result, as
+        :meth:`ingest` does one: a group commit, one sync to disk for all of them.
+
+        All or nothing: :class:`StoreError` (:class:`StoreTimeout` past ``timeout``) means none
+        was kept. For a receiver answering concurrent senders; bulk loads use
+        :meth:`ingest_many`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results = self._record([to_incoming(body) for body in bodies], deadline=deadline)
+        return [result for result in results if result is not None]
+
     def ingest_many(
         self, bodies: Iterable[Body], *, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> IngestSummary:
