@@ -386,3 +386,28 @@ def test_a_failing_store_logs_one_line_per_delivery_and_a_traceback_once(
     assert len(failures) == 20
     assert sum(1 for r in failures if r.exc_info) <= 1
     assert all("no such table" in r.getMessage() for r in failures if not r.exc_info)
+
+
+def test_ingest_batch_gives_each_delivery_its_own_result(db_url: str) -> None:
+    """ingest_batch records several deliveries in one commit, each with its own outcome."""
+    bodies = [started("s-1"), started("s-1"), b"not json", started("s-2")]
+    with Tracker(db_url) as tracker:
+        results = tracker.ingest_batch(bodies, timeout=5)
+        assert [r.outcome.value for r in results] == ["applied", "duplicate", "rejected", "applied"]
+        assert len(tracker.deliveries()) == 4
+
+
+def test_a_body_that_arrives_too_slowly_is_answered_408(
+    sqlite_url: str, serve: Callable[..., httpx.Client]
+) -> None:
+    """A sender that stops halfway through its body gets 408 after the request timeout."""
+    with Tracker(sqlite_url) as tracker:
+        client = serve(tracker, request_timeout=1)
+        port = client.base_url.port
+        assert port is not None
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(b'POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{"ev')
+            raw.settimeout(HELD)
+            answer = raw.recv(1024)
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert tracker.deliveries() == []
