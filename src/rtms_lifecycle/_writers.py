@@ -729,7 +729,6 @@ class _PostgresWriter:
         psycopg = self._psycopg
         _past(deadline)
         held = _checkout(self._engine)
-        _past(deadline)  # the pool may have made it wait
         conn = held.driver_connection
         assert isinstance(conn, psycopg.Connection)
         # An optimistic batch small enough to be written by one statement needs no transaction:
@@ -737,6 +736,7 @@ class _PostgresWriter:
         # checks what the read saw. That saves BEGIN and COMMIT: two of four round trips.
         alone = not cautious and size <= _PG_ROWS
         try:
+            _past(deadline)  # the pool may have made it wait
             if self._sequences is None:
                 names = conn.execute(_PG_SEQUENCES).fetchone()
                 conn.rollback()
