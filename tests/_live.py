@@ -62,18 +62,29 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving_process(db_url: str, workdir: Path, path: str = "/webhook") -> Iterator[str]:
+def serving_process(
+    db_url: str,
+    workdir: Path,
+    path: str = "/webhook",
+    options: str = "",
+    nofile: int | None = None,
+) -> Iterator[str]:
     """``rtms_lifecycle.server.run`` (what ``rtms-lifecycle serve`` calls) in its own process.
 
     Its own process, so that senders in the test process do not share its interpreter lock.
-    Yields the base URL once /healthz answers; the server's output goes to ``server.log`` in
-    ``workdir``.
+    ``options``: more keyword arguments of ``run``, as Python source; ``nofile``: the process's
+    file descriptor limit. Yields the base URL once /healthz answers; the server's output goes
+    to ``server.log`` in ``workdir``.
     """
     port = _free_port()
     code = (
         "from rtms_lifecycle.server import run; "
-        f"run(host='127.0.0.1', port={port}, path={path!r}, db={db_url!r})"
+        f"run(host='127.0.0.1', port={port}, path={path!r}, db={db_url!r}, {options})"
     )
+    if nofile is not None:
+        limit = f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile},) * 2)"
+        code = f"import resource; {limit}; {code}"
+
     url = f"http://127.0.0.1:{port}"
     with (workdir / "server.log").open("wb") as log:
         process = subprocess.Popen(

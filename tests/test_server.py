@@ -292,7 +292,8 @@ def test_dropped_postgres_database_answers_503_on_webhook_and_healthz(
         assert response.status_code == 503
         assert response.json()["error"] == "store_unavailable"
         health = client.get("/healthz")
-        assert (health.status_code, health.json()) == (503, {"status": "unavailable"})
+        assert (health.status_code, health.json()["status"]) == (503, "unavailable")
+        assert "does not exist" in health.json()["reason"]
 
 
 def test_sqlite_store_failure_answers_503(

@@ -26,6 +26,7 @@ from .exceptions import (
     SchemaOutdatedError,
     SchemaTooNewError,
     StoreError,
+    StoreTimeout,
     WebhookRefused,
 )
 from .machine import State, TransitionName
@@ -68,6 +69,7 @@ __all__ = [
     "StopReasonCategory",
     "StopReasonStat",
     "StoreError",
+    "StoreTimeout",
     "Stream",
     "StreamEvent",
     "Tracker",

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Final
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Connection, Engine, inspect
 
 from .exceptions import SchemaOutdatedError, SchemaTooNewError
+
+# The PostgreSQL advisory lock held while the schema is created or upgraded ("rtms" in ASCII).
+_PG_SCHEMA_LOCK: Final = 0x72746D73
+#: The execution option that makes an SQLite transaction begin with ``BEGIN IMMEDIATE``.
+SQLITE_IMMEDIATE: Final = "rtms_lifecycle_immediate"
 
 _PACKAGED = Path(__file__).with_name("migrations")
 # An editable install or a source checkout runs the top-level folder the wheel is built from.
@@ -65,28 +73,58 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database to ``revision`` (default: the newest)."""
+@contextmanager
+def _schema_locked(engine: Engine) -> Iterator[Connection]:
+    """A transaction that alone may change the schema: other processes wait until it ends.
+
+    PostgreSQL: an advisory lock, released with the transaction. SQLite: ``BEGIN IMMEDIATE``,
+    its write lock. Without it, processes opening a new database at once all create the tables.
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execution_options(**{SQLITE_IMMEDIATE: True})
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_SCHEMA_LOCK})")
+            yield conn
+
+
+def _upgrade(conn: Connection, revision: str) -> None:
     config = alembic_config()
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database to ``revision`` (default: the newest), one process at a time."""
+    with _schema_locked(engine) as conn:
+        _upgrade(conn, revision)
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create the schema in a new, empty database; refuse one at an older revision."""
+    """Create the schema in a new, empty database; refuse one at an older revision.
+
+    Safe when several processes open a new database at once: one creates the schema under the
+    schema lock, the others wait for it, then find the schema there.
+    """
     current = current_revision(engine)
     if current == head_revision():
         return
     if current is None:
-        tables = set(inspect(engine).get_table_names())
-        if tables & {"streams", "deliveries"}:
-            raise SchemaOutdatedError(
-                "the database has rtms-lifecycle tables but no migration revision: "
-                "it was not created by rtms-lifecycle"
-            )
-        upgrade(engine)
-        return
+        with _schema_locked(engine) as conn:
+            # Read again under the lock: another process may have created it meanwhile.
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current is None:
+                tables = set(inspect(conn).get_table_names())
+                if tables & {"streams", "deliveries"}:
+                    raise SchemaOutdatedError(
+                        "the database has rtms-lifecycle tables but no migration revision: "
+                        "it was not created by rtms-lifecycle"
+                    )
+                _upgrade(conn, "head")
+                return
+        if current == head_revision():
+            return
     refuse_newer(current)
     raise SchemaOutdatedError(
         f"the database schema is at revision {current}, this version of rtms-lifecycle needs "

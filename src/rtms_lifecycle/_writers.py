@@ -12,9 +12,10 @@ Rows travel as plain tuples in the column orders below.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import count
@@ -24,6 +25,7 @@ from sqlalchemy import Engine, Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.pool import PoolProxiedConnection
 
+from ._deadline import Watchdog, remaining
 from ._tables import EVENT_PREDICATE, concurrency_alerts, deliveries, streams, transitions
 from .machine import StreamState
 from .records import Transition
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALERT_COLUMNS",
+    "SQLITE_BUSY_TIMEOUT_MS",
     "DELIVERY_COLUMNS",
     "EVENT_COLUMNS",
     "STREAM_COLUMNS",
@@ -52,6 +55,10 @@ Row = tuple[Any, ...]
 _CHUNK: Final = 500
 # Deadlock, serialisation failure, unique violation: a race another attempt will not lose.
 _RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01", "23505"})
+# Query cancelled (our watchdog, or the operator's statement_timeout), lock timeout.
+_TIMEOUT_SQLSTATES: Final = frozenset({"57014", "55P03"})
+#: How long an SQLite write waits for another process's write lock when it has no deadline.
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 
 
 def _columns(table: Table, names: Sequence[str]) -> tuple[str, ...]:
@@ -162,25 +169,47 @@ class WriteTx(Protocol):
 
 
 class WriteFailed(Exception):
-    """A write transaction failed and was rolled back; ``retryable`` if it lost a race."""
+    """A write transaction failed and was rolled back; ``retryable`` if it lost a race.
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    ``timed_out``: it waited for the database (a lock, a slow statement) past its deadline.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, timed_out: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.timed_out = timed_out
+
+
+def _past(deadline: float | None) -> None:
+    if deadline is not None and remaining(deadline) <= 0:
+        raise WriteFailed(
+            "the time budget ran out before the write began", retryable=False, timed_out=True
+        )
 
 
 class Writer(Protocol):
     """Opens write transactions on one database."""
 
     def transaction(
-        self, *, cautious: bool = False, size: int = 1
+        self,
+        *,
+        cautious: bool = False,
+        size: int = 1,
+        deadline: float | None = None,
+        durable: bool = True,
     ) -> AbstractContextManager[WriteTx]:
         """A context manager yielding a :class:`WriteTx`; commits on success.
 
         Raises :class:`WriteFailed` when the database refuses. A first attempt may be
         optimistic and lose a race (then it is retried); a ``cautious`` one locks instead.
-        ``size`` is the number of deliveries the transaction will record.
+        ``size`` is the number of deliveries the transaction will record. Past ``deadline``
+        (monotonic seconds) it gives up, rolled back (``timed_out``). ``durable``: the commit
+        must survive a power loss (it answers someone); else a crash of the machine may undo it.
         """
+        ...
+
+    def probe(self, deadline: float) -> None:
+        """Begin a write, write a row, roll back: raises :class:`WriteFailed` if any step fails."""
         ...
 
     def close(self) -> None:
@@ -309,6 +338,28 @@ def _sqlite_busy(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc)
 
 
+# What a health probe writes (and rolls back): a row in the deliveries table, as a delivery would.
+# Id 0 is never a delivery's: ids start at 1.
+_PROBE: Final = (
+    "INSERT INTO deliveries (id, received_at, source, outcome, raw)"
+    " VALUES (0, 0, 'system', 'rejected', %s)"
+)
+_SQLITE_PROBE: Final = _PROBE.replace("%s", "x''")
+_PG_PROBE: Final = _PROBE.replace("%s", "''::bytea")
+
+
+class _RollBack(Exception):
+    """Ends a probe's transaction: rolled back, nothing raised."""
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (found.st_dev, found.st_ino)
+
+
 class _SqliteTx:
     __slots__ = ("_conn",)
 
@@ -361,30 +412,97 @@ class _SqliteTx:
 
 
 class _SqliteWriter:
-    """One connection, held for the store's life (threads queue on the store's lock)."""
+    """One connection, held for the store's life (threads queue on the store's lock).
+
+    It checks after every commit that the database file is still the one it opened: a commit
+    into a deleted (or replaced) file is lost with the process, and must not answer 200.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._held: PoolProxiedConnection | None = None
+        database = engine.url.database
+        # No file to lose for an in-memory database.
+        self._path = database if database and database != ":memory:" else None
+        self._identity: tuple[int, int] | None = None
+        # What the held connection is set to now: pragmas are set only when they change.
+        self._busy_ms = SQLITE_BUSY_TIMEOUT_MS
+        self._full = False
 
     def close(self) -> None:
         if self._held is not None:
             self._held.close()
             self._held = None
 
-    @contextmanager
-    def transaction(self, *, cautious: bool = False, size: int = 1) -> Iterator[_SqliteTx]:
-        # Always cautious: BEGIN IMMEDIATE makes this the only writer until it commits.
+    def _connection(self) -> tuple[PoolProxiedConnection, sqlite3.Connection]:
         if self._held is None:
+            identity = _file_identity(self._path) if self._path else None
+            if self._path and identity is None and self._identity is not None:
+                # Connecting would create a new, empty file where the database was.
+                raise WriteFailed(f"the database file {self._path} is gone", retryable=False)
+            if identity != self._identity and self._identity is not None:
+                # Another file now: the pool's connections still read the old one.
+                self._engine.dispose()
             self._held = _checkout(self._engine)
-        held = self._held
-        conn = held.driver_connection
+            self._identity = _file_identity(self._path) if self._path else None
+            self._busy_ms, self._full = SQLITE_BUSY_TIMEOUT_MS, False
+        conn = self._held.driver_connection
         assert isinstance(conn, sqlite3.Connection)
+        return self._held, conn
+
+    def _settle(self, conn: sqlite3.Connection, deadline: float | None, durable: bool) -> None:
+        # The wait for another process's write lock ends at the deadline.
+        busy = SQLITE_BUSY_TIMEOUT_MS if deadline is None else int(remaining(deadline) * 1000)
+        if busy != self._busy_ms:
+            conn.execute(f"PRAGMA busy_timeout={max(busy, 1)}")
+            self._busy_ms = busy
+        if durable != self._full:
+            # FULL syncs the WAL at every commit: a commit that answered a sender survives a
+            # power loss. NORMAL (bulk loads, whose input is still there) syncs at checkpoints.
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._full = durable
+
+    def _check_file(self) -> None:
+        if self._path is None or _file_identity(self._path) == self._identity:
+            return
+        gone = not os.path.exists(self._path)
+        self._engine.dispose()
+        if gone:
+            # The deleted file's write-ahead log and index are left at its path: SQLite would
+            # apply that log to whatever file is put back there (a backup: then corrupted).
+            for suffix in ("-wal", "-shm"):
+                with suppress(FileNotFoundError):
+                    os.remove(self._path + suffix)
+        raise WriteFailed(
+            f"the database file {self._path} was {'deleted' if gone else 'replaced'} while "
+            "open: what was just written is not in it",
+            retryable=False,
+        )
+
+    def probe(self, deadline: float) -> None:
+        with self.transaction(deadline=deadline, durable=False) as tx:
+            tx._conn.execute(_SQLITE_PROBE)
+            raise _RollBack
+
+    @contextmanager
+    def transaction(
+        self,
+        *,
+        cautious: bool = False,
+        size: int = 1,
+        deadline: float | None = None,
+        durable: bool = True,
+    ) -> Iterator[_SqliteTx]:
+        # Always cautious: BEGIN IMMEDIATE makes this the only writer until it commits.
+        _past(deadline)
+        held, conn = self._connection()
         try:
+            self._settle(conn, deadline, durable)
             # The write lock is taken up front: two writers never both read, then both write.
             conn.execute("BEGIN IMMEDIATE")
             yield _SqliteTx(conn)
             conn.execute("COMMIT")
+            self._check_file()
         except BaseException as exc:
             busy = isinstance(exc, sqlite3.Error) and _sqlite_busy(exc)
             try:
@@ -392,12 +510,15 @@ class _SqliteWriter:
                     conn.execute("ROLLBACK")
             except sqlite3.Error:
                 busy = False
+            if isinstance(exc, _RollBack):
+                return
             if not busy:
                 # Whatever went wrong, the next transaction starts on a fresh connection.
                 held.invalidate()
                 self._held = None
             if isinstance(exc, sqlite3.Error):
-                raise WriteFailed(str(exc), retryable=busy) from exc
+                timed_out = busy and deadline is not None and remaining(deadline) <= 0
+                raise WriteFailed(str(exc), retryable=busy, timed_out=timed_out) from exc
             raise
 
 
@@ -577,6 +698,9 @@ class _PostgresTx:
 class _PostgresWriter:
     """A pooled connection per transaction."""
 
+    # One per process: it only sleeps until the next deadline.
+    _watchdog = Watchdog()
+
     def __init__(self, engine: Engine) -> None:
         import psycopg  # the "postgres" extra
 
@@ -587,9 +711,23 @@ class _PostgresWriter:
     def close(self) -> None:
         """Nothing is held between transactions."""
 
+    def probe(self, deadline: float) -> None:
+        with self.transaction(cautious=True, deadline=deadline) as tx:
+            self._psycopg.RawCursor(tx._conn).execute(_PG_PROBE)
+            raise _RollBack
+
     @contextmanager
-    def transaction(self, *, cautious: bool = False, size: int = 1) -> Iterator[_PostgresTx]:
+    def transaction(
+        self,
+        *,
+        cautious: bool = False,
+        size: int = 1,
+        deadline: float | None = None,
+        durable: bool = True,
+    ) -> Iterator[_PostgresTx]:
+        # PostgreSQL's own synchronous_commit decides durability (on by default: every commit).
         psycopg = self._psycopg
+        _past(deadline)
         held = _checkout(self._engine)
         conn = held.driver_connection
         assert isinstance(conn, psycopg.Connection)
@@ -598,14 +736,16 @@ class _PostgresWriter:
         # checks what the read saw. That saves BEGIN and COMMIT: two of four round trips.
         alone = not cautious and size <= _PG_ROWS
         try:
+            _past(deadline)  # the pool may have made it wait
             if self._sequences is None:
                 names = conn.execute(_PG_SEQUENCES).fetchone()
                 conn.rollback()
                 assert names is not None
                 self._sequences = (names[0], names[1])
             conn.autocommit = alone
-            yield _PostgresTx(conn, self._sequences, psycopg.RawCursor, cautious)
-            conn.commit()
+            with self._watchdog.guard(deadline, conn.cancel_safe):
+                yield _PostgresTx(conn, self._sequences, psycopg.RawCursor, cautious)
+                conn.commit()
         except BaseException as exc:
             broken = conn.closed or conn.broken
             if not broken:
@@ -615,9 +755,12 @@ class _PostgresWriter:
                     broken = True
             if broken:
                 held.invalidate()
+            if isinstance(exc, _RollBack):
+                return
             if isinstance(exc, psycopg.Error):
-                retryable = broken or exc.sqlstate in _RETRYABLE_SQLSTATES
-                raise WriteFailed(str(exc), retryable=retryable) from exc
+                timed_out = exc.sqlstate in _TIMEOUT_SQLSTATES
+                retryable = (broken or exc.sqlstate in _RETRYABLE_SQLSTATES) and not timed_out
+                raise WriteFailed(str(exc), retryable=retryable, timed_out=timed_out) from exc
             raise
         finally:
             # The connection goes back to the pool as SQLAlchemy lent it.

@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -22,7 +23,9 @@ from typing import Any, Final, ParamSpec, TypeVar, overload
 
 from sqlalchemy import Engine
 
+from ._deadline import DEFAULT_STORE_TIMEOUT
 from .events import Scope
+from .exceptions import StoreTimeout
 from .machine import State, TransitionName
 from .records import (
     ConcurrencyAlertRecord,
@@ -219,9 +222,36 @@ class AsyncTracker:
 
     # --- writing ----------------------------------------------------------------------------
 
-    async def ingest(self, body: Body, *, headers: Mapping[str, str] | None = None) -> IngestResult:
-        """Awaitable :meth:`Tracker.ingest`: one delivery, one transaction, callbacks after."""
-        return await self._write(self._sync.ingest, body, headers=headers)
+    async def ingest(
+        self,
+        body: Body,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> IngestResult:
+        """Awaitable :meth:`Tracker.ingest`: one delivery, one durable transaction, callbacks
+        after. ``timeout`` counts from this call, the wait for a worker thread included."""
+        if timeout is None:
+            return await self._write(self._sync.ingest, body, headers=headers)
+        deadline = time.monotonic() + timeout
+
+        def ingest() -> IngestResult:
+            return self._sync.ingest(body, headers=headers, timeout=_left(deadline))
+
+        return await self._write(ingest)
+
+    async def ingest_batch(
+        self, bodies: Sequence[Body], *, timeout: float | None = None
+    ) -> list[IngestResult]:
+        """Awaitable :meth:`Tracker.ingest_batch`: a group commit, all or nothing. ``timeout``
+        counts from this call, the wait for a worker thread included."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def ingest_batch() -> list[IngestResult]:
+            left = None if deadline is None else _left(deadline)
+            return self._sync.ingest_batch(bodies, timeout=left)
+
+        return await self._write(ingest_batch)
 
     async def ingest_many(
         self,
@@ -393,7 +423,20 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.ping`."""
         return await self._read(self._sync.ping)
 
+    async def check_writable(self, timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
+        """Awaitable :meth:`Tracker.check_writable`. Not queued behind this tracker's writes: it
+        asks whether the store can take a write now, within ``timeout``."""
+        await self._read(self._sync.check_writable, timeout)
+
 
 def _in_context(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Callable[[], T]:
     """``fn(*args, **kwargs)`` in a copy of the caller's context variables, as in to_thread."""
     return functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
+def _left(deadline: float) -> float:
+    """Seconds left before ``deadline`` (monotonic clock); none left is a :class:`StoreTimeout`."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise StoreTimeout("the write waited for a worker thread past its time budget")
+    return left

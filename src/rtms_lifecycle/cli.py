@@ -948,9 +948,54 @@ def db_upgrade(app: _App, as_json: bool) -> None:
     show_default=True,
     help="Serve GET /metrics (Prometheus; behind the API token when one is set).",
 )
+@click.option(
+    "--store-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=2.5,
+    show_default=True,
+    help="Seconds a delivery may take to commit; past it the answer is 503 (Zoom retries).",
+)
+@click.option(
+    "--keep-alive-timeout",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Seconds an idle connection stays open after a response.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds a request has to arrive whole; slower connections are closed.",
+)
+@click.option(
+    "--limit-concurrency",
+    type=click.IntRange(1),
+    default=None,
+    help="Open connections at most [default: 1000, less under a low file descriptor limit].",
+)
+@click.option(
+    "--backlog",
+    type=click.IntRange(1),
+    default=None,
+    help="Connections the kernel queues before they are accepted [default: 256, less under a "
+    "low file descriptor limit].",
+)
 @_pass_app
 def serve(
-    app: _App, host: str, port: int, path: str, log_level: str, log_format: str, metrics: bool
+    app: _App,
+    host: str,
+    port: int,
+    path: str,
+    store_timeout: float,
+    keep_alive_timeout: int,
+    request_timeout: float,
+    limit_concurrency: int | None,
+    backlog: int | None,
+    log_level: str,
+    log_format: str,
+    metrics: bool,
 ) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:
@@ -965,6 +1010,11 @@ def serve(
         log_level=log_level,
         log_format="json" if log_format == "json" else "text",
         metrics=metrics,
+        store_timeout=store_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+        request_timeout=request_timeout,
+        limit_concurrency=limit_concurrency,
+        backlog=backlog,
     )
 
 

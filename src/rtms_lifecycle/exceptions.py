@@ -15,6 +15,7 @@ __all__ = [
     "SchemaOutdatedError",
     "SchemaTooNewError",
     "StoreError",
+    "StoreTimeout",
     "WebhookRefused",
 ]
 
@@ -55,6 +56,11 @@ class DeliveryRejected(RTMSLifecycleError):
 
 class StoreError(RTMSLifecycleError):
     """The database could not record a delivery; nothing of it was kept."""
+
+
+class StoreTimeout(StoreError):
+    """The database did not commit within the time allowed (a held lock, a slow disk); nothing
+    of the delivery was kept."""
 
 
 class SchemaOutdatedError(RTMSLifecycleError):

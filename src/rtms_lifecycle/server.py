@@ -17,16 +17,20 @@ import hmac
 import logging
 import logging.config
 import os
+import resource
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 try:
+    import anyio
     import uvicorn
     from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
     from fastapi.responses import JSONResponse, Response
+    from fastapi.routing import APIRoute
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from starlette.requests import ClientDisconnect
 
@@ -43,10 +47,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import _dburl
 from ._bounds import MAX_COUNT, MAX_EPOCH_MS, MIN_EPOCH_MS
+from ._deadline import DEFAULT_STORE_TIMEOUT
+from ._http import bounded_protocol
 from ._logging import LogFormat, log_config
+from ._logthrottle import throttle_tracebacks
 from .async_tracker import AsyncTracker
 from .events import Scope, Source, UrlValidation, parse_delivery
-from .exceptions import ConfigurationError, StoreError, WebhookRefused
+from .exceptions import ConfigurationError, StoreError, StoreTimeout, WebhookRefused
 from .machine import ACTIVE_STATES, State, TransitionName
 from .records import IngestResult, Outcome, StopReasonStat, Stream, Transition
 from .stop_reasons import StopReasonCategory
@@ -63,6 +70,7 @@ __all__ = [
     "DB_ENV",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_PATH",
+    "DEFAULT_STORE_TIMEOUT",
     "DeliveryAnswer",
     "DetailAnswer",
     "ErrorAnswer",
@@ -87,6 +95,19 @@ DEFAULT_PATH: Final = "/webhook"
 # capping what an unauthenticated sender makes us buffer before the signature is checked.
 DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
 _URL_VALIDATION: Final = "endpoint.url_validation"
+#: Idle seconds after a response before a kept-alive connection is closed.
+DEFAULT_KEEP_ALIVE_TIMEOUT: Final = 5
+#: Seconds a request has to arrive whole (headers and body): Zoom's take milliseconds.
+DEFAULT_REQUEST_TIMEOUT: Final = 5.0
+# Connections the kernel queues before the server accepts them, at most. Zoom waits 3 s for an
+# answer: a long queue only makes senders wait for answers they will no longer take.
+_MAX_BACKLOG: Final = 256
+# Open connections at most, by default: below the process's file descriptor limit, which must
+# leave room for the database, the log and the worker threads' files.
+_MAX_CONNECTIONS: Final = 1000
+_RESERVED_FDS: Final = 64
+# Deliveries written in one group commit at most (SQLite).
+_GROUP: Final = 100
 
 
 # --- answers (their models make the OpenAPI schema complete) ------------------------------------
@@ -115,9 +136,10 @@ class ErrorAnswer(BaseModel):
 
 
 class HealthAnswer(BaseModel):
-    """Whether the database answers."""
+    """Whether the store can record a delivery now; ``reason`` says why not."""
 
     status: Literal["ok", "unavailable"]
+    reason: str | None = None
 
 
 class StreamModel(BaseModel):
@@ -203,6 +225,11 @@ class DetailAnswer(BaseModel):
 # --- the webhook --------------------------------------------------------------------------------
 
 
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
 def _error(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse(ErrorAnswer(error=error, detail=detail).model_dump(), status_code=status)
 
@@ -254,25 +281,103 @@ def _log_recorded(result: IngestResult, seconds: float) -> None:
     )
 
 
+class _Recorder:
+    """Records through an :class:`AsyncTracker`, in worker threads of its own, so the event loop
+    never waits on the database, and neither the read API nor the health check waits for its
+    threads; the tracker's callbacks (``async def`` ones too) run on the event loop.
+
+    Every delivery has ``store_timeout`` seconds from its arrival, waiting in the queue included:
+    past it, the write gives up (nothing kept) and the sender gets 503.
+
+    On SQLite, which admits a single writer, deliveries queue here (FIFO) and are written in
+    groups: whoever's turn it is writes every delivery queued by then, in one transaction, so
+    that one sync to disk makes them all durable (a sync per delivery would bound the receiver
+    by the disk's flushes). Writers left to queue inside SQLite itself poll its lock with sleeps
+    of up to 100 ms (its busy handler), which made the slowest answers exceed a second.
+    """
+
+    def __init__(self, tracker: AsyncTracker, store_timeout: float) -> None:
+        self._tracker = tracker
+        self._grouped = tracker.engine.dialect.name == "sqlite"
+        self._turn: anyio.Lock | None = None
+        self._queue: list[_Queued] = []
+        self._timeout = store_timeout
+
+    async def _ingest_group(self, group: list[_Queued]) -> None:
+        try:
+            left = min(queued.deadline for queued in group) - time.monotonic()
+            if left <= 0:
+                raise StoreTimeout("the delivery waited for the store past its time budget")
+            results = await self._tracker.ingest_batch([q.body for q in group], timeout=left)
+        except Exception as exc:  # each sender is answered as if it had written alone
+            for queued in group:
+                queued.outcome = exc
+        else:
+            for queued, result in zip(group, results, strict=True):
+                queued.outcome = result
+
+    async def ingest(self, body: bytes) -> IngestResult:
+        if not self._grouped:
+            return await self._tracker.ingest(body, timeout=self._timeout)
+        deadline = time.monotonic() + self._timeout
+        if self._turn is None:
+            # Created on first use: older anyio versions need a running event loop for it.
+            self._turn = anyio.Lock()
+        queued = _Queued(body, deadline)
+        self._queue.append(queued)
+        async with self._turn:
+            if queued.outcome is None:
+                now = time.monotonic()
+                # Those already past their budget are answered at once, not written late.
+                for late in (q for q in self._queue if q.deadline <= now):
+                    late.outcome = StoreTimeout("the delivery waited past its time budget")
+                group = [q for q in self._queue[:_GROUP] if q.outcome is None]
+                del self._queue[:_GROUP]
+                self._queue = [q for q in self._queue if q.outcome is None]
+                if group:
+                    await self._ingest_group(group)
+        assert queued.outcome is not None
+        if isinstance(queued.outcome, Exception):
+            raise queued.outcome
+        return queued.outcome
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A delivery waiting for its group's commit, and what became of it."""
+
+    body: bytes
+    deadline: float
+    outcome: IngestResult | Exception | None = None
+
+
 def create_router(
     tracker: AsyncTracker | Tracker,
     verifier: WebhookVerifier,
     *,
     path: str = DEFAULT_PATH,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    store_timeout: float = DEFAULT_STORE_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> APIRouter:
     """A router with ``POST {path}``: verify, answer url validation, record the delivery.
 
-    Deliveries are recorded by an :class:`AsyncTracker`: the event loop never waits on the
-    database, on SQLite writes queue first come first served, and the tracker's callbacks
-    (``async def`` ones too) run on the event loop before the answer. A :class:`Tracker` is
-    wrapped in one that shares it. Include the router with ``app.include_router(router)``.
+    Deliveries are recorded by an :class:`AsyncTracker` (a :class:`Tracker` is wrapped in one
+    that shares it): the event loop never waits on the database, and the tracker's callbacks
+    (``async def`` ones too) run on the event loop before the answer. A delivery the store
+    cannot commit within ``store_timeout`` seconds is answered 503 (nothing kept; Zoom retries);
+    a body that takes over ``request_timeout`` seconds to arrive, 408. Include the router in
+    your own app with ``app.include_router(router)``.
     """
     if not path.startswith("/"):
         raise ConfigurationError(f"the webhook path must start with '/', got {path!r}")
     if max_body_bytes < 1:
         raise ConfigurationError("max_body_bytes must be at least 1")
-    recorder = tracker if isinstance(tracker, AsyncTracker) else AsyncTracker(tracker)
+    _positive("store_timeout", store_timeout)
+    _positive("request_timeout", request_timeout)
+    recorder = _Recorder(
+        tracker if isinstance(tracker, AsyncTracker) else AsyncTracker(tracker), store_timeout
+    )
     router = APIRouter(tags=["webhook"])
 
     @router.post(
@@ -286,8 +391,13 @@ def create_router(
                 "or the answer to Zoom's url validation challenge.",
             },
             401: {"model": ErrorAnswer, "description": "Verification failed; nothing stored."},
+            408: {"model": ErrorAnswer, "description": "The body came too slowly; nothing stored."},
             413: {"model": ErrorAnswer, "description": f"Body over {max_body_bytes} bytes."},
-            503: {"model": ErrorAnswer, "description": "The store failed; Zoom will retry."},
+            503: {
+                "model": ErrorAnswer,
+                "description": "The store failed, or did not commit within its time budget; "
+                "nothing stored, Zoom will retry.",
+            },
         },
         openapi_extra={
             "requestBody": {
@@ -303,7 +413,11 @@ def create_router(
     )
     async def receive(request: Request) -> Response:
         try:
-            body = await _read_body(request, max_body_bytes)
+            with anyio.fail_after(request_timeout):
+                body = await _read_body(request, max_body_bytes)
+        except TimeoutError:
+            log.info("a webhook sender's body took over %s s; answered 408", request_timeout)
+            return _error(408, "body_timeout", f"the body took over {request_timeout} s")
         except _TooLarge:
             _metrics.REFUSALS.labels("body_too_large").inc()
             return _error(413, "body_too_large", f"request body exceeds {max_body_bytes} bytes")
@@ -326,6 +440,14 @@ def create_router(
         started = time.perf_counter()
         try:
             result = await recorder.ingest(body)
+        except StoreTimeout as exc:
+            # A busy store, not a broken one: one line, no traceback.
+            log.warning("store busy: answered 503 so that Zoom retries: %s", exc)
+            return _error(
+                503,
+                "store_busy",
+                f"the store did not commit within {store_timeout} s; nothing was kept, retry later",
+            )
         except (StoreError, SQLAlchemyError):
             took = time.perf_counter() - started
             _metrics.STORE_FAILURES.inc()
@@ -385,6 +507,26 @@ class _RequireToken:
             )
 
 
+class _StoreFailuresAre503(APIRoute):
+    """A read route whose store fails answers 503, as the webhook does, rather than 500."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                response: Response = await handler(request)
+            except (StoreError, SQLAlchemyError):
+                log.exception("the read API could not read the store; answered 503")
+                return JSONResponse(
+                    DetailAnswer(detail="the store is unavailable; retry later").model_dump(),
+                    status_code=503,
+                )
+            return response
+
+        return guarded
+
+
 def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
     """The read API, every route requiring ``Authorization: Bearer <api_token>``."""
     if not api_token:
@@ -392,7 +534,11 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
     router = APIRouter(
         tags=["read"],
         dependencies=[Depends(_RequireToken(api_token))],
-        responses={401: {"model": DetailAnswer, "description": "Missing or wrong bearer token."}},
+        responses={
+            401: {"model": DetailAnswer, "description": "Missing or wrong bearer token."},
+            503: {"model": DetailAnswer, "description": "The store is unavailable."},
+        },
+        route_class=_StoreFailuresAre503,
     )
 
     @router.get("/streams", summary="List streams, newest activity first")
@@ -455,6 +601,8 @@ def create_app(
     replay_window: float = DEFAULT_REPLAY_WINDOW,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     metrics: bool = True,
+    store_timeout: float = DEFAULT_STORE_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> FastAPI:
     """The receiver: ``POST {path}``, ``GET /healthz``, ``GET /metrics`` and, with a token, the
     read API.
@@ -465,12 +613,17 @@ def create_app(
     (:class:`ConfigurationError`). ``api_token``: by default ``RTMS_LIFECYCLE_API_TOKEN``; the
     read API exists only when one is set, and then guards ``/metrics`` too. ``metrics``:
     whether to serve ``/metrics`` (Prometheus' text format; docs/operations.md).
+    ``store_timeout``: seconds a delivery may take to commit before it is answered 503 (Zoom
+    waits 3 s); ``/healthz`` uses the same budget.
     """
     # Verify the configuration before touching a database: a misconfigured receiver should
     # fail without creating anything.
     secrets = secrets_from_env() if secrets is None else secrets
     verifier = WebhookVerifier(secrets, replay_window=replay_window)
     token = _api_token(api_token)
+    _positive("store_timeout", store_timeout)
+    # An outage fails every request alike: one traceback a minute per kind is enough.
+    throttle_tracebacks()
     registry = _metrics.new_registry() if metrics else None
     owned = not isinstance(db, Tracker)
     tracker = db if isinstance(db, Tracker) else Tracker(db or os.environ.get(DB_ENV) or None)
@@ -498,22 +651,44 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.tracker = tracker
-    app.include_router(create_router(tracker, verifier, path=path, max_body_bytes=max_body_bytes))
+    app.include_router(
+        create_router(
+            tracker,
+            verifier,
+            path=path,
+            max_body_bytes=max_body_bytes,
+            store_timeout=store_timeout,
+            request_timeout=request_timeout,
+        )
+    )
     if token is not None:
         app.include_router(create_read_router(tracker, token))
+    health = _Health(tracker, store_timeout)
 
     @app.get(
         "/healthz",
         tags=["health"],
-        summary="Whether the database answers",
+        summary="Whether the store can record a delivery now",
         response_model=HealthAnswer,
-        responses={503: {"model": HealthAnswer, "description": "The database does not answer."}},
+        response_model_exclude_none=True,
+        responses={503: {"model": HealthAnswer, "description": "It cannot; `reason` says why."}},
     )
-    def healthz() -> HealthAnswer | JSONResponse:
-        if tracker.ping():
+    async def healthz() -> HealthAnswer | JSONResponse:
+        reason = await health.problem()
+        if reason is None:
             return HealthAnswer(status="ok")
-        return JSONResponse(HealthAnswer(status="unavailable").model_dump(), status_code=503)
+        answer = HealthAnswer(status="unavailable", reason=reason)
+        return JSONResponse(answer.model_dump(), status_code=503)
 
+    # Load balancers often probe with HEAD: the same check, the status alone.
+    app.add_api_route(
+        "/healthz",
+        healthz,
+        methods=["HEAD"],
+        include_in_schema=False,
+        response_model=HealthAnswer,
+        response_model_exclude_none=True,
+    )
     if registry is not None:
         guard = [Depends(_RequireToken(token))] if token is not None else []
 
@@ -531,6 +706,57 @@ def create_app(
     return app
 
 
+class _Health:
+    """The health check: can the store begin a write and write a row within the budget?
+
+    It runs in a thread of its own, never behind the webhook's or the read API's threads; a probe
+    stuck in the database (a server that stopped answering) is abandoned at the budget, and later
+    checks report it until it returns.
+    """
+
+    def __init__(self, tracker: Tracker, timeout: float) -> None:
+        self._tracker = tracker
+        self._timeout = timeout
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._failed: str | None = None
+
+    def _probe(self) -> str | None:
+        try:
+            self._tracker.check_writable(self._timeout)
+        except StoreTimeout as exc:
+            return f"store busy: {exc}"
+        except (StoreError, SQLAlchemyError) as exc:
+            return " ".join(str(exc).split("\n", 1)[0].split())
+        return None
+
+    async def problem(self) -> str | None:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        with anyio.move_on_after(self._timeout + 0.25):
+            reason = await anyio.to_thread.run_sync(
+                self._probe, limiter=self._limiter, abandon_on_cancel=True
+            )
+            if reason is not None and reason != self._failed:
+                log.warning("health check: the store cannot record deliveries: %s", reason)
+            self._failed = reason
+            return reason
+        return f"store busy: no answer within {self._timeout} s"
+
+
+def default_limits() -> tuple[int, int]:
+    """``(limit_concurrency, backlog)`` that fit the process's file descriptor limit.
+
+    At most 1000 connections and a backlog of 256. The server accepts up to ``backlog``
+    connections at a time before it can close those over the limit, so both must fit in the
+    descriptors left once the database, the log and the threads have theirs.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_CONNECTIONS, _MAX_BACKLOG
+    backlog = max(8, min(_MAX_BACKLOG, soft // 8))
+    return max(1, min(_MAX_CONNECTIONS, soft - _RESERVED_FDS - backlog)), backlog
+
+
 def run(
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -540,16 +766,37 @@ def run(
     log_level: str = "info",
     log_format: LogFormat = "text",
     metrics: bool = True,
+    store_timeout: float = DEFAULT_STORE_TIMEOUT,
+    keep_alive_timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    limit_concurrency: int | None = None,
+    backlog: int | None = None,
 ) -> None:
     """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
 
     ``log_level`` and ``log_format`` (``text`` or ``json`` lines) apply to the library's loggers
-    and uvicorn's, all on stderr.
+    and uvicorn's, all on stderr. Connections idle ``keep_alive_timeout`` seconds after a
+    response are closed, and those whose request is not whole within ``request_timeout``; beyond
+    ``limit_concurrency`` open connections new ones are closed at once and requests answered
+    503; ``backlog`` connections wait in the kernel's queue (defaults: :func:`default_limits`).
     """
+    _positive("keep_alive_timeout", keep_alive_timeout)
+    _positive("request_timeout", request_timeout)
+    default_limit, default_backlog = default_limits()
+    limit = default_limit if limit_concurrency is None else limit_concurrency
+    backlog = default_backlog if backlog is None else backlog
+    if limit < 1 or backlog < 1:
+        raise ConfigurationError("limit_concurrency and backlog must be at least 1")
     config = log_config(log_level, log_format)
     # Configured before the app exists, so that what creating it logs is formatted too.
     logging.config.dictConfig(config)
-    app = create_app(db, path=path, metrics=metrics)
+    app = create_app(
+        db,
+        path=path,
+        metrics=metrics,
+        store_timeout=store_timeout,
+        request_timeout=request_timeout,
+    )
     # The access log shows method, path and status only: never a header, so never a signature.
     uvicorn.run(
         app,
@@ -558,4 +805,8 @@ def run(
         server_header=False,
         log_config=config,
         log_level=log_level.lower(),
+        http=bounded_protocol(request_timeout),
+        timeout_keep_alive=keep_alive_timeout,
+        limit_concurrency=limit,
+        backlog=backlog,
     )

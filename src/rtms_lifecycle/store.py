@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -28,7 +28,16 @@ from sqlalchemy.engine import make_url
 
 from . import _migrate
 from ._dburl import DEFAULT_DB_URL, check_driver, default_url, parse
-from ._writers import Row, WriteFailed, Writes, WriteTx, state_row, writer_for
+from ._deadline import remaining
+from ._writers import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    Row,
+    WriteFailed,
+    Writes,
+    WriteTx,
+    state_row,
+    writer_for,
+)
 from .events import (
     ConcurrencyAlert,
     EventKind,
@@ -40,7 +49,7 @@ from .events import (
     UrlValidation,
     parse_delivery,
 )
-from .exceptions import FieldError, StoreError
+from .exceptions import FieldError, StoreError, StoreTimeout
 from .machine import LIVE_STATES, State, StreamState, TransitionName, fold, step
 from .records import IngestResult, Outcome, Stream, Transition
 
@@ -53,8 +62,13 @@ _ATTEMPTS: Final = 8
 # Stored text to enum member, cheaper than calling the enum: rows become objects by the thousand.
 SCOPE_OF: Final = {scope.value: scope for scope in Scope}
 STATE_OF: Final = {state.value: state for state in State}
-#: What every SQLite connection of the store runs first (the raw benchmarks use the same).
-SQLITE_PRAGMAS: Final = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000")
+#: What every SQLite connection of the store runs first (the raw benchmarks use the same). The
+#: busy timeout comes first: switching a new file to WAL waits for the other processes' locks.
+SQLITE_PRAGMAS: Final = (
+    f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "journal_mode=WAL",
+    "synchronous=NORMAL",
+)
 
 
 def now_ms() -> int:
@@ -133,8 +147,10 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    # A reader's statements see one snapshot (writers begin their own, in _writers).
-    conn.exec_driver_sql("BEGIN")
+    # A reader's statements see one snapshot (writers begin their own, in _writers); a schema
+    # change takes the write lock up front.
+    immediate = conn.get_execution_options().get(_migrate.SQLITE_IMMEDIATE)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -165,39 +181,83 @@ class Store:
         self._writer = writer_for(self.engine)
         # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
         # tries: threads of one process queue here instead, at no cost to other processes.
-        self._serial: AbstractContextManager[object] = (
-            threading.Lock() if self.dialect == "sqlite" else nullcontext()
-        )
+        self._serial: threading.Lock | None = threading.Lock() if self.dialect == "sqlite" else None
         if migrate:
             _migrate.ensure_schema(self.engine)
 
     def close(self) -> None:
         """Release every connection."""
-        with self._serial:
+        with self._serialised(None):
             self._writer.close()
         self.engine.dispose()
 
+    @contextmanager
+    def _serialised(self, deadline: float | None) -> Iterator[None]:
+        # SQLite: this process's writers one at a time; the wait counts against the deadline.
+        if self._serial is None:
+            yield
+            return
+        wait = -1 if deadline is None else max(remaining(deadline), 0)
+        if not self._serial.acquire(timeout=wait):
+            raise WriteFailed(
+                "another write of this process held the store past the time budget",
+                retryable=False,
+                timed_out=True,
+            )
+        try:
+            yield
+        finally:
+            self._serial.release()
+
     # --- writing ----------------------------------------------------------------------------
 
-    def record(self, items: Sequence[Incoming], *, full: bool = True) -> list[IngestResult | None]:
+    def record(
+        self,
+        items: Sequence[Incoming],
+        *,
+        full: bool = True,
+        deadline: float | None = None,
+        durable: bool = True,
+    ) -> list[IngestResult | None]:
         """Record deliveries in one transaction; None for an expiry that no longer applies.
 
-        Without ``full``, results carry outcomes and ids but no Stream or Transition.
+        Without ``full``, results carry outcomes and ids but no Stream or Transition. Past
+        ``deadline`` (``time.monotonic()`` seconds) it gives up with :class:`StoreTimeout`,
+        nothing written. ``durable``: the commit survives a power loss (on SQLite, a sync per
+        commit); without it (bulk loads), a crash of the machine may undo the last commits.
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # A batch that lost a race is retried cautiously: no more optimism.
                 with (
-                    self._serial,
-                    self._writer.transaction(cautious=attempt > 1, size=len(items)) as tx,
+                    self._serialised(deadline),
+                    self._writer.transaction(
+                        cautious=attempt > 1, size=len(items), deadline=deadline, durable=durable
+                    ) as tx,
                 ):
                     return _Batch(tx, now_ms(), full).run(items)
             except WriteFailed as exc:
+                expired = deadline is not None and remaining(deadline) <= 0
+                if exc.timed_out or (exc.retryable and expired):
+                    raise StoreTimeout(
+                        f"could not record {len(items)} deliveries within the time budget: {exc}"
+                    ) from exc
                 if not exc.retryable or attempt == _ATTEMPTS:
                     raise StoreError(f"could not record {len(items)} deliveries: {exc}") from exc
                 log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc)
                 time.sleep(random.uniform(0, 0.01 * 2**attempt))
         raise AssertionError("unreachable")
+
+    def check_writable(self, timeout: float) -> None:
+        """Raise :class:`StoreError` (why) unless a write can begin, and a row be written,
+        within ``timeout`` seconds; the probe's write is rolled back."""
+        deadline = time.monotonic() + timeout
+        try:
+            with self._serialised(deadline):
+                self._writer.probe(deadline)
+        except WriteFailed as exc:
+            kind = StoreTimeout if exc.timed_out or remaining(deadline) <= 0 else StoreError
+            raise kind(str(exc)) from exc
 
     # --- reading ----------------------------------------------------------------------------
 

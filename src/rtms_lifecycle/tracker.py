@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from typing import Any, Final, overload
 from sqlalchemy import Engine
 
 from . import _queries
+from ._deadline import DEFAULT_STORE_TIMEOUT
 from .events import EventKind, Scope, Source, check_app_event, parse_delivery
 from .exceptions import ConfigurationError, DeliveryRejected, FieldError
 from .machine import State, TransitionName
@@ -148,12 +150,21 @@ class Tracker:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def ingest(self, body: Body, *, headers: Mapping[str, str] | None = None) -> IngestResult:
+    def ingest(
+        self,
+        body: Body,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> IngestResult:
         """Record one delivery in its own transaction; a rejected body is stored, not raised.
 
         With ``headers`` (the request's), the delivery is first verified with the tracker's
         ``webhook_secrets`` (Zoom's signature over the raw bytes, and the replay window): a
         refused request raises :class:`WebhookRefused` and changes nothing in the store.
+        With ``timeout`` (seconds), a store that cannot commit in time (a lock held elsewhere,
+        a slow disk) raises :class:`StoreTimeout` and keeps nothing of the delivery. The
+        commit is durable: once this returns, a power loss cannot undo it.
         """
         if headers is not None:
             if self._verifier is None:
@@ -164,14 +175,33 @@ class Tracker:
             if not isinstance(body, bytes | bytearray | memoryview | str):
                 raise TypeError("a signature covers raw bytes: pass the body as received")
             self._verifier.verify(headers, body.encode() if isinstance(body, str) else bytes(body))
-        (result,) = self._record([to_incoming(body)])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        (result,) = self._record([to_incoming(body)], deadline=deadline)
         assert result is not None
         return result
+
+    def ingest_batch(
+        self, bodies: Sequence[Body], *, timeout: float | None = None
+    ) -> list[IngestResult]:
+        """Record deliveries in one durable transaction, each with its own result, as
+        :meth:`ingest` does one: a group commit, one sync to disk for all of them.
+
+        All or nothing: :class:`StoreError` (:class:`StoreTimeout` past ``timeout``) means none
+        was kept. For a receiver answering concurrent senders; bulk loads use
+        :meth:`ingest_many`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results = self._record([to_incoming(body) for body in bodies], deadline=deadline)
+        return [result for result in results if result is not None]
 
     def ingest_many(
         self, bodies: Iterable[Body], *, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> IngestSummary:
-        """Record many deliveries, ``batch_size`` per transaction, streaming the input."""
+        """Record many deliveries, ``batch_size`` per transaction, streaming the input.
+
+        Unlike :meth:`ingest`, commits are not synced one by one (on SQLite): a power loss
+        may undo the last ones, which a bulk load's input still holds.
+        """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         counts: Counter[Outcome] = Counter()
@@ -179,10 +209,12 @@ class Tracker:
         for body in bodies:
             batch.append(to_incoming(body))
             if len(batch) >= batch_size:
-                counts.update(r.outcome for r in self._record(batch, full=False) if r)
+                counts.update(
+                    r.outcome for r in self._record(batch, full=False, durable=False) if r
+                )
                 batch = []
         if batch:
-            counts.update(r.outcome for r in self._record(batch, full=False) if r)
+            counts.update(r.outcome for r in self._record(batch, full=False, durable=False) if r)
         return IngestSummary(dict(counts))
 
     def report_resumed(self, stream_id: str, at_ms: int) -> IngestResult:
@@ -252,10 +284,19 @@ class Tracker:
             )
         return closed
 
-    def _record(self, items: Sequence[Incoming], *, full: bool = True) -> list[IngestResult | None]:
+    def _record(
+        self,
+        items: Sequence[Incoming],
+        *,
+        full: bool = True,
+        durable: bool = True,
+        deadline: float | None = None,
+    ) -> list[IngestResult | None]:
         subscriptions = self._subscriptions
         # Callbacks need each transition's stream; a bulk load without callbacks needs counts.
-        results = self._store.record(items, full=full or bool(subscriptions))
+        results = self._store.record(
+            items, full=full or bool(subscriptions), deadline=deadline, durable=durable
+        )
         if subscriptions:
             for result in results:
                 if result is not None and result.transition and result.stream:
@@ -444,6 +485,16 @@ class Tracker:
         """The newest concurrency alert, or None."""
         found = self.concurrency_alerts(limit=1)
         return found[0] if found else None
+
+    def check_writable(self, timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
+        """Raise :class:`StoreError` saying why, unless the store can begin a write and write a
+        delivery row within ``timeout`` seconds (:class:`StoreTimeout` if it took longer).
+
+        The probe's row is rolled back. This is what the receiver's health check asks: a
+        database that answers reads but refuses writes (read-only, full, damaged, its file
+        deleted) would have every delivery answered 503.
+        """
+        self._store.check_writable(timeout)
 
     def ping(self) -> bool:
         """Whether the database answers."""
