@@ -22,6 +22,7 @@ from rtms_lifecycle.events import (
     ConcurrencyNearLimit,
     StreamEvent,
     UnhandledDelivery,
+    UrlValidation,
     parse_delivery,
 )
 from rtms_lifecycle.exceptions import DeliveryRejected
@@ -50,8 +51,6 @@ CONCURRENCY_MODELS: dict[str, type[ConcurrencyNearLimit | ConcurrencyLimited]] =
     "rtms.concurrency_near_limit": ConcurrencyNearLimit,
     "rtms.concurrency_limited": ConcurrencyLimited,
 }
-# Spec section 1: fields a scope id may also be read from when the primary one is absent.
-FALLBACK_IDS = {"webinar_uuid": "meeting_uuid", "engagement_id": "session_id"}
 # Spec section 1: id_field holds exactly one of these.
 CONCURRENCY_ID_FIELDS = ("meeting_uuid", "webinar_uuid", "session_id")
 
@@ -271,16 +270,19 @@ def test_schema_account_delivery_parses(name: str, data: st.DataObject) -> None:
 
 
 def identifying_fields(name: str) -> list[str]:
-    """The payload fields without which a delivery of ``name`` must be rejected (spec 1)."""
+    """The payload fields without which a delivery of ``name`` must be rejected.
+
+    A stream event needs only its rtms_stream_id: its scope id and stop reason are tolerated
+    as absent (Zoom's own samples omit them).
+    """
     if name in STREAM_EVENTS:
-        _, kind, id_field = STREAM_EVENTS[name]
-        return ["rtms_stream_id", id_field, *(["stop_reason"] if kind == "stopped" else [])]
+        return ["rtms_stream_id"]
     payload = request_schema(name)["properties"]["payload"]
     return [f for f in payload["required"] if payload["properties"][f].get("type") == "integer"]
 
 
-# Where the spec would read a removed field from instead: a fallback id, or payload.object.
-ALTERNATIVE_SOURCES = {"rtms_stream_id": ("object",), **{k: (v,) for k, v in FALLBACK_IDS.items()}}
+# Where the parser would read a removed field from instead: payload.object.
+ALTERNATIVE_SOURCES = {"rtms_stream_id": ("object",)}
 
 
 @pytest.mark.parametrize(
@@ -522,10 +524,9 @@ STREAM_FIELD_CASES = [
     ("rtms_stream_id", None, "string"),
     ("rtms_stream_id", ["609340fb"], "string"),
     ("rtms_stream_id", "6093\x0040fb", "nul"),
-    (SCOPE_ID, MISSING, "missing"),
-    (SCOPE_ID, "", "empty"),
-    (SCOPE_ID, 4444, "string"),
-    (SCOPE_ID, None, "string"),
+    (SCOPE_ID, "4444\x00", "nul"),
+    (SCOPE_ID, True, "string"),
+    (SCOPE_ID, 44.5, "string"),
     (SCOPE_ID, {"uuid": "4444"}, "string"),
 ]
 
@@ -535,7 +536,7 @@ STREAM_FIELD_CASES = [
 def test_stream_without_identifiers_is_rejected(
     event: str, field: str, value: object, word: str
 ) -> None:
-    """A stream event without a usable rtms_stream_id or scope id string is rejected."""
+    """A stream event without a usable rtms_stream_id, or with an unusable scope id, is rejected."""
     field = STREAM_EVENTS[event][2] if field == SCOPE_ID else field
     body = delivery(event, replaced(valid_payload(event), field, value))
     error = rejected(wire(body))
@@ -545,28 +546,30 @@ def test_stream_without_identifiers_is_rejected(
 
 @pytest.mark.parametrize("event", STREAM_EVENTS)
 def test_identifier_errors_inside_payload_object_name_that_path(event: str) -> None:
-    """A missing scope id inside payload.object is reported as payload.object.<field>."""
+    """An unusable scope id inside payload.object is reported as payload.object.<field>."""
     field = STREAM_EVENTS[event][2]
-    body = delivery(event, {"object": replaced(valid_payload(event), field, MISSING)})
-    assert "missing" in reason_for(rejected(wire(body)), f"payload.object.{field}")
+    body = delivery(event, {"object": replaced(valid_payload(event), field, ["x"])})
+    assert "string" in reason_for(rejected(wire(body)), f"payload.object.{field}")
 
 
 @pytest.mark.parametrize("event", STOPPED_EVENTS)
 @pytest.mark.parametrize(
     ("value", "word"),
     [
-        (MISSING, "missing"),
-        (None, "integer"),
-        ("1", "integer"),
         (True, "integer"),
         (1.5, "integer"),
+        ("1.0", "integer"),
+        (" 6", "integer"),
         ("HOST_TRIGGERED", "integer"),
+        ([6], "integer"),
+        (2**31, "range"),
+        ("9" * 30, "integer"),
     ],
 )
-def test_stopped_without_integer_stop_reason_is_rejected(
+def test_stopped_with_a_non_integer_stop_reason_is_rejected(
     event: str, value: object, word: str
 ) -> None:
-    """A stopped event whose stop_reason is missing or not an integer is rejected."""
+    """A stopped event whose stop_reason is present but not an integer is rejected."""
     body = delivery(event, replaced(valid_payload(event), "stop_reason", value))
     assert word in reason_for(rejected(wire(body)), "payload.stop_reason")
 
@@ -685,3 +688,116 @@ def test_unreadable_account_id_is_read_as_absent(value: Any) -> None:
     parsed = parse_delivery(wire(body))
     assert isinstance(parsed, StreamEvent)
     assert parsed.account_id is None
+
+
+# --- shapes Zoom's docs and samples show beyond the published schema --------------------------
+
+
+@pytest.mark.parametrize("event", STOPPED_EVENTS)
+@pytest.mark.parametrize("value", [MISSING, None])
+def test_stopped_without_stop_reason_parses(event: str, value: object) -> None:
+    """A stopped event with no stop_reason (absent or null) parses, stop_reason None."""
+    payload = replaced(valid_payload(event), "stop_reason", value)
+    assert parse_stream(wire(delivery(event, payload))).stop_reason is None
+
+
+@pytest.mark.parametrize("event", STOPPED_EVENTS)
+@pytest.mark.parametrize(("text", "code"), [("6", 6), ("0", 0), ("-1", -1), ("26", 26)])
+def test_integer_valued_string_stop_reason_counts_as_the_integer(
+    event: str, text: str, code: int
+) -> None:
+    """A stop_reason written as an integer-valued string counts as that integer."""
+    payload = valid_payload(event) | {"stop_reason": text}
+    assert parse_stream(wire(delivery(event, payload))).stop_reason == code
+
+
+@pytest.mark.parametrize("event", STREAM_EVENTS)
+@pytest.mark.parametrize("value", [MISSING, None, ""])
+def test_stream_event_without_scope_id_parses(event: str, value: object) -> None:
+    """A stream event without a scope id (absent, null or empty) parses, scope_id None."""
+    payload = replaced(valid_payload(event), STREAM_EVENTS[event][2], value)
+    parsed = parse_stream(wire(delivery(event, payload)))
+    assert (parsed.stream_id, parsed.scope_id) == ("stream-1", None)
+
+
+@pytest.mark.parametrize("event", STOPPED_EVENTS)
+def test_nested_stop_carrying_only_meeting_id_parses(event: str) -> None:
+    """The documented nested shape: payload.object with rtms_stream_id and meeting_id only."""
+    inner = {"rtms_stream_id": "stream-1", "meeting_id": 81234567890, "stop_reason": 6}
+    parsed = parse_stream(wire(delivery(event, {"account_id": "acct", "object": inner})))
+    assert (parsed.stream_id, parsed.scope_id, parsed.stop_reason) == ("stream-1", None, 6)
+    assert parsed.account_id == "acct"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("scope", "value", "expected"),
+    [
+        ("phone", 7_123_456_789_012_345_678, "7123456789012345678"),
+        ("phone", 0, "0"),
+        ("meeting", 81234567890, "81234567890"),
+        ("session", 2**70, str(2**70)),
+    ],
+)
+def test_numeric_scope_id_is_kept_as_its_decimal_text(
+    scope: str, value: int, expected: str, kind: str
+) -> None:
+    """A scope id given as a number (Zoom Phone's call_id) is kept as its decimal string."""
+    event = SCOPES[scope][0] + kind
+    payload = stream_payload(event, **{SCOPES[scope][1]: value})
+    assert parse_stream(wire(delivery(event, payload))).scope_id == expected
+
+
+@pytest.mark.parametrize(
+    ("urls", "expected"),
+    [
+        (["wss://a.zoom.us", "wss://b.zoom.us"], "wss://a.zoom.us,wss://b.zoom.us"),
+        (["wss://a.zoom.us"], "wss://a.zoom.us"),
+        ([], None),
+    ],
+)
+@pytest.mark.parametrize("event", [prefix + "started" for prefix, _ in SCOPES.values()])
+def test_server_urls_as_a_list_are_kept_comma_separated(
+    event: str, urls: list[str], expected: str | None
+) -> None:
+    """server_urls given as a list of strings is kept as the same URLs comma-separated."""
+    payload = valid_payload(event) | {"server_urls": urls}
+    assert parse_stream(wire(delivery(event, payload))).server_urls == expected
+
+
+def test_server_urls_list_of_non_strings_is_rejected() -> None:
+    """A server_urls list holding something else than strings is rejected, naming the field."""
+    event = "meeting.rtms_started"
+    payload = valid_payload(event) | {"server_urls": ["wss://a", 5]}
+    assert "string" in reason_for(rejected(wire(delivery(event, payload))), "payload.server_urls")
+
+
+@pytest.mark.parametrize("event_ts", [MISSING, None])
+def test_url_validation_without_event_ts_parses(event_ts: object) -> None:
+    """Zoom's endpoint challenge without event_ts (as Zoom's test scripts send it) parses."""
+    body = replaced(
+        delivery("endpoint.url_validation", {"plainToken": "tok"}), "event_ts", event_ts
+    )
+    parsed = parse_delivery(wire(body))
+    assert isinstance(parsed, UrlValidation)
+    assert (parsed.plain_token, parsed.event_ts) == ("tok", None)
+
+
+@pytest.mark.parametrize("event", [r"meeting.rtms\u0000_started", r"\u0000", r"x.rtms_\u0000"])
+def test_event_name_with_nul_is_rejected(event: str) -> None:
+    """An event name holding NUL (no text column keeps it) is rejected, naming event."""
+    body = b'{"event": "%s", "event_ts": 1, "payload": {}}' % event.encode()
+    error = rejected(body)
+    assert "nul" in reason_for(error, "event")
+    assert error.event is None
+
+
+@pytest.mark.parametrize(
+    "stream_id", [r"s\u0000", "s" * 256], ids=["nul", "longer-than-its-column"]
+)
+def test_rejection_names_only_a_storable_stream(stream_id: str) -> None:
+    """A rejected body's stream id hint is kept only when the stream_id column can hold it."""
+    body = b'{"event": "meeting.rtms_stopped", "event_ts": "soon", "payload": %s}' % (
+        b'{"rtms_stream_id": "%s"}' % stream_id.encode()
+    )
+    assert rejected(body).stream_id is None

@@ -1,6 +1,6 @@
 """The ``rtms-lifecycle`` command: ingest, query, expire, migrate, demo and serve.
 
-Every read command has ``--json``, whose shapes are the contract of spec section 9 (docs/cli.md).
+Every read command has ``--json``, whose shapes are a documented contract (docs/cli.md).
 Human output goes through Rich: aligned tables, UTC ISO times, colours only on a terminal.
 """
 
@@ -48,6 +48,7 @@ from .records import (
     StopReasonStat,
     Stream,
     Transition,
+    UnhandledEventStat,
 )
 from .store import DEFAULT_DB_URL, create_store_engine
 from .tracker import DEFAULT_BATCH_SIZE, IngestSummary, Tracker
@@ -437,6 +438,27 @@ def _interruptions_table(rows: Sequence[tuple[str | None, InterruptionStats]]) -
     return table
 
 
+def _unhandled_table(stats: Sequence[UnhandledEventStat]) -> Table:
+    table = _table(
+        "Unhandled event names",
+        "Event",
+        "Deliveries",
+        "First seen (UTC)",
+        "Last seen (UTC)",
+        "RTMS?",
+        right=("Deliveries",),
+    )
+    for stat in stats:
+        table.add_row(
+            Text(stat.event, style="yellow" if stat.rtms else ""),
+            f"{stat.count:,}",
+            format_time(stat.first_seen),
+            format_time(stat.last_seen),
+            "yes" if stat.rtms else "",
+        )
+    return table
+
+
 def _deliveries_table(records: Sequence[DeliveryRecord]) -> Table:
     table = _table(
         "Deliveries (newest first)",
@@ -707,6 +729,11 @@ def stream_command(app: _App, stream_id: str, as_json: bool) -> None:
     is_flag=True,
     help="Interruption statistics (of streams that began in the window) instead.",
 )
+@click.option(
+    "--unhandled",
+    is_flag=True,
+    help="Event names this version does not handle (received in the window) instead.",
+)
 @_JSON_OPTION
 @_pass_app
 def stats(
@@ -715,10 +742,20 @@ def stats(
     until: int | None,
     by_scope: bool,
     interruptions: bool,
+    unhandled: bool,
     as_json: bool,
 ) -> None:
     """Why streams stopped: count, share and median duration per stop reason."""
     tracker = app.tracker()
+    if unhandled:
+        if interruptions or by_scope:
+            raise click.UsageError("--unhandled lists event names: no --interruptions, --by-scope")
+        names = tracker.unhandled_stats(since, until)
+        if as_json:
+            _emit_json([n.as_dict() for n in names])
+            return
+        app.out.print(_unhandled_table(names))
+        return
     if interruptions:
         scopes: list[Scope | None] = list(Scope) if by_scope else [None]
         rows = [(s, tracker.interruption_stats(since, until, scope=s)) for s in scopes]
@@ -856,14 +893,22 @@ def db_upgrade(app: _App, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--path", default="/webhook", show_default=True, help="The webhook's URL path.")
+@click.option(
+    "--replay-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Refuse requests signed longer ago than this (docs/receiver.md weighs a longer one).",
+)
 @_pass_app
-def serve(app: _App, host: str, port: int, path: str) -> None:
+def serve(app: _App, host: str, port: int, path: str, replay_window: float) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:
         from . import server  # the 'server' extra: imported only when asked for
     except ImportError as exc:
         raise _Failure(str(exc)) from exc
-    server.run(host=host, port=port, path=path, db=app.db)
+    server.run(host=host, port=port, path=path, db=app.db, replay_window=replay_window)
 
 
 # --- demo -----------------------------------------------------------------------------------------

@@ -162,6 +162,8 @@ class StreamState:
     # stepped on top of the stored state; one before it needs the stream re-folded.
     fold_ts: int = -1
     fold_rank: int = -1
+    # Who stopped the stream (a Source value): a webhook's stop without a reason is not an expiry.
+    stop_source: str | None = None
 
     def same_as(self, other: StreamState) -> bool:
         """Whether two states agree on every field."""
@@ -209,6 +211,7 @@ def step(stream: StreamState, event: StreamEvent) -> TransitionName | None:
             stream.started_at = event.event_ts
     elif event.kind is EventKind.STOPPED:
         stream.stopped_at, stream.stop_reason = event.event_ts, event.stop_reason
+        stream.stop_source = event.source.value
     if fired is TransitionName.INTERRUPT:
         stream.interruptions += 1
     elif fired is TransitionName.RESUME:

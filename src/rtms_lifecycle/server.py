@@ -1,6 +1,6 @@
 """The webhook receiver as a FastAPI app (extra ``server``), and routers to embed in your own.
 
-- :func:`create_router`: ``POST /webhook``, verified (spec section 8), recorded by a
+- :func:`create_router`: ``POST /webhook``, verified (docs/receiver.md), recorded by a
   :class:`~rtms_lifecycle.Tracker`. Include it in an existing FastAPI app.
 - :func:`create_read_router`: the bearer-token read API (``/streams``, ``/stats/stop-reasons``).
 - :func:`create_app`: a ready app with both, plus ``GET /healthz``; :func:`run` serves it.
@@ -13,10 +13,11 @@ that Zoom retries. No secret, signature or token is ever logged or answered.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ._unhandled import FirstSeen, looks_like_rtms
 from .events import Scope, Source, UrlValidation, parse_delivery
 from .exceptions import ConfigurationError, StoreError, WebhookRefused
 from .machine import ACTIVE_STATES, State, TransitionName
@@ -46,8 +48,10 @@ from .stop_reasons import StopReasonCategory
 from .tracker import Tracker
 from .webhook import (
     DEFAULT_REPLAY_WINDOW,
+    RefusalReason,
+    Verification,
     WebhookVerifier,
-    secrets_from_env,
+    labelled_secrets_from_env,
     url_validation_response,
 )
 
@@ -239,11 +243,12 @@ class _Recorder:
         self._serial = tracker.engine.dialect.name == "sqlite"
         self._limiter: anyio.CapacityLimiter | None = None
 
-    async def ingest(self, body: bytes) -> IngestResult:
+    async def ingest(self, body: bytes, verified: Verification) -> IngestResult:
         if self._serial and self._limiter is None:
             # Created on first use: older anyio versions need a running event loop for it.
             self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(self._tracker.ingest, body, limiter=self._limiter)
+        record = functools.partial(self._tracker.ingest, body, verified=verified)
+        return await anyio.to_thread.run_sync(record, limiter=self._limiter)
 
 
 def create_router(
@@ -263,6 +268,7 @@ def create_router(
     if max_body_bytes < 1:
         raise ConfigurationError("max_body_bytes must be at least 1")
     recorder = _Recorder(tracker)
+    unhandled = FirstSeen()
     router = APIRouter(tags=["webhook"])
 
     @router.post(
@@ -301,22 +307,39 @@ def create_router(
             log.info("a webhook sender disconnected before its body was complete")
             return Response(status_code=400)
         try:
-            secret = verifier.matching_secret(request.headers, body)
+            verified = verifier.verify(request.headers, body)
         except WebhookRefused as refused:
             client = request.client.host if request.client else "?"
-            log.warning("refused a webhook request from %s: %s", client, refused.reason)
+            if refused.reason == RefusalReason.TIMESTAMP_STALE:
+                # Genuine but old: a replay, a skewed clock, or a retry Zoom did not sign again.
+                log.warning(
+                    "refused a validly signed webhook request from %s signed %.0f s ago, "
+                    "beyond the %g s replay window (see --replay-window)",
+                    client,
+                    refused.age_seconds,
+                    verifier.replay_window,
+                )
+            else:
+                log.warning("refused a webhook request from %s: %s", client, refused.reason)
             return _error(401, refused.reason, str(refused))
         try:
-            result = await recorder.ingest(body)
+            result = await recorder.ingest(body, verified)
         except (StoreError, SQLAlchemyError):
             log.exception("could not record a webhook delivery; answering 503 so Zoom retries")
             return _error(
                 503, "store_unavailable", "the delivery could not be recorded; retry later"
             )
         if result.event == _URL_VALIDATION and result.outcome is Outcome.APPLIED:
-            return JSONResponse(_answer_url_validation(secret, body).model_dump())
+            return JSONResponse(_answer_url_validation(verified.secret, body).model_dump())
         if result.outcome is Outcome.REJECTED:
             log.info("stored rejected delivery %s: %s", result.delivery_id, result.error)
+        if result.outcome is Outcome.UNHANDLED and result.event and unhandled.first(result.event):
+            log.warning(
+                "first delivery of an event this version does not handle: %r%s; stored as "
+                "unhandled (rtms-lifecycle stats --unhandled lists them)",
+                result.event,
+                " (it looks like an RTMS event)" if looks_like_rtms(result.event) else "",
+            )
         delivery = DeliveryAnswer(
             outcome=result.outcome, delivery_id=result.delivery_id, error=result.error
         )
@@ -417,7 +440,7 @@ def _api_token(api_token: str | None) -> str | None:
 def create_app(
     db: str | Engine | Tracker | None = None,
     *,
-    secrets: Sequence[str] | None = None,
+    secrets: Sequence[str] | Mapping[str, str] | None = None,
     path: str = DEFAULT_PATH,
     api_token: str | None = None,
     replay_window: float = DEFAULT_REPLAY_WINDOW,
@@ -426,15 +449,16 @@ def create_app(
     """The receiver: ``POST {path}``, ``GET /healthz`` and, with a token, the read API.
 
     ``db``: a URL, an engine or a ready :class:`Tracker` (which the caller then closes); by
-    default ``RTMS_LIFECYCLE_DB``, else the tracker's default. ``secrets``: by default
-    ``ZOOM_WEBHOOK_SECRET_TOKEN``; without any the app refuses to start
+    default ``RTMS_LIFECYCLE_DB``, else the tracker's default. ``secrets``: by label (a
+    mapping), or a list; by default ``ZOOM_WEBHOOK_SECRET_TOKEN`` (entries ``label=token`` or
+    ``token``); without any the app refuses to start
     (:class:`ConfigurationError`). ``api_token``: by default ``RTMS_LIFECYCLE_API_TOKEN``; the
     read API exists only when one is set.
     """
     # Verify the configuration before touching a database: a misconfigured receiver should
     # fail without creating anything.
     verifier = WebhookVerifier(
-        secrets_from_env() if secrets is None else secrets, replay_window=replay_window
+        labelled_secrets_from_env() if secrets is None else secrets, replay_window=replay_window
     )
     token = _api_token(api_token)
     owned = not isinstance(db, Tracker)
@@ -476,8 +500,9 @@ def run(
     port: int = 8000,
     path: str = DEFAULT_PATH,
     db: str | None = None,
+    replay_window: float = DEFAULT_REPLAY_WINDOW,
 ) -> None:
     """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted."""
-    app = create_app(db, path=path)
+    app = create_app(db, path=path, replay_window=replay_window)
     # The access log shows method, path and status only: never a header, so never a signature.
     uvicorn.run(app, host=host, port=port, server_header=False)
