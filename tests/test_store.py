@@ -155,12 +155,14 @@ def test_first_stored_version_stands_on_conflict(tracker: Tracker) -> None:
 
 def test_rejected_delivery_keeps_raw_bytes_and_error(tracker: Tracker) -> None:
     """A rejected body is stored byte for byte with the field and reason of its rejection."""
-    bad = json.dumps(body("stopped", "s1", 10, stop_reason=None)).encode() + b"  "
+    bad = json.dumps(body("stopped", "s1", 10, stop_reason="HOST_TRIGGERED")).encode() + b"  "
     result = tracker.ingest(bad)
     assert result.outcome is Outcome.REJECTED
     (stored,) = tracker.deliveries(outcome="rejected")
     assert stored.raw == bad
-    assert stored.error == [{"field": "payload.stop_reason", "reason": "missing"}]
+    assert stored.error == [
+        {"field": "payload.stop_reason", "reason": "must be an integer, got 'HOST_TRIGGERED'"}
+    ]
 
 
 def test_non_utf8_body_is_kept(tracker: Tracker) -> None:

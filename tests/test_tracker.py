@@ -276,9 +276,9 @@ def test_ingest_results_carry_each_transition(tracker: Tracker) -> None:
             id="event-ts-not-int",
         ),
         pytest.param(
-            json.dumps(body("stopped", "s1", T0, stop_reason=None)).encode(),
+            json.dumps(body("stopped", "s1", T0, stop_reason="HOST_TRIGGERED")).encode(),
             "payload.stop_reason",
-            id="stopped-without-reason",
+            id="stop-reason-not-an-integer",
         ),
         pytest.param(
             json.dumps(
@@ -288,9 +288,9 @@ def test_ingest_results_carry_each_transition(tracker: Tracker) -> None:
             id="no-stream-id",
         ),
         pytest.param(
-            json.dumps(body("interrupted", "s1", T0, scope_id=12345)).encode(),  # type: ignore[arg-type]
+            json.dumps(body("interrupted", "s1", T0, scope_id=["m"])).encode(),  # type: ignore[arg-type]
             "payload.meeting_uuid",
-            id="scope-id-not-string",
+            id="scope-id-not-a-string-or-integer",
         ),
     ],
 )
@@ -1160,7 +1160,7 @@ def test_deliveries_of_unknown_filters_are_empty(tracker: Tracker) -> None:
 
 def test_rejected_body_is_found_by_the_stream_it_names(tracker: Tracker) -> None:
     """A rejected body that names a stream is listed among that stream's deliveries."""
-    bad = body("stopped", "named-stream", 10, stop_reason=None)
+    bad = body("stopped", "named-stream", 10, stop_reason="HOST_TRIGGERED")
     assert tracker.ingest(bad).outcome is Outcome.REJECTED
     (stored,) = tracker.deliveries(stream_id="named-stream")
     assert stored.outcome is Outcome.REJECTED
