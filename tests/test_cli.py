@@ -713,3 +713,21 @@ def test_installed_serve_refuses_to_start_without_a_secret(workdir: Path) -> Non
     assert "ZOOM_WEBHOOK_SECRET_TOKEN" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (workdir / "rtms_lifecycle.db").exists()
+
+
+def test_stats_unhandled_lists_unknown_event_names(db_url: str) -> None:
+    """stats --unhandled --json: each unhandled event name with its count, first and last seen."""
+    lines = [
+        json.dumps({"event": name, "event_ts": T0, "payload": {}})
+        for name in ("contactcenter.rtms_started", "meeting.rtms.started", "meeting.rtms.started")
+    ]
+    invoke(db_url, "ingest", "-", stdin=jsonl(lines))
+    found = invoke_json(db_url, "stats", "--unhandled")
+    assert [(s["event"], s["count"], s["rtms"]) for s in found] == [
+        ("meeting.rtms.started", 2, True),
+        ("contactcenter.rtms_started", 1, True),
+    ]
+    assert all(s["first_seen"] <= s["last_seen"] for s in found)
+    table = invoke(db_url, "stats", "--unhandled")
+    assert "meeting.rtms.started" in table.stdout
+    assert invoke(db_url, "stats", "--unhandled", "--by-scope").exit_code == 2
