@@ -1,4 +1,4 @@
-"""The ``rtms-lifecycle`` command (spec section 9), through Click's runner and as a real process."""
+"""The ``rtms-lifecycle`` command (docs/cli.md), through Click's runner and as a real process."""
 
 from __future__ import annotations
 
@@ -277,7 +277,7 @@ def test_streams_filters(scenario_db: str, options: list[str], expected: set[str
 
 
 def test_streams_json_has_the_spec_fields(scenario_db: str) -> None:
-    """Each stream carries exactly the spec's keys, times as epoch-ms integers."""
+    """Each stream carries exactly the documented keys, times as epoch-ms integers."""
     (phone,) = invoke_json(scenario_db, "streams", "--scope", "phone")
     assert phone == {
         "stream_id": "s-phone",
@@ -326,7 +326,7 @@ def test_streams_table_lists_streams_readably(scenario_db: str) -> None:
 
 
 def test_stream_shows_one_stream_and_its_history(scenario_db: str) -> None:
-    """stream ID --json gives the stream (spec keys) and its transitions in event-time order."""
+    """stream ID --json gives the stream (documented keys), transitions in event-time order."""
     shown = invoke_json(scenario_db, "stream", "s-session")
     assert set(shown) == {"stream", "history"}
     assert set(shown["stream"]) == SPEC_STREAM_KEYS
@@ -355,7 +355,7 @@ def test_unknown_stream_exits_1_with_a_clear_message(sqlite_url: str, as_json: l
 
 
 def test_stats_json_counts_stop_reasons(scenario_db: str) -> None:
-    """One object per reason with the spec's keys (and median duration); shares sum to 1."""
+    """One object per reason with the documented keys (and median duration); shares sum to 1."""
     found = invoke_json(scenario_db, "stats")
     assert all(set(stat) == STAT_KEYS for stat in found)
     by_reason = {s["stop_reason"]: s for s in found}
@@ -411,7 +411,7 @@ def test_stats_interruptions(scenario_db: str, by_scope: bool) -> None:
 
 
 def test_deliveries_json_newest_first_with_filters(scenario_db: str) -> None:
-    """deliveries --json: the spec's keys, newest first, filtered by stream and outcome."""
+    """deliveries --json: the documented keys, newest first, filtered by stream and outcome."""
     ingest(scenario_db, [SCENARIO[0], "garbage"])
     every = invoke_json(scenario_db, "deliveries", "--limit", "0")
     assert len(every) == len(SCENARIO) + 2

@@ -4,6 +4,7 @@ every test module. A test reading a file outside the repository fails here, and 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,3 +48,28 @@ def test_a_copy_of_the_tracked_files_collects_every_test_module(tmp_path: Path) 
     modules = {line.split("::")[0] for line in collected.stdout.splitlines() if "::" in line}
     expected = {path.relative_to(clone).as_posix() for path in (clone / "tests").glob("test_*.py")}
     assert modules == expected
+
+
+# Built from parts, so that this file does not match itself.
+OUTSIDE_REFERENCES = re.compile(
+    "|".join(
+        [
+            r"\.\./" + "shared",
+            r"/work/" + "shared",
+            "shared" + " folder",
+            r"\b[Ss]pec" + r" sections? \d",
+            r"\b[Ii]ssue" + r" \d+\b",
+        ]
+    )
+)
+
+
+def test_no_tracked_file_refers_outside_the_repository() -> None:
+    """Docs, code and tests speak of the project alone: no folder beside it, no issue numbers."""
+    found = []
+    for name in tracked_files():
+        if not name.endswith((".py", ".md", ".toml", ".cfg", ".ini", ".txt")) and name != ".ci/run":
+            continue
+        text = (ROOT / name).read_text(errors="replace")
+        found += [f"{name}: {m.group(0)}" for m in OUTSIDE_REFERENCES.finditer(text)]
+    assert found == []

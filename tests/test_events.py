@@ -1,4 +1,4 @@
-"""Parsing webhook deliveries (spec section 1), checked against Zoom's schema and examples."""
+"""Parsing webhook deliveries (docs/concepts.md), checked against Zoom's schema and examples."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ ZOOM = Path(__file__).resolve().parent / "zoom"  # a copy of Zoom's published sc
 EXAMPLES = sorted((ZOOM / "examples").glob("*.json"))
 WEBHOOKS: dict[str, Any] = json.loads((ZOOM / "rtms-webhooks.openapi.json").read_text())["webhooks"]
 
-# Spec section 1, the stream event table: scope -> (event name prefix, scope id field).
+# docs/concepts.md, the stream event table: scope -> (event name prefix, scope id field).
 SCOPES = {
     "meeting": ("meeting.rtms_", "meeting_uuid"),
     "webinar": ("webinar.rtms_", "webinar_uuid"),
@@ -51,7 +51,7 @@ CONCURRENCY_MODELS: dict[str, type[ConcurrencyNearLimit | ConcurrencyLimited]] =
     "rtms.concurrency_near_limit": ConcurrencyNearLimit,
     "rtms.concurrency_limited": ConcurrencyLimited,
 }
-# Spec section 1: id_field holds exactly one of these.
+# docs/concepts.md: id_field holds exactly one of these.
 CONCURRENCY_ID_FIELDS = ("meeting_uuid", "webinar_uuid", "session_id")
 
 STREAM_WEBHOOKS = sorted(name for name in WEBHOOKS if name in STREAM_EVENTS)
@@ -74,7 +74,7 @@ def stream_payload(event: str, **fields: Any) -> dict[str, Any]:
 
 
 def valid_payload(event: str) -> dict[str, Any]:
-    """A minimal payload the spec accepts for ``event`` (any payload for an unknown event)."""
+    """A minimal payload the parser accepts for ``event`` (any payload for an unknown event)."""
     if event == "rtms.concurrency_near_limit":
         return {"concurrency_limit": 10, "concurrency_number": 8, "percentage": 80}
     if event == "rtms.concurrency_limited":
@@ -133,19 +133,19 @@ def parse_stream(body: Any) -> StreamEvent:
 
 
 def test_schema_and_examples_are_found() -> None:
-    """Zoom's schema holds the spec's 11 webhooks and every example is one of them."""
+    """Zoom's schema holds the documented 11 webhooks and every example is one of them."""
     assert len(WEBHOOKS) == 11
     assert EXAMPLES
     assert {json.loads(path.read_text())["event"] for path in EXAMPLES} <= set(WEBHOOKS)
 
 
 def test_parser_knows_exactly_the_spec_stream_events() -> None:
-    """The parser's stream event names are the spec's 15 (5 scopes x 3 kinds)."""
+    """The parser's stream event names are the documented 15 (5 scopes x 3 kinds)."""
     assert set(STREAM_MODELS) == set(STREAM_EVENTS)
 
 
 def test_every_schema_webhook_is_a_stream_or_concurrency_event() -> None:
-    """Each schema webhook is a spec stream event or one of the two concurrency events."""
+    """Each schema webhook is a documented stream event or one of the two concurrency events."""
     assert set(ACCOUNT_WEBHOOKS) == set(CONCURRENCY_MODELS)
 
 
@@ -158,7 +158,7 @@ ACCOUNT_EXAMPLES = [p for p in EXAMPLES if p not in STREAM_EXAMPLES]
 
 @pytest.mark.parametrize("path", STREAM_EXAMPLES, ids=lambda p: p.stem)
 def test_stream_example_parses(path: Path) -> None:
-    """Each stream example parses to a StreamEvent with the spec's scope, kind and ids."""
+    """Each stream example parses to a StreamEvent with the documented scope, kind and ids."""
     body = json.loads(path.read_text())
     scope, kind, id_field = STREAM_EVENTS[body["event"]]
     payload = body["payload"]
@@ -195,9 +195,9 @@ def test_concurrency_example_parses(path: Path) -> None:
 
 
 def _identifier_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    # An identifier is the key a stream (or alert) is stored under: spec section 1 requires it as a
-    # string and an empty one identifies nothing; NUL cannot be stored in a PostgreSQL text column,
-    # so the parser rejects it like any other unusable identifier (tested below).
+    # An identifier is the key a stream (or alert) is stored under: a non-empty string (an
+    # empty one identifies nothing) without NUL (no PostgreSQL text column can hold one), so the
+    # parser rejects any other like an unusable identifier (tested below).
     return {**schema, "minLength": 1, "pattern": "^[^\x00]*$"}
 
 
@@ -215,7 +215,7 @@ SCHEMA_SETTINGS = settings(max_examples=50, deadline=None)
 
 @cache
 def delivery_strategy(name: str) -> st.SearchStrategy[Any]:
-    """Deliveries of webhook ``name`` as its published schema allows, with the spec's rules."""
+    """Deliveries of webhook ``name`` as its published schema allows, with the documented rules."""
     schema = copy.deepcopy(request_schema(name))
     props = schema["properties"]
     # The schema types `event` as any string; a delivery of this webhook names this webhook.
@@ -236,7 +236,7 @@ def delivery_strategy(name: str) -> st.SearchStrategy[Any]:
         branches = payload["id_field"]["oneOf"]
         for branch, own in zip(branches, CONCURRENCY_ID_FIELDS, strict=True):
             branch["properties"][own] = _identifier_schema(branch["properties"][own])
-            # Spec: id_field holds exactly one identifier. The schema's oneOf alone still allows
+            # id_field holds exactly one identifier. The schema's oneOf alone still allows
             # a second one of another type (it then fails that branch, so one branch matches).
             others = [{"required": [other]} for other in CONCURRENCY_ID_FIELDS if other != own]
             branch["not"] = {"anyOf": others}
@@ -302,7 +302,7 @@ def test_schema_delivery_without_identifying_field_is_rejected(
     assert error.event == name
 
 
-# --- tolerance (spec section 1) ------------------------------------------------------------------
+# --- tolerance (docs/concepts.md) ---------------------------------------------------------------
 
 
 ALL_EVENTS = [*STREAM_EVENTS, *CONCURRENCY_MODELS]
@@ -347,7 +347,7 @@ def test_known_extra_fields_are_accepted(event: str, field: str, value: object) 
     assert parsed.scope_id == payload[STREAM_EVENTS[event][2]]
 
 
-# (scope, identifiers in the payload, the one whose value is the scope id): spec section 1's table
+# (scope, identifiers in the payload, the one whose value is the scope id): docs/concepts.md's table
 SCOPE_ID_CASES = [
     ("meeting", {"meeting_uuid": "m=="}, "meeting_uuid"),
     ("webinar", {"webinar_uuid": "w=="}, "webinar_uuid"),
@@ -366,7 +366,7 @@ SCOPE_ID_CASES = [
 def test_scope_id_comes_from_the_spec_field(
     scope: str, ids: dict[str, str], source: str, kind: str
 ) -> None:
-    """Each scope takes its scope id from the spec's field, or its fallback when absent."""
+    """Each scope takes its scope id from the documented field, or its fallback when absent."""
     event = SCOPES[scope][0] + kind
     parsed = parse_stream(wire(delivery(event, stream_payload(event, **ids))))
     assert (parsed.scope, parsed.kind) == (scope, kind)
@@ -378,7 +378,7 @@ CARRIED_VALUES = {
     "operator_id": "30R7kT7bTIKSNUFEuH_Qlg",
     "session_key": "ABC36jaBI145",
 }
-# Spec section 1: started carries server_urls, and operator_id for meetings and webinars;
+# docs/concepts.md: started carries server_urls, and operator_id for meetings and webinars;
 # session events carry session_key.
 CARRIED = [
     *[(prefix + "started", "server_urls") for prefix, _ in SCOPES.values()],
@@ -454,7 +454,7 @@ def test_body_as_bytes_text_or_mapping_is_accepted(
     assert parsed.payload == body["payload"]
 
 
-# --- rejections (spec section 1) -----------------------------------------------------------------
+# --- rejections (docs/concepts.md) --------------------------------------------------------------
 
 
 VALID_BYTES = wire(delivery("meeting.rtms_stopped"))

@@ -431,7 +431,7 @@ def populated(client: httpx.Client) -> httpx.Client:
 def test_streams_filters_like_the_cli(
     populated: httpx.Client, query: str, expected: set[str]
 ) -> None:
-    """GET /streams filters on state (repeatable), scope and active, with the spec's keys."""
+    """GET /streams filters on state (repeatable), scope and active, with the documented keys."""
     response = populated.get("/streams" + query)
     assert response.status_code == 200
     assert {s["stream_id"] for s in response.json()} == expected
@@ -480,7 +480,7 @@ def test_stop_reason_stats(
 
 
 def test_openapi_schema_describes_every_answer(client: httpx.Client) -> None:
-    """The OpenAPI schema gives every route a typed 200 answer, and streams the spec's keys."""
+    """The OpenAPI schema gives every route a typed 200 answer, and streams the documented keys."""
     schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {
         "/webhook",

@@ -44,7 +44,7 @@ def send(tracker: Tracker, item: bytes | tuple[str, int]) -> Outcome:
 
 
 def direct_fold(stream_id: str, events: list[tuple[EventKind, int]]) -> Stream | None:
-    """The spec's fold over the distinct events, with no database involved."""
+    """The documented fold over the distinct events, with no database involved."""
     parsed: list[StreamEvent] = []
     for kind, ts in events:
         item = delivery(kind, stream_id, ts)
@@ -119,7 +119,7 @@ def tracker(db_url: str) -> Any:
 
 
 def test_outcome_of_each_kind_of_delivery(tracker: Tracker) -> None:
-    """Each delivery gets the one outcome spec section 5 gives it, stored with it."""
+    """Each delivery gets the one outcome docs/concepts.md gives it, stored with it."""
     cases = [
         (raw("started", "s1", 10), Outcome.APPLIED),
         (raw("started", "s1", 10), Outcome.DUPLICATE),

@@ -134,7 +134,7 @@ deliveries = Table(
     Column("secret_label", String(64)),
     Index("ix_deliveries_outcome_id", "outcome", "id"),
     Index("ix_deliveries_stream_id_id", "stream_id", "id"),
-    # A stream's events are the deliveries that brought each one first (spec section 3): their
+    # A stream's events are the deliveries that brought each one first (docs/concepts.md): their
     # identity is unique, kept so by the database, not the code. Re-folds parse their raw bytes.
     Index(
         "uq_deliveries_event",

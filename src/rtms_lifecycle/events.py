@@ -66,7 +66,7 @@ class EventKind(StrEnum):
 
     @property
     def rank(self) -> int:
-        """Tie-break between events of one stream with the same ``event_ts`` (spec section 4)."""
+        """Tie-break between events of one stream with the same ``event_ts`` (docs/concepts.md)."""
         return _RANK[self]
 
 
@@ -194,7 +194,7 @@ def _text(limit: int) -> Any:
 def _absent_if_unreadable(read: Any) -> Any:
     # For a field the published schema does not declare: a value nobody would send (a list, an
     # object, a boolean, an id too long to store) is read as absent, never a reason to reject
-    # the delivery (spec: extra fields are accepted); the raw payload keeps it as it came.
+    # the delivery (extra fields are accepted); the raw payload keeps it as it came.
     def _lenient(value: Any) -> Any:
         try:
             return read(value)

@@ -25,7 +25,7 @@ __all__ = [
 
 
 class Outcome(StrEnum):
-    """What became of one delivery (spec section 5)."""
+    """What became of one delivery (docs/concepts.md)."""
 
     APPLIED = "applied"
     IGNORED = "ignored"
@@ -39,7 +39,7 @@ class Outcome(StrEnum):
 # builds thousands. A Stream is a snapshot; changing one changes nothing stored.
 @dataclass(slots=True)
 class Stream:
-    """A stream as stored: every attribute is one of the spec's stream keys."""
+    """A stream as stored: the documented stream keys (docs/cli.md), and who stopped it."""
 
     stream_id: str
     scope: Scope
@@ -89,7 +89,7 @@ class Stream:
         return [url.strip() for url in (self.server_urls or "").split(",") if url.strip()]
 
     def as_dict(self) -> dict[str, Any]:
-        """The spec's JSON shape of a stream (section 9)."""
+        """The documented JSON shape of a stream (docs/cli.md)."""
         data = asdict(self)
         del data["stop_source"]  # not one of the documented keys: stop_reason_name tells it
         data["scope"] = self.scope.value

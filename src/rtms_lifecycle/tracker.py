@@ -72,7 +72,7 @@ class IngestSummary:
         return sum(self.counts.values())
 
     def as_dict(self) -> dict[str, int]:
-        """The spec's JSON shape: every outcome, zero included."""
+        """The documented JSON shape: every outcome, zero included."""
         return {outcome.value: self[outcome] for outcome in Outcome}
 
 
@@ -238,7 +238,7 @@ class Tracker:
         return result
 
     def expire(self, stale_after: timedelta | float) -> list[Stream]:
-        """Stop every live stream with no event for ``stale_after`` (spec section 7).
+        """Stop every live stream with no event for ``stale_after`` (docs/concepts.md).
 
         Each gets a ``source=system`` ``stopped`` event at now with no stop reason. A real
         ``stopped`` arriving later carries an older time, so the fold applies it instead.
