@@ -168,3 +168,20 @@ def test_nul_body_is_stored_as_rejected_and_answered_200(
     (stored,) = tracker.deliveries()
     assert (stored.raw, stored.error) == (body, [stored.error[0]])
     assert stored.error[0]["field"] == "event"
+
+
+def test_read_api_shows_a_stream_without_scope_id(
+    tracker: Tracker, receiver: Callable[..., httpx.Client]
+) -> None:
+    """A stream no delivery gave a scope id yet is served with scope_id null."""
+    started = _deliveries.body("started", "no-scope", 1_000)
+    del started["payload"]["meeting_uuid"]
+    tracker.ingest(started)
+    client = receiver(api_token="read-token")
+    response = client.get("/streams/no-scope", headers={"Authorization": "Bearer read-token"})
+    assert response.status_code == 200
+    assert response.json()["stream"]["scope_id"] is None
+    db_url = tracker.engine.url.render_as_string(hide_password=False)
+    shown = CliRunner().invoke(cli, ["--db", db_url, "stream", "no-scope"])
+    assert shown.exit_code == 0
+    assert "meeting —" in shown.stdout

@@ -340,7 +340,7 @@ def _stream_details(stream: Stream) -> Table:
     grid.add_column()
     rows: list[tuple[str, str | Text]] = [
         ("stream", stream.stream_id),
-        ("scope", f"{stream.scope.value} {stream.scope_id}"),
+        ("scope", f"{stream.scope.value} {stream.scope_id or _DASH}"),
         ("state", _styled(stream.state.value, _STATE_STYLE[stream.state])),
         ("account", stream.account_id or _DASH),
         ("operator", stream.operator_id or _DASH),

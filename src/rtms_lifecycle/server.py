@@ -124,7 +124,7 @@ class StreamModel(BaseModel):
 
     stream_id: str
     scope: Scope
-    scope_id: str
+    scope_id: str | None
     account_id: str | None
     session_key: str | None
     operator_id: str | None

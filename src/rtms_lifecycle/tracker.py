@@ -191,9 +191,7 @@ class Tracker:
                 )
             if not isinstance(body, bytes | bytearray | memoryview | str):
                 raise TypeError("a signature covers raw bytes: pass the body as received")
-            verified = self._verifier.verify(
-                headers, body.encode() if isinstance(body, str) else bytes(body)
-            )
+            verified = self._verifier.verify(headers, to_raw(body)[0])
         (result,) = self._record([to_incoming(body, verified=verified)])
         assert result is not None
         return result

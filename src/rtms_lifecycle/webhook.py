@@ -40,9 +40,10 @@ SIGNATURE_HEADER: Final = "x-zm-signature"
 TIMESTAMP_HEADER: Final = "x-zm-request-timestamp"
 SECRET_ENV: Final = "ZOOM_WEBHOOK_SECRET_TOKEN"
 DEFAULT_REPLAY_WINDOW: Final = 300.0
-# Epoch seconds have 10 digits until the year 2286; anything much longer is not a timestamp and
-# would only make int() work harder on attacker-controlled input.
-_MAX_TIMESTAMP_DIGITS: Final = 18
+# Epoch seconds have 10 digits until the year 2286; anything much longer is not a timestamp, would
+# only make int() work harder on attacker-controlled input, and as epoch ms (signed_at) must fit
+# a 64-bit column whatever the replay window.
+_MAX_TIMESTAMP_DIGITS: Final = 12
 # A secret's label is stored with each delivery it verified: short, and safe in any log line.
 _LABEL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
