@@ -41,7 +41,7 @@ def mermaid() -> str:
 
 
 def markdown_table() -> str:
-    """The spec's table: a row per state, a column per event, ``ignored`` where nothing fires."""
+    """The transition table: a row per state, a column per event, ``ignored`` if none fires."""
     table = transition_table()
     lines = [
         "| state \\ event | " + " | ".join(kind.value for kind in EventKind) + " |",

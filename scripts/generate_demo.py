@@ -232,6 +232,7 @@ class _Day:
             self.emit({"event": "meeting.rtms_started", "event_ts": at, "payload": payload}, at)
         for _ in range(3):
             at = self._start_time()
+            # A Zoom Phone stop without stop_reason (its samples allow it): applied, NOT_PROVIDED.
             payload = {"rtms_stream_id": self.rng.getrandbits(128).to_bytes(16, "big").hex()}
             payload["call_id"] = self._uuid()
             self.emit({"event": "phone.rtms_stopped", "event_ts": at, "payload": payload}, at)

@@ -7,7 +7,7 @@ from typing import Any
 
 from rtms_lifecycle import EventKind, Scope
 
-# The keys of a stream in every JSON the project prints (spec section 9), exactly.
+# The keys of a stream in every JSON the project prints (docs/cli.md), exactly.
 SPEC_STREAM_KEYS = frozenset(
     {
         "stream_id",

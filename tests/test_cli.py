@@ -1,4 +1,4 @@
-"""The ``rtms-lifecycle`` command (spec section 9), through Click's runner and as a real process."""
+"""The ``rtms-lifecycle`` command (docs/cli.md), through Click's runner and as a real process."""
 
 from __future__ import annotations
 
@@ -162,11 +162,12 @@ BAD_LINES = [
     "not json at all",
     "[1, 2, 3]",
     json.dumps({"event": "meeting.rtms_started", "event_ts": T0, "payload": {"meeting_uuid": "m"}}),
-    json.dumps(body("stopped", "s-bad", T0, stop_reason=None)),
+    # A NUL no database column can keep as text (PostgreSQL refuses it in any).
+    '{"event": "meeting.rtms\\u0000_stopped", "event_ts": 1, "payload": {}}',
 ]
 
 
-def test_bad_lines_are_rejected_and_the_run_goes_on(sqlite_url: str) -> None:
+def test_bad_lines_are_rejected_and_the_run_goes_on(db_url: str) -> None:
     """Each bad line becomes one rejected delivery; blank lines are skipped; exit code 0."""
     lines = [
         *BAD_LINES[:2],
@@ -176,7 +177,7 @@ def test_bad_lines_are_rejected_and_the_run_goes_on(sqlite_url: str) -> None:
         *BAD_LINES[2:],
         json.dumps({"event": "meeting.participant_joined", "event_ts": T0, "payload": {}}),
     ]
-    result = invoke(sqlite_url, "ingest", "-", "--json", stdin=jsonl(lines))
+    result = invoke(db_url, "ingest", "-", "--json", stdin=jsonl(lines))
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {
         "applied": 1,
@@ -186,7 +187,7 @@ def test_bad_lines_are_rejected_and_the_run_goes_on(sqlite_url: str) -> None:
         "rejected": 4,
         "unhandled": 1,
     }
-    rejected = invoke_json(sqlite_url, "deliveries", "--outcome", "rejected")
+    rejected = invoke_json(db_url, "deliveries", "--outcome", "rejected")
     assert sorted(d["raw"] for d in rejected) == sorted(BAD_LINES)
     assert all(d["error"] for d in rejected)
 
@@ -276,7 +277,7 @@ def test_streams_filters(scenario_db: str, options: list[str], expected: set[str
 
 
 def test_streams_json_has_the_spec_fields(scenario_db: str) -> None:
-    """Each stream carries exactly the spec's keys, times as epoch-ms integers."""
+    """Each stream carries exactly the documented keys, times as epoch-ms integers."""
     (phone,) = invoke_json(scenario_db, "streams", "--scope", "phone")
     assert phone == {
         "stream_id": "s-phone",
@@ -325,7 +326,7 @@ def test_streams_table_lists_streams_readably(scenario_db: str) -> None:
 
 
 def test_stream_shows_one_stream_and_its_history(scenario_db: str) -> None:
-    """stream ID --json gives the stream (spec keys) and its transitions in event-time order."""
+    """stream ID --json gives the stream (documented keys), transitions in event-time order."""
     shown = invoke_json(scenario_db, "stream", "s-session")
     assert set(shown) == {"stream", "history"}
     assert set(shown["stream"]) == SPEC_STREAM_KEYS
@@ -354,7 +355,7 @@ def test_unknown_stream_exits_1_with_a_clear_message(scenario_db: str, as_json: 
 
 
 def test_stats_json_counts_stop_reasons(scenario_db: str) -> None:
-    """One object per reason with the spec's keys (and median duration); shares sum to 1."""
+    """One object per reason with the documented keys (and median duration); shares sum to 1."""
     found = invoke_json(scenario_db, "stats")
     assert all(set(stat) == STAT_KEYS for stat in found)
     by_reason = {s["stop_reason"]: s for s in found}
@@ -410,7 +411,7 @@ def test_stats_interruptions(scenario_db: str, by_scope: bool) -> None:
 
 
 def test_deliveries_json_newest_first_with_filters(scenario_db: str) -> None:
-    """deliveries --json: the spec's keys, newest first, filtered by stream and outcome."""
+    """deliveries --json: the documented keys, newest first, filtered by stream and outcome."""
     ingest(scenario_db, [SCENARIO[0], "garbage"])
     every = invoke_json(scenario_db, "deliveries", "--limit", "0")
     assert len(every) == len(SCENARIO) + 2
@@ -713,3 +714,21 @@ def test_installed_serve_refuses_to_start_without_a_secret(workdir: Path) -> Non
     assert "ZOOM_WEBHOOK_SECRET_TOKEN" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (workdir / "rtms_lifecycle.db").exists()
+
+
+def test_stats_unhandled_lists_unknown_event_names(db_url: str) -> None:
+    """stats --unhandled --json: each unhandled event name with its count, first and last seen."""
+    lines = [
+        json.dumps({"event": name, "event_ts": T0, "payload": {}})
+        for name in ("contactcenter.rtms_started", "meeting.rtms.started", "meeting.rtms.started")
+    ]
+    invoke(db_url, "ingest", "-", stdin=jsonl(lines))
+    found = invoke_json(db_url, "stats", "--unhandled")
+    assert [(s["event"], s["count"], s["rtms"]) for s in found] == [
+        ("meeting.rtms.started", 2, True),
+        ("contactcenter.rtms_started", 1, True),
+    ]
+    assert all(s["first_seen"] <= s["last_seen"] for s in found)
+    table = invoke(db_url, "stats", "--unhandled")
+    assert "meeting.rtms.started" in table.stdout
+    assert invoke(db_url, "stats", "--unhandled", "--by-scope").exit_code == 2

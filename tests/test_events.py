@@ -1,4 +1,4 @@
-"""Parsing webhook deliveries (spec section 1), checked against Zoom's schema and examples."""
+"""Parsing webhook deliveries (docs/concepts.md), checked against Zoom's schema and examples."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from rtms_lifecycle.events import (
     ConcurrencyNearLimit,
     StreamEvent,
     UnhandledDelivery,
+    UrlValidation,
     parse_delivery,
 )
 from rtms_lifecycle.exceptions import DeliveryRejected
@@ -30,7 +31,7 @@ ZOOM = Path(__file__).resolve().parent / "zoom"  # a copy of Zoom's published sc
 EXAMPLES = sorted((ZOOM / "examples").glob("*.json"))
 WEBHOOKS: dict[str, Any] = json.loads((ZOOM / "rtms-webhooks.openapi.json").read_text())["webhooks"]
 
-# Spec section 1, the stream event table: scope -> (event name prefix, scope id field).
+# docs/concepts.md, the stream event table: scope -> (event name prefix, scope id field).
 SCOPES = {
     "meeting": ("meeting.rtms_", "meeting_uuid"),
     "webinar": ("webinar.rtms_", "webinar_uuid"),
@@ -50,9 +51,7 @@ CONCURRENCY_MODELS: dict[str, type[ConcurrencyNearLimit | ConcurrencyLimited]] =
     "rtms.concurrency_near_limit": ConcurrencyNearLimit,
     "rtms.concurrency_limited": ConcurrencyLimited,
 }
-# Spec section 1: fields a scope id may also be read from when the primary one is absent.
-FALLBACK_IDS = {"webinar_uuid": "meeting_uuid", "engagement_id": "session_id"}
-# Spec section 1: id_field holds exactly one of these.
+# docs/concepts.md: id_field holds exactly one of these.
 CONCURRENCY_ID_FIELDS = ("meeting_uuid", "webinar_uuid", "session_id")
 
 STREAM_WEBHOOKS = sorted(name for name in WEBHOOKS if name in STREAM_EVENTS)
@@ -75,7 +74,7 @@ def stream_payload(event: str, **fields: Any) -> dict[str, Any]:
 
 
 def valid_payload(event: str) -> dict[str, Any]:
-    """A minimal payload the spec accepts for ``event`` (any payload for an unknown event)."""
+    """A minimal payload the parser accepts for ``event`` (any payload for an unknown event)."""
     if event == "rtms.concurrency_near_limit":
         return {"concurrency_limit": 10, "concurrency_number": 8, "percentage": 80}
     if event == "rtms.concurrency_limited":
@@ -134,19 +133,19 @@ def parse_stream(body: Any) -> StreamEvent:
 
 
 def test_schema_and_examples_are_found() -> None:
-    """Zoom's schema holds the spec's 11 webhooks and every example is one of them."""
+    """Zoom's schema holds the documented 11 webhooks and every example is one of them."""
     assert len(WEBHOOKS) == 11
     assert EXAMPLES
     assert {json.loads(path.read_text())["event"] for path in EXAMPLES} <= set(WEBHOOKS)
 
 
 def test_parser_knows_exactly_the_spec_stream_events() -> None:
-    """The parser's stream event names are the spec's 15 (5 scopes x 3 kinds)."""
+    """The parser's stream event names are the documented 15 (5 scopes x 3 kinds)."""
     assert set(STREAM_MODELS) == set(STREAM_EVENTS)
 
 
 def test_every_schema_webhook_is_a_stream_or_concurrency_event() -> None:
-    """Each schema webhook is a spec stream event or one of the two concurrency events."""
+    """Each schema webhook is a documented stream event or one of the two concurrency events."""
     assert set(ACCOUNT_WEBHOOKS) == set(CONCURRENCY_MODELS)
 
 
@@ -159,7 +158,7 @@ ACCOUNT_EXAMPLES = [p for p in EXAMPLES if p not in STREAM_EXAMPLES]
 
 @pytest.mark.parametrize("path", STREAM_EXAMPLES, ids=lambda p: p.stem)
 def test_stream_example_parses(path: Path) -> None:
-    """Each stream example parses to a StreamEvent with the spec's scope, kind and ids."""
+    """Each stream example parses to a StreamEvent with the documented scope, kind and ids."""
     body = json.loads(path.read_text())
     scope, kind, id_field = STREAM_EVENTS[body["event"]]
     payload = body["payload"]
@@ -196,9 +195,9 @@ def test_concurrency_example_parses(path: Path) -> None:
 
 
 def _identifier_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    # An identifier is the key a stream (or alert) is stored under: spec section 1 requires it as a
-    # string and an empty one identifies nothing; NUL cannot be stored in a PostgreSQL text column,
-    # so the parser rejects it like any other unusable identifier (tested below).
+    # An identifier is the key a stream (or alert) is stored under: a non-empty string (an
+    # empty one identifies nothing) without NUL (no PostgreSQL text column can hold one), so the
+    # parser rejects any other like an unusable identifier (tested below).
     return {**schema, "minLength": 1, "pattern": "^[^\x00]*$"}
 
 
@@ -216,7 +215,7 @@ SCHEMA_SETTINGS = settings(max_examples=50, deadline=None)
 
 @cache
 def delivery_strategy(name: str) -> st.SearchStrategy[Any]:
-    """Deliveries of webhook ``name`` as its published schema allows, with the spec's rules."""
+    """Deliveries of webhook ``name`` as its published schema allows, with the documented rules."""
     schema = copy.deepcopy(request_schema(name))
     props = schema["properties"]
     # The schema types `event` as any string; a delivery of this webhook names this webhook.
@@ -237,7 +236,7 @@ def delivery_strategy(name: str) -> st.SearchStrategy[Any]:
         branches = payload["id_field"]["oneOf"]
         for branch, own in zip(branches, CONCURRENCY_ID_FIELDS, strict=True):
             branch["properties"][own] = _identifier_schema(branch["properties"][own])
-            # Spec: id_field holds exactly one identifier. The schema's oneOf alone still allows
+            # id_field holds exactly one identifier. The schema's oneOf alone still allows
             # a second one of another type (it then fails that branch, so one branch matches).
             others = [{"required": [other]} for other in CONCURRENCY_ID_FIELDS if other != own]
             branch["not"] = {"anyOf": others}
@@ -271,16 +270,19 @@ def test_schema_account_delivery_parses(name: str, data: st.DataObject) -> None:
 
 
 def identifying_fields(name: str) -> list[str]:
-    """The payload fields without which a delivery of ``name`` must be rejected (spec 1)."""
+    """The payload fields without which a delivery of ``name`` must be rejected.
+
+    A stream event needs only its rtms_stream_id: its scope id and stop reason are tolerated
+    as absent (Zoom's own samples omit them).
+    """
     if name in STREAM_EVENTS:
-        _, kind, id_field = STREAM_EVENTS[name]
-        return ["rtms_stream_id", id_field, *(["stop_reason"] if kind == "stopped" else [])]
+        return ["rtms_stream_id"]
     payload = request_schema(name)["properties"]["payload"]
     return [f for f in payload["required"] if payload["properties"][f].get("type") == "integer"]
 
 
-# Where the spec would read a removed field from instead: a fallback id, or payload.object.
-ALTERNATIVE_SOURCES = {"rtms_stream_id": ("object",), **{k: (v,) for k, v in FALLBACK_IDS.items()}}
+# Where the parser would read a removed field from instead: payload.object.
+ALTERNATIVE_SOURCES = {"rtms_stream_id": ("object",)}
 
 
 @pytest.mark.parametrize(
@@ -300,7 +302,7 @@ def test_schema_delivery_without_identifying_field_is_rejected(
     assert error.event == name
 
 
-# --- tolerance (spec section 1) ------------------------------------------------------------------
+# --- tolerance (docs/concepts.md) ---------------------------------------------------------------
 
 
 ALL_EVENTS = [*STREAM_EVENTS, *CONCURRENCY_MODELS]
@@ -345,7 +347,7 @@ def test_known_extra_fields_are_accepted(event: str, field: str, value: object) 
     assert parsed.scope_id == payload[STREAM_EVENTS[event][2]]
 
 
-# (scope, identifiers in the payload, the one whose value is the scope id): spec section 1's table
+# (scope, identifiers in the payload, the one whose value is the scope id): docs/concepts.md's table
 SCOPE_ID_CASES = [
     ("meeting", {"meeting_uuid": "m=="}, "meeting_uuid"),
     ("webinar", {"webinar_uuid": "w=="}, "webinar_uuid"),
@@ -364,7 +366,7 @@ SCOPE_ID_CASES = [
 def test_scope_id_comes_from_the_spec_field(
     scope: str, ids: dict[str, str], source: str, kind: str
 ) -> None:
-    """Each scope takes its scope id from the spec's field, or its fallback when absent."""
+    """Each scope takes its scope id from the documented field, or its fallback when absent."""
     event = SCOPES[scope][0] + kind
     parsed = parse_stream(wire(delivery(event, stream_payload(event, **ids))))
     assert (parsed.scope, parsed.kind) == (scope, kind)
@@ -376,7 +378,7 @@ CARRIED_VALUES = {
     "operator_id": "30R7kT7bTIKSNUFEuH_Qlg",
     "session_key": "ABC36jaBI145",
 }
-# Spec section 1: started carries server_urls, and operator_id for meetings and webinars;
+# docs/concepts.md: started carries server_urls, and operator_id for meetings and webinars;
 # session events carry session_key.
 CARRIED = [
     *[(prefix + "started", "server_urls") for prefix, _ in SCOPES.values()],
@@ -452,7 +454,7 @@ def test_body_as_bytes_text_or_mapping_is_accepted(
     assert parsed.payload == body["payload"]
 
 
-# --- rejections (spec section 1) -----------------------------------------------------------------
+# --- rejections (docs/concepts.md) --------------------------------------------------------------
 
 
 VALID_BYTES = wire(delivery("meeting.rtms_stopped"))
@@ -522,10 +524,9 @@ STREAM_FIELD_CASES = [
     ("rtms_stream_id", None, "string"),
     ("rtms_stream_id", ["609340fb"], "string"),
     ("rtms_stream_id", "6093\x0040fb", "nul"),
-    (SCOPE_ID, MISSING, "missing"),
-    (SCOPE_ID, "", "empty"),
-    (SCOPE_ID, 4444, "string"),
-    (SCOPE_ID, None, "string"),
+    (SCOPE_ID, "4444\x00", "nul"),
+    (SCOPE_ID, True, "string"),
+    (SCOPE_ID, 44.5, "string"),
     (SCOPE_ID, {"uuid": "4444"}, "string"),
 ]
 
@@ -535,7 +536,7 @@ STREAM_FIELD_CASES = [
 def test_stream_without_identifiers_is_rejected(
     event: str, field: str, value: object, word: str
 ) -> None:
-    """A stream event without a usable rtms_stream_id or scope id string is rejected."""
+    """A stream event without a usable rtms_stream_id, or with an unusable scope id, is rejected."""
     field = STREAM_EVENTS[event][2] if field == SCOPE_ID else field
     body = delivery(event, replaced(valid_payload(event), field, value))
     error = rejected(wire(body))
@@ -545,28 +546,30 @@ def test_stream_without_identifiers_is_rejected(
 
 @pytest.mark.parametrize("event", STREAM_EVENTS)
 def test_identifier_errors_inside_payload_object_name_that_path(event: str) -> None:
-    """A missing scope id inside payload.object is reported as payload.object.<field>."""
+    """An unusable scope id inside payload.object is reported as payload.object.<field>."""
     field = STREAM_EVENTS[event][2]
-    body = delivery(event, {"object": replaced(valid_payload(event), field, MISSING)})
-    assert "missing" in reason_for(rejected(wire(body)), f"payload.object.{field}")
+    body = delivery(event, {"object": replaced(valid_payload(event), field, ["x"])})
+    assert "string" in reason_for(rejected(wire(body)), f"payload.object.{field}")
 
 
 @pytest.mark.parametrize("event", STOPPED_EVENTS)
 @pytest.mark.parametrize(
     ("value", "word"),
     [
-        (MISSING, "missing"),
-        (None, "integer"),
-        ("1", "integer"),
         (True, "integer"),
         (1.5, "integer"),
+        ("1.0", "integer"),
+        (" 6", "integer"),
         ("HOST_TRIGGERED", "integer"),
+        ([6], "integer"),
+        (2**31, "range"),
+        ("9" * 30, "integer"),
     ],
 )
-def test_stopped_without_integer_stop_reason_is_rejected(
+def test_stopped_with_a_non_integer_stop_reason_is_rejected(
     event: str, value: object, word: str
 ) -> None:
-    """A stopped event whose stop_reason is missing or not an integer is rejected."""
+    """A stopped event whose stop_reason is present but not an integer is rejected."""
     body = delivery(event, replaced(valid_payload(event), "stop_reason", value))
     assert word in reason_for(rejected(wire(body)), "payload.stop_reason")
 
@@ -685,3 +688,116 @@ def test_unreadable_account_id_is_read_as_absent(value: Any) -> None:
     parsed = parse_delivery(wire(body))
     assert isinstance(parsed, StreamEvent)
     assert parsed.account_id is None
+
+
+# --- shapes Zoom's docs and samples show beyond the published schema --------------------------
+
+
+@pytest.mark.parametrize("event", STOPPED_EVENTS)
+@pytest.mark.parametrize("value", [MISSING, None])
+def test_stopped_without_stop_reason_parses(event: str, value: object) -> None:
+    """A stopped event with no stop_reason (absent or null) parses, stop_reason None."""
+    payload = replaced(valid_payload(event), "stop_reason", value)
+    assert parse_stream(wire(delivery(event, payload))).stop_reason is None
+
+
+@pytest.mark.parametrize("event", STOPPED_EVENTS)
+@pytest.mark.parametrize(("text", "code"), [("6", 6), ("0", 0), ("-1", -1), ("26", 26)])
+def test_integer_valued_string_stop_reason_counts_as_the_integer(
+    event: str, text: str, code: int
+) -> None:
+    """A stop_reason written as an integer-valued string counts as that integer."""
+    payload = valid_payload(event) | {"stop_reason": text}
+    assert parse_stream(wire(delivery(event, payload))).stop_reason == code
+
+
+@pytest.mark.parametrize("event", STREAM_EVENTS)
+@pytest.mark.parametrize("value", [MISSING, None, ""])
+def test_stream_event_without_scope_id_parses(event: str, value: object) -> None:
+    """A stream event without a scope id (absent, null or empty) parses, scope_id None."""
+    payload = replaced(valid_payload(event), STREAM_EVENTS[event][2], value)
+    parsed = parse_stream(wire(delivery(event, payload)))
+    assert (parsed.stream_id, parsed.scope_id) == ("stream-1", None)
+
+
+@pytest.mark.parametrize("event", STOPPED_EVENTS)
+def test_nested_stop_carrying_only_meeting_id_parses(event: str) -> None:
+    """The documented nested shape: payload.object with rtms_stream_id and meeting_id only."""
+    inner = {"rtms_stream_id": "stream-1", "meeting_id": 81234567890, "stop_reason": 6}
+    parsed = parse_stream(wire(delivery(event, {"account_id": "acct", "object": inner})))
+    assert (parsed.stream_id, parsed.scope_id, parsed.stop_reason) == ("stream-1", None, 6)
+    assert parsed.account_id == "acct"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("scope", "value", "expected"),
+    [
+        ("phone", 7_123_456_789_012_345_678, "7123456789012345678"),
+        ("phone", 0, "0"),
+        ("meeting", 81234567890, "81234567890"),
+        ("session", 2**70, str(2**70)),
+    ],
+)
+def test_numeric_scope_id_is_kept_as_its_decimal_text(
+    scope: str, value: int, expected: str, kind: str
+) -> None:
+    """A scope id given as a number (Zoom Phone's call_id) is kept as its decimal string."""
+    event = SCOPES[scope][0] + kind
+    payload = stream_payload(event, **{SCOPES[scope][1]: value})
+    assert parse_stream(wire(delivery(event, payload))).scope_id == expected
+
+
+@pytest.mark.parametrize(
+    ("urls", "expected"),
+    [
+        (["wss://a.zoom.us", "wss://b.zoom.us"], "wss://a.zoom.us,wss://b.zoom.us"),
+        (["wss://a.zoom.us"], "wss://a.zoom.us"),
+        ([], None),
+    ],
+)
+@pytest.mark.parametrize("event", [prefix + "started" for prefix, _ in SCOPES.values()])
+def test_server_urls_as_a_list_are_kept_comma_separated(
+    event: str, urls: list[str], expected: str | None
+) -> None:
+    """server_urls given as a list of strings is kept as the same URLs comma-separated."""
+    payload = valid_payload(event) | {"server_urls": urls}
+    assert parse_stream(wire(delivery(event, payload))).server_urls == expected
+
+
+def test_server_urls_list_of_non_strings_is_rejected() -> None:
+    """A server_urls list holding something else than strings is rejected, naming the field."""
+    event = "meeting.rtms_started"
+    payload = valid_payload(event) | {"server_urls": ["wss://a", 5]}
+    assert "string" in reason_for(rejected(wire(delivery(event, payload))), "payload.server_urls")
+
+
+@pytest.mark.parametrize("event_ts", [MISSING, None])
+def test_url_validation_without_event_ts_parses(event_ts: object) -> None:
+    """Zoom's endpoint challenge without event_ts (as Zoom's test scripts send it) parses."""
+    body = replaced(
+        delivery("endpoint.url_validation", {"plainToken": "tok"}), "event_ts", event_ts
+    )
+    parsed = parse_delivery(wire(body))
+    assert isinstance(parsed, UrlValidation)
+    assert (parsed.plain_token, parsed.event_ts) == ("tok", None)
+
+
+@pytest.mark.parametrize("event", [r"meeting.rtms\u0000_started", r"\u0000", r"x.rtms_\u0000"])
+def test_event_name_with_nul_is_rejected(event: str) -> None:
+    """An event name holding NUL (no text column keeps it) is rejected, naming event."""
+    body = b'{"event": "%s", "event_ts": 1, "payload": {}}' % event.encode()
+    error = rejected(body)
+    assert "nul" in reason_for(error, "event")
+    assert error.event is None
+
+
+@pytest.mark.parametrize(
+    "stream_id", [r"s\u0000", "s" * 256], ids=["nul", "longer-than-its-column"]
+)
+def test_rejection_names_only_a_storable_stream(stream_id: str) -> None:
+    """A rejected body's stream id hint is kept only when the stream_id column can hold it."""
+    body = b'{"event": "meeting.rtms_stopped", "event_ts": "soon", "payload": %s}' % (
+        b'{"rtms_stream_id": "%s"}' % stream_id.encode()
+    )
+    assert rejected(body).stream_id is None

@@ -1,4 +1,4 @@
-"""The durable transition feed (issue 4): transitions_since never skips and never repeats."""
+"""The durable transition feed: transitions_since never skips and never repeats."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from rtms_lifecycle import Outcome, Tracker, Transition
 from ._deliveries import body
 
 T0 = 1_700_000_000_000
-# Every arrival order of these four events applies all four (spec section 4): start, interrupt,
+# Every arrival order of these four events applies all four (docs/concepts.md): start, interrupt,
 # resume or failover or start, stop. So each stream contributes exactly four transitions.
 KINDS = ("started", "interrupted", "started", "stopped")
 PER_STREAM = len(KINDS)

@@ -1,4 +1,4 @@
-"""The lifecycle machine and the pure fold (spec section 4)."""
+"""The lifecycle machine and the pure fold (docs/concepts.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rtms_lifecycle.machine import MACHINE, State, TransitionName, fold, transit
 
 S, K, T = State, EventKind, TransitionName
 
-# The spec's table, cell by cell: (state, event) -> (next state, transition), None = ignored.
+# The documented table, cell by cell: (state, event) -> (next state, transition), None = ignored.
 SPEC_TABLE: dict[tuple[State, EventKind], tuple[State, TransitionName] | None] = {
     (S.NEW, K.STARTED): (S.STARTED, T.START),
     (S.NEW, K.INTERRUPTED): (S.INTERRUPTED, T.INTERRUPT),
@@ -58,7 +58,7 @@ def event(kind: EventKind, ts: int, stream_id: str = "s1", **fields: object) -> 
 
 
 def test_machine_definition_is_the_spec_table() -> None:
-    """The machine's applied cells are exactly the spec's non-ignored cells."""
+    """The machine's applied cells are exactly the documented non-ignored cells."""
     expected = {cell: result for cell, result in SPEC_TABLE.items() if result is not None}
     assert transition_table() == expected
 
@@ -67,7 +67,7 @@ def test_machine_definition_is_the_spec_table() -> None:
 def test_fold_applies_each_cell(
     cell: tuple[State, EventKind], expected: tuple[State, TransitionName] | None
 ) -> None:
-    """Folding an event in each state gives the spec's next state and transition name."""
+    """Folding an event in each state gives the documented next state and transition name."""
     state, kind = cell
     history = [event(k, 10 * (i + 1)) for i, k in enumerate(REACH[state])]
     last = event(kind, 1000)
@@ -106,7 +106,7 @@ def test_machine_binds_no_model() -> None:
 
 
 def test_derived_fields() -> None:
-    """Derived fields follow spec section 4: urls from the latest start, counters, times."""
+    """Derived fields follow docs/concepts.md: urls from the latest start, counters, times."""
     events = [
         event(K.STARTED, 10, server_urls="wss://a", account_id=None, operator_id="op1"),
         event(K.INTERRUPTED, 20, account_id="acc1"),

@@ -133,3 +133,26 @@ def test_events_stored_before_0003_are_read_from_their_deliveries(db_url: str) -
             "wss://a",
         )
     engine.dispose()
+
+
+def test_stops_before_0005_keep_their_names(db_url: str) -> None:
+    """Upgrading to 0005: a stream stopped without a code was expired, one with a code was not."""
+    engine = create_store_engine(db_url)
+    _migrate.upgrade(engine, "0004")
+    with engine.begin() as conn:
+        for sid, reason in (("expired", None), ("ended", 6)):
+            conn.execute(
+                text(
+                    "INSERT INTO streams (stream_id, scope, scope_id, state, stopped_at,"
+                    " stop_reason, interruptions, resumes, failovers, fold_ts, fold_rank,"
+                    " created_at, updated_at) VALUES (:sid, 'meeting', 'm', 'stopped', 5, :reason,"
+                    " 0, 0, 0, 5, 3, 1, 1)"
+                ),
+                {"sid": sid, "reason": reason},
+            )
+    _migrate.upgrade(engine)
+    with Tracker(engine) as tracker:
+        names = {s.stream_id: s.stop_reason_name for s in tracker.streams()}
+        assert names == {"expired": "EXPIRED", "ended": "MEETING_ENDED"}
+        assert {s.stop_reason_name for s in tracker.stop_reason_stats()} == set(names.values())
+    engine.dispose()

@@ -205,12 +205,13 @@ def test_unsigned_url_validation_is_refused(client: httpx.Client, tracker: Track
         b"not json at all",
         b"[1, 2, 3]",
         b'{"event": "meeting.rtms_started", "event_ts": 1}',
-        b'{"event": "meeting.rtms_stopped", "event_ts": 1, "payload": {"rtms_stream_id": "s"}}',
+        b'{"event": "meeting.rtms_stopped", "event_ts": 1, "payload": {"meeting_uuid": "m"}}',
+        b'{"event": "meeting.rtms\\u0000_stopped", "event_ts": 1, "payload": {}}',
         b"\xff\xfe\x00 invalid utf-8",
         b"",
         url_validation("").replace(b'"plainToken": ""', b'"plainToken": 5'),
     ],
-    ids=["text", "array", "no-payload", "no-ids", "bad-utf8", "empty", "bad-challenge"],
+    ids=["text", "array", "no-payload", "no-ids", "nul", "bad-utf8", "empty", "bad-challenge"],
 )
 def test_signed_malformed_body_is_stored_as_rejected_and_answered_200(
     client: httpx.Client, tracker: Tracker, body: bytes
@@ -431,7 +432,7 @@ def populated(client: httpx.Client) -> httpx.Client:
 def test_streams_filters_like_the_cli(
     populated: httpx.Client, query: str, expected: set[str]
 ) -> None:
-    """GET /streams filters on state (repeatable), scope and active, with the spec's keys."""
+    """GET /streams filters on state (repeatable), scope and active, with the documented keys."""
     response = populated.get("/streams" + query)
     assert response.status_code == 200
     assert {s["stream_id"] for s in response.json()} == expected
@@ -480,7 +481,7 @@ def test_stop_reason_stats(
 
 
 def test_openapi_schema_describes_every_answer(client: httpx.Client) -> None:
-    """The OpenAPI schema gives every route a typed 200 answer, and streams the spec's keys."""
+    """The OpenAPI schema gives every route a typed 200 answer, and streams the documented keys."""
     schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {
         "/webhook",

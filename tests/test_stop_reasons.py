@@ -1,4 +1,4 @@
-"""Stop reason names and categories (spec section 6)."""
+"""Stop reason names and categories (docs/stop-reasons.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from rtms_lifecycle.stop_reasons import EXPIRED, StopReasonCategory, describe_stop_reason
 
-# Spec section 6, verbatim: code -> (name, category).
+# docs/stop-reasons.md, verbatim: code -> (name, category).
 SPEC_TABLE = {
     0: ("UNDEFINED", "unknown"),
     1: ("HOST_TRIGGERED", "normal"),
@@ -36,14 +36,14 @@ SPEC_TABLE = {
     25: ("MANUAL_API_TRIGGERED", "normal"),
     26: ("STREAMING_NOT_SUPPORTED", "config_error"),
 }
-# Spec section 6: Zoom's failover guide restarts the whole RTMS connection for these.
+# docs/stop-reasons.md: Zoom's failover guide restarts the whole RTMS connection for these.
 RESTART_CONNECTION = {*range(10, 20), 24}
 UNKNOWN_CODES = [-1, 27, 99, 1000, 2**31 - 1, -(2**31)]
 
 
 @pytest.mark.parametrize(("code", "name", "category"), [(c, *row) for c, row in SPEC_TABLE.items()])
 def test_known_code_has_the_spec_name_and_category(code: int, name: str, category: str) -> None:
-    """Each stop reason 0-26 has the name and category of the spec's table."""
+    """Each stop reason 0-26 has the name and category of the documented table."""
     reason = describe_stop_reason(code)
     assert (reason.code, reason.name, reason.category) == (code, name, category)
 
@@ -63,7 +63,7 @@ def test_no_code_means_expired() -> None:
 
 
 def test_categories_are_the_spec_ones() -> None:
-    """The category enum holds exactly the spec's categories, including unknown and expired."""
+    """The category enum holds exactly the documented categories, including unknown and expired."""
     spec_categories = {category for _, category in SPEC_TABLE.values()} | {"unknown", "expired"}
     assert {category.value for category in StopReasonCategory} == spec_categories
 

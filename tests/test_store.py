@@ -44,7 +44,7 @@ def send(tracker: Tracker, item: bytes | tuple[str, int]) -> Outcome:
 
 
 def direct_fold(stream_id: str, events: list[tuple[EventKind, int]]) -> Stream | None:
-    """The spec's fold over the distinct events, with no database involved."""
+    """The documented fold over the distinct events, with no database involved."""
     parsed: list[StreamEvent] = []
     for kind, ts in events:
         item = delivery(kind, stream_id, ts)
@@ -119,7 +119,7 @@ def tracker(db_url: str) -> Any:
 
 
 def test_outcome_of_each_kind_of_delivery(tracker: Tracker) -> None:
-    """Each delivery gets the one outcome spec section 5 gives it, stored with it."""
+    """Each delivery gets the one outcome docs/concepts.md gives it, stored with it."""
     cases = [
         (raw("started", "s1", 10), Outcome.APPLIED),
         (raw("started", "s1", 10), Outcome.DUPLICATE),
@@ -155,12 +155,14 @@ def test_first_stored_version_stands_on_conflict(tracker: Tracker) -> None:
 
 def test_rejected_delivery_keeps_raw_bytes_and_error(tracker: Tracker) -> None:
     """A rejected body is stored byte for byte with the field and reason of its rejection."""
-    bad = json.dumps(body("stopped", "s1", 10, stop_reason=None)).encode() + b"  "
+    bad = json.dumps(body("stopped", "s1", 10, stop_reason="HOST_TRIGGERED")).encode() + b"  "
     result = tracker.ingest(bad)
     assert result.outcome is Outcome.REJECTED
     (stored,) = tracker.deliveries(outcome="rejected")
     assert stored.raw == bad
-    assert stored.error == [{"field": "payload.stop_reason", "reason": "missing"}]
+    assert stored.error == [
+        {"field": "payload.stop_reason", "reason": "must be an integer, got 'HOST_TRIGGERED'"}
+    ]
 
 
 def test_non_utf8_body_is_kept(tracker: Tracker) -> None:

@@ -1,4 +1,4 @@
-"""The embedding API (issue 4, spec sections 2-7): ``Tracker`` on real SQLite and PostgreSQL."""
+"""The embedding API : ``Tracker`` on real SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ HOUR = 3_600_000
 MINUTE = 60_000
 T0 = 1_700_000_000_000  # a fixed past instant (Nov 2023) for scenarios that need no "now"
 
-# Spec section 6, the rows these tests use: code -> (name, category).
+# docs/stop-reasons.md, the rows these tests use: code -> (name, category).
 REASONS: dict[int | None, tuple[str, str]] = {
     1: ("HOST_TRIGGERED", "normal"),
     6: ("MEETING_ENDED", "normal"),
@@ -84,7 +84,7 @@ def limited(event_ts: int, meeting_uuid: str) -> dict[str, Any]:
 
 
 def lifecycle(sid: str, t: int) -> list[tuple[dict[str, Any], Outcome]]:
-    """Every outcome of spec section 5 for one meeting stream, with the outcome each must get."""
+    """Every outcome of docs/concepts.md for one meeting stream, with the outcome each must get."""
     sc = f"mtg-{sid}"
     return [
         (body("started", sid, t, scope_id=sc, server_urls="wss://a"), Outcome.APPLIED),
@@ -109,7 +109,7 @@ def lifecycle(sid: str, t: int) -> list[tuple[dict[str, Any], Outcome]]:
 
 
 def lifecycle_stream(sid: str, t: int) -> dict[str, Any]:
-    """The stream ``lifecycle(sid, t)`` must leave behind (spec section 4's derived fields)."""
+    """The stream ``lifecycle(sid, t)`` must leave behind (docs/concepts.md's derived fields)."""
     return {
         "stream_id": sid,
         "scope": "meeting",
@@ -276,9 +276,9 @@ def test_ingest_results_carry_each_transition(tracker: Tracker) -> None:
             id="event-ts-not-int",
         ),
         pytest.param(
-            json.dumps(body("stopped", "s1", T0, stop_reason=None)).encode(),
+            json.dumps(body("stopped", "s1", T0, stop_reason="HOST_TRIGGERED")).encode(),
             "payload.stop_reason",
-            id="stopped-without-reason",
+            id="stop-reason-not-an-integer",
         ),
         pytest.param(
             json.dumps(
@@ -288,9 +288,9 @@ def test_ingest_results_carry_each_transition(tracker: Tracker) -> None:
             id="no-stream-id",
         ),
         pytest.param(
-            json.dumps(body("interrupted", "s1", T0, scope_id=12345)).encode(),  # type: ignore[arg-type]
+            json.dumps(body("interrupted", "s1", T0, scope_id=["m"])).encode(),  # type: ignore[arg-type]
             "payload.meeting_uuid",
-            id="scope-id-not-string",
+            id="scope-id-not-a-string-or-integer",
         ),
     ],
 )
@@ -313,7 +313,7 @@ def test_rejected_body_is_returned_and_stored(tracker: Tracker, raw: bytes, fiel
 
 
 def test_ingest_gives_each_delivery_its_outcome(tracker: Tracker) -> None:
-    """One by one, each delivery gets its spec section 5 outcome; only applied ones transition."""
+    """One by one, each delivery gets its docs/concepts.md outcome; only applied ones transition."""
     for delivery, expected in workload(2):
         result = tracker.ingest(delivery)
         assert result.outcome is expected, delivery
@@ -403,7 +403,7 @@ def test_report_resumed_before_any_webhook_is_kept_for_the_fold(tracker: Tracker
     """A resume for an unknown stream is ignored but kept: earlier webhooks fold it in later."""
     result = tracker.report_resumed("early", T0 + 300)
 
-    # spec 4: `new` + resumed is ignored, and an ignored event is kept (order independence)
+    # `new` + resumed is ignored, and an ignored event is kept (order independence)
     assert result.outcome is Outcome.IGNORED
     assert result.transition is None
     assert tracker.stream("early") is None
@@ -475,7 +475,7 @@ def populated(tracker: Tracker) -> Tracker:
 
 
 def test_stream_returns_the_stored_stream_or_none(populated: Tracker) -> None:
-    """stream() answers one stream with the spec's keys, and None for an unknown id."""
+    """stream() answers one stream with the documented keys, and None for an unknown id."""
     stream = populated.stream("m-res")
     assert stream is not None
     assert (stream.scope, stream.scope_id, stream.state) == (Scope.MEETING, "meet-A", State.RESUMED)
@@ -598,7 +598,7 @@ def test_history_is_event_order_and_audit_is_recorded_order(tracker: Tracker) ->
 
 
 def test_history_breaks_event_time_ties_by_kind(tracker: Tracker) -> None:
-    """Events at one instant are ordered started, interrupted, resumed, stopped (spec section 4)."""
+    """Events at one instant are ordered started, interrupted, resumed, stopped."""
     tracker.ingest(body("stopped", "s1", T0))
     tracker.ingest(body("interrupted", "s1", T0))
     tracker.ingest(body("started", "s1", T0))
@@ -806,7 +806,7 @@ def test_callbacks_under_concurrent_ingest_fire_once_per_transition(db_url: str)
             stored = sorted(conn.execute(text("SELECT id FROM transitions")).scalars())
         final = tracker.streams()
 
-    # whatever the arrival order, each of the 4 events of a stream is applied once (spec 4)
+    # whatever the arrival order, each of the 4 events of a stream is applied once
     assert len(stored) == streams * len(kinds)
     assert sorted(calls) == stored
     assert Counter(r.outcome for r in results) == {
@@ -1161,7 +1161,7 @@ def test_deliveries_of_unknown_filters_are_empty(tracker: Tracker) -> None:
 
 def test_rejected_body_is_found_by_the_stream_it_names(tracker: Tracker) -> None:
     """A rejected body that names a stream is listed among that stream's deliveries."""
-    bad = body("stopped", "named-stream", 10, stop_reason=None)
+    bad = body("stopped", "named-stream", 10, stop_reason="HOST_TRIGGERED")
     assert tracker.ingest(bad).outcome is Outcome.REJECTED
     (stored,) = tracker.deliveries(stream_id="named-stream")
     assert stored.outcome is Outcome.REJECTED

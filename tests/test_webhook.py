@@ -14,6 +14,7 @@ from rtms_lifecycle.webhook import (
     SECRET_ENV,
     RefusalReason,
     WebhookVerifier,
+    labelled_secrets_from_env,
     secrets_from_env,
     sign,
     url_validation_response,
@@ -253,3 +254,54 @@ def test_verifier_refuses_a_lone_string_and_hides_secrets_in_its_repr() -> None:
     with pytest.raises(TypeError):
         WebhookVerifier(SECRET)
     assert SECRET not in repr(verifier(SECRET, OTHER))
+
+
+# --- secret labels ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("app1=s1,app2=s2", {"app1": "s1", "app2": "s2"}),
+        (" app1 = s1 , s2 ", {"app1": "s1", "#2": "s2"}),
+        ("s1,s2", {"#1": "s1", "#2": "s2"}),
+        ("old=a==,new=b", {"old": "a==", "new": "b"}),
+    ],
+    ids=["labelled", "mixed", "unlabelled", "token-with-equals"],
+)
+def test_secret_entries_may_be_labelled(value: str, expected: dict[str, str]) -> None:
+    """ZOOM_WEBHOOK_SECRET_TOKEN entries are label=token or token (labelled #N by place)."""
+    assert labelled_secrets_from_env({SECRET_ENV: value}) == expected
+    assert secrets_from_env({SECRET_ENV: value}) == list(expected.values())
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("=hidden-token", "label"),
+        ("a b=hidden-token", "label"),
+        ("app=", "no token"),
+        ("app=hidden-token,app=hidden-token2", "repeated"),
+    ],
+)
+def test_bad_secret_entries_are_refused_without_the_secret(value: str, words: str) -> None:
+    """A malformed entry is a ConfigurationError naming its place, never the secret."""
+    with pytest.raises(ConfigurationError, match=words) as caught:
+        labelled_secrets_from_env({SECRET_ENV: value})
+    assert "hidden" not in str(caught.value)
+
+
+def test_verification_names_the_label_and_signing_time() -> None:
+    """verify returns the label of the secret that signed the request, and when it was signed."""
+    labelled = WebhookVerifier({"app1": OTHER, "app2": SECRET}, clock=lambda: NOW)
+    verified = labelled.verify(headers(), BODY)
+    assert (verified.label, verified.signed_at, verified.secret) == ("app2", NOW * 1000, SECRET)
+    assert SECRET not in repr(verified)
+    assert verifier(OTHER, SECRET).verify(headers(), BODY).label == "#2"
+
+
+def test_stale_refusal_carries_the_age_of_the_genuine_signature() -> None:
+    """A genuine request beyond the window is refused as timestamp_stale with its age."""
+    with pytest.raises(WebhookRefused) as caught:
+        verifier(window=60).verify(headers(ts=NOW - 1500), BODY)
+    assert (caught.value.reason, caught.value.age_seconds) == (RefusalReason.TIMESTAMP_STALE, 1500)

@@ -39,6 +39,7 @@ from .records import (
     StopReasonStat,
     Stream,
     Transition,
+    UnhandledEventStat,
 )
 from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
 from .tracker import IngestSummary, Tracker, TransitionCallback
@@ -77,6 +78,7 @@ __all__ = [
     "TransitionCallback",
     "TransitionName",
     "UnhandledDelivery",
+    "UnhandledEventStat",
     "UrlValidation",
     "WebhookRefused",
     "describe_stop_reason",

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Row, and_, case, func, literal, or_, select, 
 
 from ._tables import EVENT_OUTCOMES, LIVE_PREDICATE, concurrency_alerts, deliveries, streams
 from ._tables import transitions as transitions_table
+from ._unhandled import looks_like_rtms
 from ._writers import EVENT_COLUMNS, TRANSITION_COLUMNS
 from .events import EventKind, Scope, Source
 from .machine import ACTIVE_STATES, State, TransitionName, fold
@@ -23,6 +24,7 @@ from .records import (
     StopReasonStat,
     Stream,
     Transition,
+    UnhandledEventStat,
 )
 from .stop_reasons import describe_stop_reason
 from .store import SCOPE_OF, STATE_OF, event_from_delivery, transition_from_row
@@ -169,23 +171,25 @@ def stop_reason_stats(
     # Only columns of ix_streams_stopped_at: the rows are never visited, the index answers.
     scope_column = streams.c.scope if by_scope else literal(None)
     duration = streams.c.stopped_at - streams.c.started_at
+    # An expiry and a webhook's stop without a reason both have no code: the source tells them.
+    expired = streams.c.stop_source != Source.WEBHOOK.value
     query = _of_account(
-        select(scope_column, streams.c.stop_reason, duration).where(
+        select(scope_column, streams.c.stop_reason, expired, duration).where(
             _window(streams.c.stopped_at, since, until)
         ),
         account_id,
     )
-    groups: dict[tuple[str | None, int | None], list[int | None]] = defaultdict(list)
-    for key_scope, reason, took in conn.execute(query):
-        groups[key_scope, reason].append(took)
+    groups: dict[tuple[str | None, int | None, bool], list[int | None]] = defaultdict(list)
+    for key_scope, reason, by_expiry, took in conn.execute(query):
+        groups[key_scope, reason, reason is None and by_expiry is not False].append(took)
     counts = {key: len(found) for key, found in groups.items()}
     totals: dict[str | None, int] = defaultdict(int)
-    for (scope, _), count in counts.items():
+    for (scope, _, _), count in counts.items():
         totals[scope] += count
     stats = []
-    for (scope, reason), count in counts.items():
-        described = describe_stop_reason(reason)
-        found = [took for took in groups[scope, reason] if took is not None]
+    for (scope, reason, by_expiry), count in counts.items():
+        described = describe_stop_reason(reason, expired=by_expiry)
+        found = [took for took in groups[scope, reason, by_expiry] if took is not None]
         stats.append(
             StopReasonStat(
                 stop_reason=reason,
@@ -198,7 +202,12 @@ def stop_reason_stats(
             )
         )
     stats.sort(
-        key=lambda s: (s.scope or "", -s.count, s.stop_reason if s.stop_reason is not None else -1)
+        key=lambda s: (
+            s.scope or "",
+            -s.count,
+            s.stop_reason if s.stop_reason is not None else -1,
+            s.stop_reason_name,
+        )
     )
     return stats
 
@@ -292,6 +301,8 @@ def list_deliveries(
             error=json.loads(r.error) if r.error else None,
             detail=r.detail,
             raw=bytes(r.raw),
+            signed_at=r.signed_at,
+            secret_label=r.secret_label,
         )
         for r in conn.execute(query)
     ]
@@ -312,3 +323,25 @@ def active_counts(conn: Connection) -> dict[Scope, int]:
         .group_by(streams.c.scope)
     )
     return {Scope(scope): count for scope, count in conn.execute(query)}
+
+
+def unhandled_stats(
+    conn: Connection, since: int | None, until: int | None
+) -> list[UnhandledEventStat]:
+    d = deliveries
+    query = (
+        select(d.c.event, func.count(), func.min(d.c.received_at), func.max(d.c.received_at))
+        .where(d.c.outcome == Outcome.UNHANDLED.value, d.c.event.is_not(None))
+        .group_by(d.c.event)
+    )
+    if since is not None:
+        query = query.where(d.c.received_at >= since)
+    if until is not None:
+        query = query.where(d.c.received_at < until)
+    stats = [
+        UnhandledEventStat(event, count, first, last, looks_like_rtms(event))
+        for event, count, first, last in conn.execute(query)
+    ]
+    # What most likely needs a new version first: RTMS-looking names, then the most frequent.
+    stats.sort(key=lambda s: (not s.rtms, -s.count, s.event))
+    return stats

@@ -56,6 +56,7 @@ LIVE_INDEX_COLUMNS: Final = (
     "interruptions",
     "resumes",
     "failovers",
+    "stop_source",
 )
 
 # The deliveries that are a stream's events: queries must repeat this exact predicate for the
@@ -85,6 +86,8 @@ streams = Table(
     Column("failovers", Integer, nullable=False),
     Column("fold_ts", BigInteger, nullable=False),
     Column("fold_rank", SmallInteger, nullable=False),
+    # The source of the applied stop: a webhook's stop without a reason is not an expiry.
+    Column("stop_source", String(16)),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     # Covering: every column of a Stream, so live queries never visit the (huge) table.
@@ -102,6 +105,7 @@ streams = Table(
         "stop_reason",
         "started_at",
         "scope",
+        "stop_source",
         sqlite_where=text("stopped_at IS NOT NULL"),
         postgresql_where=text("stopped_at IS NOT NULL"),
     ),
@@ -124,9 +128,13 @@ deliveries = Table(
     # Why a delivery was a duplicate, a conflict or ignored, in words.
     Column("detail", Text),
     Column("raw", LargeBinary, nullable=False),
+    # When the request was signed (epoch ms of x-zm-request-timestamp) and the label of the
+    # configured secret that verified it: null unless the receiver verified the delivery.
+    Column("signed_at", BigInteger),
+    Column("secret_label", String(64)),
     Index("ix_deliveries_outcome_id", "outcome", "id"),
     Index("ix_deliveries_stream_id_id", "stream_id", "id"),
-    # A stream's events are the deliveries that brought each one first (spec section 3): their
+    # A stream's events are the deliveries that brought each one first (docs/concepts.md): their
     # identity is unique, kept so by the database, not the code. Re-folds parse their raw bytes.
     Index(
         "uq_deliveries_event",

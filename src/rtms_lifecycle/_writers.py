@@ -89,6 +89,8 @@ DELIVERY_COLUMNS: Final = _columns(
         "error",
         "detail",
         "raw",
+        "signed_at",
+        "secret_label",
     ),
 )
 #: An audit row, in ``Transition``'s field order.

@@ -48,7 +48,7 @@ from .tracker import (
     _set,
     _Subscription,
 )
-from .webhook import DEFAULT_REPLAY_WINDOW
+from .webhook import DEFAULT_REPLAY_WINDOW, Verification
 
 __all__ = ["DEFAULT_MAX_THREADS", "AsyncTracker"]
 
@@ -227,21 +227,27 @@ class AsyncTracker:
         body: Body,
         *,
         headers: Mapping[str, str] | None = None,
+        verified: Verification | None = None,
         timeout: float | None = None,
     ) -> IngestResult:
         """Awaitable :meth:`Tracker.ingest`: one delivery, one durable transaction, callbacks
         after. ``timeout`` counts from this call, the wait for a worker thread included."""
         if timeout is None:
-            return await self._write(self._sync.ingest, body, headers=headers)
+            return await self._write(self._sync.ingest, body, headers=headers, verified=verified)
         deadline = time.monotonic() + timeout
 
         def ingest() -> IngestResult:
-            return self._sync.ingest(body, headers=headers, timeout=_left(deadline))
+            left = _left(deadline)
+            return self._sync.ingest(body, headers=headers, verified=verified, timeout=left)
 
         return await self._write(ingest)
 
     async def ingest_batch(
-        self, bodies: Sequence[Body], *, timeout: float | None = None
+        self,
+        bodies: Sequence[Body],
+        *,
+        verified: Sequence[Verification | None] | None = None,
+        timeout: float | None = None,
     ) -> list[IngestResult]:
         """Awaitable :meth:`Tracker.ingest_batch`: a group commit, all or nothing. ``timeout``
         counts from this call, the wait for a worker thread included."""
@@ -249,7 +255,7 @@ class AsyncTracker:
 
         def ingest_batch() -> list[IngestResult]:
             left = None if deadline is None else _left(deadline)
-            return self._sync.ingest_batch(bodies, timeout=left)
+            return self._sync.ingest_batch(bodies, verified=verified, timeout=left)
 
         return await self._write(ingest_batch)
 

@@ -1,6 +1,6 @@
 """The ``rtms-lifecycle`` command: ingest, query, expire, migrate, demo and serve.
 
-Every read command has ``--json``, whose shapes are the contract of spec section 9 (docs/cli.md).
+Every read command has ``--json``, whose shapes are a documented contract (docs/cli.md).
 Human output goes through Rich: aligned tables, UTC ISO times, colours only on a terminal.
 """
 
@@ -52,6 +52,7 @@ from .records import (
     StopReasonStat,
     Stream,
     Transition,
+    UnhandledEventStat,
 )
 from .store import create_store_engine
 from .tracker import DEFAULT_BATCH_SIZE, IngestSummary, Tracker
@@ -363,7 +364,7 @@ def _stream_details(stream: Stream) -> Table:
     grid.add_column()
     rows: list[tuple[str, str | Text]] = [
         ("stream", stream.stream_id),
-        ("scope", f"{stream.scope.value} {stream.scope_id}"),
+        ("scope", f"{stream.scope.value} {stream.scope_id or _DASH}"),
         ("state", _styled(stream.state.value, _STATE_STYLE[stream.state])),
         ("account", stream.account_id or _DASH),
         ("operator", stream.operator_id or _DASH),
@@ -458,6 +459,27 @@ def _interruptions_table(rows: Sequence[tuple[str | None, InterruptionStats]]) -
             f"{stats.stopped_while_interrupted:,}",
         ]
         table.add_row(*cells)
+    return table
+
+
+def _unhandled_table(stats: Sequence[UnhandledEventStat]) -> Table:
+    table = _table(
+        "Unhandled event names",
+        "Event",
+        "Deliveries",
+        "First seen (UTC)",
+        "Last seen (UTC)",
+        "RTMS?",
+        right=("Deliveries",),
+    )
+    for stat in stats:
+        table.add_row(
+            Text(stat.event, style="yellow" if stat.rtms else ""),
+            f"{stat.count:,}",
+            format_time(stat.first_seen),
+            format_time(stat.last_seen),
+            "yes" if stat.rtms else "",
+        )
     return table
 
 
@@ -765,6 +787,11 @@ def stream_command(app: _App, stream_id: str, as_json: bool) -> None:
     help="Interruption statistics (of streams that began in the window) instead.",
 )
 @_ACCOUNT_OPTION
+@click.option(
+    "--unhandled",
+    is_flag=True,
+    help="Event names this version does not handle (received in the window) instead.",
+)
 @_JSON_OPTION
 @_pass_app
 def stats(
@@ -774,10 +801,22 @@ def stats(
     by_scope: bool,
     interruptions: bool,
     account_id: str | None,
+    unhandled: bool,
     as_json: bool,
 ) -> None:
     """Why streams stopped: count, share and median duration per stop reason."""
     tracker = app.tracker(create=False)
+    if unhandled:
+        if interruptions or by_scope or account_id is not None:
+            raise click.UsageError(
+                "--unhandled lists event names: no --interruptions, --by-scope, --account"
+            )
+        names = tracker.unhandled_stats(since, until)
+        if as_json:
+            _emit_json([n.as_dict() for n in names])
+            return
+        app.out.print(_unhandled_table(names))
+        return
     if interruptions:
         scopes: list[Scope | None] = list(Scope) if by_scope else [None]
         rows = [
@@ -982,6 +1021,14 @@ def db_upgrade(app: _App, as_json: bool) -> None:
     help="Connections the kernel queues before they are accepted [default: 256, less under a "
     "low file descriptor limit].",
 )
+@click.option(
+    "--replay-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Refuse requests signed longer ago than this (docs/receiver.md weighs a longer one).",
+)
 @_pass_app
 def serve(
     app: _App,
@@ -996,6 +1043,7 @@ def serve(
     log_level: str,
     log_format: str,
     metrics: bool,
+    replay_window: float,
 ) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:
@@ -1015,6 +1063,7 @@ def serve(
         request_timeout=request_timeout,
         limit_concurrency=limit_concurrency,
         backlog=backlog,
+        replay_window=replay_window,
     )
 
 

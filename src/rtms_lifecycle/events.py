@@ -8,17 +8,16 @@ that every later layer uses: a :class:`StreamEvent`, a :class:`ConcurrencyAlert`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
-    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Field,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -67,7 +66,7 @@ class EventKind(StrEnum):
 
     @property
     def rank(self) -> int:
-        """Tie-break between events of one stream with the same ``event_ts`` (spec section 4)."""
+        """Tie-break between events of one stream with the same ``event_ts`` (docs/concepts.md)."""
         return _RANK[self]
 
 
@@ -114,6 +113,39 @@ def _strict_int(value: Any) -> int:
     return value
 
 
+def _stop_reason(value: Any) -> int | None:
+    # Zoom's own Phone and Contact Center samples treat stop_reason as optional: a stop without
+    # one is still a stop (losing it would leave the stream live forever).
+    if value is None:
+        return None
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+        value = int(value)
+    return _strict_int(value)
+
+
+# An integer written as text ("6"); at most 20 digits, so int() never works hard on it.
+_INTEGER_TEXT: Final = re.compile(r"-?[0-9]{1,20}")
+
+
+def _scope_id(value: Any) -> str | None:
+    # The scope id is recorded when present and tolerated as absent (some documented shapes
+    # carry only meeting_id); Zoom Phone sends call_id as a number, kept as its decimal text.
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return _identifier(value)
+
+
+def _event_name(value: Any) -> str:
+    # The event name is stored as text: NUL cannot be (PostgreSQL refuses it in any text column).
+    if not isinstance(value, str):
+        raise PydanticCustomError("event", "must be a string, got {got}", {"got": _show(value)})
+    if "\x00" in value:
+        raise PydanticCustomError("event", "must not contain NUL characters", {})
+    return value
+
+
 def _identifier(value: Any) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError(
@@ -145,6 +177,11 @@ def _text(limit: int) -> Any:
             return None
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            # server_urls as a list of URLs: kept as the same URLs comma-separated.
+            value = ",".join(value) if value else None
+            if value is None:
+                return None
         if not isinstance(value, str):
             raise PydanticCustomError("text", "must be a string, got {got}", {"got": _show(value)})
         text: str = value.replace("\x00", "")
@@ -157,7 +194,7 @@ def _text(limit: int) -> Any:
 def _absent_if_unreadable(read: Any) -> Any:
     # For a field the published schema does not declare: a value nobody would send (a list, an
     # object, a boolean, an id too long to store) is read as absent, never a reason to reject
-    # the delivery (spec: extra fields are accepted); the raw payload keeps it as it came.
+    # the delivery (extra fields are accepted); the raw payload keeps it as it came.
     def _lenient(value: Any) -> Any:
         try:
             return read(value)
@@ -173,7 +210,10 @@ def _show(value: Any) -> str:
 
 
 EventTs = Annotated[int, BeforeValidator(_event_ts)]
+EventName = Annotated[str, BeforeValidator(_event_name)]
 Identifier = Annotated[str, BeforeValidator(_identifier)]
+ScopeId = Annotated[str | None, BeforeValidator(_scope_id)]
+StopReasonCode = Annotated[int | None, BeforeValidator(_stop_reason)]
 OptionalText = Annotated[str | None, BeforeValidator(_text(MAX_ID_LENGTH))]
 # account_id: a known extra field, in no payload of the published schema.
 ExtraText = Annotated[str | None, BeforeValidator(_absent_if_unreadable(_text(MAX_ID_LENGTH)))]
@@ -205,38 +245,38 @@ class _OperatorFields(BaseModel):
 
 class _StoppedFields(BaseModel):
     model_config = _LENIENT
-    stop_reason: Int32
+    stop_reason: StopReasonCode = None
 
 
 class MeetingPayload(_StreamPayload):
     """Fields every meeting stream event carries."""
 
-    meeting_uuid: Identifier
+    meeting_uuid: ScopeId = None
 
 
 class WebinarPayload(_StreamPayload):
     """Webinar stream events: Zoom's SDK docs show ``webinar_uuid`` and ``meeting_uuid`` both."""
 
-    webinar_uuid: Identifier = Field(validation_alias=AliasChoices("webinar_uuid", "meeting_uuid"))
+    webinar_uuid: ScopeId = None
 
 
 class SessionPayload(_StreamPayload):
     """Video SDK session stream events."""
 
-    session_id: Identifier
+    session_id: ScopeId = None
     session_key: OptionalText = None
 
 
 class ContactCenterPayload(_StreamPayload):
     """Contact Center voice stream events: ``engagement_id``, else ``session_id``."""
 
-    engagement_id: Identifier = Field(validation_alias=AliasChoices("engagement_id", "session_id"))
+    engagement_id: ScopeId = None
 
 
 class PhonePayload(_StreamPayload):
     """Zoom Phone stream events."""
 
-    call_id: Identifier
+    call_id: ScopeId = None
 
 
 class MeetingStartedPayload(MeetingPayload, _StartedFields, _OperatorFields):
@@ -286,7 +326,7 @@ class Delivery(BaseModel):
     """The envelope every webhook body shares."""
 
     model_config = _LENIENT
-    event: str
+    event: EventName
     event_ts: EventTs
 
 
@@ -345,6 +385,9 @@ _PAYLOADS: Final[dict[Scope, tuple[str, str, tuple[type[_StreamPayload], ...]]]]
     ),
 }
 _WEBHOOK_KINDS: Final = (EventKind.STARTED, EventKind.INTERRUPTED, EventKind.STOPPED)
+# Where a scope id is read from when its own field is absent: Zoom's docs show webinars with
+# meeting_uuid, and Contact Center engagements with session_id.
+_FALLBACK_SCOPE_IDS: Final = {Scope.WEBINAR: "meeting_uuid", Scope.CONTACT_CENTER: "session_id"}
 
 #: Every stream event name Zoom sends, mapped to its typed delivery model.
 STREAM_MODELS: Final[dict[str, type[StreamDelivery]]] = {
@@ -448,9 +491,10 @@ class UrlValidationPayload(BaseModel):
 
 
 class EndpointUrlValidation(Delivery):
-    """Zoom's endpoint challenge."""
+    """Zoom's endpoint challenge; Zoom's own test scripts send it without ``event_ts``."""
 
     event: Literal["endpoint.url_validation"]
+    event_ts: EventTs | None = None  # type: ignore[assignment]
     payload: UrlValidationPayload
 
 
@@ -468,8 +512,9 @@ _OTHER_MODELS: Final[dict[str, type[Delivery]]] = {
 class StreamEvent:
     """One event of one stream, whatever its scope or source: what the lifecycle folds over.
 
-    ``scope`` and ``scope_id`` are None only for an app-reported event of a stream that no
-    webhook has told us about yet; every webhook event carries both.
+    ``scope`` is None only for an app-reported event of a stream that no webhook has told us
+    about yet; every webhook event has one. ``scope_id`` is None when the delivery carried none
+    (some documented shapes carry only ``meeting_id``): the stream takes it from another event.
     """
 
     event: str
@@ -520,7 +565,7 @@ class UrlValidation:
     """Zoom's ``endpoint.url_validation`` challenge."""
 
     event: str
-    event_ts: int
+    event_ts: int | None
     plain_token: str
     payload: Mapping[str, Any]
     model: EndpointUrlValidation
@@ -608,12 +653,16 @@ def parse_delivery(
     # The model's declared fields only: an undeclared one (a meeting's "session_key") is an
     # unvalidated extra, kept in the raw payload but not read as the field.
     fields = parsed.payload.__dict__
+    scope_id = fields[model.scope_id_field]
+    fallback = _FALLBACK_SCOPE_IDS.get(model.scope)
+    if scope_id is None and fallback is not None:
+        scope_id = _fallback_scope_id(data["payload"], fallback, parsed.event, rename)
     return StreamEvent(
         event=parsed.event,
         scope=model.scope,
         kind=model.kind,
         stream_id=fields["rtms_stream_id"],
-        scope_id=fields[model.scope_id_field],
+        scope_id=scope_id,
         event_ts=parsed.event_ts,
         account_id=fields["account_id"],
         session_key=fields.get("session_key"),
@@ -625,13 +674,26 @@ def parse_delivery(
     )
 
 
+def _fallback_scope_id(
+    payload: dict[str, Any], name: str, event: str, rename: str | None
+) -> str | None:
+    try:
+        return _scope_id(payload.get(name))
+    except PydanticCustomError as exc:
+        raise DeliveryRejected(
+            [FieldError(f"{rename or 'payload'}.{name}", exc.message())],
+            event,
+            _stream_id_hint(payload),
+        ) from None
+
+
 def _validate(validate: Any, data: dict[str, Any], event: Any, rename: str | None) -> Delivery:
     try:
         result: Delivery = validate(data)
     except ValidationError as exc:
         raise DeliveryRejected(
             _field_errors(exc, rename) or [FieldError("body", str(exc))],
-            event if isinstance(event, str) else None,
+            event if isinstance(event, str) and "\x00" not in event else None,
             _stream_id_hint(data.get("payload")),
         ) from None
     return result
@@ -643,7 +705,11 @@ def _stream_id_hint(payload: Any) -> str | None:
     found = payload.get("rtms_stream_id")
     if found is None and isinstance(payload.get("object"), dict):
         found = payload["object"].get("rtms_stream_id")
-    return found if isinstance(found, str) and found and "\x00" not in found else None
+    # Only an id the stream_id column can hold: a rejection must always be storable.
+    try:
+        return _identifier(found)
+    except PydanticCustomError:
+        return None
 
 
 def _other(parsed: Delivery, data: dict[str, Any]) -> ParsedDelivery:

@@ -90,6 +90,10 @@ class WebhookRefused(RTMSLifecycleError):
     message ever contains a secret or a signature, so both are safe to log and to answer.
     """
 
-    def __init__(self, reason: str, message: str | None = None) -> None:
+    def __init__(
+        self, reason: str, message: str | None = None, *, age_seconds: float | None = None
+    ) -> None:
         self.reason = reason
+        #: For a genuine but stale request (``timestamp_stale``): how old its signature was.
+        self.age_seconds = age_seconds
         super().__init__(message or reason)

@@ -58,7 +58,7 @@ LIVE_STATES: Final = frozenset({State.STARTED, State.INTERRUPTED, State.RESUMED}
 
 
 class _NamedTransition(Transition):
-    """A transition that knows its name in the spec's table (``failover``, ``resume``...)."""
+    """A transition that knows its name in the documented table (``failover``, ``resume``...)."""
 
     def __init__(
         self, source: str, dest: str, *args: Any, name: TransitionName, **kwargs: Any
@@ -71,12 +71,12 @@ class _Machine(Machine):
     transition_cls = _NamedTransition
 
 
-# transitions names Enum states by member name; plain strings keep the spec's lower-case names.
+# transitions names Enum states by member name; plain strings keep the documented lower-case names.
 _S = {state: state.value for state in State}
 _T, _K = TransitionName, EventKind
 _NOT_STOPPED = [_S[State.NEW], _S[State.STARTED], _S[State.INTERRUPTED], _S[State.RESUMED]]
 
-#: The lifecycle of spec section 4. Triggers are event kinds; a cell missing here is ignored.
+#: The lifecycle of docs/concepts.md. Triggers are event kinds; a cell missing here is ignored.
 MACHINE: Final = _Machine(
     model=None,
     states=list(_S.values()),
@@ -139,7 +139,7 @@ def transition_table() -> dict[tuple[State, EventKind], tuple[State, TransitionN
 
 @dataclass(slots=True)
 class StreamState:
-    """Everything the fold derives for one stream (spec section 4)."""
+    """Everything the fold derives for one stream (docs/concepts.md)."""
 
     stream_id: str
     scope: Scope | None = None
@@ -162,6 +162,8 @@ class StreamState:
     # stepped on top of the stored state; one before it needs the stream re-folded.
     fold_ts: int = -1
     fold_rank: int = -1
+    # Who stopped the stream (a Source value): a webhook's stop without a reason is not an expiry.
+    stop_source: str | None = None
 
     def same_as(self, other: StreamState) -> bool:
         """Whether two states agree on every field."""
@@ -209,6 +211,7 @@ def step(stream: StreamState, event: StreamEvent) -> TransitionName | None:
             stream.started_at = event.event_ts
     elif event.kind is EventKind.STOPPED:
         stream.stopped_at, stream.stop_reason = event.event_ts, event.stop_reason
+        stream.stop_source = event.source.value
     if fired is TransitionName.INTERRUPT:
         stream.interruptions += 1
     elif fired is TransitionName.RESUME:

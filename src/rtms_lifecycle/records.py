@@ -9,7 +9,7 @@ from typing import Any
 from .events import Scope, Source
 from .exceptions import FieldError
 from .machine import State, TransitionName
-from .stop_reasons import StopReasonCategory, describe_stop_reason
+from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
 
 __all__ = [
     "ConcurrencyAlertRecord",
@@ -20,11 +20,12 @@ __all__ = [
     "StopReasonStat",
     "Stream",
     "Transition",
+    "UnhandledEventStat",
 ]
 
 
 class Outcome(StrEnum):
-    """What became of one delivery (spec section 5)."""
+    """What became of one delivery (docs/concepts.md)."""
 
     APPLIED = "applied"
     IGNORED = "ignored"
@@ -38,11 +39,11 @@ class Outcome(StrEnum):
 # builds thousands. A Stream is a snapshot; changing one changes nothing stored.
 @dataclass(slots=True)
 class Stream:
-    """A stream as stored: every attribute is one of the spec's stream keys."""
+    """A stream as stored: the documented stream keys (docs/cli.md), and who stopped it."""
 
     stream_id: str
     scope: Scope
-    scope_id: str
+    scope_id: str | None
     account_id: str | None
     session_key: str | None
     operator_id: str | None
@@ -55,16 +56,22 @@ class Stream:
     interruptions: int
     resumes: int
     failovers: int
+    #: Who stopped the stream (``webhook``, or ``system`` for an expiry); None while live.
+    stop_source: str | None = None
 
     @property
     def stop_reason_name(self) -> str | None:
-        """Zoom's name of the stop reason (``EXPIRED`` for an expiry); None while live."""
-        return describe_stop_reason(self.stop_reason).name if self.stopped else None
+        """Zoom's name of the stop reason (``EXPIRED`` for an expiry, ``NOT_PROVIDED`` for a
+        stop without a reason); None while live."""
+        return self._stop_reason().name if self.stopped else None
 
     @property
     def stop_reason_category(self) -> StopReasonCategory | None:
         """Our category of the stop reason; None while live."""
-        return describe_stop_reason(self.stop_reason).category if self.stopped else None
+        return self._stop_reason().category if self.stopped else None
+
+    def _stop_reason(self) -> StopReason:
+        return describe_stop_reason(self.stop_reason, expired=self.stop_source != Source.WEBHOOK)
 
     @property
     def stopped(self) -> bool:
@@ -82,8 +89,9 @@ class Stream:
         return [url.strip() for url in (self.server_urls or "").split(",") if url.strip()]
 
     def as_dict(self) -> dict[str, Any]:
-        """The spec's JSON shape of a stream (section 9)."""
+        """The documented JSON shape of a stream (docs/cli.md)."""
         data = asdict(self)
+        del data["stop_source"]  # not one of the documented keys: stop_reason_name tells it
         data["scope"] = self.scope.value
         data["state"] = self.state.value
         data["stop_reason_name"] = self.stop_reason_name
@@ -146,6 +154,10 @@ class DeliveryRecord:
     error: list[dict[str, str]] | None
     detail: str | None
     raw: bytes
+    #: When the request was signed (epoch ms); None unless the receiver verified it.
+    signed_at: int | None = None
+    #: The label of the configured secret that verified it (never the secret itself).
+    secret_label: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form; ``raw`` as text (invalid UTF-8 replaced)."""
@@ -210,6 +222,22 @@ class InterruptionStats:
     recovered: int
     median_recovery_ms: int | None
     stopped_while_interrupted: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class UnhandledEventStat:
+    """Deliveries of one event name this version does not handle, and when they came."""
+
+    event: str
+    count: int
+    first_seen: int
+    last_seen: int
+    #: Whether the name mentions RTMS: likely a stream event under a name not yet known.
+    rtms: bool
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

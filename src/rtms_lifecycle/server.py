@@ -1,6 +1,6 @@
 """The webhook receiver as a FastAPI app (extra ``server``), and routers to embed in your own.
 
-- :func:`create_router`: ``POST /webhook``, verified (spec section 8), recorded by an
+- :func:`create_router`: ``POST /webhook``, verified (docs/receiver.md), recorded by an
   :class:`~rtms_lifecycle.AsyncTracker`. Include it in an existing FastAPI app.
 - :func:`create_read_router`: the bearer-token read API (``/streams``, ``/stats/stop-reasons``).
 - :func:`create_app`: a ready app with both, plus ``GET /healthz``; :func:`run` serves it.
@@ -19,7 +19,7 @@ import logging.config
 import os
 import resource
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +51,7 @@ from ._deadline import DEFAULT_STORE_TIMEOUT
 from ._http import bounded_protocol
 from ._logging import LogFormat, log_config
 from ._logthrottle import throttle_tracebacks
+from ._unhandled import FirstSeen, looks_like_rtms
 from .async_tracker import AsyncTracker
 from .events import Scope, Source, UrlValidation, parse_delivery
 from .exceptions import ConfigurationError, StoreError, StoreTimeout, WebhookRefused
@@ -60,8 +61,10 @@ from .stop_reasons import StopReasonCategory
 from .tracker import Tracker
 from .webhook import (
     DEFAULT_REPLAY_WINDOW,
+    RefusalReason,
+    Verification,
     WebhookVerifier,
-    secrets_from_env,
+    labelled_secrets_from_env,
     url_validation_response,
 )
 
@@ -149,7 +152,7 @@ class StreamModel(BaseModel):
 
     stream_id: str
     scope: Scope
-    scope_id: str
+    scope_id: str | None
     account_id: str | None
     session_key: str | None
     operator_id: str | None
@@ -308,7 +311,9 @@ class _Recorder:
             left = min(queued.deadline for queued in group) - time.monotonic()
             if left <= 0:
                 raise StoreTimeout("the delivery waited for the store past its time budget")
-            results = await self._tracker.ingest_batch([q.body for q in group], timeout=left)
+            results = await self._tracker.ingest_batch(
+                [q.body for q in group], verified=[q.verified for q in group], timeout=left
+            )
         except Exception as exc:  # each sender is answered as if it had written alone
             for queued in group:
                 queued.outcome = exc
@@ -316,14 +321,14 @@ class _Recorder:
             for queued, result in zip(group, results, strict=True):
                 queued.outcome = result
 
-    async def ingest(self, body: bytes) -> IngestResult:
+    async def ingest(self, body: bytes, verified: Verification) -> IngestResult:
         if not self._grouped:
-            return await self._tracker.ingest(body, timeout=self._timeout)
+            return await self._tracker.ingest(body, verified=verified, timeout=self._timeout)
         deadline = time.monotonic() + self._timeout
         if self._turn is None:
             # Created on first use: older anyio versions need a running event loop for it.
             self._turn = anyio.Lock()
-        queued = _Queued(body, deadline)
+        queued = _Queued(body, verified, deadline)
         self._queue.append(queued)
         async with self._turn:
             if queued.outcome is None:
@@ -347,6 +352,7 @@ class _Queued:
     """A delivery waiting for its group's commit, and what became of it."""
 
     body: bytes
+    verified: Verification
     deadline: float
     outcome: IngestResult | Exception | None = None
 
@@ -378,6 +384,7 @@ def create_router(
     recorder = _Recorder(
         tracker if isinstance(tracker, AsyncTracker) else AsyncTracker(tracker), store_timeout
     )
+    unhandled = FirstSeen()
     router = APIRouter(tags=["webhook"])
 
     @router.post(
@@ -426,20 +433,31 @@ def create_router(
             log.info("a webhook sender disconnected before its body was complete")
             return Response(status_code=400)
         try:
-            secret = verifier.matching_secret(request.headers, body)
+            verified = verifier.verify(request.headers, body)
         except WebhookRefused as refused:
             client = request.client.host if request.client else "?"
             _metrics.REFUSALS.labels(refused.reason).inc()
-            log.warning(
-                "refused a webhook request from %s: %s",
-                client,
-                refused.reason,
-                extra={"reason": str(refused.reason), "client": client},
-            )
+            if refused.reason == RefusalReason.TIMESTAMP_STALE:
+                # Genuine but old: a replay, a skewed clock, or a retry Zoom did not sign again.
+                log.warning(
+                    "refused a validly signed webhook request from %s signed %.0f s ago, "
+                    "beyond the %g s replay window (see --replay-window)",
+                    client,
+                    refused.age_seconds,
+                    verifier.replay_window,
+                    extra={"reason": str(refused.reason), "client": client},
+                )
+            else:
+                log.warning(
+                    "refused a webhook request from %s: %s",
+                    client,
+                    refused.reason,
+                    extra={"reason": str(refused.reason), "client": client},
+                )
             return _error(401, refused.reason, str(refused))
         started = time.perf_counter()
         try:
-            result = await recorder.ingest(body)
+            result = await recorder.ingest(body, verified)
         except StoreTimeout as exc:
             # A busy store, not a broken one: one line, no traceback.
             log.warning("store busy: answered 503 so that Zoom retries: %s", exc)
@@ -464,7 +482,14 @@ def create_router(
         _metrics.DELIVERIES.labels(result.outcome.value, _metrics.scope_label(result.event)).inc()
         _log_recorded(result, took)
         if result.event == _URL_VALIDATION and result.outcome is Outcome.APPLIED:
-            return JSONResponse(_answer_url_validation(secret, body).model_dump())
+            return JSONResponse(_answer_url_validation(verified.secret, body).model_dump())
+        if result.outcome is Outcome.UNHANDLED and result.event and unhandled.first(result.event):
+            log.warning(
+                "first delivery of an event this version does not handle: %r%s; stored as "
+                "unhandled (rtms-lifecycle stats --unhandled lists them)",
+                result.event,
+                " (it looks like an RTMS event)" if looks_like_rtms(result.event) else "",
+            )
         delivery = DeliveryAnswer(
             outcome=result.outcome, delivery_id=result.delivery_id, error=result.error
         )
@@ -595,7 +620,7 @@ def _api_token(api_token: str | None) -> str | None:
 def create_app(
     db: str | Engine | Tracker | None = None,
     *,
-    secrets: Sequence[str] | None = None,
+    secrets: Sequence[str] | Mapping[str, str] | None = None,
     path: str = DEFAULT_PATH,
     api_token: str | None = None,
     replay_window: float = DEFAULT_REPLAY_WINDOW,
@@ -608,8 +633,9 @@ def create_app(
     read API.
 
     ``db``: a URL, an engine or a ready :class:`Tracker` (which the caller then closes); by
-    default ``RTMS_LIFECYCLE_DB``, else the tracker's default. ``secrets``: by default
-    ``ZOOM_WEBHOOK_SECRET_TOKEN``; without any the app refuses to start
+    default ``RTMS_LIFECYCLE_DB``, else the tracker's default. ``secrets``: by label (a
+    mapping), or a list; by default ``ZOOM_WEBHOOK_SECRET_TOKEN`` (entries ``label=token`` or
+    ``token``); without any the app refuses to start
     (:class:`ConfigurationError`). ``api_token``: by default ``RTMS_LIFECYCLE_API_TOKEN``; the
     read API exists only when one is set, and then guards ``/metrics`` too. ``metrics``:
     whether to serve ``/metrics`` (Prometheus' text format; docs/operations.md).
@@ -618,8 +644,9 @@ def create_app(
     """
     # Verify the configuration before touching a database: a misconfigured receiver should
     # fail without creating anything.
-    secrets = secrets_from_env() if secrets is None else secrets
-    verifier = WebhookVerifier(secrets, replay_window=replay_window)
+    verifier = WebhookVerifier(
+        labelled_secrets_from_env() if secrets is None else secrets, replay_window=replay_window
+    )
     token = _api_token(api_token)
     _positive("store_timeout", store_timeout)
     # An outage fails every request alike: one traceback a minute per kind is enough.
@@ -636,7 +663,7 @@ def create_app(
             "receiver ready: database %s, %d webhook secret(s), webhook path %s, "
             "read API %s, metrics %s",
             tracker.engine.url.render_as_string(hide_password=True),
-            len(secrets),
+            len(verifier.labels),
             path,
             "on" if token is not None else "off (no API token)",
             "off" if registry is None else "on" + (" (token required)" if token else ""),
@@ -771,6 +798,7 @@ def run(
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     limit_concurrency: int | None = None,
     backlog: int | None = None,
+    replay_window: float = DEFAULT_REPLAY_WINDOW,
 ) -> None:
     """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
 
@@ -796,6 +824,7 @@ def run(
         metrics=metrics,
         store_timeout=store_timeout,
         request_timeout=request_timeout,
+        replay_window=replay_window,
     )
     # The access log shows method, path and status only: never a header, so never a signature.
     uvicorn.run(

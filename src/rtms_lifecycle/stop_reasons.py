@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 
-__all__ = ["EXPIRED", "StopReason", "StopReasonCategory", "describe_stop_reason"]
+__all__ = [
+    "EXPIRED",
+    "NOT_PROVIDED",
+    "StopReason",
+    "StopReasonCategory",
+    "describe_stop_reason",
+]
 
 
 class StopReasonCategory(StrEnum):
@@ -72,13 +78,19 @@ class StopReason:
 
 
 EXPIRED = StopReason(None, "EXPIRED", StopReasonCategory.EXPIRED)
+#: A ``stopped`` webhook that gave no reason (Zoom's Phone and Contact Center samples allow it).
+NOT_PROVIDED = StopReason(None, "NOT_PROVIDED", StopReasonCategory.UNKNOWN)
 
 
 @lru_cache(maxsize=256)
-def describe_stop_reason(code: int | None) -> StopReason:
-    """Name and categorise a stop reason code; any integer is accepted, None means expired."""
+def describe_stop_reason(code: int | None, *, expired: bool = True) -> StopReason:
+    """Name and categorise a stop reason code; any integer is accepted.
+
+    None is an expiry's stop (``EXPIRED``), or with ``expired=False`` a webhook's stop that
+    gave no reason (``NOT_PROVIDED``).
+    """
     if code is None:
-        return EXPIRED
+        return EXPIRED if expired else NOT_PROVIDED
     known = _CATALOGUE.get(code)
     if known is None:
         return StopReason(code, f"UNKNOWN_{code}", StopReasonCategory.UNKNOWN)

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from . import _migrate
+from ._bodies import same_json
 from ._dburl import DEFAULT_DB_URL, check_driver, default_url, parse
 from ._deadline import remaining
 from ._writers import (
@@ -97,6 +98,9 @@ class Incoming:
     stream_id: str | None = None  # for a rejected body: the stream it seems to be about
     # Expiry only: record nothing unless the stream is still live with no event since then.
     stale_before: int | None = None
+    # A verified webhook: when it was signed (epoch ms) and the label of the secret that did.
+    signed_at: int | None = None
+    secret_label: str | None = None
 
 
 @dataclass(slots=True)
@@ -285,7 +289,6 @@ def state_from_row(row: Row) -> StreamState:
 def state_to_stream(state: StreamState) -> Stream:
     """The public view of a folded stream."""
     assert state.scope is not None, "a stream takes its scope from its first applied event"
-    assert state.scope_id is not None
     return Stream(
         stream_id=state.stream_id,
         scope=state.scope,
@@ -302,6 +305,7 @@ def state_to_stream(state: StreamState) -> Stream:
         interruptions=state.interruptions,
         resumes=state.resumes,
         failovers=state.failovers,
+        stop_source=state.stop_source,
     )
 
 
@@ -371,8 +375,9 @@ class _Batch:
         # Without full results (bulk loads without callbacks) no Stream or Transition is built.
         self.full = full
         self.live: dict[str, _Live] = {}
-        # identity -> the stored event's delivery id, or the payload of an event of this batch
-        self.known: dict[tuple[str, str, int], int | Mapping[str, Any]] = {}
+        # identity -> the stored event's delivery id, or the raw bytes and payload of an event
+        # of this batch
+        self.known: dict[tuple[str, str, int], int | tuple[bytes, Mapping[str, Any]]] = {}
         self.writes = Writes(now)
         self.delivery_ids: Iterator[int] = iter(())
         self.transition_ids: Iterator[int] = iter(())
@@ -463,10 +468,12 @@ class _Batch:
         if stored is not None:
             if isinstance(stored, int):
                 # Only a second delivery of a stored event reads the first one's body again.
-                first = event_from_delivery(self.tx.event(stored), before.scope, before.scope_id)
-                stored = self.known[identity] = first.payload
-            # "Same payload" means equal as parsed JSON, whatever the key order or spacing.
-            if stored == ev.payload:
+                row = self.tx.event(stored)
+                first = event_from_delivery(row, before.scope, before.scope_id)
+                stored = self.known[identity] = (bytes(row[-1]), first.payload)
+            # "Same payload": the same bytes, or equal as parsed JSON whatever the key order or
+            # spacing (a NaN equals a NaN, as its bytes do).
+            if stored[0] == item.raw or same_json(stored[1], ev.payload):
                 return self._delivery(
                     item, Outcome.DUPLICATE, about=ev, detail="this event is already stored"
                 )
@@ -478,7 +485,7 @@ class _Batch:
                     "an event with this identity but another payload is stored; the first stands"
                 ),
             )
-        self.known[identity] = ev.payload
+        self.known[identity] = (item.raw, ev.payload)
         live.dirty = True
         if ev.position > (before.fold_ts, before.fold_rank):
             after = before.copy()
@@ -553,6 +560,8 @@ class _Batch:
                 json.dumps([e.as_dict() for e in errors]) if errors else None,
                 detail,
                 item.raw,
+                item.signed_at,
+                item.secret_label,
             )
         )
         return _Pending(outcome, event, stream_id, errors, detail, delivery_id)

@@ -16,6 +16,7 @@ from typing import Any, Final, overload
 from sqlalchemy import Engine
 
 from . import _queries
+from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
 from .events import EventKind, Scope, Source, check_app_event, parse_delivery
 from .exceptions import ConfigurationError, DeliveryRejected, FieldError
@@ -29,9 +30,10 @@ from .records import (
     StopReasonStat,
     Stream,
     Transition,
+    UnhandledEventStat,
 )
 from .store import Incoming, KnownStreamEvent, Store, now_ms
-from .webhook import DEFAULT_REPLAY_WINDOW, WebhookVerifier
+from .webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
 
 __all__ = ["Body", "IngestSummary", "TransitionCallback", "Tracker"]
 
@@ -73,7 +75,7 @@ class IngestSummary:
         return sum(self.counts.values())
 
     def as_dict(self) -> dict[str, int]:
-        """The spec's JSON shape: every outcome, zero included."""
+        """The documented JSON shape: every outcome, zero included."""
         return {outcome.value: self[outcome] for outcome in Outcome}
 
 
@@ -90,23 +92,39 @@ def _set(value: Any, kind: Callable[[Any], Any]) -> frozenset[Any] | None:
     return frozenset(kind(v) for v in values)
 
 
-def to_incoming(body: Body, source: Source = Source.WEBHOOK) -> Incoming:
-    """Parse a body into what the store records; a rejected body keeps its bytes and errors."""
-    if isinstance(body, bytes):
-        raw = body
-    elif isinstance(body, str):
-        raw = body.encode("utf-8", errors="surrogateescape")
-    elif isinstance(body, bytearray | memoryview):
-        raw = bytes(body)
-    else:
-        raw = json.dumps(body, separators=(",", ":"), default=str).encode()
+def to_incoming(
+    body: Body, source: Source = Source.WEBHOOK, verified: Verification | None = None
+) -> Incoming:
+    """Parse a body into what the store records; a rejected body keeps its bytes and errors.
+
+    Whatever a bytes, str or mapping body holds, the result is storable; any other type raises
+    :class:`TypeError`. The bytes kept are the bytes parsed, so a re-fold reads the same event.
+    """
+    raw, problems = to_raw(body)
+    signed = (verified.signed_at, verified.label) if verified is not None else (None, None)
+    if problems:
+        return Incoming(raw, None, source, problems, signed_at=signed[0], secret_label=signed[1])
     try:
-        parsed = parse_delivery(body)
+        parsed = parse_delivery(raw)
     except DeliveryRejected as exc:
         return Incoming(
-            raw, None, source, errors=exc.errors, event=exc.event, stream_id=exc.stream_id
+            raw,
+            None,
+            source,
+            errors=exc.errors,
+            event=exc.event,
+            stream_id=exc.stream_id,
+            signed_at=signed[0],
+            secret_label=signed[1],
         )
-    return Incoming(raw, parsed, source, event=parsed.event)
+    except Exception as exc:
+        # A parser bug must not lose the delivery, nor fail its batch: kept, and logged loudly.
+        log.exception("could not parse a delivery; stored as rejected")
+        error = FieldError("body", f"could not be parsed ({type(exc).__name__})")
+        return Incoming(raw, None, source, (error,), signed_at=signed[0], secret_label=signed[1])
+    return Incoming(
+        raw, parsed, source, event=parsed.event, signed_at=signed[0], secret_label=signed[1]
+    )
 
 
 class Tracker:
@@ -155,13 +173,20 @@ class Tracker:
         body: Body,
         *,
         headers: Mapping[str, str] | None = None,
+        verified: Verification | None = None,
         timeout: float | None = None,
     ) -> IngestResult:
         """Record one delivery in its own transaction; a rejected body is stored, not raised.
 
+        ``body`` is the raw bytes (or text, or an already decoded mapping): whatever it holds,
+        it is recorded, a body that cannot be understood as ``rejected`` with the reason. A
+        body of any other type raises :class:`TypeError` and nothing is stored.
+
         With ``headers`` (the request's), the delivery is first verified with the tracker's
         ``webhook_secrets`` (Zoom's signature over the raw bytes, and the replay window): a
         refused request raises :class:`WebhookRefused` and changes nothing in the store.
+        ``verified``: what your own :class:`WebhookVerifier` returned for this request; either
+        way the delivery records when it was signed and the label of the secret that signed it.
         With ``timeout`` (seconds), a store that cannot commit in time (a lock held elsewhere,
         a slow disk) raises :class:`StoreTimeout` and keeps nothing of the delivery. The
         commit is durable: once this returns, a power loss cannot undo it.
@@ -174,24 +199,32 @@ class Tracker:
                 )
             if not isinstance(body, bytes | bytearray | memoryview | str):
                 raise TypeError("a signature covers raw bytes: pass the body as received")
-            self._verifier.verify(headers, body.encode() if isinstance(body, str) else bytes(body))
+            verified = self._verifier.verify(headers, to_raw(body)[0])
         deadline = None if timeout is None else time.monotonic() + timeout
-        (result,) = self._record([to_incoming(body)], deadline=deadline)
+        (result,) = self._record([to_incoming(body, verified=verified)], deadline=deadline)
         assert result is not None
         return result
 
     def ingest_batch(
-        self, bodies: Sequence[Body], *, timeout: float | None = None
+        self,
+        bodies: Sequence[Body],
+        *,
+        verified: Sequence[Verification | None] | None = None,
+        timeout: float | None = None,
     ) -> list[IngestResult]:
         """Record deliveries in one durable transaction, each with its own result, as
         :meth:`ingest` does one: a group commit, one sync to disk for all of them.
 
         All or nothing: :class:`StoreError` (:class:`StoreTimeout` past ``timeout``) means none
-        was kept. For a receiver answering concurrent senders; bulk loads use
-        :meth:`ingest_many`.
+        was kept. ``verified``, when given, holds one verification (or None) per body. For a
+        receiver answering concurrent senders; bulk loads use :meth:`ingest_many`.
         """
+        checks = [None] * len(bodies) if verified is None else verified
+        if len(checks) != len(bodies):
+            raise ValueError("verified must hold one entry per body")
         deadline = None if timeout is None else time.monotonic() + timeout
-        results = self._record([to_incoming(body) for body in bodies], deadline=deadline)
+        incoming = [to_incoming(body, verified=v) for body, v in zip(bodies, checks, strict=True)]
+        results = self._record(incoming, deadline=deadline)
         return [result for result in results if result is not None]
 
     def ingest_many(
@@ -201,6 +234,8 @@ class Tracker:
 
         Unlike :meth:`ingest`, commits are not synced one by one (on SQLite): a power loss
         may undo the last ones, which a bulk load's input still holds.
+        A body of another type than bytes, str or a mapping raises :class:`TypeError`; the
+        batches before it are recorded.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -458,6 +493,14 @@ class Tracker:
         in ``[since, until)`` (of one Zoom account with ``account_id``)."""
         with self._store.read() as conn:
             return _queries.stop_reason_stats(conn, _ms(since), _ms(until), by_scope, account_id)
+
+    def unhandled_stats(
+        self, since: Timestamp | None = None, until: Timestamp | None = None
+    ) -> list[UnhandledEventStat]:
+        """Deliveries of events this version does not handle, per event name, received in
+        ``[since, until)``: count, first and last seen. RTMS-looking names come first."""
+        with self._store.read() as conn:
+            return _queries.unhandled_stats(conn, _ms(since), _ms(until))
 
     def interruption_stats(
         self,

@@ -4,7 +4,7 @@ The receiver runs as ``rtms-lifecycle serve`` does (``rtms_lifecycle.server.run`
 log on) in its own process; 16 threads, each with its own keep-alive HTTP client, send signed
 deliveries back to back, and every answer's latency is measured from just before the request to
 its full response. The load is the project's realistic generator (interruptions, failovers,
-duplicates). Targets (issue 6): median < 50 ms, slowest < 1 s, every answer 200.
+duplicates). Targets: median < 50 ms, slowest < 1 s, every answer 200.
 
 Usage (figures go to docs/benchmarks.md, "Receiver")::
 

@@ -40,7 +40,7 @@ SCOPES: Final = (
 )
 # Rough shares of real traffic: meetings dominate.
 SCOPE_WEIGHTS: Final = (60, 10, 10, 10, 10)
-# Stop reasons with weights: most streams end normally, a few break (spec section 6).
+# Stop reasons with weights: most streams end normally, a few break (docs/stop-reasons.md).
 STOP_REASONS: Final = ((6, 50), (1, 15), (2, 10), (3, 8), (20, 5), (11, 3), (24, 3), (13, 2))
 _REASONS: Final = tuple(code for code, _ in STOP_REASONS)
 _REASON_WEIGHTS: Final = tuple(weight for _, weight in STOP_REASONS)
