@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -39,6 +40,7 @@ from .records import Stream, Transition
 from .store import now_ms
 
 __all__ = [
+    "DEFAULT_FORWARD_TIMEOUT",
     "DEFAULT_LEASE",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_POLL_INTERVAL",
@@ -50,6 +52,7 @@ __all__ = [
     "SubscriptionStatus",
     "list_subscriptions",
     "requeue_parked",
+    "transition_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,9 +65,12 @@ MAX_RETRY_DELAY: Final = 300.0
 DEFAULT_LEASE: Final = 30.0
 #: Seconds between looks at the feed when nothing woke the runner (PostgreSQL: a safety net).
 DEFAULT_POLL_INTERVAL: Final = 0.5
+#: Seconds ``forward`` waits for the receiver's answer: well under the lease.
+DEFAULT_FORWARD_TIMEOUT: Final = 10.0
 #: The channel the PostgreSQL feed notifies on each commit that appended transitions.
 NOTIFY_CHANNEL: Final = "rtms_lifecycle_feed"
 MAX_CONSUMER_LENGTH: Final = 200
+_CONSUMER_NAME: Final = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_CONSUMER_LENGTH - 1}}}")
 _PAGE: Final = 100
 # A round delivers at most this many per consumer, so that one busy consumer starves no other.
 _ROUND: Final = 100
@@ -86,13 +92,24 @@ def _error_text(error: BaseException | str) -> str:
 
 def check_consumer_name(consumer: str) -> str:
     """The consumer's name, or a ValueError saying what is wrong with it."""
-    if not isinstance(consumer, str) or not consumer.strip():
-        raise ValueError("consumer: a subscription needs a non-empty name")
-    if len(consumer) > MAX_CONSUMER_LENGTH:
-        raise ValueError(f"consumer: at most {MAX_CONSUMER_LENGTH} characters")
-    if "\x00" in consumer:
-        raise ValueError("consumer: a name cannot contain NUL")
+    # A name ends up in webhook ids, logs and command lines: keep it plain.
+    if not isinstance(consumer, str) or not _CONSUMER_NAME.fullmatch(consumer):
+        raise ValueError(
+            f"consumer {consumer!r}: a name is 1 to {MAX_CONSUMER_LENGTH} letters, digits, "
+            "'.', '_', ':' or '-', starting with a letter or digit"
+        )
     return consumer
+
+
+def transition_message(transition: Transition, stream: Stream) -> dict[str, Any]:
+    """A transition as ``follow`` prints it and ``forward`` posts it: the feed's keys, plus the
+    stream's ``state``, ``scope`` and ``stop_reason_name`` (as the stream is now)."""
+    return {
+        **transition.as_dict(),
+        "state": stream.state.value,
+        "scope": stream.scope.value,
+        "stop_reason_name": stream.stop_reason_name,
+    }
 
 
 @dataclass(frozen=True, slots=True)
