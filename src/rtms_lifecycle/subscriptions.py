@@ -492,8 +492,8 @@ class _Waker:
         self._conn: Any = None
         if engine.dialect.name == "postgresql":
             raw = engine.raw_connection()
-            raw.detach()  # its own session for good: LISTEN lasts as long as the connection
             self._conn = raw.driver_connection
+            raw.detach()  # its own session for good: LISTEN lasts as long as the connection
             self._conn.autocommit = True
             self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
 
@@ -507,11 +507,19 @@ class _Waker:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            for _ in self._conn.notifies(timeout=min(left, 0.25), stop_after=1):
+            if self._notified(min(left, 0.25)):
                 # Take every notification already queued: one look at the feed answers them all.
-                for _ in self._conn.notifies(timeout=0):
+                while self._notified(0):
                     pass
                 return
+
+    def _notified(self, timeout: float) -> bool:
+        # The generator holds the connection's lock until closed: close it before the next call.
+        notifies = self._conn.notifies(timeout=timeout, stop_after=1)
+        try:
+            return next(notifies, None) is not None
+        finally:
+            notifies.close()
 
     def close(self) -> None:
         if self._conn is not None:
