@@ -36,6 +36,7 @@ from .records import (
     Transition,
 )
 from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
+from .subscriptions import SubscriptionStatus
 from .tracker import IngestSummary, Tracker, TransitionCallback
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "StoreError",
     "Stream",
     "StreamEvent",
+    "SubscriptionStatus",
     "Tracker",
     "Transition",
     "TransitionCallback",

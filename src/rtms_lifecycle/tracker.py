@@ -303,10 +303,40 @@ class Tracker:
 
     # --- durable subscriptions --------------------------------------------------------------
 
+    @overload
     def subscribe(
         self,
         consumer: str,
         callback: TransitionCallback,
+        *,
+        to: Any = None,
+        name: Any = None,
+        scope: Any = None,
+        from_start: bool = False,
+        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
+        lease: float = _subs.DEFAULT_LEASE,
+    ) -> TransitionCallback: ...
+
+    @overload
+    def subscribe(
+        self,
+        consumer: str,
+        callback: None = None,
+        *,
+        to: Any = None,
+        name: Any = None,
+        scope: Any = None,
+        from_start: bool = False,
+        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
+        lease: float = _subs.DEFAULT_LEASE,
+    ) -> Callable[[TransitionCallback], TransitionCallback]: ...
+
+    def subscribe(
+        self,
+        consumer: str,
+        callback: TransitionCallback | None = None,
         *,
         to: State | str | Iterable[State | str] | None = None,
         name: TransitionName | str | Iterable[TransitionName | str] | None = None,
@@ -315,7 +345,7 @@ class Tracker:
         max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
         retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
         lease: float = _subs.DEFAULT_LEASE,
-    ) -> TransitionCallback:
+    ) -> TransitionCallback | Callable[[TransitionCallback], TransitionCallback]:
         """Register ``callback(transition, stream)`` as the named, durable ``consumer``.
 
         :meth:`run_subscriptions` then delivers every transition any process records, in feed
@@ -327,23 +357,27 @@ class Tracker:
         time delivers for a consumer (a lease of ``lease`` seconds, renewed as it runs): a
         callback must return within it.
         """
-        wanted = _Subscription(
-            callback, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
-        )
-        core = _subs.Consumer(
-            self.engine,
-            consumer,
-            wants=wanted.wants,
-            from_start=from_start,
-            max_attempts=max_attempts,
-            retry_delay=retry_delay,
-            lease=lease,
-        )
-        with self._lock:
-            if any(c.name == consumer for c, _ in self._consumers):
-                raise ConfigurationError(f"consumer {consumer!r} is already subscribed here")
-            self._consumers = (*self._consumers, (core, callback))
-        return callback
+
+        def register(fn: TransitionCallback) -> TransitionCallback:
+            wanted = _Subscription(
+                fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
+            )
+            core = _subs.Consumer(
+                self.engine,
+                consumer,
+                wants=wanted.wants,
+                from_start=from_start,
+                max_attempts=max_attempts,
+                retry_delay=retry_delay,
+                lease=lease,
+            )
+            with self._lock:
+                if any(c.name == consumer for c, _ in self._consumers):
+                    raise ConfigurationError(f"consumer {consumer!r} is already subscribed here")
+                self._consumers = (*self._consumers, (core, fn))
+            return fn
+
+        return register(callback) if callback is not None else register
 
     def run_subscriptions(
         self,
