@@ -173,14 +173,15 @@ def _feed_end(conn: Connection) -> Position:
 def ensure_consumer(engine: Engine, consumer: str, *, from_start: bool) -> None:
     """Create the consumer's row unless it exists: at the start or at the end of the feed."""
     check_consumer_name(consumer)
-    with engine.begin() as conn:
-        exists = conn.execute(
-            select(subscriptions_table.c.consumer).where(subscriptions_table.c.consumer == consumer)
-        ).first()
-        if exists:
+    s = subscriptions_table.c
+    # Reads first, then a one-statement write: on SQLite a transaction that read before writing
+    # fails at once, rather than waiting, if a receiver committed in between.
+    with engine.connect() as conn:
+        if conn.execute(select(s.consumer).where(s.consumer == consumer)).first():
             return
         tx, tid = _START if from_start else _feed_end(conn)
-        now = now_ms()
+    now = now_ms()
+    with engine.begin() as conn:
         _insert_ignore(
             conn,
             subscriptions_table,

@@ -130,6 +130,7 @@ class Tracker:
         self._subscriptions: tuple[_Subscription, ...] = ()
         self._consumers: tuple[tuple[_subs.Consumer, TransitionCallback], ...] = ()
         self._lock = threading.Lock()
+        self._running = threading.Lock()
 
     @property
     def engine(self) -> Engine:
