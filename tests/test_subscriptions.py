@@ -7,10 +7,13 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rtms_lifecycle import ConfigurationError, Stream, Tracker, Transition
 
@@ -296,3 +299,35 @@ def test_stop_event_ends_the_run(tracker: Tracker) -> None:
     thread.join(5)
     assert not thread.is_alive()
     assert tracker.subscriptions()[0].holder is None
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(failures=st.lists(st.integers(0, 3), min_size=1, max_size=6), attempts=st.integers(1, 3))
+def test_each_transition_is_delivered_or_parked(
+    db_url: str, failures: list[int], attempts: int
+) -> None:
+    """Whatever fails how often: a transition is delivered iff it failed fewer than max_attempts
+    times, else parked; deliveries keep feed order and the cursor ends at the feed's end."""
+    consumer = f"p{uuid.uuid4().hex[:12]}"
+    left = {f"{consumer}-{n}": count for n, count in enumerate(failures)}
+    delivered: list[str] = []
+
+    def callback(transition: Transition, stream: Stream) -> None:
+        if left[transition.stream_id]:
+            left[transition.stream_id] -= 1
+            raise RuntimeError("failing on purpose")
+        delivered.append(transition.stream_id)
+
+    with Tracker(db_url) as tracker:
+        tracker.subscribe(consumer, callback, max_attempts=attempts, retry_delay=0)
+        for n, sid in enumerate(left):
+            _start(tracker, sid, n)
+        tracker.run_subscriptions(idle_exit=0.1, poll_interval=0.02)
+        (status,) = [s for s in tracker.subscriptions() if s.consumer == consumer]
+    assert delivered == [f"{consumer}-{n}" for n, f in enumerate(failures) if f < attempts]
+    assert status.parked == sum(f >= attempts for f in failures)
+    assert status.lag == 0
