@@ -331,3 +331,36 @@ def test_each_transition_is_delivered_or_parked(
     assert delivered == [f"{consumer}-{n}" for n, f in enumerate(failures) if f < attempts]
     assert status.parked == sum(f >= attempts for f in failures)
     assert status.lag == 0
+
+
+def test_runner_outlives_dropped_connections(postgres_url: str) -> None:
+    """When the server drops every connection (a restart, a failover), the runner reconnects and
+    delivers what came meanwhile."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    with Tracker(postgres_url) as tracker:
+        got: list[str] = []
+        tracker.subscribe("survivor", lambda t, s: got.append(t.stream_id))
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=tracker.run_subscriptions, kwargs={"stop": stop, "poll_interval": 0.05}
+        )
+        thread.start()
+        try:
+            _start(tracker, "before")
+            _wait_for(lambda: got == ["before"], "the first delivery")
+            url = make_url(postgres_url)
+            admin = url.set(drivername="postgresql", database="postgres").render_as_string(False)
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (url.database,),
+                )
+            with Tracker(postgres_url) as writer:
+                _start(writer, "after")
+            _wait_for(lambda: got == ["before", "after"], "a delivery after the outage")
+        finally:
+            stop.set()
+            thread.join(10)

@@ -30,6 +30,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, and_, delete, func, literal, or_, select, text, tuple_
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import _queries
 from ._tables import subscription_parked as parked_table
@@ -76,6 +77,8 @@ _PAGE: Final = 100
 _ROUND: Final = 100
 _ERROR_LENGTH: Final = 2000
 _START: Final = (-1, -1)
+# Longest wait between looks at a database that does not answer.
+_MAX_OUTAGE_PAUSE: Final = 30.0
 
 Wants = Callable[[Transition, Stream], bool]
 Position = tuple[int, int]
@@ -524,7 +527,10 @@ class _Waker:
 
     def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            try:
+                self._conn.close()
+            except Exception as exc:  # a connection the server already dropped
+                log.debug("closing the notification connection: %s", exc)
 
 
 Callback = Callable[[Transition, Stream], object]
@@ -579,18 +585,42 @@ class SubscriptionRunner:
         On the way out the leases are released, so that another process takes over at once.
         """
         stop = stop or threading.Event()
-        waker = _Waker(self.engine)
+        waker: _Waker | None = None
         idle_since = time.monotonic()
+        outage = 0
         try:
             while not stop.is_set():
-                if self.step():
+                try:
+                    waker = waker or _Waker(self.engine)
+                    ran = self.step()
+                except (SQLAlchemyError, OSError) as exc:
+                    # A worker outlives a database outage: it waits, then looks again. What was
+                    # being delivered is delivered again (its cursor had not moved).
+                    outage += 1
+                    pause = min(self.poll_interval * 2**outage, _MAX_OUTAGE_PAUSE)
+                    log.warning(
+                        "subscriptions: database unavailable, retrying in %.1f s: %s", pause, exc
+                    )
+                    if waker is not None:
+                        waker.close()
+                        waker = None
+                    stop.wait(pause)
+                    continue
+                outage = 0
+                if ran:
                     idle_since = time.monotonic()
                     continue
                 if idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
                     return
-                waker.wait(self._sleep_for(), stop)
+                try:
+                    waker.wait(self._sleep_for(), stop)
+                except Exception as exc:
+                    log.warning("subscriptions: lost the notification connection: %s", exc)
+                    waker.close()
+                    waker = None
         finally:
-            waker.close()
+            if waker is not None:
+                waker.close()
             for consumer, _ in self.consumers:
                 try:
                     consumer.release()
