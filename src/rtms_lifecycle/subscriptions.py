@@ -30,7 +30,6 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, and_, delete, func, literal, or_, select, text, tuple_
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import _queries
 from ._tables import subscription_parked as parked_table
@@ -49,6 +48,7 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "Consumer",
     "Delivery",
+    "FeedWaker",
     "SubscriptionRunner",
     "SubscriptionStatus",
     "list_subscriptions",
@@ -489,8 +489,11 @@ class Consumer:
 # --- running consumers with plain callbacks ---------------------------------------------------
 
 
-class _Waker:
-    """Sleeps until the feed may have news: a PostgreSQL notification, or the poll interval."""
+class FeedWaker:
+    """Sleeps until the feed may have news: a PostgreSQL notification, or the poll interval.
+
+    Blocking; an asynchronous driver runs :meth:`wait` in a worker thread. One per driver.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._conn: Any = None
@@ -498,10 +501,15 @@ class _Waker:
             raw = engine.raw_connection()
             self._conn = raw.driver_connection
             raw.detach()  # its own session for good: LISTEN lasts as long as the connection
-            self._conn.autocommit = True
-            self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            try:
+                self._conn.autocommit = True
+                self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            except Exception:
+                self.close()
+                raise
 
     def wait(self, seconds: float, stop: threading.Event) -> None:
+        """Return after ``seconds``, on a notification (PostgreSQL), or soon after ``stop``."""
         if self._conn is None:
             stop.wait(seconds)
             return
@@ -526,6 +534,7 @@ class _Waker:
             notifies.close()
 
     def close(self) -> None:
+        """Close the listening connection."""
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -585,17 +594,18 @@ class SubscriptionRunner:
         On the way out the leases are released, so that another process takes over at once.
         """
         stop = stop or threading.Event()
-        waker: _Waker | None = None
+        waker: FeedWaker | None = None
         idle_since = time.monotonic()
         outage = 0
         try:
             while not stop.is_set():
                 try:
-                    waker = waker or _Waker(self.engine)
+                    waker = waker or FeedWaker(self.engine)
                     ran = self.step()
-                except (SQLAlchemyError, OSError) as exc:
-                    # A worker outlives a database outage: it waits, then looks again. What was
-                    # being delivered is delivered again (its cursor had not moved).
+                except Exception as exc:
+                    # Callbacks' errors are handled in step: this is the database or its driver.
+                    # A worker outlives an outage: it waits, then looks again. What was being
+                    # delivered is delivered again (its cursor had not moved).
                     outage += 1
                     pause = min(self.poll_interval * 2**outage, _MAX_OUTAGE_PAUSE)
                     log.warning(
