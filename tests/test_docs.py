@@ -187,4 +187,5 @@ def test_embedding_example_runs(
         while len(published) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
     assert [t["name"] for t in published] == ["start", "interrupt", "resume"]
-    assert (tmp_path / "transitions.cursor").read_text()
+    (status,) = namespace["tracker"].subscriptions()
+    assert (status.consumer, status.delivered, status.lag) == ("publisher", 3, 0)

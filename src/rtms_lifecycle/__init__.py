@@ -42,6 +42,7 @@ from .records import (
     UnhandledEventStat,
 )
 from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
+from .subscriptions import SubscriptionStatus
 from .tracker import IngestSummary, Tracker, TransitionCallback
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "StoreTimeout",
     "Stream",
     "StreamEvent",
+    "SubscriptionStatus",
     "Tracker",
     "Transition",
     "TransitionCallback",

@@ -42,7 +42,13 @@ FAILURE: Final = 1
 BAD_INPUT: Final = 2
 UNAVAILABLE: Final = 3
 INTERRUPTED: Final = 130
-_OPTIONAL_EXTRAS: Final = {"psycopg": "postgres", "fastapi": "server", "uvicorn": "server"}
+_OPTIONAL_EXTRAS: Final = {
+    "psycopg": "postgres",
+    "fastapi": "server",
+    "uvicorn": "server",
+    "httpx": "forward",
+    "standardwebhooks": "forward",
+}
 
 
 class Failure(click.ClickException):

@@ -132,17 +132,41 @@ def audit(conn: Connection, stream_id: str) -> list[Transition]:
     return _transitions(conn, query)
 
 
+# PostgreSQL: the oldest transaction still running. Feed rows below it are final (no older
+# transaction can still commit one), so the feed shows only those.
+FEED_HORIZON: Final = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
 def transitions_since(conn: Connection, cursor: tuple[int, int], limit: int) -> list[Transition]:
+    return [transition for _, transition in feed_page(conn, cursor, limit)]
+
+
+def feed_page(
+    conn: Connection, cursor: tuple[int, int], limit: int
+) -> list[tuple[tuple[int, int], Transition]]:
+    """The feed after ``cursor``: each transition with its own feed position ``(tx, id)``."""
     t = transitions_table
-    query = select(*_TRANSITION_COLUMNS).where(
+    query = select(t.c.tx_id, *_TRANSITION_COLUMNS).where(
         tuple_(t.c.tx_id, t.c.id) > tuple_(literal(cursor[0]), literal(cursor[1]))
     )
     if conn.dialect.name == "postgresql":
         # Only transactions older than every running one: no row can still appear below them.
-        horizon = text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        query = query.where(t.c.tx_id < horizon)
+        query = query.where(t.c.tx_id < text(FEED_HORIZON))
     query = query.order_by(t.c.tx_id, t.c.id).limit(limit)
-    return _transitions(conn, query)
+    return [
+        ((tx_id, row[0]), transition_from_row(tuple(row))) for tx_id, *row in conn.execute(query)
+    ]
+
+
+def transition(conn: Connection, transition_id: int) -> tuple[tuple[int, int], Transition] | None:
+    """One transition by id, with its feed position."""
+    t = transitions_table
+    query = select(t.c.tx_id, *_TRANSITION_COLUMNS).where(t.c.id == transition_id)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    tx_id, *rest = row
+    return (tx_id, rest[0]), transition_from_row(tuple(rest))
 
 
 def feed_cursor_of(conn: Connection, transition_id: int) -> tuple[int, int]:

@@ -36,6 +36,7 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for ids that grow.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 _ID_LENGTH: Final = MAX_ID_LENGTH
+_CONSUMER_LENGTH: Final = 200
 
 # Live rows are a small, hot part of a huge table: a partial index keeps them one seek away.
 # Queries must repeat this exact predicate for SQLite's planner to use the index.
@@ -188,4 +189,38 @@ concurrency_alerts = Table(
     Column("received_at", BigInteger, nullable=False),
     UniqueConstraint("fingerprint"),
     Index("ix_concurrency_alerts_event_ts", "event_ts"),
+)
+
+# Durable subscriptions: one row per named consumer. Its cursor is a feed position (tx, id); the
+# lease says which process delivers for it now; attempts and retry_at belong to the first
+# transition after the cursor that the consumer wants (the head), while it keeps failing.
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("consumer", String(_CONSUMER_LENGTH), primary_key=True),
+    Column("cursor_tx", BigInteger, nullable=False),
+    Column("cursor_id", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("retry_at", BigInteger),
+    Column("last_error", Text),
+    Column("last_error_at", BigInteger),
+    Column("lease_owner", String(_CONSUMER_LENGTH)),
+    Column("lease_until", BigInteger),
+    Column("delivered", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Transitions a consumer's callback kept failing on, set aside so that later ones flow. A retry
+# re-queues them (``queued``); delivered, they are deleted; failing again, they are parked again.
+subscription_parked = Table(
+    "subscription_parked",
+    metadata,
+    Column("consumer", String(_CONSUMER_LENGTH), primary_key=True),
+    Column("transition_id", BigInteger, primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("retry_at", BigInteger),
+    Column("error", Text),
+    Column("parked_at", BigInteger, nullable=False),
+    Column("queued", Boolean, nullable=False),
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import sys
 import time
@@ -55,6 +56,13 @@ from .records import (
     UnhandledEventStat,
 )
 from .store import create_store_engine
+from .subscriptions import (
+    DEFAULT_FORWARD_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETRY_DELAY,
+    SubscriptionStatus,
+    transition_message,
+)
 from .tracker import DEFAULT_BATCH_SIZE, IngestSummary, Tracker
 
 __all__ = ["cli", "main"]
@@ -1065,6 +1073,220 @@ def serve(
         backlog=backlog,
         replay_window=replay_window,
     )
+
+
+# --- durable subscriptions ------------------------------------------------------------------------
+
+
+_CONSUMER_ARGUMENT: Final = click.argument("consumer")
+_FROM_START_OPTION: Final = click.option(
+    "--from-start",
+    is_flag=True,
+    help="A new consumer starts at the first transition stored (else at the end of the feed).",
+)
+_IDLE_EXIT_OPTION: Final = click.option(
+    "--idle-exit",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0),
+    help="Exit after this many seconds with nothing to deliver (default: run until stopped).",
+)
+
+
+def _follow_line(transition: Transition, stream: Stream, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(transition_message(transition, stream))
+    reason = f" {stream.stop_reason_name}" if stream.stop_reason_name else ""
+    return (
+        f"{format_time(transition.event_ts)} {transition.stream_id} {stream.scope.value} "
+        f"{transition.from_state.value} -> {transition.to_state.value} ({transition.name.value})"
+        f"{reason}"
+    )
+
+
+def _run_consumer(
+    app: _App,
+    consumer: str,
+    callback: Callable[[Transition, Stream], object],
+    idle_exit: float | None,
+    **options: Any,
+) -> None:
+    tracker = app.tracker()
+    try:
+        tracker.subscribe(consumer, callback, **options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="CONSUMER") from None
+    tracker.run_subscriptions(idle_exit=idle_exit)
+
+
+@cli.command()
+@_CONSUMER_ARGUMENT
+@_JSON_OPTION
+@_FROM_START_OPTION
+@_IDLE_EXIT_OPTION
+@_pass_app
+def follow(
+    app: _App, consumer: str, as_json: bool, from_start: bool, idle_exit: float | None
+) -> None:
+    """Print every transition, from any process, as the named durable CONSUMER.
+
+    One line each (JSON with --json); the consumer's cursor moves past a transition once its line
+    is written, so `follow billing --json | my-tool` is a durable pipe: a restart resumes there.
+    """
+    out = sys.stdout
+
+    def write(transition: Transition, stream: Stream) -> None:
+        try:
+            out.write(_follow_line(transition, stream, as_json) + "\n")
+            out.flush()
+        except BrokenPipeError:
+            # Nobody reads any more: stop without moving the cursor past this transition.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+            raise _PipeClosed(transition.id) from None
+
+    try:
+        _run_consumer(app, consumer, write, idle_exit, from_start=from_start, max_attempts=1)
+    except _PipeClosed as closed:
+        raise _Failure(
+            f"the output closed; consumer {consumer!r} resumes at transition {closed.args[0]}"
+        ) from None
+
+
+class _PipeClosed(BaseException):
+    """Ends ``follow`` from inside a callback: a BaseException, so it is not retried or parked."""
+
+
+@cli.command()
+@_CONSUMER_ARGUMENT
+@click.argument("url")
+@click.option(
+    "--secret-env",
+    metavar="VAR",
+    required=True,
+    help="Environment variable holding the Standard Webhooks signing secret (whsec_...).",
+)
+@_FROM_START_OPTION
+@_IDLE_EXIT_OPTION
+@click.option(
+    "--timeout",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_FORWARD_TIMEOUT,
+    show_default=True,
+    help="Wait this long for the receiver's answer.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_ATTEMPTS,
+    show_default=True,
+    help="Attempts at one transition before it is parked.",
+)
+@click.option(
+    "--retry-delay",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_RETRY_DELAY,
+    show_default=True,
+    help="Wait before the first retry; each further retry waits twice as long.",
+)
+@_pass_app
+def forward(
+    app: _App,
+    consumer: str,
+    url: str,
+    secret_env: str,
+    from_start: bool,
+    idle_exit: float | None,
+    timeout: float,
+    max_attempts: int,
+    retry_delay: float,
+) -> None:
+    """POST every transition to URL as the named durable CONSUMER, signed (Standard Webhooks).
+
+    A non-2xx answer or a timeout is retried with back-off, then the transition is parked (see
+    `subscriptions`). The webhook-id is the same on every retry, for the receiver to dedupe.
+    """
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="URL")
+    secret = os.environ.get(secret_env)
+    if not secret:
+        raise click.BadParameter(f"${secret_env} is not set", param_hint="--secret-env")
+    from . import _forward  # httpx and standardwebhooks: the 'forward' extra
+
+    forwarder = _forward.Forwarder(
+        consumer, url, _forward.check_secret(secret, f"${secret_env}"), timeout=timeout
+    )
+    try:
+        _run_consumer(
+            app,
+            consumer,
+            forwarder,
+            idle_exit,
+            from_start=from_start,
+            max_attempts=max_attempts,
+            retry_delay=retry_delay,
+        )
+    finally:
+        forwarder.close()
+
+
+def _subscriptions_table(found: Sequence[SubscriptionStatus]) -> Table:
+    table = _table(
+        f"{len(found):,} subscriptions",
+        "consumer",
+        "cursor",
+        "lag",
+        "parked",
+        "delivered",
+        "held by",
+        "last error",
+        right=("lag", "parked", "delivered"),
+    )
+    for status in found:
+        error = (
+            f"{format_time(status.last_error_at)} {status.last_error}"
+            if status.last_error
+            else None
+        )
+        table.add_row(
+            status.consumer,
+            status.cursor,
+            f"{status.lag:,}",
+            _styled(f"{status.parked:,}", "red" if status.parked else None),
+            f"{status.delivered:,}",
+            status.holder or _DASH,
+            _styled(error, "red"),
+        )
+    return table
+
+
+@cli.group(invoke_without_command=True)
+@_JSON_OPTION
+@click.pass_context
+def subscriptions(ctx: click.Context, as_json: bool) -> None:
+    """List durable consumers: cursor, lag, parked transitions, last error."""
+    if ctx.invoked_subcommand is not None:
+        return
+    app = ctx.find_object(_App)
+    assert app is not None
+    found = app.tracker().subscriptions()
+    if as_json:
+        _emit_json([status.as_dict() for status in found])
+        return
+    app.out.print(_subscriptions_table(found))
+
+
+@subscriptions.command("retry")
+@_CONSUMER_ARGUMENT
+@_JSON_OPTION
+@_pass_app
+def subscriptions_retry(app: _App, consumer: str, as_json: bool) -> None:
+    """Queue CONSUMER's parked transitions for delivery again (by its running follow/forward)."""
+    count = app.tracker().retry_parked(consumer)
+    if as_json:
+        _emit_json({"consumer": consumer, "requeued": count})
+        return
+    app.out.print(f"Re-queued {count:,} parked transitions of {consumer}.", markup=False)
 
 
 # --- demo -----------------------------------------------------------------------------------------

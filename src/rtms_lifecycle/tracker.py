@@ -16,6 +16,7 @@ from typing import Any, Final, overload
 from sqlalchemy import Engine
 
 from . import _queries
+from . import subscriptions as _subs
 from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
 from .events import EventKind, Scope, Source, check_app_event, parse_delivery
@@ -149,7 +150,9 @@ class Tracker:
         )
         self._store = Store(db, migrate=migrate)
         self._subscriptions: tuple[_Subscription, ...] = ()
+        self._consumers: tuple[tuple[_subs.Consumer, TransitionCallback], ...] = ()
         self._lock = threading.Lock()
+        self._running = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -395,6 +398,112 @@ class Tracker:
                         raise TypeError("it returned a coroutine: use an AsyncTracker to await it")
                 except Exception:
                     _callback_failed(subscription.callback, transition)
+
+    # --- durable subscriptions --------------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self,
+        consumer: str,
+        callback: TransitionCallback,
+        *,
+        to: Any = None,
+        name: Any = None,
+        scope: Any = None,
+        from_start: bool = False,
+        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
+        lease: float = _subs.DEFAULT_LEASE,
+    ) -> TransitionCallback: ...
+
+    @overload
+    def subscribe(
+        self,
+        consumer: str,
+        callback: None = None,
+        *,
+        to: Any = None,
+        name: Any = None,
+        scope: Any = None,
+        from_start: bool = False,
+        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
+        lease: float = _subs.DEFAULT_LEASE,
+    ) -> Callable[[TransitionCallback], TransitionCallback]: ...
+
+    def subscribe(
+        self,
+        consumer: str,
+        callback: TransitionCallback | None = None,
+        *,
+        to: State | str | Iterable[State | str] | None = None,
+        name: TransitionName | str | Iterable[TransitionName | str] | None = None,
+        scope: Scope | str | Iterable[Scope | str] | None = None,
+        from_start: bool = False,
+        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
+        lease: float = _subs.DEFAULT_LEASE,
+    ) -> TransitionCallback | Callable[[TransitionCallback], TransitionCallback]:
+        """Register ``callback(transition, stream)`` as the named, durable ``consumer``.
+
+        :meth:`run_subscriptions` then delivers every transition any process records, in feed
+        order, filtered as :meth:`on_transition`. The consumer's cursor lives in the database and
+        moves only after the callback returned: at least once, never skipped, resumed after a
+        restart. A new consumer starts at the end of the feed, or at its start with
+        ``from_start``. A callback that raises is retried after ``retry_delay`` seconds, doubling,
+        and after ``max_attempts`` the transition is parked for this consumer. One process at a
+        time delivers for a consumer (a lease of ``lease`` seconds, renewed as it runs): a
+        callback must return within it.
+        """
+
+        def register(fn: TransitionCallback) -> TransitionCallback:
+            wanted = _Subscription(
+                fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
+            )
+            core = _subs.Consumer(
+                self.engine,
+                consumer,
+                wants=wanted.wants,
+                from_start=from_start,
+                max_attempts=max_attempts,
+                retry_delay=retry_delay,
+                lease=lease,
+            )
+            with self._lock:
+                if any(c.name == consumer for c, _ in self._consumers):
+                    raise ConfigurationError(f"consumer {consumer!r} is already subscribed here")
+                self._consumers = (*self._consumers, (core, fn))
+            return fn
+
+        return register(callback) if callback is not None else register
+
+    def run_subscriptions(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        idle_exit: float | None = None,
+        poll_interval: float = _subs.DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        """Deliver to the subscribed consumers until ``stop`` is set (blocks; run it in a thread).
+
+        With ``idle_exit``, return after that many seconds with nothing to deliver. PostgreSQL
+        wakes the runner on each commit (``LISTEN``); SQLite is polled every ``poll_interval``.
+        """
+        runner = _subs.SubscriptionRunner(self.engine, self._consumers, poll_interval=poll_interval)
+        runner.run(stop, idle_exit)
+
+    def subscriptions(self) -> list[_subs.SubscriptionStatus]:
+        """Every durable consumer stored in the database: cursor, lag, parked, last error."""
+        with self._store.read() as conn:
+            return _subs.list_subscriptions(conn)
+
+    def retry_parked(self, consumer: str) -> int:
+        """Queue the consumer's parked transitions for delivery again; how many were queued."""
+        with self.engine.begin() as conn:
+            count = _subs.requeue_parked(conn, consumer)
+        if count is None:
+            raise ConfigurationError(f"no consumer named {consumer!r} is stored")
+        return count
 
     # --- reading ----------------------------------------------------------------------------
 
