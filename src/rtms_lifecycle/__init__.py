@@ -35,6 +35,7 @@ from .records import (
     Stream,
     Transition,
 )
+from .retention import PruneRecord, PruneResult
 from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
 from .tracker import IngestSummary, Tracker, TransitionCallback
 
@@ -51,6 +52,8 @@ __all__ = [
     "InterruptionStats",
     "Outcome",
     "ParsedDelivery",
+    "PruneRecord",
+    "PruneResult",
     "RTMSLifecycleError",
     "SchemaOutdatedError",
     "Scope",
