@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 from alembic import command
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
@@ -453,3 +456,60 @@ def test_alert_rows_are_counted_once_per_table(tracker: Tracker) -> None:
     result = tracker.prune(DAY)
     assert (result.alerts, result.deliveries) == (1, 1)
     assert rows(tracker.engine, concurrency_alerts) == 0
+
+
+# --- the property ----------------------------------------------------------------------------
+
+stream_plans = st.lists(
+    st.tuples(
+        st.sampled_from(["live", "old", "recent"]),  # not stopped, stopped long ago, lately
+        st.integers(min_value=0, max_value=2),  # retries of its first event
+        st.booleans(),  # a rejected body naming it
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    # One database for every example (fresh stream ids each time): a prune is global, which the
+    # property has to survive anyway.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(plans=stream_plans)
+def test_prune_removes_exactly_the_old_stopped_streams(
+    db_url: str, plans: list[tuple[str, int, bool]]
+) -> None:
+    """Whatever the mix: old stopped streams go whole, the rest stays whole, as the dry run said."""
+    recent = now_ms() - HOUR
+    names = [f"{age}-{uuid.uuid4().hex[:8]}" for age, _, _ in plans]
+    with Tracker(db_url) as tracker:
+        kept: dict[str, int] = {}
+        for name, (age, retries, rejected) in zip(names, plans, strict=True):
+            at = recent if age == "recent" else OLD
+            first = raw("started", name, at)
+            bodies = [first] * (1 + retries)
+            if age != "live":
+                bodies.append(raw("stopped", name, at + 10))
+            if rejected:
+                bodies.append(
+                    json.dumps(
+                        {"event": "meeting.rtms_started", "payload": {"rtms_stream_id": name}}
+                    ).encode()
+                )
+            tracker.ingest_many(bodies, batch_size=2)
+            if age != "old":
+                kept[name] = len(bodies)
+        newest(tracker)
+        predicted = tracker.prune(DAY, dry_run=True)
+        assert tracker.prune(DAY).as_dict() == predicted.as_dict()
+        for name, (age, _, _) in zip(names, plans, strict=True):
+            stored = tracker.deliveries(stream_id=name, limit=None)
+            if age == "old":
+                assert (tracker.stream(name), stored, tracker.history(name)) == (None, [], [])
+            else:
+                assert tracker.stream(name) is not None
+                assert len(stored) == kept[name]
+                assert all(d.raw for d in stored)  # every duplicate still reads its bytes
