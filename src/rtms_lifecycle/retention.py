@@ -41,7 +41,7 @@ __all__ = ["MIN_RETENTION", "PruneRecord", "PruneResult", "list_prunes", "prune"
 #: an event of a stream pruned before would start that stream again from that one event.
 MIN_RETENTION: Final = timedelta(days=1)
 # Per transaction: short enough that a waiting receiver's write is not held up for long.
-_STREAMS_PER_STEP: Final = 500
+_STREAMS_PER_STEP: Final = 200
 _DELIVERIES_PER_STEP: Final = 5000
 _VACUUM_PAGES: Final = 4096
 
