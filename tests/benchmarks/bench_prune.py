@@ -12,6 +12,8 @@ Then, with a cutoff in the middle of the load (half of the streams stopped befor
 Usage::
 
     python -m tests.benchmarks.bench_prune                       # 500,000 deliveries
+    python -m tests.benchmarks.bench_prune --ab-rounds 0         # the prune only
+    python -m tests.benchmarks.bench_prune --ab-only --ab-deliveries 32000
     python -m tests.benchmarks.bench_prune --deliveries 1000000 --streams 300000
 """
 
@@ -147,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             duplicates=args.duplicates,
             shuffle=0,
         )
-        results["ingest"] = ingest_ab(folder, ab_spec, args.ab_rounds)
-        print(json.dumps({"ingest": results["ingest"]}))
+        if args.ab_rounds:
+            results["ingest"] = ingest_ab(folder, ab_spec, args.ab_rounds)
+            print(json.dumps({"ingest": results["ingest"]}))
         if args.ab_only:
             return 0
         new, old = folder / "new.db", folder / "old.db"
