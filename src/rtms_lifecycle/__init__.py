@@ -41,6 +41,7 @@ from .records import (
     Transition,
     UnhandledEventStat,
 )
+from .retention import PruneRecord, PruneResult
 from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
 from .subscriptions import SubscriptionStatus
 from .tracker import IngestSummary, Tracker, TransitionCallback
@@ -61,6 +62,8 @@ __all__ = [
     "InterruptionStats",
     "Outcome",
     "ParsedDelivery",
+    "PruneRecord",
+    "PruneResult",
     "RTMSLifecycleError",
     "SchemaOutdatedError",
     "SchemaTooNewError",

@@ -304,7 +304,11 @@ def alerts(conn: Connection, since: int | None, limit: int | None) -> list[Concu
 def list_deliveries(
     conn: Connection, outcomes: Iterable[Outcome] | None, stream_id: str | None, limit: int | None
 ) -> list[DeliveryRecord]:
-    query = select(deliveries)
+    # A duplicate that references the delivery it repeats is read with that delivery's bytes.
+    first = deliveries.alias("first")
+    query = select(deliveries, first.c.raw.label("first_raw")).outerjoin_from(
+        deliveries, first, first.c.id == deliveries.c.same_as
+    )
     wanted = [Outcome(o).value for o in outcomes or ()]
     if wanted:
         query = query.where(deliveries.c.outcome.in_(wanted))
@@ -324,7 +328,7 @@ def list_deliveries(
             outcome=Outcome(r.outcome),
             error=json.loads(r.error) if r.error else None,
             detail=r.detail,
-            raw=bytes(r.raw),
+            raw=bytes(r.raw if r.first_raw is None else r.first_raw),
             signed_at=r.signed_at,
             secret_label=r.secret_label,
         )

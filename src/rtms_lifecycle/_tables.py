@@ -128,11 +128,14 @@ deliveries = Table(
     Column("error", Text),
     # Why a delivery was a duplicate, a conflict or ignored, in words.
     Column("detail", Text),
+    # Empty when ``same_as`` is set: a retry byte-identical to a stored event keeps no second copy.
     Column("raw", LargeBinary, nullable=False),
     # When the request was signed (epoch ms of x-zm-request-timestamp) and the label of the
     # configured secret that verified it: null unless the receiver verified the delivery.
     Column("signed_at", BigInteger),
     Column("secret_label", String(64)),
+    # The event delivery (of the same stream) whose bytes this duplicate repeats.
+    Column("same_as", BigInteger),
     Index("ix_deliveries_outcome_id", "outcome", "id"),
     Index("ix_deliveries_stream_id_id", "stream_id", "id"),
     # A stream's events are the deliveries that brought each one first (docs/concepts.md): their
@@ -148,7 +151,8 @@ deliveries = Table(
     ),
 )
 
-# Append-only: no code path updates or deletes a row of it.
+# Append-only: no code path updates a row of it; only a prune deletes the rows of streams it
+# removed, and the database refuses every other update or delete (migrations 0002 and 0006).
 transitions = Table(
     "transitions",
     metadata,
@@ -223,4 +227,20 @@ subscription_parked = Table(
     Column("error", Text),
     Column("parked_at", BigInteger, nullable=False),
     Column("queued", Boolean, nullable=False),
+)
+
+# Append-only: one row per prune transaction, so that every row a prune removed is accounted for
+# by a committed record, even when the prune is interrupted; ``run`` groups a prune's rows.
+prunes = Table(
+    "prunes",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("run", String(32), nullable=False),
+    Column("pruned_at", BigInteger, nullable=False),
+    Column("cutoff", BigInteger, nullable=False),
+    Column("streams", Integer, nullable=False),
+    Column("deliveries", Integer, nullable=False),
+    Column("transitions", Integer, nullable=False),
+    Column("alerts", Integer, nullable=False),
+    Index("ix_prunes_run", "run"),
 )

@@ -91,6 +91,7 @@ DELIVERY_COLUMNS: Final = _columns(
         "raw",
         "signed_at",
         "secret_label",
+        "same_as",
     ),
 )
 #: An audit row, in ``Transition``'s field order.
@@ -137,6 +138,9 @@ class Writes:
     #: (as stored, as it is now), both in ``STREAM_COLUMNS`` order; ``updated_at`` is ``now``
     changed_streams: list[tuple[Row, Row]] = field(default_factory=list)
     alerts: list[Row] = field(default_factory=list)
+    #: Streams with a duplicate that references a stored event of theirs: on PostgreSQL the
+    #: write checks they still exist (a prune may have removed them since the batch read them).
+    referenced: set[str] = field(default_factory=set)
 
 
 class WriteTx(Protocol):
@@ -585,14 +589,18 @@ _PG_UPDATE_ROW: Final = "({}, %s::xid)".format(
 
 
 @lru_cache(maxsize=256)
-def _pg_write_sql(counts: tuple[int, ...]) -> str:
-    """One statement writing ``counts`` rows of each of _PG_INSERTS, then of changed streams."""
+def _pg_write_sql(counts: tuple[int, ...], guarded: bool = False) -> str:
+    """One statement writing ``counts`` rows of each of _PG_INSERTS, then of changed streams.
+
+    ``guarded``: two more parameters, both the ids of streams that must still exist (see
+    ``Writes.referenced``).
+    """
     parts = [
         _insert(table, names, "%s", computed=computed, suffix=suffix, rows=n)
         for (table, names, computed, suffix), n in zip(_PG_INSERTS, counts, strict=False)
         if n
     ]
-    check = "0"
+    checks = []
     if counts[-1]:
         # Compare and swap: a row another writer changed since the batch read it is not
         # updated, and then the whole statement fails as a serialisation failure (retried).
@@ -603,12 +611,21 @@ def _pg_write_sql(counts: tuple[int, ...]) -> str:
             f" AS v({', '.join(_PG_UPDATE_COLUMNS)}, version)"
             " WHERE streams.stream_id = v.stream_id AND streams.xmin = v.version RETURNING 1"
         )
-        check = (
+        checks.append(
             f"CASE WHEN (SELECT count(*) FROM w{len(parts) - 1}) = {counts[-1]} THEN 0"
             " ELSE rtms_lifecycle_lost_race() END"
         )
+    if guarded:
+        # A prune deletes a stream's row before its deliveries: holding the row (in a mode that
+        # blocks only deletes) keeps the referenced delivery until this write commits, and a row
+        # already gone fails the write as a lost race.
+        parts.append("SELECT 1 FROM streams WHERE stream_id = ANY(%s::text[]) FOR KEY SHARE")
+        checks.append(
+            f"CASE WHEN (SELECT count(*) FROM w{len(parts) - 1}) = cardinality(%s::text[])"
+            " THEN 0 ELSE rtms_lifecycle_lost_race() END"
+        )
     ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(parts))
-    return _numbered(f"WITH {ctes} SELECT {check}")
+    return _numbered(f"WITH {ctes} SELECT {', '.join(checks) or '0'}")
 
 
 class _PostgresTx:
@@ -690,11 +707,19 @@ class _PostgresTx:
                 for _, now in writes.changed_streams
             ],
         )
+        # A stream the batch changes is checked by the compare and swap already (and a statement
+        # cannot lock a row it updates).
+        referenced = sorted(
+            writes.referenced.difference(now[0] for _, now in writes.changed_streams)
+        )
         cursor = self._cursor(self._conn)
         for start in range(0, max(map(len, tables)), _PG_ROWS):
             parts = [rows[start : start + _PG_ROWS] for rows in tables]
-            sql = _pg_write_sql(tuple(map(len, parts)))
-            cursor.execute(sql, [value for rows in parts for row in rows for value in row])
+            # The first statement holds the rows until the transaction commits.
+            guard = referenced if start == 0 else []
+            sql = _pg_write_sql(tuple(map(len, parts)), bool(guard))
+            values = [value for rows in parts for row in rows for value in row]
+            cursor.execute(sql, [*values, guard, guard] if guard else values)
 
 
 class _PostgresWriter:

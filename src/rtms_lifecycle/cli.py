@@ -55,6 +55,7 @@ from .records import (
     Transition,
     UnhandledEventStat,
 )
+from .retention import MIN_RETENTION
 from .store import create_store_engine
 from .subscriptions import (
     DEFAULT_FORWARD_TIMEOUT,
@@ -914,6 +915,91 @@ def expire(app: _App, stale_after: timedelta, dry_run: bool, as_json: bool) -> N
         return
     verb = "Would expire" if dry_run else "Expired"
     app.out.print(_streams_table(f"{verb} {len(closed):,} streams", closed))
+
+
+def _size(n: int) -> str:
+    """A byte count in the largest unit that keeps it at 1 or more: ``512 bytes``, ``3.4 MB``."""
+    if n < 1024:
+        return f"{n:,} bytes"
+    value = float(n)
+    for unit in ("KB", "MB", "GB"):
+        value /= 1024
+        if value < 1024 or unit == "GB":
+            break
+    return f"{value:,.1f} {unit}"
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    callback=_parsed_by(parse_duration),
+    required=True,
+    help="Remove streams that stopped longer ago than this (at least 1d): 30d, 90d.",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+@click.option(
+    "--vacuum",
+    is_flag=True,
+    help="Then rewrite the database file (SQLite VACUUM) or run VACUUM ANALYZE (PostgreSQL).",
+)
+@_JSON_OPTION
+@_pass_app
+def prune(app: _App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json: bool) -> None:
+    """Remove old stopped streams (with their deliveries and history), old alerts and old
+    deliveries of no stream. Live streams are kept, however old."""
+    if older_than < MIN_RETENTION:
+        raise click.BadParameter(
+            f"keep at least {MIN_RETENTION.days} day: Zoom retries deliveries for about two "
+            "hours, and a retry of a pruned stream's event would start the stream again",
+            param_hint="--older-than",
+        )
+    result = app.tracker().prune(older_than, dry_run=dry_run, vacuum=vacuum)
+    if as_json:
+        _emit_json(result.as_dict())
+        return
+    verb = "Would remove" if dry_run else "Removed"
+    app.out.print(f"{verb} what is older than {format_time(result.cutoff)}:", markup=False)
+    table = _table(None, "Rows", "Count", right=["Count"])
+    for key, count in result.as_dict().items():
+        table.add_row(key, f"{count:,}")
+    app.out.print(table)
+    if result.reclaimed_bytes is not None:
+        app.out.print(f"The database is {_size(result.reclaimed_bytes)} smaller.", markup=False)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), help="At most N prunes (newest first).")
+@_JSON_OPTION
+@_pass_app
+def prunes(app: _App, limit: int | None, as_json: bool) -> None:
+    """Recorded prunes, newest first: when, the cutoff, and what each removed."""
+    found = app.tracker().prunes(limit)
+    if as_json:
+        _emit_json([p.as_dict() for p in found])
+        return
+    table = _table(
+        "Prunes (newest first)",
+        "Started (UTC)",
+        "Finished (UTC)",
+        "Cutoff (UTC)",
+        "Streams",
+        "Deliveries",
+        "Transitions",
+        "Alerts",
+        right=("Streams", "Deliveries", "Transitions", "Alerts"),
+    )
+    for record in found:
+        table.add_row(
+            format_time(record.started_at),
+            format_time(record.finished_at),
+            format_time(record.cutoff),
+            *(
+                f"{n:,}"
+                for n in (record.streams, record.deliveries, record.transitions, record.alerts)
+            ),
+        )
+    app.out.print(table)
 
 
 @cli.group()

@@ -15,7 +15,7 @@ from typing import Any, Final, overload
 
 from sqlalchemy import Engine
 
-from . import _queries
+from . import _queries, retention
 from . import subscriptions as _subs
 from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
@@ -33,6 +33,7 @@ from .records import (
     Transition,
     UnhandledEventStat,
 )
+from .retention import PruneRecord, PruneResult
 from .store import Incoming, KnownStreamEvent, Store, now_ms
 from .webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
 
@@ -321,6 +322,26 @@ class Tracker:
                 if r and r.outcome is Outcome.APPLIED and r.stream
             )
         return closed
+
+    def prune(
+        self, older_than: timedelta | float, *, dry_run: bool = False, vacuum: bool = False
+    ) -> PruneResult:
+        """Remove streams that stopped more than ``older_than`` ago (seconds or a timedelta,
+        at least a day), with their deliveries and transitions, and older deliveries and
+        concurrency alerts that belong to no stream. A stream not stopped is kept whole.
+
+        ``dry_run`` counts instead. Each step is recorded (:meth:`prunes`); the freed space goes
+        back to the file system on SQLite; ``vacuum`` rewrites the database file (SQLite) or
+        runs ``VACUUM ANALYZE`` (PostgreSQL). See docs/operations.md.
+        """
+        if not isinstance(older_than, timedelta):
+            older_than = timedelta(seconds=older_than)
+        return retention.prune(self._store, older_than, now_ms, dry_run=dry_run, vacuum=vacuum)
+
+    def prunes(self, limit: int | None = None) -> list[PruneRecord]:
+        """Recorded prunes, newest first: when, with which cutoff, and what each removed."""
+        with self._store.read() as conn:
+            return retention.list_prunes(conn, limit)
 
     def _record(
         self,

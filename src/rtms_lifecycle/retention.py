@@ -1,0 +1,392 @@
+"""Retention: removing what is old, through the one path the database lets rows go.
+
+A prune removes, for a cutoff (now minus ``older_than``):
+
+- every stream that stopped before the cutoff, with all of its deliveries and transitions;
+- every delivery received before the cutoff that belongs to no stored stream (rejected and
+  unhandled bodies, account alerts, URL validations);
+- every concurrency alert received before the cutoff.
+
+A stream that is not stopped is kept whole, however old. So are the newest delivery and the newest
+transition, with their stream: SQLite numbers a new row after the largest id, and a removed
+largest id would be handed out again, behind the durable feed's cursor.
+
+It works in short transactions (a few hundred streams, a few thousand deliveries each), so that
+receivers keep writing meanwhile; each one appends a row to ``prunes`` with what it removed, so
+that every removed row is accounted for even if the prune is interrupted. Only inside them does
+the audit history's guard let transitions go (migration 0006), and only those of streams whose
+row is already gone. Then the space is given back: SQLite's incremental vacuum, or a full
+``VACUUM`` when asked (PostgreSQL: ``VACUUM ANALYZE``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any, Final
+
+from sqlalchemy import Connection, func, select
+
+from ._tables import prunes
+from .exceptions import StoreError
+from .store import PRUNING_FUNCTION, Store, not_pruning
+
+__all__ = ["MIN_RETENTION", "PruneRecord", "PruneResult", "list_prunes", "prune"]
+
+#: The shortest retention a prune accepts. Zoom retries a delivery for about two hours; a retry of
+#: an event of a stream pruned before would start that stream again from that one event.
+MIN_RETENTION: Final = timedelta(days=1)
+# Per transaction: short enough that a waiting receiver's write is not held up for long.
+_STREAMS_PER_STEP: Final = 200
+_DELIVERIES_PER_STEP: Final = 5000
+_VACUUM_PAGES: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What a prune removed (with ``dry_run``: what it would remove)."""
+
+    cutoff: int
+    streams: int
+    deliveries: int
+    transitions: int
+    alerts: int
+    dry_run: bool
+    #: How much smaller the database is afterwards (bytes); None for a dry run.
+    reclaimed_bytes: int | None
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts, as ``rtms-lifecycle prune --json`` prints them."""
+        return {
+            "streams": self.streams,
+            "deliveries": self.deliveries,
+            "transitions": self.transitions,
+            "alerts": self.alerts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PruneRecord:
+    """One prune as recorded: when it ran, with which cutoff, and what it removed."""
+
+    run: str
+    started_at: int
+    finished_at: int
+    cutoff: int
+    streams: int
+    deliveries: int
+    transitions: int
+    alerts: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+# Stream selection: stopped before the cutoff (stopped_at is set exactly when a stream stopped;
+# the IS NOT NULL lets the planners use the partial index on stopped_at).
+_DOOMED: Final = "stopped_at IS NOT NULL AND stopped_at < %s AND state = 'stopped'"
+_ORPHAN: Final = (
+    "received_at < %s AND id <> %s"
+    " AND NOT EXISTS (SELECT 1 FROM streams WHERE streams.stream_id = deliveries.stream_id)"
+)
+_NEWEST: Final = (
+    "SELECT (SELECT id FROM deliveries ORDER BY id DESC LIMIT 1),"
+    " (SELECT stream_id FROM deliveries ORDER BY id DESC LIMIT 1),"
+    " (SELECT stream_id FROM transitions ORDER BY id DESC LIMIT 1)"
+)
+_RECORD: Final = (
+    "INSERT INTO prunes (run, pruned_at, cutoff, streams, deliveries, transitions, alerts)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+class _Pruner:
+    """One prune's connection, transactions and SQL, on SQLite or PostgreSQL."""
+
+    def __init__(self, store: Store, cutoff: int, now: Callable[[], int]) -> None:
+        self.store = store
+        self.cutoff = cutoff
+        self.now = now
+        self.run = uuid.uuid4().hex
+        self.postgres = store.dialect == "postgresql"
+        self.conn: Any = None
+
+    # --- the connection -----------------------------------------------------------------------
+
+    @contextmanager
+    def connected(self) -> Iterator[None]:
+        held = self.store.engine.raw_connection()
+        self.conn = held.driver_connection
+        try:
+            yield
+        except BaseException:
+            held.invalidate()
+            raise
+        finally:
+            held.close()
+
+    @contextmanager
+    def step(self, write: bool = True) -> Iterator[None]:
+        """One transaction; a writing one may delete audit rows of streams it removed."""
+        conn = self.conn
+        if not self.postgres:
+            with self.store.exclusive() if write else _nothing():
+                if write:
+                    # Only this connection's deletes pass the guard, and only until the commit.
+                    conn.create_function(PRUNING_FUNCTION, 0, _pruning)
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    if write:
+                        conn.create_function(PRUNING_FUNCTION, 0, not_pruning)
+            return
+        try:
+            if write:
+                conn.execute("SET LOCAL rtms_lifecycle.pruning = 'on'")
+            yield
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def sql(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        if self.postgres:
+            return self.conn.execute(statement, params)
+        return self.conn.execute(statement.replace("%s", "?"), params)
+
+    def one(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        row = self.sql(statement, params).fetchone()
+        return row[0] if row is not None and len(row) == 1 else row
+
+    def among(self, column: str, values: Sequence[str], *, negate: bool = False) -> str:
+        """``column`` (not) among ``values``: a condition, with one parameter (PostgreSQL's
+        array) or one per value (SQLite)."""
+        if self.postgres:
+            return f"{column} {'<> ALL' if negate else '= ANY'}(%s)"
+        return f"{column} {'NOT IN' if negate else 'IN'} ({', '.join(['%s'] * len(values))})"
+
+    def values(self, values: Sequence[str]) -> list[Any]:
+        return [list(values)] if self.postgres else list(values)
+
+    # --- what goes ----------------------------------------------------------------------------
+
+    def keep(self) -> tuple[int, list[str]]:
+        """The newest delivery's id, and the streams of the newest delivery and transition."""
+        newest, *streams = self.sql(_NEWEST).fetchone()
+        return newest if newest is not None else 0, sorted({s for s in streams if s})
+
+    def doomed(self, keep: list[str]) -> tuple[str, list[Any]]:
+        condition = f"{_DOOMED} AND {self.among('stream_id', keep, negate=True)}"
+        return condition, [self.cutoff, *self.values(keep)]
+
+    def count(self) -> tuple[int, int, int, int]:
+        """What a prune would remove now: streams, deliveries, transitions, alerts."""
+        with self.step(write=False):
+            newest, keep = self.keep()
+            where, params = self.doomed(keep)
+            ids = f"SELECT stream_id FROM streams WHERE {where}"
+            streams = self.one(f"SELECT count(*) FROM streams WHERE {where}", params)
+            transitions = self.one(
+                f"SELECT count(*) FROM transitions WHERE stream_id IN ({ids})", params
+            )
+            deliveries = self.one(
+                f"SELECT count(*) FROM deliveries WHERE stream_id IN ({ids})", params
+            )
+            alerts = self.one(
+                "SELECT count(*) FROM concurrency_alerts WHERE received_at < %s", [self.cutoff]
+            )
+            deliveries += sum(self.orphans(newest, delete=False))
+        return streams, deliveries, transitions, alerts
+
+    def streams(self) -> Iterator[tuple[int, int, int]]:
+        """Remove stopped streams step by step: yields (streams, deliveries, transitions)."""
+        while True:
+            with self.step():
+                _, keep = self.keep()
+                where, params = self.doomed(keep)
+                lock = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+                ids = [
+                    row[0]
+                    for row in self.sql(
+                        f"SELECT stream_id FROM streams WHERE {where} ORDER BY stopped_at"
+                        f" LIMIT %s{lock}",
+                        [*params, _STREAMS_PER_STEP],
+                    )
+                ]
+                if not ids:
+                    return
+                removed = []
+                # The stream rows first: the guard lets only transitions of absent streams go,
+                # and (PostgreSQL) the deletes below then see every row a writer committed
+                # while it held the stream's row.
+                for table in ("streams", "transitions", "deliveries"):
+                    cursor = self.sql(
+                        f"DELETE FROM {table} WHERE {self.among('stream_id', ids)}",
+                        self.values(ids),
+                    )
+                    removed.append(cursor.rowcount)
+                self.record(removed[0], removed[2], removed[1], 0)
+            yield removed[0], removed[2], removed[1]
+
+    def orphans(self, newest: int | None = None, *, delete: bool = True) -> Iterator[int]:
+        """Deliveries received before the cutoff that belong to no stream, walked in id order.
+
+        Ids follow reception, so the walk stops at the first stretch received after the cutoff;
+        what it passes on the way are kept streams' deliveries.
+        """
+        after = -1
+        while True:
+            with self.step(write=delete) if delete else _nothing():
+                rows = self.sql(
+                    "SELECT id, received_at FROM deliveries WHERE id > %s ORDER BY id LIMIT %s",
+                    [after, _DELIVERIES_PER_STEP],
+                ).fetchall()
+                if not rows or min(received for _, received in rows) >= self.cutoff:
+                    return
+                if newest is None or delete:
+                    newest, _ = self.keep()
+                where = f"id > %s AND id <= %s AND {_ORPHAN}"
+                params = [after, rows[-1][0], self.cutoff, newest]
+                if delete:
+                    found = self.sql(f"DELETE FROM deliveries WHERE {where}", params).rowcount
+                    if found:
+                        self.record(0, found, 0, 0)
+                else:
+                    found = self.one(f"SELECT count(*) FROM deliveries WHERE {where}", params)
+            after = rows[-1][0]
+            yield found
+
+    def alerts(self) -> int:
+        """Remove old concurrency alerts, and record the prune's last step."""
+        with self.step():
+            found: int = self.sql(
+                "DELETE FROM concurrency_alerts WHERE received_at < %s", [self.cutoff]
+            ).rowcount
+            self.record(0, 0, 0, found)
+        return found
+
+    def record(self, streams: int, deliveries: int, transitions: int, alerts: int) -> None:
+        self.sql(
+            _RECORD,
+            [self.run, self.now(), self.cutoff, streams, deliveries, transitions, alerts],
+        )
+
+    # --- space --------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        if self.postgres:
+            size: int = self.one("SELECT pg_database_size(current_database())")
+            self.conn.rollback()
+            return size
+        pages, page_size = (self.one(f"PRAGMA {name}") for name in ("page_count", "page_size"))
+        return int(pages) * int(page_size)
+
+    def vacuum(self, full: bool) -> None:
+        """Give the freed space back: to the file system (SQLite), for reuse (PostgreSQL)."""
+        conn = self.conn
+        if self.postgres:
+            if full:
+                conn.autocommit = True
+                try:
+                    conn.execute(
+                        "VACUUM (ANALYZE) streams, deliveries, transitions, concurrency_alerts"
+                    )
+                finally:
+                    conn.autocommit = False
+            return
+        if full:
+            # Rewrites the file (and turns on incremental auto-vacuum in an older database).
+            with self.store.exclusive():
+                conn.execute("VACUUM")
+        elif self.one("PRAGMA auto_vacuum") == 2:
+            # A few thousand pages per transaction: writers get their turn in between.
+            free = self.one("PRAGMA freelist_count")
+            while free:
+                with self.store.exclusive():
+                    conn.execute(f"PRAGMA incremental_vacuum({_VACUUM_PAGES})").fetchall()
+                # Writers may take free pages meanwhile; stop when nothing more goes.
+                free, before = self.one("PRAGMA freelist_count"), free
+                if free >= before:
+                    break
+        # The write-ahead log holds a copy of every page the prune touched.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+def _pruning() -> int:
+    return 1
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def prune(
+    store: Store, older_than: timedelta, now: Callable[[], int], *, dry_run: bool, vacuum: bool
+) -> PruneResult:
+    """Remove (or with ``dry_run`` count) what is older than ``older_than``; see the module."""
+    if older_than < MIN_RETENTION:
+        raise ValueError(
+            f"older_than must be at least {MIN_RETENTION.days} day: Zoom retries deliveries for "
+            "about two hours, and a retry of a pruned stream's event would start it again"
+        )
+    cutoff = now() - older_than // timedelta(milliseconds=1)
+    pruner = _Pruner(store, cutoff, now)
+    try:
+        with pruner.connected():
+            if dry_run:
+                counts = pruner.count()
+                return PruneResult(cutoff, *counts, dry_run=True, reclaimed_bytes=None)
+            before = pruner.size()
+            streams = deliveries = transitions = 0
+            for removed in pruner.streams():
+                streams, deliveries, transitions = (
+                    a + b for a, b in zip((streams, deliveries, transitions), removed, strict=True)
+                )
+            deliveries += sum(pruner.orphans())
+            alerts = pruner.alerts()
+            pruner.vacuum(vacuum)
+            reclaimed = max(before - pruner.size(), 0)
+    except (sqlite3.Error, _psycopg_errors()) as exc:
+        raise StoreError(f"the prune failed: {exc}") from exc
+    return PruneResult(cutoff, streams, deliveries, transitions, alerts, False, reclaimed)
+
+
+def _psycopg_errors() -> type[Exception]:
+    try:
+        import psycopg
+    except ImportError:  # without the "postgres" extra there is no PostgreSQL to fail
+        return sqlite3.Error
+    return psycopg.Error
+
+
+def list_prunes(conn: Connection, limit: int | None) -> list[PruneRecord]:
+    """Recorded prunes, newest first."""
+    query = (
+        select(
+            prunes.c.run,
+            func.min(prunes.c.pruned_at),
+            func.max(prunes.c.pruned_at),
+            func.min(prunes.c.cutoff),
+            *(
+                func.sum(prunes.c[name])
+                for name in ("streams", "deliveries", "transitions", "alerts")
+            ),
+        )
+        .group_by(prunes.c.run)
+        .order_by(func.min(prunes.c.id).desc())
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [PruneRecord(run, *(int(value) for value in rest)) for run, *rest in conn.execute(query)]
