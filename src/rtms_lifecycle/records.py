@@ -17,6 +17,7 @@ __all__ = [
     "IngestResult",
     "InterruptionStats",
     "Outcome",
+    "StopReasonCount",
     "StopReasonStat",
     "Stream",
     "Transition",
@@ -210,6 +211,19 @@ class InterruptionStats:
     recovered: int
     median_recovery_ms: int | None
     stopped_while_interrupted: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class StopReasonCount:
+    """How many streams stopped for one reason within one time bucket (an hour, a day)."""
+
+    bucket_start: int
+    stop_reason: int | None
+    count: int
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

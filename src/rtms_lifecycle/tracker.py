@@ -23,6 +23,7 @@ from .records import (
     IngestResult,
     InterruptionStats,
     Outcome,
+    StopReasonCount,
     StopReasonStat,
     Stream,
     Transition,
@@ -379,6 +380,21 @@ class Tracker:
         in ``[since, until)``."""
         with self._store.read() as conn:
             return _queries.stop_reason_stats(conn, _ms(since), _ms(until), by_scope)
+
+    def stop_reason_counts(
+        self,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        *,
+        bucket: timedelta = timedelta(hours=1),
+    ) -> list[StopReasonCount]:
+        """Streams stopped in ``[since, until)`` per stop reason and UTC-aligned ``bucket`` of
+        stop time (an hour by default), oldest bucket first."""
+        bucket_ms = int(bucket.total_seconds() * 1000)
+        if bucket_ms < 1:
+            raise ValueError("bucket must be at least a millisecond")
+        with self._store.read() as conn:
+            return _queries.stop_reason_counts(conn, _ms(since), _ms(until), bucket_ms)
 
     def interruption_stats(
         self,

@@ -1,0 +1,206 @@
+"""What each dashboard page shows, gathered from the Tracker's indexed queries."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final
+
+from rtms_lifecycle.events import Scope
+from rtms_lifecycle.machine import ACTIVE_STATES, LIVE_STATES
+from rtms_lifecycle.records import (
+    ConcurrencyAlertRecord,
+    DeliveryRecord,
+    InterruptionStats,
+    Outcome,
+    StopReasonCount,
+    Stream,
+    Transition,
+)
+from rtms_lifecycle.stop_reasons import StopReasonCategory, describe_stop_reason
+from rtms_lifecycle.store import now_ms
+from rtms_lifecycle.tracker import Tracker
+
+from ._charts import ReasonBar, ShareBucket
+
+__all__ = [
+    "PAGE_SIZE",
+    "WINDOWS",
+    "Overview",
+    "StreamPage",
+    "Window",
+    "overview",
+    "stream_page",
+]
+
+PAGE_SIZE: Final = 50
+RECENT_PROBLEMS: Final = 20
+RECENT_ALERTS: Final = 10
+HOUR: Final = timedelta(hours=1)
+DAY: Final = timedelta(days=1)
+WEEK: Final = timedelta(days=7)
+# Beyond this many days, "all" draws a bar per week: a bar a few pixels wide says nothing.
+_MAX_DAY_BARS: Final = 120
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A choice of period for the statistics: its length (None: all time) and its bar width."""
+
+    key: str
+    label: str
+    length: timedelta | None
+    bucket: timedelta
+
+
+WINDOWS: Final = {
+    w.key: w
+    for w in (
+        Window("24h", "24 hours", timedelta(hours=24), HOUR),
+        Window("7d", "7 days", timedelta(days=7), DAY),
+        Window("30d", "30 days", timedelta(days=30), DAY),
+        Window("all", "all time", None, DAY),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeInterruptions:
+    """Interruption statistics of one scope's streams that began in the window."""
+
+    scope: Scope
+    stats: InterruptionStats
+
+    @property
+    def recovered_share(self) -> float | None:
+        """Recovered interruptions over all interruptions; None without any."""
+        found = self.stats.interruptions
+        return self.stats.recovered / found if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """Everything on ``/dashboard``."""
+
+    now_ms: int
+    window: Window
+    since_ms: int | None
+    active: int
+    interrupted: int
+    active_by_scope: dict[Scope, int]
+    live: Sequence[Stream]
+    page: int
+    pages: int
+    stopped: int
+    reasons: Sequence[ReasonBar]
+    shares: Sequence[ShareBucket]
+    share_unit: str
+    interruptions: Sequence[ScopeInterruptions]
+    problems: Sequence[DeliveryRecord]
+    alerts: Sequence[ConcurrencyAlertRecord]
+
+
+def _reason_bars(counts: Sequence[StopReasonCount]) -> list[ReasonBar]:
+    per_reason: Counter[int | None] = Counter()
+    for row in counts:
+        per_reason[row.stop_reason] += row.count
+    total = sum(per_reason.values())
+    bars = []
+    for code, count in per_reason.items():
+        described = describe_stop_reason(code)
+        bars.append(
+            ReasonBar(code, described.name, described.category, count, round(count / total, 6))
+        )
+    bars.sort(key=lambda b: (-b.count, b.code if b.code is not None else -1))
+    return bars
+
+
+def _share_buckets(
+    counts: Sequence[StopReasonCount], since: int | None, until: int, window: Window
+) -> tuple[list[ShareBucket], str]:
+    """The abnormal share per bucket, every bucket of the window drawn (empty ones too), and the
+    bucket's name (hour, day or week)."""
+    step = int(window.bucket.total_seconds() * 1000)
+    if since is None and counts:
+        first, last = counts[0].bucket_start, counts[-1].bucket_start
+        if (last - first) // step > _MAX_DAY_BARS:
+            step = int(WEEK.total_seconds() * 1000)
+    totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for row in counts:
+        bucket = totals[row.bucket_start - row.bucket_start % step]
+        bucket[1] += row.count
+        if describe_stop_reason(row.stop_reason).category is StopReasonCategory.ABNORMAL:
+            bucket[0] += row.count
+    if since is not None:
+        start, stop = since - since % step, until
+    elif totals:
+        start, stop = min(totals), max(totals) + 1
+    else:
+        return [], "day"
+    buckets = []
+    for at in range(start, stop, step):
+        abnormal, total = totals.get(at, (0, 0))
+        buckets.append(ShareBucket(at, abnormal, total))
+    return buckets, {3_600_000: "hour", 86_400_000: "day"}.get(step, "week")
+
+
+def overview(tracker: Tracker, window: Window, page: int) -> Overview:
+    """Live streams (one page of them), stop reasons and interruptions over ``window``, recent
+    problem deliveries and concurrency alerts."""
+    now = now_ms()
+    since = None if window.length is None else now - int(window.length.total_seconds() * 1000)
+    live = tracker.streams(LIVE_STATES)
+    live.sort(key=lambda s: (s.started_at or 0, s.stream_id), reverse=True)
+    active = [s for s in live if s.state in ACTIVE_STATES]
+    pages = max(1, -(-len(live) // PAGE_SIZE))
+    page = min(max(page, 1), pages)
+    counts = tracker.stop_reason_counts(since, None, bucket=window.bucket)
+    shares, share_unit = _share_buckets(counts, since, now, window)
+    interruptions = []
+    for scope in Scope:
+        stats = tracker.interruption_stats(since, None, scope=scope)
+        if stats.streams:
+            interruptions.append(ScopeInterruptions(scope, stats))
+    return Overview(
+        now_ms=now,
+        window=window,
+        since_ms=since,
+        active=len(active),
+        interrupted=len(live) - len(active),
+        active_by_scope=dict(Counter(s.scope for s in active).most_common()),
+        live=live[(page - 1) * PAGE_SIZE : page * PAGE_SIZE],
+        page=page,
+        pages=pages,
+        stopped=sum(row.count for row in counts),
+        reasons=_reason_bars(counts),
+        shares=shares,
+        share_unit=share_unit,
+        interruptions=interruptions,
+        problems=tracker.deliveries([Outcome.REJECTED, Outcome.UNHANDLED], limit=RECENT_PROBLEMS),
+        alerts=tracker.concurrency_alerts(limit=RECENT_ALERTS),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPage:
+    """Everything on ``/dashboard/streams/{stream_id}``."""
+
+    now_ms: int
+    stream: Stream
+    history: Sequence[Transition]
+    deliveries: Sequence[DeliveryRecord]
+
+
+def stream_page(tracker: Tracker, stream_id: str) -> StreamPage | None:
+    """One stream, its history in event-time order and its deliveries; None if unknown."""
+    found = tracker.stream(stream_id)
+    if found is None:
+        return None
+    return StreamPage(
+        now_ms=now_ms(),
+        stream=found,
+        history=tracker.history(stream_id),
+        deliveries=tracker.deliveries(stream_id=stream_id, limit=200),
+    )
