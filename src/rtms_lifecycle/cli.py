@@ -37,6 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from . import _migrate
+from ._terminal_charts import stop_reason_bars, timeline_bar
 from .events import Scope
 from .exceptions import RTMSLifecycleError, SchemaOutdatedError
 from .machine import ACTIVE_STATES, State
@@ -49,7 +50,7 @@ from .records import (
     Stream,
     Transition,
 )
-from .store import DEFAULT_DB_URL, create_store_engine
+from .store import DEFAULT_DB_URL, create_store_engine, now_ms
 from .tracker import DEFAULT_BATCH_SIZE, IngestSummary, Tracker
 
 __all__ = ["cli", "main"]
@@ -686,6 +687,8 @@ def stream_command(app: _App, stream_id: str, as_json: bool) -> None:
         return
     app.out.print(_stream_details(found))
     app.out.print(_history_table(history))
+    if history:
+        app.out.print(timeline_bar(found, history, now_ms(), format_time))
 
 
 @cli.command()
@@ -702,6 +705,7 @@ def stream_command(app: _App, stream_id: str, as_json: bool) -> None:
     help="Streams stopped before T (epoch ms or ISO 8601).",
 )
 @click.option("--by-scope", is_flag=True, help="One row per scope and reason.")
+@click.option("--chart", is_flag=True, help="Draw the reasons as horizontal bars.")
 @click.option(
     "--interruptions",
     is_flag=True,
@@ -714,10 +718,13 @@ def stats(
     since: int | None,
     until: int | None,
     by_scope: bool,
+    chart: bool,
     interruptions: bool,
     as_json: bool,
 ) -> None:
     """Why streams stopped: count, share and median duration per stop reason."""
+    if chart and interruptions:
+        raise click.UsageError("--chart draws stop reasons: it does not go with --interruptions")
     tracker = app.tracker()
     if interruptions:
         scopes: list[Scope | None] = list(Scope) if by_scope else [None]
@@ -733,6 +740,8 @@ def stats(
         _emit_json([s.as_dict() for s in found])
         return
     app.out.print(_stop_reasons_table(found, by_scope))
+    if chart:
+        app.out.print(stop_reason_bars(found, _CATEGORY_STYLE))
 
 
 @cli.command()

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
+from rtms_lifecycle._timeline import timeline_span
 from rtms_lifecycle.machine import State
 from rtms_lifecycle.records import Stream, Transition
 from rtms_lifecycle.stop_reasons import StopReasonCategory
@@ -138,14 +139,6 @@ def _ticks(first: int, last: int, count: int = 5) -> list[int]:
     return [first + span * i // (count - 1) for i in range(count)]
 
 
-def timeline_end(stream: Stream, history: Sequence[Transition], now_ms: int) -> int:
-    """Where a stream's timeline ends: its stop, else now while it is still recent."""
-    last = max((t.event_ts for t in history), default=now_ms)
-    if stream.state is State.STOPPED or now_ms - last > 86_400_000:
-        return last
-    return max(now_ms, last)
-
-
 def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Markup:
     """The stream on a time axis: live (green) and interrupted (amber) spans, a mark per
     transition (late ones ringed in red and labelled), time ticks in UTC."""
@@ -153,8 +146,7 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
     plot_w = _WIDTH - left - right
     if not history:
         return _svg(_WIDTH, 40, "No transitions", ['<text x="24" y="24">No transitions</text>'])
-    first = history[0].event_ts
-    end = timeline_end(stream, history, now_ms)
+    first, end = timeline_span(stream, history, now_ms)
     span = max(end - first, 1)
 
     def x_of(ms: int) -> float:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
@@ -29,11 +33,16 @@ __all__ = [
     "PAGE_SIZE",
     "WINDOWS",
     "Overview",
+    "StatsCache",
     "StreamPage",
     "Window",
+    "WindowStats",
     "overview",
     "stream_page",
+    "window_stats",
 ]
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE: Final = 50
 RECENT_PROBLEMS: Final = 20
@@ -81,23 +90,32 @@ class ScopeInterruptions:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowStats:
+    """The statistics of one window: why streams stopped, and their interruptions."""
+
+    window: Window
+    computed_ms: int
+    since_ms: int | None
+    stopped: int
+    reasons: Sequence[ReasonBar]
+    shares: Sequence[ShareBucket]
+    share_unit: str
+    interruptions: Sequence[ScopeInterruptions]
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
-    """Everything on ``/dashboard``."""
+    """Everything on ``/dashboard``; ``stats`` is None while the first computation runs."""
 
     now_ms: int
     window: Window
-    since_ms: int | None
     active: int
     interrupted: int
     active_by_scope: dict[Scope, int]
     live: Sequence[Stream]
     page: int
     pages: int
-    stopped: int
-    reasons: Sequence[ReasonBar]
-    shares: Sequence[ShareBucket]
-    share_unit: str
-    interruptions: Sequence[ScopeInterruptions]
+    stats: WindowStats | None
     problems: Sequence[DeliveryRecord]
     alerts: Sequence[ConcurrencyAlertRecord]
 
@@ -146,16 +164,11 @@ def _share_buckets(
     return buckets, {3_600_000: "hour", 86_400_000: "day"}.get(step, "week")
 
 
-def overview(tracker: Tracker, window: Window, page: int) -> Overview:
-    """Live streams (one page of them), stop reasons and interruptions over ``window``, recent
-    problem deliveries and concurrency alerts."""
+def window_stats(tracker: Tracker, window: Window) -> WindowStats:
+    """Stop reasons (per reason, and the abnormal share per bucket) and interruptions per scope
+    over ``window``, ending now."""
     now = now_ms()
     since = None if window.length is None else now - int(window.length.total_seconds() * 1000)
-    live = tracker.streams(LIVE_STATES)
-    live.sort(key=lambda s: (s.started_at or 0, s.stream_id), reverse=True)
-    active = [s for s in live if s.state in ACTIVE_STATES]
-    pages = max(1, -(-len(live) // PAGE_SIZE))
-    page = min(max(page, 1), pages)
     counts = tracker.stop_reason_counts(since, None, bucket=window.bucket)
     shares, share_unit = _share_buckets(counts, since, now, window)
     interruptions = []
@@ -163,21 +176,85 @@ def overview(tracker: Tracker, window: Window, page: int) -> Overview:
         stats = tracker.interruption_stats(since, None, scope=scope)
         if stats.streams:
             interruptions.append(ScopeInterruptions(scope, stats))
-    return Overview(
-        now_ms=now,
+    return WindowStats(
         window=window,
+        computed_ms=now,
         since_ms=since,
+        stopped=sum(row.count for row in counts),
+        reasons=_reason_bars(counts),
+        shares=shares,
+        share_unit=share_unit,
+        interruptions=interruptions,
+    )
+
+
+class StatsCache:
+    """Window statistics computed in the background, so that no page waits long for them.
+
+    Interruption statistics re-fold the events of every interrupted stream of the window: on a
+    small store that takes milliseconds, on a million streams seconds for 30 days. A page asks
+    for the statistics, waits up to ``wait_s`` for a fresh computation, and otherwise shows the
+    previous one with the time it was computed. Statistics are recomputed when older than the
+    refresh interval, or five times as long as they took to compute (so that watching a big
+    store keeps one core at most a fifth busy).
+    """
+
+    def __init__(self, tracker: Tracker, *, fresh_s: float = 10.0, wait_s: float = 0.15) -> None:
+        self._tracker = tracker
+        self._fresh_s = fresh_s
+        self._wait_s = wait_s
+        self._lock = threading.Lock()
+        self._done: dict[str, tuple[float, float, WindowStats]] = {}
+        self._running: dict[str, Future[None]] = {}
+        # One computation at a time: they are reads, but each can keep a core busy.
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="rtms-dashboard-stats")
+
+    def get(self, window: Window) -> WindowStats | None:
+        """The newest statistics of ``window``, recomputed first if stale and quick enough."""
+        with self._lock:
+            done = self._done.get(window.key)
+            running = self._running.get(window.key)
+            stale = done is None or time.monotonic() - done[0] > max(self._fresh_s, 5 * done[1])
+            if stale and running is None:
+                running = self._worker.submit(self._compute, window)
+                self._running[window.key] = running
+        if running is not None:
+            wait([running], timeout=self._wait_s)
+            with self._lock:
+                done = self._done.get(window.key)
+        return done[2] if done else None
+
+    def _compute(self, window: Window) -> None:
+        try:
+            started = time.monotonic()
+            stats = window_stats(self._tracker, window)
+            with self._lock:
+                self._done[window.key] = (time.monotonic(), time.monotonic() - started, stats)
+        except Exception:
+            log.exception("could not compute the dashboard's statistics over %s", window.label)
+        finally:
+            with self._lock:
+                del self._running[window.key]
+
+
+def overview(tracker: Tracker, stats: StatsCache, window: Window, page: int) -> Overview:
+    """Live streams (one page of them), statistics over ``window``, recent problem deliveries
+    and concurrency alerts."""
+    live = tracker.streams(LIVE_STATES)
+    live.sort(key=lambda s: (s.started_at or 0, s.stream_id), reverse=True)
+    active = [s for s in live if s.state in ACTIVE_STATES]
+    pages = max(1, -(-len(live) // PAGE_SIZE))
+    page = min(max(page, 1), pages)
+    return Overview(
+        now_ms=now_ms(),
+        window=window,
         active=len(active),
         interrupted=len(live) - len(active),
         active_by_scope=dict(Counter(s.scope for s in active).most_common()),
         live=live[(page - 1) * PAGE_SIZE : page * PAGE_SIZE],
         page=page,
         pages=pages,
-        stopped=sum(row.count for row in counts),
-        reasons=_reason_bars(counts),
-        shares=shares,
-        share_unit=share_unit,
-        interruptions=interruptions,
+        stats=stats.get(window),
         problems=tracker.deliveries([Outcome.REJECTED, Outcome.UNHANDLED], limit=RECENT_PROBLEMS),
         alerts=tracker.concurrency_alerts(limit=RECENT_ALERTS),
     )

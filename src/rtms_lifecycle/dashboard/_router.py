@@ -16,7 +16,7 @@ from rtms_lifecycle.tracker import Tracker
 
 from ._auth import Sessions
 from ._charts import reason_bars, share_columns, timeline
-from ._pages import PAGE_SIZE, WINDOWS, overview, stream_page
+from ._pages import PAGE_SIZE, WINDOWS, StatsCache, overview, stream_page
 
 __all__ = ["PREFIX", "REFRESH_SECONDS", "create_dashboard_router"]
 
@@ -79,6 +79,7 @@ def create_dashboard_router(tracker: Tracker, api_token: str) -> APIRouter:
         raise ConfigurationError("the dashboard needs a non-empty API token")
     sessions = Sessions(api_token)
     env = _environment()
+    stats = StatsCache(tracker, fresh_s=REFRESH_SECONDS)
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
     def page(
@@ -132,7 +133,7 @@ def create_dashboard_router(tracker: Tracker, api_token: str) -> APIRouter:
         window: Literal["24h", "7d", "30d", "all"] = "24h",
         page_number: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
     ) -> Response:
-        return page("overview.html", view=overview(tracker, WINDOWS[window], page_number))
+        return page("overview.html", view=overview(tracker, stats, WINDOWS[window], page_number))
 
     @router.get("/streams/{stream_id}", dependencies=signed_in)
     def stream(stream_id: str) -> Response:
