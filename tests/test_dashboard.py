@@ -311,3 +311,14 @@ def test_statistics_too_slow_for_a_page_appear_on_a_later_refresh(sqlite_url: st
         assert first is None
         assert later is not None
         assert later.stopped == 2
+
+
+def test_interruptions_by_scope_equal_one_scope_at_a_time(
+    recorded: tuple[Tracker, dict[str, str]],
+) -> None:
+    """The one-pass statistics per scope equal the statistics asked for each scope."""
+    tracker, _ = recorded
+    by_scope = tracker.interruption_stats_by_scope()
+    assert set(by_scope) == {Scope.MEETING, Scope.WEBINAR}
+    for scope, stats in by_scope.items():
+        assert stats == tracker.interruption_stats(scope=scope)

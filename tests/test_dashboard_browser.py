@@ -106,9 +106,7 @@ def sign_in(page: Any, site: str, path: str = "/dashboard") -> None:
     page.wait_for_url(re.compile(re.escape(site + path) + "$"))
 
 
-def test_the_dashboard_agrees_with_the_cli(
-    page: Any, site: str, demo_db: str, shots: Path
-) -> None:
+def test_the_dashboard_agrees_with_the_cli(page: Any, site: str, demo_db: str, shots: Path) -> None:
     """Live count equals ``streams --active``; the bars equal ``stats --json``; no errors."""
     sign_in(page, site, "/dashboard?window=all")
     page.wait_for_selector("#stop-reasons svg .bar")
@@ -122,7 +120,11 @@ def test_the_dashboard_agrees_with_the_cli(
     )
     stats = run_cli(demo_db, "stats", "--json")
     expected = [
-        ["" if s["stop_reason"] is None else str(s["stop_reason"]), s["stop_reason_name"], s["count"]]
+        [
+            "" if s["stop_reason"] is None else str(s["stop_reason"]),
+            s["stop_reason_name"],
+            s["count"],
+        ]
         for s in stats
     ]
     assert sorted(bars) == sorted(expected)
@@ -149,9 +151,7 @@ def test_the_stream_page_shows_every_transition(
     assert page.console_errors == []
 
 
-def test_the_page_refreshes_itself_without_reloading(
-    page: Any, site: str, demo_db: str
-) -> None:
+def test_the_page_refreshes_itself_without_reloading(page: Any, site: str, demo_db: str) -> None:
     """A stream that starts after the page loaded shows up in place within a refresh."""
     sign_in(page, site)
     before = int(page.get_attribute("#live-count", "data-count"))

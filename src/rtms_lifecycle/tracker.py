@@ -408,6 +408,14 @@ class Tracker:
                 conn, _ms(since), _ms(until), Scope(scope) if scope else None
             )
 
+    def interruption_stats_by_scope(
+        self, since: Timestamp | None = None, until: Timestamp | None = None
+    ) -> dict[Scope, InterruptionStats]:
+        """:meth:`interruption_stats` for every scope with streams that began in
+        ``[since, until)``, in one pass."""
+        with self._store.read() as conn:
+            return _queries.interruption_stats_by_scope(conn, _ms(since), _ms(until))
+
     def concurrency_alerts(
         self, since: Timestamp | None = None, limit: int | None = None
     ) -> list[ConcurrencyAlertRecord]:

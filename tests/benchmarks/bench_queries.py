@@ -41,8 +41,8 @@ CHUNK: Final = 50_000
 
 _STREAM_COLUMNS: Final = (
     "stream_id, scope, scope_id, account_id, session_key, operator_id, server_urls, state,"
-    " started_at, stopped_at, stop_reason, last_event_at, interruptions, resumes, failovers,"
-    " fold_ts, fold_rank, created_at, updated_at"
+    " first_event_at, started_at, stopped_at, stop_reason, last_event_at, interruptions, resumes,"
+    " failovers, fold_ts, fold_rank, created_at, updated_at"
 )
 # A stream's events are the deliveries that brought them (outcome applied), raw bytes and all.
 _EVENT_COLUMNS: Final = "stream_id, kind, event_ts, source, event, outcome, raw, received_at"
@@ -99,7 +99,7 @@ def _stream_rows(
         )
         before = after
     last_kind, last_ts = steps[-1][0], steps[-1][1]
-    row = (stream_id, scope, scope_id, account, None, None, urls, before, start)
+    row = (stream_id, scope, scope_id, account, None, None, urls, before, start, start)
     folded = (None if is_live else last_ts, reason, last_ts, int(interrupted), int(interrupted))
     stream = (*row, *folded, 0, last_ts, RANK[last_kind], start, last_ts)
     return stream, events, transitions
@@ -143,7 +143,7 @@ def ensure_db(
     """The database at ``path``, built unless a matching one is there; streams start from
     ``start_ms`` on."""
     meta = path.with_name(path.name + ".meta.json")
-    wanted: dict[str, Any] = {"streams": streams, "live": live, "months": months, "version": 2}
+    wanted: dict[str, Any] = {"streams": streams, "live": live, "months": months, "version": 3}
     if start_ms != START_MS:
         wanted["start_ms"] = start_ms
     if not rebuild and path.exists() and meta.exists() and json.loads(meta.read_text()) == wanted:

@@ -7,7 +7,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
@@ -171,11 +170,10 @@ def window_stats(tracker: Tracker, window: Window) -> WindowStats:
     since = None if window.length is None else now - int(window.length.total_seconds() * 1000)
     counts = tracker.stop_reason_counts(since, None, bucket=window.bucket)
     shares, share_unit = _share_buckets(counts, since, now, window)
-    interruptions = []
-    for scope in Scope:
-        stats = tracker.interruption_stats(since, None, scope=scope)
-        if stats.streams:
-            interruptions.append(ScopeInterruptions(scope, stats))
+    interruptions = [
+        ScopeInterruptions(scope, stats)
+        for scope, stats in tracker.interruption_stats_by_scope(since, None).items()
+    ]
     return WindowStats(
         window=window,
         computed_ms=now,
@@ -204,10 +202,10 @@ class StatsCache:
         self._fresh_s = fresh_s
         self._wait_s = wait_s
         self._lock = threading.Lock()
-        self._done: dict[str, tuple[float, float, WindowStats]] = {}
-        self._running: dict[str, Future[None]] = {}
         # One computation at a time: they are reads, but each can keep a core busy.
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="rtms-dashboard-stats")
+        self._one_at_a_time = threading.Lock()
+        self._done: dict[str, tuple[float, float, WindowStats]] = {}
+        self._running: dict[str, threading.Thread] = {}
 
     def get(self, window: Window) -> WindowStats | None:
         """The newest statistics of ``window``, recomputed first if stale and quick enough."""
@@ -216,18 +214,23 @@ class StatsCache:
             running = self._running.get(window.key)
             stale = done is None or time.monotonic() - done[0] > max(self._fresh_s, 5 * done[1])
             if stale and running is None:
-                running = self._worker.submit(self._compute, window)
+                # A daemon thread: stopping the receiver never waits for a dashboard statistic.
+                running = threading.Thread(
+                    target=self._compute, args=(window,), name="rtms-dashboard-stats", daemon=True
+                )
                 self._running[window.key] = running
+                running.start()
         if running is not None:
-            wait([running], timeout=self._wait_s)
+            running.join(timeout=self._wait_s)
             with self._lock:
                 done = self._done.get(window.key)
         return done[2] if done else None
 
     def _compute(self, window: Window) -> None:
         try:
-            started = time.monotonic()
-            stats = window_stats(self._tracker, window)
+            with self._one_at_a_time:
+                started = time.monotonic()
+                stats = window_stats(self._tracker, window)
             with self._lock:
                 self._done[window.key] = (time.monotonic(), time.monotonic() - started, stats)
         except Exception:
