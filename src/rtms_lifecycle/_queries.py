@@ -226,7 +226,7 @@ def _interruptions(
         where.append(streams.c.scope == Scope(scope).value)
     if by_scope:
         count = select(streams.c.scope, func.count()).where(*where).group_by(streams.c.scope)
-        totals: dict[str | None, int] = dict(conn.execute(count).tuples().all())
+        totals: dict[str | None, int] = {key: n for key, n in conn.execute(count)}  # noqa: C416
     else:
         total = select(func.count()).select_from(streams).where(*where)
         totals = {None: conn.execute(total).scalar_one()}
