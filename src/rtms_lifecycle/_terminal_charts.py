@@ -9,8 +9,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ._timeline import timeline_span
-from .machine import State, TransitionName
+from ._timeline import FLOWING, INTERRUPTED, timeline_span, timeline_spans
+from .machine import TransitionName
 from .records import StopReasonStat, Stream, Transition
 
 __all__ = ["stop_reason_bars", "timeline_bar"]
@@ -22,7 +22,6 @@ _MARK: Final = {
     TransitionName.FAILOVER: "F",
     TransitionName.STOP: "X",
 }
-_FLOWING: Final = frozenset({State.STARTED, State.RESUMED})
 
 
 def timeline_bar(
@@ -40,17 +39,14 @@ def timeline_bar(
     span = max(end - first, 1)
     # Each column shows the states the stream went through in its slice of time: interrupted
     # wins (a 20-second interruption in a long stream must not vanish), then flowing.
-    spans = [
-        (t.event_ts, nxt.event_ts if nxt else end, t.to_state)
-        for t, nxt in zip(history, [*history[1:], None], strict=True)
-    ]
+    spans = timeline_spans(history, end)
     bar = Text()
     for column in range(width):
         lo, hi = first + span * column // width, first + span * (column + 1) // width
-        seen = {state for a, b, state in spans if a <= hi and b >= lo and (b > a or a >= lo)}
-        if State.INTERRUPTED in seen:
+        seen = {doing for a, b, doing in spans if a < hi and b > lo}
+        if INTERRUPTED in seen:
             bar.append("█", style="yellow")
-        elif seen & _FLOWING:
+        elif FLOWING in seen:
             bar.append("█", style="green")
         else:
             bar.append("·", style="dim")

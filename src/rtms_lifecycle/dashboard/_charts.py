@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
-from rtms_lifecycle._timeline import timeline_span
-from rtms_lifecycle.machine import State
+from rtms_lifecycle._timeline import FLOWING, INTERRUPTED, timeline_span, timeline_spans
 from rtms_lifecycle.records import Stream, Transition
 from rtms_lifecycle.stop_reasons import StopReasonCategory
 
@@ -122,11 +121,7 @@ def share_columns(buckets: Sequence[ShareBucket], label_fmt: str) -> Markup:
     return _svg(_WIDTH, height, "Share of stops that were abnormal over time", body)
 
 
-_LIVE_CLASS = {
-    State.STARTED: "state-live",
-    State.RESUMED: "state-live",
-    State.INTERRUPTED: "state-interrupted",
-}
+_SPAN_CLASS = {FLOWING: "state-live", INTERRUPTED: "state-interrupted"}
 
 
 # Label rows above the bar (y of the text baseline), and a label's width per character.
@@ -155,15 +150,11 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
     body = [
         f'<rect class="track" x="{left}" y="{bar_y}" width="{plot_w}" height="{bar_h}" rx="3"/>'
     ]
-    for this, following in zip(history, [*history[1:], None], strict=True):
-        css = _LIVE_CLASS.get(this.to_state)
-        if css is None:
-            continue
-        stop = following.event_ts if following is not None else end
-        x0, x1 = x_of(this.event_ts), x_of(stop)
+    for start, stop, doing in timeline_spans(history, end):
+        x0, x1 = x_of(start), x_of(stop)
         body.append(
-            f'<rect class="{css}" x="{x0:.1f}" y="{bar_y}" width="{max(x1 - x0, 1.5):.1f}" '
-            f'height="{bar_h}"/>'
+            f'<rect class="{_SPAN_CLASS[doing]}" x="{x0:.1f}" y="{bar_y}" '
+            f'width="{max(x1 - x0, 1.5):.1f}" height="{bar_h}"/>'
         )
     lane_ends = [-1e9] * len(_LABEL_LANES)
     for t in history:
