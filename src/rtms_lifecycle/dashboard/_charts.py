@@ -156,8 +156,9 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
             f'<rect class="{_SPAN_CLASS[doing]}" x="{x0:.1f}" y="{bar_y}" '
             f'width="{max(x1 - x0, 1.5):.1f}" height="{bar_h}"/>'
         )
-    lane_ends = [-1e9] * len(_LABEL_LANES)
-    for t in history:
+    # Labelled from the right: where marks crowd, the stop's label is the one that matters.
+    lane_starts = [1e9] * len(_LABEL_LANES)
+    for t in reversed(history):
         x = x_of(t.event_ts)
         text = t.name.value + (" (late)" if t.late else "")
         anchor = "start" if x < left + 40 else "end" if x > left + plot_w - 40 else "middle"
@@ -165,10 +166,10 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
         x_from = x if anchor == "start" else x - width if anchor == "end" else x - width / 2
         # The first lane with room; marks too close to label are still drawn, and every
         # transition is in the history table and in the mark's tooltip.
-        lane = next((n for n, end_x in enumerate(lane_ends) if end_x + 6 < x_from), None)
+        lane = next((n for n, at in enumerate(lane_starts) if x_from + width + 6 < at), None)
         label = ""
         if lane is not None:
-            lane_ends[lane] = x_from + width
+            lane_starts[lane] = x_from
             label = (
                 f'<text x="{x:.1f}" y="{_LABEL_LANES[lane]}" text-anchor="{anchor}">'
                 f"{escape(text)}</text>"
