@@ -240,6 +240,18 @@ class StatsCache:
                 del self._running[window.key]
 
 
+def _problems(tracker: Tracker) -> list[DeliveryRecord]:
+    # One outcome per query: each then reads its newest rows straight from
+    # ix_deliveries_outcome_id, where both at once made SQLite scan every delivery.
+    found = [
+        record
+        for outcome in (Outcome.REJECTED, Outcome.UNHANDLED)
+        for record in tracker.deliveries(outcome, limit=RECENT_PROBLEMS)
+    ]
+    found.sort(key=lambda record: record.id, reverse=True)
+    return found[:RECENT_PROBLEMS]
+
+
 def overview(tracker: Tracker, stats: StatsCache, window: Window, page: int) -> Overview:
     """Live streams (one page of them), statistics over ``window``, recent problem deliveries
     and concurrency alerts."""
@@ -258,7 +270,7 @@ def overview(tracker: Tracker, stats: StatsCache, window: Window, page: int) -> 
         page=page,
         pages=pages,
         stats=stats.get(window),
-        problems=tracker.deliveries([Outcome.REJECTED, Outcome.UNHANDLED], limit=RECENT_PROBLEMS),
+        problems=_problems(tracker),
         alerts=tracker.concurrency_alerts(limit=RECENT_ALERTS),
     )
 
