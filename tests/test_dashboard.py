@@ -82,6 +82,15 @@ def signed_in(url: str) -> httpx.Client:
     return client
 
 
+def overview(client: httpx.Client, window: str = "24h") -> str:
+    """The overview page once its statistics are computed (in the background)."""
+    deadline = time.monotonic() + 20
+    while "Being computed" in (page := client.get("/dashboard", params={"window": window}).text):
+        assert time.monotonic() < deadline, "statistics not computed within 20 s"
+        time.sleep(0.05)
+    return page
+
+
 def test_every_page_redirects_to_sign_in_without_a_session(
     site: str, recorded: tuple[Tracker, dict[str, str]]
 ) -> None:
@@ -209,7 +218,7 @@ def test_the_overview_shows_live_streams_reasons_problems_and_interruptions(
 ) -> None:
     """One live (and one interrupted) stream, both stop reasons, the rejected delivery."""
     tracker, ids = recorded
-    page = signed_in(site).get("/dashboard").text
+    page = overview(signed_in(site))
     assert re.search(r'id="live-count" data-count="1"', page)
     assert re.search(r'id="interrupted-count" data-count="1"', page)
     assert f'data-stream-id="{ids["live"]}"' in page

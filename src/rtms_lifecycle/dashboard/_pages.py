@@ -190,11 +190,11 @@ class StatsCache:
     """Window statistics computed in the background, so that no page waits long for them.
 
     Interruption statistics re-fold the events of every interrupted stream of the window: on a
-    small store that takes milliseconds, on a million streams seconds for 30 days. A page asks
-    for the statistics, waits up to ``wait_s`` for a fresh computation, and otherwise shows the
-    previous one with the time it was computed. Statistics are recomputed when older than the
-    refresh interval, or five times as long as they took to compute (so that watching a big
-    store keeps one core at most a fifth busy).
+    small store that takes milliseconds, on a million streams seconds for 30 days. The first
+    page of a window waits up to ``wait_s`` for them; later pages show the newest result with
+    the time it was computed, at once, and start the next computation when it is older than the
+    refresh interval or five times as long as it took (so that watching a big store keeps one
+    core at most a fifth busy).
     """
 
     def __init__(self, tracker: Tracker, *, fresh_s: float = 10.0, wait_s: float = 0.15) -> None:
@@ -208,7 +208,8 @@ class StatsCache:
         self._running: dict[str, threading.Thread] = {}
 
     def get(self, window: Window) -> WindowStats | None:
-        """The newest statistics of ``window``, recomputed first if stale and quick enough."""
+        """The newest statistics of ``window`` (None while the first computation runs); starts
+        a new computation when they are stale."""
         with self._lock:
             done = self._done.get(window.key)
             running = self._running.get(window.key)
@@ -220,7 +221,9 @@ class StatsCache:
                 )
                 self._running[window.key] = running
                 running.start()
-        if running is not None:
+        if done is None and running is not None:
+            # Only the first visit of a window waits (briefly); later ones show the previous
+            # result while the next is computed.
             running.join(timeout=self._wait_s)
             with self._lock:
                 done = self._done.get(window.key)
