@@ -124,6 +124,13 @@ def test_a_wrong_token_is_refused_without_a_cookie(site: str) -> None:
     assert "guess" not in answer.text
 
 
+def test_an_oversized_sign_in_form_is_refused_unread(site: str) -> None:
+    """A sign-in body over 8 KiB answers 413 without a cookie."""
+    answer = httpx.post(site + "/dashboard/login", data={"token": "x" * 10_000})
+    assert answer.status_code == 413
+    assert "set-cookie" not in answer.headers
+
+
 def test_signing_in_sets_a_strict_httponly_cookie_that_is_not_the_token(site: str) -> None:
     """The session cookie is HttpOnly, SameSite=Strict, scoped to /dashboard, and no token."""
     answer = httpx.post(site + "/dashboard/login", data={"token": TOKEN}, headers=HTML)

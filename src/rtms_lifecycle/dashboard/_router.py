@@ -109,11 +109,15 @@ def create_dashboard_router(tracker: Tracker, api_token: str) -> APIRouter:
 
     @router.post("/login")
     async def login(request: Request) -> Response:
-        body = await request.body()
-        fields = parse_qs(body[:_MAX_FORM_BYTES].decode("utf-8", "replace"))
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > _MAX_FORM_BYTES:  # read no further: nobody signs in with that
+                return page("login.html", 413, next=PREFIX, error="The form is too large.")
+        fields = parse_qs(body.decode("utf-8", "replace"))
         target = _safe_next((fields.get("next") or [""])[0])
         token = (fields.get("token") or [""])[0].strip()
-        if len(body) > _MAX_FORM_BYTES or not sessions.token_matches(token):
+        if not sessions.token_matches(token):
             error = "That is not the API token (RTMS_LIFECYCLE_API_TOKEN)." if token else None
             return page(
                 "login.html", 401, next=target, error=error or "Enter the API token to sign in."
