@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -9,6 +10,8 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rtms_lifecycle import Scope, Tracker
 from rtms_lifecycle.dashboard import COOKIE_NAME
@@ -338,3 +341,47 @@ def test_interruptions_by_scope_equal_one_scope_at_a_time(
     assert set(by_scope) == {Scope.MEETING, Scope.WEBINAR}
     for scope, stats in by_scope.items():
         assert stats == tracker.interruption_stats(scope=scope)
+
+
+# Each example writes its stops into a year of its own, so one database serves every example.
+_YEARS = itertools.count(1)
+_YEAR_MS = 365 * 24 * HOUR_MS
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    stops=st.lists(
+        st.tuples(st.integers(0, 30 * 24 * HOUR_MS), st.sampled_from([0, 1, 6, 11, 13, 99])),
+        max_size=12,
+    ),
+    bucket_hours=st.sampled_from([1, 6, 24]),
+)
+def test_stop_reason_counts_agree_with_the_stop_reason_stats(
+    db_url: str, stops: list[tuple[int, int]], bucket_hours: int
+) -> None:
+    """For any stops, the bucketed counts add up per reason to the statistics' counts, and each
+    stop falls in its bucket."""
+    base = 1_600_000_000_000 + next(_YEARS) * _YEAR_MS
+    bucket = bucket_hours * HOUR_MS
+    with Tracker(db_url) as tracker:
+        for n, (at, reason) in enumerate(stops):
+            stream_id = f"prop-{base}-{n}"
+            tracker.ingest(body("started", stream_id, base))
+            tracker.ingest(body("stopped", stream_id, base + at, stop_reason=reason))
+        until = base + 31 * 24 * HOUR_MS
+        counts = tracker.stop_reason_counts(base, until, bucket=timedelta(hours=bucket_hours))
+        stats = tracker.stop_reason_stats(base, until)
+    summed: dict[int | None, int] = {}
+    for row in counts:
+        assert row.bucket_start % bucket == 0
+        summed[row.stop_reason] = summed.get(row.stop_reason, 0) + row.count
+    assert summed == {s.stop_reason: s.count for s in stats}
+    expected: dict[tuple[int, int | None], int] = {}
+    for at, reason in stops:
+        key = ((base + at) // bucket * bucket, reason)
+        expected[key] = expected.get(key, 0) + 1
+    assert {(r.bucket_start, r.stop_reason): r.count for r in counts} == expected
