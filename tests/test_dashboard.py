@@ -385,3 +385,18 @@ def test_stop_reason_counts_agree_with_the_stop_reason_stats(
         key = ((base + at) // bucket * bucket, reason)
         expected[key] = expected.get(key, 0) + 1
     assert {(r.bucket_start, r.stop_reason): r.count for r in counts} == expected
+
+
+def test_a_store_that_fails_gives_a_503_page_not_a_500(sqlite_url: str) -> None:
+    """With the streams table gone, pages answer 503 with a sentence, and retry later."""
+    with Tracker(sqlite_url) as tracker:
+        ids = record_day(tracker)
+        with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
+            client = signed_in(url)
+            with tracker.engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE streams RENAME TO streams_moved")
+            for path in ("/dashboard", f"/dashboard/streams/{ids['live']}"):
+                answer = client.get(path)
+                assert answer.status_code == 503
+                assert "The database does not answer" in answer.text
+                assert answer.headers["retry-after"] == "10"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from importlib.resources import files
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import parse_qs, quote
@@ -9,9 +10,10 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy.exc import SQLAlchemyError
 
 from rtms_lifecycle.cli import format_duration, format_time
-from rtms_lifecycle.exceptions import ConfigurationError
+from rtms_lifecycle.exceptions import ConfigurationError, StoreError
 from rtms_lifecycle.tracker import Tracker
 
 from ._auth import Sessions
@@ -19,6 +21,8 @@ from ._charts import reason_bars, share_columns, timeline
 from ._pages import PAGE_SIZE, WINDOWS, StatsCache, overview, stream_page
 
 __all__ = ["PREFIX", "REFRESH_SECONDS", "create_dashboard_router"]
+
+log = logging.getLogger(__name__)
 
 PREFIX: Final = "/dashboard"
 REFRESH_SECONDS: Final = 10
@@ -132,16 +136,27 @@ def create_dashboard_router(tracker: Tracker, api_token: str) -> APIRouter:
         sessions.sign_out(request, answer)
         return answer
 
+    def unavailable() -> Response:
+        log.exception("the dashboard could not read the store")
+        return page("unavailable.html", 503, headers={"Retry-After": str(REFRESH_SECONDS)})
+
     @router.get("", dependencies=signed_in)
     def dashboard(
         window: Literal["24h", "7d", "30d", "all"] = "24h",
         page_number: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
     ) -> Response:
-        return page("overview.html", view=overview(tracker, stats, WINDOWS[window], page_number))
+        try:
+            view = overview(tracker, stats, WINDOWS[window], page_number)
+        except (StoreError, SQLAlchemyError):
+            return unavailable()
+        return page("overview.html", view=view)
 
     @router.get("/streams/{stream_id}", dependencies=signed_in)
     def stream(stream_id: str) -> Response:
-        view = stream_page(tracker, stream_id)
+        try:
+            view = stream_page(tracker, stream_id)
+        except (StoreError, SQLAlchemyError):
+            return unavailable()
         if view is None:
             return page("missing.html", 404, stream_id=stream_id)
         return page("stream.html", view=view)
