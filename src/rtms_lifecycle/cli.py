@@ -43,6 +43,7 @@ from ._bounds import MAX_COUNT, MAX_DURATION, MAX_EPOCH_MS, MIN_EPOCH_MS
 from ._cli_errors import BadInput, Failure, cli_errors
 from ._cli_reading import Reading
 from ._logging import LOG_FORMATS, LOG_LEVELS
+from ._terminal_charts import stop_reason_bars, timeline_bar
 from .events import Scope
 from .machine import ACTIVE_STATES, State
 from .records import (
@@ -56,7 +57,7 @@ from .records import (
     UnhandledEventStat,
 )
 from .retention import MIN_RETENTION
-from .store import create_store_engine
+from .store import create_store_engine, now_ms
 from .subscriptions import (
     DEFAULT_FORWARD_TIMEOUT,
     DEFAULT_MAX_ATTEMPTS,
@@ -774,6 +775,8 @@ def stream_command(app: _App, stream_id: str, as_json: bool) -> None:
         return
     app.out.print(_stream_details(found))
     app.out.print(_history_table(history))
+    if history:
+        app.out.print(timeline_bar(found, history, now_ms(), format_time))
 
 
 @cli.command()
@@ -790,6 +793,7 @@ def stream_command(app: _App, stream_id: str, as_json: bool) -> None:
     help="Streams stopped before T (epoch ms or ISO 8601).",
 )
 @click.option("--by-scope", is_flag=True, help="One row per scope and reason.")
+@click.option("--chart", is_flag=True, help="Draw the reasons as horizontal bars.")
 @click.option(
     "--interruptions",
     is_flag=True,
@@ -808,17 +812,20 @@ def stats(
     since: int | None,
     until: int | None,
     by_scope: bool,
+    chart: bool,
     interruptions: bool,
     account_id: str | None,
     unhandled: bool,
     as_json: bool,
 ) -> None:
     """Why streams stopped: count, share and median duration per stop reason."""
+    if chart and interruptions:
+        raise click.UsageError("--chart draws stop reasons: it does not go with --interruptions")
     tracker = app.tracker(create=False)
     if unhandled:
-        if interruptions or by_scope or account_id is not None:
+        if interruptions or by_scope or chart or account_id is not None:
             raise click.UsageError(
-                "--unhandled lists event names: no --interruptions, --by-scope, --account"
+                "--unhandled lists event names: no --interruptions, --by-scope, --chart, --account"
             )
         names = tracker.unhandled_stats(since, until)
         if as_json:
@@ -843,6 +850,8 @@ def stats(
         _emit_json([s.as_dict() for s in found])
         return
     app.out.print(_stop_reasons_table(found, by_scope))
+    if chart:
+        app.out.print(stop_reason_bars(found, _CATEGORY_STYLE))
 
 
 @cli.command()

@@ -17,6 +17,7 @@ __all__ = [
     "IngestResult",
     "InterruptionStats",
     "Outcome",
+    "StopReasonCount",
     "StopReasonStat",
     "Stream",
     "Transition",
@@ -238,6 +239,27 @@ class UnhandledEventStat:
     last_seen: int
     #: Whether the name mentions RTMS: likely a stream event under a name not yet known.
     rtms: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class StopReasonCount:
+    """How many streams stopped for one reason within one time bucket (an hour, a day)."""
+
+    bucket_start: int
+    stop_reason: int | None
+    count: int
+    #: For a stop without a code: whether the library's expiry made it (``EXPIRED``) rather
+    #: than a webhook that gave no reason (``NOT_PROVIDED``).
+    expired: bool = False
+
+    @property
+    def described(self) -> StopReason:
+        """The reason's name and category."""
+        return describe_stop_reason(self.stop_reason, expired=self.expired)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -3,7 +3,8 @@
 - :func:`create_router`: ``POST /webhook``, verified (docs/receiver.md), recorded by an
   :class:`~rtms_lifecycle.AsyncTracker`. Include it in an existing FastAPI app.
 - :func:`create_read_router`: the bearer-token read API (``/streams``, ``/stats/stop-reasons``).
-- :func:`create_app`: a ready app with both, plus ``GET /healthz``; :func:`run` serves it.
+- :func:`create_app`: a ready app with both, plus ``GET /healthz`` and, with the read API, the
+  ``/dashboard`` pages (:mod:`rtms_lifecycle.dashboard`); :func:`run` serves it.
 
 Status codes (docs/receiver.md explains each choice): 200 for every delivery the store recorded,
 a rejected one included (Zoom would only retry the same unusable bytes); 401 for a request that
@@ -35,6 +36,7 @@ try:
     from starlette.requests import ClientDisconnect
 
     from . import _metrics
+    from .dashboard import create_dashboard_router
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         f"rtms_lifecycle.server needs FastAPI and uvicorn ({exc.name} is missing): "
@@ -690,6 +692,7 @@ def create_app(
     )
     if token is not None:
         app.include_router(create_read_router(tracker, token))
+        app.include_router(create_dashboard_router(tracker, token))
     health = _Health(tracker, store_timeout)
 
     @app.get(

@@ -28,6 +28,7 @@ from .records import (
     IngestResult,
     InterruptionStats,
     Outcome,
+    StopReasonCount,
     StopReasonStat,
     Stream,
     Transition,
@@ -632,6 +633,21 @@ class Tracker:
         with self._store.read() as conn:
             return _queries.unhandled_stats(conn, _ms(since), _ms(until))
 
+    def stop_reason_counts(
+        self,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        *,
+        bucket: timedelta = timedelta(hours=1),
+    ) -> list[StopReasonCount]:
+        """Streams stopped in ``[since, until)`` per stop reason and UTC-aligned ``bucket`` of
+        stop time (an hour by default), oldest bucket first."""
+        bucket_ms = int(bucket.total_seconds() * 1000)
+        if bucket_ms < 1:
+            raise ValueError("bucket must be at least a millisecond")
+        with self._store.read() as conn:
+            return _queries.stop_reason_counts(conn, _ms(since), _ms(until), bucket_ms)
+
     def interruption_stats(
         self,
         since: Timestamp | None = None,
@@ -646,6 +662,14 @@ class Tracker:
             return _queries.interruption_stats(
                 conn, _ms(since), _ms(until), Scope(scope) if scope else None, account_id
             )
+
+    def interruption_stats_by_scope(
+        self, since: Timestamp | None = None, until: Timestamp | None = None
+    ) -> dict[Scope, InterruptionStats]:
+        """:meth:`interruption_stats` for every scope with streams that began in
+        ``[since, until)``, in one pass."""
+        with self._store.read() as conn:
+            return _queries.interruption_stats_by_scope(conn, _ms(since), _ms(until))
 
     def concurrency_alerts(
         self, since: Timestamp | None = None, limit: int | None = None

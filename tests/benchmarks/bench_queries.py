@@ -41,8 +41,8 @@ CHUNK: Final = 50_000
 
 _STREAM_COLUMNS: Final = (
     "stream_id, scope, scope_id, account_id, session_key, operator_id, server_urls, state,"
-    " started_at, stopped_at, stop_reason, last_event_at, interruptions, resumes, failovers,"
-    " fold_ts, fold_rank, created_at, updated_at"
+    " first_event_at, started_at, stopped_at, stop_reason, last_event_at, interruptions, resumes,"
+    " failovers, fold_ts, fold_rank, created_at, updated_at"
 )
 # A stream's events are the deliveries that brought them (outcome applied), raw bytes and all.
 _EVENT_COLUMNS: Final = "stream_id, kind, event_ts, source, event, outcome, raw, received_at"
@@ -58,7 +58,7 @@ def _insert(table: str, columns: str) -> str:
 
 
 def _stream_rows(
-    index: int, total: int, live: int, months: int, rng: random.Random
+    index: int, total: int, live: int, months: int, rng: random.Random, start_ms: int = START_MS
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """One stream's row, its event rows and its transition rows, consistent with the fold."""
     scope, prefix, id_field = rng.choices(SCOPES, SCOPE_WEIGHTS)[0]
@@ -67,7 +67,7 @@ def _stream_rows(
     account = f"acct-{rng.randrange(200):04d}"
     urls = "wss://rtms-01.zoom.us/rtms"
     is_live = index >= total - live
-    start = START_MS + index * (months * MONTH_MS) // total
+    start = start_ms + index * (months * MONTH_MS) // total
     base: dict[str, Any] = {"rtms_stream_id": stream_id, id_field: scope_id, "account_id": account}
     # (kind, event_ts, state after, transition name)
     steps: list[tuple[str, int, str, str]] = [("started", start, "started", "start")]
@@ -99,13 +99,15 @@ def _stream_rows(
         )
         before = after
     last_kind, last_ts = steps[-1][0], steps[-1][1]
-    row = (stream_id, scope, scope_id, account, None, None, urls, before, start)
+    row = (stream_id, scope, scope_id, account, None, None, urls, before, start, start)
     folded = (None if is_live else last_ts, reason, last_ts, int(interrupted), int(interrupted))
     stream = (*row, *folded, 0, last_ts, RANK[last_kind], start, last_ts)
     return stream, events, transitions
 
 
-def build(path: Path, streams: int, live: int, months: int, seed: int = 11) -> float:
+def build(
+    path: Path, streams: int, live: int, months: int, seed: int = 11, start_ms: int = START_MS
+) -> float:
     """Create the database with ``Tracker``, then bulk-insert the rows; returns seconds."""
     from rtms_lifecycle import Tracker
 
@@ -121,7 +123,7 @@ def build(path: Path, streams: int, live: int, months: int, seed: int = 11) -> f
     for first in range(0, streams, CHUNK):
         stream_rows, event_rows, transition_rows = [], [], []
         for index in range(first, min(first + CHUNK, streams)):
-            stream, events, transitions = _stream_rows(index, streams, live, months, rng)
+            stream, events, transitions = _stream_rows(index, streams, live, months, rng, start_ms)
             stream_rows.append(stream)
             event_rows += events
             transition_rows += transitions
@@ -135,15 +137,20 @@ def build(path: Path, streams: int, live: int, months: int, seed: int = 11) -> f
     return time.perf_counter() - started
 
 
-def ensure_db(path: Path, streams: int, live: int, months: int, rebuild: bool) -> Path:
-    """The database at ``path``, built unless a matching one is there."""
+def ensure_db(
+    path: Path, streams: int, live: int, months: int, rebuild: bool, start_ms: int = START_MS
+) -> Path:
+    """The database at ``path``, built unless a matching one is there; streams start from
+    ``start_ms`` on."""
     meta = path.with_name(path.name + ".meta.json")
-    wanted = {"streams": streams, "live": live, "months": months, "version": 2}
+    wanted: dict[str, Any] = {"streams": streams, "live": live, "months": months, "version": 3}
+    if start_ms != START_MS:
+        wanted["start_ms"] = start_ms
     if not rebuild and path.exists() and meta.exists() and json.loads(meta.read_text()) == wanted:
         print(f"reusing {path} ({streams:,} streams, {live:,} live)")
         return path
     print(f"building {path}: {streams:,} streams, {live:,} live, stops over {months} months ...")
-    seconds = build(path, streams, live, months)
+    seconds = build(path, streams, live, months, start_ms=start_ms)
     meta.write_text(json.dumps(wanted))
     print(f"  built in {seconds:.1f} s")
     return path

@@ -1,0 +1,96 @@
+"""Pictures for the terminal: a stream's timeline as a bar, stop reasons as horizontal bars."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ._timeline import FLOWING, INTERRUPTED, timeline_span, timeline_spans
+from .machine import TransitionName
+from .records import StopReasonStat, Stream, Transition
+
+__all__ = ["stop_reason_bars", "timeline_bar"]
+
+_MARK: Final = {
+    TransitionName.START: "S",
+    TransitionName.INTERRUPT: "I",
+    TransitionName.RESUME: "R",
+    TransitionName.FAILOVER: "F",
+    TransitionName.STOP: "X",
+}
+
+
+def timeline_bar(
+    stream: Stream,
+    history: Sequence[Transition],
+    now_ms: int,
+    label: Callable[[int], str],
+    *,
+    width: int = 64,
+) -> Group:
+    """One row per column of time: green while media flows, yellow while interrupted; under it a
+    letter per transition (S start, I interrupt, R resume, F failover, X stop; red: arrived
+    late; ``*``: several in one column). ``label`` writes the first and last instants."""
+    first, end = timeline_span(stream, history, now_ms)
+    span = max(end - first, 1)
+    # Each column shows the states the stream went through in its slice of time: interrupted
+    # wins (a 20-second interruption in a long stream must not vanish), then flowing.
+    spans = timeline_spans(history, end)
+    bar = Text()
+    for column in range(width):
+        lo, hi = first + span * column // width, first + span * (column + 1) // width
+        seen = {doing for a, b, doing in spans if a < hi and b > lo}
+        if INTERRUPTED in seen:
+            bar.append("█", style="yellow")
+        elif FLOWING in seen:
+            bar.append("█", style="green")
+        else:
+            bar.append("·", style="dim")
+    marks: list[Text | None] = [None] * width
+    for transition in history:
+        column = min((transition.event_ts - first) * width // span, width - 1)
+        style = "bold red" if transition.late else "bold"
+        marks[column] = Text("*" if marks[column] else _MARK[transition.name], style=style)
+    mark_row = Text()
+    for mark in marks:
+        mark_row.append_text(mark or Text(" "))
+    return Group(
+        Text.assemble(("Timeline ", "bold"), f"{label(first)} → {label(end)}"),
+        bar,
+        mark_row,
+        Text(
+            "█ media flowing  █ interrupted  S start  I interrupt  R resume  F failover  X stop"
+            "  (red: arrived late)",
+            style="dim",
+        ),
+    )
+
+
+def stop_reason_bars(
+    stats: Sequence[StopReasonStat], category_style: Mapping[str, str], *, width: int = 40
+) -> Table:
+    """A bar per stop reason (and scope), as long as its count, coloured by its category."""
+    table = Table.grid(padding=(0, 1))
+    by_scope = any(stat.scope is not None for stat in stats)
+    if by_scope:
+        table.add_column()
+    table.add_column(justify="right")
+    table.add_column()
+    table.add_column(justify="right")
+    biggest = max((stat.count for stat in stats), default=0) or 1
+    for stat in stats:
+        code = "" if stat.stop_reason is None else f"{stat.stop_reason} "
+        length = max(round(stat.count * width / biggest), 1)
+        style = category_style.get(stat.stop_reason_category.value, "")
+        cells: list[str | Text] = [stat.scope.value if stat.scope else ""] if by_scope else []
+        cells += [
+            f"{code}{stat.stop_reason_name}",
+            Text("█" * length, style=style),
+            f"{stat.count:,} ({stat.share:.1%})",
+        ]
+        table.add_row(*cells)
+    return table

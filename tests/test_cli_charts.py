@@ -1,0 +1,88 @@
+"""Pictures in the terminal: the timeline under ``stream ID`` and ``stats --chart``."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from click.testing import CliRunner, Result
+from rich.text import Text
+
+from rtms_lifecycle import Tracker
+from rtms_lifecycle._terminal_charts import timeline_bar
+from rtms_lifecycle.cli import cli, format_time
+from tests._deliveries import body
+
+T0 = 1_741_651_200_000
+MINUTE = 60_000
+
+
+def invoke(db: str, *args: str) -> Result:
+    """``rtms-lifecycle --db DB ARGS...``."""
+    return CliRunner().invoke(cli, ["--db", db, *args], catch_exceptions=False)
+
+
+def record(tracker: Tracker) -> None:
+    """One stream: started, interrupted for ten minutes, resumed, stopped; the interruption
+    reported late, after the stop. Another stopped for another reason."""
+    tracker.ingest(body("started", "s1", T0))
+    tracker.ingest(body("started", "s1", T0 + 30 * MINUTE))
+    tracker.ingest(body("stopped", "s1", T0 + 60 * MINUTE, stop_reason=6))
+    tracker.ingest(body("interrupted", "s1", T0 + 20 * MINUTE))
+    for n in range(3):
+        tracker.ingest(body("started", f"other-{n}", T0))
+        tracker.ingest(body("stopped", f"other-{n}", T0 + MINUTE, stop_reason=11))
+
+
+def test_stream_draws_its_timeline_under_the_history(sqlite_url: str) -> None:
+    """The human output ends with the timeline: its span, the bar, a letter per transition."""
+    with Tracker(sqlite_url) as tracker:
+        record(tracker)
+    result = invoke(sqlite_url, "stream", "s1")
+    assert result.exit_code == 0
+    after = result.output.split("History (event time)")[1]
+    assert "Timeline 2025-03-11T00:00:00Z → 2025-03-11T01:00:00Z" in after
+    marks = next(line for line in after.splitlines() if line.startswith("S"))
+    # As recorded: the restart was a failover when it arrived, before the late interruption.
+    assert re.fullmatch(r"S +I +F +X", marks.rstrip())
+
+
+def test_the_timeline_colours_interruptions_and_late_events(sqlite_url: str) -> None:
+    """Interrupted time is yellow, flowing time green; the late transition's letter is red."""
+    with Tracker(sqlite_url) as tracker:
+        record(tracker)
+        stream = tracker.stream("s1")
+        history = tracker.history("s1")
+    assert stream is not None
+    _title, bar, marks, _legend = timeline_bar(
+        stream, history, T0, format_time, width=60
+    ).renderables
+    assert isinstance(bar, Text)
+    assert isinstance(marks, Text)
+    colours = [span.style for span in bar.spans for _ in range(span.end - span.start)]
+    assert colours == ["green"] * 20 + ["yellow"] * 10 + ["green"] * 30
+    late = [span for span in marks.spans if span.style == "bold red"]
+    assert [marks.plain[s.start : s.end] for s in late] == ["I"]
+
+
+def test_stats_chart_draws_a_bar_per_reason_with_the_counts(sqlite_url: str) -> None:
+    """``stats --chart`` adds a bar per reason, longest for the most frequent, with its count."""
+    with Tracker(sqlite_url) as tracker:
+        record(tracker)
+    stats = json.loads(invoke(sqlite_url, "stats", "--json").output)
+    output = invoke(sqlite_url, "stats", "--chart").output
+    bars = re.findall(r"(\d+) (\w+) (█+) +(\d+) \(", output)
+    assert sorted((int(code), int(n)) for code, _, _, n in bars) == sorted(
+        (s["stop_reason"], s["count"]) for s in stats
+    )
+    lengths = {name: len(blocks) for _, name, blocks, _ in bars}
+    assert lengths == {"CONNECTION_TIMEOUT": 40, "MEETING_ENDED": 13}
+
+
+def test_stats_chart_does_not_go_with_interruptions(sqlite_url: str) -> None:
+    """``--chart --interruptions`` is a usage error naming both options."""
+    Tracker(sqlite_url).close()
+    result = invoke(sqlite_url, "stats", "--chart", "--interruptions")
+    assert result.exit_code == 2
+    assert "--chart" in result.output
+    assert "--interruptions" in result.output

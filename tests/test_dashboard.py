@@ -1,0 +1,402 @@
+"""The /dashboard pages over HTTP: signing in, what each page shows, and what it never shows."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rtms_lifecycle import Scope, Tracker
+from rtms_lifecycle.dashboard import COOKIE_NAME
+from rtms_lifecycle.dashboard._auth import SESSION_SECONDS, Sessions
+from rtms_lifecycle.dashboard._pages import WINDOWS, StatsCache
+from rtms_lifecycle.server import API_TOKEN_ENV, create_app
+from rtms_lifecycle.webhook import SECRET_ENV
+from tests._deliveries import body
+from tests._live import SECRET, serving
+
+TOKEN = "dashboard-token"
+HTML = {"accept": "text/html"}
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No secret, token or database from the developer's shell leaks into a test."""
+    for name in (SECRET_ENV, API_TOKEN_ENV, "RTMS_LIFECYCLE_DB"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def now_ms() -> int:
+    """Now, in epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+def record_day(tracker: Tracker) -> dict[str, str]:
+    """A few streams of the last hours: live, interrupted, stopped normally and abnormally, one
+    with a late event; returns their ids by role."""
+    t = now_ms() - 5 * HOUR_MS
+    ids = {
+        "live": "live-stream-0001",
+        "interrupted": "interrupted-stream-0002",
+        "normal": "stopped-normal-0003",
+        "abnormal": "stopped-abnormal-0004",
+    }
+    tracker.ingest(body("started", ids["live"], t, scope=Scope.WEBINAR))
+    tracker.ingest(body("started", ids["interrupted"], t + 1000))
+    tracker.ingest(body("interrupted", ids["interrupted"], t + 60_000))
+    tracker.ingest(body("started", ids["normal"], t + 2000))
+    tracker.ingest(body("stopped", ids["normal"], t + HOUR_MS, stop_reason=6))
+    tracker.ingest(body("started", ids["abnormal"], t + 3000))
+    tracker.ingest(body("stopped", ids["abnormal"], t + 2 * HOUR_MS, stop_reason=11))
+    # Arrives after the stop, but happened before it: a late event.
+    tracker.ingest(body("interrupted", ids["abnormal"], t + HOUR_MS))
+    tracker.ingest(b'{"event": "meeting.rtms_started", "payload": {}}')
+    return ids
+
+
+@pytest.fixture
+def recorded(db_url: str) -> Iterator[tuple[Tracker, dict[str, str]]]:
+    """A tracker holding :func:`record_day`, on each database."""
+    with Tracker(db_url) as tracker:
+        yield tracker, record_day(tracker)
+
+
+@pytest.fixture
+def site(recorded: tuple[Tracker, dict[str, str]]) -> Iterator[str]:
+    """The receiver with the dashboard, served on loopback; yields its base URL."""
+    tracker, _ = recorded
+    with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
+        yield url
+
+
+def signed_in(url: str) -> httpx.Client:
+    """A client that signed in through the form."""
+    client = httpx.Client(base_url=url, headers=HTML)
+    answer = client.post("/dashboard/login", data={"token": TOKEN})
+    assert answer.status_code == 303
+    return client
+
+
+def overview(client: httpx.Client, window: str = "24h") -> str:
+    """The overview page once its statistics are computed (in the background)."""
+    deadline = time.monotonic() + 20
+    while "Being computed" in (page := client.get("/dashboard", params={"window": window}).text):
+        assert time.monotonic() < deadline, "statistics not computed within 20 s"
+        time.sleep(0.05)
+    return page
+
+
+def test_every_page_redirects_to_sign_in_without_a_session(
+    site: str, recorded: tuple[Tracker, dict[str, str]]
+) -> None:
+    """Without signing in, each page redirects to the form and shows nothing of the record."""
+    _, ids = recorded
+    for path in ("/dashboard", "/dashboard?window=7d&page=2", f"/dashboard/streams/{ids['live']}"):
+        answer = httpx.get(site + path, headers=HTML)
+        assert answer.status_code == 303
+        assert answer.headers["location"].startswith("/dashboard/login?next=/dashboard")
+        assert not any(stream_id in answer.text for stream_id in ids.values())
+
+
+def test_every_page_answers_401_to_a_script_without_credentials(
+    site: str, recorded: tuple[Tracker, dict[str, str]]
+) -> None:
+    """A client that does not ask for HTML gets 401 and no record."""
+    _, ids = recorded
+    for path in ("/dashboard", f"/dashboard/streams/{ids['live']}", "/dashboard/streams/nope"):
+        for headers in ({}, {"authorization": "Bearer wrong"}):
+            answer = httpx.get(site + path, headers=headers)
+            assert answer.status_code == 401
+            assert not any(stream_id in answer.text for stream_id in ids.values())
+
+
+def test_a_wrong_token_is_refused_without_a_cookie(site: str) -> None:
+    """Signing in with a wrong token answers 401 with the form again and sets no cookie."""
+    answer = httpx.post(site + "/dashboard/login", data={"token": "guess"}, headers=HTML)
+    assert answer.status_code == 401
+    assert "not the API token" in answer.text
+    assert "set-cookie" not in answer.headers
+    assert "guess" not in answer.text
+
+
+def test_an_oversized_sign_in_form_is_refused_unread(site: str) -> None:
+    """A sign-in body over 8 KiB answers 413 without a cookie."""
+    answer = httpx.post(site + "/dashboard/login", data={"token": "x" * 10_000})
+    assert answer.status_code == 413
+    assert "set-cookie" not in answer.headers
+
+
+def test_signing_in_sets_a_strict_httponly_cookie_that_is_not_the_token(site: str) -> None:
+    """The session cookie is HttpOnly, SameSite=Strict, scoped to /dashboard, and no token."""
+    answer = httpx.post(site + "/dashboard/login", data={"token": TOKEN}, headers=HTML)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/dashboard"
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE_NAME}=")
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert "Path=/dashboard" in cookie
+    assert "Secure" not in cookie  # plain HTTP: a Secure cookie would never come back
+    assert TOKEN not in cookie
+
+
+def test_the_cookie_is_secure_behind_https(site: str) -> None:
+    """Served over HTTPS (a trusted proxy says so), the session cookie is marked Secure."""
+    answer = httpx.post(
+        site + "/dashboard/login",
+        data={"token": TOKEN},
+        headers={**HTML, "x-forwarded-proto": "https"},
+    )
+    assert "Secure" in answer.headers["set-cookie"]
+
+
+def test_the_sign_in_form_posts_the_token_and_never_puts_it_in_a_url(site: str) -> None:
+    """The form is a POST with a password field; no redirect carries the token."""
+    form = httpx.get(site + "/dashboard/login")
+    assert re.search(r'<form method="post" action="/dashboard/login">', form.text)
+    assert 'name="token" type="password"' in form.text
+    answer = httpx.post(
+        site + "/dashboard/login", data={"token": TOKEN, "next": "/dashboard?window=7d"}
+    )
+    assert answer.headers["location"] == "/dashboard?window=7d"
+    assert TOKEN not in answer.headers["location"]
+
+
+def test_sign_in_never_redirects_off_the_dashboard(site: str) -> None:
+    """A ``next`` pointing elsewhere is replaced by the dashboard (no open redirect)."""
+    for target in ("https://evil.example/", "//evil.example/dashboard", "/docs"):
+        answer = httpx.post(site + "/dashboard/login", data={"token": TOKEN, "next": target})
+        assert answer.headers["location"] == "/dashboard"
+
+
+def test_signing_out_ends_the_session(site: str) -> None:
+    """After signing out, the browser's cookie is gone and pages redirect to the form again."""
+    client = signed_in(site)
+    assert client.get("/dashboard").status_code == 200
+    answer = client.post("/dashboard/logout")
+    assert answer.status_code == 303
+    assert client.get("/dashboard").status_code == 303
+
+
+def test_a_cookie_of_another_token_is_refused() -> None:
+    """Changing the API token signs every browser out; an old or forged cookie is refused."""
+    old, new = Sessions("old-token"), Sessions("new-token")
+    cookie = old.new_cookie()
+    assert old.cookie_valid(cookie)
+    assert not new.cookie_valid(cookie)
+    assert not new.cookie_valid("123.abc")
+    assert not new.cookie_valid(None)
+
+
+def test_a_session_expires_after_a_week() -> None:
+    """A cookie issued more than a session ago is refused."""
+    sessions = Sessions(TOKEN)
+    issued = time.time() - SESSION_SECONDS - 1
+    assert not sessions.cookie_valid(sessions.new_cookie(now=issued))
+    assert sessions.cookie_valid(sessions.new_cookie(now=issued + 2))
+
+
+def test_no_dashboard_without_an_api_token(tracker_url: str) -> None:
+    """Without RTMS_LIFECYCLE_API_TOKEN there is no dashboard: 404."""
+    with serving(create_app(tracker_url, secrets=[SECRET])) as url:
+        assert httpx.get(url + "/dashboard", headers=HTML).status_code == 404
+        assert httpx.get(url + "/dashboard/login").status_code == 404
+
+
+@pytest.fixture
+def tracker_url(sqlite_url: str) -> str:
+    """A database URL for a receiver without token."""
+    return sqlite_url
+
+
+def test_the_bearer_token_also_opens_the_pages(site: str) -> None:
+    """Scripts may use the read API's bearer header instead of a cookie."""
+    answer = httpx.get(site + "/dashboard", headers={"authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 200
+
+
+def test_the_overview_shows_live_streams_reasons_problems_and_interruptions(
+    site: str, recorded: tuple[Tracker, dict[str, str]]
+) -> None:
+    """One live (and one interrupted) stream, both stop reasons, the rejected delivery."""
+    tracker, ids = recorded
+    page = overview(signed_in(site))
+    assert re.search(r'id="live-count" data-count="1"', page)
+    assert re.search(r'id="interrupted-count" data-count="1"', page)
+    assert f'data-stream-id="{ids["live"]}"' in page
+    assert f'data-stream-id="{ids["interrupted"]}"' in page
+    assert ids["normal"] not in page.split('id="stop-reasons"')[0]  # stopped: not in the live table
+    assert re.search(r'data-reason="6" data-name="MEETING_ENDED" data-count="1"', page)
+    assert re.search(r'data-reason="11" data-name="CONNECTION_TIMEOUT" data-count="1"', page)
+    assert re.search(r'data-abnormal="1" data-total="1"', page)  # the abnormal stop's hour
+    assert 'data-scope="meeting"' in page  # interruptions of the meeting streams
+    rejected = tracker.deliveries("rejected")[0]
+    assert f'data-delivery-id="{rejected.id}"' in page
+
+
+def test_the_window_chooses_the_statistics(site: str) -> None:
+    """Each window answers; an unknown one is refused naming the parameter."""
+    client = signed_in(site)
+    for key in WINDOWS:
+        assert client.get("/dashboard", params={"window": key}).status_code == 200
+    answer = client.get("/dashboard", params={"window": "1y"})
+    assert answer.status_code == 422
+    assert "window" in answer.text
+
+
+def test_the_stream_page_lists_every_transition_and_marks_the_late_one(
+    site: str, recorded: tuple[Tracker, dict[str, str]]
+) -> None:
+    """Every transition is in the history table and on the timeline; the late one is marked."""
+    tracker, ids = recorded
+    page = signed_in(site).get(f"/dashboard/streams/{ids['abnormal']}").text
+    history = tracker.history(ids["abnormal"])
+    table = set(re.findall(r'<tr class="transition[^"]*" data-transition-id="(\d+)"', page))
+    marks = set(re.findall(r'<g class="mark [^"]*" data-transition-id="(\d+)"', page))
+    assert table == marks == {str(t.id) for t in history}
+    late = [t for t in history if t.late]
+    assert late
+    assert re.search(rf'data-transition-id="{late[0].id}" data-name="\w+" data-late="true"', page)
+
+
+def test_an_unknown_stream_is_a_404_page(site: str) -> None:
+    """A stream id that is not stored answers 404 with a page saying so."""
+    answer = signed_in(site).get("/dashboard/streams/no-such-stream")
+    assert answer.status_code == 404
+    assert "No such stream" in answer.text
+
+
+def test_pages_forbid_inline_scripts_and_framing(site: str) -> None:
+    """Pages carry a strict Content-Security-Policy and are never cached."""
+    answer = signed_in(site).get("/dashboard")
+    policy = answer.headers["content-security-policy"]
+    assert "script-src 'self'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert answer.headers["cache-control"] == "no-store"
+    assert "<script>" not in answer.text
+    assert "http://" not in answer.text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_static_files_ship_in_the_package(site: str) -> None:
+    """The stylesheet and the refresh script are served from the package; nothing else is."""
+    assert "text/css" in httpx.get(site + "/dashboard/static/dashboard.css").headers["content-type"]
+    script = httpx.get(site + "/dashboard/static/dashboard.js")
+    assert "setInterval" in script.text
+    assert httpx.get(site + "/dashboard/static/../server.py").status_code == 404
+    assert httpx.get(site + "/dashboard/static/_auth.py").status_code == 404
+
+
+def test_stop_reason_counts_add_up_to_the_stop_reason_stats(
+    recorded: tuple[Tracker, dict[str, str]],
+) -> None:
+    """Per-bucket counts, summed per reason, equal the stop-reason statistics' counts."""
+    tracker, _ = recorded
+    counts = tracker.stop_reason_counts(bucket=timedelta(hours=1))
+    summed: dict[int | None, int] = {}
+    for row in counts:
+        assert row.bucket_start % HOUR_MS == 0
+        summed[row.stop_reason] = summed.get(row.stop_reason, 0) + row.count
+    assert summed == {s.stop_reason: s.count for s in tracker.stop_reason_stats()}
+
+
+def test_stop_reason_counts_keep_to_the_window(
+    recorded: tuple[Tracker, dict[str, str]],
+) -> None:
+    """Only stops in ``[since, until)`` are counted."""
+    tracker, _ = recorded
+    assert tracker.stop_reason_counts(since=now_ms()) == []
+    assert sum(r.count for r in tracker.stop_reason_counts(since=now_ms() - 6 * HOUR_MS)) == 2
+
+
+def test_statistics_too_slow_for_a_page_appear_on_a_later_refresh(sqlite_url: str) -> None:
+    """A page does not wait for a slow computation: it gets None, then the statistics."""
+    with Tracker(sqlite_url) as tracker:
+        record_day(tracker)
+        cache = StatsCache(tracker, wait_s=0)
+        first = cache.get(WINDOWS["24h"])
+        deadline = time.monotonic() + 10
+        later = first
+        while later is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            later = cache.get(WINDOWS["24h"])
+        assert first is None
+        assert later is not None
+        assert later.stopped == 2
+
+
+def test_interruptions_by_scope_equal_one_scope_at_a_time(
+    recorded: tuple[Tracker, dict[str, str]],
+) -> None:
+    """The one-pass statistics per scope equal the statistics asked for each scope."""
+    tracker, _ = recorded
+    by_scope = tracker.interruption_stats_by_scope()
+    assert set(by_scope) == {Scope.MEETING, Scope.WEBINAR}
+    for scope, stats in by_scope.items():
+        assert stats == tracker.interruption_stats(scope=scope)
+
+
+# Each example writes its stops into a year of its own, so one database serves every example.
+_YEARS = itertools.count(1)
+_YEAR_MS = 365 * 24 * HOUR_MS
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    stops=st.lists(
+        st.tuples(st.integers(0, 30 * 24 * HOUR_MS), st.sampled_from([0, 1, 6, 11, 13, 99])),
+        max_size=12,
+    ),
+    bucket_hours=st.sampled_from([1, 6, 24]),
+)
+def test_stop_reason_counts_agree_with_the_stop_reason_stats(
+    db_url: str, stops: list[tuple[int, int]], bucket_hours: int
+) -> None:
+    """For any stops, the bucketed counts add up per reason to the statistics' counts, and each
+    stop falls in its bucket."""
+    base = 1_600_000_000_000 + next(_YEARS) * _YEAR_MS
+    bucket = bucket_hours * HOUR_MS
+    with Tracker(db_url) as tracker:
+        for n, (at, reason) in enumerate(stops):
+            stream_id = f"prop-{base}-{n}"
+            tracker.ingest(body("started", stream_id, base))
+            tracker.ingest(body("stopped", stream_id, base + at, stop_reason=reason))
+        until = base + 31 * 24 * HOUR_MS
+        counts = tracker.stop_reason_counts(base, until, bucket=timedelta(hours=bucket_hours))
+        stats = tracker.stop_reason_stats(base, until)
+    summed: dict[int | None, int] = {}
+    for row in counts:
+        assert row.bucket_start % bucket == 0
+        summed[row.stop_reason] = summed.get(row.stop_reason, 0) + row.count
+    assert summed == {s.stop_reason: s.count for s in stats}
+    expected: dict[tuple[int, int | None], int] = {}
+    for at, reason in stops:
+        key = ((base + at) // bucket * bucket, reason)
+        expected[key] = expected.get(key, 0) + 1
+    assert {(r.bucket_start, r.stop_reason): r.count for r in counts} == expected
+
+
+def test_a_store_that_fails_gives_a_503_page_not_a_500(sqlite_url: str) -> None:
+    """With the streams table gone, pages answer 503 with a sentence, and retry later."""
+    with Tracker(sqlite_url) as tracker:
+        ids = record_day(tracker)
+        with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
+            client = signed_in(url)
+            with tracker.engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE streams RENAME TO streams_moved")
+            for path in ("/dashboard", f"/dashboard/streams/{ids['live']}"):
+                answer = client.get(path)
+                assert answer.status_code == 503
+                assert "The database does not answer" in answer.text
+                assert answer.headers["retry-after"] == "10"

@@ -1,0 +1,187 @@
+"""The dashboard as a person sees it: Debian's headless Chromium, driven by Playwright.
+
+Needs ``/usr/bin/chromium`` (Debian's ``chromium`` package; ``.ci/run`` installs it): without
+it these tests skip locally and fail under CI. Screenshots go to ``RTMS_LIFECYCLE_SCREENSHOTS``
+(a directory) when set, else to the test's temporary directory; they are never committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from rtms_lifecycle import Tracker
+from rtms_lifecycle.cli import cli
+from rtms_lifecycle.server import create_app
+from tests._deliveries import body
+from tests._live import SECRET, serving
+from tests.conftest import _skip_or_fail
+
+TOKEN = "browser-token"
+CHROMIUM = Path(os.environ.get("RTMS_LIFECYCLE_CHROMIUM", "/usr/bin/chromium"))
+# Root in a container with a closed network: no sandbox, no GPU, nothing phoning home.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def run_cli(db: str, *args: str) -> Any:
+    """``rtms-lifecycle --db DB ARGS...``'s JSON output."""
+    result = CliRunner().invoke(cli, ["--db", db, *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output) if "--json" in args else result.output
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium, or a skip (a failure under CI) when it is not installed."""
+    if not CHROMIUM.exists():
+        _skip_or_fail(f"{CHROMIUM} not found: apt-get install chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _skip_or_fail("playwright is not installed: pip install -e '.[test]'")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file holding the demo day, loaded by ``rtms-lifecycle demo``."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('demo')}/demo.db"
+    run_cli(url, "demo")
+    return url
+
+
+@pytest.fixture(scope="module")
+def site(demo_db: str) -> Iterator[str]:
+    """The receiver with its dashboard over the demo day."""
+    with serving(create_app(demo_db, secrets=[SECRET], api_token=TOKEN)) as url:
+        yield url
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where screenshots go."""
+    wanted = os.environ.get("RTMS_LIFECYCLE_SCREENSHOTS")
+    folder = Path(wanted) if wanted else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def page(browser: Any, site: str) -> Iterator[Any]:
+    """A fresh browser page (its own cookies) that records console errors."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    tab = context.new_page()
+    tab.console_errors = []
+    tab.on("console", lambda m: tab.console_errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: tab.console_errors.append(str(e)))
+    yield tab
+    context.close()
+
+
+def sign_in(page: Any, site: str, path: str = "/dashboard") -> None:
+    """Open ``path``, land on the form, sign in with the token, come back to ``path``."""
+    page.goto(site + path)
+    assert "/dashboard/login" in page.url
+    page.fill("#token", TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(re.escape(site + path) + "$"))
+
+
+def test_the_dashboard_agrees_with_the_cli(page: Any, site: str, demo_db: str, shots: Path) -> None:
+    """Live count equals ``streams --active``; the bars equal ``stats --json``; no errors."""
+    sign_in(page, site, "/dashboard?window=all")
+    page.wait_for_selector("#stop-reasons svg .bar")
+    page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+    active = run_cli(demo_db, "streams", "--active", "--json")
+    assert page.get_attribute("#live-count", "data-count") == str(len(active))
+    assert page.inner_text("#live-count") == f"{len(active):,}"
+    bars = page.eval_on_selector_all(
+        "#stop-reasons .bar",
+        "bars => bars.map(b => [b.dataset.reason, b.dataset.name, Number(b.dataset.count)])",
+    )
+    stats = run_cli(demo_db, "stats", "--json")
+    expected = [
+        [
+            "" if s["stop_reason"] is None else str(s["stop_reason"]),
+            s["stop_reason_name"],
+            s["count"],
+        ]
+        for s in stats
+    ]
+    assert sorted(bars) == sorted(expected)
+    assert page.console_errors == []
+
+
+def test_the_stream_page_shows_every_transition(
+    page: Any, site: str, demo_db: str, shots: Path
+) -> None:
+    """The page of the demo's most eventful stream lists each transition of ``stream --json``."""
+    with Tracker(demo_db) as tracker:
+        stream = max(tracker.streams("stopped"), key=lambda s: (s.interruptions, s.failovers))
+    sign_in(page, site, f"/dashboard/streams/{stream.stream_id}")
+    page.screenshot(path=str(shots / "stream.png"), full_page=True)
+    shown = page.eval_on_selector_all(
+        "#history tr.transition", "rows => rows.map(r => Number(r.dataset.transitionId))"
+    )
+    marks = page.eval_on_selector_all(
+        "#timeline .mark", "marks => marks.map(m => Number(m.dataset.transitionId))"
+    )
+    history = run_cli(demo_db, "stream", stream.stream_id, "--json")["history"]
+    assert shown == [t["id"] for t in history]
+    assert sorted(marks) == sorted(shown)
+    assert page.console_errors == []
+
+
+def test_the_page_refreshes_itself_without_reloading(page: Any, site: str, demo_db: str) -> None:
+    """A stream that starts after the page loaded shows up in place within a refresh."""
+    sign_in(page, site)
+    before = int(page.get_attribute("#live-count", "data-count"))
+    page.evaluate("window.loadedOnce = true")
+    with Tracker(demo_db) as tracker:
+        tracker.ingest(body("started", "browser-refresh-stream", 1_741_700_000_000))
+    # Polled from here: the page's policy forbids the eval a page-side wait would need.
+    deadline = time.monotonic() + 25
+    while page.get_attribute("#live-count", "data-count") != str(before + 1):
+        assert time.monotonic() < deadline, "the page did not refresh within 25 s"
+        page.wait_for_timeout(200)
+    assert page.evaluate("window.loadedOnce") is True  # the same document: no reload
+    assert page.locator('[data-stream-id="browser-refresh-stream"]').count() == 1
+    assert page.console_errors == []
+
+
+def test_without_signing_in_the_browser_sees_only_the_form(
+    page: Any, site: str, demo_db: str
+) -> None:
+    """Every page lands on the sign-in form; a wrong token stays there; nothing of the record."""
+    with Tracker(demo_db) as tracker:
+        stream, *others = tracker.streams(limit=20)
+    # The requested URL comes back in the form (where to go after signing in); nothing stored.
+    secrets = [stream.scope_id, stream.account_id or "", *(s.stream_id for s in others)]
+    for path in ("/dashboard", "/dashboard?window=30d", f"/dashboard/streams/{stream.stream_id}"):
+        page.goto(site + path)
+        assert "/dashboard/login" in page.url
+        assert not [value for value in secrets if value in page.content()]
+    page.fill("#token", "not-the-token")
+    page.click("button[type=submit]")
+    assert "not the API token" in page.inner_text(".error")
+    assert "/dashboard/login" in page.url
+    assert not [value for value in secrets if value in page.content()]
