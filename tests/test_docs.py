@@ -132,6 +132,21 @@ def test_relative_links_resolve(source: Path, link: str) -> None:
     assert target.is_file(), f"{source.name} links to missing {link}"
 
 
+def test_api_reference_lists_every_public_name() -> None:
+    """docs/reference/api.md names everything in rtms_lifecycle.__all__ (errors by their module)."""
+    import rtms_lifecycle
+    from rtms_lifecycle import exceptions
+
+    reference = (DOCS / "reference" / "api.md").read_text()
+    missing = [
+        name
+        for name in rtms_lifecycle.__all__
+        if f"::: rtms_lifecycle.{name}\n" not in reference
+        and not (name in vars(exceptions) and "::: rtms_lifecycle.exceptions" in reference)
+    ]
+    assert missing == []
+
+
 def test_cli_reference_documents_every_command() -> None:
     """docs/cli.md has a section for each command the CLI has."""
     from rtms_lifecycle.cli import cli

@@ -260,10 +260,10 @@ def test_lease_of_a_silent_holder_is_taken_over(tracker: Tracker, db_url: str) -
     _start(tracker, "x")
     from rtms_lifecycle.subscriptions import Consumer
 
-    dead = Consumer(tracker.engine, "shared", from_start=True, lease=0.3)
+    dead = Consumer(tracker.engine, "twin", from_start=True, lease=0.3)
     assert dead.next() is not None  # takes the lease, then never reports back
     got: list[str] = []
-    tracker.subscribe("shared", lambda t, s: got.append(t.stream_id), lease=0.3)
+    tracker.subscribe("twin", lambda t, s: got.append(t.stream_id), lease=0.3)
     tracker.run_subscriptions(idle_exit=0.8, poll_interval=0.05)
     assert got == ["x"]
 
