@@ -527,3 +527,13 @@ def test_async_ingest_many_stores_what_the_sync_one_stores(
     assert [(t.name, t.event_ts, t.late) for t in got[2]] == [
         (t.name, t.event_ts, t.late) for t in expected[2]
     ]
+
+
+def test_every_awaitable_twin_takes_the_same_parameters() -> None:
+    """Each AsyncTracker twin of a Tracker method takes the same parameters, in the same order."""
+    differ = {
+        name: (list(inspect.signature(member).parameters), list(inspect.signature(twin).parameters))
+        for name, member in inspect.getmembers(Tracker, callable)
+        if not name.startswith("_") and (twin := getattr(AsyncTracker, name, None)) is not None
+    }
+    assert {name: pair for name, pair in differ.items() if pair[0] != pair[1]} == {}

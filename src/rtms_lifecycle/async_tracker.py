@@ -33,10 +33,13 @@ from .records import (
     IngestResult,
     InterruptionStats,
     Outcome,
+    StopReasonCount,
     StopReasonStat,
     Stream,
     Transition,
+    UnhandledEventStat,
 )
+from .retention import PruneRecord, PruneResult
 from .tracker import (
     DEFAULT_BATCH_SIZE,
     Body,
@@ -299,9 +302,21 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.report_resumed`."""
         return await self._write(self._sync.report_resumed, stream_id, at_ms)
 
-    async def expire(self, stale_after: timedelta | float) -> list[Stream]:
+    async def expire(
+        self, stale_after: timedelta | float, *, dry_run: bool = False
+    ) -> list[Stream]:
         """Awaitable :meth:`Tracker.expire`."""
-        return await self._write(self._sync.expire, stale_after)
+        return await self._write(self._sync.expire, stale_after, dry_run=dry_run)
+
+    async def prune(
+        self, older_than: timedelta | float, *, dry_run: bool = False, vacuum: bool = False
+    ) -> PruneResult:
+        """Awaitable :meth:`Tracker.prune` (it works in short transactions of its own)."""
+        return await self._read(self._sync.prune, older_than, dry_run=dry_run, vacuum=vacuum)
+
+    async def prunes(self, limit: int | None = None) -> list[PruneRecord]:
+        """Awaitable :meth:`Tracker.prunes`."""
+        return await self._read(self._sync.prunes, limit)
 
     # --- callbacks --------------------------------------------------------------------------
 
@@ -350,10 +365,14 @@ class AsyncTracker:
         return await self._read(self._sync.stream, stream_id)
 
     async def active_streams(
-        self, scope: Scope | str | None = None, scope_id: str | None = None
+        self,
+        scope: Scope | str | None = None,
+        scope_id: str | None = None,
+        *,
+        account_id: str | None = None,
     ) -> list[Stream]:
         """Awaitable :meth:`Tracker.active_streams`."""
-        return await self._read(self._sync.active_streams, scope, scope_id)
+        return await self._read(self._sync.active_streams, scope, scope_id, account_id=account_id)
 
     async def streams(
         self,
@@ -364,6 +383,7 @@ class AsyncTracker:
         since: Timestamp | None = None,
         until: Timestamp | None = None,
         limit: int | None = None,
+        account_id: str | None = None,
     ) -> list[Stream]:
         """Awaitable :meth:`Tracker.streams`."""
         return await self._read(
@@ -374,6 +394,7 @@ class AsyncTracker:
             since=since,
             until=until,
             limit=limit,
+            account_id=account_id,
         )
 
     async def history(self, stream_id: str) -> list[Transition]:
@@ -401,19 +422,52 @@ class AsyncTracker:
         return await self._read(self._sync.deliveries, outcome, stream_id=stream_id, limit=limit)
 
     async def stop_reason_stats(
-        self, since: Timestamp | None = None, until: Timestamp | None = None, by_scope: bool = False
+        self,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        by_scope: bool = False,
+        *,
+        account_id: str | None = None,
     ) -> list[StopReasonStat]:
         """Awaitable :meth:`Tracker.stop_reason_stats`."""
-        return await self._read(self._sync.stop_reason_stats, since, until, by_scope)
+        return await self._read(
+            self._sync.stop_reason_stats, since, until, by_scope, account_id=account_id
+        )
+
+    async def unhandled_stats(
+        self, since: Timestamp | None = None, until: Timestamp | None = None
+    ) -> list[UnhandledEventStat]:
+        """Awaitable :meth:`Tracker.unhandled_stats`."""
+        return await self._read(self._sync.unhandled_stats, since, until)
+
+    async def stop_reason_counts(
+        self,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        *,
+        bucket: timedelta = timedelta(hours=1),
+    ) -> list[StopReasonCount]:
+        """Awaitable :meth:`Tracker.stop_reason_counts`."""
+        return await self._read(self._sync.stop_reason_counts, since, until, bucket=bucket)
 
     async def interruption_stats(
         self,
         since: Timestamp | None = None,
         until: Timestamp | None = None,
         scope: Scope | str | None = None,
+        *,
+        account_id: str | None = None,
     ) -> InterruptionStats:
         """Awaitable :meth:`Tracker.interruption_stats`."""
-        return await self._read(self._sync.interruption_stats, since, until, scope)
+        return await self._read(
+            self._sync.interruption_stats, since, until, scope, account_id=account_id
+        )
+
+    async def interruption_stats_by_scope(
+        self, since: Timestamp | None = None, until: Timestamp | None = None
+    ) -> dict[Scope, InterruptionStats]:
+        """Awaitable :meth:`Tracker.interruption_stats_by_scope`."""
+        return await self._read(self._sync.interruption_stats_by_scope, since, until)
 
     async def concurrency_alerts(
         self, since: Timestamp | None = None, limit: int | None = None
