@@ -693,7 +693,9 @@ class _PostgresTx:
 
     def event(self, delivery_id: int) -> Row:
         row: Row | None = self._cursor(self._conn).execute(_PG_EVENT, (delivery_id,)).fetchone()
-        assert row is not None
+        if row is None:
+            # Read without locks: a prune removed the stream since its identities were read.
+            raise WriteFailed("a stored event was pruned meanwhile", retryable=True)
         return row
 
     def write(self, writes: Writes) -> None:

@@ -297,7 +297,12 @@ class Tracker:
         if dry_run:
             return [
                 replace(
-                    stream, state=State.STOPPED, stopped_at=at, last_event_at=at, stop_reason=None
+                    stream,
+                    state=State.STOPPED,
+                    stopped_at=at,
+                    last_event_at=at,
+                    stop_reason=None,
+                    stop_source=Source.SYSTEM.value,
                 )
                 for stream, at in ((s, _expired_at(s, stale_ms)) for s in stale)
             ]
