@@ -54,14 +54,7 @@ _ATTEMPTS: Final = 8
 SCOPE_OF: Final = {scope.value: scope for scope in Scope}
 STATE_OF: Final = {state.value: state for state in State}
 #: What every SQLite connection of the store runs first (the raw benchmarks use the same).
-#: auto_vacuum takes effect in a new database (before its first table) and at the next VACUUM:
-#: a prune then gives the space back to the file system (``PRAGMA incremental_vacuum``).
-SQLITE_PRAGMAS: Final = (
-    "auto_vacuum=INCREMENTAL",
-    "journal_mode=WAL",
-    "synchronous=NORMAL",
-    "busy_timeout=30000",
-)
+SQLITE_PRAGMAS: Final = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000")
 #: The SQLite guard of the audit history lets a DELETE pass only where this returns 1: every
 #: connection of the store defines it as 0, a prune's own connection as 1 (migration 0006).
 PRUNING_FUNCTION: Final = "rtms_lifecycle_pruning"
