@@ -973,8 +973,14 @@ def prune(app: _App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json
     for key, count in result.as_dict().items():
         table.add_row(key, f"{count:,}")
     app.out.print(table)
-    if result.reclaimed_bytes is not None:
+    if result.reclaimed_bytes:
         app.out.print(f"The database is {_size(result.reclaimed_bytes)} smaller.", markup=False)
+    if result.free_bytes:
+        app.out.print(
+            f"{_size(result.free_bytes)} are free inside the database file: new rows reuse them "
+            "(prune --vacuum gives them back to the file system).",
+            markup=False,
+        )
 
 
 @cli.command()

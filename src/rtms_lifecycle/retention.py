@@ -15,8 +15,8 @@ It works in short transactions (a few hundred streams, a few thousand deliveries
 receivers keep writing meanwhile; each one appends a row to ``prunes`` with what it removed, so
 that every removed row is accounted for even if the prune is interrupted. Only inside them does
 the audit history's guard let transitions go (migration 0006), and only those of streams whose
-row is already gone. Then the space is given back: SQLite's incremental vacuum, or a full
-``VACUUM`` when asked (PostgreSQL: ``VACUUM ANALYZE``).
+row is already gone. The freed space is reused by new rows; ``vacuum`` gives it back to the file
+system (SQLite: ``VACUUM``) or makes it reusable at once (PostgreSQL: ``VACUUM ANALYZE``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ MIN_RETENTION: Final = timedelta(days=1)
 # Per transaction: short enough that a waiting receiver's write is not held up for long.
 _STREAMS_PER_STEP: Final = 200
 _DELIVERIES_PER_STEP: Final = 5000
-_VACUUM_PAGES: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +57,9 @@ class PruneResult:
     dry_run: bool
     #: How much smaller the database is afterwards (bytes); None for a dry run.
     reclaimed_bytes: int | None
+    #: Bytes free inside the SQLite file afterwards, which new rows reuse (``vacuum`` gives them
+    #: back to the file system); None on PostgreSQL and for a dry run.
+    free_bytes: int | None = None
 
     def as_dict(self) -> dict[str, int]:
         """The counts, as ``rtms-lifecycle prune --json`` prints them."""
@@ -284,16 +286,17 @@ class _Pruner:
 
     # --- space --------------------------------------------------------------------------------
 
-    def size(self) -> int:
+    def size(self, pages: str = "page_count") -> int:
+        """The database's size, or (SQLite, ``pages="freelist_count"``) its free pages'."""
         if self.postgres:
             size: int = self.one("SELECT pg_database_size(current_database())")
             self.conn.rollback()
             return size
-        pages, page_size = (self.one(f"PRAGMA {name}") for name in ("page_count", "page_size"))
-        return int(pages) * int(page_size)
+        return int(self.one(f"PRAGMA {pages}")) * int(self.one("PRAGMA page_size"))
 
     def vacuum(self, full: bool) -> None:
-        """Give the freed space back: to the file system (SQLite), for reuse (PostgreSQL)."""
+        """With ``full``, give the freed space back: to the file system (SQLite), for reuse at
+        once (PostgreSQL; autovacuum does it later anyway)."""
         conn = self.conn
         if self.postgres:
             if full:
@@ -306,19 +309,9 @@ class _Pruner:
                     conn.autocommit = False
             return
         if full:
-            # Rewrites the file (and turns on incremental auto-vacuum in an older database).
+            # Rewrites the file without its free pages (writers wait meanwhile).
             with self.store.exclusive():
                 conn.execute("VACUUM")
-        elif self.one("PRAGMA auto_vacuum") == 2:
-            # A few thousand pages per transaction: writers get their turn in between.
-            free = self.one("PRAGMA freelist_count")
-            while free:
-                with self.store.exclusive():
-                    conn.execute(f"PRAGMA incremental_vacuum({_VACUUM_PAGES})").fetchall()
-                # Writers may take free pages meanwhile; stop when nothing more goes.
-                free, before = self.one("PRAGMA freelist_count"), free
-                if free >= before:
-                    break
         # The write-ahead log holds a copy of every page the prune touched.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
@@ -358,9 +351,10 @@ def prune(
             alerts = pruner.alerts()
             pruner.vacuum(vacuum)
             reclaimed = max(before - pruner.size(), 0)
+            free = None if pruner.postgres else pruner.size("freelist_count")
     except (sqlite3.Error, _psycopg_errors()) as exc:
         raise StoreError(f"the prune failed: {exc}") from exc
-    return PruneResult(cutoff, streams, deliveries, transitions, alerts, False, reclaimed)
+    return PruneResult(cutoff, streams, deliveries, transitions, alerts, False, reclaimed, free)
 
 
 def _psycopg_errors() -> type[Exception]:

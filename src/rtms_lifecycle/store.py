@@ -65,11 +65,8 @@ SCOPE_OF: Final = {scope.value: scope for scope in Scope}
 STATE_OF: Final = {state.value: state for state in State}
 #: What every SQLite connection of the store runs first (the raw benchmarks use the same). The
 #: busy timeout comes first: switching a new file to WAL waits for the other processes' locks.
-#: auto_vacuum takes effect in a new database (before its first table) and at the next VACUUM:
-#: a prune then gives the space back to the file system (``PRAGMA incremental_vacuum``).
 SQLITE_PRAGMAS: Final = (
     f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-    "auto_vacuum=INCREMENTAL",
     "journal_mode=WAL",
     "synchronous=NORMAL",
 )

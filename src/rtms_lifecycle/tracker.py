@@ -336,9 +336,9 @@ class Tracker:
         at least a day), with their deliveries and transitions, and older deliveries and
         concurrency alerts that belong to no stream. A stream not stopped is kept whole.
 
-        ``dry_run`` counts instead. Each step is recorded (:meth:`prunes`); the freed space goes
-        back to the file system on SQLite; ``vacuum`` rewrites the database file (SQLite) or
-        runs ``VACUUM ANALYZE`` (PostgreSQL). See docs/operations.md.
+        ``dry_run`` counts instead. Each step is recorded (:meth:`prunes`); new rows reuse the
+        freed space; ``vacuum`` then rewrites the database file (SQLite) or runs
+        ``VACUUM ANALYZE`` (PostgreSQL). See docs/operations.md.
         """
         if not isinstance(older_than, timedelta):
             older_than = timedelta(seconds=older_than)
