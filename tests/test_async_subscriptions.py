@@ -6,12 +6,16 @@ import asyncio
 import multiprocessing
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rtms_lifecycle import AsyncTracker, ConfigurationError, Stream, Tracker, Transition
+from rtms_lifecycle.subscriptions import SubscriptionStatus
 
 from ._deliveries import body
 from .test_feed import PER_STREAM, T0, drain, stream_bodies
@@ -146,6 +150,26 @@ async def test_stop_ends_the_run_and_releases_the_lease(atracker: AsyncTracker) 
     stop.set()
     await asyncio.wait_for(run, 5)
     assert await _holder(atracker, "stoppable") is None
+
+
+async def test_stop_lets_the_delivery_in_progress_finish_and_no_other(
+    atracker: AsyncTracker,
+) -> None:
+    """A stop during a callback ends the run once that delivery is reported, not after the round."""
+    stop = asyncio.Event()
+    got: list[str] = []
+
+    async def slow(transition: Transition, stream: Stream) -> None:
+        stop.set()
+        await asyncio.sleep(0.2)
+        got.append(transition.stream_id)
+
+    atracker.subscribe("one-more", slow, from_start=True)
+    for n, sid in enumerate(("a", "b", "c")):
+        await _start(atracker, sid, n)
+    await asyncio.wait_for(atracker.run_subscriptions(stop=stop), 10)
+    (status,) = await atracker.subscriptions()
+    assert (got, status.delivered, status.lag, status.holder) == (["a"], 1, 2, None)
 
 
 async def test_cancelling_the_run_releases_the_lease(atracker: AsyncTracker) -> None:
@@ -290,6 +314,46 @@ async def test_one_run_at_a_time_and_not_without_subscriptions(atracker: AsyncTr
         await atracker.run_subscriptions(idle_exit=0.1)
     stop.set()
     await asyncio.wait_for(run, 5)
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(failures=st.lists(st.integers(0, 3), min_size=1, max_size=5), attempts=st.integers(1, 3))
+def test_each_transition_is_delivered_or_parked_on_the_loop(
+    db_url: str, failures: list[int], attempts: int
+) -> None:
+    """Whatever an ``async def`` subscriber fails how often: a transition is delivered iff it
+    failed fewer than max_attempts times, else parked; feed order kept; no lag left."""
+    consumer = f"p{uuid.uuid4().hex[:12]}"
+    left = {f"{consumer}-{n}": count for n, count in enumerate(failures)}
+    delivered: list[str] = []
+
+    async def callback(transition: Transition, stream: Stream) -> None:
+        await asyncio.sleep(0)
+        if transition.stream_id not in left:
+            return  # an earlier example's, on the same database
+        if left[transition.stream_id]:
+            left[transition.stream_id] -= 1
+            raise RuntimeError("failing on purpose")
+        delivered.append(transition.stream_id)
+
+    async def scenario() -> list[SubscriptionStatus]:
+        async with AsyncTracker(db_url) as atracker:
+            atracker.subscribe(
+                consumer, callback, from_start=True, max_attempts=attempts, retry_delay=0
+            )
+            for n, sid in enumerate(left):
+                await _start(atracker, sid, n)
+            await atracker.run_subscriptions(idle_exit=0.1, poll_interval=0.02)
+            return [s for s in await atracker.subscriptions() if s.consumer == consumer]
+
+    (status,) = asyncio.run(scenario())
+    assert delivered == [f"{consumer}-{n}" for n, f in enumerate(failures) if f < attempts]
+    assert status.parked == sum(f >= attempts for f in failures)
+    assert status.lag == 0
 
 
 async def test_run_outlives_dropped_connections(postgres_url: str) -> None:

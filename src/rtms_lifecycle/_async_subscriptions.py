@@ -56,6 +56,8 @@ class AsyncSubscriptionRunner:
         ran = 0
         for consumer, callback in self._runner.consumers:
             for _ in range(_ROUND):
+                if self._halt.is_set():
+                    return ran  # stopped: the delivery in progress was the last
                 delivery = await self._in_thread(self._calls, consumer.next)
                 if delivery is None:
                     break
