@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from rtms_lifecycle import describe_stop_reason
+from rtms_lifecycle import Tracker, describe_stop_reason
 from rtms_lifecycle.machine import transition_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +176,11 @@ def test_embedding_example_runs(
     namespace: dict[str, Any] = {"__name__": "app"}
     exec(compile(code, "embedding.md", "exec"), namespace)
     published: list[dict[str, Any]] = []
-    namespace["publish"] = published.append  # the example's hook for "your message queue"
+
+    async def publish(transition: dict[str, Any]) -> None:
+        published.append(transition)
+
+    namespace["publish"] = publish  # the example's hook for "your message queue"
 
     def webhook(event: str, ts: int) -> dict[str, Any]:
         payload = {"rtms_stream_id": "s1", "meeting_uuid": "m1", "server_urls": "wss://a"}
@@ -202,5 +206,6 @@ def test_embedding_example_runs(
         while len(published) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
     assert [t["name"] for t in published] == ["start", "interrupt", "resume"]
-    (status,) = namespace["tracker"].subscriptions()
+    with Tracker(sqlite_url) as tracker:
+        (status,) = tracker.subscriptions()
     assert (status.consumer, status.delivered, status.lag) == ("publisher", 3, 0)

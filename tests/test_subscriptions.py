@@ -282,6 +282,30 @@ def test_bad_consumer_name_is_refused(tracker: Tracker, name: str) -> None:
         tracker.subscribe(name, print)
 
 
+def test_subscribe_refuses_a_coroutine_function(tracker: Tracker) -> None:
+    """A Tracker cannot await an ``async def`` subscriber: refused, pointing to AsyncTracker."""
+
+    async def coro(transition: Transition, stream: Stream) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="AsyncTracker"):
+        tracker.subscribe("coro", coro)
+
+
+def test_plain_callback_returning_a_coroutine_is_retried_then_parked(tracker: Tracker) -> None:
+    """A coroutine nobody awaits did nothing: a failed attempt, never a delivery."""
+
+    async def later() -> None:
+        pass
+
+    tracker.subscribe("sneaky", lambda t, s: later(), from_start=True, max_attempts=1)
+    _start(tracker, "x")
+    tracker.run_subscriptions(idle_exit=0.2, poll_interval=0.05)
+    (status,) = tracker.subscriptions()
+    assert (status.delivered, status.parked) == (0, 1)
+    assert "returned a coroutine" in (status.last_error or "")
+
+
 def test_run_without_subscriptions_is_an_error(tracker: Tracker) -> None:
     """run_subscriptions with nothing subscribed says so instead of idling forever."""
     with pytest.raises(ConfigurationError, match="subscribe"):

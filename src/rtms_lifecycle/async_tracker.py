@@ -1,7 +1,8 @@
 """The embedding API for asyncio backends: :class:`AsyncTracker`, every method awaitable.
 
 The database work and the parsing run in worker threads, so the event loop never waits on
-them; callbacks (plain or ``async def``) run on the event loop after each commit.
+them; callbacks (plain or ``async def``) run on the event loop after each commit, and durable
+subscriptions' callbacks on the event loop of :meth:`AsyncTracker.run_subscriptions`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from typing import Any, Final, ParamSpec, TypeVar, overload
 
 from sqlalchemy import Engine
 
+from . import subscriptions as _subs
+from ._async_subscriptions import AsyncSubscriptionRunner
 from ._deadline import DEFAULT_STORE_TIMEOUT
 from .events import Scope
-from .exceptions import StoreTimeout
+from .exceptions import ConfigurationError, StoreTimeout
 from .machine import State, TransitionName
 from .records import (
     ConcurrencyAlertRecord,
@@ -111,6 +114,9 @@ class AsyncTracker:
             else self._threads
         )
         self._subscriptions: tuple[_Subscription, ...] = ()
+        self._consumers: tuple[tuple[_subs.Consumer, TransitionCallback], ...] = ()
+        # The run_subscriptions in progress, and what it sets when it ended.
+        self._run: tuple[AsyncSubscriptionRunner, asyncio.Future[None]] | None = None
         self._collects = False
         self._lock = threading.Lock()
         # Writes in worker threads, and callbacks of writes whose caller stopped waiting.
@@ -129,7 +135,12 @@ class AsyncTracker:
         return self._sync.engine
 
     async def close(self) -> None:
-        """Wait for calls still running, then release the threads and (if owned) the database."""
+        """End :meth:`run_subscriptions`, wait for calls still running, then release the threads
+        and (if owned) the database."""
+        if self._run is not None:
+            runner, ended = self._run
+            runner.stop()
+            await asyncio.shield(ended)
         while self._jobs or self._callbacks:
             # A job's end hands its callbacks to the loop before its wrapper here completes.
             await asyncio.gather(
@@ -358,6 +369,121 @@ class AsyncTracker:
 
         return register(callback) if callback is not None else register
 
+    # --- durable subscriptions --------------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self,
+        consumer: str,
+        callback: TransitionCallback,
+        *,
+        to: Any = None,
+        name: Any = None,
+        scope: Any = None,
+        from_start: bool = False,
+        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
+        lease: float = _subs.DEFAULT_LEASE,
+    ) -> TransitionCallback: ...
+
+    @overload
+    def subscribe(
+        self,
+        consumer: str,
+        callback: None = None,
+        *,
+        to: Any = None,
+        name: Any = None,
+        scope: Any = None,
+        from_start: bool = False,
+        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
+        lease: float = _subs.DEFAULT_LEASE,
+    ) -> Callable[[TransitionCallback], TransitionCallback]: ...
+
+    def subscribe(
+        self,
+        consumer: str,
+        callback: TransitionCallback | None = None,
+        *,
+        to: State | str | Iterable[State | str] | None = None,
+        name: TransitionName | str | Iterable[TransitionName | str] | None = None,
+        scope: Scope | str | Iterable[Scope | str] | None = None,
+        from_start: bool = False,
+        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
+        lease: float = _subs.DEFAULT_LEASE,
+    ) -> TransitionCallback | Callable[[TransitionCallback], TransitionCallback]:
+        """:meth:`Tracker.subscribe`, delivered on the event loop: ``async def`` callbacks are
+        awaited.
+
+        Only registers (usable as a decorator), without touching the database: a consumer new to
+        the database is stored when :meth:`run_subscriptions` starts, at the end of the feed as
+        it is then (or at its start with ``from_start``). The callbacks run on the event loop
+        that awaits :meth:`run_subscriptions`, one delivery at a time: a plain one must not
+        block (an ``async def`` one may await ``asyncio.to_thread`` for blocking work).
+        """
+
+        def register(fn: TransitionCallback) -> TransitionCallback:
+            wanted = _Subscription(
+                fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
+            )
+            core = _subs.Consumer(
+                self.engine,
+                consumer,
+                wants=wanted.wants,
+                from_start=from_start,
+                max_attempts=max_attempts,
+                retry_delay=retry_delay,
+                lease=lease,
+                create=False,
+            )
+            with self._lock:
+                if any(c.name == consumer for c, _ in self._consumers):
+                    raise ConfigurationError(f"consumer {consumer!r} is already subscribed here")
+                self._consumers = (*self._consumers, (core, fn))
+            return fn
+
+        return register(callback) if callback is not None else register
+
+    async def run_subscriptions(
+        self,
+        *,
+        stop: asyncio.Event | None = None,
+        idle_exit: float | None = None,
+        poll_interval: float = _subs.DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        """Awaitable :meth:`Tracker.run_subscriptions`: deliver on this event loop until ``stop``
+        is set or the task is cancelled, or after ``idle_exit`` seconds with nothing to do.
+
+        The database work runs in worker threads and the wait for news on a timer (SQLite) or
+        in a worker thread (PostgreSQL's ``LISTEN``), so the loop is never held. A delivery in
+        progress when ``stop`` is set is finished first; one whose callback is cancelled is
+        delivered again later. On the way out the leases are released. One run at a time per
+        AsyncTracker; :meth:`close` ends it.
+        """
+        if self._closed:
+            raise ConfigurationError("this AsyncTracker is closed")
+        if self._run is not None:
+            raise ConfigurationError("run_subscriptions is already running on this AsyncTracker")
+        core = _subs.SubscriptionRunner(self.engine, self._consumers, poll_interval=poll_interval)
+        runner = AsyncSubscriptionRunner(core, self._writes, self._threads)
+        ended = asyncio.get_running_loop().create_future()
+        self._run = (runner, ended)
+        try:
+            await runner.run(stop, idle_exit)
+        finally:
+            self._run = None
+            ended.set_result(None)
+
+    async def subscriptions(self) -> list[_subs.SubscriptionStatus]:
+        """Awaitable :meth:`Tracker.subscriptions`."""
+        return await self._read(self._sync.subscriptions)
+
+    async def retry_parked(self, consumer: str) -> int:
+        """Awaitable :meth:`Tracker.retry_parked`."""
+        return await self._write(self._sync.retry_parked, consumer)
+
     # --- reading ----------------------------------------------------------------------------
 
     async def stream(self, stream_id: str) -> Stream | None:
@@ -449,6 +575,12 @@ class AsyncTracker:
     ) -> list[StopReasonCount]:
         """Awaitable :meth:`Tracker.stop_reason_counts`."""
         return await self._read(self._sync.stop_reason_counts, since, until, bucket=bucket)
+
+    async def unhandled_stats(
+        self, since: Timestamp | None = None, until: Timestamp | None = None
+    ) -> list[UnhandledEventStat]:
+        """Awaitable :meth:`Tracker.unhandled_stats`."""
+        return await self._read(self._sync.unhandled_stats, since, until)
 
     async def interruption_stats(
         self,

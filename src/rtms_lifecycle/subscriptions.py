@@ -15,6 +15,7 @@ the transition is parked (set aside for that consumer) so that the ones after it
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -222,6 +223,7 @@ class Consumer:
         retry_delay: float = DEFAULT_RETRY_DELAY,
         lease: float = DEFAULT_LEASE,
         owner: str | None = None,
+        create: bool = True,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts: at least 1")
@@ -232,6 +234,7 @@ class Consumer:
         self.name = check_consumer_name(consumer)
         self.engine = engine
         self.wants = wants
+        self.from_start = from_start
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
         self.lease_ms = int(lease * 1000)
@@ -243,7 +246,13 @@ class Consumer:
         #: When the failing head may be tried again (epoch ms), or None.
         self.retry_at: int | None = None
         self._buffer: deque[tuple[Position, Transition]] = deque()
-        ensure_consumer(engine, consumer, from_start=from_start)
+        if create:
+            self.create()
+
+    def create(self) -> None:
+        """Store the consumer's row unless it exists (``create=False`` left it to this call):
+        a new one starts at the end of the feed as it is now, or at its start."""
+        ensure_consumer(self.engine, self.name, from_start=self.from_start)
 
     # --- the lease --------------------------------------------------------------------------
 
@@ -508,6 +517,11 @@ class FeedWaker:
                 self.close()
                 raise
 
+    @property
+    def listens(self) -> bool:
+        """Whether a notification can end :meth:`wait` (PostgreSQL); else it only sleeps."""
+        return self._conn is not None
+
     def wait(self, seconds: float, stop: threading.Event) -> None:
         """Return after ``seconds``, on a notification (PostgreSQL), or soon after ``stop``."""
         if self._conn is None:
@@ -573,14 +587,18 @@ class SubscriptionRunner:
                     break
                 ran += 1
                 try:
-                    callback(delivery.transition, delivery.stream)
+                    outcome = callback(delivery.transition, delivery.stream)
+                    if inspect.iscoroutine(outcome):
+                        outcome.close()  # else: "never awaited", far from the cause
+                        raise _coroutine_returned(callback)
                 except Exception as exc:
                     consumer.failed(delivery, exc)
                 else:
                     consumer.succeeded(delivery)
         return ran
 
-    def _sleep_for(self) -> float:
+    def sleep_for(self) -> float:
+        """Seconds to wait for news: the poll interval, or less until a retry is due."""
         now = now_ms()
         due = [c.retry_at for c, _ in self.consumers if c.holds_lease and c.retry_at is not None]
         soonest = min(due, default=None)
@@ -603,18 +621,11 @@ class SubscriptionRunner:
                     waker = waker or FeedWaker(self.engine)
                     ran = self.step()
                 except Exception as exc:
-                    # Callbacks' errors are handled in step: this is the database or its driver.
-                    # A worker outlives an outage: it waits, then looks again. What was being
-                    # delivered is delivered again (its cursor had not moved).
                     outage += 1
-                    pause = min(self.poll_interval * 2**outage, _MAX_OUTAGE_PAUSE)
-                    log.warning(
-                        "subscriptions: database unavailable, retrying in %.1f s: %s", pause, exc
-                    )
                     if waker is not None:
                         waker.close()
                         waker = None
-                    stop.wait(pause)
+                    stop.wait(self.outage_pause(outage, exc))
                     continue
                 outage = 0
                 if ran:
@@ -623,7 +634,7 @@ class SubscriptionRunner:
                 if idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
                     return
                 try:
-                    waker.wait(self._sleep_for(), stop)
+                    waker.wait(self.sleep_for(), stop)
                 except Exception as exc:
                     log.warning("subscriptions: lost the notification connection: %s", exc)
                     waker.close()
@@ -631,11 +642,29 @@ class SubscriptionRunner:
         finally:
             if waker is not None:
                 waker.close()
-            for consumer, _ in self.consumers:
-                try:
-                    consumer.release()
-                except Exception:
-                    log.exception("subscription %s: could not release its lease", consumer.name)
+            self.release()
+
+    def outage_pause(self, outage: int, error: Exception) -> float:
+        """Seconds to wait after the ``outage``-th round in a row that failed with ``error``."""
+        # Callbacks' errors are handled in a round: this is the database or its driver. A worker
+        # outlives an outage: it waits, longer each time, then looks again. What was being
+        # delivered is delivered again (its cursor had not moved).
+        pause: float = min(self.poll_interval * 2**outage, _MAX_OUTAGE_PAUSE)
+        log.warning("subscriptions: database unavailable, retrying in %.1f s: %s", pause, error)
+        return pause
+
+    def release(self) -> None:
+        """Give up every consumer's lease (on the way out), so another process takes over."""
+        for consumer, _ in self.consumers:
+            try:
+                consumer.release()
+            except Exception:
+                log.exception("subscription %s: could not release its lease", consumer.name)
+
+
+def _coroutine_returned(callback: Callback) -> TypeError:
+    # A coroutine nobody awaits did nothing: a failure, retried then parked, never a delivery.
+    return TypeError(f"{callback!r} returned a coroutine: subscribe it on an AsyncTracker")
 
 
 # --- looking at consumers ---------------------------------------------------------------------

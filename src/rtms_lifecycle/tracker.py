@@ -397,12 +397,8 @@ class Tracker:
         """
 
         def register(fn: TransitionCallback) -> TransitionCallback:
-            if _is_coroutine_function(fn):
-                # Called in the writing thread, it would only make a coroutine nobody awaits.
-                raise TypeError(
-                    f"{fn!r} is a coroutine function: a Tracker cannot await it; "
-                    "register it on an AsyncTracker instead"
-                )
+            # Called in the writing thread, it would only make a coroutine nobody awaits.
+            _refuse_coroutine_function(fn)
             subscription = _Subscription(
                 fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
             )
@@ -480,10 +476,13 @@ class Tracker:
         ``from_start``. A callback that raises is retried after ``retry_delay`` seconds, doubling,
         and after ``max_attempts`` the transition is parked for this consumer. One process at a
         time delivers for a consumer (a lease of ``lease`` seconds, renewed as it runs): a
-        callback must return within it.
+        callback must return within it. An ``async def`` callback is refused
+        (:class:`TypeError`): :class:`AsyncTracker` awaits those.
         """
 
         def register(fn: TransitionCallback) -> TransitionCallback:
+            # Called by the runner, it would only make a coroutine nobody awaits.
+            _refuse_coroutine_function(fn)
             wanted = _Subscription(
                 fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
             )
@@ -713,6 +712,14 @@ def _is_coroutine_function(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - the method itself is what is inspected
     )
+
+
+def _refuse_coroutine_function(fn: TransitionCallback) -> None:
+    if _is_coroutine_function(fn):
+        raise TypeError(
+            f"{fn!r} is a coroutine function: a Tracker cannot await it; "
+            "register it on an AsyncTracker instead"
+        )
 
 
 def _callback_failed(callback: TransitionCallback, transition: Transition) -> None:

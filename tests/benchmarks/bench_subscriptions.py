@@ -9,7 +9,10 @@ lands, as it is in production between webhooks.
 PostgreSQL (fsync on) wakes the consumer with ``LISTEN``/``NOTIFY``; SQLite, measured in the same
 run as the baseline, is polled every ``poll_interval`` (0.5 s by default). Target: PostgreSQL
 median under 100 ms. It also times ``ingest`` on PostgreSQL with the notifying trigger enabled and
-disabled, alternating, to show what the notification costs each commit.
+disabled, alternating, to show what the notification costs each commit. The same latency is
+measured with an ``AsyncTracker`` consumer (``await run_subscriptions`` on an event loop), which
+also reports the event loop's longest stall while it ran (a task that sleeps 5 ms in a loop notes
+how late it woke).
 
 Usage (figures go to docs/benchmarks.md, "Subscriptions")::
 
@@ -19,6 +22,7 @@ Usage (figures go to docs/benchmarks.md, "Subscriptions")::
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
 import random
@@ -28,7 +32,7 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from rtms_lifecycle import Stream, Tracker, Transition
+from rtms_lifecycle import AsyncTracker, Stream, Tracker, Transition
 from tests._deliveries import body
 from tests.benchmarks._pg import create_database, postgres_server, server_version
 
@@ -46,11 +50,42 @@ def _consume(url: str, out: Connection) -> None:
         tracker.run_subscriptions(idle_exit=3.0)
 
 
-def measure(url: str, deliveries: int, seed: int = 7) -> dict[str, float]:
-    """Milliseconds from commit to callback, over ``deliveries`` single-delivery commits."""
+def _consume_on_loop(url: str, out: Connection) -> None:
+    asyncio.run(_consume_async(url, out))
+
+
+async def _consume_async(url: str, out: Connection) -> None:
+    stalls: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(0.005)
+            stalls.append(time.perf_counter() - start - 0.005)
+
+    async with AsyncTracker(url) as tracker:
+
+        @tracker.subscribe("bench")
+        async def record(transition: Transition, stream: Stream) -> None:
+            out.send((transition.stream_id, time.time_ns()))
+
+        ticker = asyncio.create_task(tick())
+        run = asyncio.create_task(tracker.run_subscriptions(idle_exit=3.0))
+        while not await tracker.subscriptions():  # stored when the run starts
+            await asyncio.sleep(0.01)
+        out.send(("ready", 0))
+        await run
+        ticker.cancel()
+    out.send(("stall", int(max(stalls) * 1e9)))
+
+
+def measure(url: str, deliveries: int, seed: int = 7, on_loop: bool = False) -> dict[str, float]:
+    """Milliseconds from commit to callback, over ``deliveries`` single-delivery commits; with
+    ``on_loop``, through an AsyncTracker, and the event loop's longest stall meanwhile."""
     Tracker(url).close()
     receive, send = multiprocessing.get_context("spawn").Pipe(duplex=False)
-    consumer = multiprocessing.get_context("spawn").Process(target=_consume, args=(url, send))
+    target = _consume_on_loop if on_loop else _consume
+    consumer = multiprocessing.get_context("spawn").Process(target=target, args=(url, send))
     consumer.start()
     assert receive.recv()[0] == "ready"
     rng = random.Random(seed)
@@ -65,6 +100,9 @@ def measure(url: str, deliveries: int, seed: int = 7) -> dict[str, float]:
     for _ in range(deliveries):
         sid, at = receive.recv()
         latencies.append((at - committed[sid]) / 1e6)
+    results: dict[str, float] = {}
+    if on_loop:
+        results["loop_stall_max_ms"] = round(receive.recv()[1] / 1e6, 1)
     consumer.join(30)
     latencies.sort()
     return {
@@ -73,6 +111,7 @@ def measure(url: str, deliveries: int, seed: int = 7) -> dict[str, float]:
         "p90_ms": round(latencies[int(0.9 * len(latencies))], 1),
         "p99_ms": round(latencies[int(0.99 * len(latencies))], 1),
         "max_ms": round(latencies[-1], 1),
+        **results,
     }
 
 
@@ -106,18 +145,28 @@ def notify_cost(url: str, deliveries: int, rounds: int = 2) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=200)
+    parser.add_argument(
+        "--skip-notify-cost", action="store_true", help="only the commit-to-callback latencies"
+    )
     args = parser.parse_args()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["sqlite (poll 0.5 s)"] = measure(f"sqlite:///{Path(tmp) / 'b.db'}", args.deliveries)
+        results["sqlite, AsyncTracker (poll 0.5 s)"] = measure(
+            f"sqlite:///{Path(tmp) / 'c.db'}", args.deliveries, on_loop=True
+        )
     with postgres_server() as server:
         results["postgres"] = {"server": server_version(server)}
         results["postgres (LISTEN/NOTIFY)"] = measure(
             server.url(create_database(server)), args.deliveries
         )
-        results["postgres ingest, one delivery per commit (best of 2 rounds)"] = notify_cost(
-            server.url(create_database(server)), 1000
+        results["postgres, AsyncTracker (LISTEN/NOTIFY)"] = measure(
+            server.url(create_database(server)), args.deliveries, on_loop=True
         )
+        if not args.skip_notify_cost:
+            results["postgres ingest, one delivery per commit (best of 2 rounds)"] = notify_cost(
+                server.url(create_database(server)), 1000
+            )
     print(json.dumps(results, indent=2))
     median = results["postgres (LISTEN/NOTIFY)"]["median_ms"]  # type: ignore[index]
     print(f"PostgreSQL median {median} ms (target < {MEDIAN_TARGET_MS:.0f} ms)")
