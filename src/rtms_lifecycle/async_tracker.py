@@ -576,12 +576,6 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.stop_reason_counts`."""
         return await self._read(self._sync.stop_reason_counts, since, until, bucket=bucket)
 
-    async def unhandled_stats(
-        self, since: Timestamp | None = None, until: Timestamp | None = None
-    ) -> list[UnhandledEventStat]:
-        """Awaitable :meth:`Tracker.unhandled_stats`."""
-        return await self._read(self._sync.unhandled_stats, since, until)
-
     async def interruption_stats(
         self,
         since: Timestamp | None = None,
