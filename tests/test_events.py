@@ -15,11 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
+from rtms_lifecycle._parsing import STREAM_MODELS, ConcurrencyLimited, ConcurrencyNearLimit
 from rtms_lifecycle.events import (
-    STREAM_MODELS,
     ConcurrencyAlert,
-    ConcurrencyLimited,
-    ConcurrencyNearLimit,
     StreamEvent,
     UnhandledDelivery,
     UrlValidation,

@@ -4,48 +4,54 @@ Feed it Zoom's RTMS webhooks (and your app's resume reports); ask it which strea
 happened to each, and why streams stop. See :class:`Tracker` (:class:`AsyncTracker` for asyncio).
 """
 
-from .async_tracker import AsyncTracker
-from .events import (
-    ConcurrencyAlert,
-    EventKind,
-    ParsedDelivery,
-    Scope,
-    Source,
-    StreamEvent,
-    UnhandledDelivery,
-    UrlValidation,
-    parse_delivery,
-)
-from .exceptions import (
-    ConfigurationError,
-    DatabaseUnavailable,
-    DatabaseURLError,
-    DeliveryRejected,
-    FieldError,
-    RTMSLifecycleError,
-    SchemaOutdatedError,
-    SchemaTooNewError,
-    StoreError,
-    StoreTimeout,
-    WebhookRefused,
-)
-from .machine import State, TransitionName
-from .records import (
-    ConcurrencyAlertRecord,
-    DeliveryRecord,
-    IngestResult,
-    InterruptionStats,
-    Outcome,
-    StopReasonCount,
-    StopReasonStat,
-    Stream,
-    Transition,
-    UnhandledEventStat,
-)
-from .retention import PruneRecord, PruneResult
-from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
-from .subscriptions import SubscriptionStatus
-from .tracker import IngestSummary, Tracker, TransitionCallback
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from .async_tracker import AsyncTracker
+    from .events import (
+        ConcurrencyAlert,
+        EventKind,
+        ParsedDelivery,
+        Scope,
+        Source,
+        StreamEvent,
+        UnhandledDelivery,
+        UrlValidation,
+        parse_delivery,
+    )
+    from .exceptions import (
+        ConfigurationError,
+        DatabaseUnavailable,
+        DatabaseURLError,
+        DeliveryRejected,
+        FieldError,
+        RTMSLifecycleError,
+        SchemaOutdatedError,
+        SchemaTooNewError,
+        StoreError,
+        StoreTimeout,
+        WebhookRefused,
+    )
+    from .machine import State, TransitionName
+    from .records import (
+        ConcurrencyAlertRecord,
+        DeliveryRecord,
+        IngestResult,
+        InterruptionStats,
+        Outcome,
+        StopReasonCount,
+        StopReasonStat,
+        Stream,
+        Transition,
+        UnhandledEventStat,
+    )
+    from .retention import PruneRecord, PruneResult
+    from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
+    from .subscriptions import SubscriptionStatus
+    from .tracker import IngestSummary, Tracker, TransitionCallback
 
 __all__ = [
     "AsyncTracker",
@@ -91,3 +97,64 @@ __all__ = [
     "describe_stop_reason",
     "parse_delivery",
 ]
+
+# Each public name and the submodule defining it: importing the package loads none of them (no
+# SQLAlchemy, pydantic or Alembic), so a command that needs none starts fast; a name's module is
+# imported the first time the name is used.
+_SOURCES: Final[dict[str, str]] = {
+    "AsyncTracker": "async_tracker",
+    "ConcurrencyAlert": "events",
+    "ConcurrencyAlertRecord": "records",
+    "ConfigurationError": "exceptions",
+    "DatabaseURLError": "exceptions",
+    "DatabaseUnavailable": "exceptions",
+    "DeliveryRecord": "records",
+    "DeliveryRejected": "exceptions",
+    "EventKind": "events",
+    "FieldError": "exceptions",
+    "IngestResult": "records",
+    "IngestSummary": "tracker",
+    "InterruptionStats": "records",
+    "Outcome": "records",
+    "ParsedDelivery": "events",
+    "PruneRecord": "retention",
+    "PruneResult": "retention",
+    "RTMSLifecycleError": "exceptions",
+    "SchemaOutdatedError": "exceptions",
+    "SchemaTooNewError": "exceptions",
+    "Scope": "events",
+    "Source": "events",
+    "State": "machine",
+    "StopReason": "stop_reasons",
+    "StopReasonCategory": "stop_reasons",
+    "StopReasonCount": "records",
+    "StopReasonStat": "records",
+    "StoreError": "exceptions",
+    "StoreTimeout": "exceptions",
+    "Stream": "records",
+    "StreamEvent": "events",
+    "SubscriptionStatus": "subscriptions",
+    "Tracker": "tracker",
+    "Transition": "records",
+    "TransitionCallback": "tracker",
+    "TransitionName": "machine",
+    "UnhandledDelivery": "events",
+    "UnhandledEventStat": "records",
+    "UrlValidation": "events",
+    "WebhookRefused": "exceptions",
+    "describe_stop_reason": "stop_reasons",
+    "parse_delivery": "events",
+}
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{source}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

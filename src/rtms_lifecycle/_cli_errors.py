@@ -11,12 +11,12 @@ The exit codes are documented in docs/cli.md; scripts and cron jobs branch on th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import click
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .exceptions import (
     DatabaseUnavailable,
@@ -25,6 +25,9 @@ from .exceptions import (
     SchemaOutdatedError,
     StoreError,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = [
     "BAD_INPUT",
@@ -92,6 +95,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _database_error(exc: SQLAlchemyError) -> Failure:
+    from sqlalchemy.exc import DBAPIError
+
     # A DBAPI error raised while connecting (server down, file unopenable) has no statement.
     if isinstance(exc, DBAPIError) and (exc.connection_invalidated or exc.statement is None):
         return Unavailable(f"database unavailable: {_first_line(exc)}")
@@ -109,12 +114,16 @@ def cli_errors() -> Iterator[None]:
         raise Unavailable(str(exc)) from exc
     except RTMSLifecycleError as exc:
         raise Failure(str(exc)) from exc
-    except SQLAlchemyError as exc:
-        raise _database_error(exc) from exc
     except ModuleNotFoundError as exc:
         failure = _missing_extra(exc)
         if failure is None:
             raise
         raise failure from exc
+    except Exception as exc:
+        # Only a command that imported SQLAlchemy can raise its errors: `--help` never imports it.
+        sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+        if sqlalchemy_exc is None or not isinstance(exc, sqlalchemy_exc.SQLAlchemyError):
+            raise
+        raise _database_error(exc) from exc
     except KeyboardInterrupt:
         raise interrupted("Interrupted.") from None

@@ -14,6 +14,7 @@ from typing import Final
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from ._defaults import DB_ENV, DEFAULT_DB_URL
 from .exceptions import DatabaseUnavailable, DatabaseURLError
 
 __all__ = [
@@ -28,9 +29,6 @@ __all__ = [
     "sqlite_file",
 ]
 
-#: The environment variable naming the database, read by the CLI, ``serve`` and ``Tracker()``.
-DB_ENV: Final = "RTMS_LIFECYCLE_DB"
-DEFAULT_DB_URL: Final = "sqlite:///rtms_lifecycle.db"
 _SUPPORTED: Final = ("sqlite", "postgresql")
 _EXAMPLES: Final = "sqlite:///file.db, a file path, or postgresql://user@host/dbname"
 # "scheme://user:secret@": what an unparseable URL's message must not show.

@@ -17,59 +17,50 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
-from typing import IO, Any, Final, NoReturn
+from typing import IO, TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 from click.core import ParameterSource
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
-from . import _dburl, _migrate
 from ._bounds import MAX_COUNT, MAX_DURATION, MAX_EPOCH_MS, MIN_EPOCH_MS
 from ._cli_errors import BadInput, Failure, cli_errors
 from ._cli_reading import Reading
-from ._logging import LOG_FORMATS, LOG_LEVELS
-from ._terminal_charts import stop_reason_bars, timeline_bar
-from .events import Scope
-from .machine import ACTIVE_STATES, State
-from .records import (
-    ConcurrencyAlertRecord,
-    DeliveryRecord,
-    InterruptionStats,
-    Outcome,
-    StopReasonStat,
-    Stream,
-    Transition,
-    UnhandledEventStat,
-)
-from .retention import MIN_RETENTION
-from .store import create_store_engine, now_ms
-from .subscriptions import (
+from ._defaults import (
+    DB_ENV,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DB_URL,
     DEFAULT_FORWARD_TIMEOUT,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETRY_DELAY,
-    SubscriptionStatus,
-    transition_message,
+    OUTCOMES,
+    SCOPES,
+    STATES,
 )
-from .tracker import DEFAULT_BATCH_SIZE, IngestSummary, Tracker
+from ._logging import LOG_FORMATS, LOG_LEVELS
+
+# Only Click is imported to build the commands: `--help` starts fast. What a command needs (Rich,
+# SQLAlchemy, the tracker) is imported in the functions that use it.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Task
+    from rich.table import Table
+    from rich.text import Text
+
+    from .machine import State
+    from .records import (
+        ConcurrencyAlertRecord,
+        DeliveryRecord,
+        InterruptionStats,
+        StopReasonStat,
+        Stream,
+        Transition,
+        UnhandledEventStat,
+    )
+    from .subscriptions import SubscriptionStatus
+    from .tracker import IngestSummary, Tracker
 
 __all__ = ["cli", "main"]
 
-DB_ENV: Final = _dburl.DB_ENV
 DEMO_RESOURCE: Final = "data/demo_day.jsonl.gz"
 # Piped output is read by grep and friends: never wrap a row because an imagined terminal is
 # 80 columns wide.
@@ -85,12 +76,13 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_PART: Final = re.compile(r"(\d+)([smhd])")
 
+# Keyed by the enums' values (StrEnum members look them up): building these imports nothing.
 _STATE_STYLE: Final = {
-    State.STARTED: "green",
-    State.RESUMED: "green",
-    State.INTERRUPTED: "yellow",
-    State.STOPPED: "dim",
-    State.NEW: "dim",
+    "started": "green",
+    "resumed": "green",
+    "interrupted": "yellow",
+    "stopped": "dim",
+    "new": "dim",
 }
 _CATEGORY_STYLE: Final = {
     "normal": "green",
@@ -103,12 +95,12 @@ _CATEGORY_STYLE: Final = {
     "unknown": "yellow",
 }
 _OUTCOME_STYLE: Final = {
-    Outcome.APPLIED: "green",
-    Outcome.IGNORED: "dim",
-    Outcome.DUPLICATE: "dim",
-    Outcome.CONFLICT: "yellow",
-    Outcome.REJECTED: "red",
-    Outcome.UNHANDLED: "yellow",
+    "applied": "green",
+    "ignored": "dim",
+    "duplicate": "dim",
+    "conflict": "yellow",
+    "rejected": "red",
+    "unhandled": "yellow",
 }
 
 
@@ -215,6 +207,8 @@ class _App:
 
     def use_db(self, text: str, given: bool) -> None:
         """Take ``--db`` (a URL or a file path) as the commands will use it, or refuse it."""
+        from . import _dburl
+
         url = _dburl.parse(text)
         _dburl.refuse_memory(url)
         self.db = url.render_as_string(hide_password=False)
@@ -222,6 +216,8 @@ class _App:
 
     def tracker(self, *, create: bool = True) -> Tracker:
         """The tracker; with ``create=False`` (read commands) a missing SQLite file is an error."""
+        from .tracker import Tracker
+
         # Opened on first use, so that `db upgrade` and `db current` never auto-migrate.
         if self._tracker is None:
             if not create:
@@ -231,6 +227,10 @@ class _App:
 
     def require_database(self) -> None:
         """Reading never creates a database: refuse a SQLite file that does not exist."""
+        from sqlalchemy.engine import make_url
+
+        from . import _dburl
+
         _dburl.require_existing_file(make_url(self.db))
 
     def close(self) -> None:
@@ -240,6 +240,9 @@ class _App:
     @property
     def shown_db(self) -> str:
         """The database URL without its password: it ends up in terminals and logs."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
         try:
             return make_url(self.db).render_as_string(hide_password=True)
         except ArgumentError:
@@ -270,6 +273,8 @@ def _db_after_command() -> click.Option:
 
 
 def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
     console = Console(stderr=stderr, highlight=False)
     if not console.is_terminal:
         console.width = _PIPE_WIDTH
@@ -309,6 +314,8 @@ def format_duration(ms: int | None) -> str:
 
 
 def _styled(value: str | None, style: str | None) -> Text:
+    from rich.text import Text
+
     return Text(value if value is not None else _DASH, style=style or "")
 
 
@@ -322,6 +329,8 @@ def _stop_reason(stream: Stream) -> Text:
 
 
 def _table(title: str | None, *columns: str, right: Iterable[str] = ()) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left", header_style="bold")
     aligned = set(right)
     for column in columns:
@@ -336,6 +345,8 @@ def _whole(table: Table, column: int, values: Iterable[str | None]) -> None:
 
 
 def _streams_table(title: str, streams: Sequence[Stream]) -> Table:
+    from rich.text import Text
+
     table = _table(
         title,
         "Stream",
@@ -369,6 +380,9 @@ def _streams_table(title: str, streams: Sequence[Stream]) -> Table:
 
 
 def _stream_details(stream: Stream) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -419,6 +433,10 @@ def _history_table(history: Sequence[Transition]) -> Table:
 
 
 def _outcomes_table(summary: IngestSummary) -> Table:
+    from rich.text import Text
+
+    from .records import Outcome
+
     table = _table(None, "Outcome", "Deliveries", right=("Deliveries",))
     for outcome in Outcome:
         table.add_row(_styled(outcome.value, _OUTCOME_STYLE[outcome]), f"{summary[outcome]:,}")
@@ -473,6 +491,8 @@ def _interruptions_table(rows: Sequence[tuple[str | None, InterruptionStats]]) -
 
 
 def _unhandled_table(stats: Sequence[UnhandledEventStat]) -> Table:
+    from rich.text import Text
+
     table = _table(
         "Unhandled event names",
         "Event",
@@ -494,6 +514,8 @@ def _unhandled_table(stats: Sequence[UnhandledEventStat]) -> Table:
 
 
 def _deliveries_table(records: Sequence[DeliveryRecord]) -> Table:
+    from rich.text import Text
+
     table = _table(
         "Deliveries (newest first)",
         "ID",
@@ -521,6 +543,8 @@ def _deliveries_table(records: Sequence[DeliveryRecord]) -> Table:
 
 
 def _alerts_table(alerts: Sequence[ConcurrencyAlertRecord]) -> Table:
+    from rich.text import Text
+
     table = _table(
         "Concurrency alerts (newest first)",
         "Event time (UTC)",
@@ -549,16 +573,6 @@ def _alerts_table(alerts: Sequence[ConcurrencyAlertRecord]) -> Table:
 # --- reading JSON Lines ---------------------------------------------------------------------------
 
 
-class _RateColumn(ProgressColumn):
-    """Deliveries so far and how many per second."""
-
-    def render(self, task: Task) -> Text:
-        count = int(task.fields.get("count", 0))
-        elapsed = task.elapsed or 0.0
-        rate = count / elapsed if elapsed > 0 else 0.0
-        return Text(f"{count:,} deliveries  {rate:,.0f}/s")
-
-
 def _json_lines(source: Iterable[bytes], report: Callable[[int], None]) -> Iterator[bytes]:
     """Each non-blank line, read one at a time; ``report`` hears the running count."""
     count = 0
@@ -581,6 +595,27 @@ def _progress(
     if not err.is_terminal:
         yield lambda _count: None
         return
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class _RateColumn(ProgressColumn):
+        """Deliveries so far and how many per second."""
+
+        def render(self, task: Task) -> Text:
+            count = int(task.fields.get("count", 0))
+            elapsed = task.elapsed or 0.0
+            rate = count / elapsed if elapsed > 0 else 0.0
+            return Text(f"{count:,} deliveries  {rate:,.0f}/s")
+
     columns: list[ProgressColumn] = [SpinnerColumn(), TextColumn("reading")]
     if total:
         columns += [BarColumn(), TaskProgressColumn()]
@@ -660,7 +695,7 @@ def _report_ingest(app: _App, summary: IngestSummary, seconds: float) -> None:
     "--db",
     metavar="URL",
     envvar=DB_ENV,
-    default=_dburl.DEFAULT_DB_URL,
+    default=DEFAULT_DB_URL,
     show_default=True,
     show_envvar=True,
     help="SQLAlchemy database URL (sqlite:///file.db, postgresql://user@host/db) or a SQLite "
@@ -716,10 +751,10 @@ def ingest(app: _App, path: str, batch_size: int, as_json: bool) -> None:
     "--state",
     "states",
     multiple=True,
-    type=click.Choice([s.value for s in State if s is not State.NEW]),
+    type=click.Choice(STATES[1:]),
     help="Only streams in this state (repeatable).",
 )
-@click.option("--scope", type=click.Choice([s.value for s in Scope]), help="Only this product.")
+@click.option("--scope", type=click.Choice(SCOPES), help="Only this product.")
 @click.option("--active", is_flag=True, help="Only streams whose media flows (started, resumed).")
 @click.option(
     "--limit",
@@ -739,6 +774,8 @@ def streams(
     as_json: bool,
 ) -> None:
     """List stored streams, most recent activity first (all of them unless filtered)."""
+    from .machine import ACTIVE_STATES
+
     if active and states:
         raise click.UsageError("--active means --state started --state resumed: give one or other")
     wanted: Iterable[State | str] | None = ACTIVE_STATES if active else (states or None)
@@ -765,6 +802,9 @@ def streams(
 @_pass_app
 def stream_command(app: _App, stream_id: str, as_json: bool) -> None:
     """Show one stream (by rtms_stream_id) and its history."""
+    from ._terminal_charts import timeline_bar
+    from .store import now_ms
+
     tracker = app.tracker(create=False)
     found = tracker.stream(stream_id)
     if found is None:
@@ -819,6 +859,9 @@ def stats(
     as_json: bool,
 ) -> None:
     """Why streams stopped: count, share and median duration per stop reason."""
+    from ._terminal_charts import stop_reason_bars
+    from .events import Scope
+
     if chart and interruptions:
         raise click.UsageError("--chart draws stop reasons: it does not go with --interruptions")
     tracker = app.tracker(create=False)
@@ -859,7 +902,7 @@ def stats(
     "--outcome",
     "outcomes",
     multiple=True,
-    type=click.Choice([o.value for o in Outcome]),
+    type=click.Choice(OUTCOMES),
     help="Only deliveries with this outcome (repeatable).",
 )
 @click.option("--stream", "stream_id", metavar="ID", help="Only deliveries for this stream.")
@@ -957,6 +1000,8 @@ def _size(n: int) -> str:
 def prune(app: _App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json: bool) -> None:
     """Remove old stopped streams (with their deliveries and history), old alerts and old
     deliveries of no stream. Live streams are kept, however old."""
+    from .retention import MIN_RETENTION
+
     if older_than < MIN_RETENTION:
         raise click.BadParameter(
             f"keep at least {MIN_RETENTION.days} day: Zoom retries deliveries for about two "
@@ -1023,6 +1068,9 @@ def db() -> None:
 
 
 def _revisions(url: str) -> tuple[str | None, str]:
+    from . import _migrate
+    from .store import create_store_engine
+
     engine = create_store_engine(url)
     try:
         return _migrate.current_revision(engine), _migrate.head_revision()
@@ -1035,6 +1083,8 @@ def _revisions(url: str) -> tuple[str | None, str]:
 @_pass_app
 def db_current(app: _App, as_json: bool) -> None:
     """Show the database's migration and the one this version needs."""
+    from . import _migrate
+
     app.require_database()
     current, head = _revisions(app.db)
     if as_json:
@@ -1056,6 +1106,9 @@ def db_current(app: _App, as_json: bool) -> None:
 @_pass_app
 def db_upgrade(app: _App, as_json: bool) -> None:
     """Migrate the database to the newest schema (run before starting a new version)."""
+    from . import _migrate
+    from .store import create_store_engine
+
     engine = create_store_engine(app.db)
     try:
         before = _migrate.current_revision(engine)
@@ -1194,6 +1247,8 @@ _IDLE_EXIT_OPTION: Final = click.option(
 
 
 def _follow_line(transition: Transition, stream: Stream, as_json: bool) -> str:
+    from .subscriptions import transition_message
+
     if as_json:
         return json.dumps(transition_message(transition, stream))
     reason = f" {stream.stop_reason_name}" if stream.stop_reason_name else ""
@@ -1410,6 +1465,8 @@ def _count_transitions(tracker: Tracker) -> Callable[[], int]:
 
 
 def _demo_verdict(summary: IngestSummary, transitions: int) -> str:
+    from .records import Outcome
+
     if transitions:
         return (
             f"Recorded a day of RTMS webhooks: {transitions:,} lifecycle transitions. Bad and "
@@ -1458,6 +1515,8 @@ def demo(app: _App, top: int, force: bool) -> None:
     Refuses a database that already holds streams (the fake ones could not be told apart or
     removed) unless --force.
     """
+    from .machine import ACTIVE_STATES, State
+
     tracker = app.tracker()
     held = len(tracker.streams(limit=1))
     if held and not force:

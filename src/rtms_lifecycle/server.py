@@ -53,9 +53,13 @@ from ._deadline import DEFAULT_STORE_TIMEOUT
 from ._http import bounded_protocol
 from ._logging import LogFormat, log_config
 from ._logthrottle import throttle_tracebacks
+
+# From _parsing, not events: the receiver builds the delivery models as it starts, not while it
+# answers Zoom's first delivery.
+from ._parsing import parse_delivery
 from ._unhandled import FirstSeen, looks_like_rtms
 from .async_tracker import AsyncTracker
-from .events import Scope, Source, UrlValidation, parse_delivery
+from .events import Scope, Source, UrlValidation
 from .exceptions import ConfigurationError, StoreError, StoreTimeout, WebhookRefused
 from .machine import ACTIVE_STATES, State, TransitionName
 from .records import IngestResult, Outcome, StopReasonStat, Stream, Transition

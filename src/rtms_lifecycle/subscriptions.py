@@ -33,6 +33,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import _queries
+from ._defaults import DEFAULT_FORWARD_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY
 from ._tables import subscription_parked as parked_table
 from ._tables import subscriptions as subscriptions_table
 from ._tables import transitions as transitions_table
@@ -59,16 +60,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ATTEMPTS: Final = 5
-#: Seconds before the first retry of a failing callback; each further retry waits twice as long.
-DEFAULT_RETRY_DELAY: Final = 1.0
 MAX_RETRY_DELAY: Final = 300.0
 #: Seconds a process holds a consumer without renewing; a callback must return within it.
 DEFAULT_LEASE: Final = 30.0
 #: Seconds between looks at the feed when nothing woke the runner (PostgreSQL: a safety net).
 DEFAULT_POLL_INTERVAL: Final = 0.5
-#: Seconds ``forward`` waits for the receiver's answer: well under the lease.
-DEFAULT_FORWARD_TIMEOUT: Final = 10.0
 #: The channel the PostgreSQL feed notifies on each commit that appended transitions.
 NOTIFY_CHANNEL: Final = "rtms_lifecycle_feed"
 MAX_CONSUMER_LENGTH: Final = 200

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Final, overload
+from typing import Any, overload
 
 from sqlalchemy import Engine
 
@@ -19,6 +19,7 @@ from . import _queries, retention
 from . import subscriptions as _subs
 from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
+from ._defaults import DEFAULT_BATCH_SIZE
 from .events import EventKind, Scope, Source, check_app_event, parse_delivery
 from .exceptions import ConfigurationError, DeliveryRejected, FieldError
 from .machine import State, TransitionName
@@ -38,14 +39,13 @@ from .retention import PruneRecord, PruneResult
 from .store import Incoming, KnownStreamEvent, Store, now_ms
 from .webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
 
-__all__ = ["Body", "IngestSummary", "TransitionCallback", "Tracker"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Body", "IngestSummary", "TransitionCallback", "Tracker"]
 
 log = logging.getLogger(__name__)
 
 Body = bytes | bytearray | memoryview | str | Mapping[str, Any]
 TransitionCallback = Callable[[Transition, Stream], object]
 Timestamp = int | datetime
-DEFAULT_BATCH_SIZE: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)

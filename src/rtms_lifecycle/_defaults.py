@@ -1,0 +1,38 @@
+"""Defaults and choice lists the command line shows before it imports anything heavy.
+
+``rtms-lifecycle --help`` builds every option from this module and Click alone: no SQLAlchemy,
+pydantic or Rich. The modules that use these values import them from here; the names of the
+enums' members are repeated as plain strings (a test checks they agree with the enums).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "DB_ENV",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_DB_URL",
+    "DEFAULT_FORWARD_TIMEOUT",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_RETRY_DELAY",
+    "OUTCOMES",
+    "SCOPES",
+    "STATES",
+]
+
+#: The environment variable naming the database, read by the CLI, ``serve`` and ``Tracker()``.
+DB_ENV: Final = "RTMS_LIFECYCLE_DB"
+DEFAULT_DB_URL: Final = "sqlite:///rtms_lifecycle.db"
+#: Deliveries per transaction in bulk ingestion.
+DEFAULT_BATCH_SIZE: Final = 1000
+DEFAULT_MAX_ATTEMPTS: Final = 5
+#: Seconds before the first retry of a failing callback; each further retry waits twice as long.
+DEFAULT_RETRY_DELAY: Final = 1.0
+#: Seconds ``forward`` waits for the receiver's answer: well under the lease.
+DEFAULT_FORWARD_TIMEOUT: Final = 10.0
+
+#: The values of ``Scope``, ``State`` and ``Outcome``, in their order.
+SCOPES: Final = ("meeting", "webinar", "session", "contact_center", "phone")
+STATES: Final = ("new", "started", "interrupted", "resumed", "stopped")
+OUTCOMES: Final = ("applied", "ignored", "duplicate", "conflict", "rejected", "unhandled")
