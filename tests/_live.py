@@ -8,9 +8,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -52,6 +53,23 @@ def serving(app: FastAPI) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@contextmanager
+def app_clients(timeout: float = 30) -> Iterator[Callable[..., httpx.Client]]:
+    """Factory: serve ``create_app(db, **kwargs)`` (secret SECRET by default) in a thread and
+    return a client of it; every app and client ends with the block."""
+    # Imported here: this module must stay importable without the package's server extra.
+    from rtms_lifecycle.server import create_app
+
+    with ExitStack() as stack:
+
+        def start(db: Any, **kwargs: Any) -> httpx.Client:
+            kwargs.setdefault("secrets", [SECRET])
+            url = stack.enter_context(serving(create_app(db, **kwargs)))
+            return stack.enter_context(httpx.Client(base_url=url, timeout=timeout))
+
+        yield start
 
 
 def _free_port() -> int:

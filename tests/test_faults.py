@@ -10,7 +10,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,10 @@ import pytest
 from psycopg import sql
 
 from rtms_lifecycle import StoreTimeout, Tracker
-from rtms_lifecycle.server import API_TOKEN_ENV, create_app
+from rtms_lifecycle.server import API_TOKEN_ENV
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
-from tests._live import SECRET, serving, serving_process, signed
+from tests._live import app_clients, serving_process, signed
 
 TOKEN = "read-api-token"
 # How long a test holds the store: far beyond Zoom's 3 s, so that an answer that came before
@@ -41,13 +41,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def serve() -> Iterator[Callable[..., httpx.Client]]:
     """Factory: serve ``create_app(db, **kwargs)`` in a thread; return a client of it."""
-    with ExitStack() as stack:
-
-        def start(db: Tracker | str, **kwargs: Any) -> httpx.Client:
-            kwargs.setdefault("secrets", [SECRET])
-            url = stack.enter_context(serving(create_app(db, **kwargs)))
-            return stack.enter_context(httpx.Client(base_url=url, timeout=60))
-
+    with app_clients(timeout=60) as start:
         yield start
 
 

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from rtms_lifecycle.server import API_TOKEN_ENV, create_app, create_router
 from rtms_lifecycle.webhook import SECRET_ENV, WebhookVerifier
 from tests import _deliveries
 from tests._deliveries import SPEC_STREAM_KEYS
-from tests._live import SECRET, serving, serving_process, signed
+from tests._live import SECRET, app_clients, serving, serving_process, signed
 
 OTHER = "second-app-secret"
 TOKEN = "read-api-token"
@@ -58,13 +57,7 @@ def tracker(sqlite_url: str) -> Iterator[Tracker]:
 @pytest.fixture
 def serve() -> Iterator[Callable[..., httpx.Client]]:
     """Factory: serve ``create_app(db, **kwargs)`` (secret SECRET by default); return a client."""
-    with ExitStack() as stack:
-
-        def start(db: Tracker | str, **kwargs: Any) -> httpx.Client:
-            kwargs.setdefault("secrets", [SECRET])
-            url = stack.enter_context(serving(create_app(db, **kwargs)))
-            return stack.enter_context(httpx.Client(base_url=url, timeout=30))
-
+    with app_clients(timeout=30) as start:
         yield start
 
 
