@@ -507,34 +507,43 @@ def test_active_streams_filters(
     assert all(s.active for s in found)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "expected"),
-    [
-        ({}, {"m-started", "m-int", "m-res", "w-live", "p-old", "m-done"}),
-        ({"state": "interrupted"}, {"m-int"}),
-        ({"state": ["started", State.RESUMED]}, {"m-started", "m-res", "w-live"}),
-        ({"state": "stopped"}, {"p-old", "m-done"}),
-        ({"state": ["stopped", "interrupted"]}, {"p-old", "m-done", "m-int"}),
-        ({"scope": "phone"}, {"p-old"}),
-        ({"scope": "meeting", "state": "started"}, {"m-started"}),
-        ({"scope_id": "meet-A"}, {"m-started", "m-res"}),
-        # alive at some time in [since, until): began before until, not stopped before since
-        ({"since": T0 + 6 * MINUTE}, {"m-started", "m-int", "m-res", "w-live", "m-done"}),
-        ({"until": T0 + 15 * MINUTE}, {"m-started", "p-old"}),
-        ({"since": T0 + 6 * MINUTE, "until": T0 + 35 * MINUTE}, {"m-started", "m-int", "m-res"}),
-        ({"since": T0 + 61 * MINUTE, "state": "stopped"}, set()),
-        (
-            {
-                "since": datetime.fromtimestamp((T0 + 55 * MINUTE) / 1000, UTC),
-                "until": datetime.fromtimestamp((T0 + 58 * MINUTE) / 1000, UTC),
-            },
-            {"m-started", "m-int", "m-res", "w-live", "m-done"},
-        ),
-    ],
-)
+# Filters of streams() and count_streams(), and the streams of `populated` they keep.
+STREAM_FILTERS: list[tuple[dict[str, Any], set[str]]] = [
+    ({}, {"m-started", "m-int", "m-res", "w-live", "p-old", "m-done"}),
+    ({"state": "interrupted"}, {"m-int"}),
+    ({"state": ["started", State.RESUMED]}, {"m-started", "m-res", "w-live"}),
+    ({"state": "stopped"}, {"p-old", "m-done"}),
+    ({"state": ["stopped", "interrupted"]}, {"p-old", "m-done", "m-int"}),
+    ({"scope": "phone"}, {"p-old"}),
+    ({"scope": "meeting", "state": "started"}, {"m-started"}),
+    ({"scope_id": "meet-A"}, {"m-started", "m-res"}),
+    # alive at some time in [since, until): began before until, not stopped before since
+    ({"since": T0 + 6 * MINUTE}, {"m-started", "m-int", "m-res", "w-live", "m-done"}),
+    ({"until": T0 + 15 * MINUTE}, {"m-started", "p-old"}),
+    ({"since": T0 + 6 * MINUTE, "until": T0 + 35 * MINUTE}, {"m-started", "m-int", "m-res"}),
+    ({"since": T0 + 61 * MINUTE, "state": "stopped"}, set()),
+    (
+        {
+            "since": datetime.fromtimestamp((T0 + 55 * MINUTE) / 1000, UTC),
+            "until": datetime.fromtimestamp((T0 + 58 * MINUTE) / 1000, UTC),
+        },
+        {"m-started", "m-int", "m-res", "w-live", "m-done"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), STREAM_FILTERS)
 def test_streams_filters(populated: Tracker, kwargs: dict[str, Any], expected: set[str]) -> None:
     """streams() narrows by states, scope, scope id and the [since, until) window of activity."""
     assert ids(populated.streams(**kwargs)) == expected
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), STREAM_FILTERS)
+def test_count_streams_counts_what_streams_lists(
+    populated: Tracker, kwargs: dict[str, Any], expected: set[str]
+) -> None:
+    """count_streams() counts, in the database, the streams streams() lists with those filters."""
+    assert populated.count_streams(**kwargs) == len(expected)
 
 
 def test_streams_newest_activity_first_and_limit(populated: Tracker) -> None:

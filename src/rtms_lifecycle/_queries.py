@@ -8,7 +8,19 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, Row, and_, case, func, literal, or_, select, text, tuple_
+from sqlalchemy import (
+    Connection,
+    Row,
+    Select,
+    and_,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+)
 
 from ._tables import EVENT_OUTCOMES, LIVE_PREDICATE, concurrency_alerts, deliveries, streams
 from ._tables import transitions as transitions_table
@@ -82,19 +94,17 @@ def active_streams(
     return _streams(conn, query.order_by(streams.c.stream_id))
 
 
-def list_streams(
-    conn: Connection,
+def _matching_streams(
+    query: Select[Any],
     states: Sequence[State] | None,
     scope: Scope | None,
     scope_id: str | None,
     since: int | None,
     until: int | None,
-    limit: int | None,
-    account_id: str | None = None,
-) -> list[Stream]:
-    query = _of_account(
-        select(*_STREAM_COLUMNS).where(streams.c.state != State.NEW.value), account_id
-    )
+    account_id: str | None,
+) -> Select[Any]:
+    """``query`` narrowed to the streams that ``list_streams`` and ``count_streams`` select."""
+    query = _of_account(query.where(streams.c.state != State.NEW.value), account_id)
     if states:
         values = [State(s).value for s in states]
         if State.STOPPED.value not in values:
@@ -109,10 +119,42 @@ def list_streams(
         query = query.where(began < until)
     if since is not None:
         query = query.where(or_(streams.c.stopped_at.is_(None), streams.c.stopped_at >= since))
+    return query
+
+
+def list_streams(
+    conn: Connection,
+    states: Sequence[State] | None,
+    scope: Scope | None,
+    scope_id: str | None,
+    since: int | None,
+    until: int | None,
+    limit: int | None,
+    account_id: str | None = None,
+) -> list[Stream]:
+    query = _matching_streams(
+        select(*_STREAM_COLUMNS), states, scope, scope_id, since, until, account_id
+    )
     query = query.order_by(streams.c.last_event_at.desc(), streams.c.stream_id)
     if limit is not None:
         query = query.limit(limit)
     return _streams(conn, query)
+
+
+def count_streams(
+    conn: Connection,
+    states: Sequence[State] | None,
+    scope: Scope | None,
+    scope_id: str | None,
+    since: int | None,
+    until: int | None,
+    account_id: str | None = None,
+) -> int:
+    query = _matching_streams(
+        select(func.count()).select_from(streams), states, scope, scope_id, since, until, account_id
+    )
+    count: int = conn.execute(query).scalar_one()
+    return count
 
 
 def history(conn: Connection, stream_id: str) -> list[Transition]:

@@ -523,6 +523,27 @@ class AsyncTracker:
             account_id=account_id,
         )
 
+    async def count_streams(
+        self,
+        state: State | str | Iterable[State | str] | None = None,
+        *,
+        scope: Scope | str | None = None,
+        scope_id: str | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        account_id: str | None = None,
+    ) -> int:
+        """Awaitable :meth:`Tracker.count_streams`."""
+        return await self._read(
+            self._sync.count_streams,
+            state,
+            scope=scope,
+            scope_id=scope_id,
+            since=since,
+            until=until,
+            account_id=account_id,
+        )
+
     async def history(self, stream_id: str) -> list[Transition]:
         """Awaitable :meth:`Tracker.history`."""
         return await self._read(self._sync.history, stream_id)

@@ -779,21 +779,31 @@ def streams(
     if active and states:
         raise click.UsageError("--active means --state started --state resumed: give one or other")
     wanted: Iterable[State | str] | None = ACTIVE_STATES if active else (states or None)
-    found = app.tracker(create=False).streams(
-        wanted, scope=scope, limit=limit, account_id=account_id
-    )
+    tracker = app.tracker(create=False)
     if as_json:
+        found = tracker.streams(wanted, scope=scope, limit=limit, account_id=account_id)
         _emit_json([s.as_dict() for s in found])
         return
-    if limit is None and len(found) > _TABLE_STREAMS:
-        # Drawing tens of thousands of rows takes a minute and helps nobody.
+    if limit is not None:
+        found = tracker.streams(wanted, scope=scope, limit=limit, account_id=account_id)
+        app.out.print(_streams_table(f"{len(found):,} streams", found))
+        return
+    # Drawing tens of thousands of rows takes a minute and helps nobody, and reading a million
+    # streams to count them takes longer: the newest rows, and a count from the database.
+    found = tracker.streams(wanted, scope=scope, limit=_TABLE_STREAMS, account_id=account_id)
+    total = (
+        len(found)
+        if len(found) < _TABLE_STREAMS
+        else tracker.count_streams(wanted, scope=scope, account_id=account_id)
+    )
+    if total > len(found):
         title = (
-            f"Newest streams: showing {_TABLE_STREAMS} of {len(found):,} "
+            f"Newest streams: showing {len(found)} of {total:,} "
             "(--limit N shows more, --json lists all)"
         )
-        app.out.print(_streams_table(title, found[:_TABLE_STREAMS]))
+        app.out.print(_streams_table(title, found))
         return
-    app.out.print(_streams_table(f"{len(found):,} streams", found))
+    app.out.print(_streams_table(f"{total:,} streams", found))
 
 
 @cli.command("stream")

@@ -580,6 +580,30 @@ class Tracker:
                 account_id,
             )
 
+    def count_streams(
+        self,
+        state: State | str | Iterable[State | str] | None = None,
+        *,
+        scope: Scope | str | None = None,
+        scope_id: str | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        account_id: str | None = None,
+    ) -> int:
+        """How many streams :meth:`streams` would list with the same filters, counted by the
+        database (a table showing the newest 50 says of how many)."""
+        states = sorted(_set(state, State) or ())
+        with self._store.read() as conn:
+            return _queries.count_streams(
+                conn,
+                states or None,
+                Scope(scope) if scope else None,
+                scope_id,
+                _ms(since),
+                _ms(until),
+                account_id,
+            )
+
     def history(self, stream_id: str) -> list[Transition]:
         """The stream's transitions in event-time order (how it went)."""
         with self._store.read() as conn:
