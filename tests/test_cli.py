@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -713,6 +714,21 @@ def test_installed_serve_refuses_to_start_without_a_secret(workdir: Path) -> Non
     assert result.returncode == 1
     assert "ZOOM_WEBHOOK_SECRET_TOKEN" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (workdir / "rtms_lifecycle.db").exists()
+
+
+def test_installed_serve_refuses_a_port_in_use(workdir: Path) -> None:
+    """`serve` on a port another process listens on: one line naming it, exit 1, no database."""
+    pytest.importorskip("fastapi", reason="serve needs the 'server' extra")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_process(
+            "serve", "--port", str(port), cwd=workdir, env={"ZOOM_WEBHOOK_SECRET_TOKEN": "s"}
+        )
+    assert result.returncode == 1
+    assert result.stderr == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     assert not (workdir / "rtms_lifecycle.db").exists()
 
 

@@ -23,6 +23,13 @@ READ_COMMANDS = [
     ["deliveries"],
     ["alerts"],
     ["db", "current"],
+    ["expire", "--stale-after", "2h", "--dry-run"],
+    ["prune", "--older-than", "30d", "--dry-run"],
+    ["prune", "--older-than", "30d"],
+    ["prunes"],
+    ["subscriptions"],
+    ["subscriptions", "retry", "billing"],
+    ["follow", "billing", "--idle-exit", "1"],
 ]
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

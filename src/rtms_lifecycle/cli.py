@@ -971,7 +971,7 @@ def expire(app: _App, stale_after: timedelta, dry_run: bool, as_json: bool) -> N
 
     Each stops at its last event plus --stale-after, when it became stale.
     """
-    closed = app.tracker().expire(stale_after, dry_run=dry_run)
+    closed = app.tracker(create=not dry_run).expire(stale_after, dry_run=dry_run)
     if as_json:
         _emit_json([s.as_dict() for s in closed])
         return
@@ -1018,7 +1018,7 @@ def prune(app: _App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json
             "hours, and a retry of a pruned stream's event would start the stream again",
             param_hint="--older-than",
         )
-    result = app.tracker().prune(older_than, dry_run=dry_run, vacuum=vacuum)
+    result = app.tracker(create=False).prune(older_than, dry_run=dry_run, vacuum=vacuum)
     if as_json:
         _emit_json(result.as_dict())
         return
@@ -1044,7 +1044,7 @@ def prune(app: _App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json
 @_pass_app
 def prunes(app: _App, limit: int | None, as_json: bool) -> None:
     """Recorded prunes, newest first: when, the cutoff, and what each removed."""
-    found = app.tracker().prunes(limit)
+    found = app.tracker(create=False).prunes(limit)
     if as_json:
         _emit_json([p.as_dict() for p in found])
         return
@@ -1276,7 +1276,8 @@ def _run_consumer(
     idle_exit: float | None,
     **options: Any,
 ) -> None:
-    tracker = app.tracker()
+    # A consumer of a database that is not there follows a typo: refuse, as read commands do.
+    tracker = app.tracker(create=False)
     try:
         tracker.subscribe(consumer, callback, **options)
     except ValueError as exc:
@@ -1435,7 +1436,7 @@ def subscriptions(ctx: click.Context, as_json: bool) -> None:
         return
     app = ctx.find_object(_App)
     assert app is not None
-    found = app.tracker().subscriptions()
+    found = app.tracker(create=False).subscriptions()
     if as_json:
         _emit_json([status.as_dict() for status in found])
         return
@@ -1448,7 +1449,7 @@ def subscriptions(ctx: click.Context, as_json: bool) -> None:
 @_pass_app
 def subscriptions_retry(app: _App, consumer: str, as_json: bool) -> None:
     """Queue CONSUMER's parked transitions for delivery again (by its running follow/forward)."""
-    count = app.tracker().retry_parked(consumer)
+    count = app.tracker(create=False).retry_parked(consumer)
     if as_json:
         _emit_json({"consumer": consumer, "requeued": count})
         return

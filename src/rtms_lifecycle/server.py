@@ -19,6 +19,7 @@ import logging
 import logging.config
 import os
 import resource
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -777,6 +778,25 @@ class _Health:
         return f"store busy: no answer within {self._timeout} s"
 
 
+def _check_listenable(host: str, port: int) -> None:
+    """Refuse, in one line, an address the server could not listen on (a port in use, a host
+    that is not this machine's) before the app opens the database and says it is ready."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: SO_REUSEADDR, so a port left in TIME_WAIT is not taken for in use.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from exc
+
+
 def default_limits() -> tuple[int, int]:
     """``(limit_concurrency, backlog)`` that fit the process's file descriptor limit.
 
@@ -822,6 +842,7 @@ def run(
     backlog = default_backlog if backlog is None else backlog
     if limit < 1 or backlog < 1:
         raise ConfigurationError("limit_concurrency and backlog must be at least 1")
+    _check_listenable(host, port)
     config = log_config(log_level, log_format)
     # Configured before the app exists, so that what creating it logs is formatted too.
     logging.config.dictConfig(config)
