@@ -241,3 +241,33 @@ def test_ingest_progress_shows_an_eta_for_files(sqlite_url: str, tmp_path: Path)
     )
     assert result.exit_code == 0, result.output
     assert "eta" in _ESCAPES.sub("", result.stderr)
+
+
+# --- why a SQLite file cannot be opened ---------------------------------------------------------
+
+
+def test_a_directory_given_as_database_is_named(tmp_path: Path) -> None:
+    """--db naming a directory: exit 3, the message says it is a directory."""
+    result = invoke(str(tmp_path), "streams")
+    assert result.exit_code == 3
+    assert f"{tmp_path} is a directory, not a database file" in result.stderr
+
+
+def test_a_database_in_a_missing_folder_is_named(tmp_path: Path) -> None:
+    """ingest into a file whose folder does not exist: exit 3, the message names the folder."""
+    lines = tmp_path / "one.jsonl"
+    lines.write_text("{}\n")
+    missing = tmp_path / "no-such-folder" / "x.db"
+    result = invoke(str(missing), "ingest", str(lines))
+    assert result.exit_code == 3
+    assert f"the folder {missing.parent} of x.db does not exist" in result.stderr
+
+
+def test_a_file_that_is_not_a_database_is_named(tmp_path: Path) -> None:
+    """--db naming a text file: exit 3, the message says it is not an SQLite database."""
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n")
+    result = invoke(str(text), "streams")
+    assert result.exit_code == 3
+    assert f"{text} is not an SQLite database" in result.stderr
+    assert text.read_text() == "not a database\n"

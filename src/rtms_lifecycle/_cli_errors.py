@@ -11,9 +11,11 @@ The exit codes are documented in docs/cli.md; scripts and cron jobs branch on th
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import click
@@ -94,18 +96,44 @@ def _first_line(exc: BaseException) -> str:
     return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
 
 
-def _database_error(exc: SQLAlchemyError) -> Failure:
+def sqlite_trouble(path: Path) -> str | None:
+    """Why SQLite cannot open or write ``path``, in words, when the file system tells: the
+    driver says only "unable to open database file" or "attempt to write a readonly database"."""
+    if path.is_dir():
+        return f"{path} is a directory, not a database file"
+    if not path.parent.is_dir():
+        return f"the folder {path.parent} of {path.name} does not exist"
+    if path.is_file():
+        with path.open("rb") as file:
+            head = file.read(16)
+        if head and head != b"SQLite format 3\x00":
+            return f"{path} is not an SQLite database"
+    if not os.access(path.parent, os.W_OK):
+        return (
+            f"the folder {path.parent} is not writable: SQLite keeps its -wal and -shm files "
+            f"beside {path.name}, even to read it"
+        )
+    return None
+
+
+def _database_error(exc: SQLAlchemyError, sqlite_path: Path | None) -> Failure:
     from sqlalchemy.exc import DBAPIError
 
     # A DBAPI error raised while connecting (server down, file unopenable) has no statement.
     if isinstance(exc, DBAPIError) and (exc.connection_invalidated or exc.statement is None):
-        return Unavailable(f"database unavailable: {_first_line(exc)}")
+        trouble = sqlite_trouble(sqlite_path) if sqlite_path is not None else None
+        return Unavailable(f"database unavailable: {trouble or _first_line(exc)}")
+    if sqlite_path is not None and (trouble := sqlite_trouble(sqlite_path)):
+        return Unavailable(f"database unavailable: {trouble}")
     return Failure(f"database error: {_first_line(exc)}")
 
 
 @contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn every library error into a message: operators read these, not tracebacks."""
+def cli_errors(sqlite_path: Callable[[], Path | None] = lambda: None) -> Iterator[None]:
+    """Turn every library error into a message: operators read these, not tracebacks.
+
+    ``sqlite_path``: the SQLite file the command uses, if any, to say why it cannot be opened.
+    """
     try:
         yield
     except (SchemaOutdatedError, DatabaseURLError) as exc:
@@ -124,6 +152,6 @@ def cli_errors() -> Iterator[None]:
         sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
         if sqlalchemy_exc is None or not isinstance(exc, sqlalchemy_exc.SQLAlchemyError):
             raise
-        raise _database_error(exc) from exc
+        raise _database_error(exc, sqlite_path()) from exc
     except KeyboardInterrupt:
         raise interrupted("Interrupted.") from None

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, NoReturn
 
 import click
@@ -116,7 +117,7 @@ class _Group(click.Group):
     group_class = type  # subgroups (`db`) are _Groups too, so their commands get --db
 
     def invoke(self, ctx: click.Context) -> Any:
-        with cli_errors():
+        with cli_errors(lambda: _sqlite_path(ctx)):
             return super().invoke(ctx)
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
@@ -124,6 +125,20 @@ class _Group(click.Group):
         if not any(param.name == "db" for param in cmd.params):
             cmd.params.append(_db_after_command())
         super().add_command(cmd, name)
+
+
+def _sqlite_path(ctx: click.Context) -> Path | None:
+    """The SQLite file the command was given, to say why it cannot be opened; None otherwise."""
+    from . import _dburl
+    from .exceptions import DatabaseURLError
+
+    app = ctx.find_object(_App)
+    if app is None:
+        return None
+    try:
+        return _dburl.sqlite_file(_dburl.parse(app.db))
+    except DatabaseURLError:
+        return None
 
 
 # --- parameters -----------------------------------------------------------------------------------
