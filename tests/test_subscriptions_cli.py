@@ -99,6 +99,13 @@ def test_follow_human_lines(db: str) -> None:
     )
 
 
+def test_follow_human_lines_name_the_stop_reason_on_the_stop_only(db: str) -> None:
+    """A stopped stream's earlier transitions are printed without its stop reason."""
+    lines = invoke(db, "follow", "plain", "--from-start", "--idle-exit", "0.3").output.splitlines()
+    s2 = [line for line in lines if " s2 " in line]
+    assert [line.endswith("HOST_TRIGGERED") for line in s2] == [False] * (len(s2) - 1) + [True]
+
+
 def test_follow_into_a_closed_pipe_keeps_the_unread_transitions(db: str) -> None:
     """When the reader goes away, follow exits 1 naming the transition the consumer resumes at,
     and the next follow starts there: the line whose write failed is not lost."""

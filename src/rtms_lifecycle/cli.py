@@ -1272,11 +1272,15 @@ _IDLE_EXIT_OPTION: Final = click.option(
 
 
 def _follow_line(transition: Transition, stream: Stream, as_json: bool) -> str:
+    from .machine import State
     from .subscriptions import transition_message
 
     if as_json:
         return json.dumps(transition_message(transition, stream))
-    reason = f" {stream.stop_reason_name}" if stream.stop_reason_name else ""
+    # The stream's stop reason, on the stop's own line only: beside a start it reads as the
+    # start's reason.
+    stopping = transition.to_state is State.STOPPED and stream.stop_reason_name
+    reason = f" {stream.stop_reason_name}" if stopping else ""
     return (
         f"{format_time(transition.event_ts)} {transition.stream_id} {stream.scope.value} "
         f"{transition.from_state.value} -> {transition.to_state.value} ({transition.name.value})"
