@@ -576,7 +576,10 @@ def test_db_option_falls_back_to_the_environment(sqlite_url: str, tmp_path: Path
     ("args", "message"),
     [
         (["streams"], "no database at /nonexistent-dir/x/y.db"),
-        (["ingest", "-"], "database unavailable: unable to open database file"),
+        (
+            ["ingest", "-"],
+            "database unavailable: the folder /nonexistent-dir/x of y.db does not exist",
+        ),
     ],
 )
 def test_database_errors_are_one_clean_line(args: list[str], message: str) -> None:

@@ -423,6 +423,7 @@ def test_cli_prune_json_dry_run_then_prune_then_prunes(db_url: str) -> None:
 
 def test_cli_prune_human_output_and_too_short_retention(sqlite_url: str) -> None:
     """The table names the cutoff; a retention under a day is a usage error (exit 2)."""
+    Tracker(sqlite_url).close()  # prune never creates a database
     result = CliRunner().invoke(cli, ["--db", sqlite_url, "prune", "--older-than", "2d"])
     assert result.exit_code == 0, result.output
     assert "Removed what is older than" in result.stdout
