@@ -82,6 +82,18 @@ class IngestSummary:
         return {outcome.value: self[outcome] for outcome in Outcome}
 
 
+def _stream_filters(
+    state: State | str | Iterable[State | str] | None,
+    scope: Scope | str | None,
+    scope_id: str | None,
+    since: Timestamp | None,
+    until: Timestamp | None,
+) -> tuple[list[State] | None, Scope | None, str | None, int | None, int | None]:
+    """``streams()``'s and ``count_streams()``'s filters as the queries take them."""
+    states = sorted(_set(state, State) or ())
+    return states or None, Scope(scope) if scope else None, scope_id, _ms(since), _ms(until)
+
+
 def _ms(value: Timestamp | None) -> int | None:
     if value is None or isinstance(value, int):
         return value
@@ -567,18 +579,9 @@ class Tracker:
     ) -> list[Stream]:
         """Stored streams, newest activity first; ``since``/``until`` keep streams alive then,
         ``account_id`` those of one Zoom account."""
-        states = sorted(_set(state, State) or ())
+        filters = _stream_filters(state, scope, scope_id, since, until)
         with self._store.read() as conn:
-            return _queries.list_streams(
-                conn,
-                states or None,
-                Scope(scope) if scope else None,
-                scope_id,
-                _ms(since),
-                _ms(until),
-                limit,
-                account_id,
-            )
+            return _queries.list_streams(conn, *filters, limit, account_id)
 
     def count_streams(
         self,
@@ -592,17 +595,9 @@ class Tracker:
     ) -> int:
         """How many streams :meth:`streams` would list with the same filters, counted by the
         database (a table showing the newest 50 says of how many)."""
-        states = sorted(_set(state, State) or ())
+        filters = _stream_filters(state, scope, scope_id, since, until)
         with self._store.read() as conn:
-            return _queries.count_streams(
-                conn,
-                states or None,
-                Scope(scope) if scope else None,
-                scope_id,
-                _ms(since),
-                _ms(until),
-                account_id,
-            )
+            return _queries.count_streams(conn, *filters, account_id)
 
     def history(self, stream_id: str) -> list[Transition]:
         """The stream's transitions in event-time order (how it went)."""
