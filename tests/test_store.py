@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from rtms_lifecycle import EventKind, Outcome, Scope, State, Stream, Tracker
+from rtms_lifecycle._rows import state_to_stream
 from rtms_lifecycle._tables import EVENT_OUTCOMES, deliveries, transitions
 from rtms_lifecycle.events import Source, StreamEvent, parse_delivery
 from rtms_lifecycle.machine import fold
-from rtms_lifecycle.store import state_to_stream
 
 from ._deliveries import body, raw
 
@@ -346,7 +346,7 @@ def test_postgres_stream_changed_under_a_writer_is_retried_cautiously(
     """A stream updated by another transaction after the first attempt read it: retried, once."""
     import logging
 
-    caplog.set_level(logging.DEBUG, "rtms_lifecycle.store")
+    caplog.set_level(logging.DEBUG, "rtms_lifecycle._store")
     with Tracker(postgres_url) as tracker:
         tracker.ingest(raw("started", "s1", 10))
     result, stream = _ingest_while_held(
@@ -370,7 +370,7 @@ def test_postgres_new_stream_inserted_under_a_writer_is_retried_cautiously(
     """Two writers creating one stream: the one that loses retries, locks the row and applies."""
     import logging
 
-    caplog.set_level(logging.DEBUG, "rtms_lifecycle.store")
+    caplog.set_level(logging.DEBUG, "rtms_lifecycle._store")
     Tracker(postgres_url).close()
     # What a cautious writer of the same new stream does first: a placeholder row.
     hold = (

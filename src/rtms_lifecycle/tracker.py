@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import threading
 import time
@@ -17,11 +16,13 @@ from sqlalchemy import Engine
 
 from . import _queries, retention
 from . import subscriptions as _subs
+from ._batch import Body, Incoming, KnownStreamEvent, _synthetic, to_incoming
 from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
 from ._defaults import DEFAULT_BATCH_SIZE
-from .events import EventKind, Scope, Source, check_app_event, parse_delivery
-from .exceptions import ConfigurationError, DeliveryRejected, FieldError
+from ._store import Store, now_ms
+from .events import EventKind, Scope, Source, check_app_event
+from .exceptions import ConfigurationError, DeliveryRejected
 from .machine import State, TransitionName
 from .records import (
     ConcurrencyAlertRecord,
@@ -36,14 +37,12 @@ from .records import (
     UnhandledEventStat,
 )
 from .retention import PruneRecord, PruneResult
-from .store import Incoming, KnownStreamEvent, Store, now_ms
 from .webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Body", "IngestSummary", "TransitionCallback", "Tracker"]
 
 log = logging.getLogger(__name__)
 
-Body = bytes | bytearray | memoryview | str | Mapping[str, Any]
 TransitionCallback = Callable[[Transition, Stream], object]
 Timestamp = int | datetime
 
@@ -105,41 +104,6 @@ def _set(value: Any, kind: Callable[[Any], Any]) -> frozenset[Any] | None:
         return None
     values = [value] if isinstance(value, str) else list(value)
     return frozenset(kind(v) for v in values)
-
-
-def to_incoming(
-    body: Body, source: Source = Source.WEBHOOK, verified: Verification | None = None
-) -> Incoming:
-    """Parse a body into what the store records; a rejected body keeps its bytes and errors.
-
-    Whatever a bytes, str or mapping body holds, the result is storable; any other type raises
-    :class:`TypeError`. The bytes kept are the bytes parsed, so a re-fold reads the same event.
-    """
-    raw, problems = to_raw(body)
-    signed = (verified.signed_at, verified.label) if verified is not None else (None, None)
-    if problems:
-        return Incoming(raw, None, source, problems, signed_at=signed[0], secret_label=signed[1])
-    try:
-        parsed = parse_delivery(raw)
-    except DeliveryRejected as exc:
-        return Incoming(
-            raw,
-            None,
-            source,
-            errors=exc.errors,
-            event=exc.event,
-            stream_id=exc.stream_id,
-            signed_at=signed[0],
-            secret_label=signed[1],
-        )
-    except Exception as exc:
-        # A parser bug must not lose the delivery, nor fail its batch: kept, and logged loudly.
-        log.exception("could not parse a delivery; stored as rejected")
-        error = FieldError("body", f"could not be parsed ({type(exc).__name__})")
-        return Incoming(raw, None, source, (error,), signed_at=signed[0], secret_label=signed[1])
-    return Incoming(
-        raw, parsed, source, event=parsed.event, signed_at=signed[0], secret_label=signed[1]
-    )
 
 
 class Tracker:
@@ -749,22 +713,6 @@ def _callback_failed(callback: TransitionCallback, transition: Transition) -> No
         transition.stream_id,
         transition.name,
     )
-
-
-def _synthetic(
-    event: str,
-    stream_id: str,
-    event_ts: int,
-    source: Source,
-    parsed: KnownStreamEvent | None,
-    *,
-    errors: tuple[FieldError, ...] = (),
-    stale_before: int | None = None,
-) -> Incoming:
-    # Stored like a webhook body, so that every event of a stream can be replayed from deliveries.
-    body = {"event": event, "event_ts": event_ts, "payload": {"rtms_stream_id": stream_id}}
-    raw = json.dumps(body, separators=(",", ":"), default=repr).encode()
-    return Incoming(raw, parsed, source, errors, event=event, stale_before=stale_before)
 
 
 def _expired_at(stream: Stream, stale_ms: int) -> int:

@@ -1,13 +1,8 @@
-"""The SQL store: records deliveries, folds stream events, appends the audit history.
+"""One batch of deliveries: parsed into what the store records, then decided in memory.
 
-Every write goes through :meth:`Store.record`, atomic per call, whatever the batch size. On
-SQLite every write transaction starts with ``BEGIN IMMEDIATE``; on PostgreSQL a first attempt
-is optimistic (compare and swap on the stream rows' versions) and a retry locks the rows (see
-``_writers``). The event identity is a unique index, so even a race nobody foresaw cannot apply
-one event twice: it fails, and the batch is retried.
-
-Here the batch is decided in memory; ``_writers`` talks to the driver. Reads go through
-SQLAlchemy.
+A batch reads what its deliveries touch (their streams, which of their events are stored),
+decides each delivery's outcome and the streams' new states without the database, then hands
+the rows to write to its write transaction (``_writers``) in one go.
 """
 
 from __future__ import annotations
@@ -15,69 +10,42 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
-import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
-
-from . import _migrate
-from ._bodies import same_json
-from ._dburl import DEFAULT_DB_URL, check_driver, default_url, parse
-from ._deadline import remaining
-from ._writers import (
-    SQLITE_BUSY_TIMEOUT_MS,
+from ._bodies import same_json, to_raw
+from ._rows import (
     Row,
-    WriteFailed,
-    Writes,
-    WriteTx,
+    _known_event,
+    event_from_delivery,
+    state_from_row,
     state_row,
-    writer_for,
+    state_to_stream,
+    transition_from_row,
 )
+from ._writers import Writes, WriteTx
 from .events import (
     ConcurrencyAlert,
     EventKind,
     ParsedDelivery,
-    Scope,
     Source,
     StreamEvent,
     UnhandledDelivery,
     UrlValidation,
     parse_delivery,
 )
-from .exceptions import FieldError, StoreError, StoreTimeout
-from .machine import LIVE_STATES, State, StreamState, TransitionName, fold, step
-from .records import IngestResult, Outcome, Stream, Transition
+from .exceptions import DeliveryRejected, FieldError
+from .machine import LIVE_STATES, StreamState, fold, step
+from .records import IngestResult, Outcome
+from .webhook import Verification
 
-__all__ = ["DEFAULT_DB_URL", "KnownStreamEvent", "Incoming", "Store", "now_ms"]
+__all__ = ["Body", "Incoming", "KnownStreamEvent", "_Batch", "_synthetic", "to_incoming"]
 
 log = logging.getLogger(__name__)
 
-# How often a transaction that lost a race (deadlock, serialisation, a busy SQLite) is retried.
-_ATTEMPTS: Final = 8
-# Stored text to enum member, cheaper than calling the enum: rows become objects by the thousand.
-SCOPE_OF: Final = {scope.value: scope for scope in Scope}
-STATE_OF: Final = {state.value: state for state in State}
-#: What every SQLite connection of the store runs first (the raw benchmarks use the same). The
-#: busy timeout comes first: switching a new file to WAL waits for the other processes' locks.
-SQLITE_PRAGMAS: Final = (
-    f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-    "journal_mode=WAL",
-    "synchronous=NORMAL",
-)
-#: The SQLite guard of the audit history lets a DELETE pass only where this returns 1: every
-#: connection of the store defines it as 0, a prune's own connection as 1 (migration 0006).
-PRUNING_FUNCTION: Final = "rtms_lifecycle_pruning"
 
-
-def now_ms() -> int:
-    """Wall-clock time in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
+Body = bytes | bytearray | memoryview | str | Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,245 +118,55 @@ def _canonical(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _normalise_url(url: str) -> str:
-    parsed = parse(url)
-    check_driver(parsed)
-    return parsed.render_as_string(hide_password=False)
+def to_incoming(
+    body: Body, source: Source = Source.WEBHOOK, verified: Verification | None = None
+) -> Incoming:
+    """Parse a body into what the store records; a rejected body keeps its bytes and errors.
 
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # We issue BEGIN ourselves; pysqlite's own transaction handling would defer it.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    for pragma in SQLITE_PRAGMAS:
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
-    dbapi_connection.create_function(PRUNING_FUNCTION, 0, not_pruning)
-
-
-def not_pruning() -> int:
-    """What ``rtms_lifecycle_pruning()`` says on a connection that is not pruning."""
-    return 0
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    # A reader's statements see one snapshot (writers begin their own, in _writers); a schema
-    # change takes the write lock up front.
-    immediate = conn.get_execution_options().get(_migrate.SQLITE_IMMEDIATE)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    if not event.contains(engine, "connect", _sqlite_connect):
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
-
-
-def create_store_engine(url: str) -> Engine:
-    """An engine configured the way the store needs it (SQLite pragmas and locking)."""
-    url = _normalise_url(url)
-    if make_url(url).get_backend_name() == "sqlite":
-        engine = create_engine(url)
-        _configure_sqlite(engine)
-        return engine
-    # No pre-ping: it costs a round trip per transaction; a connection found dead is retried.
-    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)
-
-
-class Store:
-    """Persistence of the lifecycle: the only module that writes SQL."""
-
-    def __init__(self, db: str | Engine | None = None, *, migrate: bool = True) -> None:
-        self.engine = create_store_engine(db or default_url()) if not isinstance(db, Engine) else db
-        self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite" and isinstance(db, Engine):
-            _configure_sqlite(self.engine)
-        self._writer = writer_for(self.engine)
-        # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
-        # tries: threads of one process queue here instead, at no cost to other processes.
-        self._serial: threading.Lock | None = threading.Lock() if self.dialect == "sqlite" else None
-        if migrate:
-            _migrate.ensure_schema(self.engine)
-
-    def close(self) -> None:
-        """Release every connection."""
-        with self._serialised(None):
-            self._writer.close()
-        self.engine.dispose()
-
-    @contextmanager
-    def _serialised(self, deadline: float | None) -> Iterator[None]:
-        # SQLite: this process's writers one at a time; the wait counts against the deadline.
-        if self._serial is None:
-            yield
-            return
-        wait = -1 if deadline is None else max(remaining(deadline), 0)
-        if not self._serial.acquire(timeout=wait):
-            raise WriteFailed(
-                "another write of this process held the store past the time budget",
-                retryable=False,
-                timed_out=True,
-            )
-        try:
-            yield
-        finally:
-            self._serial.release()
-
-    # --- writing ----------------------------------------------------------------------------
-
-    def record(
-        self,
-        items: Sequence[Incoming],
-        *,
-        full: bool = True,
-        deadline: float | None = None,
-        durable: bool = True,
-    ) -> list[IngestResult | None]:
-        """Record deliveries in one transaction; None for an expiry that no longer applies.
-
-        Without ``full``, results carry outcomes and ids but no Stream or Transition. Past
-        ``deadline`` (``time.monotonic()`` seconds) it gives up with :class:`StoreTimeout`,
-        nothing written. ``durable``: the commit survives a power loss (on SQLite, a sync per
-        commit); without it (bulk loads), a crash of the machine may undo the last commits.
-        """
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                # A batch that lost a race is retried cautiously: no more optimism.
-                with (
-                    self._serialised(deadline),
-                    self._writer.transaction(
-                        cautious=attempt > 1, size=len(items), deadline=deadline, durable=durable
-                    ) as tx,
-                ):
-                    return _Batch(tx, now_ms(), full).run(items)
-            except WriteFailed as exc:
-                expired = deadline is not None and remaining(deadline) <= 0
-                if exc.timed_out or (exc.retryable and expired):
-                    raise StoreTimeout(
-                        f"could not record {len(items)} deliveries within the time budget: {exc}"
-                    ) from exc
-                if not exc.retryable or attempt == _ATTEMPTS:
-                    raise StoreError(f"could not record {len(items)} deliveries: {exc}") from exc
-                log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc)
-                time.sleep(random.uniform(0, 0.01 * 2**attempt))
-        raise AssertionError("unreachable")
-
-    def check_writable(self, timeout: float) -> None:
-        """Raise :class:`StoreError` (why) unless a write can begin, and a row be written,
-        within ``timeout`` seconds; the probe's write is rolled back."""
-        deadline = time.monotonic() + timeout
-        try:
-            with self._serialised(deadline):
-                self._writer.probe(deadline)
-        except WriteFailed as exc:
-            kind = StoreTimeout if exc.timed_out or remaining(deadline) <= 0 else StoreError
-            raise kind(str(exc)) from exc
-
-    def exclusive(self) -> AbstractContextManager[None]:
-        """Held by every write of this process's store: SQLite admits one writer at a time."""
-        return self._serialised(None)
-
-    # --- reading ----------------------------------------------------------------------------
-
-    def read(self) -> Connection:
-        """A read-only connection (its transaction ends with the ``with`` block)."""
-        return self.engine.connect()
-
-
-def state_from_row(row: Row) -> StreamState:
-    """A stored stream row (``_writers.STREAM_COLUMNS``) as the fold's state."""
-    sid, scope, scope_id, account, key, operator, urls, state, *rest = row
-    return StreamState(
-        sid,
-        SCOPE_OF[scope] if scope else None,
-        scope_id,
-        account,
-        key,
-        operator,
-        urls,
-        STATE_OF[state],
-        *rest,
-    )
-
-
-def state_to_stream(state: StreamState) -> Stream:
-    """The public view of a folded stream."""
-    assert state.scope is not None, "a stream takes its scope from its first applied event"
-    return Stream(
-        stream_id=state.stream_id,
-        scope=state.scope,
-        scope_id=state.scope_id,
-        account_id=state.account_id,
-        session_key=state.session_key,
-        operator_id=state.operator_id,
-        server_urls=state.server_urls,
-        state=state.state,
-        started_at=state.started_at,
-        stopped_at=state.stopped_at,
-        last_event_at=state.last_event_at,
-        stop_reason=state.stop_reason,
-        interruptions=state.interruptions,
-        resumes=state.resumes,
-        failovers=state.failovers,
-        stop_source=state.stop_source,
-    )
-
-
-def transition_from_row(row: Row) -> Transition:
-    """An audit row (``_writers.TRANSITION_COLUMNS``) as a Transition."""
-    tid, sid, from_state, to_state, name, kind, event_ts, source, late, recorded_at, did = row
-    return Transition(
-        id=tid,
-        stream_id=sid,
-        from_state=STATE_OF[from_state],
-        to_state=STATE_OF[to_state],
-        name=TransitionName(name),
-        kind=kind,
-        event_ts=event_ts,
-        source=Source(source),
-        late=bool(late),
-        recorded_at=recorded_at,
-        delivery_id=did,
-    )
-
-
-def event_from_delivery(
-    row: Row, scope: Scope | None = None, scope_id: str | None = None
-) -> StreamEvent:
-    """A stored event (``_writers.EVENT_COLUMNS``), from the delivery that brought it.
-
-    A webhook's body is parsed again; an app's or the system's event is rebuilt, with the
-    stream's ``scope`` and ``scope_id`` (it carries none of its own).
+    Whatever a bytes, str or mapping body holds, the result is storable; any other type raises
+    :class:`TypeError`. The bytes kept are the bytes parsed, so a re-fold reads the same event.
     """
-    _, stream_id, source, event, kind, event_ts, raw = row
-    if source == Source.WEBHOOK:
+    raw, problems = to_raw(body)
+    signed = (verified.signed_at, verified.label) if verified is not None else (None, None)
+    if problems:
+        return Incoming(raw, None, source, problems, signed_at=signed[0], secret_label=signed[1])
+    try:
         parsed = parse_delivery(raw)
-        assert isinstance(parsed, StreamEvent), "a stored webhook event was parsed once already"
-        return parsed
-    return _known_event(
-        event, EventKind(kind), stream_id, event_ts, Source(source), scope, scope_id
+    except DeliveryRejected as exc:
+        return Incoming(
+            raw,
+            None,
+            source,
+            errors=exc.errors,
+            event=exc.event,
+            stream_id=exc.stream_id,
+            signed_at=signed[0],
+            secret_label=signed[1],
+        )
+    except Exception as exc:
+        # A parser bug must not lose the delivery, nor fail its batch: kept, and logged loudly.
+        log.exception("could not parse a delivery; stored as rejected")
+        error = FieldError("body", f"could not be parsed ({type(exc).__name__})")
+        return Incoming(raw, None, source, (error,), signed_at=signed[0], secret_label=signed[1])
+    return Incoming(
+        raw, parsed, source, event=parsed.event, signed_at=signed[0], secret_label=signed[1]
     )
 
 
-def _known_event(
+def _synthetic(
     event: str,
-    kind: EventKind,
     stream_id: str,
     event_ts: int,
     source: Source,
-    scope: Scope | None,
-    scope_id: str | None,
-) -> StreamEvent:
-    return StreamEvent(
-        event=event,
-        scope=scope,
-        kind=kind,
-        stream_id=stream_id,
-        scope_id=scope_id,
-        event_ts=event_ts,
-        source=source,
-        payload={"rtms_stream_id": stream_id},
-    )
+    parsed: KnownStreamEvent | None,
+    *,
+    errors: tuple[FieldError, ...] = (),
+    stale_before: int | None = None,
+) -> Incoming:
+    # Stored like a webhook body, so that every event of a stream can be replayed from deliveries.
+    body = {"event": event, "event_ts": event_ts, "payload": {"rtms_stream_id": stream_id}}
+    raw = json.dumps(body, separators=(",", ":"), default=repr).encode()
+    return Incoming(raw, parsed, source, errors, event=event, stale_before=stale_before)
 
 
 class _Batch:
