@@ -17,12 +17,12 @@ from typing import Any
 from ._bodies import same_json, to_raw
 from ._rows import (
     Row,
-    _known_event,
     event_from_delivery,
     state_from_row,
     state_row,
     state_to_stream,
     transition_from_row,
+    unscoped_stream_event,
 )
 from ._writers import Writes, WriteTx
 from .events import (
@@ -40,7 +40,7 @@ from .machine import LIVE_STATES, StreamState, fold, step
 from .records import IngestResult, Outcome
 from .webhook import Verification
 
-__all__ = ["Body", "Incoming", "KnownStreamEvent", "_Batch", "_synthetic", "to_incoming"]
+__all__ = ["Body", "Incoming", "UnscopedEvent", "Batch", "synthetic_delivery", "to_incoming"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ Body = bytes | bytearray | memoryview | str | Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
-class KnownStreamEvent:
+class UnscopedEvent:
     """An app-reported resume or a system expiry: the stream's scope comes from the store."""
 
     stream_id: str
@@ -62,7 +62,7 @@ class Incoming:
     """One delivery to record: what was received, and what parsing made of it."""
 
     raw: bytes
-    parsed: ParsedDelivery | KnownStreamEvent | None
+    parsed: ParsedDelivery | UnscopedEvent | None
     source: Source = Source.WEBHOOK
     errors: tuple[FieldError, ...] = ()
     event: str | None = None
@@ -75,11 +75,11 @@ class Incoming:
 
 
 @dataclass(slots=True)
-class _Live:
+class _BatchStream:
     """A stream as the batch sees it, and what the batch changed."""
 
     state: StreamState
-    # The row as stored (``_writers.STREAM_COLUMNS``); empty if there is none yet, and the batch
+    # The row as stored (``_rows.STREAM_COLUMNS``); empty if there is none yet, and the batch
     # inserts it.
     stored: Row = ()
     dirty: bool = False
@@ -96,7 +96,7 @@ class _First:
     raw: bytes
     # None until needed: a stored event is parsed again only for a copy with other bytes.
     payload: Mapping[str, Any] | None
-    # A stored event's row (``_writers.EVENT_COLUMNS``); None for an event of this batch.
+    # A stored event's row (``_rows.EVENT_COLUMNS``); None for an event of this batch.
     row: Row | None = None
 
 
@@ -153,12 +153,12 @@ def to_incoming(
     )
 
 
-def _synthetic(
+def synthetic_delivery(
     event: str,
     stream_id: str,
     event_ts: int,
     source: Source,
-    parsed: KnownStreamEvent | None,
+    parsed: UnscopedEvent | None,
     *,
     errors: tuple[FieldError, ...] = (),
     stale_before: int | None = None,
@@ -169,18 +169,18 @@ def _synthetic(
     return Incoming(raw, parsed, source, errors, event=event, stale_before=stale_before)
 
 
-class _Batch:
+class Batch:
     """One transaction's worth of deliveries: read what they touch, decide in memory, write."""
 
-    def __init__(self, tx: WriteTx, now: int, full: bool) -> None:
+    def __init__(self, tx: WriteTx, now: int, with_records: bool) -> None:
         self.tx = tx
         self.now = now
-        # Without full results (bulk loads without callbacks) no Stream or Transition is built.
-        self.full = full
-        self.live: dict[str, _Live] = {}
+        # Without records (bulk loads without callbacks) no Stream or Transition is built.
+        self.with_records = with_records
+        self.streams: dict[str, _BatchStream] = {}
         # identity -> the stored event's delivery id, or its first delivery once read (or of
         # this batch)
-        self.known: dict[tuple[str, str, int], int | _First] = {}
+        self.first_delivery: dict[tuple[str, str, int], int | _First] = {}
         self.writes = Writes(now)
         self.delivery_ids: Iterator[int] = iter(())
         self.transition_ids: Iterator[int] = iter(())
@@ -201,7 +201,7 @@ class _Batch:
         ids: set[str] = set()
         identities: set[Row] = set()
         for item in items:
-            if isinstance(item.parsed, StreamEvent | KnownStreamEvent):
+            if isinstance(item.parsed, StreamEvent | UnscopedEvent):
                 parsed = item.parsed
                 ids.add(parsed.stream_id)
                 identities.add((parsed.stream_id, parsed.kind.value, parsed.event_ts))
@@ -210,11 +210,11 @@ class _Batch:
         )
         self.delivery_ids, self.transition_ids = loaded.delivery_ids, loaded.transition_ids
         for row in loaded.streams:
-            self.live[row[0]] = _Live(state_from_row(row), row)
-        for sid in ids - self.live.keys():
-            self.live[sid] = _Live(StreamState(sid), stored_events=[])
-        for sid, kind, event_ts, delivery_id in loaded.known:
-            self.known[sid, kind, event_ts] = delivery_id
+            self.streams[row[0]] = _BatchStream(state_from_row(row), row)
+        for sid in ids - self.streams.keys():
+            self.streams[sid] = _BatchStream(StreamState(sid), stored_events=[])
+        for sid, kind, event_ts, delivery_id in loaded.stored_identities:
+            self.first_delivery[sid, kind, event_ts] = delivery_id
 
     # --- deciding ---------------------------------------------------------------------------
 
@@ -237,25 +237,26 @@ class _Batch:
             return self._delivery(
                 item, Outcome.APPLIED, event=parsed.event, event_ts=parsed.event_ts
             )
-        live = self.live[parsed.stream_id]
-        if isinstance(parsed, KnownStreamEvent):
-            parsed = _known_event(
+        stream = self.streams[parsed.stream_id]
+        if isinstance(parsed, UnscopedEvent):
+            parsed = unscoped_stream_event(
                 item.event or parsed.kind.value,
                 parsed.kind,
                 parsed.stream_id,
                 parsed.event_ts,
                 item.source,
-                live.state.scope,
-                live.state.scope_id,
+                stream.state.scope,
+                stream.state.scope_id,
             )
         if item.stale_before is not None and not (
-            live.state.state in LIVE_STATES and (live.state.last_event_at or 0) < item.stale_before
+            stream.state.state in LIVE_STATES
+            and (stream.state.last_event_at or 0) < item.stale_before
         ):
             return None
-        return self._stream_event(item, parsed, live)
+        return self._stream_event(item, parsed, stream)
 
-    def _stream_event(self, item: Incoming, ev: StreamEvent, live: _Live) -> _Pending:
-        before = live.state
+    def _stream_event(self, item: Incoming, ev: StreamEvent, stream: _BatchStream) -> _Pending:
+        before = stream.state
         if before.scope is not None and ev.scope is not None and before.scope is not ev.scope:
             return self._delivery(
                 item,
@@ -267,12 +268,12 @@ class _Batch:
                 ),
             )
         identity = (ev.stream_id, ev.kind.value, ev.event_ts)
-        stored = self.known.get(identity)
+        stored = self.first_delivery.get(identity)
         if stored is not None:
             if isinstance(stored, int):
                 # Only a second delivery of a stored event reads the first one's body again.
                 row = self.tx.event(stored)
-                stored = self.known[identity] = _First(stored, bytes(row[-1]), None, row)
+                stored = self.first_delivery[identity] = _First(stored, bytes(row[-1]), None, row)
             if item.raw == stored.raw:
                 # Zoom's retries repeat the body byte for byte: the copy references the first.
                 if stored.row is not None:
@@ -303,20 +304,20 @@ class _Batch:
                     "an event with this identity but another payload is stored; the first stands"
                 ),
             )
-        live.dirty = True
+        stream.dirty = True
         if ev.position > (before.fold_ts, before.fold_rank):
             after = before.copy()
             name = step(after, ev)
         else:
-            if live.stored_events is None:
-                live.stored_events = [
+            if stream.stored_events is None:
+                stream.stored_events = [
                     event_from_delivery(row, before.scope, before.scope_id)
                     for row in self.tx.events(ev.stream_id)
                 ]
-            after, steps = fold(ev.stream_id, [*live.stored_events, *live.new_events, ev])
+            after, steps = fold(ev.stream_id, [*stream.stored_events, *stream.new_events, ev])
             name = next(n for e, n in steps if e is ev)
-        live.new_events.append(ev)
-        live.state = after
+        stream.new_events.append(ev)
+        stream.state = after
         if name is None:
             pending = self._delivery(
                 item,
@@ -326,7 +327,7 @@ class _Batch:
             )
         else:
             pending = self._delivery(item, Outcome.APPLIED, about=ev)
-        self.known[identity] = _First(pending.delivery_id, item.raw, ev.payload)
+        self.first_delivery[identity] = _First(pending.delivery_id, item.raw, ev.payload)
         if name is None:
             return pending
         pending.state = after
@@ -415,14 +416,14 @@ class _Batch:
     # --- writing ----------------------------------------------------------------------------
 
     def _write_streams(self) -> None:
-        for live in self.live.values():
-            if not live.stored:
-                self.writes.new_streams.append((*state_row(live.state), self.now, self.now))
-            elif live.dirty:
-                self.writes.changed_streams.append((live.stored, state_row(live.state)))
+        for stream in self.streams.values():
+            if not stream.stored:
+                self.writes.new_streams.append((*state_row(stream.state), self.now, self.now))
+            elif stream.dirty:
+                self.writes.changed_streams.append((stream.stored, state_row(stream.state)))
 
     def _result(self, pending: _Pending) -> IngestResult:
-        full = self.full and pending.state is not None
+        with_records = self.with_records and pending.state is not None
         return IngestResult(
             outcome=pending.outcome,
             delivery_id=pending.delivery_id,
@@ -430,8 +431,10 @@ class _Batch:
             stream_id=pending.stream_id,
             errors=pending.errors,
             detail=pending.detail,
-            stream=state_to_stream(pending.state) if full and pending.state else None,
+            stream=state_to_stream(pending.state) if with_records and pending.state else None,
             transition=(
-                transition_from_row(pending.transition) if full and pending.transition else None
+                transition_from_row(pending.transition)
+                if with_records and pending.transition
+                else None
             ),
         )

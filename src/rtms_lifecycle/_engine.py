@@ -14,7 +14,7 @@ __all__ = [
     "PRUNING_FUNCTION",
     "SQLITE_BUSY_TIMEOUT_MS",
     "SQLITE_PRAGMAS",
-    "_configure_sqlite",
+    "configure_sqlite",
     "create_store_engine",
     "not_pruning",
 ]
@@ -62,7 +62,7 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def configure_sqlite(engine: Engine) -> None:
     if not event.contains(engine, "connect", _sqlite_connect):
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
@@ -73,7 +73,7 @@ def create_store_engine(url: str) -> Engine:
     url = _normalise_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url)
-        _configure_sqlite(engine)
+        configure_sqlite(engine)
         return engine
     # No pre-ping: it costs a round trip per transaction; a connection found dead is retried.
     return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)

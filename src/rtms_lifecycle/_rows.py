@@ -119,7 +119,7 @@ def state_row(state: StreamState) -> Row:
 
 
 def state_from_row(row: Row) -> StreamState:
-    """A stored stream row (``_writers.STREAM_COLUMNS``) as the fold's state."""
+    """A stored stream row (``STREAM_COLUMNS``) as the fold's state."""
     sid, scope, scope_id, account, key, operator, urls, state, *rest = row
     return StreamState(
         sid,
@@ -166,7 +166,7 @@ def streams_from_rows(rows: Iterable[Row]) -> list[Stream]:
 
 
 def transition_from_row(row: Row) -> Transition:
-    """An audit row (``_writers.TRANSITION_COLUMNS``) as a Transition."""
+    """An audit row (``TRANSITION_COLUMNS``) as a Transition."""
     tid, sid, from_state, to_state, name, kind, event_ts, source, late, recorded_at, did = row
     return Transition(
         id=tid,
@@ -186,7 +186,7 @@ def transition_from_row(row: Row) -> Transition:
 def event_from_delivery(
     row: Row, scope: Scope | None = None, scope_id: str | None = None
 ) -> StreamEvent:
-    """A stored event (``_writers.EVENT_COLUMNS``), from the delivery that brought it.
+    """A stored event (``EVENT_COLUMNS``), from the delivery that brought it.
 
     A webhook's body is parsed again; an app's or the system's event is rebuilt, with the
     stream's ``scope`` and ``scope_id`` (it carries none of its own).
@@ -196,12 +196,12 @@ def event_from_delivery(
         parsed = parse_delivery(raw)
         assert isinstance(parsed, StreamEvent), "a stored webhook event was parsed once already"
         return parsed
-    return _known_event(
+    return unscoped_stream_event(
         event, EventKind(kind), stream_id, event_ts, Source(source), scope, scope_id
     )
 
 
-def _known_event(
+def unscoped_stream_event(
     event: str,
     kind: EventKind,
     stream_id: str,

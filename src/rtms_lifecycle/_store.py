@@ -23,10 +23,10 @@ from typing import Final
 from sqlalchemy import Connection, Engine
 
 from . import _migrate
-from ._batch import Incoming, _Batch
+from ._batch import Batch, Incoming
 from ._dburl import default_url
 from ._deadline import remaining
-from ._engine import _configure_sqlite, create_store_engine
+from ._engine import configure_sqlite, create_store_engine
 from ._writers import WriteFailed, writer_for
 from .exceptions import StoreError, StoreTimeout
 from .records import IngestResult
@@ -52,7 +52,7 @@ class Store:
         self.engine = create_store_engine(db or default_url()) if not isinstance(db, Engine) else db
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite" and isinstance(db, Engine):
-            _configure_sqlite(self.engine)
+            configure_sqlite(self.engine)
         self._writer = writer_for(self.engine)
         # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
         # tries: threads of one process queue here instead, at no cost to other processes.
@@ -90,13 +90,13 @@ class Store:
         self,
         items: Sequence[Incoming],
         *,
-        full: bool = True,
+        with_records: bool = True,
         deadline: float | None = None,
         durable: bool = True,
     ) -> list[IngestResult | None]:
         """Record deliveries in one transaction; None for an expiry that no longer applies.
 
-        Without ``full``, results carry outcomes and ids but no Stream or Transition. Past
+        Without ``with_records``, results carry outcomes and ids but no Stream or Transition. Past
         ``deadline`` (``time.monotonic()`` seconds) it gives up with :class:`StoreTimeout`,
         nothing written. ``durable``: the commit survives a power loss (on SQLite, a sync per
         commit); without it (bulk loads), a crash of the machine may undo the last commits.
@@ -110,7 +110,7 @@ class Store:
                         cautious=attempt > 1, size=len(items), deadline=deadline, durable=durable
                     ) as tx,
                 ):
-                    return _Batch(tx, now_ms(), full).run(items)
+                    return Batch(tx, now_ms(), with_records).run(items)
             except WriteFailed as exc:
                 expired = deadline is not None and remaining(deadline) <= 0
                 if exc.timed_out or (exc.retryable and expired):

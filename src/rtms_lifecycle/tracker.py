@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from . import _queries, retention
 from . import subscriptions as _subs
-from ._batch import Body, Incoming, KnownStreamEvent, _synthetic, to_incoming
+from ._batch import Body, Incoming, UnscopedEvent, synthetic_delivery, to_incoming
 from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
 from ._defaults import DEFAULT_BATCH_SIZE
@@ -89,17 +89,23 @@ def _stream_filters(
     until: Timestamp | None,
 ) -> tuple[list[State] | None, Scope | None, str | None, int | None, int | None]:
     """``streams()``'s and ``count_streams()``'s filters as the queries take them."""
-    states = sorted(_set(state, State) or ())
-    return states or None, Scope(scope) if scope else None, scope_id, _ms(since), _ms(until)
+    states = sorted(_as_set(state, State) or ())
+    return (
+        states or None,
+        Scope(scope) if scope else None,
+        scope_id,
+        _epoch_ms(since),
+        _epoch_ms(until),
+    )
 
 
-def _ms(value: Timestamp | None) -> int | None:
+def _epoch_ms(value: Timestamp | None) -> int | None:
     if value is None or isinstance(value, int):
         return value
     return int(value.timestamp() * 1000)
 
 
-def _set(value: Any, kind: Callable[[Any], Any]) -> frozenset[Any] | None:
+def _as_set(value: Any, kind: Callable[[Any], Any]) -> frozenset[Any] | None:
     if value is None:
         return None
     values = [value] if isinstance(value, str) else list(value)
@@ -226,11 +232,13 @@ class Tracker:
             batch.append(to_incoming(body))
             if len(batch) >= batch_size:
                 counts.update(
-                    r.outcome for r in self._record(batch, full=False, durable=False) if r
+                    r.outcome for r in self._record(batch, with_records=False, durable=False) if r
                 )
                 batch = []
         if batch:
-            counts.update(r.outcome for r in self._record(batch, full=False, durable=False) if r)
+            counts.update(
+                r.outcome for r in self._record(batch, with_records=False, durable=False) if r
+            )
         return IngestSummary(dict(counts))
 
     def report_resumed(self, stream_id: str, at_ms: int) -> IngestResult:
@@ -242,10 +250,10 @@ class Tracker:
         try:
             sid, ts = check_app_event(stream_id, at_ms)
         except DeliveryRejected as exc:
-            item = _synthetic(event, stream_id, at_ms, Source.APP, None, errors=exc.errors)
+            item = synthetic_delivery(event, stream_id, at_ms, Source.APP, None, errors=exc.errors)
         else:
-            item = _synthetic(
-                event, sid, ts, Source.APP, KnownStreamEvent(sid, EventKind.RESUMED, ts)
+            item = synthetic_delivery(
+                event, sid, ts, Source.APP, UnscopedEvent(sid, EventKind.RESUMED, ts)
             )
         (result,) = self._record([item])
         assert result is not None
@@ -288,12 +296,12 @@ class Tracker:
             for stream in stale[start : start + DEFAULT_BATCH_SIZE]:
                 at = _expired_at(stream, stale_ms)
                 items.append(
-                    _synthetic(
+                    synthetic_delivery(
                         "system.rtms_expired",
                         stream.stream_id,
                         at,
                         Source.SYSTEM,
-                        KnownStreamEvent(stream.stream_id, EventKind.STOPPED, at),
+                        UnscopedEvent(stream.stream_id, EventKind.STOPPED, at),
                         # Only if no newer event came meanwhile: the stop time was read from it.
                         stale_before=at - stale_ms + 1,
                     )
@@ -329,14 +337,17 @@ class Tracker:
         self,
         items: Sequence[Incoming],
         *,
-        full: bool = True,
+        with_records: bool = True,
         durable: bool = True,
         deadline: float | None = None,
     ) -> list[IngestResult | None]:
         subscriptions = self._subscriptions
         # Callbacks need each transition's stream; a bulk load without callbacks needs counts.
         results = self._store.record(
-            items, full=full or bool(subscriptions), deadline=deadline, durable=durable
+            items,
+            with_records=with_records or bool(subscriptions),
+            deadline=deadline,
+            durable=durable,
         )
         if subscriptions:
             for result in results:
@@ -376,7 +387,10 @@ class Tracker:
             # Called in the writing thread, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
             subscription = _Subscription(
-                fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
+                fn,
+                _as_set(to, State),
+                _as_set(name, TransitionName),
+                _as_set(scope, Scope),
             )
             with self._lock:
                 self._subscriptions = (*self._subscriptions, subscription)
@@ -460,7 +474,10 @@ class Tracker:
             # Called by the runner, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
             wanted = _Subscription(
-                fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
+                fn,
+                _as_set(to, State),
+                _as_set(name, TransitionName),
+                _as_set(scope, Scope),
             )
             core = _subs.Consumer(
                 self.engine,
@@ -597,7 +614,7 @@ class Tracker:
     ) -> list[DeliveryRecord]:
         """Stored deliveries, newest first."""
         with self._store.read() as conn:
-            return _queries.list_deliveries(conn, _set(outcome, Outcome), stream_id, limit)
+            return _queries.list_deliveries(conn, _as_set(outcome, Outcome), stream_id, limit)
 
     def stop_reason_stats(
         self,
@@ -610,7 +627,9 @@ class Tracker:
         """Per stop reason (and scope): count, share and median duration of streams stopped
         in ``[since, until)`` (of one Zoom account with ``account_id``)."""
         with self._store.read() as conn:
-            return _queries.stop_reason_stats(conn, _ms(since), _ms(until), by_scope, account_id)
+            return _queries.stop_reason_stats(
+                conn, _epoch_ms(since), _epoch_ms(until), by_scope, account_id
+            )
 
     def unhandled_stats(
         self, since: Timestamp | None = None, until: Timestamp | None = None
@@ -618,7 +637,7 @@ class Tracker:
         """Deliveries of events this version does not handle, per event name, received in
         ``[since, until)``: count, first and last seen. RTMS-looking names come first."""
         with self._store.read() as conn:
-            return _queries.unhandled_stats(conn, _ms(since), _ms(until))
+            return _queries.unhandled_stats(conn, _epoch_ms(since), _epoch_ms(until))
 
     def stop_reason_counts(
         self,
@@ -633,7 +652,7 @@ class Tracker:
         if bucket_ms < 1:
             raise ValueError("bucket must be at least a millisecond")
         with self._store.read() as conn:
-            return _queries.stop_reason_counts(conn, _ms(since), _ms(until), bucket_ms)
+            return _queries.stop_reason_counts(conn, _epoch_ms(since), _epoch_ms(until), bucket_ms)
 
     def interruption_stats(
         self,
@@ -647,7 +666,11 @@ class Tracker:
         (of one Zoom account with ``account_id``)."""
         with self._store.read() as conn:
             return _queries.interruption_stats(
-                conn, _ms(since), _ms(until), Scope(scope) if scope else None, account_id
+                conn,
+                _epoch_ms(since),
+                _epoch_ms(until),
+                Scope(scope) if scope else None,
+                account_id,
             )
 
     def interruption_stats_by_scope(
@@ -656,14 +679,14 @@ class Tracker:
         """:meth:`interruption_stats` for every scope with streams that began in
         ``[since, until)``, in one pass."""
         with self._store.read() as conn:
-            return _queries.interruption_stats_by_scope(conn, _ms(since), _ms(until))
+            return _queries.interruption_stats_by_scope(conn, _epoch_ms(since), _epoch_ms(until))
 
     def concurrency_alerts(
         self, since: Timestamp | None = None, limit: int | None = None
     ) -> list[ConcurrencyAlertRecord]:
         """Account-level concurrency alerts, newest first."""
         with self._store.read() as conn:
-            return _queries.alerts(conn, _ms(since), limit)
+            return _queries.alerts(conn, _epoch_ms(since), limit)
 
     def latest_alert(self) -> ConcurrencyAlertRecord | None:
         """The newest concurrency alert, or None."""

@@ -24,8 +24,8 @@ CUMULATIVE = (
     ("whole ingest_many", "rtms_lifecycle/tracker.py", "ingest_many"),
     ("parse: to_incoming (pydantic parse_delivery)", "rtms_lifecycle/_batch.py", "to_incoming"),
     ("Store.record (one transaction)", "rtms_lifecycle/_store.py", "record"),
-    ("  _Batch._load (streams, stored identities, ids)", "rtms_lifecycle/_batch.py", "_load"),
-    ("  _Batch._decide (in-memory decisions)", "rtms_lifecycle/_batch.py", "_decide"),
+    ("  Batch._load (streams, stored identities, ids)", "rtms_lifecycle/_batch.py", "_load"),
+    ("  Batch._decide (in-memory decisions)", "rtms_lifecycle/_batch.py", "_decide"),
     ("    machine.step", "rtms_lifecycle/machine.py", "step"),
     (
         "    event_from_delivery (re-folds, collisions)",

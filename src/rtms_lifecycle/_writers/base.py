@@ -34,7 +34,7 @@ class Loaded:
 
     streams: list[Row]
     #: ``(stream_id, kind, event_ts, delivery id)`` of the identities asked for that are stored
-    known: list[Row]
+    stored_identities: list[Row]
     delivery_ids: Iterator[int]
     transition_ids: Iterator[int]
 
@@ -99,7 +99,7 @@ class WriteFailed(Exception):
         self.timed_out = timed_out
 
 
-def _past(deadline: float | None) -> None:
+def check_deadline(deadline: float | None) -> None:
     if deadline is not None and remaining(deadline) <= 0:
         raise WriteFailed(
             "the time budget ran out before the write began", retryable=False, timed_out=True
@@ -141,17 +141,17 @@ def writer_for(engine: Engine) -> Writer:
     # Each database's module is imported by the first store that writes to one: the dialect
     # modules import this one.
     if engine.dialect.name == "postgresql":
-        from .postgres import _PostgresWriter
+        from .postgres import PostgresWriter
 
-        return _PostgresWriter(engine)
+        return PostgresWriter(engine)
     if engine.dialect.name == "sqlite":
-        from .sqlite import _SqliteWriter
+        from .sqlite import SqliteWriter
 
-        return _SqliteWriter(engine)
+        return SqliteWriter(engine)
     raise ValueError(f"unsupported database: {engine.dialect.name}")
 
 
-def _checkout(engine: Engine) -> PoolProxiedConnection:
+def checkout(engine: Engine) -> PoolProxiedConnection:
     # The pool hands over the driver's own error when it cannot connect.
     try:
         return engine.raw_connection()
@@ -159,7 +159,7 @@ def _checkout(engine: Engine) -> PoolProxiedConnection:
         raise WriteFailed(str(exc), retryable=False) from exc
 
 
-def _insert(
+def insert_sql(
     table: Table,
     names: Sequence[str],
     mark: str,
@@ -180,29 +180,31 @@ def _insert(
     )
 
 
-def _select(table: Table, names: Sequence[str], where: str) -> str:
+def select_sql(table: Table, names: Sequence[str], where: str) -> str:
     return f"SELECT {', '.join(names)} FROM {table.name} WHERE {where}"
 
 
-_ON_NEW_ALERT: Final = " ON CONFLICT (fingerprint) DO NOTHING"
-_NEW_STREAM_COLUMNS: Final = (*STREAM_COLUMNS, "created_at", "updated_at")
+ON_NEW_ALERT: Final = " ON CONFLICT (fingerprint) DO NOTHING"
+NEW_STREAM_COLUMNS: Final = (*STREAM_COLUMNS, "created_at", "updated_at")
 # Each listed identity with the id of its stored event, or null: one probe of the partial unique
 # index per identity. Not a join: with statistics (ANALYZE) SQLite 3.38+ plans a join of a few
 # hundred identities with a Bloom filter built by scanning all deliveries (300 ms at 2 million
 # rows, measured), and a row-value IN list is planned as a scan as well.
-_KNOWN: Final = (
+IDENTITY_LOOKUP: Final = (
     "v.s, v.k, v.t, (SELECT d.id FROM deliveries AS d"
     f" WHERE d.stream_id = v.s AND d.kind = v.k AND d.event_ts = v.t AND d.{EVENT_PREDICATE})"
 )
-_STREAM_EVENTS: Final = _select(deliveries, EVENT_COLUMNS, f"stream_id = %s AND {EVENT_PREDICATE}")
-_EVENT: Final = _select(deliveries, EVENT_COLUMNS, "id = %s")
+STREAM_EVENTS: Final = select_sql(
+    deliveries, EVENT_COLUMNS, f"stream_id = %s AND {EVENT_PREDICATE}"
+)
+EVENT: Final = select_sql(deliveries, EVENT_COLUMNS, "id = %s")
 # What a health probe writes (and rolls back): a row in the deliveries table, as a delivery would.
 # Id 0 is never a delivery's: ids start at 1.
-_PROBE: Final = (
+PROBE: Final = (
     "INSERT INTO deliveries (id, received_at, source, outcome, raw)"
     " VALUES (0, 0, 'system', 'rejected', %s)"
 )
 
 
-class _RollBack(Exception):
+class RollBack(Exception):
     """Ends a probe's transaction: rolled back, nothing raised."""

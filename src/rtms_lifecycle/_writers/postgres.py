@@ -23,33 +23,33 @@ from rtms_lifecycle._rows import (
 from rtms_lifecycle._tables import concurrency_alerts, deliveries, streams, transitions
 
 from .base import (
-    _EVENT,
-    _KNOWN,
-    _NEW_STREAM_COLUMNS,
-    _ON_NEW_ALERT,
-    _PROBE,
-    _STREAM_EVENTS,
+    EVENT,
+    IDENTITY_LOOKUP,
+    NEW_STREAM_COLUMNS,
+    ON_NEW_ALERT,
+    PROBE,
+    STREAM_EVENTS,
     Loaded,
+    RollBack,
     WriteFailed,
     Writes,
-    _checkout,
-    _insert,
-    _past,
-    _RollBack,
-    _select,
+    check_deadline,
+    checkout,
+    insert_sql,
+    select_sql,
 )
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["_PostgresWriter"]
+__all__ = ["PostgresWriter"]
 
 
 # Deadlock, serialisation failure, unique violation: a race another attempt will not lose.
 _RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01", "23505"})
 # Query cancelled (our watchdog, or the operator's statement_timeout), lock timeout.
 _TIMEOUT_SQLSTATES: Final = frozenset({"57014", "55P03"})
-_PG_PROBE: Final = _PROBE.replace("%s", "''::bytea")
+_PG_PROBE: Final = PROBE.replace("%s", "''::bytea")
 
 
 def _numbered(sql: str) -> str:
@@ -64,10 +64,10 @@ def _numbered(sql: str) -> str:
 # A cautious retry: placeholders are inserted in stream-id order, and the rows then locked in the
 # same order, so that two batches touching the same streams can never deadlock.
 _PG_PLACEHOLDERS: Final = _numbered(
-    _insert(streams, _NEW_STREAM_COLUMNS, "%s", suffix=" ON CONFLICT (stream_id) DO NOTHING")
+    insert_sql(streams, NEW_STREAM_COLUMNS, "%s", suffix=" ON CONFLICT (stream_id) DO NOTHING")
 )
 _PG_LOCK_STREAMS: Final = _numbered(
-    _select(streams, ("stream_id",), "stream_id = ANY(%s) ORDER BY stream_id FOR UPDATE")
+    select_sql(streams, ("stream_id",), "stream_id = ANY(%s) ORDER BY stream_id FOR UPDATE")
 )
 
 
@@ -79,12 +79,12 @@ def _json_rows(names: Sequence[str], source: str) -> str:
 # which of its events are stored, and ids for its rows. One statement reads one snapshot.
 _PG_READ: Final = (
     f"SELECT {_json_rows((*STREAM_COLUMNS, 'xmin::text'), 'streams WHERE stream_id = ANY($1)')},"
-    + _json_rows([_KNOWN], "unnest($2::text[], $3::text[], $4::bigint[]) AS v(s, k, t)")
+    + _json_rows([IDENTITY_LOOKUP], "unnest($2::text[], $3::text[], $4::bigint[]) AS v(s, k, t)")
     + ", ARRAY(SELECT nextval($5::regclass) FROM generate_series(1, $6::int) ORDER BY 1),"
     " ARRAY(SELECT nextval($7::regclass) FROM generate_series(1, $8::int) ORDER BY 1)"
 )
-_PG_STREAM_EVENTS: Final = _numbered(_STREAM_EVENTS)
-_PG_EVENT: Final = _numbered(_EVENT)
+_PG_STREAM_EVENTS: Final = _numbered(STREAM_EVENTS)
+_PG_EVENT: Final = _numbered(EVENT)
 _PG_SEQUENCES: Final = (
     "SELECT pg_get_serial_sequence('deliveries', 'id'), pg_get_serial_sequence('transitions', 'id')"
 )
@@ -94,8 +94,8 @@ _PG_INSERTS: Final = (
     (deliveries, DELIVERY_COLUMNS, "", ""),
     # A transition row carries its writer's transaction id (see _tables.transitions).
     (transitions, TRANSITION_COLUMNS, "tx_id = pg_current_xact_id()::text::bigint", ""),
-    (streams, _NEW_STREAM_COLUMNS, "", ""),
-    (concurrency_alerts, ALERT_COLUMNS, "", _ON_NEW_ALERT),
+    (streams, NEW_STREAM_COLUMNS, "", ""),
+    (concurrency_alerts, ALERT_COLUMNS, "", ON_NEW_ALERT),
 )
 _PG_ROWS: Final = 100
 _PG_UPDATE_COLUMNS: Final = (*STREAM_COLUMNS[1:], "updated_at", "stream_id")
@@ -117,7 +117,7 @@ def _pg_write_sql(counts: tuple[int, ...], guarded: bool = False) -> str:
     ``Writes.referenced``).
     """
     parts = [
-        _insert(table, names, "%s", computed=computed, suffix=suffix, rows=n)
+        insert_sql(table, names, "%s", computed=computed, suffix=suffix, rows=n)
         for (table, names, computed, suffix), n in zip(_PG_INSERTS, counts, strict=False)
         if n
     ]
@@ -149,7 +149,7 @@ def _pg_write_sql(counts: tuple[int, ...], guarded: bool = False) -> str:
     return _numbered(f"WITH {ctes} SELECT {', '.join(checks) or '0'}")
 
 
-class _PostgresTx:
+class PostgresTx:
     """Optimistic unless ``cautious``.
 
     Optimistic: no locks. The batch reads its streams with their row versions, and writes them
@@ -197,14 +197,14 @@ class _PostgresTx:
         )
         row = read.fetchone()
         assert row is not None
-        found, known, delivery_ids, transition_ids = row
+        found, stored, delivery_ids, transition_ids = row
         streams_read = []
         for *stream, version in found or ():
             self._versions[stream[0]] = version
             streams_read.append(tuple(stream))
         return Loaded(
             streams_read,
-            [tuple(r) for r in known or () if r[3] is not None],
+            [tuple(r) for r in stored or () if r[3] is not None],
             iter(delivery_ids),
             iter(transition_ids),
         )
@@ -245,7 +245,7 @@ class _PostgresTx:
             cursor.execute(sql, [*values, guard, guard] if guard else values)
 
 
-class _PostgresWriter:
+class PostgresWriter:
     """A pooled connection per transaction."""
 
     # One per process: it only sleeps until the next deadline.
@@ -264,7 +264,7 @@ class _PostgresWriter:
     def probe(self, deadline: float) -> None:
         with self.transaction(cautious=True, deadline=deadline) as tx:
             self._psycopg.RawCursor(tx._conn).execute(_PG_PROBE)
-            raise _RollBack
+            raise RollBack
 
     @contextmanager
     def transaction(
@@ -274,11 +274,11 @@ class _PostgresWriter:
         size: int = 1,
         deadline: float | None = None,
         durable: bool = True,
-    ) -> Iterator[_PostgresTx]:
+    ) -> Iterator[PostgresTx]:
         # PostgreSQL's own synchronous_commit decides durability (on by default: every commit).
         psycopg = self._psycopg
-        _past(deadline)
-        held = _checkout(self._engine)
+        check_deadline(deadline)
+        held = checkout(self._engine)
         conn = held.driver_connection
         assert isinstance(conn, psycopg.Connection)
         # An optimistic batch small enough to be written by one statement needs no transaction:
@@ -286,7 +286,7 @@ class _PostgresWriter:
         # checks what the read saw. That saves BEGIN and COMMIT: two of four round trips.
         alone = not cautious and size <= _PG_ROWS
         try:
-            _past(deadline)  # the pool may have made it wait
+            check_deadline(deadline)  # the pool may have made it wait
             if self._sequences is None:
                 names = conn.execute(_PG_SEQUENCES).fetchone()
                 conn.rollback()
@@ -294,7 +294,7 @@ class _PostgresWriter:
                 self._sequences = (names[0], names[1])
             conn.autocommit = alone
             with self._watchdog.guard(deadline, conn.cancel_safe):
-                yield _PostgresTx(conn, self._sequences, psycopg.RawCursor, cautious)
+                yield PostgresTx(conn, self._sequences, psycopg.RawCursor, cautious)
                 conn.commit()
         except BaseException as exc:
             broken = conn.closed or conn.broken
@@ -305,7 +305,7 @@ class _PostgresWriter:
                     broken = True
             if broken:
                 held.invalidate()
-            if isinstance(exc, _RollBack):
+            if isinstance(exc, RollBack):
                 return
             if isinstance(exc, psycopg.Error):
                 timed_out = exc.sqlstate in _TIMEOUT_SQLSTATES

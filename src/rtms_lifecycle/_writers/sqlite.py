@@ -25,23 +25,23 @@ from rtms_lifecycle._rows import (
 from rtms_lifecycle._tables import concurrency_alerts, deliveries, streams, transitions
 
 from .base import (
-    _EVENT,
-    _KNOWN,
-    _NEW_STREAM_COLUMNS,
-    _ON_NEW_ALERT,
-    _PROBE,
-    _STREAM_EVENTS,
+    EVENT,
+    IDENTITY_LOOKUP,
+    NEW_STREAM_COLUMNS,
+    ON_NEW_ALERT,
+    PROBE,
+    STREAM_EVENTS,
     Loaded,
+    RollBack,
     WriteFailed,
     Writes,
-    _checkout,
-    _insert,
-    _past,
-    _RollBack,
-    _select,
+    check_deadline,
+    checkout,
+    insert_sql,
+    select_sql,
 )
 
-__all__ = ["_SqliteWriter"]
+__all__ = ["SqliteWriter"]
 
 
 # Keeps IN (...) lists well under SQLite's bound-parameter limit.
@@ -53,11 +53,11 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start : start + _CHUNK]
 
 
-_SQLITE_DELIVERIES: Final = _insert(deliveries, DELIVERY_COLUMNS, "?")
+_SQLITE_DELIVERIES: Final = insert_sql(deliveries, DELIVERY_COLUMNS, "?")
 # SQLite has no transaction ids: the feed's cursor there rests on serialised writers.
-_SQLITE_TRANSITIONS: Final = _insert(transitions, TRANSITION_COLUMNS, "?", computed="tx_id = 0")
-_SQLITE_NEW_STREAMS: Final = _insert(streams, _NEW_STREAM_COLUMNS, "?")
-_SQLITE_ALERTS: Final = _insert(concurrency_alerts, ALERT_COLUMNS, "?", suffix=_ON_NEW_ALERT)
+_SQLITE_TRANSITIONS: Final = insert_sql(transitions, TRANSITION_COLUMNS, "?", computed="tx_id = 0")
+_SQLITE_NEW_STREAMS: Final = insert_sql(streams, NEW_STREAM_COLUMNS, "?")
+_SQLITE_ALERTS: Final = insert_sql(concurrency_alerts, ALERT_COLUMNS, "?", suffix=ON_NEW_ALERT)
 _SQLITE_LAST_IDS: Final = (
     "SELECT (SELECT max(id) FROM deliveries), (SELECT max(id) FROM transitions)"
 )
@@ -81,24 +81,24 @@ def _sqlite_changes(writes: Writes) -> dict[str, list[Row]]:
 
 @lru_cache(maxsize=32)
 def _sqlite_in(n: int) -> str:
-    return _select(streams, STREAM_COLUMNS, f"stream_id IN ({', '.join('?' * n)})")
+    return select_sql(streams, STREAM_COLUMNS, f"stream_id IN ({', '.join('?' * n)})")
 
 
 @lru_cache(maxsize=32)
-def _sqlite_known(n: int) -> str:
+def _sqlite_identity_lookup(n: int) -> str:
     values = ", ".join(["(?, ?, ?)"] * n)
-    return f"WITH v(s, k, t) AS (VALUES {values}) SELECT {_KNOWN} FROM v"
+    return f"WITH v(s, k, t) AS (VALUES {values}) SELECT {IDENTITY_LOOKUP} FROM v"
 
 
-_SQLITE_STREAM_EVENTS: Final = _STREAM_EVENTS.replace("%s", "?")
-_SQLITE_EVENT: Final = _EVENT.replace("%s", "?")
+_SQLITE_STREAM_EVENTS: Final = STREAM_EVENTS.replace("%s", "?")
+_SQLITE_EVENT: Final = EVENT.replace("%s", "?")
 
 
 def _sqlite_busy(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc)
 
 
-_SQLITE_PROBE: Final = _PROBE.replace("%s", "x''")
+_SQLITE_PROBE: Final = PROBE.replace("%s", "x''")
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
@@ -109,7 +109,7 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     return (found.st_dev, found.st_ino)
 
 
-class _SqliteTx:
+class SqliteTx:
     __slots__ = ("_conn",)
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -130,14 +130,14 @@ class _SqliteTx:
         # A new stream has no events: only identities of stored streams are looked up.
         stored = {row[0] for row in found}
         asked = [identity for identity in identities if identity[0] in stored]
-        known: list[Row] = []
+        identified: list[Row] = []
         for part in _chunks(asked):
-            rows = conn.execute(_sqlite_known(len(part)), [v for i in part for v in i])
-            known += [row for row in rows if row[3] is not None]
+            rows = conn.execute(_sqlite_identity_lookup(len(part)), [v for i in part for v in i])
+            identified += [row for row in rows if row[3] is not None]
         # BEGIN IMMEDIATE made this the only writer: the ids after the largest are ours.
         last_delivery, last_transition = conn.execute(_SQLITE_LAST_IDS).fetchone()
         return Loaded(
-            found, known, count((last_delivery or 0) + 1), count((last_transition or 0) + 1)
+            found, identified, count((last_delivery or 0) + 1), count((last_transition or 0) + 1)
         )
 
     def events(self, stream_id: str) -> list[Row]:
@@ -160,7 +160,7 @@ class _SqliteTx:
                 many(sql, rows)
 
 
-class _SqliteWriter:
+class SqliteWriter:
     """One connection, held for the store's life (threads queue on the store's lock).
 
     It checks after every commit that the database file is still the one it opened: a commit
@@ -176,7 +176,7 @@ class _SqliteWriter:
         self._identity: tuple[int, int] | None = None
         # What the held connection is set to now: pragmas are set only when they change.
         self._busy_ms = SQLITE_BUSY_TIMEOUT_MS
-        self._full = False
+        self._synchronous_full = False
 
     def close(self) -> None:
         if self._held is not None:
@@ -192,9 +192,9 @@ class _SqliteWriter:
             if identity != self._identity and self._identity is not None:
                 # Another file now: the pool's connections still read the old one.
                 self._engine.dispose()
-            self._held = _checkout(self._engine)
+            self._held = checkout(self._engine)
             self._identity = _file_identity(self._path) if self._path else None
-            self._busy_ms, self._full = SQLITE_BUSY_TIMEOUT_MS, False
+            self._busy_ms, self._synchronous_full = SQLITE_BUSY_TIMEOUT_MS, False
         conn = self._held.driver_connection
         assert isinstance(conn, sqlite3.Connection)
         return self._held, conn
@@ -205,11 +205,11 @@ class _SqliteWriter:
         if busy != self._busy_ms:
             conn.execute(f"PRAGMA busy_timeout={max(busy, 1)}")
             self._busy_ms = busy
-        if durable != self._full:
+        if durable != self._synchronous_full:
             # FULL syncs the WAL at every commit: a commit that answered a sender survives a
             # power loss. NORMAL (bulk loads, whose input is still there) syncs at checkpoints.
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._full = durable
+            self._synchronous_full = durable
 
     def _check_file(self) -> None:
         if self._path is None or _file_identity(self._path) == self._identity:
@@ -231,7 +231,7 @@ class _SqliteWriter:
     def probe(self, deadline: float) -> None:
         with self.transaction(deadline=deadline, durable=False) as tx:
             tx._conn.execute(_SQLITE_PROBE)
-            raise _RollBack
+            raise RollBack
 
     @contextmanager
     def transaction(
@@ -241,15 +241,15 @@ class _SqliteWriter:
         size: int = 1,
         deadline: float | None = None,
         durable: bool = True,
-    ) -> Iterator[_SqliteTx]:
+    ) -> Iterator[SqliteTx]:
         # Always cautious: BEGIN IMMEDIATE makes this the only writer until it commits.
-        _past(deadline)
+        check_deadline(deadline)
         held, conn = self._connection()
         try:
             self._settle(conn, deadline, durable)
             # The write lock is taken up front: two writers never both read, then both write.
             conn.execute("BEGIN IMMEDIATE")
-            yield _SqliteTx(conn)
+            yield SqliteTx(conn)
             conn.execute("COMMIT")
             self._check_file()
         except BaseException as exc:
@@ -259,7 +259,7 @@ class _SqliteWriter:
                     conn.execute("ROLLBACK")
             except sqlite3.Error:
                 busy = False
-            if isinstance(exc, _RollBack):
+            if isinstance(exc, RollBack):
                 return
             if not busy:
                 # Whatever went wrong, the next transaction starts on a fresh connection.
