@@ -49,15 +49,17 @@ STATE_OF: Final = {state.value: state for state in State}
 
 
 def _columns(table: Table, names: Sequence[str]) -> tuple[str, ...]:
-    # Failing at import beats a misspelt column found in production.
+    # Failing at import beats a misspelt column found in production. Raised, not asserted:
+    # ``python -O`` strips asserts. A RuntimeError, not an RTMSLifecycleError: it is a bug in
+    # this package, which no caller could handle.
     missing = [name for name in names if name not in table.c]
-    assert not missing, f"{table.name} has no column {missing}"
+    if missing:
+        raise RuntimeError(f"rtms_lifecycle is broken: table {table.name} has no column {missing}")
     return tuple(names)
 
 
 #: A stream row: ``stream_id``, then the fold's state, in ``StreamState``'s field order.
 STREAM_COLUMNS: Final = _columns(streams, tuple(StreamState.__dataclass_fields__))
-#: A stored event, as the fold reads it back.
 #: A stored event: the delivery that brought it first, which a re-fold parses again.
 EVENT_COLUMNS: Final = _columns(
     deliveries, ("id", "stream_id", "source", "event", "kind", "event_ts", "raw")
