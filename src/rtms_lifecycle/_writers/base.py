@@ -25,7 +25,25 @@ from rtms_lifecycle._deadline import remaining
 from rtms_lifecycle._rows import EVENT_COLUMNS, STREAM_COLUMNS, Row
 from rtms_lifecycle._tables import EVENT_PREDICATE, deliveries
 
-__all__ = ["Loaded", "WriteFailed", "WriteTx", "Writer", "Writes", "writer_for"]
+__all__ = [
+    "EVENT",
+    "IDENTITY_LOOKUP",
+    "NEW_STREAM_COLUMNS",
+    "ON_NEW_ALERT",
+    "PROBE",
+    "STREAM_EVENTS",
+    "Loaded",
+    "RollBack",
+    "WriteFailed",
+    "WriteTx",
+    "Writer",
+    "Writes",
+    "check_deadline",
+    "checkout",
+    "insert_sql",
+    "select_sql",
+    "writer_for",
+]
 
 
 @dataclass(slots=True)
@@ -100,6 +118,7 @@ class WriteFailed(Exception):
 
 
 def check_deadline(deadline: float | None) -> None:
+    """Raise :class:`WriteFailed` (``timed_out``) if ``deadline`` has passed."""
     if deadline is not None and remaining(deadline) <= 0:
         raise WriteFailed(
             "the time budget ran out before the write began", retryable=False, timed_out=True
@@ -152,6 +171,7 @@ def writer_for(engine: Engine) -> Writer:
 
 
 def checkout(engine: Engine) -> PoolProxiedConnection:
+    """A DBAPI connection from the engine's pool; :class:`WriteFailed` if none can be opened."""
     # The pool hands over the driver's own error when it cannot connect.
     try:
         return engine.raw_connection()
@@ -181,6 +201,7 @@ def insert_sql(
 
 
 def select_sql(table: Table, names: Sequence[str], where: str) -> str:
+    """A SELECT of ``names`` from ``table``."""
     return f"SELECT {', '.join(names)} FROM {table.name} WHERE {where}"
 
 
@@ -194,6 +215,7 @@ IDENTITY_LOOKUP: Final = (
     "v.s, v.k, v.t, (SELECT d.id FROM deliveries AS d"
     f" WHERE d.stream_id = v.s AND d.kind = v.k AND d.event_ts = v.t AND d.{EVENT_PREDICATE})"
 )
+# A stream's stored events, and one stored event, with ``%s`` markers: each dialect puts its own.
 STREAM_EVENTS: Final = select_sql(
     deliveries, EVENT_COLUMNS, f"stream_id = %s AND {EVENT_PREDICATE}"
 )
