@@ -346,7 +346,7 @@ def test_postgres_stream_changed_under_a_writer_is_retried_cautiously(
     """A stream updated by another transaction after the first attempt read it: retried, once."""
     import logging
 
-    caplog.set_level(logging.DEBUG, "rtms_lifecycle._store")
+    caplog.set_level(logging.DEBUG, "rtms_lifecycle.store")
     with Tracker(postgres_url) as tracker:
         tracker.ingest(raw("started", "s1", 10))
     result, stream = _ingest_while_held(
@@ -370,7 +370,7 @@ def test_postgres_new_stream_inserted_under_a_writer_is_retried_cautiously(
     """Two writers creating one stream: the one that loses retries, locks the row and applies."""
     import logging
 
-    caplog.set_level(logging.DEBUG, "rtms_lifecycle._store")
+    caplog.set_level(logging.DEBUG, "rtms_lifecycle.store")
     Tracker(postgres_url).close()
     # What a cautious writer of the same new stream does first: a placeholder row.
     hold = (
