@@ -357,10 +357,7 @@ class AsyncTracker:
 
         def register(fn: TransitionCallback) -> TransitionCallback:
             subscription = _Subscription(
-                fn,
-                _as_set(to, State),
-                _as_set(name, TransitionName),
-                _as_set(scope, Scope),
+                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
             )
             with self._lock:
                 self._subscriptions = (*self._subscriptions, subscription)
@@ -429,10 +426,7 @@ class AsyncTracker:
 
         def register(fn: TransitionCallback) -> TransitionCallback:
             wanted = _Subscription(
-                fn,
-                _as_set(to, State),
-                _as_set(name, TransitionName),
-                _as_set(scope, Scope),
+                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
             )
             core = _subs.Consumer(
                 self.engine,

@@ -387,10 +387,7 @@ class Tracker:
             # Called in the writing thread, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
             subscription = _Subscription(
-                fn,
-                _as_set(to, State),
-                _as_set(name, TransitionName),
-                _as_set(scope, Scope),
+                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
             )
             with self._lock:
                 self._subscriptions = (*self._subscriptions, subscription)
@@ -474,10 +471,7 @@ class Tracker:
             # Called by the runner, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
             wanted = _Subscription(
-                fn,
-                _as_set(to, State),
-                _as_set(name, TransitionName),
-                _as_set(scope, Scope),
+                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
             )
             core = _subs.Consumer(
                 self.engine,
