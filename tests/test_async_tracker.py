@@ -36,8 +36,8 @@ from rtms_lifecycle import (
     Transition,
     WebhookRefused,
 )
+from rtms_lifecycle._store import now_ms
 from rtms_lifecycle.server import create_router
-from rtms_lifecycle.store import now_ms
 from rtms_lifecycle.webhook import WebhookVerifier
 from tests._live import SECRET, serving, signed
 

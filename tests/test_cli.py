@@ -19,8 +19,8 @@ from alembic.script import ScriptDirectory
 from click.testing import CliRunner, Result
 
 from rtms_lifecycle import Tracker, _migrate
+from rtms_lifecycle._engine import create_store_engine
 from rtms_lifecycle.cli import cli, format_duration, format_time, parse_duration, parse_time
-from rtms_lifecycle.store import create_store_engine
 
 from ._deliveries import SPEC_STREAM_KEYS, body
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from rtms_lifecycle import Tracker, _migrate
+from rtms_lifecycle._engine import create_store_engine
 from rtms_lifecycle.cli import cli
-from rtms_lifecycle.store import create_store_engine
 
 from ._deliveries import body
 from .test_cli import ENTRY_POINT, SCENARIO, T0, invoke, invoke_json, jsonl, run_process

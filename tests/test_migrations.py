@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from rtms_lifecycle import Outcome, SchemaOutdatedError, State, Tracker, _migrate
-from rtms_lifecycle.store import create_store_engine
+from rtms_lifecycle._engine import create_store_engine
 
 from ._deliveries import raw
 

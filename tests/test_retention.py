@@ -18,9 +18,10 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from rtms_lifecycle import Outcome, State, Tracker, _migrate, retention
+from rtms_lifecycle._engine import create_store_engine
+from rtms_lifecycle._store import now_ms
 from rtms_lifecycle._tables import concurrency_alerts, deliveries, streams, transitions
 from rtms_lifecycle.cli import cli
-from rtms_lifecycle.store import create_store_engine, now_ms
 
 from ._deliveries import raw
 

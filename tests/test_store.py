@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from rtms_lifecycle import EventKind, Outcome, Scope, State, Stream, Tracker
+from rtms_lifecycle._rows import state_to_stream
 from rtms_lifecycle._tables import EVENT_OUTCOMES, deliveries, transitions
 from rtms_lifecycle.events import Source, StreamEvent, parse_delivery
 from rtms_lifecycle.machine import fold
-from rtms_lifecycle.store import state_to_stream
 
 from ._deliveries import body, raw
 

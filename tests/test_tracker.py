@@ -28,7 +28,7 @@ from rtms_lifecycle import (
     TransitionName,
     WebhookRefused,
 )
-from rtms_lifecycle.store import now_ms
+from rtms_lifecycle._store import now_ms
 from rtms_lifecycle.webhook import sign
 
 from ._deliveries import body

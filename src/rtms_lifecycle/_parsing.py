@@ -454,7 +454,8 @@ class EndpointUrlValidation(Delivery):
     payload: UrlValidationPayload
 
 
-_OTHER_MODELS: Final[dict[str, type[Delivery]]] = {
+# The deliveries the library handles that concern no stream: alerts and the endpoint challenge.
+_STREAMLESS_MODELS: Final[dict[str, type[Delivery]]] = {
     "rtms.concurrency_near_limit": ConcurrencyNearLimit,
     "rtms.concurrency_limited": ConcurrencyLimited,
     "endpoint.url_validation": EndpointUrlValidation,
@@ -511,11 +512,11 @@ def parse_delivery(
     event = data.get("event")
     model = STREAM_MODELS.get(event) if isinstance(event, str) else None
     if model is None:
-        other = _OTHER_MODELS.get(event) if isinstance(event, str) else None
-        if other is None:
+        streamless = _STREAMLESS_MODELS.get(event) if isinstance(event, str) else None
+        if streamless is None:
             envelope = _validate(_ENVELOPE.validate_python, data, event, None)
             return UnhandledDelivery(envelope.event, envelope.event_ts, data.get("payload"))
-        return _other(_validate(other.model_validate, data, event, None), data)
+        return _streamless_delivery(_validate(streamless.model_validate, data, event, None), data)
     payload = data.get("payload")
     rename = None
     if (
@@ -591,7 +592,8 @@ def _stream_id_hint(payload: Any) -> str | None:
         return None
 
 
-def _other(parsed: Delivery, data: dict[str, Any]) -> ParsedDelivery:
+def _streamless_delivery(parsed: Delivery, data: dict[str, Any]) -> ParsedDelivery:
+    """A validated alert or endpoint challenge as the delivery the store records."""
     payload = data["payload"]
     if isinstance(parsed, EndpointUrlValidation):
         return UrlValidation(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -10,7 +9,6 @@ from typing import Any, Final
 
 from sqlalchemy import (
     Connection,
-    Row,
     Select,
     and_,
     case,
@@ -22,10 +20,19 @@ from sqlalchemy import (
     tuple_,
 )
 
+from ._rows import (
+    EVENT_COLUMNS,
+    STREAM_RECORD_COLUMNS,
+    TRANSITION_COLUMNS,
+    alert_from_row,
+    delivery_from_row,
+    event_from_delivery,
+    streams_from_rows,
+    transition_from_row,
+)
 from ._tables import EVENT_OUTCOMES, LIVE_PREDICATE, concurrency_alerts, deliveries, streams
 from ._tables import transitions as transitions_table
 from ._unhandled import looks_like_rtms
-from ._writers import EVENT_COLUMNS, TRANSITION_COLUMNS
 from .events import EventKind, Scope, Source
 from .machine import ACTIVE_STATES, State, TransitionName, fold
 from .records import (
@@ -40,22 +47,16 @@ from .records import (
     UnhandledEventStat,
 )
 from .stop_reasons import describe_stop_reason
-from .store import SCOPE_OF, STATE_OF, event_from_delivery, transition_from_row
 
 _LIVE: Final = text(LIVE_PREDICATE)
 _RANK: Final = case({kind.value: kind.rank for kind in EventKind}, value=transitions_table.c.kind)
 
 
-# A Stream's columns in its fields' order, so that rows become Streams positionally: the live
-# and list queries build thousands of them.
-_STREAM_COLUMNS: Final = [streams.c[name] for name in Stream.__dataclass_fields__]
+_STREAM_COLUMNS: Final = [streams.c[name] for name in STREAM_RECORD_COLUMNS]
 
 
 def _streams(conn: Connection, query: Any) -> list[Stream]:
-    return [
-        Stream(sid, SCOPE_OF[scope], scope_id, account, key, operator, urls, STATE_OF[state], *rest)
-        for sid, scope, scope_id, account, key, operator, urls, state, *rest in conn.execute(query)
-    ]
+    return streams_from_rows(conn.execute(query))
 
 
 _TRANSITION_COLUMNS: Final = [transitions_table.c[name] for name in TRANSITION_COLUMNS]
@@ -388,11 +389,6 @@ def _interruptions(
     }
 
 
-def _alert(row: Row[Any]) -> ConcurrencyAlertRecord:
-    m = row._mapping
-    return ConcurrencyAlertRecord(**{k: m[k] for k in ConcurrencyAlertRecord.__dataclass_fields__})
-
-
 def alerts(conn: Connection, since: int | None, limit: int | None) -> list[ConcurrencyAlertRecord]:
     query = select(concurrency_alerts)
     if since is not None:
@@ -400,7 +396,7 @@ def alerts(conn: Connection, since: int | None, limit: int | None) -> list[Concu
     query = query.order_by(concurrency_alerts.c.event_ts.desc(), concurrency_alerts.c.id.desc())
     if limit is not None:
         query = query.limit(limit)
-    return [_alert(r) for r in conn.execute(query)]
+    return [alert_from_row(r) for r in conn.execute(query)]
 
 
 def list_deliveries(
@@ -419,23 +415,7 @@ def list_deliveries(
     query = query.order_by(deliveries.c.id.desc())
     if limit is not None:
         query = query.limit(limit)
-    return [
-        DeliveryRecord(
-            id=r.id,
-            received_at=r.received_at,
-            source=Source(r.source),
-            event=r.event,
-            event_ts=r.event_ts,
-            stream_id=r.stream_id,
-            outcome=Outcome(r.outcome),
-            error=json.loads(r.error) if r.error else None,
-            detail=r.detail,
-            raw=bytes(r.raw if r.first_raw is None else r.first_raw),
-            signed_at=r.signed_at,
-            secret_label=r.secret_label,
-        )
-        for r in conn.execute(query)
-    ]
+    return [delivery_from_row(r) for r in conn.execute(query)]
 
 
 def stale_streams(conn: Connection, cutoff: int) -> list[Stream]:

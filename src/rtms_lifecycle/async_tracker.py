@@ -50,8 +50,8 @@ from .tracker import (
     Timestamp,
     Tracker,
     TransitionCallback,
+    _as_set,
     _callback_failed,
-    _set,
     _Subscription,
 )
 from .webhook import DEFAULT_REPLAY_WINDOW, Verification
@@ -357,7 +357,7 @@ class AsyncTracker:
 
         def register(fn: TransitionCallback) -> TransitionCallback:
             subscription = _Subscription(
-                fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
+                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
             )
             with self._lock:
                 self._subscriptions = (*self._subscriptions, subscription)
@@ -426,7 +426,7 @@ class AsyncTracker:
 
         def register(fn: TransitionCallback) -> TransitionCallback:
             wanted = _Subscription(
-                fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
+                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
             )
             core = _subs.Consumer(
                 self.engine,

@@ -827,8 +827,8 @@ def streams(
 @_pass_app
 def stream_command(app: _App, stream_id: str, as_json: bool) -> None:
     """Show one stream (by rtms_stream_id) and its history."""
+    from ._store import now_ms
     from ._terminal_charts import timeline_bar
-    from .store import now_ms
 
     tracker = app.tracker(create=False)
     found = tracker.stream(stream_id)
@@ -1094,7 +1094,7 @@ def db() -> None:
 
 def _revisions(url: str) -> tuple[str | None, str]:
     from . import _migrate
-    from .store import create_store_engine
+    from ._engine import create_store_engine
 
     engine = create_store_engine(url)
     try:
@@ -1132,7 +1132,7 @@ def db_current(app: _App, as_json: bool) -> None:
 def db_upgrade(app: _App, as_json: bool) -> None:
     """Migrate the database to the newest schema (run before starting a new version)."""
     from . import _migrate
-    from .store import create_store_engine
+    from ._engine import create_store_engine
 
     engine = create_store_engine(app.db)
     try:

@@ -31,9 +31,10 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, func, select
 
+from ._engine import PRUNING_FUNCTION, not_pruning
+from ._store import Store
 from ._tables import prunes
 from .exceptions import StoreError
-from .store import PRUNING_FUNCTION, Store, not_pruning
 
 __all__ = ["MIN_RETENTION", "PruneRecord", "PruneResult", "list_prunes", "prune"]
 

@@ -34,12 +34,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from . import _queries
 from ._defaults import DEFAULT_FORWARD_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY
+from ._store import now_ms
 from ._tables import subscription_parked as parked_table
 from ._tables import subscriptions as subscriptions_table
 from ._tables import transitions as transitions_table
 from .exceptions import ConfigurationError
 from .records import Stream, Transition
-from .store import now_ms
 
 __all__ = [
     "DEFAULT_FORWARD_TIMEOUT",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import threading
 import time
@@ -17,11 +16,13 @@ from sqlalchemy import Engine
 
 from . import _queries, retention
 from . import subscriptions as _subs
+from ._batch import Body, Incoming, UnscopedEvent, synthetic_delivery, to_incoming
 from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
 from ._defaults import DEFAULT_BATCH_SIZE
-from .events import EventKind, Scope, Source, check_app_event, parse_delivery
-from .exceptions import ConfigurationError, DeliveryRejected, FieldError
+from ._store import Store, now_ms
+from .events import EventKind, Scope, Source, check_app_event
+from .exceptions import ConfigurationError, DeliveryRejected
 from .machine import State, TransitionName
 from .records import (
     ConcurrencyAlertRecord,
@@ -36,14 +37,12 @@ from .records import (
     UnhandledEventStat,
 )
 from .retention import PruneRecord, PruneResult
-from .store import Incoming, KnownStreamEvent, Store, now_ms
 from .webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Body", "IngestSummary", "TransitionCallback", "Tracker"]
 
 log = logging.getLogger(__name__)
 
-Body = bytes | bytearray | memoryview | str | Mapping[str, Any]
 TransitionCallback = Callable[[Transition, Stream], object]
 Timestamp = int | datetime
 
@@ -90,56 +89,27 @@ def _stream_filters(
     until: Timestamp | None,
 ) -> tuple[list[State] | None, Scope | None, str | None, int | None, int | None]:
     """``streams()``'s and ``count_streams()``'s filters as the queries take them."""
-    states = sorted(_set(state, State) or ())
-    return states or None, Scope(scope) if scope else None, scope_id, _ms(since), _ms(until)
+    states = sorted(_as_set(state, State) or ())
+    return (
+        states or None,
+        Scope(scope) if scope else None,
+        scope_id,
+        _epoch_ms(since),
+        _epoch_ms(until),
+    )
 
 
-def _ms(value: Timestamp | None) -> int | None:
+def _epoch_ms(value: Timestamp | None) -> int | None:
     if value is None or isinstance(value, int):
         return value
     return int(value.timestamp() * 1000)
 
 
-def _set(value: Any, kind: Callable[[Any], Any]) -> frozenset[Any] | None:
+def _as_set(value: Any, kind: Callable[[Any], Any]) -> frozenset[Any] | None:
     if value is None:
         return None
     values = [value] if isinstance(value, str) else list(value)
     return frozenset(kind(v) for v in values)
-
-
-def to_incoming(
-    body: Body, source: Source = Source.WEBHOOK, verified: Verification | None = None
-) -> Incoming:
-    """Parse a body into what the store records; a rejected body keeps its bytes and errors.
-
-    Whatever a bytes, str or mapping body holds, the result is storable; any other type raises
-    :class:`TypeError`. The bytes kept are the bytes parsed, so a re-fold reads the same event.
-    """
-    raw, problems = to_raw(body)
-    signed = (verified.signed_at, verified.label) if verified is not None else (None, None)
-    if problems:
-        return Incoming(raw, None, source, problems, signed_at=signed[0], secret_label=signed[1])
-    try:
-        parsed = parse_delivery(raw)
-    except DeliveryRejected as exc:
-        return Incoming(
-            raw,
-            None,
-            source,
-            errors=exc.errors,
-            event=exc.event,
-            stream_id=exc.stream_id,
-            signed_at=signed[0],
-            secret_label=signed[1],
-        )
-    except Exception as exc:
-        # A parser bug must not lose the delivery, nor fail its batch: kept, and logged loudly.
-        log.exception("could not parse a delivery; stored as rejected")
-        error = FieldError("body", f"could not be parsed ({type(exc).__name__})")
-        return Incoming(raw, None, source, (error,), signed_at=signed[0], secret_label=signed[1])
-    return Incoming(
-        raw, parsed, source, event=parsed.event, signed_at=signed[0], secret_label=signed[1]
-    )
 
 
 class Tracker:
@@ -262,11 +232,13 @@ class Tracker:
             batch.append(to_incoming(body))
             if len(batch) >= batch_size:
                 counts.update(
-                    r.outcome for r in self._record(batch, full=False, durable=False) if r
+                    r.outcome for r in self._record(batch, with_records=False, durable=False) if r
                 )
                 batch = []
         if batch:
-            counts.update(r.outcome for r in self._record(batch, full=False, durable=False) if r)
+            counts.update(
+                r.outcome for r in self._record(batch, with_records=False, durable=False) if r
+            )
         return IngestSummary(dict(counts))
 
     def report_resumed(self, stream_id: str, at_ms: int) -> IngestResult:
@@ -278,10 +250,10 @@ class Tracker:
         try:
             sid, ts = check_app_event(stream_id, at_ms)
         except DeliveryRejected as exc:
-            item = _synthetic(event, stream_id, at_ms, Source.APP, None, errors=exc.errors)
+            item = synthetic_delivery(event, stream_id, at_ms, Source.APP, None, errors=exc.errors)
         else:
-            item = _synthetic(
-                event, sid, ts, Source.APP, KnownStreamEvent(sid, EventKind.RESUMED, ts)
+            item = synthetic_delivery(
+                event, sid, ts, Source.APP, UnscopedEvent(sid, EventKind.RESUMED, ts)
             )
         (result,) = self._record([item])
         assert result is not None
@@ -324,12 +296,12 @@ class Tracker:
             for stream in stale[start : start + DEFAULT_BATCH_SIZE]:
                 at = _expired_at(stream, stale_ms)
                 items.append(
-                    _synthetic(
+                    synthetic_delivery(
                         "system.rtms_expired",
                         stream.stream_id,
                         at,
                         Source.SYSTEM,
-                        KnownStreamEvent(stream.stream_id, EventKind.STOPPED, at),
+                        UnscopedEvent(stream.stream_id, EventKind.STOPPED, at),
                         # Only if no newer event came meanwhile: the stop time was read from it.
                         stale_before=at - stale_ms + 1,
                     )
@@ -365,14 +337,17 @@ class Tracker:
         self,
         items: Sequence[Incoming],
         *,
-        full: bool = True,
+        with_records: bool = True,
         durable: bool = True,
         deadline: float | None = None,
     ) -> list[IngestResult | None]:
         subscriptions = self._subscriptions
         # Callbacks need each transition's stream; a bulk load without callbacks needs counts.
         results = self._store.record(
-            items, full=full or bool(subscriptions), deadline=deadline, durable=durable
+            items,
+            with_records=with_records or bool(subscriptions),
+            deadline=deadline,
+            durable=durable,
         )
         if subscriptions:
             for result in results:
@@ -412,7 +387,7 @@ class Tracker:
             # Called in the writing thread, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
             subscription = _Subscription(
-                fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
+                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
             )
             with self._lock:
                 self._subscriptions = (*self._subscriptions, subscription)
@@ -496,7 +471,7 @@ class Tracker:
             # Called by the runner, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
             wanted = _Subscription(
-                fn, _set(to, State), _set(name, TransitionName), _set(scope, Scope)
+                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
             )
             core = _subs.Consumer(
                 self.engine,
@@ -633,7 +608,7 @@ class Tracker:
     ) -> list[DeliveryRecord]:
         """Stored deliveries, newest first."""
         with self._store.read() as conn:
-            return _queries.list_deliveries(conn, _set(outcome, Outcome), stream_id, limit)
+            return _queries.list_deliveries(conn, _as_set(outcome, Outcome), stream_id, limit)
 
     def stop_reason_stats(
         self,
@@ -646,7 +621,9 @@ class Tracker:
         """Per stop reason (and scope): count, share and median duration of streams stopped
         in ``[since, until)`` (of one Zoom account with ``account_id``)."""
         with self._store.read() as conn:
-            return _queries.stop_reason_stats(conn, _ms(since), _ms(until), by_scope, account_id)
+            return _queries.stop_reason_stats(
+                conn, _epoch_ms(since), _epoch_ms(until), by_scope, account_id
+            )
 
     def unhandled_stats(
         self, since: Timestamp | None = None, until: Timestamp | None = None
@@ -654,7 +631,7 @@ class Tracker:
         """Deliveries of events this version does not handle, per event name, received in
         ``[since, until)``: count, first and last seen. RTMS-looking names come first."""
         with self._store.read() as conn:
-            return _queries.unhandled_stats(conn, _ms(since), _ms(until))
+            return _queries.unhandled_stats(conn, _epoch_ms(since), _epoch_ms(until))
 
     def stop_reason_counts(
         self,
@@ -669,7 +646,7 @@ class Tracker:
         if bucket_ms < 1:
             raise ValueError("bucket must be at least a millisecond")
         with self._store.read() as conn:
-            return _queries.stop_reason_counts(conn, _ms(since), _ms(until), bucket_ms)
+            return _queries.stop_reason_counts(conn, _epoch_ms(since), _epoch_ms(until), bucket_ms)
 
     def interruption_stats(
         self,
@@ -683,7 +660,11 @@ class Tracker:
         (of one Zoom account with ``account_id``)."""
         with self._store.read() as conn:
             return _queries.interruption_stats(
-                conn, _ms(since), _ms(until), Scope(scope) if scope else None, account_id
+                conn,
+                _epoch_ms(since),
+                _epoch_ms(until),
+                Scope(scope) if scope else None,
+                account_id,
             )
 
     def interruption_stats_by_scope(
@@ -692,14 +673,14 @@ class Tracker:
         """:meth:`interruption_stats` for every scope with streams that began in
         ``[since, until)``, in one pass."""
         with self._store.read() as conn:
-            return _queries.interruption_stats_by_scope(conn, _ms(since), _ms(until))
+            return _queries.interruption_stats_by_scope(conn, _epoch_ms(since), _epoch_ms(until))
 
     def concurrency_alerts(
         self, since: Timestamp | None = None, limit: int | None = None
     ) -> list[ConcurrencyAlertRecord]:
         """Account-level concurrency alerts, newest first."""
         with self._store.read() as conn:
-            return _queries.alerts(conn, _ms(since), limit)
+            return _queries.alerts(conn, _epoch_ms(since), limit)
 
     def latest_alert(self) -> ConcurrencyAlertRecord | None:
         """The newest concurrency alert, or None."""
@@ -749,22 +730,6 @@ def _callback_failed(callback: TransitionCallback, transition: Transition) -> No
         transition.stream_id,
         transition.name,
     )
-
-
-def _synthetic(
-    event: str,
-    stream_id: str,
-    event_ts: int,
-    source: Source,
-    parsed: KnownStreamEvent | None,
-    *,
-    errors: tuple[FieldError, ...] = (),
-    stale_before: int | None = None,
-) -> Incoming:
-    # Stored like a webhook body, so that every event of a stream can be replayed from deliveries.
-    body = {"event": event, "event_ts": event_ts, "payload": {"rtms_stream_id": stream_id}}
-    raw = json.dumps(body, separators=(",", ":"), default=repr).encode()
-    return Incoming(raw, parsed, source, errors, event=event, stale_before=stale_before)
 
 
 def _expired_at(stream: Stream, stale_ms: int) -> int:

@@ -3,7 +3,7 @@
 Per delivery: ``json.loads`` (to know the stream), insert the delivery, upsert the stream row,
 insert the transition row. No validation, no duplicate detection, no fold, no ORM.
 
-``--pragmas store`` uses exactly what ``rtms_lifecycle.store`` sets on every connection
+``--pragmas store`` uses exactly what ``rtms_lifecycle._engine`` sets on every connection
 (``journal_mode=WAL``, ``synchronous=NORMAL``, ``busy_timeout=30000``, ``BEGIN IMMEDIATE``);
 ``--pragmas default`` keeps SQLite's defaults (rollback journal, ``synchronous=FULL``).
 ``--schema lean`` makes three minimal tables (primary keys only); ``--schema user`` adds what a
@@ -113,7 +113,7 @@ def connect(path: Path, pragmas: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     if pragmas == "store":
         # Imported here: the "user" baseline runs as a whole process, without the library.
-        from rtms_lifecycle.store import SQLITE_PRAGMAS
+        from rtms_lifecycle._engine import SQLITE_PRAGMAS
 
         for pragma in SQLITE_PRAGMAS:
             conn.execute(f"PRAGMA {pragma}")
@@ -136,8 +136,8 @@ def prepare(path: Path, schema: str) -> None:
 def library_schema(url: str, schema: str) -> None:
     """The library's schema at head (``library``) or at migration 0002 (``library-0002``)."""
     from rtms_lifecycle import Tracker
+    from rtms_lifecycle._engine import create_store_engine
     from rtms_lifecycle._migrate import upgrade
-    from rtms_lifecycle.store import create_store_engine
 
     if schema == "library":
         Tracker(url).close()

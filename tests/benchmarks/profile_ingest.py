@@ -22,19 +22,23 @@ from .bench_ingest import lines, make_load
 # (label, file suffix, function name): cumulative time of these functions.
 CUMULATIVE = (
     ("whole ingest_many", "rtms_lifecycle/tracker.py", "ingest_many"),
-    ("parse: to_incoming (pydantic parse_delivery)", "rtms_lifecycle/tracker.py", "to_incoming"),
-    ("Store.record (one transaction)", "rtms_lifecycle/store.py", "record"),
-    ("  _Batch._load (streams, stored identities, ids)", "rtms_lifecycle/store.py", "_load"),
-    ("  _Batch._decide (in-memory decisions)", "rtms_lifecycle/store.py", "_decide"),
+    ("parse: to_incoming (pydantic parse_delivery)", "rtms_lifecycle/_batch.py", "to_incoming"),
+    ("Store.record (one transaction)", "rtms_lifecycle/_store.py", "record"),
+    ("  Batch._load (streams, stored identities, ids)", "rtms_lifecycle/_batch.py", "_load"),
+    ("  Batch._decide (in-memory decisions)", "rtms_lifecycle/_batch.py", "_decide"),
     ("    machine.step", "rtms_lifecycle/machine.py", "step"),
     (
         "    event_from_delivery (re-folds, collisions)",
-        "rtms_lifecycle/store.py",
+        "rtms_lifecycle/_rows.py",
         "event_from_delivery",
     ),
-    ("  write (inserts, updates)", "rtms_lifecycle/_writers.py", "write"),
-    ("    _sqlite_changes (changed columns)", "rtms_lifecycle/_writers.py", "_sqlite_changes"),
-    ("  BEGIN and COMMIT", "rtms_lifecycle/_writers.py", "transaction"),
+    ("  write (inserts, updates)", "rtms_lifecycle/_writers/sqlite.py", "write"),
+    (
+        "    _sqlite_changes (changed columns)",
+        "rtms_lifecycle/_writers/sqlite.py",
+        "_sqlite_changes",
+    ),
+    ("  BEGIN and COMMIT", "rtms_lifecycle/_writers/sqlite.py", "transaction"),
 )
 # C functions of the sqlite3 module: the time SQLite itself spends.
 DRIVER = ("execute", "executemany", "commit", "fetchone", "fetchall", "fetchmany")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
 
+from rtms_lifecycle._store import now_ms
 from rtms_lifecycle.events import Scope
 from rtms_lifecycle.machine import ACTIVE_STATES, LIVE_STATES
 from rtms_lifecycle.records import (
@@ -23,7 +24,6 @@ from rtms_lifecycle.records import (
     Transition,
 )
 from rtms_lifecycle.stop_reasons import StopReasonCategory, describe_stop_reason
-from rtms_lifecycle.store import now_ms
 from rtms_lifecycle.tracker import Tracker
 
 from ._charts import ReasonBar, ShareBucket

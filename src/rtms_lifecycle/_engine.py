@@ -1,0 +1,79 @@
+"""The store's engine: the URL normalised, every SQLite connection set up as the store needs it."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from . import _migrate
+from ._dburl import check_driver, parse
+
+__all__ = [
+    "PRUNING_FUNCTION",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "SQLITE_PRAGMAS",
+    "configure_sqlite",
+    "create_store_engine",
+    "not_pruning",
+]
+
+
+#: How long an SQLite write waits for another process's write lock when it has no deadline.
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+#: What every SQLite connection of the store runs first (the raw benchmarks use the same). The
+#: busy timeout comes first: switching a new file to WAL waits for the other processes' locks.
+SQLITE_PRAGMAS: Final = (
+    f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "journal_mode=WAL",
+    "synchronous=NORMAL",
+)
+#: The SQLite guard of the audit history lets a DELETE pass only where this returns 1: every
+#: connection of the store defines it as 0, a prune's own connection as 1 (migration 0006).
+PRUNING_FUNCTION: Final = "rtms_lifecycle_pruning"
+
+
+def _normalise_url(url: str) -> str:
+    parsed = parse(url)
+    check_driver(parsed)
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # We issue BEGIN ourselves; pysqlite's own transaction handling would defer it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+    dbapi_connection.create_function(PRUNING_FUNCTION, 0, not_pruning)
+
+
+def not_pruning() -> int:
+    """What ``rtms_lifecycle_pruning()`` says on a connection that is not pruning."""
+    return 0
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A reader's statements see one snapshot (writers begin their own, in _writers); a schema
+    # change takes the write lock up front.
+    immediate = conn.get_execution_options().get(_migrate.SQLITE_IMMEDIATE)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def configure_sqlite(engine: Engine) -> None:
+    if not event.contains(engine, "connect", _sqlite_connect):
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine configured the way the store needs it (SQLite pragmas and locking)."""
+    url = _normalise_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url)
+        configure_sqlite(engine)
+        return engine
+    # No pre-ping: it costs a round trip per transaction; a connection found dead is retried.
+    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)

@@ -1,0 +1,271 @@
+"""The SQLite writer: one connection, held for the store's life, and ``BEGIN IMMEDIATE``."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from functools import lru_cache
+from itertools import count
+from typing import Any, Final
+
+from sqlalchemy import Engine
+from sqlalchemy.pool import PoolProxiedConnection
+
+from rtms_lifecycle._deadline import remaining
+from rtms_lifecycle._engine import SQLITE_BUSY_TIMEOUT_MS
+from rtms_lifecycle._rows import (
+    ALERT_COLUMNS,
+    DELIVERY_COLUMNS,
+    STREAM_COLUMNS,
+    TRANSITION_COLUMNS,
+    Row,
+)
+from rtms_lifecycle._tables import concurrency_alerts, deliveries, streams, transitions
+
+from .base import (
+    EVENT,
+    IDENTITY_LOOKUP,
+    NEW_STREAM_COLUMNS,
+    ON_NEW_ALERT,
+    PROBE,
+    STREAM_EVENTS,
+    Loaded,
+    RollBack,
+    WriteFailed,
+    Writes,
+    check_deadline,
+    checkout,
+    insert_sql,
+    select_sql,
+)
+
+__all__ = ["SqliteWriter"]
+
+
+# Keeps IN (...) lists well under SQLite's bound-parameter limit.
+_CHUNK: Final = 500
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+_SQLITE_DELIVERIES: Final = insert_sql(deliveries, DELIVERY_COLUMNS, "?")
+# SQLite has no transaction ids: the feed's cursor there rests on serialised writers.
+_SQLITE_TRANSITIONS: Final = insert_sql(transitions, TRANSITION_COLUMNS, "?", computed="tx_id = 0")
+_SQLITE_NEW_STREAMS: Final = insert_sql(streams, NEW_STREAM_COLUMNS, "?")
+_SQLITE_ALERTS: Final = insert_sql(concurrency_alerts, ALERT_COLUMNS, "?", suffix=ON_NEW_ALERT)
+_SQLITE_LAST_IDS: Final = (
+    "SELECT (SELECT max(id) FROM deliveries), (SELECT max(id) FROM transitions)"
+)
+
+
+@lru_cache(maxsize=64)
+def _sqlite_update(changed: tuple[int, ...]) -> str:
+    assignments = "".join(f"{STREAM_COLUMNS[i]} = ?, " for i in changed)
+    return f"UPDATE streams SET {assignments}updated_at = ? WHERE stream_id = ?"
+
+
+def _sqlite_changes(writes: Writes) -> dict[str, list[Row]]:
+    # Only the columns that changed: SQLite rewrites the entries of every index holding a column
+    # the statement sets, changed or not (twice the pages written per event, measured).
+    shapes: dict[tuple[int, ...], list[Row]] = {}
+    for stored, now in writes.changed_streams:
+        changed = tuple(i for i in range(1, len(now)) if now[i] != stored[i])
+        shapes.setdefault(changed, []).append((*(now[i] for i in changed), writes.now, now[0]))
+    return {_sqlite_update(changed): rows for changed, rows in shapes.items()}
+
+
+@lru_cache(maxsize=32)
+def _sqlite_in(n: int) -> str:
+    return select_sql(streams, STREAM_COLUMNS, f"stream_id IN ({', '.join('?' * n)})")
+
+
+@lru_cache(maxsize=32)
+def _sqlite_identity_lookup(n: int) -> str:
+    values = ", ".join(["(?, ?, ?)"] * n)
+    return f"WITH v(s, k, t) AS (VALUES {values}) SELECT {IDENTITY_LOOKUP} FROM v"
+
+
+_SQLITE_STREAM_EVENTS: Final = STREAM_EVENTS.replace("%s", "?")
+_SQLITE_EVENT: Final = EVENT.replace("%s", "?")
+
+
+def _sqlite_busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc)
+
+
+_SQLITE_PROBE: Final = PROBE.replace("%s", "x''")
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (found.st_dev, found.st_ino)
+
+
+class SqliteTx:
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def load(
+        self,
+        stream_ids: Sequence[str],
+        identities: Sequence[Row],
+        deliveries: int,
+        transitions: int,
+        now: int,
+    ) -> Loaded:
+        conn = self._conn
+        found: list[Row] = []
+        for chunk in _chunks(stream_ids):
+            found += conn.execute(_sqlite_in(len(chunk)), chunk)
+        # A new stream has no events: only identities of stored streams are looked up.
+        stored = {row[0] for row in found}
+        asked = [identity for identity in identities if identity[0] in stored]
+        identified: list[Row] = []
+        for part in _chunks(asked):
+            rows = conn.execute(_sqlite_identity_lookup(len(part)), [v for i in part for v in i])
+            identified += [row for row in rows if row[3] is not None]
+        # BEGIN IMMEDIATE made this the only writer: the ids after the largest are ours.
+        last_delivery, last_transition = conn.execute(_SQLITE_LAST_IDS).fetchone()
+        return Loaded(
+            found, identified, count((last_delivery or 0) + 1), count((last_transition or 0) + 1)
+        )
+
+    def events(self, stream_id: str) -> list[Row]:
+        return self._conn.execute(_SQLITE_STREAM_EVENTS, (stream_id,)).fetchall()
+
+    def event(self, delivery_id: int) -> Row:
+        row: Row = self._conn.execute(_SQLITE_EVENT, (delivery_id,)).fetchone()
+        return row
+
+    def write(self, writes: Writes) -> None:
+        many = self._conn.executemany
+        for sql, rows in (
+            (_SQLITE_DELIVERIES, writes.deliveries),
+            (_SQLITE_TRANSITIONS, writes.transitions),
+            (_SQLITE_NEW_STREAMS, writes.new_streams),
+            *_sqlite_changes(writes).items(),
+            (_SQLITE_ALERTS, writes.alerts),
+        ):
+            if rows:
+                many(sql, rows)
+
+
+class SqliteWriter:
+    """One connection, held for the store's life (threads queue on the store's lock).
+
+    It checks after every commit that the database file is still the one it opened: a commit
+    into a deleted (or replaced) file is lost with the process, and must not answer 200.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._held: PoolProxiedConnection | None = None
+        database = engine.url.database
+        # No file to lose for an in-memory database.
+        self._path = database if database and database != ":memory:" else None
+        self._identity: tuple[int, int] | None = None
+        # What the held connection is set to now: pragmas are set only when they change.
+        self._busy_ms = SQLITE_BUSY_TIMEOUT_MS
+        self._synchronous_full = False
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    def _connection(self) -> tuple[PoolProxiedConnection, sqlite3.Connection]:
+        if self._held is None:
+            identity = _file_identity(self._path) if self._path else None
+            if self._path and identity is None and self._identity is not None:
+                # Connecting would create a new, empty file where the database was.
+                raise WriteFailed(f"the database file {self._path} is gone", retryable=False)
+            if identity != self._identity and self._identity is not None:
+                # Another file now: the pool's connections still read the old one.
+                self._engine.dispose()
+            self._held = checkout(self._engine)
+            self._identity = _file_identity(self._path) if self._path else None
+            self._busy_ms, self._synchronous_full = SQLITE_BUSY_TIMEOUT_MS, False
+        conn = self._held.driver_connection
+        assert isinstance(conn, sqlite3.Connection)
+        return self._held, conn
+
+    def _settle(self, conn: sqlite3.Connection, deadline: float | None, durable: bool) -> None:
+        # The wait for another process's write lock ends at the deadline.
+        busy = SQLITE_BUSY_TIMEOUT_MS if deadline is None else int(remaining(deadline) * 1000)
+        if busy != self._busy_ms:
+            conn.execute(f"PRAGMA busy_timeout={max(busy, 1)}")
+            self._busy_ms = busy
+        if durable != self._synchronous_full:
+            # FULL syncs the WAL at every commit: a commit that answered a sender survives a
+            # power loss. NORMAL (bulk loads, whose input is still there) syncs at checkpoints.
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._synchronous_full = durable
+
+    def _check_file(self) -> None:
+        if self._path is None or _file_identity(self._path) == self._identity:
+            return
+        gone = not os.path.exists(self._path)
+        self._engine.dispose()
+        if gone:
+            # The deleted file's write-ahead log and index are left at its path: SQLite would
+            # apply that log to whatever file is put back there (a backup: then corrupted).
+            for suffix in ("-wal", "-shm"):
+                with suppress(FileNotFoundError):
+                    os.remove(self._path + suffix)
+        raise WriteFailed(
+            f"the database file {self._path} was {'deleted' if gone else 'replaced'} while "
+            "open: what was just written is not in it",
+            retryable=False,
+        )
+
+    def probe(self, deadline: float) -> None:
+        with self.transaction(deadline=deadline, durable=False) as tx:
+            tx._conn.execute(_SQLITE_PROBE)
+            raise RollBack
+
+    @contextmanager
+    def transaction(
+        self,
+        *,
+        cautious: bool = False,
+        size: int = 1,
+        deadline: float | None = None,
+        durable: bool = True,
+    ) -> Iterator[SqliteTx]:
+        # Always cautious: BEGIN IMMEDIATE makes this the only writer until it commits.
+        check_deadline(deadline)
+        held, conn = self._connection()
+        try:
+            self._settle(conn, deadline, durable)
+            # The write lock is taken up front: two writers never both read, then both write.
+            conn.execute("BEGIN IMMEDIATE")
+            yield SqliteTx(conn)
+            conn.execute("COMMIT")
+            self._check_file()
+        except BaseException as exc:
+            busy = isinstance(exc, sqlite3.Error) and _sqlite_busy(exc)
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                busy = False
+            if isinstance(exc, RollBack):
+                return
+            if not busy:
+                # Whatever went wrong, the next transaction starts on a fresh connection.
+                held.invalidate()
+                self._held = None
+            if isinstance(exc, sqlite3.Error):
+                timed_out = busy and deadline is not None and remaining(deadline) <= 0
+                raise WriteFailed(str(exc), retryable=busy, timed_out=timed_out) from exc
+            raise
