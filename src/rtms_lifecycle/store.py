@@ -48,7 +48,7 @@ from .events import (
     StreamEvent,
     UnhandledDelivery,
     UrlValidation,
-    parse_delivery,
+    read_delivery,
 )
 from .exceptions import FieldError, StoreError, StoreTimeout
 from .machine import LIVE_STATES, State, StreamState, TransitionName, fold, step
@@ -362,7 +362,7 @@ def event_from_delivery(
     """
     _, stream_id, source, event, kind, event_ts, raw = row
     if source == Source.WEBHOOK:
-        parsed = parse_delivery(raw)
+        parsed = read_delivery(raw)
         assert isinstance(parsed, StreamEvent), "a stored webhook event was parsed once already"
         return parsed
     return _known_event(

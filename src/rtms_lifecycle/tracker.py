@@ -20,7 +20,8 @@ from . import subscriptions as _subs
 from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
 from ._defaults import DEFAULT_BATCH_SIZE
-from .events import EventKind, Scope, Source, check_app_event, parse_delivery
+from ._read_ahead import read_ahead
+from .events import EventKind, Scope, Source, check_app_event, read_delivery
 from .exceptions import ConfigurationError, DeliveryRejected, FieldError
 from .machine import State, TransitionName
 from .records import (
@@ -120,7 +121,7 @@ def to_incoming(
     if problems:
         return Incoming(raw, None, source, problems, signed_at=signed[0], secret_label=signed[1])
     try:
-        parsed = parse_delivery(raw)
+        parsed = read_delivery(raw)
     except DeliveryRejected as exc:
         return Incoming(
             raw,
@@ -257,15 +258,7 @@ class Tracker:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         counts: Counter[Outcome] = Counter()
-        batch: list[Incoming] = []
-        for body in bodies:
-            batch.append(to_incoming(body))
-            if len(batch) >= batch_size:
-                counts.update(
-                    r.outcome for r in self._record(batch, full=False, durable=False) if r
-                )
-                batch = []
-        if batch:
+        for batch in read_ahead(bodies, to_incoming, batch_size):
             counts.update(r.outcome for r in self._record(batch, full=False, durable=False) if r)
         return IngestSummary(dict(counts))
 
