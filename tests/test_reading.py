@@ -1,0 +1,154 @@
+"""Reading deliveries for recording: the direct reading of stream events, and the read-ahead."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtms_lifecycle._parsing import STREAM_MODELS
+from rtms_lifecycle._read_ahead import read_ahead
+from rtms_lifecycle.events import ParsedDelivery, StreamEvent, parse_delivery, read_delivery
+from rtms_lifecycle.exceptions import DeliveryRejected
+
+ZOOM = Path(__file__).resolve().parent / "zoom"  # a copy of Zoom's published examples (README)
+FIELDS = (
+    "rtms_stream_id",
+    "account_id",
+    "meeting_uuid",
+    "webinar_uuid",
+    "session_id",
+    "session_key",
+    "engagement_id",
+    "call_id",
+    "operator_id",
+    "server_urls",
+    "stop_reason",
+)
+# Values a field may hold in real traffic or by mistake: absent, null, text of every sort
+# (empty, NUL, too long), numbers as numbers and as text, lists, objects, booleans.
+VALUES = st.one_of(
+    st.none(),
+    st.text(max_size=8),
+    st.sampled_from(["", "\x00", "a\x00b", "x" * 300, "6", "-1", "wss://a,wss://b"]),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.lists(st.text(max_size=4), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+EVENT_TS = st.one_of(
+    st.integers(min_value=-5, max_value=2**64),
+    st.sampled_from(["1700000000000", "17e5", "", None, 1.5, True]),
+)
+
+
+def _outcome(read: Any, body: bytes) -> ParsedDelivery | tuple[Any, ...]:
+    try:
+        return read(body)
+    except DeliveryRejected as exc:
+        return ("rejected", exc.errors, exc.event, exc.stream_id)
+
+
+def _untyped(parsed: ParsedDelivery | tuple[Any, ...]) -> ParsedDelivery | tuple[Any, ...]:
+    if isinstance(parsed, StreamEvent):
+        return dataclasses.replace(parsed, model=None)
+    return parsed
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    event=st.sampled_from(sorted(STREAM_MODELS)),
+    event_ts=EVENT_TS,
+    payload=st.dictionaries(st.sampled_from(FIELDS), VALUES),
+    stream_id=st.one_of(st.none(), st.just("s-1")),
+    nested=st.booleans(),
+)
+def test_direct_reading_agrees_with_the_typed_parser(
+    event: str, event_ts: Any, payload: dict[str, Any], stream_id: str | None, nested: bool
+) -> None:
+    """Whatever a stream event's payload holds, recording reads it as the typed parser does,
+    or rejects it with the same errors."""
+    if stream_id is not None:
+        payload["rtms_stream_id"] = stream_id
+    body = {"event": event, "event_ts": event_ts, "payload": payload}
+    if nested:
+        body["payload"] = {"account_id": "a-1", "object": payload}
+    raw = json.dumps(body).encode()
+    assert _untyped(_outcome(read_delivery, raw)) == _untyped(_outcome(parse_delivery, raw))
+
+
+@pytest.mark.parametrize("path", sorted((ZOOM / "examples").glob("*.json")), ids=lambda p: p.stem)
+def test_examples_read_as_parsed(path: Path) -> None:
+    """Each of Zoom's examples is read for recording exactly as it is parsed."""
+    raw = path.read_bytes()
+    assert _untyped(read_delivery(raw)) == _untyped(parse_delivery(raw))
+
+
+def test_stream_event_read_for_recording_has_no_model() -> None:
+    """A stream event read for recording skips building its typed model."""
+    raw = (ZOOM / "examples" / "meeting.rtms_started.json").read_bytes()
+    parsed = read_delivery(raw)
+    assert isinstance(parsed, StreamEvent)
+    assert parsed.model is None
+
+
+# --- the read-ahead --------------------------------------------------------------------------
+
+
+def test_read_ahead_keeps_the_order() -> None:
+    """Batches come in the input's order, each converted, the last one short."""
+    assert list(read_ahead(range(7), str, 3)) == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
+
+
+def test_read_ahead_of_nothing_yields_nothing() -> None:
+    """An empty input gives no batch at all."""
+    assert list(read_ahead([], str, 3)) == []
+
+
+def test_read_ahead_raises_after_the_batches_before_the_error() -> None:
+    """An error while converting is raised once the whole batches before it were handed over."""
+
+    def convert(n: int) -> int:
+        if n == 4:
+            raise TypeError("not a body")
+        return n
+
+    batches = read_ahead(range(10), convert, 2)
+    assert next(batches) == [0, 1]
+    assert next(batches) == [2, 3]
+    with pytest.raises(TypeError, match="not a body"):
+        next(batches)
+
+
+def test_read_ahead_stops_reading_when_closed() -> None:
+    """A consumer that stops early stops the reading thread: the input is not read to its end."""
+    read: list[int] = []
+    ended = threading.Event()
+
+    def endless() -> Iterator[int]:
+        try:
+            n = 0
+            while True:
+                read.append(n)
+                yield n
+                n += 1
+        finally:
+            ended.set()
+
+    batches = read_ahead(endless(), int, 10)
+    assert next(batches) == list(range(10))
+    batches.close()
+    for thread in threading.enumerate():
+        if thread.name == "rtms-lifecycle-read-ahead":
+            thread.join(timeout=10)
+    # At most the batch being read, one waiting and one more item past the close.
+    assert len(read) <= 41
+    assert not any(t.name == "rtms-lifecycle-read-ahead" for t in threading.enumerate())
