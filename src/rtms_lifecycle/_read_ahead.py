@@ -22,6 +22,9 @@ R = TypeVar("R")
 # One batch being written, one ready, one being parsed: enough to keep both cores busy, and a
 # bounded memory (three batches) whatever the input's size.
 _READY: Final = 1
+# Below this many items per batch, handing each batch to the other thread costs more than
+# parsing it there saves (a small batch's commit dominates anyway): converted in line.
+_SMALLEST: Final = 64
 
 
 class _End(Generic[R]):
@@ -33,13 +36,28 @@ class _End(Generic[R]):
         self.error = error
 
 
+def _inline(items: Iterable[T], convert: Callable[[T], R], size: int) -> Iterator[list[R]]:
+    batch: list[R] = []
+    for item in items:
+        batch.append(convert(item))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def read_ahead(items: Iterable[T], convert: Callable[[T], R], size: int) -> Iterator[list[R]]:
-    """``convert`` each item, ``size`` at a time, in a thread that runs one batch ahead.
+    """``convert`` each item, ``size`` at a time, in a thread that runs one batch ahead (in
+    line for batches too small to be worth it).
 
     The batches come in the input's order. An exception raised while reading or converting is
     raised here after the batches before it, as a plain loop would. Closing the iterator early
     (an error in the caller, Ctrl-C) stops the thread at its next item, without reading on.
     """
+    if size < _SMALLEST:
+        yield from _inline(items, convert, size)
+        return
     queue: Queue[list[R] | _End[R]] = Queue(maxsize=_READY)
     stop = threading.Event()
 
