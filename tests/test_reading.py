@@ -103,27 +103,41 @@ def test_stream_event_read_for_recording_has_no_model() -> None:
 # --- the read-ahead --------------------------------------------------------------------------
 
 
+def _reading_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "rtms-lifecycle-read-ahead"]
+
+
 def test_read_ahead_keeps_the_order() -> None:
     """Batches come in the input's order, each converted, the last one short."""
-    assert list(read_ahead(range(7), str, 3)) == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
+    batches = list(read_ahead(range(200), str, 64))
+    assert [len(batch) for batch in batches] == [64, 64, 64, 8]
+    assert [item for batch in batches for item in batch] == [str(n) for n in range(200)]
 
 
 def test_read_ahead_of_nothing_yields_nothing() -> None:
     """An empty input gives no batch at all."""
-    assert list(read_ahead([], str, 3)) == []
+    assert list(read_ahead([], str, 100)) == []
+
+
+def test_small_batches_are_read_in_line() -> None:
+    """Batches too small to be worth a thread are converted in the caller's thread."""
+    batches = read_ahead(range(7), str, 3)
+    assert next(batches) == ["0", "1", "2"]
+    assert _reading_threads() == []
+    assert list(batches) == [["3", "4", "5"], ["6"]]
 
 
 def test_read_ahead_raises_after_the_batches_before_the_error() -> None:
     """An error while converting is raised once the whole batches before it were handed over."""
 
     def convert(n: int) -> int:
-        if n == 4:
+        if n == 130:
             raise TypeError("not a body")
         return n
 
-    batches = read_ahead(range(10), convert, 2)
-    assert next(batches) == [0, 1]
-    assert next(batches) == [2, 3]
+    batches = read_ahead(range(1000), convert, 64)
+    assert next(batches) == list(range(64))
+    assert next(batches) == list(range(64, 128))
     with pytest.raises(TypeError, match="not a body"):
         next(batches)
 
@@ -131,24 +145,19 @@ def test_read_ahead_raises_after_the_batches_before_the_error() -> None:
 def test_read_ahead_stops_reading_when_closed() -> None:
     """A consumer that stops early stops the reading thread: the input is not read to its end."""
     read: list[int] = []
-    ended = threading.Event()
 
     def endless() -> Iterator[int]:
-        try:
-            n = 0
-            while True:
-                read.append(n)
-                yield n
-                n += 1
-        finally:
-            ended.set()
+        n = 0
+        while True:
+            read.append(n)
+            yield n
+            n += 1
 
-    batches = read_ahead(endless(), int, 10)
-    assert next(batches) == list(range(10))
+    batches = read_ahead(endless(), int, 64)
+    assert next(batches) == list(range(64))
     batches.close()
-    for thread in threading.enumerate():
-        if thread.name == "rtms-lifecycle-read-ahead":
-            thread.join(timeout=10)
-    # At most the batch being read, one waiting and one more item past the close.
-    assert len(read) <= 41
-    assert not any(t.name == "rtms-lifecycle-read-ahead" for t in threading.enumerate())
+    for thread in _reading_threads():
+        thread.join(timeout=10)
+    assert _reading_threads() == []
+    # At most the batch waiting, the one being read and one item past the close.
+    assert len(read) <= 4 * 64

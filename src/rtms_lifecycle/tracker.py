@@ -253,7 +253,8 @@ class Tracker:
         Unlike :meth:`ingest`, commits are not synced one by one (on SQLite): a power loss
         may undo the last ones, which a bulk load's input still holds.
         A body of another type than bytes, str or a mapping raises :class:`TypeError`; the
-        batches before it are recorded.
+        batches before it are recorded. With batches of 64 or more, ``bodies`` is read and
+        parsed one batch ahead in a helper thread, while the batch before is written.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
