@@ -13,10 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rtms_lifecycle import Tracker
+from rtms_lifecycle._defaults import DEFAULT_BATCH_SIZE
 from rtms_lifecycle._parsing import STREAM_MODELS
 from rtms_lifecycle._read_ahead import read_ahead
 from rtms_lifecycle.events import ParsedDelivery, StreamEvent, parse_delivery, read_delivery
 from rtms_lifecycle.exceptions import DeliveryRejected
+from tests._deliveries import raw
 
 ZOOM = Path(__file__).resolve().parent / "zoom"  # a copy of Zoom's published examples (README)
 FIELDS = (
@@ -161,3 +164,17 @@ def test_read_ahead_stops_reading_when_closed() -> None:
     assert _reading_threads() == []
     # At most the batch waiting, the one being read and one item past the close.
     assert len(read) <= 4 * 64
+
+
+def test_a_load_of_several_default_batches_is_recorded_whole(db_url: str) -> None:
+    """A bulk load longer than two default batches, read ahead, records every delivery once."""
+    streams = DEFAULT_BATCH_SIZE + DEFAULT_BATCH_SIZE // 2
+    bodies = [raw("started", f"s{n}", 1_000 + n) for n in range(streams)]
+    bodies += [raw("stopped", f"s{n}", 9_000_000 + n) for n in range(streams)]
+    bodies.append(bodies[0])  # a retry, in the last batch
+    with Tracker(db_url) as tracker:
+        summary = tracker.ingest_many(iter(bodies))
+        assert summary.as_dict()["applied"] == 2 * streams
+        assert summary.as_dict()["duplicate"] == 1
+        assert tracker.count_streams() == streams
+        assert tracker.streams(limit=1)[0].state == "stopped"
