@@ -33,7 +33,7 @@ from .events import (
     StreamEvent,
     UnhandledDelivery,
     UrlValidation,
-    parse_delivery,
+    read_delivery,
 )
 from .exceptions import DeliveryRejected, FieldError
 from .machine import LIVE_STATES, StreamState, fold, step
@@ -133,7 +133,7 @@ def to_incoming(
     if problems:
         return Incoming(raw, None, source, problems, signed_at=signed[0], secret_label=signed[1])
     try:
-        parsed = parse_delivery(raw)
+        parsed = read_delivery(raw)
     except DeliveryRejected as exc:
         return Incoming(
             raw,

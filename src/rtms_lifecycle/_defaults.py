@@ -24,8 +24,10 @@ __all__ = [
 #: The environment variable naming the database, read by the CLI, ``serve`` and ``Tracker()``.
 DB_ENV: Final = "RTMS_LIFECYCLE_DB"
 DEFAULT_DB_URL: Final = "sqlite:///rtms_lifecycle.db"
-#: Deliveries per transaction in bulk ingestion.
-DEFAULT_BATCH_SIZE: Final = 1000
+#: Deliveries per transaction in bulk ingestion. Each batch rewrites pages spread all over the
+#: stream-keyed indexes; 5,000 rather than 1,000 wrote 2.6 times fewer bytes to the database's
+#: log for a 64,000-delivery load, at about 10 MB of memory per batch.
+DEFAULT_BATCH_SIZE: Final = 5000
 DEFAULT_MAX_ATTEMPTS: Final = 5
 #: Seconds before the first retry of a failing callback; each further retry waits twice as long.
 DEFAULT_RETRY_DELAY: Final = 1.0

@@ -18,6 +18,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    union_all,
 )
 
 from ._rows import (
@@ -30,7 +31,15 @@ from ._rows import (
     streams_from_rows,
     transition_from_row,
 )
-from ._tables import EVENT_OUTCOMES, LIVE_PREDICATE, concurrency_alerts, deliveries, streams
+from ._tables import (
+    EVENT_PREDICATE,
+    LIVE_PREDICATE,
+    NOT_EVENT_PREDICATE,
+    UNAPPLIED_PREDICATE,
+    concurrency_alerts,
+    deliveries,
+    streams,
+)
 from ._tables import transitions as transitions_table
 from ._unhandled import looks_like_rtms
 from .events import EventKind, Scope, Source
@@ -351,7 +360,7 @@ def _interruptions(
     rows = conn.execute(
         select(*_EVENT_COLUMNS).where(
             deliveries.c.stream_id.in_(select(interrupted.subquery().c.stream_id)),
-            deliveries.c.outcome.in_(EVENT_OUTCOMES),
+            text(EVENT_PREDICATE),
         )
     )
     for row in rows:
@@ -410,8 +419,23 @@ def list_deliveries(
     wanted = [Outcome(o).value for o in outcomes or ()]
     if wanted:
         query = query.where(deliveries.c.outcome.in_(wanted))
+        if Outcome.APPLIED.value not in wanted:
+            # In the partial index's own words, or SQLite does not use it.
+            query = query.where(text(f"deliveries.{UNAPPLIED_PREDICATE}"))
     if stream_id is not None:
-        query = query.where(deliveries.c.stream_id == stream_id)
+        # A stream's deliveries sit in two partial indexes: its events, and everything else.
+        query = query.where(
+            deliveries.c.id.in_(
+                union_all(
+                    *(
+                        select(deliveries.c.id).where(
+                            deliveries.c.stream_id == stream_id, text(predicate)
+                        )
+                        for predicate in (EVENT_PREDICATE, NOT_EVENT_PREDICATE)
+                    )
+                )
+            )
+        )
     query = query.order_by(deliveries.c.id.desc())
     if limit is not None:
         query = query.limit(limit)

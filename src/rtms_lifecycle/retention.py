@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ from sqlalchemy import Connection, func, select
 
 from ._engine import PRUNING_FUNCTION, not_pruning
 from ._store import Store
-from ._tables import prunes
+from ._tables import EVENT_PREDICATE, NOT_EVENT_PREDICATE, prunes
 from .exceptions import StoreError
 
 __all__ = ["MIN_RETENTION", "PruneRecord", "PruneResult", "list_prunes", "prune"]
@@ -44,6 +45,8 @@ MIN_RETENTION: Final = timedelta(days=1)
 # Per transaction: short enough that a waiting receiver's write is not held up for long.
 _STREAMS_PER_STEP: Final = 200
 _DELIVERIES_PER_STEP: Final = 5000
+# A stream's deliveries, in the words of the two partial indexes that list them by stream.
+_DELIVERY_PARTS: Final = (EVENT_PREDICATE, NOT_EVENT_PREDICATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +206,12 @@ class _Pruner:
             transitions = self.one(
                 f"SELECT count(*) FROM transitions WHERE stream_id IN ({ids})", params
             )
-            deliveries = self.one(
-                f"SELECT count(*) FROM deliveries WHERE stream_id IN ({ids})", params
+            deliveries = sum(
+                self.one(
+                    f"SELECT count(*) FROM deliveries WHERE stream_id IN ({ids}) AND {part}",
+                    params,
+                )
+                for part in _DELIVERY_PARTS
             )
             alerts = self.one(
                 "SELECT count(*) FROM concurrency_alerts WHERE received_at < %s", [self.cutoff]
@@ -229,18 +236,23 @@ class _Pruner:
                 ]
                 if not ids:
                     return
-                removed = []
+                removed: Counter[str] = Counter()
                 # The stream rows first: the guard lets only transitions of absent streams go,
                 # and (PostgreSQL) the deletes below then see every row a writer committed
-                # while it held the stream's row.
-                for table in ("streams", "transitions", "deliveries"):
-                    cursor = self.sql(
-                        f"DELETE FROM {table} WHERE {self.among('stream_id', ids)}",
+                # while it held the stream's row. A stream's deliveries are in two partial
+                # indexes: one statement for each.
+                for table, part in (
+                    ("streams", ""),
+                    ("transitions", ""),
+                    *(("deliveries", f" AND {part}") for part in _DELIVERY_PARTS),
+                ):
+                    removed[table] += self.sql(
+                        f"DELETE FROM {table} WHERE {self.among('stream_id', ids)}{part}",
                         self.values(ids),
-                    )
-                    removed.append(cursor.rowcount)
-                self.record(removed[0], removed[2], removed[1], 0)
-            yield removed[0], removed[2], removed[1]
+                    ).rowcount
+                counts = (removed["streams"], removed["deliveries"], removed["transitions"])
+                self.record(*counts, 0)
+            yield counts
 
     def orphans(self, newest: int | None = None, *, delete: bool = True) -> Iterator[int]:
         """Deliveries received before the cutoff that belong to no stream, walked in id order.

@@ -20,6 +20,7 @@ from ._batch import Body, Incoming, UnscopedEvent, synthetic_delivery, to_incomi
 from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
 from ._defaults import DEFAULT_BATCH_SIZE
+from ._read_ahead import read_ahead
 from ._store import Store, now_ms
 from .events import EventKind, Scope, Source, check_app_event
 from .exceptions import ConfigurationError, DeliveryRejected
@@ -222,20 +223,13 @@ class Tracker:
         Unlike :meth:`ingest`, commits are not synced one by one (on SQLite): a power loss
         may undo the last ones, which a bulk load's input still holds.
         A body of another type than bytes, str or a mapping raises :class:`TypeError`; the
-        batches before it are recorded.
+        batches before it are recorded. With batches of 64 or more, ``bodies`` is read and
+        parsed one batch ahead in a helper thread, while the batch before is written.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         counts: Counter[Outcome] = Counter()
-        batch: list[Incoming] = []
-        for body in bodies:
-            batch.append(to_incoming(body))
-            if len(batch) >= batch_size:
-                counts.update(
-                    r.outcome for r in self._record(batch, with_records=False, durable=False) if r
-                )
-                batch = []
-        if batch:
+        for batch in read_ahead(bodies, to_incoming, batch_size):
             counts.update(
                 r.outcome for r in self._record(batch, with_records=False, durable=False) if r
             )

@@ -46,6 +46,11 @@ __all__ = ["SqliteWriter"]
 
 # Keeps IN (...) lists well under SQLite's bound-parameter limit.
 _CHUNK: Final = 500
+# Log pages between two checkpoints: SQLite's default, and a bulk load's.
+_CHECKPOINT_PAGES: Final = 1_000
+_BULK_CHECKPOINT_PAGES: Final = 10_000
+# The writer's page cache (SQLite's default is 2 MB), in KiB; it grows only as it is used.
+_WRITER_CACHE_KB: Final = 32_768
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -160,6 +165,14 @@ class SqliteTx:
                 many(sql, rows)
 
 
+def _grow_cache(conn: Any) -> None:
+    # Every delivery adds entries at random places in the stream-keyed indexes: with SQLite's
+    # default 2 MB page cache, a bulk load read those pages back from the OS again and again
+    # (65,667 reads for 64,000 deliveries; 14,123 from 16 MB up, measured). Only the writer's
+    # connection, whose cache grows only as it is used.
+    conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KB}")
+
+
 class SqliteWriter:
     """One connection, held for the store's life (threads queue on the store's lock).
 
@@ -176,7 +189,8 @@ class SqliteWriter:
         self._identity: tuple[int, int] | None = None
         # What the held connection is set to now: pragmas are set only when they change.
         self._busy_ms = SQLITE_BUSY_TIMEOUT_MS
-        self._synchronous_full = False
+        # None until the first transaction sets the sync and checkpoint pragmas its way.
+        self._synchronous_full: bool | None = None
 
     def close(self) -> None:
         if self._held is not None:
@@ -194,7 +208,8 @@ class SqliteWriter:
                 self._engine.dispose()
             self._held = checkout(self._engine)
             self._identity = _file_identity(self._path) if self._path else None
-            self._busy_ms, self._synchronous_full = SQLITE_BUSY_TIMEOUT_MS, False
+            self._busy_ms, self._synchronous_full = SQLITE_BUSY_TIMEOUT_MS, None
+            _grow_cache(self._held.driver_connection)
         conn = self._held.driver_connection
         assert isinstance(conn, sqlite3.Connection)
         return self._held, conn
@@ -209,6 +224,11 @@ class SqliteWriter:
             # FULL syncs the WAL at every commit: a commit that answered a sender survives a
             # power loss. NORMAL (bulk loads, whose input is still there) syncs at checkpoints.
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            # A bulk load copies its log into the database every 40 MB instead of every 4 MB:
+            # the index pages each batch rewrites are copied once per checkpoint, not once per
+            # commit (a third of a 64,000-delivery load's writes, measured).
+            pages = _CHECKPOINT_PAGES if durable else _BULK_CHECKPOINT_PAGES
+            conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
             self._synchronous_full = durable
 
     def _check_file(self) -> None:

@@ -245,7 +245,7 @@ class StatsCache:
 
 def _problems(tracker: Tracker) -> list[DeliveryRecord]:
     # One outcome per query: each then reads its newest rows straight from
-    # ix_deliveries_outcome_id, where both at once made SQLite scan every delivery.
+    # ix_deliveries_unapplied, where both at once made SQLite scan every delivery.
     found = [
         record
         for outcome in (Outcome.REJECTED, Outcome.UNHANDLED)
