@@ -3,6 +3,9 @@
 A batch reads what its deliveries touch (their streams, which of their events are stored),
 decides each delivery's outcome and the streams' new states without the database, then hands
 the rows to write to its write transaction (``_writers``) in one go.
+
+Rows take an enum's text as ``member._value_``: the ``.value`` property is a Python call, and a
+bulk load made eleven per delivery (a tenth of the batch's decisions in a profile).
 """
 
 from __future__ import annotations
@@ -206,7 +209,7 @@ class Batch:
             if isinstance(item.parsed, StreamEvent | UnscopedEvent):
                 parsed = item.parsed
                 ids.add(parsed.stream_id)
-                identities.add((parsed.stream_id, parsed.kind.value, parsed.event_ts))
+                identities.add((parsed.stream_id, parsed.kind._value_, parsed.event_ts))
         loaded = self.tx.load(
             sorted(ids), sorted(identities), len(items), len(identities), self.now
         )
@@ -269,7 +272,7 @@ class Batch:
                     f"this event is for a {ev.scope.value}"
                 ),
             )
-        identity = (ev.stream_id, ev.kind.value, ev.event_ts)
+        identity = (ev.stream_id, ev.kind._value_, ev.event_ts)
         stored = self.first_delivery.get(identity)
         if stored is not None:
             if isinstance(stored, int):
@@ -336,12 +339,12 @@ class Batch:
         pending.transition = (
             next(self.transition_ids),
             ev.stream_id,
-            before.state.value,
-            after.state.value,
-            name.value,
-            ev.kind.value,
+            before.state._value_,
+            after.state._value_,
+            name._value_,
+            ev.kind._value_,
             ev.event_ts,
-            ev.source.value,
+            ev.source._value_,
             before.last_event_at is not None and ev.event_ts < before.last_event_at,
             self.now,
             pending.delivery_id,
@@ -368,7 +371,7 @@ class Batch:
                 about.event,
                 about.event_ts,
                 about.stream_id,
-                about.kind.value,
+                about.kind._value_,
             )
         event = event or item.event
         delivery_id = next(self.delivery_ids)
@@ -376,12 +379,12 @@ class Batch:
             (
                 delivery_id,
                 self.now,
-                item.source.value,
+                item.source._value_,
                 event,
                 event_ts,
                 stream_id,
                 kind,
-                outcome.value,
+                outcome._value_,
                 json.dumps([e.as_dict() for e in errors]) if errors else None,
                 detail,
                 # A duplicate that references the first delivery keeps no copy of the bytes.

@@ -211,7 +211,7 @@ def step(stream: StreamState, event: StreamEvent) -> TransitionName | None:
             stream.started_at = event.event_ts
     elif event.kind is EventKind.STOPPED:
         stream.stopped_at, stream.stop_reason = event.event_ts, event.stop_reason
-        stream.stop_source = event.source.value
+        stream.stop_source = event.source._value_  # not .value: a Python call per event
     if fired is TransitionName.INTERRUPT:
         stream.interruptions += 1
     elif fired is TransitionName.RESUME:
