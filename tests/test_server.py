@@ -495,6 +495,43 @@ def test_openapi_schema_describes_every_answer(client: httpx.Client) -> None:
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
 
 
+READ_API_SNAPSHOT = Path(__file__).parent / "snapshots" / "read_api.openapi.json"
+
+
+def test_read_api_schema_is_unchanged(client: httpx.Client) -> None:
+    """The read API's routes and models in the OpenAPI schema are the ones clients were given."""
+    schema = client.get("/openapi.json").json()
+    snapshot = json.loads(READ_API_SNAPSHOT.read_text())
+    assert {p: schema["paths"][p] for p in snapshot["paths"]} == snapshot["paths"]
+    models = {name: schema["components"]["schemas"][name] for name in snapshot["components"]}
+    assert json.dumps(models) == json.dumps(snapshot["components"])  # the key order too
+
+
+def test_read_api_answers_are_the_records(populated: httpx.Client, tracker: Tracker) -> None:
+    """Each read route answers its records' documented keys, in the schema's order."""
+    schema = populated.get("/openapi.json").json()["components"]["schemas"]
+
+    def keys(model: str) -> list[str]:
+        return list(schema[model]["properties"])
+
+    streams = populated.get("/streams").json()
+    assert streams == [s.as_dict() for s in tracker.streams()]
+    assert {tuple(s) for s in streams} == {tuple(keys("StreamModel"))}
+    detail = populated.get("/streams/s-down").json()
+    down = tracker.stream("s-down")
+    assert down is not None
+    assert detail == {
+        "stream": down.as_dict(),
+        "history": [t.as_dict() for t in tracker.history("s-down")],
+    }
+    assert [list(t) for t in detail["history"]] == [keys("TransitionModel")] * 2
+    for query, by_scope in (("", False), ("?by_scope=true", True)):
+        stats = populated.get("/stats/stop-reasons" + query).json()
+        expected = tracker.stop_reason_stats(by_scope=by_scope)
+        assert stats == [{"scope": None, **s.as_dict()} for s in expected]
+        assert [list(s) for s in stats] == [keys("StopReasonStatModel")] * len(expected)
+
+
 # --- configuration, embedding, running ------------------------------------------------------------
 
 
