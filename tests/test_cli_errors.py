@@ -289,6 +289,34 @@ def test_ctrl_c_while_waiting_for_input_stops_at_once(sqlite_url: str) -> None:
     assert "Read 2 deliveries" in out
 
 
+def test_ctrl_c_before_any_input_says_nothing_was_recorded(sqlite_url: str) -> None:
+    """SIGINT while `ingest -` waits for its first byte says that nothing was read or recorded."""
+    with subprocess.Popen(
+        [str(ENTRY_POINT), "--db", sqlite_url, "ingest", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        _wait_for(lambda: _has_schema(sqlite_url), "the schema")
+        time.sleep(0.5)  # from creating the schema to waiting on the pipe
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == INTERRUPTED, err
+    assert err == "Interrupted before any input came: nothing was read or recorded.\n"
+
+
+def _has_schema(url: str) -> bool:
+    engine = create_store_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+    except Exception:  # not created yet
+        return False
+    finally:
+        engine.dispose()
+
+
 def test_ctrl_c_in_any_command_exits_130(scenario_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C outside ingest is "Interrupted." and exit 130, not Click's "Aborted!" and 1."""
     original = Tracker.streams

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Final, TypeVar
 
 from ._cli_errors import BadInput, interrupted
 
@@ -28,8 +28,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Reading", "replay"]
 
+_T = TypeVar("_T")
+
 # Updating the progress bar per line would cost more than parsing the line.
 _PROGRESS_EVERY: Final = 500
+_GZIP_MAGIC: Final = b"\x1f\x8b"
 
 
 class _StopReading(KeyboardInterrupt):
@@ -73,6 +76,16 @@ class Reading:
             self.lines += 1
             yield line
 
+    def wait(self, read: Callable[[], _T]) -> _T | None:
+        """``read()`` of input that may not have come yet; None if a Ctrl-C ended the input."""
+        self._waiting = True
+        try:
+            return read()
+        except _StopReading:
+            return None
+        finally:
+            self._waiting = False
+
     @contextmanager
     def interruptible(self) -> Iterator[None]:
         """The first Ctrl-C ends the input where it is; a second one stops at once."""
@@ -99,6 +112,8 @@ class Reading:
                 f"the input is damaged at line {self.lines + 1:,} ({self.damage}): reading "
                 f"stopped there; the {recorded:,} deliveries before it are recorded"
             )
+        if self.interrupted and self.lines == 0:
+            raise interrupted("Interrupted before any input came: nothing was read or recorded.")
         if self.interrupted:
             raise interrupted(
                 f"Interrupted after line {self.lines:,}: {recorded:,} deliveries are recorded "
@@ -188,9 +203,9 @@ def _starts_with(raw: IO[bytes], magic: bytes) -> bool:
 
 
 @contextmanager
-def _decompressed(raw: IO[bytes]) -> Iterator[Iterable[bytes]]:
+def _decompressed(raw: IO[bytes], gzipped: bool) -> Iterator[Iterable[bytes]]:
     """The bytes of a file, gunzipped when it starts with gzip's magic number."""
-    if _starts_with(raw, b"\x1f\x8b"):
+    if gzipped:
         with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
             yield unzipped
     else:
@@ -206,10 +221,11 @@ def replay(
     """
     total, position = _size_and_position(raw)
     reading = Reading()
-    with (
-        _decompressed(raw) as source,
-        _progress(err, total, position) as report,
-        reading.interruptible(),
-    ):
-        lines = _json_lines(reading.lines_of(source), report)
-        return tracker.ingest_many(lines, batch_size=batch_size), reading
+    with reading.interruptible():
+        # Whether it is gzip: the first bytes, which an idle pipe may not have sent yet.
+        gzipped = reading.wait(lambda: _starts_with(raw, _GZIP_MAGIC))
+        if gzipped is None:
+            return tracker.ingest_many((), batch_size=batch_size), reading
+        with _decompressed(raw, gzipped) as source, _progress(err, total, position) as report:
+            lines = _json_lines(reading.lines_of(source), report)
+            return tracker.ingest_many(lines, batch_size=batch_size), reading
