@@ -5,9 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -321,6 +323,30 @@ def test_streams_table_lists_streams_readably(scenario_db: str) -> None:
     ):
         assert text in result.stdout
     assert "\x1b[" not in result.stdout
+
+
+def test_a_live_stream_s_duration_is_its_time_so_far(sqlite_url: str) -> None:
+    """A live stream's duration is the time since it started, as on the dashboard; not a dash."""
+    started = int(time.time() * 1000) - 125_000
+    ingest(sqlite_url, [body("started", "s-live", started, scope_id="m1")])
+    (row,) = [
+        line for line in invoke(sqlite_url, "streams").stdout.splitlines() if "s-live" in line
+    ]
+    assert re.search(r"│\s+2m 0[5-9]s │", row), row
+    assert "—" in row  # the stop reason of a live stream
+
+
+def test_counts_of_one_are_singular(scenario_db: str) -> None:
+    """A count of one names one thing: "1 stream", "1 interruption", "Read 1 delivery"."""
+    assert invoke(scenario_db, "streams", "--scope", "phone").stdout.splitlines()[0].strip() == (
+        "1 stream"
+    )
+    details = invoke(scenario_db, "stream", "s-session").stdout
+    assert "1 interruption, 1 resume, 0 failovers" in details
+    more = body("started", "s-more", T0 + 7 * HOUR, scope_id="m9")
+    assert invoke(scenario_db, "ingest", "-", stdin=jsonl([more])).stdout.startswith(
+        "Read 1 delivery in"
+    )
 
 
 # --- stream ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Final, TypeVar
 
 from ._cli_errors import BadInput, interrupted
+from ._cli_rendering import plural
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -33,6 +34,11 @@ _T = TypeVar("_T")
 # Updating the progress bar per line would cost more than parsing the line.
 _PROGRESS_EVERY: Final = 500
 _GZIP_MAGIC: Final = b"\x1f\x8b"
+
+
+def _deliveries(count: int, before_it: str = "") -> str:
+    # "1 delivery is", "2 deliveries before it are"
+    return f"{plural(count, 'delivery', 'deliveries')}{before_it} {'is' if count == 1 else 'are'}"
 
 
 class _StopReading(KeyboardInterrupt):
@@ -110,13 +116,13 @@ class Reading:
         if self.damage is not None:
             raise BadInput(
                 f"the input is damaged at line {self.lines + 1:,} ({self.damage}): reading "
-                f"stopped there; the {recorded:,} deliveries before it are recorded"
+                f"stopped there; the {_deliveries(recorded, ' before it')} recorded"
             )
         if self.interrupted and self.lines == 0:
             raise interrupted("Interrupted before any input came: nothing was read or recorded.")
         if self.interrupted:
             raise interrupted(
-                f"Interrupted after line {self.lines:,}: {recorded:,} deliveries are recorded "
+                f"Interrupted after line {self.lines:,}: {_deliveries(recorded)} recorded "
                 "and committed; the rest of the input was not read."
             )
 

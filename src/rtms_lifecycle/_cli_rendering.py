@@ -44,6 +44,7 @@ __all__ = [
     "interruptions_table",
     "make_console",
     "outcomes_table",
+    "plural",
     "prune_table",
     "prunes_table",
     "report_ingest",
@@ -163,6 +164,10 @@ def _whole(table: Table, column: int, values: Iterable[str | None]) -> None:
 def streams_table(title: str, streams: Sequence[Stream]) -> Table:
     from rich.text import Text
 
+    from .store import now_ms
+
+    now = now_ms()
+
     table = _table(
         title,
         "Stream",
@@ -177,10 +182,10 @@ def streams_table(title: str, streams: Sequence[Stream]) -> Table:
     )
     _whole(table, 0, (stream.stream_id for stream in streams))
     for stream in streams:
+        # A live stream's duration so far, as the dashboard shows it.
+        end = now if stream.stopped_at is None and not stream.stopped else stream.stopped_at
         duration = (
-            stream.stopped_at - stream.started_at
-            if stream.stopped_at is not None and stream.started_at is not None
-            else None
+            end - stream.started_at if end is not None and stream.started_at is not None else None
         )
         table.add_row(
             Text(stream.stream_id),
@@ -216,8 +221,8 @@ def stream_details(stream: Stream) -> Table:
         ("stop reason", _stop_reason(stream)),
         (
             "counts",
-            f"{stream.interruptions} interruptions, {stream.resumes} resumes, "
-            f"{stream.failovers} failovers",
+            f"{plural(stream.interruptions, 'interruption')}, "
+            f"{plural(stream.resumes, 'resume')}, {plural(stream.failovers, 'failover')}",
         ),
     ]
     for key, value in rows:
@@ -388,16 +393,20 @@ def alerts_table(alerts: Sequence[ConcurrencyAlertRecord]) -> Table:
 
 def report_ingest(out: Console, summary: IngestSummary, seconds: float) -> None:
     rate = summary.total / seconds if seconds > 0 else 0.0
-    out.print(
-        f"Read {summary.total:,} deliveries in {seconds:.1f} s ({rate:,.0f}/s).", markup=False
-    )
+    read = plural(summary.total, "delivery", "deliveries")
+    out.print(f"Read {read} in {seconds:.1f} s ({rate:,.0f}/s).", markup=False)
     out.print(outcomes_table(summary))
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 stream``, ``2 streams``: the count and its noun (``nouns``: an irregular plural)."""
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def size(n: int) -> str:
     """A byte count in the largest unit that keeps it at 1 or more: ``512 bytes``, ``3.4 MB``."""
     if n < 1024:
-        return f"{n:,} bytes"
+        return plural(n, "byte")
     value = float(n)
     for unit in ("KB", "MB", "GB"):
         value /= 1024
@@ -423,9 +432,16 @@ def follow_line(transition: Transition, stream: Stream, as_json: bool) -> str:
     )
 
 
-def subscriptions_table(found: Sequence[SubscriptionStatus]) -> Table:
+def subscriptions_table(found: Sequence[SubscriptionStatus]) -> Table | Text:
+    from rich.text import Text
+
+    if not found:
+        return Text(
+            "No durable consumers yet: `rtms-lifecycle follow NAME` or `forward NAME URL` "
+            "starts one."
+        )
     table = _table(
-        f"{len(found):,} subscriptions",
+        plural(len(found), "subscription"),
         "consumer",
         "cursor",
         "lag",

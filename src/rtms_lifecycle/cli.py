@@ -35,6 +35,7 @@ from ._cli_rendering import (
     format_time,
     history_table,
     interruptions_table,
+    plural,
     prune_table,
     prunes_table,
     report_ingest,
@@ -168,7 +169,7 @@ def streams(
     tracker = app.tracker(create=False)
     if as_json or limit is not None:
         found = tracker.streams(wanted, scope=scope, limit=limit, account_id=account_id)
-        app.show(as_json, found, lambda found: streams_table(f"{len(found):,} streams", found))
+        app.show(as_json, found, lambda found: streams_table(plural(len(found), "stream"), found))
         return
     # Drawing tens of thousands of rows takes a minute and helps nobody, and reading a million
     # streams to count them takes longer: the newest rows, and a count from the database.
@@ -185,7 +186,7 @@ def streams(
         )
         app.out.print(streams_table(title, found))
         return
-    app.out.print(streams_table(f"{total:,} streams", found))
+    app.out.print(streams_table(plural(total, "stream"), found))
 
 
 @cli.command("stream")
@@ -342,7 +343,9 @@ def expire(app: App, stale_after: timedelta, dry_run: bool, as_json: bool) -> No
     closed = app.tracker(create=not dry_run).expire(stale_after, dry_run=dry_run)
     verb = "Would expire" if dry_run else "Expired"
     app.show(
-        as_json, closed, lambda closed: streams_table(f"{verb} {len(closed):,} streams", closed)
+        as_json,
+        closed,
+        lambda closed: streams_table(f"{verb} {plural(len(closed), 'stream')}", closed),
     )
 
 
@@ -732,7 +735,8 @@ def subscriptions_retry(app: App, consumer: str, as_json: bool) -> None:
     if as_json:
         emit_json({"consumer": consumer, "requeued": count})
         return
-    app.out.print(f"Re-queued {count:,} parked transitions of {consumer}.", markup=False)
+    requeued = plural(count, "parked transition")
+    app.out.print(f"Re-queued {requeued} of {consumer}.", markup=False)
 
 
 cli.add_command(demo)
