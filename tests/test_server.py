@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtms_lifecycle import ConfigurationError, Outcome, State, Tracker
-from rtms_lifecycle.server import API_TOKEN_ENV, create_app, create_router
+from rtms_lifecycle.server import API_TOKEN_ENV, StoredState, create_app, create_router
 from rtms_lifecycle.webhook import SECRET_ENV, WebhookVerifier
 from tests import _deliveries
 from tests._deliveries import SPEC_STREAM_KEYS
@@ -436,6 +436,15 @@ def test_streams_filters_like_the_cli(
 def test_streams_refuses_bad_filters_with_422(populated: httpx.Client, query: str) -> None:
     """A filter outside its domain is a 422 validation error, not a 5xx."""
     assert populated.get("/streams" + query).status_code == 422
+
+
+def test_streams_refuses_the_state_no_stored_stream_is_in(populated: httpx.Client) -> None:
+    """?state=new is a 422 whose message lists only the states a stored stream can be in."""
+    answer = populated.get("/streams?state=new")
+    assert answer.status_code == 422
+    message = answer.json()["detail"][0]["msg"]
+    assert message == "Input should be 'started', 'interrupted', 'resumed' or 'stopped'"
+    assert list(get_args(StoredState)) == [s.value for s in State if s is not State.NEW]
 
 
 def test_streams_limit_keeps_the_newest(populated: httpx.Client) -> None:

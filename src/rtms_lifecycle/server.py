@@ -86,6 +86,7 @@ __all__ = [
     "ErrorAnswer",
     "HealthAnswer",
     "StopReasonStatModel",
+    "StoredState",
     "StreamDetail",
     "StreamModel",
     "TransitionModel",
@@ -206,6 +207,7 @@ TransitionModel = _record_model(
 )
 StopReasonStatModel = _record_model(
     "StopReasonStatModel",
+    "StoredState",
     StopReasonStat,
     "Streams stopped for one reason (in one scope, when grouped; else ``scope`` is null).",
 )
@@ -508,6 +510,9 @@ def _epoch_ms(value: int | datetime | None) -> int | datetime | None:
 
 
 _TIME_DOC: Final = "epoch milliseconds, or ISO 8601 (naive means UTC)"
+#: The states a stored stream can be in: ``new`` is only the state before its first event, so a
+#: filter on it could only ever find nothing; the API refuses it, as the command line does.
+StoredState = Literal["started", "interrupted", "resumed", "stopped"]
 # Out of range is a 422 like any bad value, not an overflow deep in the database driver.
 _EpochMs = Annotated[int, Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)]
 
@@ -571,13 +576,13 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         response_model=list[StreamModel],  # type: ignore[valid-type]
     )
     def list_streams(
-        state: Annotated[list[State] | None, Query(description="Repeatable.")] = None,
+        state: Annotated[list[StoredState] | None, Query(description="Repeatable.")] = None,
         scope: Scope | None = None,
         active: Annotated[bool, Query(description="Only started or resumed.")] = False,
         limit: Annotated[int | None, Query(ge=1, le=MAX_COUNT)] = None,
         account_id: Annotated[str | None, Query(description="One Zoom account.")] = None,
     ) -> list[_RecordModel]:
-        states: set[State] | None = set(state) if state else None
+        states: set[State] | None = {State(s) for s in state} if state else None
         if active:
             states = set(ACTIVE_STATES) & states if states is not None else set(ACTIVE_STATES)
             if not states:
