@@ -207,7 +207,6 @@ TransitionModel = _record_model(
 )
 StopReasonStatModel = _record_model(
     "StopReasonStatModel",
-    "StoredState",
     StopReasonStat,
     "Streams stopped for one reason (in one scope, when grouped; else ``scope`` is null).",
 )
