@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
@@ -19,8 +20,10 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner, Result
+from rich.console import Console
 
 from rtms_lifecycle import Tracker, _migrate
+from rtms_lifecycle._cli_rendering import _quick_table, deliveries_table, print_table
 from rtms_lifecycle.cli import cli, format_duration, format_time, parse_duration, parse_time
 from rtms_lifecycle.store import create_store_engine
 
@@ -347,6 +350,20 @@ def test_counts_of_one_are_singular(scenario_db: str) -> None:
     assert invoke(scenario_db, "ingest", "-", stdin=jsonl([more])).stdout.startswith(
         "Read 1 delivery in"
     )
+
+
+def test_a_long_table_is_drawn_as_rich_draws_it(scenario_db: str) -> None:
+    """`deliveries --limit 0` draws its thousands of rows itself: the same text Rich would draw."""
+    more = [body("started", f"s-{n}", T0 + 8 * HOUR + n, scope_id=f"m{n}") for n in range(250)]
+    ingest(scenario_db, [*more, "not json"])
+    with Tracker(scenario_db) as tracker:
+        found = tracker.deliveries(limit=None)
+    drawn, by_rich = io.StringIO(), io.StringIO()
+    assert _quick_table(Console(width=240), deliveries_table(found)) is not None  # not Rich's
+    print_table(Console(file=drawn, width=240), deliveries_table(found))
+    Console(file=by_rich, width=240).print(deliveries_table(found))
+    assert drawn.getvalue() == by_rich.getvalue()
+    assert len(drawn.getvalue().splitlines()) == len(found) + 5  # title, rules, header
 
 
 # --- stream ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 import click
 
 from ._cli_errors import cli_errors
-from ._cli_rendering import emit_json, make_console
+from ._cli_rendering import emit_json, make_console, print_table
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -147,7 +147,7 @@ class App:
         if as_json:
             emit_json([record.as_dict() for record in found])
         else:
-            self.out.print(table(found))
+            print_table(self.out, table(found))
 
 
 def current_app() -> App:
