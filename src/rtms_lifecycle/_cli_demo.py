@@ -13,7 +13,13 @@ import click
 from ._cli_app import App, pass_app
 from ._cli_errors import BadInput
 from ._cli_reading import replay
-from ._cli_rendering import interruptions_table, report_ingest, stop_reasons_table, streams_table
+from ._cli_rendering import (
+    interruptions_table,
+    print_table,
+    report_ingest,
+    stop_reasons_table,
+    streams_table,
+)
 from ._defaults import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
@@ -112,8 +118,8 @@ def demo(app: App, top: int, force: bool) -> None:
     active = tracker.streams(ACTIVE_STATES)
     title = f"Active streams ({len(active):,}; latest {min(top, len(active))})"
     app.out.print()
-    app.out.print(streams_table(title, active[:top]))
-    app.out.print(stop_reasons_table(tracker.stop_reason_stats(), by_scope=False))
+    print_table(app.out, streams_table(title, active[:top]))
+    print_table(app.out, stop_reasons_table(tracker.stop_reason_stats(), by_scope=False))
     app.out.print(interruptions_table([(None, tracker.interruption_stats())]))
     example = max(tracker.streams(State.STOPPED), key=_eventfulness, default=None)
     app.out.print(_demo_next_steps(app.command_prefix(), example), markup=False)

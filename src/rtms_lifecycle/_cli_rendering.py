@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
+from weakref import WeakKeyDictionary
 
 import click
 
@@ -57,6 +58,10 @@ __all__ = [
     "unhandled_table",
 ]
 
+# What a narrow terminal drops of a table, and which column wraps instead (_table's arguments).
+_NARROW: Final[WeakKeyDictionary[Table, tuple[tuple[str, ...], str | None]]] = WeakKeyDictionary()
+# A flexible column wraps down to this width before a column is dropped.
+_FLEXIBLE_WIDTH: Final = 20
 # Rich lays a table out at a few hundred microseconds a cell: past this many rows, a table whose
 # cells all fit on one line is drawn by print_table itself.
 _QUICK_ROWS: Final = 200
@@ -149,13 +154,23 @@ def _stop_reason(stream: Stream) -> Text:
     return _styled(label, CATEGORY_STYLE.get(category or ""))
 
 
-def _table(title: str | None, *columns: str, right: Iterable[str] = ()) -> Table:
+def _table(
+    title: str | None,
+    *columns: str,
+    right: Iterable[str] = (),
+    narrow: Sequence[str] = (),
+    flexible: str | None = None,
+) -> Table:
+    """A table of these columns. ``narrow``: the columns a narrow terminal does without, the
+    least needed first; ``flexible``: the free-text column that wraps rather than go."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", header_style="bold")
     aligned = set(right)
     for column in columns:
         table.add_column(column, justify="right" if column in aligned else "left")
+    if narrow:
+        _NARROW[table] = (tuple(narrow), flexible)
     return table
 
 
@@ -183,6 +198,8 @@ def streams_table(title: str, streams: Sequence[Stream]) -> Table:
         "Interruptions",
         "Failovers",
         right=("Duration", "Interruptions", "Failovers"),
+        narrow=("Failovers", "Interruptions", "Started (UTC)", "Scope"),
+        flexible="Stop reason",
     )
     _whole(table, 0, (stream.stream_id for stream in streams))
     for stream in streams:
@@ -243,6 +260,7 @@ def history_table(history: Sequence[Transition]) -> Table:
         "State",
         "Source",
         "Recorded (UTC)",
+        narrow=("Recorded (UTC)", "Source", "Event"),
     )
     for transition in history:
         late = " (late)" if transition.late else ""
@@ -273,7 +291,10 @@ def stop_reasons_table(stats: Sequence[StopReasonStat], by_scope: bool) -> Table
     columns = ["Scope"] if by_scope else []
     columns += ["Code", "Name", "Category", "Streams", "Share", "Median duration"]
     table = _table(
-        "Why streams stopped", *columns, right=("Code", "Streams", "Share", "Median duration")
+        "Why streams stopped",
+        *columns,
+        right=("Code", "Streams", "Share", "Median duration"),
+        narrow=("Median duration", "Category", "Code"),
     )
     for stat in stats:
         cells: list[str | Text] = [stat.scope.value if stat.scope else DASH] if by_scope else []
@@ -351,6 +372,8 @@ def deliveries_table(records: Sequence[DeliveryRecord]) -> Table:
         "Stream",
         "Error / detail",
         right=("ID",),
+        narrow=("Source", "Received (UTC)", "Event", "ID"),
+        flexible="Error / detail",
     )
     _whole(table, 5, (record.stream_id for record in records))
     for record in records:
@@ -507,12 +530,66 @@ def prunes_table(found: Sequence[PruneRecord]) -> Table:
 
 def print_table(out: Console, table: RenderableType) -> None:
     """Print ``table`` as Rich draws it; a long one whose cells fit on a line, drawn here, in a
-    fraction of the time (``deliveries --limit 0`` draws thousands of rows)."""
+    fraction of the time (``deliveries --limit 0`` draws thousands of rows).
+
+    On a terminal too narrow for the whole table, its less needed columns are left out (and
+    named under it) rather than every column squeezed to a letter and an ellipsis.
+    """
     from rich.table import Table
 
-    long = isinstance(table, Table) and table.row_count >= _QUICK_ROWS
-    quick = _quick_table(out, table) if isinstance(table, Table) and long else None
+    if not isinstance(table, Table):
+        out.print(table)
+        return
+    hidden = _fit(out, table)
+    quick = _quick_table(out, table) if table.row_count >= _QUICK_ROWS else None
     out.print(table if quick is None else quick, soft_wrap=quick is not None)
+    if hidden:
+        out.print(
+            f"Left out at this width: {', '.join(hidden)} (a wider terminal shows them; --json "
+            "has every field).",
+            style="dim",
+            markup=False,
+        )
+
+
+def _cell_texts(out: Console, table: Table) -> list[list[Text]] | None:
+    """Each column's header and cells as Texts, or None if a cell is anything else."""
+    from rich.text import Text
+
+    columns = []
+    for column in table.columns:
+        texts = []
+        for cell in (column.header, *column.cells):
+            text = out.render_str(cell) if isinstance(cell, str) else cell
+            if not isinstance(text, Text):
+                return None
+            texts.append(text)
+        columns.append(texts)
+    return columns
+
+
+def _fit(out: Console, table: Table) -> list[str]:
+    """Leave out the columns ``table`` can do without until it fits the console; their names."""
+    from rich.cells import cell_len
+
+    narrow, flexible = _NARROW.get(table, ((), None))
+    columns = _cell_texts(out, table) if narrow else None
+    if columns is None:
+        return []
+    # What each column needs: its longest line and the padding; a flexible one can wrap.
+    needs = {}
+    for column, texts in zip(table.columns, columns, strict=True):
+        width = 2 + max(cell_len(line) for text in texts for line in text.plain.split("\n"))
+        flexes = column.header == flexible
+        needs[str(column.header)] = min(width, _FLEXIBLE_WIDTH) if flexes else width
+    hidden = []
+    for header in narrow:
+        if sum(needs.values()) + len(needs) + 1 <= out.width:
+            break
+        del needs[header]
+        hidden.append(header)
+    table.columns[:] = [column for column in table.columns if column.header in needs]
+    return hidden
 
 
 def _quick_table(out: Console, table: Table) -> Text | None:
@@ -533,15 +610,9 @@ def _quick_table(out: Console, table: Table) -> Text | None:
         or any(row.style or row.end_section for row in table.rows)
     ):
         return None
-    columns: list[list[Text]] = []
-    for column in table.columns:
-        texts = []
-        for cell in (column.header, *column.cells):
-            text = out.render_str(cell) if isinstance(cell, str) else cell
-            if not isinstance(text, Text) or "\n" in text.plain:
-                return None
-            texts.append(text)
-        columns.append(texts)
+    columns = _cell_texts(out, table)
+    if columns is None or any("\n" in text.plain for texts in columns for text in texts):
+        return None
     # Rich's widths include the padding, a space each side.
     widths = [
         max(column.min_width or 0, 2 + max(cell_len(t.plain) for t in texts))

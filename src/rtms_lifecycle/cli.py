@@ -36,6 +36,7 @@ from ._cli_rendering import (
     history_table,
     interruptions_table,
     plural,
+    print_table,
     prune_table,
     prunes_table,
     report_ingest,
@@ -184,9 +185,9 @@ def streams(
             f"Newest streams: showing {len(found)} of {total:,} "
             "(--limit N shows more, --json lists all)"
         )
-        app.out.print(streams_table(title, found))
+        print_table(app.out, streams_table(title, found))
         return
-    app.out.print(streams_table(plural(total, "stream"), found))
+    print_table(app.out, streams_table(plural(total, "stream"), found))
 
 
 @cli.command("stream")
@@ -207,7 +208,7 @@ def stream_command(app: App, stream_id: str, as_json: bool) -> None:
         emit_json({"stream": found.as_dict(), "history": [t.as_dict() for t in history]})
         return
     app.out.print(stream_details(found))
-    app.out.print(history_table(history))
+    print_table(app.out, history_table(history))
     if history:
         app.out.print(timeline_bar(found, history, now_ms(), format_time))
 
@@ -280,7 +281,7 @@ def stats(
     found = tracker.stop_reason_stats(since, until, by_scope=by_scope, account_id=account_id)
     app.show(as_json, found, lambda found: stop_reasons_table(found, by_scope))
     if chart and not as_json:
-        app.out.print(stop_reason_bars(found, CATEGORY_STYLE))
+        app.out.print(stop_reason_bars(found, CATEGORY_STYLE, room=app.out.width))
 
 
 @cli.command()
