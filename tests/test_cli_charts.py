@@ -12,7 +12,7 @@ from rtms_lifecycle import Tracker
 from rtms_lifecycle._terminal_charts import timeline_bar
 from rtms_lifecycle.cli import cli, format_time
 from tests._deliveries import body
-from tests.test_cli import NARROW_TERMINAL, STYLE
+from tests.test_cli_database import terminal_output
 
 T0 = 1_741_651_200_000
 MINUTE = 60_000
@@ -99,14 +99,7 @@ def test_stop_reason_bars_fit_a_narrow_terminal(sqlite_url: str) -> None:
                 "stopped", "s2", T0 + MINUTE, scope="contact_center", scope_id="e1", stop_reason=16
             )
         )
-    result = CliRunner().invoke(
-        cli,
-        ["--db", sqlite_url, "stats", "--chart", "--by-scope"],
-        env=NARROW_TERMINAL,
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
-    shown = STYLE.sub("", result.output)
+    shown = terminal_output("--db", sqlite_url, "stats", "--chart", "--by-scope")
     bars = [line for line in shown.splitlines() if "█" in line]
     assert len(bars) == 3
     assert "16 DATA_CONNECTION_CLOSED_ABNORMALLY" in shown

@@ -387,3 +387,30 @@ def test_installed_command_prints_no_traceback_for_a_bad_url(tmp_path: Path) -> 
     result = run_process("--db", "mysql://user@localhost/rtms", "streams", cwd=tmp_path)
     assert result.returncode == BAD_INPUT
     assert "not supported" in one_clean_line(result)
+
+
+# --- how messages name options --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["streams", "--limit", "0"], ["'--limit'"]),  # Click's own message
+        (["streams", "--active", "--state", "stopped"], ["'--active'", "'--state"]),
+        (["stats", "--chart", "--interruptions"], ["'--chart'", "'--interruptions'"]),
+        (["stats", "--unhandled", "--chart"], ["'--unhandled'", "'--chart'", "'--account'"]),
+        (["prune", "--older-than", "1h"], ["'--older-than'"]),
+        (["follow", "bad name"], ["'CONSUMER'"]),
+        (["forward", "c", "ftp://x", "--secret-env", "X"], ["'URL'"]),
+        (["forward", "c", "http://x", "--secret-env", "RTMS_NOT_SET"], ["'--secret-env'"]),
+    ],
+)
+def test_messages_quote_the_options_they_name_as_click_does(
+    sqlite_url: str, args: list[str], named: list[str]
+) -> None:
+    """Every usage error names its options and arguments in single quotes, as Click's own do."""
+    Tracker(sqlite_url).close()
+    result = CliRunner().invoke(cli, ["--db", sqlite_url, *args])
+    assert result.exit_code == 2, result.output
+    for name in named:
+        assert name in result.stderr

@@ -105,7 +105,7 @@ def demo(app: App, top: int, force: bool) -> None:
     if held and not force:
         raise BadInput(
             f"{app.shown_db} already holds streams: the demo would mix a day of made-up streams "
-            "into them, for good. Give the demo its own database (--db demo.db), or --force"
+            "into them, for good. Give the demo its own database (`--db demo.db`), or '--force'"
         )
     transitions = _count_transitions(tracker)
     app.out.print(f"Replaying a day of Zoom RTMS webhooks into {app.shown_db} ...", markup=False)

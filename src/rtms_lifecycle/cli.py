@@ -165,7 +165,9 @@ def streams(
     from .machine import ACTIVE_STATES
 
     if active and states:
-        raise click.UsageError("--active means --state started --state resumed: give one or other")
+        raise click.UsageError(
+            "'--active' means '--state started --state resumed': give one or the other"
+        )
     wanted: Iterable[State | str] | None = ACTIVE_STATES if active else (states or None)
     tracker = app.tracker(create=False)
     if as_json or limit is not None:
@@ -257,12 +259,15 @@ def stats(
     from .events import Scope
 
     if chart and interruptions:
-        raise click.UsageError("--chart draws stop reasons: it does not go with --interruptions")
+        raise click.UsageError(
+            "'--chart' draws stop reasons: it does not go with '--interruptions'"
+        )
     tracker = app.tracker(create=False)
     if unhandled:
         if interruptions or by_scope or chart or account_id is not None:
             raise click.UsageError(
-                "--unhandled lists event names: no --interruptions, --by-scope, --chart, --account"
+                "'--unhandled' lists event names: it does not go with '--interruptions', "
+                "'--by-scope', '--chart' or '--account'"
             )
         app.show(as_json, tracker.unhandled_stats(since, until), unhandled_table)
         return
@@ -375,7 +380,7 @@ def prune(app: App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json:
         raise click.BadParameter(
             f"keep at least {MIN_RETENTION.days} day: Zoom retries deliveries for about two "
             "hours, and a retry of a pruned stream's event would start the stream again",
-            param_hint="--older-than",
+            param_hint="'--older-than'",
         )
     result = app.tracker(create=False).prune(older_than, dry_run=dry_run, vacuum=vacuum)
     if as_json:
@@ -389,7 +394,7 @@ def prune(app: App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json:
     if result.free_bytes:
         app.out.print(
             f"{size(result.free_bytes)} are free inside the database file: new rows reuse them "
-            "(prune --vacuum gives them back to the file system).",
+            "(`prune --vacuum` gives them back to the file system).",
             markup=False,
         )
 
@@ -599,7 +604,7 @@ def _run_consumer(
     try:
         tracker.subscribe(consumer, callback, **options)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="CONSUMER") from None
+        raise click.BadParameter(str(exc), param_hint="'CONSUMER'") from None
     tracker.run_subscriptions(idle_exit=idle_exit)
 
 
@@ -692,10 +697,10 @@ def forward(
     `subscriptions`). The webhook-id is the same on every retry, for the receiver to dedupe.
     """
     if not url.startswith(("http://", "https://")):
-        raise click.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="URL")
+        raise click.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="'URL'")
     secret = os.environ.get(secret_env)
     if not secret:
-        raise click.BadParameter(f"${secret_env} is not set", param_hint="--secret-env")
+        raise click.BadParameter(f"${secret_env} is not set", param_hint="'--secret-env'")
     from . import _forward  # httpx and standardwebhooks: the 'forward' extra
 
     forwarder = _forward.Forwarder(
