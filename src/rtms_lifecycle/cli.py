@@ -2,24 +2,25 @@
 
 Every read command has ``--json``, whose shapes are a documented contract (docs/cli.md).
 Human output goes through Rich: aligned tables, UTC ISO times, colours only on a terminal.
-What a command shares lives in ``_cli_app``, what it prints in ``_cli_rendering``, how
-``ingest`` reads in ``_cli_reading``, and the demo in ``_cli_demo``.
+What a command shares lives in ``_cli_app``, its parameters in ``_cli_params``, what it prints
+in ``_cli_rendering``, how ``ingest`` reads in ``_cli_reading``; the demo, the receiver and the
+durable consumers' commands in ``_cli_demo``, ``_cli_serve`` and ``_cli_consumers``.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import click
 from click.core import ParameterSource
 
 from ._bounds import MAX_COUNT
-from ._cli_app import App, Group, current_app, pass_app
+from ._cli_app import App, Group, pass_app
+from ._cli_consumers import follow, forward, subscriptions
 from ._cli_demo import demo
 from ._cli_errors import Failure
 from ._cli_params import ACCOUNT_OPTION, JSON_OPTION, parse_duration, parse_time, parsed_by
@@ -30,7 +31,6 @@ from ._cli_rendering import (
     alerts_table,
     deliveries_table,
     emit_json,
-    follow_line,
     format_duration,
     format_time,
     history_table,
@@ -44,36 +44,28 @@ from ._cli_rendering import (
     stop_reasons_table,
     stream_details,
     streams_table,
-    subscriptions_table,
     unhandled_table,
 )
+from ._cli_serve import serve
 from ._defaults import (
     DB_ENV,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DB_URL,
-    DEFAULT_FORWARD_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_RETRY_DELAY,
     OUTCOMES,
     SCOPES,
     STATES,
 )
-from ._logging import LOG_FORMATS, LOG_LEVELS
 
 # Only Click is imported to build the commands: `--help` starts fast. What a command needs (Rich,
 # SQLAlchemy, the tracker) is imported in the functions that use it.
 if TYPE_CHECKING:
     from .machine import State
-    from .records import Stream, Transition
 
 # The parsers and formatters are part of what the command line offers (the tests use them).
 __all__ = ["cli", "format_duration", "format_time", "main", "parse_duration", "parse_time"]
 
 # The streams table without --limit: the newest this many (--json still lists every stream).
 _TABLE_STREAMS: Final = 50
-
-# The name the commands raise a failure by (the mapping itself lives in _cli_errors).
-_Failure = Failure
 
 
 # --- the commands ---------------------------------------------------------------------------------
@@ -204,7 +196,7 @@ def stream_command(app: App, stream_id: str, as_json: bool) -> None:
     tracker = app.tracker(create=False)
     found = tracker.stream(stream_id)
     if found is None:
-        raise _Failure(f"no stream with rtms_stream_id {stream_id!r} is stored in {app.shown_db}")
+        raise Failure(f"no stream with rtms_stream_id {stream_id!r} is stored in {app.shown_db}")
     history = tracker.history(stream_id)
     if as_json:
         emit_json({"stream": found.as_dict(), "history": [t.as_dict() for t in history]})
@@ -471,281 +463,11 @@ def db_upgrade(app: App, as_json: bool) -> None:
         app.out.print(f"Upgraded from {before or 'an empty database'} to {after}.", markup=False)
 
 
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--path", default="/webhook", show_default=True, help="The webhook's URL path.")
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="The receiver's and uvicorn's log level.",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS),
-    default="text",
-    show_default=True,
-    help="Log lines on stderr as text, or as JSON objects (docs/operations.md).",
-)
-@click.option(
-    "--metrics/--no-metrics",
-    default=True,
-    show_default=True,
-    help="Serve GET /metrics (Prometheus; behind the API token when one is set).",
-)
-@click.option(
-    "--store-timeout",
-    type=click.FloatRange(0, min_open=True),
-    default=2.5,
-    show_default=True,
-    help="Seconds a delivery may take to commit; past it the answer is 503 (Zoom retries).",
-)
-@click.option(
-    "--keep-alive-timeout",
-    type=click.IntRange(1),
-    default=5,
-    show_default=True,
-    help="Seconds an idle connection stays open after a response.",
-)
-@click.option(
-    "--request-timeout",
-    type=click.FloatRange(0, min_open=True),
-    default=5.0,
-    show_default=True,
-    help="Seconds a request has to arrive whole; slower connections are closed.",
-)
-@click.option(
-    "--limit-concurrency",
-    type=click.IntRange(1),
-    default=None,
-    help="Open connections at most [default: 1000, less under a low file descriptor limit].",
-)
-@click.option(
-    "--backlog",
-    type=click.IntRange(1),
-    default=None,
-    help="Connections the kernel queues before they are accepted [default: 256, less under a "
-    "low file descriptor limit].",
-)
-@click.option(
-    "--replay-window",
-    type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Refuse requests signed longer ago than this (docs/receiver.md weighs a longer one).",
-)
-@pass_app
-def serve(
-    app: App,
-    host: str,
-    port: int,
-    path: str,
-    store_timeout: float,
-    keep_alive_timeout: int,
-    request_timeout: float,
-    limit_concurrency: int | None,
-    backlog: int | None,
-    log_level: str,
-    log_format: str,
-    metrics: bool,
-    replay_window: float,
-) -> None:
-    """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
-    try:
-        from . import server  # the 'server' extra: imported only when asked for
-    except ImportError as exc:
-        raise _Failure(str(exc)) from exc
-    server.run(
-        host=host,
-        port=port,
-        path=path,
-        db=app.db,
-        log_level=log_level,
-        log_format="json" if log_format == "json" else "text",
-        metrics=metrics,
-        store_timeout=store_timeout,
-        keep_alive_timeout=keep_alive_timeout,
-        request_timeout=request_timeout,
-        limit_concurrency=limit_concurrency,
-        backlog=backlog,
-        replay_window=replay_window,
-    )
-
-
-# --- durable subscriptions ------------------------------------------------------------------------
-
-
-_CONSUMER_ARGUMENT: Final = click.argument("consumer")
-_FROM_START_OPTION: Final = click.option(
-    "--from-start",
-    is_flag=True,
-    help="A new consumer starts at the first transition stored (else at the end of the feed).",
-)
-_IDLE_EXIT_OPTION: Final = click.option(
-    "--idle-exit",
-    metavar="SECONDS",
-    type=click.FloatRange(min=0),
-    help="Exit after this many seconds with nothing to deliver (default: run until stopped).",
-)
-
-
-def _run_consumer(
-    app: App,
-    consumer: str,
-    callback: Callable[[Transition, Stream], object],
-    idle_exit: float | None,
-    **options: Any,
-) -> None:
-    # A consumer of a database that is not there follows a typo: refuse, as read commands do.
-    tracker = app.tracker(create=False)
-    try:
-        tracker.subscribe(consumer, callback, **options)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'CONSUMER'") from None
-    tracker.run_subscriptions(idle_exit=idle_exit)
-
-
-@cli.command()
-@_CONSUMER_ARGUMENT
-@JSON_OPTION
-@_FROM_START_OPTION
-@_IDLE_EXIT_OPTION
-@pass_app
-def follow(
-    app: App, consumer: str, as_json: bool, from_start: bool, idle_exit: float | None
-) -> None:
-    """Print every transition, from any process, as the named durable CONSUMER.
-
-    One line each (JSON with --json); the consumer's cursor moves past a transition once its line
-    is written, so `follow billing --json | my-tool` is a durable pipe: a restart resumes there.
-    """
-    out = sys.stdout
-
-    def write(transition: Transition, stream: Stream) -> None:
-        try:
-            out.write(follow_line(transition, stream, as_json) + "\n")
-            out.flush()
-        except BrokenPipeError:
-            # Nobody reads any more: stop without moving the cursor past this transition.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-            raise _PipeClosed(transition.id) from None
-
-    try:
-        _run_consumer(app, consumer, write, idle_exit, from_start=from_start, max_attempts=1)
-    except _PipeClosed as closed:
-        raise _Failure(
-            f"the output closed; consumer {consumer!r} resumes at transition {closed.args[0]}"
-        ) from None
-
-
-class _PipeClosed(BaseException):
-    """Ends ``follow`` from inside a callback: a BaseException, so it is not retried or parked."""
-
-
-@cli.command()
-@_CONSUMER_ARGUMENT
-@click.argument("url")
-@click.option(
-    "--secret-env",
-    metavar="VAR",
-    required=True,
-    help="Environment variable holding the Standard Webhooks signing secret (whsec_...).",
-)
-@_FROM_START_OPTION
-@_IDLE_EXIT_OPTION
-@click.option(
-    "--timeout",
-    metavar="SECONDS",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_FORWARD_TIMEOUT,
-    show_default=True,
-    help="Wait this long for the receiver's answer.",
-)
-@click.option(
-    "--max-attempts",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_ATTEMPTS,
-    show_default=True,
-    help="Attempts at one transition before it is parked.",
-)
-@click.option(
-    "--retry-delay",
-    metavar="SECONDS",
-    type=click.FloatRange(min=0),
-    default=DEFAULT_RETRY_DELAY,
-    show_default=True,
-    help="Wait before the first retry; each further retry waits twice as long.",
-)
-@pass_app
-def forward(
-    app: App,
-    consumer: str,
-    url: str,
-    secret_env: str,
-    from_start: bool,
-    idle_exit: float | None,
-    timeout: float,
-    max_attempts: int,
-    retry_delay: float,
-) -> None:
-    """POST every transition to URL as the named durable CONSUMER, signed (Standard Webhooks).
-
-    A non-2xx answer or a timeout is retried with back-off, then the transition is parked (see
-    `subscriptions`). The webhook-id is the same on every retry, for the receiver to dedupe.
-    """
-    if not url.startswith(("http://", "https://")):
-        raise click.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="'URL'")
-    secret = os.environ.get(secret_env)
-    if not secret:
-        raise click.BadParameter(f"${secret_env} is not set", param_hint="'--secret-env'")
-    from . import _forward  # httpx and standardwebhooks: the 'forward' extra
-
-    forwarder = _forward.Forwarder(
-        consumer, url, _forward.check_secret(secret, f"${secret_env}"), timeout=timeout
-    )
-    try:
-        _run_consumer(
-            app,
-            consumer,
-            forwarder,
-            idle_exit,
-            from_start=from_start,
-            max_attempts=max_attempts,
-            retry_delay=retry_delay,
-        )
-    finally:
-        forwarder.close()
-
-
-@cli.group(invoke_without_command=True)
-@JSON_OPTION
-@click.pass_context
-def subscriptions(ctx: click.Context, as_json: bool) -> None:
-    """List durable consumers: cursor, lag, parked transitions, last error."""
-    if ctx.invoked_subcommand is not None:
-        return
-    app = current_app()
-    app.show(as_json, app.tracker(create=False).subscriptions(), subscriptions_table)
-
-
-@subscriptions.command("retry")
-@_CONSUMER_ARGUMENT
-@JSON_OPTION
-@pass_app
-def subscriptions_retry(app: App, consumer: str, as_json: bool) -> None:
-    """Queue CONSUMER's parked transitions for delivery again (by its running follow/forward)."""
-    count = app.tracker(create=False).retry_parked(consumer)
-    if as_json:
-        emit_json({"consumer": consumer, "requeued": count})
-        return
-    requeued = plural(count, "parked transition")
-    app.out.print(f"Re-queued {requeued} of {consumer}.", markup=False)
-
-
 cli.add_command(demo)
+cli.add_command(serve)
+cli.add_command(follow)
+cli.add_command(forward)
+cli.add_command(subscriptions)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
