@@ -299,7 +299,7 @@ def test_ctrl_c_before_any_input_says_nothing_was_recorded(sqlite_url: str) -> N
         text=True,
     ) as process:
         _wait_for(lambda: _has_schema(sqlite_url), "the schema")
-        time.sleep(0.5)  # from creating the schema to waiting on the pipe
+        time.sleep(1.0)  # from creating the schema to waiting on the pipe
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
     assert process.returncode == INTERRUPTED, err
