@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -17,8 +20,10 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner, Result
+from rich.console import Console
 
 from rtms_lifecycle import Tracker, _migrate
+from rtms_lifecycle._cli_rendering import _quick_table, deliveries_table, print_table
 from rtms_lifecycle._engine import create_store_engine
 from rtms_lifecycle.cli import cli, format_duration, format_time, parse_duration, parse_time
 
@@ -321,6 +326,44 @@ def test_streams_table_lists_streams_readably(scenario_db: str) -> None:
     ):
         assert text in result.stdout
     assert "\x1b[" not in result.stdout
+
+
+def test_a_live_stream_s_duration_is_its_time_so_far(sqlite_url: str) -> None:
+    """A live stream's duration is the time since it started, as on the dashboard; not a dash."""
+    started = int(time.time() * 1000) - 125_000
+    ingest(sqlite_url, [body("started", "s-live", started, scope_id="m1")])
+    (row,) = [
+        line for line in invoke(sqlite_url, "streams").stdout.splitlines() if "s-live" in line
+    ]
+    assert re.search(r"│\s+2m 0[5-9]s │", row), row
+    assert "—" in row  # the stop reason of a live stream
+
+
+def test_counts_of_one_are_singular(scenario_db: str) -> None:
+    """A count of one names one thing: "1 stream", "1 interruption", "Read 1 delivery"."""
+    assert invoke(scenario_db, "streams", "--scope", "phone").stdout.splitlines()[0].strip() == (
+        "1 stream"
+    )
+    details = invoke(scenario_db, "stream", "s-session").stdout
+    assert "1 interruption, 1 resume, 0 failovers" in details
+    more = body("started", "s-more", T0 + 7 * HOUR, scope_id="m9")
+    assert invoke(scenario_db, "ingest", "-", stdin=jsonl([more])).stdout.startswith(
+        "Read 1 delivery in"
+    )
+
+
+def test_a_long_table_is_drawn_as_rich_draws_it(scenario_db: str) -> None:
+    """`deliveries --limit 0` draws its thousands of rows itself: the same text Rich would draw."""
+    more = [body("started", f"s-{n}", T0 + 8 * HOUR + n, scope_id=f"m{n}") for n in range(250)]
+    ingest(scenario_db, [*more, "not json"])
+    with Tracker(scenario_db) as tracker:
+        found = tracker.deliveries(limit=None)
+    drawn, by_rich = io.StringIO(), io.StringIO()
+    assert _quick_table(Console(width=240), deliveries_table(found)) is not None  # not Rich's
+    print_table(Console(file=drawn, width=240), deliveries_table(found))
+    Console(file=by_rich, width=240).print(deliveries_table(found))
+    assert drawn.getvalue() == by_rich.getvalue()
+    assert len(drawn.getvalue().splitlines()) == len(found) + 5  # title, rules, header
 
 
 # --- stream ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from rtms_lifecycle import Tracker
 from rtms_lifecycle._terminal_charts import timeline_bar
 from rtms_lifecycle.cli import cli, format_time
 from tests._deliveries import body
+from tests.test_cli_database import terminal_output
 
 T0 = 1_741_651_200_000
 MINUTE = 60_000
@@ -86,3 +87,20 @@ def test_stats_chart_does_not_go_with_interruptions(sqlite_url: str) -> None:
     assert result.exit_code == 2
     assert "--chart" in result.output
     assert "--interruptions" in result.output
+
+
+def test_stop_reason_bars_fit_a_narrow_terminal(sqlite_url: str) -> None:
+    """On an 80-column terminal no line of `stats --chart --by-scope` is wider than 80 columns."""
+    with Tracker(sqlite_url) as tracker:
+        record(tracker)
+        tracker.ingest(body("started", "s2", T0, scope="contact_center", scope_id="e1"))
+        tracker.ingest(
+            body(
+                "stopped", "s2", T0 + MINUTE, scope="contact_center", scope_id="e1", stop_reason=16
+            )
+        )
+    shown = terminal_output("--db", sqlite_url, "stats", "--chart", "--by-scope")
+    bars = [line for line in shown.splitlines() if "█" in line]
+    assert len(bars) == 3
+    assert "16 DATA_CONNECTION_CLOSED_ABNORMALLY" in shown
+    assert max(len(line) for line in shown.splitlines()) <= 80

@@ -200,7 +200,19 @@ def test_stream_ids_are_never_shortened(sqlite_url: str, command: list[str]) -> 
     invoke_json(sqlite_url, "ingest", "-", stdin=jsonl(starts))
     shown = terminal_output("--db", sqlite_url, *command)
     assert all(sid in shown for sid in LONG_IDS), shown
-    assert "…" in shown  # the other columns gave way
+    assert "…" not in shown  # columns were left out rather than squeezed
+    assert "Left out at this width:" in shown
+    assert max(len(line) for line in shown.splitlines()) <= 80
+
+
+def test_a_narrow_streams_table_keeps_the_columns_it_shows_legible(sqlite_url: str) -> None:
+    """At 80 columns the streams table keeps whole states and durations, naming what it left."""
+    invoke_json(sqlite_url, "ingest", "-", stdin=jsonl(SCENARIO))
+    shown = terminal_output("--db", sqlite_url, "streams")
+    lines = shown.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "Left out at this width: Failovers, Interruptions" in shown
+    assert any("│ s-session " in line and "│ resumed " in line for line in lines)
 
 
 @pytest.fixture

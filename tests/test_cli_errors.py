@@ -289,6 +289,34 @@ def test_ctrl_c_while_waiting_for_input_stops_at_once(sqlite_url: str) -> None:
     assert "Read 2 deliveries" in out
 
 
+def test_ctrl_c_before_any_input_says_nothing_was_recorded(sqlite_url: str) -> None:
+    """SIGINT while `ingest -` waits for its first byte says that nothing was read or recorded."""
+    with subprocess.Popen(
+        [str(ENTRY_POINT), "--db", sqlite_url, "ingest", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        _wait_for(lambda: _has_schema(sqlite_url), "the schema")
+        time.sleep(1.0)  # from creating the schema to waiting on the pipe
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == INTERRUPTED, err
+    assert err == "Interrupted before any input came: nothing was read or recorded.\n"
+
+
+def _has_schema(url: str) -> bool:
+    engine = create_store_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+    except Exception:  # not created yet
+        return False
+    finally:
+        engine.dispose()
+
+
 def test_ctrl_c_in_any_command_exits_130(scenario_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C outside ingest is "Interrupted." and exit 130, not Click's "Aborted!" and 1."""
     original = Tracker.streams
@@ -359,3 +387,30 @@ def test_installed_command_prints_no_traceback_for_a_bad_url(tmp_path: Path) -> 
     result = run_process("--db", "mysql://user@localhost/rtms", "streams", cwd=tmp_path)
     assert result.returncode == BAD_INPUT
     assert "not supported" in one_clean_line(result)
+
+
+# --- how messages name options --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["streams", "--limit", "0"], ["'--limit'"]),  # Click's own message
+        (["streams", "--active", "--state", "stopped"], ["'--active'", "'--state"]),
+        (["stats", "--chart", "--interruptions"], ["'--chart'", "'--interruptions'"]),
+        (["stats", "--unhandled", "--chart"], ["'--unhandled'", "'--chart'", "'--account'"]),
+        (["prune", "--older-than", "1h"], ["'--older-than'"]),
+        (["follow", "bad name"], ["'CONSUMER'"]),
+        (["forward", "c", "ftp://x", "--secret-env", "X"], ["'URL'"]),
+        (["forward", "c", "http://x", "--secret-env", "RTMS_NOT_SET"], ["'--secret-env'"]),
+    ],
+)
+def test_messages_quote_the_options_they_name_as_click_does(
+    sqlite_url: str, args: list[str], named: list[str]
+) -> None:
+    """Every usage error names its options and arguments in single quotes, as Click's own do."""
+    Tracker(sqlite_url).close()
+    result = CliRunner().invoke(cli, ["--db", sqlite_url, *args])
+    assert result.exit_code == 2, result.output
+    for name in named:
+        assert name in result.stderr

@@ -267,6 +267,17 @@ def test_the_stream_page_lists_every_transition_and_marks_the_late_one(
     assert re.search(rf'data-transition-id="{late[0].id}" data-name="\w+" data-late="true"', page)
 
 
+def test_pages_write_a_missing_value_as_the_command_line_does(
+    site: str, recorded: tuple[Tracker, dict[str, str]]
+) -> None:
+    """A missing value is an em dash everywhere, as in the CLI's tables; never an en dash."""
+    _, ids = recorded
+    client = signed_in(site)
+    for page in (overview(client), client.get(f"/dashboard/streams/{ids['live']}").text):
+        assert "—" in page
+        assert "\u2013" not in page  # en dash
+
+
 def test_an_unknown_stream_is_a_404_page(site: str) -> None:
     """A stream id that is not stored answers 404 with a page saying so."""
     answer = signed_in(site).get("/dashboard/streams/no-such-stream")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtms_lifecycle import ConfigurationError, Outcome, State, Tracker
-from rtms_lifecycle.server import API_TOKEN_ENV, create_app, create_router
+from rtms_lifecycle.server import API_TOKEN_ENV, StoredState, create_app, create_router
 from rtms_lifecycle.webhook import SECRET_ENV, WebhookVerifier
 from tests import _deliveries
 from tests._deliveries import SPEC_STREAM_KEYS
@@ -438,6 +438,15 @@ def test_streams_refuses_bad_filters_with_422(populated: httpx.Client, query: st
     assert populated.get("/streams" + query).status_code == 422
 
 
+def test_streams_refuses_the_state_no_stored_stream_is_in(populated: httpx.Client) -> None:
+    """?state=new is a 422 whose message lists only the states a stored stream can be in."""
+    answer = populated.get("/streams?state=new")
+    assert answer.status_code == 422
+    message = answer.json()["detail"][0]["msg"]
+    assert message == "Input should be 'started', 'interrupted', 'resumed' or 'stopped'"
+    assert list(get_args(StoredState)) == [s.value for s in State if s is not State.NEW]
+
+
 def test_streams_limit_keeps_the_newest(populated: httpx.Client) -> None:
     """``limit`` caps the list to the streams with the newest activity."""
     assert [s["stream_id"] for s in populated.get("/streams?limit=1").json()] == ["s-stopped"]
@@ -493,6 +502,43 @@ def test_openapi_schema_describes_every_answer(client: httpx.Client) -> None:
             assert ok.get("$ref") or ok.get("anyOf") or ok.get("items"), path
     assert set(schema["components"]["schemas"]["StreamModel"]["properties"]) == SPEC_STREAM_KEYS
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
+
+
+READ_API_SNAPSHOT = Path(__file__).parent / "snapshots" / "read_api.openapi.json"
+
+
+def test_read_api_schema_is_unchanged(client: httpx.Client) -> None:
+    """The read API's routes and models in the OpenAPI schema are the ones clients were given."""
+    schema = client.get("/openapi.json").json()
+    snapshot = json.loads(READ_API_SNAPSHOT.read_text())
+    assert {p: schema["paths"][p] for p in snapshot["paths"]} == snapshot["paths"]
+    models = {name: schema["components"]["schemas"][name] for name in snapshot["components"]}
+    assert json.dumps(models) == json.dumps(snapshot["components"])  # the key order too
+
+
+def test_read_api_answers_are_the_records(populated: httpx.Client, tracker: Tracker) -> None:
+    """Each read route answers its records' documented keys, in the schema's order."""
+    schema = populated.get("/openapi.json").json()["components"]["schemas"]
+
+    def keys(model: str) -> list[str]:
+        return list(schema[model]["properties"])
+
+    streams = populated.get("/streams").json()
+    assert streams == [s.as_dict() for s in tracker.streams()]
+    assert {tuple(s) for s in streams} == {tuple(keys("StreamModel"))}
+    detail = populated.get("/streams/s-down").json()
+    down = tracker.stream("s-down")
+    assert down is not None
+    assert detail == {
+        "stream": down.as_dict(),
+        "history": [t.as_dict() for t in tracker.history("s-down")],
+    }
+    assert [list(t) for t in detail["history"]] == [keys("TransitionModel")] * 2
+    for query, by_scope in (("", False), ("?by_scope=true", True)):
+        stats = populated.get("/stats/stop-reasons" + query).json()
+        expected = tracker.stop_reason_stats(by_scope=by_scope)
+        assert stats == [{"scope": None, **s.as_dict()} for s in expected]
+        assert [list(s) for s in stats] == [keys("StopReasonStatModel")] * len(expected)
 
 
 # --- configuration, embedding, running ------------------------------------------------------------

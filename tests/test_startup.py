@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
 import rtms_lifecycle
 from rtms_lifecycle import Outcome, Scope, State, _defaults, _migrate
+from rtms_lifecycle.cli import cli
 from rtms_lifecycle.exceptions import SchemaOutdatedError
 from rtms_lifecycle.subscriptions import (
     DEFAULT_FORWARD_TIMEOUT,
@@ -71,6 +73,22 @@ def test_importing_the_package_imports_nothing_heavy() -> None:
 def test_help_imports_only_click() -> None:
     """``rtms-lifecycle --help`` imports none of SQLAlchemy, pydantic, Alembic or Rich."""
     assert _heavy_imports(_RUN_CLI.format(argv=["--help"])) == []
+
+
+def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    # Every command and subcommand, as typed: ("db", "current"), ("subscriptions", "retry"), ...
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths += _command_paths(command, (*prefix, name))
+    return paths
+
+
+@pytest.mark.parametrize("command", _command_paths(cli), ids=" ".join)
+def test_every_command_s_help_imports_only_click(command: tuple[str, ...]) -> None:
+    """``rtms-lifecycle COMMAND --help`` imports none of SQLAlchemy, pydantic, Alembic or Rich."""
+    assert _heavy_imports(_RUN_CLI.format(argv=[*command, "--help"])) == []
 
 
 def test_reading_a_stream_imports_neither_alembic_nor_pydantic(tmp_path: Path) -> None:

@@ -231,6 +231,20 @@ def test_subscriptions_table_lists_consumers(db: str) -> None:
     assert "billing" in result.output
 
 
+def test_subscriptions_table_counts_in_the_singular(db: str) -> None:
+    """One consumer is "1 subscription", not "1 subscriptions"."""
+    follow_lines(db, "billing")
+    assert invoke(db, "subscriptions").output.splitlines()[0].strip() == "1 subscription"
+
+
+def test_subscriptions_without_consumers_says_there_are_none(db: str) -> None:
+    """With no consumer, `subscriptions` says so and how to start one, instead of an empty table."""
+    result = invoke(db, "subscriptions")
+    assert result.exit_code == 0
+    assert result.output.startswith("No durable consumers yet")
+    assert "follow NAME" in result.output
+
+
 def test_subscriptions_retry_of_an_unknown_consumer_fails(db: str) -> None:
     """Re-queueing for a consumer that does not exist exits 1 naming it."""
     result = CliRunner().invoke(cli, ["--db", db, "subscriptions", "retry", "nobody"])

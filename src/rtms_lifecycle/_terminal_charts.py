@@ -71,11 +71,28 @@ def timeline_bar(
 
 
 def stop_reason_bars(
-    stats: Sequence[StopReasonStat], category_style: Mapping[str, str], *, width: int = 40
+    stats: Sequence[StopReasonStat],
+    category_style: Mapping[str, str],
+    *,
+    width: int = 40,
+    room: int | None = None,
 ) -> Table:
-    """A bar per stop reason (and scope), as long as its count, coloured by its category."""
+    """A bar per stop reason (and scope), as long as its count, coloured by its category.
+
+    ``room``: the terminal's width; the bars are shortened to fit in it beside their labels
+    (to 10 columns at least), rather than wrap.
+    """
     table = Table.grid(padding=(0, 1))
     by_scope = any(stat.scope is not None for stat in stats)
+    if room is not None:
+        labels = [
+            (stat.scope.value if stat.scope else "", _reason_label(stat), _count_label(stat))
+            for stat in stats
+        ]
+        beside = sum(
+            max((len(cell) for cell in column), default=0) for column in zip(*labels, strict=True)
+        )
+        width = max(10, min(width, room - beside - (3 if by_scope else 2)))
     if by_scope:
         table.add_column()
     table.add_column(justify="right")
@@ -83,14 +100,18 @@ def stop_reason_bars(
     table.add_column(justify="right")
     biggest = max((stat.count for stat in stats), default=0) or 1
     for stat in stats:
-        code = "" if stat.stop_reason is None else f"{stat.stop_reason} "
         length = max(round(stat.count * width / biggest), 1)
         style = category_style.get(stat.stop_reason_category.value, "")
         cells: list[str | Text] = [stat.scope.value if stat.scope else ""] if by_scope else []
-        cells += [
-            f"{code}{stat.stop_reason_name}",
-            Text("█" * length, style=style),
-            f"{stat.count:,} ({stat.share:.1%})",
-        ]
+        cells += [_reason_label(stat), Text("█" * length, style=style), _count_label(stat)]
         table.add_row(*cells)
     return table
+
+
+def _reason_label(stat: StopReasonStat) -> str:
+    code = "" if stat.stop_reason is None else f"{stat.stop_reason} "
+    return f"{code}{stat.stop_reason_name}"
+
+
+def _count_label(stat: StopReasonStat) -> str:
+    return f"{stat.count:,} ({stat.share:.1%})"

@@ -14,6 +14,7 @@ that Zoom retries. No secret, signature or token is ever logged or answered.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import logging.config
@@ -21,11 +22,11 @@ import os
 import resource
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self, get_type_hints
 
 try:
     import anyio
@@ -44,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "install the 'server' extra, e.g. pip install 'rtms-lifecycle[server]'"
     ) from exc
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -60,11 +61,10 @@ from ._logthrottle import throttle_tracebacks
 from ._parsing import parse_delivery
 from ._unhandled import FirstSeen, looks_like_rtms
 from .async_tracker import AsyncTracker
-from .events import Scope, Source, UrlValidation
+from .events import Scope, UrlValidation
 from .exceptions import ConfigurationError, StoreError, StoreTimeout, WebhookRefused
-from .machine import ACTIVE_STATES, State, TransitionName
+from .machine import ACTIVE_STATES, State
 from .records import IngestResult, Outcome, StopReasonStat, Stream, Transition
-from .stop_reasons import StopReasonCategory
 from .tracker import Tracker
 from .webhook import (
     DEFAULT_REPLAY_WINDOW,
@@ -86,6 +86,7 @@ __all__ = [
     "ErrorAnswer",
     "HealthAnswer",
     "StopReasonStatModel",
+    "StoredState",
     "StreamDetail",
     "StreamModel",
     "TransitionModel",
@@ -152,78 +153,70 @@ class HealthAnswer(BaseModel):
     reason: str | None = None
 
 
-class StreamModel(BaseModel):
-    """A stream, with exactly the keys of ``rtms-lifecycle streams --json`` (times: epoch ms)."""
+class _RecordModel(BaseModel):
+    """An API view of a record dataclass: its fields are the record's, read from its attributes."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    stream_id: str
-    scope: Scope
-    scope_id: str | None
-    account_id: str | None
-    session_key: str | None
-    operator_id: str | None
-    server_urls: str | None
-    state: State
-    started_at: int | None
-    stopped_at: int | None
-    last_event_at: int | None
-    stop_reason: int | None
-    stop_reason_name: str | None
-    stop_reason_category: StopReasonCategory | None
-    interruptions: int
-    resumes: int
-    failovers: int
+    model_config = ConfigDict(from_attributes=True)
 
     @classmethod
-    def of(cls, stream: Stream) -> StreamModel:
-        """The API view of a stored stream."""
-        return cls.model_validate(stream.as_dict())
+    def of(cls, record: object) -> Self:
+        """The API view of a stored record."""
+        return cls.model_validate(record)
 
 
-class TransitionModel(BaseModel):
-    """One row of a stream's audit history."""
+def _record_model(
+    name: str,
+    record: type,
+    doc: str,
+    *,
+    without: Collection[str] = (),
+    computed: Mapping[str, Collection[str]] = {},
+    forbid_extra: bool = False,
+) -> type[_RecordModel]:
+    """A model with the fields of the ``record`` dataclass, in its order, every one required.
 
-    id: int
-    stream_id: str
-    from_state: State
-    to_state: State
-    name: TransitionName
-    kind: str
-    event_ts: int
-    source: Source
-    late: bool
-    recorded_at: int
-    delivery_id: int | None
+    ``computed``: properties of the record that the API shows too, after the field they follow.
+    """
+    hints = get_type_hints(record)
+    fields: dict[str, Any] = {}
+    for each in dataclasses.fields(record):
+        if each.name not in without:
+            fields[each.name] = (hints[each.name], ...)
+        for prop in computed.get(each.name, ()):
+            fields[prop] = (get_type_hints(getattr(record, prop).fget)["return"], ...)
+    return create_model(
+        name,
+        __base__=_RecordModel,
+        __doc__=doc,
+        __module__=__name__,
+        __cls_kwargs__={"extra": "forbid"} if forbid_extra else None,
+        **fields,
+    )
 
-    @classmethod
-    def of(cls, transition: Transition) -> TransitionModel:
-        """The API view of a stored transition."""
-        return cls.model_validate(transition.as_dict())
+
+StreamModel = _record_model(
+    "StreamModel",
+    Stream,
+    "A stream, with exactly the keys of ``rtms-lifecycle streams --json`` (times: epoch ms).",
+    without=("stop_source",),
+    computed={"stop_reason": ("stop_reason_name", "stop_reason_category")},
+    forbid_extra=True,
+)
+TransitionModel = _record_model(
+    "TransitionModel", Transition, "One row of a stream's audit history."
+)
+StopReasonStatModel = _record_model(
+    "StopReasonStatModel",
+    StopReasonStat,
+    "Streams stopped for one reason (in one scope, when grouped; else ``scope`` is null).",
+)
 
 
 class StreamDetail(BaseModel):
     """A stream and its transitions in event-time order."""
 
-    stream: StreamModel
-    history: list[TransitionModel]
-
-
-class StopReasonStatModel(BaseModel):
-    """Streams stopped for one reason (in one scope, when grouped; else ``scope`` is null)."""
-
-    stop_reason: int | None
-    stop_reason_name: str
-    stop_reason_category: StopReasonCategory
-    count: int
-    share: float
-    median_duration_ms: int | None
-    scope: Scope | None
-
-    @classmethod
-    def of(cls, stat: StopReasonStat) -> StopReasonStatModel:
-        """The API view of one statistic; ``scope`` is always present, null when not grouped."""
-        return cls.model_validate({"scope": None, **stat.as_dict()})
+    stream: StreamModel  # type: ignore[valid-type]
+    history: list[TransitionModel]  # type: ignore[valid-type]
 
 
 class DetailAnswer(BaseModel):
@@ -516,6 +509,9 @@ def _epoch_ms(value: int | datetime | None) -> int | datetime | None:
 
 
 _TIME_DOC: Final = "epoch milliseconds, or ISO 8601 (naive means UTC)"
+#: The states a stored stream can be in: ``new`` is only the state before its first event, so a
+#: filter on it could only ever find nothing; the API refuses it, as the command line does.
+StoredState = Literal["started", "interrupted", "resumed", "stopped"]
 # Out of range is a 422 like any bad value, not an overflow deep in the database driver.
 _EpochMs = Annotated[int, Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)]
 
@@ -573,15 +569,19 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         route_class=_StoreFailuresAre503,
     )
 
-    @router.get("/streams", summary="List streams, newest activity first")
+    @router.get(
+        "/streams",
+        summary="List streams, newest activity first",
+        response_model=list[StreamModel],  # type: ignore[valid-type]
+    )
     def list_streams(
-        state: Annotated[list[State] | None, Query(description="Repeatable.")] = None,
+        state: Annotated[list[StoredState] | None, Query(description="Repeatable.")] = None,
         scope: Scope | None = None,
         active: Annotated[bool, Query(description="Only started or resumed.")] = False,
         limit: Annotated[int | None, Query(ge=1, le=MAX_COUNT)] = None,
         account_id: Annotated[str | None, Query(description="One Zoom account.")] = None,
-    ) -> list[StreamModel]:
-        states: set[State] | None = set(state) if state else None
+    ) -> list[_RecordModel]:
+        states: set[State] | None = {State(s) for s in state} if state else None
         if active:
             states = set(ACTIVE_STATES) & states if states is not None else set(ACTIVE_STATES)
             if not states:
@@ -601,13 +601,17 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         history = [TransitionModel.of(t) for t in tracker.history(stream_id)]
         return StreamDetail(stream=StreamModel.of(stream), history=history)
 
-    @router.get("/stats/stop-reasons", summary="Why streams stopped in a time window")
+    @router.get(
+        "/stats/stop-reasons",
+        summary="Why streams stopped in a time window",
+        response_model=list[StopReasonStatModel],  # type: ignore[valid-type]
+    )
     def stop_reasons(
         since: Annotated[_EpochMs | datetime | None, Query(description=_TIME_DOC)] = None,
         until: Annotated[_EpochMs | datetime | None, Query(description=_TIME_DOC)] = None,
         by_scope: bool = False,
         account_id: Annotated[str | None, Query(description="One Zoom account.")] = None,
-    ) -> list[StopReasonStatModel]:
+    ) -> list[_RecordModel]:
         stats = tracker.stop_reason_stats(
             _epoch_ms(since), _epoch_ms(until), by_scope, account_id=account_id
         )

@@ -6,11 +6,11 @@
 Measured, each as a new Python process (wall time from spawn to exit, as a user waits):
 ``python -c pass`` and ``import sqlalchemy, pydantic`` (references for this machine's speed at
 the moment: it is shared, and its speed varies 1.5x within an hour), ``import rtms_lifecycle``,
-``rtms-lifecycle --help``, ``rtms-lifecycle stream ID`` on an existing SQLite database, a
-one-event ``rtms-lifecycle ingest`` into it, and the schema creation of a new SQLite database
-(``Tracker(url)`` on a new file, timed inside the process: everything it imports beyond
-``rtms_lifecycle`` itself counts). The commands are interleaved in rounds, so that a busy
-moment on the machine weighs on all of them alike.
+``rtms-lifecycle --help``, ``rtms-lifecycle stream --help``, ``rtms-lifecycle stream ID`` on an
+existing SQLite database, a one-event ``rtms-lifecycle ingest`` into it, and the schema creation
+of a new SQLite database (``Tracker(url)`` on a new file, timed inside the process: everything
+it imports beyond ``rtms_lifecycle`` itself counts). The commands are interleaved in rounds, so
+that a busy moment on the machine weighs on all of them alike.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def main() -> None:
                 [sys.executable, "-c", "import rtms_lifecycle"]
             ),
             "rtms-lifecycle --help": lambda _: _wall([*_CLI, "--help"]),
+            "rtms-lifecycle stream --help": lambda _: _wall([*_CLI, "stream", "--help"]),
             "rtms-lifecycle stream ID": lambda _: _wall([*_CLI, "--db", db, "stream", stream_id]),
             "rtms-lifecycle ingest (one event)": lambda _: _wall(
                 [*_CLI, "--db", db, "ingest", str(one_event)]

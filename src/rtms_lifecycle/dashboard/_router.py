@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.exc import SQLAlchemyError
 
-from rtms_lifecycle.cli import format_duration, format_time
+from rtms_lifecycle._cli_rendering import format_duration, format_time
 from rtms_lifecycle.exceptions import ConfigurationError, StoreError
 from rtms_lifecycle.tracker import Tracker
 
