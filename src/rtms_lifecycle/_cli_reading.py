@@ -7,6 +7,7 @@ the stop are recorded, and the command says how many and at which line.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import signal
 import threading
@@ -234,4 +235,8 @@ def replay(
             return tracker.ingest_many((), batch_size=batch_size), reading
         with _decompressed(raw, gzipped) as source, _progress(err, total, position) as report:
             lines = _json_lines(reading.lines_of(source), report)
+            # Everything imported so far lives as long as the process: out of the collector's
+            # full passes, which a bulk load's millions of small objects otherwise trigger
+            # over and over (as docs/embedding.md advises an application to do).
+            gc.freeze()
             return tracker.ingest_many(lines, batch_size=batch_size), reading
