@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,9 @@ EVENT_TS = st.one_of(
 )
 
 
-def _outcome(read: Any, body: bytes) -> ParsedDelivery | tuple[Any, ...]:
+def _outcome(
+    read: Callable[[bytes], ParsedDelivery], body: bytes
+) -> ParsedDelivery | tuple[Any, ...]:
     try:
         return read(body)
     except DeliveryRejected as exc:

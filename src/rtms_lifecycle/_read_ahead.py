@@ -9,7 +9,7 @@ with a second core the load takes the longer of the two instead of their sum.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import suppress
 from queue import Empty, Queue
 from typing import Final, Generic, TypeVar
@@ -47,7 +47,9 @@ def _inline(items: Iterable[T], convert: Callable[[T], R], size: int) -> Iterato
         yield batch
 
 
-def read_ahead(items: Iterable[T], convert: Callable[[T], R], size: int) -> Iterator[list[R]]:
+def read_ahead(
+    items: Iterable[T], convert: Callable[[T], R], size: int
+) -> Generator[list[R], None, None]:
     """``convert`` each item, ``size`` at a time, in a thread that runs one batch ahead (in
     line for batches too small to be worth it).
 
