@@ -6,16 +6,14 @@ a reworded query would silently scan every delivery. These tests read SQLite's p
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from rtms_lifecycle import Tracker
 from tests._deliveries import raw
+from tests._plans import query_plan
 
 
 @pytest.fixture
@@ -28,32 +26,10 @@ def tracker(tmp_path: Path) -> Iterator[Tracker]:
         yield tracker
 
 
-def _plans(tracker: Tracker, read: Callable[[], object]) -> list[str]:
-    """The plan SQLite makes for each SELECT that ``read`` runs on the tracker."""
-    statements: list[tuple[str, Any]] = []
-
-    def seen(conn: object, cursor: object, sql: str, params: object, *_: object) -> None:
-        statements.append((sql, params))
-
-    event.listen(tracker.engine, "before_cursor_execute", seen)
-    try:
-        read()
-    finally:
-        event.remove(tracker.engine, "before_cursor_execute", seen)
-    database = tracker.engine.url.database
-    assert database is not None
-    with sqlite3.connect(database) as conn:
-        return [
-            " / ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
-            for sql, params in statements
-            if sql.lstrip().upper().startswith("SELECT")
-        ]
-
-
 def test_a_streams_deliveries_are_read_from_both_indexes(tracker: Tracker) -> None:
     """Listing a stream's deliveries seeks its events and its other deliveries, scanning none."""
     assert len(tracker.deliveries(stream_id="s1")) == 3
-    (plan,) = _plans(tracker, lambda: tracker.deliveries(stream_id="s1"))
+    (plan,) = query_plan(tracker, lambda: tracker.deliveries(stream_id="s1"))
     assert "uq_deliveries_event (stream_id=?)" in plan
     assert "ix_deliveries_stream_other (stream_id=?)" in plan
     assert "SCAN deliveries" not in plan
@@ -61,12 +37,12 @@ def test_a_streams_deliveries_are_read_from_both_indexes(tracker: Tracker) -> No
 
 def test_problem_deliveries_are_read_from_the_outcome_index(tracker: Tracker) -> None:
     """Listing rejected or conflicting deliveries seeks them in the outcome index."""
-    (plan,) = _plans(tracker, lambda: tracker.deliveries(["rejected", "conflict"], limit=10))
+    (plan,) = query_plan(tracker, lambda: tracker.deliveries(["rejected", "conflict"], limit=10))
     assert "ix_deliveries_unapplied (outcome=?)" in plan
     assert "SCAN deliveries" not in plan
 
 
 def test_newest_applied_deliveries_are_the_newest_rows(tracker: Tracker) -> None:
     """The newest applied deliveries are read newest row first, without sorting them."""
-    (plan,) = _plans(tracker, lambda: tracker.deliveries("applied", limit=10))
+    (plan,) = query_plan(tracker, lambda: tracker.deliveries("applied", limit=10))
     assert "TEMP B-TREE" not in plan

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from tests._plans import query_plan
+
 from .baseline_sqlite import connect
 from .generate import SCOPE_WEIGHTS, SCOPES, START_MS, STOP_REASONS, LoadSpec, generate
 
@@ -189,30 +191,6 @@ def raw_stats(conn: sqlite3.Connection, since: int | None, until: int | None) ->
         if started_at is not None:
             durations[reason].append(stopped_at - started_at)
     return len([statistics.median(d) for d in durations.values()])
-
-
-def query_plan(tracker: Any, call: Callable[[], Any]) -> list[str]:
-    """EXPLAIN QUERY PLAN of the SQL statements ``call`` runs through the tracker's engine."""
-    from sqlalchemy import event
-
-    seen: list[tuple[str, Any]] = []
-
-    def listen(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            seen.append((statement, params))
-
-    event.listen(tracker.engine, "before_cursor_execute", listen)
-    try:
-        call()
-    finally:
-        event.remove(tracker.engine, "before_cursor_execute", listen)
-    plans = []
-    with tracker.engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        for statement, params in seen:
-            rows = raw.execute("EXPLAIN QUERY PLAN " + statement, params).fetchall()
-            plans.append("; ".join(str(row[-1]) for row in rows))
-    return plans
 
 
 def bench_queries(path: Path, months: int, repeat: int) -> list[dict[str, Any]]:
