@@ -309,7 +309,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        _skip_or_fail('psycopg is not installed: pip install -e ".[test]"')
+        _skip_or_fail('psycopg is not installed: pip install -e ".[all]" --group test')
 
     run_as = _run_as()
     base = _make_base_dir(run_as)

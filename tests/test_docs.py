@@ -96,7 +96,8 @@ def test_stop_reason_table_names_every_code() -> None:
     "command",
     [
         "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/rtms-lifecycle demo",
-        'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest',
+        'python3 -m venv .venv && .venv/bin/pip install -U "pip>=25.1" && .venv/bin/pip install'
+        ' -e ".[all]" --group test && .venv/bin/python -m pytest',
         'pip install -e ".[server]"',
         "rtms-lifecycle serve --port 8000",
     ],
