@@ -168,7 +168,7 @@ def test_embedding_example_runs(
     pytest.importorskip("fastapi", reason="the example needs the 'server' extra")
     from fastapi.testclient import TestClient
 
-    from rtms_lifecycle.webhook import sign
+    from tests._live import signed
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RTMS_LIFECYCLE_DB", sqlite_url)
@@ -186,12 +186,7 @@ def test_embedding_example_runs(
     def webhook(event: str, ts: int) -> dict[str, Any]:
         payload = {"rtms_stream_id": "s1", "meeting_uuid": "m1", "server_urls": "wss://a"}
         raw = json.dumps({"event": f"meeting.rtms_{event}", "event_ts": ts, "payload": payload})
-        now = str(int(time.time()))
-        headers = {
-            "x-zm-signature": sign("example-secret", now, raw.encode()),
-            "x-zm-request-timestamp": now,
-            "content-type": "application/json",
-        }
+        headers = signed(raw.encode(), "example-secret")
         answer = client.post("/zoom/webhook", content=raw, headers=headers)
         assert answer.status_code == 200
         return dict(answer.json())
