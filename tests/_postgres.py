@@ -31,7 +31,6 @@ __all__ = [
     "PostgresServer",
     "PostgresUnavailable",
     "create_database",
-    "find_pg_bindir",
     "running_server",
     "server_version",
 ]
