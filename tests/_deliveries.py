@@ -45,15 +45,19 @@ def body(
     stream_id: str,
     event_ts: int,
     *,
-    scope: Scope = Scope.MEETING,
+    scope: Scope | str = Scope.MEETING,
     scope_id: str = "scope-1",
-    stop_reason: int | None = 1,
-    server_urls: str | None = "wss://rtms.zoom.us/1",
+    stop_reason: int | str | None = 1,
+    server_urls: str | list[str] | None = "wss://rtms.zoom.us/1",
     **extra: Any,
 ) -> dict[str, Any]:
-    """A webhook body of ``kind`` (started, interrupted or stopped) for one stream."""
+    """A webhook body of ``kind`` (started, interrupted or stopped) for one stream.
+
+    ``stop_reason`` and ``server_urls`` take what Zoom should not send, too (a name for a code,
+    a list for a URL), for the tests of what the library rejects or accepts.
+    """
     kind = EventKind(kind)
-    prefix, id_field = SCOPES[scope]
+    prefix, id_field = SCOPES[Scope(scope)]
     payload: dict[str, Any] = {"rtms_stream_id": stream_id, id_field: scope_id, **extra}
     if kind is EventKind.STARTED and server_urls is not None:
         payload["server_urls"] = server_urls

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from rtms_lifecycle import Tracker
 
 from ._deliveries import raw
-from .conftest import PostgresServer
+from ._postgres import PostgresServer
 
 
 def record_some(tracker: Tracker) -> None:

@@ -310,7 +310,8 @@ def _has_schema(url: str) -> bool:
     engine = create_store_engine(url)
     try:
         with engine.connect() as conn:
-            return conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+            rows: int = conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one()
+            return rows == 1
     except Exception:  # not created yet
         return False
     finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from datetime import timedelta
 
 import httpx
@@ -77,12 +78,18 @@ def site(recorded: tuple[Tracker, dict[str, str]]) -> Iterator[str]:
         yield url
 
 
-def signed_in(url: str) -> httpx.Client:
-    """A client that signed in through the form."""
-    client = httpx.Client(base_url=url, headers=HTML)
-    answer = client.post("/dashboard/login", data={"token": TOKEN})
-    assert answer.status_code == 303
-    return client
+@pytest.fixture
+def signed_in() -> Iterator[Callable[[str], httpx.Client]]:
+    """Factory: a client that signed in through the form (closed after the test)."""
+    with ExitStack() as clients:
+
+        def sign_in(url: str) -> httpx.Client:
+            client = clients.enter_context(httpx.Client(base_url=url, headers=HTML))
+            answer = client.post("/dashboard/login", data={"token": TOKEN})
+            assert answer.status_code == 303
+            return client
+
+        yield sign_in
 
 
 def overview(client: httpx.Client, window: str = "24h") -> str:
@@ -177,7 +184,7 @@ def test_sign_in_never_redirects_off_the_dashboard(site: str) -> None:
         assert answer.headers["location"] == "/dashboard"
 
 
-def test_signing_out_ends_the_session(site: str) -> None:
+def test_signing_out_ends_the_session(site: str, signed_in: Callable[[str], httpx.Client]) -> None:
     """After signing out, the browser's cookie is gone and pages redirect to the form again."""
     client = signed_in(site)
     assert client.get("/dashboard").status_code == 200
@@ -224,7 +231,7 @@ def test_the_bearer_token_also_opens_the_pages(site: str) -> None:
 
 
 def test_the_overview_shows_live_streams_reasons_problems_and_interruptions(
-    site: str, recorded: tuple[Tracker, dict[str, str]]
+    site: str, recorded: tuple[Tracker, dict[str, str]], signed_in: Callable[[str], httpx.Client]
 ) -> None:
     """One live (and one interrupted) stream, both stop reasons, the rejected delivery."""
     tracker, ids = recorded
@@ -242,7 +249,9 @@ def test_the_overview_shows_live_streams_reasons_problems_and_interruptions(
     assert f'data-delivery-id="{rejected.id}"' in page
 
 
-def test_the_window_chooses_the_statistics(site: str) -> None:
+def test_the_window_chooses_the_statistics(
+    site: str, signed_in: Callable[[str], httpx.Client]
+) -> None:
     """Each window answers; an unknown one is refused naming the parameter."""
     client = signed_in(site)
     for key in WINDOWS:
@@ -253,7 +262,7 @@ def test_the_window_chooses_the_statistics(site: str) -> None:
 
 
 def test_the_stream_page_lists_every_transition_and_marks_the_late_one(
-    site: str, recorded: tuple[Tracker, dict[str, str]]
+    site: str, recorded: tuple[Tracker, dict[str, str]], signed_in: Callable[[str], httpx.Client]
 ) -> None:
     """Every transition is in the history table and on the timeline; the late one is marked."""
     tracker, ids = recorded
@@ -268,7 +277,7 @@ def test_the_stream_page_lists_every_transition_and_marks_the_late_one(
 
 
 def test_pages_write_a_missing_value_as_the_command_line_does(
-    site: str, recorded: tuple[Tracker, dict[str, str]]
+    site: str, recorded: tuple[Tracker, dict[str, str]], signed_in: Callable[[str], httpx.Client]
 ) -> None:
     """A missing value is an em dash everywhere, as in the CLI's tables; never an en dash."""
     _, ids = recorded
@@ -278,14 +287,18 @@ def test_pages_write_a_missing_value_as_the_command_line_does(
         assert "\u2013" not in page  # en dash
 
 
-def test_an_unknown_stream_is_a_404_page(site: str) -> None:
+def test_an_unknown_stream_is_a_404_page(
+    site: str, signed_in: Callable[[str], httpx.Client]
+) -> None:
     """A stream id that is not stored answers 404 with a page saying so."""
     answer = signed_in(site).get("/dashboard/streams/no-such-stream")
     assert answer.status_code == 404
     assert "No such stream" in answer.text
 
 
-def test_pages_forbid_inline_scripts_and_framing(site: str) -> None:
+def test_pages_forbid_inline_scripts_and_framing(
+    site: str, signed_in: Callable[[str], httpx.Client]
+) -> None:
     """Pages carry a strict Content-Security-Policy and are never cached."""
     answer = signed_in(site).get("/dashboard")
     policy = answer.headers["content-security-policy"]
@@ -398,7 +411,9 @@ def test_stop_reason_counts_agree_with_the_stop_reason_stats(
     assert {(r.bucket_start, r.stop_reason): r.count for r in counts} == expected
 
 
-def test_a_store_that_fails_gives_a_503_page_not_a_500(sqlite_url: str) -> None:
+def test_a_store_that_fails_gives_a_503_page_not_a_500(
+    sqlite_url: str, signed_in: Callable[[str], httpx.Client]
+) -> None:
     """With the streams table gone, pages answer 503 with a sentence, and retry later."""
     with Tracker(sqlite_url) as tracker:
         ids = record_day(tracker)

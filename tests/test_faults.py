@@ -315,11 +315,13 @@ def test_idle_and_slow_connections_are_closed(sqlite_url: str, tmp_path: Path) -
     options = "request_timeout=1, keep_alive_timeout=1"
     with serving_process(sqlite_url, tmp_path, options=options) as url:
         port = int(url.rsplit(":", 1)[1])
-        idle = socket.create_connection(("127.0.0.1", port))
-        slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        assert _closed_by_server(idle, HELD)
-        assert _closed_by_server(slow, HELD)
+        with (
+            socket.create_connection(("127.0.0.1", port)) as idle,
+            socket.create_connection(("127.0.0.1", port)) as slow,
+        ):
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            assert _closed_by_server(idle, HELD)
+            assert _closed_by_server(slow, HELD)
         with httpx.Client(base_url=url) as client:
             assert client.get("/healthz").status_code == 200
             time.sleep(3)

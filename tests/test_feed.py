@@ -6,7 +6,6 @@ import multiprocessing
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -47,13 +46,6 @@ def drain(tracker: Tracker, cursor: str | None, limit: int) -> tuple[list[Transi
         if not page:
             return seen, cursor
         seen.extend(page)
-
-
-@pytest.fixture
-def tracker(db_url: str) -> Iterator[Tracker]:
-    """A Tracker on a fresh database of each backend."""
-    with Tracker(db_url) as t:
-        yield t
 
 
 @pytest.mark.parametrize("limit", [1, 7, 1000])

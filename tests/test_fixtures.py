@@ -9,6 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests._postgres import PostgresServer, running_server, server_version
+
 
 def _libpq(url: str) -> str:
     """Turn a ``postgresql+psycopg://`` SQLAlchemy URL into a libpq URI."""
@@ -52,6 +54,21 @@ def test_postgres_server_urls_name_the_server(postgres_server: object, postgres_
     """The URL points at the session server on 127.0.0.1 with the postgres superuser."""
     port = getattr(postgres_server, "port", None)
     assert postgres_url.startswith(f"postgresql+psycopg://postgres@127.0.0.1:{port}/")
+
+
+@pytest.mark.postgres
+def test_the_session_server_does_not_flush(postgres_server: PostgresServer) -> None:
+    """The tests' server runs with fsync off: a commit need not survive a power cut there."""
+    assert "(fsync=off," in server_version(postgres_server)
+
+
+@pytest.mark.postgres
+def test_a_durable_server_flushes_every_commit(postgres_server: PostgresServer) -> None:
+    """The benchmarks' server runs with PostgreSQL's defaults: fsync and synchronous_commit on."""
+    with running_server(durable=True) as server:
+        assert server.port != postgres_server.port
+        assert server_version(server).endswith("(fsync=on, synchronous_commit=on)")
+    assert not server.data_dir.exists()
 
 
 def test_sqlite_url_is_a_real_file(sqlite_url: str, tmp_path: Path) -> None:

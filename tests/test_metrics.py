@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from rtms_lifecycle import Tracker, _migrate
+from rtms_lifecycle import Scope, Tracker, _migrate
 from rtms_lifecycle._metrics import scope_label
 from rtms_lifecycle.server import create_app
 from tests import _deliveries
@@ -68,7 +68,7 @@ def test_scope_label_only_names_known_scopes() -> None:
 def test_metrics_count_deliveries_by_outcome_and_scope(db_url: str, tmp_path: Path) -> None:
     """Each recorded delivery counts once under its outcome and scope, and its write is timed."""
     started = _deliveries.raw("started", "m-1", T0)
-    webinar = _deliveries.raw("started", "w-1", T0, scope=_deliveries.Scope.WEBINAR)
+    webinar = _deliveries.raw("started", "w-1", T0, scope=Scope.WEBINAR)
     with serve_command(db_url, tmp_path) as served:
         for body in (started, started, webinar, b'{"event": "meeting.rtms_started"}'):
             assert deliver(served.url, body).status_code == 200
@@ -132,7 +132,7 @@ def test_active_streams_agree_across_receivers(postgres_url: str, tmp_path: Path
         _deliveries.raw("started", "m-1", T0),
         _deliveries.raw("started", "m-2", T0),
         _deliveries.raw("stopped", "m-2", T0 + 1),
-        _deliveries.raw("started", "s-1", T0, scope=_deliveries.Scope.SESSION),
+        _deliveries.raw("started", "s-1", T0, scope=Scope.SESSION),
     ]
     with (
         serve_command(postgres_url, tmp_path) as first,
@@ -171,7 +171,8 @@ def _per_worker(directory: Path) -> dict[str, float]:
         alone.mkdir(exist_ok=True)
         shutil.copy(file, alone)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(alone))
+        # prometheus_client's multiprocess module has no type annotations.
+        MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
         counted[pid] = sum(
             s.value
             for family in registry.collect()

@@ -59,6 +59,24 @@ def test_older_database_is_refused(db_url: str) -> None:
         assert _migrate.current_revision(tracker.engine) == _migrate.head_revision()
 
 
+def test_a_refused_schema_leaves_no_connection_open(postgres_url: str) -> None:
+    """A Tracker refused for its schema closes what it opened, before the error reaches us."""
+    engine = create_store_engine(postgres_url)
+    _migrate.upgrade(engine, "0001")
+    with pytest.raises(SchemaOutdatedError) as refused:
+        Tracker(postgres_url)
+    assert refused.value.__traceback__ is not None  # the refused Tracker is still referenced
+    with engine.connect() as conn:
+        others = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    engine.dispose()
+    assert others == 0
+
+
 @pytest.mark.parametrize(
     "statement", ["UPDATE transitions SET late = late", "DELETE FROM transitions"]
 )

@@ -72,3 +72,16 @@ def test_python_dash_m_runs_the_command_line() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: rtms-lifecycle ")
+
+
+def test_wheel_publishes_only_the_user_extras(wheel: Path) -> None:
+    """The test and dev tools are dependency groups: the index shows only the extras users pick."""
+    metadata = _metadata(wheel)
+    assert sorted(metadata.get_all("Provides-Extra") or []) == [
+        "all",
+        "forward",
+        "postgres",
+        "server",
+    ]
+    required = " ".join(metadata.get_all("Requires-Dist") or [])
+    assert not re.search(r"\b(pytest|hypothesis|mypy|ruff|playwright|mkdocs)", required)

@@ -66,13 +66,6 @@ def age_deliveries(engine: Engine, where: str) -> None:
         conn.execute(text(f"UPDATE concurrency_alerts SET received_at = {OLD}"))
 
 
-@pytest.fixture
-def tracker(db_url: str) -> Any:
-    """A tracker on each database in turn."""
-    with Tracker(db_url) as tracker:
-        yield tracker
-
-
 def test_old_stopped_streams_go_with_their_deliveries_and_transitions(tracker: Tracker) -> None:
     """A stream that stopped before the cutoff goes whole: its row, deliveries and history."""
     old_stopped(tracker, "old")

@@ -62,7 +62,7 @@ def test_every_public_name_resolves() -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     """A name the package does not have raises AttributeError, as for any module."""
     with pytest.raises(AttributeError, match="no_such_name"):
-        _ = rtms_lifecycle.no_such_name  # type: ignore[attr-defined]
+        _ = rtms_lifecycle.no_such_name
 
 
 def test_importing_the_package_imports_nothing_heavy() -> None:

@@ -111,13 +111,6 @@ def test_any_order_and_duplicates_give_the_same_stream(
 # --- outcomes ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tracker(db_url: str) -> Any:
-    """A tracker on a fresh real database."""
-    with Tracker(db_url) as t:
-        yield t
-
-
 def test_outcome_of_each_kind_of_delivery(tracker: Tracker) -> None:
     """Each delivery gets the one outcome docs/concepts.md gives it, stored with it."""
     cases = [

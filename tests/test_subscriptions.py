@@ -8,7 +8,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,6 @@ from .test_feed import PER_STREAM, T0, drain, stream_bodies
 DEADLINE_S = 90.0
 WRITERS = 2
 STREAMS_PER_WRITER = 15
-
-
-@pytest.fixture
-def tracker(db_url: str) -> Iterator[Tracker]:
-    """A Tracker on a fresh database of each backend."""
-    with Tracker(db_url) as t:
-        yield t
 
 
 def _write(url: str, writer: int) -> None:

@@ -7,8 +7,9 @@ import logging
 import random
 import statistics
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,9 +30,9 @@ from rtms_lifecycle import (
     WebhookRefused,
 )
 from rtms_lifecycle._store import now_ms
-from rtms_lifecycle.webhook import sign
 
 from ._deliveries import body
+from ._live import signed
 
 HOUR = 3_600_000
 MINUTE = 60_000
@@ -48,13 +49,6 @@ REASONS: dict[int | None, tuple[str, str]] = {
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def tracker(db_url: str) -> Iterator[Tracker]:
-    """A Tracker on a fresh database of each backend."""
-    with Tracker(db_url) as t:
-        yield t
 
 
 def near_limit(event_ts: int, number: int = 9) -> dict[str, Any]:
@@ -1179,24 +1173,19 @@ def test_rejected_body_is_found_by_the_stream_it_names(tracker: Tracker) -> None
 SECRET = "whsec-test"
 
 
-def _signed_headers(raw: bytes, *, secret: str = SECRET, age: int = 0) -> dict[str, str]:
-    timestamp = str(int(datetime.now(UTC).timestamp()) - age)
-    return {"x-zm-request-timestamp": timestamp, "x-zm-signature": sign(secret, timestamp, raw)}
-
-
 def test_ingest_with_headers_verifies_the_signature(db_url: str) -> None:
     """With webhook secrets, ingest(headers=...) records a genuine delivery."""
     raw = json.dumps(body("started", "signed", 10)).encode()
     with Tracker(db_url, webhook_secrets=["old-secret", SECRET]) as tracker:
-        assert tracker.ingest(raw, headers=_signed_headers(raw)).outcome is Outcome.APPLIED
+        assert tracker.ingest(raw, headers=signed(raw, SECRET)).outcome is Outcome.APPLIED
 
 
 @pytest.mark.parametrize(
     "headers",
     [
-        pytest.param(lambda raw: _signed_headers(raw, secret="forged"), id="forged"),
-        pytest.param(lambda raw: _signed_headers(raw + b" "), id="tampered"),
-        pytest.param(lambda raw: _signed_headers(raw, age=3600), id="stale"),
+        pytest.param(lambda raw: signed(raw, "forged"), id="forged"),
+        pytest.param(lambda raw: signed(raw + b" ", SECRET), id="tampered"),
+        pytest.param(lambda raw: signed(raw, SECRET, ts=int(time.time()) - 3600), id="stale"),
         pytest.param(lambda raw: {}, id="unsigned"),
     ],
 )
@@ -1215,5 +1204,5 @@ def test_ingest_with_headers_needs_secrets(tracker: Tracker) -> None:
     """Asking for verification without secrets is a configuration error, not a silent skip."""
     raw = json.dumps(body("started", "signed", 10)).encode()
     with pytest.raises(ConfigurationError, match="webhook_secrets"):
-        tracker.ingest(raw, headers=_signed_headers(raw))
+        tracker.ingest(raw, headers=signed(raw, SECRET))
     assert tracker.deliveries() == []

@@ -4,7 +4,6 @@ no body, whatever it holds, fails a write or makes ``ingest`` raise."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,13 +17,6 @@ from ._deliveries import body, raw
 
 T0 = 1_700_000_000_000
 MINUTE = 60_000
-
-
-@pytest.fixture
-def tracker(db_url: str) -> Iterator[Tracker]:
-    """A Tracker on a fresh database of each backend."""
-    with Tracker(db_url) as t:
-        yield t
 
 
 def stopped_without_reason(stream_id: str, event_ts: int, **payload: Any) -> dict[str, Any]:
@@ -221,7 +213,7 @@ def _nested(levels: int) -> dict[str, Any]:
     return {"event": "x.unknown", "event_ts": 1, "payload": inner}
 
 
-UNSTORABLE = {
+UNSTORABLE: dict[str, tuple[str | dict[str, Any], str]] = {
     "str with a lone surrogate": (
         '{"event":"meeting.rtms_started","event_ts":1,"payload":{"rtms_stream_id":"\ud800"}}',
         "body",

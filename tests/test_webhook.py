@@ -20,6 +20,8 @@ from rtms_lifecycle.webhook import (
     url_validation_response,
 )
 
+from ._live import signed
+
 SECRET = "zoom-secret-token"
 OTHER = "another-apps-token"
 NOW = 1_700_000_000
@@ -37,8 +39,8 @@ def verifier(*secrets: str, window: float = 300) -> WebhookVerifier:
 
 
 def headers(body: bytes = BODY, secret: str = SECRET, ts: int | str = NOW) -> dict[str, str]:
-    """The headers Zoom would send with ``body``."""
-    return {"x-zm-signature": sign(secret, ts, body), "x-zm-request-timestamp": str(ts)}
+    """The headers Zoom would send with ``body``, signed at ``NOW`` (this module's clock)."""
+    return signed(body, secret, ts)
 
 
 def refusal(check: WebhookVerifier, sent: Mapping[str, str], body: bytes = BODY) -> str:

@@ -59,7 +59,12 @@ class Store:
         # tries: threads of one process queue here instead, at no cost to other processes.
         self._serial: threading.Lock | None = threading.Lock() if self.dialect == "sqlite" else None
         if migrate:
-            _migrate.ensure_schema(self.engine)
+            try:
+                _migrate.ensure_schema(self.engine)
+            except BaseException:
+                # A refused schema (e.g. a newer one) leaves no open connection behind.
+                self.close()
+                raise
 
     def close(self) -> None:
         """Release every connection."""

@@ -21,6 +21,7 @@ import os
 import random
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("first_stats_s", {})[label] = round(seconds, 3)
         rows = [("GET /healthz (baseline)", timed(lambda: client.get("/healthz"), args.repeat))]
         for label, page in pages.items():
-            rows.append((label, timed(lambda page=page: client.get(page), args.repeat)))
+            rows.append((label, timed(partial(client.get, page), args.repeat)))
         rows.append(
             (
                 "stream page (random stream)",

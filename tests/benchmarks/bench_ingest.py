@@ -189,10 +189,12 @@ def ours_pg_worker(url: str, bodies: Sequence[bytes], barrier: Barrier) -> None:
 def bench_postgres(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Raw psycopg with N processes, then ours with N processes, each on a fresh database."""
     from rtms_lifecycle import Tracker
+    from tests._postgres import create_database, running_server, server_version
 
-    from ._pg import create_database, postgres_server, server_version
-
-    with tempfile.TemporaryDirectory(prefix="rtms-load-") as tmp, postgres_server() as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="rtms-load-") as tmp,
+        running_server(durable=True) as server,
+    ):
         print(f"PostgreSQL {server_version(server)}")
         load = make_load(Path(tmp), args.deliveries, args.streams)
         parts = baseline_postgres.partition(load, args.processes)

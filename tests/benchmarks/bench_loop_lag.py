@@ -131,9 +131,9 @@ def _databases(postgres: bool) -> Iterator[Callable[[], tuple[str, str]]]:
         if not postgres:
             yield sqlite
             return
-        from ._pg import create_database, postgres_server
+        from tests._postgres import create_database, running_server
 
-        with postgres_server() as server:
+        with running_server(durable=True) as server:
             yield lambda: ("postgres", server.url(create_database(server)))
 
 

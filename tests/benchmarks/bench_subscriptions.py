@@ -34,7 +34,7 @@ from pathlib import Path
 
 from rtms_lifecycle import AsyncTracker, Stream, Tracker, Transition
 from tests._deliveries import body
-from tests.benchmarks._pg import create_database, postgres_server, server_version
+from tests._postgres import create_database, running_server, server_version
 
 MEDIAN_TARGET_MS = 100.0
 T0 = 1_700_000_000_000
@@ -155,7 +155,7 @@ def main() -> None:
         results["sqlite, AsyncTracker (poll 0.5 s)"] = measure(
             f"sqlite:///{Path(tmp) / 'c.db'}", args.deliveries, on_loop=True
         )
-    with postgres_server() as server:
+    with running_server(durable=True) as server:
         results["postgres"] = {"server": server_version(server)}
         results["postgres (LISTEN/NOTIFY)"] = measure(
             server.url(create_database(server)), args.deliveries
