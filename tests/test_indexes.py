@@ -17,7 +17,7 @@ from tests._plans import query_plan
 
 
 @pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
+def stored(tmp_path: Path) -> Iterator[Tracker]:
     """A tracker on a new SQLite file, with a stream's event, duplicate and conflict stored."""
     with Tracker(f"sqlite:///{tmp_path}/rtms.db") as tracker:
         tracker.ingest(raw("started", "s1", 1_000))
@@ -26,23 +26,23 @@ def tracker(tmp_path: Path) -> Iterator[Tracker]:
         yield tracker
 
 
-def test_a_streams_deliveries_are_read_from_both_indexes(tracker: Tracker) -> None:
+def test_a_streams_deliveries_are_read_from_both_indexes(stored: Tracker) -> None:
     """Listing a stream's deliveries seeks its events and its other deliveries, scanning none."""
-    assert len(tracker.deliveries(stream_id="s1")) == 3
-    (plan,) = query_plan(tracker, lambda: tracker.deliveries(stream_id="s1"))
+    assert len(stored.deliveries(stream_id="s1")) == 3
+    (plan,) = query_plan(stored, lambda: stored.deliveries(stream_id="s1"))
     assert "uq_deliveries_event (stream_id=?)" in plan
     assert "ix_deliveries_stream_other (stream_id=?)" in plan
     assert "SCAN deliveries" not in plan
 
 
-def test_problem_deliveries_are_read_from_the_outcome_index(tracker: Tracker) -> None:
+def test_problem_deliveries_are_read_from_the_outcome_index(stored: Tracker) -> None:
     """Listing rejected or conflicting deliveries seeks them in the outcome index."""
-    (plan,) = query_plan(tracker, lambda: tracker.deliveries(["rejected", "conflict"], limit=10))
+    (plan,) = query_plan(stored, lambda: stored.deliveries(["rejected", "conflict"], limit=10))
     assert "ix_deliveries_unapplied (outcome=?)" in plan
     assert "SCAN deliveries" not in plan
 
 
-def test_newest_applied_deliveries_are_the_newest_rows(tracker: Tracker) -> None:
+def test_newest_applied_deliveries_are_the_newest_rows(stored: Tracker) -> None:
     """The newest applied deliveries are read newest row first, without sorting them."""
-    (plan,) = query_plan(tracker, lambda: tracker.deliveries("applied", limit=10))
+    (plan,) = query_plan(stored, lambda: stored.deliveries("applied", limit=10))
     assert "TEMP B-TREE" not in plan
