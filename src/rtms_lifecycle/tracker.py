@@ -223,8 +223,9 @@ class Tracker:
         Unlike :meth:`ingest`, commits are not synced one by one (on SQLite): a power loss
         may undo the last ones, which a bulk load's input still holds.
         A body of another type than bytes, str or a mapping raises :class:`TypeError`; the
-        batches before it are recorded. With batches of 64 or more, ``bodies`` is read and
-        parsed one batch ahead in a helper thread, while the batch before is written.
+        batches before it are recorded. With batches of 64 or more, each batch is parsed in a
+        helper thread while the one before is written, so a batch is written once the next
+        one has been read from ``bodies`` (or ``bodies`` has ended).
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
