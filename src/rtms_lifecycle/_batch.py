@@ -36,7 +36,7 @@ from .events import (
     StreamEvent,
     UnhandledDelivery,
     UrlValidation,
-    read_delivery,
+    parse_delivery,
 )
 from .exceptions import DeliveryRejected, FieldError
 from .machine import LIVE_STATES, StreamState, fold, step
@@ -136,7 +136,7 @@ def to_incoming(
     if problems:
         return Incoming(raw, None, source, problems, signed_at=signed[0], secret_label=signed[1])
     try:
-        parsed = read_delivery(raw)
+        parsed = parse_delivery(raw)
     except DeliveryRejected as exc:
         return Incoming(
             raw,

@@ -7,9 +7,8 @@ what importing pydantic costs, so only a process that parses a delivery imports 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from functools import cache
-from typing import Annotated, Any, ClassVar, Final, Literal, cast
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -42,7 +41,6 @@ __all__ = [
     "StreamDelivery",
     "check_app_event",
     "parse_delivery",
-    "read_delivery",
 ]
 
 # Largest epoch-ms a BIGINT column holds; anything beyond is not a timestamp.
@@ -510,20 +508,6 @@ def parse_delivery(
     body: bytes | bytearray | memoryview | str | Mapping[str, Any],
 ) -> ParsedDelivery:
     """Parse one webhook body; raise :class:`DeliveryRejected` if it cannot be accepted."""
-    return _parse(body, typed=True)
-
-
-def read_delivery(
-    body: bytes | bytearray | memoryview | str | Mapping[str, Any],
-) -> ParsedDelivery:
-    """:func:`parse_delivery`, but a stream event comes without its typed model (``model`` is
-    None): what recording a delivery needs, in about a fifth of the time."""
-    return _parse(body, typed=False)
-
-
-def _parse(
-    body: bytes | bytearray | memoryview | str | Mapping[str, Any], *, typed: bool
-) -> ParsedDelivery:
     data = _decode(body)
     event = data.get("event")
     model = STREAM_MODELS.get(event) if isinstance(event, str) else None
@@ -534,10 +518,6 @@ def _parse(
             return UnhandledDelivery(envelope.event, envelope.event_ts, data.get("payload"))
         return _streamless_delivery(_validate(streamless.model_validate, data, event, None), data)
     payload = data.get("payload")
-    if not typed and isinstance(payload, dict):
-        found = _read_directly(model, data, payload)
-        if found is not None:
-            return found
     rename = None
     if (
         isinstance(payload, dict)
@@ -552,41 +532,18 @@ def _parse(
     assert isinstance(parsed, StreamDelivery)
     # The model's declared fields only: an undeclared one (a meeting's "session_key") is an
     # unvalidated extra, kept in the raw payload but not read as the field.
-    return _stream_event(
-        model,
-        parsed.event,
-        parsed.event_ts,
-        parsed.payload.__dict__,
-        data["payload"],
-        payload,
-        rename,
-        parsed,
-    )
-
-
-def _stream_event(
-    model: type[StreamDelivery],
-    event: str,
-    event_ts: int,
-    fields: Mapping[str, Any],
-    read: dict[str, Any],
-    payload: Any,
-    rename: str | None,
-    parsed: StreamDelivery | None,
-) -> StreamEvent:
-    # ``fields``: the payload's declared fields, read; ``read``: the payload they were read from
-    # (the nested ``payload.object`` of that shape); ``payload``: the delivery's own.
+    fields = parsed.payload.__dict__
     scope_id = fields[model.scope_id_field]
     fallback = _FALLBACK_SCOPE_IDS.get(model.scope)
     if scope_id is None and fallback is not None:
-        scope_id = _fallback_scope_id(read, fallback, event, rename)
+        scope_id = _fallback_scope_id(data["payload"], fallback, parsed.event, rename)
     return StreamEvent(
-        event=event,
+        event=parsed.event,
         scope=model.scope,
         kind=model.kind,
         stream_id=fields["rtms_stream_id"],
         scope_id=scope_id,
-        event_ts=event_ts,
+        event_ts=parsed.event_ts,
         account_id=fields["account_id"],
         session_key=fields.get("session_key"),
         operator_id=fields.get("operator_id"),
@@ -595,44 +552,6 @@ def _stream_event(
         payload=payload if isinstance(payload, dict) else {},
         model=parsed,
     )
-
-
-# A stream model's payload fields: (name, the function that reads it, required). The functions
-# are the model's own validators, so both ways of reading a payload read it alike.
-_Field = tuple[str, Callable[[Any], Any], bool]
-
-
-@cache
-def _fields_of(model: type[StreamDelivery]) -> tuple[_Field, ...]:
-    payload_model = model.model_fields["payload"].annotation
-    assert isinstance(payload_model, type)
-    assert issubclass(payload_model, BaseModel)
-    fields: list[_Field] = []
-    for name, info in payload_model.model_fields.items():
-        # Every payload field is declared with one plain (one-argument) validator.
-        (read,) = [m.func for m in info.metadata if isinstance(m, BeforeValidator)]
-        fields.append((name, cast(Callable[[Any], Any], read), info.is_required()))
-    return tuple(fields)
-
-
-def _read_directly(
-    model: type[StreamDelivery], data: dict[str, Any], payload: dict[str, Any]
-) -> StreamEvent | None:
-    """The common shape, read with the model's own validators and without pydantic's machinery
-    around them (most of a parse's cost); None for anything else, which the model then reads,
-    naming every error as it does."""
-    fields: dict[str, Any] = {}
-    try:
-        event_ts = _event_ts(data.get("event_ts"))
-        for name, read, required in _fields_of(model):
-            value = payload.get(name)
-            if value is None and not required:
-                fields[name] = None
-            else:
-                fields[name] = read(value)
-        return _stream_event(model, data["event"], event_ts, fields, payload, payload, None, None)
-    except (PydanticCustomError, DeliveryRejected):
-        return None
 
 
 def _fallback_scope_id(

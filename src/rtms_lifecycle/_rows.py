@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import Table
 
 from ._tables import concurrency_alerts, deliveries, streams, transitions
-from .events import EventKind, Scope, Source, StreamEvent, read_delivery
+from .events import EventKind, Scope, Source, StreamEvent, parse_delivery
 from .machine import State, StreamState, TransitionName
 from .records import ConcurrencyAlertRecord, DeliveryRecord, Outcome, Stream, Transition
 
@@ -196,7 +196,7 @@ def event_from_delivery(
     """
     _, stream_id, source, event, kind, event_ts, raw = row
     if source == Source.WEBHOOK:
-        parsed = read_delivery(raw)
+        parsed = parse_delivery(raw)
         assert isinstance(parsed, StreamEvent), "a stored webhook event was parsed once already"
         return parsed
     return unscoped_stream_event(

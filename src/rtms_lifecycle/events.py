@@ -165,25 +165,17 @@ def parse_delivery(
     body: bytes | bytearray | memoryview | str | Mapping[str, Any],
 ) -> ParsedDelivery:
     """Parse one webhook body; raise :class:`DeliveryRejected` if it cannot be accepted."""
-    return _parser(typed=True)(body)
-
-
-def read_delivery(
-    body: bytes | bytearray | memoryview | str | Mapping[str, Any],
-) -> ParsedDelivery:
-    """:func:`parse_delivery` for recording: a stream event comes without its typed ``model``,
-    at a fraction of the cost. The library's own; not part of the public surface."""
-    return _parser(typed=False)(body)
+    return _parser()(body)
 
 
 @cache
-def _parser(
-    *, typed: bool
-) -> Callable[[bytes | bytearray | memoryview | str | Mapping[str, Any]], ParsedDelivery]:
+def _parser() -> Callable[
+    [bytes | bytearray | memoryview | str | Mapping[str, Any]], ParsedDelivery
+]:
     # Per delivery: a cached call costs a tenth of what an import statement does.
-    from ._parsing import parse_delivery, read_delivery
+    from ._parsing import parse_delivery as parse
 
-    return parse_delivery if typed else read_delivery
+    return parse
 
 
 def check_app_event(stream_id: Any, event_ts: Any) -> tuple[str, int]:

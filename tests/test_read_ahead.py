@@ -1,110 +1,17 @@
-"""Reading deliveries for recording: the direct reading of stream events, and the read-ahead."""
+"""The read-ahead of bulk loads: each batch parsed in a helper thread while the one before is
+written, the input read in the caller's thread."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from rtms_lifecycle import Tracker
 from rtms_lifecycle._defaults import DEFAULT_BATCH_SIZE
-from rtms_lifecycle._parsing import STREAM_MODELS
 from rtms_lifecycle._read_ahead import read_ahead
-from rtms_lifecycle.events import ParsedDelivery, StreamEvent, parse_delivery, read_delivery
-from rtms_lifecycle.exceptions import DeliveryRejected
 from tests._deliveries import raw
-
-ZOOM = Path(__file__).resolve().parent / "zoom"  # a copy of Zoom's published examples (README)
-FIELDS = (
-    "rtms_stream_id",
-    "account_id",
-    "meeting_uuid",
-    "webinar_uuid",
-    "session_id",
-    "session_key",
-    "engagement_id",
-    "call_id",
-    "operator_id",
-    "server_urls",
-    "stop_reason",
-)
-# Values a field may hold in real traffic or by mistake: absent, null, text of every sort
-# (empty, NUL, too long), numbers as numbers and as text, lists, objects, booleans.
-VALUES = st.one_of(
-    st.none(),
-    st.text(max_size=8),
-    st.sampled_from(["", "\x00", "a\x00b", "x" * 300, "6", "-1", "wss://a,wss://b"]),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False),
-    st.booleans(),
-    st.lists(st.text(max_size=4), max_size=3),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-)
-EVENT_TS = st.one_of(
-    st.integers(min_value=-5, max_value=2**64),
-    st.sampled_from(["1700000000000", "17e5", "", None, 1.5, True]),
-)
-
-
-def _outcome(
-    read: Callable[[bytes], ParsedDelivery], body: bytes
-) -> ParsedDelivery | tuple[Any, ...]:
-    try:
-        return read(body)
-    except DeliveryRejected as exc:
-        return ("rejected", exc.errors, exc.event, exc.stream_id)
-
-
-def _untyped(parsed: ParsedDelivery | tuple[Any, ...]) -> ParsedDelivery | tuple[Any, ...]:
-    if isinstance(parsed, StreamEvent):
-        return dataclasses.replace(parsed, model=None)
-    return parsed
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    event=st.sampled_from(sorted(STREAM_MODELS)),
-    event_ts=EVENT_TS,
-    payload=st.dictionaries(st.sampled_from(FIELDS), VALUES),
-    stream_id=st.one_of(st.none(), st.just("s-1")),
-    nested=st.booleans(),
-)
-def test_direct_reading_agrees_with_the_typed_parser(
-    event: str, event_ts: Any, payload: dict[str, Any], stream_id: str | None, nested: bool
-) -> None:
-    """Whatever a stream event's payload holds, recording reads it as the typed parser does,
-    or rejects it with the same errors."""
-    if stream_id is not None:
-        payload["rtms_stream_id"] = stream_id
-    body = {"event": event, "event_ts": event_ts, "payload": payload}
-    if nested:
-        body["payload"] = {"account_id": "a-1", "object": payload}
-    data = json.dumps(body).encode()
-    assert _untyped(_outcome(read_delivery, data)) == _untyped(_outcome(parse_delivery, data))
-
-
-@pytest.mark.parametrize("path", sorted((ZOOM / "examples").glob("*.json")), ids=lambda p: p.stem)
-def test_examples_read_as_parsed(path: Path) -> None:
-    """Each of Zoom's examples is read for recording exactly as it is parsed."""
-    data = path.read_bytes()
-    assert _untyped(read_delivery(data)) == _untyped(parse_delivery(data))
-
-
-def test_stream_event_read_for_recording_has_no_model() -> None:
-    """A stream event read for recording skips building its typed model."""
-    parsed = read_delivery((ZOOM / "examples" / "meeting.rtms_started.json").read_bytes())
-    assert isinstance(parsed, StreamEvent)
-    assert parsed.model is None
-
-
-# --- the read-ahead --------------------------------------------------------------------------
 
 
 def _reading_threads() -> list[threading.Thread]:
