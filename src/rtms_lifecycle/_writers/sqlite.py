@@ -46,6 +46,7 @@ __all__ = ["SqliteWriter"]
 
 # Keeps IN (...) lists well under SQLite's bound-parameter limit.
 _CHUNK: Final = 500
+_FOLD_TS: Final = STREAM_COLUMNS.index("fold_ts")
 # Log pages between two checkpoints: SQLite's default, and a bulk load's.
 _CHECKPOINT_PAGES: Final = 1_000
 _BULK_CHECKPOINT_PAGES: Final = 10_000
@@ -132,9 +133,11 @@ class SqliteTx:
         found: list[Row] = []
         for chunk in _chunks(stream_ids):
             found += conn.execute(_sqlite_in(len(chunk)), chunk)
-        # A new stream has no events: only identities of stored streams are looked up.
-        stored = {row[0] for row in found}
-        asked = [identity for identity in identities if identity[0] in stored]
+        # Only identities that may be stored are looked up: a new stream has no events, and a
+        # stored stream's events all lie at or before its fold position (every stored event
+        # was folded in), so an event after it (the usual, in-order case) is new.
+        folded = {row[0]: row[_FOLD_TS] for row in found}
+        asked = [i for i in identities if i[0] in folded and i[2] <= folded[i[0]]]
         identified: list[Row] = []
         for part in _chunks(asked):
             rows = conn.execute(_sqlite_identity_lookup(len(part)), [v for i in part for v in i])
