@@ -32,10 +32,14 @@ def test_read_ahead_of_nothing_yields_nothing() -> None:
 
 def test_small_batches_are_read_in_line() -> None:
     """Batches too small to be worth a thread are converted in the caller's thread."""
-    batches = read_ahead(range(7), str, 3)
-    assert next(batches) == ["0", "1", "2"]
-    assert _reading_threads() == []
-    assert list(batches) == [["3", "4", "5"], ["6"]]
+    converters: set[str] = set()
+
+    def convert(n: int) -> str:
+        converters.add(threading.current_thread().name)
+        return str(n)
+
+    assert list(read_ahead(range(7), convert, 3)) == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
+    assert converters == {threading.current_thread().name}
 
 
 def test_read_ahead_raises_after_the_batches_before_the_error() -> None:
