@@ -43,13 +43,14 @@ def read_ahead(
     after the batches before it, as a plain loop would. At most two batches are held: the one
     handed over and the one being converted.
     """
-    if size < _SMALLEST:
-        for batch in _batches(items, size):
-            yield [convert(item) for item in batch]
-        return
 
     def convert_all(batch: list[T]) -> list[R]:
         return [convert(item) for item in batch]
+
+    if size < _SMALLEST:
+        for batch in _batches(items, size):
+            yield convert_all(batch)
+        return
 
     helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtms-lifecycle-read-ahead")
     try:
