@@ -34,7 +34,7 @@ from ._rows import (
 from ._tables import (
     EVENT_PREDICATE,
     LIVE_PREDICATE,
-    NOT_EVENT_PREDICATE,
+    STREAM_DELIVERY_PREDICATES,
     UNAPPLIED_PREDICATE,
     concurrency_alerts,
     deliveries,
@@ -431,7 +431,7 @@ def list_deliveries(
                         select(deliveries.c.id).where(
                             deliveries.c.stream_id == stream_id, text(predicate)
                         )
-                        for predicate in (EVENT_PREDICATE, NOT_EVENT_PREDICATE)
+                        for predicate in STREAM_DELIVERY_PREDICATES
                     )
                 )
             )

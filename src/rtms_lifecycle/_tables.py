@@ -62,7 +62,6 @@ LIVE_INDEX_COLUMNS: Final = (
 
 # The deliveries that are a stream's events: queries must repeat this exact predicate for the
 # planners to use the partial index.
-EVENT_OUTCOMES: Final = ("applied", "ignored")
 EVENT_PREDICATE: Final = "outcome IN ('applied', 'ignored')"
 #: Every other delivery of a stream (duplicates, conflicts, rejections): listed by a second
 #: partial index, so that an applied event writes one stream-keyed index entry, not two.
@@ -70,6 +69,9 @@ NOT_EVENT_PREDICATE: Final = "outcome NOT IN ('applied', 'ignored')"
 #: Deliveries listed by outcome: all but the applied ones, the bulk of the table, whose newest
 #: are simply the newest rows.
 UNAPPLIED_PREDICATE: Final = "outcome != 'applied'"
+#: A stream's deliveries, in the words of the two partial indexes that list them by stream: a
+#: query or delete by stream runs once for each.
+STREAM_DELIVERY_PREDICATES: Final = (EVENT_PREDICATE, NOT_EVENT_PREDICATE)
 
 streams = Table(
     "streams",

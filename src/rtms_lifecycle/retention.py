@@ -34,7 +34,7 @@ from sqlalchemy import Connection, func, select
 
 from ._engine import PRUNING_FUNCTION, not_pruning
 from ._store import Store
-from ._tables import EVENT_PREDICATE, NOT_EVENT_PREDICATE, prunes
+from ._tables import STREAM_DELIVERY_PREDICATES, prunes
 from .exceptions import StoreError
 
 __all__ = ["MIN_RETENTION", "PruneRecord", "PruneResult", "list_prunes", "prune"]
@@ -45,8 +45,6 @@ MIN_RETENTION: Final = timedelta(days=1)
 # Per transaction: short enough that a waiting receiver's write is not held up for long.
 _STREAMS_PER_STEP: Final = 200
 _DELIVERIES_PER_STEP: Final = 5000
-# A stream's deliveries, in the words of the two partial indexes that list them by stream.
-_DELIVERY_PARTS: Final = (EVENT_PREDICATE, NOT_EVENT_PREDICATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +209,7 @@ class _Pruner:
                     f"SELECT count(*) FROM deliveries WHERE stream_id IN ({ids}) AND {part}",
                     params,
                 )
-                for part in _DELIVERY_PARTS
+                for part in STREAM_DELIVERY_PREDICATES
             )
             alerts = self.one(
                 "SELECT count(*) FROM concurrency_alerts WHERE received_at < %s", [self.cutoff]
@@ -244,7 +242,7 @@ class _Pruner:
                 for table, part in (
                     ("streams", ""),
                     ("transitions", ""),
-                    *(("deliveries", f" AND {part}") for part in _DELIVERY_PARTS),
+                    *(("deliveries", f" AND {part}") for part in STREAM_DELIVERY_PREDICATES),
                 ):
                     removed[table] += self.sql(
                         f"DELETE FROM {table} WHERE {self.among('stream_id', ids)}{part}",
