@@ -1,8 +1,14 @@
-"""Migrations: pytest-alembic's standard checks on SQLite and PostgreSQL, and schema refusal."""
+"""Migrations: pytest-alembic's standard checks on SQLite and PostgreSQL, schema refusal, and
+the packaged schema a new SQLite database starts with."""
 
 from __future__ import annotations
 
+import importlib
+import sqlite3
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -174,3 +180,65 @@ def test_stops_before_0005_keep_their_names(db_url: str) -> None:
         assert names == {"expired": "EXPIRED", "ended": "MEETING_ENDED"}
         assert {s.stop_reason_name for s in tracker.stop_reason_stats()} == set(names.values())
     engine.dispose()
+
+
+# --- a new SQLite database, created without Alembic ---------------------------------------------
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def schema_script() -> Iterator[ModuleType]:
+    """scripts/gen_sqlite_schema.py, imported as a module."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        yield importlib.import_module("gen_sqlite_schema")
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+def _schema_of(path: Path) -> tuple[set[tuple[str, str, str, str | None]], list[str]]:
+    """Every object SQLite lists for a database file (with its SQL), and its revision."""
+    conn = sqlite3.connect(path)
+    try:
+        objects = set(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+        revisions = [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+    finally:
+        conn.close()
+    return objects, revisions
+
+
+def _migrated(path: Path, revision: str = "head") -> None:
+    engine = create_store_engine(f"sqlite:///{path}")
+    try:
+        _migrate.upgrade(engine, revision)
+    finally:
+        engine.dispose()
+
+
+def test_a_new_sqlite_database_is_the_one_the_migrations_create(tmp_path: Path) -> None:
+    """A new SQLite file created from the packaged schema equals one Alembic migrated to head."""
+    Tracker(f"sqlite:///{tmp_path / 'new.db'}").close()
+    _migrated(tmp_path / "migrated.db")
+    created, migrated = _schema_of(tmp_path / "new.db"), _schema_of(tmp_path / "migrated.db")
+    assert created == migrated
+    assert created[1] == [_migrate.head_revision()]
+
+
+def test_the_packaged_sqlite_schema_is_generated_from_the_migrations(
+    schema_script: ModuleType,
+) -> None:
+    """The packaged SQLite schema is what scripts/gen_sqlite_schema.py writes now (--check)."""
+    assert schema_script.main(["gen_sqlite_schema.py", "--check"]) == 0
+
+
+def test_a_packaged_schema_behind_the_migrations_is_upgraded(
+    schema_script: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were the packaged schema a revision behind, Alembic would migrate the new file the rest."""
+    stale = tmp_path / "stale.sql"
+    stale.write_text(schema_script.migrated_schema("0007"), encoding="utf-8")
+    monkeypatch.setattr(_migrate, "_SQLITE_SCHEMA", stale)
+    Tracker(f"sqlite:///{tmp_path / 'new.db'}").close()
+    _migrated(tmp_path / "migrated.db")
+    assert _schema_of(tmp_path / "new.db") == _schema_of(tmp_path / "migrated.db")

@@ -56,11 +56,12 @@ def test_readme_links_point_at_files_that_exist(wheel: Path) -> None:
 
 
 def test_wheel_carries_license_migrations_and_main(wheel: Path) -> None:
-    """The wheel ships the licence, the migrations it runs from code, and `python -m` support."""
+    """The wheel ships the licence, the migrations, a new SQLite file's schema, `python -m`."""
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "rtms_lifecycle/migrations/env.py" in names
+    assert "rtms_lifecycle/data/sqlite_schema.sql" in names
     assert "rtms_lifecycle/__main__.py" in names
     assert "rtms_lifecycle/py.typed" in names
 
