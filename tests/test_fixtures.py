@@ -9,7 +9,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from rtms_lifecycle._engine import SQLITE_PRAGMAS
 from tests._postgres import PostgresServer, running_server, server_version
+from tests.benchmarks import baseline_sqlite
 
 
 def _libpq(url: str) -> str:
@@ -87,3 +89,8 @@ def test_db_url_yields_each_backend(db_url: str, request: pytest.FixtureRequest)
     backend = request.node.callspec.id
     expected = {"sqlite": "sqlite:///", "postgres": "postgresql+psycopg://"}[backend]
     assert db_url.startswith(expected)
+
+
+def test_the_sqlite_baseline_uses_the_store_s_pragmas() -> None:
+    """The plain sqlite3 benchmark script sets the very pragmas the store sets."""
+    assert baseline_sqlite.STORE_PRAGMAS == SQLITE_PRAGMAS

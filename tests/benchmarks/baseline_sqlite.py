@@ -4,7 +4,9 @@ Per delivery: ``json.loads`` (to know the stream), insert the delivery, upsert t
 insert the transition row. No validation, no duplicate detection, no fold, no ORM.
 
 ``--pragmas store`` uses exactly what ``rtms_lifecycle._engine`` sets on every connection
-(``journal_mode=WAL``, ``synchronous=NORMAL``, ``busy_timeout=30000``, ``BEGIN IMMEDIATE``);
+(``journal_mode=WAL``, ``synchronous=NORMAL``, ``busy_timeout=30000``, ``BEGIN IMMEDIATE``),
+spelt out here so that the script imports nothing but the standard library (a test checks they
+are the store's);
 ``--pragmas default`` keeps SQLite's defaults (rollback journal, ``synchronous=FULL``).
 ``--schema lean`` makes three minimal tables (primary keys only); ``--schema user`` adds what a
 user's own script would need to be correct (a unique event identity on deliveries, an index on
@@ -85,6 +87,9 @@ LEAN_INSERT_TRANSITION: Final = (
     "INSERT INTO transitions (stream_id, to_state, kind, event_ts, recorded_at, delivery_id)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
+# rtms_lifecycle._engine.SQLITE_PRAGMAS (tests/test_fixtures.py checks): importing the library
+# for them would add its imports, SQLAlchemy's among them, to the script's start-up.
+STORE_PRAGMAS: Final = ("busy_timeout=30000", "journal_mode=WAL", "synchronous=NORMAL")
 SCOPE_ID_FIELDS: Final = ("meeting_uuid", "webinar_uuid", "session_id", "engagement_id", "call_id")
 STATE_OF: Final = {"started": "started", "interrupted": "interrupted", "stopped": "stopped"}
 NAME_OF: Final = {"started": "start", "interrupted": "interrupt", "stopped": "stop"}
@@ -112,10 +117,7 @@ def connect(path: Path, pragmas: str) -> sqlite3.Connection:
     """A connection in autocommit mode (we BEGIN ourselves), with the chosen pragmas."""
     conn = sqlite3.connect(path, isolation_level=None)
     if pragmas == "store":
-        # Imported here: the "user" baseline runs as a whole process, without the library.
-        from rtms_lifecycle._engine import SQLITE_PRAGMAS
-
-        for pragma in SQLITE_PRAGMAS:
+        for pragma in STORE_PRAGMAS:
             conn.execute(f"PRAGMA {pragma}")
     elif pragmas != "default":
         raise ValueError(f"unknown pragmas {pragmas!r}")
