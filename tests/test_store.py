@@ -199,6 +199,18 @@ def test_event_after_stop_is_ignored_and_kept(tracker: Tracker) -> None:
     assert (stream.failovers, stream.last_event_at) == (0, 20)
 
 
+def test_a_batch_of_more_streams_than_one_lookup_holds(tracker: Tracker) -> None:
+    """A batch touching 1,200 stored streams reads them all (they are looked up 500 at a time)."""
+    ids = [f"s{n}" for n in range(1200)]
+    tracker.ingest_many([raw("started", sid, 10) for sid in ids])
+    summary = tracker.ingest_many([raw("stopped", sid, 20) for sid in ids] + [b"{}"])
+    assert summary.counts == {Outcome.APPLIED: 1200, Outcome.REJECTED: 1}
+    assert {s.state for s in tracker.streams(limit=None)} == {State.STOPPED}
+    assert tracker.ingest_many([raw("stopped", sid, 20) for sid in ids]).counts == {
+        Outcome.DUPLICATE: 1200
+    }
+
+
 def test_one_audit_row_per_applied_event(tracker: Tracker) -> None:
     """Each applied event appends exactly one audit row; others append none."""
     outcomes = [

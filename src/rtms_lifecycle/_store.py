@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Final
 
 from sqlalchemy import Connection, Engine
@@ -72,14 +72,20 @@ class Store:
             self._writer.close()
         self.engine.dispose()
 
-    @contextmanager
-    def _serialised(self, deadline: float | None) -> Iterator[None]:
+    def _serialised(self, deadline: float | None) -> AbstractContextManager[object]:
         # SQLite: this process's writers one at a time; the wait counts against the deadline.
         if self._serial is None:
-            yield
-            return
-        wait = -1 if deadline is None else max(remaining(deadline), 0)
-        if not self._serial.acquire(timeout=wait):
+            return nullcontext()
+        if deadline is None:
+            # The lock itself, without a generator around it: a bulk load of one delivery per
+            # transaction enters this once per delivery.
+            return self._serial
+        return self._serialised_until(self._serial, deadline)
+
+    @staticmethod
+    @contextmanager
+    def _serialised_until(serial: threading.Lock, deadline: float) -> Iterator[None]:
+        if not serial.acquire(timeout=max(remaining(deadline), 0)):
             raise WriteFailed(
                 "another write of this process held the store past the time budget",
                 retryable=False,
@@ -88,7 +94,7 @@ class Store:
         try:
             yield
         finally:
-            self._serial.release()
+            serial.release()
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -140,7 +146,7 @@ class Store:
             kind = StoreTimeout if exc.timed_out or remaining(deadline) <= 0 else StoreError
             raise kind(str(exc)) from exc
 
-    def exclusive(self) -> AbstractContextManager[None]:
+    def exclusive(self) -> AbstractContextManager[object]:
         """Held by every write of this process's store: SQLite admits one writer at a time."""
         return self._serialised(None)
 
