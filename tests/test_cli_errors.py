@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -355,6 +355,7 @@ _OPTIONS = st.sampled_from(
         ["alerts", "--since"],
         ["expire", "--stale-after"],
         ["ingest", "-", "--batch-size"],
+        ["prunes", "--limit"],
         ["streams", "--db"],
         ["stats", "--db"],
     ]
@@ -365,6 +366,8 @@ _OPTIONS = st.sampled_from(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(option=_OPTIONS, value=_VALUES)
+@example(option=["ingest", "-", "--batch-size"], value=str(2**63))
+@example(option=["prunes", "--limit"], value=str(2**63))
 def test_no_option_value_brings_a_traceback(
     scenario: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: list[str], value: str
 ) -> None:
@@ -381,6 +384,13 @@ def test_no_option_value_brings_a_traceback(
     if result.exit_code:
         one_clean_line(result)
     assert not any(empty.iterdir())
+
+
+def test_a_backlog_past_what_the_kernel_takes_is_refused(scenario: str) -> None:
+    """`serve --backlog` past 65,535 is a usage error naming the option, before anything starts."""
+    result = CliRunner().invoke(cli, ["--db", scenario, "serve", "--backlog", str(2**63)])
+    assert result.exit_code == 2
+    assert "--backlog" in one_clean_line(result)
 
 
 def test_installed_command_prints_no_traceback_for_a_bad_url(tmp_path: Path) -> None:

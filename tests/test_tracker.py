@@ -29,6 +29,7 @@ from rtms_lifecycle import (
     TransitionName,
     WebhookRefused,
 )
+from rtms_lifecycle._defaults import MAX_BATCH_SIZE
 from rtms_lifecycle._store import now_ms
 
 from ._deliveries import body
@@ -342,10 +343,11 @@ def test_ingest_many_counts_and_streams_match_the_scenario(
     assert len(all_transitions(tracker)) == streams * LIFECYCLE_TRANSITIONS
 
 
-def test_ingest_many_rejects_a_batch_size_below_one(tracker: Tracker) -> None:
-    """A batch size of 0 is refused before anything is stored."""
-    with pytest.raises(ValueError, match="batch_size"):
-        tracker.ingest_many([body("started", "s1", T0)], batch_size=0)
+@pytest.mark.parametrize("batch_size", [0, MAX_BATCH_SIZE + 1, 2**63])
+def test_ingest_many_rejects_a_batch_size_out_of_range(tracker: Tracker, batch_size: int) -> None:
+    """A batch size of 0 or past the largest is refused, naming the range; nothing is stored."""
+    with pytest.raises(ValueError, match="batch_size must be from 1 to 100,000"):
+        tracker.ingest_many([body("started", "s1", T0)], batch_size=batch_size)
     assert tracker.deliveries() == []
 
 

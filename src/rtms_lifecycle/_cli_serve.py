@@ -64,7 +64,8 @@ __all__ = ["serve"]
 )
 @click.option(
     "--backlog",
-    type=click.IntRange(1),
+    # The kernel caps it (net.core.somaxconn, at most 65,535); past a C int it cannot be passed.
+    type=click.IntRange(1, 65_535),
     default=None,
     help="Connections the kernel queues before they are accepted [default: 256, less under a "
     "low file descriptor limit].",

@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_FORWARD_TIMEOUT",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_RETRY_DELAY",
+    "MAX_BATCH_SIZE",
     "OUTCOMES",
     "SCOPES",
     "STATES",
@@ -28,6 +29,9 @@ DEFAULT_DB_URL: Final = "sqlite:///rtms_lifecycle.db"
 #: stream-keyed indexes; 5,000 rather than 1,000 wrote 2.6 times fewer bytes to the database's
 #: log for a 64,000-delivery load, at about 10 MB of memory per batch.
 DEFAULT_BATCH_SIZE: Final = 5000
+#: The largest batch: two batches are held in memory at once (one read ahead), about 4 KB per
+#: delivery in all, so 800 MB at this size; larger batches write no fewer bytes per delivery.
+MAX_BATCH_SIZE: Final = 100_000
 DEFAULT_MAX_ATTEMPTS: Final = 5
 #: Seconds before the first retry of a failing callback; each further retry waits twice as long.
 DEFAULT_RETRY_DELAY: Final = 1.0

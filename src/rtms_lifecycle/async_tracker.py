@@ -52,6 +52,7 @@ from .tracker import (
     TransitionCallback,
     _as_set,
     _callback_failed,
+    _check_batch_size,
     _Subscription,
 )
 from .webhook import DEFAULT_REPLAY_WINDOW, Verification
@@ -285,8 +286,7 @@ class AsyncTracker:
         one on the event loop. Each batch is parsed and committed in a worker thread, and its
         callbacks run before the next batch is read.
         """
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        _check_batch_size(batch_size)
         counts: Counter[Outcome] = Counter()
         if isinstance(bodies, AsyncIterable):
             batch: list[Body] = []

@@ -51,6 +51,7 @@ from ._defaults import (
     DB_ENV,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DB_URL,
+    MAX_BATCH_SIZE,
     OUTCOMES,
     SCOPES,
     STATES,
@@ -99,7 +100,7 @@ def cli(ctx: click.Context, db: str) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True, exists=True))
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_BATCH_SIZE),
     default=DEFAULT_BATCH_SIZE,
     show_default=True,
     help="Deliveries per transaction; 1 commits each delivery on its own (slower, safest).",
@@ -392,7 +393,9 @@ def prune(app: App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json:
 
 
 @cli.command()
-@click.option("--limit", type=click.IntRange(min=1), help="At most N prunes (newest first).")
+@click.option(
+    "--limit", type=click.IntRange(min=1, max=MAX_COUNT), help="At most N prunes (newest first)."
+)
 @JSON_OPTION
 @pass_app
 def prunes(app: App, limit: int | None, as_json: bool) -> None:

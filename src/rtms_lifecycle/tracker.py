@@ -19,7 +19,7 @@ from . import subscriptions as _subs
 from ._batch import Body, Incoming, UnscopedEvent, synthetic_delivery, to_incoming
 from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
-from ._defaults import DEFAULT_BATCH_SIZE
+from ._defaults import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 from ._read_ahead import read_ahead
 from ._store import Store, now_ms
 from .events import EventKind, Scope, Source, check_app_event
@@ -111,6 +111,12 @@ def _as_set(value: Any, kind: Callable[[Any], Any]) -> frozenset[Any] | None:
         return None
     values = [value] if isinstance(value, str) else list(value)
     return frozenset(kind(v) for v in values)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    """Refuse a batch size out of range (:class:`ValueError`, naming the range)."""
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch_size must be from 1 to {MAX_BATCH_SIZE:,}, not {batch_size:,}")
 
 
 class Tracker:
@@ -227,8 +233,7 @@ class Tracker:
         helper thread while the one before is written, so a batch is written once the next
         one has been read from ``bodies`` (or ``bodies`` has ended).
         """
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        _check_batch_size(batch_size)
         counts: Counter[Outcome] = Counter()
         for batch in read_ahead(bodies, to_incoming, batch_size):
             counts.update(
