@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from itertools import count
 
@@ -79,7 +80,7 @@ class FakeTx:
 
 def run(tx: FakeTx, *items: Incoming, with_records: bool = True) -> list[IngestResult | None]:
     """The batch's results for ``items``, decided against ``tx``."""
-    return Batch(tx, NOW, with_records).run(items)
+    return Batch(tx, NOW, with_records).run(items).results()
 
 
 def one(tx: FakeTx, item: Incoming, *, with_records: bool = True) -> IngestResult:
@@ -196,3 +197,16 @@ def test_without_records_results_carry_outcomes_only() -> None:
     result = one(tx, to_incoming(raw(EventKind.STARTED, "s1", 1000)), with_records=False)
     assert result.outcome is Outcome.APPLIED
     assert (result.stream, result.transition) == (None, None)
+
+
+def test_a_bulk_count_is_the_results_outcomes() -> None:
+    """A batch's outcome counts (a bulk load's report) are those of its results, one per item."""
+    items = [
+        to_incoming(raw(EventKind.STARTED, "s1", 1000)),
+        to_incoming(raw(EventKind.STARTED, "s1", 1000)),
+        to_incoming(raw(EventKind.STOPPED, "s1", 900)),
+        to_incoming(b"{not json"),
+    ]
+    batch = Batch(FakeTx(), NOW, with_records=False).run(items)
+    assert batch.outcomes() == Counter(r.outcome for r in batch.results() if r is not None)
+    assert sum(batch.outcomes().values()) == len(items)

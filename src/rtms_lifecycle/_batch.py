@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,13 +193,23 @@ class Batch:
         # One per item; None for an expiry that no longer applies (it writes nothing).
         self.pending: list[_Pending | None] = []
 
-    def run(self, items: Sequence[Incoming]) -> list[IngestResult | None]:
+    def run(self, items: Sequence[Incoming]) -> Batch:
+        """Decide what each item comes to and write it all (the transaction is the caller's)."""
         self._load(items)
         for item in items:
             self.pending.append(self._decide(item))
         self._write_streams()
         self.tx.write(self.writes)
+        return self
+
+    def results(self) -> list[IngestResult | None]:
+        """One result per item, in order; None for an expiry that no longer applies."""
         return [self._result(p) if p is not None else None for p in self.pending]
+
+    def outcomes(self) -> Counter[Outcome]:
+        """How many items came to each outcome: all a bulk load reports, without building a
+        result per delivery."""
+        return Counter(p.outcome for p in self.pending if p is not None)
 
     # --- reading what the batch touches -----------------------------------------------------
 

@@ -16,6 +16,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Final
@@ -29,7 +30,7 @@ from ._deadline import remaining
 from ._engine import configure_sqlite, create_store_engine
 from ._writers import WriteFailed, writer_for
 from .exceptions import StoreError, StoreTimeout
-from .records import IngestResult
+from .records import IngestResult, Outcome
 
 __all__ = ["Store", "now_ms"]
 
@@ -113,6 +114,20 @@ class Store:
         nothing written. ``durable``: the commit survives a power loss (on SQLite, a sync per
         commit); without it (bulk loads), a crash of the machine may undo the last commits.
         """
+        return self._write(items, with_records, deadline, durable).results()
+
+    def count(self, items: Sequence[Incoming], *, durable: bool = True) -> Counter[Outcome]:
+        """Record deliveries in one transaction as :meth:`record` does, and say only how many
+        came to each outcome (a bulk load without callbacks needs no more)."""
+        return self._write(items, False, None, durable).outcomes()
+
+    def _write(
+        self,
+        items: Sequence[Incoming],
+        with_records: bool,
+        deadline: float | None,
+        durable: bool,
+    ) -> Batch:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # A batch that lost a race is retried cautiously: no more optimism.

@@ -236,9 +236,12 @@ class Tracker:
         _check_batch_size(batch_size)
         counts: Counter[Outcome] = Counter()
         for batch in read_ahead(bodies, to_incoming, batch_size):
-            counts.update(
-                r.outcome for r in self._record(batch, with_records=False, durable=False) if r
-            )
+            if self._subscriptions:
+                # Callbacks need each transition and its stream.
+                results = self._record(batch, with_records=False, durable=False)
+                counts.update(r.outcome for r in results if r)
+            else:
+                counts.update(self._store.count(batch, durable=False))
         return IngestSummary(dict(counts))
 
     def report_resumed(self, stream_id: str, at_ms: int) -> IngestResult:
