@@ -320,11 +320,12 @@ def _has_schema(url: str) -> bool:
 
 def test_ctrl_c_in_any_command_exits_130(scenario_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C outside ingest is "Interrupted." and exit 130, not Click's "Aborted!" and 1."""
-    original = Tracker.streams
 
     def interrupted(self: Tracker, *args: Any, **kwargs: Any) -> Any:
-        os.kill(os.getpid(), signal.SIGINT)
-        return original(self, *args, **kwargs)
+        # What Ctrl-C raises in the main thread. Sending SIGINT here instead failed now and then
+        # in the full suite: a handler that runs inside a finalizer (a garbage collection at that
+        # moment) has its KeyboardInterrupt ignored by Python.
+        raise KeyboardInterrupt
 
     monkeypatch.setattr(Tracker, "streams", interrupted)
     result = invoke(scenario_db, "streams")
