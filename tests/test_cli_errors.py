@@ -118,7 +118,12 @@ def _closed_port() -> int:
         ("postgresql+psycopg2://user@localhost/rtms", "driver 'psycopg2' is not installed"),
         ("postgresql://user:secret@localhost:notaport/rtms", "its port is not a number"),
         ("nosuchdb+x://host/db", "not supported"),
+        ("sqlite:///x.db?timeout=abc", "a query parameter is wrong"),
+        ("postgresql://user@127.0.0.1:1/rtms%00x", "NUL character"),
+        ("\udcff.db", "not valid UTF-8"),  # a byte that is not UTF-8, as Python reads argv
+        ("a" * 300 + ".db", "path is too long"),
     ],
+    ids=lambda value: value[:40],
 )
 @pytest.mark.parametrize("command", [["streams"], ["ingest", "-"], ["demo"]], ids=" ".join)
 def test_unusable_database_urls_are_refused(
@@ -359,6 +364,8 @@ _OPTIONS = st.sampled_from(
         ["prunes", "--limit"],
         ["streams", "--db"],
         ["stats", "--db"],
+        ["streams", "--account"],
+        ["subscriptions", "retry"],
     ]
 )
 
@@ -369,6 +376,12 @@ _OPTIONS = st.sampled_from(
 @given(option=_OPTIONS, value=_VALUES)
 @example(option=["ingest", "-", "--batch-size"], value=str(2**63))
 @example(option=["prunes", "--limit"], value=str(2**63))
+@example(option=["deliveries", "--stream"], value="\udcff")  # argv bytes that are not UTF-8
+@example(option=["stream"], value="\udcff")
+@example(option=["streams", "--account"], value="\udcff")
+@example(option=["subscriptions", "retry"], value="\udcff")
+@example(option=["streams", "--db"], value="\udcff.db")
+@example(option=["streams", "--db"], value="a" * 300)
 def test_no_option_value_brings_a_traceback(
     scenario: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: list[str], value: str
 ) -> None:
@@ -392,6 +405,51 @@ def test_a_backlog_past_what_the_kernel_takes_is_refused(scenario: str) -> None:
     result = CliRunner().invoke(cli, ["--db", scenario, "serve", "--backlog", str(2**63)])
     assert result.exit_code == 2
     assert "--backlog" in one_clean_line(result)
+
+
+_FORWARD = ["forward", "c", "http://127.0.0.1:9/", "--secret-env", "RTMS_TEST_SECRET"]
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["serve", "--store-timeout", "inf"], "--store-timeout"),
+        (["serve", "--store-timeout", "1e308"], "--store-timeout"),
+        (["serve", "--store-timeout", "nan"], "--store-timeout"),
+        (["serve", "--request-timeout", "nan"], "--request-timeout"),
+        (["serve", "--replay-window", "nan"], "--replay-window"),
+        ([*_FORWARD, "--timeout", "inf"], "--timeout"),
+        ([*_FORWARD, "--timeout", "nan"], "--timeout"),
+        ([*_FORWARD, "--retry-delay", "nan"], "--retry-delay"),
+        ([*_FORWARD, "--idle-exit", "nan"], "--idle-exit"),
+        (["follow", "c", "--idle-exit", "nan"], "--idle-exit"),
+    ],
+    ids=" ".join,
+)
+def test_seconds_that_no_wait_can_take_are_refused(
+    scenario_db: str, args: list[str], option: str
+) -> None:
+    """nan seconds, or a wait past a day where the OS cannot wait that long, is a usage error
+    naming the option, before the command starts (it used to run forever, or fail each request)."""
+    result = CliRunner().invoke(cli, ["--db", scenario_db, *args])
+    assert result.exit_code == BAD_INPUT
+    assert option in one_clean_line(result)
+
+
+def test_serve_refuses_a_host_name_that_cannot_be_encoded(scenario_db: str) -> None:
+    """`serve --host` with a label over 63 characters is one line naming the host, exit 1."""
+    result = CliRunner().invoke(cli, ["--db", scenario_db, "serve", "--host", "a" * 64])
+    assert result.exit_code == 1
+    assert "cannot listen on 'aaaa" in one_clean_line(result)
+
+
+def test_prune_refuses_a_cutoff_before_any_date(scenario_db: str) -> None:
+    """`prune --older-than` past 1,000 years is a usage error, not a traceback drawing the
+    cutoff (before year 1); the bound itself is answered."""
+    result = invoke(scenario_db, "prune", "--dry-run", "--older-than", "3652425d")
+    assert result.exit_code == BAD_INPUT
+    assert "'--older-than': at most 365000d" in one_clean_line(result)
+    assert invoke(scenario_db, "prune", "--dry-run", "--older-than", "365000d").exit_code == 0
 
 
 def test_installed_command_prints_no_traceback_for_a_bad_url(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtms_lifecycle import ConfigurationError, Outcome, State, Tracker
-from rtms_lifecycle.server import API_TOKEN_ENV, StoredState, create_app, create_router
+from rtms_lifecycle.server import API_TOKEN_ENV, StoredState, create_app, create_router, run
 from rtms_lifecycle.webhook import SECRET_ENV, WebhookVerifier
 from tests import _deliveries
 from tests._deliveries import SPEC_STREAM_KEYS
@@ -549,6 +549,21 @@ def test_create_app_refuses_to_start_without_a_secret(sqlite_url: str) -> None:
     with pytest.raises(ConfigurationError, match=SECRET_ENV):
         create_app(sqlite_url)
     assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), 1e308, float("nan"), 0])
+def test_create_app_refuses_a_store_timeout_no_wait_can_take(
+    sqlite_url: str, seconds: float
+) -> None:
+    """A store timeout past a day (a lock cannot wait forever) or not positive is refused."""
+    with pytest.raises(ConfigurationError, match="store_timeout"):
+        create_app(sqlite_url, secrets=[SECRET], store_timeout=seconds)
+
+
+def test_run_refuses_a_host_name_that_cannot_be_encoded(sqlite_url: str) -> None:
+    """A host label over 63 characters is a ConfigurationError, not a UnicodeError."""
+    with pytest.raises(ConfigurationError, match="cannot listen"):
+        run(host="a" * 64, db=sqlite_url)
 
 
 def test_router_embeds_in_an_existing_app(tracker: Tracker) -> None:

@@ -274,6 +274,18 @@ def test_bad_consumer_name_is_refused(tracker: Tracker, name: str) -> None:
         tracker.subscribe(name, print)
 
 
+def test_nan_seconds_between_retries_are_refused(tracker: Tracker) -> None:
+    """A nan retry_delay (which passes every comparison) is a ValueError naming it."""
+    with pytest.raises(ValueError, match="retry_delay"):
+        tracker.subscribe("nan", print, retry_delay=float("nan"))
+
+
+def test_a_nan_lease_is_refused(tracker: Tracker) -> None:
+    """A nan lease is a ValueError naming it."""
+    with pytest.raises(ValueError, match="lease"):
+        tracker.subscribe("nan", print, lease=float("nan"))
+
+
 def test_subscribe_refuses_a_coroutine_function(tracker: Tracker) -> None:
     """A Tracker cannot await an ``async def`` subscriber: refused, pointing to AsyncTracker."""
 

@@ -240,13 +240,21 @@ def test_secrets_from_env_reads_the_process_environment(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize(
     ("secrets", "window"),
-    [([], 300), ([""], 300), (["ok", "  "], 300), (["ok"], 0), (["ok"], -5)],
-    ids=["none", "empty", "blank", "zero-window", "negative-window"],
+    [
+        ([], 300),
+        ([""], 300),
+        (["ok", "  "], 300),
+        (["ok"], 0),
+        (["ok"], -5),
+        (["ok"], float("nan")),
+    ],
+    ids=["none", "empty", "blank", "zero-window", "negative-window", "nan-window"],
 )
 def test_verifier_refuses_a_configuration_that_cannot_work(
     secrets: list[str], window: float
 ) -> None:
-    """No secret, a blank secret or a non-positive window is a configuration error."""
+    """No secret, a blank secret or a window that is not a positive number is a configuration
+    error (nan would let every old request through)."""
     with pytest.raises(ConfigurationError):
         WebhookVerifier(secrets, replay_window=window)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-__all__ = ["MAX_COUNT", "MAX_EPOCH_MS", "MIN_EPOCH_MS", "MAX_DURATION"]
+__all__ = ["MAX_COUNT", "MAX_EPOCH_MS", "MIN_EPOCH_MS", "MAX_DURATION", "MAX_WAIT_SECONDS"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: A limit or a count: a signed 64-bit integer, as both databases store them.
@@ -21,3 +21,6 @@ MAX_EPOCH_MS: Final = (
 ) // timedelta(milliseconds=1)
 #: Durations (``--stale-after``): ten thousand years is longer than any stream has lived.
 MAX_DURATION: Final = timedelta(days=3_652_425)
+#: Waits (the store's timeout, a forwarded POST's): a day. A lock cannot wait past
+#: ``threading.TIMEOUT_MAX`` (292 years) and said so with an ``OverflowError`` on every request.
+MAX_WAIT_SECONDS: Final = 86_400.0

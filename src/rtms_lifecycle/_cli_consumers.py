@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import click
 
+from ._bounds import MAX_WAIT_SECONDS
 from ._cli_app import App, Group, current_app, pass_app
 from ._cli_errors import Failure
-from ._cli_params import JSON_OPTION
+from ._cli_params import JSON_OPTION, TEXT, Seconds
 from ._cli_rendering import emit_json, follow_line, plural, subscriptions_table
 from ._defaults import DEFAULT_FORWARD_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["follow", "forward", "subscriptions"]
 
 
-_CONSUMER_ARGUMENT: Final = click.argument("consumer")
+_CONSUMER_ARGUMENT: Final = click.argument("consumer", type=TEXT)
 _FROM_START_OPTION: Final = click.option(
     "--from-start",
     is_flag=True,
@@ -30,7 +31,7 @@ _FROM_START_OPTION: Final = click.option(
 _IDLE_EXIT_OPTION: Final = click.option(
     "--idle-exit",
     metavar="SECONDS",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0),
     help="Exit after this many seconds with nothing to deliver (default: run until stopped).",
 )
 
@@ -90,7 +91,7 @@ class _PipeClosed(BaseException):
 
 @click.command()
 @_CONSUMER_ARGUMENT
-@click.argument("url")
+@click.argument("url", type=TEXT)
 @click.option(
     "--secret-env",
     metavar="VAR",
@@ -102,7 +103,7 @@ class _PipeClosed(BaseException):
 @click.option(
     "--timeout",
     metavar="SECONDS",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(min=0, min_open=True, max=MAX_WAIT_SECONDS),
     default=DEFAULT_FORWARD_TIMEOUT,
     show_default=True,
     help="Wait this long for the receiver's answer.",
@@ -117,7 +118,7 @@ class _PipeClosed(BaseException):
 @click.option(
     "--retry-delay",
     metavar="SECONDS",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0),
     default=DEFAULT_RETRY_DELAY,
     show_default=True,
     help="Wait before the first retry; each further retry waits twice as long.",

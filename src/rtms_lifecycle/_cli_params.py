@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,15 @@ import click
 
 from ._bounds import MAX_DURATION, MAX_EPOCH_MS, MIN_EPOCH_MS
 
-__all__ = ["ACCOUNT_OPTION", "JSON_OPTION", "parse_duration", "parse_time", "parsed_by"]
+__all__ = [
+    "ACCOUNT_OPTION",
+    "JSON_OPTION",
+    "TEXT",
+    "Seconds",
+    "parse_duration",
+    "parse_time",
+    "parsed_by",
+]
 
 # Epoch milliseconds below this are before 1973: such a number is almost surely epoch seconds.
 _MIN_EPOCH_MS: Final = 100_000_000_000
@@ -75,9 +84,38 @@ def parsed_by(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Par
     return callback
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds in a range; ``nan``, which every comparison lets through, is refused."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value} is not a number of seconds.", param, ctx)
+        return seconds
+
+
+class _Text(click.types.StringParamType):
+    """Text that can be stored: bytes that are not UTF-8 (which Python keeps as lone surrogates)
+    would fail in the database driver."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = super().convert(value, param, ctx)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            self.fail("the value is not valid UTF-8 text.", param, ctx)
+        return text
+
+
+TEXT: Final = _Text()
+
 JSON_OPTION: Final = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (docs/cli.md) instead of a table."
 )
 ACCOUNT_OPTION: Final = click.option(
-    "--account", "account_id", metavar="ID", help="Only streams of this Zoom account_id."
+    "--account",
+    "account_id",
+    metavar="ID",
+    type=TEXT,
+    help="Only streams of this Zoom account_id.",
 )

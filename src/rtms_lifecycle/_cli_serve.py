@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ._bounds import MAX_WAIT_SECONDS
 from ._cli_app import App, pass_app
 from ._cli_errors import Failure
+from ._cli_params import Seconds
 from ._logging import LOG_FORMATS, LOG_LEVELS
 
 __all__ = ["serve"]
@@ -37,7 +39,7 @@ __all__ = ["serve"]
 )
 @click.option(
     "--store-timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=Seconds(0, min_open=True, max=MAX_WAIT_SECONDS),
     default=2.5,
     show_default=True,
     help="Seconds a delivery may take to commit; past it the answer is 503 (Zoom retries).",
@@ -51,7 +53,7 @@ __all__ = ["serve"]
 )
 @click.option(
     "--request-timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=Seconds(0, min_open=True),
     default=5.0,
     show_default=True,
     help="Seconds a request has to arrive whole; slower connections are closed.",
@@ -72,7 +74,7 @@ __all__ = ["serve"]
 )
 @click.option(
     "--replay-window",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(min=0, min_open=True),
     default=300.0,
     show_default=True,
     metavar="SECONDS",

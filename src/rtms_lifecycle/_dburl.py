@@ -6,8 +6,10 @@ is tried, so that a typo never turns into a traceback or into a database somewhe
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Final
 
@@ -57,9 +59,14 @@ def parse(text: str) -> URL:
         raise DatabaseURLError(f"the database URL is empty: give {_EXAMPLES}")
     if "\x00" in text:
         raise DatabaseURLError("the database URL contains a NUL character")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8 (kept by Python as lone surrogates): no driver takes them.
+        raise DatabaseURLError("the database URL is not valid UTF-8 text") from None
     if "://" not in text:
         # A path is taken as written: relative to the current folder, like sqlite:///path.
-        return URL.create("sqlite", database=text)
+        return _usable_sqlite(URL.create("sqlite", database=text))
     try:
         url = make_url(text)
     except ArgumentError:
@@ -77,6 +84,36 @@ def parse(text: str) -> URL:
             f"{url.get_backend_name()!r} databases are not supported: rtms-lifecycle stores in "
             "SQLite (sqlite:///file.db) or PostgreSQL (postgresql://user@host/dbname)"
         )
+    # %00 decodes to a NUL, which ends libpq's connection string early: the settings after it
+    # (a port, a host) would be silently dropped and another server tried.
+    decoded = [url.username, url.password, url.host, url.database, *url.query.values()]
+    if any("\x00" in part for part in decoded if isinstance(part, str)):
+        raise DatabaseURLError(f"{shown(text)!r} contains a NUL character (%00)")
+    return _usable_sqlite(url) if url.get_backend_name() == "sqlite" else url
+
+
+def _usable_sqlite(url: URL) -> URL:
+    """Refuse what SQLite could never open, before it gets there and fails in a traceback."""
+    try:
+        # The driver's arguments from the query: ?timeout=abc fails here, not at connect time.
+        # (What SQLAlchemy warns of here, it warns of again when the engine is made.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            url.get_dialect()().create_connect_args(url)
+    except (ValueError, TypeError) as exc:
+        raise DatabaseURLError(
+            f"{url.render_as_string()!r}: a query parameter is wrong: {exc}"
+        ) from None
+    path = sqlite_file(url)
+    if path is not None:
+        try:
+            path.stat()
+        except OSError as exc:
+            # Other errors (no such file yet, a folder missing) are said when it is opened.
+            if exc.errno == errno.ENAMETOOLONG:
+                raise DatabaseURLError(
+                    f"the SQLite file's path is too long for the file system ({exc.strerror})"
+                ) from None
     return url
 
 

@@ -23,7 +23,14 @@ from ._cli_app import App, Group, pass_app
 from ._cli_consumers import follow, forward, subscriptions
 from ._cli_demo import demo
 from ._cli_errors import Failure
-from ._cli_params import ACCOUNT_OPTION, JSON_OPTION, parse_duration, parse_time, parsed_by
+from ._cli_params import (
+    ACCOUNT_OPTION,
+    JSON_OPTION,
+    TEXT,
+    parse_duration,
+    parse_time,
+    parsed_by,
+)
 from ._cli_reading import replay
 from ._cli_rendering import (
     CATEGORY_STYLE,
@@ -67,6 +74,9 @@ __all__ = ["cli", "format_duration", "format_time", "main", "parse_duration", "p
 
 # The streams table without --limit: the newest this many (--json still lists every stream).
 _TABLE_STREAMS: Final = 50
+# prune --older-than: a cutoff a thousand years back is before any stream; much further back it
+# would be before year 1, which no date (nor the prune's own report) can show.
+_MAX_OLDER_THAN: Final = timedelta(days=365_000)
 
 
 # --- the commands ---------------------------------------------------------------------------------
@@ -186,7 +196,7 @@ def streams(
 
 
 @cli.command("stream")
-@click.argument("stream_id")
+@click.argument("stream_id", type=TEXT)
 @JSON_OPTION
 @pass_app
 def stream_command(app: App, stream_id: str, as_json: bool) -> None:
@@ -290,7 +300,9 @@ def stats(
     type=click.Choice(OUTCOMES),
     help="Only deliveries with this outcome (repeatable).",
 )
-@click.option("--stream", "stream_id", metavar="ID", help="Only deliveries for this stream.")
+@click.option(
+    "--stream", "stream_id", metavar="ID", type=TEXT, help="Only deliveries for this stream."
+)
 @click.option(
     "--limit",
     type=click.IntRange(min=0, max=MAX_COUNT),
@@ -354,7 +366,7 @@ def expire(app: App, stale_after: timedelta, dry_run: bool, as_json: bool) -> No
     metavar="DURATION",
     callback=parsed_by(parse_duration),
     required=True,
-    help="Remove streams that stopped longer ago than this (at least 1d): 30d, 90d.",
+    help="Remove streams that stopped longer ago than this (1d to 365000d): 30d, 90d.",
 )
 @click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
 @click.option(
@@ -374,6 +386,10 @@ def prune(app: App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json:
             f"keep at least {MIN_RETENTION.days} day: Zoom retries deliveries for about two "
             "hours, and a retry of a pruned stream's event would start the stream again",
             param_hint="'--older-than'",
+        )
+    if older_than > _MAX_OLDER_THAN:
+        raise click.BadParameter(
+            f"at most {_MAX_OLDER_THAN.days}d (1,000 years)", param_hint="'--older-than'"
         )
     result = app.tracker(create=False).prune(older_than, dry_run=dry_run, vacuum=vacuum)
     if as_json:

@@ -18,6 +18,7 @@ import dataclasses
 import hmac
 import logging
 import logging.config
+import math
 import os
 import resource
 import socket
@@ -50,7 +51,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import _dburl
-from ._bounds import MAX_COUNT, MAX_EPOCH_MS, MIN_EPOCH_MS
+from ._bounds import MAX_COUNT, MAX_EPOCH_MS, MAX_WAIT_SECONDS, MIN_EPOCH_MS
 from ._deadline import DEFAULT_STORE_TIMEOUT
 from ._http import bounded_protocol
 from ._logging import LogFormat, log_config
@@ -228,9 +229,12 @@ class DetailAnswer(BaseModel):
 # --- the webhook --------------------------------------------------------------------------------
 
 
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+def _positive(name: str, value: float, at_most: float = math.inf) -> None:
+    if not 0 < value <= at_most:
+        limit = f" (at most {at_most:,.0f})" if at_most < math.inf else ""
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds{limit}, got {value!r}"
+        )
 
 
 def _error(status: int, error: str, detail: str) -> JSONResponse:
@@ -379,7 +383,7 @@ def create_router(
         raise ConfigurationError(f"the webhook path must start with '/', got {path!r}")
     if max_body_bytes < 1:
         raise ConfigurationError("max_body_bytes must be at least 1")
-    _positive("store_timeout", store_timeout)
+    _positive("store_timeout", store_timeout, MAX_WAIT_SECONDS)
     _positive("request_timeout", request_timeout)
     recorder = _Recorder(
         tracker if isinstance(tracker, AsyncTracker) else AsyncTracker(tracker), store_timeout
@@ -659,7 +663,7 @@ def create_app(
         labelled_secrets_from_env() if secrets is None else secrets, replay_window=replay_window
     )
     token = _api_token(api_token)
-    _positive("store_timeout", store_timeout)
+    _positive("store_timeout", store_timeout, MAX_WAIT_SECONDS)
     # An outage fails every request alike: one traceback a minute per kind is enough.
     throttle_tracebacks()
     registry = _metrics.new_registry() if metrics else None
@@ -789,6 +793,8 @@ def _check_listenable(host: str, port: int) -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    except UnicodeError as exc:  # a name IDNA cannot encode: a label over 63 characters, ...
+        raise ConfigurationError(f"cannot listen on {host!r}: not a host name ({exc})") from exc
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         # As uvicorn binds: SO_REUSEADDR, so a port left in TIME_WAIT is not taken for in use.

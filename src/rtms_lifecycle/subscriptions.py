@@ -223,9 +223,10 @@ class Consumer:
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts: at least 1")
-        if retry_delay < 0:
+        # Written "not >=": nan, which every comparison lets through, is refused too.
+        if not retry_delay >= 0:
             raise ValueError("retry_delay: zero or more seconds")
-        if lease <= 0:
+        if not lease > 0:
             raise ValueError("lease: more than zero seconds")
         self.name = check_consumer_name(consumer)
         self.engine = engine

@@ -181,8 +181,10 @@ class WebhookVerifier:
             raise ConfigurationError("webhook secret tokens must be non-empty strings")
         if any(not isinstance(label, str) or not label for label, _ in labelled):
             raise ConfigurationError("webhook secret labels must be non-empty strings")
-        if replay_window <= 0:
-            raise ConfigurationError("the replay window must be a positive number of seconds")
+        if not replay_window > 0:  # nan too: it would let every old request through
+            raise ConfigurationError(
+                f"replay_window must be a positive number of seconds, got {replay_window!r}"
+            )
         self._secrets: tuple[str, ...] = tuple(s for _, s in labelled)
         self._labels: tuple[str, ...] = tuple(label for label, _ in labelled)
         self.replay_window = float(replay_window)
