@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from rtms_lifecycle import Tracker, _migrate
+from rtms_lifecycle._cli_reading import MAX_LINE_BYTES
 from rtms_lifecycle._engine import create_store_engine
 from rtms_lifecycle.cli import cli
 
@@ -227,6 +229,52 @@ def test_a_corrupt_gzip_is_a_clean_error(sqlite_url: str, tmp_path: Path, damage
     result = invoke(sqlite_url, "ingest", str(path))
     assert result.exit_code == BAD_INPUT
     assert "the input is damaged at line" in one_clean_line(result)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_a_line_longer_than_any_body_is_skipped_and_named(
+    sqlite_url: str, tmp_path: Path, compressed: bool
+) -> None:
+    """A line over 16 MiB is read through, not recorded, and named; the other lines are
+    recorded, and the exit code is 2."""
+    long = b"x" * (MAX_LINE_BYTES + 1) + b"\n"
+    data = jsonl(LINES[:2]).encode() + long + jsonl(LINES[2:4]).encode()
+    path = tmp_path / ("long.jsonl.gz" if compressed else "long.jsonl")
+    path.write_bytes(gzip.compress(data) if compressed else data)
+    result = invoke(sqlite_url, "ingest", str(path), "--json")
+    assert result.exit_code == BAD_INPUT
+    assert sum(json.loads(result.stdout).values()) == 4
+    assert stored(sqlite_url) == 4
+    line = one_clean_line(result)
+    assert "1 line (3) longer than 16 MiB" in line
+    assert "the 4 deliveries of the other lines are recorded" in line
+
+
+def test_input_without_line_ends_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    """64 MiB with no line end (as /dev/zero gives) is skipped without being held in memory."""
+    path = tmp_path / "zeros.jsonl"
+    with path.open("wb") as out:
+        for _ in range(64):
+            out.write(bytes(1024 * 1024))
+    # The process's own peak (VmHWM): ru_maxrss would count the forking test process's too.
+    measure = (
+        "import sys\n"
+        "from rtms_lifecycle.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+        "    print(status.split()[0], file=sys.stderr)\n"
+    )
+    argv = ["--db", f"sqlite:///{tmp_path / 'x.db'}", "ingest", str(path), "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", measure, *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == BAD_INPUT, done.stderr
+    *message, peak_kib = done.stderr.strip().splitlines()
+    assert "1 line (1) longer than 16 MiB" in message[-1]
+    # The interpreter and the library take about 80 MiB; the line would add 64.
+    assert int(peak_kib) < 130 * 1024
 
 
 # --- Ctrl-C ---------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Final, TypeVar
+from typing import IO, TYPE_CHECKING, Final, Protocol, TypeVar
 
 from ._cli_errors import BadInput, interrupted
 from ._cli_rendering import plural
@@ -34,12 +34,23 @@ _T = TypeVar("_T")
 
 # Updating the progress bar per line would cost more than parsing the line.
 _PROGRESS_EVERY: Final = 500
+# The longest line read as a delivery. Zoom's webhook bodies are a few KB and the receiver
+# refuses bodies over 64 KiB; a longer line (a file with no line ends, /dev/zero) would be held
+# in memory whole. It is read through in pieces of _SKIP_PIECE bytes, skipped and named.
+MAX_LINE_BYTES: Final = 16 * 1024 * 1024
+_SKIP_PIECE: Final = 1024 * 1024
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 
 
 def _deliveries(count: int, before_it: str = "") -> str:
     # "1 delivery is", "2 deliveries before it are"
     return f"{plural(count, 'delivery', 'deliveries')}{before_it} {'is' if count == 1 else 'are'}"
+
+
+class _LineSource(Protocol):
+    """A file or a gzip stream: what the input's lines are read from, up to a length."""
+
+    def readline(self, size: int = -1, /) -> bytes: ...
 
 
 class _StopReading(KeyboardInterrupt):
@@ -61,17 +72,25 @@ class Reading:
     lines: int = 0
     damage: str | None = None
     interrupted: bool = False
+    #: The numbers of the lines skipped for being longer than ``MAX_LINE_BYTES``.
+    overlong: list[int] = field(default_factory=list)
     _waiting: bool = False
 
-    def lines_of(self, source: Iterable[bytes]) -> Iterator[bytes]:
-        """The source's lines until its end, the first damaged byte, or a Ctrl-C."""
-        lines = iter(source)
+    def lines_of(self, source: _LineSource) -> Iterator[bytes]:
+        """The source's lines until its end, the first damaged byte, or a Ctrl-C; a line
+        longer than ``MAX_LINE_BYTES`` is read through, skipped and noted in ``overlong``."""
         while not self.interrupted:
             self._waiting = True
             try:
-                line = next(lines)
-            except StopIteration:
-                return
+                line = source.readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    return
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    while (piece := source.readline(_SKIP_PIECE)) and not piece.endswith(b"\n"):
+                        pass
+                    self.lines += 1
+                    self.overlong.append(self.lines)
+                    continue
             except _StopReading:
                 return
             # gzip: EOFError when truncated, BadGzipFile (an OSError) or zlib.error when corrupt.
@@ -125,6 +144,16 @@ class Reading:
             raise interrupted(
                 f"Interrupted after line {self.lines:,}: {_deliveries(recorded)} recorded "
                 "and committed; the rest of the input was not read."
+            )
+        if self.overlong:
+            shown = ", ".join(f"{n:,}" for n in self.overlong[:3])
+            more = len(self.overlong) - 3
+            which = f"{shown} and {more:,} more" if more > 0 else shown
+            raise BadInput(
+                f"{plural(len(self.overlong), 'line', 'lines')} ({which}) longer than "
+                f"{MAX_LINE_BYTES // 1024 // 1024} MiB, more than any webhook body, "
+                f"{'was' if len(self.overlong) == 1 else 'were'} skipped and not recorded; "
+                f"the {_deliveries(recorded, ' of the other lines')} recorded"
             )
 
 
@@ -210,7 +239,7 @@ def _starts_with(raw: IO[bytes], magic: bytes) -> bool:
 
 
 @contextmanager
-def _decompressed(raw: IO[bytes], gzipped: bool) -> Iterator[Iterable[bytes]]:
+def _decompressed(raw: IO[bytes], gzipped: bool) -> Iterator[_LineSource]:
     """The bytes of a file, gunzipped when it starts with gzip's magic number."""
     if gzipped:
         with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
