@@ -19,19 +19,24 @@ from typing import Final
 from rtms_lifecycle import _migrate
 from rtms_lifecycle._engine import create_store_engine
 
-SCHEMA: Final = Path(_migrate.__file__).with_name("data") / "sqlite_schema.sql"
+SCHEMA: Final = _migrate._SQLITE_SCHEMA
 _ORDER: Final = "CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, name"
+
+
+def migrate_file(path: Path, revision: str = "head") -> None:
+    """Create or upgrade the SQLite file at ``path`` with the migrations, up to ``revision``."""
+    engine = create_store_engine(f"sqlite:///{path}")
+    try:
+        _migrate.upgrade(engine, revision)
+    finally:
+        engine.dispose()
 
 
 def migrated_schema(revision: str = "head") -> str:
     """The schema the migrations create up to ``revision``, as SQL statements that end by
     recording the revision."""
     with tempfile.TemporaryDirectory() as tmp:
-        engine = create_store_engine(f"sqlite:///{Path(tmp) / 'schema.db'}")
-        try:
-            _migrate.upgrade(engine, revision)
-        finally:
-            engine.dispose()
+        migrate_file(Path(tmp) / "schema.db", revision)
         conn = sqlite3.connect(Path(tmp) / "schema.db")
         try:
             # Tables first, so every index and trigger finds its table; SQLite's own indexes

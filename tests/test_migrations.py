@@ -208,18 +208,12 @@ def _schema_of(path: Path) -> tuple[set[tuple[str, str, str, str | None]], list[
     return objects, revisions
 
 
-def _migrated(path: Path, revision: str = "head") -> None:
-    engine = create_store_engine(f"sqlite:///{path}")
-    try:
-        _migrate.upgrade(engine, revision)
-    finally:
-        engine.dispose()
-
-
-def test_a_new_sqlite_database_is_the_one_the_migrations_create(tmp_path: Path) -> None:
+def test_a_new_sqlite_database_is_the_one_the_migrations_create(
+    schema_script: ModuleType, tmp_path: Path
+) -> None:
     """A new SQLite file created from the packaged schema equals one Alembic migrated to head."""
     Tracker(f"sqlite:///{tmp_path / 'new.db'}").close()
-    _migrated(tmp_path / "migrated.db")
+    schema_script.migrate_file(tmp_path / "migrated.db")
     created, migrated = _schema_of(tmp_path / "new.db"), _schema_of(tmp_path / "migrated.db")
     assert created == migrated
     assert created[1] == [_migrate.head_revision()]
@@ -240,5 +234,5 @@ def test_a_packaged_schema_behind_the_migrations_is_upgraded(
     stale.write_text(schema_script.migrated_schema("0007"), encoding="utf-8")
     monkeypatch.setattr(_migrate, "_SQLITE_SCHEMA", stale)
     Tracker(f"sqlite:///{tmp_path / 'new.db'}").close()
-    _migrated(tmp_path / "migrated.db")
+    schema_script.migrate_file(tmp_path / "migrated.db")
     assert _schema_of(tmp_path / "new.db") == _schema_of(tmp_path / "migrated.db")
