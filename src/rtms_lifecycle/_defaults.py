@@ -29,8 +29,8 @@ DEFAULT_DB_URL: Final = "sqlite:///rtms_lifecycle.db"
 #: stream-keyed indexes; 5,000 rather than 1,000 wrote 2.6 times fewer bytes to the database's
 #: log for a 64,000-delivery load, at about 10 MB of memory per batch.
 DEFAULT_BATCH_SIZE: Final = 5000
-#: The largest batch: two batches are held in memory at once (one read ahead), about 4 KB per
-#: delivery in all, so 800 MB at this size; larger batches write no fewer bytes per delivery.
+#: The largest batch: two batches are held in memory at once (one read ahead), each about 2 KB
+#: per delivery (10 MB for 5,000, above), so about 400 MB at this size.
 MAX_BATCH_SIZE: Final = 100_000
 DEFAULT_MAX_ATTEMPTS: Final = 5
 #: Seconds before the first retry of a failing callback; each further retry waits twice as long.
