@@ -6,6 +6,7 @@ import multiprocessing
 import random
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ from sqlalchemy import text
 from rtms_lifecycle import Outcome, Tracker, Transition
 
 from ._deliveries import body
+from ._plans import query_plan
 
 T0 = 1_700_000_000_000
 # Every arrival order of these four events applies all four (docs/concepts.md): start, interrupt,
@@ -84,6 +86,36 @@ def test_feed_refuses_a_malformed_cursor(tracker: Tracker) -> None:
     """A cursor that the feed did not hand out is refused with ValueError."""
     with pytest.raises(ValueError, match="cursor"):
         tracker.transitions_since("not-a-cursor", 10)
+
+
+@pytest.mark.parametrize(
+    ("cursor", "expected"), [("-1:5", 4), ("0:-1", 4), ("0:2", 2), ("1000000000000000:0", 0)]
+)
+def test_feed_compares_a_hand_made_cursor_as_a_position(
+    tracker: Tracker, cursor: str, expected: int
+) -> None:
+    """A cursor compares with each transition's (transaction, id) position, on every database."""
+    tracker.ingest_many(stream_bodies("s1"))
+    if tracker.engine.dialect.name == "postgresql" and cursor.startswith("0:"):
+        # PostgreSQL positions begin with the writer's transaction id, never 0.
+        expected = PER_STREAM
+
+    page, _ = tracker.transitions_since(cursor, 10)
+
+    assert len(page) == expected
+
+
+def test_sqlite_reads_the_feed_in_rowid_order(tmp_path: Path) -> None:
+    """On SQLite a feed page and a consumer's lag seek the rowid; the feed's end reads the last
+    row; none sorts."""
+    with Tracker(f"sqlite:///{tmp_path}/rtms.db") as tracker:
+        tracker.ingest_many(stream_bodies("s1"))
+        tracker.subscribe("first", lambda _t, _s: None)
+        page, _ = query_plan(tracker, lambda: tracker.transitions_since("0:1", 10))
+        lag = query_plan(tracker, tracker.subscriptions)[-1]
+        end = query_plan(tracker, lambda: tracker.subscribe("second", lambda _t, _s: None))[-1]
+    assert page == lag == "SEARCH transitions USING INTEGER PRIMARY KEY (rowid>?)"
+    assert end == "SCAN transitions"
 
 
 # --- several writer processes on one PostgreSQL -------------------------------------------------

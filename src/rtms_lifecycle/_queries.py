@@ -8,15 +8,18 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Select,
     and_,
     case,
+    false,
     func,
     literal,
     or_,
     select,
     text,
+    true,
     tuple_,
     union_all,
 )
@@ -194,18 +197,36 @@ def transitions_since(conn: Connection, cursor: tuple[int, int], limit: int) -> 
     return [transition for _, transition in feed_page(conn, cursor, limit)]
 
 
+def feed_after(conn: Connection, cursor: tuple[int, int]) -> ColumnElement[bool]:
+    """The transitions after ``cursor`` in the feed's order."""
+    t = transitions_table.c
+    if conn.dialect.name != "sqlite":
+        return tuple_(t.tx_id, t.id) > tuple_(literal(cursor[0]), literal(cursor[1]))
+    # SQLite's writers take turns, so ids are in commit order and every row's tx_id is 0: the
+    # feed is the rowid order, read without an index on (tx_id, id) that every commit would
+    # write a page of. The cursor compares with (0, id) as it would in that index.
+    tx, after = cursor
+    if tx == 0:
+        return t.id > after
+    return true() if tx < 0 else false()
+
+
+def feed_order(conn: Connection) -> tuple[ColumnElement[int], ...]:
+    """The columns the feed is ordered by: ``(tx_id, id)``, on SQLite the rowid alone."""
+    t = transitions_table.c
+    return (t.id,) if conn.dialect.name == "sqlite" else (t.tx_id, t.id)
+
+
 def feed_page(
     conn: Connection, cursor: tuple[int, int], limit: int
 ) -> list[tuple[tuple[int, int], Transition]]:
     """The feed after ``cursor``: each transition with its own feed position ``(tx, id)``."""
     t = transitions_table
-    query = select(t.c.tx_id, *_TRANSITION_COLUMNS).where(
-        tuple_(t.c.tx_id, t.c.id) > tuple_(literal(cursor[0]), literal(cursor[1]))
-    )
+    query = select(t.c.tx_id, *_TRANSITION_COLUMNS).where(feed_after(conn, cursor))
     if conn.dialect.name == "postgresql":
         # Only transactions older than every running one: no row can still appear below them.
         query = query.where(t.c.tx_id < text(FEED_HORIZON))
-    query = query.order_by(t.c.tx_id, t.c.id).limit(limit)
+    query = query.order_by(*feed_order(conn)).limit(limit)
     return [
         ((tx_id, row[0]), transition_from_row(tuple(row))) for tx_id, *row in conn.execute(query)
     ]

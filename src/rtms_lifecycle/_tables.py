@@ -174,6 +174,10 @@ deliveries = Table(
 
 # Append-only: no code path updates a row of it; only a prune deletes the rows of streams it
 # removed, and the database refuses every other update or delete (migrations 0002 and 0006).
+#: The feed's order on PostgreSQL, the one index only one database has: SQLite reads the feed in
+#: rowid order (its tx_id is always 0).
+POSTGRESQL_FEED_INDEX: Final = "ix_transitions_tx_id_id"
+
 transitions = Table(
     "transitions",
     metadata,
@@ -192,7 +196,7 @@ transitions = Table(
     Column("tx_id", BigInteger, nullable=False),
     Column("delivery_id", BigInteger),
     Index("ix_transitions_stream_id_event_ts", "stream_id", "event_ts"),
-    Index("ix_transitions_tx_id_id", "tx_id", "id"),
+    Index(POSTGRESQL_FEED_INDEX, "tx_id", "id").ddl_if(dialect="postgresql"),
 )
 
 concurrency_alerts = Table(

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, and_, delete, func, literal, or_, select, text, tuple_
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -163,7 +163,8 @@ def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> None
 def _feed_end(conn: Connection) -> Position:
     # The last position the feed shows now: what a consumer that starts at the end has seen.
     t = transitions_table
-    query = select(t.c.tx_id, t.c.id).order_by(t.c.tx_id.desc(), t.c.id.desc()).limit(1)
+    query = select(t.c.tx_id, t.c.id).order_by(*(c.desc() for c in _queries.feed_order(conn)))
+    query = query.limit(1)
     if conn.dialect.name == "postgresql":
         query = query.where(t.c.tx_id < text(_queries.FEED_HORIZON))
     row = conn.execute(query).first()
@@ -669,7 +670,7 @@ def _coroutine_returned(callback: Callback) -> TypeError:
 
 def list_subscriptions(conn: Connection) -> list[SubscriptionStatus]:
     """Every consumer, by name, with its lag and parked transitions."""
-    s, p, t = subscriptions_table.c, parked_table.c, transitions_table.c
+    s, p = subscriptions_table.c, parked_table.c
     parked = (
         select(
             p.consumer,
@@ -687,9 +688,7 @@ def list_subscriptions(conn: Connection) -> list[SubscriptionStatus]:
     found = []
     for row in rows:
         lag = conn.execute(
-            select(func.count()).where(
-                tuple_(t.tx_id, t.id) > tuple_(literal(row.cursor_tx), literal(row.cursor_id))
-            )
+            select(func.count()).where(_queries.feed_after(conn, (row.cursor_tx, row.cursor_id)))
         ).scalar_one()
         leased = row.lease_until is not None and row.lease_until > now_ms()
         found.append(
