@@ -283,3 +283,27 @@ def test_a_file_that_is_not_a_database_is_named(tmp_path: Path) -> None:
     assert result.exit_code == 3
     assert f"{text} is not an SQLite database" in result.stderr
     assert text.read_text() == "not a database\n"
+
+
+def test_a_read_only_sqlite_uri_is_read(tmp_path: Path) -> None:
+    """A read-only SQLite URI (file:...?mode=ro&uri=true) names an existing file: it is read."""
+    path = tmp_path / "rtms db.db"
+    with Tracker(f"sqlite:///{path}") as tracker:
+        tracker.ingest(body("started", "s1", T0))
+    uri = f"sqlite:///file:{str(path).replace(' ', '%20')}?mode=ro&uri=true"
+
+    assert [s["stream_id"] for s in invoke_json(uri, "streams")] == ["s1"]
+
+
+def test_writing_through_a_read_only_uri_is_a_one_line_error(tmp_path: Path) -> None:
+    """ingest through a read-only SQLite URI: exit 3, the message says the database is read-only."""
+    path = tmp_path / "rtms.db"
+    Tracker(f"sqlite:///{path}").close()
+    lines = tmp_path / "one.jsonl"
+    lines.write_text(json.dumps(body("started", "s1", T0)) + "\n")
+
+    result = invoke(f"sqlite:///file:{path}?mode=ro&uri=true", "ingest", str(lines))
+
+    assert result.exit_code == 3
+    assert "readonly database" in result.stderr
+    assert "Traceback" not in result.output

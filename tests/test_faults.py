@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rtms_lifecycle import StoreTimeout, Tracker
+from rtms_lifecycle import StoreError, StoreTimeout, Tracker
 from rtms_lifecycle.server import API_TOKEN_ENV
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
@@ -244,6 +244,16 @@ def test_deleted_sqlite_file_answers_503_until_it_is_restored(
         assert client.get("/healthz").json() == {"status": "ok"}
     with Tracker(sqlite_url) as reopened:
         assert sorted(s.stream_id for s in reopened.streams()) == ["s-1", "s-12"]
+
+
+def test_a_deleted_file_opened_by_sqlite_uri_is_noticed_too(tmp_path: Path) -> None:
+    """A database opened by SQLite URI (uri=true) whose file is deleted refuses the next write."""
+    path = tmp_path / "rtms.db"
+    with Tracker(f"sqlite:///file:{path}?uri=true") as tracker:
+        tracker.ingest(started("s-1"))
+        path.unlink()
+        with pytest.raises(StoreError, match="deleted"):
+            tracker.ingest(started("s-2"))
 
 
 # --- durability -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import re
 import warnings
 from pathlib import Path
 from typing import Final
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -142,6 +143,13 @@ def sqlite_file(url: URL) -> Path | None:
         return None
     if url.query.get("mode") == "memory" or (url.database or "").startswith("file::memory:"):
         return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (filename,), options = url.get_dialect()().create_connect_args(url)
+    if options.get("uri"):
+        # An SQLite URI (uri=true, e.g. sqlite:///file:rtms.db?mode=ro&uri=true): the file is
+        # the URI's path, percent-decoded, as SQLite reads it.
+        return Path(unquote(urlsplit(filename).path))
     return Path(url.database or "")
 
 

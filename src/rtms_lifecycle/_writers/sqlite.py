@@ -13,6 +13,7 @@ from typing import Any, Final
 from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
+from rtms_lifecycle._dburl import sqlite_file
 from rtms_lifecycle._deadline import remaining
 from rtms_lifecycle._engine import SQLITE_BUSY_TIMEOUT_MS
 from rtms_lifecycle._rows import (
@@ -204,9 +205,9 @@ class SqliteWriter:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._held: PoolProxiedConnection | None = None
-        database = engine.url.database
         # No file to lose for an in-memory database.
-        self._path = database if database and database != ":memory:" else None
+        path = sqlite_file(engine.url)
+        self._path = str(path) if path is not None else None
         self._identity: tuple[int, int] | None = None
         # What the held connection is set to now: pragmas are set only when they change.
         self._busy_ms = SQLITE_BUSY_TIMEOUT_MS
