@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,10 +205,10 @@ class Batch:
         """One result per item, in order; None for an expiry that no longer applies."""
         return [self._result(p) if p is not None else None for p in self.pending]
 
-    def outcomes(self) -> Counter[Outcome]:
-        """How many items came to each outcome: all a bulk load reports, without building a
-        result per delivery."""
-        return Counter(p.outcome for p in self.pending if p is not None)
+    def outcomes(self) -> list[Outcome]:
+        """What each item came to, in order (an expiry that no longer applies left out): all a
+        bulk load reports, without building a result per delivery."""
+        return [p.outcome for p in self.pending if p is not None]
 
     # --- reading what the batch touches -----------------------------------------------------
 

@@ -16,7 +16,6 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Final
@@ -116,9 +115,9 @@ class Store:
         """
         return self._write(items, with_records, deadline, durable).results()
 
-    def count(self, items: Sequence[Incoming], *, durable: bool = True) -> Counter[Outcome]:
-        """Record deliveries in one transaction as :meth:`record` does, and say only how many
-        came to each outcome (a bulk load without callbacks needs no more)."""
+    def outcomes(self, items: Sequence[Incoming], *, durable: bool = True) -> list[Outcome]:
+        """Record deliveries in one transaction as :meth:`record` does, and say only what each
+        came to (a bulk load without callbacks counts no more)."""
         return self._write(items, False, None, durable).outcomes()
 
     def _write(

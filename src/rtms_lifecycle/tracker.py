@@ -241,7 +241,7 @@ class Tracker:
                 results = self._record(batch, with_records=False, durable=False)
                 counts.update(r.outcome for r in results if r)
             else:
-                counts.update(self._store.count(batch, durable=False))
+                counts.update(self._store.outcomes(batch, durable=False))
         return IngestSummary(dict(counts))
 
     def report_resumed(self, stream_id: str, at_ms: int) -> IngestResult:
