@@ -256,6 +256,26 @@ def test_a_deleted_file_opened_by_sqlite_uri_is_noticed_too(tmp_path: Path) -> N
             tracker.ingest(started("s-2"))
 
 
+@pytest.mark.parametrize("deleted_at", [5, 20], ids=["midway", "after-the-last-commit"])
+def test_a_bulk_load_into_a_deleted_file_ends_in_an_error(tmp_path: Path, deleted_at: int) -> None:
+    """A file deleted during ingest_many, even after its last commit: the load raises, naming
+    it, and makes no new file."""
+    path = tmp_path / "rtms.db"
+
+    def bodies() -> Iterator[bytes]:
+        for n in range(21):
+            if n == deleted_at:
+                path.unlink()
+            if n < 20:
+                yield started(f"s-{n}")
+
+    with Tracker(f"sqlite:///{path}") as tracker:
+        tracker.ingest(started("s-first"))
+        with pytest.raises(StoreError, match="deleted"):
+            tracker.ingest_many(bodies(), batch_size=1)
+    assert not path.exists()
+
+
 # --- durability -----------------------------------------------------------------------------------
 
 

@@ -149,6 +149,15 @@ class Store:
                 time.sleep(random.uniform(0, 0.01 * 2**attempt))
         raise AssertionError("unreachable")
 
+    def confirm(self) -> None:
+        """Raise :class:`StoreError` if what was committed since the last check may not be in
+        the database (an SQLite file deleted or replaced): a bulk load ends with it."""
+        try:
+            with self._serialised(None):
+                self._writer.confirm()
+        except WriteFailed as exc:
+            raise StoreError(str(exc)) from exc
+
     def check_writable(self, timeout: float) -> None:
         """Raise :class:`StoreError` (why) unless a write can begin, and a row be written,
         within ``timeout`` seconds; the probe's write is rolled back."""

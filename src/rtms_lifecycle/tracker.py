@@ -242,6 +242,8 @@ class Tracker:
                 counts.update(r.outcome for r in results if r)
             else:
                 counts.update(self._store.outcomes(batch, durable=False))
+        # Its commits check the SQLite file now and then, not each: once more for the last ones.
+        self._store.confirm()
         return IngestSummary(dict(counts))
 
     def report_resumed(self, stream_id: str, at_ms: int) -> IngestResult:

@@ -150,6 +150,11 @@ class Writer(Protocol):
         """Begin a write, write a row, roll back: raises :class:`WriteFailed` if any step fails."""
         ...
 
+    def confirm(self) -> None:
+        """Raise :class:`WriteFailed` if a commit since the last check may have missed the
+        database (SQLite: its file was deleted or replaced); ends a bulk load."""
+        ...
+
     def close(self) -> None:
         """Give back any connection held."""
         ...

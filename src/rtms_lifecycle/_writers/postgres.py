@@ -258,6 +258,9 @@ class PostgresWriter:
         self._psycopg = psycopg
         self._sequences: tuple[str, str] | None = None
 
+    def confirm(self) -> None:
+        """Every commit reached the server or raised."""
+
     def close(self) -> None:
         """Nothing is held between transactions."""
 
