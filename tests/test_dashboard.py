@@ -296,6 +296,16 @@ def test_an_unknown_stream_is_a_404_page(
     assert "No such stream" in answer.text
 
 
+@pytest.mark.parametrize("stream_id", ["%00", "a%00b"])
+def test_a_stream_id_with_nul_is_a_404_page(
+    site: str, signed_in: Callable[[str], httpx.Client], stream_id: str
+) -> None:
+    """A stream id holding NUL, which no stored stream has, is a 404 page on every database."""
+    answer = signed_in(site).get(f"/dashboard/streams/{stream_id}")
+    assert answer.status_code == 404
+    assert "No such stream" in answer.text
+
+
 def test_pages_forbid_inline_scripts_and_framing(
     site: str, signed_in: Callable[[str], httpx.Client]
 ) -> None:

@@ -153,6 +153,9 @@ def create_dashboard_router(tracker: Tracker, api_token: str) -> APIRouter:
 
     @router.get("/streams/{stream_id}", dependencies=signed_in)
     def stream(stream_id: str) -> Response:
+        if "\x00" in stream_id:
+            # No stream id holds NUL, and PostgreSQL cannot even look one up: its query failed.
+            return page("missing.html", 404, stream_id=stream_id)
         try:
             view = stream_page(tracker, stream_id)
         except (StoreError, SQLAlchemyError):
