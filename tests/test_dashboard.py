@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -139,6 +141,43 @@ def test_an_oversized_sign_in_form_is_refused_unread(site: str) -> None:
     answer = httpx.post(site + "/dashboard/login", data={"token": "x" * 10_000})
     assert answer.status_code == 413
     assert "set-cookie" not in answer.headers
+
+
+@pytest.fixture
+def impatient_site(sqlite_url: str) -> Iterator[int]:
+    """The dashboard over SQLite with a request timeout of half a second; yields its port."""
+    with (
+        Tracker(sqlite_url) as tracker,
+        serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN, request_timeout=0.5)) as url,
+    ):
+        yield int(url.rsplit(":", 1)[1])
+
+
+SIGN_IN_HEAD = b"POST /dashboard/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+
+
+def test_a_sign_in_form_that_never_arrives_is_answered_408(impatient_site: int) -> None:
+    """A sign-in whose body does not come within the request timeout is a 408, not a wait for
+    ever."""
+    with socket.create_connection(("127.0.0.1", impatient_site)) as raw:
+        raw.sendall(SIGN_IN_HEAD + b"token=")
+        raw.settimeout(10)
+        answer = raw.recv(1024)
+    assert answer.startswith(b"HTTP/1.1 408")
+
+
+def test_a_browser_leaving_mid_sign_in_logs_no_error(
+    impatient_site: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sign-in form cut off by the browser leaving is logged as information, not an error."""
+    caplog.set_level(logging.INFO)
+    with socket.create_connection(("127.0.0.1", impatient_site)) as raw:
+        raw.sendall(SIGN_IN_HEAD + b"token=")
+    deadline = time.monotonic() + 5
+    while "disconnected before its sign-in form" not in caplog.text:
+        assert time.monotonic() < deadline, "the server never noticed the browser leave"
+        time.sleep(0.01)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_signing_in_sets_a_strict_httponly_cookie_that_is_not_the_token(site: str) -> None:

@@ -736,7 +736,7 @@ def create_app(
     )
     if token is not None:
         app.include_router(create_read_router(tracker, token))
-        app.include_router(create_dashboard_router(tracker, token))
+        app.include_router(create_dashboard_router(tracker, token, request_timeout=request_timeout))
     health = _Health(tracker, store_timeout)
 
     @app.get(
