@@ -144,22 +144,28 @@ def test_an_oversized_sign_in_form_is_refused_unread(site: str) -> None:
 
 
 @pytest.fixture
-def impatient_site(sqlite_url: str) -> Iterator[int]:
-    """The dashboard over SQLite with a request timeout of half a second; yields its port."""
+def sqlite_site(sqlite_url: str) -> Iterator[str]:
+    """The dashboard over SQLite alone (for what no database takes part in), with a request
+    timeout of half a second; yields its base URL."""
     with (
         Tracker(sqlite_url) as tracker,
         serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN, request_timeout=0.5)) as url,
     ):
-        yield int(url.rsplit(":", 1)[1])
+        yield url
+
+
+def port(url: str) -> int:
+    """The port of a base URL."""
+    return int(url.rsplit(":", 1)[1])
 
 
 SIGN_IN_HEAD = b"POST /dashboard/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
 
 
-def test_a_sign_in_form_that_never_arrives_is_answered_408(impatient_site: int) -> None:
+def test_a_sign_in_form_that_never_arrives_is_answered_408(sqlite_site: str) -> None:
     """A sign-in whose body does not come within the request timeout is a 408, not a wait for
     ever."""
-    with socket.create_connection(("127.0.0.1", impatient_site)) as raw:
+    with socket.create_connection(("127.0.0.1", port(sqlite_site))) as raw:
         raw.sendall(SIGN_IN_HEAD + b"token=")
         raw.settimeout(10)
         answer = raw.recv(1024)
@@ -167,11 +173,11 @@ def test_a_sign_in_form_that_never_arrives_is_answered_408(impatient_site: int) 
 
 
 def test_a_browser_leaving_mid_sign_in_logs_no_error(
-    impatient_site: int, caplog: pytest.LogCaptureFixture
+    sqlite_site: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A sign-in form cut off by the browser leaving is logged as information, not an error."""
     caplog.set_level(logging.INFO)
-    with socket.create_connection(("127.0.0.1", impatient_site)) as raw:
+    with socket.create_connection(("127.0.0.1", port(sqlite_site))) as raw:
         raw.sendall(SIGN_IN_HEAD + b"token=")
     deadline = time.monotonic() + 5
     while "disconnected before its sign-in form" not in caplog.text:
@@ -240,6 +246,21 @@ def test_a_cookie_of_another_token_is_refused() -> None:
     assert not new.cookie_valid(cookie)
     assert not new.cookie_valid("123.abc")
     assert not new.cookie_valid(None)
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [b"1.\xe9", b"1.\xc3\xa9", b"\xb2.abc", b"\xb2.\xb2", b"9" * 5000 + b".abc"],
+    ids=["latin-1", "utf-8", "superscript-issued", "superscript-both", "long-issued"],
+)
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/login", "/dashboard/streams/x"])
+def test_a_cookie_that_is_not_ascii_is_refused_not_a_500(
+    sqlite_site: str, cookie: bytes, path: str
+) -> None:
+    """A session cookie holding bytes that are not ASCII is no session: a 401 (or the form),
+    never a 500."""
+    answer = httpx.get(sqlite_site + path, headers={b"cookie": b"rtms_dashboard=" + cookie})
+    assert answer.status_code == (200 if path.endswith("login") else 401)
 
 
 def test_a_session_expires_after_a_week() -> None:
