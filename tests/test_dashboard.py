@@ -366,6 +366,21 @@ def test_a_stream_id_with_nul_is_a_404_page(
     assert "No such stream" in answer.text
 
 
+def test_a_stream_id_with_a_slash_has_its_page(
+    sqlite_url: str, signed_in: Callable[[str], httpx.Client]
+) -> None:
+    """A stream whose id holds '/' is reached from the overview's link to it."""
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(body("started", "a/b", now_ms()))
+        with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
+            client = signed_in(url)
+            link = re.search(r'href="(/dashboard/streams/[^"]+)"', overview(client))
+            assert link is not None
+            answer = client.get(link.group(1))
+    assert answer.status_code == 200
+    assert "a/b" in answer.text
+
+
 def test_pages_forbid_inline_scripts_and_framing(
     site: str, signed_in: Callable[[str], httpx.Client]
 ) -> None:

@@ -625,7 +625,7 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         return [StreamModel.of(stream) for stream in found]
 
     @router.get(
-        "/streams/{stream_id}",
+        "/streams/{stream_id:path}",
         summary="One stream and its history",
         responses={404: {"model": DetailAnswer, "description": "No such stream."}},
     )

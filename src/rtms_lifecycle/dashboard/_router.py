@@ -169,7 +169,7 @@ def create_dashboard_router(
             return unavailable()
         return page("overview.html", view=view)
 
-    @router.get("/streams/{stream_id}", dependencies=signed_in)
+    @router.get("/streams/{stream_id:path}", dependencies=signed_in)
     def stream(stream_id: str) -> Response:
         if "\x00" in stream_id:
             # No stream id holds NUL, and PostgreSQL cannot even look one up: its query failed.
