@@ -512,15 +512,16 @@ def _epoch_ms(value: int | datetime | None) -> int | datetime | None:
     return value
 
 
-def _not_a_number(value: Any) -> Any:
+def _whole_ms(value: Any) -> Any:
     # pydantic reads a number given for a datetime as epoch *seconds*: since=1999.5 meant
-    # 1,999,500 ms while since=1999 means 1,999 ms. Numbers here are epoch milliseconds, whole.
+    # 1,999,500 ms while since=1999 means 1,999 ms. A number here is whole epoch milliseconds.
     if isinstance(value, str):
         try:
-            float(value)
+            number = float(value)
         except ValueError:
-            return value
-        raise ValueError("epoch milliseconds must be a whole number")
+            return value  # not a number: a date and time, or a 422 of its own
+        if math.isfinite(number) and not number.is_integer():
+            raise ValueError("epoch milliseconds must be a whole number")
     return value
 
 
@@ -538,8 +539,10 @@ _TIME_DOC: Final = "epoch milliseconds, or ISO 8601 (naive means UTC)"
 StoredState = Literal["started", "interrupted", "resumed", "stopped"]
 # Out of range is a 422 like any bad value, not an overflow deep in the database driver.
 _EpochMs = Annotated[int, Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)]
-_IsoTime = Annotated[datetime, BeforeValidator(_not_a_number)]
 _Text = Annotated[str, AfterValidator(_no_nul)]
+_TimeQuery = Annotated[
+    _EpochMs | datetime | None, BeforeValidator(_whole_ms), Query(description=_TIME_DOC)
+]
 
 
 _BEARER: Final = HTTPBearer(auto_error=False, description=f"The token set in {API_TOKEN_ENV}.")
@@ -642,8 +645,8 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         response_model=list[StopReasonStatModel],  # type: ignore[valid-type]
     )
     def stop_reasons(
-        since: Annotated[_EpochMs | _IsoTime | None, Query(description=_TIME_DOC)] = None,
-        until: Annotated[_EpochMs | _IsoTime | None, Query(description=_TIME_DOC)] = None,
+        since: _TimeQuery = None,
+        until: _TimeQuery = None,
         by_scope: bool = False,
         account_id: Annotated[_Text | None, Query(description="One Zoom account.")] = None,
     ) -> list[_RecordModel]:
