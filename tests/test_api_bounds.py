@@ -1,11 +1,17 @@
-"""The read API refuses numbers the database cannot hold with a 422, on both databases."""
+"""The read API refuses values it cannot answer with a 4xx naming the parameter, on both
+databases: numbers the database cannot hold, text it cannot compare, ambiguous credentials."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote_from_bytes
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.server import create_app
@@ -14,17 +20,36 @@ from tests._live import SECRET, serving
 TOKEN = "read-token"
 
 
-@pytest.fixture
-def api(db_url: str) -> Iterator[httpx.Client]:
-    """A real receiver on loopback with the read API, over each database."""
+@contextmanager
+def _read_api(db: str) -> Iterator[httpx.Client]:
     with (
-        Tracker(db_url) as tracker,
+        Tracker(db) as tracker,
         serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url,
         httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
         ) as client,
     ):
         yield client
+
+
+@pytest.fixture
+def api(db_url: str) -> Iterator[httpx.Client]:
+    """A real receiver on loopback with the read API, over each database."""
+    with _read_api(db_url) as client:
+        yield client
+
+
+@pytest.fixture
+def sqlite_api(sqlite_url: str) -> Iterator[httpx.Client]:
+    """The same receiver over SQLite only, for what no database takes part in."""
+    with _read_api(sqlite_url) as client:
+        yield client
+
+
+def fields(response: httpx.Response) -> set[str]:
+    """The parameters a 422 names."""
+    assert response.status_code == 422, response.text
+    return {error["loc"][1] for error in response.json()["detail"]}
 
 
 @pytest.mark.parametrize(
@@ -34,13 +59,12 @@ def api(db_url: str) -> Iterator[httpx.Client]:
         ("/stats/stop-reasons?since=-99999999999999999999", "since"),
         ("/stats/stop-reasons?since=99999999999999999999", "since"),
         ("/stats/stop-reasons?until=300000000000000", "until"),
+        ("/stats/stop-reasons?until=" + "9" * 5000, "until"),
     ],
 )
 def test_numbers_out_of_range_are_422(api: httpx.Client, query: str, field: str) -> None:
     """A limit or time past what the database holds is a 422 naming the parameter, not a 500."""
-    response = api.get(query)
-    assert response.status_code == 422
-    assert {error["loc"][1] for error in response.json()["detail"]} == {field}
+    assert fields(api.get(query)) == {field}
 
 
 @pytest.mark.parametrize(
@@ -56,3 +80,107 @@ def test_the_largest_numbers_are_answered(api: httpx.Client, query: str) -> None
     response = api.get(query)
     assert response.status_code == 200
     assert response.json() == []
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("/streams?account_id=%00", "account_id"),
+        ("/streams?account_id=a%00b", "account_id"),
+        ("/stats/stop-reasons?account_id=a%00b", "account_id"),
+        ("/streams/a%00b", "stream_id"),
+    ],
+)
+def test_nul_in_text_is_422(api: httpx.Client, query: str, field: str) -> None:
+    """Text holding NUL, which no stored id has and PostgreSQL cannot compare, is a 422."""
+    response = api.get(query)
+    assert fields(response) == {field}
+    assert "must not contain NUL characters" in response.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "since=1999.5",
+        "until=0.002",
+        "since=-1.5",
+        "since=1.5e0",
+        "until=20000000000.5",
+    ],
+)
+def test_a_fraction_of_a_millisecond_is_422(api: httpx.Client, query: str) -> None:
+    """A number with a fraction is a 422, not a time read as epoch seconds."""
+    response = api.get(f"/stats/stop-reasons?{query}")
+    assert fields(response) == {query.partition("=")[0]}
+    assert "epoch milliseconds must be a whole number" in response.text
+
+
+@pytest.mark.parametrize("route", ["/streams", "/stats/stop-reasons", "/streams/s", "/metrics"])
+@pytest.mark.parametrize("tokens", [(TOKEN, "wrong"), ("wrong", TOKEN), (TOKEN, TOKEN)])
+def test_more_than_one_authorization_header_is_400(
+    sqlite_api: httpx.Client, route: str, tokens: tuple[str, str]
+) -> None:
+    """Two Authorization headers are a 400 saying so, whichever comes first."""
+    headers = [("Authorization", f"Bearer {token}") for token in tokens]
+    response = sqlite_api.get(route, headers=headers)
+    assert response.status_code == 400
+    assert "more than one Authorization header" in response.json()["detail"]
+
+
+_PARAMETERS = st.sampled_from(
+    [
+        ("/streams", "state"),
+        ("/streams", "scope"),
+        ("/streams", "active"),
+        ("/streams", "limit"),
+        ("/streams", "account_id"),
+        ("/stats/stop-reasons", "since"),
+        ("/stats/stop-reasons", "until"),
+        ("/stats/stop-reasons", "by_scope"),
+        ("/stats/stop-reasons", "account_id"),
+        ("/streams/{}", None),
+    ]
+)
+# Any bytes, percent-encoded: not UTF-8, NUL, control characters, what looks like a number or a
+# date, and text.
+_ENCODED = st.one_of(
+    st.binary(max_size=40),
+    st.integers().map(lambda n: str(n).encode()),
+    st.floats().map(lambda x: repr(x).encode()),
+    st.from_regex(
+        r"-?[0-9]{1,5}-[0-9]{1,2}-[0-9]{1,2}(T[0-9]{1,2}:[0-9]{2}([.][0-9]{1,9})?"
+        r"(Z|[+-][0-9]{2}:[0-9]{2})?)?",
+        fullmatch=True,
+    ).map(str.encode),
+    st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")),
+).map(lambda value: quote_from_bytes(value, safe=""))
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(parameter=_PARAMETERS, value=_ENCODED, repeated=st.booleans())
+@example(parameter=("/streams", "account_id"), value="%00", repeated=False)
+@example(parameter=("/streams/{}", None), value="a%00b", repeated=False)
+@example(parameter=("/stats/stop-reasons", "since"), value="1999.5", repeated=False)
+@example(parameter=("/stats/stop-reasons", "until"), value="%ed%a0%80", repeated=True)
+@example(parameter=("/streams", "limit"), value=str(2**64), repeated=False)
+def test_no_query_value_gets_a_5xx_or_an_error_log(
+    api: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+    parameter: tuple[str, str | None],
+    value: str,
+    repeated: bool,
+) -> None:
+    """Whatever a read route's parameter holds, the answer is 200, 404 or 422, and nothing is
+    logged as an error."""
+    path, name = parameter
+    if name is None:
+        target = path.format(value or "x")
+    else:
+        target = f"{path}?{name}={value}" + (f"&{name}={value}" if repeated else "")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        response = api.get(target)
+    assert response.status_code in (200, 404, 422), (target, response.text)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -141,6 +143,49 @@ def test_an_oversized_sign_in_form_is_refused_unread(site: str) -> None:
     assert "set-cookie" not in answer.headers
 
 
+@pytest.fixture
+def sqlite_site(sqlite_url: str) -> Iterator[str]:
+    """The dashboard over SQLite alone (for what no database takes part in), with a request
+    timeout of half a second; yields its base URL."""
+    with (
+        Tracker(sqlite_url) as tracker,
+        serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN, request_timeout=0.5)) as url,
+    ):
+        yield url
+
+
+def port(url: str) -> int:
+    """The port of a base URL."""
+    return int(url.rsplit(":", 1)[1])
+
+
+SIGN_IN_HEAD = b"POST /dashboard/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+
+
+def test_a_sign_in_form_that_never_arrives_is_answered_408(sqlite_site: str) -> None:
+    """A sign-in whose body does not come within the request timeout is a 408, not a wait for
+    ever."""
+    with socket.create_connection(("127.0.0.1", port(sqlite_site))) as raw:
+        raw.sendall(SIGN_IN_HEAD + b"token=")
+        raw.settimeout(10)
+        answer = raw.recv(1024)
+    assert answer.startswith(b"HTTP/1.1 408")
+
+
+def test_a_browser_leaving_mid_sign_in_logs_no_error(
+    sqlite_site: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sign-in form cut off by the browser leaving is logged as information, not an error."""
+    caplog.set_level(logging.INFO)
+    with socket.create_connection(("127.0.0.1", port(sqlite_site))) as raw:
+        raw.sendall(SIGN_IN_HEAD + b"token=")
+    deadline = time.monotonic() + 5
+    while "disconnected before its sign-in form" not in caplog.text:
+        assert time.monotonic() < deadline, "the server never noticed the browser leave"
+        time.sleep(0.01)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_signing_in_sets_a_strict_httponly_cookie_that_is_not_the_token(site: str) -> None:
     """The session cookie is HttpOnly, SameSite=Strict, scoped to /dashboard, and no token."""
     answer = httpx.post(site + "/dashboard/login", data={"token": TOKEN}, headers=HTML)
@@ -201,6 +246,21 @@ def test_a_cookie_of_another_token_is_refused() -> None:
     assert not new.cookie_valid(cookie)
     assert not new.cookie_valid("123.abc")
     assert not new.cookie_valid(None)
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [b"1.\xe9", b"1.\xc3\xa9", b"\xb2.abc", b"\xb2.\xb2", b"9" * 5000 + b".abc"],
+    ids=["latin-1", "utf-8", "superscript-issued", "superscript-both", "long-issued"],
+)
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/login", "/dashboard/streams/x"])
+def test_a_cookie_that_is_not_ascii_is_refused_not_a_500(
+    sqlite_site: str, cookie: bytes, path: str
+) -> None:
+    """A session cookie holding bytes that are not ASCII is no session: a 401 (or the form),
+    never a 500."""
+    answer = httpx.get(sqlite_site + path, headers={b"cookie": b"rtms_dashboard=" + cookie})
+    assert answer.status_code == (200 if path.endswith("login") else 401)
 
 
 def test_a_session_expires_after_a_week() -> None:
@@ -294,6 +354,31 @@ def test_an_unknown_stream_is_a_404_page(
     answer = signed_in(site).get("/dashboard/streams/no-such-stream")
     assert answer.status_code == 404
     assert "No such stream" in answer.text
+
+
+@pytest.mark.parametrize("stream_id", ["%00", "a%00b"])
+def test_a_stream_id_with_nul_is_a_404_page(
+    site: str, signed_in: Callable[[str], httpx.Client], stream_id: str
+) -> None:
+    """A stream id holding NUL, which no stored stream has, is a 404 page on every database."""
+    answer = signed_in(site).get(f"/dashboard/streams/{stream_id}")
+    assert answer.status_code == 404
+    assert "No such stream" in answer.text
+
+
+def test_a_stream_id_with_a_slash_has_its_page(
+    sqlite_url: str, signed_in: Callable[[str], httpx.Client]
+) -> None:
+    """A stream whose id holds '/' is reached from the overview's link to it."""
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(body("started", "a/b", now_ms()))
+        with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
+            client = signed_in(url)
+            link = re.search(r'href="(/dashboard/streams/[^"]+)"', overview(client))
+            assert link is not None
+            answer = client.get(link.group(1))
+    assert answer.status_code == 200
+    assert "a/b" in answer.text
 
 
 def test_pages_forbid_inline_scripts_and_framing(

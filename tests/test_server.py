@@ -464,6 +464,18 @@ def test_stream_detail_has_the_stream_and_its_history(populated: httpx.Client) -
     assert populated.get("/streams/unknown").status_code == 404
 
 
+@pytest.mark.parametrize("stream_id", ["a/b", "a%2Fb", "a//b", "%2Fa", "a%2F"])
+def test_a_stream_id_with_a_slash_is_found(
+    populated: httpx.Client, tracker: Tracker, stream_id: str
+) -> None:
+    """A stored stream id holding '/', sent as it is or percent-encoded, answers its detail."""
+    stored = stream_id.replace("%2F", "/")
+    assert tracker.ingest(_deliveries.raw("started", stored, 5_000)).outcome is Outcome.APPLIED
+    answer = populated.get(f"/streams/{stream_id}")
+    assert answer.status_code == 200
+    assert answer.json()["stream"]["stream_id"] == stored
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [

@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "install the 'server' extra, e.g. pip install 'rtms-lifecycle[server]'"
     ) from exc
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -512,12 +512,37 @@ def _epoch_ms(value: int | datetime | None) -> int | datetime | None:
     return value
 
 
+def _whole_ms(value: Any) -> Any:
+    # pydantic reads a number given for a datetime as epoch *seconds*: since=1999.5 meant
+    # 1,999,500 ms while since=1999 means 1,999 ms. A number here is whole epoch milliseconds.
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value  # not a number: a date and time, or a 422 of its own
+        if math.isfinite(number) and not number.is_integer():
+            raise ValueError("epoch milliseconds must be a whole number")
+    return value
+
+
+def _no_nul(value: str | None) -> str | None:
+    # No stored id holds NUL (a delivery with one is rejected, or cleaned of it), and PostgreSQL
+    # cannot compare text with one: the query failed, and the client got a 503.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 _TIME_DOC: Final = "epoch milliseconds, or ISO 8601 (naive means UTC)"
 #: The states a stored stream can be in: ``new`` is only the state before its first event, so a
 #: filter on it could only ever find nothing; the API refuses it, as the command line does.
 StoredState = Literal["started", "interrupted", "resumed", "stopped"]
 # Out of range is a 422 like any bad value, not an overflow deep in the database driver.
 _EpochMs = Annotated[int, Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)]
+_Text = Annotated[str, AfterValidator(_no_nul)]
+_TimeQuery = Annotated[
+    _EpochMs | datetime | None, BeforeValidator(_whole_ms), Query(description=_TIME_DOC)
+]
 
 
 _BEARER: Final = HTTPBearer(auto_error=False, description=f"The token set in {API_TOKEN_ENV}.")
@@ -530,8 +555,17 @@ class _RequireToken:
         self._expected = api_token.encode("utf-8")
 
     def __call__(
-        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
     ) -> None:
+        if len(request.headers.getlist("authorization")) > 1:
+            # Only the first was read: the same two headers in the other order were a 401.
+            raise HTTPException(
+                400,
+                "more than one Authorization header: send the bearer token once",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
+            )
         given = credentials.credentials.encode("utf-8", "surrogatepass") if credentials else b""
         if not hmac.compare_digest(given, self._expected):
             raise HTTPException(
@@ -583,7 +617,7 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         scope: Scope | None = None,
         active: Annotated[bool, Query(description="Only started or resumed.")] = False,
         limit: Annotated[int | None, Query(ge=1, le=MAX_COUNT)] = None,
-        account_id: Annotated[str | None, Query(description="One Zoom account.")] = None,
+        account_id: Annotated[_Text | None, Query(description="One Zoom account.")] = None,
     ) -> list[_RecordModel]:
         states: set[State] | None = {State(s) for s in state} if state else None
         if active:
@@ -594,11 +628,11 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         return [StreamModel.of(stream) for stream in found]
 
     @router.get(
-        "/streams/{stream_id}",
+        "/streams/{stream_id:path}",
         summary="One stream and its history",
         responses={404: {"model": DetailAnswer, "description": "No such stream."}},
     )
-    def get_stream(stream_id: str) -> StreamDetail:
+    def get_stream(stream_id: _Text) -> StreamDetail:
         stream = tracker.stream(stream_id)
         if stream is None:
             raise HTTPException(404, f"no stream {stream_id!r}")
@@ -611,10 +645,10 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         response_model=list[StopReasonStatModel],  # type: ignore[valid-type]
     )
     def stop_reasons(
-        since: Annotated[_EpochMs | datetime | None, Query(description=_TIME_DOC)] = None,
-        until: Annotated[_EpochMs | datetime | None, Query(description=_TIME_DOC)] = None,
+        since: _TimeQuery = None,
+        until: _TimeQuery = None,
         by_scope: bool = False,
-        account_id: Annotated[str | None, Query(description="One Zoom account.")] = None,
+        account_id: Annotated[_Text | None, Query(description="One Zoom account.")] = None,
     ) -> list[_RecordModel]:
         stats = tracker.stop_reason_stats(
             _epoch_ms(since), _epoch_ms(until), by_scope, account_id=account_id
@@ -705,7 +739,7 @@ def create_app(
     )
     if token is not None:
         app.include_router(create_read_router(tracker, token))
-        app.include_router(create_dashboard_router(tracker, token))
+        app.include_router(create_dashboard_router(tracker, token, request_timeout=request_timeout))
     health = _Health(tracker, store_timeout)
 
     @app.get(

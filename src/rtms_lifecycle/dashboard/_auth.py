@@ -46,7 +46,12 @@ class Sessions:
     def cookie_valid(self, value: str | None, now: float | None = None) -> bool:
         """Whether ``value`` is a cookie this token issued, less than a session ago."""
         issued, _, mac = (value or "").partition(".")
-        if not issued.isdigit() or not hmac.compare_digest(mac, self._mac(issued)):
+        # Bytes, not text: compare_digest raises on text that is not ASCII, and a cookie's value
+        # is whatever the browser (or anyone) sends.
+        given = mac.encode("utf-8", "surrogatepass")
+        if not (issued.isascii() and issued.isdigit()) or not hmac.compare_digest(
+            given, self._mac(issued).encode("ascii")
+        ):
             return False
         age = (time.time() if now is None else now) - int(issued)
         return -60 <= age < SESSION_SECONDS

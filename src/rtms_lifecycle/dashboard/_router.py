@@ -7,10 +7,12 @@ from importlib.resources import files
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import parse_qs, quote
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import ClientDisconnect
 
 from rtms_lifecycle._cli_rendering import format_duration, format_time
 from rtms_lifecycle.exceptions import ConfigurationError, StoreError
@@ -77,8 +79,13 @@ def _safe_next(target: str | None) -> str:
     return PREFIX
 
 
-def create_dashboard_router(tracker: Tracker, api_token: str) -> APIRouter:
-    """``/dashboard``: pages for people, behind a sign-in with the read API's token."""
+def create_dashboard_router(
+    tracker: Tracker, api_token: str, *, request_timeout: float = 5.0
+) -> APIRouter:
+    """``/dashboard``: pages for people, behind a sign-in with the read API's token.
+
+    A sign-in form whose body takes over ``request_timeout`` seconds to arrive is answered 408.
+    """
     if not api_token:
         raise ConfigurationError("the dashboard needs a non-empty API token")
     sessions = Sessions(api_token)
@@ -114,10 +121,21 @@ def create_dashboard_router(tracker: Tracker, api_token: str) -> APIRouter:
     @router.post("/login")
     async def login(request: Request) -> Response:
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > _MAX_FORM_BYTES:  # read no further: nobody signs in with that
-                return page("login.html", 413, next=PREFIX, error="The form is too large.")
+        try:
+            # A body that never comes would hold the connection for ever: the server's own
+            # time limit covers the request's headers only.
+            with anyio.fail_after(request_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > _MAX_FORM_BYTES:  # read no further: nobody signs in with that
+                        return page("login.html", 413, next=PREFIX, error="The form is too large.")
+        except TimeoutError:
+            late = f"The form took over {request_timeout:g} s to arrive."
+            return page("login.html", 408, next=PREFIX, error=late)
+        except ClientDisconnect:
+            # Nobody is left to answer: not an error of the server's.
+            log.info("a browser disconnected before its sign-in form was complete")
+            return Response(status_code=400)
         fields = parse_qs(body.decode("utf-8", "replace"))
         target = _safe_next((fields.get("next") or [""])[0])
         token = (fields.get("token") or [""])[0].strip()
@@ -151,8 +169,11 @@ def create_dashboard_router(tracker: Tracker, api_token: str) -> APIRouter:
             return unavailable()
         return page("overview.html", view=view)
 
-    @router.get("/streams/{stream_id}", dependencies=signed_in)
+    @router.get("/streams/{stream_id:path}", dependencies=signed_in)
     def stream(stream_id: str) -> Response:
+        if "\x00" in stream_id:
+            # No stream id holds NUL, and PostgreSQL cannot even look one up: its query failed.
+            return page("missing.html", 404, stream_id=stream_id)
         try:
             view = stream_page(tracker, stream_id)
         except (StoreError, SQLAlchemyError):
