@@ -290,6 +290,14 @@ def test_the_bearer_token_also_opens_the_pages(site: str) -> None:
     assert answer.status_code == 200
 
 
+@pytest.mark.parametrize("order", [1, -1], ids=["right-first", "wrong-first"])
+def test_two_authorization_headers_open_no_page(sqlite_site: str, order: int) -> None:
+    """Two Authorization headers, the right token in either: 401, as the read API refuses them."""
+    headers = [("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong")][::order]
+    answer = httpx.get(sqlite_site + "/dashboard", headers=headers)
+    assert answer.status_code == 401
+
+
 def test_the_overview_shows_live_streams_reasons_problems_and_interruptions(
     site: str, recorded: tuple[Tracker, dict[str, str]], signed_in: Callable[[str], httpx.Client]
 ) -> None:

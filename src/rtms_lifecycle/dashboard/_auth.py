@@ -60,7 +60,11 @@ class Sessions:
         """Whether the request carries a valid session cookie or the bearer token."""
         if self.cookie_valid(request.cookies.get(COOKIE_NAME)):
             return True
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        given = request.headers.getlist("authorization")
+        if len(given) != 1:
+            # None, or several: a credential that depends on the headers' order is none.
+            return False
+        scheme, _, credentials = given[0].partition(" ")
         return scheme.lower() == "bearer" and bool(credentials) and self.token_matches(credentials)
 
     def sign_in(self, request: Request, response: Response) -> None:
