@@ -290,6 +290,29 @@ def test_the_bearer_token_also_opens_the_pages(site: str) -> None:
     assert answer.status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("window=week", "window"),
+        ("window=", "window"),
+        ("page=0", "page"),
+        ("page=-1", "page"),
+        ("page=1000001", "page"),
+        ("page=2.5", "page"),
+        ("page=%C2%B2", "page"),
+    ],
+)
+def test_a_bad_overview_address_is_a_page_naming_the_parameter(
+    sqlite_site: str, signed_in: Callable[[str], httpx.Client], query: str, named: str
+) -> None:
+    """A window or page the overview does not have: a 422 page, naming it and what it takes."""
+    answer = signed_in(sqlite_site).get(f"/dashboard?{query}")
+    assert answer.status_code == 422
+    assert answer.headers["content-type"].startswith("text/html")
+    assert f"<code>{named}</code> cannot be" in answer.text
+    assert "Back to the dashboard" in answer.text
+
+
 @pytest.mark.parametrize("order", [1, -1], ids=["right-first", "wrong-first"])
 def test_two_authorization_headers_open_no_page(sqlite_site: str, order: int) -> None:
     """Two Authorization headers, the right token in either: 401, as the read API refuses them."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from importlib.resources import files
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 from urllib.parse import parse_qs, quote
 
 import anyio
@@ -30,6 +30,8 @@ PREFIX: Final = "/dashboard"
 REFRESH_SECONDS: Final = 10
 # The sign-in form posts one short field; anything longer is not a sign-in.
 _MAX_FORM_BYTES: Final = 8 * 1024
+# The overview's pages of problem deliveries: past this, a number is a typo.
+_LAST_PAGE: Final = 1_000_000
 _STATIC: Final = {
     "dashboard.css": "text/css",
     "dashboard.js": "text/javascript",
@@ -154,17 +156,28 @@ def create_dashboard_router(
         sessions.sign_out(request, answer)
         return answer
 
+    def invalid(parameter: str, value: str, expected: str) -> Response:
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return page("invalid.html", 422, parameter=parameter, value=shown, expected=expected)
+
     def unavailable() -> Response:
         log.exception("the dashboard could not read the store")
         return page("unavailable.html", 503, headers={"Retry-After": str(REFRESH_SECONDS)})
 
     @router.get("", dependencies=signed_in)
     def dashboard(
-        window: Literal["24h", "7d", "30d", "all"] = "24h",
-        page_number: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
+        window: str = "24h",
+        page_number: Annotated[str, Query(alias="page")] = "1",
     ) -> Response:
+        # Checked here, not by FastAPI: its 422 is JSON, which a browser shows as raw text.
+        if window not in WINDOWS:
+            return invalid("window", window, f"one of {', '.join(WINDOWS)}")
+        if not (page_number.isascii() and page_number.isdigit()) or not (
+            1 <= int(page_number) <= _LAST_PAGE
+        ):
+            return invalid("page", page_number, f"a whole number from 1 to {_LAST_PAGE:,}")
         try:
-            view = overview(tracker, stats, WINDOWS[window], page_number)
+            view = overview(tracker, stats, WINDOWS[window], int(page_number))
         except (StoreError, SQLAlchemyError):
             return unavailable()
         return page("overview.html", view=view)
