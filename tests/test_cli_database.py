@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from rtms_lifecycle import Tracker
+from rtms_lifecycle import Tracker, _dburl
 from rtms_lifecycle.cli import cli
+from rtms_lifecycle.exceptions import DatabaseURLError
 
 from ._deliveries import body
 from .test_cli import SCENARIO, T0, invoke, invoke_json, jsonl, run_process
@@ -307,3 +312,34 @@ def test_writing_through_a_read_only_uri_is_a_one_line_error(tmp_path: Path) -> 
     assert result.exit_code == 3
     assert "readonly database" in result.stderr
     assert "Traceback" not in result.output
+
+
+@given(
+    path=st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=30),
+    form=st.sampled_from(["{}", "sqlite:///{}", "sqlite:///{quoted}"]),
+)
+@example(path="a b%3D=c#d.db", form="sqlite:///{}")
+@example(path=":memory:", form="{}")
+@example(path="   ", form="{}")
+@example(path="x\x00y", form="sqlite:///{quoted}")
+@settings(max_examples=300, deadline=None)
+def test_a_plain_sqlite_path_is_read_as_sqlalchemy_reads_it(path: str, form: str) -> None:
+    """A plain path or ``sqlite:///path``, read without SQLAlchemy, names the file and renders
+    the URL that SQLAlchemy's parser gives; what that parser refuses is never taken."""
+    text = form.format(path, quoted=quote(path, safe=" +/"))
+    try:
+        parsed = _dburl.parse(text)
+    except DatabaseURLError:
+        parsed = None
+    try:
+        plain = _dburl.plain_sqlite_file(text)
+    except DatabaseURLError:
+        assert parsed is None
+        return
+    if plain is None:
+        return
+    assert parsed is not None
+    rendered, file = plain
+    assert rendered == parsed.render_as_string(hide_password=False)
+    assert file.path == _dburl.sqlite_file(parsed)
+    assert file.filename == os.path.abspath(parsed.database or "")

@@ -282,7 +282,7 @@ def test_a_bulk_load_into_a_deleted_file_ends_in_an_error(tmp_path: Path, delete
 def _synchronous(tracker: Tracker) -> int:
     # The pragma of the writer's own connection.
     writer: Any = tracker._store._writer
-    (level,) = writer._held.driver_connection.execute("PRAGMA synchronous").fetchone()
+    (level,) = writer._held[0].execute("PRAGMA synchronous").fetchone()
     return int(level)
 
 

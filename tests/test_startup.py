@@ -106,6 +106,18 @@ def test_reading_a_stream_imports_neither_alembic_nor_pydantic(tmp_path: Path) -
     assert {"alembic", "pydantic"}.isdisjoint(_heavy_imports(read))
 
 
+@pytest.mark.parametrize("form", ["{path}", "sqlite:///{path}"])
+def test_recording_into_an_sqlite_file_imports_no_sqlalchemy(tmp_path: Path, form: str) -> None:
+    """``ingest`` into a new SQLite file, then into it again, imports neither SQLAlchemy nor
+    Alembic: the writer speaks to ``sqlite3`` and the schema is the packaged one."""
+    db = form.format(path=tmp_path / "x.db")
+    lines = tmp_path / "one.jsonl"
+    lines.write_text((EXAMPLES / "meeting.rtms_started.json").read_text().replace("\n", "") + "\n")
+    for _ in range(2):
+        imported = _heavy_imports(_RUN_CLI.format(argv=["--db", db, "ingest", str(lines)]))
+        assert {"sqlalchemy", "alembic"}.isdisjoint(imported), imported
+
+
 def test_choice_lists_are_the_enums_values() -> None:
     """The CLI's choice lists name the members of Scope, State and Outcome, in order."""
     assert tuple(Scope) == _defaults.SCOPES

@@ -86,9 +86,13 @@ class App:
         if self._db is None:
             from . import _dburl
 
-            url = _dburl.parse(self.given_db)
-            _dburl.refuse_memory(url)
-            self._db = url.render_as_string(hide_password=False)
+            plain = _dburl.plain_sqlite_file(self.given_db)
+            if plain is not None:
+                self._db = plain[0]
+            else:
+                url = _dburl.parse(self.given_db)
+                _dburl.refuse_memory(url)
+                self._db = url.render_as_string(hide_password=False)
         return self._db
 
     @functools.cached_property

@@ -11,7 +11,6 @@ The exit codes are documented in docs/cli.md; scripts and cron jobs branch on th
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 import click
 
+from ._sqlite import sqlite_trouble
 from .exceptions import (
     DatabaseUnavailable,
     DatabaseURLError,
@@ -94,26 +94,6 @@ def _first_line(exc: BaseException) -> str:
     # SQLAlchemy's own text spans lines (SQL, parameters, a link); the driver's first line says it.
     cause = getattr(exc, "orig", None) or exc
     return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-
-
-def sqlite_trouble(path: Path) -> str | None:
-    """Why SQLite cannot open or write ``path``, in words, when the file system tells: the
-    driver says only "unable to open database file" or "attempt to write a readonly database"."""
-    if path.is_dir():
-        return f"{path} is a directory, not a database file"
-    if not path.parent.is_dir():
-        return f"the folder {path.parent} of {path.name} does not exist"
-    if path.is_file():
-        with path.open("rb") as file:
-            head = file.read(16)
-        if head and head != b"SQLite format 3\x00":
-            return f"{path} is not an SQLite database"
-    if not os.access(path.parent, os.W_OK):
-        return (
-            f"the folder {path.parent} is not writable: SQLite keeps its -wal and -shm files "
-            f"beside {path.name}, even to read it"
-        )
-    return None
 
 
 def _database_error(exc: SQLAlchemyError, sqlite_path: Path | None) -> Failure:

@@ -11,14 +11,15 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Final
-from urllib.parse import unquote, urlsplit
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from typing import TYPE_CHECKING, Final
+from urllib.parse import quote, unquote, urlsplit
 
 from ._defaults import DB_ENV, DEFAULT_DB_URL
+from ._sqlite import SqliteFile
 from .exceptions import DatabaseUnavailable, DatabaseURLError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 __all__ = [
     "DB_ENV",
@@ -26,6 +27,7 @@ __all__ = [
     "check_driver",
     "default_url",
     "parse",
+    "plain_sqlite_file",
     "refuse_memory",
     "require_existing_file",
     "shown",
@@ -56,15 +58,10 @@ def parse(text: str) -> URL:
     ``postgresql://`` means psycopg 3. An unsupported database is refused here; a driver that is
     not installed only by :func:`check_driver`.
     """
-    if not text.strip():
-        raise DatabaseURLError(f"the database URL is empty: give {_EXAMPLES}")
-    if "\x00" in text:
-        raise DatabaseURLError("the database URL contains a NUL character")
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        # Bytes that are not UTF-8 (kept by Python as lone surrogates): no driver takes them.
-        raise DatabaseURLError("the database URL is not valid UTF-8 text") from None
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
+    _check_text(text)
     if "://" not in text:
         # A path is taken as written: relative to the current folder, like sqlite:///path.
         return _usable_sqlite(URL.create("sqlite", database=text))
@@ -93,6 +90,49 @@ def parse(text: str) -> URL:
     return _usable_sqlite(url) if url.get_backend_name() == "sqlite" else url
 
 
+def _check_text(text: str) -> None:
+    if not text.strip():
+        raise DatabaseURLError(f"the database URL is empty: give {_EXAMPLES}")
+    if "\x00" in text:
+        raise DatabaseURLError("the database URL contains a NUL character")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8 (kept by Python as lone surrogates): no driver takes them.
+        raise DatabaseURLError("the database URL is not valid UTF-8 text") from None
+
+
+def plain_sqlite_file(text: str) -> tuple[str, SqliteFile] | None:
+    """What every user types, read without SQLAlchemy (a tenth of a second and more to import):
+    a plain file path, or ``sqlite:///path`` without a query string. The URL as :func:`parse`
+    renders it, and the file; None for anything else (:func:`parse` reads it, or refuses it).
+    """
+    _check_text(text)
+    if "://" not in text:
+        path = text
+    elif text.startswith("sqlite:///") and "?" not in text:
+        # As SQLAlchemy reads it: everything after the third slash, percent-decoded.
+        path = unquote(text.removeprefix("sqlite:///"))
+    else:
+        return None
+    if path in _MEMORY or "\x00" in path:
+        return None
+    _check_path(Path(path))
+    # As SQLAlchemy renders it, so that messages show the same URL either way.
+    return f"sqlite:///{quote(path, safe=' +/')}", SqliteFile.at(path)
+
+
+def _check_path(path: Path) -> None:
+    try:
+        path.stat()
+    except OSError as exc:
+        # Other errors (no such file yet, a folder missing) are said when it is opened.
+        if exc.errno == errno.ENAMETOOLONG:
+            raise DatabaseURLError(
+                f"the SQLite file's path is too long for the file system ({exc.strerror})"
+            ) from None
+
+
 def _usable_sqlite(url: URL) -> URL:
     """Refuse what SQLite could never open, before it gets there and fails in a traceback."""
     try:
@@ -107,19 +147,14 @@ def _usable_sqlite(url: URL) -> URL:
         ) from None
     path = sqlite_file(url)
     if path is not None:
-        try:
-            path.stat()
-        except OSError as exc:
-            # Other errors (no such file yet, a folder missing) are said when it is opened.
-            if exc.errno == errno.ENAMETOOLONG:
-                raise DatabaseURLError(
-                    f"the SQLite file's path is too long for the file system ({exc.strerror})"
-                ) from None
+        _check_path(path)
     return url
 
 
 def check_driver(url: URL) -> None:
     """Refuse a URL whose database driver cannot be loaded, naming what to install."""
+    from sqlalchemy.exc import ArgumentError
+
     try:
         url.get_dialect().import_dbapi()
     except ArgumentError:

@@ -14,7 +14,9 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_DB_URL",
     "DEFAULT_FORWARD_TIMEOUT",
+    "DEFAULT_LEASE",
     "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_POLL_INTERVAL",
     "DEFAULT_RETRY_DELAY",
     "MAX_BATCH_SIZE",
     "OUTCOMES",
@@ -37,6 +39,10 @@ DEFAULT_MAX_ATTEMPTS: Final = 5
 DEFAULT_RETRY_DELAY: Final = 1.0
 #: Seconds ``forward`` waits for the receiver's answer: well under the lease.
 DEFAULT_FORWARD_TIMEOUT: Final = 10.0
+#: Seconds a process holds a consumer without renewing; a callback must return within it.
+DEFAULT_LEASE: Final = 30.0
+#: Seconds between looks at the feed when nothing woke the runner (PostgreSQL: a safety net).
+DEFAULT_POLL_INTERVAL: Final = 0.5
 
 #: The values of ``Scope``, ``State`` and ``Outcome``, in their order.
 SCOPES: Final = ("meeting", "webinar", "session", "contact_center", "phone")

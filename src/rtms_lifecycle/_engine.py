@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from . import _migrate
 from ._dburl import check_driver, parse
+from ._sqlite import PRUNING_FUNCTION, SQLITE_BUSY_TIMEOUT_MS, SQLITE_PRAGMAS, not_pruning, prepare
 
 __all__ = [
     "PRUNING_FUNCTION",
@@ -20,20 +21,6 @@ __all__ = [
 ]
 
 
-#: How long an SQLite write waits for another process's write lock when it has no deadline.
-SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
-#: What every SQLite connection of the store runs first (the raw benchmarks use the same). The
-#: busy timeout comes first: switching a new file to WAL waits for the other processes' locks.
-SQLITE_PRAGMAS: Final = (
-    f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-    "journal_mode=WAL",
-    "synchronous=NORMAL",
-)
-#: The SQLite guard of the audit history lets a DELETE pass only where this returns 1: every
-#: connection of the store defines it as 0, a prune's own connection as 1 (migration 0006).
-PRUNING_FUNCTION: Final = "rtms_lifecycle_pruning"
-
-
 def _normalise_url(url: str) -> str:
     parsed = parse(url)
     check_driver(parsed)
@@ -41,18 +28,7 @@ def _normalise_url(url: str) -> str:
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # We issue BEGIN ourselves; pysqlite's own transaction handling would defer it.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    for pragma in SQLITE_PRAGMAS:
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
-    dbapi_connection.create_function(PRUNING_FUNCTION, 0, not_pruning)
-
-
-def not_pruning() -> int:
-    """What ``rtms_lifecycle_pruning()`` says on a connection that is not pruning."""
-    return 0
+    prepare(dbapi_connection)
 
 
 def _sqlite_begin(conn: Connection) -> None:

@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
-from sqlalchemy import Connection, Engine, inspect
-
-from .exceptions import SchemaOutdatedError, SchemaTooNewError
+from ._sqlite import unavailable
+from .exceptions import DatabaseUnavailable, SchemaOutdatedError, SchemaTooNewError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy import Connection, Engine
 
 # The PostgreSQL advisory lock held while the schema is created or upgraded ("rtms" in ASCII).
 _PG_SCHEMA_LOCK: Final = 0x72746D73
@@ -97,21 +97,48 @@ def refuse_newer(revision: str | None) -> None:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at; None for a database without our schema."""
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()
+        try:
+            conn = raw.driver_connection
+            assert isinstance(conn, sqlite3.Connection)
+            with _sqlite_errors(_file_of(engine)):
+                return _sqlite_revision(conn)
+        finally:
+            raw.close()
     with engine.connect() as conn:
         return _read_revision(conn)
 
 
-def _read_revision(conn: Connection) -> str | None:
-    # Looked up first: on PostgreSQL a failed SELECT would abort the caller's transaction.
-    if not inspect(conn).has_table(_VERSION_TABLE):
-        return None
-    rows = conn.exec_driver_sql(f"SELECT version_num FROM {_VERSION_TABLE}").scalars().all()
+def _one_revision(rows: list[str]) -> str | None:
     if len(rows) > 1:
         raise SchemaOutdatedError(
             f"the database records {len(rows)} schema revisions ({', '.join(rows)}): "
             "rtms-lifecycle never branches its migrations, so it did not write them"
         )
     return str(rows[0]) if rows else None
+
+
+def _read_revision(conn: Connection) -> str | None:
+    from sqlalchemy import inspect
+
+    # Looked up first: on PostgreSQL a failed SELECT would abort the caller's transaction.
+    if not inspect(conn).has_table(_VERSION_TABLE):
+        return None
+    return _one_revision(
+        list(conn.exec_driver_sql(f"SELECT version_num FROM {_VERSION_TABLE}").scalars())
+    )
+
+
+def _sqlite_revision(conn: sqlite3.Connection) -> str | None:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_VERSION_TABLE,)
+    ).fetchone()
+    if found is None:
+        return None
+    return _one_revision(
+        [row[0] for row in conn.execute(f"SELECT version_num FROM {_VERSION_TABLE}")]
+    )
 
 
 @contextmanager
@@ -150,20 +177,6 @@ def _sqlite_statements() -> Iterator[str]:
             statement = ""
 
 
-def _create(conn: Connection) -> None:
-    """Create the schema in an empty database: Alembic's migrations, or on SQLite their result.
-
-    The packaged SQLite schema records the revision it is at; were it behind the migrations
-    (the tests would have failed), Alembic upgrades the rest.
-    """
-    if conn.dialect.name == "sqlite":
-        for statement in _sqlite_statements():
-            conn.exec_driver_sql(statement)
-        if _read_revision(conn) == head_revision():
-            return
-    _upgrade(conn, "head")
-
-
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database to ``revision`` (default: the newest), one process at a time."""
     with _schema_locked(engine) as conn:
@@ -176,6 +189,17 @@ def ensure_schema(engine: Engine) -> None:
     Safe when several processes open a new database at once: one creates the schema under the
     schema lock, the others wait for it, then find the schema there.
     """
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()
+        try:
+            conn = raw.driver_connection
+            assert isinstance(conn, sqlite3.Connection)
+            revision = ensure_sqlite(conn, _file_of(engine))
+        finally:
+            raw.close()
+        if revision != head_revision():
+            upgrade(engine)
+        return
     current = current_revision(engine)
     if current == head_revision():
         return
@@ -184,16 +208,82 @@ def ensure_schema(engine: Engine) -> None:
             # Read again under the lock: another process may have created it meanwhile.
             current = _read_revision(conn)
             if current is None:
-                tables = set(inspect(conn).get_table_names())
-                if tables & {"streams", "deliveries"}:
-                    raise SchemaOutdatedError(
-                        "the database has rtms-lifecycle tables but no migration revision: "
-                        "it was not created by rtms-lifecycle"
-                    )
-                _create(conn)
+                from sqlalchemy import inspect
+
+                _refuse_foreign(set(inspect(conn).get_table_names()))
+                _upgrade(conn, "head")
                 return
         if current == head_revision():
             return
+    _refuse(current)
+
+
+def ensure_sqlite(conn: sqlite3.Connection, path: Path | None) -> str:
+    """:func:`ensure_schema` on an SQLite connection, without SQLAlchemy: a new database gets
+    the packaged schema (other processes wait for it); one at an older or a newer revision is
+    refused. Returns the revision: behind the head only for a database just created from a
+    packaged schema that is behind the migrations (the tests keep it at the head), which the
+    caller then upgrades with Alembic.
+    """
+    with _sqlite_errors(path):
+        current = _sqlite_revision(conn)
+        if current is None:
+            created = _create_sqlite(conn)
+            if created is not None:
+                return created
+            current = _sqlite_revision(conn)
+    if current is None or current != head_revision():
+        _refuse(current)
+    return current
+
+
+def _create_sqlite(conn: sqlite3.Connection) -> str | None:
+    """Create the packaged schema in an empty database, under ``BEGIN IMMEDIATE`` (the write
+    lock); the revision it records, or None if another process created the schema first."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Read again under the lock: another process may have created it meanwhile.
+        if _sqlite_revision(conn) is not None:
+            conn.execute("ROLLBACK")
+            return None
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        _refuse_foreign({row[0] for row in tables})
+        for statement in _sqlite_statements():
+            conn.execute(statement)
+        created = _sqlite_revision(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return created
+
+
+@contextmanager
+def _sqlite_errors(path: Path | None) -> Iterator[None]:
+    # sqlite3's own errors (a file that is no database, a folder SQLite cannot write in) as the
+    # library's, saying why where the file system tells.
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise DatabaseUnavailable(unavailable(path, exc)) from exc
+
+
+def _file_of(engine: Engine) -> Path | None:
+    from ._dburl import sqlite_file
+
+    return sqlite_file(engine.url)
+
+
+def _refuse_foreign(tables: set[str]) -> None:
+    if tables & {"streams", "deliveries"}:
+        raise SchemaOutdatedError(
+            "the database has rtms-lifecycle tables but no migration revision: "
+            "it was not created by rtms-lifecycle"
+        )
+
+
+def _refuse(current: str | None) -> NoReturn:
     refuse_newer(current)
     raise SchemaOutdatedError(
         f"the database schema is at revision {current}, this version of rtms-lifecycle needs "

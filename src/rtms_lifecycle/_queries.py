@@ -24,6 +24,7 @@ from sqlalchemy import (
     union_all,
 )
 
+from ._predicates import EVENT_PREDICATE, STREAM_DELIVERY_PREDICATES, UNAPPLIED_PREDICATE
 from ._rows import (
     EVENT_COLUMNS,
     STREAM_RECORD_COLUMNS,
@@ -35,10 +36,7 @@ from ._rows import (
     transition_from_row,
 )
 from ._tables import (
-    EVENT_PREDICATE,
     LIVE_PREDICATE,
-    STREAM_DELIVERY_PREDICATES,
-    UNAPPLIED_PREDICATE,
     concurrency_alerts,
     deliveries,
     streams,

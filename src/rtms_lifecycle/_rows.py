@@ -2,17 +2,16 @@
 
 The write path and the fold read and write rows as plain tuples in the column orders below
 (the driver's rows as they come, no object per row); the queries build their records here too.
+The write path imports this module without SQLAlchemy: the tests check that every column named
+here is one of its table's (``tests/test_rows.py``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Table
-
-from ._tables import concurrency_alerts, deliveries, streams, transitions
 from .events import EventKind, Scope, Source, StreamEvent, parse_delivery
 from .machine import State, StreamState, TransitionName
 from .records import ConcurrencyAlertRecord, DeliveryRecord, Outcome, Stream, Transition
@@ -48,63 +47,45 @@ SCOPE_OF: Final = {scope.value: scope for scope in Scope}
 STATE_OF: Final = {state.value: state for state in State}
 
 
-def _columns(table: Table, names: Sequence[str]) -> tuple[str, ...]:
-    # Failing at import beats a misspelt column found in production. Raised, not asserted:
-    # ``python -O`` strips asserts. A RuntimeError, not an RTMSLifecycleError: it is a bug in
-    # this package, which no caller could handle.
-    missing = [name for name in names if name not in table.c]
-    if missing:
-        raise RuntimeError(f"rtms_lifecycle is broken: table {table.name} has no column {missing}")
-    return tuple(names)
-
-
 #: A stream row: ``stream_id``, then the fold's state, in ``StreamState``'s field order.
-STREAM_COLUMNS: Final = _columns(streams, tuple(StreamState.__dataclass_fields__))
+STREAM_COLUMNS: Final = tuple(StreamState.__dataclass_fields__)
 #: A stored event: the delivery that brought it first, which a re-fold parses again.
-EVENT_COLUMNS: Final = _columns(
-    deliveries, ("id", "stream_id", "source", "event", "kind", "event_ts", "raw")
-)
-DELIVERY_COLUMNS: Final = _columns(
-    deliveries,
-    (
-        "id",
-        "received_at",
-        "source",
-        "event",
-        "event_ts",
-        "stream_id",
-        "kind",
-        "outcome",
-        "error",
-        "detail",
-        "raw",
-        "signed_at",
-        "secret_label",
-        "same_as",
-    ),
+EVENT_COLUMNS: Final = ("id", "stream_id", "source", "event", "kind", "event_ts", "raw")
+DELIVERY_COLUMNS: Final = (
+    "id",
+    "received_at",
+    "source",
+    "event",
+    "event_ts",
+    "stream_id",
+    "kind",
+    "outcome",
+    "error",
+    "detail",
+    "raw",
+    "signed_at",
+    "secret_label",
+    "same_as",
 )
 #: An audit row, in ``Transition``'s field order.
-TRANSITION_COLUMNS: Final = _columns(transitions, tuple(Transition.__dataclass_fields__))
-ALERT_COLUMNS: Final = _columns(
-    concurrency_alerts,
-    (
-        "event",
-        "event_ts",
-        "concurrency_number",
-        "concurrency_limit",
-        "percentage",
-        "operator_id",
-        "id_field",
-        "id_value",
-        "account_id",
-        "payload",
-        "fingerprint",
-        "received_at",
-    ),
+TRANSITION_COLUMNS: Final = tuple(Transition.__dataclass_fields__)
+ALERT_COLUMNS: Final = (
+    "event",
+    "event_ts",
+    "concurrency_number",
+    "concurrency_limit",
+    "percentage",
+    "operator_id",
+    "id_field",
+    "id_value",
+    "account_id",
+    "payload",
+    "fingerprint",
+    "received_at",
 )
 #: A Stream's columns in its fields' order, so that rows become Streams positionally: the live
 #: and list queries build thousands of them.
-STREAM_RECORD_COLUMNS: Final = _columns(streams, tuple(Stream.__dataclass_fields__))
+STREAM_RECORD_COLUMNS: Final = tuple(Stream.__dataclass_fields__)
 
 
 def new_stream_row(stream_id: str, now: int) -> Row:

@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Final
-
-from sqlalchemy import Connection, Engine
+from typing import TYPE_CHECKING, Final
 
 from . import _migrate
 from ._batch import Batch, Incoming
-from ._dburl import default_url
+from ._dburl import default_url, plain_sqlite_file
 from ._deadline import remaining
-from ._engine import configure_sqlite, create_store_engine
-from ._writers import WriteFailed, writer_for
-from .exceptions import StoreError, StoreTimeout
+from ._sqlite import unavailable
+from ._writers import WriteFailed, Writer
+from .exceptions import DatabaseUnavailable, StoreError, StoreTimeout
 from .records import IngestResult, Outcome
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
+    from ._sqlite import SqliteFile
 
 __all__ = ["Store", "now_ms"]
 
@@ -50,27 +54,75 @@ class Store:
     """Persistence of the lifecycle: the only module that writes SQL."""
 
     def __init__(self, db: str | Engine | None = None, *, migrate: bool = True) -> None:
-        self.engine = create_store_engine(db or default_url()) if not isinstance(db, Engine) else db
-        self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite" and isinstance(db, Engine):
-            configure_sqlite(self.engine)
-        self._writer = writer_for(self.engine)
+        given = db or default_url()
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+        plain = plain_sqlite_file(given) if isinstance(given, str) else None
+        self._writer: Writer
+        if plain is not None:
+            # An SQLite file at a plain path: the writer opens its own connection, and
+            # SQLAlchemy is imported by the first read (a command that only writes never does).
+            from ._writers.sqlite import SqliteWriter
+
+            self._url, file = plain
+            self.dialect = "sqlite"
+            self._writer = SqliteWriter.of_file(file, self._dispose_reads)
+        else:
+            from ._engine import configure_sqlite, create_store_engine
+            from ._writers import writer_for
+
+            engine = create_store_engine(given) if isinstance(given, str) else given
+            if engine.dialect.name == "sqlite" and not isinstance(given, str):
+                configure_sqlite(engine)
+            self._engine, self._url, file = engine, "", None
+            self.dialect = engine.dialect.name
+            self._writer = writer_for(engine)
         # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
         # tries: threads of one process queue here instead, at no cost to other processes.
         self._serial: threading.Lock | None = threading.Lock() if self.dialect == "sqlite" else None
         if migrate:
             try:
-                _migrate.ensure_schema(self.engine)
+                if file is None:
+                    _migrate.ensure_schema(self.engine)
+                elif self._ensure_sqlite(file) != _migrate.head_revision():
+                    _migrate.upgrade(self.engine)
             except BaseException:
                 # A refused schema (e.g. a newer one) leaves no open connection behind.
                 self.close()
                 raise
 
+    @staticmethod
+    def _ensure_sqlite(file: SqliteFile) -> str:
+        try:
+            conn = file.connect()
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(unavailable(file.path, exc)) from exc
+        try:
+            return _migrate.ensure_sqlite(conn, file.path)
+        finally:
+            conn.close()
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine the reads use; made on first use for an SQLite file."""
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    from ._engine import create_store_engine
+
+                    self._engine = create_store_engine(self._url)
+        return self._engine
+
+    def _dispose_reads(self) -> None:
+        # The pooled read connections still read a deleted or replaced SQLite file.
+        if self._engine is not None:
+            self._engine.dispose()
+
     def close(self) -> None:
         """Release every connection."""
         with self._serialised(None):
             self._writer.close()
-        self.engine.dispose()
+        self._dispose_reads()
 
     def _serialised(self, deadline: float | None) -> AbstractContextManager[object]:
         # SQLite: this process's writers one at a time; the wait counts against the deadline.

@@ -20,6 +20,7 @@ from sqlalchemy import (
     text,
 )
 
+from ._predicates import EVENT_PREDICATE, NOT_EVENT_PREDICATE, UNAPPLIED_PREDICATE
 from .events import MAX_ID_LENGTH
 
 # Named constraints make migrations reproducible across SQLite (batch mode) and PostgreSQL.
@@ -59,19 +60,6 @@ LIVE_INDEX_COLUMNS: Final = (
     "failovers",
     "stop_source",
 )
-
-# The deliveries that are a stream's events: queries must repeat this exact predicate for the
-# planners to use the partial index.
-EVENT_PREDICATE: Final = "outcome IN ('applied', 'ignored')"
-#: Every other delivery of a stream (duplicates, conflicts, rejections): listed by a second
-#: partial index, so that an applied event writes one stream-keyed index entry, not two.
-NOT_EVENT_PREDICATE: Final = "outcome NOT IN ('applied', 'ignored')"
-#: Deliveries listed by outcome: all but the applied ones, the bulk of the table, whose newest
-#: are simply the newest rows.
-UNAPPLIED_PREDICATE: Final = "outcome != 'applied'"
-#: A stream's deliveries, in the words of the two partial indexes that list them by stream: a
-#: query or delete by stream runs once for each.
-STREAM_DELIVERY_PREDICATES: Final = (EVENT_PREDICATE, NOT_EVENT_PREDICATE)
 
 streams = Table(
     "streams",

@@ -27,6 +27,12 @@ from sqlalchemy import Engine
 from . import subscriptions as _subs
 from ._async_subscriptions import AsyncSubscriptionRunner
 from ._deadline import DEFAULT_STORE_TIMEOUT
+from ._defaults import (
+    DEFAULT_LEASE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_RETRY_DELAY,
+)
 from .events import Scope
 from .exceptions import ConfigurationError, StoreTimeout
 from .machine import State, TransitionName
@@ -381,9 +387,9 @@ class AsyncTracker:
         name: Any = None,
         scope: Any = None,
         from_start: bool = False,
-        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
-        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
-        lease: float = _subs.DEFAULT_LEASE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        lease: float = DEFAULT_LEASE,
     ) -> TransitionCallback: ...
 
     @overload
@@ -396,9 +402,9 @@ class AsyncTracker:
         name: Any = None,
         scope: Any = None,
         from_start: bool = False,
-        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
-        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
-        lease: float = _subs.DEFAULT_LEASE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        lease: float = DEFAULT_LEASE,
     ) -> Callable[[TransitionCallback], TransitionCallback]: ...
 
     def subscribe(
@@ -410,9 +416,9 @@ class AsyncTracker:
         name: TransitionName | str | Iterable[TransitionName | str] | None = None,
         scope: Scope | str | Iterable[Scope | str] | None = None,
         from_start: bool = False,
-        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
-        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
-        lease: float = _subs.DEFAULT_LEASE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        lease: float = DEFAULT_LEASE,
     ) -> TransitionCallback | Callable[[TransitionCallback], TransitionCallback]:
         """:meth:`Tracker.subscribe`, delivered on the event loop: ``async def`` callbacks are
         awaited.
@@ -451,7 +457,7 @@ class AsyncTracker:
         *,
         stop: asyncio.Event | None = None,
         idle_exit: float | None = None,
-        poll_interval: float = _subs.DEFAULT_POLL_INTERVAL,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None:
         """Awaitable :meth:`Tracker.run_subscriptions`: deliver on this event loop until ``stop``
         is set or the task is cancelled, or after ``idle_exit`` seconds with nothing to do.

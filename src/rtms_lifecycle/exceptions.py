@@ -80,7 +80,8 @@ class DatabaseURLError(ConfigurationError):
 
 
 class DatabaseUnavailable(RTMSLifecycleError):
-    """The database is not there: a SQLite file that does not exist where one is only read."""
+    """The database is not there or cannot be used: a SQLite file that does not exist where one
+    is only read, or that SQLite cannot open (a folder, a file that is no database)."""
 
 
 class WebhookRefused(RTMSLifecycleError):

@@ -32,9 +32,10 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, func, select
 
-from ._engine import PRUNING_FUNCTION, not_pruning
+from ._predicates import STREAM_DELIVERY_PREDICATES
+from ._sqlite import PRUNING_FUNCTION, not_pruning
 from ._store import Store
-from ._tables import STREAM_DELIVERY_PREDICATES, prunes
+from ._tables import prunes
 from .exceptions import StoreError
 
 __all__ = ["MIN_RETENTION", "PruneRecord", "PruneResult", "list_prunes", "prune"]

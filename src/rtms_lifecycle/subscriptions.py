@@ -33,7 +33,13 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import _queries
-from ._defaults import DEFAULT_FORWARD_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY
+from ._defaults import (
+    DEFAULT_FORWARD_TIMEOUT,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_RETRY_DELAY,
+)
 from ._store import now_ms
 from ._tables import subscription_parked as parked_table
 from ._tables import subscriptions as subscriptions_table
@@ -61,10 +67,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY: Final = 300.0
-#: Seconds a process holds a consumer without renewing; a callback must return within it.
-DEFAULT_LEASE: Final = 30.0
-#: Seconds between looks at the feed when nothing woke the runner (PostgreSQL: a safety net).
-DEFAULT_POLL_INTERVAL: Final = 0.5
 #: The channel the PostgreSQL feed notifies on each commit that appended transitions.
 NOTIFY_CHANNEL: Final = "rtms_lifecycle_feed"
 MAX_CONSUMER_LENGTH: Final = 200

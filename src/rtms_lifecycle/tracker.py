@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, overload
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, overload
 
-from sqlalchemy import Engine
-
-from . import _queries, retention
-from . import subscriptions as _subs
 from ._batch import Body, Incoming, UnscopedEvent, synthetic_delivery, to_incoming
 from ._bodies import to_raw
 from ._deadline import DEFAULT_STORE_TIMEOUT
-from ._defaults import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
+from ._defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_RETRY_DELAY,
+    MAX_BATCH_SIZE,
+)
 from ._read_ahead import read_ahead
 from ._store import Store, now_ms
 from .events import EventKind, Scope, Source, check_app_event
@@ -37,8 +43,35 @@ from .records import (
     Transition,
     UnhandledEventStat,
 )
-from .retention import PruneRecord, PruneResult
 from .webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
+
+
+def _on_first_use(name: str) -> ModuleType:
+    """The module ``name``, run when one of its names is first read (at once if already run)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    assert spec is not None
+    assert spec.loader is not None
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from . import _queries, retention
+    from . import subscriptions as _subs
+    from .retention import PruneRecord, PruneResult
+else:
+    # The queries, pruning and subscriptions import SQLAlchemy (a quarter of a second and more):
+    # a process that only records deliveries into an SQLite file never needs them.
+    _queries = _on_first_use("rtms_lifecycle._queries")
+    retention = _on_first_use("rtms_lifecycle.retention")
+    _subs = _on_first_use("rtms_lifecycle.subscriptions")
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Body", "IngestSummary", "TransitionCallback", "Tracker"]
 
@@ -426,9 +459,9 @@ class Tracker:
         name: Any = None,
         scope: Any = None,
         from_start: bool = False,
-        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
-        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
-        lease: float = _subs.DEFAULT_LEASE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        lease: float = DEFAULT_LEASE,
     ) -> TransitionCallback: ...
 
     @overload
@@ -441,9 +474,9 @@ class Tracker:
         name: Any = None,
         scope: Any = None,
         from_start: bool = False,
-        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
-        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
-        lease: float = _subs.DEFAULT_LEASE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        lease: float = DEFAULT_LEASE,
     ) -> Callable[[TransitionCallback], TransitionCallback]: ...
 
     def subscribe(
@@ -455,9 +488,9 @@ class Tracker:
         name: TransitionName | str | Iterable[TransitionName | str] | None = None,
         scope: Scope | str | Iterable[Scope | str] | None = None,
         from_start: bool = False,
-        max_attempts: int = _subs.DEFAULT_MAX_ATTEMPTS,
-        retry_delay: float = _subs.DEFAULT_RETRY_DELAY,
-        lease: float = _subs.DEFAULT_LEASE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        lease: float = DEFAULT_LEASE,
     ) -> TransitionCallback | Callable[[TransitionCallback], TransitionCallback]:
         """Register ``callback(transition, stream)`` as the named, durable ``consumer``.
 
@@ -500,7 +533,7 @@ class Tracker:
         *,
         stop: threading.Event | None = None,
         idle_exit: float | None = None,
-        poll_interval: float = _subs.DEFAULT_POLL_INTERVAL,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None:
         """Deliver to the subscribed consumers until ``stop`` is set (blocks; run it in a thread).
 

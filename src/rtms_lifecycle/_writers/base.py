@@ -16,14 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Final, Protocol
-
-from sqlalchemy import Engine, Table
-from sqlalchemy.pool import PoolProxiedConnection
+from typing import TYPE_CHECKING, Final, Protocol
 
 from rtms_lifecycle._deadline import remaining
+from rtms_lifecycle._predicates import EVENT_PREDICATE
 from rtms_lifecycle._rows import EVENT_COLUMNS, STREAM_COLUMNS, Row
-from rtms_lifecycle._tables import EVENT_PREDICATE, deliveries
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.pool import PoolProxiedConnection
 
 __all__ = [
     "EVENT",
@@ -171,7 +172,7 @@ def writer_for(engine: Engine) -> Writer:
     if engine.dialect.name == "sqlite":
         from .sqlite import SqliteWriter
 
-        return SqliteWriter(engine)
+        return SqliteWriter.of_engine(engine)
     raise ValueError(f"unsupported database: {engine.dialect.name}")
 
 
@@ -185,7 +186,7 @@ def checkout(engine: Engine) -> PoolProxiedConnection:
 
 
 def insert_sql(
-    table: Table,
+    table: str,
     names: Sequence[str],
     mark: str,
     *,
@@ -200,14 +201,12 @@ def insert_sql(
         columns.append(column)
         values.append(expression)
     row = f"({', '.join(values)})"
-    return (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}{suffix}"
-    )
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}{suffix}"
 
 
-def select_sql(table: Table, names: Sequence[str], where: str) -> str:
+def select_sql(table: str, names: Sequence[str], where: str) -> str:
     """A SELECT of ``names`` from ``table``."""
-    return f"SELECT {', '.join(names)} FROM {table.name} WHERE {where}"
+    return f"SELECT {', '.join(names)} FROM {table} WHERE {where}"
 
 
 ON_NEW_ALERT: Final = " ON CONFLICT (fingerprint) DO NOTHING"
@@ -222,9 +221,9 @@ IDENTITY_LOOKUP: Final = (
 )
 # A stream's stored events, and one stored event, with ``%s`` markers: each dialect puts its own.
 STREAM_EVENTS: Final = select_sql(
-    deliveries, EVENT_COLUMNS, f"stream_id = %s AND {EVENT_PREDICATE}"
+    "deliveries", EVENT_COLUMNS, f"stream_id = %s AND {EVENT_PREDICATE}"
 )
-EVENT: Final = select_sql(deliveries, EVENT_COLUMNS, "id = %s")
+EVENT: Final = select_sql("deliveries", EVENT_COLUMNS, "id = %s")
 # What a health probe writes (and rolls back): a row in the deliveries table, as a delivery would.
 # Id 0 is never a delivery's: ids start at 1.
 PROBE: Final = (

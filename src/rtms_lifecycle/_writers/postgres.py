@@ -64,10 +64,10 @@ def _numbered(sql: str) -> str:
 # A cautious retry: placeholders are inserted in stream-id order, and the rows then locked in the
 # same order, so that two batches touching the same streams can never deadlock.
 _PG_PLACEHOLDERS: Final = _numbered(
-    insert_sql(streams, NEW_STREAM_COLUMNS, "%s", suffix=" ON CONFLICT (stream_id) DO NOTHING")
+    insert_sql(streams.name, NEW_STREAM_COLUMNS, "%s", suffix=" ON CONFLICT (stream_id) DO NOTHING")
 )
 _PG_LOCK_STREAMS: Final = _numbered(
-    select_sql(streams, ("stream_id",), "stream_id = ANY(%s) ORDER BY stream_id FOR UPDATE")
+    select_sql(streams.name, ("stream_id",), "stream_id = ANY(%s) ORDER BY stream_id FOR UPDATE")
 )
 
 
@@ -91,11 +91,11 @@ _PG_SEQUENCES: Final = (
 # The parts of a write: every batch's rows go in one statement per slice of _PG_ROWS rows of each
 # table (psycopg costs tens of microseconds of CPU per statement, more than the database does).
 _PG_INSERTS: Final = (
-    (deliveries, DELIVERY_COLUMNS, "", ""),
+    (deliveries.name, DELIVERY_COLUMNS, "", ""),
     # A transition row carries its writer's transaction id (see _tables.transitions).
-    (transitions, TRANSITION_COLUMNS, "tx_id = pg_current_xact_id()::text::bigint", ""),
-    (streams, NEW_STREAM_COLUMNS, "", ""),
-    (concurrency_alerts, ALERT_COLUMNS, "", ON_NEW_ALERT),
+    (transitions.name, TRANSITION_COLUMNS, "tx_id = pg_current_xact_id()::text::bigint", ""),
+    (streams.name, NEW_STREAM_COLUMNS, "", ""),
+    (concurrency_alerts.name, ALERT_COLUMNS, "", ON_NEW_ALERT),
 )
 _PG_ROWS: Final = 100
 _PG_UPDATE_COLUMNS: Final = (*STREAM_COLUMNS[1:], "updated_at", "stream_id")

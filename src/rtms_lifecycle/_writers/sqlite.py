@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import lru_cache
 from itertools import count
-from typing import Any, Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Engine
-from sqlalchemy.pool import PoolProxiedConnection
-
-from rtms_lifecycle._dburl import sqlite_file
 from rtms_lifecycle._deadline import remaining
-from rtms_lifecycle._engine import SQLITE_BUSY_TIMEOUT_MS
 from rtms_lifecycle._rows import (
     ALERT_COLUMNS,
     DELIVERY_COLUMNS,
@@ -24,7 +21,7 @@ from rtms_lifecycle._rows import (
     TRANSITION_COLUMNS,
     Row,
 )
-from rtms_lifecycle._tables import concurrency_alerts, deliveries, streams, transitions
+from rtms_lifecycle._sqlite import SQLITE_BUSY_TIMEOUT_MS, SqliteFile, unavailable
 
 from .base import (
     EVENT,
@@ -43,11 +40,17 @@ from .base import (
     select_sql,
 )
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
 __all__ = ["SqliteWriter"]
 
 
 # Keeps IN (...) lists well under SQLite's bound-parameter limit.
 _CHUNK: Final = 500
+#: The connection a writer holds, and how to give it back (True: it broke, do not reuse it).
+Held = tuple[sqlite3.Connection, Callable[[bool], None]]
+Connector = Callable[[], Held]
 _FOLD_TS: Final = STREAM_COLUMNS.index("fold_ts")
 # Log pages between two checkpoints: SQLite's default, and a bulk load's.
 _CHECKPOINT_PAGES: Final = 1_000
@@ -65,11 +68,13 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start : start + _CHUNK]
 
 
-_SQLITE_DELIVERIES: Final = insert_sql(deliveries, DELIVERY_COLUMNS, "?")
+_SQLITE_DELIVERIES: Final = insert_sql("deliveries", DELIVERY_COLUMNS, "?")
 # SQLite has no transaction ids: the feed's cursor there rests on serialised writers.
-_SQLITE_TRANSITIONS: Final = insert_sql(transitions, TRANSITION_COLUMNS, "?", computed="tx_id = 0")
-_SQLITE_NEW_STREAMS: Final = insert_sql(streams, NEW_STREAM_COLUMNS, "?")
-_SQLITE_ALERTS: Final = insert_sql(concurrency_alerts, ALERT_COLUMNS, "?", suffix=ON_NEW_ALERT)
+_SQLITE_TRANSITIONS: Final = insert_sql(
+    "transitions", TRANSITION_COLUMNS, "?", computed="tx_id = 0"
+)
+_SQLITE_NEW_STREAMS: Final = insert_sql("streams", NEW_STREAM_COLUMNS, "?")
+_SQLITE_ALERTS: Final = insert_sql("concurrency_alerts", ALERT_COLUMNS, "?", suffix=ON_NEW_ALERT)
 _LAST_IDS: Final = "(SELECT max(id) FROM deliveries), (SELECT max(id) FROM transitions)"
 _SQLITE_LAST_IDS: Final = f"SELECT {_LAST_IDS}"
 
@@ -92,7 +97,7 @@ def _sqlite_changes(writes: Writes) -> dict[str, list[Row]]:
 
 @lru_cache(maxsize=32)
 def _sqlite_in(n: int) -> str:
-    return select_sql(streams, STREAM_COLUMNS, f"stream_id IN ({', '.join('?' * n)})")
+    return select_sql("streams", STREAM_COLUMNS, f"stream_id IN ({', '.join('?' * n)})")
 
 
 @lru_cache(maxsize=32)
@@ -207,11 +212,14 @@ class SqliteWriter:
     into a deleted (or replaced) file is lost with the process, and must not answer 200.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._held: PoolProxiedConnection | None = None
+    def __init__(
+        self, connect: Connector, path: Path | None, dispose_reads: Callable[[], None]
+    ) -> None:
+        self._connect = connect
+        # ``dispose_reads`` closes the pooled read connections: they still read a replaced file.
+        self._dispose_reads = dispose_reads
+        self._held: Held | None = None
         # No file to lose for an in-memory database.
-        path = sqlite_file(engine.url)
         self._path = str(path) if path is not None else None
         self._identity: tuple[int, int] | None = None
         # What the held connection is set to now: pragmas are set only when they change.
@@ -222,9 +230,41 @@ class SqliteWriter:
         self._unchecked = False
         self._check_due = 0.0
 
+    @classmethod
+    def of_file(cls, file: SqliteFile, dispose_reads: Callable[[], None]) -> SqliteWriter:
+        """A writer with a connection of its own to ``file``."""
+
+        def connect() -> Held:
+            try:
+                conn = file.connect()
+            except sqlite3.Error as exc:
+                raise WriteFailed(unavailable(file.path, exc), retryable=False) from exc
+            return conn, lambda _broken: conn.close()
+
+        return cls(connect, file.path, dispose_reads)
+
+    @classmethod
+    def of_engine(cls, engine: Engine) -> SqliteWriter:
+        """The writer of an engine's SQLite database: a connection of its own to a file, one
+        from the engine's pool for an in-memory database (the pool's connections share it)."""
+        from rtms_lifecycle._dburl import sqlite_file
+
+        path = sqlite_file(engine.url)
+        if path is not None:
+            (filename,), options = engine.dialect.create_connect_args(engine.url)
+            return cls.of_file(SqliteFile(path, filename, dict(options)), engine.dispose)
+
+        def checked_out() -> Held:
+            held = checkout(engine)
+            conn = held.driver_connection
+            assert isinstance(conn, sqlite3.Connection)
+            return conn, lambda broken: held.invalidate() if broken else held.close()
+
+        return cls(checked_out, None, engine.dispose)
+
     def close(self) -> None:
         if self._held is not None:
-            self._held.close()
+            self._held[1](False)
             self._held = None
 
     def _connection(self) -> sqlite3.Connection:
@@ -235,18 +275,18 @@ class SqliteWriter:
                 raise WriteFailed(f"the database file {self._path} is gone", retryable=False)
             if identity != self._identity and self._identity is not None:
                 # Another file now: the pool's connections still read the old one.
-                self._engine.dispose()
-            self._held = checkout(self._engine)
+                self._dispose_reads()
+            self._held = self._connect()
             self._identity = _file_identity(self._path) if self._path else None
             self._busy_ms, self._synchronous_full = SQLITE_BUSY_TIMEOUT_MS, None
-            _grow_cache(self._held.driver_connection)
-        conn = self._held.driver_connection
-        assert isinstance(conn, sqlite3.Connection)
-        return conn
+            _grow_cache(self._held[0])
+        return self._held[0]
 
     def _settle(self, conn: sqlite3.Connection, deadline: float | None, durable: bool) -> None:
-        # The wait for another process's write lock ends at the deadline.
-        busy = SQLITE_BUSY_TIMEOUT_MS if deadline is None else int(remaining(deadline) * 1000)
+        # The wait for another process's write lock ends at the deadline: rounded up, so that a
+        # wait that gives up has reached it (rounded down, SQLite gave up a moment before, and the
+        # failure read as an error of the store instead of a timeout: "database is locked").
+        busy = SQLITE_BUSY_TIMEOUT_MS if deadline is None else math.ceil(remaining(deadline) * 1000)
         if busy != self._busy_ms:
             conn.execute(f"PRAGMA busy_timeout={max(busy, 1)}")
             self._busy_ms = busy
@@ -267,7 +307,7 @@ class SqliteWriter:
             self._check_due = time.monotonic() + _BULK_CHECK_INTERVAL
             return
         gone = not os.path.exists(self._path)
-        self._engine.dispose()
+        self._dispose_reads()
         if gone:
             # The deleted file's write-ahead log and index are left at its path: SQLite would
             # apply that log to whatever file is put back there (a backup: then corrupted).
@@ -292,7 +332,7 @@ class SqliteWriter:
 
     def _discard(self) -> None:
         if self._held is not None:
-            self._held.invalidate()
+            self._held[1](True)
             self._held = None
 
     def probe(self, deadline: float) -> None:

@@ -1,0 +1,106 @@
+"""SQLite connections as the store opens them: pragmas, the pruning guard, the file they name.
+
+Without SQLAlchemy: the store's writer opens its own connection to an SQLite file, and a
+command that only writes (``ingest``) never imports SQLAlchemy. The engine's pool, which the
+reads use, sets its connections up with :func:`prepare` too.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "PRUNING_FUNCTION",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "SQLITE_PRAGMAS",
+    "SqliteFile",
+    "not_pruning",
+    "prepare",
+    "sqlite_trouble",
+    "unavailable",
+]
+
+#: How long an SQLite write waits for another process's write lock when it has no deadline.
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+#: What every SQLite connection of the store runs first (the raw benchmarks use the same). The
+#: busy timeout comes first: switching a new file to WAL waits for the other processes' locks.
+SQLITE_PRAGMAS: Final = (
+    f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "journal_mode=WAL",
+    "synchronous=NORMAL",
+)
+#: The SQLite guard of the audit history lets a DELETE pass only where this returns 1: every
+#: connection of the store defines it as 0, a prune's own connection as 1 (migration 0006).
+PRUNING_FUNCTION: Final = "rtms_lifecycle_pruning"
+
+
+def not_pruning() -> int:
+    """What ``rtms_lifecycle_pruning()`` says on a connection that is not pruning."""
+    return 0
+
+
+def prepare(connection: Any) -> None:
+    """Set up a new DBAPI connection to SQLite the way the store needs it."""
+    # We issue BEGIN ourselves; pysqlite's own transaction handling would defer it.
+    connection.isolation_level = None
+    cursor = connection.cursor()
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+    connection.create_function(PRUNING_FUNCTION, 0, not_pruning)
+
+
+def sqlite_trouble(path: Path) -> str | None:
+    """Why SQLite cannot open or write ``path``, in words, when the file system tells: the
+    driver says only "unable to open database file" or "attempt to write a readonly database"."""
+    if path.is_dir():
+        return f"{path} is a directory, not a database file"
+    if not path.parent.is_dir():
+        return f"the folder {path.parent} of {path.name} does not exist"
+    if path.is_file():
+        with path.open("rb") as file:
+            head = file.read(16)
+        if head and head != b"SQLite format 3\x00":
+            return f"{path} is not an SQLite database"
+    if not os.access(path.parent, os.W_OK):
+        return (
+            f"the folder {path.parent} is not writable: SQLite keeps its -wal and -shm files "
+            f"beside {path.name}, even to read it"
+        )
+    return None
+
+
+def unavailable(path: Path | None, error: sqlite3.Error) -> str:
+    """What to tell of an SQLite database that SQLite could not open or use: why, when the file
+    system tells, else SQLite's own words."""
+    return f"database unavailable: {(sqlite_trouble(path) if path else None) or error}"
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteFile:
+    """An SQLite database file and how to open it: what ``sqlite3.connect`` is given."""
+
+    #: the file, as the user named it (relative paths from the current folder)
+    path: Path
+    #: what ``sqlite3.connect`` opens: the absolute path, or an SQLite URI
+    filename: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def at(cls, path: str) -> SqliteFile:
+        """The file at ``path``, opened as SQLAlchemy opens ``sqlite:///path``."""
+        return cls(Path(path), os.path.abspath(path), {"check_same_thread": False})
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection, set up by :func:`prepare`."""
+        connection: sqlite3.Connection = sqlite3.connect(self.filename, **self.options)
+        try:
+            prepare(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
