@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, overload
 
 from ._batch import Body, Incoming, UnscopedEvent, synthetic_delivery, to_incoming
@@ -45,33 +42,14 @@ from .records import (
 )
 from .webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
 
-
-def _on_first_use(name: str) -> ModuleType:
-    """The module ``name``, run when one of its names is first read (at once if already run)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    assert spec is not None
-    assert spec.loader is not None
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
+# The queries, pruning and subscriptions import SQLAlchemy (a quarter of a second and more): the
+# methods that use them import them, so that a process that only records deliveries into an
+# SQLite file never does.
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from . import _queries, retention
     from . import subscriptions as _subs
     from .retention import PruneRecord, PruneResult
-else:
-    # The queries, pruning and subscriptions import SQLAlchemy (a quarter of a second and more):
-    # a process that only records deliveries into an SQLite file never needs them.
-    _queries = _on_first_use("rtms_lifecycle._queries")
-    retention = _on_first_use("rtms_lifecycle.retention")
-    _subs = _on_first_use("rtms_lifecycle.subscriptions")
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Body", "IngestSummary", "TransitionCallback", "Tracker"]
 
@@ -307,6 +285,8 @@ class Tracker:
         With ``dry_run``, nothing is written: the streams are returned as the expiry would
         leave them.
         """
+        from . import _queries
+
         seconds = (
             stale_after.total_seconds()
             if isinstance(stale_after, timedelta)
@@ -362,12 +342,16 @@ class Tracker:
         freed space; ``vacuum`` then rewrites the database file (SQLite) or runs
         ``VACUUM ANALYZE`` (PostgreSQL). See docs/operations.md.
         """
+        from . import retention
+
         if not isinstance(older_than, timedelta):
             older_than = timedelta(seconds=older_than)
         return retention.prune(self._store, older_than, now_ms, dry_run=dry_run, vacuum=vacuum)
 
     def prunes(self, limit: int | None = None) -> list[PruneRecord]:
         """Recorded prunes, newest first: when, with which cutoff, and what each removed."""
+        from . import retention
+
         with self._store.read() as conn:
             return retention.list_prunes(conn, limit)
 
@@ -505,6 +489,8 @@ class Tracker:
         (:class:`TypeError`): :class:`AsyncTracker` awaits those.
         """
 
+        from . import subscriptions as _subs
+
         def register(fn: TransitionCallback) -> TransitionCallback:
             # Called by the runner, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
@@ -540,16 +526,22 @@ class Tracker:
         With ``idle_exit``, return after that many seconds with nothing to deliver. PostgreSQL
         wakes the runner on each commit (``LISTEN``); SQLite is polled every ``poll_interval``.
         """
+        from . import subscriptions as _subs
+
         runner = _subs.SubscriptionRunner(self.engine, self._consumers, poll_interval=poll_interval)
         runner.run(stop, idle_exit)
 
     def subscriptions(self) -> list[_subs.SubscriptionStatus]:
         """Every durable consumer stored in the database: cursor, lag, parked, last error."""
+        from . import subscriptions as _subs
+
         with self._store.read() as conn:
             return _subs.list_subscriptions(conn)
 
     def retry_parked(self, consumer: str) -> int:
         """Queue the consumer's parked transitions for delivery again; how many were queued."""
+        from . import subscriptions as _subs
+
         with self.engine.begin() as conn:
             count = _subs.requeue_parked(conn, consumer)
         if count is None:
@@ -560,6 +552,8 @@ class Tracker:
 
     def stream(self, stream_id: str) -> Stream | None:
         """The stream with this ``rtms_stream_id``, or None."""
+        from . import _queries
+
         with self._store.read() as conn:
             return _queries.stream(conn, stream_id)
 
@@ -574,6 +568,8 @@ class Tracker:
 
         ``account_id`` keeps the streams of one Zoom account.
         """
+        from . import _queries
+
         with self._store.read() as conn:
             return _queries.active_streams(
                 conn, Scope(scope) if scope else None, scope_id, account_id
@@ -592,6 +588,8 @@ class Tracker:
     ) -> list[Stream]:
         """Stored streams, newest activity first; ``since``/``until`` keep streams alive then,
         ``account_id`` those of one Zoom account."""
+        from . import _queries
+
         filters = _stream_filters(state, scope, scope_id, since, until)
         with self._store.read() as conn:
             return _queries.list_streams(conn, *filters, limit, account_id)
@@ -608,17 +606,23 @@ class Tracker:
     ) -> int:
         """How many streams :meth:`streams` would list with the same filters, counted by the
         database (a table showing the newest 50 says of how many)."""
+        from . import _queries
+
         filters = _stream_filters(state, scope, scope_id, since, until)
         with self._store.read() as conn:
             return _queries.count_streams(conn, *filters, account_id)
 
     def history(self, stream_id: str) -> list[Transition]:
         """The stream's transitions in event-time order (how it went)."""
+        from . import _queries
+
         with self._store.read() as conn:
             return _queries.history(conn, stream_id)
 
     def audit(self, stream_id: str) -> list[Transition]:
         """The stream's transitions in the order they were recorded (how we learnt it)."""
+        from . import _queries
+
         with self._store.read() as conn:
             return _queries.audit(conn, stream_id)
 
@@ -630,6 +634,8 @@ class Tracker:
         Commit order, not id order: a consumer never misses a transition and never sees one
         twice, even while several processes write. Start with ``cursor=None``.
         """
+        from . import _queries
+
         position = _parse_cursor(cursor)
         with self._store.read() as conn:
             rows = _queries.transitions_since(conn, position, limit)
@@ -645,6 +651,8 @@ class Tracker:
         limit: int | None = 100,
     ) -> list[DeliveryRecord]:
         """Stored deliveries, newest first."""
+        from . import _queries
+
         with self._store.read() as conn:
             return _queries.list_deliveries(conn, _as_set(outcome, Outcome), stream_id, limit)
 
@@ -658,6 +666,8 @@ class Tracker:
     ) -> list[StopReasonStat]:
         """Per stop reason (and scope): count, share and median duration of streams stopped
         in ``[since, until)`` (of one Zoom account with ``account_id``)."""
+        from . import _queries
+
         with self._store.read() as conn:
             return _queries.stop_reason_stats(
                 conn, _epoch_ms(since), _epoch_ms(until), by_scope, account_id
@@ -668,6 +678,8 @@ class Tracker:
     ) -> list[UnhandledEventStat]:
         """Deliveries of events this version does not handle, per event name, received in
         ``[since, until)``: count, first and last seen. RTMS-looking names come first."""
+        from . import _queries
+
         with self._store.read() as conn:
             return _queries.unhandled_stats(conn, _epoch_ms(since), _epoch_ms(until))
 
@@ -680,6 +692,8 @@ class Tracker:
     ) -> list[StopReasonCount]:
         """Streams stopped in ``[since, until)`` per stop reason and UTC-aligned ``bucket`` of
         stop time (an hour by default), oldest bucket first."""
+        from . import _queries
+
         bucket_ms = int(bucket.total_seconds() * 1000)
         if bucket_ms < 1:
             raise ValueError("bucket must be at least a millisecond")
@@ -696,6 +710,8 @@ class Tracker:
     ) -> InterruptionStats:
         """Interruptions of streams that began in ``[since, until)`` and how they recovered
         (of one Zoom account with ``account_id``)."""
+        from . import _queries
+
         with self._store.read() as conn:
             return _queries.interruption_stats(
                 conn,
@@ -710,6 +726,8 @@ class Tracker:
     ) -> dict[Scope, InterruptionStats]:
         """:meth:`interruption_stats` for every scope with streams that began in
         ``[since, until)``, in one pass."""
+        from . import _queries
+
         with self._store.read() as conn:
             return _queries.interruption_stats_by_scope(conn, _epoch_ms(since), _epoch_ms(until))
 
@@ -717,6 +735,8 @@ class Tracker:
         self, since: Timestamp | None = None, limit: int | None = None
     ) -> list[ConcurrencyAlertRecord]:
         """Account-level concurrency alerts, newest first."""
+        from . import _queries
+
         with self._store.read() as conn:
             return _queries.alerts(conn, _epoch_ms(since), limit)
 
