@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from urllib.parse import quote
@@ -324,8 +323,8 @@ def test_writing_through_a_read_only_uri_is_a_one_line_error(tmp_path: Path) -> 
 @example(path="x\x00y", form="sqlite:///{quoted}")
 @settings(max_examples=300, deadline=None)
 def test_a_plain_sqlite_path_is_read_as_sqlalchemy_reads_it(path: str, form: str) -> None:
-    """A plain path or ``sqlite:///path``, read without SQLAlchemy, names the file and renders
-    the URL that SQLAlchemy's parser gives; what that parser refuses is never taken."""
+    """A plain path or ``sqlite:///path``, read without SQLAlchemy, names the file, opens it as
+    SQLAlchemy would and renders the same URL; what SQLAlchemy's parser refuses is never taken."""
     text = form.format(path, quoted=quote(path, safe=" +/"))
     try:
         parsed = _dburl.parse(text)
@@ -342,4 +341,5 @@ def test_a_plain_sqlite_path_is_read_as_sqlalchemy_reads_it(path: str, form: str
     rendered, file = plain
     assert rendered == parsed.render_as_string(hide_password=False)
     assert file.path == _dburl.sqlite_file(parsed)
-    assert file.filename == os.path.abspath(parsed.database or "")
+    connect_args = parsed.get_dialect()().create_connect_args(parsed)
+    assert ([file.filename], file.options) == (list(connect_args[0]), dict(connect_args[1]))
