@@ -98,16 +98,22 @@ def refuse_newer(revision: str | None) -> None:
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at; None for a database without our schema."""
     if engine.dialect.name == "sqlite":
-        raw = engine.raw_connection()
-        try:
-            conn = raw.driver_connection
-            assert isinstance(conn, sqlite3.Connection)
-            with _sqlite_errors(_file_of(engine)):
-                return _sqlite_revision(conn)
-        finally:
-            raw.close()
+        with _pooled_sqlite(engine) as conn, sqlite_errors(_file_of(engine)):
+            return _sqlite_revision(conn)
     with engine.connect() as conn:
         return _read_revision(conn)
+
+
+@contextmanager
+def _pooled_sqlite(engine: Engine) -> Iterator[sqlite3.Connection]:
+    # The driver's own connection, from the engine's pool, and back to it.
+    raw = engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        assert isinstance(conn, sqlite3.Connection)
+        yield conn
+    finally:
+        raw.close()
 
 
 def _one_revision(rows: list[str]) -> str | None:
@@ -190,13 +196,8 @@ def ensure_schema(engine: Engine) -> None:
     schema lock, the others wait for it, then find the schema there.
     """
     if engine.dialect.name == "sqlite":
-        raw = engine.raw_connection()
-        try:
-            conn = raw.driver_connection
-            assert isinstance(conn, sqlite3.Connection)
+        with _pooled_sqlite(engine) as conn:
             revision = ensure_sqlite(conn, _file_of(engine))
-        finally:
-            raw.close()
         if revision != head_revision():
             upgrade(engine)
         return
@@ -225,7 +226,7 @@ def ensure_sqlite(conn: sqlite3.Connection, path: Path | None) -> str:
     packaged schema that is behind the migrations (the tests keep it at the head), which the
     caller then upgrades with Alembic.
     """
-    with _sqlite_errors(path):
+    with sqlite_errors(path):
         current = _sqlite_revision(conn)
         if current is None:
             created = _create_sqlite(conn)
@@ -260,9 +261,9 @@ def _create_sqlite(conn: sqlite3.Connection) -> str | None:
 
 
 @contextmanager
-def _sqlite_errors(path: Path | None) -> Iterator[None]:
-    # sqlite3's own errors (a file that is no database, a folder SQLite cannot write in) as the
-    # library's, saying why where the file system tells.
+def sqlite_errors(path: Path | None) -> Iterator[None]:
+    """sqlite3's own errors (a file that is no database, a folder SQLite cannot write in) as
+    :class:`DatabaseUnavailable`, saying why where the file system tells."""
     try:
         yield
     except sqlite3.Error as exc:

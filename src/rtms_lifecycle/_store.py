@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,9 +24,8 @@ from . import _migrate
 from ._batch import Batch, Incoming
 from ._dburl import default_url, plain_sqlite_file
 from ._deadline import remaining
-from ._sqlite import unavailable
 from ._writers import WriteFailed, Writer
-from .exceptions import DatabaseUnavailable, StoreError, StoreTimeout
+from .exceptions import StoreError, StoreTimeout
 from .records import IngestResult, Outcome
 
 if TYPE_CHECKING:
@@ -93,10 +91,8 @@ class Store:
 
     @staticmethod
     def _ensure_sqlite(file: SqliteFile) -> str:
-        try:
+        with _migrate.sqlite_errors(file.path):
             conn = file.connect()
-        except sqlite3.Error as exc:
-            raise DatabaseUnavailable(unavailable(file.path, exc)) from exc
         try:
             return _migrate.ensure_sqlite(conn, file.path)
         finally:
