@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, Engine, create_engine
 
-from rtms_lifecycle._tables import POSTGRESQL_FEED_INDEX, metadata
+from rtms_lifecycle.store.tables import POSTGRESQL_FEED_INDEX, metadata
 
 
 def _run(connection: Connection) -> None:

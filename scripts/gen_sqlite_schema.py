@@ -1,4 +1,4 @@
-"""Write src/rtms_lifecycle/data/sqlite_schema.sql: the SQLite schema the migrations create.
+"""Write src/rtms_lifecycle/store/sqlite_schema.sql: the SQLite schema the migrations create.
 
 A new SQLite database is created from that file instead of by running every migration through
 Alembic (a tenth of a second more, on every first start). tests/test_migrations.py checks that
@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from rtms_lifecycle import _migrate
-from rtms_lifecycle._engine import create_store_engine
+from rtms_lifecycle.store import migrate as _migrate
+from rtms_lifecycle.store.engine import create_store_engine
 
-SCHEMA: Final = _migrate._SQLITE_SCHEMA
+SCHEMA: Final = _migrate.SQLITE_SCHEMA_FILE
 _ORDER: Final = "CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, name"
 
 

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtms_lifecycle import Outcome, Scope, State, Tracker
-from rtms_lifecycle._store import now_ms
-from rtms_lifecycle.cli import cli
+from rtms_lifecycle.cli.commands import cli
+from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.server import create_app
 from tests._deliveries import body
 from tests._live import SECRET, serving

@@ -36,7 +36,7 @@ from rtms_lifecycle import (
     Transition,
     WebhookRefused,
 )
-from rtms_lifecycle._store import now_ms
+from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.server import create_router
 from rtms_lifecycle.webhook import WebhookVerifier
 from tests._live import SECRET, serving, signed

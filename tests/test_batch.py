@@ -6,12 +6,18 @@ from collections.abc import Sequence
 from itertools import count
 
 from rtms_lifecycle import EventKind, Outcome, Scope, State
-from rtms_lifecycle._batch import Batch, Incoming, UnscopedEvent, synthetic_delivery, to_incoming
-from rtms_lifecycle._rows import Row, event_from_delivery, state_row
-from rtms_lifecycle._writers import Loaded, Writes
 from rtms_lifecycle.events import Source, StreamEvent, parse_delivery
 from rtms_lifecycle.machine import StreamState, fold
 from rtms_lifecycle.records import IngestResult
+from rtms_lifecycle.store.batch import (
+    Batch,
+    Incoming,
+    UnscopedEvent,
+    synthetic_delivery,
+    to_incoming,
+)
+from rtms_lifecycle.store.rows import Row, event_from_delivery, state_row
+from rtms_lifecycle.store.writers import Loaded, Writes
 
 from ._deliveries import raw
 

@@ -23,10 +23,12 @@ from alembic.script import ScriptDirectory
 from click.testing import CliRunner, Result
 from rich.console import Console
 
-from rtms_lifecycle import Tracker, _migrate
-from rtms_lifecycle._cli_rendering import _quick_table, deliveries_table, print_table
-from rtms_lifecycle._engine import create_store_engine
-from rtms_lifecycle.cli import cli, format_duration, format_time, parse_duration, parse_time
+from rtms_lifecycle import Tracker
+from rtms_lifecycle.cli.commands import cli, parse_duration, parse_time
+from rtms_lifecycle.cli.rendering import _quick_table, deliveries_table, print_table
+from rtms_lifecycle.clock import format_duration, format_time
+from rtms_lifecycle.store import migrate as _migrate
+from rtms_lifecycle.store.engine import create_store_engine
 
 from ._deliveries import SPEC_STREAM_KEYS, body
 

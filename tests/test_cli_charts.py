@@ -9,8 +9,9 @@ from click.testing import CliRunner, Result
 from rich.text import Text
 
 from rtms_lifecycle import Tracker
-from rtms_lifecycle._terminal_charts import timeline_bar
-from rtms_lifecycle.cli import cli, format_time
+from rtms_lifecycle.cli.charts import timeline_bar
+from rtms_lifecycle.cli.commands import cli
+from rtms_lifecycle.clock import format_time
 from tests._deliveries import body
 from tests.test_cli_database import terminal_output
 

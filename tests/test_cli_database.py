@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from rtms_lifecycle import Tracker, _dburl
-from rtms_lifecycle.cli import cli
+from rtms_lifecycle import Tracker
+from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.exceptions import DatabaseURLError
+from rtms_lifecycle.store import urls as _dburl
 
 from ._deliveries import body
 from .test_cli import SCENARIO, T0, invoke, invoke_json, jsonl, run_process

@@ -20,10 +20,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from rtms_lifecycle import Tracker, _migrate
-from rtms_lifecycle._cli_reading import MAX_LINE_BYTES
-from rtms_lifecycle._engine import create_store_engine
-from rtms_lifecycle.cli import cli
+from rtms_lifecycle import Tracker
+from rtms_lifecycle.cli.commands import cli
+from rtms_lifecycle.cli.reading import MAX_LINE_BYTES
+from rtms_lifecycle.store import migrate as _migrate
+from rtms_lifecycle.store.engine import create_store_engine
 
 from ._deliveries import body
 from .test_cli import ENTRY_POINT, SCENARIO, T0, invoke, invoke_json, jsonl, run_process

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtms_lifecycle import Scope, Tracker
-from rtms_lifecycle.dashboard import COOKIE_NAME
-from rtms_lifecycle.dashboard._auth import SESSION_SECONDS, Sessions
-from rtms_lifecycle.dashboard._pages import WINDOWS, StatsCache
+from rtms_lifecycle.receiver.dashboard import COOKIE_NAME
+from rtms_lifecycle.receiver.dashboard.auth import SESSION_SECONDS, Sessions
+from rtms_lifecycle.receiver.dashboard.pages import WINDOWS, StatsCache
 from rtms_lifecycle.server import API_TOKEN_ENV, create_app
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests._deliveries import body

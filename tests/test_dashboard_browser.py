@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from rtms_lifecycle import Tracker
-from rtms_lifecycle.cli import cli
+from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.server import create_app
 from tests._deliveries import body
 from tests._live import SECRET, serving

@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from rtms_lifecycle._parsing import STREAM_MODELS, ConcurrencyLimited, ConcurrencyNearLimit
 from rtms_lifecycle.events import (
     ConcurrencyAlert,
     StreamEvent,
@@ -24,6 +23,7 @@ from rtms_lifecycle.events import (
     parse_delivery,
 )
 from rtms_lifecycle.exceptions import DeliveryRejected
+from rtms_lifecycle.parsing import STREAM_MODELS, ConcurrencyLimited, ConcurrencyNearLimit
 
 ZOOM = Path(__file__).resolve().parent / "zoom"  # a copy of Zoom's published schema (README there)
 EXAMPLES = sorted((ZOOM / "examples").glob("*.json"))

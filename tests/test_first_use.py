@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine
 
-from rtms_lifecycle._migrate import current_revision, head_revision
+from rtms_lifecycle.store.migrate import current_revision, head_revision
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests._live import SECRET, _free_port
 

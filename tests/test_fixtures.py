@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from rtms_lifecycle._sqlite import SQLITE_PRAGMAS
+from rtms_lifecycle.store.sqlite import SQLITE_PRAGMAS
 from tests._postgres import PostgresServer, running_server, server_version
 from tests.benchmarks import baseline_sqlite
 

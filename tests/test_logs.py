@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
-from rtms_lifecycle.cli import cli
+from rtms_lifecycle.cli.commands import cli
 from tests import _deliveries
 from tests._live import signed
 from tests._served import Served, serve_command

@@ -16,9 +16,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from rtms_lifecycle import Scope, Tracker, _migrate
-from rtms_lifecycle._metrics import scope_label
+from rtms_lifecycle import Scope, Tracker
+from rtms_lifecycle.receiver.metrics import scope_label
 from rtms_lifecycle.server import create_app
+from rtms_lifecycle.store import migrate as _migrate
 from tests import _deliveries
 from tests._live import SECRET, serving, signed
 from tests._served import serve_command, uvicorn_workers

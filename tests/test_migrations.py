@@ -21,8 +21,9 @@ from pytest_alembic.tests import (
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from rtms_lifecycle import Outcome, SchemaOutdatedError, State, Tracker, _migrate
-from rtms_lifecycle._engine import create_store_engine
+from rtms_lifecycle import Outcome, SchemaOutdatedError, State, Tracker
+from rtms_lifecycle.store import migrate as _migrate
+from rtms_lifecycle.store.engine import create_store_engine
 
 from ._deliveries import raw
 
@@ -232,7 +233,7 @@ def test_a_packaged_schema_behind_the_migrations_is_upgraded(
     """Were the packaged schema a revision behind, Alembic would migrate the new file the rest."""
     stale = tmp_path / "stale.sql"
     stale.write_text(schema_script.migrated_schema("0007"), encoding="utf-8")
-    monkeypatch.setattr(_migrate, "_SQLITE_SCHEMA", stale)
+    monkeypatch.setattr(_migrate, "SQLITE_SCHEMA_FILE", stale)
     Tracker(f"sqlite:///{tmp_path / 'new.db'}").close()
     schema_script.migrate_file(tmp_path / "migrated.db")
     assert _schema_of(tmp_path / "new.db") == _schema_of(tmp_path / "migrated.db")

@@ -61,7 +61,7 @@ def test_wheel_carries_license_migrations_and_main(wheel: Path) -> None:
         names = set(archive.namelist())
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "rtms_lifecycle/migrations/env.py" in names
-    assert "rtms_lifecycle/data/sqlite_schema.sql" in names
+    assert "rtms_lifecycle/store/sqlite_schema.sql" in names
     assert "rtms_lifecycle/__main__.py" in names
     assert "rtms_lifecycle/py.typed" in names
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from rtms_lifecycle import Tracker
-from rtms_lifecycle._defaults import DEFAULT_BATCH_SIZE
-from rtms_lifecycle._read_ahead import read_ahead
+from rtms_lifecycle.defaults import DEFAULT_BATCH_SIZE
+from rtms_lifecycle.read_ahead import read_ahead
 from tests._deliveries import raw
 
 

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from rtms_lifecycle import Outcome, Tracker
-from rtms_lifecycle.cli import cli
+from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.server import create_app
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries

@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from rtms_lifecycle import Outcome, State, Tracker, _migrate, retention
-from rtms_lifecycle._engine import create_store_engine
-from rtms_lifecycle._store import now_ms
-from rtms_lifecycle._tables import concurrency_alerts, deliveries, streams, transitions
-from rtms_lifecycle.cli import cli
+from rtms_lifecycle import Outcome, State, Tracker, retention
+from rtms_lifecycle.cli.commands import cli
+from rtms_lifecycle.clock import now_ms
+from rtms_lifecycle.store import migrate as _migrate
+from rtms_lifecycle.store.engine import create_store_engine
+from rtms_lifecycle.store.tables import concurrency_alerts, deliveries, streams, transitions
 
 from ._deliveries import raw
 

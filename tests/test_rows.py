@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Table
 
-from rtms_lifecycle import EventKind, State, _rows, _tables
-from rtms_lifecycle._rows import state_from_row, state_row
+from rtms_lifecycle import EventKind, State
 from rtms_lifecycle.events import StreamEvent, parse_delivery
 from rtms_lifecycle.machine import fold
+from rtms_lifecycle.store import rows as _rows
+from rtms_lifecycle.store import tables as _tables
+from rtms_lifecycle.store.rows import state_from_row, state_row
 
 from ._deliveries import raw
 

@@ -13,9 +13,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
 import rtms_lifecycle
-from rtms_lifecycle import Outcome, Scope, State, _defaults, _migrate
-from rtms_lifecycle.cli import cli
+from rtms_lifecycle import Outcome, Scope, State
+from rtms_lifecycle import defaults as _defaults
+from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.exceptions import SchemaOutdatedError
+from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.subscriptions import (
     DEFAULT_FORWARD_TIMEOUT,
     DEFAULT_MAX_ATTEMPTS,
@@ -34,7 +36,7 @@ heavy = {heavy!r}
 print(sorted({{name.partition(".")[0] for name in sys.modules}} & set(heavy)))
 """
 _RUN_CLI = """
-from rtms_lifecycle.cli import cli
+from rtms_lifecycle.cli.commands import cli
 try:
     cli.main({argv!r}, prog_name="rtms-lifecycle")
 except SystemExit as exc:

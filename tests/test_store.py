@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
 from rtms_lifecycle import EventKind, Outcome, Scope, State, Stream, Tracker
-from rtms_lifecycle._predicates import EVENT_PREDICATE
-from rtms_lifecycle._rows import state_to_stream
-from rtms_lifecycle._tables import deliveries, transitions
 from rtms_lifecycle.events import Source, StreamEvent, parse_delivery
 from rtms_lifecycle.machine import fold
+from rtms_lifecycle.store.predicates import EVENT_PREDICATE
+from rtms_lifecycle.store.rows import state_to_stream
+from rtms_lifecycle.store.tables import deliveries, transitions
 
 from ._deliveries import body, raw
 

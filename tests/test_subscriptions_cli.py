@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook
 
 from rtms_lifecycle import Tracker
-from rtms_lifecycle.cli import cli
+from rtms_lifecycle.cli.commands import cli
 
 from ._deliveries import body
 from ._live import serving

@@ -29,8 +29,8 @@ from rtms_lifecycle import (
     TransitionName,
     WebhookRefused,
 )
-from rtms_lifecycle._defaults import MAX_BATCH_SIZE
-from rtms_lifecycle._store import now_ms
+from rtms_lifecycle.clock import now_ms
+from rtms_lifecycle.defaults import MAX_BATCH_SIZE
 
 from ._deliveries import body
 from ._live import signed

@@ -10,8 +10,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from .async_tracker import AsyncTracker
-    from .events import (
+    from rtms_lifecycle.async_tracker import AsyncTracker
+    from rtms_lifecycle.events import (
         ConcurrencyAlert,
         EventKind,
         ParsedDelivery,
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         UrlValidation,
         parse_delivery,
     )
-    from .exceptions import (
+    from rtms_lifecycle.exceptions import (
         ConfigurationError,
         DatabaseUnavailable,
         DatabaseURLError,
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
         StoreTimeout,
         WebhookRefused,
     )
-    from .machine import State, TransitionName
-    from .records import (
+    from rtms_lifecycle.machine import State, TransitionName
+    from rtms_lifecycle.records import (
         ConcurrencyAlertRecord,
         DeliveryRecord,
         IngestResult,
@@ -48,10 +48,10 @@ if TYPE_CHECKING:
         Transition,
         UnhandledEventStat,
     )
-    from .retention import PruneRecord, PruneResult
-    from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
-    from .subscriptions import SubscriptionStatus
-    from .tracker import IngestSummary, Tracker, TransitionCallback
+    from rtms_lifecycle.retention import PruneRecord, PruneResult
+    from rtms_lifecycle.stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
+    from rtms_lifecycle.subscriptions import SubscriptionStatus
+    from rtms_lifecycle.tracker import IngestSummary, Tracker, TransitionCallback
 
 __all__ = [
     "AsyncTracker",

@@ -1,5 +1,5 @@
 """``python -m rtms_lifecycle``: the command line, where the script is not on PATH."""
 
-from .cli import main
+from rtms_lifecycle.cli import main
 
 main()

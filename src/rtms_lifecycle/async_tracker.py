@@ -24,19 +24,18 @@ from typing import Any, Final, ParamSpec, TypeVar, overload
 
 from sqlalchemy import Engine
 
-from . import subscriptions as _subs
-from ._async_subscriptions import AsyncSubscriptionRunner
-from ._deadline import DEFAULT_STORE_TIMEOUT
-from ._defaults import (
+from rtms_lifecycle import subscriptions as _subs
+from rtms_lifecycle.async_subscriptions import AsyncSubscriptionRunner
+from rtms_lifecycle.defaults import (
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
 )
-from .events import Scope
-from .exceptions import ConfigurationError, StoreTimeout
-from .machine import State, TransitionName
-from .records import (
+from rtms_lifecycle.events import Scope
+from rtms_lifecycle.exceptions import ConfigurationError, StoreTimeout
+from rtms_lifecycle.machine import State, TransitionName
+from rtms_lifecycle.records import (
     ConcurrencyAlertRecord,
     DeliveryRecord,
     IngestResult,
@@ -48,8 +47,9 @@ from .records import (
     Transition,
     UnhandledEventStat,
 )
-from .retention import PruneRecord, PruneResult
-from .tracker import (
+from rtms_lifecycle.retention import PruneRecord, PruneResult
+from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
+from rtms_lifecycle.tracker import (
     DEFAULT_BATCH_SIZE,
     Body,
     IngestSummary,
@@ -61,7 +61,7 @@ from .tracker import (
     _check_batch_size,
     _Subscription,
 )
-from .webhook import DEFAULT_REPLAY_WINDOW, Verification
+from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification
 
 __all__ = ["DEFAULT_MAX_THREADS", "AsyncTracker"]
 

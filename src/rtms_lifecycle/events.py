@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 # The pydantic models live in _parsing, imported on the first parse: a process that only reads
 # the database (`rtms-lifecycle stream ID`) never builds them.
 if TYPE_CHECKING:
-    from ._parsing import (
+    from rtms_lifecycle.parsing import (
         ConcurrencyLimited,
         ConcurrencyNearLimit,
         EndpointUrlValidation,
@@ -173,20 +173,20 @@ def _parser() -> Callable[
     [bytes | bytearray | memoryview | str | Mapping[str, Any]], ParsedDelivery
 ]:
     # Per delivery: a cached call costs a tenth of what an import statement does.
-    from ._parsing import parse_delivery as parse
+    from rtms_lifecycle.parsing import parse_delivery as parse
 
     return parse
 
 
 def check_app_event(stream_id: Any, event_ts: Any) -> tuple[str, int]:
     """Validate an app-reported event's stream id and time as webhook fields are validated."""
-    from ._parsing import check_app_event as check
+    from rtms_lifecycle.parsing import check_app_event as check
 
     return check(stream_id, event_ts)
 
 
 def stream_event_names() -> list[str]:
     """The 15 stream event names the parser understands."""
-    from ._parsing import STREAM_MODELS
+    from rtms_lifecycle.parsing import STREAM_MODELS
 
     return list(STREAM_MODELS)

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from transitions import Machine, Transition
 
-from .events import EventKind, Scope, StreamEvent
+from rtms_lifecycle.events import EventKind, Scope, StreamEvent
 
 __all__ = [
     "ACTIVE_STATES",

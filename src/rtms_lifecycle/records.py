@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from .events import Scope, Source
-from .exceptions import FieldError
-from .machine import State, TransitionName
-from .stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
+from rtms_lifecycle.events import Scope, Source
+from rtms_lifecycle.exceptions import FieldError
+from rtms_lifecycle.machine import State, TransitionName
+from rtms_lifecycle.stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
 
 __all__ = [
     "ConcurrencyAlertRecord",

@@ -32,11 +32,11 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, func, select
 
-from ._predicates import STREAM_DELIVERY_PREDICATES
-from ._sqlite import PRUNING_FUNCTION, not_pruning
-from ._store import Store
-from ._tables import prunes
-from .exceptions import StoreError
+from rtms_lifecycle.exceptions import StoreError
+from rtms_lifecycle.store.core import Store
+from rtms_lifecycle.store.predicates import STREAM_DELIVERY_PREDICATES
+from rtms_lifecycle.store.sqlite import PRUNING_FUNCTION, not_pruning
+from rtms_lifecycle.store.tables import prunes
 
 __all__ = ["MIN_RETENTION", "PruneRecord", "PruneResult", "list_prunes", "prune"]
 

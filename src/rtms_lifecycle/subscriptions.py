@@ -32,20 +32,20 @@ from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from . import _queries
-from ._defaults import (
+from rtms_lifecycle.clock import now_ms
+from rtms_lifecycle.defaults import (
     DEFAULT_FORWARD_TIMEOUT,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
 )
-from ._store import now_ms
-from ._tables import subscription_parked as parked_table
-from ._tables import subscriptions as subscriptions_table
-from ._tables import transitions as transitions_table
-from .exceptions import ConfigurationError
-from .records import Stream, Transition
+from rtms_lifecycle.exceptions import ConfigurationError
+from rtms_lifecycle.records import Stream, Transition
+from rtms_lifecycle.store import queries as _queries
+from rtms_lifecycle.store.tables import subscription_parked as parked_table
+from rtms_lifecycle.store.tables import subscriptions as subscriptions_table
+from rtms_lifecycle.store.tables import transitions as transitions_table
 
 __all__ = [
     "DEFAULT_FORWARD_TIMEOUT",

@@ -12,10 +12,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, overload
 
-from ._batch import Body, Incoming, UnscopedEvent, synthetic_delivery, to_incoming
-from ._bodies import to_raw
-from ._deadline import DEFAULT_STORE_TIMEOUT
-from ._defaults import (
+from rtms_lifecycle.bodies import to_raw
+from rtms_lifecycle.clock import now_ms
+from rtms_lifecycle.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
@@ -23,12 +22,11 @@ from ._defaults import (
     DEFAULT_RETRY_DELAY,
     MAX_BATCH_SIZE,
 )
-from ._read_ahead import read_ahead
-from ._store import Store, now_ms
-from .events import EventKind, Scope, Source, check_app_event
-from .exceptions import ConfigurationError, DeliveryRejected
-from .machine import State, TransitionName
-from .records import (
+from rtms_lifecycle.events import EventKind, Scope, Source, check_app_event
+from rtms_lifecycle.exceptions import ConfigurationError, DeliveryRejected
+from rtms_lifecycle.machine import State, TransitionName
+from rtms_lifecycle.read_ahead import read_ahead
+from rtms_lifecycle.records import (
     ConcurrencyAlertRecord,
     DeliveryRecord,
     IngestResult,
@@ -40,7 +38,16 @@ from .records import (
     Transition,
     UnhandledEventStat,
 )
-from .webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
+from rtms_lifecycle.store.batch import (
+    Body,
+    Incoming,
+    UnscopedEvent,
+    synthetic_delivery,
+    to_incoming,
+)
+from rtms_lifecycle.store.core import Store
+from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
+from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
 
 # The queries, pruning and subscriptions import SQLAlchemy (a quarter of a second and more): the
 # methods that use them import them, so that a process that only records deliveries into an
@@ -48,8 +55,8 @@ from .webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from . import subscriptions as _subs
-    from .retention import PruneRecord, PruneResult
+    from rtms_lifecycle import subscriptions as _subs
+    from rtms_lifecycle.retention import PruneRecord, PruneResult
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Body", "IngestSummary", "TransitionCallback", "Tracker"]
 
@@ -285,7 +292,7 @@ class Tracker:
         With ``dry_run``, nothing is written: the streams are returned as the expiry would
         leave them.
         """
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         seconds = (
             stale_after.total_seconds()
@@ -342,7 +349,7 @@ class Tracker:
         freed space; ``vacuum`` then rewrites the database file (SQLite) or runs
         ``VACUUM ANALYZE`` (PostgreSQL). See docs/operations.md.
         """
-        from . import retention
+        from rtms_lifecycle import retention
 
         if not isinstance(older_than, timedelta):
             older_than = timedelta(seconds=older_than)
@@ -350,7 +357,7 @@ class Tracker:
 
     def prunes(self, limit: int | None = None) -> list[PruneRecord]:
         """Recorded prunes, newest first: when, with which cutoff, and what each removed."""
-        from . import retention
+        from rtms_lifecycle import retention
 
         with self._store.read() as conn:
             return retention.list_prunes(conn, limit)
@@ -489,7 +496,7 @@ class Tracker:
         (:class:`TypeError`): :class:`AsyncTracker` awaits those.
         """
 
-        from . import subscriptions as _subs
+        from rtms_lifecycle import subscriptions as _subs
 
         def register(fn: TransitionCallback) -> TransitionCallback:
             # Called by the runner, it would only make a coroutine nobody awaits.
@@ -526,21 +533,21 @@ class Tracker:
         With ``idle_exit``, return after that many seconds with nothing to deliver. PostgreSQL
         wakes the runner on each commit (``LISTEN``); SQLite is polled every ``poll_interval``.
         """
-        from . import subscriptions as _subs
+        from rtms_lifecycle import subscriptions as _subs
 
         runner = _subs.SubscriptionRunner(self.engine, self._consumers, poll_interval=poll_interval)
         runner.run(stop, idle_exit)
 
     def subscriptions(self) -> list[_subs.SubscriptionStatus]:
         """Every durable consumer stored in the database: cursor, lag, parked, last error."""
-        from . import subscriptions as _subs
+        from rtms_lifecycle import subscriptions as _subs
 
         with self._store.read() as conn:
             return _subs.list_subscriptions(conn)
 
     def retry_parked(self, consumer: str) -> int:
         """Queue the consumer's parked transitions for delivery again; how many were queued."""
-        from . import subscriptions as _subs
+        from rtms_lifecycle import subscriptions as _subs
 
         with self.engine.begin() as conn:
             count = _subs.requeue_parked(conn, consumer)
@@ -552,7 +559,7 @@ class Tracker:
 
     def stream(self, stream_id: str) -> Stream | None:
         """The stream with this ``rtms_stream_id``, or None."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
             return _queries.stream(conn, stream_id)
@@ -568,7 +575,7 @@ class Tracker:
 
         ``account_id`` keeps the streams of one Zoom account.
         """
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
             return _queries.active_streams(
@@ -588,7 +595,7 @@ class Tracker:
     ) -> list[Stream]:
         """Stored streams, newest activity first; ``since``/``until`` keep streams alive then,
         ``account_id`` those of one Zoom account."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         filters = _stream_filters(state, scope, scope_id, since, until)
         with self._store.read() as conn:
@@ -606,7 +613,7 @@ class Tracker:
     ) -> int:
         """How many streams :meth:`streams` would list with the same filters, counted by the
         database (a table showing the newest 50 says of how many)."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         filters = _stream_filters(state, scope, scope_id, since, until)
         with self._store.read() as conn:
@@ -614,14 +621,14 @@ class Tracker:
 
     def history(self, stream_id: str) -> list[Transition]:
         """The stream's transitions in event-time order (how it went)."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
             return _queries.history(conn, stream_id)
 
     def audit(self, stream_id: str) -> list[Transition]:
         """The stream's transitions in the order they were recorded (how we learnt it)."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
             return _queries.audit(conn, stream_id)
@@ -634,7 +641,7 @@ class Tracker:
         Commit order, not id order: a consumer never misses a transition and never sees one
         twice, even while several processes write. Start with ``cursor=None``.
         """
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         position = _parse_cursor(cursor)
         with self._store.read() as conn:
@@ -651,7 +658,7 @@ class Tracker:
         limit: int | None = 100,
     ) -> list[DeliveryRecord]:
         """Stored deliveries, newest first."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
             return _queries.list_deliveries(conn, _as_set(outcome, Outcome), stream_id, limit)
@@ -666,7 +673,7 @@ class Tracker:
     ) -> list[StopReasonStat]:
         """Per stop reason (and scope): count, share and median duration of streams stopped
         in ``[since, until)`` (of one Zoom account with ``account_id``)."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
             return _queries.stop_reason_stats(
@@ -678,7 +685,7 @@ class Tracker:
     ) -> list[UnhandledEventStat]:
         """Deliveries of events this version does not handle, per event name, received in
         ``[since, until)``: count, first and last seen. RTMS-looking names come first."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
             return _queries.unhandled_stats(conn, _epoch_ms(since), _epoch_ms(until))
@@ -692,7 +699,7 @@ class Tracker:
     ) -> list[StopReasonCount]:
         """Streams stopped in ``[since, until)`` per stop reason and UTC-aligned ``bucket`` of
         stop time (an hour by default), oldest bucket first."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         bucket_ms = int(bucket.total_seconds() * 1000)
         if bucket_ms < 1:
@@ -710,7 +717,7 @@ class Tracker:
     ) -> InterruptionStats:
         """Interruptions of streams that began in ``[since, until)`` and how they recovered
         (of one Zoom account with ``account_id``)."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
             return _queries.interruption_stats(
@@ -726,7 +733,7 @@ class Tracker:
     ) -> dict[Scope, InterruptionStats]:
         """:meth:`interruption_stats` for every scope with streams that began in
         ``[since, until)``, in one pass."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
             return _queries.interruption_stats_by_scope(conn, _epoch_ms(since), _epoch_ms(until))
@@ -735,7 +742,7 @@ class Tracker:
         self, since: Timestamp | None = None, limit: int | None = None
     ) -> list[ConcurrencyAlertRecord]:
         """Account-level concurrency alerts, newest first."""
-        from . import _queries
+        from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
             return _queries.alerts(conn, _epoch_ms(since), limit)

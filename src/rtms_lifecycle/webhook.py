@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from .exceptions import ConfigurationError, WebhookRefused
+from rtms_lifecycle.exceptions import ConfigurationError, WebhookRefused
 
 __all__ = [
     "DEFAULT_REPLAY_WINDOW",

@@ -3,7 +3,7 @@
 Per delivery: ``json.loads`` (to know the stream), insert the delivery, upsert the stream row,
 insert the transition row. No validation, no duplicate detection, no fold, no ORM.
 
-``--pragmas store`` uses exactly what ``rtms_lifecycle._sqlite`` sets on every connection
+``--pragmas store`` uses exactly what ``rtms_lifecycle.store.sqlite`` sets on every connection
 (``journal_mode=WAL``, ``synchronous=NORMAL``, ``busy_timeout=30000``, ``BEGIN IMMEDIATE``),
 spelt out here so that the script imports nothing but the standard library (a test checks they
 are the store's);
@@ -87,7 +87,7 @@ LEAN_INSERT_TRANSITION: Final = (
     "INSERT INTO transitions (stream_id, to_state, kind, event_ts, recorded_at, delivery_id)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
-# rtms_lifecycle._sqlite.SQLITE_PRAGMAS (tests/test_fixtures.py checks): importing the library
+# rtms_lifecycle.store.sqlite.SQLITE_PRAGMAS (tests/test_fixtures.py checks): importing the library
 # for them would add its imports, SQLAlchemy's among them, to the script's start-up.
 STORE_PRAGMAS: Final = ("busy_timeout=30000", "journal_mode=WAL", "synchronous=NORMAL")
 SCOPE_ID_FIELDS: Final = ("meeting_uuid", "webinar_uuid", "session_id", "engagement_id", "call_id")
@@ -138,8 +138,8 @@ def prepare(path: Path, schema: str) -> None:
 def library_schema(url: str, schema: str) -> None:
     """The library's schema at head (``library``) or at migration 0002 (``library-0002``)."""
     from rtms_lifecycle import Tracker
-    from rtms_lifecycle._engine import create_store_engine
-    from rtms_lifecycle._migrate import upgrade
+    from rtms_lifecycle.store.engine import create_store_engine
+    from rtms_lifecycle.store.migrate import upgrade
 
     if schema == "library":
         Tracker(url).close()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from rtms_lifecycle import Tracker
-from rtms_lifecycle._batch import to_incoming
+from rtms_lifecycle.store.batch import to_incoming
 from tests.benchmarks.generate import LoadSpec, generate
 
 Record = Callable[[Tracker, bytes], object]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rtms_lifecycle import Tracker
-from rtms_lifecycle._store import now_ms
+from rtms_lifecycle.clock import now_ms
 
 from .generate import LoadSpec, generate
 

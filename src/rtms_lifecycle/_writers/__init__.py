@@ -1,6 +1,0 @@
-"""The store's write transactions, one module per database: ``base`` (what they share),
-``sqlite`` and ``postgres``."""
-
-from .base import Loaded, WriteFailed, Writer, Writes, WriteTx, writer_for
-
-__all__ = ["Loaded", "WriteFailed", "WriteTx", "Writer", "Writes", "writer_for"]

@@ -1,0 +1,493 @@
+"""The ``rtms-lifecycle`` command: ingest, query, expire, migrate, demo and serve.
+
+Every read command has ``--json``, whose shapes are a documented contract (docs/cli.md).
+Human output goes through Rich: aligned tables, UTC ISO times, colours only on a terminal.
+What a command shares lives in ``_cli_app``, its parameters in ``_cli_params``, what it prints
+in ``_cli_rendering``, how ``ingest`` reads in ``_cli_reading``; the demo, the receiver and the
+durable consumers' commands in ``_cli_demo``, ``_cli_serve`` and ``_cli_consumers``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Final, NoReturn
+
+import click
+from click.core import ParameterSource
+
+from rtms_lifecycle.bounds import MAX_COUNT
+from rtms_lifecycle.cli.app import App, Group, pass_app
+from rtms_lifecycle.cli.consumers import follow, forward, subscriptions
+from rtms_lifecycle.cli.demo import demo
+from rtms_lifecycle.cli.errors import Failure
+from rtms_lifecycle.cli.params import (
+    ACCOUNT_OPTION,
+    JSON_OPTION,
+    TEXT,
+    parse_duration,
+    parse_time,
+    parsed_by,
+)
+from rtms_lifecycle.cli.reading import replay
+from rtms_lifecycle.cli.rendering import (
+    CATEGORY_STYLE,
+    alerts_table,
+    deliveries_table,
+    emit_json,
+    history_table,
+    interruptions_table,
+    plural,
+    print_table,
+    prune_table,
+    prunes_table,
+    report_ingest,
+    size,
+    stop_reasons_table,
+    stream_details,
+    streams_table,
+    unhandled_table,
+)
+from rtms_lifecycle.cli.serve import serve
+from rtms_lifecycle.clock import DASH, format_duration, format_time
+from rtms_lifecycle.defaults import (
+    DB_ENV,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DB_URL,
+    MAX_BATCH_SIZE,
+    OUTCOMES,
+    SCOPES,
+    STATES,
+)
+
+# Only Click is imported to build the commands: `--help` starts fast. What a command needs (Rich,
+# SQLAlchemy, the tracker) is imported in the functions that use it.
+if TYPE_CHECKING:
+    from rtms_lifecycle.machine import State
+
+# The parsers and formatters are part of what the command line offers (the tests use them).
+__all__ = ["cli", "format_duration", "format_time", "main", "parse_duration", "parse_time"]
+
+# The streams table without --limit: the newest this many (--json still lists every stream).
+_TABLE_STREAMS: Final = 50
+# prune --older-than: a cutoff a thousand years back is before any stream; much further back it
+# would be before year 1, which no date (nor the prune's own report) can show.
+_MAX_OLDER_THAN: Final = timedelta(days=365_000)
+
+
+# --- the commands ---------------------------------------------------------------------------------
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    metavar="URL",
+    envvar=DB_ENV,
+    default=DEFAULT_DB_URL,
+    show_default=True,
+    show_envvar=True,
+    help="SQLAlchemy database URL (sqlite:///file.db, postgresql://user@host/db) or a SQLite "
+    "file's path.",
+)
+@click.version_option(package_name="rtms-lifecycle")
+@click.pass_context
+def cli(ctx: click.Context, db: str) -> None:
+    """A trustworthy, queryable record of every Zoom RTMS stream, built from its webhooks.
+
+    Start with `rtms-lifecycle demo`.
+    """
+    given = ctx.get_parameter_source("db") is ParameterSource.COMMANDLINE
+    app = App(given_db=db, db_given=given)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True, exists=True))
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=MAX_BATCH_SIZE),
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Deliveries per transaction; 1 commits each delivery on its own (slower, safest).",
+)
+@JSON_OPTION
+@pass_app
+def ingest(app: App, path: str, batch_size: int, as_json: bool) -> None:
+    """Record deliveries from a JSON Lines file or - for stdin (gzip too), one per line.
+
+    Blank lines are skipped; a line that is not a valid delivery is stored as rejected and the
+    run goes on.
+    """
+    tracker = app.tracker()
+    started = time.perf_counter()
+    if path == "-":
+        summary, reading = replay(app.err, tracker, sys.stdin.buffer, batch_size)
+    else:
+        with open(path, "rb") as raw:
+            summary, reading = replay(app.err, tracker, raw, batch_size)
+    if as_json:
+        emit_json(summary.as_dict())
+    else:
+        report_ingest(app.out, summary, time.perf_counter() - started)
+    reading.check(summary.total)
+
+
+@cli.command()
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(STATES[1:]),
+    help="Only streams in this state (repeatable).",
+)
+@click.option("--scope", type=click.Choice(SCOPES), help="Only this product.")
+@click.option("--active", is_flag=True, help="Only streams whose media flows (started, resumed).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=MAX_COUNT),
+    help=f"At most N streams (newest first); the table shows {_TABLE_STREAMS} unless given.",
+)
+@ACCOUNT_OPTION
+@JSON_OPTION
+@pass_app
+def streams(
+    app: App,
+    states: tuple[str, ...],
+    scope: str | None,
+    active: bool,
+    limit: int | None,
+    account_id: str | None,
+    as_json: bool,
+) -> None:
+    """List stored streams, most recent activity first (all of them unless filtered)."""
+    from rtms_lifecycle.machine import ACTIVE_STATES
+
+    if active and states:
+        raise click.UsageError(
+            "'--active' means '--state started --state resumed': give one or the other"
+        )
+    wanted: Iterable[State | str] | None = ACTIVE_STATES if active else (states or None)
+    tracker = app.tracker(create=False)
+    if as_json or limit is not None:
+        found = tracker.streams(wanted, scope=scope, limit=limit, account_id=account_id)
+        app.show(as_json, found, lambda found: streams_table(plural(len(found), "stream"), found))
+        return
+    # Drawing tens of thousands of rows takes a minute and helps nobody, and reading a million
+    # streams to count them takes longer: the newest rows, and a count from the database.
+    found = tracker.streams(wanted, scope=scope, limit=_TABLE_STREAMS, account_id=account_id)
+    total = (
+        len(found)
+        if len(found) < _TABLE_STREAMS
+        else tracker.count_streams(wanted, scope=scope, account_id=account_id)
+    )
+    if total > len(found):
+        title = (
+            f"Newest streams: showing {len(found)} of {total:,} "
+            "(--limit N shows more, --json lists all)"
+        )
+        print_table(app.out, streams_table(title, found))
+        return
+    print_table(app.out, streams_table(plural(total, "stream"), found))
+
+
+@cli.command("stream")
+@click.argument("stream_id", type=TEXT)
+@JSON_OPTION
+@pass_app
+def stream_command(app: App, stream_id: str, as_json: bool) -> None:
+    """Show one stream (by rtms_stream_id) and its history."""
+    from rtms_lifecycle.cli.charts import timeline_bar
+    from rtms_lifecycle.clock import now_ms
+
+    tracker = app.tracker(create=False)
+    found = tracker.stream(stream_id)
+    if found is None:
+        raise Failure(f"no stream with rtms_stream_id {stream_id!r} is stored in {app.shown_db}")
+    history = tracker.history(stream_id)
+    if as_json:
+        emit_json({"stream": found.as_dict(), "history": [t.as_dict() for t in history]})
+        return
+    app.out.print(stream_details(found))
+    print_table(app.out, history_table(history))
+    if history:
+        app.out.print(timeline_bar(found, history, now_ms(), format_time))
+
+
+@cli.command()
+@click.option(
+    "--since",
+    metavar="T",
+    callback=parsed_by(parse_time),
+    help="Streams stopped at or after T (epoch ms or ISO 8601).",
+)
+@click.option(
+    "--until",
+    metavar="T",
+    callback=parsed_by(parse_time),
+    help="Streams stopped before T (epoch ms or ISO 8601).",
+)
+@click.option("--by-scope", is_flag=True, help="One row per scope and reason.")
+@click.option("--chart", is_flag=True, help="Draw the reasons as horizontal bars.")
+@click.option(
+    "--interruptions",
+    is_flag=True,
+    help="Interruption statistics (of streams that began in the window) instead.",
+)
+@ACCOUNT_OPTION
+@click.option(
+    "--unhandled",
+    is_flag=True,
+    help="Event names this version does not handle (received in the window) instead.",
+)
+@JSON_OPTION
+@pass_app
+def stats(
+    app: App,
+    since: int | None,
+    until: int | None,
+    by_scope: bool,
+    chart: bool,
+    interruptions: bool,
+    account_id: str | None,
+    unhandled: bool,
+    as_json: bool,
+) -> None:
+    """Why streams stopped: count, share and median duration per stop reason."""
+    from rtms_lifecycle.cli.charts import stop_reason_bars
+    from rtms_lifecycle.events import Scope
+
+    if chart and interruptions:
+        raise click.UsageError(
+            "'--chart' draws stop reasons: it does not go with '--interruptions'"
+        )
+    tracker = app.tracker(create=False)
+    if unhandled:
+        if interruptions or by_scope or chart or account_id is not None:
+            raise click.UsageError(
+                "'--unhandled' lists event names: it does not go with '--interruptions', "
+                "'--by-scope', '--chart' or '--account'"
+            )
+        app.show(as_json, tracker.unhandled_stats(since, until), unhandled_table)
+        return
+    if interruptions:
+        scopes: list[Scope | None] = list(Scope) if by_scope else [None]
+        rows = [
+            (s, tracker.interruption_stats(since, until, scope=s, account_id=account_id))
+            for s in scopes
+        ]
+        if as_json:
+            data = [{"scope": s.value, **r.as_dict()} for s, r in rows if s is not None]
+            emit_json(data if by_scope else rows[0][1].as_dict())
+            return
+        app.out.print(interruptions_table([(s.value if s else None, r) for s, r in rows]))
+        return
+    found = tracker.stop_reason_stats(since, until, by_scope=by_scope, account_id=account_id)
+    app.show(as_json, found, lambda found: stop_reasons_table(found, by_scope))
+    if chart and not as_json:
+        app.out.print(stop_reason_bars(found, CATEGORY_STYLE, room=app.out.width))
+
+
+@cli.command()
+@click.option(
+    "--outcome",
+    "outcomes",
+    multiple=True,
+    type=click.Choice(OUTCOMES),
+    help="Only deliveries with this outcome (repeatable).",
+)
+@click.option(
+    "--stream", "stream_id", metavar="ID", type=TEXT, help="Only deliveries for this stream."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0, max=MAX_COUNT),
+    default=100,
+    show_default=True,
+    help="At most N deliveries; 0 for all.",
+)
+@JSON_OPTION
+@pass_app
+def deliveries(
+    app: App, outcomes: tuple[str, ...], stream_id: str | None, limit: int, as_json: bool
+) -> None:
+    """Stored deliveries, newest first, with their outcome and why one was rejected."""
+    tracker = app.tracker(create=False)
+    found = tracker.deliveries(outcomes or None, stream_id=stream_id, limit=limit or None)
+    app.show(as_json, found, deliveries_table)
+
+
+@cli.command()
+@click.option(
+    "--since",
+    metavar="T",
+    callback=parsed_by(parse_time),
+    help="Alerts at or after T (epoch ms or ISO 8601).",
+)
+@JSON_OPTION
+@pass_app
+def alerts(app: App, since: int | None, as_json: bool) -> None:
+    """Account concurrency alerts (near the limit, or a stream refused), newest first."""
+    app.show(as_json, app.tracker(create=False).concurrency_alerts(since), alerts_table)
+
+
+@cli.command()
+@click.option(
+    "--stale-after",
+    metavar="DURATION",
+    callback=parsed_by(parse_duration),
+    required=True,
+    help="Close live streams with no event for this long: 90s, 15m, 6h, 2d, 1h30m.",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be expired, and write nothing.")
+@JSON_OPTION
+@pass_app
+def expire(app: App, stale_after: timedelta, dry_run: bool, as_json: bool) -> None:
+    """Stop live streams whose stopped webhook never came (stop reason EXPIRED).
+
+    Each stops at its last event plus --stale-after, when it became stale.
+    """
+    closed = app.tracker(create=not dry_run).expire(stale_after, dry_run=dry_run)
+    verb = "Would expire" if dry_run else "Expired"
+    app.show(
+        as_json,
+        closed,
+        lambda closed: streams_table(f"{verb} {plural(len(closed), 'stream')}", closed),
+    )
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    callback=parsed_by(parse_duration),
+    required=True,
+    help="Remove streams that stopped longer ago than this (1d to 365000d): 30d, 90d.",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+@click.option(
+    "--vacuum",
+    is_flag=True,
+    help="Then rewrite the database file (SQLite VACUUM) or run VACUUM ANALYZE (PostgreSQL).",
+)
+@JSON_OPTION
+@pass_app
+def prune(app: App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json: bool) -> None:
+    """Remove old stopped streams (with their deliveries and history), old alerts and old
+    deliveries of no stream. Live streams are kept, however old."""
+    from rtms_lifecycle.retention import MIN_RETENTION
+
+    if older_than < MIN_RETENTION:
+        raise click.BadParameter(
+            f"keep at least {MIN_RETENTION.days} day: Zoom retries deliveries for about two "
+            "hours, and a retry of a pruned stream's event would start the stream again",
+            param_hint="'--older-than'",
+        )
+    if older_than > _MAX_OLDER_THAN:
+        raise click.BadParameter(
+            f"at most {_MAX_OLDER_THAN.days}d (1,000 years)", param_hint="'--older-than'"
+        )
+    result = app.tracker(create=False).prune(older_than, dry_run=dry_run, vacuum=vacuum)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    verb = "Would remove" if dry_run else "Removed"
+    app.out.print(f"{verb} what is older than {format_time(result.cutoff)}:", markup=False)
+    app.out.print(prune_table(result))
+    if result.reclaimed_bytes:
+        app.out.print(f"The database is {size(result.reclaimed_bytes)} smaller.", markup=False)
+    if result.free_bytes:
+        app.out.print(
+            f"{size(result.free_bytes)} are free inside the database file: new rows reuse them "
+            "(`prune --vacuum` gives them back to the file system).",
+            markup=False,
+        )
+
+
+@cli.command()
+@click.option(
+    "--limit", type=click.IntRange(min=1, max=MAX_COUNT), help="At most N prunes (newest first)."
+)
+@JSON_OPTION
+@pass_app
+def prunes(app: App, limit: int | None, as_json: bool) -> None:
+    """Recorded prunes, newest first: when, the cutoff, and what each removed."""
+    app.show(as_json, app.tracker(create=False).prunes(limit), prunes_table)
+
+
+@cli.group()
+def db() -> None:
+    """The database schema: which migration it is at, and upgrading it."""
+
+
+def _revisions(url: str) -> tuple[str | None, str]:
+    from rtms_lifecycle.store import migrate as _migrate
+    from rtms_lifecycle.store.engine import create_store_engine
+
+    engine = create_store_engine(url)
+    try:
+        return _migrate.current_revision(engine), _migrate.head_revision()
+    finally:
+        engine.dispose()
+
+
+@db.command("current")
+@JSON_OPTION
+@pass_app
+def db_current(app: App, as_json: bool) -> None:
+    """Show the database's migration and the one this version needs."""
+    from rtms_lifecycle.store import migrate as _migrate
+
+    app.require_database()
+    current, head = _revisions(app.db)
+    if as_json:
+        emit_json({"current": current, "head": head, "up_to_date": current == head})
+        return
+    if current == head:
+        verdict = "up to date"
+    elif current is not None and not _migrate.is_known(current):
+        verdict = "newer than this version of rtms-lifecycle: upgrade rtms-lifecycle"
+    elif current is None:
+        verdict = "no schema yet: created on first use"
+    else:
+        verdict = "outdated: run `rtms-lifecycle db upgrade`"
+    app.out.print(f"current: {current or DASH}\nhead:    {head}\n{verdict}", markup=False)
+
+
+@db.command("upgrade")
+@JSON_OPTION
+@pass_app
+def db_upgrade(app: App, as_json: bool) -> None:
+    """Migrate the database to the newest schema (run before starting a new version)."""
+    from rtms_lifecycle.store import migrate as _migrate
+    from rtms_lifecycle.store.engine import create_store_engine
+
+    engine = create_store_engine(app.db)
+    try:
+        before = _migrate.current_revision(engine)
+        _migrate.refuse_newer(before)
+        _migrate.upgrade(engine)
+        after = _migrate.current_revision(engine)
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json({"from": before, "to": after})
+    elif before == after:
+        app.out.print(f"Already at the newest revision {after}.", markup=False)
+    else:
+        app.out.print(f"Upgraded from {before or 'an empty database'} to {after}.", markup=False)
+
+
+cli.add_command(demo)
+cli.add_command(serve)
+cli.add_command(follow)
+cli.add_command(forward)
+cli.add_command(subscriptions)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The console script ``rtms-lifecycle``."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="rtms-lifecycle")
+    raise AssertionError("unreachable: Click exits")

@@ -1,0 +1,137 @@
+"""What the command line answers when something goes wrong: one line on stderr and an exit code.
+
+The exit codes are documented in docs/cli.md; scripts and cron jobs branch on them:
+
+- 1: the command ran and failed (an unknown stream, a database error while working);
+- 2: bad input, nothing done: an option value, the database URL, a database that needs
+  ``db upgrade`` (or a newer rtms-lifecycle), ``demo`` into real data, damaged input;
+- 3: the database is unavailable: a missing SQLite file, a server that cannot be reached;
+- 130: interrupted (Ctrl-C), as a shell reports a command killed by SIGINT.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import click
+
+from rtms_lifecycle.exceptions import (
+    DatabaseUnavailable,
+    DatabaseURLError,
+    RTMSLifecycleError,
+    SchemaOutdatedError,
+    StoreError,
+)
+from rtms_lifecycle.store.sqlite import sqlite_trouble
+
+if TYPE_CHECKING:
+    from sqlalchemy.exc import SQLAlchemyError
+
+__all__ = [
+    "BAD_INPUT",
+    "FAILURE",
+    "INTERRUPTED",
+    "UNAVAILABLE",
+    "BadInput",
+    "Failure",
+    "Unavailable",
+    "cli_errors",
+    "interrupted",
+]
+
+FAILURE: Final = 1
+BAD_INPUT: Final = 2
+UNAVAILABLE: Final = 3
+INTERRUPTED: Final = 130
+_OPTIONAL_EXTRAS: Final = {
+    "psycopg": "postgres",
+    "fastapi": "server",
+    "uvicorn": "server",
+    "httpx": "forward",
+    "standardwebhooks": "forward",
+}
+
+
+class Failure(click.ClickException):
+    """A clean one-line error on stderr and a non-zero exit, never a traceback."""
+
+    exit_code = FAILURE
+
+
+class BadInput(Failure):
+    """Nothing ran: what was given cannot work (2, like Click's own usage errors)."""
+
+    exit_code = BAD_INPUT
+
+
+class Unavailable(Failure):
+    """The database is not there or cannot be reached; the same command may work later."""
+
+    exit_code = UNAVAILABLE
+
+
+def interrupted(message: str) -> click.exceptions.Exit:
+    """Say why on stderr; the exit to raise for Ctrl-C (Click's own would print "Aborted!")."""
+    click.echo(message, err=True)
+    return click.exceptions.Exit(INTERRUPTED)
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> Failure | None:
+    extra = _OPTIONAL_EXTRAS.get((exc.name or "").partition(".")[0])
+    if extra is None:
+        return None
+    return Failure(
+        f"{exc.name} is not installed: install the '{extra}' extra, "
+        f"e.g. pip install 'rtms-lifecycle[{extra}]'"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    # SQLAlchemy's own text spans lines (SQL, parameters, a link); the driver's first line says it.
+    cause = getattr(exc, "orig", None) or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+
+
+def _database_error(exc: SQLAlchemyError, sqlite_path: Path | None) -> Failure:
+    from sqlalchemy.exc import DBAPIError
+
+    # A DBAPI error raised while connecting (server down, file unopenable) has no statement.
+    if isinstance(exc, DBAPIError) and (exc.connection_invalidated or exc.statement is None):
+        trouble = sqlite_trouble(sqlite_path) if sqlite_path is not None else None
+        return Unavailable(f"database unavailable: {trouble or _first_line(exc)}")
+    if sqlite_path is not None and (trouble := sqlite_trouble(sqlite_path)):
+        return Unavailable(f"database unavailable: {trouble}")
+    return Failure(f"database error: {_first_line(exc)}")
+
+
+@contextmanager
+def cli_errors(sqlite_path: Callable[[], Path | None] = lambda: None) -> Iterator[None]:
+    """Turn every library error into a message: operators read these, not tracebacks.
+
+    ``sqlite_path``: the SQLite file the command uses, if any, to say why it cannot be opened.
+    """
+    try:
+        yield
+    except (SchemaOutdatedError, DatabaseURLError) as exc:
+        raise BadInput(str(exc)) from exc
+    except (DatabaseUnavailable, StoreError) as exc:
+        raise Unavailable(str(exc)) from exc
+    except RTMSLifecycleError as exc:
+        raise Failure(str(exc)) from exc
+    except ModuleNotFoundError as exc:
+        failure = _missing_extra(exc)
+        if failure is None:
+            raise
+        raise failure from exc
+    except Exception as exc:
+        # Only a command that imported SQLAlchemy can raise its errors: `--help` never imports it.
+        sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+        if sqlalchemy_exc is None or not isinstance(exc, sqlalchemy_exc.SQLAlchemyError):
+            raise
+        raise _database_error(exc, sqlite_path()) from exc
+    except KeyboardInterrupt:
+        raise interrupted("Interrupted.") from None

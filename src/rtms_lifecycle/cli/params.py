@@ -1,0 +1,121 @@
+"""The command line's parameters: times, durations, and the options several commands share."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import click
+
+from rtms_lifecycle.bounds import MAX_DURATION, MAX_EPOCH_MS, MIN_EPOCH_MS
+
+__all__ = [
+    "ACCOUNT_OPTION",
+    "JSON_OPTION",
+    "TEXT",
+    "Seconds",
+    "parse_duration",
+    "parse_time",
+    "parsed_by",
+]
+
+# Epoch milliseconds below this are before 1973: such a number is almost surely epoch seconds.
+_MIN_EPOCH_MS: Final = 100_000_000_000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_PART: Final = re.compile(r"(\d+)([smhd])")
+
+
+def parse_time(text: str) -> int:
+    """Epoch milliseconds from epoch ms or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    text = text.strip()
+    if text.isascii() and text.isdigit():
+        value = int(text)
+        if 0 < value < _MIN_EPOCH_MS:
+            raise ValueError(f"{text} looks like epoch seconds: give epoch milliseconds")
+        return _in_time_range(value, text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither epoch milliseconds nor an ISO 8601 date/time "
+            "(e.g. 2025-03-11 or 2025-03-11T14:30:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    # Integer arithmetic: a float timestamp can be a millisecond off.
+    return _in_time_range((moment - _EPOCH) // timedelta(milliseconds=1), text)
+
+
+def _in_time_range(ms: int, text: str) -> int:
+    if not MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
+        raise ValueError(f"{text} is out of range: times go from year 1 to year 9999")
+    return ms
+
+
+def parse_duration(text: str) -> timedelta:
+    """A duration such as ``90s``, ``15m``, ``6h``, ``2d`` or ``1h30m``."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION_PART.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 15m, 6h, 2d or 1h30m")
+    seconds = sum(int(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: the duration must be longer than zero")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{text!r} is out of range: at most {MAX_DURATION.days}d")
+    return timedelta(seconds=seconds)
+
+
+def parsed_by(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option callback reading the value with one of the parsers above."""
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds in a range; ``nan``, which every comparison lets through, is refused."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value} is not a number of seconds.", param, ctx)
+        return seconds
+
+
+class _Text(click.types.StringParamType):
+    """Text that can be stored: bytes that are not UTF-8 (which Python keeps as lone surrogates)
+    would fail in the database driver."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = super().convert(value, param, ctx)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            self.fail("the value is not valid UTF-8 text.", param, ctx)
+        return text
+
+
+TEXT: Final = _Text()
+
+JSON_OPTION: Final = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (docs/cli.md) instead of a table."
+)
+ACCOUNT_OPTION: Final = click.option(
+    "--account",
+    "account_id",
+    metavar="ID",
+    type=TEXT,
+    help="Only streams of this Zoom account_id.",
+)

@@ -1,0 +1,118 @@
+"""``rtms-lifecycle serve``: the webhook receiver, with its server's options."""
+
+from __future__ import annotations
+
+import click
+
+from rtms_lifecycle.bounds import MAX_WAIT_SECONDS
+from rtms_lifecycle.cli.app import App, pass_app
+from rtms_lifecycle.cli.errors import Failure
+from rtms_lifecycle.cli.params import Seconds
+from rtms_lifecycle.defaults import LOG_FORMATS, LOG_LEVELS
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--path", default="/webhook", show_default=True, help="The webhook's URL path.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="The receiver's and uvicorn's log level.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr as text, or as JSON objects (docs/operations.md).",
+)
+@click.option(
+    "--metrics/--no-metrics",
+    default=True,
+    show_default=True,
+    help="Serve GET /metrics (Prometheus; behind the API token when one is set).",
+)
+@click.option(
+    "--store-timeout",
+    type=Seconds(0, min_open=True, max=MAX_WAIT_SECONDS),
+    default=2.5,
+    show_default=True,
+    help="Seconds a delivery may take to commit; past it the answer is 503 (Zoom retries).",
+)
+@click.option(
+    "--keep-alive-timeout",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Seconds an idle connection stays open after a response.",
+)
+@click.option(
+    "--request-timeout",
+    type=Seconds(0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds a request has to arrive whole; slower connections are closed.",
+)
+@click.option(
+    "--limit-concurrency",
+    type=click.IntRange(1),
+    default=None,
+    help="Open connections at most [default: 1000, less under a low file descriptor limit].",
+)
+@click.option(
+    "--backlog",
+    # The kernel caps it (net.core.somaxconn, at most 65,535); past a C int it cannot be passed.
+    type=click.IntRange(1, 65_535),
+    default=None,
+    help="Connections the kernel queues before they are accepted [default: 256, less under a "
+    "low file descriptor limit].",
+)
+@click.option(
+    "--replay-window",
+    type=Seconds(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Refuse requests signed longer ago than this (docs/receiver.md weighs a longer one).",
+)
+@pass_app
+def serve(
+    app: App,
+    host: str,
+    port: int,
+    path: str,
+    store_timeout: float,
+    keep_alive_timeout: int,
+    request_timeout: float,
+    limit_concurrency: int | None,
+    backlog: int | None,
+    log_level: str,
+    log_format: str,
+    metrics: bool,
+    replay_window: float,
+) -> None:
+    """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
+    try:
+        from rtms_lifecycle import server  # the 'server' extra: imported only when asked for
+    except ImportError as exc:
+        raise Failure(str(exc)) from exc
+    server.run(
+        host=host,
+        port=port,
+        path=path,
+        db=app.db,
+        log_level=log_level,
+        log_format="json" if log_format == "json" else "text",
+        metrics=metrics,
+        store_timeout=store_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+        request_timeout=request_timeout,
+        limit_concurrency=limit_concurrency,
+        backlog=backlog,
+        replay_window=replay_window,
+    )

@@ -1,0 +1,214 @@
+"""The dashboard's routes: sign-in, the overview, a page per stream, and its packaged files."""
+
+from __future__ import annotations
+
+import logging
+from importlib.resources import files
+from typing import Annotated, Any, Final
+from urllib.parse import parse_qs, quote
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import ClientDisconnect
+
+from rtms_lifecycle.clock import format_duration, format_time
+from rtms_lifecycle.exceptions import ConfigurationError, StoreError
+from rtms_lifecycle.receiver.dashboard.auth import Sessions
+from rtms_lifecycle.receiver.dashboard.charts import reason_bars, share_columns, timeline
+from rtms_lifecycle.receiver.dashboard.pages import (
+    PAGE_SIZE,
+    WINDOWS,
+    StatsCache,
+    overview,
+    stream_page,
+)
+from rtms_lifecycle.tracker import Tracker
+
+__all__ = ["PREFIX", "REFRESH_SECONDS", "create_dashboard_router"]
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "/dashboard"
+REFRESH_SECONDS: Final = 10
+# The sign-in form posts one short field; anything longer is not a sign-in.
+_MAX_FORM_BYTES: Final = 8 * 1024
+# The overview's pages of problem deliveries: past this, a number is a typo.
+_LAST_PAGE: Final = 1_000_000
+_STATIC: Final = {
+    "dashboard.css": "text/css",
+    "dashboard.js": "text/javascript",
+    "favicon.svg": "image/svg+xml",
+}
+_HEADERS: Final = {
+    # Everything the pages need is served from here: no inline script or style, no other origin.
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("rtms_lifecycle.receiver.dashboard", "templates"),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["time"] = format_time
+    env.filters["duration"] = format_duration
+    env.globals.update(
+        prefix=PREFIX,
+        refresh_seconds=REFRESH_SECONDS,
+        windows=WINDOWS,
+        reason_bars=reason_bars,
+        share_columns=share_columns,
+        timeline=timeline,
+        page_size=PAGE_SIZE,
+    )
+    return env
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _safe_next(target: str | None) -> str:
+    # Only back into the dashboard: never an open redirect to another site.
+    if target and target.startswith(PREFIX) and not target.startswith("//"):
+        return target
+    return PREFIX
+
+
+def create_dashboard_router(
+    tracker: Tracker, api_token: str, *, request_timeout: float = 5.0
+) -> APIRouter:
+    """``/dashboard``: pages for people, behind a sign-in with the read API's token.
+
+    A sign-in form whose body takes over ``request_timeout`` seconds to arrive is answered 408.
+    """
+    if not api_token:
+        raise ConfigurationError("the dashboard needs a non-empty API token")
+    sessions = Sessions(api_token)
+    env = _environment()
+    stats = StatsCache(tracker, fresh_s=REFRESH_SECONDS)
+    router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+    def page(
+        name: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any
+    ) -> HTMLResponse:
+        html = env.get_template(name).render(**context)
+        answer = HTMLResponse(html, status_code=status, headers={**_HEADERS, **(headers or {})})
+        answer.headers["Cache-Control"] = "no-store"
+        return answer
+
+    def require_session(request: Request) -> None:
+        if sessions.signed_in(request):
+            return
+        if _wants_html(request):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            location = f"{PREFIX}/login?next={quote(target, safe='/')}"
+            raise HTTPException(303, "sign in first", headers={"Location": location})
+        raise HTTPException(401, "sign in first", headers={"WWW-Authenticate": "Bearer"})
+
+    signed_in = [Depends(require_session)]
+
+    @router.get("/login")
+    def login_form(request: Request, next: str | None = None) -> Response:
+        if sessions.signed_in(request):
+            return RedirectResponse(_safe_next(next), 303, headers=_HEADERS)
+        return page("login.html", next=_safe_next(next), error=None)
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        body = bytearray()
+        try:
+            # A body that never comes would hold the connection for ever: the server's own
+            # time limit covers the request's headers only.
+            with anyio.fail_after(request_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > _MAX_FORM_BYTES:  # read no further: nobody signs in with that
+                        return page("login.html", 413, next=PREFIX, error="The form is too large.")
+        except TimeoutError:
+            late = f"The form took over {request_timeout:g} s to arrive."
+            return page("login.html", 408, next=PREFIX, error=late)
+        except ClientDisconnect:
+            # Nobody is left to answer: not an error of the server's.
+            log.info("a browser disconnected before its sign-in form was complete")
+            return Response(status_code=400)
+        fields = parse_qs(body.decode("utf-8", "replace"))
+        target = _safe_next((fields.get("next") or [""])[0])
+        token = (fields.get("token") or [""])[0].strip()
+        if not sessions.token_matches(token):
+            error = "That is not the API token (RTMS_LIFECYCLE_API_TOKEN)." if token else None
+            return page(
+                "login.html", 401, next=target, error=error or "Enter the API token to sign in."
+            )
+        answer = RedirectResponse(target, 303, headers=_HEADERS)
+        sessions.sign_in(request, answer)
+        return answer
+
+    @router.post("/logout")
+    def logout(request: Request) -> Response:
+        answer = RedirectResponse(f"{PREFIX}/login", 303, headers=_HEADERS)
+        sessions.sign_out(request, answer)
+        return answer
+
+    def invalid(parameter: str, value: str, expected: str) -> Response:
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return page("invalid.html", 422, parameter=parameter, value=shown, expected=expected)
+
+    def unavailable() -> Response:
+        log.exception("the dashboard could not read the store")
+        return page("unavailable.html", 503, headers={"Retry-After": str(REFRESH_SECONDS)})
+
+    @router.get("", dependencies=signed_in)
+    def dashboard(
+        window: str = "24h",
+        page_number: Annotated[str, Query(alias="page")] = "1",
+    ) -> Response:
+        # Checked here, not by FastAPI: its 422 is JSON, which a browser shows as raw text.
+        if window not in WINDOWS:
+            return invalid("window", window, f"one of {', '.join(WINDOWS)}")
+        if not (page_number.isascii() and page_number.isdigit()) or not (
+            1 <= int(page_number) <= _LAST_PAGE
+        ):
+            return invalid("page", page_number, f"a whole number from 1 to {_LAST_PAGE:,}")
+        try:
+            view = overview(tracker, stats, WINDOWS[window], int(page_number))
+        except (StoreError, SQLAlchemyError):
+            return unavailable()
+        return page("overview.html", view=view)
+
+    @router.get("/streams/{stream_id:path}", dependencies=signed_in)
+    def stream(stream_id: str) -> Response:
+        if "\x00" in stream_id:
+            # No stream id holds NUL, and PostgreSQL cannot even look one up: its query failed.
+            return page("missing.html", 404, stream_id=stream_id)
+        try:
+            view = stream_page(tracker, stream_id)
+        except (StoreError, SQLAlchemyError):
+            return unavailable()
+        if view is None:
+            return page("missing.html", 404, stream_id=stream_id)
+        return page("stream.html", view=view)
+
+    @router.get("/static/{name}")
+    def static(name: str) -> Response:
+        # Styles and the refresh script only: nothing of the record, so no sign-in needed
+        # (the sign-in form uses them too).
+        media_type = _STATIC.get(name)
+        if media_type is None:
+            raise HTTPException(404, "no such file")
+        content = files("rtms_lifecycle.receiver.dashboard").joinpath("static", name).read_bytes()
+        headers = {**_HEADERS, "Cache-Control": "public, max-age=3600"}
+        return Response(content, media_type=media_type, headers=headers)
+
+    return router

@@ -1,0 +1,158 @@
+"""The receiver's Prometheus metrics (``GET /metrics``, extra ``server``).
+
+Counters and the store-time histogram live in this process (or, with ``PROMETHEUS_MULTIPROC_DIR``
+set, in files shared by every worker process, which a scrape adds up). What the database knows
+(active streams, the schema revision) is read from it at scrape time, so that every receiver in
+front of one database reports the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Final
+
+from alembic.runtime.migration import MigrationContext
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest as _exposition
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from rtms_lifecycle.events import Scope
+from rtms_lifecycle.exceptions import ConfigurationError
+from rtms_lifecycle.store import queries as _queries
+from rtms_lifecycle.tracker import Tracker
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DELIVERIES",
+    "MULTIPROC_ENV",
+    "REFUSALS",
+    "STORE_FAILURES",
+    "STORE_SECONDS",
+    "NO_SCOPE",
+    "add_store_gauges",
+    "exposition",
+    "new_registry",
+    "scope_label",
+]
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: The scope label of a delivery about no stream (rejected, account alerts, url validation).
+NO_SCOPE: Final = "none"
+_SCOPES: Final = frozenset(scope.value for scope in Scope)
+
+# Created once per process and never registered globally: each app's registry adds them. Two
+# metric objects of one name would overwrite each other's files in multiprocess mode.
+DELIVERIES: Final = Counter(
+    "rtms_lifecycle_deliveries",
+    "Verified webhook deliveries recorded, by outcome and by the scope their event names.",
+    ["outcome", "scope"],
+    registry=None,
+)
+REFUSALS: Final = Counter(
+    "rtms_lifecycle_webhook_refusals",
+    "Webhook requests refused before anything was stored, by reason.",
+    ["reason"],
+    registry=None,
+)
+STORE_FAILURES: Final = Counter(
+    "rtms_lifecycle_store_failures",
+    "Deliveries the store could not record (answered 503, so Zoom retries).",
+    registry=None,
+)
+# Zoom gives up on an answer after 3 s: the buckets resolve the range up to it and beyond.
+STORE_SECONDS: Final = Histogram(
+    "rtms_lifecycle_store_seconds",
+    "Time to record one delivery (waiting for the store included).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
+    registry=None,
+)
+_PROCESS_METRICS: Final = (DELIVERIES, REFUSALS, STORE_FAILURES, STORE_SECONDS)
+
+
+def scope_label(event: str | None) -> str:
+    """The scope an event name starts with (``meeting.rtms_started``: meeting), else ``none``.
+
+    Only known scopes: a label value taken as sent would let any signed body add series.
+    """
+    prefix = (event or "").partition(".")[0]
+    return prefix if prefix in _SCOPES else NO_SCOPE
+
+
+def _package_version() -> str:
+    try:
+        return version("rtms-lifecycle")
+    except PackageNotFoundError:  # pragma: no cover - running from a tree that is not installed
+        return "unknown"
+
+
+class _FromStore(Collector):
+    """Gauges read from the database at each scrape."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self._tracker = tracker
+        self._version = _package_version()
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "rtms_lifecycle_info",
+            "This receiver's version and its database's schema revision (always 1).",
+            labels=["version", "schema_revision"],
+        )
+        active = GaugeMetricFamily(
+            "rtms_lifecycle_active_streams",
+            "Streams whose media flows now (started or resumed), by scope, read from the store.",
+            labels=["scope"],
+        )
+        try:
+            with self._tracker.engine.connect() as conn:
+                revision = MigrationContext.configure(conn).get_current_revision()
+                counts = _queries.active_counts(conn)
+        except Exception:
+            # A scrape during an outage still answers: the process counters are what shows it.
+            log.warning("metrics: the database did not answer; active streams left out")
+            info.add_metric([self._version, "unknown"], 1)
+            yield info
+            return
+        info.add_metric([self._version, revision or "none"], 1)
+        yield info
+        for scope in Scope:
+            active.add_metric([scope.value], counts.get(scope, 0))
+        yield active
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry of this process's metrics (or every worker's, in multiprocess mode).
+
+    Raises :class:`ConfigurationError` for a multiprocess directory that does not exist, before
+    anything else is set up.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    if os.environ.get(MULTIPROC_ENV):
+        try:
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{MULTIPROC_ENV} must name an existing directory: {exc}"
+            ) from None
+    else:
+        for metric in _PROCESS_METRICS:
+            registry.register(metric)
+    return registry
+
+
+def add_store_gauges(registry: CollectorRegistry, tracker: Tracker) -> None:
+    """Add the gauges read from ``tracker``'s database at each scrape."""
+    registry.register(_FromStore(tracker))
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The registry in Prometheus' text format."""
+    return _exposition(registry)

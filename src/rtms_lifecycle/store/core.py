@@ -1,0 +1,224 @@
+"""The SQL store: records deliveries, folds stream events, appends the audit history.
+
+Every write goes through :meth:`Store.record`, atomic per call, whatever the batch size. On
+SQLite every write transaction starts with ``BEGIN IMMEDIATE``; on PostgreSQL a first attempt
+is optimistic (compare and swap on the stream rows' versions) and a retry locks the rows (see
+``_writers``). The event identity is a unique index, so even a race nobody foresaw cannot apply
+one event twice: it fails, and the batch is retried.
+
+The batch is decided in memory (``_batch``); ``_writers`` talks to the driver. Reads go
+through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Final
+
+from rtms_lifecycle.clock import now_ms
+from rtms_lifecycle.exceptions import StoreError, StoreTimeout
+from rtms_lifecycle.records import IngestResult, Outcome
+from rtms_lifecycle.store import migrate as _migrate
+from rtms_lifecycle.store.batch import Batch, Incoming
+from rtms_lifecycle.store.deadline import remaining
+from rtms_lifecycle.store.urls import default_url, plain_sqlite_file
+from rtms_lifecycle.store.writers import WriteFailed, Writer
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
+    from rtms_lifecycle.store.sqlite import SqliteFile
+
+__all__ = ["Store"]
+
+# The name it has always logged under: operators' log filters match it (see docs/decisions.md).
+log = logging.getLogger("rtms_lifecycle.store")
+
+
+# How often a transaction that lost a race (deadlock, serialisation, a busy SQLite) is retried.
+_ATTEMPTS: Final = 8
+
+
+class Store:
+    """Persistence of the lifecycle: the only module that writes SQL."""
+
+    def __init__(self, db: str | Engine | None = None, *, migrate: bool = True) -> None:
+        given = db or default_url()
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+        plain = plain_sqlite_file(given) if isinstance(given, str) else None
+        self._writer: Writer
+        if plain is not None:
+            # An SQLite file at a plain path: the writer opens its own connection, and
+            # SQLAlchemy is imported by the first read (a command that only writes never does).
+            from rtms_lifecycle.store.writers.sqlite import SqliteWriter
+
+            self._url, file = plain
+            self.dialect = "sqlite"
+            self._writer = SqliteWriter.of_file(file, self._dispose_reads)
+        else:
+            from rtms_lifecycle.store.engine import configure_sqlite, create_store_engine
+            from rtms_lifecycle.store.writers import writer_for
+
+            engine = create_store_engine(given) if isinstance(given, str) else given
+            if engine.dialect.name == "sqlite" and not isinstance(given, str):
+                configure_sqlite(engine)
+            self._engine, self._url, file = engine, "", None
+            self.dialect = engine.dialect.name
+            self._writer = writer_for(engine)
+        # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
+        # tries: threads of one process queue here instead, at no cost to other processes.
+        self._serial: threading.Lock | None = threading.Lock() if self.dialect == "sqlite" else None
+        if migrate:
+            try:
+                if file is None:
+                    _migrate.ensure_schema(self.engine)
+                elif self._ensure_sqlite(file) != _migrate.head_revision():
+                    _migrate.upgrade(self.engine)
+            except BaseException:
+                # A refused schema (e.g. a newer one) leaves no open connection behind.
+                self.close()
+                raise
+
+    @staticmethod
+    def _ensure_sqlite(file: SqliteFile) -> str:
+        with _migrate.sqlite_errors(file.path):
+            conn = file.connect()
+        try:
+            return _migrate.ensure_sqlite(conn, file.path)
+        finally:
+            conn.close()
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine the reads use; made on first use for an SQLite file."""
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    from rtms_lifecycle.store.engine import create_store_engine
+
+                    self._engine = create_store_engine(self._url)
+        return self._engine
+
+    def _dispose_reads(self) -> None:
+        # The pooled read connections still read a deleted or replaced SQLite file.
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def close(self) -> None:
+        """Release every connection."""
+        with self._serialised(None):
+            self._writer.close()
+        self._dispose_reads()
+
+    def _serialised(self, deadline: float | None) -> AbstractContextManager[object]:
+        # SQLite: this process's writers one at a time; the wait counts against the deadline.
+        if self._serial is None:
+            return nullcontext()
+        if deadline is None:
+            # The lock itself, without a generator around it: a bulk load of one delivery per
+            # transaction enters this once per delivery.
+            return self._serial
+        return self._serialised_until(self._serial, deadline)
+
+    @staticmethod
+    @contextmanager
+    def _serialised_until(serial: threading.Lock, deadline: float) -> Iterator[None]:
+        if not serial.acquire(timeout=max(remaining(deadline), 0)):
+            raise WriteFailed(
+                "another write of this process held the store past the time budget",
+                retryable=False,
+                timed_out=True,
+            )
+        try:
+            yield
+        finally:
+            serial.release()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def record(
+        self,
+        items: Sequence[Incoming],
+        *,
+        with_records: bool = True,
+        deadline: float | None = None,
+        durable: bool = True,
+    ) -> list[IngestResult | None]:
+        """Record deliveries in one transaction; None for an expiry that no longer applies.
+
+        Without ``with_records``, results carry outcomes and ids but no Stream or Transition. Past
+        ``deadline`` (``time.monotonic()`` seconds) it gives up with :class:`StoreTimeout`,
+        nothing written. ``durable``: the commit survives a power loss (on SQLite, a sync per
+        commit); without it (bulk loads), a crash of the machine may undo the last commits.
+        """
+        return self._write(items, with_records, deadline, durable).results()
+
+    def outcomes(self, items: Sequence[Incoming], *, durable: bool = True) -> list[Outcome]:
+        """Record deliveries in one transaction as :meth:`record` does, and say only what each
+        came to (a bulk load without callbacks counts no more)."""
+        return self._write(items, False, None, durable).outcomes()
+
+    def _write(
+        self,
+        items: Sequence[Incoming],
+        with_records: bool,
+        deadline: float | None,
+        durable: bool,
+    ) -> Batch:
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                # A batch that lost a race is retried cautiously: no more optimism.
+                with (
+                    self._serialised(deadline),
+                    self._writer.transaction(
+                        cautious=attempt > 1, size=len(items), deadline=deadline, durable=durable
+                    ) as tx,
+                ):
+                    return Batch(tx, now_ms(), with_records).run(items)
+            except WriteFailed as exc:
+                expired = deadline is not None and remaining(deadline) <= 0
+                if exc.timed_out or (exc.retryable and expired):
+                    raise StoreTimeout(
+                        f"could not record {len(items)} deliveries within the time budget: {exc}"
+                    ) from exc
+                if not exc.retryable or attempt == _ATTEMPTS:
+                    raise StoreError(f"could not record {len(items)} deliveries: {exc}") from exc
+                log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc)
+                time.sleep(random.uniform(0, 0.01 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def confirm(self) -> None:
+        """Raise :class:`StoreError` if what was committed since the last check may not be in
+        the database (an SQLite file deleted or replaced): a bulk load ends with it."""
+        try:
+            with self._serialised(None):
+                self._writer.confirm()
+        except WriteFailed as exc:
+            raise StoreError(str(exc)) from exc
+
+    def check_writable(self, timeout: float) -> None:
+        """Raise :class:`StoreError` (why) unless a write can begin, and a row be written,
+        within ``timeout`` seconds; the probe's write is rolled back."""
+        deadline = time.monotonic() + timeout
+        try:
+            with self._serialised(deadline):
+                self._writer.probe(deadline)
+        except WriteFailed as exc:
+            kind = StoreTimeout if exc.timed_out or remaining(deadline) <= 0 else StoreError
+            raise kind(str(exc)) from exc
+
+    def exclusive(self) -> AbstractContextManager[object]:
+        """Held by every write of this process's store: SQLite admits one writer at a time."""
+        return self._serialised(None)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def read(self) -> Connection:
+        """A read-only connection (its transaction ends with the ``with`` block)."""
+        return self.engine.connect()

@@ -1,0 +1,293 @@
+"""Alembic from code: where the migrations live, which revision a database is at, upgrading.
+
+Only upgrading imports Alembic (a tenth of a second and more): which revision a database is at
+is one SELECT, which revisions this version ships is read from the migration files' text, and a
+new SQLite database is created from the schema the migrations make, kept as SQL in the package
+(``store/sqlite_schema.sql``, written by ``scripts/gen_sqlite_schema.py`` and checked by the
+tests).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, NoReturn
+
+from rtms_lifecycle.exceptions import DatabaseUnavailable, SchemaOutdatedError, SchemaTooNewError
+from rtms_lifecycle.store.sqlite import unavailable
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy import Connection, Engine
+
+# The PostgreSQL advisory lock held while the schema is created or upgraded ("rtms" in ASCII).
+_PG_SCHEMA_LOCK: Final = 0x72746D73
+#: The execution option that makes an SQLite transaction begin with ``BEGIN IMMEDIATE``.
+SQLITE_IMMEDIATE: Final = "rtms_lifecycle_immediate"
+
+# The wheel carries the migrations inside the package (pyproject: force-include).
+_PACKAGED = Path(__file__).resolve().parents[1] / "migrations"
+# The schema a new SQLite database starts with: what the migrations create, as SQL.
+SQLITE_SCHEMA_FILE = Path(__file__).with_name("sqlite_schema.sql")
+# An editable install or a source checkout runs the top-level folder the wheel is built from.
+_SOURCE = Path(__file__).resolve().parents[3] / "migrations"
+# Alembic's default table of the revision a database is at.
+_VERSION_TABLE: Final = "alembic_version"
+# `revision: str = "0007"` and `down_revision: str | None = "0006"` (or a tuple, or None) in a
+# migration file, as Alembic's template writes them.
+_REVISION_LINE: Final = re.compile(r"^(revision|down_revision)\b[^=\n]*=(.*)$", re.MULTILINE)
+_QUOTED: Final = re.compile(r"""["']([^"']+)["']""")
+
+
+def script_location() -> str:
+    """The migrations folder: inside the installed package, else the source checkout's."""
+    if (_PACKAGED / "env.py").is_file():
+        return "rtms_lifecycle:migrations"
+    return str(_SOURCE)
+
+
+def alembic_config() -> Config:
+    """An Alembic configuration that needs no alembic.ini."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", script_location())
+    return config
+
+
+@cache
+def _revisions() -> dict[str, tuple[str, ...]]:
+    """Each revision this version ships, with the revisions it follows."""
+    folder = _PACKAGED if (_PACKAGED / "env.py").is_file() else _SOURCE
+    revisions: dict[str, tuple[str, ...]] = {}
+    for path in sorted((folder / "versions").glob("*.py")):
+        found = dict(_REVISION_LINE.findall(path.read_text(encoding="utf-8")))
+        if "revision" in found:
+            (revision,) = _QUOTED.findall(found["revision"])
+            revisions[revision] = tuple(_QUOTED.findall(found.get("down_revision", "")))
+    return revisions
+
+
+@cache
+def head_revision() -> str:
+    """The newest migration this version of the library ships: the one no other follows."""
+    revisions = _revisions()
+    followed = {down for downs in revisions.values() for down in downs}
+    (head,) = (revision for revision in revisions if revision not in followed)
+    return head
+
+
+def is_known(revision: str) -> bool:
+    """Whether this version ships ``revision``; an unknown one was written by a newer version."""
+    return revision in _revisions()
+
+
+def refuse_newer(revision: str | None) -> None:
+    """Refuse a database migrated by a newer rtms-lifecycle: neither using nor upgrading it."""
+    if revision is not None and not is_known(revision):
+        raise SchemaTooNewError(
+            f"the database schema is at revision {revision}, which this version of "
+            f"rtms-lifecycle (newest revision {head_revision()}) does not know: it was written "
+            "by a newer version; upgrade rtms-lifecycle to use it"
+        )
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at; None for a database without our schema."""
+    if engine.dialect.name == "sqlite":
+        with _pooled_sqlite(engine) as conn, sqlite_errors(_file_of(engine)):
+            return _sqlite_revision(conn)
+    with engine.connect() as conn:
+        return _read_revision(conn)
+
+
+@contextmanager
+def _pooled_sqlite(engine: Engine) -> Iterator[sqlite3.Connection]:
+    # The driver's own connection, from the engine's pool, and back to it.
+    raw = engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        assert isinstance(conn, sqlite3.Connection)
+        yield conn
+    finally:
+        raw.close()
+
+
+def _one_revision(rows: list[str]) -> str | None:
+    if len(rows) > 1:
+        raise SchemaOutdatedError(
+            f"the database records {len(rows)} schema revisions ({', '.join(rows)}): "
+            "rtms-lifecycle never branches its migrations, so it did not write them"
+        )
+    return str(rows[0]) if rows else None
+
+
+def _read_revision(conn: Connection) -> str | None:
+    from sqlalchemy import inspect
+
+    # Looked up first: on PostgreSQL a failed SELECT would abort the caller's transaction.
+    if not inspect(conn).has_table(_VERSION_TABLE):
+        return None
+    return _one_revision(
+        list(conn.exec_driver_sql(f"SELECT version_num FROM {_VERSION_TABLE}").scalars())
+    )
+
+
+def _sqlite_revision(conn: sqlite3.Connection) -> str | None:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_VERSION_TABLE,)
+    ).fetchone()
+    if found is None:
+        return None
+    return _one_revision(
+        [row[0] for row in conn.execute(f"SELECT version_num FROM {_VERSION_TABLE}")]
+    )
+
+
+@contextmanager
+def _schema_locked(engine: Engine) -> Iterator[Connection]:
+    """A transaction that alone may change the schema: other processes wait until it ends.
+
+    PostgreSQL: an advisory lock, released with the transaction. SQLite: ``BEGIN IMMEDIATE``,
+    its write lock. Without it, processes opening a new database at once all create the tables.
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execution_options(**{SQLITE_IMMEDIATE: True})
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_SCHEMA_LOCK})")
+            yield conn
+
+
+def _upgrade(conn: Connection, revision: str) -> None:
+    from alembic import command
+
+    config = alembic_config()
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
+
+
+def _sqlite_statements() -> Iterator[str]:
+    """The statements of the packaged SQLite schema, one at a time (triggers hold ``;``)."""
+    statement = ""
+    for line in SQLITE_SCHEMA_FILE.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not statement and (line.startswith("--") or not line.strip()):
+            continue
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement.strip()
+            statement = ""
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database to ``revision`` (default: the newest), one process at a time."""
+    with _schema_locked(engine) as conn:
+        _upgrade(conn, revision)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the schema in a new, empty database; refuse one at an older revision.
+
+    Safe when several processes open a new database at once: one creates the schema under the
+    schema lock, the others wait for it, then find the schema there.
+    """
+    if engine.dialect.name == "sqlite":
+        with _pooled_sqlite(engine) as conn:
+            revision = ensure_sqlite(conn, _file_of(engine))
+        if revision != head_revision():
+            upgrade(engine)
+        return
+    current = current_revision(engine)
+    if current == head_revision():
+        return
+    if current is None:
+        with _schema_locked(engine) as conn:
+            # Read again under the lock: another process may have created it meanwhile.
+            current = _read_revision(conn)
+            if current is None:
+                from sqlalchemy import inspect
+
+                _refuse_foreign(set(inspect(conn).get_table_names()))
+                _upgrade(conn, "head")
+                return
+        if current == head_revision():
+            return
+    _refuse(current)
+
+
+def ensure_sqlite(conn: sqlite3.Connection, path: Path | None) -> str:
+    """:func:`ensure_schema` on an SQLite connection, without SQLAlchemy: a new database gets
+    the packaged schema (other processes wait for it); one at an older or a newer revision is
+    refused. Returns the revision: behind the head only for a database just created from a
+    packaged schema that is behind the migrations (the tests keep it at the head), which the
+    caller then upgrades with Alembic.
+    """
+    with sqlite_errors(path):
+        current = _sqlite_revision(conn)
+        if current is None:
+            created = _create_sqlite(conn)
+            if created is not None:
+                return created
+            current = _sqlite_revision(conn)
+    if current is None or current != head_revision():
+        _refuse(current)
+    return current
+
+
+def _create_sqlite(conn: sqlite3.Connection) -> str | None:
+    """Create the packaged schema in an empty database, under ``BEGIN IMMEDIATE`` (the write
+    lock); the revision it records, or None if another process created the schema first."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Read again under the lock: another process may have created it meanwhile.
+        if _sqlite_revision(conn) is not None:
+            conn.execute("ROLLBACK")
+            return None
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        _refuse_foreign({row[0] for row in tables})
+        for statement in _sqlite_statements():
+            conn.execute(statement)
+        created = _sqlite_revision(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return created
+
+
+@contextmanager
+def sqlite_errors(path: Path | None) -> Iterator[None]:
+    """sqlite3's own errors (a file that is no database, a folder SQLite cannot write in) as
+    :class:`DatabaseUnavailable`, saying why where the file system tells."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise DatabaseUnavailable(unavailable(path, exc)) from exc
+
+
+def _file_of(engine: Engine) -> Path | None:
+    from rtms_lifecycle.store.urls import sqlite_file
+
+    return sqlite_file(engine.url)
+
+
+def _refuse_foreign(tables: set[str]) -> None:
+    if tables & {"streams", "deliveries"}:
+        raise SchemaOutdatedError(
+            "the database has rtms-lifecycle tables but no migration revision: "
+            "it was not created by rtms-lifecycle"
+        )
+
+
+def _refuse(current: str | None) -> NoReturn:
+    refuse_newer(current)
+    raise SchemaOutdatedError(
+        f"the database schema is at revision {current}, this version of rtms-lifecycle needs "
+        f"{head_revision()}: run `rtms-lifecycle db upgrade` (with the same --db) first"
+    )

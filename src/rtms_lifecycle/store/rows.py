@@ -1,0 +1,236 @@
+"""Rows to records and back: the one mapping between the store's tables and its records.
+
+The write path and the fold read and write rows as plain tuples in the column orders below
+(the driver's rows as they come, no object per row); the queries build their records here too.
+The write path imports this module without SQLAlchemy: the tests check that every column named
+here is one of its table's (``tests/test_rows.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+from rtms_lifecycle.events import EventKind, Scope, Source, StreamEvent, parse_delivery
+from rtms_lifecycle.machine import State, StreamState, TransitionName
+from rtms_lifecycle.records import (
+    ConcurrencyAlertRecord,
+    DeliveryRecord,
+    Outcome,
+    Stream,
+    Transition,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Row as SqlRow
+
+__all__ = [
+    "ALERT_COLUMNS",
+    "DELIVERY_COLUMNS",
+    "EVENT_COLUMNS",
+    "SCOPE_OF",
+    "STATE_OF",
+    "STREAM_COLUMNS",
+    "STREAM_RECORD_COLUMNS",
+    "TRANSITION_COLUMNS",
+    "Row",
+    "alert_from_row",
+    "delivery_from_row",
+    "event_from_delivery",
+    "new_stream_row",
+    "state_from_row",
+    "state_row",
+    "state_to_stream",
+    "streams_from_rows",
+    "transition_from_row",
+]
+
+
+Row = tuple[Any, ...]
+# Stored text to enum member, cheaper than calling the enum: rows become objects by the thousand.
+SCOPE_OF: Final = {scope.value: scope for scope in Scope}
+STATE_OF: Final = {state.value: state for state in State}
+
+
+#: A stream row: ``stream_id``, then the fold's state, in ``StreamState``'s field order.
+STREAM_COLUMNS: Final = tuple(StreamState.__dataclass_fields__)
+#: A stored event: the delivery that brought it first, which a re-fold parses again.
+EVENT_COLUMNS: Final = ("id", "stream_id", "source", "event", "kind", "event_ts", "raw")
+DELIVERY_COLUMNS: Final = (
+    "id",
+    "received_at",
+    "source",
+    "event",
+    "event_ts",
+    "stream_id",
+    "kind",
+    "outcome",
+    "error",
+    "detail",
+    "raw",
+    "signed_at",
+    "secret_label",
+    "same_as",
+)
+#: An audit row, in ``Transition``'s field order.
+TRANSITION_COLUMNS: Final = tuple(Transition.__dataclass_fields__)
+ALERT_COLUMNS: Final = (
+    "event",
+    "event_ts",
+    "concurrency_number",
+    "concurrency_limit",
+    "percentage",
+    "operator_id",
+    "id_field",
+    "id_value",
+    "account_id",
+    "payload",
+    "fingerprint",
+    "received_at",
+)
+#: A Stream's columns in its fields' order, so that rows become Streams positionally: the live
+#: and list queries build thousands of them.
+STREAM_RECORD_COLUMNS: Final = tuple(Stream.__dataclass_fields__)
+
+
+def new_stream_row(stream_id: str, now: int) -> Row:
+    """The row of a stream no event has been applied to yet."""
+    return (*state_row(StreamState(stream_id)), now, now)
+
+
+def state_row(state: StreamState) -> Row:
+    """A state in ``STREAM_COLUMNS`` order, enums as their values."""
+    row = list(state.as_tuple())
+    # _value_, not the slower .value property: a row per stream per batch of a bulk load.
+    row[1] = state.scope._value_ if state.scope is not None else None
+    row[7] = state.state._value_
+    return tuple(row)
+
+
+def state_from_row(row: Row) -> StreamState:
+    """A stored stream row (``STREAM_COLUMNS``) as the fold's state."""
+    sid, scope, scope_id, account, key, operator, urls, state, *rest = row
+    return StreamState(
+        sid,
+        SCOPE_OF[scope] if scope else None,
+        scope_id,
+        account,
+        key,
+        operator,
+        urls,
+        STATE_OF[state],
+        *rest,
+    )
+
+
+def state_to_stream(state: StreamState) -> Stream:
+    """The public view of a folded stream."""
+    assert state.scope is not None, "a stream takes its scope from its first applied event"
+    return Stream(
+        stream_id=state.stream_id,
+        scope=state.scope,
+        scope_id=state.scope_id,
+        account_id=state.account_id,
+        session_key=state.session_key,
+        operator_id=state.operator_id,
+        server_urls=state.server_urls,
+        state=state.state,
+        started_at=state.started_at,
+        stopped_at=state.stopped_at,
+        last_event_at=state.last_event_at,
+        stop_reason=state.stop_reason,
+        interruptions=state.interruptions,
+        resumes=state.resumes,
+        failovers=state.failovers,
+        stop_source=state.stop_source,
+    )
+
+
+def streams_from_rows(rows: Iterable[Row]) -> list[Stream]:
+    """Rows in ``STREAM_RECORD_COLUMNS`` order as Streams."""
+    return [
+        Stream(sid, SCOPE_OF[scope], scope_id, account, key, operator, urls, STATE_OF[state], *rest)
+        for sid, scope, scope_id, account, key, operator, urls, state, *rest in rows
+    ]
+
+
+def transition_from_row(row: Row) -> Transition:
+    """An audit row (``TRANSITION_COLUMNS``) as a Transition."""
+    tid, sid, from_state, to_state, name, kind, event_ts, source, late, recorded_at, did = row
+    return Transition(
+        id=tid,
+        stream_id=sid,
+        from_state=STATE_OF[from_state],
+        to_state=STATE_OF[to_state],
+        name=TransitionName(name),
+        kind=kind,
+        event_ts=event_ts,
+        source=Source(source),
+        late=bool(late),
+        recorded_at=recorded_at,
+        delivery_id=did,
+    )
+
+
+def event_from_delivery(
+    row: Row, scope: Scope | None = None, scope_id: str | None = None
+) -> StreamEvent:
+    """A stored event (``EVENT_COLUMNS``), from the delivery that brought it.
+
+    A webhook's body is parsed again; an app's or the system's event is rebuilt, with the
+    stream's ``scope`` and ``scope_id`` (it carries none of its own).
+    """
+    _, stream_id, source, event, kind, event_ts, raw = row
+    if source == Source.WEBHOOK:
+        parsed = parse_delivery(raw)
+        assert isinstance(parsed, StreamEvent), "a stored webhook event was parsed once already"
+        return parsed
+    return unscoped_stream_event(
+        event, EventKind(kind), stream_id, event_ts, Source(source), scope, scope_id
+    )
+
+
+def unscoped_stream_event(
+    event: str,
+    kind: EventKind,
+    stream_id: str,
+    event_ts: int,
+    source: Source,
+    scope: Scope | None,
+    scope_id: str | None,
+) -> StreamEvent:
+    return StreamEvent(
+        event=event,
+        scope=scope,
+        kind=kind,
+        stream_id=stream_id,
+        scope_id=scope_id,
+        event_ts=event_ts,
+        source=source,
+        payload={"rtms_stream_id": stream_id},
+    )
+
+
+def alert_from_row(row: SqlRow[Any]) -> ConcurrencyAlertRecord:
+    """A ``concurrency_alerts`` row as its record."""
+    m = row._mapping
+    return ConcurrencyAlertRecord(**{k: m[k] for k in ConcurrencyAlertRecord.__dataclass_fields__})
+
+
+def delivery_from_row(r: SqlRow[Any]) -> DeliveryRecord:
+    """A ``deliveries`` row, with ``first_raw`` (the bytes of the delivery it references)."""
+    return DeliveryRecord(
+        id=r.id,
+        received_at=r.received_at,
+        source=Source(r.source),
+        event=r.event,
+        event_ts=r.event_ts,
+        stream_id=r.stream_id,
+        outcome=Outcome(r.outcome),
+        error=json.loads(r.error) if r.error else None,
+        detail=r.detail,
+        raw=bytes(r.raw if r.first_raw is None else r.first_raw),
+        signed_at=r.signed_at,
+        secret_label=r.secret_label,
+    )

@@ -1,0 +1,379 @@
+"""The SQLite writer: one connection, held for the store's life, and ``BEGIN IMMEDIATE``."""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from functools import lru_cache
+from itertools import count
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from rtms_lifecycle.store.deadline import remaining
+from rtms_lifecycle.store.rows import (
+    ALERT_COLUMNS,
+    DELIVERY_COLUMNS,
+    STREAM_COLUMNS,
+    TRANSITION_COLUMNS,
+    Row,
+)
+from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SqliteFile, unavailable
+from rtms_lifecycle.store.writers.base import (
+    EVENT,
+    IDENTITY_LOOKUP,
+    NEW_STREAM_COLUMNS,
+    ON_NEW_ALERT,
+    PROBE,
+    STREAM_EVENTS,
+    Loaded,
+    RollBack,
+    WriteFailed,
+    Writes,
+    check_deadline,
+    checkout,
+    insert_sql,
+    select_sql,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+__all__ = ["SqliteWriter"]
+
+
+# Keeps IN (...) lists well under SQLite's bound-parameter limit.
+_CHUNK: Final = 500
+#: The connection a writer holds, and how to give it back (True: it broke, do not reuse it).
+Held = tuple[sqlite3.Connection, Callable[[bool], None]]
+Connector = Callable[[], Held]
+_FOLD_TS: Final = STREAM_COLUMNS.index("fold_ts")
+# Log pages between two checkpoints: SQLite's default, and a bulk load's.
+_CHECKPOINT_PAGES: Final = 1_000
+_BULK_CHECKPOINT_PAGES: Final = 10_000
+# The writer's page cache (SQLite's default is 2 MB), in KiB; it grows only as it is used.
+_WRITER_CACHE_KB: Final = 32_768
+# Seconds between two checks of the file after commits that answer nobody (a bulk load's; the
+# load checks once more at its end). Checking after each of them cost 5-10% of a load of one
+# delivery per transaction (measured, alternating runs), far more than the stat itself.
+_BULK_CHECK_INTERVAL: Final = 0.1
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+_SQLITE_DELIVERIES: Final = insert_sql("deliveries", DELIVERY_COLUMNS, "?")
+# SQLite has no transaction ids: the feed's cursor there rests on serialised writers.
+_SQLITE_TRANSITIONS: Final = insert_sql(
+    "transitions", TRANSITION_COLUMNS, "?", computed="tx_id = 0"
+)
+_SQLITE_NEW_STREAMS: Final = insert_sql("streams", NEW_STREAM_COLUMNS, "?")
+_SQLITE_ALERTS: Final = insert_sql("concurrency_alerts", ALERT_COLUMNS, "?", suffix=ON_NEW_ALERT)
+_LAST_IDS: Final = "(SELECT max(id) FROM deliveries), (SELECT max(id) FROM transitions)"
+_SQLITE_LAST_IDS: Final = f"SELECT {_LAST_IDS}"
+
+
+@lru_cache(maxsize=64)
+def _sqlite_update(changed: tuple[int, ...]) -> str:
+    assignments = "".join(f"{STREAM_COLUMNS[i]} = ?, " for i in changed)
+    return f"UPDATE streams SET {assignments}updated_at = ? WHERE stream_id = ?"
+
+
+def _sqlite_changes(writes: Writes) -> dict[str, list[Row]]:
+    # Only the columns that changed: SQLite rewrites the entries of every index holding a column
+    # the statement sets, changed or not (twice the pages written per event, measured).
+    shapes: dict[tuple[int, ...], list[Row]] = {}
+    for stored, now in writes.changed_streams:
+        changed = tuple(i for i in range(1, len(now)) if now[i] != stored[i])
+        shapes.setdefault(changed, []).append((*(now[i] for i in changed), writes.now, now[0]))
+    return {_sqlite_update(changed): rows for changed, rows in shapes.items()}
+
+
+@lru_cache(maxsize=32)
+def _sqlite_in(n: int) -> str:
+    return select_sql("streams", STREAM_COLUMNS, f"stream_id IN ({', '.join('?' * n)})")
+
+
+@lru_cache(maxsize=32)
+def _sqlite_first_streams(n: int) -> str:
+    # The largest ids and the first streams in one statement, one fewer per transaction: the
+    # left join on one constant row returns that row, its stream columns null, when none of the
+    # streams is stored.
+    columns = ", ".join(f"s.{name}" for name in STREAM_COLUMNS)
+    return (
+        f"SELECT {_LAST_IDS}, {columns} FROM (SELECT 1)"
+        f" LEFT JOIN streams AS s ON s.stream_id IN ({', '.join('?' * n)})"
+    )
+
+
+@lru_cache(maxsize=32)
+def _sqlite_identity_lookup(n: int) -> str:
+    values = ", ".join(["(?, ?, ?)"] * n)
+    return f"WITH v(s, k, t) AS (VALUES {values}) SELECT {IDENTITY_LOOKUP} FROM v"
+
+
+_SQLITE_STREAM_EVENTS: Final = STREAM_EVENTS.replace("%s", "?")
+_SQLITE_EVENT: Final = EVENT.replace("%s", "?")
+
+
+def _sqlite_busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc)
+
+
+_SQLITE_PROBE: Final = PROBE.replace("%s", "x''")
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (found.st_dev, found.st_ino)
+
+
+class SqliteTx:
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def load(
+        self,
+        stream_ids: Sequence[str],
+        identities: Sequence[Row],
+        deliveries: int,
+        transitions: int,
+        now: int,
+    ) -> Loaded:
+        conn = self._conn
+        # BEGIN IMMEDIATE made this the only writer: the ids after the largest are ours.
+        first = stream_ids[:_CHUNK]
+        if first:
+            joined = conn.execute(_sqlite_first_streams(len(first)), first).fetchall()
+            last_delivery, last_transition = joined[0][:2]
+            found: list[Row] = [row[2:] for row in joined if row[2] is not None]
+        else:
+            # An empty IN list would scan the streams table.
+            last_delivery, last_transition = conn.execute(_SQLITE_LAST_IDS).fetchone()
+            found = []
+        for chunk in _chunks(stream_ids[_CHUNK:]):
+            found += conn.execute(_sqlite_in(len(chunk)), chunk)
+        # Only identities that may be stored are looked up: a new stream has no events, and a
+        # stored stream's events all lie at or before its fold position (every stored event
+        # was folded in), so an event after it (the usual, in-order case) is new.
+        folded = {row[0]: row[_FOLD_TS] for row in found}
+        asked = [i for i in identities if i[0] in folded and i[2] <= folded[i[0]]]
+        identified: list[Row] = []
+        for part in _chunks(asked):
+            rows = conn.execute(_sqlite_identity_lookup(len(part)), [v for i in part for v in i])
+            identified += [row for row in rows if row[3] is not None]
+        return Loaded(
+            found, identified, count((last_delivery or 0) + 1), count((last_transition or 0) + 1)
+        )
+
+    def events(self, stream_id: str) -> list[Row]:
+        return self._conn.execute(_SQLITE_STREAM_EVENTS, (stream_id,)).fetchall()
+
+    def event(self, delivery_id: int) -> Row:
+        row: Row = self._conn.execute(_SQLITE_EVENT, (delivery_id,)).fetchone()
+        return row
+
+    def write(self, writes: Writes) -> None:
+        many = self._conn.executemany
+        for sql, rows in (
+            (_SQLITE_DELIVERIES, writes.deliveries),
+            (_SQLITE_TRANSITIONS, writes.transitions),
+            (_SQLITE_NEW_STREAMS, writes.new_streams),
+            *_sqlite_changes(writes).items(),
+            (_SQLITE_ALERTS, writes.alerts),
+        ):
+            if rows:
+                many(sql, rows)
+
+
+def _grow_cache(conn: Any) -> None:
+    # Every delivery adds entries at random places in the stream-keyed indexes: with SQLite's
+    # default 2 MB page cache, a bulk load read those pages back from the OS again and again
+    # (65,667 reads for 64,000 deliveries; 14,123 from 16 MB up, measured). Only the writer's
+    # connection, whose cache grows only as it is used.
+    conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KB}")
+
+
+class SqliteWriter:
+    """One connection, held for the store's life (threads queue on the store's lock).
+
+    It checks after every commit that the database file is still the one it opened: a commit
+    into a deleted (or replaced) file is lost with the process, and must not answer 200.
+    """
+
+    def __init__(
+        self, connect: Connector, path: Path | None, dispose_reads: Callable[[], None]
+    ) -> None:
+        self._connect = connect
+        # ``dispose_reads`` closes the pooled read connections: they still read a replaced file.
+        self._dispose_reads = dispose_reads
+        self._held: Held | None = None
+        # No file to lose for an in-memory database.
+        self._path = str(path) if path is not None else None
+        self._identity: tuple[int, int] | None = None
+        # What the held connection is set to now: pragmas are set only when they change.
+        self._busy_ms = SQLITE_BUSY_TIMEOUT_MS
+        # None until the first transaction sets the sync and checkpoint pragmas its way.
+        self._synchronous_full: bool | None = None
+        # A commit since the file was last checked, and when the next bulk commit checks it.
+        self._unchecked = False
+        self._check_due = 0.0
+
+    @classmethod
+    def of_file(cls, file: SqliteFile, dispose_reads: Callable[[], None]) -> SqliteWriter:
+        """A writer with a connection of its own to ``file``."""
+
+        def connect() -> Held:
+            try:
+                conn = file.connect()
+            except sqlite3.Error as exc:
+                raise WriteFailed(unavailable(file.path, exc), retryable=False) from exc
+            return conn, lambda _broken: conn.close()
+
+        return cls(connect, file.path, dispose_reads)
+
+    @classmethod
+    def of_engine(cls, engine: Engine) -> SqliteWriter:
+        """The writer of an engine's SQLite database: a connection of its own to a file, one
+        from the engine's pool for an in-memory database (the pool's connections share it)."""
+        from rtms_lifecycle.store.urls import sqlite_file
+
+        path = sqlite_file(engine.url)
+        if path is not None:
+            (filename,), options = engine.dialect.create_connect_args(engine.url)
+            return cls.of_file(SqliteFile(path, filename, dict(options)), engine.dispose)
+
+        def checked_out() -> Held:
+            held = checkout(engine)
+            conn = held.driver_connection
+            assert isinstance(conn, sqlite3.Connection)
+            return conn, lambda broken: held.invalidate() if broken else held.close()
+
+        return cls(checked_out, None, engine.dispose)
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._held[1](False)
+            self._held = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._held is None:
+            identity = _file_identity(self._path) if self._path else None
+            if self._path and identity is None and self._identity is not None:
+                # Connecting would create a new, empty file where the database was.
+                raise WriteFailed(f"the database file {self._path} is gone", retryable=False)
+            if identity != self._identity and self._identity is not None:
+                # Another file now: the pool's connections still read the old one.
+                self._dispose_reads()
+            self._held = self._connect()
+            self._identity = _file_identity(self._path) if self._path else None
+            self._busy_ms, self._synchronous_full = SQLITE_BUSY_TIMEOUT_MS, None
+            _grow_cache(self._held[0])
+        return self._held[0]
+
+    def _settle(self, conn: sqlite3.Connection, deadline: float | None, durable: bool) -> None:
+        # The wait for another process's write lock ends at the deadline: rounded up, so that a
+        # wait that gives up has reached it (rounded down, SQLite gave up a moment before, and the
+        # failure read as an error of the store instead of a timeout: "database is locked").
+        busy = SQLITE_BUSY_TIMEOUT_MS if deadline is None else math.ceil(remaining(deadline) * 1000)
+        if busy != self._busy_ms:
+            conn.execute(f"PRAGMA busy_timeout={max(busy, 1)}")
+            self._busy_ms = busy
+        if durable != self._synchronous_full:
+            # FULL syncs the WAL at every commit: a commit that answered a sender survives a
+            # power loss. NORMAL (bulk loads, whose input is still there) syncs at checkpoints.
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            # A bulk load copies its log into the database every 40 MB instead of every 4 MB:
+            # the index pages each batch rewrites are copied once per checkpoint, not once per
+            # commit (a third of a 64,000-delivery load's writes, measured).
+            pages = _CHECKPOINT_PAGES if durable else _BULK_CHECKPOINT_PAGES
+            conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            self._synchronous_full = durable
+
+    def _check_file(self) -> None:
+        if self._path is None or _file_identity(self._path) == self._identity:
+            self._unchecked = False
+            self._check_due = time.monotonic() + _BULK_CHECK_INTERVAL
+            return
+        gone = not os.path.exists(self._path)
+        self._dispose_reads()
+        if gone:
+            # The deleted file's write-ahead log and index are left at its path: SQLite would
+            # apply that log to whatever file is put back there (a backup: then corrupted).
+            for suffix in ("-wal", "-shm"):
+                with suppress(FileNotFoundError):
+                    os.remove(self._path + suffix)
+        raise WriteFailed(
+            f"the database file {self._path} was {'deleted' if gone else 'replaced'} while "
+            "open: what was just written is not in it",
+            retryable=False,
+        )
+
+    def confirm(self) -> None:
+        if not self._unchecked:
+            return
+        try:
+            self._check_file()
+        except WriteFailed:
+            # Its connection writes into the deleted (or replaced) file.
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        if self._held is not None:
+            self._held[1](True)
+            self._held = None
+
+    def probe(self, deadline: float) -> None:
+        with self.transaction(deadline=deadline, durable=False) as tx:
+            tx._conn.execute(_SQLITE_PROBE)
+            raise RollBack
+
+    @contextmanager
+    def transaction(
+        self,
+        *,
+        cautious: bool = False,
+        size: int = 1,
+        deadline: float | None = None,
+        durable: bool = True,
+    ) -> Iterator[SqliteTx]:
+        # Always cautious: BEGIN IMMEDIATE makes this the only writer until it commits.
+        check_deadline(deadline)
+        conn = self._connection()
+        try:
+            self._settle(conn, deadline, durable)
+            # The write lock is taken up front: two writers never both read, then both write.
+            conn.execute("BEGIN IMMEDIATE")
+            yield SqliteTx(conn)
+            conn.execute("COMMIT")
+            if durable or time.monotonic() >= self._check_due:
+                self._check_file()
+            else:
+                self._unchecked = True
+        except BaseException as exc:
+            busy = isinstance(exc, sqlite3.Error) and _sqlite_busy(exc)
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                busy = False
+            if isinstance(exc, RollBack):
+                return
+            if not busy:
+                # Whatever went wrong, the next transaction starts on a fresh connection.
+                self._discard()
+            if isinstance(exc, sqlite3.Error):
+                timed_out = busy and deadline is not None and remaining(deadline) <= 0
+                raise WriteFailed(str(exc), retryable=busy, timed_out=timed_out) from exc
+            raise
