@@ -21,7 +21,7 @@ from rtms_lifecycle.machine import transition_table
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
-GENERATOR_SCRIPTS = ["gen_state_diagram", "gen_stop_reasons"]
+GENERATOR_SCRIPTS = ["gen_state_diagram", "gen_stop_reasons", "gen_decisions_index"]
 # A Markdown link to a file of the repository (not a web page, not an anchor on the same page).
 # Pages the receiver and benchmark work add to docs/; linked from here before they land.
 _WRITTEN_ELSEWHERE = frozenset({"receiver.md", "benchmarks.md"})
@@ -120,7 +120,7 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _links() -> list[tuple[Path, str]]:
-    files = [README, *sorted(DOCS.glob("*.md"))]
+    files = [README, ROOT / "CONTRIBUTING.md", *sorted(DOCS.rglob("*.md"))]
     return [(path, link) for path in files for link in sorted(set(_LINK.findall(path.read_text())))]
 
 

@@ -46,7 +46,7 @@ from rtms_lifecycle.webhook import Verification
 __all__ = ["Body", "Incoming", "UnscopedEvent", "Batch", "synthetic_delivery", "to_incoming"]
 
 # The name a parse failure has always logged under (it was the Tracker's): operators' log
-# filters match it (see docs/decisions.md).
+# filters match it (see docs/decisions/0071-logger-names-kept.md).
 log = logging.getLogger("rtms_lifecycle.tracker")
 
 

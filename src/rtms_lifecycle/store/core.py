@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Store"]
 
-# The name it has always logged under: operators' log filters match it (see docs/decisions.md).
+# The name it has always logged under: operators' log filters match it
+# (see docs/decisions/0071-logger-names-kept.md).
 log = logging.getLogger("rtms_lifecycle.store")
 
 
