@@ -37,6 +37,12 @@ def _skip_or_fail(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def skip_or_fail() -> Callable[[str], NoReturn]:
+    """For a test that needs a tool: skip it locally, but fail it under CI (``CI=true``)."""
+    return _skip_or_fail
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that (directly or indirectly) uses the PostgreSQL server ``postgres``."""
     for item in items:

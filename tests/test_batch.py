@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from itertools import count
 
 from rtms_lifecycle import EventKind, Outcome, Scope, State
-from rtms_lifecycle.events import Source, StreamEvent, parse_delivery
+from rtms_lifecycle.events import Source, StreamEvent
 from rtms_lifecycle.machine import StreamState, fold
+from rtms_lifecycle.parsing import parse_delivery
 from rtms_lifecycle.records import IngestResult
 from rtms_lifecycle.store.batch import (
     Batch,

@@ -20,10 +20,10 @@ from rtms_lifecycle.events import (
     StreamEvent,
     UnhandledDelivery,
     UrlValidation,
-    parse_delivery,
 )
 from rtms_lifecycle.exceptions import DeliveryRejected
-from rtms_lifecycle.parsing import STREAM_MODELS, ConcurrencyLimited, ConcurrencyNearLimit
+from rtms_lifecycle.models import STREAM_MODELS, ConcurrencyLimited, ConcurrencyNearLimit
+from rtms_lifecycle.parsing import parse_delivery
 
 ZOOM = Path(__file__).resolve().parent / "zoom"  # a copy of Zoom's published schema (README there)
 EXAMPLES = sorted((ZOOM / "examples").glob("*.json"))

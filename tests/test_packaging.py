@@ -66,15 +66,6 @@ def test_wheel_carries_license_migrations_and_main(wheel: Path) -> None:
     assert "rtms_lifecycle/py.typed" in names
 
 
-def test_python_dash_m_runs_the_command_line() -> None:
-    """`python -m rtms_lifecycle --help` prints the command line's help, named as the script."""
-    result = subprocess.run(
-        [sys.executable, "-m", "rtms_lifecycle", "--help"], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("Usage: rtms-lifecycle ")
-
-
 def test_wheel_publishes_only_the_user_extras(wheel: Path) -> None:
     """The test and dev tools are dependency groups: the index shows only the extras users pick."""
     metadata = _metadata(wheel)

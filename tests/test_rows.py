@@ -6,8 +6,9 @@ import pytest
 from sqlalchemy import Table
 
 from rtms_lifecycle import EventKind, State
-from rtms_lifecycle.events import StreamEvent, parse_delivery
+from rtms_lifecycle.events import StreamEvent
 from rtms_lifecycle.machine import fold
+from rtms_lifecycle.parsing import parse_delivery
 from rtms_lifecycle.store import rows as _rows
 from rtms_lifecycle.store import tables as _tables
 from rtms_lifecycle.store.rows import state_from_row, state_row

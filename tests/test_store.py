@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
 from rtms_lifecycle import EventKind, Outcome, Scope, State, Stream, Tracker
-from rtms_lifecycle.events import Source, StreamEvent, parse_delivery
+from rtms_lifecycle.events import Source, StreamEvent
 from rtms_lifecycle.machine import fold
+from rtms_lifecycle.parsing import parse_delivery
 from rtms_lifecycle.store.predicates import EVENT_PREDICATE
 from rtms_lifecycle.store.rows import state_to_stream
 from rtms_lifecycle.store.tables import deliveries, transitions

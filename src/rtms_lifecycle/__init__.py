@@ -9,149 +9,108 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Final
 
-if TYPE_CHECKING:
-    from rtms_lifecycle.async_tracker import AsyncTracker
-    from rtms_lifecycle.events import (
-        ConcurrencyAlert,
-        EventKind,
-        ParsedDelivery,
-        Scope,
-        Source,
-        StreamEvent,
-        UnhandledDelivery,
-        UrlValidation,
-        parse_delivery,
-    )
-    from rtms_lifecycle.exceptions import (
-        ConfigurationError,
-        DatabaseUnavailable,
-        DatabaseURLError,
-        DeliveryRejected,
-        FieldError,
-        RTMSLifecycleError,
-        SchemaOutdatedError,
-        SchemaTooNewError,
-        StoreError,
-        StoreTimeout,
-        WebhookRefused,
-    )
-    from rtms_lifecycle.machine import State, TransitionName
-    from rtms_lifecycle.records import (
-        ConcurrencyAlertRecord,
-        DeliveryRecord,
-        IngestResult,
-        InterruptionStats,
-        Outcome,
-        StopReasonCount,
-        StopReasonStat,
-        Stream,
-        Transition,
-        UnhandledEventStat,
-    )
-    from rtms_lifecycle.retention import PruneRecord, PruneResult
-    from rtms_lifecycle.stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
-    from rtms_lifecycle.subscriptions import SubscriptionStatus
-    from rtms_lifecycle.tracker import IngestSummary, Tracker, TransitionCallback
-
-__all__ = [
-    "AsyncTracker",
-    "ConcurrencyAlert",
-    "ConcurrencyAlertRecord",
-    "ConfigurationError",
-    "DatabaseURLError",
-    "DatabaseUnavailable",
-    "DeliveryRecord",
-    "DeliveryRejected",
-    "EventKind",
-    "FieldError",
-    "IngestResult",
-    "IngestSummary",
-    "InterruptionStats",
-    "Outcome",
-    "ParsedDelivery",
-    "PruneRecord",
-    "PruneResult",
-    "RTMSLifecycleError",
-    "SchemaOutdatedError",
-    "SchemaTooNewError",
-    "Scope",
-    "Source",
-    "State",
-    "StopReason",
-    "StopReasonCategory",
-    "StopReasonCount",
-    "StopReasonStat",
-    "StoreError",
-    "StoreTimeout",
-    "Stream",
-    "StreamEvent",
-    "SubscriptionStatus",
-    "Tracker",
-    "Transition",
-    "TransitionCallback",
-    "TransitionName",
-    "UnhandledDelivery",
-    "UnhandledEventStat",
-    "UrlValidation",
-    "WebhookRefused",
-    "describe_stop_reason",
-    "parse_delivery",
-]
-
-# Each public name and the submodule defining it: importing the package loads none of them (no
-# SQLAlchemy, pydantic or Alembic), so a command that needs none starts fast; a name's module is
-# imported the first time the name is used.
+# The public names, each with the submodule defining it: the one list (``__all__`` is its keys).
+# Importing the package loads none of them (no SQLAlchemy, pydantic or Alembic), so a command
+# that needs none starts fast; a name's module is imported the first time the name is used.
 _SOURCES: Final[dict[str, str]] = {
     "AsyncTracker": "async_tracker",
     "ConcurrencyAlert": "events",
-    "ConcurrencyAlertRecord": "records",
+    "EventKind": "events",
+    "ParsedDelivery": "events",
+    "Scope": "events",
+    "Source": "events",
+    "StreamEvent": "events",
+    "UnhandledDelivery": "events",
+    "UrlValidation": "events",
     "ConfigurationError": "exceptions",
     "DatabaseURLError": "exceptions",
     "DatabaseUnavailable": "exceptions",
-    "DeliveryRecord": "records",
     "DeliveryRejected": "exceptions",
-    "EventKind": "events",
     "FieldError": "exceptions",
-    "IngestResult": "records",
-    "IngestSummary": "tracker",
-    "InterruptionStats": "records",
-    "Outcome": "records",
-    "ParsedDelivery": "events",
-    "PruneRecord": "retention",
-    "PruneResult": "retention",
     "RTMSLifecycleError": "exceptions",
     "SchemaOutdatedError": "exceptions",
     "SchemaTooNewError": "exceptions",
-    "Scope": "events",
-    "Source": "events",
-    "State": "machine",
-    "StopReason": "stop_reasons",
-    "StopReasonCategory": "stop_reasons",
-    "StopReasonCount": "records",
-    "StopReasonStat": "records",
     "StoreError": "exceptions",
     "StoreTimeout": "exceptions",
-    "Stream": "records",
-    "StreamEvent": "events",
-    "SubscriptionStatus": "subscriptions",
-    "Tracker": "tracker",
-    "Transition": "records",
-    "TransitionCallback": "tracker",
-    "TransitionName": "machine",
-    "UnhandledDelivery": "events",
-    "UnhandledEventStat": "records",
-    "UrlValidation": "events",
     "WebhookRefused": "exceptions",
+    "State": "machine",
+    "TransitionName": "machine",
+    "parse_delivery": "parsing",
+    "ConcurrencyAlertRecord": "records",
+    "DeliveryRecord": "records",
+    "IngestResult": "records",
+    "InterruptionStats": "records",
+    "Outcome": "records",
+    "StopReasonCount": "records",
+    "StopReasonStat": "records",
+    "Stream": "records",
+    "Transition": "records",
+    "UnhandledEventStat": "records",
+    "PruneRecord": "retention",
+    "PruneResult": "retention",
+    "StopReason": "stop_reasons",
+    "StopReasonCategory": "stop_reasons",
     "describe_stop_reason": "stop_reasons",
-    "parse_delivery": "events",
+    "SubscriptionStatus": "subscriptions",
+    "IngestSummary": "tracker",
+    "Tracker": "tracker",
+    "TransitionCallback": "tracker",
 }
+
+__all__ = sorted(_SOURCES)
+
+# For type checkers and IDEs, which cannot follow ``__getattr__``: the same names, from the same
+# modules (tests/test_public_api.py checks that this block and the table agree).
+if TYPE_CHECKING:
+    from rtms_lifecycle.async_tracker import AsyncTracker as AsyncTracker
+    from rtms_lifecycle.events import ConcurrencyAlert as ConcurrencyAlert
+    from rtms_lifecycle.events import EventKind as EventKind
+    from rtms_lifecycle.events import ParsedDelivery as ParsedDelivery
+    from rtms_lifecycle.events import Scope as Scope
+    from rtms_lifecycle.events import Source as Source
+    from rtms_lifecycle.events import StreamEvent as StreamEvent
+    from rtms_lifecycle.events import UnhandledDelivery as UnhandledDelivery
+    from rtms_lifecycle.events import UrlValidation as UrlValidation
+    from rtms_lifecycle.exceptions import ConfigurationError as ConfigurationError
+    from rtms_lifecycle.exceptions import DatabaseUnavailable as DatabaseUnavailable
+    from rtms_lifecycle.exceptions import DatabaseURLError as DatabaseURLError
+    from rtms_lifecycle.exceptions import DeliveryRejected as DeliveryRejected
+    from rtms_lifecycle.exceptions import FieldError as FieldError
+    from rtms_lifecycle.exceptions import RTMSLifecycleError as RTMSLifecycleError
+    from rtms_lifecycle.exceptions import SchemaOutdatedError as SchemaOutdatedError
+    from rtms_lifecycle.exceptions import SchemaTooNewError as SchemaTooNewError
+    from rtms_lifecycle.exceptions import StoreError as StoreError
+    from rtms_lifecycle.exceptions import StoreTimeout as StoreTimeout
+    from rtms_lifecycle.exceptions import WebhookRefused as WebhookRefused
+    from rtms_lifecycle.machine import State as State
+    from rtms_lifecycle.machine import TransitionName as TransitionName
+    from rtms_lifecycle.parsing import parse_delivery as parse_delivery
+    from rtms_lifecycle.records import ConcurrencyAlertRecord as ConcurrencyAlertRecord
+    from rtms_lifecycle.records import DeliveryRecord as DeliveryRecord
+    from rtms_lifecycle.records import IngestResult as IngestResult
+    from rtms_lifecycle.records import InterruptionStats as InterruptionStats
+    from rtms_lifecycle.records import Outcome as Outcome
+    from rtms_lifecycle.records import StopReasonCount as StopReasonCount
+    from rtms_lifecycle.records import StopReasonStat as StopReasonStat
+    from rtms_lifecycle.records import Stream as Stream
+    from rtms_lifecycle.records import Transition as Transition
+    from rtms_lifecycle.records import UnhandledEventStat as UnhandledEventStat
+    from rtms_lifecycle.retention import PruneRecord as PruneRecord
+    from rtms_lifecycle.retention import PruneResult as PruneResult
+    from rtms_lifecycle.stop_reasons import StopReason as StopReason
+    from rtms_lifecycle.stop_reasons import StopReasonCategory as StopReasonCategory
+    from rtms_lifecycle.stop_reasons import describe_stop_reason as describe_stop_reason
+    from rtms_lifecycle.subscriptions import SubscriptionStatus as SubscriptionStatus
+    from rtms_lifecycle.tracker import IngestSummary as IngestSummary
+    from rtms_lifecycle.tracker import Tracker as Tracker
+    from rtms_lifecycle.tracker import TransitionCallback as TransitionCallback
 
 
 def __getattr__(name: str) -> Any:
     source = _SOURCES.get(name)
     if source is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{source}", __name__), name)
+    value = getattr(import_module(f"rtms_lifecycle.{source}"), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -20,9 +20,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import timedelta
 from itertools import islice
-from typing import Any, Final, ParamSpec, TypeVar, overload
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 from rtms_lifecycle import subscriptions as _subs
 from rtms_lifecycle.async_subscriptions import AsyncSubscriptionRunner
@@ -56,12 +54,13 @@ from rtms_lifecycle.tracker import (
     Timestamp,
     Tracker,
     TransitionCallback,
-    _as_set,
-    _callback_failed,
-    _check_batch_size,
     _Subscription,
 )
+from rtms_lifecycle.tracking import as_set, callback_failed, check_batch_size
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["DEFAULT_MAX_THREADS", "AsyncTracker"]
 
@@ -239,7 +238,7 @@ class AsyncTracker:
                         if inspect.isawaitable(outcome):
                             await outcome
                     except Exception:
-                        _callback_failed(subscription.callback, transition)
+                        callback_failed(subscription.callback, transition)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -292,7 +291,7 @@ class AsyncTracker:
         one on the event loop. Each batch is parsed and committed in a worker thread, and its
         callbacks run before the next batch is read.
         """
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         counts: Counter[Outcome] = Counter()
         if isinstance(bodies, AsyncIterable):
             batch: list[Body] = []
@@ -363,7 +362,7 @@ class AsyncTracker:
 
         def register(fn: TransitionCallback) -> TransitionCallback:
             subscription = _Subscription(
-                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
+                fn, as_set(to, State), as_set(name, TransitionName), as_set(scope, Scope)
             )
             with self._lock:
                 self._subscriptions = (*self._subscriptions, subscription)
@@ -432,7 +431,7 @@ class AsyncTracker:
 
         def register(fn: TransitionCallback) -> TransitionCallback:
             wanted = _Subscription(
-                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
+                fn, as_set(to, State), as_set(name, TransitionName), as_set(scope, Scope)
             )
             core = _subs.Consumer(
                 self.engine,

@@ -1,24 +1,20 @@
-"""What a Zoom RTMS webhook delivery says, and the one parser that reads them.
+"""What a Zoom RTMS webhook delivery says: the normalised view every later layer uses.
 
-:func:`parse_delivery` turns raw bytes (or text, or a decoded mapping) into a normalised view
-that every later layer uses: a :class:`StreamEvent`, a :class:`ConcurrencyAlert`, a
-:class:`UrlValidation` or an :class:`UnhandledDelivery`. A body it cannot accept raises
-:class:`DeliveryRejected` naming each bad field and why. The typed (pydantic) models of every
-delivery shape that it validates with live in ``_parsing``.
+A delivery is a :class:`StreamEvent`, a :class:`ConcurrencyAlert`, a :class:`UrlValidation` or
+an :class:`UnhandledDelivery`; :func:`rtms_lifecycle.parsing.parse_delivery` builds them. This
+module imports no other of the package: the parser depends on it, never the reverse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 
-# The pydantic models live in _parsing, imported on the first parse: a process that only reads
-# the database (`rtms-lifecycle stream ID`) never builds them.
+# For the `model` fields' types only: the models import this module, not the reverse.
 if TYPE_CHECKING:
-    from rtms_lifecycle.parsing import (
+    from rtms_lifecycle.models import (
         ConcurrencyLimited,
         ConcurrencyNearLimit,
         EndpointUrlValidation,
@@ -34,11 +30,9 @@ __all__ = [
     "StreamEvent",
     "UnhandledDelivery",
     "UrlValidation",
-    "parse_delivery",
-    "stream_event_names",
 ]
 
-# Column sizes (see _tables): identifiers and short texts, and the server URL list.
+# Column sizes (see store/tables.py): identifiers and short texts, and the server URL list.
 MAX_ID_LENGTH: Final = 255
 MAX_URLS_LENGTH: Final = 2000
 
@@ -159,34 +153,3 @@ class UnhandledDelivery:
 
 
 ParsedDelivery = StreamEvent | ConcurrencyAlert | UrlValidation | UnhandledDelivery
-
-
-def parse_delivery(
-    body: bytes | bytearray | memoryview | str | Mapping[str, Any],
-) -> ParsedDelivery:
-    """Parse one webhook body; raise :class:`DeliveryRejected` if it cannot be accepted."""
-    return _parser()(body)
-
-
-@cache
-def _parser() -> Callable[
-    [bytes | bytearray | memoryview | str | Mapping[str, Any]], ParsedDelivery
-]:
-    # Per delivery: a cached call costs a tenth of what an import statement does.
-    from rtms_lifecycle.parsing import parse_delivery as parse
-
-    return parse
-
-
-def check_app_event(stream_id: Any, event_ts: Any) -> tuple[str, int]:
-    """Validate an app-reported event's stream id and time as webhook fields are validated."""
-    from rtms_lifecycle.parsing import check_app_event as check
-
-    return check(stream_id, event_ts)
-
-
-def stream_event_names() -> list[str]:
-    """The 15 stream event names the parser understands."""
-    from rtms_lifecycle.parsing import STREAM_MODELS
-
-    return list(STREAM_MODELS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 import threading
 import time
 from collections import Counter
@@ -20,11 +19,11 @@ from rtms_lifecycle.defaults import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
-    MAX_BATCH_SIZE,
 )
-from rtms_lifecycle.events import EventKind, Scope, Source, check_app_event
+from rtms_lifecycle.events import EventKind, Scope, Source
 from rtms_lifecycle.exceptions import ConfigurationError, DeliveryRejected
 from rtms_lifecycle.machine import State, TransitionName
+from rtms_lifecycle.parsing import check_app_event
 from rtms_lifecycle.read_ahead import read_ahead
 from rtms_lifecycle.records import (
     ConcurrencyAlertRecord,
@@ -47,6 +46,7 @@ from rtms_lifecycle.store.batch import (
 )
 from rtms_lifecycle.store.core import Store
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
+from rtms_lifecycle.tracking import as_set, callback_failed, check_batch_size
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
 
 # The queries, pruning and subscriptions import SQLAlchemy (a quarter of a second and more): the
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Body", "IngestSummary", "TransitionCallback", "Tracker"]
 
-log = logging.getLogger(__name__)
 
 TransitionCallback = Callable[[Transition, Stream], object]
 Timestamp = int | datetime
@@ -108,7 +107,7 @@ def _stream_filters(
     until: Timestamp | None,
 ) -> tuple[list[State] | None, Scope | None, str | None, int | None, int | None]:
     """``streams()``'s and ``count_streams()``'s filters as the queries take them."""
-    states = sorted(_as_set(state, State) or ())
+    states = sorted(as_set(state, State) or ())
     return (
         states or None,
         Scope(scope) if scope else None,
@@ -122,19 +121,6 @@ def _epoch_ms(value: Timestamp | None) -> int | None:
     if value is None or isinstance(value, int):
         return value
     return int(value.timestamp() * 1000)
-
-
-def _as_set(value: Any, kind: Callable[[Any], Any]) -> frozenset[Any] | None:
-    if value is None:
-        return None
-    values = [value] if isinstance(value, str) else list(value)
-    return frozenset(kind(v) for v in values)
-
-
-def _check_batch_size(batch_size: int) -> None:
-    """Refuse a batch size out of range (:class:`ValueError`, naming the range)."""
-    if not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise ValueError(f"batch_size must be from 1 to {MAX_BATCH_SIZE:,}, not {batch_size:,}")
 
 
 class Tracker:
@@ -251,7 +237,7 @@ class Tracker:
         helper thread while the one before is written, so a batch is written once the next
         one has been read from ``bodies`` (or ``bodies`` has ended).
         """
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         counts: Counter[Outcome] = Counter()
         for batch in read_ahead(bodies, to_incoming, batch_size):
             if self._subscriptions:
@@ -416,7 +402,7 @@ class Tracker:
             # Called in the writing thread, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
             subscription = _Subscription(
-                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
+                fn, as_set(to, State), as_set(name, TransitionName), as_set(scope, Scope)
             )
             with self._lock:
                 self._subscriptions = (*self._subscriptions, subscription)
@@ -436,7 +422,7 @@ class Tracker:
                         outcome.close()  # else: "never awaited", far from the cause
                         raise TypeError("it returned a coroutine: use an AsyncTracker to await it")
                 except Exception:
-                    _callback_failed(subscription.callback, transition)
+                    callback_failed(subscription.callback, transition)
 
     # --- durable subscriptions --------------------------------------------------------------
 
@@ -502,7 +488,7 @@ class Tracker:
             # Called by the runner, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
             wanted = _Subscription(
-                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
+                fn, as_set(to, State), as_set(name, TransitionName), as_set(scope, Scope)
             )
             core = _subs.Consumer(
                 self.engine,
@@ -661,7 +647,7 @@ class Tracker:
         from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
-            return _queries.list_deliveries(conn, _as_set(outcome, Outcome), stream_id, limit)
+            return _queries.list_deliveries(conn, as_set(outcome, Outcome), stream_id, limit)
 
     def stop_reason_stats(
         self,
@@ -785,16 +771,6 @@ def _refuse_coroutine_function(fn: TransitionCallback) -> None:
             f"{fn!r} is a coroutine function: a Tracker cannot await it; "
             "register it on an AsyncTracker instead"
         )
-
-
-def _callback_failed(callback: TransitionCallback, transition: Transition) -> None:
-    """Log a callback's failure (from inside its ``except``): it undoes and blocks nothing."""
-    log.exception(
-        "transition callback %r failed for %s (%s)",
-        callback,
-        transition.stream_id,
-        transition.name,
-    )
 
 
 def _expired_at(stream: Stream, stale_ms: int) -> int:

@@ -26,10 +26,10 @@ from rtms_lifecycle.events import (
     StreamEvent,
     UnhandledDelivery,
     UrlValidation,
-    parse_delivery,
 )
 from rtms_lifecycle.exceptions import DeliveryRejected, FieldError
 from rtms_lifecycle.machine import LIVE_STATES, StreamState, fold, step
+from rtms_lifecycle.parsing import Body, parse_delivery
 from rtms_lifecycle.records import IngestResult, Outcome
 from rtms_lifecycle.store.rows import (
     Row,
@@ -48,9 +48,6 @@ __all__ = ["Body", "Incoming", "UnscopedEvent", "Batch", "synthetic_delivery", "
 # The name a parse failure has always logged under (it was the Tracker's): operators' log
 # filters match it (see docs/decisions/0071-logger-names-kept.md).
 log = logging.getLogger("rtms_lifecycle.tracker")
-
-
-Body = bytes | bytearray | memoryview | str | Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from rtms_lifecycle.events import EventKind, Scope, Source, StreamEvent, parse_delivery
+from rtms_lifecycle.events import EventKind, Scope, Source, StreamEvent
 from rtms_lifecycle.machine import State, StreamState, TransitionName
+from rtms_lifecycle.parsing import parse_delivery
 from rtms_lifecycle.records import (
     ConcurrencyAlertRecord,
     DeliveryRecord,

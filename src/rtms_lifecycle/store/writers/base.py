@@ -2,13 +2,14 @@
 
 Through SQLAlchemy every statement costs about 25 us of Python before the database sees it, more
 than SQLite needs to execute it. So the write path compiles its statements once, from the tables
-in ``_tables``, and runs them on the DBAPI connection. SQLite gets one long-lived connection per
+in ``tables``, and runs them on the DBAPI connection. SQLite gets one long-lived connection per
 store (it admits one writer at a time anyway). On PostgreSQL a batch is one statement that reads
 and one that writes (compare and swap on the stream rows' versions); with no transaction around
 them when the batch is small, that is two round trips in all. Reads stay on SQLAlchemy.
 
-Rows travel as plain tuples in the column orders of ``_rows``. This module holds what
-every database shares; ``sqlite`` and ``postgres`` one writer each.
+Rows travel as plain tuples in the column orders of ``rows``. This module holds what
+every database shares; ``sqlite`` and ``postgres`` one writer each, and the package
+picks one (:func:`rtms_lifecycle.store.writers.writer_for`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ __all__ = [
     "checkout",
     "insert_sql",
     "select_sql",
-    "writer_for",
 ]
 
 
@@ -159,21 +159,6 @@ class Writer(Protocol):
     def close(self) -> None:
         """Give back any connection held."""
         ...
-
-
-def writer_for(engine: Engine) -> Writer:
-    """The writer for this engine's database."""
-    # Each database's module is imported by the first store that writes to one: the dialect
-    # modules import this one.
-    if engine.dialect.name == "postgresql":
-        from rtms_lifecycle.store.writers.postgres import PostgresWriter
-
-        return PostgresWriter(engine)
-    if engine.dialect.name == "sqlite":
-        from rtms_lifecycle.store.writers.sqlite import SqliteWriter
-
-        return SqliteWriter.of_engine(engine)
-    raise ValueError(f"unsupported database: {engine.dialect.name}")
 
 
 def checkout(engine: Engine) -> PoolProxiedConnection:
