@@ -42,15 +42,16 @@ if TYPE_CHECKING:
         IngestResult,
         InterruptionStats,
         Outcome,
+        PruneRecord,
+        PruneResult,
         StopReasonCount,
         StopReasonStat,
         Stream,
+        SubscriptionStatus,
         Transition,
         UnhandledEventStat,
     )
-    from rtms_lifecycle.retention import PruneRecord, PruneResult
     from rtms_lifecycle.stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
-    from rtms_lifecycle.subscriptions import SubscriptionStatus
     from rtms_lifecycle.tracker import IngestSummary, Tracker, TransitionCallback
 
 __all__ = [
@@ -117,8 +118,8 @@ _SOURCES: Final[dict[str, str]] = {
     "InterruptionStats": "records",
     "Outcome": "records",
     "ParsedDelivery": "events",
-    "PruneRecord": "retention",
-    "PruneResult": "retention",
+    "PruneRecord": "records",
+    "PruneResult": "records",
     "RTMSLifecycleError": "exceptions",
     "SchemaOutdatedError": "exceptions",
     "SchemaTooNewError": "exceptions",
@@ -133,7 +134,7 @@ _SOURCES: Final[dict[str, str]] = {
     "StoreTimeout": "exceptions",
     "Stream": "records",
     "StreamEvent": "events",
-    "SubscriptionStatus": "subscriptions",
+    "SubscriptionStatus": "records",
     "Tracker": "tracker",
     "Transition": "records",
     "TransitionCallback": "tracker",

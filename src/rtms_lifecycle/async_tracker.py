@@ -20,9 +20,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import timedelta
 from itertools import islice
-from typing import Any, Final, ParamSpec, TypeVar, overload
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 from rtms_lifecycle import subscriptions as _subs
 from rtms_lifecycle.async_subscriptions import AsyncSubscriptionRunner
@@ -41,27 +39,31 @@ from rtms_lifecycle.records import (
     IngestResult,
     InterruptionStats,
     Outcome,
+    PruneRecord,
+    PruneResult,
     StopReasonCount,
     StopReasonStat,
     Stream,
+    SubscriptionStatus,
     Transition,
     UnhandledEventStat,
 )
-from rtms_lifecycle.retention import PruneRecord, PruneResult
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracker import (
     DEFAULT_BATCH_SIZE,
     Body,
     IngestSummary,
+    Subscription,
     Timestamp,
     Tracker,
     TransitionCallback,
-    _as_set,
-    _callback_failed,
-    _check_batch_size,
-    _Subscription,
+    callback_failed,
+    check_batch_size,
 )
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["DEFAULT_MAX_THREADS", "AsyncTracker"]
 
@@ -120,7 +122,7 @@ class AsyncTracker:
             if self._sync.engine.dialect.name == "sqlite"
             else self._threads
         )
-        self._subscriptions: tuple[_Subscription, ...] = ()
+        self._subscriptions: tuple[Subscription, ...] = ()
         self._consumers: tuple[tuple[_subs.Consumer, TransitionCallback], ...] = ()
         # The run_subscriptions in progress, and what it sets when it ended.
         self._run: tuple[AsyncSubscriptionRunner, asyncio.Future[None]] | None = None
@@ -239,7 +241,7 @@ class AsyncTracker:
                         if inspect.isawaitable(outcome):
                             await outcome
                     except Exception:
-                        _callback_failed(subscription.callback, transition)
+                        callback_failed(subscription.callback, transition)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -292,7 +294,7 @@ class AsyncTracker:
         one on the event loop. Each batch is parsed and committed in a worker thread, and its
         callbacks run before the next batch is read.
         """
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         counts: Counter[Outcome] = Counter()
         if isinstance(bodies, AsyncIterable):
             batch: list[Body] = []
@@ -362,9 +364,7 @@ class AsyncTracker:
         """
 
         def register(fn: TransitionCallback) -> TransitionCallback:
-            subscription = _Subscription(
-                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
-            )
+            subscription = Subscription.of(fn, to, name, scope)
             with self._lock:
                 self._subscriptions = (*self._subscriptions, subscription)
                 if not self._collects:
@@ -431,13 +431,9 @@ class AsyncTracker:
         """
 
         def register(fn: TransitionCallback) -> TransitionCallback:
-            wanted = _Subscription(
-                fn, _as_set(to, State), _as_set(name, TransitionName), _as_set(scope, Scope)
-            )
-            core = _subs.Consumer(
-                self.engine,
+            core = self._sync.consumer(
                 consumer,
-                wants=wanted.wants,
+                Subscription.of(fn, to, name, scope).wants,
                 from_start=from_start,
                 max_attempts=max_attempts,
                 retry_delay=retry_delay,
@@ -472,7 +468,7 @@ class AsyncTracker:
             raise ConfigurationError("this AsyncTracker is closed")
         if self._run is not None:
             raise ConfigurationError("run_subscriptions is already running on this AsyncTracker")
-        core = _subs.SubscriptionRunner(self.engine, self._consumers, poll_interval=poll_interval)
+        core = self._sync.subscription_runner(self._consumers, poll_interval)
         runner = AsyncSubscriptionRunner(core, self._writes, self._threads)
         ended = asyncio.get_running_loop().create_future()
         self._run = (runner, ended)
@@ -482,7 +478,7 @@ class AsyncTracker:
             self._run = None
             ended.set_result(None)
 
-    async def subscriptions(self) -> list[_subs.SubscriptionStatus]:
+    async def subscriptions(self) -> list[SubscriptionStatus]:
         """Awaitable :meth:`Tracker.subscriptions`."""
         return await self._read(self._sync.subscriptions)
 
