@@ -18,10 +18,10 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from rtms_lifecycle import Outcome, State, Tracker
-from rtms_lifecycle.store import retention as store_retention
 from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.store import migrate as _migrate
+from rtms_lifecycle.store import retention as store_retention
 from rtms_lifecycle.store.engine import create_store_engine
 from rtms_lifecycle.store.tables import concurrency_alerts, deliveries, streams, transitions
 
