@@ -632,6 +632,14 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.ping`."""
         return await self._read(self._sync.ping)
 
+    async def active_counts(self) -> dict[Scope, int]:
+        """Awaitable :meth:`Tracker.active_counts`."""
+        return await self._read(self._sync.active_counts)
+
+    async def schema_revision(self) -> str | None:
+        """Awaitable :meth:`Tracker.schema_revision`."""
+        return await self._read(self._sync.schema_revision)
+
     async def check_writable(self, timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
         """Awaitable :meth:`Tracker.check_writable`. Not queued behind this tracker's writes: it
         asks whether the store can take a write now, within ``timeout``."""
