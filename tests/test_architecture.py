@@ -17,15 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = SRC / "rtms_lifecycle"
 
-# (importer, module, name): private names another engineer is moving out of these modules
-# together with the subscriptions' rework; remove each line as it goes.
-ALLOWED: frozenset[tuple[str, str, str]] = frozenset(
-    {
-        ("rtms_lifecycle.async_subscriptions", "rtms_lifecycle.subscriptions", "_ROUND"),
-        ("rtms_lifecycle.async_tracker", "rtms_lifecycle.tracker", "_Subscription"),
-    }
-)
-
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(SRC).with_suffix("").parts
@@ -74,8 +65,7 @@ def test_no_private_name_crosses_a_module() -> None:
         for module, path in modules.items()
         for other, name in private_uses(module, ast.parse(path.read_text()), set(modules))
     }
-    assert found - ALLOWED == set()
-    assert ALLOWED - found == set(), "fixed: remove these from ALLOWED"
+    assert found == set()
 
 
 @pytest.mark.parametrize(

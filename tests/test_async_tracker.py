@@ -96,8 +96,10 @@ def test_every_tracker_method_has_an_awaitable_twin() -> None:
         name for name, member in inspect.getmembers(Tracker, callable) if not name.startswith("_")
     }
     registrations = {"on_transition", "subscribe"}
-    assert public >= registrations
-    for name in public - registrations:
+    # The synchronous delivery core's factories: an AsyncTracker reaches them through .sync.
+    factories = {"consumer", "subscription_runner"}
+    assert public >= registrations | factories
+    for name in public - registrations - factories:
         assert inspect.iscoroutinefunction(getattr(AsyncTracker, name)), name
     for name in registrations:
         assert not inspect.iscoroutinefunction(getattr(AsyncTracker, name)), name

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from rtms_lifecycle import Outcome, State, Tracker, retention
+from rtms_lifecycle import Outcome, State, Tracker
 from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.store import migrate as _migrate
+from rtms_lifecycle.store import retention as store_retention
 from rtms_lifecycle.store.engine import create_store_engine
 from rtms_lifecycle.store.tables import concurrency_alerts, deliveries, streams, transitions
 
@@ -300,7 +301,7 @@ def test_a_prune_racing_ingest_keeps_every_reference_and_every_live_stream(
 ) -> None:
     """Writers retrying old streams' events while a prune runs: nothing dangles, nothing live
     goes, and a stream the prune took is not half-removed."""
-    monkeypatch.setattr(retention, "_STREAMS_PER_STEP", 5)  # many steps: many interleavings
+    monkeypatch.setattr(store_retention, "_STREAMS_PER_STEP", 5)  # many steps: many interleavings
     with Tracker(db_url) as setup:
         setup.ingest_many(
             raw(kind, f"old-{n}", OLD + n * 100 + k)

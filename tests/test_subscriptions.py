@@ -250,9 +250,7 @@ def test_consumer_held_elsewhere_is_not_delivered_twice(tracker: Tracker, db_url
 def test_lease_of_a_silent_holder_is_taken_over(tracker: Tracker, db_url: str) -> None:
     """A holder that stops renewing (a dead process) loses the consumer once its lease ends."""
     _start(tracker, "x")
-    from rtms_lifecycle.subscriptions import Consumer
-
-    dead = Consumer(tracker.engine, "twin", from_start=True, lease=0.3)
+    dead = tracker.consumer("twin", from_start=True, lease=0.3)
     assert dead.next() is not None  # takes the lease, then never reports back
     got: list[str] = []
     tracker.subscribe("twin", lambda t, s: got.append(t.stream_id), lease=0.3)

@@ -46,12 +46,12 @@ _SOURCES: Final[dict[str, str]] = {
     "Stream": "records",
     "Transition": "records",
     "UnhandledEventStat": "records",
-    "PruneRecord": "retention",
-    "PruneResult": "retention",
+    "PruneRecord": "records",
+    "PruneResult": "records",
     "StopReason": "stop_reasons",
     "StopReasonCategory": "stop_reasons",
     "describe_stop_reason": "stop_reasons",
-    "SubscriptionStatus": "subscriptions",
+    "SubscriptionStatus": "records",
     "IngestSummary": "tracker",
     "Tracker": "tracker",
     "TransitionCallback": "tracker",
@@ -90,17 +90,17 @@ if TYPE_CHECKING:
     from rtms_lifecycle.records import IngestResult as IngestResult
     from rtms_lifecycle.records import InterruptionStats as InterruptionStats
     from rtms_lifecycle.records import Outcome as Outcome
+    from rtms_lifecycle.records import PruneRecord as PruneRecord
+    from rtms_lifecycle.records import PruneResult as PruneResult
     from rtms_lifecycle.records import StopReasonCount as StopReasonCount
     from rtms_lifecycle.records import StopReasonStat as StopReasonStat
     from rtms_lifecycle.records import Stream as Stream
+    from rtms_lifecycle.records import SubscriptionStatus as SubscriptionStatus
     from rtms_lifecycle.records import Transition as Transition
     from rtms_lifecycle.records import UnhandledEventStat as UnhandledEventStat
-    from rtms_lifecycle.retention import PruneRecord as PruneRecord
-    from rtms_lifecycle.retention import PruneResult as PruneResult
     from rtms_lifecycle.stop_reasons import StopReason as StopReason
     from rtms_lifecycle.stop_reasons import StopReasonCategory as StopReasonCategory
     from rtms_lifecycle.stop_reasons import describe_stop_reason as describe_stop_reason
-    from rtms_lifecycle.subscriptions import SubscriptionStatus as SubscriptionStatus
     from rtms_lifecycle.tracker import IngestSummary as IngestSummary
     from rtms_lifecycle.tracker import Tracker as Tracker
     from rtms_lifecycle.tracker import TransitionCallback as TransitionCallback

@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
-from rtms_lifecycle.subscriptions import _ROUND, FeedWaker, SubscriptionRunner, log
+from rtms_lifecycle.subscriptions import ROUND, FeedWaker, SubscriptionRunner
 
 __all__ = ["AsyncSubscriptionRunner"]
+
+# The synchronous runner's logger: operators' filters match one name for both.
+log = logging.getLogger("rtms_lifecycle.subscriptions")
 
 T = TypeVar("T")
 
@@ -55,7 +59,7 @@ class AsyncSubscriptionRunner:
         """One round on the loop: what :meth:`SubscriptionRunner.step` does in a thread."""
         ran = 0
         for consumer, callback in self._runner.consumers:
-            for _ in range(_ROUND):
+            for _ in range(ROUND):
                 if self._halt.is_set():
                     return ran  # stopped: the delivery in progress was the last
                 delivery = await self._in_thread(self._calls, consumer.next)
@@ -102,7 +106,7 @@ class AsyncSubscriptionRunner:
                             await self._in_thread(self._calls, consumer.create)
                         created = True
                     if waker is None:
-                        waker = await self._in_thread(self._waits, FeedWaker, runner.engine)
+                        waker = await self._in_thread(self._waits, FeedWaker, runner.store)
                     ran = await self._step()
                 except Exception as exc:
                     outage += 1

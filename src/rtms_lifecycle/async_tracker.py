@@ -39,24 +39,26 @@ from rtms_lifecycle.records import (
     IngestResult,
     InterruptionStats,
     Outcome,
+    PruneRecord,
+    PruneResult,
     StopReasonCount,
     StopReasonStat,
     Stream,
+    SubscriptionStatus,
     Transition,
     UnhandledEventStat,
 )
-from rtms_lifecycle.retention import PruneRecord, PruneResult
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracker import (
     DEFAULT_BATCH_SIZE,
     Body,
     IngestSummary,
+    Subscription,
     Timestamp,
     Tracker,
     TransitionCallback,
-    _Subscription,
 )
-from rtms_lifecycle.tracking import as_set, callback_failed, check_batch_size
+from rtms_lifecycle.tracking import callback_failed, check_batch_size
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification
 
 if TYPE_CHECKING:
@@ -119,7 +121,7 @@ class AsyncTracker:
             if self._sync.engine.dialect.name == "sqlite"
             else self._threads
         )
-        self._subscriptions: tuple[_Subscription, ...] = ()
+        self._subscriptions: tuple[Subscription, ...] = ()
         self._consumers: tuple[tuple[_subs.Consumer, TransitionCallback], ...] = ()
         # The run_subscriptions in progress, and what it sets when it ended.
         self._run: tuple[AsyncSubscriptionRunner, asyncio.Future[None]] | None = None
@@ -361,9 +363,7 @@ class AsyncTracker:
         """
 
         def register(fn: TransitionCallback) -> TransitionCallback:
-            subscription = _Subscription(
-                fn, as_set(to, State), as_set(name, TransitionName), as_set(scope, Scope)
-            )
+            subscription = Subscription.of(fn, to, name, scope)
             with self._lock:
                 self._subscriptions = (*self._subscriptions, subscription)
                 if not self._collects:
@@ -430,13 +430,9 @@ class AsyncTracker:
         """
 
         def register(fn: TransitionCallback) -> TransitionCallback:
-            wanted = _Subscription(
-                fn, as_set(to, State), as_set(name, TransitionName), as_set(scope, Scope)
-            )
-            core = _subs.Consumer(
-                self.engine,
+            core = self._sync.consumer(
                 consumer,
-                wants=wanted.wants,
+                Subscription.of(fn, to, name, scope).wants,
                 from_start=from_start,
                 max_attempts=max_attempts,
                 retry_delay=retry_delay,
@@ -471,7 +467,7 @@ class AsyncTracker:
             raise ConfigurationError("this AsyncTracker is closed")
         if self._run is not None:
             raise ConfigurationError("run_subscriptions is already running on this AsyncTracker")
-        core = _subs.SubscriptionRunner(self.engine, self._consumers, poll_interval=poll_interval)
+        core = self._sync.subscription_runner(self._consumers, poll_interval)
         runner = AsyncSubscriptionRunner(core, self._writes, self._threads)
         ended = asyncio.get_running_loop().create_future()
         self._run = (runner, ended)
@@ -481,7 +477,7 @@ class AsyncTracker:
             self._run = None
             ended.set_result(None)
 
-    async def subscriptions(self) -> list[_subs.SubscriptionStatus]:
+    async def subscriptions(self) -> list[SubscriptionStatus]:
         """Awaitable :meth:`Tracker.subscriptions`."""
         return await self._read(self._sync.subscriptions)
 
@@ -634,6 +630,14 @@ class AsyncTracker:
     async def ping(self) -> bool:
         """Awaitable :meth:`Tracker.ping`."""
         return await self._read(self._sync.ping)
+
+    async def active_counts(self) -> dict[Scope, int]:
+        """Awaitable :meth:`Tracker.active_counts`."""
+        return await self._read(self._sync.active_counts)
+
+    async def schema_revision(self) -> str | None:
+        """Awaitable :meth:`Tracker.schema_revision`."""
+        return await self._read(self._sync.schema_revision)
 
     async def check_writable(self, timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
         """Awaitable :meth:`Tracker.check_writable`. Not queued behind this tracker's writes: it

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ConfigurationError",
+    "DatabaseError",
     "DatabaseURLError",
     "DatabaseUnavailable",
     "DeliveryRejected",
@@ -55,12 +56,17 @@ class DeliveryRejected(RTMSLifecycleError):
 
 
 class StoreError(RTMSLifecycleError):
-    """The database could not record a delivery; nothing of it was kept."""
+    """The database could not record a delivery (nothing of it was kept), or failed a read or
+    another write of the store."""
 
 
 class StoreTimeout(StoreError):
     """The database did not commit within the time allowed (a held lock, a slow disk); nothing
     of the delivery was kept."""
+
+
+class DatabaseError(StoreError):
+    """The database refused or failed a statement; the message says what it said."""
 
 
 class SchemaOutdatedError(RTMSLifecycleError):

@@ -17,9 +17,12 @@ __all__ = [
     "IngestResult",
     "InterruptionStats",
     "Outcome",
+    "PruneRecord",
+    "PruneResult",
     "StopReasonCount",
     "StopReasonStat",
     "Stream",
+    "SubscriptionStatus",
     "Transition",
     "UnhandledEventStat",
 ]
@@ -260,6 +263,78 @@ class StopReasonCount:
     def described(self) -> StopReason:
         """The reason's name and category."""
         return describe_stop_reason(self.stop_reason, expired=self.expired)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStatus:
+    """Where one consumer is: for ``rtms-lifecycle subscriptions``."""
+
+    consumer: str
+    cursor: str
+    #: Transitions in the feed after the cursor (whether or not the consumer's filters want them).
+    lag: int
+    #: Transitions set aside after ``max_attempts`` failures (re-queued ones included).
+    parked: int
+    #: Of those, how many ``retry`` re-queued and still wait for delivery.
+    requeued: int
+    delivered: int
+    #: Failed attempts at the transition after the cursor, and when the next one is due.
+    attempts: int
+    retry_at: int | None
+    last_error: str | None
+    last_error_at: int | None
+    #: The process delivering for it now (host:pid:id), while its lease lasts.
+    holder: str | None
+    lease_until: int | None
+    updated_at: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What a prune removed (with ``dry_run``: what it would remove)."""
+
+    cutoff: int
+    streams: int
+    deliveries: int
+    transitions: int
+    alerts: int
+    dry_run: bool
+    #: How much smaller the database is afterwards (bytes); None for a dry run.
+    reclaimed_bytes: int | None
+    #: Bytes free inside the SQLite file afterwards, which new rows reuse (``vacuum`` gives them
+    #: back to the file system); None on PostgreSQL and for a dry run.
+    free_bytes: int | None = None
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts, as ``rtms-lifecycle prune --json`` prints them."""
+        return {
+            "streams": self.streams,
+            "deliveries": self.deliveries,
+            "transitions": self.transitions,
+            "alerts": self.alerts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PruneRecord:
+    """One prune as recorded: when it ran, with which cutoff, and what it removed."""
+
+    run: str
+    started_at: int
+    finished_at: int
+    cutoff: int
+    streams: int
+    deliveries: int
+    transitions: int
+    alerts: int
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

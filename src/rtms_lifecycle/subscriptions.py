@@ -28,10 +28,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text
-from sqlalchemy import update as sql_update
-from sqlalchemy.dialects import postgresql, sqlite
-
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.defaults import (
     DEFAULT_FORWARD_TIMEOUT,
@@ -41,11 +37,10 @@ from rtms_lifecycle.defaults import (
     DEFAULT_RETRY_DELAY,
 )
 from rtms_lifecycle.exceptions import ConfigurationError
-from rtms_lifecycle.records import Stream, Transition
-from rtms_lifecycle.store import queries as _queries
-from rtms_lifecycle.store.tables import subscription_parked as parked_table
-from rtms_lifecycle.store.tables import subscriptions as subscriptions_table
-from rtms_lifecycle.store.tables import transitions as transitions_table
+from rtms_lifecycle.records import Stream, SubscriptionStatus, Transition
+from rtms_lifecycle.store import subscriptions as _rows
+from rtms_lifecycle.store.core import Store
+from rtms_lifecycle.store.subscriptions import NOTIFY_CHANNEL, START, FeedWaker, Position
 
 __all__ = [
     "DEFAULT_FORWARD_TIMEOUT",
@@ -57,34 +52,26 @@ __all__ = [
     "Consumer",
     "Delivery",
     "FeedWaker",
+    "ROUND",
     "SubscriptionRunner",
     "SubscriptionStatus",
-    "list_subscriptions",
-    "requeue_parked",
+    "check_consumer_name",
     "transition_message",
 ]
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY: Final = 300.0
-#: The channel the PostgreSQL feed notifies on each commit that appended transitions.
-NOTIFY_CHANNEL: Final = "rtms_lifecycle_feed"
 MAX_CONSUMER_LENGTH: Final = 200
 _CONSUMER_NAME: Final = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_CONSUMER_LENGTH - 1}}}")
 _PAGE: Final = 100
-# A round delivers at most this many per consumer, so that one busy consumer starves no other.
-_ROUND: Final = 100
+#: A round delivers at most this many per consumer, so that one busy consumer starves no other.
+ROUND: Final = 100
 _ERROR_LENGTH: Final = 2000
-_START: Final = (-1, -1)
 # Longest wait between looks at a database that does not answer.
 _MAX_OUTAGE_PAUSE: Final = 30.0
 
 Wants = Callable[[Transition, Stream], bool]
-Position = tuple[int, int]
-
-
-def _cursor_text(position: Position) -> str:
-    return f"{position[0]}:{position[1]}"
 
 
 def _error_text(error: BaseException | str) -> str:
@@ -129,77 +116,6 @@ class Delivery:
     requeued: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class SubscriptionStatus:
-    """Where one consumer is: for ``rtms-lifecycle subscriptions``."""
-
-    consumer: str
-    cursor: str
-    #: Transitions in the feed after the cursor (whether or not the consumer's filters want them).
-    lag: int
-    #: Transitions set aside after ``max_attempts`` failures (re-queued ones included).
-    parked: int
-    #: Of those, how many ``retry`` re-queued and still wait for delivery.
-    requeued: int
-    delivered: int
-    #: Failed attempts at the transition after the cursor, and when the next one is due.
-    attempts: int
-    retry_at: int | None
-    last_error: str | None
-    last_error_at: int | None
-    #: The process delivering for it now (host:pid:id), while its lease lasts.
-    holder: str | None
-    lease_until: int | None
-    updated_at: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> None:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
-
-
-def _feed_end(conn: Connection) -> Position:
-    # The last position the feed shows now: what a consumer that starts at the end has seen.
-    t = transitions_table
-    query = select(t.c.tx_id, t.c.id).order_by(*(c.desc() for c in _queries.feed_order(conn)))
-    query = query.limit(1)
-    if conn.dialect.name == "postgresql":
-        query = query.where(t.c.tx_id < text(_queries.FEED_HORIZON))
-    row = conn.execute(query).first()
-    return (row[0], row[1]) if row else _START
-
-
-def ensure_consumer(engine: Engine, consumer: str, *, from_start: bool) -> None:
-    """Create the consumer's row unless it exists: at the start or at the end of the feed."""
-    check_consumer_name(consumer)
-    s = subscriptions_table.c
-    # Reads first, then a one-statement write: on SQLite a transaction that read before writing
-    # fails at once, rather than waiting, if a receiver committed in between.
-    with engine.connect() as conn:
-        if conn.execute(select(s.consumer).where(s.consumer == consumer)).first():
-            return
-        tx, tid = _START if from_start else _feed_end(conn)
-    now = now_ms()
-    with engine.begin() as conn:
-        _insert_ignore(
-            conn,
-            subscriptions_table,
-            {
-                "consumer": consumer,
-                "cursor_tx": tx,
-                "cursor_id": tid,
-                "attempts": 0,
-                "delivered": 0,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-
-
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -208,12 +124,14 @@ class Consumer:
     """One named consumer's delivery core, for one process: no waiting, no callbacks.
 
     Call :meth:`next` for what is due; call the consumer's callback with it; then call
-    :meth:`succeeded` or :meth:`failed`. Not thread-safe: one driver per instance.
+    :meth:`succeeded` or :meth:`failed`. Not thread-safe: one driver per instance. Each write
+    must commit within half the lease (the lease must still hold when it does), else it raises
+    :class:`StoreTimeout` and the runner looks again later.
     """
 
     def __init__(
         self,
-        engine: Engine,
+        store: Store,
         consumer: str,
         *,
         wants: Wants | None = None,
@@ -232,7 +150,7 @@ class Consumer:
         if not lease > 0:
             raise ValueError("lease: more than zero seconds")
         self.name = check_consumer_name(consumer)
-        self.engine = engine
+        self.store = store
         self.wants = wants
         self.from_start = from_start
         self.max_attempts = max_attempts
@@ -240,8 +158,8 @@ class Consumer:
         self.lease_ms = int(lease * 1000)
         self.owner = owner or _owner()
         self._held_until = 0
-        self._position: Position = _START
-        self._saved: Position = _START
+        self._position: Position = START
+        self._saved: Position = START
         self._attempts = 0
         #: When the failing head may be tried again (epoch ms), or None.
         self.retry_at: int | None = None
@@ -249,10 +167,15 @@ class Consumer:
         if create:
             self.create()
 
+    def _deadline(self) -> float:
+        return time.monotonic() + self.lease_ms / 2000
+
     def create(self) -> None:
         """Store the consumer's row unless it exists (``create=False`` left it to this call):
         a new one starts at the end of the feed as it is now, or at its start."""
-        ensure_consumer(self.engine, self.name, from_start=self.from_start)
+        _rows.ensure_consumer(
+            self.store, self.name, from_start=self.from_start, deadline=self._deadline()
+        )
 
     # --- the lease --------------------------------------------------------------------------
 
@@ -265,29 +188,23 @@ class Consumer:
         fresh = now >= self._held_until
         if not fresh and self._held_until - now > self.lease_ms // 2:
             return True
-        s = subscriptions_table.c
-        with self.engine.begin() as conn:
-            taken = conn.execute(
-                sql_update(subscriptions_table)
-                .where(
-                    s.consumer == self.name,
-                    or_(s.lease_owner == self.owner, s.lease_owner.is_(None), s.lease_until < now),
-                )
-                .values(lease_owner=self.owner, lease_until=now + self.lease_ms, updated_at=now)
-            ).rowcount
-            if not taken:
-                self._lost()
-                return False
-            if fresh:
-                # Another process may have delivered meanwhile: start from what is stored.
-                row = conn.execute(
-                    select(s.cursor_tx, s.cursor_id, s.attempts, s.retry_at).where(
-                        s.consumer == self.name
-                    )
-                ).one()
-                self._position = self._saved = (row[0], row[1])
-                self._attempts, self.retry_at = row[2], row[3]
-                self._buffer.clear()
+        taken, cursor = _rows.take_lease(
+            self.store,
+            self.name,
+            self.owner,
+            now,
+            now + self.lease_ms,
+            read=fresh,
+            deadline=self._deadline(),
+        )
+        if not taken:
+            self._lost()
+            return False
+        if cursor is not None:
+            # Another process may have delivered meanwhile: start from what is stored.
+            self._position = self._saved = cursor.position
+            self._attempts, self.retry_at = cursor.attempts, cursor.retry_at
+            self._buffer.clear()
         self._held_until = now + self.lease_ms
         return True
 
@@ -297,19 +214,9 @@ class Consumer:
 
     def release(self) -> None:
         """Give up the lease now, so that another process takes over without waiting for it."""
-        s = subscriptions_table.c
         self._save_skipped()
-        with self.engine.begin() as conn:
-            conn.execute(
-                sql_update(subscriptions_table)
-                .where(s.consumer == self.name, s.lease_owner == self.owner)
-                .values(lease_owner=None, lease_until=None)
-            )
+        _rows.release_lease(self.store, self.name, self.owner, self._deadline())
         self._lost()
-
-    def _where_held(self) -> Any:
-        s = subscriptions_table.c
-        return and_(s.consumer == self.name, s.lease_owner == self.owner)
 
     # --- what is due ------------------------------------------------------------------------
 
@@ -325,8 +232,7 @@ class Consumer:
             return None
         while True:
             if not self._buffer:
-                with self.engine.connect() as conn:
-                    self._buffer.extend(_queries.feed_page(conn, self._position, _PAGE))
+                self._buffer.extend(_rows.feed_page(self.store, self._position, _PAGE))
                 if not self._buffer:
                     self._save_skipped()
                     return None
@@ -339,8 +245,7 @@ class Consumer:
             self._position = position
 
     def _stream(self, transition: Transition) -> Stream | None:
-        with self.engine.connect() as conn:
-            stream = _queries.stream(conn, transition.stream_id)
+        stream = _rows.stream_of(self.store, transition.stream_id)
         if stream is None:
             log.warning(
                 "subscription %s: stream %s of transition %d is no longer stored; passing it",
@@ -351,46 +256,24 @@ class Consumer:
         return stream
 
     def _requeued(self, now: int) -> Delivery | None:
-        p = parked_table.c
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(p.transition_id, p.attempts)
-                .where(
-                    p.consumer == self.name,
-                    p.queued.is_(True),
-                    or_(p.retry_at.is_(None), p.retry_at <= now),
-                )
-                .order_by(p.transition_id)
-                .limit(1)
-            ).first()
-            if row is None:
-                return None
-            found = _queries.transition(conn, row[0])
+        found = _rows.next_requeued(self.store, self.name, now)
         if found is None:
             return None
-        position, transition = found
-        stream = self._stream(transition)
+        stream = self._stream(found.transition)
         if stream is None:
-            with self.engine.begin() as conn:
-                conn.execute(delete(parked_table).where(*self._parked(transition.id)))
+            _rows.drop_parked(self.store, self.name, found.transition.id, self._deadline())
             return None
-        return Delivery(self.name, transition, stream, row[1] + 1, position, requeued=True)
-
-    def _parked(self, transition_id: int) -> tuple[Any, ...]:
-        p = parked_table.c
-        return (p.consumer == self.name, p.transition_id == transition_id)
+        return Delivery(
+            self.name, found.transition, stream, found.attempts + 1, found.position, requeued=True
+        )
 
     def _save_skipped(self) -> None:
         if self._position == self._saved or not self.holds_lease:
             return
-        now = now_ms()
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                sql_update(subscriptions_table)
-                .where(self._where_held())
-                .values(cursor_tx=self._position[0], cursor_id=self._position[1], updated_at=now)
-            ).rowcount
-        if done:
+        saved = _rows.save_cursor(
+            self.store, self.name, self.owner, self._position, now_ms(), self._deadline()
+        )
+        if saved:
             self._saved = self._position
         else:
             self._lost()
@@ -399,17 +282,18 @@ class Consumer:
 
     def succeeded(self, delivery: Delivery) -> None:
         """The callback returned: move the cursor past the transition (or unpark it)."""
-        now = now_ms()
-        with self.engine.begin() as conn:
-            if delivery.requeued:
-                conn.execute(delete(parked_table).where(*self._parked(delivery.transition.id)))
-                conn.execute(
-                    sql_update(subscriptions_table)
-                    .where(subscriptions_table.c.consumer == self.name)
-                    .values(delivered=subscriptions_table.c.delivered + 1, updated_at=now)
-                )
-                return
-            self._advance(conn, delivery.position, now, delivered=1)
+        held = _rows.consumer_succeeded(
+            self.store,
+            self.name,
+            self.owner,
+            delivery.transition.id,
+            delivery.position,
+            requeued=delivery.requeued,
+            now=now_ms(),
+            deadline=self._deadline(),
+        )
+        if not delivery.requeued:
+            self._advanced(delivery.position, held)
 
     def failed(self, delivery: Delivery, error: BaseException | str) -> None:
         """The callback raised: retry later with back-off, or park it after ``max_attempts``."""
@@ -426,65 +310,31 @@ class Consumer:
             ", parking it" if give_up else "",
             message,
         )
-        s = subscriptions_table.c
-        with self.engine.begin() as conn:
-            conn.execute(
-                sql_update(subscriptions_table)
-                .where(s.consumer == self.name)
-                .values(last_error=message, last_error_at=now, updated_at=now)
-            )
-            if delivery.requeued:
-                conn.execute(
-                    sql_update(parked_table)
-                    .where(*self._parked(delivery.transition.id))
-                    .values(
-                        attempts=delivery.attempt,
-                        error=message,
-                        queued=not give_up,
-                        retry_at=None if give_up else now + delay,
-                    )
-                )
-                return
-            if give_up:
-                _insert_ignore(
-                    conn,
-                    parked_table,
-                    {
-                        "consumer": self.name,
-                        "transition_id": delivery.transition.id,
-                        "attempts": delivery.attempt,
-                        "error": message,
-                        "parked_at": now,
-                        "queued": False,
-                    },
-                )
-                self._advance(conn, delivery.position, now, delivered=0)
-                return
-            done = conn.execute(
-                sql_update(subscriptions_table)
-                .where(self._where_held())
-                .values(attempts=delivery.attempt, retry_at=now + delay)
-            ).rowcount
-            if done:
-                self._attempts, self.retry_at = delivery.attempt, now + delay
-            else:
-                self._lost()
+        held = _rows.consumer_failed(
+            self.store,
+            self.name,
+            self.owner,
+            delivery.transition.id,
+            delivery.position,
+            attempt=delivery.attempt,
+            error=message,
+            requeued=delivery.requeued,
+            give_up=give_up,
+            retry_at=now + delay,
+            now=now,
+            deadline=self._deadline(),
+        )
+        if delivery.requeued:
+            return
+        if give_up:
+            self._advanced(delivery.position, held)
+        elif held:
+            self._attempts, self.retry_at = delivery.attempt, now + delay
+        else:
+            self._lost()
 
-    def _advance(self, conn: Connection, position: Position, now: int, *, delivered: int) -> None:
-        s = subscriptions_table.c
-        done = conn.execute(
-            sql_update(subscriptions_table)
-            .where(self._where_held())
-            .values(
-                cursor_tx=position[0],
-                cursor_id=position[1],
-                attempts=0,
-                retry_at=None,
-                delivered=s.delivered + delivered,
-                updated_at=now,
-            )
-        ).rowcount
-        if not done:
+    def _advanced(self, position: Position, held: bool) -> None:
+        if not held:
             # Another process took the consumer over; it delivers this transition again.
             log.warning("subscription %s: lease lost to another process", self.name)
             self._lost()
@@ -498,64 +348,6 @@ class Consumer:
 # --- running consumers with plain callbacks ---------------------------------------------------
 
 
-class FeedWaker:
-    """Sleeps until the feed may have news: a PostgreSQL notification, or the poll interval.
-
-    Blocking; an asynchronous driver runs :meth:`wait` in a worker thread. One per driver.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._conn: Any = None
-        if engine.dialect.name == "postgresql":
-            raw = engine.raw_connection()
-            self._conn = raw.driver_connection
-            raw.detach()  # its own session for good: LISTEN lasts as long as the connection
-            try:
-                self._conn.autocommit = True
-                self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            except Exception:
-                self.close()
-                raise
-
-    @property
-    def listens(self) -> bool:
-        """Whether a notification can end :meth:`wait` (PostgreSQL); else it only sleeps."""
-        return self._conn is not None
-
-    def wait(self, seconds: float, stop: threading.Event) -> None:
-        """Return after ``seconds``, on a notification (PostgreSQL), or soon after ``stop``."""
-        if self._conn is None:
-            stop.wait(seconds)
-            return
-        deadline = time.monotonic() + seconds
-        # Short slices: a stop request is seen within a quarter of a second.
-        while not stop.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            if self._notified(min(left, 0.25)):
-                # Take every notification already queued: one look at the feed answers them all.
-                while self._notified(0):
-                    pass
-                return
-
-    def _notified(self, timeout: float) -> bool:
-        # The generator holds the connection's lock until closed: close it before the next call.
-        notifies = self._conn.notifies(timeout=timeout, stop_after=1)
-        try:
-            return next(notifies, None) is not None
-        finally:
-            notifies.close()
-
-    def close(self) -> None:
-        """Close the listening connection."""
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception as exc:  # a connection the server already dropped
-                log.debug("closing the notification connection: %s", exc)
-
-
 Callback = Callable[[Transition, Stream], object]
 
 
@@ -564,7 +356,7 @@ class SubscriptionRunner:
 
     def __init__(
         self,
-        engine: Engine,
+        store: Store,
         consumers: Sequence[tuple[Consumer, Callback]],
         *,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
@@ -573,7 +365,7 @@ class SubscriptionRunner:
             raise ConfigurationError("no subscriptions: call subscribe(...) first")
         if poll_interval <= 0:
             raise ValueError("poll_interval: more than zero seconds")
-        self.engine = engine
+        self.store = store
         self.consumers = consumers
         self.poll_interval = poll_interval
 
@@ -581,7 +373,7 @@ class SubscriptionRunner:
         """One round: deliver what is due to each consumer. How many callbacks ran."""
         ran = 0
         for consumer, callback in self.consumers:
-            for _ in range(_ROUND):
+            for _ in range(ROUND):
                 delivery = consumer.next()
                 if delivery is None:
                     break
@@ -618,7 +410,7 @@ class SubscriptionRunner:
         try:
             while not stop.is_set():
                 try:
-                    waker = waker or FeedWaker(self.engine)
+                    waker = waker or FeedWaker(self.store)
                     ran = self.step()
                 except Exception as exc:
                     outage += 1
@@ -665,61 +457,3 @@ class SubscriptionRunner:
 def _coroutine_returned(callback: Callback) -> TypeError:
     # A coroutine nobody awaits did nothing: a failure, retried then parked, never a delivery.
     return TypeError(f"{callback!r} returned a coroutine: subscribe it on an AsyncTracker")
-
-
-# --- looking at consumers ---------------------------------------------------------------------
-
-
-def list_subscriptions(conn: Connection) -> list[SubscriptionStatus]:
-    """Every consumer, by name, with its lag and parked transitions."""
-    s, p = subscriptions_table.c, parked_table.c
-    parked = (
-        select(
-            p.consumer,
-            func.count().label("parked"),
-            func.count().filter(p.queued.is_(True)).label("requeued"),
-        )
-        .group_by(p.consumer)
-        .subquery()
-    )
-    rows = conn.execute(
-        select(subscriptions_table, parked.c.parked, parked.c.requeued)
-        .outerjoin(parked, parked.c.consumer == s.consumer)
-        .order_by(s.consumer)
-    ).all()
-    found = []
-    for row in rows:
-        lag = conn.execute(
-            select(func.count()).where(_queries.feed_after(conn, (row.cursor_tx, row.cursor_id)))
-        ).scalar_one()
-        leased = row.lease_until is not None and row.lease_until > now_ms()
-        found.append(
-            SubscriptionStatus(
-                consumer=row.consumer,
-                cursor=_cursor_text((row.cursor_tx, row.cursor_id)),
-                lag=lag,
-                parked=row.parked or 0,
-                requeued=row.requeued or 0,
-                delivered=row.delivered,
-                attempts=row.attempts,
-                retry_at=row.retry_at,
-                last_error=row.last_error,
-                last_error_at=row.last_error_at,
-                holder=row.lease_owner if leased else None,
-                lease_until=row.lease_until if leased else None,
-                updated_at=row.updated_at,
-            )
-        )
-    return found
-
-
-def requeue_parked(conn: Connection, consumer: str) -> int | None:
-    """Queue the consumer's parked transitions for delivery again; None for no such consumer."""
-    s, p = subscriptions_table.c, parked_table.c
-    if conn.execute(select(s.consumer).where(s.consumer == consumer)).first() is None:
-        return None
-    return conn.execute(
-        sql_update(parked_table)
-        .where(p.consumer == consumer, p.queued.is_(False))
-        .values(queued=True, attempts=0, retry_at=None)
-    ).rowcount

@@ -56,9 +56,16 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from rtms_lifecycle import subscriptions as _subs
-    from rtms_lifecycle.retention import PruneRecord, PruneResult
+    from rtms_lifecycle.records import PruneRecord, PruneResult, SubscriptionStatus
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Body", "IngestSummary", "TransitionCallback", "Tracker"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "Body",
+    "IngestSummary",
+    "Subscription",
+    "TransitionCallback",
+    "Tracker",
+]
 
 
 TransitionCallback = Callable[[Transition, Stream], object]
@@ -66,11 +73,18 @@ Timestamp = int | datetime
 
 
 @dataclass(frozen=True, slots=True)
-class _Subscription:
+class Subscription:
+    """A callback and the transitions it wants: target states, names, scopes (None: any)."""
+
     callback: TransitionCallback
     to: frozenset[State] | None
     name: frozenset[TransitionName] | None
     scope: frozenset[Scope] | None
+
+    @classmethod
+    def of(cls, callback: TransitionCallback, to: Any, name: Any, scope: Any) -> Subscription:
+        """The filters as :meth:`Tracker.on_transition` takes them: one value or several."""
+        return cls(callback, as_set(to, State), as_set(name, TransitionName), as_set(scope, Scope))
 
     def wants(self, transition: Transition, stream: Stream) -> bool:
         return (
@@ -144,7 +158,7 @@ class Tracker:
             WebhookVerifier(webhook_secrets, replay_window) if webhook_secrets is not None else None
         )
         self._store = Store(db, migrate=migrate)
-        self._subscriptions: tuple[_Subscription, ...] = ()
+        self._subscriptions: tuple[Subscription, ...] = ()
         self._consumers: tuple[tuple[_subs.Consumer, TransitionCallback], ...] = ()
         self._lock = threading.Lock()
         self._running = threading.Lock()
@@ -343,10 +357,9 @@ class Tracker:
 
     def prunes(self, limit: int | None = None) -> list[PruneRecord]:
         """Recorded prunes, newest first: when, with which cutoff, and what each removed."""
-        from rtms_lifecycle import retention
+        from rtms_lifecycle.store import retention as _retention
 
-        with self._store.read() as conn:
-            return retention.list_prunes(conn, limit)
+        return _retention.list_prunes(self._store, limit)
 
     def _record(
         self,
@@ -401,9 +414,7 @@ class Tracker:
         def register(fn: TransitionCallback) -> TransitionCallback:
             # Called in the writing thread, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
-            subscription = _Subscription(
-                fn, as_set(to, State), as_set(name, TransitionName), as_set(scope, Scope)
-            )
+            subscription = Subscription.of(fn, to, name, scope)
             with self._lock:
                 self._subscriptions = (*self._subscriptions, subscription)
             return fn
@@ -412,7 +423,7 @@ class Tracker:
 
     @staticmethod
     def _notify(
-        subscriptions: Sequence[_Subscription], transition: Transition, stream: Stream
+        subscriptions: Sequence[Subscription], transition: Transition, stream: Stream
     ) -> None:
         for subscription in subscriptions:
             if subscription.wants(transition, stream):
@@ -482,18 +493,12 @@ class Tracker:
         (:class:`TypeError`): :class:`AsyncTracker` awaits those.
         """
 
-        from rtms_lifecycle import subscriptions as _subs
-
         def register(fn: TransitionCallback) -> TransitionCallback:
             # Called by the runner, it would only make a coroutine nobody awaits.
             _refuse_coroutine_function(fn)
-            wanted = _Subscription(
-                fn, as_set(to, State), as_set(name, TransitionName), as_set(scope, Scope)
-            )
-            core = _subs.Consumer(
-                self.engine,
+            core = self.consumer(
                 consumer,
-                wants=wanted.wants,
+                Subscription.of(fn, to, name, scope).wants,
                 from_start=from_start,
                 max_attempts=max_attempts,
                 retry_delay=retry_delay,
@@ -519,24 +524,55 @@ class Tracker:
         With ``idle_exit``, return after that many seconds with nothing to deliver. PostgreSQL
         wakes the runner on each commit (``LISTEN``); SQLite is polled every ``poll_interval``.
         """
+        self.subscription_runner(self._consumers, poll_interval).run(stop, idle_exit)
+
+    def consumer(
+        self,
+        consumer: str,
+        wants: _subs.Wants | None = None,
+        *,
+        from_start: bool = False,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        lease: float = DEFAULT_LEASE,
+        create: bool = True,
+    ) -> _subs.Consumer:
+        """The delivery core of the named consumer on this database, for a driver of one's own
+        (:class:`~rtms_lifecycle.subscriptions.Consumer`); :meth:`subscribe` uses it."""
         from rtms_lifecycle import subscriptions as _subs
 
-        runner = _subs.SubscriptionRunner(self.engine, self._consumers, poll_interval=poll_interval)
-        runner.run(stop, idle_exit)
+        return _subs.Consumer(
+            self._store,
+            consumer,
+            wants=wants,
+            from_start=from_start,
+            max_attempts=max_attempts,
+            retry_delay=retry_delay,
+            lease=lease,
+            create=create,
+        )
 
-    def subscriptions(self) -> list[_subs.SubscriptionStatus]:
+    def subscription_runner(
+        self,
+        consumers: Sequence[tuple[_subs.Consumer, TransitionCallback]],
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> _subs.SubscriptionRunner:
+        """A runner of these consumers on this database (:meth:`run_subscriptions` runs one)."""
+        from rtms_lifecycle import subscriptions as _subs
+
+        return _subs.SubscriptionRunner(self._store, consumers, poll_interval=poll_interval)
+
+    def subscriptions(self) -> list[SubscriptionStatus]:
         """Every durable consumer stored in the database: cursor, lag, parked, last error."""
-        from rtms_lifecycle import subscriptions as _subs
+        from rtms_lifecycle.store import subscriptions as _rows
 
-        with self._store.read() as conn:
-            return _subs.list_subscriptions(conn)
+        return _rows.list_subscriptions(self._store)
 
     def retry_parked(self, consumer: str) -> int:
         """Queue the consumer's parked transitions for delivery again; how many were queued."""
-        from rtms_lifecycle import subscriptions as _subs
+        from rtms_lifecycle.store import subscriptions as _rows
 
-        with self.engine.begin() as conn:
-            count = _subs.requeue_parked(conn, consumer)
+        count = _rows.requeue_parked(self._store, consumer)
         if count is None:
             raise ConfigurationError(f"no consumer named {consumer!r} is stored")
         return count
@@ -750,12 +786,22 @@ class Tracker:
 
     def ping(self) -> bool:
         """Whether the database answers."""
-        try:
-            with self._store.read() as conn:
-                conn.exec_driver_sql("SELECT 1")
-        except Exception:
-            return False
-        return True
+        return self._store.ping()
+
+    def active_counts(self) -> dict[Scope, int]:
+        """How many streams flow now (started or resumed) per scope, from the live index."""
+        from rtms_lifecycle.store import queries as _queries
+
+        with self._store.read() as conn:
+            return _queries.active_counts(conn)
+
+    def schema_revision(self) -> str | None:
+        """The migration the database is at (None: no schema yet)."""
+        from rtms_lifecycle.store import migrate as _migrate
+        from rtms_lifecycle.store.errors import translated
+
+        with translated(self._store.sqlite_path):
+            return _migrate.current_revision(self.engine)
 
 
 def _is_coroutine_function(fn: object) -> bool:

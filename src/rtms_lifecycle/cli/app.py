@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import click
@@ -42,7 +41,7 @@ class Group(click.Group):
     group_class = type  # subgroups (`db`) are Groups too, so their commands get --db
 
     def invoke(self, ctx: click.Context) -> Any:
-        with cli_errors(lambda: _sqlite_path(ctx)):
+        with cli_errors():
             return super().invoke(ctx)
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
@@ -50,20 +49,6 @@ class Group(click.Group):
         if not any(param.name == "db" for param in cmd.params):
             cmd.params.append(_db_after_command())
         super().add_command(cmd, name)
-
-
-def _sqlite_path(ctx: click.Context) -> Path | None:
-    """The SQLite file the command was given, to say why it cannot be opened; None otherwise."""
-    from rtms_lifecycle.exceptions import DatabaseURLError
-    from rtms_lifecycle.store import urls as _dburl
-
-    app = ctx.find_object(App)
-    if app is None:
-        return None
-    try:
-        return _dburl.sqlite_file(_dburl.parse(app.given_db))
-    except DatabaseURLError:
-        return None
 
 
 @dataclass
@@ -116,11 +101,9 @@ class App:
 
     def require_database(self) -> None:
         """Reading never creates a database: refuse a SQLite file that does not exist."""
-        from sqlalchemy.engine import make_url
-
         from rtms_lifecycle.store import urls as _dburl
 
-        _dburl.require_existing_file(make_url(self.db))
+        _dburl.require_existing(self.db)
 
     def close(self) -> None:
         if self._tracker is not None:
@@ -129,13 +112,9 @@ class App:
     @property
     def shown_db(self) -> str:
         """The database URL without its password: it ends up in terminals and logs."""
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        from rtms_lifecycle.store import urls as _dburl
 
-        try:
-            return make_url(self.db).render_as_string(hide_password=True)
-        except ArgumentError:
-            return self.db
+        return _dburl.shown_url(self.db)
 
     def command_prefix(self) -> str:
         """How to repeat this invocation's database choice in a suggested command."""

@@ -422,17 +422,6 @@ def db() -> None:
     """The database schema: which migration it is at, and upgrading it."""
 
 
-def _revisions(url: str) -> tuple[str | None, str]:
-    from rtms_lifecycle.store import migrate as _migrate
-    from rtms_lifecycle.store.engine import create_store_engine
-
-    engine = create_store_engine(url)
-    try:
-        return _migrate.current_revision(engine), _migrate.head_revision()
-    finally:
-        engine.dispose()
-
-
 @db.command("current")
 @JSON_OPTION
 @pass_app
@@ -441,7 +430,7 @@ def db_current(app: App, as_json: bool) -> None:
     from rtms_lifecycle.store import migrate as _migrate
 
     app.require_database()
-    current, head = _revisions(app.db)
+    current, head = _migrate.revisions(app.db)
     if as_json:
         emit_json({"current": current, "head": head, "up_to_date": current == head})
         return
@@ -462,16 +451,8 @@ def db_current(app: App, as_json: bool) -> None:
 def db_upgrade(app: App, as_json: bool) -> None:
     """Migrate the database to the newest schema (run before starting a new version)."""
     from rtms_lifecycle.store import migrate as _migrate
-    from rtms_lifecycle.store.engine import create_store_engine
 
-    engine = create_store_engine(app.db)
-    try:
-        before = _migrate.current_revision(engine)
-        _migrate.refuse_newer(before)
-        _migrate.upgrade(engine)
-        after = _migrate.current_revision(engine)
-    finally:
-        engine.dispose()
+    before, after = _migrate.upgrade_url(app.db)
     if as_json:
         emit_json({"from": before, "to": after})
     elif before == after:

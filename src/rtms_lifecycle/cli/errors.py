@@ -11,25 +11,20 @@ The exit codes are documented in docs/cli.md; scripts and cron jobs branch on th
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import click
 
 from rtms_lifecycle.exceptions import (
+    DatabaseError,
     DatabaseUnavailable,
     DatabaseURLError,
     RTMSLifecycleError,
     SchemaOutdatedError,
     StoreError,
 )
-from rtms_lifecycle.store.sqlite import sqlite_trouble
-
-if TYPE_CHECKING:
-    from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = [
     "BAD_INPUT",
@@ -90,34 +85,16 @@ def _missing_extra(exc: ModuleNotFoundError) -> Failure | None:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    # SQLAlchemy's own text spans lines (SQL, parameters, a link); the driver's first line says it.
-    cause = getattr(exc, "orig", None) or exc
-    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-
-
-def _database_error(exc: SQLAlchemyError, sqlite_path: Path | None) -> Failure:
-    from sqlalchemy.exc import DBAPIError
-
-    # A DBAPI error raised while connecting (server down, file unopenable) has no statement.
-    if isinstance(exc, DBAPIError) and (exc.connection_invalidated or exc.statement is None):
-        trouble = sqlite_trouble(sqlite_path) if sqlite_path is not None else None
-        return Unavailable(f"database unavailable: {trouble or _first_line(exc)}")
-    if sqlite_path is not None and (trouble := sqlite_trouble(sqlite_path)):
-        return Unavailable(f"database unavailable: {trouble}")
-    return Failure(f"database error: {_first_line(exc)}")
-
-
 @contextmanager
-def cli_errors(sqlite_path: Callable[[], Path | None] = lambda: None) -> Iterator[None]:
-    """Turn every library error into a message: operators read these, not tracebacks.
-
-    ``sqlite_path``: the SQLite file the command uses, if any, to say why it cannot be opened.
-    """
+def cli_errors() -> Iterator[None]:
+    """Turn every library error into a message: operators read these, not tracebacks."""
     try:
         yield
     except (SchemaOutdatedError, DatabaseURLError) as exc:
         raise BadInput(str(exc)) from exc
+    except DatabaseError as exc:
+        # A statement the database failed: the command ran, and the same run fails again.
+        raise Failure(str(exc)) from exc
     except (DatabaseUnavailable, StoreError) as exc:
         raise Unavailable(str(exc)) from exc
     except RTMSLifecycleError as exc:
@@ -127,11 +104,5 @@ def cli_errors(sqlite_path: Callable[[], Path | None] = lambda: None) -> Iterato
         if failure is None:
             raise
         raise failure from exc
-    except Exception as exc:
-        # Only a command that imported SQLAlchemy can raise its errors: `--help` never imports it.
-        sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
-        if sqlalchemy_exc is None or not isinstance(exc, sqlalchemy_exc.SQLAlchemyError):
-            raise
-        raise _database_error(exc, sqlite_path()) from exc
     except KeyboardInterrupt:
         raise interrupted("Interrupted.") from None

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal, Self, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self, get_type_hints
 
 try:
     import anyio
@@ -47,13 +47,17 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from rtms_lifecycle.async_tracker import AsyncTracker
 from rtms_lifecycle.bounds import MAX_COUNT, MAX_EPOCH_MS, MAX_WAIT_SECONDS, MIN_EPOCH_MS
 from rtms_lifecycle.events import Scope, UrlValidation
-from rtms_lifecycle.exceptions import ConfigurationError, StoreError, StoreTimeout, WebhookRefused
+from rtms_lifecycle.exceptions import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    StoreError,
+    StoreTimeout,
+    WebhookRefused,
+)
 from rtms_lifecycle.machine import ACTIVE_STATES, State
 
 # From _parsing, not events: the receiver builds the delivery models as it starts, not while it
@@ -75,6 +79,9 @@ from rtms_lifecycle.webhook import (
     labelled_secrets_from_env,
     url_validation_response,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = [
     "API_TOKEN_ENV",
@@ -471,7 +478,7 @@ def create_router(
                 "store_busy",
                 f"the store did not commit within {store_timeout} s; nothing was kept, retry later",
             )
-        except (StoreError, SQLAlchemyError):
+        except (StoreError, DatabaseUnavailable):
             took = time.perf_counter() - started
             _metrics.STORE_FAILURES.inc()
             _metrics.STORE_SECONDS.observe(took)
@@ -583,7 +590,7 @@ class _StoreFailuresAre503(APIRoute):
         async def guarded(request: Request) -> Response:
             try:
                 response: Response = await handler(request)
-            except (StoreError, SQLAlchemyError):
+            except (StoreError, DatabaseUnavailable):
                 log.exception("the read API could not read the store; answered 503")
                 return JSONResponse(
                     DetailAnswer(detail="the store is unavailable; retry later").model_dump(),
@@ -803,7 +810,7 @@ class _Health:
             self._tracker.check_writable(self._timeout)
         except StoreTimeout as exc:
             return f"store busy: {exc}"
-        except (StoreError, SQLAlchemyError) as exc:
+        except (StoreError, DatabaseUnavailable) as exc:
             return " ".join(str(exc).split("\n", 1)[0].split())
         return None
 

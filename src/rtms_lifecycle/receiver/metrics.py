@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Final
 
-from alembic.runtime.migration import MigrationContext
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as _exposition
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,7 +22,6 @@ from prometheus_client.registry import Collector
 
 from rtms_lifecycle.events import Scope
 from rtms_lifecycle.exceptions import ConfigurationError
-from rtms_lifecycle.store import queries as _queries
 from rtms_lifecycle.tracker import Tracker
 
 __all__ = [
@@ -112,9 +110,8 @@ class _FromStore(Collector):
             labels=["scope"],
         )
         try:
-            with self._tracker.engine.connect() as conn:
-                revision = MigrationContext.configure(conn).get_current_revision()
-                counts = _queries.active_counts(conn)
+            revision = self._tracker.schema_revision()
+            counts = self._tracker.active_counts()
         except Exception:
             # A scrape during an outage still answers: the process counters are what shows it.
             log.warning("metrics: the database did not answer; active streams left out")

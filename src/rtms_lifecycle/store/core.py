@@ -13,21 +13,26 @@ through SQLAlchemy.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Final
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.exceptions import StoreError, StoreTimeout
 from rtms_lifecycle.records import IngestResult, Outcome
 from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.store.batch import Batch, Incoming
-from rtms_lifecycle.store.deadline import remaining
+from rtms_lifecycle.store.deadline import WATCHDOG, remaining
+from rtms_lifecycle.store.errors import first_line, translate, translated
+from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SQLITE_IMMEDIATE
 from rtms_lifecycle.store.urls import default_url, plain_sqlite_file
 from rtms_lifecycle.store.writers import WriteFailed, Writer
+from rtms_lifecycle.store.writers.base import check_deadline
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -61,6 +66,7 @@ class Store:
 
             self._url, file = plain
             self.dialect = "sqlite"
+            self.sqlite_path: Path | None = file.path
             self._writer = SqliteWriter.of_file(file, self._dispose_reads)
         else:
             from rtms_lifecycle.store.engine import configure_sqlite, create_store_engine
@@ -69,8 +75,11 @@ class Store:
             engine = create_store_engine(given) if isinstance(given, str) else given
             if engine.dialect.name == "sqlite" and not isinstance(given, str):
                 configure_sqlite(engine)
+            from rtms_lifecycle.store.urls import sqlite_file
+
             self._engine, self._url, file = engine, "", None
             self.dialect = engine.dialect.name
+            self.sqlite_path = sqlite_file(engine.url)
             self._writer = writer_for(engine)
         # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
         # tries: threads of one process queue here instead, at no cost to other processes.
@@ -78,7 +87,8 @@ class Store:
         if migrate:
             try:
                 if file is None:
-                    _migrate.ensure_schema(self.engine)
+                    with translated(self.sqlite_path):
+                        _migrate.ensure_schema(self.engine)
                 elif self._ensure_sqlite(file) != _migrate.head_revision():
                     _migrate.upgrade(self.engine)
             except BaseException:
@@ -190,6 +200,12 @@ class Store:
                     ) from exc
                 if not exc.retryable or attempt == _ATTEMPTS:
                     raise StoreError(f"could not record {len(items)} deliveries: {exc}") from exc
+            except Exception as exc:
+                # The pool's own errors (none free in time, none to be opened).
+                error = translate(exc, self.sqlite_path)
+                if error is None:
+                    raise
+                raise error from exc
                 log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc)
                 time.sleep(random.uniform(0, 0.01 * 2**attempt))
         raise AssertionError("unreachable")
@@ -208,7 +224,7 @@ class Store:
         within ``timeout`` seconds; the probe's write is rolled back."""
         deadline = time.monotonic() + timeout
         try:
-            with self._serialised(deadline):
+            with self._serialised(deadline), translated(self.sqlite_path):
                 self._writer.probe(deadline)
         except WriteFailed as exc:
             kind = StoreTimeout if exc.timed_out or remaining(deadline) <= 0 else StoreError
@@ -218,8 +234,74 @@ class Store:
         """Held by every write of this process's store: SQLite admits one writer at a time."""
         return self._serialised(None)
 
+    @contextmanager
+    def guarded(self, deadline: float | None = None) -> Iterator[None]:
+        """Held around a write on a connection other than the store's writer's (subscriptions,
+        prunes): this process's writes one at a time, the wait counted against ``deadline``
+        (:class:`StoreTimeout` past it), and on SQLite the file checked before and after
+        (:class:`StoreError` if it was deleted or replaced)."""
+        try:
+            with self._serialised(deadline):
+                check_deadline(deadline)
+                self._writer.check_file()
+                yield
+                self._writer.check_file()
+        except WriteFailed as exc:
+            raise (StoreTimeout if exc.timed_out else StoreError)(str(exc)) from exc
+
+    @contextmanager
+    def transaction(self, deadline: float | None = None) -> Iterator[Connection]:
+        """A write transaction on the engine for the store's modules, under :meth:`guarded`:
+        on SQLite it takes the write lock up front (``BEGIN IMMEDIATE``), waiting for it until
+        ``deadline``; on PostgreSQL a statement still running at ``deadline`` is cancelled.
+        Database errors leave as the library's (:class:`StoreTimeout` past the deadline)."""
+        try:
+            with self.guarded(deadline), self.engine.connect() as conn:
+                raw: Any = conn.connection.driver_connection
+                waits = SQLITE_BUSY_TIMEOUT_MS
+                if self.dialect == "sqlite":
+                    conn.execution_options(**{SQLITE_IMMEDIATE: True})
+                    if deadline is not None:
+                        # Rounded up, as the writer does: a wait that gives up reached it.
+                        waits = max(math.ceil(remaining(deadline) * 1000), 1)
+                        raw.execute(f"PRAGMA busy_timeout={waits}")
+                try:
+                    with (
+                        WATCHDOG.guard(deadline, raw.cancel_safe)
+                        if self.dialect == "postgresql"
+                        else nullcontext(),
+                        conn.begin(),
+                    ):
+                        yield conn
+                finally:
+                    if waits != SQLITE_BUSY_TIMEOUT_MS:
+                        # A broken connection is not reused by the pool: nothing to restore.
+                        with suppress(Exception):
+                            raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        except Exception as exc:
+            error = translate(exc, self.sqlite_path)
+            if error is None:
+                raise
+            if deadline is not None and remaining(deadline) <= 0:
+                error = StoreTimeout(
+                    f"the write did not commit within the time budget: {first_line(exc)}"
+                )
+            raise error from exc
+
     # --- reading ----------------------------------------------------------------------------
 
-    def read(self) -> Connection:
-        """A read-only connection (its transaction ends with the ``with`` block)."""
-        return self.engine.connect()
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only connection (its transaction ends with the ``with`` block); database
+        errors leave as the library's (:class:`DatabaseUnavailable`, :class:`DatabaseError`)."""
+        with translated(self.sqlite_path), self.engine.connect() as conn:
+            yield conn
+
+    def ping(self) -> bool:
+        """Whether the database answers."""
+        try:
+            with self.read() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception:
+            return False
+        return True

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Final
 
-__all__ = ["DEFAULT_STORE_TIMEOUT", "Watchdog", "remaining"]
+__all__ = ["DEFAULT_STORE_TIMEOUT", "WATCHDOG", "Watchdog", "remaining"]
 
 #: The receiver's time budget for recording a delivery, in seconds: Zoom waits 3 s for an
 #: answer, and the rest is for the network and the request itself.
@@ -83,3 +83,7 @@ class Watchdog:
                     # transaction fails on its own.
                     with suppress(Exception):
                         guarded.cancel()
+
+
+#: The process's watchdog: one thread, which only sleeps until the next deadline.
+WATCHDOG: Final = Watchdog()

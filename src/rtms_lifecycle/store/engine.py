@@ -7,10 +7,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.store.sqlite import (
     PRUNING_FUNCTION,
     SQLITE_BUSY_TIMEOUT_MS,
+    SQLITE_IMMEDIATE,
     SQLITE_PRAGMAS,
     not_pruning,
     prepare,
@@ -40,7 +40,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     # A reader's statements see one snapshot (writers begin their own, in _writers); a schema
     # change takes the write lock up front.
-    immediate = conn.get_execution_options().get(_migrate.SQLITE_IMMEDIATE)
+    immediate = conn.get_execution_options().get(SQLITE_IMMEDIATE)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 

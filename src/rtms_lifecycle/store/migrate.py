@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from rtms_lifecycle.exceptions import DatabaseUnavailable, SchemaOutdatedError, SchemaTooNewError
-from rtms_lifecycle.store.sqlite import unavailable
+from rtms_lifecycle.store.sqlite import SQLITE_IMMEDIATE, unavailable
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 # The PostgreSQL advisory lock held while the schema is created or upgraded ("rtms" in ASCII).
 _PG_SCHEMA_LOCK: Final = 0x72746D73
-#: The execution option that makes an SQLite transaction begin with ``BEGIN IMMEDIATE``.
-SQLITE_IMMEDIATE: Final = "rtms_lifecycle_immediate"
 
 # The wheel carries the migrations inside the package (pyproject: force-include).
 _PACKAGED = Path(__file__).resolve().parents[1] / "migrations"
@@ -291,3 +289,35 @@ def _refuse(current: str | None) -> NoReturn:
         f"the database schema is at revision {current}, this version of rtms-lifecycle needs "
         f"{head_revision()}: run `rtms-lifecycle db upgrade` (with the same --db) first"
     )
+
+
+def revisions(url: str) -> tuple[str | None, str]:
+    """The revision the database at ``url`` is at (None: no schema yet), and this version's."""
+    from rtms_lifecycle.store.engine import create_store_engine
+    from rtms_lifecycle.store.errors import translated
+
+    engine = create_store_engine(url)
+    try:
+        with translated(_file_of(engine)):
+            return current_revision(engine), head_revision()
+    finally:
+        engine.dispose()
+
+
+def upgrade_url(url: str) -> tuple[str | None, str | None]:
+    """Migrate the database at ``url`` to the newest schema: the revisions before and after.
+
+    A database migrated by a newer rtms-lifecycle is refused (:class:`SchemaTooNewError`).
+    """
+    from rtms_lifecycle.store.engine import create_store_engine
+    from rtms_lifecycle.store.errors import translated
+
+    engine = create_store_engine(url)
+    try:
+        with translated(_file_of(engine)):
+            before = current_revision(engine)
+            refuse_newer(before)
+            upgrade(engine)
+            return before, current_revision(engine)
+    finally:
+        engine.dispose()

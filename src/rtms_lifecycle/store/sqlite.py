@@ -16,6 +16,7 @@ from typing import Any, Final
 __all__ = [
     "PRUNING_FUNCTION",
     "SQLITE_BUSY_TIMEOUT_MS",
+    "SQLITE_IMMEDIATE",
     "SQLITE_PRAGMAS",
     "SqliteFile",
     "not_pruning",
@@ -36,6 +37,9 @@ SQLITE_PRAGMAS: Final = (
 #: The SQLite guard of the audit history lets a DELETE pass only where this returns 1: every
 #: connection of the store defines it as 0, a prune's own connection as 1 (migration 0006).
 PRUNING_FUNCTION: Final = "rtms_lifecycle_pruning"
+#: The SQLAlchemy execution option that makes an SQLite transaction begin with
+#: ``BEGIN IMMEDIATE`` (a schema change takes the write lock up front).
+SQLITE_IMMEDIATE: Final = "rtms_lifecycle_immediate"
 
 
 def not_pruning() -> int:

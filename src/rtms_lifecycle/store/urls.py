@@ -29,8 +29,10 @@ __all__ = [
     "parse",
     "plain_sqlite_file",
     "refuse_memory",
+    "require_existing",
     "require_existing_file",
     "shown",
+    "shown_url",
     "sqlite_file",
 ]
 
@@ -205,3 +207,21 @@ def require_existing_file(url: URL) -> None:
             f"no database at {path}: the SQLite file does not exist (reading never creates "
             "one: check the path, or record deliveries first with ingest or serve)"
         )
+
+
+def require_existing(text: str) -> None:
+    """:func:`require_existing_file` for a URL as text (one :func:`parse` accepted)."""
+    from sqlalchemy.engine import make_url
+
+    require_existing_file(make_url(text))
+
+
+def shown_url(text: str) -> str:
+    """A URL :func:`parse` accepted, rendered without its password; anything else as given."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(text).render_as_string(hide_password=True)
+    except ArgumentError:
+        return text

@@ -11,11 +11,10 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect
 
 from rtms_lifecycle.clock import format_duration, format_time
-from rtms_lifecycle.exceptions import ConfigurationError, StoreError
+from rtms_lifecycle.exceptions import ConfigurationError, DatabaseUnavailable, StoreError
 from rtms_lifecycle.receiver.dashboard.auth import Sessions
 from rtms_lifecycle.receiver.dashboard.charts import reason_bars, share_columns, timeline
 from rtms_lifecycle.receiver.dashboard.pages import (
@@ -183,7 +182,7 @@ def create_dashboard_router(
             return invalid("page", page_number, f"a whole number from 1 to {_LAST_PAGE:,}")
         try:
             view = overview(tracker, stats, WINDOWS[window], int(page_number))
-        except (StoreError, SQLAlchemyError):
+        except (StoreError, DatabaseUnavailable):
             return unavailable()
         return page("overview.html", view=view)
 
@@ -194,7 +193,7 @@ def create_dashboard_router(
             return page("missing.html", 404, stream_id=stream_id)
         try:
             view = stream_page(tracker, stream_id)
-        except (StoreError, SQLAlchemyError):
+        except (StoreError, DatabaseUnavailable):
             return unavailable()
         if view is None:
             return page("missing.html", 404, stream_id=stream_id)

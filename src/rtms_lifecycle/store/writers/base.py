@@ -156,6 +156,11 @@ class Writer(Protocol):
         database (SQLite: its file was deleted or replaced); ends a bulk load."""
         ...
 
+    def check_file(self) -> None:
+        """Raise :class:`WriteFailed` if the database (SQLite: its file) is not the one the
+        writer opened, before and after a write on another connection than the writer's."""
+        ...
+
     def close(self) -> None:
         """Give back any connection held."""
         ...

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql
 
-from rtms_lifecycle.store.deadline import Watchdog
+from rtms_lifecycle.store.deadline import WATCHDOG
 from rtms_lifecycle.store.rows import (
     ALERT_COLUMNS,
     DELIVERY_COLUMNS,
@@ -247,8 +247,7 @@ class PostgresTx:
 class PostgresWriter:
     """A pooled connection per transaction."""
 
-    # One per process: it only sleeps until the next deadline.
-    _watchdog = Watchdog()
+    _watchdog = WATCHDOG
 
     def __init__(self, engine: Engine) -> None:
         import psycopg  # the "postgres" extra
@@ -259,6 +258,9 @@ class PostgresWriter:
 
     def confirm(self) -> None:
         """Every commit reached the server or raised."""
+
+    def check_file(self) -> None:
+        """No file to lose: the server keeps the database."""
 
     def close(self) -> None:
         """Nothing is held between transactions."""

@@ -329,6 +329,15 @@ class SqliteWriter:
             self._discard()
             raise
 
+    def check_file(self) -> None:
+        # Opening the writer's connection refuses a file that is gone; the check, a replaced one.
+        self._connection()
+        try:
+            self._check_file()
+        except WriteFailed:
+            self._discard()
+            raise
+
     def _discard(self) -> None:
         if self._held is not None:
             self._held[1](True)

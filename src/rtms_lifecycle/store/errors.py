@@ -1,0 +1,53 @@
+"""The store's boundary: a database error of SQLAlchemy's leaves it as one of the library's.
+
+Callers see :class:`DatabaseUnavailable` (the database cannot be reached or opened) or
+:class:`DatabaseError` (it failed a statement), each one line, never ``SQLAlchemyError``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rtms_lifecycle.exceptions import DatabaseError, DatabaseUnavailable, RTMSLifecycleError
+from rtms_lifecycle.store.sqlite import sqlite_trouble
+
+__all__ = ["first_line", "translate", "translated"]
+
+
+def first_line(exc: BaseException) -> str:
+    """What the driver said, first line: SQLAlchemy's own text spans lines (SQL, parameters)."""
+    cause = getattr(exc, "orig", None) or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+
+
+def translate(exc: BaseException, sqlite_path: Path | None) -> RTMSLifecycleError | None:
+    """The library's error for a database error of SQLAlchemy's; None for anything else.
+
+    ``sqlite_path``: the store's SQLite file, to say why it cannot be opened or written.
+    """
+    # Only a process that imported SQLAlchemy can have its errors: a write-only one never does.
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is None or not isinstance(exc, sa_exc.SQLAlchemyError):
+        return None
+    trouble = sqlite_trouble(sqlite_path) if sqlite_path is not None else None
+    # A DBAPI error raised while connecting (server down, file unopenable) has no statement.
+    if isinstance(exc, sa_exc.DBAPIError) and (exc.connection_invalidated or exc.statement is None):
+        return DatabaseUnavailable(f"database unavailable: {trouble or first_line(exc)}")
+    if trouble:
+        return DatabaseUnavailable(f"database unavailable: {trouble}")
+    return DatabaseError(f"database error: {first_line(exc)}")
+
+
+@contextmanager
+def translated(sqlite_path: Path | None) -> Iterator[None]:
+    """Raise what :func:`translate` makes of a database error raised in the block."""
+    try:
+        yield
+    except Exception as exc:
+        error = translate(exc, sqlite_path)
+        if error is None:
+            raise
+        raise error from exc
