@@ -60,6 +60,8 @@ from rtms_lifecycle.tracker import (
     _callback_failed,
     _check_batch_size,
     _Subscription,
+    submit_deliveries,
+    write_executor,
 )
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification
 
@@ -112,14 +114,12 @@ class AsyncTracker:
             )
             self._owned = True
         self._threads = ThreadPoolExecutor(max_threads, thread_name_prefix="rtms-lifecycle")
-        # SQLite admits one writer. Writers left to queue inside SQLite poll its lock with sleeps
-        # of up to 100 ms (its busy handler); queued for one thread instead, first come first
-        # served, each write starts as the previous one commits, and no reader waits behind.
-        self._writes: Executor = (
-            ThreadPoolExecutor(1, thread_name_prefix="rtms-lifecycle-writer")
-            if self._sync.engine.dialect.name == "sqlite"
-            else self._threads
-        )
+        # SQLite admits one writer: writes take their turn in the store's queue, as every other
+        # write of the process does, and deliveries there share commits (the event loop only
+        # awaits their futures). PostgreSQL's writers run in worker threads, side by side.
+        queue = write_executor(self._sync)
+        self._queued = queue is not None
+        self._writes: Executor = queue if queue is not None else self._threads
         self._subscriptions: tuple[_Subscription, ...] = ()
         self._consumers: tuple[tuple[_subs.Consumer, TransitionCallback], ...] = ()
         # The run_subscriptions in progress, and what it sets when it ended.
@@ -159,8 +159,8 @@ class AsyncTracker:
             return
         self._closed = True
         if self._owned:
-            await asyncio.wrap_future(self._writes.submit(self._sync.close))
-        self._writes.shutdown(wait=False)
+            # In a worker thread: closing the store waits for its turn in the write queue.
+            await asyncio.wrap_future(self._threads.submit(self._sync.close))
         self._threads.shutdown(wait=False)
 
     async def __aenter__(self) -> AsyncTracker:
@@ -176,10 +176,40 @@ class AsyncTracker:
         return await loop.run_in_executor(self._threads, _in_context(fn, *args, **kwargs))
 
     async def _write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(fn, *args, **kwargs)
+        return await self._outcome(self._writes.submit(_in_context(self._collecting, call)))
+
+    async def _deliver(
+        self,
+        bodies: Sequence[Body],
+        verified: Sequence[Verification | None] | None,
+        headers: Mapping[str, str] | None,
+        deadline: float | None,
+    ) -> list[IngestResult]:
+        # Queued in the store (SQLite), no thread waits: the writer thread parses, writes (with
+        # the deliveries queued beside these) and runs the Tracker's callbacks; ours run here.
+        notices: list[_Notice] = []
+        done: Future[tuple[list[IngestResult], list[_Notice]]] = Future()
+
+        def submit() -> Future[list[IngestResult]]:
+            _COLLECTING.set((self, notices))
+            return submit_deliveries(
+                self._sync, bodies, verified=verified, headers=headers, deadline=deadline
+            )
+
+        def collected(written: Future[list[IngestResult]]) -> None:
+            exc = written.exception()
+            if exc is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result((written.result(), notices))
+
+        contextvars.copy_context().run(submit).add_done_callback(collected)
+        return await self._outcome(done)
+
+    async def _outcome(self, job: Future[tuple[T, list[_Notice]]]) -> T:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[tuple[T, list[_Notice]]] = loop.create_future()
-        call = functools.partial(fn, *args, **kwargs)
-        job = self._writes.submit(_in_context(self._collecting, call))
         self._jobs.add(job)
         job.add_done_callback(functools.partial(self._finished, loop, waiter))
         # The waiter is not linked back to the job: a commit cannot be called back once its thread
@@ -253,9 +283,12 @@ class AsyncTracker:
     ) -> IngestResult:
         """Awaitable :meth:`Tracker.ingest`: one delivery, one durable transaction, callbacks
         after. ``timeout`` counts from this call, the wait for a worker thread included."""
-        if timeout is None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._queued:
+            (result,) = await self._deliver([body], [verified], headers, deadline)
+            return result
+        if deadline is None:
             return await self._write(self._sync.ingest, body, headers=headers, verified=verified)
-        deadline = time.monotonic() + timeout
 
         def ingest() -> IngestResult:
             left = _left(deadline)
@@ -273,6 +306,8 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.ingest_batch`: a group commit, all or nothing. ``timeout``
         counts from this call, the wait for a worker thread included."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._queued:
+            return await self._deliver(bodies, verified, None, deadline)
 
         def ingest_batch() -> list[IngestResult]:
             left = None if deadline is None else _left(deadline)
