@@ -88,7 +88,10 @@ class WriteQueue(Executor):
     def __init__(self, write: GroupWrite, group: int = DEFAULT_GROUP) -> None:
         self._write_group = write
         self._group = group
-        self._cond = threading.Condition(threading.Lock())
+        # The condition's lock, taken directly where nothing waits (a Condition's own ``with``
+        # costs a Python call each way).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._pending: deque[_Entry] = deque()
         # The thread writing now: the writer thread or a holder.
         self._owner: int | None = None
@@ -109,6 +112,12 @@ class WriteQueue(Executor):
     def writing(self) -> bool:
         """Whether the calling thread is the writer now (it writes at once, not queued)."""
         return self._owner == threading.get_ident()
+
+    @property
+    def waiting(self) -> int:
+        """How many writes wait for their turn now."""
+        with self._cond:
+            return sum(1 for entry in self._pending if not entry.taken)
 
     def record(
         self, prepare: Prepare, *, with_records: bool = True, deadline: float | None = None
@@ -145,7 +154,7 @@ class WriteQueue(Executor):
     def _take(self, deadline: float | None) -> bool:
         """Become the writer (True), or find the calling thread is already (False)."""
         me = threading.get_ident()
-        with self._cond:
+        with self._lock:
             if self._owner == me:
                 return False
             if self._owner is None and not self._pending:
@@ -157,7 +166,7 @@ class WriteQueue(Executor):
     def _give_back(self, taken: bool) -> None:
         if not taken:
             return  # nested: the outer hold gives the turn back
-        with self._cond:
+        with self._lock:
             self._owner = None
             if self._pending:
                 self._cond.notify_all()
