@@ -1,8 +1,9 @@
 """The embedding API for asyncio backends: :class:`AsyncTracker`, every method awaitable.
 
-The database work and the parsing run in worker threads, so the event loop never waits on
-them; callbacks (plain or ``async def``) run on the event loop after each commit, and durable
-subscriptions' callbacks on the event loop of :meth:`AsyncTracker.run_subscriptions`.
+The database work and the parsing run in worker threads (on SQLite, writes in the store's one
+write queue), so the event loop never waits on them; callbacks (plain or ``async def``) run on
+the event loop after each commit, and durable subscriptions' callbacks on the event loop of
+:meth:`AsyncTracker.run_subscriptions`.
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ class AsyncTracker:
     """A :class:`Tracker` for asyncio: the same methods, each awaitable.
 
     Takes the same arguments as :class:`Tracker`, or an existing ``Tracker`` to share (its owner
-    closes it). Parsing and database work run in worker threads (at most ``max_threads`` at a
-    time; on SQLite, writes one at a time in arrival order, the single writer SQLite admits), so
-    the event loop only waits for the results. A write that was called finishes, callbacks
+    closes it). Reads run in worker threads (at most ``max_threads`` at a time); on SQLite,
+    writes take their turn in the store's one write queue, with every other write of the process
+    (the single writer SQLite admits), and concurrent ``ingest`` calls share commits. The event
+    loop only waits for the results. A write that was called finishes, callbacks
     included, even if the awaiting task is cancelled; :meth:`close` waits for such writes.
     """
 
@@ -281,8 +283,9 @@ class AsyncTracker:
         verified: Verification | None = None,
         timeout: float | None = None,
     ) -> IngestResult:
-        """Awaitable :meth:`Tracker.ingest`: one delivery, one durable transaction, callbacks
-        after. ``timeout`` counts from this call, the wait for a worker thread included."""
+        """Awaitable :meth:`Tracker.ingest`: one delivery, durably committed (on SQLite, with the
+        deliveries queued beside it), callbacks after. ``timeout`` counts from this call, the
+        wait for its turn included."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._queued:
             (result,) = await self._deliver([body], [verified], headers, deadline)
@@ -304,7 +307,7 @@ class AsyncTracker:
         timeout: float | None = None,
     ) -> list[IngestResult]:
         """Awaitable :meth:`Tracker.ingest_batch`: a group commit, all or nothing. ``timeout``
-        counts from this call, the wait for a worker thread included."""
+        counts from this call, the wait for its turn included."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._queued:
             return await self._deliver(bodies, verified, None, deadline)

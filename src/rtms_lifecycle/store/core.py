@@ -6,8 +6,9 @@ is optimistic (compare and swap on the stream rows' versions) and a retry locks 
 ``_writers``). The event identity is a unique index, so even a race nobody foresaw cannot apply
 one event twice: it fails, and the batch is retried.
 
-The batch is decided in memory (``_batch``); ``_writers`` talks to the driver. Reads go
-through SQLAlchemy.
+On SQLite every write of the process takes its turn in the store's one write queue (``queue``),
+which commits durable delivery writes queued together in one transaction. The batch is decided
+in memory (``batch``); ``writers`` talks to the driver. Reads go through SQLAlchemy.
 """
 
 from __future__ import annotations
