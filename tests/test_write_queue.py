@@ -203,3 +203,15 @@ def test_writes_and_holds_take_their_turns_in_arrival_order(sqlite_url: str) -> 
 
 def _incoming(stream: str) -> Incoming:
     return to_incoming(_started(stream))
+
+
+def test_threads_holding_the_writer_take_turns_before_any_queued_write(sqlite_url: str) -> None:
+    """Two bulk loads in two threads, the first write of the store: each waits its turn."""
+    with Tracker(sqlite_url) as tracker, ThreadPoolExecutor(2) as pool:
+        loads = [
+            pool.submit(
+                tracker.ingest_many, [_started(f"{n}-{i}") for i in range(50)], batch_size=1
+            )
+            for n in ("a", "b")
+        ]
+        assert [load.result(30).total for load in loads] == [50, 50]

@@ -188,14 +188,15 @@ class WriteQueue(Executor):
 
     def _enqueue(self, entry: _Entry) -> None:
         with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="rtms-lifecycle-writer", daemon=True
-                )
-                self._thread.start()
             self._append(entry)
 
     def _append(self, entry: _Entry) -> None:
+        # With the lock held. The writer thread hands out the turns, holds' too.
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="rtms-lifecycle-writer", daemon=True
+            )
+            self._thread.start()
         self._pending.append(entry)
         if self._owner is None:
             self._cond.notify_all()
