@@ -31,8 +31,8 @@ T = TypeVar("T")
 class AsyncSubscriptionRunner:
     """Runs a :class:`SubscriptionRunner`'s consumers on the event loop until stopped or idle.
 
-    ``calls`` runs the consumers' database work (on SQLite, the tracker's one writer thread, so
-    that it queues with the other writes rather than in SQLite's busy handler); ``waits`` runs
+    ``calls`` runs the consumers' database work (on SQLite, the store's write queue, so that it
+    queues with the other writes rather than in SQLite's busy handler); ``waits`` runs
     the PostgreSQL ``LISTEN`` wait. One run per instance.
     """
 

@@ -1,8 +1,9 @@
 """The embedding API for asyncio backends: :class:`AsyncTracker`, every method awaitable.
 
-The database work and the parsing run in worker threads, so the event loop never waits on
-them; callbacks (plain or ``async def``) run on the event loop after each commit, and durable
-subscriptions' callbacks on the event loop of :meth:`AsyncTracker.run_subscriptions`.
+The database work and the parsing run in worker threads (on SQLite, writes in the store's one
+write queue), so the event loop never waits on them; callbacks (plain or ``async def``) run on
+the event loop after each commit, and durable subscriptions' callbacks on the event loop of
+:meth:`AsyncTracker.run_subscriptions`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ from rtms_lifecycle.tracker import (
     Timestamp,
     Tracker,
     TransitionCallback,
+    submit_deliveries,
+    write_executor,
 )
 from rtms_lifecycle.tracking import callback_failed, check_batch_size
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification
@@ -86,9 +89,10 @@ class AsyncTracker:
     """A :class:`Tracker` for asyncio: the same methods, each awaitable.
 
     Takes the same arguments as :class:`Tracker`, or an existing ``Tracker`` to share (its owner
-    closes it). Parsing and database work run in worker threads (at most ``max_threads`` at a
-    time; on SQLite, writes one at a time in arrival order, the single writer SQLite admits), so
-    the event loop only waits for the results. A write that was called finishes, callbacks
+    closes it). Reads run in worker threads (at most ``max_threads`` at a time); on SQLite,
+    writes take their turn in the store's one write queue, with every other write of the process
+    (the single writer SQLite admits), and concurrent ``ingest`` calls share commits. The event
+    loop only waits for the results. A write that was called finishes, callbacks
     included, even if the awaiting task is cancelled; :meth:`close` waits for such writes.
     """
 
@@ -113,14 +117,12 @@ class AsyncTracker:
             )
             self._owned = True
         self._threads = ThreadPoolExecutor(max_threads, thread_name_prefix="rtms-lifecycle")
-        # SQLite admits one writer. Writers left to queue inside SQLite poll its lock with sleeps
-        # of up to 100 ms (its busy handler); queued for one thread instead, first come first
-        # served, each write starts as the previous one commits, and no reader waits behind.
-        self._writes: Executor = (
-            ThreadPoolExecutor(1, thread_name_prefix="rtms-lifecycle-writer")
-            if self._sync.engine.dialect.name == "sqlite"
-            else self._threads
-        )
+        # SQLite admits one writer: writes take their turn in the store's queue, as every other
+        # write of the process does, and deliveries there share commits (the event loop only
+        # awaits their futures). PostgreSQL's writers run in worker threads, side by side.
+        queue = write_executor(self._sync)
+        self._queued = queue is not None
+        self._writes: Executor = queue if queue is not None else self._threads
         self._subscriptions: tuple[Subscription, ...] = ()
         self._consumers: tuple[tuple[_subs.Consumer, TransitionCallback], ...] = ()
         # The run_subscriptions in progress, and what it sets when it ended.
@@ -160,8 +162,8 @@ class AsyncTracker:
             return
         self._closed = True
         if self._owned:
-            await asyncio.wrap_future(self._writes.submit(self._sync.close))
-        self._writes.shutdown(wait=False)
+            # In a worker thread: closing the store waits for its turn in the write queue.
+            await asyncio.wrap_future(self._threads.submit(self._sync.close))
         self._threads.shutdown(wait=False)
 
     async def __aenter__(self) -> AsyncTracker:
@@ -177,10 +179,40 @@ class AsyncTracker:
         return await loop.run_in_executor(self._threads, _in_context(fn, *args, **kwargs))
 
     async def _write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(fn, *args, **kwargs)
+        return await self._outcome(self._writes.submit(_in_context(self._collecting, call)))
+
+    async def _deliver(
+        self,
+        bodies: Sequence[Body],
+        verified: Sequence[Verification | None] | None,
+        headers: Mapping[str, str] | None,
+        deadline: float | None,
+    ) -> list[IngestResult]:
+        # Queued in the store (SQLite), no thread waits: the writer thread parses, writes (with
+        # the deliveries queued beside these) and runs the Tracker's callbacks; ours run here.
+        notices: list[_Notice] = []
+        done: Future[tuple[list[IngestResult], list[_Notice]]] = Future()
+
+        def submit() -> Future[list[IngestResult]]:
+            _COLLECTING.set((self, notices))
+            return submit_deliveries(
+                self._sync, bodies, verified=verified, headers=headers, deadline=deadline
+            )
+
+        def collected(written: Future[list[IngestResult]]) -> None:
+            exc = written.exception()
+            if exc is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result((written.result(), notices))
+
+        contextvars.copy_context().run(submit).add_done_callback(collected)
+        return await self._outcome(done)
+
+    async def _outcome(self, job: Future[tuple[T, list[_Notice]]]) -> T:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[tuple[T, list[_Notice]]] = loop.create_future()
-        call = functools.partial(fn, *args, **kwargs)
-        job = self._writes.submit(_in_context(self._collecting, call))
         self._jobs.add(job)
         job.add_done_callback(functools.partial(self._finished, loop, waiter))
         # The waiter is not linked back to the job: a commit cannot be called back once its thread
@@ -252,11 +284,15 @@ class AsyncTracker:
         verified: Verification | None = None,
         timeout: float | None = None,
     ) -> IngestResult:
-        """Awaitable :meth:`Tracker.ingest`: one delivery, one durable transaction, callbacks
-        after. ``timeout`` counts from this call, the wait for a worker thread included."""
-        if timeout is None:
+        """Awaitable :meth:`Tracker.ingest`: one delivery, durably committed (on SQLite, with the
+        deliveries queued beside it), callbacks after. ``timeout`` counts from this call, the
+        wait for its turn included."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._queued:
+            (result,) = await self._deliver([body], [verified], headers, deadline)
+            return result
+        if deadline is None:
             return await self._write(self._sync.ingest, body, headers=headers, verified=verified)
-        deadline = time.monotonic() + timeout
 
         def ingest() -> IngestResult:
             left = _left(deadline)
@@ -272,8 +308,10 @@ class AsyncTracker:
         timeout: float | None = None,
     ) -> list[IngestResult]:
         """Awaitable :meth:`Tracker.ingest_batch`: a group commit, all or nothing. ``timeout``
-        counts from this call, the wait for a worker thread included."""
+        counts from this call, the wait for its turn included."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._queued:
+            return await self._deliver(bodies, verified, None, deadline)
 
         def ingest_batch() -> list[IngestResult]:
             left = None if deadline is None else _left(deadline)

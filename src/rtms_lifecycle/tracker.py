@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, overload
@@ -65,6 +67,8 @@ __all__ = [
     "Subscription",
     "TransitionCallback",
     "Tracker",
+    "submit_deliveries",
+    "write_executor",
 ]
 
 
@@ -203,19 +207,58 @@ class Tracker:
         a slow disk) raises :class:`StoreTimeout` and keeps nothing of the delivery. The
         commit is durable: once this returns, a power loss cannot undo it.
         """
-        if headers is not None:
-            if self._verifier is None:
-                raise ConfigurationError(
-                    "ingest(headers=...) verifies Zoom's signature: create the Tracker with "
-                    "webhook_secrets=[...] (or verify yourself and leave headers out)"
-                )
-            if not isinstance(body, bytes | bytearray | memoryview | str):
-                raise TypeError("a signature covers raw bytes: pass the body as received")
-            verified = self._verifier.verify(headers, to_raw(body)[0])
+        verified = self._verified(body, headers, verified)
         deadline = None if timeout is None else time.monotonic() + timeout
         (result,) = self._record([to_incoming(body, verified=verified)], deadline=deadline)
         assert result is not None
         return result
+
+    def _verified(
+        self, body: Body, headers: Mapping[str, str] | None, verified: Verification | None
+    ) -> Verification | None:
+        if headers is None:
+            return verified
+        if self._verifier is None:
+            raise ConfigurationError(
+                "ingest(headers=...) verifies Zoom's signature: create the Tracker with "
+                "webhook_secrets=[...] (or verify yourself and leave headers out)"
+            )
+        if not isinstance(body, bytes | bytearray | memoryview | str):
+            raise TypeError("a signature covers raw bytes: pass the body as received")
+        return self._verifier.verify(headers, to_raw(body)[0])
+
+    def _submit(
+        self,
+        bodies: Sequence[Body],
+        verified: Sequence[Verification | None] | None,
+        deadline: float | None,
+    ) -> Future[list[IngestResult]]:
+        # A durable write of these deliveries, queued with the writes beside it: parsed when it
+        # begins, this tracker's callbacks called (in the caller's context) before the future
+        # is done.
+        checks = _checks(bodies, verified)
+        context = contextvars.copy_context()
+        written = self._store.submit(
+            lambda: [to_incoming(body, verified=v) for body, v in zip(bodies, checks, strict=True)],
+            deadline=deadline,
+        )
+        done: Future[list[IngestResult]] = Future()
+
+        def after(write: Future[list[IngestResult | None]]) -> None:
+            exc = write.exception()
+            if exc is not None:
+                done.set_exception(exc)
+                return
+            results = write.result()
+            subscriptions = self._subscriptions
+            try:
+                if subscriptions:
+                    context.run(self._notify_all, subscriptions, results)
+            finally:
+                done.set_result([result for result in results if result is not None])
+
+        written.add_done_callback(after)
+        return done
 
     def ingest_batch(
         self,
@@ -231,9 +274,7 @@ class Tracker:
         was kept. ``verified``, when given, holds one verification (or None) per body. For a
         receiver answering concurrent senders; bulk loads use :meth:`ingest_many`.
         """
-        checks = [None] * len(bodies) if verified is None else verified
-        if len(checks) != len(bodies):
-            raise ValueError("verified must hold one entry per body")
+        checks = _checks(bodies, verified)
         deadline = None if timeout is None else time.monotonic() + timeout
         incoming = [to_incoming(body, verified=v) for body, v in zip(bodies, checks, strict=True)]
         results = self._record(incoming, deadline=deadline)
@@ -378,10 +419,16 @@ class Tracker:
             durable=durable,
         )
         if subscriptions:
-            for result in results:
-                if result is not None and result.transition and result.stream:
-                    self._notify(subscriptions, result.transition, result.stream)
+            self._notify_all(subscriptions, results)
         return results
+
+    @classmethod
+    def _notify_all(
+        cls, subscriptions: Sequence[Subscription], results: Sequence[IngestResult | None]
+    ) -> None:
+        for result in results:
+            if result is not None and result.transition and result.stream:
+                cls._notify(subscriptions, result.transition, result.stream)
 
     # --- callbacks --------------------------------------------------------------------------
 
@@ -802,6 +849,43 @@ class Tracker:
 
         with translated(self._store.sqlite_path):
             return _migrate.current_revision(self.engine)
+
+
+def submit_deliveries(
+    tracker: Tracker,
+    bodies: Sequence[Body],
+    *,
+    verified: Sequence[Verification | None] | None = None,
+    headers: Mapping[str, str] | None = None,
+    deadline: float | None = None,
+) -> Future[list[IngestResult]]:
+    """:meth:`Tracker.ingest_batch` as a future, for callers that must not block (AsyncTracker).
+
+    On SQLite the write is queued with the store's other writes (a group commit with the
+    deliveries queued beside it), parsed when it begins, and the tracker's callbacks run in the
+    writer thread, in the caller's context, before the future is done. Elsewhere it is written
+    now, in the calling thread. ``headers`` (one body): verified first, as ``ingest`` does.
+    """
+    if headers is not None:
+        if len(bodies) != 1:
+            raise ValueError("headers verify one body")
+        verified = [tracker._verified(bodies[0], headers, None)]
+    return tracker._submit(bodies, verified, deadline)
+
+
+def write_executor(tracker: Tracker) -> Executor | None:
+    """Runs jobs that write in their turn, on the store's writer thread (SQLite); None where
+    writers need no queue (PostgreSQL)."""
+    return tracker._store.writes
+
+
+def _checks(
+    bodies: Sequence[Body], verified: Sequence[Verification | None] | None
+) -> Sequence[Verification | None]:
+    checks = [None] * len(bodies) if verified is None else verified
+    if len(checks) != len(bodies):
+        raise ValueError("verified must hold one entry per body")
+    return checks
 
 
 def _is_coroutine_function(fn: object) -> bool:

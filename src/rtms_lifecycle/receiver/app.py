@@ -25,7 +25,6 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self, get_type_hints
 
@@ -74,7 +73,6 @@ from rtms_lifecycle.unhandled import FirstSeen, looks_like_rtms
 from rtms_lifecycle.webhook import (
     DEFAULT_REPLAY_WINDOW,
     RefusalReason,
-    Verification,
     WebhookVerifier,
     labelled_secrets_from_env,
     url_validation_response,
@@ -126,8 +124,6 @@ _MAX_BACKLOG: Final = 256
 # leave room for the database, the log and the worker threads' files.
 _MAX_CONNECTIONS: Final = 1000
 _RESERVED_FDS: Final = 64
-# Deliveries written in one group commit at most (SQLite).
-_GROUP: Final = 100
 
 
 # --- answers (their models make the OpenAPI schema complete) ------------------------------------
@@ -296,79 +292,6 @@ def _log_recorded(result: IngestResult, seconds: float) -> None:
     )
 
 
-class _Recorder:
-    """Records through an :class:`AsyncTracker`, in worker threads of its own, so the event loop
-    never waits on the database, and neither the read API nor the health check waits for its
-    threads; the tracker's callbacks (``async def`` ones too) run on the event loop.
-
-    Every delivery has ``store_timeout`` seconds from its arrival, waiting in the queue included:
-    past it, the write gives up (nothing kept) and the sender gets 503.
-
-    On SQLite, which admits a single writer, deliveries queue here (FIFO) and are written in
-    groups: whoever's turn it is writes every delivery queued by then, in one transaction, so
-    that one sync to disk makes them all durable (a sync per delivery would bound the receiver
-    by the disk's flushes). Writers left to queue inside SQLite itself poll its lock with sleeps
-    of up to 100 ms (its busy handler), which made the slowest answers exceed a second.
-    """
-
-    def __init__(self, tracker: AsyncTracker, store_timeout: float) -> None:
-        self._tracker = tracker
-        self._grouped = tracker.engine.dialect.name == "sqlite"
-        self._turn: anyio.Lock | None = None
-        self._queue: list[_Queued] = []
-        self._timeout = store_timeout
-
-    async def _ingest_group(self, group: list[_Queued]) -> None:
-        try:
-            left = min(queued.deadline for queued in group) - time.monotonic()
-            if left <= 0:
-                raise StoreTimeout("the delivery waited for the store past its time budget")
-            results = await self._tracker.ingest_batch(
-                [q.body for q in group], verified=[q.verified for q in group], timeout=left
-            )
-        except Exception as exc:  # each sender is answered as if it had written alone
-            for queued in group:
-                queued.outcome = exc
-        else:
-            for queued, result in zip(group, results, strict=True):
-                queued.outcome = result
-
-    async def ingest(self, body: bytes, verified: Verification) -> IngestResult:
-        if not self._grouped:
-            return await self._tracker.ingest(body, verified=verified, timeout=self._timeout)
-        deadline = time.monotonic() + self._timeout
-        if self._turn is None:
-            # Created on first use: older anyio versions need a running event loop for it.
-            self._turn = anyio.Lock()
-        queued = _Queued(body, verified, deadline)
-        self._queue.append(queued)
-        async with self._turn:
-            if queued.outcome is None:
-                now = time.monotonic()
-                # Those already past their budget are answered at once, not written late.
-                for late in (q for q in self._queue if q.deadline <= now):
-                    late.outcome = StoreTimeout("the delivery waited past its time budget")
-                group = [q for q in self._queue[:_GROUP] if q.outcome is None]
-                del self._queue[:_GROUP]
-                self._queue = [q for q in self._queue if q.outcome is None]
-                if group:
-                    await self._ingest_group(group)
-        assert queued.outcome is not None
-        if isinstance(queued.outcome, Exception):
-            raise queued.outcome
-        return queued.outcome
-
-
-@dataclass(slots=True)
-class _Queued:
-    """A delivery waiting for its group's commit, and what became of it."""
-
-    body: bytes
-    verified: Verification
-    deadline: float
-    outcome: IngestResult | Exception | None = None
-
-
 def create_router(
     tracker: AsyncTracker | Tracker,
     verifier: WebhookVerifier,
@@ -393,9 +316,9 @@ def create_router(
         raise ConfigurationError("max_body_bytes must be at least 1")
     _positive("store_timeout", store_timeout, MAX_WAIT_SECONDS)
     _positive("request_timeout", request_timeout)
-    recorder = _Recorder(
-        tracker if isinstance(tracker, AsyncTracker) else AsyncTracker(tracker), store_timeout
-    )
+    # The tracker queues each delivery in the store's one write queue (SQLite): deliveries
+    # that arrive together share a commit, each within its own budget from its arrival.
+    recorder = tracker if isinstance(tracker, AsyncTracker) else AsyncTracker(tracker)
     unhandled = FirstSeen()
     router = APIRouter(tags=["webhook"])
 
@@ -469,7 +392,7 @@ def create_router(
             return _error(401, refused.reason, str(refused))
         started = time.perf_counter()
         try:
-            result = await recorder.ingest(body, verified)
+            result = await recorder.ingest(body, verified=verified, timeout=store_timeout)
         except StoreTimeout as exc:
             # A busy store, not a broken one: one line, no traceback.
             log.warning("store busy: answered 503 so that Zoom retries: %s", exc)

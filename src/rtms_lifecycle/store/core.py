@@ -6,8 +6,9 @@ is optimistic (compare and swap on the stream rows' versions) and a retry locks 
 ``_writers``). The event identity is a unique index, so even a race nobody foresaw cannot apply
 one event twice: it fails, and the batch is retried.
 
-The batch is decided in memory (``_batch``); ``_writers`` talks to the driver. Reads go
-through SQLAlchemy.
+On SQLite every write of the process takes its turn in the store's one write queue (``queue``),
+which commits durable delivery writes queued together in one transaction. The batch is decided
+in memory (``batch``); ``writers`` talks to the driver. Reads go through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -29,6 +31,7 @@ from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.store.batch import Batch, Incoming
 from rtms_lifecycle.store.deadline import WATCHDOG, remaining
 from rtms_lifecycle.store.errors import first_line, translate, translated
+from rtms_lifecycle.store.queue import Prepare, WriteQueue
 from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SQLITE_IMMEDIATE
 from rtms_lifecycle.store.urls import default_url, plain_sqlite_file
 from rtms_lifecycle.store.writers import WriteFailed, Writer
@@ -82,8 +85,8 @@ class Store:
             self.sqlite_path = sqlite_file(engine.url)
             self._writer = writer_for(engine)
         # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
-        # tries: threads of one process queue here instead, at no cost to other processes.
-        self._serial: threading.Lock | None = threading.Lock() if self.dialect == "sqlite" else None
+        # tries: every write of this process queues here instead (PostgreSQL needs no queue).
+        self._queue = WriteQueue(self._write_group) if self.dialect == "sqlite" else None
         if migrate:
             try:
                 if file is None:
@@ -125,31 +128,26 @@ class Store:
         """Release every connection."""
         with self._serialised(None):
             self._writer.close()
+        if self._queue is not None:
+            self._queue.shutdown()
         self._dispose_reads()
 
-    def _serialised(self, deadline: float | None) -> AbstractContextManager[object]:
-        # SQLite: this process's writers one at a time; the wait counts against the deadline.
-        if self._serial is None:
-            return nullcontext()
-        if deadline is None:
-            # The lock itself, without a generator around it: a bulk load of one delivery per
-            # transaction enters this once per delivery.
-            return self._serial
-        return self._serialised_until(self._serial, deadline)
+    @property
+    def queue(self) -> WriteQueue | None:
+        """The queue every write of this process takes its turn in (SQLite), or None."""
+        return self._queue
 
-    @staticmethod
-    @contextmanager
-    def _serialised_until(serial: threading.Lock, deadline: float) -> Iterator[None]:
-        if not serial.acquire(timeout=max(remaining(deadline), 0)):
-            raise WriteFailed(
-                "another write of this process held the store past the time budget",
-                retryable=False,
-                timed_out=True,
-            )
-        try:
-            yield
-        finally:
-            serial.release()
+    @property
+    def writes(self) -> Executor | None:
+        """Runs a job that writes in its turn, on the writer thread (SQLite); None where
+        writers need no queue (PostgreSQL: they run in the caller's thread)."""
+        return self._queue
+
+    def _serialised(self, deadline: float | None) -> AbstractContextManager[object]:
+        # SQLite: the calling thread writes in its turn; the wait counts against the deadline.
+        if self._queue is None:
+            return nullcontext()
+        return self._queue.hold(deadline)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -166,14 +164,43 @@ class Store:
         Without ``with_records``, results carry outcomes and ids but no Stream or Transition. Past
         ``deadline`` (``time.monotonic()`` seconds) it gives up with :class:`StoreTimeout`,
         nothing written. ``durable``: the commit survives a power loss (on SQLite, a sync per
-        commit); without it (bulk loads), a crash of the machine may undo the last commits.
+        commit, shared with the durable writes queued beside it); without it (bulk loads), a
+        crash of the machine may undo the last commits.
         """
+        if durable and self._queue is not None and not self._queue.writing:
+            return self.submit(items, with_records=with_records, deadline=deadline).result()
         return self._write(items, with_records, deadline, durable).results()
+
+    def submit(
+        self, prepare: Prepare, *, with_records: bool = True, deadline: float | None = None
+    ) -> Future[list[IngestResult | None]]:
+        """:meth:`record` durably, as a future: on SQLite the write is queued (written with the
+        writes queued beside it, its own results or error as if alone); elsewhere, or on the
+        writer's own thread, it is written now. ``prepare``: the items, or a callable making
+        them (called when the write begins; what it raises is this write's error)."""
+        if self._queue is not None and not self._queue.writing:
+            return self._queue.record(prepare, with_records=with_records, deadline=deadline)
+        future: Future[list[IngestResult | None]] = Future()
+        try:
+            items = prepare() if callable(prepare) else prepare
+            future.set_result(self._write(items, with_records, deadline, True).results())
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
 
     def outcomes(self, items: Sequence[Incoming], *, durable: bool = True) -> list[Outcome]:
         """Record deliveries in one transaction as :meth:`record` does, and say only what each
         came to (a bulk load without callbacks counts no more)."""
+        if durable and self._queue is not None and not self._queue.writing:
+            results = self.submit(items, with_records=False).result()
+            return [result.outcome for result in results if result is not None]
         return self._write(items, False, None, durable).outcomes()
+
+    def _write_group(
+        self, items: Sequence[Incoming], with_records: bool, deadline: float | None
+    ) -> list[IngestResult | None]:
+        # The queue's writer thread, for a group of durable delivery writes.
+        return self._write(items, with_records, deadline, True).results()
 
     def _write(
         self,
@@ -200,14 +227,14 @@ class Store:
                     ) from exc
                 if not exc.retryable or attempt == _ATTEMPTS:
                     raise StoreError(f"could not record {len(items)} deliveries: {exc}") from exc
+                log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc)
+                time.sleep(random.uniform(0, 0.01 * 2**attempt))
             except Exception as exc:
                 # The pool's own errors (none free in time, none to be opened).
                 error = translate(exc, self.sqlite_path)
                 if error is None:
                     raise
                 raise error from exc
-                log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc)
-                time.sleep(random.uniform(0, 0.01 * 2**attempt))
         raise AssertionError("unreachable")
 
     def confirm(self) -> None:
@@ -231,7 +258,8 @@ class Store:
             raise kind(str(exc)) from exc
 
     def exclusive(self) -> AbstractContextManager[object]:
-        """Held by every write of this process's store: SQLite admits one writer at a time."""
+        """The calling thread is this process's only writer for the block, in its turn (SQLite
+        admits one writer at a time); every write of the store queues behind it."""
         return self._serialised(None)
 
     @contextmanager

@@ -52,6 +52,14 @@ class Watchdog:
         if deadline is None:
             yield
             return
+        disarm = self.watch(deadline, cancel)
+        try:
+            yield
+        finally:
+            disarm()
+
+    def watch(self, deadline: float, cancel: Callable[[], None]) -> Callable[[], None]:
+        """Call ``cancel()`` at ``deadline`` unless the returned function was called before."""
         guarded = _Guarded(cancel)
         with self._wake:
             if self._thread is None:
@@ -63,12 +71,13 @@ class Watchdog:
             heapq.heappush(self._heap, (deadline, next(self._order), guarded))
             if earliest:
                 self._wake.notify()
-        try:
-            yield
-        finally:
+
+        def disarm() -> None:
             # After this, a cancel can no longer reach the connection, which may serve others.
             with guarded.lock:
                 guarded.active = False
+
+        return disarm
 
     def _run(self) -> None:
         while True:

@@ -205,7 +205,7 @@ def _grow_cache(conn: Any) -> None:
 
 
 class SqliteWriter:
-    """One connection, held for the store's life (threads queue on the store's lock).
+    """One connection, held for the store's life (writes take turns in the store's queue).
 
     It checks after every commit that the database file is still the one it opened: a commit
     into a deleted (or replaced) file is lost with the process, and must not answer 200.
