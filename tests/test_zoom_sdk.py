@@ -1,4 +1,4 @@
-"""rtms_lifecycle.zoom with Zoom's real RTMS SDK (``rtms``), joining tests/rtms_server.py on loopback.
+"""rtms_lifecycle.zoom with Zoom's real RTMS SDK (``rtms``), joining tests/rtms_server.py.
 
 Skipped where ``rtms`` is not installed, except under ``CI=true`` on Linux x86_64 with Python
 3.11+, where its wheel exists and a missing SDK is a failure. The SDK gives up on a vanished
@@ -7,6 +7,7 @@ server after about 11 s: that test waits for it; every other test ends within a 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import platform
@@ -47,7 +48,7 @@ def _wheel_exists_here() -> bool:
 def sdk() -> ModuleType:
     """The ``rtms`` module; skipped where it is missing (failed under CI where its wheel exists)."""
     try:
-        import rtms
+        rtms: ModuleType = importlib.import_module("rtms")
     except ImportError:
         reason = "Zoom's RTMS SDK is not installed: pip install -e '.[zoom]'"
         if os.environ.get("CI", "").lower() == "true" and _wheel_exists_here():
@@ -119,9 +120,13 @@ class Tracker:
             assert self._changed.wait_for(lambda: what(self.names()), timeout), self.calls
 
 
-def _claim(server: RTMSServer, stream_id: str = "stream-1") -> Claim:
-    stream = Stream(stream_id, "meeting-uuid==", server.url)
+def _claim_of(url: str, stream_id: str = "stream-1") -> Claim:
+    stream = Stream(stream_id, "meeting-uuid==", url)
     return Claim(stream_id, "worker-1", 1, time.time() + 30, stream)
+
+
+def _claim(server: RTMSServer) -> Claim:
+    return _claim_of(server.url)
 
 
 @dataclass
@@ -139,7 +144,9 @@ class Media:
 
 
 @pytest.fixture
-def server(sdk: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RTMSServer]:
+def server(
+    sdk: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RTMSServer]:
     monkeypatch.chdir(tmp_path)  # the SDK's C library writes ./logs/
     for variable in ("ZM_RTMS_CLIENT", "ZM_RTMS_SECRET"):
         monkeypatch.delenv(variable, raising=False)
@@ -329,7 +336,7 @@ def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_media_is_required() -> None:
     with pytest.raises(ValueError, match="media: give at least one"):
-        ZoomStream(Tracker(), None, client_id="id", client_secret="secret")  # type: ignore[type-var]
+        ZoomStream(Tracker(), _claim_of(""), client_id="id", client_secret="secret")
 
 
 @pytest.mark.parametrize(

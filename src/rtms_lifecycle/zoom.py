@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from rtms_lifecycle.exceptions import ClaimLost
 from rtms_lifecycle.stop_reasons import StopReasonCategory, describe_stop_reason
@@ -329,7 +329,9 @@ class ZoomStream(Generic[ClaimT]):
                 except ClaimLost as lost:  # a report can learn it before a renewal does
                     self._connected = False
                     return ZoomEnded("lost", claim_lost=lost.reason)
-                if ended is not False:
+                if ended == "rejoin":
+                    return None
+                if ended is not None:
                     return ended
         finally:
             stopping.cancel()
@@ -356,19 +358,19 @@ class ZoomStream(Generic[ClaimT]):
 
     async def _event(
         self, calls: ThreadPoolExecutor, client: Any, kind: str, value: int
-    ) -> ZoomEnded | None | bool:
-        """Act on one SDK event: False to keep going, else what :meth:`_session` returns."""
+    ) -> ZoomEnded | Literal["rejoin"] | None:
+        """Act on one SDK event: None to keep going, ``rejoin``, or how the stream ended."""
         claim = self._claim
-        if kind == "joined" and value == 0 or kind == "resumed" and not self._connected:
+        if (kind == "joined" and value == 0) or (kind == "resumed" and not self._connected):
             if not self._connected:
                 self._connected = True
                 at = _now_ms()
                 await self._call(calls, lambda: self._tracker.report_connected(claim, at_ms=at))
-            return False
+            return None
         if kind == "joined":  # refused: a bad signature, or no media connection in time
             _log.warning("joining %s was refused (reason %s)", claim.stream_id, value)
             _leave(client)
-            return None
+            return "rejoin"
         if kind == "interrupted":
             if self._connected:
                 self._connected = False
@@ -378,7 +380,7 @@ class ZoomStream(Generic[ClaimT]):
                         claim, at_ms=value or _now_ms(), reason=DATA_CONNECTION_INTERRUPTED
                     ),
                 )
-            return False
+            return None
         if kind == "left":
             _leave(client)  # the SDK keeps a client after its on_leave until released
             if self._connected:
@@ -389,13 +391,13 @@ class ZoomStream(Generic[ClaimT]):
                     lambda: self._tracker.report_disconnected(claim, at_ms=at, reason=value),
                 )
             if not stream_ended(value):
-                return None
+                return "rejoin"
             name = describe_stop_reason(value).name
             await self._call(
                 calls, lambda: self._tracker.release(claim, reason=f"stream stopped: {name}")
             )
             return ZoomEnded("stopped", value)
-        return False
+        return None
 
     def _client(self, events: asyncio.Queue[tuple[str, int]]) -> Any:
         """A new ``rtms.Client``: its callbacks run on this thread, inside the SDK's poll."""
