@@ -5,9 +5,9 @@ disconnects, renews the claim while connected or rejoining, and leaves when the 
 the claim is lost. It needs of the tracker only :class:`ClaimTracker`.
 
 The SDK's C library wants one OS thread to allocate, join, poll and release a client (releasing
-one from another thread trips its assertions): :meth:`ZoomStream.run` makes the calling thread
-that thread, and runs ``rtms.EventLoop.run_async`` on an asyncio loop of its own, beside the
-coroutine that renews and leaves. Tracker calls go to one helper thread, in order, so that a
+one from another thread trips its assertions): every :class:`ZoomStream` of the process runs on
+one thread, :func:`sdk_loop`, an asyncio loop where ``rtms.EventLoop.run_async`` polls beside
+the coroutine that renews and leaves. Tracker calls go to one helper thread, in order, so that a
 slow database never stalls the polling. docs/workers.md shows a worker;
 docs/decisions/new-zoom-sdk.md the protocol as the SDK speaks it.
 """
@@ -21,7 +21,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -37,6 +38,7 @@ __all__ = [
     "ZoomEnded",
     "ZoomStream",
     "load_sdk",
+    "sdk_loop",
     "signature",
 ]
 
@@ -114,12 +116,31 @@ class ZoomEnded:
     """Why :meth:`ZoomStream.run` returned.
 
     ``why`` is ``stopped`` (the stream ended: ``code`` is the SDK's leave reason), ``lost`` (the
-    claim was lost: ``claim_lost`` is the tracker's reason), or ``requested`` (:meth:`stop`).
+    claim was lost: ``claim_lost`` is the tracker's reason), or ``requested`` (:meth:`stop`;
+    ``code`` 20, RECEIVER_REQUEST_CLOSE, if it left a connected stream).
     """
 
     why: str
     code: int | None = None
     claim_lost: str | None = None
+
+
+_sdk_lock = threading.Lock()
+_sdk_loops: list[asyncio.AbstractEventLoop] = []
+
+
+def sdk_loop() -> asyncio.AbstractEventLoop:
+    """The process's one SDK thread, as an asyncio loop: every client lives and dies on it.
+
+    The SDK initialises its C library on the thread of the first join; a join on another
+    thread once that one had ended crashed the process (seen on loopback, in 1 run of 3).
+    """
+    with _sdk_lock:
+        if not _sdk_loops:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="rtms-sdk", daemon=True).start()
+            _sdk_loops.append(loop)
+        return _sdk_loops[0]
 
 
 def _leave(client: Any) -> None:
@@ -202,7 +223,7 @@ class ZoomStream(Generic[ClaimT]):
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._future: Future[ZoomEnded] | None = None
         self.ended: ZoomEnded | None = None
 
     @property
@@ -219,31 +240,39 @@ class ZoomStream(Generic[ClaimT]):
 
     def run(self) -> ZoomEnded:
         """Join and stay until the stream stops, the claim is lost, or :meth:`stop`."""
-        Path("logs").mkdir(exist_ok=True)  # the SDK's C library logs to ./logs/, which must exist
-        self.ended = asyncio.run(self._run())
-        return self.ended
+        return self.start().result()
 
     def start(self) -> ZoomStream[ClaimT]:
-        """:meth:`run` on a thread of its own (the SDK's thread for this stream)."""
-        self._thread = threading.Thread(
-            target=self.run, name=f"rtms-{self._claim.stream_id}", daemon=True
-        )
-        self._thread.start()
+        """Join on the SDK's thread and return; :meth:`join` waits for the end."""
+        Path("logs").mkdir(exist_ok=True)  # the SDK's C library logs to ./logs/, which must exist
+        self._future = asyncio.run_coroutine_threadsafe(self._run(), sdk_loop())
         return self
+
+    def result(self, timeout: float | None = None) -> ZoomEnded:
+        """How the stream ended, once it has (waiting up to ``timeout`` seconds)."""
+        if self._future is None:
+            raise RuntimeError("not started: call start() first")
+        self.ended = self._future.result(timeout)
+        return self.ended
 
     def stop(self) -> None:
         """Leave and release the claim; safe from any thread."""
+        if self._future is None:
+            return
         self._started.wait()
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stopping.set)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread of :meth:`start`; whether it ended."""
-        if self._thread is None:
+        """Wait for the end (up to ``timeout`` seconds); whether it ended."""
+        if self._future is None:
             return self.ended is not None
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        try:
+            self.result(timeout)
+        except FutureTimeout:
+            return False
+        return True
 
     # -- the SDK's thread ---------------------------------------------------------------
 
@@ -345,15 +374,16 @@ class ZoomStream(Generic[ClaimT]):
         if renewing.done():  # the claim is someone else's now: nothing more to report
             self._connected = False
             return ZoomEnded("lost", claim_lost=renewing.result())
-        if self._connected:
-            self._connected = False
-            claim = self._claim
-            await self._call(
-                calls,
-                lambda: self._tracker.report_disconnected(
-                    claim, at_ms=_now_ms(), reason=RECEIVER_REQUEST_CLOSE
-                ),
-            )
+        if not self._connected:
+            return await self._finish(calls, renewing, None)
+        self._connected = False
+        claim = self._claim
+        await self._call(
+            calls,
+            lambda: self._tracker.report_disconnected(
+                claim, at_ms=_now_ms(), reason=RECEIVER_REQUEST_CLOSE
+            ),
+        )
         return await self._finish(calls, renewing, RECEIVER_REQUEST_CLOSE)
 
     async def _event(
