@@ -186,6 +186,20 @@ def _start(
     return stream.start()
 
 
+def _connected(
+    streams: list[ZoomStream[Claim]],
+    server: RTMSServer,
+    tracker: Tracker,
+    media: Media,
+    **options: Any,
+) -> ZoomStream[Claim]:
+    """An adapter joined to ``stream-1``: reported connected, its media sockets open."""
+    stream = _start(streams, tracker, _claim(server), media, **options)
+    tracker.wait_for(lambda names: "connected" in names, 5)
+    server.wait_joined("stream-1", {AUDIO, TRANSCRIPT})
+    return stream
+
+
 def _wait(condition: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -243,9 +257,7 @@ def test_the_sdk_has_what_the_adapter_uses(sdk: Any) -> None:
 def test_join_media_and_a_stop(server: RTMSServer, streams: list[ZoomStream[Claim]]) -> None:
     """Joined once, frames reach the user's callbacks; a stop -> disconnected, released."""
     tracker, media = Tracker(), Media()
-    stream = _start(streams, tracker, _claim(server), media, renew_every=0.2)
-    tracker.wait_for(lambda names: "connected" in names, 5)
-    server.wait_joined("stream-1", {AUDIO, TRANSCRIPT})
+    stream = _connected(streams, server, tracker, media, renew_every=0.2)
     assert stream.connected
     server.send_audio("stream-1", b"\x01\x02pcm", 16778240, "Ann")
     server.send_transcript("stream-1", "hello there", 16778240, "Ann")
@@ -270,9 +282,7 @@ def test_a_vanished_server_keeps_the_claim_and_is_rejoined(
 ) -> None:
     """The SDK gives up after ~11 s (reason 502): disconnected, claim kept, rejoined on return."""
     tracker, media = Tracker(), Media()
-    stream = _start(streams, tracker, _claim(server), media, renew_every=0.5)
-    tracker.wait_for(lambda names: "connected" in names, 5)
-    server.wait_joined("stream-1", {AUDIO, TRANSCRIPT})
+    stream = _connected(streams, server, tracker, media, renew_every=0.5)
 
     server.vanish()
     tracker.wait_for(lambda names: "disconnected" in names, 20)
@@ -301,9 +311,8 @@ def test_a_lost_claim_leaves_without_releasing(
     server: RTMSServer, streams: list[ZoomStream[Claim]]
 ) -> None:
     tracker, media = Tracker(), Media()
-    stream = _start(streams, tracker, _claim(server), media, renew_every=0.2)
-    tracker.wait_for(lambda names: "connected" in names, 5)
-    joined = server.wait_joined("stream-1", {AUDIO, TRANSCRIPT})
+    stream = _connected(streams, server, tracker, media, renew_every=0.2)
+    joined = server.wait_joined("stream-1", set())
 
     tracker.lost = "taken"
     assert stream.join(5)
