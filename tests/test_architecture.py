@@ -111,3 +111,23 @@ def test_import_contracts_hold(skip_or_fail: Callable[[str], NoReturn]) -> None:
         [command, "--no-cache", "--no-logo"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_zoom_adapter_sits_beside_cli_and_receiver() -> None:
+    """``zoom`` shares the layer of ``cli`` and ``receiver`` and reaches no tracker directly."""
+    layers = _contracts()["layers"]["layers"]
+    assert isinstance(layers, list)
+    assert layers[1] == "cli | receiver | zoom"
+    forbidden = _contracts()["zoom-through-protocol"]["forbidden_modules"]
+    assert isinstance(forbidden, list)
+    assert {
+        "rtms_lifecycle.tracker",
+        "rtms_lifecycle.async_tracker",
+        "rtms_lifecycle.store",
+    } <= set(forbidden)
+
+
+def test_importing_the_zoom_adapter_loads_no_sdk() -> None:
+    """``rtms`` is an optional binary wheel: the module imports it only when first used."""
+    code = "import sys, rtms_lifecycle.zoom; assert 'rtms' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -74,6 +74,7 @@ def test_wheel_publishes_only_the_user_extras(wheel: Path) -> None:
         "forward",
         "postgres",
         "server",
+        "zoom",
     ]
     required = " ".join(metadata.get_all("Requires-Dist") or [])
-    assert not re.search(r"\b(pytest|hypothesis|mypy|ruff|playwright|mkdocs)", required)
+    assert not re.search(r"\b(pytest|hypothesis|mypy|ruff|playwright|mkdocs|websockets)", required)

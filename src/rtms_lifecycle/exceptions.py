@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "ClaimLost",
     "ConfigurationError",
     "DatabaseError",
     "DatabaseURLError",
@@ -104,3 +105,15 @@ class WebhookRefused(RTMSLifecycleError):
         #: For a genuine but stale request (``timestamp_stale``): how old its signature was.
         self.age_seconds = age_seconds
         super().__init__(message or reason)
+
+
+class ClaimLost(RTMSLifecycleError):
+    """A worker's claim on a stream is no longer its own.
+
+    ``reason`` says why: ``expired`` (the lease ran out), ``taken`` (another worker holds it),
+    ``released``, or ``stopped`` (the stream ended).
+    """
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message or f"the claim was lost: {reason}")
+        self.reason = reason

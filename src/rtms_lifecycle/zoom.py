@@ -1,0 +1,451 @@
+"""Connect a claimed stream with Zoom's RTMS SDK (``pip install 'rtms-lifecycle[zoom]'``).
+
+:class:`ZoomStream` joins the stream of a claim, reports to the tracker when media connects and
+disconnects, renews the claim while connected or rejoining, and leaves when the stream stops or
+the claim is lost. It needs of the tracker only :class:`ClaimTracker`.
+
+The SDK's C library wants one OS thread to allocate, join, poll and release a client (releasing
+one from another thread trips its assertions): every :class:`ZoomStream` of the process runs on
+one thread, :func:`sdk_loop`, an asyncio loop where ``rtms.EventLoop.run_async`` polls beside
+the coroutine that renews and leaves. Tracker calls go to one helper thread, in order, so that a
+slow database never stalls the polling. docs/workers.md shows a worker;
+docs/decisions/new-zoom-sdk.md the protocol as the SDK speaks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from rtms_lifecycle.exceptions import ClaimLost
+from rtms_lifecycle.stop_reasons import StopReasonCategory, describe_stop_reason
+
+__all__ = [
+    "ClaimTracker",
+    "ClaimView",
+    "MediaCallback",
+    "StreamView",
+    "ZoomEnded",
+    "ZoomStream",
+    "load_sdk",
+    "sdk_loop",
+    "signature",
+]
+
+_log = logging.getLogger("rtms_lifecycle.zoom")
+
+#: What the SDK hands a media callback: the payload, its size, a timestamp (ms), and an
+#: ``rtms.Metadata`` (``userId``, ``userName``).
+MediaCallback = Callable[[bytes, int, int, Any], object]
+
+DATA_CONNECTION_INTERRUPTED = 14  # Zoom's stop reason for a media connection interrupted
+RECEIVER_REQUEST_CLOSE = 20  # Zoom's stop reason for an app that left on purpose
+_SESSION_ADD = 1  # rtms.SESSION_EVENT_ADD
+_SESSION_RESUME = 4  # rtms.SESSION_EVENT_RESUME
+
+
+def load_sdk() -> Any:
+    """The ``rtms`` module, or an ImportError naming the extra that installs it."""
+    try:
+        import rtms
+    except ImportError as exc:
+        raise ImportError(
+            "rtms_lifecycle.zoom needs Zoom's RTMS SDK: pip install 'rtms-lifecycle[zoom]' "
+            "(a binary wheel: Linux x86_64 and arm64, macOS)"
+        ) from exc
+    return rtms
+
+
+def signature(client_id: str, client_secret: str, scope_id: str, stream_id: str) -> str:
+    """The join signature: hex HMAC-SHA256 of ``client_id,scope_id,stream_id``.
+
+    Computed here rather than by the SDK, which prefers the ``ZM_RTMS_CLIENT`` and
+    ``ZM_RTMS_SECRET`` environment variables over the credentials it is given.
+    """
+    message = f"{client_id},{scope_id},{stream_id}".encode()
+    return hmac.new(client_secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+class StreamView(Protocol):
+    """What the adapter reads of a claimed stream (``rtms_lifecycle.Stream`` has it)."""
+
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def scope_id(self) -> str | None: ...
+    @property
+    def server_url_list(self) -> list[str]: ...
+
+
+class ClaimView(Protocol):
+    """What the adapter reads of a claim."""
+
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def stream(self) -> StreamView: ...
+
+
+ClaimT = TypeVar("ClaimT", bound=ClaimView)
+
+
+class ClaimTracker(Protocol[ClaimT]):
+    """What the adapter needs of a tracker. ``renew`` raises
+    :class:`~rtms_lifecycle.exceptions.ClaimLost` once the claim is no longer the caller's."""
+
+    def renew(self, claim: ClaimT) -> ClaimT: ...
+    def release(self, claim: ClaimT, reason: str | None = None) -> object: ...
+    def report_connected(self, claim: ClaimT, at_ms: int | None = None) -> object: ...
+    def report_disconnected(
+        self, claim: ClaimT, at_ms: int | None = None, reason: int | None = None
+    ) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ZoomEnded:
+    """Why :meth:`ZoomStream.run` returned.
+
+    ``why`` is ``stopped`` (the stream ended: ``code`` is the SDK's leave reason), ``lost`` (the
+    claim was lost: ``claim_lost`` is the tracker's reason), or ``requested`` (:meth:`stop`;
+    ``code`` 20, RECEIVER_REQUEST_CLOSE, if it left a connected stream).
+    """
+
+    why: str
+    code: int | None = None
+    claim_lost: str | None = None
+
+
+_sdk_lock = threading.Lock()
+_sdk_loops: list[asyncio.AbstractEventLoop] = []
+
+
+def sdk_loop() -> asyncio.AbstractEventLoop:
+    """The process's one SDK thread, as an asyncio loop: every client lives and dies on it.
+
+    The SDK initialises its C library on the thread of the first join; a join on another
+    thread once that one had ended crashed the process (seen on loopback, in 1 run of 3).
+    """
+    with _sdk_lock:
+        if not _sdk_loops:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="rtms-sdk", daemon=True).start()
+            _sdk_loops.append(loop)
+        return _sdk_loops[0]
+
+
+def _leave(client: Any) -> None:
+    """Release ``client`` once; only on the thread that polls it (the SDK's rule)."""
+    if not getattr(client, "_rtms_lifecycle_left", False):
+        client._rtms_lifecycle_left = True
+        client.leave()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def stream_ended(reason: int) -> bool:
+    """Whether an SDK leave ``reason`` means the stream ended, rather than the connection.
+
+    Zoom's stop reasons end the stream unless its failover guide says to reconnect; other codes
+    (the SDK's own, such as 502 once the server stayed away) are connection failures.
+    """
+    described = describe_stop_reason(reason)
+    return described.category is not StopReasonCategory.UNKNOWN and not (
+        described.restart_connection
+    )
+
+
+class ZoomStream(Generic[ClaimT]):
+    """One claimed stream, joined with Zoom's RTMS SDK until it stops or the claim is lost.
+
+    Register media with the ``on_*_data`` callbacks (each is the SDK's own callback) or with
+    ``configure``, called with each new ``rtms.Client`` before it joins (media parameters,
+    participant events...). The SDK opens no media connection, and so never confirms a join,
+    without at least one media callback.
+
+    A leave for a connection failure (the SDK gives up after about 11 s of reconnecting) is
+    reported as disconnected, keeps the claim, and rejoins every ``rejoin_every`` seconds.
+    """
+
+    def __init__(
+        self,
+        tracker: ClaimTracker[ClaimT],
+        claim: ClaimT,
+        *,
+        client_id: str,
+        client_secret: str,
+        on_audio_data: MediaCallback | None = None,
+        on_transcript_data: MediaCallback | None = None,
+        on_video_data: MediaCallback | None = None,
+        on_deskshare_data: MediaCallback | None = None,
+        configure: Callable[[Any], object] | None = None,
+        renew_every: float = 10.0,
+        rejoin_every: float = 1.0,
+        poll_interval: float = 0.01,
+    ) -> None:
+        self._media = {
+            "on_audio_data": on_audio_data,
+            "on_transcript_data": on_transcript_data,
+            "on_video_data": on_video_data,
+            "on_deskshare_data": on_deskshare_data,
+        }
+        if configure is None and not any(self._media.values()):
+            raise ValueError(
+                "media: give at least one on_*_data callback or configure "
+                "(the SDK confirms no join without a media connection)"
+            )
+        if not client_id or not client_secret:
+            raise ValueError("client_id and client_secret: both are required to sign the join")
+        for name, value in (("renew_every", renew_every), ("rejoin_every", rejoin_every)):
+            if not value > 0:
+                raise ValueError(f"{name}: must be a positive number of seconds, not {value!r}")
+        self._rtms = load_sdk()
+        self._tracker = tracker
+        self._claim = claim
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._configure = configure
+        self._renew_every = renew_every
+        self._rejoin_every = rejoin_every
+        self._poll_interval = poll_interval
+        self._connected = False
+        self._stopping: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._future: Future[ZoomEnded] | None = None
+        self.ended: ZoomEnded | None = None
+
+    @property
+    def claim(self) -> ClaimT:
+        """The claim as last renewed."""
+        return self._claim
+
+    @property
+    def connected(self) -> bool:
+        """Whether media is connected (a join confirmed, no disconnection since)."""
+        return self._connected
+
+    # -- driving ------------------------------------------------------------------------
+
+    def run(self) -> ZoomEnded:
+        """Join and stay until the stream stops, the claim is lost, or :meth:`stop`."""
+        return self.start().result()
+
+    def start(self) -> ZoomStream[ClaimT]:
+        """Join on the SDK's thread and return; :meth:`join` waits for the end."""
+        Path("logs").mkdir(exist_ok=True)  # the SDK's C library logs to ./logs/, which must exist
+        self._future = asyncio.run_coroutine_threadsafe(self._run(), sdk_loop())
+        return self
+
+    def result(self, timeout: float | None = None) -> ZoomEnded:
+        """How the stream ended, once it has (waiting up to ``timeout`` seconds)."""
+        if self._future is None:
+            raise RuntimeError("not started: call start() first")
+        self.ended = self._future.result(timeout)
+        return self.ended
+
+    def stop(self) -> None:
+        """Leave and release the claim; safe from any thread."""
+        if self._future is None:
+            return
+        self._started.wait()
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stopping.set)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the end (up to ``timeout`` seconds); whether it ended."""
+        if self._future is None:
+            return self.ended is not None
+        try:
+            self.result(timeout)
+        except FutureTimeout:
+            return False
+        return True
+
+    # -- the SDK's thread ---------------------------------------------------------------
+
+    async def _run(self) -> ZoomEnded:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._started.set()
+        with ThreadPoolExecutor(1, thread_name_prefix="rtms-tracker") as calls:
+            renewing = asyncio.create_task(self._renew(calls))
+            try:
+                while True:
+                    ended = await self._session(calls, renewing)
+                    if ended is not None:
+                        return ended
+                    waiting = asyncio.create_task(self._stopping.wait())
+                    await asyncio.wait({waiting, renewing}, timeout=self._rejoin_every)
+                    waiting.cancel()
+                    if renewing.done() or self._stopping.is_set():
+                        return await self._finish(calls, renewing, None)
+            finally:
+                renewing.cancel()
+
+    async def _call(self, calls: ThreadPoolExecutor, fn: Callable[[], object]) -> object:
+        return await asyncio.get_running_loop().run_in_executor(calls, fn)
+
+    async def _renew(self, calls: ThreadPoolExecutor) -> str:
+        """Renew until the claim is lost; returns the tracker's reason."""
+        while True:
+            await asyncio.sleep(self._renew_every)
+            claim = self._claim
+            try:
+                self._claim = await asyncio.get_running_loop().run_in_executor(
+                    calls, self._tracker.renew, claim
+                )
+            except ClaimLost as lost:
+                return lost.reason
+            except Exception:  # the lease outlives a failed renewal: try again next time
+                _log.warning("renewing the claim on %s failed", claim.stream_id, exc_info=True)
+
+    async def _finish(
+        self, calls: ThreadPoolExecutor, renewing: asyncio.Task[str], code: int | None
+    ) -> ZoomEnded:
+        """Between joins: the claim was lost, or the worker asked to stop."""
+        if renewing.done():
+            return ZoomEnded("lost", claim_lost=renewing.result())
+        claim = self._claim
+        await self._call(calls, lambda: self._tracker.release(claim, reason="worker stopped"))
+        return ZoomEnded("requested", code)
+
+    async def _session(
+        self, calls: ThreadPoolExecutor, renewing: asyncio.Task[str]
+    ) -> ZoomEnded | None:
+        """One client, from join to leave; None to rejoin."""
+        assert self._stopping is not None
+        events: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        client = self._client(events)
+        sdk_loop = self._rtms.EventLoop(poll_interval=self._poll_interval)
+        sdk_loop.add(client)
+        stream = self._claim.stream
+        client.join(
+            meeting_uuid=stream.scope_id,
+            rtms_stream_id=stream.stream_id,
+            server_urls=",".join(stream.server_url_list),
+            signature=signature(
+                self._client_id, self._client_secret, stream.scope_id or "", stream.stream_id
+            ),
+        )
+        polling = asyncio.create_task(sdk_loop.run_async())
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            while True:
+                getting = asyncio.create_task(events.get())
+                done, _ = await asyncio.wait(
+                    {getting, stopping, renewing}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getting not in done:
+                    getting.cancel()
+                    _leave(client)
+                    return await self._left_by_us(calls, renewing)
+                kind, value = getting.result()
+                try:
+                    ended = await self._event(calls, client, kind, value)
+                except ClaimLost as lost:  # a report can learn it before a renewal does
+                    self._connected = False
+                    return ZoomEnded("lost", claim_lost=lost.reason)
+                if ended == "rejoin":
+                    return None
+                if ended is not None:
+                    return ended
+        finally:
+            stopping.cancel()
+            _leave(client)  # released on this thread, the SDK's, whatever happened
+            sdk_loop.stop()
+            await polling
+
+    async def _left_by_us(
+        self, calls: ThreadPoolExecutor, renewing: asyncio.Task[str]
+    ) -> ZoomEnded:
+        if renewing.done():  # the claim is someone else's now: nothing more to report
+            self._connected = False
+            return ZoomEnded("lost", claim_lost=renewing.result())
+        if not self._connected:
+            return await self._finish(calls, renewing, None)
+        self._connected = False
+        claim = self._claim
+        await self._call(
+            calls,
+            lambda: self._tracker.report_disconnected(
+                claim, at_ms=_now_ms(), reason=RECEIVER_REQUEST_CLOSE
+            ),
+        )
+        return await self._finish(calls, renewing, RECEIVER_REQUEST_CLOSE)
+
+    async def _event(
+        self, calls: ThreadPoolExecutor, client: Any, kind: str, value: int
+    ) -> ZoomEnded | Literal["rejoin"] | None:
+        """Act on one SDK event: None to keep going, ``rejoin``, or how the stream ended."""
+        claim = self._claim
+        if (kind == "joined" and value == 0) or (kind == "resumed" and not self._connected):
+            if not self._connected:
+                self._connected = True
+                at = _now_ms()
+                await self._call(calls, lambda: self._tracker.report_connected(claim, at_ms=at))
+            return None
+        if kind == "joined":  # refused: a bad signature, or no media connection in time
+            _log.warning("joining %s was refused (reason %s)", claim.stream_id, value)
+            _leave(client)
+            return "rejoin"
+        if kind == "interrupted":
+            if self._connected:
+                self._connected = False
+                await self._call(
+                    calls,
+                    lambda: self._tracker.report_disconnected(
+                        claim, at_ms=value or _now_ms(), reason=DATA_CONNECTION_INTERRUPTED
+                    ),
+                )
+            return None
+        if kind == "left":
+            _leave(client)  # the SDK keeps a client after its on_leave until released
+            if self._connected:
+                self._connected = False
+                at = _now_ms()
+                await self._call(
+                    calls,
+                    lambda: self._tracker.report_disconnected(claim, at_ms=at, reason=value),
+                )
+            if not stream_ended(value):
+                return "rejoin"
+            name = describe_stop_reason(value).name
+            await self._call(
+                calls, lambda: self._tracker.release(claim, reason=f"stream stopped: {name}")
+            )
+            return ZoomEnded("stopped", value)
+        return None
+
+    def _client(self, events: asyncio.Queue[tuple[str, int]]) -> Any:
+        """A new ``rtms.Client``: its callbacks run on this thread, inside the SDK's poll."""
+        client = self._rtms.Client()
+        client.on_join_confirm(lambda reason: events.put_nowait(("joined", int(reason))))
+        client.on_leave(lambda reason: events.put_nowait(("left", int(reason))))
+        client.on_media_connection_interrupted(
+            lambda timestamp: events.put_nowait(("interrupted", int(timestamp)))
+        )
+
+        def session_update(op: int, session: Any) -> None:
+            if op in (_SESSION_ADD, _SESSION_RESUME):
+                events.put_nowait(("resumed", op))
+
+        client.on_session_update(session_update)
+        for name, callback in self._media.items():
+            if callback is not None:
+                getattr(client, name)(callback)
+        if self._configure is not None:
+            self._configure(client)
+        return client
