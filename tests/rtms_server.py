@@ -1,6 +1,6 @@
 """A small RTMS media server on loopback, speaking what Zoom's RTMS SDK (``rtms``) expects.
 
-The protocol as the SDK 1.1.0 speaks it (docs/decisions/new-zoom-sdk.md): JSON over plain
+The protocol as the SDK 1.1.0 speaks it (docs/decisions/0092-zoom-sdk.md): JSON over plain
 ``ws://``; a signalling socket (handshake ``msg_type`` 1 -> 2, keep-alives 12 -> 13, session
 state updates 9) and one data socket per media type (handshake 3 -> 4, then frames).
 

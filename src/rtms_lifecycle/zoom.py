@@ -9,7 +9,7 @@ one from another thread trips its assertions): every :class:`ZoomStream` of the 
 one thread, :func:`sdk_loop`, an asyncio loop where ``rtms.EventLoop.run_async`` polls beside
 the coroutine that renews and leaves. Tracker calls go to one helper thread, in order, so that a
 slow database never stalls the polling. docs/workers.md shows a worker;
-docs/decisions/new-zoom-sdk.md the protocol as the SDK speaks it.
+docs/decisions/0092-zoom-sdk.md the protocol as the SDK speaks it.
 """
 
 from __future__ import annotations
