@@ -153,7 +153,11 @@ def test_cli_reference_documents_every_command() -> None:
     from rtms_lifecycle.cli.commands import cli
 
     text = (DOCS / "cli.md").read_text()
-    names = [name for name in cli.commands if name != "db"] + ["db current", "db upgrade"]
+    names = [name for name in cli.commands if name != "db"] + [
+        "db current",
+        "db history",
+        "db upgrade",
+    ]
     for name in names:
         assert f"## `rtms-lifecycle {name}`" in text
 
