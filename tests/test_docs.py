@@ -21,7 +21,12 @@ from rtms_lifecycle.machine import transition_table
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
-GENERATOR_SCRIPTS = ["gen_state_diagram", "gen_stop_reasons", "gen_decisions_index"]
+GENERATOR_SCRIPTS = [
+    "gen_state_diagram",
+    "gen_stop_reasons",
+    "gen_decisions_index",
+    "gen_endpoints",
+]
 # A Markdown link to a file of the repository (not a web page, not an anchor on the same page).
 # Pages the receiver and benchmark work add to docs/; linked from here before they land.
 _WRITTEN_ELSEWHERE = frozenset({"receiver.md", "benchmarks.md"})
