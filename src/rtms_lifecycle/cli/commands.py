@@ -424,11 +424,13 @@ def db() -> None:
     """The database schema: which migration it is at, its history, and upgrading it."""
 
 
-def _revisions(url: str) -> tuple[str | None, str]:
+def _revisions(app: App) -> tuple[str | None, str]:
+    """The database's revision and this version's newest; never creates a database."""
     from rtms_lifecycle.store import migrate as _migrate
     from rtms_lifecycle.store.engine import create_store_engine
 
-    engine = create_store_engine(url)
+    app.require_database()
+    engine = create_store_engine(app.db)
     try:
         return _migrate.current_revision(engine), _migrate.head_revision()
     finally:
@@ -442,8 +444,7 @@ def db_current(app: App, as_json: bool) -> None:
     """Show the database's migration and the one this version needs."""
     from rtms_lifecycle.store import migrate as _migrate
 
-    app.require_database()
-    current, head = _revisions(app.db)
+    current, head = _revisions(app)
     if as_json:
         emit_json({"current": current, "head": head, "up_to_date": current == head})
         return
@@ -465,8 +466,7 @@ def db_history(app: App, as_json: bool) -> None:
     """List the migrations this version ships, oldest first: applied or pending."""
     from rtms_lifecycle.store import migrate as _migrate
 
-    app.require_database()
-    current, head = _revisions(app.db)
+    current, head = _revisions(app)
     shipped = _migrate.migrations()
     known = [revision for revision, _ in shipped]
     applied = set(known[: known.index(current) + 1] if current in known else [])
