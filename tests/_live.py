@@ -72,7 +72,7 @@ def app_clients(timeout: float = 30) -> Iterator[Callable[..., httpx.Client]]:
         yield start
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -94,7 +94,7 @@ def serving_process(
     file descriptor limit. Yields the base URL once /healthz answers; the server's output goes
     to ``server.log`` in ``workdir``.
     """
-    port = _free_port()
+    port = free_port()
     code = (
         "from rtms_lifecycle.server import run; "
         f"run(host='127.0.0.1', port={port}, path={path!r}, db={db_url!r}, {options})"

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from rtms_lifecycle.webhook import SECRET_ENV
-from tests._live import SECRET, START_TIMEOUT_S, _free_port
+from tests._live import SECRET, START_TIMEOUT_S, free_port
 
 ENTRY_POINT = Path(sys.executable).with_name("rtms-lifecycle")
 # Settings a developer's shell could carry into the server under test.
@@ -41,9 +41,11 @@ def _environment(env: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def _running(
-    argv: Sequence[str], port: int, workdir: Path, env: Mapping[str, str]
+def running(
+    argv: Sequence[str], port: int, workdir: Path, env: Mapping[str, str], probe: str = "/healthz"
 ) -> Iterator[Served]:
+    """``argv`` in its own process (stdout and stderr to a log), until ``probe`` answers 2xx on
+    127.0.0.1:``port``; terminated afterwards."""
     url = f"http://127.0.0.1:{port}"
     log = workdir / f"server-{port}.log"
     with log.open("wb") as sink:
@@ -54,7 +56,7 @@ def _running(
             deadline = time.monotonic() + START_TIMEOUT_S
             while True:
                 try:
-                    httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+                    httpx.get(f"{url}{probe}", timeout=1).raise_for_status()
                     break
                 except httpx.HTTPError:
                     if process.poll() is not None or time.monotonic() > deadline:
@@ -73,9 +75,9 @@ def serve_command(
     db_url: str, workdir: Path, *options: str, env: Mapping[str, str] | None = None
 ) -> Iterator[Served]:
     """``rtms-lifecycle --db DB serve --port P OPTIONS``, until it answers /healthz."""
-    port = _free_port()
+    port = free_port()
     argv = [str(ENTRY_POINT), "--db", db_url, "serve", "--port", str(port), *options]
-    with _running(argv, port, workdir, env or {}) as served:
+    with running(argv, port, workdir, env or {}) as served:
         yield served
 
 
@@ -84,7 +86,7 @@ def uvicorn_workers(
     db_url: str, workdir: Path, workers: int, env: Mapping[str, str] | None = None
 ) -> Iterator[Served]:
     """``uvicorn --factory rtms_lifecycle.server:create_app --workers N``, configured by env."""
-    port = _free_port()
+    port = free_port()
     argv = [
         sys.executable,
         "-m",
@@ -98,5 +100,5 @@ def uvicorn_workers(
         "--workers",
         str(workers),
     ]
-    with _running(argv, port, workdir, {"RTMS_LIFECYCLE_DB": db_url, **(env or {})}) as served:
+    with running(argv, port, workdir, {"RTMS_LIFECYCLE_DB": db_url, **(env or {})}) as served:
         yield served

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import GeneratorType
 from typing import Any
 
+import click
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
@@ -797,3 +798,108 @@ def test_stats_unhandled_lists_unknown_event_names(db_url: str) -> None:
     table = invoke(db_url, "stats", "--unhandled")
     assert "meeting.rtms.started" in table.stdout
     assert invoke(db_url, "stats", "--unhandled", "--by-scope").exit_code == 2
+
+
+# --- what an operator meets in the first week -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--since", "2025-03-12", "--until", "2025-03-10"],
+        ["--since", "2025-03-12", "--until", "2025-03-12"],
+        ["--interruptions", "--since", "2025-03-12", "--until", "2025-03-10"],
+        ["--unhandled", "--since", "2025-03-12", "--until", "2025-03-10"],
+    ],
+    ids=" ".join,
+)
+def test_a_backwards_window_is_refused(scenario_db: str, options: list[str]) -> None:
+    """`stats --since` after `--until`: exit 2, saying why, rather than an empty table."""
+    result = invoke(scenario_db, "stats", *options)
+    assert result.exit_code == 2
+    assert "'--until' 2025-03-1" in result.stderr
+    assert "is not after '--since' 2025-03-12T00:00:00Z: the window is empty" in result.stderr
+    assert result.stdout == ""
+
+
+def test_prunes_without_any_says_how_to_start_one(scenario_db: str) -> None:
+    """`prunes` on a database never pruned explains, as `subscriptions` does; --json is []."""
+    result = invoke(scenario_db, "prunes")
+    assert result.exit_code == 0
+    assert "No prunes yet: `rtms-lifecycle prune --older-than 90d`" in result.stdout
+    assert invoke_json(scenario_db, "prunes") == []
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "help_text"),
+    [
+        (["follow"], "--json", "instead of a line of text"),
+        (["demo"], "--top", "How many of the active streams"),
+        (["serve"], "--port", "TCP port to listen on"),
+    ],
+)
+def test_every_option_has_help(command: list[str], option: str, help_text: str) -> None:
+    """`--help` explains each option, in words that match what it does."""
+    result = CliRunner().invoke(cli, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith(option))
+    assert help_text in line
+    assert "instead of a table" not in line
+
+
+def test_every_command_s_options_have_help() -> None:
+    """No option of any command is left without a help text."""
+
+    def commands(group: Any) -> Iterable[Any]:
+        for each in group.commands.values():
+            yield each
+            if hasattr(each, "commands"):
+                yield from commands(each)
+
+    bare = [
+        f"{each.name} {param.opts[0]}"
+        for each in commands(cli)
+        for param in each.params
+        if isinstance(param, click.Option) and not param.help and not param.hidden
+    ]
+    assert bare == []
+
+
+def test_db_history_lists_applied_and_pending_migrations(db_url: str) -> None:
+    """`db history` after `db current`'s revisions: every migration shipped, applied or not."""
+    shipped = _migrate.migrations()
+    assert [revision for revision, _ in shipped][-1] == _migrate.head_revision()
+    old = downgrade_one_revision(db_url)
+    found = invoke_json(db_url, "db", "history")
+    assert found["current"] == old
+    assert [m["revision"] for m in found["migrations"]] == [r for r, _ in shipped]
+    assert [m["applied"] for m in found["migrations"]] == [True] * (len(shipped) - 1) + [False]
+    assert all(m["title"] for m in found["migrations"])
+    shown = invoke(db_url, "db", "history")
+    assert shown.exit_code == 0
+    assert f"→ {old}  applied" in shown.stdout
+    assert "1 migration pending: run `rtms-lifecycle db upgrade`." in shown.stdout
+    invoke_json(db_url, "db", "upgrade")
+    assert invoke(db_url, "db", "history").stdout.rstrip().endswith("Up to date.")
+
+
+def test_db_history_of_a_missing_file_creates_nothing(tmp_path: Path) -> None:
+    """Like `db current`, reading the history never creates a database."""
+    result = invoke(f"sqlite:///{tmp_path}/missing.db", "db", "history")
+    assert result.exit_code == 3  # unavailable, as `db current` says (docs/cli.md)
+    assert "no database at" in result.stderr
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_shell_completion_script_is_printed() -> None:
+    """docs/cli.md's completion line prints a bash completion script."""
+    result = subprocess.run(
+        [str(ENTRY_POINT)],
+        env={**os.environ, "_RTMS_LIFECYCLE_COMPLETE": "bash_source"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "complete -o nosort -F _rtms_lifecycle_completion rtms-lifecycle" in result.stdout

@@ -67,6 +67,29 @@ def test_the_timeline_colours_interruptions_and_late_events(sqlite_url: str) -> 
     assert [marks.plain[s.start : s.end] for s in late] == ["I"]
 
 
+def test_piped_timeline_tells_interrupted_from_flowing(sqlite_url: str) -> None:
+    """Without colours (a pipe), flowing and interrupted time are two different glyphs."""
+    with Tracker(sqlite_url) as tracker:
+        record(tracker)
+    after = invoke(sqlite_url, "stream", "s1").output.split("History (event time)")[1]
+    bar = next(line for line in after.splitlines() if line.startswith("█"))
+    assert re.fullmatch(r"█+▒+█+", bar.rstrip())
+    assert "█ media flowing  ▒ interrupted" in after
+
+
+def test_a_live_stream_s_timeline_runs_to_now_however_old(sqlite_url: str) -> None:
+    """A live stream whose last event is days old is drawn to now, not as a zero-length bar."""
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(body("started", "old", T0))
+    result = invoke(sqlite_url, "stream", "old")
+    assert result.exit_code == 0
+    after = result.output.split("History (event time)")[1]
+    title = next(line for line in after.splitlines() if line.startswith("Timeline"))
+    assert not title.endswith(format_time(T0))
+    bar = next(line for line in after.splitlines() if line.startswith("█"))
+    assert bar.rstrip() == "█" * 64
+
+
 def test_stats_chart_draws_a_bar_per_reason_with_the_counts(sqlite_url: str) -> None:
     """``stats --chart`` adds a bar per reason, longest for the most frequent, with its count."""
     with Tracker(sqlite_url) as tracker:

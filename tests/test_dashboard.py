@@ -367,6 +367,29 @@ def test_the_stream_page_lists_every_transition_and_marks_the_late_one(
     assert re.search(rf'data-transition-id="{late[0].id}" data-name="\w+" data-late="true"', page)
 
 
+def test_the_stream_page_counts_in_the_singular_for_one(
+    site: str, recorded: tuple[Tracker, dict[str, str]], signed_in: Callable[[str], httpx.Client]
+) -> None:
+    """One interruption is "1 interruption", not "1 interruptions"."""
+    _, ids = recorded
+    page = signed_in(site).get(f"/dashboard/streams/{ids['abnormal']}").text
+    assert "<dd>1 interruption, 0 resumes, 0 failovers</dd>" in page
+
+
+def test_a_live_stream_s_timeline_runs_to_now_however_old(sqlite_url: str) -> None:
+    """A live stream whose last event is days old fills the timeline to now, not a grey sliver."""
+    from rtms_lifecycle.receiver.dashboard.charts import timeline
+
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(body("started", "old-live", now_ms() - 72 * HOUR_MS))
+        stream, history = tracker.stream("old-live"), tracker.history("old-live")
+    assert stream is not None
+    svg = str(timeline(stream, history, now_ms()))
+    track = float(re.findall(r'<rect class="track" x="[\d.]+" y="\d+" width="([\d.]+)"', svg)[0])
+    (live,) = re.findall(r'<rect class="state-live" x="[\d.]+" y="\d+" width="([\d.]+)"', svg)
+    assert float(live) == pytest.approx(track, abs=1)
+
+
 def test_pages_write_a_missing_value_as_the_command_line_does(
     site: str, recorded: tuple[Tracker, dict[str, str]], signed_in: Callable[[str], httpx.Client]
 ) -> None:

@@ -185,3 +185,34 @@ def test_without_signing_in_the_browser_sees_only_the_form(
     assert "not the API token" in page.inner_text(".error")
     assert "/dashboard/login" in page.url
     assert not [value for value in secrets if value in page.content()]
+
+
+def test_the_default_window_shows_the_demo_day(page: Any, site: str) -> None:
+    """The demo's day ends now: the default 24-hour window has stopped streams to show."""
+    sign_in(page, site)
+    page.wait_for_selector("#stop-reasons svg .bar")
+    assert "No stream stopped in" not in page.inner_text("body")
+
+
+def test_the_api_docs_render_with_the_network_blocked(page: Any, site: str, shots: Path) -> None:
+    """/docs loads Swagger UI from the package: with every other host refused, it still shows
+    each endpoint of the schema."""
+    refused: list[str] = []
+
+    def only_the_site(route: Any) -> None:
+        if route.request.url.startswith(site):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_site)
+    page.goto(site + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
+    page.screenshot(path=str(shots / "api-docs.png"), full_page=True)
+    paths = page.eval_on_selector_all(
+        ".opblock-summary-path", "spans => spans.map(s => s.dataset.path)"
+    )
+    assert {"/webhook", "/streams", "/streams/{stream_id}", "/stats/stop-reasons"} <= set(paths)
+    assert refused == []
+    assert page.console_errors == []

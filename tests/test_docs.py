@@ -21,7 +21,12 @@ from rtms_lifecycle.machine import transition_table
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
-GENERATOR_SCRIPTS = ["gen_state_diagram", "gen_stop_reasons", "gen_decisions_index"]
+GENERATOR_SCRIPTS = [
+    "gen_state_diagram",
+    "gen_stop_reasons",
+    "gen_decisions_index",
+    "gen_endpoints",
+]
 # A Markdown link to a file of the repository (not a web page, not an anchor on the same page).
 # Pages the receiver and benchmark work add to docs/; linked from here before they land.
 _WRITTEN_ELSEWHERE = frozenset({"receiver.md", "benchmarks.md"})
@@ -153,7 +158,11 @@ def test_cli_reference_documents_every_command() -> None:
     from rtms_lifecycle.cli.commands import cli
 
     text = (DOCS / "cli.md").read_text()
-    names = [name for name in cli.commands if name != "db"] + ["db current", "db upgrade"]
+    names = [name for name in cli.commands if name != "db"] + [
+        "db current",
+        "db history",
+        "db upgrade",
+    ]
     for name in names:
         assert f"## `rtms-lifecycle {name}`" in text
 
@@ -205,3 +214,34 @@ def test_embedding_example_runs(
     with Tracker(sqlite_url) as tracker:
         (status,) = tracker.subscriptions()
     assert (status.consumer, status.delivered, status.lag) == ("publisher", 3, 0)
+
+
+def test_embedding_example_logs_under_uvicorn_as_written(tmp_path: Path) -> None:
+    """`uvicorn app:app` on docs/embedding.md's app.py, as a process on loopback: its INFO line
+    for each published transition and its abnormal-stop warning reach stderr."""
+    pytest.importorskip("fastapi", reason="the example needs the 'server' extra")
+    import httpx
+
+    from tests._live import SECRET, free_port, signed
+    from tests._served import running
+
+    (code,) = [b for b in python_blocks(DOCS / "embedding.md") if "FastAPI(lifespan" in b]
+    (tmp_path / "app.py").write_text(code, encoding="utf-8")
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
+    env = {"RTMS_LIFECYCLE_DB": f"sqlite:///{tmp_path}/app.db", "PYTHONPATH": str(tmp_path)}
+    with running(argv, port, tmp_path, env, probe="/live") as served:
+        for event, ts, extra in [("started", 1_000, {}), ("stopped", 2_000, {"stop_reason": 11})]:
+            payload = {"rtms_stream_id": "s1", "meeting_uuid": "m1", "server_urls": "wss://a"}
+            raw = json.dumps(
+                {"event": f"meeting.rtms_{event}", "event_ts": ts, "payload": payload | extra}
+            ).encode()
+            answer = httpx.post(
+                f"{served.url}/zoom/webhook", content=raw, headers=signed(raw, SECRET)
+            )
+            assert answer.json()["outcome"] == "applied"
+        deadline = time.monotonic() + 10
+        while sum("INFO:     app: transition" in line for line in served.lines()) < 2:
+            assert time.monotonic() < deadline, "\n".join(served.lines())
+            time.sleep(0.05)
+        assert any("WARNING:     app: stream s1 died:" in line for line in served.lines())

@@ -193,6 +193,9 @@ def test_forward_posts_signed_transitions_retrying_failures(db: str, secret: str
     assert sorted(p["data"]["id"] for p in receiver.received.values()) == [1, 2, 3, 4]
     assert first_id == f"hooks:{receiver.attempts[0][1]}"
     assert {p["type"] for p in receiver.received.values()} == {"rtms_lifecycle.transition"}
+    assert f"Forwarded 4 transitions to {base}/hook as 'hooks'; 2 retries, 0 parked." in (
+        result.stdout
+    )
 
 
 def test_forward_counts_a_timeout_as_a_failure(db: str, secret: str) -> None:
@@ -212,6 +215,8 @@ def test_forward_parks_then_retry_requeues(db: str, secret: str) -> None:
         result = forward(db, f"{base}/hook", "--from-start", "--max-attempts", "2")
         assert result.exit_code == 0, result.output
         assert len(receiver.received) == 3
+        assert "Forwarded 3 transitions" in result.stdout
+        assert "1 retry, 1 parked. `rtms-lifecycle subscriptions` lists them" in result.stdout
         (status,) = json.loads(invoke(db, "subscriptions", "--json").output)
         assert (status["consumer"], status["parked"], status["lag"]) == ("hooks", 1, 0)
         assert status["last_error"] == f"ForwardFailed: POST {base}/hook: HTTP 503"

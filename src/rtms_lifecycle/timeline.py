@@ -23,17 +23,15 @@ _AFTER: Final = {
     TransitionName.STOP: None,
 }
 
-# A live stream's timeline runs to now, unless its last event is older than this: a stream whose
-# stopped webhook never came would otherwise be squeezed into a sliver at the left.
-_RECENT_MS: Final = 86_400_000
-
 
 def timeline_span(stream: Stream, history: Sequence[Transition], now_ms: int) -> tuple[int, int]:
     """First and last instant (epoch ms) of the stream's timeline: its first transition to its
-    stop, or to now while it is live and recent. ``history`` is in event-time order."""
+    stop, or to now while it is live, however long ago its last event was (a stream whose stopped
+    webhook never came shows as live to now, until ``expire`` closes it). ``history`` is in
+    event-time order."""
     first = history[0].event_ts if history else now_ms
     last = max((t.event_ts for t in history), default=now_ms)
-    if stream.state is State.STOPPED or now_ms - last > _RECENT_MS:
+    if stream.state is State.STOPPED:
         return first, last
     return first, max(now_ms, last)
 

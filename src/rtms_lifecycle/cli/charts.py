@@ -32,9 +32,10 @@ def timeline_bar(
     *,
     width: int = 64,
 ) -> Group:
-    """One row per column of time: green while media flows, yellow while interrupted; under it a
-    letter per transition (S start, I interrupt, R resume, F failover, X stop; red: arrived
-    late; ``*``: several in one column). ``label`` writes the first and last instants."""
+    """One row per column of time: green ``█`` while media flows, yellow ``▒`` while interrupted
+    (two glyphs: output without colours tells them apart); under it a letter per transition
+    (S start, I interrupt, R resume, F failover, X stop; red: arrived late; ``*``: several in one
+    column). ``label`` writes the first and last instants."""
     first, end = timeline_span(stream, history, now_ms)
     span = max(end - first, 1)
     # Each column shows the states the stream went through in its slice of time: interrupted
@@ -45,7 +46,7 @@ def timeline_bar(
         lo, hi = first + span * column // width, first + span * (column + 1) // width
         seen = {doing for a, b, doing in spans if a < hi and b > lo}
         if INTERRUPTED in seen:
-            bar.append("█", style="yellow")
+            bar.append("▒", style="yellow")
         elif FLOWING in seen:
             bar.append("█", style="green")
         else:
@@ -63,7 +64,7 @@ def timeline_bar(
         bar,
         mark_row,
         Text(
-            "█ media flowing  █ interrupted  S start  I interrupt  R resume  F failover  X stop"
+            "█ media flowing  ▒ interrupted  S start  I interrupt  R resume  F failover  X stop"
             "  (red: arrived late)",
             style="dim",
         ),

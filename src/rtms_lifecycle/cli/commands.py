@@ -27,6 +27,7 @@ from rtms_lifecycle.cli.params import (
     ACCOUNT_OPTION,
     JSON_OPTION,
     TEXT,
+    check_window,
     parse_duration,
     parse_time,
     parsed_by,
@@ -259,6 +260,7 @@ def stats(
     from rtms_lifecycle.cli.charts import stop_reason_bars
     from rtms_lifecycle.events import Scope
 
+    check_window(since, until)
     if chart and interruptions:
         raise click.UsageError(
             "'--chart' draws stop reasons: it does not go with '--interruptions'"
@@ -419,7 +421,7 @@ def prunes(app: App, limit: int | None, as_json: bool) -> None:
 
 @cli.group()
 def db() -> None:
-    """The database schema: which migration it is at, and upgrading it."""
+    """The database schema: which migration it is at, its history, and upgrading it."""
 
 
 @db.command("current")
@@ -443,6 +445,47 @@ def db_current(app: App, as_json: bool) -> None:
     else:
         verdict = "outdated: run `rtms-lifecycle db upgrade`"
     app.out.print(f"current: {current or DASH}\nhead:    {head}\n{verdict}", markup=False)
+
+
+@db.command("history")
+@JSON_OPTION
+@pass_app
+def db_history(app: App, as_json: bool) -> None:
+    """List the migrations this version ships, oldest first: applied or pending."""
+    from rtms_lifecycle.store import migrate as _migrate
+
+    app.require_database()
+    current, head = _migrate.revisions(app.db)
+    shipped = _migrate.migrations()
+    known = [revision for revision, _ in shipped]
+    applied = set(known[: known.index(current) + 1] if current in known else [])
+    if current is not None and current not in known:
+        applied = set(known)  # a newer version migrated it past everything shipped here
+    if as_json:
+        emit_json(
+            {
+                "current": current,
+                "head": head,
+                "migrations": [
+                    {"revision": revision, "title": title, "applied": revision in applied}
+                    for revision, title in shipped
+                ],
+            }
+        )
+        return
+    lines = [
+        f"{'→' if revision == current else ' '} {revision}  "
+        f"{'applied' if revision in applied else 'pending'}  {title}"
+        for revision, title in shipped
+    ]
+    if current is not None and current not in known:
+        lines.append(f"→ {current}  applied  (written by a newer rtms-lifecycle: upgrade it)")
+    pending = len(known) - len(applied)
+    if pending:
+        lines.append(f"{plural(pending, 'migration')} pending: run `rtms-lifecycle db upgrade`.")
+    else:
+        lines.append("Up to date.")
+    app.out.print("\n".join(lines), markup=False)
 
 
 @db.command("upgrade")

@@ -58,7 +58,12 @@ def _run_consumer(
 
 @click.command()
 @_CONSUMER_ARGUMENT
-@JSON_OPTION
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object a line (docs/cli.md) instead of a line of text.",
+)
 @_FROM_START_OPTION
 @_IDLE_EXIT_OPTION
 @pass_app
@@ -154,11 +159,12 @@ def forward(
     forwarder = _forward.Forwarder(
         consumer, url, _forward.check_secret(secret, f"${secret_env}"), timeout=timeout
     )
+    tally = _Tally(forwarder, max_attempts)
     try:
         _run_consumer(
             app,
             consumer,
-            forwarder,
+            tally,
             idle_exit,
             from_start=from_start,
             max_attempts=max_attempts,
@@ -166,6 +172,35 @@ def forward(
         )
     finally:
         forwarder.close()
+    app.out.print(tally.summary(consumer, url), markup=False)
+
+
+class _Tally:
+    """Counts what a callback delivered, retried and parked (after ``max_attempts`` failures)."""
+
+    def __init__(self, callback: Callable[[Transition, Stream], object], max_attempts: int):
+        self._callback, self._max_attempts = callback, max_attempts
+        self.delivered = 0
+        self._failures: dict[int, int] = {}
+
+    def __call__(self, transition: Transition, stream: Stream) -> None:
+        try:
+            self._callback(transition, stream)
+        except Exception:
+            self._failures[transition.id] = self._failures.get(transition.id, 0) + 1
+            raise
+        self.delivered += 1
+
+    def summary(self, consumer: str, url: str) -> str:
+        parked = sum(count // self._max_attempts for count in self._failures.values())
+        retried = sum(self._failures.values()) - parked
+        text = (
+            f"Forwarded {plural(self.delivered, 'transition')} to {url} as {consumer!r}; "
+            f"{plural(retried, 'retry', 'retries')}, {parked} parked."
+        )
+        if parked:
+            text += " `rtms-lifecycle subscriptions` lists them; `subscriptions retry` re-queues."
+        return text
 
 
 @click.group(cls=Group, invoke_without_command=True)

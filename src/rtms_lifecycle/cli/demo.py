@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+import json
+import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from importlib.resources import files
-from typing import IO, TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final
 
 import click
 
@@ -26,15 +31,76 @@ if TYPE_CHECKING:
     from rtms_lifecycle.records import Stream, Transition
     from rtms_lifecycle.tracker import IngestSummary, Tracker
 
-__all__ = ["DEMO_RESOURCE", "demo"]
+__all__ = ["DEMO_RESOURCE", "DemoDay", "demo", "demo_day"]
 
 DEMO_RESOURCE: Final = "data/demo_day.jsonl.gz"
+# Every line of the bundled day has one, a plain integer (tests/test_demo.py checks it).
+_EVENT_TS: Final = re.compile(rb'"event_ts":(\d+)')
 
 
-@contextmanager
-def _demo_file() -> Iterator[IO[bytes]]:
-    with files("rtms_lifecycle").joinpath(DEMO_RESOURCE).open("rb") as raw:
-        yield raw
+@dataclass(frozen=True)
+class DemoDay:
+    """The bundled day as it is stored in the package."""
+
+    lines: list[bytes]
+    stream_ids: frozenset[str]
+    #: The first line's stream and its event time: where an earlier replay put the day.
+    anchor_id: str
+    anchor_ts: int
+    #: The day's last event time.
+    end_ts: int
+
+    def shifted(self, offset_ms: int) -> bytes:
+        """The day's JSON Lines with every ``event_ts`` moved by ``offset_ms``, nothing else."""
+
+        def move(match: re.Match[bytes]) -> bytes:
+            return b'"event_ts":%d' % (int(match[1]) + offset_ms)
+
+        return b"".join(_EVENT_TS.sub(move, line, count=1) for line in self.lines)
+
+
+@cache
+def demo_day() -> DemoDay:
+    """The bundled day, read once."""
+    raw = files("rtms_lifecycle").joinpath(DEMO_RESOURCE).read_bytes()
+    lines = gzip.decompress(raw).splitlines(keepends=True)
+    ids: set[str] = set()
+    for line in lines:
+        try:
+            stream_id = json.loads(line)["payload"]["rtms_stream_id"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(stream_id, str):
+            ids.add(stream_id)
+    first = json.loads(lines[0])
+    stamps = [int(found[1]) for line in lines if (found := _EVENT_TS.search(line))]
+    return DemoDay(
+        lines=lines,
+        stream_ids=frozenset(ids),
+        anchor_id=first["payload"]["rtms_stream_id"],
+        anchor_ts=first["event_ts"],
+        end_ts=max(stamps),
+    )
+
+
+def _held_by_the_demo(tracker: Tracker, day: DemoDay) -> bool | None:
+    """None for an empty database; whether every stream it holds is one of the demo's."""
+    held = tracker.count_streams()
+    if not held:
+        return None
+    if held > len(day.stream_ids):
+        return False
+    return all(stream.stream_id in day.stream_ids for stream in tracker.streams())
+
+
+def _offset(tracker: Tracker, day: DemoDay) -> int:
+    """How far to move the day: where an earlier replay put it, else so that it ends now."""
+    from rtms_lifecycle.clock import now_ms
+
+    earlier = tracker.stream(day.anchor_id)
+    if earlier is not None and earlier.started_at is not None:
+        return earlier.started_at - day.anchor_ts
+    return now_ms() - day.end_ts
 
 
 def _count_transitions(tracker: Tracker) -> Callable[[], int]:
@@ -87,31 +153,52 @@ def _eventfulness(stream: Stream) -> tuple[int, int]:
 
 
 @click.command()
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="How many of the active streams (the most recent) to list.",
+)
 @click.option(
     "--force", is_flag=True, help="Replay even into a database that already holds streams."
 )
 @pass_app
 def demo(app: App, top: int, force: bool) -> None:
-    """Replay a bundled day of RTMS webhooks, then show what the record tells.
+    """Replay a bundled day of RTMS webhooks, ending now, then show what the record tells.
 
-    Refuses a database that already holds streams (the fake ones could not be told apart or
+    A database that holds only the demo's streams gets the same day again (nothing changes).
+    Refuses a database that holds other streams (the fake ones could not be told apart or
     removed) unless --force.
     """
+    from rtms_lifecycle.clock import format_time
     from rtms_lifecycle.machine import ACTIVE_STATES, State
 
     tracker = app.tracker()
-    held = len(tracker.streams(limit=1))
-    if held and not force:
+    day = demo_day()
+    ours = _held_by_the_demo(tracker, day)
+    if ours is False and not force:
         raise BadInput(
-            f"{app.shown_db} already holds streams: the demo would mix a day of made-up streams "
-            "into them, for good. Give the demo its own database (`--db demo.db`), or '--force'"
+            f"{app.shown_db} already holds streams other than the demo's: the demo would mix a "
+            "day of made-up streams into them, for good. Give the demo its own database "
+            "(`--db demo.db`), or '--force'"
+        )
+    offset = _offset(tracker, day)
+    if ours:
+        app.out.print(
+            f"{app.shown_db} holds only the demo's streams, from an earlier run: replaying the "
+            f"same day again (it ended {format_time(day.end_ts + offset)}). For a day that ends "
+            "now, give the demo a new database.",
+            markup=False,
         )
     transitions = _count_transitions(tracker)
-    app.out.print(f"Replaying a day of Zoom RTMS webhooks into {app.shown_db} ...", markup=False)
+    app.out.print(
+        f"Replaying a day of Zoom RTMS webhooks, moved to end {format_time(day.end_ts + offset)}, "
+        f"into {app.shown_db} ...",
+        markup=False,
+    )
     started = time.perf_counter()
-    with _demo_file() as raw:
-        summary, reading = replay(app.err, tracker, raw, DEFAULT_BATCH_SIZE)
+    summary, reading = replay(app.err, tracker, io.BytesIO(day.shifted(offset)), DEFAULT_BATCH_SIZE)
     report_ingest(app.out, summary, time.perf_counter() - started)
     reading.check(summary.total)
     app.out.print(_demo_verdict(summary, transitions()), markup=False)

@@ -11,12 +11,14 @@ from typing import Any, Final
 import click
 
 from rtms_lifecycle.bounds import MAX_DURATION, MAX_EPOCH_MS, MIN_EPOCH_MS
+from rtms_lifecycle.clock import format_time
 
 __all__ = [
     "ACCOUNT_OPTION",
     "JSON_OPTION",
     "TEXT",
     "Seconds",
+    "check_window",
     "parse_duration",
     "parse_time",
     "parsed_by",
@@ -54,6 +56,15 @@ def _in_time_range(ms: int, text: str) -> int:
     if not MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
         raise ValueError(f"{text} is out of range: times go from year 1 to year 9999")
     return ms
+
+
+def check_window(since: int | None, until: int | None) -> None:
+    """Refuse a window that ends where or before it begins: it could only ever be empty."""
+    if since is not None and until is not None and until <= since:
+        raise click.UsageError(
+            f"'--until' {format_time(until)} is not after '--since' {format_time(since)}: "
+            "the window is empty (swap them?)"
+        )
 
 
 def parse_duration(text: str) -> timedelta:

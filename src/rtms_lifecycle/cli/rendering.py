@@ -476,7 +476,14 @@ def prune_table(result: PruneResult) -> Table:
     return table
 
 
-def prunes_table(found: Sequence[PruneRecord]) -> Table:
+def prunes_table(found: Sequence[PruneRecord]) -> Table | Text:
+    from rich.text import Text
+
+    if not found:
+        return Text(
+            "No prunes yet: `rtms-lifecycle prune --older-than 90d` removes old stopped streams "
+            "(`--dry-run` first counts what it would remove)."
+        )
     table = _table(
         "Prunes (newest first)",
         "Started (UTC)",

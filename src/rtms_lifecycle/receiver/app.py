@@ -35,6 +35,7 @@ try:
     from fastapi.responses import JSONResponse, Response
     from fastapi.routing import APIRoute
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from fastapi_offline import FastAPIOffline
     from starlette.requests import ClientDisconnect
 
     from rtms_lifecycle.receiver import metrics as _metrics
@@ -652,7 +653,8 @@ def create_app(
         if owned:
             tracker.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the package: /docs works on a machine without internet.
+    app = FastAPIOffline(
         title="rtms-lifecycle receiver",
         summary="Records Zoom RTMS webhooks into a queryable stream lifecycle.",
         lifespan=lifespan,

@@ -79,6 +79,23 @@ def head_revision() -> str:
     return head
 
 
+def migrations() -> list[tuple[str, str]]:
+    """Each migration this version ships, oldest first: its revision and the first line of its
+    docstring."""
+    folder = _PACKAGED if (_PACKAGED / "env.py").is_file() else _SOURCE
+    titles = {}
+    for path in (folder / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        found = dict(_REVISION_LINE.findall(text))
+        if "revision" in found:
+            (revision,) = _QUOTED.findall(found["revision"])
+            titles[revision] = text.lstrip().removeprefix('"""').partition("\n")[0].strip()
+    revisions, order = _revisions(), [head_revision()]
+    while downs := revisions[order[-1]]:
+        order.append(downs[0])
+    return [(revision, titles[revision]) for revision in reversed(order)]
+
+
 def is_known(revision: str) -> bool:
     """Whether this version ships ``revision``; an unknown one was written by a newer version."""
     return revision in _revisions()
