@@ -52,6 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from rtms_lifecycle.async_tracker import AsyncTracker
 from rtms_lifecycle.bounds import MAX_COUNT, MAX_EPOCH_MS, MAX_WAIT_SECONDS, MIN_EPOCH_MS
+from rtms_lifecycle.defaults import DEFAULT_MAX_EVENT_AHEAD
 from rtms_lifecycle.events import Scope, UrlValidation
 from rtms_lifecycle.exceptions import ConfigurationError, StoreError, StoreTimeout, WebhookRefused
 from rtms_lifecycle.machine import ACTIVE_STATES, State
@@ -678,6 +679,7 @@ def create_app(
     metrics: bool = True,
     store_timeout: float = DEFAULT_STORE_TIMEOUT,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
 ) -> FastAPI:
     """The receiver: ``POST {path}``, ``GET /healthz``, ``GET /metrics`` and, with a token, the
     read API.
@@ -690,7 +692,8 @@ def create_app(
     read API exists only when one is set, and then guards ``/metrics`` too. ``metrics``:
     whether to serve ``/metrics`` (Prometheus' text format; docs/operations.md).
     ``store_timeout``: seconds a delivery may take to commit before it is answered 503 (Zoom
-    waits 3 s); ``/healthz`` uses the same budget.
+    waits 3 s); ``/healthz`` uses the same budget. ``max_event_ahead``: seconds a delivery's
+    ``event_ts`` may be ahead of this clock before it is rejected (a given Tracker keeps its own).
     """
     # Verify the configuration before touching a database: a misconfigured receiver should
     # fail without creating anything.
@@ -703,7 +706,11 @@ def create_app(
     throttle_tracebacks()
     registry = _metrics.new_registry() if metrics else None
     owned = not isinstance(db, Tracker)
-    tracker = db if isinstance(db, Tracker) else Tracker(db or os.environ.get(DB_ENV) or None)
+    tracker = (
+        db
+        if isinstance(db, Tracker)
+        else Tracker(db or os.environ.get(DB_ENV) or None, max_event_ahead=max_event_ahead)
+    )
     if registry is not None:
         _metrics.add_store_gauges(registry, tracker)
 
@@ -871,6 +878,7 @@ def run(
     limit_concurrency: int | None = None,
     backlog: int | None = None,
     replay_window: float = DEFAULT_REPLAY_WINDOW,
+    max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
 ) -> None:
     """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
 
@@ -898,6 +906,7 @@ def run(
         store_timeout=store_timeout,
         request_timeout=request_timeout,
         replay_window=replay_window,
+        max_event_ahead=max_event_ahead,
     )
     # The access log shows method, path and status only: never a header, so never a signature.
     uvicorn.run(
