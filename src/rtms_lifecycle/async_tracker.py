@@ -27,9 +27,9 @@ from sqlalchemy import Engine
 from rtms_lifecycle import subscriptions as _subs
 from rtms_lifecycle.async_subscriptions import AsyncSubscriptionRunner
 from rtms_lifecycle.defaults import (
-    DEFAULT_MAX_EVENT_AHEAD,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_EVENT_AHEAD,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
 )

@@ -16,10 +16,10 @@ from rtms_lifecycle.bodies import to_raw
 from rtms_lifecycle.bounds import arrival_time_problem
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.defaults import (
-    DEFAULT_MAX_EVENT_AHEAD,
     DEFAULT_BATCH_SIZE,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_EVENT_AHEAD,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
     MAX_BATCH_SIZE,

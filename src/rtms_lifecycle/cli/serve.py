@@ -95,6 +95,14 @@ __all__ = ["serve"]
     metavar="SECONDS",
     help="Reject a delivery whose event_ts is further ahead of this clock (docs/receiver.md).",
 )
+@click.option(
+    "--dashboard-idle",
+    type=Seconds(min=1, max=7 * 24 * 3600),
+    default=1800.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A dashboard session unused this long ends (docs/dashboard.md).",
+)
 @pass_app
 def serve(
     app: App,
@@ -111,6 +119,7 @@ def serve(
     metrics: bool,
     replay_window: float,
     max_event_ahead: float,
+    dashboard_idle: float,
 ) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:
@@ -132,4 +141,5 @@ def serve(
         backlog=backlog,
         replay_window=replay_window,
         max_event_ahead=max_event_ahead,
+        dashboard_idle=dashboard_idle,
     )

@@ -40,6 +40,7 @@ try:
 
     from rtms_lifecycle.receiver import metrics as _metrics
     from rtms_lifecycle.receiver.dashboard import create_dashboard_router
+    from rtms_lifecycle.receiver.dashboard.auth import DEFAULT_IDLE_SECONDS
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         f"rtms_lifecycle.server needs FastAPI and uvicorn ({exc.name} is missing): "
@@ -60,6 +61,7 @@ from rtms_lifecycle.machine import ACTIVE_STATES, State
 # From _parsing, not events: the receiver builds the delivery models as it starts, not while it
 # answers Zoom's first delivery.
 from rtms_lifecycle.parsing import parse_delivery
+from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
 from rtms_lifecycle.receiver.http import bounded_protocol
 from rtms_lifecycle.receiver.logs import LogFormat, log_config
 from rtms_lifecycle.receiver.logthrottle import throttle_tracebacks
@@ -561,14 +563,18 @@ class _RequireToken:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
     ) -> None:
-        if len(request.headers.getlist("authorization")) > 1:
+        # ``credentials`` declares the scheme in the OpenAPI document; the header is read by
+        # the rule the dashboard uses too.
+        try:
+            token = bearer_token(request)
+        except SeveralAuthorizations:
             # Only the first was read: the same two headers in the other order were a 401.
             raise HTTPException(
                 400,
                 "more than one Authorization header: send the bearer token once",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
-            )
-        given = credentials.credentials.encode("utf-8", "surrogatepass") if credentials else b""
+            ) from None
+        given = (token or "").encode("utf-8", "surrogatepass")
         if not hmac.compare_digest(given, self._expected):
             raise HTTPException(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
@@ -680,6 +686,7 @@ def create_app(
     store_timeout: float = DEFAULT_STORE_TIMEOUT,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
+    dashboard_idle: float = DEFAULT_IDLE_SECONDS,
 ) -> FastAPI:
     """The receiver: ``POST {path}``, ``GET /healthz``, ``GET /metrics`` and, with a token, the
     read API.
@@ -694,6 +701,7 @@ def create_app(
     ``store_timeout``: seconds a delivery may take to commit before it is answered 503 (Zoom
     waits 3 s); ``/healthz`` uses the same budget. ``max_event_ahead``: seconds a delivery's
     ``event_ts`` may be ahead of this clock before it is rejected (a given Tracker keeps its own).
+    ``dashboard_idle``: seconds an unused dashboard session lasts.
     """
     # Verify the configuration before touching a database: a misconfigured receiver should
     # fail without creating anything.
@@ -747,7 +755,11 @@ def create_app(
     )
     if token is not None:
         app.include_router(create_read_router(tracker, token))
-        app.include_router(create_dashboard_router(tracker, token, request_timeout=request_timeout))
+        app.include_router(
+            create_dashboard_router(
+                tracker, token, request_timeout=request_timeout, idle_seconds=dashboard_idle
+            )
+        )
     health = _Health(tracker, store_timeout)
 
     @app.get(
@@ -879,6 +891,7 @@ def run(
     backlog: int | None = None,
     replay_window: float = DEFAULT_REPLAY_WINDOW,
     max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
+    dashboard_idle: float = DEFAULT_IDLE_SECONDS,
 ) -> None:
     """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
 
@@ -907,6 +920,7 @@ def run(
         request_timeout=request_timeout,
         replay_window=replay_window,
         max_event_ahead=max_event_ahead,
+        dashboard_idle=dashboard_idle,
     )
     # The access log shows method, path and status only: never a header, so never a signature.
     uvicorn.run(
