@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Final, NoReturn
 
@@ -22,7 +23,7 @@ from rtms_lifecycle.bounds import MAX_COUNT
 from rtms_lifecycle.cli.app import App, Group, pass_app
 from rtms_lifecycle.cli.consumers import follow, forward, subscriptions
 from rtms_lifecycle.cli.demo import demo
-from rtms_lifecycle.cli.errors import Failure
+from rtms_lifecycle.cli.errors import Failure, Unavailable
 from rtms_lifecycle.cli.params import (
     ACCOUNT_OPTION,
     JSON_OPTION,
@@ -422,13 +423,34 @@ def db() -> None:
     """The database schema: which migration it is at, and upgrading it."""
 
 
+@contextmanager
+def _sqlite_refusals(url: str) -> Iterator[None]:
+    # The schema checks open the SQLite file with the driver itself: what it refuses (a
+    # directory, a file that is not a database, /proc/self/mem) comes as sqlite3's own error.
+    import sqlite3
+
+    try:
+        yield
+    except sqlite3.Error as exc:
+        from rtms_lifecycle.exceptions import DatabaseURLError
+        from rtms_lifecycle.store import urls as _dburl
+        from rtms_lifecycle.store.sqlite import unavailable
+
+        try:
+            path = _dburl.sqlite_file(_dburl.parse(url))
+        except DatabaseURLError:
+            path = None
+        raise Unavailable(unavailable(path, exc)) from exc
+
+
 def _revisions(url: str) -> tuple[str | None, str]:
     from rtms_lifecycle.store import migrate as _migrate
     from rtms_lifecycle.store.engine import create_store_engine
 
     engine = create_store_engine(url)
     try:
-        return _migrate.current_revision(engine), _migrate.head_revision()
+        with _sqlite_refusals(url):
+            return _migrate.current_revision(engine), _migrate.head_revision()
     finally:
         engine.dispose()
 
@@ -466,10 +488,11 @@ def db_upgrade(app: App, as_json: bool) -> None:
 
     engine = create_store_engine(app.db)
     try:
-        before = _migrate.current_revision(engine)
-        _migrate.refuse_newer(before)
-        _migrate.upgrade(engine)
-        after = _migrate.current_revision(engine)
+        with _sqlite_refusals(app.db):
+            before = _migrate.current_revision(engine)
+            _migrate.refuse_newer(before)
+            _migrate.upgrade(engine)
+            after = _migrate.current_revision(engine)
     finally:
         engine.dispose()
     if as_json:
