@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 
 from rtms_lifecycle import Outcome, Tracker
@@ -166,9 +167,9 @@ def test_the_receiver_rejects_a_delivery_from_year_10000(sqlite_url: str) -> Non
 # --- dashboard sign-in ------------------------------------------------------------------------
 
 
-def _site(sqlite_url: str, **options: float) -> tuple[Tracker, object]:
+def _site(sqlite_url: str) -> tuple[Tracker, FastAPI]:
     tracker = Tracker(sqlite_url)
-    return tracker, create_app(tracker, secrets=[SECRET], api_token=TOKEN, **options)
+    return tracker, create_app(tracker, secrets=[SECRET], api_token=TOKEN)
 
 
 def _sign_in(client: httpx.Client, url: str) -> httpx.Response:
@@ -181,7 +182,7 @@ def _sign_in(client: httpx.Client, url: str) -> httpx.Response:
 
 def test_signing_out_revokes_the_session(sqlite_url: str) -> None:
     tracker, app = _site(sqlite_url)
-    with tracker, serving(app) as url, httpx.Client(base_url=url) as client:  # type: ignore[arg-type]
+    with tracker, serving(app) as url, httpx.Client(base_url=url) as client:
         assert _sign_in(client, url).status_code == 303
         cookie = client.cookies[COOKIE_NAME]
         assert client.get("/dashboard", headers=HTML).status_code == 200
@@ -208,7 +209,7 @@ def test_failed_sign_ins_are_throttled_and_logged_once(
 ) -> None:
     tracker, app = _site(sqlite_url)
     caplog.set_level(logging.WARNING, "rtms_lifecycle.receiver.dashboard.auth")
-    with tracker, serving(app) as url, httpx.Client(base_url=url) as client:  # type: ignore[arg-type]
+    with tracker, serving(app) as url, httpx.Client(base_url=url) as client:
         statuses = [
             client.post(
                 "/dashboard/login", data={"token": "wrong"}, headers={"origin": url}
@@ -227,7 +228,7 @@ def test_failed_sign_ins_are_throttled_and_logged_once(
 @pytest.mark.parametrize("path", ["/dashboard/login", "/dashboard/logout"])
 def test_a_cross_origin_form_post_is_refused(sqlite_url: str, path: str) -> None:
     tracker, app = _site(sqlite_url)
-    with tracker, serving(app) as url, httpx.Client(base_url=url) as client:  # type: ignore[arg-type]
+    with tracker, serving(app) as url, httpx.Client(base_url=url) as client:
         answer = client.post(
             path, data={"token": TOKEN}, headers={"origin": "https://evil.example", **HTML}
         )
@@ -238,7 +239,7 @@ def test_a_cross_origin_form_post_is_refused(sqlite_url: str, path: str) -> None
 
 def test_one_bearer_rule_for_the_read_api_metrics_and_dashboard(sqlite_url: str) -> None:
     tracker, app = _site(sqlite_url)
-    with tracker, serving(app) as url:  # type: ignore[arg-type]
+    with tracker, serving(app) as url:
         for header in (f"Bearer  {TOKEN}", f"bearer {TOKEN}", f"BEARER \t{TOKEN}"):
             for path in ("/streams", "/metrics", "/dashboard"):
                 answer = httpx.get(f"{url}{path}", headers={"authorization": header})

@@ -151,8 +151,8 @@ def create_dashboard_router(
         address = request.client.host if request.client else "unknown"
         wait = throttle.retry_after(address)
         if wait is not None:
-            error = f"Too many failed sign-ins: try again in {wait} s."
-            return page("login.html", 429, {"Retry-After": str(wait)}, next=PREFIX, error=error)
+            too_many = f"Too many failed sign-ins: try again in {wait} s."
+            return page("login.html", 429, {"Retry-After": str(wait)}, next=PREFIX, error=too_many)
         body = bytearray()
         try:
             # A body that never comes would hold the connection for ever: the server's own
