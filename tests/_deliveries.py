@@ -7,10 +7,6 @@ from typing import Any
 
 from rtms_lifecycle import EventKind, Scope
 
-#: An event time a delivery may carry (2023-11-14T22:13:20Z): the receiver rejects one before
-#: 2000 or ahead of its clock; tests add small offsets to it.
-T0 = 1_700_000_000_000
-
 # The keys of a stream in every JSON the project prints (docs/cli.md), exactly.
 SPEC_STREAM_KEYS = frozenset(
     {

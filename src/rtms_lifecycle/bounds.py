@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 __all__ = [
-    "EARLIEST_EVENT_MS",
     "MAX_COUNT",
     "MAX_DURATION",
     "MAX_EPOCH_MS",
@@ -32,19 +31,15 @@ MAX_DURATION: Final = timedelta(days=3_652_425)
 #: Waits (the store's timeout, a forwarded POST's): a day. A lock cannot wait past
 #: ``threading.TIMEOUT_MAX`` (292 years) and said so with an ``OverflowError`` on every request.
 MAX_WAIT_SECONDS: Final = 86_400.0
-#: The earliest event time a delivery may carry: 2000-01-01T00:00:00Z. Zoom's RTMS began in
-#: 2024; a time before 2000 is a unit error (seconds for milliseconds) or a placeholder.
-EARLIEST_EVENT_MS: Final = 946_684_800_000
 
 
 def arrival_time_problem(event_ts: int, received_ms: int, max_ahead_ms: int) -> str | None:
     """Why a delivery's ``event_ts`` is not a time it can have been sent at, or None.
 
     Checked once, when the delivery arrives: a stored event is never re-judged against a later
-    clock (a re-fold re-reads stored bodies), so what was accepted stays accepted.
+    clock (a re-fold re-reads stored bodies), so what was accepted stays accepted. The parser
+    already refuses a time before 1970 (a negative one).
     """
-    if event_ts < EARLIEST_EVENT_MS:
-        return f"must not be before 2000-01-01T00:00:00Z, got {event_ts}"
     if event_ts - received_ms > max_ahead_ms:
         return (
             f"must not be more than {max_ahead_ms // 1000:,} s ahead of the receiving clock, "

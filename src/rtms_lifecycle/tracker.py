@@ -147,8 +147,8 @@ class Tracker:
     else ``sqlite:///rtms_lifecycle.db``. A new, empty database gets the schema; one at an
     older migration is refused (:class:`SchemaOutdatedError`) until ``rtms-lifecycle db upgrade``.
 
-    A delivery whose ``event_ts`` is before 2000 or more than ``max_event_ahead`` seconds (a
-    day) ahead of this process's clock when it arrives is recorded as ``rejected``.
+    A delivery whose ``event_ts`` is more than ``max_event_ahead`` seconds (a day) ahead of this
+    process's clock when it arrives is recorded as ``rejected``.
     """
 
     def __init__(
