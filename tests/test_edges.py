@@ -227,12 +227,21 @@ def test_failed_sign_ins_are_throttled_and_logged_once(
 
 
 @pytest.mark.parametrize("path", ["/dashboard/login", "/dashboard/logout"])
-def test_a_cross_origin_form_post_is_refused(sqlite_url: str, path: str) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"sec-fetch-site": "cross-site", "origin": "null"},
+        {"sec-fetch-site": "same-site"},
+        {"origin": "https://evil.example"},
+        {"referer": "https://evil.example/form.html"},
+    ],
+)
+def test_a_cross_origin_form_post_is_refused(
+    sqlite_url: str, path: str, headers: dict[str, str]
+) -> None:
     tracker, app = _site(sqlite_url)
     with tracker, serving(app) as url, httpx.Client(base_url=url) as client:
-        answer = client.post(
-            path, data={"token": TOKEN}, headers={"origin": "https://evil.example", **HTML}
-        )
+        answer = client.post(path, data={"token": TOKEN}, headers={**headers, **HTML})
         assert answer.status_code == 403
         assert "another site" in answer.text
         assert COOKIE_NAME not in answer.cookies

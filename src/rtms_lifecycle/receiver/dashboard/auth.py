@@ -194,8 +194,16 @@ class SignInThrottle:
 
 
 def same_origin(request: Request) -> bool:
-    """Whether a form POST comes from a page of this site: its ``Origin`` (or, without one, its
-    ``Referer``) names this host. A request with neither is not a browser's, so no forgery."""
+    """Whether a form POST comes from a page of this site.
+
+    A browser says so in ``Sec-Fetch-Site``, which no page can set; an older one by ``Origin``
+    (or, without one, ``Referer``) naming this host. The pages send no referrer, and a browser
+    then sends ``Origin: null`` with a form: only ``Sec-Fetch-Site`` tells then. A request with
+    none of them is not a browser's, so it cannot be a forgery.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:
         referer = request.headers.get("referer")
