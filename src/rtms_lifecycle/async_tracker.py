@@ -28,6 +28,7 @@ from rtms_lifecycle.async_subscriptions import AsyncSubscriptionRunner
 from rtms_lifecycle.defaults import (
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_EVENT_AHEAD,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
 )
@@ -103,17 +104,27 @@ class AsyncTracker:
         migrate: bool = True,
         webhook_secrets: Sequence[str] | None = None,
         replay_window: float = DEFAULT_REPLAY_WINDOW,
+        max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
         max_threads: int = DEFAULT_MAX_THREADS,
     ) -> None:
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         if isinstance(db, Tracker):
-            if not migrate or webhook_secrets is not None or replay_window != DEFAULT_REPLAY_WINDOW:
+            if (
+                not migrate
+                or webhook_secrets is not None
+                or replay_window != DEFAULT_REPLAY_WINDOW
+                or max_event_ahead != DEFAULT_MAX_EVENT_AHEAD
+            ):
                 raise TypeError("an existing Tracker keeps its own options: pass db alone")
             self._sync, self._owned = db, False
         else:
             self._sync = Tracker(
-                db, migrate=migrate, webhook_secrets=webhook_secrets, replay_window=replay_window
+                db,
+                migrate=migrate,
+                webhook_secrets=webhook_secrets,
+                replay_window=replay_window,
+                max_event_ahead=max_event_ahead,
             )
             self._owned = True
         self._threads = ThreadPoolExecutor(max_threads, thread_name_prefix="rtms-lifecycle")

@@ -9,7 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-__all__ = ["MAX_COUNT", "MAX_EPOCH_MS", "MIN_EPOCH_MS", "MAX_DURATION", "MAX_WAIT_SECONDS"]
+__all__ = [
+    "MAX_COUNT",
+    "MAX_DURATION",
+    "MAX_EPOCH_MS",
+    "MAX_WAIT_SECONDS",
+    "MIN_EPOCH_MS",
+    "arrival_time_problem",
+]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: A limit or a count: a signed 64-bit integer, as both databases store them.
@@ -24,3 +31,18 @@ MAX_DURATION: Final = timedelta(days=3_652_425)
 #: Waits (the store's timeout, a forwarded POST's): a day. A lock cannot wait past
 #: ``threading.TIMEOUT_MAX`` (292 years) and said so with an ``OverflowError`` on every request.
 MAX_WAIT_SECONDS: Final = 86_400.0
+
+
+def arrival_time_problem(event_ts: int, received_ms: int, max_ahead_ms: int) -> str | None:
+    """Why a delivery's ``event_ts`` is not a time it can have been sent at, or None.
+
+    Checked once, when the delivery arrives: a stored event is never re-judged against a later
+    clock (a re-fold re-reads stored bodies), so what was accepted stays accepted. The parser
+    already refuses a time before 1970 (a negative one).
+    """
+    if event_ts - received_ms > max_ahead_ms:
+        return (
+            f"must not be more than {max_ahead_ms // 1000:,} s ahead of the receiving clock, "
+            f"got {event_ts} ({(event_ts - received_ms) // 1000:,} s ahead)"
+        )
+    return None

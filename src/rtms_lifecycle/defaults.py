@@ -17,6 +17,8 @@ __all__ = [
     "DEFAULT_DB_URL",
     "DEFAULT_FORWARD_TIMEOUT",
     "DEFAULT_LEASE",
+    "DEFAULT_MAX_EVENT_AHEAD",
+    "MAX_EVENT_AHEAD_ENV",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_RETRY_DELAY",
@@ -45,6 +47,13 @@ DEFAULT_FORWARD_TIMEOUT: Final = 10.0
 DEFAULT_LEASE: Final = 30.0
 #: Seconds between looks at the feed when nothing woke the runner (PostgreSQL: a safety net).
 DEFAULT_POLL_INTERVAL: Final = 0.5
+
+#: Seconds an event's ``event_ts`` may be ahead of the receiving clock; beyond it the delivery is
+#: rejected. A day allows for any clock skew, and refuses a time that would hold a stream live
+#: (and its times unreadable) for years.
+DEFAULT_MAX_EVENT_AHEAD: Final = 86_400.0
+#: The environment variable ``serve`` reads it from.
+MAX_EVENT_AHEAD_ENV: Final = "RTMS_LIFECYCLE_MAX_EVENT_AHEAD"
 
 #: The values of ``Scope``, ``State`` and ``Outcome``, in their order.
 SCOPES: Final = ("meeting", "webinar", "session", "contact_center", "phone")

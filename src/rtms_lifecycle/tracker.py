@@ -14,16 +14,18 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, overload
 
 from rtms_lifecycle.bodies import to_raw
+from rtms_lifecycle.bounds import arrival_time_problem
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_EVENT_AHEAD,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
 )
 from rtms_lifecycle.events import EventKind, Scope, Source
-from rtms_lifecycle.exceptions import ConfigurationError, DeliveryRejected
+from rtms_lifecycle.exceptions import ConfigurationError, DeliveryRejected, FieldError
 from rtms_lifecycle.machine import State, TransitionName
 from rtms_lifecycle.parsing import check_app_event
 from rtms_lifecycle.read_ahead import read_ahead
@@ -148,6 +150,9 @@ class Tracker:
     path, or an ``Engine``; by default ``RTMS_LIFECYCLE_DB``, as the CLI and ``serve`` read it,
     else ``sqlite:///rtms_lifecycle.db``. A new, empty database gets the schema; one at an
     older migration is refused (:class:`SchemaOutdatedError`) until ``rtms-lifecycle db upgrade``.
+
+    A delivery whose ``event_ts`` is more than ``max_event_ahead`` seconds (a day) ahead of this
+    process's clock when it arrives is recorded as ``rejected``.
     """
 
     def __init__(
@@ -157,7 +162,13 @@ class Tracker:
         migrate: bool = True,
         webhook_secrets: Sequence[str] | None = None,
         replay_window: float = DEFAULT_REPLAY_WINDOW,
+        max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
     ) -> None:
+        if not max_event_ahead >= 0:  # nan too
+            raise ConfigurationError(
+                f"max_event_ahead must be a number of seconds, at least 0, got {max_event_ahead!r}"
+            )
+        self._max_ahead_ms = int(min(max_event_ahead, 1e12) * 1000)
         self._verifier = (
             WebhookVerifier(webhook_secrets, replay_window) if webhook_secrets is not None else None
         )
@@ -209,7 +220,7 @@ class Tracker:
         """
         verified = self._verified(body, headers, verified)
         deadline = None if timeout is None else time.monotonic() + timeout
-        (result,) = self._record([to_incoming(body, verified=verified)], deadline=deadline)
+        (result,) = self._record([self._arrived(body, verified)], deadline=deadline)
         assert result is not None
         return result
 
@@ -239,7 +250,7 @@ class Tracker:
         checks = _checks(bodies, verified)
         context = contextvars.copy_context()
         written = self._store.submit(
-            lambda: [to_incoming(body, verified=v) for body, v in zip(bodies, checks, strict=True)],
+            lambda: [self._arrived(body, v) for body, v in zip(bodies, checks, strict=True)],
             deadline=deadline,
         )
         done: Future[list[IngestResult]] = Future()
@@ -276,7 +287,7 @@ class Tracker:
         """
         checks = _checks(bodies, verified)
         deadline = None if timeout is None else time.monotonic() + timeout
-        incoming = [to_incoming(body, verified=v) for body, v in zip(bodies, checks, strict=True)]
+        incoming = [self._arrived(body, v) for body, v in zip(bodies, checks, strict=True)]
         results = self._record(incoming, deadline=deadline)
         return [result for result in results if result is not None]
 
@@ -294,7 +305,7 @@ class Tracker:
         """
         check_batch_size(batch_size)
         counts: Counter[Outcome] = Counter()
-        for batch in read_ahead(bodies, to_incoming, batch_size):
+        for batch in read_ahead(bodies, self._arrived, batch_size):
             if self._subscriptions:
                 # Callbacks need each transition and its stream.
                 results = self._record(batch, with_records=False, durable=False)
@@ -313,6 +324,9 @@ class Tracker:
         event = "app.rtms_resumed"
         try:
             sid, ts = check_app_event(stream_id, at_ms)
+            problem = arrival_time_problem(ts, now_ms(), self._max_ahead_ms)
+            if problem is not None:
+                raise DeliveryRejected([FieldError("event_ts", problem)], event, sid)
         except DeliveryRejected as exc:
             item = synthetic_delivery(event, stream_id, at_ms, Source.APP, None, errors=exc.errors)
         else:
@@ -401,6 +415,28 @@ class Tracker:
         from rtms_lifecycle.store import retention as _retention
 
         return _retention.list_prunes(self._store, limit)
+
+    def _arrived(self, body: Body, verified: Verification | None = None) -> Incoming:
+        """A delivery as it arrives: parsed, and its event time checked against the clock now
+        (only now: a stored event is never re-judged, see :func:`arrival_time_problem`)."""
+        item = to_incoming(body, verified=verified)
+        parsed = item.parsed
+        event_ts = getattr(parsed, "event_ts", None)
+        if event_ts is None:
+            return item
+        problem = arrival_time_problem(event_ts, now_ms(), self._max_ahead_ms)
+        if problem is None:
+            return item
+        return Incoming(
+            item.raw,
+            None,
+            item.source,
+            (FieldError("event_ts", problem),),
+            event=item.event,
+            stream_id=getattr(parsed, "stream_id", None),
+            signed_at=item.signed_at,
+            secret_label=item.secret_label,
+        )
 
     def _record(
         self,

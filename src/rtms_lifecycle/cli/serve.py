@@ -8,7 +8,12 @@ from rtms_lifecycle.bounds import MAX_WAIT_SECONDS
 from rtms_lifecycle.cli.app import App, pass_app
 from rtms_lifecycle.cli.errors import Failure
 from rtms_lifecycle.cli.params import Seconds
-from rtms_lifecycle.defaults import LOG_FORMATS, LOG_LEVELS
+from rtms_lifecycle.defaults import (
+    DEFAULT_MAX_EVENT_AHEAD,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MAX_EVENT_AHEAD_ENV,
+)
 
 __all__ = ["serve"]
 
@@ -86,6 +91,24 @@ __all__ = ["serve"]
     metavar="SECONDS",
     help="Refuse requests signed longer ago than this (docs/receiver.md weighs a longer one).",
 )
+@click.option(
+    "--max-event-ahead",
+    type=Seconds(min=0),
+    default=DEFAULT_MAX_EVENT_AHEAD,
+    show_default=True,
+    envvar=MAX_EVENT_AHEAD_ENV,
+    show_envvar=True,
+    metavar="SECONDS",
+    help="Reject a delivery whose event_ts is further ahead of this clock (docs/receiver.md).",
+)
+@click.option(
+    "--dashboard-idle",
+    type=Seconds(min=1, max=7 * 24 * 3600),
+    default=1800.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A dashboard session unused this long ends (docs/dashboard.md).",
+)
 @pass_app
 def serve(
     app: App,
@@ -101,6 +124,8 @@ def serve(
     log_format: str,
     metrics: bool,
     replay_window: float,
+    max_event_ahead: float,
+    dashboard_idle: float,
 ) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:
@@ -122,4 +147,6 @@ def serve(
         limit_concurrency=limit_concurrency,
         backlog=backlog,
         replay_window=replay_window,
+        max_event_ahead=max_event_ahead,
+        dashboard_idle=dashboard_idle,
     )

@@ -40,6 +40,7 @@ try:
 
     from rtms_lifecycle.receiver import metrics as _metrics
     from rtms_lifecycle.receiver.dashboard import create_dashboard_router
+    from rtms_lifecycle.receiver.dashboard.auth import DEFAULT_IDLE_SECONDS
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         f"rtms_lifecycle.server needs FastAPI and uvicorn ({exc.name} is missing): "
@@ -50,6 +51,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from rtms_lifecycle.async_tracker import AsyncTracker
 from rtms_lifecycle.bounds import MAX_COUNT, MAX_EPOCH_MS, MAX_WAIT_SECONDS, MIN_EPOCH_MS
+from rtms_lifecycle.defaults import DEFAULT_MAX_EVENT_AHEAD
 from rtms_lifecycle.events import Scope, UrlValidation
 from rtms_lifecycle.exceptions import (
     ConfigurationError,
@@ -63,6 +65,7 @@ from rtms_lifecycle.machine import ACTIVE_STATES, State
 # From _parsing, not events: the receiver builds the delivery models as it starts, not while it
 # answers Zoom's first delivery.
 from rtms_lifecycle.parsing import parse_delivery
+from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
 from rtms_lifecycle.receiver.http import bounded_protocol
 from rtms_lifecycle.receiver.logs import LogFormat, log_config
 from rtms_lifecycle.receiver.logthrottle import throttle_tracebacks
@@ -491,14 +494,18 @@ class _RequireToken:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
     ) -> None:
-        if len(request.headers.getlist("authorization")) > 1:
+        # ``credentials`` declares the scheme in the OpenAPI document; the header is read by
+        # the rule the dashboard uses too.
+        try:
+            token = bearer_token(request)
+        except SeveralAuthorizations:
             # Only the first was read: the same two headers in the other order were a 401.
             raise HTTPException(
                 400,
                 "more than one Authorization header: send the bearer token once",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
-            )
-        given = credentials.credentials.encode("utf-8", "surrogatepass") if credentials else b""
+            ) from None
+        given = (token or "").encode("utf-8", "surrogatepass")
         if not hmac.compare_digest(given, self._expected):
             raise HTTPException(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
@@ -609,6 +616,8 @@ def create_app(
     metrics: bool = True,
     store_timeout: float = DEFAULT_STORE_TIMEOUT,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
+    dashboard_idle: float = DEFAULT_IDLE_SECONDS,
 ) -> FastAPI:
     """The receiver: ``POST {path}``, ``GET /healthz``, ``GET /metrics`` and, with a token, the
     read API.
@@ -621,7 +630,9 @@ def create_app(
     read API exists only when one is set, and then guards ``/metrics`` too. ``metrics``:
     whether to serve ``/metrics`` (Prometheus' text format; docs/operations.md).
     ``store_timeout``: seconds a delivery may take to commit before it is answered 503 (Zoom
-    waits 3 s); ``/healthz`` uses the same budget.
+    waits 3 s); ``/healthz`` uses the same budget. ``max_event_ahead``: seconds a delivery's
+    ``event_ts`` may be ahead of this clock before it is rejected (a given Tracker keeps its own).
+    ``dashboard_idle``: seconds an unused dashboard session lasts.
     """
     # Verify the configuration before touching a database: a misconfigured receiver should
     # fail without creating anything.
@@ -634,7 +645,11 @@ def create_app(
     throttle_tracebacks()
     registry = _metrics.new_registry() if metrics else None
     owned = not isinstance(db, Tracker)
-    tracker = db if isinstance(db, Tracker) else Tracker(db or os.environ.get(DB_ENV) or None)
+    tracker = (
+        db
+        if isinstance(db, Tracker)
+        else Tracker(db or os.environ.get(DB_ENV) or None, max_event_ahead=max_event_ahead)
+    )
     if registry is not None:
         _metrics.add_store_gauges(registry, tracker)
 
@@ -672,7 +687,11 @@ def create_app(
     )
     if token is not None:
         app.include_router(create_read_router(tracker, token))
-        app.include_router(create_dashboard_router(tracker, token, request_timeout=request_timeout))
+        app.include_router(
+            create_dashboard_router(
+                tracker, token, request_timeout=request_timeout, idle_seconds=dashboard_idle
+            )
+        )
     health = _Health(tracker, store_timeout)
 
     @app.get(
@@ -803,6 +822,8 @@ def run(
     limit_concurrency: int | None = None,
     backlog: int | None = None,
     replay_window: float = DEFAULT_REPLAY_WINDOW,
+    max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
+    dashboard_idle: float = DEFAULT_IDLE_SECONDS,
 ) -> None:
     """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
 
@@ -830,6 +851,8 @@ def run(
         store_timeout=store_timeout,
         request_timeout=request_timeout,
         replay_window=replay_window,
+        max_event_ahead=max_event_ahead,
+        dashboard_idle=dashboard_idle,
     )
     # The access log shows method, path and status only: never a header, so never a signature.
     uvicorn.run(

@@ -6,6 +6,7 @@ Callers see :class:`DatabaseUnavailable` (the database cannot be reached or open
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,15 +25,23 @@ def first_line(exc: BaseException) -> str:
 
 
 def translate(exc: BaseException, sqlite_path: Path | None) -> RTMSLifecycleError | None:
-    """The library's error for a database error of SQLAlchemy's; None for anything else.
+    """The library's error for a database error (SQLAlchemy's or sqlite3's); None for anything else.
 
     ``sqlite_path``: the store's SQLite file, to say why it cannot be opened or written.
     """
     # Only a process that imported SQLAlchemy can have its errors: a write-only one never does.
     sa_exc = sys.modules.get("sqlalchemy.exc")
-    if sa_exc is None or not isinstance(exc, sa_exc.SQLAlchemyError):
+    is_sa = sa_exc is not None and isinstance(exc, sa_exc.SQLAlchemyError)
+    if not (is_sa or isinstance(exc, sqlite3.Error)):
         return None
     trouble = sqlite_trouble(sqlite_path) if sqlite_path is not None else None
+    if isinstance(exc, sqlite3.Error):
+        # The store's own SQLite connections (schema checks): opening or reading the file failed
+        # (a directory, not a database, unreadable), or a statement did.
+        if trouble or type(exc) in (sqlite3.OperationalError, sqlite3.DatabaseError):
+            return DatabaseUnavailable(f"database unavailable: {trouble or first_line(exc)}")
+        return DatabaseError(f"database error: {first_line(exc)}")
+    assert sa_exc is not None
     # A DBAPI error raised while connecting (server down, file unopenable) has no statement.
     if isinstance(exc, sa_exc.DBAPIError) and (exc.connection_invalidated or exc.statement is None):
         return DatabaseUnavailable(f"database unavailable: {trouble or first_line(exc)}")

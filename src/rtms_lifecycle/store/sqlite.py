@@ -66,8 +66,11 @@ def sqlite_trouble(path: Path) -> str | None:
     if not path.parent.is_dir():
         return f"the folder {path.parent} of {path.name} does not exist"
     if path.is_file():
-        with path.open("rb") as file:
-            head = file.read(16)
+        try:
+            with path.open("rb") as file:
+                head = file.read(16)
+        except OSError as exc:  # /proc/self/mem, a file on a failing disk
+            return f"{path} cannot be read: {exc.strerror or exc}"
         if head and head != b"SQLite format 3\x00":
             return f"{path} is not an SQLite database"
     if not os.access(path.parent, os.W_OK):

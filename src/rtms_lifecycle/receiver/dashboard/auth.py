@@ -1,77 +1,121 @@
 """Signing in to the dashboard: the read API's token, exchanged once for a session cookie.
 
-The cookie never holds the token itself: it holds the time it was issued and an HMAC of that
-time keyed by the token. Nothing is stored on the server, so every receiver process accepts it;
-changing the token signs every browser out. The token travels only in a POST body (the sign-in
-form) or an ``Authorization`` header, never in a URL.
+The cookie never holds the token itself: it holds a random session id, when the session was
+issued and when it was last used, and an HMAC of those keyed by the token. Every receiver
+process accepts it without a shared store; changing the token signs every browser out. A
+session ends after ``idle_seconds`` without a request (each request renews the cookie), after
+a week in any case, and at sign-out: the process that served the sign-out refuses the session
+from then on (other processes until its idle time runs out: docs/dashboard.md). The token
+travels only in a POST body (the sign-in form) or an ``Authorization`` header, never in a URL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import secrets
+import threading
 import time
 from typing import Final
 
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["COOKIE_NAME", "SESSION_SECONDS", "Sessions"]
+from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
+
+__all__ = [
+    "COOKIE_NAME",
+    "DEFAULT_IDLE_SECONDS",
+    "FAILURES_PER_ADDRESS",
+    "FAILURES_OVERALL",
+    "SESSION_SECONDS",
+    "SignInThrottle",
+    "Sessions",
+    "same_origin",
+]
+
+log = logging.getLogger(__name__)
 
 COOKIE_NAME: Final = "rtms_dashboard"
-# A week: long enough for a wall screen left signed in, short enough that a cookie copied off a
-# machine stops working on its own.
+# A week at most: long enough for a wall screen left signed in, short enough that a cookie
+# copied off a machine stops working on its own.
 SESSION_SECONDS: Final = 7 * 24 * 3600
-_PURPOSE: Final = b"rtms-lifecycle dashboard session v1:"
+#: A session unused this long ends (the overview refreshes itself every 10 s, so an open page
+#: keeps its session).
+DEFAULT_IDLE_SECONDS: Final = 30 * 60
+#: Failed sign-ins a minute from one address, and from all addresses together, before 429.
+FAILURES_PER_ADDRESS: Final = 5
+FAILURES_OVERALL: Final = 50
+_PURPOSE: Final = b"rtms-lifecycle dashboard session v2:"
 
 
 class Sessions:
     """Checks tokens and session cookies against one API token, in constant time."""
 
-    def __init__(self, api_token: str) -> None:
+    def __init__(self, api_token: str, *, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> None:
+        if not 0 < idle_seconds <= SESSION_SECONDS:
+            raise ValueError(f"idle_seconds must be from 1 to {SESSION_SECONDS}")
         self._token = api_token.encode("utf-8")
+        self.idle_seconds = idle_seconds
+        # Signed-out session ids, until their cookie would have expired anyway.
+        self._revoked: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def token_matches(self, given: str) -> bool:
         """Whether ``given`` is the API token."""
         return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), self._token)
 
-    def _mac(self, issued: str) -> str:
-        return hmac.new(self._token, _PURPOSE + issued.encode(), hashlib.sha256).hexdigest()
+    def _mac(self, fields: str) -> str:
+        return hmac.new(self._token, _PURPOSE + fields.encode(), hashlib.sha256).hexdigest()
 
-    def new_cookie(self, now: float | None = None) -> str:
-        """A fresh session cookie value."""
-        issued = str(int(time.time() if now is None else now))
-        return f"{issued}.{self._mac(issued)}"
+    def new_cookie(
+        self, now: float | None = None, *, session: str | None = None, issued: int | None = None
+    ) -> str:
+        """A session cookie value: a new session, or ``session`` renewed at ``now``."""
+        seen = int(time.time() if now is None else now)
+        fields = f"{session or secrets.token_hex(16)}.{seen if issued is None else issued}.{seen}"
+        return f"{fields}.{self._mac(fields)}"
+
+    def _read(self, value: str | None, now: float) -> tuple[str, int] | None:
+        # (session id, issued) of a valid cookie; bytes compared, not text: compare_digest
+        # raises on text that is not ASCII, and a cookie is whatever the browser sends.
+        parts = (value or "").split(".")
+        if len(parts) != 4 or not all(p.isascii() and p.isalnum() for p in parts):
+            return None
+        session, issued, seen, mac = parts
+        if not (issued.isdigit() and seen.isdigit()) or not hmac.compare_digest(
+            mac.encode("ascii"), self._mac(f"{session}.{issued}.{seen}").encode("ascii")
+        ):
+            return None
+        if not (-60 <= now - int(issued) < SESSION_SECONDS) or now - int(seen) >= self.idle_seconds:
+            return None
+        with self._lock:
+            if session in self._revoked:
+                return None
+        return session, int(issued)
 
     def cookie_valid(self, value: str | None, now: float | None = None) -> bool:
-        """Whether ``value`` is a cookie this token issued, less than a session ago."""
-        issued, _, mac = (value or "").partition(".")
-        # Bytes, not text: compare_digest raises on text that is not ASCII, and a cookie's value
-        # is whatever the browser (or anyone) sends.
-        given = mac.encode("utf-8", "surrogatepass")
-        if not (issued.isascii() and issued.isdigit()) or not hmac.compare_digest(
-            given, self._mac(issued).encode("ascii")
-        ):
-            return False
-        age = (time.time() if now is None else now) - int(issued)
-        return -60 <= age < SESSION_SECONDS
+        """Whether ``value`` is a live session this token issued."""
+        return self._read(value, time.time() if now is None else now) is not None
 
     def signed_in(self, request: Request) -> bool:
-        """Whether the request carries a valid session cookie or the bearer token."""
+        """Whether the request carries a live session cookie or the bearer token."""
         if self.cookie_valid(request.cookies.get(COOKIE_NAME)):
             return True
-        given = request.headers.getlist("authorization")
-        if len(given) != 1:
-            # None, or several: a credential that depends on the headers' order is none.
-            return False
-        scheme, _, credentials = given[0].partition(" ")
-        return scheme.lower() == "bearer" and bool(credentials) and self.token_matches(credentials)
+        try:
+            token = bearer_token(request)
+        except SeveralAuthorizations:
+            return False  # a credential that depends on the headers' order is none
+        return token is not None and self.token_matches(token)
 
-    def sign_in(self, request: Request, response: Response) -> None:
-        """Set the session cookie: HttpOnly, SameSite=Strict, Secure when served over HTTPS."""
+    def _set(self, request: Request, response: Response, value: str) -> None:
         response.set_cookie(
             COOKIE_NAME,
-            self.new_cookie(),
+            value,
             max_age=SESSION_SECONDS,
             path="/dashboard",
             httponly=True,
@@ -79,9 +123,26 @@ class Sessions:
             secure=request.url.scheme == "https",
         )
 
-    @staticmethod
-    def sign_out(request: Request, response: Response) -> None:
-        """Remove the session cookie."""
+    def sign_in(self, request: Request, response: Response) -> None:
+        """Set a new session cookie: HttpOnly, SameSite=Strict, Secure when served over HTTPS."""
+        self._set(request, response, self.new_cookie())
+
+    def renew(self, request: Request, response: Response) -> None:
+        """Move the session's idle expiry on, if the request has a live session cookie."""
+        now = time.time()
+        found = self._read(request.cookies.get(COOKIE_NAME), now)
+        if found is not None:
+            session, issued = found
+            self._set(request, response, self.new_cookie(now, session=session, issued=issued))
+
+    def sign_out(self, request: Request, response: Response) -> None:
+        """End the request's session here and remove its cookie."""
+        now = time.time()
+        found = self._read(request.cookies.get(COOKIE_NAME), now)
+        if found is not None:
+            with self._lock:
+                self._revoked = {s: t for s, t in self._revoked.items() if t > now}
+                self._revoked[found[0]] = found[1] + SESSION_SECONDS
         response.delete_cookie(
             COOKIE_NAME,
             path="/dashboard",
@@ -89,3 +150,66 @@ class Sessions:
             samesite="strict",
             secure=request.url.scheme == "https",
         )
+
+
+class SignInThrottle:
+    """Failed sign-ins, counted per client address and overall over a moving minute."""
+
+    def __init__(
+        self, per_address: int = FAILURES_PER_ADDRESS, overall: int = FAILURES_OVERALL
+    ) -> None:
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._per_address = RateLimitItemPerMinute(per_address)
+        self._overall = RateLimitItemPerMinute(overall)
+        # Keys throttled now, so that a burst is logged once, not once per attempt.
+        self._throttled: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until ``address`` may try again, or None if it may now."""
+        now = time.time()
+        wait = 0.0
+        for item, key in ((self._per_address, address), (self._overall, "*")):
+            if not self._limiter.test(item, "sign-in", key):
+                reset = self._limiter.get_window_stats(item, "sign-in", key).reset_time
+                wait = max(wait, reset - now)
+                self._note(key, reset)
+        return max(1, int(wait + 0.999)) if wait > 0 else None
+
+    def failed(self, address: str) -> None:
+        """Count a failed sign-in from ``address``."""
+        self._limiter.hit(self._per_address, "sign-in", address)
+        self._limiter.hit(self._overall, "sign-in", "*")
+
+    def _note(self, key: str, until: float) -> None:
+        with self._lock:
+            now = time.time()
+            self._throttled = {k: t for k, t in self._throttled.items() if t > now}
+            if key in self._throttled:
+                self._throttled[key] = max(self._throttled[key], until)
+                return
+            self._throttled[key] = until
+        who = "all addresses together" if key == "*" else f"address {key}"
+        log.warning("too many failed dashboard sign-ins from %s: refused for now (429)", who)
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a form POST comes from a page of this site.
+
+    A browser says so in ``Sec-Fetch-Site``, which no page can set; an older one by ``Origin``
+    (or, without one, ``Referer``) naming this host. The pages send no referrer, and a browser
+    then sends ``Origin: null`` with a form: only ``Sec-Fetch-Site`` tells then. A request with
+    none of them is not a browser's, so it cannot be a forgery.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        referer = request.headers.get("referer")
+        if referer is None:
+            return True
+        scheme, _, rest = referer.partition("://")
+        origin = f"{scheme}://{rest.split('/', 1)[0]}"
+    host = request.headers.get("host", "")
+    return origin.lower() in {f"http://{host}".lower(), f"https://{host}".lower()}

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
+from rtms_lifecycle.clock import format_utc
 from rtms_lifecycle.records import Stream, Transition
 from rtms_lifecycle.stop_reasons import StopReasonCategory
 from rtms_lifecycle.timeline import FLOWING, INTERRUPTED, timeline_span, timeline_spans
@@ -39,10 +39,6 @@ class ShareBucket:
     start_ms: int
     abnormal: int
     total: int
-
-
-def _utc(ms: int, fmt: str) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime(fmt)
 
 
 def _svg(width: int, height: int, label: str, body: list[str]) -> Markup:
@@ -97,7 +93,7 @@ def share_columns(buckets: Sequence[ShareBucket], label_fmt: str) -> Markup:
     step = plot_w / n
     for i, bucket in enumerate(buckets):
         x = left + i * step
-        when = _utc(bucket.start_ms, label_fmt)
+        when = format_utc(bucket.start_ms, label_fmt)
         if bucket.total:
             share = bucket.abnormal / bucket.total
             tip = (
@@ -178,7 +174,7 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
         late = " late" if t.late else ""
         tip = (
             f"{t.name.value}: {t.from_state.value} → {t.to_state.value} at "
-            f"{_utc(t.event_ts, '%Y-%m-%d %H:%M:%S')} UTC ({t.kind}, {t.source.value})"
+            f"{format_utc(t.event_ts, '%Y-%m-%d %H:%M:%S')} UTC ({t.kind}, {t.source.value})"
             + (", arrived late" if t.late else "")
         )
         body.append(
@@ -197,8 +193,8 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
             f'<line class="grid" x1="{x:.1f}" y1="{bar_y + bar_h + 8}" x2="{x:.1f}" '
             f'y2="{bar_y + bar_h + 14}"/>'
             f'<text class="tick" x="{x:.1f}" y="{bar_y + bar_h + 28}" text-anchor="{anchor}">'
-            f"{_utc(tick, fmt)}</text>"
+            f"{format_utc(tick, fmt)}</text>"
         )
-    day = _utc(first, "%Y-%m-%d")
+    day = format_utc(first, "%Y-%m-%d")
     body.append(f'<text class="tick" x="{left}" y="{height - 6}">{day} (UTC)</text>')
     return _svg(_WIDTH, height, f"Timeline of stream {stream.stream_id}", body)

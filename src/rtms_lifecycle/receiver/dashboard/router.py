@@ -15,7 +15,12 @@ from starlette.requests import ClientDisconnect
 
 from rtms_lifecycle.clock import format_duration, format_time
 from rtms_lifecycle.exceptions import ConfigurationError, DatabaseUnavailable, StoreError
-from rtms_lifecycle.receiver.dashboard.auth import Sessions
+from rtms_lifecycle.receiver.dashboard.auth import (
+    DEFAULT_IDLE_SECONDS,
+    Sessions,
+    SignInThrottle,
+    same_origin,
+)
 from rtms_lifecycle.receiver.dashboard.charts import reason_bars, share_columns, timeline
 from rtms_lifecycle.receiver.dashboard.pages import (
     PAGE_SIZE,
@@ -86,15 +91,22 @@ def _safe_next(target: str | None) -> str:
 
 
 def create_dashboard_router(
-    tracker: Tracker, api_token: str, *, request_timeout: float = 5.0
+    tracker: Tracker,
+    api_token: str,
+    *,
+    request_timeout: float = 5.0,
+    idle_seconds: float = DEFAULT_IDLE_SECONDS,
 ) -> APIRouter:
     """``/dashboard``: pages for people, behind a sign-in with the read API's token.
 
     A sign-in form whose body takes over ``request_timeout`` seconds to arrive is answered 408.
+    A session unused for ``idle_seconds`` ends. Failed sign-ins are throttled (429); a form
+    POST from another origin is refused (403).
     """
     if not api_token:
         raise ConfigurationError("the dashboard needs a non-empty API token")
-    sessions = Sessions(api_token)
+    sessions = Sessions(api_token, idle_seconds=idle_seconds)
+    throttle = SignInThrottle()
     env = _environment()
     stats = StatsCache(tracker, fresh_s=REFRESH_SECONDS)
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -124,8 +136,22 @@ def create_dashboard_router(
             return RedirectResponse(_safe_next(next), 303, headers=_HEADERS)
         return page("login.html", next=_safe_next(next), error=None)
 
+    def cross_origin() -> Response:
+        error = (
+            "This form was sent from another site (its Origin is not this dashboard's): "
+            "refused. Sign in from the dashboard's own page."
+        )
+        return page("login.html", 403, next=PREFIX, error=error)
+
     @router.post("/login")
     async def login(request: Request) -> Response:
+        if not same_origin(request):
+            return cross_origin()
+        address = request.client.host if request.client else "unknown"
+        wait = throttle.retry_after(address)
+        if wait is not None:
+            too_many = f"Too many failed sign-ins: try again in {wait} s."
+            return page("login.html", 429, {"Retry-After": str(wait)}, next=PREFIX, error=too_many)
         body = bytearray()
         try:
             # A body that never comes would hold the connection for ever: the server's own
@@ -146,6 +172,7 @@ def create_dashboard_router(
         target = _safe_next((fields.get("next") or [""])[0])
         token = (fields.get("token") or [""])[0].strip()
         if not sessions.token_matches(token):
+            throttle.failed(address)
             error = "That is not the API token (RTMS_LIFECYCLE_API_TOKEN)." if token else None
             return page(
                 "login.html", 401, next=target, error=error or "Enter the API token to sign in."
@@ -156,6 +183,8 @@ def create_dashboard_router(
 
     @router.post("/logout")
     def logout(request: Request) -> Response:
+        if not same_origin(request):
+            return cross_origin()
         answer = RedirectResponse(f"{PREFIX}/login", 303, headers=_HEADERS)
         sessions.sign_out(request, answer)
         return answer
@@ -170,6 +199,7 @@ def create_dashboard_router(
 
     @router.get("", dependencies=signed_in)
     def dashboard(
+        request: Request,
         window: str = "24h",
         page_number: Annotated[str, Query(alias="page")] = "1",
     ) -> Response:
@@ -184,10 +214,12 @@ def create_dashboard_router(
             view = overview(tracker, stats, WINDOWS[window], int(page_number))
         except (StoreError, DatabaseUnavailable):
             return unavailable()
-        return page("overview.html", view=view)
+        answer = page("overview.html", view=view)
+        sessions.renew(request, answer)
+        return answer
 
     @router.get("/streams/{stream_id:path}", dependencies=signed_in)
-    def stream(stream_id: str) -> Response:
+    def stream(request: Request, stream_id: str) -> Response:
         if "\x00" in stream_id:
             # No stream id holds NUL, and PostgreSQL cannot even look one up: its query failed.
             return page("missing.html", 404, stream_id=stream_id)
@@ -197,7 +229,9 @@ def create_dashboard_router(
             return unavailable()
         if view is None:
             return page("missing.html", 404, stream_id=stream_id)
-        return page("stream.html", view=view)
+        answer = page("stream.html", view=view)
+        sessions.renew(request, answer)
+        return answer
 
     @router.get("/static/{name}")
     def static(name: str) -> Response:
