@@ -130,7 +130,7 @@ def serve(
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:
         # The one import of the receiver by the CLI: the 'server' extra, only when asked for.
-        from rtms_lifecycle.receiver import app as receiver
+        from rtms_lifecycle.receiver import runner as receiver
     except ImportError as exc:
         raise Failure(str(exc)) from exc
     receiver.run(

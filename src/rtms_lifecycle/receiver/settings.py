@@ -1,0 +1,39 @@
+"""What the receiver's parts share: the logger they all write to, its defaults and the check of
+its time settings."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Final
+
+from rtms_lifecycle.exceptions import ConfigurationError
+
+__all__ = [
+    "API_TOKEN_ENV",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_PATH",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "check_positive",
+    "log",
+]
+
+# The name it has always logged under: operators filter on it.
+log = logging.getLogger("rtms_lifecycle.server")
+
+API_TOKEN_ENV: Final = "RTMS_LIFECYCLE_API_TOKEN"
+DEFAULT_PATH: Final = "/webhook"
+# Zoom's RTMS deliveries are well under 4 KiB; 64 KiB leaves room for unknown fields while
+# capping what an unauthenticated sender makes us buffer before the signature is checked.
+DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
+#: Seconds a request has to arrive whole (headers and body): Zoom's take milliseconds.
+DEFAULT_REQUEST_TIMEOUT: Final = 5.0
+
+
+def check_positive(name: str, value: float, at_most: float = math.inf) -> None:
+    """Refuse a time setting that is not a positive number of seconds up to ``at_most``."""
+    if not 0 < value <= at_most:
+        limit = f" (at most {at_most:,.0f})" if at_most < math.inf else ""
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds{limit}, got {value!r}"
+        )
