@@ -184,7 +184,7 @@ CREATE TRIGGER prunes_append_only_update BEFORE UPDATE ON prunes
 
 CREATE TRIGGER streams_stop_ends_claim AFTER UPDATE OF state ON streams
     WHEN NEW.state = 'stopped' AND OLD.state <> 'stopped'
-    BEGIN INSERT INTO claim_history (stream_id, token, worker, event, source, at, recorded_at, reason) SELECT c.stream_id, c.token, c.worker, 'stopped', 'webhook', coalesce(NEW.stopped_at, NEW.updated_at), NEW.updated_at, CAST(NEW.stop_reason AS TEXT) FROM stream_claims AS c WHERE c.stream_id = NEW.stream_id AND c.ended_at IS NULL; UPDATE stream_claims SET ended_at = NEW.updated_at, end_reason = 'stopped' WHERE stream_id = NEW.stream_id AND ended_at IS NULL; END;
+    BEGIN INSERT INTO claim_history (stream_id, token, worker, event, source, at, recorded_at, reason) SELECT c.stream_id, c.token, c.worker, 'stopped', coalesce(NEW.stop_source, 'system'), coalesce(NEW.stopped_at, NEW.updated_at), NEW.updated_at, CAST(NEW.stop_reason AS TEXT) FROM stream_claims AS c WHERE c.stream_id = NEW.stream_id AND c.ended_at IS NULL; UPDATE stream_claims SET ended_at = NEW.updated_at, end_reason = 'stopped' WHERE stream_id = NEW.stream_id AND ended_at IS NULL; END;
 
 CREATE TRIGGER transitions_append_only_delete BEFORE DELETE ON transitions
     WHEN NOT rtms_lifecycle_pruning()
