@@ -29,8 +29,10 @@ def main() -> None:
                 if claim is None:
                     break
                 held[claim.stream_id] = claim
-                log.write(json.dumps([claim.stream_id, claim.token, claim.claimed_at,
-                                      claim.expires_at]) + "\n")
+                log.write(
+                    json.dumps([claim.stream_id, claim.token, claim.claimed_at, claim.expires_at])
+                    + "\n"
+                )
             for sid, mine in list(held.items()):
                 try:
                     renewed = tracker.renew(mine)
@@ -38,8 +40,9 @@ def main() -> None:
                     del held[sid]
                     continue
                 held[sid] = renewed
-                log.write(json.dumps([sid, renewed.token, renewed.renewed_at,
-                                      renewed.expires_at]) + "\n")
+                log.write(
+                    json.dumps([sid, renewed.token, renewed.renewed_at, renewed.expires_at]) + "\n"
+                )
             if claim is None:
                 time.sleep(lease / 10)
 

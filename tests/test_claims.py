@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -34,7 +35,9 @@ def test_claims_take_each_live_stream_once_oldest_first(tracker: Tracker) -> Non
     first = tracker.claim("a")
     second = tracker.claim("b", lease=5)
     third = tracker.claim("a")
-    assert first and second and third
+    assert first
+    assert second
+    assert third
     assert [first.stream_id, second.stream_id, third.stream_id] == ids
     assert tracker.claim("c") is None
     assert (first.worker, first.token, first.stream.stream_id) == ("a", 1, ids[0])
@@ -65,14 +68,16 @@ def test_renew_extends_and_a_lost_claim_says_why(tracker: Tracker) -> None:
     claim = tracker.claim("a", lease=0.2)
     assert claim is not None
     renewed = tracker.renew(claim)
-    assert renewed.expires_at >= claim.expires_at and renewed.token == claim.token
+    assert renewed.expires_at >= claim.expires_at
+    assert renewed.token == claim.token
     time.sleep(0.25)
     late = tracker.renew(renewed)  # expired, nobody took it: extended, and on record
     assert late.token == claim.token
     assert "renewed_late" in [e.event for e in tracker.claim_history(sid)]
     time.sleep(0.25)
     taker = tracker.claim("b", lease=10)
-    assert taker is not None and taker.token == 2
+    assert taker is not None
+    assert taker.token == 2
     with pytest.raises(ClaimLost) as lost:
         tracker.renew(late)
     assert lost.value.reason == "taken"
@@ -105,7 +110,8 @@ def test_a_stop_ends_the_claim_in_its_transaction(tracker: Tracker) -> None:
     assert [c.stream_id for c in tracker.connected_after_stop()] == [sid]
     tracker.report_disconnected(claim, reason=6)  # the worker left the stream Zoom ended
     assert tracker.connected_after_stop() == []
-    assert tracker.claims() == [] and tracker.claim("b") is None
+    assert tracker.claims() == []
+    assert tracker.claim("b") is None
     events = [(e.event, e.source, e.reason) for e in tracker.claim_history(sid)]
     assert events == [("claimed", "worker", None), ("connected", "app", None),
                       ("stopped", "webhook", "6"), ("disconnected", "app", "6")]  # fmt: skip
@@ -132,7 +138,8 @@ def test_an_interruption_keeps_the_claim_and_a_late_start_changes_no_holder(
     tracker.ingest(body("interrupted", sid, at + 100))
     assert tracker.stream(sid).state is State.INTERRUPTED  # type: ignore[union-attr]
     renewed = tracker.renew(claim)
-    assert renewed.token == 1 and renewed.stream.state is State.INTERRUPTED
+    assert renewed.token == 1
+    assert renewed.stream.state is State.INTERRUPTED
     tracker.ingest(body("started", sid, at - 50))  # a late start, older than what is stored
     tracker.ingest(body("started", sid, at))  # a retry of the first
     assert tracker.claim("b") is None
@@ -147,7 +154,8 @@ def test_reports_record_what_the_worker_saw(tracker: Tracker) -> None:
     assert [s.stream_id for s in tracker.unconnected_streams(older_than=60)] == ids
     tracker.report_connected(claim, at_ms=at + 1500)
     stream = tracker.stream(ids[0])
-    assert stream is not None and (stream.worker, stream.connected) == ("a", True)
+    assert stream is not None
+    assert (stream.worker, stream.connected) == ("a", True)
     assert [s.stream_id for s in tracker.unconnected_streams(older_than=60)] == [ids[1]]
     assert [s.stream_id for s in tracker.unclaimed_streams(older_than=60)] == [ids[1]]
     tracker.report_disconnected(claim, reason=14)
@@ -165,7 +173,8 @@ def test_scope_and_account_filters(tracker: Tracker) -> None:
     tracker.ingest(body("started", "m1", at, scope="meeting"))
     tracker.ingest(body("started", "w1", at + 1, scope="webinar"))
     claim = tracker.claim("a", scope="webinar")
-    assert claim is not None and claim.stream_id == "w1"
+    assert claim is not None
+    assert claim.stream_id == "w1"
     assert tracker.claim("a", scope=["webinar", "phone"]) is None
     assert tracker.claim("a", account_id="nobody") is None
 
@@ -209,8 +218,16 @@ def _workers(db_url: str, tmp_path: Path, n: int, lease: float) -> list[subproce
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.claim_worker", db_url, f"w{i}", str(lease),
-             str(tmp_path / f"w{i}.log"), "25"],  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "tests.claim_worker",
+                db_url,
+                f"w{i}",
+                str(lease),
+                str(tmp_path / f"w{i}.log"),
+                "25",
+            ],
             cwd=ROOT,
             env=env,
         )
@@ -264,7 +281,7 @@ def test_three_processes_one_killed(db_url: str, tmp_path: Path) -> None:
             span[0], span[1] = min(span[0], begin), max(span[1], until)
     for sid, spans in intervals.items():
         ordered = sorted(spans.items())
-        for (_, (_, until)), (_, (begin, _)) in zip(ordered, ordered[1:], strict=False):
+        for (_, (_, until)), (_, (begin, _)) in itertools.pairwise(ordered):
             assert until <= begin, (sid, ordered)
     for sid, events in history.items():
         claimed = [e.token for e in events if e.event == "claimed"]

@@ -53,7 +53,6 @@ from rtms_lifecycle.records import (
     UnhandledEventStat,
 )
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
-from rtms_lifecycle.tracking import DEFAULT_CLAIM_LEASE
 from rtms_lifecycle.tracker import (
     DEFAULT_BATCH_SIZE,
     Body,
@@ -65,7 +64,7 @@ from rtms_lifecycle.tracker import (
     submit_deliveries,
     write_executor,
 )
-from rtms_lifecycle.tracking import callback_failed, check_batch_size
+from rtms_lifecycle.tracking import DEFAULT_CLAIM_LEASE, callback_failed, check_batch_size
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification
 
 if TYPE_CHECKING:

@@ -387,9 +387,7 @@ class Tracker:
         from rtms_lifecycle.store import claims as _claims
 
         span = lease_ms(lease) if lease is not None else claim.expires_at - claim.renewed_at
-        return _claims.renew(
-            self._store, claim.stream_id, claim.token, span, now_ms(), _deadline()
-        )
+        return _claims.renew(self._store, claim.stream_id, claim.token, span, now_ms(), _deadline())
 
     def release(self, claim: Claim, reason: str | None = None) -> bool:
         """Let the stream go (``reason`` is kept in the claim history); False if the claim had
@@ -813,7 +811,9 @@ class Tracker:
         with self._store.read() as conn:
             return _with_holders(
                 conn,
-                _queries.active_streams(conn, Scope(scope) if scope else None, scope_id, account_id),
+                _queries.active_streams(
+                    conn, Scope(scope) if scope else None, scope_id, account_id
+                ),
             )
 
     def streams(

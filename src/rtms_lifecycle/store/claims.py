@@ -10,7 +10,7 @@ claim in the transaction that records it: a trigger on ``streams`` (migration 00
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy import text
 
@@ -147,18 +147,16 @@ def claim(
     for _ in range(_CLAIM_ATTEMPTS):
         with store.transaction(deadline) as conn:
             taken = _claim_once(conn, worker, lease_ms, where, now)
-        if taken is not False:
+        if taken is None or isinstance(taken, Claim):
             return taken
     return None
 
 
 def _claim_once(
     conn: Connection, worker: str, lease_ms: int, where: ClaimFilter, now: int
-) -> Claim | None | bool:
+) -> Claim | Literal[False] | None:
     params: dict[str, Any] = {"now": now}
-    lock = (
-        " FOR NO KEY UPDATE OF s SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
-    )
+    lock = " FOR NO KEY UPDATE OF s SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
     candidate = conn.execute(
         text(
             "SELECT s.stream_id FROM streams AS s"
@@ -297,7 +295,9 @@ def report(
             raise _lost(conn, sid, token, row, now)
         column = "connected_at" if connected else "disconnected_at"
         conn.execute(
-            text(f"UPDATE stream_claims SET connected = :on, {column} = :at WHERE stream_id = :sid"),
+            text(
+                f"UPDATE stream_claims SET connected = :on, {column} = :at WHERE stream_id = :sid"
+            ),
             {"sid": sid, "on": connected, "at": at},
         )
         event = ClaimEventKind.CONNECTED if connected else ClaimEventKind.DISCONNECTED
