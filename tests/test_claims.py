@@ -289,3 +289,34 @@ def test_three_processes_one_killed(db_url: str, tmp_path: Path) -> None:
         for e in events:
             if e.event == "expired":  # seen only once the lease had run out
                 assert e.at <= e.recorded_at
+
+
+def test_cli_claims_and_stream_show_holders_and_history(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rtms_lifecycle.cli.commands import cli
+
+    url = f"sqlite:///{tmp_path}/rtms.db"
+    with Tracker(url) as tracker:
+        (sid,) = start(tracker, 1)
+        claim = tracker.claim("worker-1")
+        assert claim is not None
+        tracker.report_connected(claim)
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["--db", url, "claims", "--json"])
+    assert shown.exit_code == 0, shown.output
+    (listed,) = json.loads(shown.output)
+    assert (listed["worker"], listed["stream_id"], listed["token"], listed["connected"]) == (
+        "worker-1",
+        sid,
+        1,
+        True,
+    )
+    table = runner.invoke(cli, ["--db", url, "claims"])
+    assert table.exit_code == 0
+    assert "worker-1" in table.output
+    detail = runner.invoke(cli, ["--db", url, "stream", sid, "--json"])
+    assert [e["event"] for e in json.loads(detail.output)["claims"]] == ["claimed", "connected"]
+    text_detail = runner.invoke(cli, ["--db", url, "stream", sid])
+    assert "Claims" in text_detail.output
+    assert "worker-1" in text_detail.output
