@@ -376,7 +376,7 @@ def test_a_long_table_is_drawn_as_rich_draws_it(scenario_db: str) -> None:
 def test_stream_shows_one_stream_and_its_history(scenario_db: str) -> None:
     """stream ID --json gives the stream (documented keys), transitions in event-time order."""
     shown = invoke_json(scenario_db, "stream", "s-session")
-    assert set(shown) == {"stream", "history"}
+    assert set(shown) == {"stream", "history", "claims"}
     assert set(shown["stream"]) == SPEC_STREAM_KEYS
     assert shown["stream"]["state"] == "resumed"
     assert [t["name"] for t in shown["history"]] == ["start", "interrupt", "resume"]

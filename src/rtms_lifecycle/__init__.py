@@ -32,10 +32,13 @@ _SOURCES: Final[dict[str, str]] = {
     "SchemaTooNewError": "exceptions",
     "StoreError": "exceptions",
     "StoreTimeout": "exceptions",
+    "ClaimLost": "exceptions",
     "WebhookRefused": "exceptions",
     "State": "machine",
     "TransitionName": "machine",
     "parse_delivery": "parsing",
+    "Claim": "records",
+    "ClaimEvent": "records",
     "ConcurrencyAlertRecord": "records",
     "DeliveryRecord": "records",
     "IngestResult": "records",
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
     from rtms_lifecycle.events import StreamEvent as StreamEvent
     from rtms_lifecycle.events import UnhandledDelivery as UnhandledDelivery
     from rtms_lifecycle.events import UrlValidation as UrlValidation
+    from rtms_lifecycle.exceptions import ClaimLost as ClaimLost
     from rtms_lifecycle.exceptions import ConfigurationError as ConfigurationError
     from rtms_lifecycle.exceptions import DatabaseUnavailable as DatabaseUnavailable
     from rtms_lifecycle.exceptions import DatabaseURLError as DatabaseURLError
@@ -85,6 +89,8 @@ if TYPE_CHECKING:
     from rtms_lifecycle.machine import State as State
     from rtms_lifecycle.machine import TransitionName as TransitionName
     from rtms_lifecycle.parsing import parse_delivery as parse_delivery
+    from rtms_lifecycle.records import Claim as Claim
+    from rtms_lifecycle.records import ClaimEvent as ClaimEvent
     from rtms_lifecycle.records import ConcurrencyAlertRecord as ConcurrencyAlertRecord
     from rtms_lifecycle.records import DeliveryRecord as DeliveryRecord
     from rtms_lifecycle.records import IngestResult as IngestResult

@@ -36,6 +36,8 @@ from rtms_lifecycle.events import Scope
 from rtms_lifecycle.exceptions import ConfigurationError, StoreTimeout
 from rtms_lifecycle.machine import State, TransitionName
 from rtms_lifecycle.records import (
+    Claim,
+    ClaimEvent,
     ConcurrencyAlertRecord,
     DeliveryRecord,
     IngestResult,
@@ -62,7 +64,7 @@ from rtms_lifecycle.tracker import (
     submit_deliveries,
     write_executor,
 )
-from rtms_lifecycle.tracking import callback_failed, check_batch_size
+from rtms_lifecycle.tracking import DEFAULT_CLAIM_LEASE, callback_failed, check_batch_size
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification
 
 if TYPE_CHECKING:
@@ -368,6 +370,65 @@ class AsyncTracker:
     async def report_resumed(self, stream_id: str, at_ms: int) -> IngestResult:
         """Awaitable :meth:`Tracker.report_resumed`."""
         return await self._write(self._sync.report_resumed, stream_id, at_ms)
+
+    # --- claims -----------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        lease: float = DEFAULT_CLAIM_LEASE,
+        scope: Scope | str | Iterable[Scope | str] | None = None,
+        account_id: str | None = None,
+        scope_id: str | None = None,
+    ) -> Claim | None:
+        """Awaitable :meth:`Tracker.claim`."""
+        return await self._write(
+            self._sync.claim,
+            worker,
+            lease=lease,
+            scope=scope,
+            account_id=account_id,
+            scope_id=scope_id,
+        )
+
+    async def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:
+        """Awaitable :meth:`Tracker.renew`."""
+        return await self._write(self._sync.renew, claim, lease=lease)
+
+    async def release(self, claim: Claim, reason: str | None = None) -> bool:
+        """Awaitable :meth:`Tracker.release`."""
+        return await self._write(self._sync.release, claim, reason)
+
+    async def report_connected(self, claim: Claim, at_ms: int | None = None) -> None:
+        """Awaitable :meth:`Tracker.report_connected`."""
+        await self._write(self._sync.report_connected, claim, at_ms)
+
+    async def report_disconnected(
+        self, claim: Claim, at_ms: int | None = None, reason: int | None = None
+    ) -> None:
+        """Awaitable :meth:`Tracker.report_disconnected`."""
+        await self._write(self._sync.report_disconnected, claim, at_ms, reason)
+
+    async def claims(self, worker: str | None = None) -> list[Claim]:
+        """Awaitable :meth:`Tracker.claims`."""
+        return await self._read(self._sync.claims, worker)
+
+    async def unclaimed_streams(self, older_than: float = 0.0) -> list[Stream]:
+        """Awaitable :meth:`Tracker.unclaimed_streams`."""
+        return await self._read(self._sync.unclaimed_streams, older_than)
+
+    async def unconnected_streams(self, older_than: float = 30.0) -> list[Stream]:
+        """Awaitable :meth:`Tracker.unconnected_streams`."""
+        return await self._read(self._sync.unconnected_streams, older_than)
+
+    async def connected_after_stop(self) -> list[Claim]:
+        """Awaitable :meth:`Tracker.connected_after_stop`."""
+        return await self._read(self._sync.connected_after_stop)
+
+    async def claim_history(self, stream_id: str) -> list[ClaimEvent]:
+        """Awaitable :meth:`Tracker.claim_history`."""
+        return await self._read(self._sync.claim_history, stream_id)
 
     async def expire(
         self, stale_after: timedelta | float, *, dry_run: bool = False

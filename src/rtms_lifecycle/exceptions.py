@@ -111,9 +111,12 @@ class ClaimLost(RTMSLifecycleError):
     """A worker's claim on a stream is no longer its own.
 
     ``reason`` says why: ``expired`` (the lease ran out), ``taken`` (another worker holds it),
-    ``released``, or ``stopped`` (the stream ended).
+    ``released``, or ``stopped`` (the stream ended: ``stop_reason`` is Zoom's code, if any).
     """
 
-    def __init__(self, reason: str, message: str | None = None) -> None:
+    def __init__(
+        self, reason: str, message: str | None = None, *, stop_reason: int | None = None
+    ) -> None:
         super().__init__(message or f"the claim was lost: {reason}")
         self.reason = reason
+        self.stop_reason = stop_reason

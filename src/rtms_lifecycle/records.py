@@ -12,6 +12,8 @@ from rtms_lifecycle.machine import State, TransitionName
 from rtms_lifecycle.stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
 
 __all__ = [
+    "Claim",
+    "ClaimEvent",
     "ConcurrencyAlertRecord",
     "DeliveryRecord",
     "IngestResult",
@@ -62,6 +64,11 @@ class Stream:
     failovers: int
     #: Who stopped the stream (``webhook``, or ``system`` for an expiry); None while live.
     stop_source: str | None = None
+    #: The worker holding the stream's claim (an unexpired lease), or None; read with the stream
+    #: by :meth:`Tracker.stream`, :meth:`Tracker.streams` and :meth:`Tracker.active_streams`.
+    worker: str | None = None
+    #: Whether that worker last reported media connected.
+    connected: bool = False
 
     @property
     def stop_reason_name(self) -> str | None:
@@ -96,6 +103,8 @@ class Stream:
         """The documented JSON shape of a stream (docs/cli.md)."""
         data = asdict(self)
         del data["stop_source"]  # not one of the documented keys: stop_reason_name tells it
+        # Claims are their own records (``rtms-lifecycle claims``), not stream keys.
+        del data["worker"], data["connected"]
         data["scope"] = self.scope.value
         data["state"] = self.state.value
         data["stop_reason_name"] = self.stop_reason_name
@@ -338,4 +347,78 @@ class PruneRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A worker's hold on a live stream until ``expires_at`` (epoch ms), unless renewed.
+
+    ``token`` is a fencing token: it grows with every new claim of the stream, so that whatever
+    acts on the stream's behalf can refuse a holder that has been replaced.
+    """
+
+    stream_id: str
+    worker: str
+    token: int
+    expires_at: int
+    stream: Stream
+    claimed_at: int
+    renewed_at: int
+    connected: bool = False
+    #: When it ended (epoch ms) and why; None while held (``Tracker.claims`` lists only those).
+    ended_at: int | None = None
+    end_reason: str | None = None
+
+    def expired(self, now_ms: int) -> bool:
+        """Whether the lease has run out at ``now_ms``."""
+        return self.expires_at <= now_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stream_id": self.stream_id,
+            "worker": self.worker,
+            "token": self.token,
+            "claimed_at": self.claimed_at,
+            "renewed_at": self.renewed_at,
+            "expires_at": self.expires_at,
+            "connected": self.connected,
+            "state": self.stream.state.value,
+            "scope": self.stream.scope.value,
+            "scope_id": self.stream.scope_id,
+        }
+
+
+class ClaimEventKind(StrEnum):
+    """What a row of the claim history records."""
+
+    CLAIMED = "claimed"
+    #: A renewal after the lease had run out, while nobody else had taken the stream.
+    RENEWED_LATE = "renewed_late"
+    RELEASED = "released"
+    #: An expired lease seen by a worker that then claimed the stream.
+    EXPIRED = "expired"
+    STOPPED = "stopped"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimEvent:
+    """One row of a stream's claim history (append-only): what happened to which token."""
+
+    id: int
+    stream_id: str
+    token: int
+    worker: str
+    event: str
+    #: ``worker`` (its own calls), ``app`` (what it saw: connected, disconnected), ``webhook`` or
+    #: ``system`` (the stop that ended it)
+    source: str
+    at: int
+    recorded_at: int
+    #: a release's words, a stop reason or a disconnection's code, as text
+    reason: str | None
+
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)

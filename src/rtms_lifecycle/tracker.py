@@ -30,6 +30,8 @@ from rtms_lifecycle.machine import State, TransitionName
 from rtms_lifecycle.parsing import check_app_event
 from rtms_lifecycle.read_ahead import read_ahead
 from rtms_lifecycle.records import (
+    Claim,
+    ClaimEvent,
     ConcurrencyAlertRecord,
     DeliveryRecord,
     IngestResult,
@@ -50,14 +52,22 @@ from rtms_lifecycle.store.batch import (
 )
 from rtms_lifecycle.store.core import Store
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
-from rtms_lifecycle.tracking import as_set, callback_failed, check_batch_size
+from rtms_lifecycle.tracking import (
+    DEFAULT_CLAIM_LEASE,
+    as_set,
+    callback_failed,
+    check_batch_size,
+    check_report_time,
+    check_worker,
+    lease_ms,
+)
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification, WebhookVerifier
 
 # The queries, pruning and subscriptions import SQLAlchemy (a quarter of a second and more): the
 # methods that use them import them, so that a process that only records deliveries into an
 # SQLite file never does.
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
 
     from rtms_lifecycle import subscriptions as _subs
     from rtms_lifecycle.records import PruneRecord, PruneResult, SubscriptionStatus
@@ -336,6 +346,121 @@ class Tracker:
         (result,) = self._record([item])
         assert result is not None
         return result
+
+    # --- claims -----------------------------------------------------------------------------
+
+    def claim(
+        self,
+        worker: str,
+        *,
+        lease: float = DEFAULT_CLAIM_LEASE,
+        scope: Scope | str | Iterable[Scope | str] | None = None,
+        account_id: str | None = None,
+        scope_id: str | None = None,
+    ) -> Claim | None:
+        """Take one live stream (started, resumed or interrupted) that nobody holds with an
+        unexpired lease, the oldest start first, for ``lease`` seconds; None if there is none.
+
+        Each new claim of a stream gets a greater ``token``. Many processes may claim at once:
+        on PostgreSQL they skip the rows the others are taking instead of waiting for them.
+        """
+        from rtms_lifecycle.store import claims as _claims
+
+        scopes = as_set(scope, Scope)
+        where = (
+            sorted(s.value for s in scopes) if scopes else None,
+            scope_id,
+            account_id,
+        )
+        return _claims.claim(
+            self._store, check_worker(worker), lease_ms(lease), where, now_ms(), _deadline()
+        )
+
+    def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:
+        """Extend the claim's lease (by ``lease`` seconds, else as long as it was taken for).
+
+        Raises :class:`ClaimLost` once the claim is not the caller's: ``expired`` (its lease
+        ran out and the stream was taken, then let go), ``taken`` (another worker holds it),
+        ``released``, or ``stopped`` (with the stream's ``stop_reason``). A lease that ran out
+        while nobody took the stream is extended, and the late renewal recorded.
+        """
+        from rtms_lifecycle.store import claims as _claims
+
+        span = lease_ms(lease) if lease is not None else claim.expires_at - claim.renewed_at
+        return _claims.renew(self._store, claim.stream_id, claim.token, span, now_ms(), _deadline())
+
+    def release(self, claim: Claim, reason: str | None = None) -> bool:
+        """Let the stream go (``reason`` is kept in the claim history); False if the claim had
+        already ended or been replaced (nothing is written then)."""
+        from rtms_lifecycle.store import claims as _claims
+
+        return _claims.release(
+            self._store, claim.stream_id, claim.token, reason, now_ms(), _deadline()
+        )
+
+    def report_connected(self, claim: Claim, at_ms: int | None = None) -> None:
+        """Record the worker's word that its media connection to the stream is up
+        (``source=app``, in the claim history); :class:`ClaimLost` if the claim is not held."""
+        self._report(claim, True, at_ms, None)
+
+    def report_disconnected(
+        self, claim: Claim, at_ms: int | None = None, reason: int | None = None
+    ) -> None:
+        """Record the worker's word that its media connection is down (``reason``: the SDK's
+        leave code). Accepted after a stop ended the claim; :class:`ClaimLost` if another
+        claim replaced it."""
+        self._report(claim, False, at_ms, reason)
+
+    def _report(self, claim: Claim, connected: bool, at_ms: int | None, reason: int | None) -> None:
+        from rtms_lifecycle.store import claims as _claims
+
+        now = now_ms()
+        at = now if at_ms is None else check_report_time(at_ms, now, self._max_ahead_ms)
+        if reason is not None and (isinstance(reason, bool) or not isinstance(reason, int)):
+            raise ValueError(f"reason: must be an integer code, not {reason!r}")
+        _claims.report(
+            self._store, claim.stream_id, claim.token, connected, at, reason, now, _deadline()
+        )
+
+    def claims(self, worker: str | None = None) -> list[Claim]:
+        """Claims not ended on live streams (an expired lease included until another worker
+        takes the stream), of one worker or all, by worker."""
+        from rtms_lifecycle.store import claims as _claims
+
+        with self._store.read() as conn:
+            return _claims.claimed(conn, worker, now_ms())
+
+    def unclaimed_streams(self, older_than: float = 0.0) -> list[Stream]:
+        """Live streams that started at least ``older_than`` seconds ago and that nobody holds
+        (no claim, or an ended or expired one), oldest first."""
+        from rtms_lifecycle.store import claims as _claims
+
+        now = now_ms()
+        with self._store.read() as conn:
+            return _claims.unclaimed(conn, now - lease_ms(older_than, "older_than"), now)
+
+    def unconnected_streams(self, older_than: float = 30.0) -> list[Stream]:
+        """Live streams that started at least ``older_than`` seconds ago whose media no
+        worker reports connected now (unheld, or held but not connected), oldest first."""
+        from rtms_lifecycle.store import claims as _claims
+
+        now = now_ms()
+        with self._store.read() as conn:
+            return _claims.unconnected(conn, now - lease_ms(older_than, "older_than"), now)
+
+    def connected_after_stop(self) -> list[Claim]:
+        """Streams Zoom says stopped whose last worker still reports media connected."""
+        from rtms_lifecycle.store import claims as _claims
+
+        with self._store.read() as conn:
+            return _claims.connected_after_stop(conn)
+
+    def claim_history(self, stream_id: str) -> list[ClaimEvent]:
+        """The stream's claim history (append-only), in the order it was recorded."""
+        from rtms_lifecycle.store import claims as _claims
+
+        with self._store.read() as conn:
+            return _claims.claim_history(conn, stream_id)
 
     def expire(self, stale_after: timedelta | float, *, dry_run: bool = False) -> list[Stream]:
         """Stop every live stream with no event for ``stale_after``.
@@ -667,7 +792,8 @@ class Tracker:
         from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
-            return _queries.stream(conn, stream_id)
+            found = _queries.stream(conn, stream_id)
+            return _with_holders(conn, [found])[0] if found is not None else None
 
     def active_streams(
         self,
@@ -683,8 +809,11 @@ class Tracker:
         from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
-            return _queries.active_streams(
-                conn, Scope(scope) if scope else None, scope_id, account_id
+            return _with_holders(
+                conn,
+                _queries.active_streams(
+                    conn, Scope(scope) if scope else None, scope_id, account_id
+                ),
             )
 
     def streams(
@@ -704,7 +833,7 @@ class Tracker:
 
         filters = _stream_filters(state, scope, scope_id, since, until)
         with self._store.read() as conn:
-            return _queries.list_streams(conn, *filters, limit, account_id)
+            return _with_holders(conn, _queries.list_streams(conn, *filters, limit, account_id))
 
     def count_streams(
         self,
@@ -913,6 +1042,20 @@ def write_executor(tracker: Tracker) -> Executor | None:
     """Runs jobs that write in their turn, on the store's writer thread (SQLite); None where
     writers need no queue (PostgreSQL)."""
     return tracker._store.writes
+
+
+def _with_holders(conn: Connection, found: list[Stream]) -> list[Stream]:
+    """The streams with their claims' workers and connection states (live ones only)."""
+    from rtms_lifecycle.store import claims as _claims
+
+    held = _claims.holders(conn, (s.stream_id for s in found if not s.stopped), now_ms())
+    for stream in found:
+        stream.worker, stream.connected = held.get(stream.stream_id, (None, False))
+    return found
+
+
+def _deadline() -> float:
+    return time.monotonic() + DEFAULT_STORE_TIMEOUT
 
 
 def _checks(

@@ -7,12 +7,26 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from rtms_lifecycle.bounds import arrival_time_problem
 from rtms_lifecycle.defaults import MAX_BATCH_SIZE
 
 if TYPE_CHECKING:
     from rtms_lifecycle.records import Transition
 
-__all__ = ["as_set", "callback_failed", "check_batch_size"]
+__all__ = [
+    "DEFAULT_CLAIM_LEASE",
+    "as_set",
+    "callback_failed",
+    "check_batch_size",
+    "check_report_time",
+    "check_worker",
+    "lease_ms",
+]
+
+#: Seconds a claim holds a stream unless renewed.
+DEFAULT_CLAIM_LEASE = 30.0
+_MAX_LEASE = 86_400.0
+_WORKER_LENGTH = 200
 
 # Both trackers log under one name: operators' log filters match it.
 log = logging.getLogger("rtms_lifecycle.tracker")
@@ -40,3 +54,34 @@ def callback_failed(callback: object, transition: Transition) -> None:
         transition.stream_id,
         transition.name,
     )
+
+
+def check_worker(worker: object) -> str:
+    """A worker's name, or :class:`ValueError` naming what is wrong with it."""
+    if not isinstance(worker, str) or not worker.strip():
+        raise ValueError(f"worker: must be a non-empty name, not {worker!r}")
+    if len(worker) > _WORKER_LENGTH or "\x00" in worker:
+        raise ValueError(f"worker: at most {_WORKER_LENGTH} characters and no NUL")
+    return worker
+
+
+def lease_ms(seconds: object, name: str = "lease") -> int:
+    """A number of seconds (from 0.001 to a day; ``older_than`` from 0) in milliseconds."""
+    low = 0.0 if name != "lease" else 0.001
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not low <= seconds <= _MAX_LEASE
+    ):
+        raise ValueError(f"{name}: must be from {low:g} to {_MAX_LEASE:g} seconds, not {seconds!r}")
+    return max(int(seconds * 1000), 1 if name == "lease" else 0)
+
+
+def check_report_time(at_ms: object, now: int, max_ahead_ms: int) -> int:
+    """A worker's report time (epoch ms), checked as an event time is on arrival."""
+    if isinstance(at_ms, bool) or not isinstance(at_ms, int) or at_ms < 0:
+        raise ValueError(f"at_ms: must be epoch milliseconds, not {at_ms!r}")
+    problem = arrival_time_problem(at_ms, now, max_ahead_ms)
+    if problem is not None:
+        raise ValueError(f"at_ms: {problem}")
+    return at_ms

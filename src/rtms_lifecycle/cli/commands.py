@@ -36,6 +36,8 @@ from rtms_lifecycle.cli.reading import replay
 from rtms_lifecycle.cli.rendering import (
     CATEGORY_STYLE,
     alerts_table,
+    claim_history_table,
+    claims_table,
     deliveries_table,
     emit_json,
     history_table,
@@ -208,13 +210,37 @@ def stream_command(app: App, stream_id: str, as_json: bool) -> None:
     if found is None:
         raise Failure(f"no stream with rtms_stream_id {stream_id!r} is stored in {app.shown_db}")
     history = tracker.history(stream_id)
+    claims = tracker.claim_history(stream_id)
     if as_json:
-        emit_json({"stream": found.as_dict(), "history": [t.as_dict() for t in history]})
+        emit_json(
+            {
+                "stream": found.as_dict(),
+                "history": [t.as_dict() for t in history],
+                "claims": [e.as_dict() for e in claims],
+            }
+        )
         return
     app.out.print(stream_details(found))
     print_table(app.out, history_table(history))
     if history:
         app.out.print(timeline_bar(found, history, now_ms(), format_time))
+    if claims:
+        print_table(app.out, claim_history_table(claims))
+
+
+@cli.command()
+@click.option("--worker", type=TEXT, help="Only this worker's claims.")
+@JSON_OPTION
+@pass_app
+def claims(app: App, worker: str | None, as_json: bool) -> None:
+    """Which worker holds which live stream: tokens, lease ages, connection state."""
+    from rtms_lifecycle.clock import now_ms
+
+    found = app.tracker(create=False).claims(worker)
+    if as_json:
+        emit_json([claim.as_dict() for claim in found])
+        return
+    print_table(app.out, claims_table(found, now_ms()))
 
 
 @cli.command()

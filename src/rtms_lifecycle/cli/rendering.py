@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from rich.text import Text
 
     from rtms_lifecycle.records import (
+        Claim,
+        ClaimEvent,
         ConcurrencyAlertRecord,
         DeliveryRecord,
         InterruptionStats,
@@ -244,6 +246,65 @@ def history_table(history: Sequence[Transition]) -> Table:
             f"{transition.from_state.value} → {transition.to_state.value}",
             transition.source.value,
             format_time(transition.recorded_at) + late,
+        )
+    return table
+
+
+def claim_history_table(events: Sequence[ClaimEvent]) -> Table:
+    table = _table(
+        "Claims (as recorded)",
+        "At (UTC)",
+        "Event",
+        "Worker",
+        "Token",
+        "Source",
+        "Reason",
+        right=("Token",),
+        narrow=("Source", "Reason"),
+        flexible="Reason",
+    )
+    for event in events:
+        table.add_row(
+            format_time(event.at),
+            event.event,
+            event.worker,
+            f"{event.token:,}",
+            event.source,
+            event.reason or DASH,
+        )
+    return table
+
+
+def claims_table(claims: Sequence[Claim], now: int) -> Table | Text:
+    from rich.text import Text
+
+    if not claims:
+        return Text("No claims: no worker holds a live stream.")
+    table = _table(
+        "Claims (by worker)",
+        "Worker",
+        "Stream",
+        "Token",
+        "State",
+        "Connected",
+        "Held for",
+        "Renewed",
+        "Expires in",
+        right=("Token", "Held for", "Renewed", "Expires in"),
+        narrow=("Renewed", "Held for"),
+    )
+    _whole(table, 1, (c.stream_id for c in claims))
+    for claim in claims:
+        left = claim.expires_at - now
+        table.add_row(
+            claim.worker,
+            claim.stream_id,
+            f"{claim.token:,}",
+            claim.stream.state.value,
+            "yes" if claim.connected else "no",
+            format_duration(max(now - claim.claimed_at, 0)),
+            f"{format_duration(max(now - claim.renewed_at, 0))} ago",
+            format_duration(left) if left > 0 else _styled("expired", "red"),
         )
     return table
 

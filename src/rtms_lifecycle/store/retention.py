@@ -181,6 +181,8 @@ class _Pruner:
                 for table, part in (
                     ("streams", ""),
                     ("transitions", ""),
+                    ("claim_history", ""),
+                    ("stream_claims", ""),
                     *(("deliveries", f" AND {part}") for part in STREAM_DELIVERY_PREDICATES),
                 ):
                     removed[table] += self.sql(

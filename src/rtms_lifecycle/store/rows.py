@@ -92,7 +92,10 @@ ALERT_COLUMNS: Final = (
 )
 #: A Stream's columns in its fields' order, so that rows become Streams positionally: the live
 #: and list queries build thousands of them.
-STREAM_RECORD_COLUMNS: Final = tuple(Stream.__dataclass_fields__)
+#: ``worker`` and ``connected`` are not stream columns: they come from the stream's claim.
+STREAM_RECORD_COLUMNS: Final = tuple(
+    name for name in Stream.__dataclass_fields__ if name not in ("worker", "connected")
+)
 
 
 def new_stream_row(stream_id: str, now: int) -> Row:

@@ -261,3 +261,38 @@ prunes = Table(
     Column("alerts", Integer, nullable=False),
     Index("ix_prunes_run", "run"),
 )
+
+# A stream's newest claim: kept after it ends, so that the next claim's token is greater. A
+# stop ends it in the transaction that records the stop (a trigger on streams, migration 0010).
+stream_claims = Table(
+    "stream_claims",
+    metadata,
+    Column("stream_id", String(_ID_LENGTH), primary_key=True),
+    Column("token", BigInteger, nullable=False),
+    Column("worker", String(_CONSUMER_LENGTH), nullable=False),
+    Column("claimed_at", BigInteger, nullable=False),
+    Column("renewed_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("ended_at", BigInteger),
+    Column("end_reason", String(32)),
+    Column("connected", Boolean, nullable=False),
+    Column("connected_at", BigInteger),
+    Column("disconnected_at", BigInteger),
+)
+
+# Append-only, as transitions: claims, late renewals, releases, expiries seen, stops, and what
+# the worker reported (connected, disconnected).
+claim_history = Table(
+    "claim_history",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("stream_id", String(_ID_LENGTH), nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("worker", String(_CONSUMER_LENGTH), nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("recorded_at", BigInteger, nullable=False),
+    Column("reason", Text),
+    Index("ix_claim_history_stream_id_id", "stream_id", "id"),
+)

@@ -1,0 +1,406 @@
+"""The SQL of claims: which worker holds which live stream, under a lease and a fencing token.
+
+Every write is one :meth:`Store.transaction` (the store's time budget and file checks; on
+SQLite, its one writer queue). On PostgreSQL a claim locks the stream row it takes with ``FOR
+NO KEY UPDATE SKIP LOCKED``: concurrent claimers never wait on each other, each skips the rows
+the others are taking. A renewal, release or report locks the claim row only. A stop ends the
+claim in the transaction that records it: a trigger on ``streams`` (migration 0010).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from sqlalchemy import text
+
+from rtms_lifecycle.exceptions import ClaimLost
+from rtms_lifecycle.records import Claim, ClaimEvent, ClaimEventKind, Stream
+from rtms_lifecycle.store.queries import stream as read_stream
+from rtms_lifecycle.store.rows import STREAM_RECORD_COLUMNS, streams_from_rows
+from rtms_lifecycle.store.tables import LIVE_PREDICATE
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from rtms_lifecycle.store.core import Store
+
+__all__ = [
+    "ClaimFilter",
+    "claim",
+    "claim_history",
+    "claimed",
+    "connected_after_stop",
+    "holders",
+    "release",
+    "renew",
+    "report",
+    "unclaimed",
+    "unconnected",
+]
+
+#: (scopes, scope_id, account_id): which streams a worker takes
+ClaimFilter = tuple[Sequence[str] | None, str | None, str | None]
+
+_CLAIM_COLUMNS: Final = (
+    "c.stream_id, c.token, c.worker, c.claimed_at, c.renewed_at, c.expires_at, c.ended_at,"
+    " c.end_reason, c.connected"
+)
+# A live stream a worker may take: started, resumed or interrupted (never ``new``); the live
+# predicate verbatim, so that SQLite reads the partial index.
+_LIVE_STREAMS: Final = f"s.{LIVE_PREDICATE} AND s.state <> 'new'"
+_FREE: Final = "(c.stream_id IS NULL OR c.ended_at IS NOT NULL OR c.expires_at <= :now)"
+_HELD: Final = "c.ended_at IS NULL AND c.expires_at > :now"
+_INSERT_HISTORY: Final = text(
+    "INSERT INTO claim_history (stream_id, token, worker, event, source, at, recorded_at, reason)"
+    " VALUES (:sid, :token, :worker, :event, :source, :at, :now, :reason)"
+)
+# How often a claim looks again after a candidate was renewed under it (a late renewal won).
+_CLAIM_ATTEMPTS: Final = 5
+
+
+def _history(
+    conn: Connection,
+    sid: str,
+    token: int,
+    worker: str,
+    event: ClaimEventKind,
+    source: str,
+    at: int,
+    now: int,
+    reason: str | None = None,
+) -> None:
+    conn.execute(
+        _INSERT_HISTORY,
+        {
+            "sid": sid,
+            "token": token,
+            "worker": worker,
+            "event": event.value,
+            "source": source,
+            "at": at,
+            "now": now,
+            "reason": reason,
+        },
+    )
+
+
+def _lock(conn: Connection) -> str:
+    return " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+
+
+def _claim_row(conn: Connection, sid: str, lock: str = "") -> Any:
+    return conn.execute(
+        text(f"SELECT {_CLAIM_COLUMNS} FROM stream_claims AS c WHERE c.stream_id = :sid{lock}"),
+        {"sid": sid},
+    ).first()
+
+
+def _locked_claim_row(conn: Connection, sid: str) -> Any:
+    return _claim_row(conn, sid, _lock(conn))
+
+
+def _as_claim(row: Any, stream: Stream) -> Claim:
+    if row[6] is None:
+        stream.worker, stream.connected = row[2], bool(row[8])
+    return Claim(
+        stream_id=row[0],
+        worker=row[2],
+        token=int(row[1]),
+        expires_at=int(row[5]),
+        stream=stream,
+        claimed_at=int(row[3]),
+        renewed_at=int(row[4]),
+        connected=bool(row[8]),
+        ended_at=row[6],
+        end_reason=row[7],
+    )
+
+
+def _filters(where: ClaimFilter, params: dict[str, Any]) -> str:
+    scopes, scope_id, account_id = where
+    sql = ""
+    if scopes:
+        names = []
+        for i, scope in enumerate(sorted(scopes)):
+            params[f"scope{i}"] = scope
+            names.append(f":scope{i}")
+        sql += f" AND s.scope IN ({', '.join(names)})"
+    if scope_id is not None:
+        params["scope_id"] = scope_id
+        sql += " AND s.scope_id = :scope_id"
+    if account_id is not None:
+        params["account_id"] = account_id
+        sql += " AND s.account_id = :account_id"
+    return sql
+
+
+def claim(
+    store: Store,
+    worker: str,
+    lease_ms: int,
+    where: ClaimFilter,
+    now: int,
+    deadline: float | None,
+) -> Claim | None:
+    """Take the live stream that started first among those nobody holds; None if none."""
+    for _ in range(_CLAIM_ATTEMPTS):
+        with store.transaction(deadline) as conn:
+            taken = _claim_once(conn, worker, lease_ms, where, now)
+        if taken is None or isinstance(taken, Claim):
+            return taken
+    return None
+
+
+def _claim_once(
+    conn: Connection, worker: str, lease_ms: int, where: ClaimFilter, now: int
+) -> Claim | Literal[False] | None:
+    params: dict[str, Any] = {"now": now}
+    lock = " FOR NO KEY UPDATE OF s SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
+    candidate = conn.execute(
+        text(
+            "SELECT s.stream_id FROM streams AS s"
+            " LEFT JOIN stream_claims AS c ON c.stream_id = s.stream_id"
+            f" WHERE {_LIVE_STREAMS}{_filters(where, params)} AND {_FREE}"
+            f" ORDER BY s.started_at, s.stream_id LIMIT 1{lock}"
+        ),
+        params,
+    ).first()
+    if candidate is None:
+        return None
+    sid: str = candidate[0]
+    previous = _locked_claim_row(conn, sid)
+    values = {"sid": sid, "worker": worker, "now": now, "until": now + lease_ms}
+    if previous is None:
+        conn.execute(
+            text(
+                "INSERT INTO stream_claims (stream_id, token, worker, claimed_at, renewed_at,"
+                " expires_at, connected) VALUES (:sid, 1, :worker, :now, :now, :until, :no)"
+            ),
+            {**values, "no": False},
+        )
+        token = 1
+    else:
+        if previous[6] is None and previous[5] > now:
+            return False  # renewed late between the two reads: another candidate
+        if previous[6] is None:
+            # The holder's lease ran out and nobody said so: its end is recorded now.
+            _history(
+                conn,
+                sid,
+                previous[1],
+                previous[2],
+                ClaimEventKind.EXPIRED,
+                "system",
+                previous[5],
+                now,
+                f"seen by {worker}",
+            )
+        token = int(previous[1]) + 1
+        conn.execute(
+            text(
+                "UPDATE stream_claims SET token = :token, worker = :worker, claimed_at = :now,"
+                " renewed_at = :now, expires_at = :until, ended_at = NULL, end_reason = NULL,"
+                " connected = :no, connected_at = NULL, disconnected_at = NULL"
+                " WHERE stream_id = :sid"
+            ),
+            {**values, "token": token, "no": False},
+        )
+    _history(conn, sid, token, worker, ClaimEventKind.CLAIMED, "worker", now, now)
+    stream = read_stream(conn, sid)
+    assert stream is not None  # its row is locked (PostgreSQL) or the only writer's (SQLite)
+    row = _claim_row(conn, sid)
+    return _as_claim(row, stream)
+
+
+def _lost(conn: Connection, sid: str, token: int, row: Any, now: int) -> ClaimLost:
+    """Why the claim ``token`` of ``sid`` is no longer held (``row``: the stream's newest)."""
+    stream = read_stream(conn, sid)
+    if stream is not None and stream.stopped:
+        return ClaimLost(
+            "stopped",
+            f"the claim on {sid} was lost: the stream stopped",
+            stop_reason=stream.stop_reason,
+        )
+    if row is None:
+        return ClaimLost("released", f"the claim on {sid} is not held")
+    if int(row[1]) != token:
+        reason = "taken" if row[6] is None and row[5] > now else "expired"
+        return ClaimLost(reason, f"the claim on {sid} was lost: {reason} (token {row[1]} now)")
+    reason = row[7] or "released"
+    return ClaimLost(reason, f"the claim on {sid} was lost: {reason}")
+
+
+def renew(
+    store: Store, sid: str, token: int, lease_ms: int, now: int, deadline: float | None
+) -> Claim:
+    """Extend the lease of claim ``token``; :class:`ClaimLost` once it is not held."""
+    with store.transaction(deadline) as conn:
+        row = _locked_claim_row(conn, sid)
+        if row is None or int(row[1]) != token or row[6] is not None:
+            raise _lost(conn, sid, token, row, now)
+        if row[5] <= now:
+            # Nobody took the stream meanwhile: the lease goes on, and the gap is on record.
+            _history(conn, sid, token, row[2], ClaimEventKind.RENEWED_LATE, "worker", now, now)
+        conn.execute(
+            text(
+                "UPDATE stream_claims SET renewed_at = :now, expires_at = :until"
+                " WHERE stream_id = :sid"
+            ),
+            {"sid": sid, "now": now, "until": now + lease_ms},
+        )
+        stream = read_stream(conn, sid)
+        assert stream is not None
+        return _as_claim(_claim_row(conn, sid), stream)
+
+
+def release(
+    store: Store, sid: str, token: int, reason: str | None, now: int, deadline: float | None
+) -> bool:
+    """End claim ``token``; False (nothing written) if it had already ended or been replaced."""
+    with store.transaction(deadline) as conn:
+        row = _locked_claim_row(conn, sid)
+        if row is None or int(row[1]) != token or row[6] is not None:
+            return False
+        conn.execute(
+            text(
+                "UPDATE stream_claims SET ended_at = :now, end_reason = 'released'"
+                " WHERE stream_id = :sid"
+            ),
+            {"sid": sid, "now": now},
+        )
+        _history(conn, sid, token, row[2], ClaimEventKind.RELEASED, "worker", now, now, reason)
+        return True
+
+
+def report(
+    store: Store,
+    sid: str,
+    token: int,
+    connected: bool,
+    at: int,
+    reason: int | None,
+    now: int,
+    deadline: float | None,
+) -> None:
+    """Record what the holder of claim ``token`` saw; :class:`ClaimLost` for a stale token.
+
+    A disconnection is recorded for the stream's last claim even once a stop ended it: the
+    worker says it left the stream Zoom ended.
+    """
+    with store.transaction(deadline) as conn:
+        row = _locked_claim_row(conn, sid)
+        stale = row is None or int(row[1]) != token
+        if stale or (connected and row[6] is not None):
+            raise _lost(conn, sid, token, row, now)
+        column = "connected_at" if connected else "disconnected_at"
+        conn.execute(
+            text(
+                f"UPDATE stream_claims SET connected = :on, {column} = :at WHERE stream_id = :sid"
+            ),
+            {"sid": sid, "on": connected, "at": at},
+        )
+        event = ClaimEventKind.CONNECTED if connected else ClaimEventKind.DISCONNECTED
+        words = None if reason is None else str(reason)
+        _history(conn, sid, token, row[2], event, "app", at, now, words)
+
+
+def _claims(conn: Connection, where: str, params: dict[str, Any]) -> list[Claim]:
+    columns = ", ".join(f"s.{name}" for name in STREAM_RECORD_COLUMNS)
+    rows = conn.execute(
+        text(
+            f"SELECT {_CLAIM_COLUMNS}, {columns} FROM stream_claims AS c"
+            f" JOIN streams AS s ON s.stream_id = c.stream_id WHERE {where}"
+            " ORDER BY c.worker, c.claimed_at, c.stream_id"
+        ),
+        params,
+    ).all()
+    found = []
+    for row in rows:
+        (stream,) = streams_from_rows([tuple(row[9:])])
+        found.append(_as_claim(row, stream))
+    return found
+
+
+def claimed(conn: Connection, worker: str | None, now: int) -> list[Claim]:
+    """Claims not ended (expired ones included) of live streams, by worker."""
+    params: dict[str, Any] = {"now": now}
+    where = f"c.ended_at IS NULL AND {_LIVE_STREAMS}"
+    if worker is not None:
+        params["worker"] = worker
+        where += " AND c.worker = :worker"
+    return _claims(conn, where, params)
+
+
+def connected_after_stop(conn: Connection) -> list[Claim]:
+    """Last claims of stopped streams whose worker still reports media connected."""
+    return _claims(conn, "c.end_reason = 'stopped' AND c.connected", {})
+
+
+def _live(conn: Connection, where: str, params: dict[str, Any]) -> list[Stream]:
+    columns = ", ".join(f"s.{name}" for name in STREAM_RECORD_COLUMNS)
+    rows = conn.execute(
+        text(
+            f"SELECT {columns}, c.worker, c.connected, c.ended_at, c.expires_at FROM streams AS s"
+            " LEFT JOIN stream_claims AS c ON c.stream_id = s.stream_id"
+            f" WHERE {_LIVE_STREAMS} AND {where} ORDER BY s.started_at, s.stream_id"
+        ),
+        params,
+    ).all()
+    found = []
+    for row in rows:
+        (stream,) = streams_from_rows([tuple(row[:-4])])
+        worker, connected, ended, expires = row[-4:]
+        if worker is not None and ended is None and expires > params["now"]:
+            stream.worker, stream.connected = worker, bool(connected)
+        found.append(stream)
+    return found
+
+
+def unclaimed(conn: Connection, started_before: int, now: int) -> list[Stream]:
+    """Live streams started before ``started_before`` that nobody holds, oldest first."""
+    return _live(
+        conn, f"s.started_at <= :before AND {_FREE}", {"now": now, "before": started_before}
+    )
+
+
+def unconnected(conn: Connection, started_before: int, now: int) -> list[Stream]:
+    """Live streams started before ``started_before`` whose holder (if any) reports no media."""
+    return _live(
+        conn,
+        "s.started_at <= :before AND NOT (c.stream_id IS NOT NULL AND c.ended_at IS NULL"
+        " AND c.expires_at > :now AND c.connected)",
+        {"now": now, "before": started_before},
+    )
+
+
+def holders(conn: Connection, stream_ids: Iterable[str], now: int) -> dict[str, tuple[str, bool]]:
+    """The worker holding each of these streams (an unexpired lease), and whether connected."""
+    ids = list(stream_ids)
+    found: dict[str, tuple[str, bool]] = {}
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        params: dict[str, Any] = {f"s{i}": sid for i, sid in enumerate(part)}
+        params["now"] = now
+        marks = ", ".join(f":s{i}" for i in range(len(part)))
+        for sid, worker, connected in conn.execute(
+            text(
+                "SELECT c.stream_id, c.worker, c.connected FROM stream_claims AS c"
+                f" WHERE c.stream_id IN ({marks}) AND {_HELD}"
+            ),
+            params,
+        ):
+            found[sid] = (worker, bool(connected))
+    return found
+
+
+def claim_history(conn: Connection, stream_id: str) -> list[ClaimEvent]:
+    """A stream's claim history, in the order it was recorded."""
+    rows = conn.execute(
+        text(
+            "SELECT id, stream_id, token, worker, event, source, at, recorded_at, reason"
+            " FROM claim_history WHERE stream_id = :sid ORDER BY id"
+        ),
+        {"sid": stream_id},
+    ).all()
+    return [ClaimEvent(*row) for row in rows]
