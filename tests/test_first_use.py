@@ -13,7 +13,7 @@ from sqlalchemy import create_engine
 
 from rtms_lifecycle.store.migrate import current_revision, head_revision
 from rtms_lifecycle.webhook import SECRET_ENV
-from tests._live import SECRET, _free_port
+from tests._live import SECRET, free_port
 
 # Imports first, then every process waits for the same moment, so that they really race.
 _OPEN = """
@@ -58,7 +58,7 @@ def test_processes_opening_a_new_database_at_once_all_succeed(db_url: str) -> No
 
 def test_uvicorn_workers_on_a_new_sqlite_file_all_start(tmp_path: Path) -> None:
     """``uvicorn --factory ...create_app --workers 4`` on a new SQLite file: every worker starts."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         SECRET_ENV: SECRET,
