@@ -73,10 +73,66 @@ def app_clients(timeout: float = 30) -> Iterator[Callable[..., httpx.Client]]:
 
 
 def free_port() -> int:
+    """A 127.0.0.1 port that was free a moment ago. Another process (another xdist worker's
+    server) may take it before the server it is meant for binds: see :func:`server_process`."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+PORT_ATTEMPTS = 3
+"""Starts of a server process, each on a new port, when the port was taken before it bound."""
+
+
+def _answering(process: subprocess.Popen[bytes], url: str, log: Path, probe: str) -> bool:
+    """Whether the process came to answer ``url`` + ``probe`` (False: it exited, its port taken)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        # The process first: a server that lost its port must not pass for the one that took it.
+        if process.poll() is not None:
+            said = log.read_text(encoding="utf-8", errors="replace")
+            if "address already in use" in said.lower():
+                return False
+            raise RuntimeError(f"the receiver did not start ({log}):\n{said}")
+        try:
+            httpx.get(f"{url}{probe}", timeout=1).raise_for_status()
+            return True
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the receiver did not answer; see {log}") from None
+            time.sleep(0.05)
+
+
+@contextmanager
+def server_process(
+    argv: Callable[[int], list[str]],
+    workdir: Path,
+    env: dict[str, str],
+    log_name: str,
+    probe: str = "/healthz",
+) -> Iterator[tuple[str, Path]]:
+    """Run ``argv(port)`` in ``workdir`` on a free port until ``probe`` answers; yield its
+    base URL and its log (``log_name``, formatted with ``port``). A new port when it was taken."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        url, log = f"http://127.0.0.1:{port}", workdir / log_name.format(port=port)
+        with log.open("wb") as sink:
+            process = subprocess.Popen(argv(port), env=env, stdout=sink, stderr=sink, cwd=workdir)
+        try:
+            if _answering(process, url, log, probe):
+                break
+        except BaseException:
+            process.kill()
+            process.wait(timeout=30)
+            raise
+        if attempt == PORT_ATTEMPTS:
+            raise RuntimeError(f"the receiver's port was taken {PORT_ATTEMPTS} times; see {log}")
+    try:
+        yield url, log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @contextmanager
@@ -94,35 +150,17 @@ def serving_process(
     file descriptor limit. Yields the base URL once /healthz answers; the server's output goes
     to ``server.log`` in ``workdir``.
     """
-    port = free_port()
-    code = (
-        "from rtms_lifecycle.server import run; "
-        f"run(host='127.0.0.1', port={port}, path={path!r}, db={db_url!r}, {options})"
-    )
-    if nofile is not None:
-        limit = f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile},) * 2)"
-        code = f"import resource; {limit}; {code}"
 
-    url = f"http://127.0.0.1:{port}"
-    with (workdir / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", code],
-            env={**os.environ, SECRET_ENV: SECRET},
-            stdout=log,
-            stderr=log,
-            cwd=workdir,
+    def argv(port: int) -> list[str]:
+        code = (
+            "from rtms_lifecycle.server import run; "
+            f"run(host='127.0.0.1', port={port}, path={path!r}, db={db_url!r}, {options})"
         )
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                try:
-                    httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"the receiver did not start; see {log.name}") from None
-                    time.sleep(0.05)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        if nofile is not None:
+            limit = f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile},) * 2)"
+            code = f"import resource; {limit}; {code}"
+        return [sys.executable, "-c", code]
+
+    env = {**os.environ, SECRET_ENV: SECRET}
+    with server_process(argv, workdir, env, "server.log") as (url, _):
+        yield url

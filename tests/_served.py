@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from rtms_lifecycle.webhook import SECRET_ENV
-from tests._live import SECRET, START_TIMEOUT_S, free_port
+from tests._live import SECRET, server_process
 
 ENTRY_POINT = Path(sys.executable).with_name("rtms-lifecycle")
 # Settings a developer's shell could carry into the server under test.
@@ -42,32 +38,14 @@ def _environment(env: Mapping[str, str]) -> dict[str, str]:
 
 @contextmanager
 def running(
-    argv: Sequence[str], port: int, workdir: Path, env: Mapping[str, str], probe: str = "/healthz"
+    argv: Callable[[int], list[str]],
+    workdir: Path,
+    env: Mapping[str, str],
+    probe: str = "/healthz",
 ) -> Iterator[Served]:
-    """``argv`` in its own process (stdout and stderr to a log), until ``probe`` answers 2xx on
-    127.0.0.1:``port``; terminated afterwards."""
-    url = f"http://127.0.0.1:{port}"
-    log = workdir / f"server-{port}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            list(argv), env=_environment(env), stdout=sink, stderr=sink, cwd=workdir
-        )
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                try:
-                    httpx.get(f"{url}{probe}", timeout=1).raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"the receiver did not start:\n{log.read_text()}"
-                        ) from None
-                    time.sleep(0.05)
-            yield Served(url, log)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    """``argv(port)`` in its own process on a free port, until ``probe`` answers 2xx."""
+    with server_process(argv, workdir, _environment(env), "server-{port}.log", probe) as started:
+        yield Served(*started)
 
 
 @contextmanager
@@ -75,10 +53,12 @@ def serve_command(
     db_url: str, workdir: Path, *options: str, env: Mapping[str, str] | None = None
 ) -> Iterator[Served]:
     """``rtms-lifecycle --db DB serve --port P OPTIONS``, until it answers /healthz."""
-    port = free_port()
-    argv = [str(ENTRY_POINT), "--db", db_url, "serve", "--port", str(port), *options]
-    with running(argv, port, workdir, env or {}) as served:
-        yield served
+
+    def argv(port: int) -> list[str]:
+        return [str(ENTRY_POINT), "--db", db_url, "serve", "--port", str(port), *options]
+
+    with server_process(argv, workdir, _environment(env or {}), "server-{port}.log") as running:
+        yield Served(*running)
 
 
 @contextmanager
@@ -86,19 +66,22 @@ def uvicorn_workers(
     db_url: str, workdir: Path, workers: int, env: Mapping[str, str] | None = None
 ) -> Iterator[Served]:
     """``uvicorn --factory rtms_lifecycle.server:create_app --workers N``, configured by env."""
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "rtms_lifecycle.server:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
-    with running(argv, port, workdir, {"RTMS_LIFECYCLE_DB": db_url, **(env or {})}) as served:
-        yield served
+
+    def argv(port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "rtms_lifecycle.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
+
+    environment = _environment({"RTMS_LIFECYCLE_DB": db_url, **(env or {})})
+    with server_process(argv, workdir, environment, "server-{port}.log") as running:
+        yield Served(*running)

@@ -7,6 +7,10 @@ fixtures that need it, so a broken package still lets the session start and say 
 
 If the PostgreSQL binaries cannot be found the PostgreSQL tests are skipped, unless the
 environment variable ``CI`` is ``true``: CI must exercise them, so there the run fails instead.
+
+With pytest-xdist installed, ``python -m pytest`` runs on every core (``-n auto --dist
+loadgroup``) unless told otherwise (``-n 0``, ``-n 4``, ``-p no:xdist``). Most of the suite
+waits (for servers, subprocesses, timeouts), so two workers nearly halve its time on two cores.
 """
 
 from __future__ import annotations
@@ -41,6 +45,21 @@ def _skip_or_fail(reason: str) -> NoReturn:
 def skip_or_fail() -> Callable[[str], NoReturn]:
     """For a test that needs a tool: skip it locally, but fail it under CI (``CI=true``)."""
     return _skip_or_fail
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Distribute over the cores by default; not in a worker, and not when ``-n`` was given.
+
+    In ``addopts`` an ``-n`` would make ``-p no:xdist`` a usage error; here it is only a default.
+    """
+    if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+        return
+    if config.option.numprocesses is None:
+        config.option.numprocesses = "auto"
+        if config.option.dist == "no":
+            # Modules marked xdist_group build something costly once (a wheel, a browser).
+            config.option.dist = "loadgroup"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,11 +20,14 @@ from click.testing import CliRunner
 
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.cli.commands import cli
+from rtms_lifecycle.receiver.dashboard import REFRESH_SECONDS
 from rtms_lifecycle.server import create_app
 from tests._deliveries import body
 from tests._live import SECRET, serving
 from tests.conftest import _skip_or_fail
 
+# One xdist worker launches the browser and loads the demo day once for every test here.
+pytestmark = pytest.mark.xdist_group("browser")
 TOKEN = "browser-token"
 CHROMIUM = Path(os.environ.get("RTMS_LIFECYCLE_CHROMIUM", "/usr/bin/chromium"))
 # Root in a container with a closed network: no sandbox, no GPU, nothing phoning home.
@@ -153,11 +156,14 @@ def test_the_stream_page_shows_every_transition(
 
 def test_the_page_refreshes_itself_without_reloading(page: Any, site: str, demo_db: str) -> None:
     """A stream that starts after the page loaded shows up in place within a refresh."""
+    # The page's timers run on a clock the test moves on: a refresh interval passes at once.
+    page.clock.install()
     sign_in(page, site)
     before = int(page.get_attribute("#live-count", "data-count"))
     page.evaluate("window.loadedOnce = true")
     with Tracker(demo_db) as tracker:
         tracker.ingest(body("started", "browser-refresh-stream", 1_741_700_000_000))
+    page.clock.run_for(REFRESH_SECONDS * 1000)
     # Polled from here: the page's policy forbids the eval a page-side wait would need.
     deadline = time.monotonic() + 25
     while page.get_attribute("#live-count", "data-count") != str(before + 1):

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests._live import SECRET, free_port, signed
+from tests._live import SECRET, signed
 from tests._served import ENTRY_POINT, running
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,9 +156,13 @@ def test_every_compose_command_runs(postgres_url: str, tmp_path: Path) -> None:
     (health,) = [args for keyword, args in dockerfile_instructions() if keyword == "HEALTHCHECK"]
     probe = exec_form(health.split("CMD", 1)[1].strip())
     for n, name in enumerate(["receiver-1", "receiver-2"]):
-        port = free_port()
-        argv = installed(on_loopback(services[name]["command"], port))
-        with running(argv, port, tmp_path, env) as served:
+        command: list[str] = services[name]["command"]
+
+        def argv(port: int, command: list[str] = command) -> list[str]:
+            return installed(on_loopback(command, port))
+
+        with running(argv, tmp_path, env) as served:
+            port = int(served.url.rsplit(":", 1)[1])
             python_probe = [sys.executable, *probe[1:]]
             python_probe[-1] = python_probe[-1].replace(":8000/", f":{port}/")
             subprocess.run(python_probe, check=True, timeout=30)

@@ -222,15 +222,26 @@ def test_embedding_example_logs_under_uvicorn_as_written(tmp_path: Path) -> None
     pytest.importorskip("fastapi", reason="the example needs the 'server' extra")
     import httpx
 
-    from tests._live import SECRET, free_port, signed
+    from tests._live import SECRET, signed
     from tests._served import running
 
     (code,) = [b for b in python_blocks(DOCS / "embedding.md") if "FastAPI(lifespan" in b]
     (tmp_path / "app.py").write_text(code, encoding="utf-8")
-    port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
+
+    def argv(port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+
     env = {"RTMS_LIFECYCLE_DB": f"sqlite:///{tmp_path}/app.db", "PYTHONPATH": str(tmp_path)}
-    with running(argv, port, tmp_path, env, probe="/live") as served:
+    with running(argv, tmp_path, env, probe="/live") as served:
         for event, ts, extra in [("started", 1_000, {}), ("stopped", 2_000, {"stop_reason": 11})]:
             payload = {"rtms_stream_id": "s1", "meeting_uuid": "m1", "server_urls": "wss://a"}
             raw = json.dumps(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from rtms_lifecycle.events import Scope, Source
 from rtms_lifecycle.exceptions import FieldError
@@ -12,6 +12,7 @@ from rtms_lifecycle.machine import State, TransitionName
 from rtms_lifecycle.stop_reasons import StopReason, StopReasonCategory, describe_stop_reason
 
 __all__ = [
+    "NOT_STREAM_KEYS",
     "Claim",
     "ClaimEvent",
     "ConcurrencyAlertRecord",
@@ -28,6 +29,10 @@ __all__ = [
     "Transition",
     "UnhandledEventStat",
 ]
+
+#: Fields of :class:`Stream` that are not keys of its documented JSON: ``stop_reason_name`` tells
+#: the stop's source, and claims are records of their own (``rtms-lifecycle claims``).
+NOT_STREAM_KEYS: Final = ("stop_source", "worker", "connected")
 
 
 class Outcome(StrEnum):
@@ -102,9 +107,8 @@ class Stream:
     def as_dict(self) -> dict[str, Any]:
         """The documented JSON shape of a stream (docs/cli.md)."""
         data = asdict(self)
-        del data["stop_source"]  # not one of the documented keys: stop_reason_name tells it
-        # Claims are their own records (``rtms-lifecycle claims``), not stream keys.
-        del data["worker"], data["connected"]
+        for name in NOT_STREAM_KEYS:
+            del data[name]
         data["scope"] = self.scope.value
         data["state"] = self.state.value
         data["stop_reason_name"] = self.stop_reason_name

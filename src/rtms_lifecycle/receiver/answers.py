@@ -9,7 +9,7 @@ from typing import Any, Literal, Self, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from rtms_lifecycle.records import Outcome, StopReasonStat, Stream, Transition
+from rtms_lifecycle.records import NOT_STREAM_KEYS, Outcome, StopReasonStat, Stream, Transition
 
 __all__ = [
     "DeliveryAnswer",
@@ -99,7 +99,7 @@ StreamModel = _record_model(
     "StreamModel",
     Stream,
     "A stream, with exactly the keys of ``rtms-lifecycle streams --json`` (times: epoch ms).",
-    without=("stop_source",),
+    without=NOT_STREAM_KEYS,
     computed={"stop_reason": ("stop_reason_name", "stop_reason_category")},
     forbid_extra=True,
 )
