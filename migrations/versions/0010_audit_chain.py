@@ -68,12 +68,12 @@ _PG_PRUNE_FUNCTION = """CREATE FUNCTION rtms_lifecycle_prune_streams(
     DECLARE n_streams bigint; n_transitions bigint; n_events bigint; n_others bigint;
     BEGIN
         INSERT INTO pruned_chains
-            (run, pruned_at, stream_id, transitions, last_id, last_tx_id, head)
-        SELECT p_run, p_at, l.stream_id, n.c, l.id, l.tx_id, l.chain_hash
+            (run, pruned_at, stream_id, transitions, first_id, last_id, last_tx_id, head)
+        SELECT p_run, p_at, l.stream_id, n.c, n.f, l.id, l.tx_id, l.chain_hash
         FROM (SELECT DISTINCT ON (stream_id) stream_id, id, tx_id, chain_hash FROM transitions
               WHERE stream_id = ANY(p_ids) ORDER BY stream_id, id DESC) AS l
-        JOIN (SELECT stream_id, count(*) AS c FROM transitions WHERE stream_id = ANY(p_ids)
-              GROUP BY stream_id) AS n USING (stream_id);
+        JOIN (SELECT stream_id, count(*) AS c, min(id) AS f FROM transitions
+              WHERE stream_id = ANY(p_ids) GROUP BY stream_id) AS n USING (stream_id);
         PERFORM set_config('rtms_lifecycle.pruning', 'on', true);
         DELETE FROM streams WHERE stream_id = ANY(p_ids);
         GET DIAGNOSTICS n_streams = ROW_COUNT;
@@ -156,6 +156,7 @@ def upgrade() -> None:
         sa.Column("pruned_at", sa.BigInteger(), nullable=False),
         sa.Column("stream_id", sa.String(length=255), nullable=False),
         sa.Column("transitions", sa.Integer(), nullable=False),
+        sa.Column("first_id", sa.BigInteger(), nullable=False),
         sa.Column("last_id", sa.BigInteger(), nullable=False),
         sa.Column("last_tx_id", sa.BigInteger(), nullable=False),
         sa.Column("head", sa.String(length=64), nullable=True),

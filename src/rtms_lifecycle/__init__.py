@@ -46,6 +46,8 @@ _SOURCES: Final[dict[str, str]] = {
     "Stream": "records",
     "Transition": "records",
     "UnhandledEventStat": "records",
+    "AuditBreak": "records",
+    "AuditReport": "records",
     "PruneRecord": "records",
     "PruneResult": "records",
     "StopReason": "stop_reasons",
@@ -85,6 +87,8 @@ if TYPE_CHECKING:
     from rtms_lifecycle.machine import State as State
     from rtms_lifecycle.machine import TransitionName as TransitionName
     from rtms_lifecycle.parsing import parse_delivery as parse_delivery
+    from rtms_lifecycle.records import AuditBreak as AuditBreak
+    from rtms_lifecycle.records import AuditReport as AuditReport
     from rtms_lifecycle.records import ConcurrencyAlertRecord as ConcurrencyAlertRecord
     from rtms_lifecycle.records import DeliveryRecord as DeliveryRecord
     from rtms_lifecycle.records import IngestResult as IngestResult

@@ -44,14 +44,16 @@ _NEWEST: Final = (
     " (SELECT stream_id FROM deliveries ORDER BY id DESC LIMIT 1),"
     " (SELECT stream_id FROM transitions ORDER BY id DESC LIMIT 1)"
 )
-# A removed chain's record: its last row's hash (SQLite takes a bare column from the max() row).
+# A removed chain's record: its size, first and last rows, and its last row's hash.
 _SQLITE_CHAINS: Final = (
-    "SELECT stream_id, count(*), max(id), tx_id, chain_hash FROM transitions"
-    " WHERE {} GROUP BY stream_id"
+    "SELECT g.stream_id, g.n, g.f, t.id, t.tx_id, t.chain_hash FROM (SELECT stream_id,"
+    " count(*) AS n, min(id) AS f, max(id) AS l FROM transitions WHERE {} GROUP BY stream_id)"
+    " AS g JOIN transitions AS t ON t.id = g.l"
 )
 _SQLITE_PRUNED_CHAIN: Final = (
-    "INSERT INTO pruned_chains (run, pruned_at, stream_id, transitions, last_id, last_tx_id, head)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO pruned_chains"
+    " (run, pruned_at, stream_id, transitions, first_id, last_id, last_tx_id, head)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _PG_REMOVE: Final = "SELECT rtms_lifecycle_prune_streams(%s, %s, %s)"
 _RECORD: Final = (

@@ -45,6 +45,7 @@ CREATE TABLE pruned_chains (
 	pruned_at BIGINT NOT NULL, 
 	stream_id VARCHAR(255) NOT NULL, 
 	transitions INTEGER NOT NULL, 
+	first_id BIGINT NOT NULL, 
 	last_id BIGINT NOT NULL, 
 	last_tx_id BIGINT NOT NULL, 
 	head VARCHAR(64), 

@@ -276,6 +276,7 @@ pruned_chains = Table(
     Column("pruned_at", BigInteger, nullable=False),
     Column("stream_id", String(_ID_LENGTH), nullable=False),
     Column("transitions", Integer, nullable=False),
+    Column("first_id", BigInteger, nullable=False),
     Column("last_id", BigInteger, nullable=False),
     Column("last_tx_id", BigInteger, nullable=False),
     Column("head", String(64)),
