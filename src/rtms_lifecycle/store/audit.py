@@ -167,17 +167,17 @@ def verify(store: Store, stream_id: str | None = None, head: str | None = None) 
         walk = _Walk(positions, entries=[[] for _ in positions])
         for ids in _pages(conn, stream_id):
             bounds = {"first": ids[0], "last": ids[-1]}
-            heads: dict[str, Any] = dict(conn.execute(text(_HEADS), bounds).tuples())
+            heads: dict[str, Any] = dict(conn.execute(text(_HEADS), bounds).all())
             chain: list[Sequence[Any]] = []
-            for row in conn.execute(text(_ROWS), bounds).tuples():
+            for row in conn.execute(text(_ROWS), bounds):
                 if chain and chain[0][1] != row[1]:
                     walk.chain(chain[0][1], chain, heads.get(chain[0][1], _MISSING))
                     chain = []
                 chain.append(row)
             if chain:
                 walk.chain(chain[0][1], chain, heads.get(chain[0][1], _MISSING))
-        headless = conn.execute(text(_HEADLESS)).tuples().all()
-        pruned = conn.execute(text(_PRUNED)).tuples().all()
+        headless = conn.execute(text(_HEADLESS)).all()
+        pruned = conn.execute(text(_PRUNED)).all()
     for sid, stored in headless:
         if stream_id is None or sid == stream_id:
             walk.breaks.append(
