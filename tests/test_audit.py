@@ -409,3 +409,10 @@ async def _async_audit(sqlite_url: str) -> None:
         report: AuditReport = await tracker.verify_audit(head=head)
         assert report.ok
         assert report.head_matches
+
+
+def test_the_documented_encoding_lists_the_hashed_columns_in_order() -> None:
+    text_ = (DOCS / "operations.md").read_text()
+    listed = text_.split("the previous hash (NULL for a stream's first row), ", 1)[1]
+    listed = listed.split(". The stream's rows", 1)[0]
+    assert tuple(re.findall(r"`(\w+)`", listed)) == HASHED_COLUMNS

@@ -1,6 +1,6 @@
 """The audit hash chain: the canonical encoding of a transition row and of the chain heads.
 
-No SQL and no SQLAlchemy here: the write path hashes each transition it adds, the migration and
+No SQL here: the write path hashes each transition it adds, the migration and
 ``audit verify`` recompute them. docs/operations.md ("Audit verification") specifies the same
 encoding for anyone checking a database without this library; a test runs its snippet.
 
@@ -16,23 +16,13 @@ from collections.abc import Iterable, Sequence
 from hashlib import sha256
 from typing import Any, Final
 
+from rtms_lifecycle.store.rows import TRANSITION_COLUMNS
+
 __all__ = ["HASHED_COLUMNS", "chain_hash", "digest", "encode", "head_entry"]
 
 #: The hashed columns of a transition row, in order: every column but ``tx_id`` (PostgreSQL sets
-#: it on insert) and the hash itself. The same as ``rows.TRANSITION_COLUMNS``.
-HASHED_COLUMNS: Final = (
-    "id",
-    "stream_id",
-    "from_state",
-    "to_state",
-    "name",
-    "kind",
-    "event_ts",
-    "source",
-    "late",
-    "recorded_at",
-    "delivery_id",
-)
+#: it on insert) and the hash itself. docs/operations.md lists them (a test checks).
+HASHED_COLUMNS: Final = TRANSITION_COLUMNS
 
 
 def encode(values: Iterable[Any]) -> bytes:
