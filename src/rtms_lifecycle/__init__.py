@@ -49,6 +49,8 @@ _SOURCES: Final[dict[str, str]] = {
     "Stream": "records",
     "Transition": "records",
     "UnhandledEventStat": "records",
+    "AuditBreak": "records",
+    "AuditReport": "records",
     "PruneRecord": "records",
     "PruneResult": "records",
     "StopReason": "stop_reasons",
@@ -89,6 +91,8 @@ if TYPE_CHECKING:
     from rtms_lifecycle.machine import State as State
     from rtms_lifecycle.machine import TransitionName as TransitionName
     from rtms_lifecycle.parsing import parse_delivery as parse_delivery
+    from rtms_lifecycle.records import AuditBreak as AuditBreak
+    from rtms_lifecycle.records import AuditReport as AuditReport
     from rtms_lifecycle.records import Claim as Claim
     from rtms_lifecycle.records import ClaimEvent as ClaimEvent
     from rtms_lifecycle.records import ConcurrencyAlertRecord as ConcurrencyAlertRecord

@@ -36,6 +36,7 @@ from rtms_lifecycle.events import Scope
 from rtms_lifecycle.exceptions import ConfigurationError, StoreTimeout
 from rtms_lifecycle.machine import State, TransitionName
 from rtms_lifecycle.records import (
+    AuditReport,
     Claim,
     ClaimEvent,
     ConcurrencyAlertRecord,
@@ -445,6 +446,16 @@ class AsyncTracker:
     async def prunes(self, limit: int | None = None) -> list[PruneRecord]:
         """Awaitable :meth:`Tracker.prunes`."""
         return await self._read(self._sync.prunes, limit)
+
+    async def verify_audit(
+        self, stream_id: str | None = None, *, head: str | None = None
+    ) -> AuditReport:
+        """Awaitable :meth:`Tracker.verify_audit`."""
+        return await self._read(self._sync.verify_audit, stream_id, head=head)
+
+    async def audit_head(self) -> str:
+        """Awaitable :meth:`Tracker.audit_head`."""
+        return await self._read(self._sync.audit_head)
 
     # --- callbacks --------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ __all__ = [
     "NOT_STREAM_KEYS",
     "Claim",
     "ClaimEvent",
+    "AuditBreak",
+    "AuditReport",
     "ConcurrencyAlertRecord",
     "DeliveryRecord",
     "IngestResult",
@@ -426,3 +428,57 @@ class ClaimEvent:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditBreak:
+    """The first broken link of one audit chain: where, why, and the hashes that differ.
+
+    ``transition_id`` is None when the break is not a row's: a stream's head, a missing chain.
+    """
+
+    stream_id: str
+    transition_id: int | None
+    reason: str
+    expected: str | None = None
+    stored: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """What ``audit verify`` found: the chains recomputed, their breaks, the digest of them all.
+
+    ``head`` is the digest of every chain now (``audit head``); ``head_matches`` says whether a
+    digest given to compare still verifies (None if none was given). ``unverifiable`` names the
+    chains pruned since that digest, with rows after it: their part in it cannot be recomputed.
+    """
+
+    streams: int
+    transitions: int
+    pruned_chains: int
+    head: str
+    breaks: tuple[AuditBreak, ...] = ()
+    head_matches: bool | None = None
+    unverifiable: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """No break, and the digest given (if any) verifies."""
+        return not self.breaks and self.head_matches is not False
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "ok": self.ok,
+            "streams": self.streams,
+            "transitions": self.transitions,
+            "pruned_chains": self.pruned_chains,
+            "head": self.head,
+            "head_matches": self.head_matches,
+            "unverifiable": list(self.unverifiable),
+            "breaks": [b.as_dict() for b in self.breaks],
+        }

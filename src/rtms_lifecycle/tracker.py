@@ -70,7 +70,12 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
     from rtms_lifecycle import subscriptions as _subs
-    from rtms_lifecycle.records import PruneRecord, PruneResult, SubscriptionStatus
+    from rtms_lifecycle.records import (
+        AuditReport,
+        PruneRecord,
+        PruneResult,
+        SubscriptionStatus,
+    )
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -540,6 +545,24 @@ class Tracker:
         from rtms_lifecycle.store import retention as _retention
 
         return _retention.list_prunes(self._store, limit)
+
+    def verify_audit(self, stream_id: str | None = None, *, head: str | None = None) -> AuditReport:
+        """Recompute the audit hash chains (every stream's, or ``stream_id``'s) from their rows
+        and report each chain's first broken link; with ``head`` (a digest :meth:`audit_head`
+        gave earlier), also whether the history as it was then is unchanged. A malformed
+        ``head`` raises :class:`ValueError`. See docs/operations.md, "Audit verification".
+        """
+        from rtms_lifecycle.store import audit as _audit
+
+        if stream_id is not None and head is not None:
+            raise ValueError("head: a digest covers every stream; verify it without stream_id")
+        return _audit.verify(self._store, stream_id, head)
+
+    def audit_head(self) -> str:
+        """The digest of every audit chain's head (and of the chains pruned): store it
+        elsewhere, and later pass it to :meth:`verify_audit` as ``head``. Recomputes every chain;
+        check :meth:`verify_audit` finds no break before keeping it."""
+        return self.verify_audit().head
 
     def _arrived(self, body: Body, verified: Verification | None = None) -> Incoming:
         """A delivery as it arrives: parsed, and its event time checked against the clock now

@@ -36,6 +36,7 @@ from rtms_lifecycle.cli.reading import replay
 from rtms_lifecycle.cli.rendering import (
     CATEGORY_STYLE,
     alerts_table,
+    audit_report,
     claim_history_table,
     claims_table,
     deliveries_table,
@@ -528,6 +529,71 @@ def db_upgrade(app: App, as_json: bool) -> None:
         app.out.print(f"Already at the newest revision {after}.", markup=False)
     else:
         app.out.print(f"Upgraded from {before or 'an empty database'} to {after}.", markup=False)
+
+
+@db.command("grant")
+@click.argument("role")
+@JSON_OPTION
+@pass_app
+def db_grant(app: App, role: str, as_json: bool) -> None:
+    """PostgreSQL: let ROLE run a receiver (record deliveries, read everything), but neither
+    delete nor rewrite the audit history nor prune. Run it as the database's owner."""
+    from rtms_lifecycle.store.roles import grant_receiver
+
+    statements = grant_receiver(app.tracker(create=False).engine, role)
+    if as_json:
+        emit_json({"role": role, "statements": statements})
+        return
+    app.out.print("\n".join(f"{statement};" for statement in statements), markup=False)
+
+
+@cli.group()
+def audit() -> None:
+    """The audit history's hash chains: verify them, and take a digest of them all."""
+
+
+@audit.command("verify")
+@click.option("--stream", "stream_id", metavar="ID", type=TEXT, help="Only this stream's chain.")
+@click.option(
+    "--head",
+    metavar="DIGEST",
+    help="Also check a digest `audit head` printed earlier: the history it covers is unchanged.",
+)
+@JSON_OPTION
+@pass_app
+def audit_verify(app: App, stream_id: str | None, head: str | None, as_json: bool) -> None:
+    """Recompute every transition's hash and name each chain's first broken link (exit 1 on any
+    break, or if the --head digest does not verify)."""
+    if stream_id is not None and head is not None:
+        raise click.UsageError("--head covers every stream: give it without --stream")
+    try:
+        report = app.tracker(create=False).verify_audit(stream_id, head=head)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--head'") from exc
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        app.out.print(audit_report(report), markup=False)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+@audit.command("head")
+@JSON_OPTION
+@pass_app
+def audit_head(app: App, as_json: bool) -> None:
+    """Print one digest of every chain's head (and of the chains pruned): keep it elsewhere,
+    and later check it with `audit verify --head DIGEST`. Refused while a chain is broken."""
+    report = app.tracker(create=False).verify_audit()
+    if not report.ok:
+        raise Failure(
+            f"the audit history has {plural(len(report.breaks), 'broken chain')}: see "
+            "`rtms-lifecycle audit verify`; no digest of it is printed"
+        )
+    if as_json:
+        emit_json({"head": report.head, "streams": report.streams})
+        return
+    click.echo(report.head)
 
 
 cli.add_command(demo)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
     from rtms_lifecycle.records import (
+        AuditReport,
         Claim,
         ClaimEvent,
         ConcurrencyAlertRecord,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CATEGORY_STYLE",
+    "audit_report",
     "alerts_table",
     "deliveries_table",
     "emit_json",
@@ -693,3 +695,28 @@ def _quick_table(out: Console, table: Table) -> Text | None:
             drawn.append(box.get_row(widths, "head") + "\n")
     drawn.append(box.get_bottom(widths))
     return drawn
+
+
+def audit_report(report: AuditReport) -> str:
+    """What ``audit verify`` found, in lines: the chains checked, then each break."""
+    checked = (
+        f"{plural(report.streams, 'chain')}, {plural(report.transitions, 'transition')} and "
+        f"{plural(report.pruned_chains, 'pruned chain')} checked"
+    )
+    lines = [f"{checked}: {'no break' if not report.breaks else 'BROKEN'}."]
+    for found in report.breaks:
+        at = f"transition {found.transition_id}" if found.transition_id is not None else "head"
+        lines.append(f"stream {found.stream_id}, {at}: {found.reason}")
+        lines.append(f"  expected {found.expected or DASH}\n  stored   {found.stored or DASH}")
+    if report.head_matches is not None:
+        verdict = (
+            "verifies" if report.head_matches else "DOES NOT verify: the history it covers changed"
+        )
+        lines.append(f"The digest given {verdict}.")
+    if report.unverifiable:
+        lines.append(
+            "Pruned since that digest, with rows it covered (their part cannot be recomputed): "
+            + ", ".join(report.unverifiable)
+        )
+    lines.append(f"Digest now: {report.head}")
+    return "\n".join(lines)

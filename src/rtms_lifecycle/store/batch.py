@@ -31,6 +31,7 @@ from rtms_lifecycle.exceptions import DeliveryRejected, FieldError
 from rtms_lifecycle.machine import LIVE_STATES, StreamState, fold, step
 from rtms_lifecycle.parsing import Body, parse_delivery
 from rtms_lifecycle.records import IngestResult, Outcome
+from rtms_lifecycle.store.chain import chain_hash
 from rtms_lifecycle.store.rows import (
     Row,
     event_from_delivery,
@@ -85,6 +86,8 @@ class _BatchStream:
     # inserts it.
     stored: Row = ()
     dirty: bool = False
+    # The hash of the stream's last transition: the next one's chain continues from it.
+    head: str | None = None
     # The stream's stored events: read only when a late event needs a re-fold.
     stored_events: list[StreamEvent] | None = None
     new_events: list[StreamEvent] = field(default_factory=list)
@@ -222,7 +225,7 @@ class Batch:
         )
         self.delivery_ids, self.transition_ids = loaded.delivery_ids, loaded.transition_ids
         for row in loaded.streams:
-            self.streams[row[0]] = _BatchStream(state_from_row(row), row)
+            self.streams[row[0]] = _BatchStream(state_from_row(row), row, head=row[-1])
         for sid in ids - self.streams.keys():
             self.streams[sid] = _BatchStream(StreamState(sid), stored_events=[])
         for sid, kind, event_ts, delivery_id in loaded.stored_identities:
@@ -359,7 +362,8 @@ class Batch:
             self.now,
             pending.delivery_id,
         )
-        self.writes.transitions.append(pending.transition)
+        stream.head = chain_hash(stream.head, pending.transition)
+        self.writes.transitions.append((*pending.transition, stream.head))
         return pending
 
     def _delivery(
@@ -433,9 +437,13 @@ class Batch:
     def _write_streams(self) -> None:
         for stream in self.streams.values():
             if not stream.stored:
-                self.writes.new_streams.append((*state_row(stream.state), self.now, self.now))
+                self.writes.new_streams.append(
+                    (*state_row(stream.state, stream.head), self.now, self.now)
+                )
             elif stream.dirty:
-                self.writes.changed_streams.append((stream.stored, state_row(stream.state)))
+                self.writes.changed_streams.append(
+                    (stream.stored, state_row(stream.state, stream.head))
+                )
 
     def _result(self, pending: _Pending) -> IngestResult:
         with_records = self.with_records and pending.state is not None

@@ -2,8 +2,10 @@
 record of prunes. What may be pruned and when is :mod:`rtms_lifecycle.retention`'s to decide.
 
 Only inside a prune's writing transactions does the audit history's guard let transitions go
-(migration 0006), and only those of streams whose row is already gone. On SQLite each of them
-is held under :meth:`Store.guarded`: this process's writes one at a time, the file checked.
+(migrations 0006, 0011), and only those of streams whose row is already gone; each removed chain
+is recorded in ``pruned_chains`` first. On PostgreSQL those deletes run in a function only the
+database's owner may execute. On SQLite each transaction is held under :meth:`Store.guarded`:
+this process's writes one at a time, the file checked.
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ _NEWEST: Final = (
     " (SELECT stream_id FROM deliveries ORDER BY id DESC LIMIT 1),"
     " (SELECT stream_id FROM transitions ORDER BY id DESC LIMIT 1)"
 )
+# A removed chain's record: its size, first and last rows, and its last row's hash.
+_SQLITE_CHAINS: Final = (
+    "SELECT g.stream_id, g.n, g.f, t.id, t.tx_id, t.chain_hash FROM (SELECT stream_id,"
+    " count(*) AS n, min(id) AS f, max(id) AS l FROM transitions WHERE {} GROUP BY stream_id)"
+    " AS g JOIN transitions AS t ON t.id = g.l"
+)
+_SQLITE_PRUNED_CHAIN: Final = (
+    "INSERT INTO pruned_chains"
+    " (run, pruned_at, stream_id, transitions, first_id, last_id, last_tx_id, head)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_PG_REMOVE: Final = "SELECT rtms_lifecycle_prune_streams(%s, %s, %s)"
 _RECORD: Final = (
     "INSERT INTO prunes (run, pruned_at, cutoff, streams, deliveries, transitions, alerts)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s)"
@@ -95,8 +109,6 @@ class _Pruner:
                         conn.create_function(PRUNING_FUNCTION, 0, not_pruning)
             return
         try:
-            if write:
-                conn.execute("SET LOCAL rtms_lifecycle.pruning = 'on'")
             yield
             conn.commit()
         except BaseException:
@@ -173,25 +185,34 @@ class _Pruner:
                 ]
                 if not ids:
                     return
-                removed: Counter[str] = Counter()
-                # The stream rows first: the guard lets only transitions of absent streams go,
-                # and (PostgreSQL) the deletes below then see every row a writer committed
-                # while it held the stream's row. A stream's deliveries are in two partial
-                # indexes: one statement for each.
-                for table, part in (
-                    ("streams", ""),
-                    ("transitions", ""),
-                    ("claim_history", ""),
-                    ("stream_claims", ""),
-                    *(("deliveries", f" AND {part}") for part in STREAM_DELIVERY_PREDICATES),
-                ):
-                    removed[table] += self.sql(
-                        f"DELETE FROM {table} WHERE {self.among('stream_id', ids)}{part}",
-                        self.values(ids),
-                    ).rowcount
-                counts = (removed["streams"], removed["deliveries"], removed["transitions"])
+                counts = self.remove(ids)
                 self.record(*counts, 0)
             yield counts
+
+    def remove(self, ids: list[str]) -> tuple[int, int, int]:
+        """Remove these streams, their history and deliveries, recording the chains removed:
+        (streams, deliveries, transitions)."""
+        if self.postgres:
+            # As the owner, in the function only the owner may execute (migration 0011).
+            found = self.one(_PG_REMOVE, [ids, self.run, self.now()])
+            return found[0], found[1], found[2]
+        chains = self.sql(_SQLITE_CHAINS.format(self.among("stream_id", ids)), ids).fetchall()
+        removed: Counter[str] = Counter()
+        # The stream rows first: the guard lets only transitions of absent streams go. A
+        # stream's deliveries are in two partial indexes: one statement for each.
+        for table, part in (
+            ("streams", ""),
+            ("transitions", ""),
+            ("claim_history", ""),
+            ("stream_claims", ""),
+            *(("deliveries", f" AND {part}") for part in STREAM_DELIVERY_PREDICATES),
+        ):
+            removed[table] += self.sql(
+                f"DELETE FROM {table} WHERE {self.among('stream_id', ids)}{part}", ids
+            ).rowcount
+        # Recorded after the deletes, so that the record takes pages they freed.
+        self.conn.executemany(_SQLITE_PRUNED_CHAIN, [(self.run, self.now(), *c) for c in chains])
+        return removed["streams"], removed["deliveries"], removed["transitions"]
 
     def orphans(self, newest: int | None = None, *, delete: bool = True) -> Iterator[int]:
         """Deliveries received before the cutoff that belong to no stream, walked in id order.

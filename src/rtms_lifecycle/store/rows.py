@@ -35,6 +35,7 @@ __all__ = [
     "STREAM_COLUMNS",
     "STREAM_RECORD_COLUMNS",
     "TRANSITION_COLUMNS",
+    "TRANSITION_ROW_COLUMNS",
     "Row",
     "alert_from_row",
     "delivery_from_row",
@@ -54,8 +55,9 @@ SCOPE_OF: Final = {scope.value: scope for scope in Scope}
 STATE_OF: Final = {state.value: state for state in State}
 
 
-#: A stream row: ``stream_id``, then the fold's state, in ``StreamState``'s field order.
-STREAM_COLUMNS: Final = tuple(StreamState.__dataclass_fields__)
+#: A stream row: ``stream_id``, then the fold's state, in ``StreamState``'s field order, then the
+#: head of its audit chain (``store/chain.py``).
+STREAM_COLUMNS: Final = (*StreamState.__dataclass_fields__, "chain_head")
 #: A stored event: the delivery that brought it first, which a re-fold parses again.
 EVENT_COLUMNS: Final = ("id", "stream_id", "source", "event", "kind", "event_ts", "raw")
 DELIVERY_COLUMNS: Final = (
@@ -76,6 +78,8 @@ DELIVERY_COLUMNS: Final = (
 )
 #: An audit row, in ``Transition``'s field order.
 TRANSITION_COLUMNS: Final = tuple(Transition.__dataclass_fields__)
+#: An audit row as the write path inserts it: with its chain hash.
+TRANSITION_ROW_COLUMNS: Final = (*TRANSITION_COLUMNS, "chain_hash")
 ALERT_COLUMNS: Final = (
     "event",
     "event_ts",
@@ -103,9 +107,9 @@ def new_stream_row(stream_id: str, now: int) -> Row:
     return (*state_row(StreamState(stream_id)), now, now)
 
 
-def state_row(state: StreamState) -> Row:
-    """A state in ``STREAM_COLUMNS`` order, enums as their values."""
-    row = list(state.as_tuple())
+def state_row(state: StreamState, chain_head: str | None = None) -> Row:
+    """A state and its chain head in ``STREAM_COLUMNS`` order, enums as their values."""
+    row = [*state.as_tuple(), chain_head]
     # _value_, not the slower .value property: a row per stream per batch of a bulk load.
     row[1] = state.scope._value_ if state.scope is not None else None
     row[7] = state.state._value_
@@ -124,7 +128,7 @@ def state_from_row(row: Row) -> StreamState:
         operator,
         urls,
         STATE_OF[state],
-        *rest,
+        *rest[:-1],
     )
 
 

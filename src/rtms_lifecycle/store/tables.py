@@ -91,6 +91,8 @@ streams = Table(
     Column("stop_source", String(16)),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # The hash of the stream's last transition (``store/chain.py``): null before the first.
+    Column("chain_head", String(64)),
     # Covering: every column of a Stream, so live queries never visit the (huge) table.
     Index(
         "ix_streams_live",
@@ -187,6 +189,8 @@ transitions = Table(
     # every running transaction are, which is what the durable feed's cursor rests on.
     Column("tx_id", BigInteger, nullable=False),
     Column("delivery_id", BigInteger),
+    # SHA-256 over the row and its stream's previous row's hash (``store/chain.py``).
+    Column("chain_hash", String(64)),
     Index("ix_transitions_stream_id_event_ts", "stream_id", "event_ts"),
     Index(POSTGRESQL_FEED_INDEX, "tx_id", "id").ddl_if(dialect="postgresql"),
 )
@@ -295,4 +299,20 @@ claim_history = Table(
     Column("recorded_at", BigInteger, nullable=False),
     Column("reason", Text),
     Index("ix_claim_history_stream_id_id", "stream_id", "id"),
+)
+
+# Append-only: one row per chain (a stream's transitions) a prune removed, with its head, so
+# that the global digest of the chains still verifies after a prune (migration 0011).
+pruned_chains = Table(
+    "pruned_chains",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("run", String(32), nullable=False),
+    Column("pruned_at", BigInteger, nullable=False),
+    Column("stream_id", String(_ID_LENGTH), nullable=False),
+    Column("transitions", Integer, nullable=False),
+    Column("first_id", BigInteger, nullable=False),
+    Column("last_id", BigInteger, nullable=False),
+    Column("last_tx_id", BigInteger, nullable=False),
+    Column("head", String(64)),
 )

@@ -16,7 +16,7 @@ from rtms_lifecycle.store.rows import (
     ALERT_COLUMNS,
     DELIVERY_COLUMNS,
     STREAM_COLUMNS,
-    TRANSITION_COLUMNS,
+    TRANSITION_ROW_COLUMNS,
     Row,
     new_stream_row,
 )
@@ -92,7 +92,7 @@ _PG_SEQUENCES: Final = (
 _PG_INSERTS: Final = (
     (deliveries.name, DELIVERY_COLUMNS, "", ""),
     # A transition row carries its writer's transaction id (see _tables.transitions).
-    (transitions.name, TRANSITION_COLUMNS, "tx_id = pg_current_xact_id()::text::bigint", ""),
+    (transitions.name, TRANSITION_ROW_COLUMNS, "tx_id = pg_current_xact_id()::text::bigint", ""),
     (streams.name, NEW_STREAM_COLUMNS, "", ""),
     (concurrency_alerts.name, ALERT_COLUMNS, "", ON_NEW_ALERT),
 )

@@ -18,7 +18,7 @@ from rtms_lifecycle.store.rows import (
     ALERT_COLUMNS,
     DELIVERY_COLUMNS,
     STREAM_COLUMNS,
-    TRANSITION_COLUMNS,
+    TRANSITION_ROW_COLUMNS,
     Row,
 )
 from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SqliteFile, unavailable
@@ -70,7 +70,7 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
 _SQLITE_DELIVERIES: Final = insert_sql("deliveries", DELIVERY_COLUMNS, "?")
 # SQLite has no transaction ids: the feed's cursor there rests on serialised writers.
 _SQLITE_TRANSITIONS: Final = insert_sql(
-    "transitions", TRANSITION_COLUMNS, "?", computed="tx_id = 0"
+    "transitions", TRANSITION_ROW_COLUMNS, "?", computed="tx_id = 0"
 )
 _SQLITE_NEW_STREAMS: Final = insert_sql("streams", NEW_STREAM_COLUMNS, "?")
 _SQLITE_ALERTS: Final = insert_sql("concurrency_alerts", ALERT_COLUMNS, "?", suffix=ON_NEW_ALERT)

@@ -1,0 +1,47 @@
+"""PostgreSQL roles: what the receiver's role may do, granted by the database's owner.
+
+Two roles: the owner (migrations, prunes, ``audit``) and the receiver's, which may record
+deliveries and read everything, but neither delete nor rewrite the audit history nor run the
+prune's function (``rtms_lifecycle_prune_streams``, migration 0011). docs/deploying-postgres.md
+lists the same statements.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, text
+
+from rtms_lifecycle.exceptions import ConfigurationError
+from rtms_lifecycle.store.errors import translated
+
+__all__ = ["grant_receiver", "receiver_grants"]
+
+
+def receiver_grants(role: str) -> list[str]:
+    """The statements that let ``role`` (an identifier, quoted as SQL needs) run a receiver."""
+    return [
+        f"GRANT USAGE ON SCHEMA {{schema}} TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE ON streams TO {role}",
+        f"GRANT SELECT, INSERT ON deliveries, transitions, concurrency_alerts TO {role}",
+        f"GRANT SELECT ON prunes, pruned_chains, alembic_version TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON subscriptions, subscription_parked TO {role}",
+        # Workers' claims: the claim row changes hands; its history only grows.
+        f"GRANT SELECT, INSERT, UPDATE ON stream_claims TO {role}",
+        f"GRANT SELECT, INSERT ON claim_history TO {role}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {{schema}} TO {role}",
+        "REVOKE ALL ON FUNCTION rtms_lifecycle_prune_streams(text[], text, bigint)"
+        f" FROM PUBLIC, {role}",
+    ]
+
+
+def grant_receiver(engine: Engine, role: str) -> list[str]:
+    """Grant ``role`` what a receiver needs, on the database of ``engine`` (run as its owner);
+    returns the statements run. :class:`ConfigurationError` on SQLite, which has no roles."""
+    if engine.dialect.name != "postgresql":
+        raise ConfigurationError("db grant: only PostgreSQL has roles (SQLite has none)")
+    quote = engine.dialect.identifier_preparer.quote
+    with translated(None), engine.begin() as conn:
+        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+        statements = [s.replace("{schema}", quote(schema)) for s in receiver_grants(quote(role))]
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+    return statements
