@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from rtms_lifecycle.clock import now_ms
-from rtms_lifecycle.exceptions import StoreError, StoreTimeout
+from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError, StoreTimeout
 from rtms_lifecycle.records import IngestResult, Outcome
 from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.store.batch import Batch, Incoming
@@ -322,6 +322,14 @@ class Store:
     def read(self) -> Iterator[Connection]:
         """A read-only connection (its transaction ends with the ``with`` block); database
         errors leave as the library's (:class:`DatabaseUnavailable`, :class:`DatabaseError`)."""
+        if self._writer.moved():
+            # A new read connection would open another file by its path: the writer recovers
+            # (a deleted -wal) or says why not.
+            try:
+                with self.guarded():
+                    pass
+            except StoreError as exc:
+                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
         with translated(self.sqlite_path), self.engine.connect() as conn:
             yield conn
 
