@@ -87,12 +87,25 @@ def serving_process(
     options: str = "",
     nofile: int | None = None,
 ) -> Iterator[str]:
+    """:func:`receiver_process`, its base URL alone."""
+    with receiver_process(db_url, workdir, path, options, nofile) as (url, _):
+        yield url
+
+
+@contextmanager
+def receiver_process(
+    db_url: str,
+    workdir: Path,
+    path: str = "/webhook",
+    options: str = "",
+    nofile: int | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``rtms_lifecycle.server.run`` (what ``rtms-lifecycle serve`` calls) in its own process.
 
     Its own process, so that senders in the test process do not share its interpreter lock.
     ``options``: more keyword arguments of ``run``, as Python source; ``nofile``: the process's
     file descriptor limit. Yields the base URL once /healthz answers; the server's output goes
-    to ``server.log`` in ``workdir``.
+    to ``server.log`` in ``workdir``; yields it with the process (a test may kill it).
     """
     port = free_port()
     code = (
@@ -122,7 +135,8 @@ def serving_process(
                     if process.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"the receiver did not start; see {log.name}") from None
                     time.sleep(0.05)
-            yield url
+            yield url, process
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)

@@ -325,6 +325,8 @@ class SqliteWriter:
         not be copied whole (a reader of another process holds an older snapshot)."""
         assert self._held is not None
         assert self._files is not None
+        # The pool's connections hold the deleted log too, and would read it beside the new one.
+        self._dispose_reads()
         try:
             busy, frames, copied = self._held[0].execute(_CHECKPOINT).fetchone()
         except sqlite3.Error:
