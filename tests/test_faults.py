@@ -3,6 +3,7 @@ read-only or deleted database, a dropped database, idle and slow connections, a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import socket
@@ -442,3 +443,48 @@ def test_a_body_that_arrives_too_slowly_is_answered_408(
             answer = raw.recv(1024)
         assert answer.startswith(b"HTTP/1.1 408")
         assert tracker.deliveries() == []
+
+
+def test_a_slow_request_is_answered_408_within_the_request_timeout_of_its_first_byte(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Headers over 2 s, then a body a byte every half second: 408 within the request timeout
+    (3 s) of the first byte (the body's wait used to start after the headers: 10 s in all)."""
+    head = b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n"
+    with serving_process(sqlite_url, tmp_path, options="request_timeout=3") as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            begun = time.monotonic()
+            for byte in head:
+                raw.sendall(bytes([byte]))
+                time.sleep(2 / len(head))
+            raw.settimeout(0.5)
+            answer = b""
+            while not answer and time.monotonic() - begun < HELD:
+                raw.sendall(b"x")
+                with contextlib.suppress(TimeoutError):
+                    answer = raw.recv(1024)
+            took = time.monotonic() - begun
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert took < 3.6
+
+
+def test_connections_over_the_limit_get_a_fast_503(sqlite_url: str, tmp_path: Path) -> None:
+    """With the connection limit full of idle connections, a real delivery is answered 503 at
+    once (it used to be reset, for about 4 s of retries), and 200 once the limit has room."""
+    with serving_process(sqlite_url, tmp_path, options="limit_concurrency=4") as url:
+        port = int(url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        body = started("s-1")
+        with httpx.Client(base_url=url, timeout=10) as client:
+            response, took = _timed(
+                lambda: client.post("/webhook", content=body, headers=signed(body))
+            )
+            assert response.status_code == 503
+            assert took < 1
+            for conn in idle:
+                conn.close()
+            time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            answer = client.post("/webhook", content=body, headers=signed(body))
+        assert answer.json()["outcome"] == "applied"

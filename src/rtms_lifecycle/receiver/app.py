@@ -66,7 +66,7 @@ from rtms_lifecycle.machine import ACTIVE_STATES, State
 # answers Zoom's first delivery.
 from rtms_lifecycle.parsing import parse_delivery
 from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
-from rtms_lifecycle.receiver.http import bounded_protocol
+from rtms_lifecycle.receiver.http import REQUEST_STARTED, bounded_protocol
 from rtms_lifecycle.receiver.logs import LogFormat, log_config
 from rtms_lifecycle.receiver.logthrottle import throttle_tracebacks
 from rtms_lifecycle.records import IngestResult, Outcome, StopReasonStat, Stream, Transition
@@ -358,8 +358,10 @@ def create_router(
         },
     )
     async def receive(request: Request) -> Response:
+        # The whole request, headers included, within request_timeout of its first byte.
+        began = request.scope.get(REQUEST_STARTED, time.monotonic())
         try:
-            with anyio.fail_after(request_timeout):
+            with anyio.fail_after(max(0.0, began + request_timeout - time.monotonic())):
                 body = await _read_body(request, max_body_bytes)
         except TimeoutError:
             log.info("a webhook sender's body took over %s s; answered 408", request_timeout)
