@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +149,37 @@ def test_a_backup_put_in_place_of_the_live_file_is_refused_until_the_original_is
     assert len(stored(kept)) == 10
     assert len(sender.acknowledged) == 50
     assert lost(sender.acknowledged, path) == []
+
+
+def test_db_backup_copies_a_live_database_consistently(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """`rtms-lifecycle db backup` while the receiver writes: the copy holds every delivery
+    acknowledged before it, and is a sound SQLite file; an existing target is refused (exit 1
+    or more, nothing overwritten); PostgreSQL is told to use pg_dump (exit 2)."""
+    path, sender, _ = live
+    assert sender.post(15) == [200] * 15
+    target = tmp_path / "copy.db"
+    cli = [
+        sys.executable,
+        "-c",
+        "from rtms_lifecycle.cli import main; main()",
+        "--db",
+        f"sqlite:///{path}",
+    ]
+    done = subprocess.run([*cli, "db", "backup", str(target)], capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert lost(sender.acknowledged, target) == []
+    again = subprocess.run([*cli, "db", "backup", str(target)], capture_output=True, check=False)
+    assert again.returncode != 0
+    assert b"exists" in again.stderr
+    pg = [
+        sys.executable,
+        "-c",
+        "from rtms_lifecycle.cli import main; main()",
+        "--db",
+        "postgresql://x@127.0.0.1:1/x",
+    ]
+    advice = subprocess.run([*pg, "db", "backup", "x.db"], capture_output=True, check=False)
+    assert advice.returncode == 2
+    assert b"pg_dump" in advice.stderr
