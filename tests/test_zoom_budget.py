@@ -3,21 +3,18 @@ no sender of 16, 32 or 64 at once is answered later than that (a real serve proc
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
 from tests._live import serving_process, signed
+from tests.test_faults import holding_the_store
 
 ZOOM_WAITS = 3.0
 # How long the store is held: beyond Zoom's wait, so that every answer in it is a refusal.
@@ -28,26 +25,6 @@ HELD = 5.0
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(SECRET_ENV, raising=False)
     monkeypatch.delenv("RTMS_LIFECYCLE_DB", raising=False)
-
-
-@contextmanager
-def held(db_url: str) -> Iterator[None]:
-    if db_url.startswith("sqlite"):
-        lite = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
-        lite.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            lite.execute("ROLLBACK")
-            lite.close()
-        return
-    conninfo = db_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(conninfo) as pg:
-        pg.execute("LOCK TABLE streams IN ACCESS EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            pg.rollback()
 
 
 def send(client: httpx.Client, sender: int, until: float) -> list[tuple[int, float]]:
@@ -73,7 +50,7 @@ def test_no_answer_comes_after_zoom_stopped_waiting(
         httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=senders)) as c,
         ThreadPoolExecutor(senders) as pool,
     ):
-        with held(db_url):
+        with holding_the_store(db_url, "streams"):
             until = time.monotonic() + HELD
             runs = list(pool.map(lambda i: send(c, i, until), range(senders)))
         answers = [answer for run in runs for answer in run]

@@ -213,9 +213,12 @@ class Store:
     ) -> Batch:
         if not durable:
             return self._attempts(items, with_records, deadline, durable)
-        # Durable writes answer senders: theirs is the health that counts.
+        # Durable writes answer senders: theirs is the health that counts. A timeout (a held
+        # store) is not counted: the probe waits for the same lock, and says so itself.
         try:
             batch = self._attempts(items, with_records, deadline, durable)
+        except StoreTimeout:
+            raise
         except (StoreError, DatabaseUnavailable) as exc:
             self._streak.failed(first_line(exc))
             raise
