@@ -111,9 +111,10 @@ def server_process(
     env: dict[str, str],
     log_name: str,
     probe: str = "/healthz",
-) -> Iterator[tuple[str, Path]]:
+) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     """Run ``argv(port)`` in ``workdir`` on a free port until ``probe`` answers; yield its
-    base URL and its log (``log_name``, formatted with ``port``). A new port when it was taken."""
+    base URL, its log (``log_name``, formatted with ``port``) and the process (a test may kill
+    it). A new port when it was taken."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
         port = free_port()
         url, log = f"http://127.0.0.1:{port}", workdir / log_name.format(port=port)
@@ -129,10 +130,11 @@ def server_process(
         if attempt == PORT_ATTEMPTS:
             raise RuntimeError(f"the receiver's port was taken {PORT_ATTEMPTS} times; see {log}")
     try:
-        yield url, log
+        yield url, log, process
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 @contextmanager
@@ -143,12 +145,25 @@ def serving_process(
     options: str = "",
     nofile: int | None = None,
 ) -> Iterator[str]:
+    """:func:`receiver_process`, its base URL alone."""
+    with receiver_process(db_url, workdir, path, options, nofile) as (url, _):
+        yield url
+
+
+@contextmanager
+def receiver_process(
+    db_url: str,
+    workdir: Path,
+    path: str = "/webhook",
+    options: str = "",
+    nofile: int | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``rtms_lifecycle.server.run`` (what ``rtms-lifecycle serve`` calls) in its own process.
 
     Its own process, so that senders in the test process do not share its interpreter lock.
     ``options``: more keyword arguments of ``run``, as Python source; ``nofile``: the process's
     file descriptor limit. Yields the base URL once /healthz answers; the server's output goes
-    to ``server.log`` in ``workdir``.
+    to ``server.log`` in ``workdir``; yields it with the process (a test may kill it).
     """
 
     def argv(port: int) -> list[str]:
@@ -162,5 +177,5 @@ def serving_process(
         return [sys.executable, "-c", code]
 
     env = {**os.environ, SECRET_ENV: SECRET}
-    with server_process(argv, workdir, env, "server.log") as (url, _):
-        yield url
+    with server_process(argv, workdir, env, "server.log") as (url, _, process):
+        yield url, process

@@ -45,7 +45,7 @@ def running(
 ) -> Iterator[Served]:
     """``argv(port)`` in its own process on a free port, until ``probe`` answers 2xx."""
     with server_process(argv, workdir, _environment(env), "server-{port}.log", probe) as started:
-        yield Served(*started)
+        yield Served(*started[:2])
 
 
 @contextmanager
@@ -58,7 +58,7 @@ def serve_command(
         return [str(ENTRY_POINT), "--db", db_url, "serve", "--port", str(port), *options]
 
     with server_process(argv, workdir, _environment(env or {}), "server-{port}.log") as running:
-        yield Served(*running)
+        yield Served(*running[:2])
 
 
 @contextmanager
@@ -84,4 +84,4 @@ def uvicorn_workers(
 
     environment = _environment({"RTMS_LIFECYCLE_DB": db_url, **(env or {})})
     with server_process(argv, workdir, environment, "server-{port}.log") as running:
-        yield Served(*running)
+        yield Served(*running[:2])

@@ -1,18 +1,23 @@
 """The receiver under faults caused for real: a store held by another connection, a damaged,
-read-only or deleted database, a dropped database, idle and slow connections, a log flood."""
+read-only, full or deleted database, a locked table, a revoked privilege, a dropped database,
+idle and slow connections, a log flood. /healthz never says ok while deliveries fail."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import socket
 import sqlite3
+import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import psycopg
@@ -64,8 +69,8 @@ def _sqlite_path(url: str) -> Path:
 
 
 @contextmanager
-def holding_the_store(db_url: str) -> Iterator[None]:
-    """Another connection holds the store's write lock (SQLite) or locks deliveries (PostgreSQL)."""
+def holding_the_store(db_url: str, table: str = "deliveries") -> Iterator[None]:
+    """Another connection holds the store's write lock (SQLite) or locks ``table`` (PostgreSQL)."""
     if db_url.startswith("sqlite"):
         lite = sqlite3.connect(_sqlite_path(db_url), isolation_level=None)
         lite.execute("BEGIN IMMEDIATE")
@@ -76,7 +81,7 @@ def holding_the_store(db_url: str) -> Iterator[None]:
             lite.close()
         return
     with psycopg.connect(_conninfo(db_url)) as pg:
-        pg.execute("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+        pg.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
         try:
             yield
         finally:
@@ -165,17 +170,19 @@ def test_healthz_answers_head(db_url: str, serve: Callable[..., httpx.Client]) -
     assert (response.status_code, response.content) == (200, b"")
 
 
+@pytest.mark.parametrize("table", ["deliveries", "transitions"])
 def test_damaged_sqlite_pages_make_healthz_say_so(
-    sqlite_url: str, serve: Callable[..., httpx.Client]
+    sqlite_url: str, serve: Callable[..., httpx.Client], table: str
 ) -> None:
-    """A SQLite file whose deliveries pages are damaged: deliveries 503, and /healthz 503 with
-    SQLite's reason (it used to answer ok: the database still answered SELECT 1)."""
+    """A SQLite file whose deliveries (or transitions) pages are damaged: deliveries 503, and
+    /healthz 503 with SQLite's reason (it used to answer ok: the database still answered
+    SELECT 1; then, for transitions, 5 of 5: the probe wrote only a deliveries row)."""
     with Tracker(sqlite_url) as tracker:
         tracker.ingest(started("s-1"))
     path = _sqlite_path(sqlite_url)
     with sqlite3.connect(path) as lite:
         (root,) = lite.execute(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'deliveries'"
+            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
         ).fetchone()
         (page_size,) = lite.execute("PRAGMA page_size").fetchone()
     lite.close()
@@ -184,8 +191,8 @@ def test_damaged_sqlite_pages_make_healthz_say_so(
         damaged.write(b"\xff" * page_size)
     with Tracker(sqlite_url) as tracker:
         client = serve(tracker)
-        assert post(client, started("s-2")).status_code == 503
         health = client.get("/healthz")
+        assert post(client, started("s-2")).status_code == 503
     assert (health.status_code, health.json()["status"]) == (503, "unavailable")
     assert "malformed" in health.json()["reason"]
 
@@ -218,11 +225,12 @@ def test_read_only_postgres_database_makes_healthz_say_so(
 # --- a deleted SQLite file ------------------------------------------------------------------------
 
 
-def test_deleted_sqlite_file_answers_503_until_it_is_restored(
+def test_deleted_sqlite_file_answers_503_until_a_restart_adopts_the_restored_file(
     sqlite_url: str, tmp_path: Path, serve: Callable[..., httpx.Client]
 ) -> None:
     """Once its file is deleted, the receiver answers 503 (webhook and health) instead of 200s
-    that vanish with the process; a file restored in its place is used again."""
+    that vanish with the process; a backup restored in its place is another file, which only a
+    restart adopts (it may lack what was acknowledged since the backup)."""
     path = _sqlite_path(sqlite_url)
     with Tracker(sqlite_url) as tracker:
         client = serve(tracker)
@@ -237,9 +245,13 @@ def test_deleted_sqlite_file_answers_503_until_it_is_restored(
         health = client.get("/healthz")
         assert answers == [503] * 10
         assert health.status_code == 503
-        assert "deleted" in health.json()["reason"] or "gone" in health.json()["reason"]
+        assert "deleted" in health.json()["reason"]
         assert not path.exists()  # nothing made a new, empty file in its place
         shutil.move(backup, path)
+        assert post(client, started("s-12")).status_code == 503
+        assert "replaced" in client.get("/healthz").json()["reason"]
+    with Tracker(sqlite_url) as restarted:
+        client = serve(restarted)
         assert post(client, started("s-12")).json()["outcome"] == "applied"
         assert client.get("/healthz").json() == {"status": "ok"}
     with Tracker(sqlite_url) as reopened:
@@ -437,3 +449,173 @@ def test_a_body_that_arrives_too_slowly_is_answered_408(
             answer = raw.recv(1024)
         assert answer.startswith(b"HTTP/1.1 408")
         assert tracker.deliveries() == []
+
+
+def test_a_slow_request_is_answered_408_within_the_request_timeout_of_its_first_byte(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Headers over 2 s, then a body a byte every half second: 408 within the request timeout
+    (3 s) of the first byte (the body's wait used to start after the headers: 10 s in all)."""
+    head = b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n"
+    with serving_process(sqlite_url, tmp_path, options="request_timeout=3") as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            begun = time.monotonic()
+            for byte in head:
+                raw.sendall(bytes([byte]))
+                time.sleep(2 / len(head))
+            raw.settimeout(0.5)
+            answer = b""
+            while not answer and time.monotonic() - begun < HELD:
+                raw.sendall(b"x")
+                with contextlib.suppress(TimeoutError):
+                    answer = raw.recv(1024)
+            took = time.monotonic() - begun
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert took < 3.6
+
+
+def test_connections_over_the_limit_get_a_fast_503(sqlite_url: str, tmp_path: Path) -> None:
+    """With the connection limit full of idle connections, a real delivery is answered 503 at
+    once (it used to be reset, for about 4 s of retries), and 200 once the limit has room."""
+    with serving_process(sqlite_url, tmp_path, options="limit_concurrency=4") as url:
+        port = int(url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        body = started("s-1")
+        with httpx.Client(base_url=url, timeout=10) as client:
+            response, took = _timed(
+                lambda: client.post("/webhook", content=body, headers=signed(body))
+            )
+            assert response.status_code == 503
+            assert took < 1
+            for conn in idle:
+                conn.close()
+            time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            answer = client.post("/webhook", content=body, headers=signed(body))
+        assert answer.json()["outcome"] == "applied"
+
+
+def post_padded(client: httpx.Client, stream: str, size: int = 0) -> int:
+    body = _deliveries.raw("started", stream, 1_000)
+    if size:
+        body = body[:-1] + b', "padding": "' + b"x" * size + b'"}'
+    return client.post("/webhook", content=body, headers=signed(body)).status_code
+
+
+def health_of(client: httpx.Client) -> tuple[int, str]:
+    answer = client.get("/healthz")
+    return answer.status_code, answer.json().get("reason", "")
+
+
+# --- /healthz never says ok while deliveries fail: SQLite ---------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path, skip_or_fail: Callable[[str], NoReturn]) -> Iterator[Path]:
+    """A 3 MB tmpfs (root only: CI runs the tests as root)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """A file taking every free byte of ``folder``'s file system."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_makes_healthz_say_so_after_failed_deliveries(
+    tmpfs: Path, serve: Callable[..., httpx.Client]
+) -> None:
+    """A full file system fails only commits, which a probe rolled back never meets (10 of 10
+    checks said ok): after 3 failed deliveries /healthz answers 503 saying why and since when;
+    the next delivery written resets it."""
+    with Tracker(f"sqlite:///{tmpfs / 'rtms.db'}") as tracker:
+        client = serve(tracker)
+        assert post_padded(client, "s-0") == 200
+        filler = fill(tmpfs)
+        answers = [post_padded(client, f"s-{i}", size=20_000) for i in range(1, 11)]
+        assert answers.count(503) >= 3
+        checks = [health_of(client) for _ in range(10)]
+        assert all(status == 503 for status, _ in checks), checks
+        assert "delivery writes failed (since " in checks[0][1]
+        assert "full" in checks[0][1]
+        filler.unlink()
+        assert post_padded(client, "s-11") == 200
+        assert health_of(client) == (200, "")
+
+
+# --- /healthz never says ok while deliveries fail: PostgreSQL -----------------------------------
+
+
+@pytest.mark.parametrize("table", ["streams", "transitions", "subscriptions", "deliveries"])
+def test_a_locked_postgres_table_makes_healthz_say_so(
+    postgres_url: str, serve: Callable[..., httpx.Client], table: str
+) -> None:
+    """Another connection holds LOCK TABLE on a table a delivery writes (subscriptions: read by
+    the feed trigger): deliveries 503 store_busy and /healthz 503 (13 of 13 said ok); released,
+    both recover."""
+    with Tracker(postgres_url) as tracker:
+        client = serve(tracker, store_timeout=1)
+        assert post_padded(client, "s-0") == 200
+        with psycopg.connect(_conninfo(postgres_url)) as locker:
+            locker.execute(
+                sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table))
+            )
+            status = post_padded(client, "s-1")
+            checks = [health_of(client) for _ in range(3)]
+            locker.rollback()
+        assert status == 503
+        assert all(code == 503 and "busy" in reason for code, reason in checks), checks
+        assert post_padded(client, "s-2") == 200
+        assert health_of(client) == (200, "")
+
+
+def test_a_revoked_insert_on_transitions_makes_healthz_say_so(
+    postgres_url: str, postgres_server: Any, serve: Callable[..., httpx.Client]
+) -> None:
+    """The app's role loses INSERT on transitions: deliveries 503 and /healthz 503 naming the
+    refusal (5 of 5 said ok)."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    database = postgres_url.rsplit("/", 1)[1]
+    with Tracker(postgres_url):
+        pass  # the schema, made by the owner
+    with psycopg.connect(_conninfo(postgres_url), autocommit=True) as owner:
+        owner.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        for grant in (
+            "GRANT ALL ON ALL TABLES IN SCHEMA public TO {}",
+            "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {}",
+        ):
+            owner.execute(sql.SQL(grant).format(sql.Identifier(role)))
+    app_url = (
+        f"postgresql+psycopg://{role}@{postgres_server.host}:{postgres_server.port}/{database}"
+    )
+    with Tracker(app_url) as tracker:
+        client = serve(tracker)
+        assert post_padded(client, "s-0") == 200
+        assert health_of(client) == (200, "")
+        with psycopg.connect(_conninfo(postgres_url), autocommit=True) as owner:
+            owner.execute(
+                sql.SQL("REVOKE INSERT ON transitions FROM {}").format(sql.Identifier(role))
+            )
+        assert post_padded(client, "s-1") == 503
+        checks = [health_of(client) for _ in range(5)]
+    assert all(code == 503 and "permission denied" in reason for code, reason in checks), checks

@@ -1011,9 +1011,11 @@ class Tracker:
 
     def check_writable(self, timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
         """Raise :class:`StoreError` saying why, unless the store can begin a write and write a
-        delivery row within ``timeout`` seconds (:class:`StoreTimeout` if it took longer).
+        row in every table a delivery writes within ``timeout`` seconds (:class:`StoreTimeout`
+        if it took longer), and the last delivery writes did not all fail (then it says since
+        when; the next delivery written resets it).
 
-        The probe's row is rolled back. This is what the receiver's health check asks: a
+        The probe's rows are rolled back. This is what the receiver's health check asks: a
         database that answers reads but refuses writes (read-only, full, damaged, its file
         deleted) would have every delivery answered 503.
         """

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
 import click
@@ -22,7 +23,7 @@ from rtms_lifecycle.bounds import MAX_COUNT
 from rtms_lifecycle.cli.app import App, Group, pass_app
 from rtms_lifecycle.cli.consumers import follow, forward, subscriptions
 from rtms_lifecycle.cli.demo import demo
-from rtms_lifecycle.cli.errors import Failure
+from rtms_lifecycle.cli.errors import BadInput, Failure
 from rtms_lifecycle.cli.params import (
     ACCOUNT_OPTION,
     JSON_OPTION,
@@ -449,6 +450,26 @@ def prunes(app: App, limit: int | None, as_json: bool) -> None:
 @cli.group()
 def db() -> None:
     """The database schema: which migration it is at, its history, and upgrading it."""
+
+
+@db.command("backup")
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def db_backup(app: App, target: Path) -> None:
+    """Copy the live SQLite database into the new file TARGET, consistently (SQLite's online
+    backup: safe while a receiver writes). PostgreSQL: use pg_dump."""
+    from rtms_lifecycle.store.backup import backup_sqlite
+    from rtms_lifecycle.store.urls import plain_sqlite_file
+
+    app.require_database()
+    plain = plain_sqlite_file(app.db)
+    if plain is None:
+        raise BadInput(
+            "db backup copies an SQLite file; for PostgreSQL use pg_dump "
+            "(pg_dump --format=custom --file=rtms.dump DATABASE_URL; restore with pg_restore)"
+        )
+    pages = backup_sqlite(plain[1], target)
+    app.out.print(f"backed up {plain[1].path} into {target} ({pages} pages)", markup=False)
 
 
 @db.command("current")

@@ -14,6 +14,7 @@ from rtms_lifecycle.defaults import (
     LOG_LEVELS,
     MAX_EVENT_AHEAD_ENV,
 )
+from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 
 __all__ = ["serve"]
 
@@ -51,7 +52,7 @@ __all__ = ["serve"]
 @click.option(
     "--store-timeout",
     type=Seconds(0, min_open=True, max=MAX_WAIT_SECONDS),
-    default=2.5,
+    default=DEFAULT_STORE_TIMEOUT,
     show_default=True,
     help="Seconds a delivery may take to commit; past it the answer is 503 (Zoom retries).",
 )

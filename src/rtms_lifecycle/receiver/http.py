@@ -4,19 +4,28 @@ uvicorn closes a connection idle after a response (``timeout_keep_alive``), but 
 never completes a request: a connection that sends nothing, or headers a byte at a time, stays
 open for ever, holding a file descriptor. Thousands of them and the process can accept nothing
 more. This protocol closes a connection whose request headers are not complete within
-``request_timeout`` seconds of its first byte (or of its opening), and, beyond
-``limit_concurrency`` open connections, closes a new one at once instead of holding it idle
-(uvicorn's own limit only answers 503 once a request arrives).
+``request_timeout`` seconds of its first byte (or of its opening). Beyond ``limit_concurrency``
+open connections, a new one whose request comes within ``OVER_LIMIT_GRACE`` seconds is answered
+503 by uvicorn's own limit (a sender learns at once to retry; closing it unanswered made real
+deliveries fail for about 4 s of retries), and one that sends nothing is closed then. The
+monotonic time of a request's first byte is in its scope (``REQUEST_STARTED``): the body's wait
+counts from it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import time
+from typing import Any, Final
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-__all__ = ["bounded_protocol"]
+__all__ = ["REQUEST_STARTED", "bounded_protocol"]
+
+#: Seconds a connection over the limit may take to send its request (answered 503), else closed.
+OVER_LIMIT_GRACE: Final = 1.0
+#: The scope key holding ``time.monotonic()`` of a request's first byte.
+REQUEST_STARTED: Final = "rtms_lifecycle.request_started"
 
 
 def bounded_protocol(request_timeout: float) -> type[asyncio.Protocol]:
@@ -24,21 +33,27 @@ def bounded_protocol(request_timeout: float) -> type[asyncio.Protocol]:
 
     class Bounded(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         _rtms_timer: asyncio.TimerHandle | None = None
+        _rtms_started: float | None = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             limit = self.limit_concurrency
-            if limit is not None and len(self.connections) > limit:
-                self.transport.close()
-                return
-            self._rtms_watch()
+            over = limit is not None and len(self.connections) > limit
+            self._rtms_watch(min(OVER_LIMIT_GRACE, request_timeout) if over else request_timeout)
 
         def data_received(self, data: bytes) -> None:
             # The first bytes of a next request on a kept-alive connection: its headers too
             # must come in time.
-            if self._rtms_timer is None and (self.cycle is None or self.cycle.response_complete):
-                self._rtms_watch()
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle:
+                if self._rtms_timer is None:
+                    self._rtms_watch()
+                if self._rtms_started is None:
+                    self._rtms_started = time.monotonic()
             super().data_received(data)
+            if self.cycle is not None and REQUEST_STARTED not in self.cycle.scope:
+                self.cycle.scope[REQUEST_STARTED] = self._rtms_started or time.monotonic()
+                self._rtms_started = None
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._rtms_timer is not None:
@@ -46,9 +61,9 @@ def bounded_protocol(request_timeout: float) -> type[asyncio.Protocol]:
                 self._rtms_timer = None
             super().connection_lost(exc)
 
-        def _rtms_watch(self) -> None:
+        def _rtms_watch(self, seconds: float = request_timeout) -> None:
             waiting = self.cycle
-            self._rtms_timer = self.loop.call_later(request_timeout, self._rtms_expire, waiting)
+            self._rtms_timer = self.loop.call_later(seconds, self._rtms_expire, waiting)
 
         def _rtms_expire(self, waiting: object) -> None:
             self._rtms_timer = None

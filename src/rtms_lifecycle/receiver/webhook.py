@@ -33,6 +33,7 @@ from rtms_lifecycle.exceptions import (
 from rtms_lifecycle.parsing import parse_delivery
 from rtms_lifecycle.receiver import metrics as _metrics
 from rtms_lifecycle.receiver.answers import DeliveryAnswer, ErrorAnswer, UrlValidationAnswer
+from rtms_lifecycle.receiver.http import REQUEST_STARTED
 from rtms_lifecycle.receiver.settings import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PATH,
@@ -164,8 +165,10 @@ def create_router(
         },
     )
     async def receive(request: Request) -> Response:
+        # The whole request, headers included, within request_timeout of its first byte.
+        began = request.scope.get(REQUEST_STARTED, time.monotonic())
         try:
-            with anyio.fail_after(request_timeout):
+            with anyio.fail_after(max(0.0, began + request_timeout - time.monotonic())):
                 body = await _read_body(request, max_body_bytes)
         except TimeoutError:
             log.info("a webhook sender's body took over %s s; answered 408", request_timeout)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from rtms_lifecycle.clock import now_ms
-from rtms_lifecycle.exceptions import StoreError, StoreTimeout
+from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError, StoreTimeout
 from rtms_lifecycle.records import IngestResult, Outcome
 from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.store.batch import Batch, Incoming
@@ -33,6 +33,7 @@ from rtms_lifecycle.store.deadline import WATCHDOG, remaining
 from rtms_lifecycle.store.errors import first_line, translate, translated
 from rtms_lifecycle.store.queue import Prepare, WriteQueue
 from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SQLITE_IMMEDIATE
+from rtms_lifecycle.store.streak import FailureStreak
 from rtms_lifecycle.store.urls import default_url, plain_sqlite_file
 from rtms_lifecycle.store.writers import WriteFailed, Writer
 from rtms_lifecycle.store.writers.base import check_deadline
@@ -87,6 +88,7 @@ class Store:
         # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
         # tries: every write of this process queues here instead (PostgreSQL needs no queue).
         self._queue = WriteQueue(self._write_group) if self.dialect == "sqlite" else None
+        self._streak = FailureStreak()
         if migrate:
             try:
                 if file is None:
@@ -209,6 +211,27 @@ class Store:
         deadline: float | None,
         durable: bool,
     ) -> Batch:
+        if not durable:
+            return self._attempts(items, with_records, deadline, durable)
+        # Durable writes answer senders: theirs is the health that counts. A timeout (a held
+        # store) is not counted: the probe waits for the same lock, and says so itself.
+        try:
+            batch = self._attempts(items, with_records, deadline, durable)
+        except StoreTimeout:
+            raise
+        except (StoreError, DatabaseUnavailable) as exc:
+            self._streak.failed(first_line(exc))
+            raise
+        self._streak.succeeded()
+        return batch
+
+    def _attempts(
+        self,
+        items: Sequence[Incoming],
+        with_records: bool,
+        deadline: float | None,
+        durable: bool,
+    ) -> Batch:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # A batch that lost a race is retried cautiously: no more optimism.
@@ -247,8 +270,9 @@ class Store:
             raise StoreError(str(exc)) from exc
 
     def check_writable(self, timeout: float) -> None:
-        """Raise :class:`StoreError` (why) unless a write can begin, and a row be written,
-        within ``timeout`` seconds; the probe's write is rolled back."""
+        """Raise :class:`StoreError` (why) unless a write can begin, and a row be written in
+        every table a delivery writes, within ``timeout`` seconds (the probe's write is rolled
+        back), or if the last delivery writes all failed (a full disk fails only commits)."""
         deadline = time.monotonic() + timeout
         try:
             with self._serialised(deadline), translated(self.sqlite_path):
@@ -256,6 +280,9 @@ class Store:
         except WriteFailed as exc:
             kind = StoreTimeout if exc.timed_out or remaining(deadline) <= 0 else StoreError
             raise kind(str(exc)) from exc
+        problem = self._streak.problem()
+        if problem is not None:
+            raise StoreError(problem)
 
     def exclusive(self) -> AbstractContextManager[object]:
         """The calling thread is this process's only writer for the block, in its turn (SQLite
@@ -322,6 +349,14 @@ class Store:
     def read(self) -> Iterator[Connection]:
         """A read-only connection (its transaction ends with the ``with`` block); database
         errors leave as the library's (:class:`DatabaseUnavailable`, :class:`DatabaseError`)."""
+        if self._writer.moved():
+            # A new read connection would open another file by its path: the writer recovers
+            # (a deleted -wal) or says why not.
+            try:
+                with self.guarded():
+                    pass
+            except StoreError as exc:
+                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
         with translated(self.sqlite_path), self.engine.connect() as conn:
             yield conn
 

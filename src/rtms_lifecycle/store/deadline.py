@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_STORE_TIMEOUT", "WATCHDOG", "Watchdog", "remaining"]
 
 #: The receiver's time budget for recording a delivery, in seconds: Zoom waits 3 s for an
 #: answer, and the rest is for the network and the request itself.
-DEFAULT_STORE_TIMEOUT: Final = 2.5
+DEFAULT_STORE_TIMEOUT: Final = 2.0
 
 
 def remaining(deadline: float) -> float:

@@ -161,6 +161,11 @@ class Writer(Protocol):
         writer opened, before and after a write on another connection than the writer's."""
         ...
 
+    def moved(self) -> bool:
+        """Whether the database (SQLite: its files) is no longer the one the writer opened:
+        a cheap look (two ``stat`` calls), without the writer's turn."""
+        ...
+
     def close(self) -> None:
         """Give back any connection held."""
         ...
@@ -214,11 +219,22 @@ STREAM_EVENTS: Final = select_sql(
     "deliveries", EVENT_COLUMNS, f"stream_id = %s AND {EVENT_PREDICATE}"
 )
 EVENT: Final = select_sql("deliveries", EVENT_COLUMNS, "id = %s")
-# What a health probe writes (and rolls back): a row in the deliveries table, as a delivery would.
-# Id 0 is never a delivery's: ids start at 1.
+# What a health probe writes (and rolls back): a row in every table a delivery writes, as a
+# delivery would (the PostgreSQL feed trigger on transitions reads subscriptions too). Ids 0
+# and the empty stream id and fingerprint are never a delivery's; explicit ids take nothing
+# from PostgreSQL's sequences. ``%s``: the dialect's empty blob.
 PROBE: Final = (
     "INSERT INTO deliveries (id, received_at, source, outcome, raw)"
-    " VALUES (0, 0, 'system', 'rejected', %s)"
+    " VALUES (0, 0, 'system', 'rejected', %s)",
+    "INSERT INTO streams (stream_id, state, interruptions, resumes, failovers, fold_ts,"
+    " fold_rank, created_at, updated_at) VALUES ('', 'new', 0, 0, 0, 0, 0, 0, 0)"
+    " ON CONFLICT (stream_id) DO UPDATE SET updated_at = excluded.updated_at",
+    "UPDATE streams SET updated_at = 0 WHERE stream_id = ''",
+    "INSERT INTO transitions (id, stream_id, from_state, to_state, name, kind, event_ts,"
+    " source, late, recorded_at, tx_id, delivery_id)"
+    " VALUES (0, '', 'new', 'new', 'probe', 'probe', 0, 'system', FALSE, 0, 0, 0)",
+    "INSERT INTO concurrency_alerts (id, event, event_ts, concurrency_number, payload,"
+    " fingerprint, received_at) VALUES (0, '', 0, 0, '', '', 0)",
 )
 
 

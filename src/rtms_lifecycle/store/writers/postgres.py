@@ -48,7 +48,7 @@ __all__ = ["PostgresWriter"]
 _RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01", "23505"})
 # Query cancelled (our watchdog, or the operator's statement_timeout), lock timeout.
 _TIMEOUT_SQLSTATES: Final = frozenset({"57014", "55P03"})
-_PG_PROBE: Final = PROBE.replace("%s", "''::bytea")
+_PG_PROBE: Final = tuple(statement.replace("%s", "''::bytea") for statement in PROBE)
 
 
 def _numbered(sql: str) -> str:
@@ -259,6 +259,9 @@ class PostgresWriter:
     def confirm(self) -> None:
         """Every commit reached the server or raised."""
 
+    def moved(self) -> bool:
+        return False
+
     def check_file(self) -> None:
         """No file to lose: the server keeps the database."""
 
@@ -267,7 +270,9 @@ class PostgresWriter:
 
     def probe(self, deadline: float) -> None:
         with self.transaction(cautious=True, deadline=deadline) as tx:
-            self._psycopg.RawCursor(tx._conn).execute(_PG_PROBE)
+            cursor = self._psycopg.RawCursor(tx._conn)
+            for statement in _PG_PROBE:
+                cursor.execute(statement)
             raise RollBack
 
     @contextmanager

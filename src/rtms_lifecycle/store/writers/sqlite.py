@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import math
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from functools import lru_cache
 from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from rtms_lifecycle.store.deadline import remaining
+from rtms_lifecycle.store.filewatch import Change, FileWatch, identity
 from rtms_lifecycle.store.rows import (
     ALERT_COLUMNS,
     DELIVERY_COLUMNS,
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 __all__ = ["SqliteWriter"]
+
+log = logging.getLogger("rtms_lifecycle.store")
 
 
 # Keeps IN (...) lists well under SQLite's bound-parameter limit.
@@ -125,15 +129,15 @@ def _sqlite_busy(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc)
 
 
-_SQLITE_PROBE: Final = PROBE.replace("%s", "x''")
+_SQLITE_PROBE: Final = tuple(statement.replace("%s", "x''") for statement in PROBE)
+# Copies the whole log into the database file (synced) and empties it.
+_CHECKPOINT: Final = "PRAGMA wal_checkpoint(TRUNCATE)"
 
 
-def _file_identity(path: str) -> tuple[int, int] | None:
-    try:
-        found = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (found.st_dev, found.st_ino)
+def _keep_open(conn: sqlite3.Connection) -> None:
+    # Never deallocated, so never closed, not even at exit: SQLite's close would checkpoint and
+    # delete the files named by its paths, which are no longer its own.
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
 
 
 class SqliteTx:
@@ -207,8 +211,15 @@ def _grow_cache(conn: Any) -> None:
 class SqliteWriter:
     """One connection, held for the store's life (writes take turns in the store's queue).
 
-    It checks after every commit that the database file is still the one it opened: a commit
-    into a deleted (or replaced) file is lost with the process, and must not answer 200.
+    Before every commit that answers a sender, and after it, it checks that the database file
+    and its ``-wal`` at their paths are still the ones its connection opened (after bulk
+    commits, at most every 0.1 s): a commit into a moved, deleted or replaced file is lost to
+    whoever opens the path next, and must not answer 200. Any such change is an outage: every
+    write is refused, and the connection kept open (closing it would checkpoint into, and
+    delete by name, files that are not its own), until the original files are back at their
+    paths; nothing committed before is lost. A ``-wal`` deleted alone while the database file
+    is still the original is recovered: the open connection still holds the log, and copies it
+    into the database file (synced) before it is reopened.
     """
 
     def __init__(
@@ -219,8 +230,9 @@ class SqliteWriter:
         self._dispose_reads = dispose_reads
         self._held: Held | None = None
         # No file to lose for an in-memory database.
-        self._path = str(path) if path is not None else None
-        self._identity: tuple[int, int] | None = None
+        self._files = FileWatch(str(path)) if path is not None else None
+        #: Why writes are refused now (the files at the paths are not the connection's), or None.
+        self.outage: str | None = None
         # What the held connection is set to now: pragmas are set only when they change.
         self._busy_ms = SQLITE_BUSY_TIMEOUT_MS
         # None until the first transaction sets the sync and checkpoint pragmas its way.
@@ -262,24 +274,75 @@ class SqliteWriter:
         return cls(checked_out, None, engine.dispose)
 
     def close(self) -> None:
-        if self._held is not None:
+        if self._held is None:
+            return
+        files = self._files
+        if files is not None and not files.wal_is_safe_to_delete():
+            _keep_open(self._held[0])
+            log.warning("left the connection to %s open: %s", files.path, self.outage)
+        else:
             self._held[1](False)
-            self._held = None
+        self._held = None
+
+    def moved(self) -> bool:
+        files = self._files
+        return files is not None and self._held is not None and files.change() is not None
 
     def _connection(self) -> sqlite3.Connection:
+        if self._held is not None and self.outage is not None:
+            self._recheck()
         if self._held is None:
-            identity = _file_identity(self._path) if self._path else None
-            if self._path and identity is None and self._identity is not None:
-                # Connecting would create a new, empty file where the database was.
-                raise WriteFailed(f"the database file {self._path} is gone", retryable=False)
-            if identity != self._identity and self._identity is not None:
-                # Another file now: the pool's connections still read the old one.
-                self._dispose_reads()
+            files = self._files
+            if files is not None and files.database is not None:
+                now = identity(files.path)
+                if now != files.database:
+                    # Opening by path would open (or create) another file than the one written.
+                    change = Change.GONE if now is None else Change.REPLACED
+                    raise WriteFailed(self.outage or files.describe(change), retryable=False)
             self._held = self._connect()
-            self._identity = _file_identity(self._path) if self._path else None
+            if files is not None:
+                files.opened()
             self._busy_ms, self._synchronous_full = SQLITE_BUSY_TIMEOUT_MS, None
             _grow_cache(self._held[0])
         return self._held[0]
+
+    def _recheck(self) -> None:
+        # In an outage: over once the files at the paths are the connection's again.
+        assert self._files is not None
+        change = self._files.change()
+        if change is None:
+            log.warning("the database files of %s are back: writes resume", self._files.path)
+            self.outage = None
+        elif change is Change.WAL_GONE and self._rescue():
+            return
+        else:
+            self.outage = self._files.describe(change)
+            raise WriteFailed(self.outage, retryable=False)
+
+    def _rescue(self) -> bool:
+        """Copy the log of a ``-wal`` deleted while open into the database file (the original,
+        checked), through the connection that still holds it; then reopen. False if it could
+        not be copied whole (a reader of another process holds an older snapshot)."""
+        assert self._held is not None
+        assert self._files is not None
+        # The pool's connections hold the deleted log too, and would read it beside the new one.
+        self._dispose_reads()
+        try:
+            busy, frames, copied = self._held[0].execute(_CHECKPOINT).fetchone()
+        except sqlite3.Error:
+            return False
+        if busy or frames != copied or self._files.change() is not Change.WAL_GONE:
+            return False
+        # Closing deletes the -wal path, which names nothing now: a new log is made on reopening.
+        self._held[1](False)
+        self._held = None
+        self.outage = None
+        log.warning(
+            "the write-ahead log %s was deleted while open: its content was copied into the "
+            "database file, and the database reopened",
+            self._files.wal_path,
+        )
+        return True
 
     def _settle(self, conn: sqlite3.Connection, deadline: float | None, durable: bool) -> None:
         # The wait for another process's write lock ends at the deadline: rounded up, so that a
@@ -300,52 +363,61 @@ class SqliteWriter:
             conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
             self._synchronous_full = durable
 
-    def _check_file(self) -> None:
-        if self._path is None or _file_identity(self._path) == self._identity:
-            self._unchecked = False
-            self._check_due = time.monotonic() + _BULK_CHECK_INTERVAL
+    def _checked(self) -> None:
+        self._unchecked = False
+        self._check_due = time.monotonic() + _BULK_CHECK_INTERVAL
+
+    def _check_file(self, *, in_transaction: bool = False) -> None:
+        files = self._files
+        change = None if files is None else files.change()
+        if change is None:
+            self._checked()
             return
-        gone = not os.path.exists(self._path)
+        assert files is not None
+        if change is Change.WAL_GONE:
+            if in_transaction:
+                # Rolled back; the retry's connection recovers the log first.
+                self.outage = files.describe(change)
+                raise WriteFailed(self.outage, retryable=True)
+            if self._rescue():
+                self._checked()
+                return
+        self._enter_outage(files.describe(change))
+
+    def _enter_outage(self, reason: str) -> None:
+        if self.outage is None:
+            log.error("%s", reason)
+        self.outage = reason
+        # The pool's connections would be reopened by path: on another file.
         self._dispose_reads()
-        if gone:
-            # The deleted file's write-ahead log and index are left at its path: SQLite would
-            # apply that log to whatever file is put back there (a backup: then corrupted).
-            for suffix in ("-wal", "-shm"):
-                with suppress(FileNotFoundError):
-                    os.remove(self._path + suffix)
-        raise WriteFailed(
-            f"the database file {self._path} was {'deleted' if gone else 'replaced'} while "
-            "open: what was just written is not in it",
-            retryable=False,
-        )
+        raise WriteFailed(reason, retryable=False)
 
     def confirm(self) -> None:
-        if not self._unchecked:
-            return
-        try:
+        if self._unchecked:
             self._check_file()
-        except WriteFailed:
-            # Its connection writes into the deleted (or replaced) file.
-            self._discard()
-            raise
 
     def check_file(self) -> None:
-        # Opening the writer's connection refuses a file that is gone; the check, a replaced one.
         self._connection()
-        try:
-            self._check_file()
-        except WriteFailed:
-            self._discard()
-            raise
+        self._check_file()
 
     def _discard(self) -> None:
-        if self._held is not None:
-            self._held[1](True)
-            self._held = None
+        if self._held is None:
+            return
+        files = self._files
+        if self.outage is not None or (files is not None and files.change() is not None):
+            # Kept for the original's return: closing would touch the files now at its paths.
+            return
+        self._held[1](True)
+        self._held = None
 
     def probe(self, deadline: float) -> None:
+        # The files first, outside a transaction: a deleted -wal is recovered, not reported.
+        self._connection()
+        self._check_file()
         with self.transaction(deadline=deadline, durable=False) as tx:
-            tx._conn.execute(_SQLITE_PROBE)
+            for statement in _SQLITE_PROBE:
+                tx._conn.execute(statement)
+            self._check_file(in_transaction=True)
             raise RollBack
 
     @contextmanager
@@ -365,8 +437,11 @@ class SqliteWriter:
             # The write lock is taken up front: two writers never both read, then both write.
             conn.execute("BEGIN IMMEDIATE")
             yield SqliteTx(conn)
+            if durable:
+                self._check_file(in_transaction=True)
             conn.execute("COMMIT")
             if durable or time.monotonic() >= self._check_due:
+                # Moved between the check and the commit: the commit may be lost.
                 self._check_file()
             else:
                 self._unchecked = True

@@ -1,0 +1,38 @@
+"""A consistent copy of a live SQLite database, with SQLite's online backup API.
+
+Copying the file (``cp``) while a receiver writes misses what is still in its ``-wal``, and may
+copy a page half written; the backup API copies a consistent snapshot, the log included.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError
+from rtms_lifecycle.store.sqlite import SqliteFile, unavailable
+
+__all__ = ["backup_sqlite"]
+
+
+def backup_sqlite(source: SqliteFile, target: Path) -> int:
+    """Copy ``source`` into the new file ``target`` (refused if it exists); its page count."""
+    if target.exists():
+        raise StoreError(f"{target} exists: a backup is written to a new file")
+    try:
+        live = source.connect()
+    except sqlite3.Error as exc:
+        raise DatabaseUnavailable(unavailable(source.path, exc)) from exc
+    try:
+        copy = sqlite3.connect(target)
+        try:
+            live.backup(copy)
+            (pages,) = copy.execute("PRAGMA page_count").fetchone()
+        finally:
+            copy.close()
+    except sqlite3.Error as exc:
+        target.unlink(missing_ok=True)
+        raise StoreError(f"could not back up {source.path} into {target}: {exc}") from exc
+    finally:
+        live.close()
+    return int(pages)

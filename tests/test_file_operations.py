@@ -1,0 +1,185 @@
+"""Operators' file operations on a live SQLite database (mv, rm, a backup put in place) under a
+real ``serve`` process, ended by kill -9: nothing acknowledged is lost (docs/operations.md)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rtms_lifecycle.webhook import SECRET_ENV
+from tests import _deliveries
+from tests._live import receiver_process, signed
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    monkeypatch.delenv("RTMS_LIFECYCLE_DB", raising=False)
+
+
+class Sender:
+    """Posts ``started`` deliveries of new streams; remembers which were answered 200."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self.sent = 0
+        self.acknowledged: list[str] = []
+
+    def post(self, n: int) -> list[int]:
+        statuses = []
+        for _ in range(n):
+            self.sent += 1
+            stream = f"s-{self.sent}"
+            body = _deliveries.raw("started", stream, 1_000)
+            status = self.client.post("/webhook", content=body, headers=signed(body)).status_code
+            if status == 200:
+                self.acknowledged.append(stream)
+            statuses.append(status)
+        return statuses
+
+    def health(self) -> httpx.Response:
+        return self.client.get("/healthz")
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[Path, Sender, subprocess.Popen[bytes]]]:
+    path = tmp_path / "y.db"
+    with (
+        receiver_process(f"sqlite:///{path}", tmp_path) as (url, process),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        yield path, Sender(client), process
+
+
+def killed(process: subprocess.Popen[bytes]) -> None:
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def stored(path: Path) -> list[str]:
+    with sqlite3.connect(path) as lite:
+        assert lite.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = [row[0] for row in lite.execute("SELECT stream_id FROM streams ORDER BY rowid")]
+    lite.close()
+    return rows
+
+
+def lost(acknowledged: list[str], path: Path) -> list[str]:
+    kept = set(stored(path))
+    return [stream for stream in acknowledged if stream not in kept]
+
+
+def test_moving_the_file_away_and_back_loses_nothing(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]],
+) -> None:
+    """20 acknowledged; mv away: 503s and /healthz 503, -wal and -shm left alone; mv back: 200s
+    again; after kill -9 all 25 acknowledged are stored (it used to keep 5, ids reused)."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    moved = path.with_name("y.db.moved")
+    path.rename(moved)
+    assert sender.post(3) == [503] * 3
+    health = sender.health()
+    assert health.status_code == 503
+    assert "moved away" in health.json()["reason"]
+    assert Path(f"{path}-wal").exists()
+    assert Path(f"{path}-shm").exists()
+    assert not path.exists()
+    moved.rename(path)
+    assert sender.post(5) == [200] * 5
+    assert sender.health().status_code == 200
+    killed(process)
+    assert len(sender.acknowledged) == 25
+    assert lost(sender.acknowledged, path) == []
+    assert len(stored(path)) == 25
+
+
+def test_deleting_the_wal_alone_loses_nothing_acknowledged(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]],
+) -> None:
+    """20 acknowledged; rm y.db-wal; 50 more: each answered 200 is stored after kill -9 (it used
+    to lose all 70): the open connection copies the deleted log into the file, then reopens."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    Path(f"{path}-wal").unlink()
+    answers = sender.post(50)
+    assert answers == [200] * 50
+    assert sender.health().status_code == 200
+    killed(process)
+    assert len(sender.acknowledged) == 70
+    assert lost(sender.acknowledged, path) == []
+
+
+def test_a_backup_put_in_place_of_the_live_file_is_refused_until_the_original_is_back(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """A 10-row backup moved over the live file (the original set aside): 503s and /healthz 503
+    naming it, and the backup untouched (it used to get the live -wal laid over it: 50 rows);
+    the original back: 200s; after kill -9 all 50 acknowledged are stored."""
+    path, sender, process = live
+    assert sender.post(10) == [200] * 10
+    backup = tmp_path / "backup.db"
+    with sqlite3.connect(path) as source, sqlite3.connect(backup) as copy:
+        source.backup(copy)
+    source.close()
+    copy.close()
+    assert sender.post(30) == [200] * 30
+    original = tmp_path / "y.db.original"
+    os.link(path, original)
+    kept = tmp_path / "backup.kept"
+    os.link(backup, kept)
+    before = backup.read_bytes()
+    backup.rename(path)
+    assert sender.post(10) == [503] * 10
+    health = sender.health()
+    assert health.status_code == 503
+    assert "replaced" in health.json()["reason"]
+    original.rename(path)
+    assert sender.post(10) == [200] * 10
+    killed(process)
+    assert kept.read_bytes() == before  # nothing written into the backup
+    assert len(stored(kept)) == 10
+    assert len(sender.acknowledged) == 50
+    assert lost(sender.acknowledged, path) == []
+
+
+def test_db_backup_copies_a_live_database_consistently(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """`rtms-lifecycle db backup` while the receiver writes: the copy holds every delivery
+    acknowledged before it, and is a sound SQLite file; an existing target is refused (exit 1
+    or more, nothing overwritten); PostgreSQL is told to use pg_dump (exit 2)."""
+    path, sender, _ = live
+    assert sender.post(15) == [200] * 15
+    target = tmp_path / "copy.db"
+    cli = [
+        sys.executable,
+        "-c",
+        "from rtms_lifecycle.cli import main; main()",
+        "--db",
+        f"sqlite:///{path}",
+    ]
+    done = subprocess.run([*cli, "db", "backup", str(target)], capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert lost(sender.acknowledged, target) == []
+    again = subprocess.run([*cli, "db", "backup", str(target)], capture_output=True, check=False)
+    assert again.returncode != 0
+    assert b"exists" in again.stderr
+    pg = [
+        sys.executable,
+        "-c",
+        "from rtms_lifecycle.cli import main; main()",
+        "--db",
+        "postgresql://x@127.0.0.1:1/x",
+    ]
+    advice = subprocess.run([*pg, "db", "backup", "x.db"], capture_output=True, check=False)
+    assert advice.returncode == 2
+    assert b"pg_dump" in advice.stderr
