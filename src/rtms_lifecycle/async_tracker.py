@@ -381,6 +381,7 @@ class AsyncTracker:
         scope: Scope | str | Iterable[Scope | str] | None = None,
         account_id: str | None = None,
         scope_id: str | None = None,
+        exclude: Iterable[str] = (),
     ) -> Claim | None:
         """Awaitable :meth:`Tracker.claim`."""
         return await self._write(
@@ -390,6 +391,7 @@ class AsyncTracker:
             scope=scope,
             account_id=account_id,
             scope_id=scope_id,
+            exclude=tuple(exclude),
         )
 
     async def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:

@@ -54,6 +54,7 @@ from rtms_lifecycle.store.core import Store
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracking import (
     DEFAULT_CLAIM_LEASE,
+    MAX_CLAIM_EXCLUDE,
     as_set,
     callback_failed,
     check_batch_size,
@@ -357,9 +358,11 @@ class Tracker:
         scope: Scope | str | Iterable[Scope | str] | None = None,
         account_id: str | None = None,
         scope_id: str | None = None,
+        exclude: Iterable[str] = (),
     ) -> Claim | None:
         """Take one live stream (started, resumed or interrupted) that nobody holds with an
         unexpired lease, the oldest start first, for ``lease`` seconds; None if there is none.
+        Streams in ``exclude`` are passed over (a worker backing off from them).
 
         Each new claim of a stream gets a greater ``token``. Many processes may claim at once:
         on PostgreSQL they skip the rows the others are taking instead of waiting for them.
@@ -372,8 +375,17 @@ class Tracker:
             scope_id,
             account_id,
         )
+        skip = sorted(set(exclude))
+        if len(skip) > MAX_CLAIM_EXCLUDE:
+            raise ValueError(f"exclude: at most {MAX_CLAIM_EXCLUDE} stream ids, not {len(skip)}")
         return _claims.claim(
-            self._store, check_worker(worker), lease_ms(lease), where, now_ms(), _deadline()
+            self._store,
+            check_worker(worker),
+            lease_ms(lease),
+            where,
+            now_ms(),
+            _deadline(),
+            skip,
         )
 
     def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CLAIM_LEASE",
+    "MAX_CLAIM_EXCLUDE",
     "as_set",
     "callback_failed",
     "check_batch_size",
@@ -26,6 +27,8 @@ __all__ = [
 #: Seconds a claim holds a stream unless renewed.
 DEFAULT_CLAIM_LEASE = 30.0
 _MAX_LEASE = 86_400.0
+#: Stream ids one claim may pass over (each is a bound parameter of the claim's query).
+MAX_CLAIM_EXCLUDE = 500
 _WORKER_LENGTH = 200
 
 # Both trackers log under one name: operators' log filters match it.

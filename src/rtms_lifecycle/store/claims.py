@@ -142,26 +142,37 @@ def claim(
     where: ClaimFilter,
     now: int,
     deadline: float | None,
+    exclude: Sequence[str] = (),
 ) -> Claim | None:
-    """Take the live stream that started first among those nobody holds; None if none."""
+    """Take the live stream that started first among those nobody holds (and not one of
+    ``exclude``); None if none."""
     for _ in range(_CLAIM_ATTEMPTS):
         with store.transaction(deadline) as conn:
-            taken = _claim_once(conn, worker, lease_ms, where, now)
+            taken = _claim_once(conn, worker, lease_ms, where, now, exclude)
         if taken is None or isinstance(taken, Claim):
             return taken
     return None
 
 
 def _claim_once(
-    conn: Connection, worker: str, lease_ms: int, where: ClaimFilter, now: int
+    conn: Connection,
+    worker: str,
+    lease_ms: int,
+    where: ClaimFilter,
+    now: int,
+    exclude: Sequence[str],
 ) -> Claim | Literal[False] | None:
     params: dict[str, Any] = {"now": now}
+    skip = ""
+    if exclude:
+        params.update({f"x{i}": sid for i, sid in enumerate(exclude)})
+        skip = f" AND s.stream_id NOT IN ({', '.join(f':x{i}' for i in range(len(exclude)))})"
     lock = " FOR NO KEY UPDATE OF s SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
     candidate = conn.execute(
         text(
             "SELECT s.stream_id FROM streams AS s"
             " LEFT JOIN stream_claims AS c ON c.stream_id = s.stream_id"
-            f" WHERE {_LIVE_STREAMS}{_filters(where, params)} AND {_FREE}"
+            f" WHERE {_LIVE_STREAMS}{_filters(where, params)}{skip} AND {_FREE}"
             f" ORDER BY s.started_at, s.stream_id LIMIT 1{lock}"
         ),
         params,
