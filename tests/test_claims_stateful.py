@@ -94,13 +94,12 @@ class ClaimsMachine(RuleBasedStateMachine):
             return
         worker, sid = data.draw(st.sampled_from(mine))
         old = self.held[worker][sid]
+        why: str | None = None
         try:
             renewed = claims.renew(self.store, sid, old.token, LEASE_MS, self.now, None)
         except ClaimLost as lost:
             del self.held[worker][sid]
             why = lost.reason
-        else:
-            why = None
         if why is not None:
             # Lost only to a stop, or once the lease had run out (and another took it).
             ok = sid in self.stopped if why == "stopped" else old.expires_at <= self.now
@@ -175,7 +174,7 @@ class ClaimsMachine(RuleBasedStateMachine):
                 ),
                 {"p": f"{self.prefix}%"},
             ).all()
-            newest = dict(
+            newest: dict[str, int] = dict(
                 conn.execute(
                     text("SELECT stream_id, token FROM stream_claims WHERE stream_id LIKE :p"),
                     {"p": f"{self.prefix}%"},
