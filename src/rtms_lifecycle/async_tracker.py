@@ -38,6 +38,7 @@ from rtms_lifecycle.machine import State, TransitionName
 from rtms_lifecycle.records import (
     Claim,
     ClaimEvent,
+    ClaimStats,
     ConcurrencyAlertRecord,
     DeliveryRecord,
     IngestResult,
@@ -64,7 +65,12 @@ from rtms_lifecycle.tracker import (
     submit_deliveries,
     write_executor,
 )
-from rtms_lifecycle.tracking import DEFAULT_CLAIM_LEASE, callback_failed, check_batch_size
+from rtms_lifecycle.tracking import (
+    DEFAULT_CLAIM_LEASE,
+    DEFAULT_CONNECT_BUCKETS,
+    callback_failed,
+    check_batch_size,
+)
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification
 
 if TYPE_CHECKING:
@@ -423,6 +429,12 @@ class AsyncTracker:
     async def unconnected_streams(self, older_than: float = 30.0) -> list[Stream]:
         """Awaitable :meth:`Tracker.unconnected_streams`."""
         return await self._read(self._sync.unconnected_streams, older_than)
+
+    async def claim_stats(
+        self, older_than: float = 30.0, buckets: Sequence[float] = DEFAULT_CONNECT_BUCKETS
+    ) -> ClaimStats:
+        """Awaitable :meth:`Tracker.claim_stats`."""
+        return await self._read(self._sync.claim_stats, older_than, buckets)
 
     async def connected_after_stop(self) -> list[Claim]:
         """Awaitable :meth:`Tracker.connected_after_stop`."""

@@ -14,6 +14,7 @@ from rtms_lifecycle.stop_reasons import StopReason, StopReasonCategory, describe
 __all__ = [
     "Claim",
     "ClaimEvent",
+    "ClaimStats",
     "ConcurrencyAlertRecord",
     "DeliveryRecord",
     "IngestResult",
@@ -419,6 +420,33 @@ class ClaimEvent:
     recorded_at: int
     #: a release's words, a stop reason or a disconnection's code, as text
     reason: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimStats:
+    """Live streams no worker takes care of, and how long the others took to be joined.
+
+    Counted over live streams (started, resumed or interrupted) that started at least the
+    asked ``older_than`` ago; the latency over every live stream a worker reported connected.
+    """
+
+    #: Nobody holds them (no claim, or an ended or expired one).
+    unclaimed: int
+    #: No worker reports media connected now (unheld, or held but not connected).
+    unconnected: int
+    #: ``(upper bound in seconds, live streams whose first connection came within it)``,
+    #: cumulative as Prometheus' buckets; the last bound is infinity.
+    connect_buckets: tuple[tuple[float, int], ...]
+    #: Seconds from start to first reported connection, summed over those streams.
+    connect_seconds: float
+
+    @property
+    def connected(self) -> int:
+        """Live streams a worker reported connected at least once."""
+        return self.connect_buckets[-1][1] if self.connect_buckets else 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

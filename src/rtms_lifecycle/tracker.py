@@ -32,6 +32,7 @@ from rtms_lifecycle.read_ahead import read_ahead
 from rtms_lifecycle.records import (
     Claim,
     ClaimEvent,
+    ClaimStats,
     ConcurrencyAlertRecord,
     DeliveryRecord,
     IngestResult,
@@ -54,6 +55,7 @@ from rtms_lifecycle.store.core import Store
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracking import (
     DEFAULT_CLAIM_LEASE,
+    DEFAULT_CONNECT_BUCKETS,
     MAX_CLAIM_EXCLUDE,
     as_set,
     callback_failed,
@@ -459,6 +461,20 @@ class Tracker:
         now = now_ms()
         with self._store.read() as conn:
             return _claims.unconnected(conn, now - lease_ms(older_than, "older_than"), now)
+
+    def claim_stats(
+        self, older_than: float = 30.0, buckets: Sequence[float] = DEFAULT_CONNECT_BUCKETS
+    ) -> ClaimStats:
+        """How many live streams started at least ``older_than`` seconds ago nobody holds, and
+        how many no worker reports connected; and the seconds from start to first reported
+        connection of every live stream, counted in ``buckets`` (upper bounds, in seconds).
+        Two aggregate queries: cheap enough for every metrics scrape."""
+        from rtms_lifecycle.store import claims as _claims
+
+        bounds = sorted({lease_ms(b, "buckets") for b in buckets})
+        now = now_ms()
+        with self._store.read() as conn:
+            return _claims.stats(conn, now - lease_ms(older_than, "older_than"), now, bounds)
 
     def connected_after_stop(self) -> list[Claim]:
         """Streams Zoom says stopped whose last worker still reports media connected."""
