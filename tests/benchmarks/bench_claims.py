@@ -1,7 +1,7 @@
 """Claims: the latency of ``Tracker.claim`` with many live streams and many claiming processes.
 
-On a throwaway PostgreSQL server (the tests' own: fsync off) it records ``--streams`` live streams, then
-``--processes`` processes claim at once, each timing every ``claim()`` call:
+On a throwaway PostgreSQL server (the tests' own: fsync off) it records ``--streams`` live
+streams, then ``--processes`` processes claim at once, each timing every ``claim()`` call:
 
 - fill: they claim until none is left (every stream taken once; the later claims skip more
   and more held streams);
