@@ -255,10 +255,14 @@ def test_live_streams_show_their_worker_and_the_stream_page_its_claims(
         shown = page.eval_on_selector_all(
             "#claims tr.claim-event", "rows => rows.map(r => [r.dataset.event, r.dataset.token])"
         )
-        assert shown == [[e.event, str(e.token)] for e in history] == [
-            ["claimed", "1"],
-            ["connected", "1"],
-        ]
+        assert (
+            shown
+            == [[e.event, str(e.token)] for e in history]
+            == [
+                ["claimed", "1"],
+                ["connected", "1"],
+            ]
+        )
         assert page.console_errors == []
     finally:
         with Tracker(demo_db) as tracker:
