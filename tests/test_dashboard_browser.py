@@ -230,12 +230,11 @@ def test_live_streams_show_their_worker_and_the_stream_page_its_claims(
             reverse=True,
         )
         joined, waiting = live[0], live[1]
-        claims = [
-            tracker.claim("browser-w1", scope=s.scope, scope_id=s.scope_id, lease=600)
-            for s in (joined, waiting)
-        ]
-        assert claims[0] is not None
-        assert claims[1] is not None
+        claims = []
+        for s in (joined, waiting):
+            claim = tracker.claim("browser-w1", scope=s.scope, scope_id=s.scope_id, lease=600)
+            assert claim is not None
+            claims.append(claim)
         assert [c.stream_id for c in claims] == [joined.stream_id, waiting.stream_id]
         tracker.report_connected(claims[0])
         history = tracker.claim_history(joined.stream_id)
