@@ -320,3 +320,13 @@ def test_cli_claims_and_stream_show_holders_and_history(tmp_path: Path) -> None:
     text_detail = runner.invoke(cli, ["--db", url, "stream", sid])
     assert "Claims" in text_detail.output
     assert "worker-1" in text_detail.output
+
+
+def test_a_claim_passes_over_the_streams_it_excludes(tracker: Tracker) -> None:
+    ids = start(tracker, 3)
+    claim = tracker.claim("a", exclude=[ids[0], ids[1]])
+    assert claim is not None
+    assert claim.stream_id == ids[2]
+    assert tracker.claim("a", exclude=ids) is None
+    with pytest.raises(ValueError, match="exclude"):
+        tracker.claim("a", exclude=[f"x{i}" for i in range(501)])

@@ -222,3 +222,54 @@ def test_the_api_docs_render_with_the_network_blocked(page: Any, site: str, shot
     assert {"/webhook", "/streams", "/streams/{stream_id}", "/stats/stop-reasons"} <= set(paths)
     assert refused == []
     assert page.console_errors == []
+
+
+def test_live_streams_show_their_worker_and_the_stream_page_its_claims(
+    page: Any, site: str, demo_db: str, shots: Path
+) -> None:
+    """The overview shows each live stream's worker and connection; the stream page the claim
+    history, as ``Tracker.claim_history`` has it."""
+    with Tracker(demo_db) as tracker:
+        live = sorted(
+            tracker.streams(["started", "resumed", "interrupted"]),
+            key=lambda s: (s.started_at or 0, s.stream_id),
+            reverse=True,
+        )
+        joined, waiting = live[0], live[1]
+        claims = []
+        for s in (joined, waiting):
+            claim = tracker.claim("browser-w1", scope=s.scope, scope_id=s.scope_id, lease=600)
+            assert claim is not None
+            claims.append(claim)
+        assert [c.stream_id for c in claims] == [joined.stream_id, waiting.stream_id]
+        tracker.report_connected(claims[0])
+        history = tracker.claim_history(joined.stream_id)
+    try:
+        sign_in(page, site, "/dashboard")
+        rows = page.eval_on_selector_all(
+            "#live-streams tr[data-stream-id]",
+            "rows => rows.map(r => [r.dataset.streamId, r.querySelector('.worker').innerText,"
+            " r.querySelector('.connection').dataset.connection])",
+        )
+        by_id = {sid: (worker, state) for sid, worker, state in rows}
+        assert by_id[joined.stream_id] == ("browser-w1", "connected")
+        assert by_id[waiting.stream_id] == ("browser-w1", "unconnected")
+        assert {state for _, state in by_id.values()} <= {"connected", "unconnected", "unclaimed"}
+        page.goto(f"{site}/dashboard/streams/{joined.stream_id}")
+        page.screenshot(path=str(shots / "stream-claims.png"), full_page=True)
+        shown = page.eval_on_selector_all(
+            "#claims tr.claim-event", "rows => rows.map(r => [r.dataset.event, r.dataset.token])"
+        )
+        assert (
+            shown
+            == [[e.event, str(e.token)] for e in history]
+            == [
+                ["claimed", "1"],
+                ["connected", "1"],
+            ]
+        )
+        assert page.console_errors == []
+    finally:
+        with Tracker(demo_db) as tracker:
+            for claim in claims:
+                tracker.release(claim)

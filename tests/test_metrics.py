@@ -226,3 +226,43 @@ def test_a_missing_multiprocess_directory_is_a_configuration_error(
     with pytest.raises(ConfigurationError, match="PROMETHEUS_MULTIPROC_DIR"):
         create_app(sqlite_url, secrets=[SECRET])
     assert not (tmp_path / "rtms.db").exists()
+
+
+# --- claims ---------------------------------------------------------------------------------------
+
+
+def test_claim_gauges_count_unclaimed_and_unconnected_streams(db_url: str, tmp_path: Path) -> None:
+    """Unclaimed and unconnected live streams past --claims-older-than, and the latency of first
+    connections, read from the store by any receiver."""
+    from rtms_lifecycle.clock import now_ms
+
+    old = now_ms() - 60_000
+    with Tracker(db_url) as tracker:
+        tracker.ingest_batch(
+            [_deliveries.body("started", f"m-{i}", old + i) for i in range(3)]
+            + [_deliveries.body("started", "young", now_ms() - 2_000)]
+        )
+        held = tracker.claim("w1")
+        joined = tracker.claim("w1")
+        assert held is not None
+        assert joined is not None
+        tracker.report_connected(joined, at_ms=old + 1 + 1_500)
+        stats = tracker.claim_stats(older_than=10)
+        assert (stats.unclaimed, stats.unconnected, stats.connected) == (1, 2, 1)
+    with serve_command(db_url, tmp_path, "--claims-older-than", "10") as served:
+        found = scrape(served.url)
+    assert value(found, "rtms_lifecycle_unclaimed_streams") == 1  # m-2 ("young" is too young)
+    assert value(found, "rtms_lifecycle_unconnected_streams") == 2  # m-0 held, m-2
+    latency = "rtms_lifecycle_connect_latency_seconds"
+    assert value(found, f"{latency}_bucket", le="1.0") == 0
+    assert value(found, f"{latency}_bucket", le="2.0") == 1
+    assert value(found, f"{latency}_bucket", le="+Inf") == 1
+    assert value(found, f"{latency}_gcount") == 1
+    assert value(found, f"{latency}_gsum") == pytest.approx(1.5)
+
+
+def test_claims_older_than_out_of_range_is_refused(tmp_path: Path) -> None:
+    from rtms_lifecycle.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="claims_older_than"):
+        create_app(f"sqlite:///{tmp_path}/rtms.db", secrets=[SECRET], claims_older_than=-1)

@@ -39,6 +39,7 @@ _SOURCES: Final[dict[str, str]] = {
     "parse_delivery": "parsing",
     "Claim": "records",
     "ClaimEvent": "records",
+    "ClaimStats": "records",
     "ConcurrencyAlertRecord": "records",
     "DeliveryRecord": "records",
     "IngestResult": "records",
@@ -95,6 +96,7 @@ if TYPE_CHECKING:
     from rtms_lifecycle.records import AuditReport as AuditReport
     from rtms_lifecycle.records import Claim as Claim
     from rtms_lifecycle.records import ClaimEvent as ClaimEvent
+    from rtms_lifecycle.records import ClaimStats as ClaimStats
     from rtms_lifecycle.records import ConcurrencyAlertRecord as ConcurrencyAlertRecord
     from rtms_lifecycle.records import DeliveryRecord as DeliveryRecord
     from rtms_lifecycle.records import IngestResult as IngestResult

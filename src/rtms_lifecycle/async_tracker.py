@@ -39,6 +39,7 @@ from rtms_lifecycle.records import (
     AuditReport,
     Claim,
     ClaimEvent,
+    ClaimStats,
     ConcurrencyAlertRecord,
     DeliveryRecord,
     IngestResult,
@@ -65,7 +66,12 @@ from rtms_lifecycle.tracker import (
     submit_deliveries,
     write_executor,
 )
-from rtms_lifecycle.tracking import DEFAULT_CLAIM_LEASE, callback_failed, check_batch_size
+from rtms_lifecycle.tracking import (
+    DEFAULT_CLAIM_LEASE,
+    DEFAULT_CONNECT_BUCKETS,
+    callback_failed,
+    check_batch_size,
+)
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, Verification
 
 if TYPE_CHECKING:
@@ -382,6 +388,7 @@ class AsyncTracker:
         scope: Scope | str | Iterable[Scope | str] | None = None,
         account_id: str | None = None,
         scope_id: str | None = None,
+        exclude: Iterable[str] = (),
     ) -> Claim | None:
         """Awaitable :meth:`Tracker.claim`."""
         return await self._write(
@@ -391,6 +398,7 @@ class AsyncTracker:
             scope=scope,
             account_id=account_id,
             scope_id=scope_id,
+            exclude=tuple(exclude),
         )
 
     async def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:
@@ -422,6 +430,12 @@ class AsyncTracker:
     async def unconnected_streams(self, older_than: float = 30.0) -> list[Stream]:
         """Awaitable :meth:`Tracker.unconnected_streams`."""
         return await self._read(self._sync.unconnected_streams, older_than)
+
+    async def claim_stats(
+        self, older_than: float = 30.0, buckets: Sequence[float] = DEFAULT_CONNECT_BUCKETS
+    ) -> ClaimStats:
+        """Awaitable :meth:`Tracker.claim_stats`."""
+        return await self._read(self._sync.claim_stats, older_than, buckets)
 
     async def connected_after_stop(self) -> list[Claim]:
         """Awaitable :meth:`Tracker.connected_after_stop`."""

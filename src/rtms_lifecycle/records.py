@@ -17,6 +17,7 @@ __all__ = [
     "ClaimEvent",
     "AuditBreak",
     "AuditReport",
+    "ClaimStats",
     "ConcurrencyAlertRecord",
     "DeliveryRecord",
     "IngestResult",
@@ -482,3 +483,30 @@ class AuditReport:
             "unverifiable": list(self.unverifiable),
             "breaks": [b.as_dict() for b in self.breaks],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimStats:
+    """Live streams no worker takes care of, and how long the others took to be joined.
+
+    Counted over live streams (started, resumed or interrupted) that started at least the
+    asked ``older_than`` ago; the latency over every live stream a worker reported connected.
+    """
+
+    #: Nobody holds them (no claim, or an ended or expired one).
+    unclaimed: int
+    #: No worker reports media connected now (unheld, or held but not connected).
+    unconnected: int
+    #: ``(upper bound in seconds, live streams whose first connection came within it)``,
+    #: cumulative as Prometheus' buckets; the last bound is infinity.
+    connect_buckets: tuple[tuple[float, int], ...]
+    #: Seconds from start to first reported connection, summed over those streams.
+    connect_seconds: float
+
+    @property
+    def connected(self) -> int:
+        """Live streams a worker reported connected at least once."""
+        return self.connect_buckets[-1][1] if self.connect_buckets else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -32,6 +32,7 @@ from rtms_lifecycle.read_ahead import read_ahead
 from rtms_lifecycle.records import (
     Claim,
     ClaimEvent,
+    ClaimStats,
     ConcurrencyAlertRecord,
     DeliveryRecord,
     IngestResult,
@@ -54,6 +55,8 @@ from rtms_lifecycle.store.core import Store
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracking import (
     DEFAULT_CLAIM_LEASE,
+    DEFAULT_CONNECT_BUCKETS,
+    MAX_CLAIM_EXCLUDE,
     as_set,
     callback_failed,
     check_batch_size,
@@ -362,9 +365,11 @@ class Tracker:
         scope: Scope | str | Iterable[Scope | str] | None = None,
         account_id: str | None = None,
         scope_id: str | None = None,
+        exclude: Iterable[str] = (),
     ) -> Claim | None:
         """Take one live stream (started, resumed or interrupted) that nobody holds with an
         unexpired lease, the oldest start first, for ``lease`` seconds; None if there is none.
+        Streams in ``exclude`` are passed over (a worker backing off from them).
 
         Each new claim of a stream gets a greater ``token``. Many processes may claim at once:
         on PostgreSQL they skip the rows the others are taking instead of waiting for them.
@@ -377,8 +382,17 @@ class Tracker:
             scope_id,
             account_id,
         )
+        skip = sorted(set(exclude))
+        if len(skip) > MAX_CLAIM_EXCLUDE:
+            raise ValueError(f"exclude: at most {MAX_CLAIM_EXCLUDE} stream ids, not {len(skip)}")
         return _claims.claim(
-            self._store, check_worker(worker), lease_ms(lease), where, now_ms(), _deadline()
+            self._store,
+            check_worker(worker),
+            lease_ms(lease),
+            where,
+            now_ms(),
+            _deadline(),
+            skip,
         )
 
     def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:
@@ -452,6 +466,20 @@ class Tracker:
         now = now_ms()
         with self._store.read() as conn:
             return _claims.unconnected(conn, now - lease_ms(older_than, "older_than"), now)
+
+    def claim_stats(
+        self, older_than: float = 30.0, buckets: Sequence[float] = DEFAULT_CONNECT_BUCKETS
+    ) -> ClaimStats:
+        """How many live streams started at least ``older_than`` seconds ago nobody holds, and
+        how many no worker reports connected; and the seconds from start to first reported
+        connection of every live stream, counted in ``buckets`` (upper bounds, in seconds).
+        Two aggregate queries: cheap enough for every metrics scrape."""
+        from rtms_lifecycle.store import claims as _claims
+
+        bounds = sorted({lease_ms(b, "buckets") for b in buckets})
+        now = now_ms()
+        with self._store.read() as conn:
+            return _claims.stats(conn, now - lease_ms(older_than, "older_than"), now, bounds)
 
     def connected_after_stop(self) -> list[Claim]:
         """Streams Zoom says stopped whose last worker still reports media connected."""

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CLAIM_LEASE",
+    "DEFAULT_CONNECT_BUCKETS",
+    "MAX_CLAIM_EXCLUDE",
     "as_set",
     "callback_failed",
     "check_batch_size",
@@ -26,6 +28,11 @@ __all__ = [
 #: Seconds a claim holds a stream unless renewed.
 DEFAULT_CLAIM_LEASE = 30.0
 _MAX_LEASE = 86_400.0
+#: Upper bounds (seconds) of the start-to-connected histogram: an SDK join takes seconds, a
+#: stream no worker could join for minutes is what to see.
+DEFAULT_CONNECT_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+#: Stream ids one claim may pass over (each is a bound parameter of the claim's query).
+MAX_CLAIM_EXCLUDE = 500
 _WORKER_LENGTH = 200
 
 # Both trackers log under one name: operators' log filters match it.

@@ -56,6 +56,7 @@ from rtms_lifecycle.cli.rendering import (
     unhandled_table,
 )
 from rtms_lifecycle.cli.serve import serve
+from rtms_lifecycle.cli.work import work
 from rtms_lifecycle.clock import DASH, format_duration, format_time
 from rtms_lifecycle.defaults import (
     DB_ENV,
@@ -622,6 +623,7 @@ cli.add_command(serve)
 cli.add_command(follow)
 cli.add_command(forward)
 cli.add_command(subscriptions)
+cli.add_command(work)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

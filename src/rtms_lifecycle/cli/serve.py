@@ -110,6 +110,14 @@ __all__ = ["serve"]
     metavar="SECONDS",
     help="A dashboard session unused this long ends (docs/dashboard.md).",
 )
+@click.option(
+    "--claims-older-than",
+    type=Seconds(min=0, max=86_400),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="/metrics counts a live stream unclaimed or unconnected once it started this long ago.",
+)
 @pass_app
 def serve(
     app: App,
@@ -127,6 +135,7 @@ def serve(
     replay_window: float,
     max_event_ahead: float,
     dashboard_idle: float,
+    claims_older_than: float,
 ) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:
@@ -150,4 +159,5 @@ def serve(
         replay_window=replay_window,
         max_event_ahead=max_event_ahead,
         dashboard_idle=dashboard_idle,
+        claims_older_than=claims_older_than,
     )

@@ -65,6 +65,7 @@ def create_app(
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
     dashboard_idle: float = DEFAULT_IDLE_SECONDS,
+    claims_older_than: float = _metrics.DEFAULT_CLAIMS_OLDER_THAN,
 ) -> FastAPI:
     """The receiver: ``POST {path}``, ``GET /healthz``, ``GET /metrics`` and, with a token, the
     read API.
@@ -79,7 +80,8 @@ def create_app(
     ``store_timeout``: seconds a delivery may take to commit before it is answered 503 (Zoom
     waits 3 s); ``/healthz`` uses the same budget. ``max_event_ahead``: seconds a delivery's
     ``event_ts`` may be ahead of this clock before it is rejected (a given Tracker keeps its own).
-    ``dashboard_idle``: seconds an unused dashboard session lasts.
+    ``dashboard_idle``: seconds an unused dashboard session lasts. ``claims_older_than``:
+    seconds a live stream may go unclaimed or unconnected before ``/metrics`` counts it.
     """
     # Verify the configuration before touching a database: a misconfigured receiver should
     # fail without creating anything.
@@ -99,6 +101,7 @@ def create_app(
     )
     if registry is not None:
         _metrics.add_store_gauges(registry, tracker)
+        _metrics.add_claim_gauges(registry, tracker, claims_older_than)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

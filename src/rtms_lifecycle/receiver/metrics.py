@@ -9,6 +9,7 @@ front of one database reports the same numbers.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
@@ -16,7 +17,7 @@ from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as _exposition
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -26,12 +27,14 @@ from rtms_lifecycle.tracker import Tracker
 
 __all__ = [
     "CONTENT_TYPE",
+    "DEFAULT_CLAIMS_OLDER_THAN",
     "DELIVERIES",
     "MULTIPROC_ENV",
     "REFUSALS",
     "STORE_FAILURES",
     "STORE_SECONDS",
     "NO_SCOPE",
+    "add_claim_gauges",
     "add_store_gauges",
     "exposition",
     "new_registry",
@@ -153,3 +156,61 @@ def add_store_gauges(registry: CollectorRegistry, tracker: Tracker) -> None:
 def exposition(registry: CollectorRegistry) -> bytes:
     """The registry in Prometheus' text format."""
     return _exposition(registry)
+
+
+# --- claims: who takes care of the live streams (read from the store at each scrape) ---------
+
+#: Seconds a live stream may go unclaimed or unconnected before the gauges count it.
+DEFAULT_CLAIMS_OLDER_THAN: Final = 30.0
+
+
+class _Claims(Collector):
+    """Live streams no worker holds or has joined, and the start-to-connected latency."""
+
+    def __init__(self, tracker: Tracker, older_than: float) -> None:
+        self._tracker, self._older_than = tracker, older_than
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            stats = self._tracker.claim_stats(self._older_than)
+        except Exception:
+            log.warning("metrics: the database did not answer; claim gauges left out")
+            return
+        after = f"started more than {self._older_than:g} s ago"
+        yield GaugeMetricFamily(
+            "rtms_lifecycle_unclaimed_streams",
+            f"Live streams {after} that no worker holds (read from the store).",
+            value=stats.unclaimed,
+        )
+        yield GaugeMetricFamily(
+            "rtms_lifecycle_unconnected_streams",
+            f"Live streams {after} whose media no worker reports connected.",
+            value=stats.unconnected,
+        )
+        yield GaugeHistogramMetricFamily(
+            "rtms_lifecycle_connect_latency_seconds",
+            "Seconds from a live stream's start to its first connection a worker reported, "
+            "over the live streams (a gauge histogram: streams leave it when they stop).",
+            buckets=[(_le(bound), n) for bound, n in stats.connect_buckets],
+            gsum_value=stats.connect_seconds,
+        )
+
+
+def _le(seconds: float) -> str:
+    return "+Inf" if seconds == math.inf else repr(seconds)  # as prometheus_client writes it
+
+
+def add_claim_gauges(
+    registry: CollectorRegistry,
+    tracker: Tracker,
+    older_than: float = DEFAULT_CLAIMS_OLDER_THAN,
+) -> None:
+    """Add the claim gauges, which count streams started at least ``older_than`` s ago."""
+    if not 0 <= older_than <= 86_400:
+        raise ConfigurationError(
+            f"claims_older_than must be from 0 to 86400 seconds, got {older_than!r}"
+        )
+    registry.register(_Claims(tracker, older_than))
+
+
+# --- end of claims --------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ def run(
     replay_window: float = DEFAULT_REPLAY_WINDOW,
     max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
     dashboard_idle: float = DEFAULT_IDLE_SECONDS,
+    claims_older_than: float = 30.0,
 ) -> None:
     """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
 
@@ -114,6 +115,7 @@ def run(
         replay_window=replay_window,
         max_event_ahead=max_event_ahead,
         dashboard_idle=dashboard_idle,
+        claims_older_than=claims_older_than,
     )
     # The access log shows method, path and status only: never a header, so never a signature.
     uvicorn.run(

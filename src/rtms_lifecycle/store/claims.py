@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from sqlalchemy import text
 
 from rtms_lifecycle.exceptions import ClaimLost
-from rtms_lifecycle.records import Claim, ClaimEvent, ClaimEventKind, Stream
+from rtms_lifecycle.records import Claim, ClaimEvent, ClaimEventKind, ClaimStats, Stream
 from rtms_lifecycle.store.queries import stream as read_stream
 from rtms_lifecycle.store.rows import STREAM_RECORD_COLUMNS, streams_from_rows
 from rtms_lifecycle.store.tables import LIVE_PREDICATE
@@ -35,6 +35,7 @@ __all__ = [
     "release",
     "renew",
     "report",
+    "stats",
     "unclaimed",
     "unconnected",
 ]
@@ -142,26 +143,37 @@ def claim(
     where: ClaimFilter,
     now: int,
     deadline: float | None,
+    exclude: Sequence[str] = (),
 ) -> Claim | None:
-    """Take the live stream that started first among those nobody holds; None if none."""
+    """Take the live stream that started first among those nobody holds (and not one of
+    ``exclude``); None if none."""
     for _ in range(_CLAIM_ATTEMPTS):
         with store.transaction(deadline) as conn:
-            taken = _claim_once(conn, worker, lease_ms, where, now)
+            taken = _claim_once(conn, worker, lease_ms, where, now, exclude)
         if taken is None or isinstance(taken, Claim):
             return taken
     return None
 
 
 def _claim_once(
-    conn: Connection, worker: str, lease_ms: int, where: ClaimFilter, now: int
+    conn: Connection,
+    worker: str,
+    lease_ms: int,
+    where: ClaimFilter,
+    now: int,
+    exclude: Sequence[str],
 ) -> Claim | Literal[False] | None:
     params: dict[str, Any] = {"now": now}
+    skip = ""
+    if exclude:
+        params.update({f"x{i}": sid for i, sid in enumerate(exclude)})
+        skip = f" AND s.stream_id NOT IN ({', '.join(f':x{i}' for i in range(len(exclude)))})"
     lock = " FOR NO KEY UPDATE OF s SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
     candidate = conn.execute(
         text(
             "SELECT s.stream_id FROM streams AS s"
             " LEFT JOIN stream_claims AS c ON c.stream_id = s.stream_id"
-            f" WHERE {_LIVE_STREAMS}{_filters(where, params)} AND {_FREE}"
+            f" WHERE {_LIVE_STREAMS}{_filters(where, params)}{skip} AND {_FREE}"
             f" ORDER BY s.started_at, s.stream_id LIMIT 1{lock}"
         ),
         params,
@@ -368,8 +380,7 @@ def unconnected(conn: Connection, started_before: int, now: int) -> list[Stream]
     """Live streams started before ``started_before`` whose holder (if any) reports no media."""
     return _live(
         conn,
-        "s.started_at <= :before AND NOT (c.stream_id IS NOT NULL AND c.ended_at IS NULL"
-        " AND c.expires_at > :now AND c.connected)",
+        f"s.started_at <= :before AND {_UNCONNECTED}",
         {"now": now, "before": started_before},
     )
 
@@ -404,3 +415,48 @@ def claim_history(conn: Connection, stream_id: str) -> list[ClaimEvent]:
         {"sid": stream_id},
     ).all()
     return [ClaimEvent(*row) for row in rows]
+
+
+# Media no worker reports connected now: unheld, or held but not connected.
+_UNCONNECTED: Final = (
+    "NOT (c.stream_id IS NOT NULL AND c.ended_at IS NULL AND c.expires_at > :now AND c.connected)"
+)
+
+
+def stats(conn: Connection, started_before: int, now: int, bounds_ms: Sequence[int]) -> ClaimStats:
+    """Counts of live streams unclaimed and unconnected, and a histogram of their first
+    connections' latency: two aggregate queries, one row each (a scrape reads no stream)."""
+    counts = conn.execute(
+        text(
+            f"SELECT coalesce(sum(CASE WHEN {_FREE} THEN 1 ELSE 0 END), 0),"
+            f" coalesce(sum(CASE WHEN {_UNCONNECTED} THEN 1 ELSE 0 END), 0)"
+            " FROM streams AS s LEFT JOIN stream_claims AS c ON c.stream_id = s.stream_id"
+            f" WHERE {_LIVE_STREAMS} AND s.started_at <= :before"
+        ),
+        {"now": now, "before": started_before},
+    ).one()
+    params: dict[str, Any] = {f"b{i}": bound for i, bound in enumerate(bounds_ms)}
+    buckets = "".join(
+        f", coalesce(sum(CASE WHEN lat <= :b{i} THEN 1 ELSE 0 END), 0)"
+        for i in range(len(bounds_ms))
+    )
+    # The first connection of each live stream: one index probe of its history per stream.
+    latency = conn.execute(
+        text(
+            f"SELECT count(lat), coalesce(sum(lat), 0){buckets} FROM ("
+            "SELECT CASE WHEN f.first < f.started_at THEN 0 ELSE f.first - f.started_at END"
+            " AS lat FROM (SELECT s.started_at AS started_at,"
+            " (SELECT min(h.at) FROM claim_history AS h WHERE h.stream_id = s.stream_id"
+            "  AND h.event = 'connected') AS first"
+            f" FROM streams AS s WHERE {_LIVE_STREAMS}) AS f WHERE f.first IS NOT NULL) AS x"
+        ),
+        params,
+    ).one()
+    total = int(latency[0])
+    cumulative = [(bound / 1000, int(n)) for bound, n in zip(bounds_ms, latency[2:], strict=True)]
+    return ClaimStats(
+        unclaimed=int(counts[0]),
+        unconnected=int(counts[1]),
+        connect_buckets=(*cumulative, (float("inf"), total)),
+        connect_seconds=int(latency[1]) / 1000,
+    )

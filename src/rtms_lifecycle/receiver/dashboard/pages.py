@@ -16,6 +16,7 @@ from rtms_lifecycle.events import Scope
 from rtms_lifecycle.machine import ACTIVE_STATES, LIVE_STATES
 from rtms_lifecycle.receiver.dashboard.charts import ReasonBar, ShareBucket
 from rtms_lifecycle.records import (
+    ClaimEvent,
     ConcurrencyAlertRecord,
     DeliveryRecord,
     InterruptionStats,
@@ -285,6 +286,8 @@ class StreamPage:
     stream: Stream
     history: Sequence[Transition]
     deliveries: Sequence[DeliveryRecord]
+    #: The claim history: which worker held the stream, when, and what it reported.
+    claims: Sequence[ClaimEvent]
 
 
 def stream_page(tracker: Tracker, stream_id: str) -> StreamPage | None:
@@ -297,4 +300,5 @@ def stream_page(tracker: Tracker, stream_id: str) -> StreamPage | None:
         stream=found,
         history=tracker.history(stream_id),
         deliveries=tracker.deliveries(stream_id=stream_id, limit=200),
+        claims=tracker.claim_history(stream_id),
     )

@@ -1,0 +1,215 @@
+"""``rtms-lifecycle work``: real processes, real children, on both databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from rtms_lifecycle import Tracker
+from rtms_lifecycle.cli.commands import cli
+from rtms_lifecycle.clock import now_ms
+from tests._deliveries import body
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = [sys.executable, str(ROOT / "tests" / "work_child.py")]
+LEASE = 1.5
+RENEWAL = LEASE / 3
+# Scheduling on a shared machine: a process may run this much later than asked.
+SLACK = 0.5
+
+
+def _start(tracker: Tracker, n: int) -> list[str]:
+    at = now_ms() - 60_000
+    ids = [f"s{i}" for i in range(n)]
+    tracker.ingest_batch([body("started", sid, at + i) for i, sid in enumerate(ids)])
+    return ids
+
+
+class Work:
+    """A ``work`` process and its children's log."""
+
+    def __init__(self, db: str, tmp: Path, worker: str, *args: str, **env: str) -> None:
+        self.log = tmp / f"{worker}.children.jsonl"
+        self.events = tmp / f"{worker}.events.jsonl"
+        self.out = self.events.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rtms_lifecycle", "--db", db, "work", worker, "--json",
+             "--lease", str(LEASE), "--poll", "0.1", "--grace", "2", *args, "--", *CHILD],
+            stdout=self.out,
+            env={**os.environ, "WORK_CHILD_LOG": str(self.log), **env},
+            cwd=ROOT,
+        )  # fmt: skip
+
+    def children(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.events.read_text().splitlines()]
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+@pytest.fixture
+def works(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Work]]:
+    started: list[Work] = []
+
+    def make(worker: str, *args: str, **env: str) -> Work:
+        started.append(Work(db_url, tmp_path, worker, *args, **env))
+        return started[-1]
+
+    yield make
+    for one in started:
+        if one.proc.poll() is None:
+            one.proc.kill()
+            one.proc.wait()
+        one.out.close()
+
+
+def _held(tracker: Tracker) -> dict[str, str]:
+    now = now_ms()
+    return {c.stream_id: c.worker for c in tracker.claims() if c.expires_at > now}
+
+
+def test_children_get_their_stream_and_a_stop_ends_the_child(
+    tracker: Tracker, works: Callable[..., Work]
+) -> None:
+    ids = _start(tracker, 3)
+    w = works("w1", "--max", "2")
+    starts = wait_for(lambda: [c for c in w.children() if c["event"] == "start"][1:] and
+                      [c for c in w.children() if c["event"] == "start"])  # fmt: skip
+    envs = {c["env"]["RTMS_STREAM_ID"]: c["env"] for c in starts}
+    assert set(envs) == set(ids[:2])  # the oldest two, --max 2
+    first = envs[ids[0]]
+    stream = tracker.stream(ids[0])
+    assert stream is not None
+    assert first["RTMS_SCOPE"] == "meeting"
+    assert first["RTMS_SCOPE_ID"] == stream.scope_id
+    assert first["RTMS_SERVER_URLS"] == stream.server_urls
+    assert first["RTMS_OPERATOR_ID"] == (stream.operator_id or "")
+    assert first["RTMS_CLAIM_TOKEN"] == "1"
+    assert _held(tracker) == {ids[0]: "w1", ids[1]: "w1"}
+
+    stopped_at = time.time()
+    tracker.ingest(body("stopped", ids[0], now_ms(), stop_reason=6))
+    signalled = wait_for(lambda: [c for c in w.children() if c["event"] == "signal"])
+    (child,) = [c for c in starts if c["env"]["RTMS_STREAM_ID"] == ids[0]]
+    assert [(s["pid"], s["signal"]) for s in signalled] == [(child["pid"], "SIGTERM")]
+    assert signalled[0]["t"] - stopped_at < RENEWAL + SLACK
+    # The freed slot takes the third stream; the stopped one's claim ended with the stop.
+    wait_for(lambda: _held(tracker) == {ids[1]: "w1", ids[2]: "w1"})
+    events = [e.event for e in tracker.claim_history(ids[0])]
+    assert events == ["claimed", "stopped", "disconnected"]
+    assert w.stop() == 130
+    kinds = [line["event"] for line in w.lines()]
+    for kind in ("claimed", "started", "lost", "signalled", "exited", "released", "stopping"):
+        assert kind in kinds
+
+
+def test_a_child_exiting_early_is_reported_and_its_stream_claimed_again(
+    tracker: Tracker, works: Callable[..., Work]
+) -> None:
+    (sid,) = _start(tracker, 1)
+    backoff = 1.0
+    w = works("w1", "--backoff", str(backoff), WORK_CHILD_EXIT="0.3:3", WORK_CHILD_EXIT_ONCE="1")
+    starts = wait_for(lambda: [c for c in w.children() if c["event"] == "start"][1:] and
+                      [c for c in w.children() if c["event"] == "start"])  # fmt: skip
+    assert [c["env"]["RTMS_CLAIM_TOKEN"] for c in starts] == ["1", "2"]
+    (exited,) = [c for c in w.children() if c["event"] == "exit"]
+    assert starts[1]["t"] - exited["t"] >= backoff
+    history = [(e.event, e.token, e.reason) for e in tracker.claim_history(sid)]
+    assert history[:4] == [
+        ("claimed", 1, None),
+        ("disconnected", 1, None),
+        ("released", 1, "child exited with 3"),
+        ("claimed", 2, None),
+    ]
+    assert w.stop() == 130
+
+
+def test_sigint_and_sigterm_release_every_claim(
+    tracker: Tracker, works: Callable[..., Work]
+) -> None:
+    ids = _start(tracker, 4)
+    w = works("w1", "--max", "3")
+    wait_for(lambda: len([c for c in w.children() if c["event"] == "start"]) == 3)
+    assert w.stop(signal.SIGINT) == 130
+    assert tracker.claims() == []
+    assert len([c for c in w.children() if c["event"] == "signal"]) == 3
+    released = [e for sid in ids for e in tracker.claim_history(sid) if e.event == "released"]
+    assert [e.reason for e in released] == ["worker stopping"] * 3
+
+    other = works("w2", "--max", "4")
+    wait_for(lambda: len(_held(tracker)) == 4)
+    assert other.stop(signal.SIGTERM) == 0
+    assert tracker.claims() == []
+
+
+def test_kill_9_streams_are_taken_by_another_work_within_the_lease(
+    tracker: Tracker, works: Callable[..., Work]
+) -> None:
+    ids = _start(tracker, 3)
+    victim = works("w1", "--max", "3")
+    wait_for(lambda: len(_held(tracker)) == 3)
+    heir = works("w2", "--max", "3")
+    time.sleep(RENEWAL)
+    assert set(_held(tracker).values()) == {"w1"}
+    victim.proc.kill()
+    victim.proc.wait()
+    killed = time.monotonic()
+    wait_for(lambda: _held(tracker) == dict.fromkeys(ids, "w2"), timeout=LEASE + 1 + SLACK)
+    assert time.monotonic() - killed < LEASE + 1 + SLACK
+    # The dead worker's children were told (Linux: the parent-death signal).
+    if sys.platform.startswith("linux"):
+        wait_for(lambda: len([c for c in victim.children() if c["event"] == "signal"]) == 3)
+    tokens = {c.stream_id: c.token for c in tracker.claims()}
+    assert tokens == dict.fromkeys(ids, 2)
+    assert heir.stop() == 130
+
+
+def test_bad_input_is_refused_before_anything_is_claimed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/rtms.db"
+    with Tracker(url) as tracker:
+        _start(tracker, 1)
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["--db", url, "work", "w1", "--", "no-such-command-here"])
+    assert missing.exit_code == 2
+    assert "COMMAND" in missing.output
+    assert "no-such-command-here" in missing.output
+    nothing = runner.invoke(cli, ["--db", url, "work", "w1"])
+    assert nothing.exit_code == 2
+    assert "after --" in nothing.output
+    blank = runner.invoke(cli, ["--db", url, "work", " ", "--", "true"])
+    assert blank.exit_code == 2
+    assert "WORKER" in blank.output
+    lease = runner.invoke(cli, ["--db", url, "work", "w1", "--lease", "0", "--", "true"])
+    assert lease.exit_code == 2
+    assert "--lease" in lease.output
+    gone = runner.invoke(cli, ["--db", f"{tmp_path}/none.db", "work", "w1", "--", "true"])
+    assert gone.exit_code == 3
+    with Tracker(url) as tracker:
+        assert tracker.claims() == []

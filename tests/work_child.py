@@ -1,0 +1,49 @@
+"""A child for ``rtms-lifecycle work`` tests: records its environment and signals to a file.
+
+Each line of ``$WORK_CHILD_LOG`` is JSON: ``{"pid", "event": "start", "env", "t"}`` when it
+starts, ``{"pid", "event": "signal", "signal", "t"}`` for each SIGTERM or SIGINT (then it
+exits 0). With ``WORK_CHILD_EXIT`` set to ``SECONDS:CODE`` it exits by itself after that long,
+with that code (only the first child of each stream, when ``WORK_CHILD_EXIT_ONCE`` is set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from types import FrameType
+
+
+def _write(line: dict[str, object]) -> None:
+    fd = os.open(os.environ["WORK_CHILD_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps({"pid": os.getpid(), "t": time.time(), **line}) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    _write({"event": "signal", "signal": signal.Signals(signum).name})
+    sys.exit(0)
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    env = {k: v for k, v in os.environ.items() if k.startswith("RTMS_")}
+    _write({"event": "start", "env": env})
+    exit_after = os.environ.get("WORK_CHILD_EXIT")
+    once = os.environ.get("WORK_CHILD_EXIT_ONCE")
+    if exit_after and (not once or env.get("RTMS_CLAIM_TOKEN") == "1"):
+        seconds, code = exit_after.split(":")
+        time.sleep(float(seconds))
+        _write({"event": "exit", "code": int(code)})
+        sys.exit(int(code))
+    while True:
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
