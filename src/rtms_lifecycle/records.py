@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from rtms_lifecycle.events import Scope, Source
 from rtms_lifecycle.exceptions import FieldError
@@ -17,6 +21,7 @@ __all__ = [
     "IngestResult",
     "InterruptionStats",
     "Outcome",
+    "Page",
     "PruneRecord",
     "PruneResult",
     "StopReasonCount",
@@ -25,7 +30,11 @@ __all__ = [
     "SubscriptionStatus",
     "Transition",
     "UnhandledEventStat",
+    "decode_cursor",
+    "encode_cursor",
 ]
+
+T = TypeVar("T")
 
 
 class Outcome(StrEnum):
@@ -339,3 +348,38 @@ class PruneRecord:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list read in keyset order; ``next`` is the cursor of the page after it
+    (None: this is the last)."""
+
+    items: list[T]
+    next: str | None
+
+
+def encode_cursor(kind: str, key: Sequence[int | str]) -> str:
+    """An opaque cursor: the keyset position after which the next page starts."""
+    text = json.dumps([kind, *key], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str, types: Sequence[type]) -> tuple[Any, ...]:
+    """The position ``cursor`` holds; ValueError unless it is a cursor of this ``kind`` of list."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        found = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error):
+        found = None
+    if (
+        not isinstance(found, list)
+        or len(found) != len(types) + 1
+        or found[0] != kind
+        or not all(
+            type(value) is each  # bool is not an int here
+            for value, each in zip(found[1:], types, strict=True)
+        )
+    ):
+        raise ValueError(f"not a cursor of this list: {cursor[:40]!r}")
+    return tuple(found[1:])

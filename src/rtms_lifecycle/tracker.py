@@ -35,11 +35,14 @@ from rtms_lifecycle.records import (
     IngestResult,
     InterruptionStats,
     Outcome,
+    Page,
     StopReasonCount,
     StopReasonStat,
     Stream,
     Transition,
     UnhandledEventStat,
+    decode_cursor,
+    encode_cursor,
 )
 from rtms_lifecycle.store.batch import (
     Body,
@@ -64,6 +67,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
     "Body",
     "IngestSummary",
     "Subscription",
@@ -76,6 +81,10 @@ __all__ = [
 
 TransitionCallback = Callable[[Transition, Stream], object]
 Timestamp = int | datetime
+
+#: The rows of a page when no limit is given, and the most one page may hold.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -724,6 +733,48 @@ class Tracker:
         with self._store.read() as conn:
             return _queries.count_streams(conn, *filters, account_id)
 
+    def stream_page(
+        self,
+        state: State | str | Iterable[State | str] | None = None,
+        *,
+        scope: Scope | str | None = None,
+        scope_id: str | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        account_id: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Stream]:
+        """Streams that began (first event) in ``[since, until)``, newest start first, a page
+        of ``limit`` at a time: pass the page's ``next`` as ``cursor`` for the one after it.
+
+        Keyset paging: streams added between two pages never make a stream that existed at the
+        first page appear twice or not at all. ValueError for a cursor of another list.
+        """
+        from rtms_lifecycle.store import queries as _queries
+
+        _check_page_size(limit)
+        after = decode_cursor("streams", cursor, (int, str)) if cursor else None
+        states, scope_, scope_id, began_since, began_until = _stream_filters(
+            state, scope, scope_id, since, until
+        )
+        with self._store.read() as conn:
+            rows = _queries.stream_page(
+                conn,
+                states,
+                scope_,
+                scope_id,
+                began_since,
+                began_until,
+                account_id,
+                after,
+                limit + 1,
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        following = encode_cursor("streams", [rows[-1][0], rows[-1][1].stream_id]) if more else None
+        return Page([stream for _, stream in rows], following)
+
     def history(self, stream_id: str) -> list[Transition]:
         """The stream's transitions in event-time order (how it went)."""
         from rtms_lifecycle.store import queries as _queries
@@ -767,6 +818,67 @@ class Tracker:
 
         with self._store.read() as conn:
             return _queries.list_deliveries(conn, as_set(outcome, Outcome), stream_id, limit)
+
+    def delivery_page(
+        self,
+        outcome: Outcome | str | Iterable[Outcome | str] | None = None,
+        *,
+        event: str | None = None,
+        stream_id: str | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[DeliveryRecord]:
+        """Stored deliveries received in ``[since, until)``, newest first, a page at a time
+        (``cursor``: the ``next`` of the page before)."""
+        from rtms_lifecycle.store import queries as _queries
+
+        _check_page_size(limit)
+        before = decode_cursor("deliveries", cursor, (int,))[0] if cursor else None
+        with self._store.read() as conn:
+            found = _queries.list_deliveries(
+                conn,
+                as_set(outcome, Outcome),
+                stream_id,
+                limit + 1,
+                event=event,
+                since=_epoch_ms(since),
+                until=_epoch_ms(until),
+                before=before,
+            )
+        more = len(found) > limit
+        found = found[:limit]
+        return Page(found, encode_cursor("deliveries", [found[-1].id]) if more else None)
+
+    def alert_page(
+        self,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        *,
+        account_id: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[ConcurrencyAlertRecord]:
+        """Concurrency alerts of ``[since, until)`` (event time), newest first, a page at a
+        time (``cursor``: the ``next`` of the page before)."""
+        from rtms_lifecycle.store import queries as _queries
+
+        _check_page_size(limit)
+        before = decode_cursor("alerts", cursor, (int, int)) if cursor else None
+        with self._store.read() as conn:
+            found = _queries.alerts(
+                conn,
+                _epoch_ms(since),
+                limit + 1,
+                until=_epoch_ms(until),
+                account_id=account_id,
+                before=before,
+            )
+        more = len(found) > limit
+        found = found[:limit]
+        last = found[-1] if more else None
+        return Page(found, encode_cursor("alerts", [last.event_ts, last.id]) if last else None)
 
     def stop_reason_stats(
         self,
@@ -937,6 +1049,11 @@ def _refuse_coroutine_function(fn: TransitionCallback) -> None:
             f"{fn!r} is a coroutine function: a Tracker cannot await it; "
             "register it on an AsyncTracker instead"
         )
+
+
+def _check_page_size(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
 
 
 def _expired_at(stream: Stream, stale_ms: int) -> int:

@@ -151,6 +151,37 @@ def list_streams(
     return _streams(conn, query)
 
 
+def stream_page(
+    conn: Connection,
+    states: Sequence[State] | None,
+    scope: Scope | None,
+    scope_id: str | None,
+    since: int | None,
+    until: int | None,
+    account_id: str | None,
+    after: tuple[int, str] | None,
+    limit: int,
+) -> list[tuple[int, Stream]]:
+    """Streams that began in ``[since, until)``, newest start first, ``limit`` after ``after``;
+    each with its start time (``first_event_at``), the first half of its keyset position.
+
+    Keyset order on ``(first_event_at, stream_id)``, read from ix_streams_first_event_at: a page
+    boundary is a position, not a count, so rows inserted between pages neither shift nor repeat.
+    """
+    began = streams.c.first_event_at
+    query = _matching_streams(
+        select(began, *_STREAM_COLUMNS), states, scope, scope_id, None, None, account_id
+    ).where(_window(began, since, until))
+    if after is not None:
+        at, sid = after
+        query = query.where(or_(began < at, and_(began == at, streams.c.stream_id < sid)))
+    query = query.order_by(began.desc(), streams.c.stream_id.desc()).limit(limit)
+    rows = conn.execute(query).all()
+    return list(
+        zip((row[0] for row in rows), streams_from_rows(row[1:] for row in rows), strict=True)
+    )
+
+
 def count_streams(
     conn: Connection,
     states: Sequence[State] | None,
@@ -416,19 +447,46 @@ def _interruptions(
     }
 
 
-def alerts(conn: Connection, since: int | None, limit: int | None) -> list[ConcurrencyAlertRecord]:
+def alerts(
+    conn: Connection,
+    since: int | None,
+    limit: int | None,
+    until: int | None = None,
+    account_id: str | None = None,
+    before: tuple[int, int] | None = None,
+) -> list[ConcurrencyAlertRecord]:
+    a = concurrency_alerts.c
     query = select(concurrency_alerts)
     if since is not None:
-        query = query.where(concurrency_alerts.c.event_ts >= since)
-    query = query.order_by(concurrency_alerts.c.event_ts.desc(), concurrency_alerts.c.id.desc())
+        query = query.where(a.event_ts >= since)
+    if until is not None:
+        query = query.where(a.event_ts < until)
+    if account_id is not None:
+        query = query.where(a.account_id == account_id)
+    if before is not None:
+        # Keyset on (event_ts, id), newest first: ix_concurrency_alerts_event_ts holds the id.
+        query = query.where(
+            or_(a.event_ts < before[0], and_(a.event_ts == before[0], a.id < before[1]))
+        )
+    query = query.order_by(a.event_ts.desc(), a.id.desc())
     if limit is not None:
         query = query.limit(limit)
     return [alert_from_row(r) for r in conn.execute(query)]
 
 
 def list_deliveries(
-    conn: Connection, outcomes: Iterable[Outcome] | None, stream_id: str | None, limit: int | None
+    conn: Connection,
+    outcomes: Iterable[Outcome] | None,
+    stream_id: str | None,
+    limit: int | None,
+    *,
+    event: str | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    before: int | None = None,
 ) -> list[DeliveryRecord]:
+    """Deliveries newest first (by id, the primary key: ``before`` is a keyset position);
+    ``since``/``until`` on the time they were received."""
     # A duplicate that references the delivery it repeats is read with that delivery's bytes.
     first = deliveries.alias("first")
     query = select(deliveries, first.c.raw.label("first_raw")).outerjoin_from(
@@ -454,6 +512,14 @@ def list_deliveries(
                 )
             )
         )
+    if event is not None:
+        query = query.where(deliveries.c.event == event)
+    if since is not None:
+        query = query.where(deliveries.c.received_at >= since)
+    if until is not None:
+        query = query.where(deliveries.c.received_at < until)
+    if before is not None:
+        query = query.where(deliveries.c.id < before)
     query = query.order_by(deliveries.c.id.desc())
     if limit is not None:
         query = query.limit(limit)
