@@ -706,14 +706,18 @@ class Tracker:
         until: Timestamp | None = None,
         limit: int | None = None,
         account_id: str | None = None,
+        began_since: Timestamp | None = None,
+        began_until: Timestamp | None = None,
     ) -> list[Stream]:
         """Stored streams, newest activity first; ``since``/``until`` keep streams alive then,
+        ``began_since``/``began_until`` those whose first event is in that window,
         ``account_id`` those of one Zoom account."""
         from rtms_lifecycle.store import queries as _queries
 
         filters = _stream_filters(state, scope, scope_id, since, until)
+        began = (_epoch_ms(began_since), _epoch_ms(began_until))
         with self._store.read() as conn:
-            return _queries.list_streams(conn, *filters, limit, account_id)
+            return _queries.list_streams(conn, *filters, limit, account_id, began)
 
     def count_streams(
         self,
@@ -724,14 +728,17 @@ class Tracker:
         since: Timestamp | None = None,
         until: Timestamp | None = None,
         account_id: str | None = None,
+        began_since: Timestamp | None = None,
+        began_until: Timestamp | None = None,
     ) -> int:
         """How many streams :meth:`streams` would list with the same filters, counted by the
         database (a table showing the newest 50 says of how many)."""
         from rtms_lifecycle.store import queries as _queries
 
         filters = _stream_filters(state, scope, scope_id, since, until)
+        began = (_epoch_ms(began_since), _epoch_ms(began_until))
         with self._store.read() as conn:
-            return _queries.count_streams(conn, *filters, account_id)
+            return _queries.count_streams(conn, *filters, account_id, began)
 
     def stream_page(
         self,

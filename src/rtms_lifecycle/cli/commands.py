@@ -151,6 +151,18 @@ def ingest(app: App, path: str, batch_size: int, as_json: bool) -> None:
     type=click.IntRange(min=1, max=MAX_COUNT),
     help=f"At most N streams (newest first); the table shows {_TABLE_STREAMS} unless given.",
 )
+@click.option(
+    "--since",
+    metavar="T",
+    callback=parsed_by(parse_time),
+    help="Streams that began (first event) at or after T (epoch ms or ISO 8601).",
+)
+@click.option(
+    "--until",
+    metavar="T",
+    callback=parsed_by(parse_time),
+    help="Streams that began before T (epoch ms or ISO 8601).",
+)
 @ACCOUNT_OPTION
 @JSON_OPTION
 @pass_app
@@ -160,11 +172,15 @@ def streams(
     scope: str | None,
     active: bool,
     limit: int | None,
+    since: int | None,
+    until: int | None,
     account_id: str | None,
     as_json: bool,
 ) -> None:
     """List stored streams, most recent activity first (all of them unless filtered)."""
     from rtms_lifecycle.machine import ACTIVE_STATES
+
+    check_window(since, until)
 
     if active and states:
         raise click.UsageError(
@@ -173,16 +189,32 @@ def streams(
     wanted: Iterable[State | str] | None = ACTIVE_STATES if active else (states or None)
     tracker = app.tracker(create=False)
     if as_json or limit is not None:
-        found = tracker.streams(wanted, scope=scope, limit=limit, account_id=account_id)
+        found = tracker.streams(
+            wanted,
+            scope=scope,
+            limit=limit,
+            began_since=since,
+            began_until=until,
+            account_id=account_id,
+        )
         app.show(as_json, found, lambda found: streams_table(plural(len(found), "stream"), found))
         return
     # Drawing tens of thousands of rows takes a minute and helps nobody, and reading a million
     # streams to count them takes longer: the newest rows, and a count from the database.
-    found = tracker.streams(wanted, scope=scope, limit=_TABLE_STREAMS, account_id=account_id)
+    found = tracker.streams(
+        wanted,
+        scope=scope,
+        limit=_TABLE_STREAMS,
+        began_since=since,
+        began_until=until,
+        account_id=account_id,
+    )
     total = (
         len(found)
         if len(found) < _TABLE_STREAMS
-        else tracker.count_streams(wanted, scope=scope, account_id=account_id)
+        else tracker.count_streams(
+            wanted, scope=scope, began_since=since, began_until=until, account_id=account_id
+        )
     )
     if total > len(found):
         title = (

@@ -112,9 +112,13 @@ def _matching_streams(
     since: int | None,
     until: int | None,
     account_id: str | None,
+    began: tuple[int | None, int | None] = (None, None),
 ) -> Select[Any]:
-    """``query`` narrowed to the streams that ``list_streams`` and ``count_streams`` select."""
+    """``query`` narrowed to the streams that ``list_streams`` and ``count_streams`` select:
+    alive in ``[since, until)``, and begun in ``began`` (``[since, until)`` of the start)."""
     query = _of_account(query.where(streams.c.state != State.NEW.value), account_id)
+    if began != (None, None):
+        query = query.where(_window(streams.c.first_event_at, *began))
     if states:
         values = [State(s).value for s in states]
         if State.STOPPED.value not in values:
@@ -124,9 +128,8 @@ def _matching_streams(
         query = query.where(streams.c.scope == Scope(scope).value)
     if scope_id is not None:
         query = query.where(streams.c.scope_id == scope_id)
-    began = streams.c.first_event_at
     if until is not None:
-        query = query.where(began < until)
+        query = query.where(streams.c.first_event_at < until)
     if since is not None:
         query = query.where(or_(streams.c.stopped_at.is_(None), streams.c.stopped_at >= since))
     return query
@@ -141,9 +144,10 @@ def list_streams(
     until: int | None,
     limit: int | None,
     account_id: str | None = None,
+    began: tuple[int | None, int | None] = (None, None),
 ) -> list[Stream]:
     query = _matching_streams(
-        select(*_STREAM_COLUMNS), states, scope, scope_id, since, until, account_id
+        select(*_STREAM_COLUMNS), states, scope, scope_id, since, until, account_id, began
     )
     query = query.order_by(streams.c.last_event_at.desc(), streams.c.stream_id)
     if limit is not None:
@@ -190,9 +194,17 @@ def count_streams(
     since: int | None,
     until: int | None,
     account_id: str | None = None,
+    began: tuple[int | None, int | None] = (None, None),
 ) -> int:
     query = _matching_streams(
-        select(func.count()).select_from(streams), states, scope, scope_id, since, until, account_id
+        select(func.count()).select_from(streams),
+        states,
+        scope,
+        scope_id,
+        since,
+        until,
+        account_id,
+        began,
     )
     count: int = conn.execute(query).scalar_one()
     return count
