@@ -997,6 +997,16 @@ class Tracker:
         with self._store.read() as conn:
             return _queries.active_counts(conn)
 
+    def live_counts(self, long_after: timedelta | float) -> list[tuple[Scope, State, int, int]]:
+        """Per scope and live state (started, interrupted, resumed): ``(scope, state, streams,
+        of them started more than long_after ago)``, from the live index (cheap enough for
+        every scrape)."""
+        from rtms_lifecycle.store import queries as _queries
+
+        seconds = long_after.total_seconds() if isinstance(long_after, timedelta) else long_after
+        with self._store.read() as conn:
+            return _queries.live_counts(conn, now_ms() - int(seconds * 1000))
+
     def schema_revision(self) -> str | None:
         """The migration the database is at (None: no schema yet)."""
         from rtms_lifecycle.store import migrate as _migrate

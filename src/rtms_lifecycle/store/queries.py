@@ -555,6 +555,22 @@ def active_counts(conn: Connection) -> dict[Scope, int]:
     return {Scope(scope): count for scope, count in conn.execute(query)}
 
 
+def live_counts(conn: Connection, started_before: int) -> list[tuple[Scope, State, int, int]]:
+    """Per scope and live state: how many streams, and how many of them started before
+    ``started_before``; grouped inside the live partial index, as :func:`active_counts`."""
+    old = func.sum(case((streams.c.started_at < started_before, 1), else_=0))
+    query = (
+        select(streams.c.scope, streams.c.state, func.count(), old)
+        .where(_LIVE, streams.c.state != State.NEW.value)
+        .group_by(streams.c.scope, streams.c.state)
+    )
+    return [
+        (Scope(scope), State(state), count, int(older or 0))
+        for scope, state, count, older in conn.execute(query)
+        if scope is not None
+    ]
+
+
 def unhandled_stats(
     conn: Connection, since: int | None, until: int | None
 ) -> list[UnhandledEventStat]:
