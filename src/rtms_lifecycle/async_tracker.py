@@ -43,6 +43,7 @@ from rtms_lifecycle.records import (
     Outcome,
     PruneRecord,
     PruneResult,
+    ReprocessResult,
     StopReasonCount,
     StopReasonStat,
     Stream,
@@ -374,6 +375,19 @@ class AsyncTracker:
     ) -> list[Stream]:
         """Awaitable :meth:`Tracker.expire`."""
         return await self._write(self._sync.expire, stale_after, dry_run=dry_run)
+
+    async def reprocess(
+        self,
+        outcome: Outcome | str | Iterable[Outcome | str] | None = None,
+        *,
+        since: Timestamp | None = None,
+        dry_run: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> ReprocessResult:
+        """Awaitable :meth:`Tracker.reprocess`."""
+        return await self._write(
+            self._sync.reprocess, outcome, since=since, dry_run=dry_run, batch_size=batch_size
+        )
 
     async def prune(
         self, older_than: timedelta | float, *, dry_run: bool = False, vacuum: bool = False

@@ -24,6 +24,7 @@ __all__ = [
     "Page",
     "PruneRecord",
     "PruneResult",
+    "ReprocessResult",
     "StopReasonCount",
     "StopReasonStat",
     "Stream",
@@ -84,7 +85,9 @@ class Stream:
         return self._stop_reason().category if self.stopped else None
 
     def _stop_reason(self) -> StopReason:
-        return describe_stop_reason(self.stop_reason, expired=self.stop_source != Source.WEBHOOK)
+        return describe_stop_reason(
+            self.stop_reason, expired=not (self.stop_source and Source(self.stop_source).from_zoom)
+        )
 
     @property
     def stopped(self) -> bool:
@@ -171,6 +174,8 @@ class DeliveryRecord:
     signed_at: int | None = None
     #: The label of the configured secret that verified it (never the secret itself).
     secret_label: str | None = None
+    #: Reprocessed (source ``reprocess``): the id of the refused delivery whose bytes these are.
+    reprocess_of: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form; ``raw`` as text (invalid UTF-8 replaced)."""
@@ -348,6 +353,21 @@ class PruneRecord:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ReprocessResult:
+    """What ``reprocess`` did with the refused deliveries it read again (with ``dry_run``:
+    would do). ``before``: how many it read, by their stored outcome; ``after``: what they came
+    to, ``rejected``/``unhandled`` for those still refused (nothing is written for them)."""
+
+    before: dict[str, int]
+    after: dict[str, int]
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"before": self.before, "after": self.after, "dry_run": self.dry_run}
 
 
 @dataclass(frozen=True, slots=True)

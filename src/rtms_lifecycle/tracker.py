@@ -24,7 +24,7 @@ from rtms_lifecycle.defaults import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
 )
-from rtms_lifecycle.events import EventKind, Scope, Source
+from rtms_lifecycle.events import EventKind, Scope, Source, StreamEvent, UnhandledDelivery
 from rtms_lifecycle.exceptions import ConfigurationError, DeliveryRejected, FieldError
 from rtms_lifecycle.machine import State, TransitionName
 from rtms_lifecycle.parsing import check_app_event
@@ -36,6 +36,7 @@ from rtms_lifecycle.records import (
     InterruptionStats,
     Outcome,
     Page,
+    ReprocessResult,
     StopReasonCount,
     StopReasonStat,
     Stream,
@@ -401,6 +402,69 @@ class Tracker:
                 if r and r.outcome is Outcome.APPLIED and r.stream
             )
         return closed
+
+    def reprocess(
+        self,
+        outcome: Outcome | str | Iterable[Outcome | str] | None = None,
+        *,
+        since: Timestamp | None = None,
+        dry_run: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> ReprocessResult:
+        """Parse the stored webhook bodies an earlier version refused (``rejected`` and
+        ``unhandled``, or the ``outcome`` given; received at or after ``since``) with this
+        version, and fold in those now valid, in order of arrival.
+
+        Each one is recorded as a new delivery of source ``reprocess`` that links to the refused
+        one (``reprocess_of``), which stays as it was; its transitions have source ``reprocess``.
+        A refused delivery reprocessed once is never read again, and one still refused writes
+        nothing: a second run changes nothing. ``dry_run`` writes nothing and counts what now
+        parses as ``valid``.
+        """
+        from rtms_lifecycle.store import reprocess as _reprocess
+
+        wanted = sorted(as_set(outcome, Outcome) or {Outcome.REJECTED, Outcome.UNHANDLED})
+        if not set(wanted) <= {Outcome.REJECTED, Outcome.UNHANDLED}:
+            raise ValueError("reprocess reads rejected and unhandled deliveries only")
+        check_batch_size(batch_size)
+        before: Counter[str] = Counter()
+        after: Counter[str] = Counter()
+        last = 0
+        while True:
+            with self._store.read() as conn:
+                rows = _reprocess.refused(conn, wanted, _epoch_ms(since), last, batch_size)
+            if not rows:
+                break
+            last = rows[-1][0]
+            items = []
+            for delivery_id, received_at, stored, raw in rows:
+                before[stored] += 1
+                item = self._reparsed(delivery_id, received_at, raw)
+                if isinstance(item, Outcome):
+                    after[item.value] += 1
+                elif dry_run:
+                    after["valid"] += 1
+                else:
+                    items.append(item)
+            if items:
+                after.update(r.outcome.value for r in self._record(items) if r is not None)
+        return ReprocessResult(dict(before), dict(after), dry_run)
+
+    def _reparsed(self, delivery_id: int, received_at: int, raw: bytes) -> Incoming | Outcome:
+        """A refused delivery parsed again, ready to record; or the outcome it still has."""
+        item = to_incoming(raw, Source.REPROCESS)
+        parsed = item.parsed
+        if item.errors or parsed is None:
+            return Outcome.REJECTED
+        if isinstance(parsed, UnhandledDelivery):
+            return Outcome.UNHANDLED
+        if isinstance(parsed, StreamEvent):
+            # Judged against the clock when it arrived, as it would have been then.
+            if arrival_time_problem(parsed.event_ts, received_at, self._max_ahead_ms):
+                return Outcome.REJECTED
+            item.parsed = replace(parsed, source=Source.REPROCESS)
+        item.reprocess_of = delivery_id
+        return item
 
     def prune(
         self, older_than: timedelta | float, *, dry_run: bool = False, vacuum: bool = False

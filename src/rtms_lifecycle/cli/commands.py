@@ -324,7 +324,7 @@ def stats(
         app.out.print(stop_reason_bars(found, CATEGORY_STYLE, room=app.out.width))
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option(
     "--outcome",
     "outcomes",
@@ -343,14 +343,54 @@ def stats(
     help="At most N deliveries; 0 for all.",
 )
 @JSON_OPTION
-@pass_app
+@click.pass_context
 def deliveries(
-    app: App, outcomes: tuple[str, ...], stream_id: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    outcomes: tuple[str, ...],
+    stream_id: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """Stored deliveries, newest first, with their outcome and why one was rejected."""
+    """Stored deliveries, newest first, with their outcome and why one was rejected
+    (``deliveries reprocess`` parses refused ones again)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    app = ctx.find_object(App)
+    assert app is not None
     tracker = app.tracker(create=False)
     found = tracker.deliveries(outcomes or None, stream_id=stream_id, limit=limit or None)
     app.show(as_json, found, deliveries_table)
+
+
+@deliveries.command("reprocess")
+@click.option(
+    "--outcome",
+    "outcomes",
+    multiple=True,
+    type=click.Choice(["rejected", "unhandled"]),
+    help="Only deliveries with this outcome (repeatable; default: both).",
+)
+@click.option(
+    "--since",
+    metavar="T",
+    callback=parsed_by(parse_time),
+    help="Only deliveries received at or after T (epoch ms or ISO 8601).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what now parses, and write nothing.")
+@JSON_OPTION
+@pass_app
+def reprocess(
+    app: App, outcomes: tuple[str, ...], since: int | None, dry_run: bool, as_json: bool
+) -> None:
+    """Parse refused deliveries again with this version and fold in those now valid."""
+    result = app.tracker(create=False).reprocess(outcomes or None, since=since, dry_run=dry_run)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    read = ", ".join(f"{n} {o}" for o, n in sorted(result.before.items())) or "nothing"
+    became = ", ".join(f"{n} {o}" for o, n in sorted(result.after.items())) or "nothing"
+    verb = "would become" if dry_run else "became"
+    app.out.print(f"Read {read} again: they {verb} {became}.")
 
 
 @cli.command()

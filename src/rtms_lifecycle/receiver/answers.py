@@ -183,6 +183,8 @@ class DeliveryModel(BaseModel):
     raw_encoding: Literal["utf-8", "base64"]
     signed_at: int | None
     secret_label: str | None
+    #: Reprocessed: the id of the refused delivery whose bytes these are.
+    reprocess_of: int | None
 
     @classmethod
     def of(cls, record: DeliveryRecord) -> Self:

@@ -24,7 +24,7 @@ from sqlalchemy import (
     union_all,
 )
 
-from rtms_lifecycle.events import EventKind, Scope, Source
+from rtms_lifecycle.events import ZOOM_SOURCES, EventKind, Scope
 from rtms_lifecycle.machine import ACTIVE_STATES, State, TransitionName, fold
 from rtms_lifecycle.records import (
     ConcurrencyAlertRecord,
@@ -310,7 +310,7 @@ def stop_reason_stats(
     scope_column = streams.c.scope if by_scope else literal(None)
     duration = streams.c.stopped_at - streams.c.started_at
     # An expiry and a webhook's stop without a reason both have no code: the source tells them.
-    expired = streams.c.stop_source != Source.WEBHOOK.value
+    expired = streams.c.stop_source.not_in(ZOOM_SOURCES)
     query = _of_account(
         select(scope_column, streams.c.stop_reason, expired, duration).where(
             _window(streams.c.stopped_at, since, until)
@@ -358,7 +358,7 @@ def stop_reason_counts(
     stopped_at = streams.c.stopped_at
     bucket = (stopped_at - stopped_at % literal(bucket_ms)).label("bucket")
     # As in stop_reason_stats: a stop without a code is an expiry unless a webhook sent it.
-    expired = (streams.c.stop_source != Source.WEBHOOK.value).label("expired")
+    expired = streams.c.stop_source.not_in(ZOOM_SOURCES).label("expired")
     query = (
         select(bucket, streams.c.stop_reason, expired, func.count())
         .where(_window(stopped_at, since, until))
