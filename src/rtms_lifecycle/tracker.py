@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from rtms_lifecycle.bodies import to_raw
 from rtms_lifecycle.bounds import arrival_time_problem
@@ -841,10 +841,8 @@ class Tracker:
                 after,
                 limit + 1,
             )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        following = encode_cursor("streams", [rows[-1][0], rows[-1][1].stream_id]) if more else None
-        return Page([stream for _, stream in rows], following)
+        page = _page(rows, limit, lambda last: ("streams", [last[0], last[1].stream_id]))
+        return Page([stream for _, stream in page.items], page.next)
 
     def history(self, stream_id: str) -> list[Transition]:
         """The stream's transitions in event-time order (how it went)."""
@@ -918,9 +916,7 @@ class Tracker:
                 until=_epoch_ms(until),
                 before=before,
             )
-        more = len(found) > limit
-        found = found[:limit]
-        return Page(found, encode_cursor("deliveries", [found[-1].id]) if more else None)
+        return _page(found, limit, lambda last: ("deliveries", [last.id]))
 
     def alert_page(
         self,
@@ -946,10 +942,7 @@ class Tracker:
                 account_id=account_id,
                 before=before,
             )
-        more = len(found) > limit
-        found = found[:limit]
-        last = found[-1] if more else None
-        return Page(found, encode_cursor("alerts", [last.event_ts, last.id]) if last else None)
+        return _page(found, limit, lambda last: ("alerts", [last.event_ts, last.id]))
 
     def stop_reason_stats(
         self,
@@ -1130,6 +1123,18 @@ def _refuse_coroutine_function(fn: TransitionCallback) -> None:
             f"{fn!r} is a coroutine function: a Tracker cannot await it; "
             "register it on an AsyncTracker instead"
         )
+
+
+_T = TypeVar("_T")
+
+
+def _page(
+    found: list[_T], limit: int, position: Callable[[_T], tuple[str, list[int | str]]]
+) -> Page[_T]:
+    """``found`` (read with ``limit + 1``) as a page, the cursor of its last row if more follow."""
+    if len(found) <= limit:
+        return Page(found, None)
+    return Page(found[:limit], encode_cursor(*position(found[limit - 1])))
 
 
 def _check_page_size(limit: int) -> None:
