@@ -39,6 +39,8 @@ def _values(schema: dict[str, Any], components: dict[str, Any]) -> str:
             branch = components[branch["$ref"].rsplit("/", 1)[1]]
         repeatable = branch.get("type") == "array"
         item = branch.get("items", branch) if repeatable else branch
+        if "$ref" in item:
+            item = components[item["$ref"].rsplit("/", 1)[1]]
         if "enum" in item:
             words.append(" \\| ".join(f"`{value}`" for value in item["enum"]))
         elif item.get("format") == "date-time":

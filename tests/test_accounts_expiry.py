@@ -102,7 +102,7 @@ def test_read_api_account_filters(tracker: Tracker, accounts: int) -> None:
     with serving(app) as url, httpx.Client(base_url=url, headers=auth) as client:
         streams = client.get("/streams", params={"account_id": "acct-b", "active": "true"})
         stats = client.get("/stats/stop-reasons", params={"account_id": "acct-a"})
-    assert ids(streams.json()) == {"b-live"}
+    assert ids(streams.json()["items"]) == {"b-live"}
     assert [(s["stop_reason"], s["count"]) for s in stats.json()] == [(6, 1)]
 
 

@@ -56,6 +56,8 @@ def fields(response: httpx.Response) -> set[str]:
     ("query", "field"),
     [
         ("/streams?limit=99999999999999999999999", "limit"),
+        ("/streams?limit=1001", "limit"),
+        ("/deliveries?limit=9223372036854775807", "limit"),
         ("/stats/stop-reasons?since=-99999999999999999999", "since"),
         ("/stats/stop-reasons?since=99999999999999999999", "since"),
         ("/stats/stop-reasons?until=300000000000000", "until"),
@@ -70,7 +72,7 @@ def test_numbers_out_of_range_are_422(api: httpx.Client, query: str, field: str)
 @pytest.mark.parametrize(
     "query",
     [
-        "/streams?limit=9223372036854775807",
+        "/streams?limit=1000",
         "/stats/stop-reasons?since=253402300799999",
         "/stats/stop-reasons?since=-62135596800000&until=9999-12-31T23:59:59Z",
     ],
@@ -79,7 +81,7 @@ def test_the_largest_numbers_are_answered(api: httpx.Client, query: str) -> None
     """The bounds themselves are valid queries, answered with 200."""
     response = api.get(query)
     assert response.status_code == 200
-    assert response.json() == []
+    assert response.json() in ([], {"items": [], "next": None})
 
 
 @pytest.mark.parametrize(

@@ -116,7 +116,7 @@ def test_copy_in_the_same_batch_references_the_first_delivery() -> None:
     assert first is not None
     assert copy is not None
     assert copy.outcome is Outcome.DUPLICATE
-    *_, copy_raw, _, _, same_as = tx.writes.deliveries[1]
+    *_, copy_raw, _, _, same_as, _ = tx.writes.deliveries[1]
     assert (copy_raw, same_as) == (b"", first.delivery_id)
     assert tx.reads == []
 

@@ -277,6 +277,15 @@ def test_ingest_human_output_counts_every_outcome(sqlite_url: str) -> None:
         (["--scope", "webinar", "--state", "interrupted"], {"s-webinar"}),
         (["--scope", "meeting", "--state", "stopped"], set()),
         (["--limit", "2"], {"s-cc", "s-phone"}),
+        # The window is on the start time, as for the read API and stats --interruptions.
+        (["--since", "2099-01-01T00:00:00Z"], set()),
+        (["--since", "2025-03-11T03:00:00Z"], {"s-session", "s-phone", "s-cc"}),
+        (["--until", "2025-03-11T03:00:00Z"], {"s-meeting", "s-webinar"}),
+        (
+            ["--since", "2025-03-11T02:00:00Z", "--until", "2025-03-11T04:00:00Z"],
+            {"s-webinar", "s-session"},
+        ),
+        (["--since", "2025-03-11T04:00:00Z", "--state", "stopped"], {"s-phone", "s-cc"}),
     ],
 )
 def test_streams_filters(scenario_db: str, options: list[str], expected: set[str]) -> None:
@@ -308,6 +317,17 @@ def test_streams_json_has_the_spec_fields(scenario_db: str) -> None:
         "resumes": 0,
         "failovers": 0,
     }
+
+
+def test_streams_window_until_not_after_since_is_exit_2(scenario_db: str) -> None:
+    """streams --until not after --since is refused like stats' (exit 2), and the table counts
+    only the window."""
+    result = invoke(scenario_db, "streams", "--since", "2025-03-12", "--until", "2025-03-11")
+    assert result.exit_code == 2
+    assert "'--until'" in result.stderr
+    table = invoke(scenario_db, "streams", "--since", "2025-03-11T05:00:00Z")
+    assert table.exit_code == 0
+    assert "1 stream" in table.stdout
 
 
 def test_streams_active_with_state_is_a_usage_error(scenario_db: str) -> None:

@@ -266,3 +266,32 @@ def test_claims_older_than_out_of_range_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigurationError, match="claims_older_than"):
         create_app(f"sqlite:///{tmp_path}/rtms.db", secrets=[SECRET], claims_older_than=-1)
+
+
+def test_store_gauges_for_on_call(sqlite_url: str) -> None:
+    """Interrupted and long-live streams by scope, each consumer's lag and parked count, and the
+    long-live threshold, read from the store at the scrape."""
+    with (
+        Tracker(sqlite_url) as tracker,
+        serving(create_app(tracker, secrets=[SECRET], long_live=3600)) as url,
+    ):
+        tracker.ingest(_deliveries.raw("started", "old", T0))
+        tracker.ingest(_deliveries.raw("started", "down", T0))
+        tracker.ingest(_deliveries.raw("interrupted", "down", T0 + 1))
+        tracker.consumer("billing", from_start=True)
+        found = scrape(url)
+    assert value(found, "rtms_lifecycle_interrupted_streams", scope="meeting") == 1
+    assert value(found, "rtms_lifecycle_active_streams", scope="meeting") == 1
+    assert value(found, "rtms_lifecycle_long_live_streams", scope="meeting") == 2
+    assert value(found, "rtms_lifecycle_long_live_streams", scope="session") == 0
+    assert value(found, "rtms_lifecycle_long_live_seconds") == 3600
+    assert value(found, "rtms_lifecycle_subscription_lag", consumer="billing") >= 1
+    assert value(found, "rtms_lifecycle_subscription_parked", consumer="billing") == 0
+
+
+def test_a_long_live_threshold_that_is_not_positive_is_refused(sqlite_url: str) -> None:
+    """long_live=0 is a ConfigurationError naming it, before anything is opened."""
+    from rtms_lifecycle import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="long_live"):
+        create_app(sqlite_url, secrets=[SECRET], long_live=0)

@@ -357,7 +357,16 @@ def test_sender_disconnecting_mid_body_leaves_nothing_and_no_error(
 
 # --- the read API ---------------------------------------------------------------------------------
 
-READ_PATHS = ["/streams", "/streams/stream-1", "/stats/stop-reasons"]
+READ_PATHS = [
+    "/streams",
+    "/streams/stream-1",
+    "/deliveries",
+    "/alerts",
+    "/stats/stop-reasons",
+    "/stats/interruptions",
+    "/stats/unhandled",
+    "/subscriptions",
+]
 
 
 @pytest.mark.parametrize("path", READ_PATHS)
@@ -428,8 +437,9 @@ def test_streams_filters_like_the_cli(
     """GET /streams filters on state (repeatable), scope and active, with the documented keys."""
     response = populated.get("/streams" + query)
     assert response.status_code == 200
-    assert {s["stream_id"] for s in response.json()} == expected
-    assert all(set(s) == SPEC_STREAM_KEYS for s in response.json())
+    assert response.json()["next"] is None
+    assert {s["stream_id"] for s in response.json()["items"]} == expected
+    assert all(set(s) == SPEC_STREAM_KEYS for s in response.json()["items"])
 
 
 @pytest.mark.parametrize("query", ["?limit=0", "?state=bogus", "?scope=bogus", "?active=maybe"])
@@ -448,8 +458,10 @@ def test_streams_refuses_the_state_no_stored_stream_is_in(populated: httpx.Clien
 
 
 def test_streams_limit_keeps_the_newest(populated: httpx.Client) -> None:
-    """``limit`` caps the list to the streams with the newest activity."""
-    assert [s["stream_id"] for s in populated.get("/streams?limit=1").json()] == ["s-stopped"]
+    """``limit`` caps a page to the streams that began last; ``next`` reads on."""
+    page = populated.get("/streams?limit=1").json()
+    assert [s["stream_id"] for s in page["items"]] == ["s-down"]
+    assert page["next"].startswith("/streams?limit=1&cursor=")
 
 
 def test_stream_detail_has_the_stream_and_its_history(populated: httpx.Client) -> None:
@@ -500,9 +512,8 @@ def test_openapi_schema_describes_every_answer(client: httpx.Client) -> None:
     assert set(schema["paths"]) == {
         "/webhook",
         "/healthz",
-        *READ_PATHS[:1],
+        *(p for p in READ_PATHS if p != "/streams/stream-1"),
         "/streams/{stream_id}",
-        "/stats/stop-reasons",
         "/metrics",
     }
     assert "text/plain" in str(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"])
@@ -535,8 +546,8 @@ def test_read_api_answers_are_the_records(populated: httpx.Client, tracker: Trac
     def keys(model: str) -> list[str]:
         return list(schema[model]["properties"])
 
-    streams = populated.get("/streams").json()
-    assert streams == [s.as_dict() for s in tracker.streams()]
+    streams = populated.get("/streams").json()["items"]
+    assert streams == [s.as_dict() for s in tracker.stream_page().items]
     assert {tuple(s) for s in streams} == {tuple(keys("StreamModel"))}
     detail = populated.get("/streams/s-down").json()
     down = tracker.stream("s-down")

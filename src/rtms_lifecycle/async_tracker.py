@@ -45,8 +45,10 @@ from rtms_lifecycle.records import (
     IngestResult,
     InterruptionStats,
     Outcome,
+    Page,
     PruneRecord,
     PruneResult,
+    ReprocessResult,
     StopReasonCount,
     StopReasonStat,
     Stream,
@@ -57,6 +59,7 @@ from rtms_lifecycle.records import (
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracker import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_PAGE_SIZE,
     Body,
     IngestSummary,
     Subscription,
@@ -451,6 +454,19 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.expire`."""
         return await self._write(self._sync.expire, stale_after, dry_run=dry_run)
 
+    async def reprocess(
+        self,
+        outcome: Outcome | str | Iterable[Outcome | str] | None = None,
+        *,
+        since: Timestamp | None = None,
+        dry_run: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> ReprocessResult:
+        """Awaitable :meth:`Tracker.reprocess`."""
+        return await self._write(
+            self._sync.reprocess, outcome, since=since, dry_run=dry_run, batch_size=batch_size
+        )
+
     async def prune(
         self, older_than: timedelta | float, *, dry_run: bool = False, vacuum: bool = False
     ) -> PruneResult:
@@ -646,6 +662,8 @@ class AsyncTracker:
         until: Timestamp | None = None,
         limit: int | None = None,
         account_id: str | None = None,
+        began_since: Timestamp | None = None,
+        began_until: Timestamp | None = None,
     ) -> list[Stream]:
         """Awaitable :meth:`Tracker.streams`."""
         return await self._read(
@@ -657,6 +675,8 @@ class AsyncTracker:
             until=until,
             limit=limit,
             account_id=account_id,
+            began_since=began_since,
+            began_until=began_until,
         )
 
     async def count_streams(
@@ -668,6 +688,8 @@ class AsyncTracker:
         since: Timestamp | None = None,
         until: Timestamp | None = None,
         account_id: str | None = None,
+        began_since: Timestamp | None = None,
+        began_until: Timestamp | None = None,
     ) -> int:
         """Awaitable :meth:`Tracker.count_streams`."""
         return await self._read(
@@ -678,7 +700,82 @@ class AsyncTracker:
             since=since,
             until=until,
             account_id=account_id,
+            began_since=began_since,
+            began_until=began_until,
         )
+
+    async def stream_page(
+        self,
+        state: State | str | Iterable[State | str] | None = None,
+        *,
+        scope: Scope | str | None = None,
+        scope_id: str | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        account_id: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Stream]:
+        """Awaitable :meth:`Tracker.stream_page`."""
+        return await self._read(
+            self._sync.stream_page,
+            state,
+            scope=scope,
+            scope_id=scope_id,
+            since=since,
+            until=until,
+            account_id=account_id,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def delivery_page(
+        self,
+        outcome: Outcome | str | Iterable[Outcome | str] | None = None,
+        *,
+        event: str | None = None,
+        stream_id: str | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[DeliveryRecord]:
+        """Awaitable :meth:`Tracker.delivery_page`."""
+        return await self._read(
+            self._sync.delivery_page,
+            outcome,
+            event=event,
+            stream_id=stream_id,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def alert_page(
+        self,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        *,
+        account_id: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[ConcurrencyAlertRecord]:
+        """Awaitable :meth:`Tracker.alert_page`."""
+        return await self._read(
+            self._sync.alert_page,
+            since,
+            until,
+            account_id=account_id,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def live_counts(
+        self, long_after: timedelta | float
+    ) -> list[tuple[Scope, State, int, int]]:
+        """Awaitable :meth:`Tracker.live_counts`."""
+        return await self._read(self._sync.live_counts, long_after)
 
     async def history(self, stream_id: str) -> list[Transition]:
         """Awaitable :meth:`Tracker.history`."""

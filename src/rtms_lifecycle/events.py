@@ -70,11 +70,23 @@ _RANK: Final = {
 
 
 class Source(StrEnum):
-    """Who reported an event: Zoom's webhook, the app's media connector, or the library itself."""
+    """Who reported an event: Zoom's webhook, the app's media connector, the library itself, or
+    a webhook body an earlier version refused, parsed again (``Tracker.reprocess``)."""
 
     WEBHOOK = "webhook"
     APP = "app"
     SYSTEM = "system"
+    REPROCESS = "reprocess"
+
+    @property
+    def from_zoom(self) -> bool:
+        """Whether the event is a webhook body Zoom sent (received now, or reprocessed)."""
+        return self in _FROM_ZOOM
+
+
+_FROM_ZOOM: Final = frozenset({Source.WEBHOOK, Source.REPROCESS})
+#: The ``source`` values of the deliveries whose bytes are a body Zoom sent.
+ZOOM_SOURCES: Final = tuple(sorted(source.value for source in _FROM_ZOOM))
 
 
 # --- the normalised view -----------------------------------------------------------------------

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from rtms_lifecycle.events import Scope, Source
 from rtms_lifecycle.exceptions import FieldError
@@ -23,19 +27,25 @@ __all__ = [
     "IngestResult",
     "InterruptionStats",
     "Outcome",
+    "Page",
     "PruneRecord",
     "PruneResult",
+    "ReprocessResult",
     "StopReasonCount",
     "StopReasonStat",
     "Stream",
     "SubscriptionStatus",
     "Transition",
     "UnhandledEventStat",
+    "decode_cursor",
+    "encode_cursor",
 ]
 
 #: Fields of :class:`Stream` that are not keys of its documented JSON: ``stop_reason_name`` tells
 #: the stop's source, and claims are records of their own (``rtms-lifecycle claims``).
 NOT_STREAM_KEYS: Final = ("stop_source", "worker", "connected")
+
+T = TypeVar("T")
 
 
 class Outcome(StrEnum):
@@ -90,7 +100,9 @@ class Stream:
         return self._stop_reason().category if self.stopped else None
 
     def _stop_reason(self) -> StopReason:
-        return describe_stop_reason(self.stop_reason, expired=self.stop_source != Source.WEBHOOK)
+        return describe_stop_reason(
+            self.stop_reason, expired=not (self.stop_source and Source(self.stop_source).from_zoom)
+        )
 
     @property
     def stopped(self) -> bool:
@@ -178,6 +190,8 @@ class DeliveryRecord:
     signed_at: int | None = None
     #: The label of the configured secret that verified it (never the secret itself).
     secret_label: str | None = None
+    #: Reprocessed (source ``reprocess``): the id of the refused delivery whose bytes these are.
+    reprocess_of: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form; ``raw`` as text (invalid UTF-8 replaced)."""
@@ -510,3 +524,53 @@ class ClaimStats:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ReprocessResult:
+    """What ``reprocess`` did with the refused deliveries it read again (with ``dry_run``:
+    would do). ``before``: how many it read, by their stored outcome; ``after``: what they came
+    to, ``rejected``/``unhandled`` for those still refused (nothing is written for them)."""
+
+    before: dict[str, int]
+    after: dict[str, int]
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"before": self.before, "after": self.after, "dry_run": self.dry_run}
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list read in keyset order; ``next`` is the cursor of the page after it
+    (None: this is the last)."""
+
+    items: list[T]
+    next: str | None
+
+
+def encode_cursor(kind: str, key: Sequence[int | str]) -> str:
+    """An opaque cursor: the keyset position after which the next page starts."""
+    text = json.dumps([kind, *key], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str, types: Sequence[type]) -> tuple[Any, ...]:
+    """The position ``cursor`` holds; ValueError unless it is a cursor of this ``kind`` of list."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        found = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error):
+        found = None
+    if (
+        not isinstance(found, list)
+        or len(found) != len(types) + 1
+        or found[0] != kind
+        or not all(
+            type(value) is each  # bool is not an int here
+            for value, each in zip(found[1:], types, strict=True)
+        )
+    ):
+        raise ValueError(f"not a cursor of this list: {cursor[:40]!r}")
+    return tuple(found[1:])

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from rtms_lifecycle.bodies import to_raw
 from rtms_lifecycle.bounds import arrival_time_problem
@@ -24,7 +24,7 @@ from rtms_lifecycle.defaults import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
 )
-from rtms_lifecycle.events import EventKind, Scope, Source
+from rtms_lifecycle.events import EventKind, Scope, Source, StreamEvent, UnhandledDelivery
 from rtms_lifecycle.exceptions import ConfigurationError, DeliveryRejected, FieldError
 from rtms_lifecycle.machine import State, TransitionName
 from rtms_lifecycle.parsing import check_app_event
@@ -38,11 +38,15 @@ from rtms_lifecycle.records import (
     IngestResult,
     InterruptionStats,
     Outcome,
+    Page,
+    ReprocessResult,
     StopReasonCount,
     StopReasonStat,
     Stream,
     Transition,
     UnhandledEventStat,
+    decode_cursor,
+    encode_cursor,
 )
 from rtms_lifecycle.store.batch import (
     Body,
@@ -82,6 +86,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
     "Body",
     "IngestSummary",
     "Subscription",
@@ -94,6 +100,10 @@ __all__ = [
 
 TransitionCallback = Callable[[Transition, Stream], object]
 Timestamp = int | datetime
+
+#: The rows of a page when no limit is given, and the most one page may hold.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,6 +561,69 @@ class Tracker:
             )
         return closed
 
+    def reprocess(
+        self,
+        outcome: Outcome | str | Iterable[Outcome | str] | None = None,
+        *,
+        since: Timestamp | None = None,
+        dry_run: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> ReprocessResult:
+        """Parse the stored webhook bodies an earlier version refused (``rejected`` and
+        ``unhandled``, or the ``outcome`` given; received at or after ``since``) with this
+        version, and fold in those now valid, in order of arrival.
+
+        Each one is recorded as a new delivery of source ``reprocess`` that links to the refused
+        one (``reprocess_of``), which stays as it was; its transitions have source ``reprocess``.
+        A refused delivery reprocessed once is never read again, and one still refused writes
+        nothing: a second run changes nothing. ``dry_run`` writes nothing and counts what now
+        parses as ``valid``.
+        """
+        from rtms_lifecycle.store import reprocess as _reprocess
+
+        wanted = sorted(as_set(outcome, Outcome) or {Outcome.REJECTED, Outcome.UNHANDLED})
+        if not set(wanted) <= {Outcome.REJECTED, Outcome.UNHANDLED}:
+            raise ValueError("reprocess reads rejected and unhandled deliveries only")
+        check_batch_size(batch_size)
+        before: Counter[str] = Counter()
+        after: Counter[str] = Counter()
+        last = 0
+        while True:
+            with self._store.read() as conn:
+                rows = _reprocess.refused(conn, wanted, _epoch_ms(since), last, batch_size)
+            if not rows:
+                break
+            last = rows[-1][0]
+            items = []
+            for delivery_id, received_at, stored, raw in rows:
+                before[stored] += 1
+                item = self._reparsed(delivery_id, received_at, raw)
+                if isinstance(item, Outcome):
+                    after[item.value] += 1
+                elif dry_run:
+                    after["valid"] += 1
+                else:
+                    items.append(item)
+            if items:
+                after.update(r.outcome.value for r in self._record(items) if r is not None)
+        return ReprocessResult(dict(before), dict(after), dry_run)
+
+    def _reparsed(self, delivery_id: int, received_at: int, raw: bytes) -> Incoming | Outcome:
+        """A refused delivery parsed again, ready to record; or the outcome it still has."""
+        item = to_incoming(raw, Source.REPROCESS)
+        parsed = item.parsed
+        if item.errors or parsed is None:
+            return Outcome.REJECTED
+        if isinstance(parsed, UnhandledDelivery):
+            return Outcome.UNHANDLED
+        if isinstance(parsed, StreamEvent):
+            # Judged against the clock when it arrived, as it would have been then.
+            if arrival_time_problem(parsed.event_ts, received_at, self._max_ahead_ms):
+                return Outcome.REJECTED
+            item.parsed = replace(parsed, source=Source.REPROCESS)
+        item.reprocess_of = delivery_id
+        return item
+
     def prune(
         self, older_than: timedelta | float, *, dry_run: bool = False, vacuum: bool = False
     ) -> PruneResult:
@@ -877,14 +950,20 @@ class Tracker:
         until: Timestamp | None = None,
         limit: int | None = None,
         account_id: str | None = None,
+        began_since: Timestamp | None = None,
+        began_until: Timestamp | None = None,
     ) -> list[Stream]:
         """Stored streams, newest activity first; ``since``/``until`` keep streams alive then,
+        ``began_since``/``began_until`` those whose first event is in that window,
         ``account_id`` those of one Zoom account."""
         from rtms_lifecycle.store import queries as _queries
 
         filters = _stream_filters(state, scope, scope_id, since, until)
+        began = (_epoch_ms(began_since), _epoch_ms(began_until))
         with self._store.read() as conn:
-            return _with_holders(conn, _queries.list_streams(conn, *filters, limit, account_id))
+            return _with_holders(
+                conn, _queries.list_streams(conn, *filters, limit, account_id, began)
+            )
 
     def count_streams(
         self,
@@ -895,14 +974,57 @@ class Tracker:
         since: Timestamp | None = None,
         until: Timestamp | None = None,
         account_id: str | None = None,
+        began_since: Timestamp | None = None,
+        began_until: Timestamp | None = None,
     ) -> int:
         """How many streams :meth:`streams` would list with the same filters, counted by the
         database (a table showing the newest 50 says of how many)."""
         from rtms_lifecycle.store import queries as _queries
 
         filters = _stream_filters(state, scope, scope_id, since, until)
+        began = (_epoch_ms(began_since), _epoch_ms(began_until))
         with self._store.read() as conn:
-            return _queries.count_streams(conn, *filters, account_id)
+            return _queries.count_streams(conn, *filters, account_id, began)
+
+    def stream_page(
+        self,
+        state: State | str | Iterable[State | str] | None = None,
+        *,
+        scope: Scope | str | None = None,
+        scope_id: str | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        account_id: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Stream]:
+        """Streams that began (first event) in ``[since, until)``, newest start first, a page
+        of ``limit`` at a time: pass the page's ``next`` as ``cursor`` for the one after it.
+
+        Keyset paging: streams added between two pages never make a stream that existed at the
+        first page appear twice or not at all. ValueError for a cursor of another list.
+        """
+        from rtms_lifecycle.store import queries as _queries
+
+        _check_page_size(limit)
+        after = decode_cursor("streams", cursor, (int, str)) if cursor else None
+        states, scope_, scope_id, began_since, began_until = _stream_filters(
+            state, scope, scope_id, since, until
+        )
+        with self._store.read() as conn:
+            rows = _queries.stream_page(
+                conn,
+                states,
+                scope_,
+                scope_id,
+                began_since,
+                began_until,
+                account_id,
+                after,
+                limit + 1,
+            )
+        page = _page(rows, limit, lambda last: ("streams", [last[0], last[1].stream_id]))
+        return Page([stream for _, stream in page.items], page.next)
 
     def history(self, stream_id: str) -> list[Transition]:
         """The stream's transitions in event-time order (how it went)."""
@@ -947,6 +1069,62 @@ class Tracker:
 
         with self._store.read() as conn:
             return _queries.list_deliveries(conn, as_set(outcome, Outcome), stream_id, limit)
+
+    def delivery_page(
+        self,
+        outcome: Outcome | str | Iterable[Outcome | str] | None = None,
+        *,
+        event: str | None = None,
+        stream_id: str | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[DeliveryRecord]:
+        """Stored deliveries received in ``[since, until)``, newest first, a page at a time
+        (``cursor``: the ``next`` of the page before)."""
+        from rtms_lifecycle.store import queries as _queries
+
+        _check_page_size(limit)
+        before = decode_cursor("deliveries", cursor, (int,))[0] if cursor else None
+        with self._store.read() as conn:
+            found = _queries.list_deliveries(
+                conn,
+                as_set(outcome, Outcome),
+                stream_id,
+                limit + 1,
+                event=event,
+                since=_epoch_ms(since),
+                until=_epoch_ms(until),
+                before=before,
+            )
+        return _page(found, limit, lambda last: ("deliveries", [last.id]))
+
+    def alert_page(
+        self,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        *,
+        account_id: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[ConcurrencyAlertRecord]:
+        """Concurrency alerts of ``[since, until)`` (event time), newest first, a page at a
+        time (``cursor``: the ``next`` of the page before)."""
+        from rtms_lifecycle.store import queries as _queries
+
+        _check_page_size(limit)
+        before = decode_cursor("alerts", cursor, (int, int)) if cursor else None
+        with self._store.read() as conn:
+            found = _queries.alerts(
+                conn,
+                _epoch_ms(since),
+                limit + 1,
+                until=_epoch_ms(until),
+                account_id=account_id,
+                before=before,
+            )
+        return _page(found, limit, lambda last: ("alerts", [last.event_ts, last.id]))
 
     def stop_reason_stats(
         self,
@@ -1060,6 +1238,16 @@ class Tracker:
         with self._store.read() as conn:
             return _queries.active_counts(conn)
 
+    def live_counts(self, long_after: timedelta | float) -> list[tuple[Scope, State, int, int]]:
+        """Per scope and live state (started, interrupted, resumed): ``(scope, state, streams,
+        of them started more than long_after ago)``, from the live index (cheap enough for
+        every scrape)."""
+        from rtms_lifecycle.store import queries as _queries
+
+        seconds = long_after.total_seconds() if isinstance(long_after, timedelta) else long_after
+        with self._store.read() as conn:
+            return _queries.live_counts(conn, now_ms() - int(seconds * 1000))
+
     def schema_revision(self) -> str | None:
         """The migration the database is at (None: no schema yet)."""
         from rtms_lifecycle.store import migrate as _migrate
@@ -1133,6 +1321,23 @@ def _refuse_coroutine_function(fn: TransitionCallback) -> None:
             f"{fn!r} is a coroutine function: a Tracker cannot await it; "
             "register it on an AsyncTracker instead"
         )
+
+
+_T = TypeVar("_T")
+
+
+def _page(
+    found: list[_T], limit: int, position: Callable[[_T], tuple[str, list[int | str]]]
+) -> Page[_T]:
+    """``found`` (read with ``limit + 1``) as a page, the cursor of its last row if more follow."""
+    if len(found) <= limit:
+        return Page(found, None)
+    return Page(found[:limit], encode_cursor(*position(found[limit - 1])))
+
+
+def _check_page_size(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
 
 
 def _expired_at(stream: Stream, stale_ms: int) -> int:

@@ -156,6 +156,18 @@ def ingest(app: App, path: str, batch_size: int, as_json: bool) -> None:
     type=click.IntRange(min=1, max=MAX_COUNT),
     help=f"At most N streams (newest first); the table shows {_TABLE_STREAMS} unless given.",
 )
+@click.option(
+    "--since",
+    metavar="T",
+    callback=parsed_by(parse_time),
+    help="Streams that began (first event) at or after T (epoch ms or ISO 8601).",
+)
+@click.option(
+    "--until",
+    metavar="T",
+    callback=parsed_by(parse_time),
+    help="Streams that began before T (epoch ms or ISO 8601).",
+)
 @ACCOUNT_OPTION
 @JSON_OPTION
 @pass_app
@@ -165,11 +177,15 @@ def streams(
     scope: str | None,
     active: bool,
     limit: int | None,
+    since: int | None,
+    until: int | None,
     account_id: str | None,
     as_json: bool,
 ) -> None:
     """List stored streams, most recent activity first (all of them unless filtered)."""
     from rtms_lifecycle.machine import ACTIVE_STATES
+
+    check_window(since, until)
 
     if active and states:
         raise click.UsageError(
@@ -178,16 +194,32 @@ def streams(
     wanted: Iterable[State | str] | None = ACTIVE_STATES if active else (states or None)
     tracker = app.tracker(create=False)
     if as_json or limit is not None:
-        found = tracker.streams(wanted, scope=scope, limit=limit, account_id=account_id)
+        found = tracker.streams(
+            wanted,
+            scope=scope,
+            limit=limit,
+            began_since=since,
+            began_until=until,
+            account_id=account_id,
+        )
         app.show(as_json, found, lambda found: streams_table(plural(len(found), "stream"), found))
         return
     # Drawing tens of thousands of rows takes a minute and helps nobody, and reading a million
     # streams to count them takes longer: the newest rows, and a count from the database.
-    found = tracker.streams(wanted, scope=scope, limit=_TABLE_STREAMS, account_id=account_id)
+    found = tracker.streams(
+        wanted,
+        scope=scope,
+        limit=_TABLE_STREAMS,
+        began_since=since,
+        began_until=until,
+        account_id=account_id,
+    )
     total = (
         len(found)
         if len(found) < _TABLE_STREAMS
-        else tracker.count_streams(wanted, scope=scope, account_id=account_id)
+        else tracker.count_streams(
+            wanted, scope=scope, began_since=since, began_until=until, account_id=account_id
+        )
     )
     if total > len(found):
         title = (
@@ -321,7 +353,7 @@ def stats(
         app.out.print(stop_reason_bars(found, CATEGORY_STYLE, room=app.out.width))
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option(
     "--outcome",
     "outcomes",
@@ -340,14 +372,54 @@ def stats(
     help="At most N deliveries; 0 for all.",
 )
 @JSON_OPTION
-@pass_app
+@click.pass_context
 def deliveries(
-    app: App, outcomes: tuple[str, ...], stream_id: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    outcomes: tuple[str, ...],
+    stream_id: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """Stored deliveries, newest first, with their outcome and why one was rejected."""
+    """Stored deliveries, newest first, with their outcome and why one was rejected
+    (``deliveries reprocess`` parses refused ones again)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    app = ctx.find_object(App)
+    assert app is not None
     tracker = app.tracker(create=False)
     found = tracker.deliveries(outcomes or None, stream_id=stream_id, limit=limit or None)
     app.show(as_json, found, deliveries_table)
+
+
+@deliveries.command("reprocess")
+@click.option(
+    "--outcome",
+    "outcomes",
+    multiple=True,
+    type=click.Choice(["rejected", "unhandled"]),
+    help="Only deliveries with this outcome (repeatable; default: both).",
+)
+@click.option(
+    "--since",
+    metavar="T",
+    callback=parsed_by(parse_time),
+    help="Only deliveries received at or after T (epoch ms or ISO 8601).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what now parses, and write nothing.")
+@JSON_OPTION
+@pass_app
+def reprocess(
+    app: App, outcomes: tuple[str, ...], since: int | None, dry_run: bool, as_json: bool
+) -> None:
+    """Parse refused deliveries again with this version and fold in those now valid."""
+    result = app.tracker(create=False).reprocess(outcomes or None, since=since, dry_run=dry_run)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    read = ", ".join(f"{n} {o}" for o, n in sorted(result.before.items())) or "nothing"
+    became = ", ".join(f"{n} {o}" for o, n in sorted(result.after.items())) or "nothing"
+    verb = "would become" if dry_run else "became"
+    app.out.print(f"Read {read} again: they {verb} {became}.")
 
 
 @cli.command()

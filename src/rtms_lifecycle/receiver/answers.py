@@ -3,24 +3,46 @@ complete."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from collections.abc import Collection, Mapping
 from typing import Any, Literal, Self, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from rtms_lifecycle.records import NOT_STREAM_KEYS, Outcome, StopReasonStat, Stream, Transition
+from rtms_lifecycle.events import Scope, Source
+from rtms_lifecycle.records import (
+    NOT_STREAM_KEYS,
+    ConcurrencyAlertRecord,
+    DeliveryRecord,
+    InterruptionStats,
+    Outcome,
+    StopReasonStat,
+    Stream,
+    SubscriptionStatus,
+    Transition,
+    UnhandledEventStat,
+)
 
 __all__ = [
+    "AlertModel",
+    "AlertPage",
     "DeliveryAnswer",
+    "DeliveryModel",
+    "DeliveryPage",
     "DetailAnswer",
     "ErrorAnswer",
     "HealthAnswer",
+    "InterruptionStatsModel",
     "RecordModel",
     "StopReasonStatModel",
     "StreamDetail",
     "StreamModel",
+    "StreamPage",
+    "SubscriptionModel",
+    "SubscriptionPage",
     "TransitionModel",
+    "UnhandledEventStatModel",
     "UrlValidationAnswer",
 ]
 
@@ -111,6 +133,88 @@ StopReasonStatModel = _record_model(
     StopReasonStat,
     "Streams stopped for one reason (in one scope, when grouped; else ``scope`` is null).",
 )
+
+
+AlertModel = _record_model(
+    "AlertModel", ConcurrencyAlertRecord, "An account's concurrency alert (times: epoch ms)."
+)
+UnhandledEventStatModel = _record_model(
+    "UnhandledEventStatModel",
+    UnhandledEventStat,
+    "Deliveries of one event name this version does not handle; ``rtms``: it looks like RTMS.",
+)
+SubscriptionModel = _record_model(
+    "SubscriptionModel",
+    SubscriptionStatus,
+    "Where one durable consumer is: cursor, lag, parked transitions, last error.",
+)
+
+
+class InterruptionStatsModel(BaseModel):
+    """Interruptions of the streams that began in the window (of one scope, or all: null)."""
+
+    scope: Scope | None
+    streams: int
+    interrupted_streams: int
+    interruptions: int
+    recovered: int
+    median_recovery_ms: int | None
+    stopped_while_interrupted: int
+
+    @classmethod
+    def of(cls, scope: Scope | None, stats: InterruptionStats) -> Self:
+        """The API view of one scope's statistics."""
+        return cls(scope=scope, **stats.as_dict())
+
+
+class DeliveryModel(BaseModel):
+    """A stored delivery; ``raw`` is its body as text when that is UTF-8, else base64
+    (``raw_encoding`` says which)."""
+
+    id: int
+    received_at: int
+    source: Source
+    event: str | None
+    event_ts: int | None
+    stream_id: str | None
+    outcome: Outcome
+    error: list[dict[str, str]] | None
+    detail: str | None
+    raw: str
+    raw_encoding: Literal["utf-8", "base64"]
+    signed_at: int | None
+    secret_label: str | None
+    #: Reprocessed: the id of the refused delivery whose bytes these are.
+    reprocess_of: int | None
+
+    @classmethod
+    def of(cls, record: DeliveryRecord) -> Self:
+        """The API view of a stored delivery."""
+        try:
+            raw, encoding = record.raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            raw, encoding = base64.b64encode(record.raw).decode("ascii"), "base64"
+        fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+        return cls(**{**fields, "raw": raw, "raw_encoding": encoding})
+
+
+def _page_model(name: str, item: type[BaseModel], what: str) -> type[BaseModel]:
+    return create_model(
+        name,
+        __doc__=(
+            f"A page of {what}; ``next``: the URL of the page after it (also in the ``Link`` "
+            "header), null on the last."
+        ),
+        __module__=__name__,
+        items=(list[item], ...),  # type: ignore[valid-type]
+        next=(str | None, ...),
+    )
+
+
+StreamPage = _page_model("StreamPage", StreamModel, "streams")
+DeliveryPage = _page_model("DeliveryPage", DeliveryModel, "deliveries")
+AlertPage = _page_model("AlertPage", AlertModel, "concurrency alerts")
+SubscriptionPage = _page_model("SubscriptionPage", SubscriptionModel, "durable consumers")
 
 
 class StreamDetail(BaseModel):

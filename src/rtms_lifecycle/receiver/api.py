@@ -1,5 +1,6 @@
-"""The read API: bearer-token routes over the tracker's reads (``/streams``,
-``/stats/stop-reasons``), their query parameters checked, a failing store answered 503."""
+"""The read API: bearer-token routes over the tracker's reads (streams, deliveries, alerts,
+statistics, subscriptions), their query parameters checked (an unknown one is a 422), lists paged
+by a keyset cursor, a failing store answered 503."""
 
 from __future__ import annotations
 
@@ -10,26 +11,38 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from rtms_lifecycle.bounds import MAX_COUNT, MAX_EPOCH_MS, MIN_EPOCH_MS
+from rtms_lifecycle.bounds import MAX_EPOCH_MS, MIN_EPOCH_MS
 from rtms_lifecycle.events import Scope
 from rtms_lifecycle.exceptions import ConfigurationError, DatabaseUnavailable, StoreError
 from rtms_lifecycle.machine import ACTIVE_STATES, State
 from rtms_lifecycle.receiver.answers import (
+    AlertModel,
+    AlertPage,
+    DeliveryModel,
+    DeliveryPage,
     DetailAnswer,
+    InterruptionStatsModel,
     RecordModel,
     StopReasonStatModel,
     StreamDetail,
     StreamModel,
+    StreamPage,
+    SubscriptionModel,
+    SubscriptionPage,
     TransitionModel,
+    UnhandledEventStatModel,
 )
 from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
 from rtms_lifecycle.receiver.settings import API_TOKEN_ENV, log
-from rtms_lifecycle.tracker import Tracker
+from rtms_lifecycle.records import Outcome, Page, decode_cursor, encode_cursor
+from rtms_lifecycle.tracker import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Tracker
 
 __all__ = ["RequireToken", "StoredState", "create_read_router"]
 
@@ -72,6 +85,87 @@ _Text = Annotated[str, AfterValidator(_no_nul)]
 _TimeQuery = Annotated[
     _EpochMs | datetime | None, BeforeValidator(_whole_ms), Query(description=_TIME_DOC)
 ]
+_Limit = Annotated[
+    int,
+    Query(
+        ge=1,
+        le=MAX_PAGE_SIZE,
+        description=f"Page size (default {DEFAULT_PAGE_SIZE}, at most {MAX_PAGE_SIZE}).",
+    ),
+]
+_Cursor = Annotated[
+    _Text | None, Query(description="The `next` of the page before (opaque).", max_length=512)
+]
+_Account = Annotated[_Text | None, Query(description="One Zoom account.")]
+
+
+def _invalid(name: str, message: str, value: object) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, naming the query parameter."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("query", name), "msg": message, "input": value}]
+    )
+
+
+def _window(
+    since: int | datetime | None, until: int | datetime | None
+) -> tuple[int | datetime | None, int | datetime | None]:
+    """``[since, until)`` as given, naive times read as UTC; a 422 unless until is after since."""
+    since, until = _epoch_ms(since), _epoch_ms(until)
+    if since is not None and until is not None and _ms(until) <= _ms(since):
+        raise _invalid("until", "must be after since", str(until))
+    return since, until
+
+
+def _ms(value: int | datetime) -> int:
+    return value if isinstance(value, int) else int(value.timestamp() * 1000)
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for each in dependant.dependencies:
+        names |= _query_names(each)
+    return names
+
+
+def _only_known_parameters(request: Request) -> None:
+    """An unknown query parameter is a 422: a misspelt filter must not silently match all."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", name),
+                    "msg": "unknown query parameter; known: "
+                    + (", ".join(sorted(known)) or "none"),
+                    "input": request.query_params.get(name),
+                }
+                for name in unknown
+            ]
+        )
+
+
+def _paged(
+    request: Request, response: Response, page: Page[Any], view: Callable[[Any], Any]
+) -> dict[str, Any]:
+    """A page's body, and its ``Link: <next>; rel="next"`` header when there is a next page."""
+    following = None
+    if page.next is not None:
+        url = request.url.include_query_params(cursor=page.next)
+        following = f"{url.path}?{url.query}"
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return {"items": [view(item) for item in page.items], "next": following}
+
+
+def _cursor_or_422(read: Callable[[], Page[Any]]) -> Page[Any]:
+    try:
+        return read()
+    except ValueError as exc:
+        raise _invalid("cursor", str(exc), None) from None
 
 
 _BEARER: Final = HTTPBearer(auto_error=False, description=f"The token set in {API_TOKEN_ENV}.")
@@ -132,7 +226,7 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         raise ConfigurationError("the read API needs a non-empty bearer token")
     router = APIRouter(
         tags=["read"],
-        dependencies=[Depends(RequireToken(api_token))],
+        dependencies=[Depends(RequireToken(api_token)), Depends(_only_known_parameters)],
         responses={
             401: {"model": DetailAnswer, "description": "Missing or wrong bearer token."},
             503: {"model": DetailAnswer, "description": "The store is unavailable."},
@@ -142,23 +236,40 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
 
     @router.get(
         "/streams",
-        summary="List streams, newest activity first",
-        response_model=list[StreamModel],  # type: ignore[valid-type]
+        summary="List streams that began in a time window, newest start first",
+        response_model=StreamPage,
     )
     def list_streams(
+        request: Request,
+        response: Response,
         state: Annotated[list[StoredState] | None, Query(description="Repeatable.")] = None,
         scope: Scope | None = None,
         active: Annotated[bool, Query(description="Only started or resumed.")] = False,
-        limit: Annotated[int | None, Query(ge=1, le=MAX_COUNT)] = None,
-        account_id: Annotated[_Text | None, Query(description="One Zoom account.")] = None,
-    ) -> list[RecordModel]:
+        since: _TimeQuery = None,
+        until: _TimeQuery = None,
+        account_id: _Account = None,
+        limit: _Limit = DEFAULT_PAGE_SIZE,
+        cursor: _Cursor = None,
+    ) -> dict[str, Any]:
+        since, until = _window(since, until)
         states: set[State] | None = {State(s) for s in state} if state else None
         if active:
             states = set(ACTIVE_STATES) & states if states is not None else set(ACTIVE_STATES)
             if not states:
-                return []  # the tracker reads an empty filter as "every state"
-        found = tracker.streams(states, scope=scope, limit=limit, account_id=account_id)
-        return [StreamModel.of(stream) for stream in found]
+                # The tracker reads an empty filter as "every state".
+                return {"items": [], "next": None}
+        page = _cursor_or_422(
+            lambda: tracker.stream_page(
+                states,
+                scope=scope,
+                since=since,
+                until=until,
+                account_id=account_id,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+        return _paged(request, response, page, StreamModel.of)
 
     @router.get(
         "/streams/{stream_id:path}",
@@ -173,6 +284,58 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         return StreamDetail(stream=StreamModel.of(stream), history=history)
 
     @router.get(
+        "/deliveries",
+        summary="Stored deliveries received in a time window, newest first",
+        response_model=DeliveryPage,
+    )
+    def list_deliveries(
+        request: Request,
+        response: Response,
+        outcome: Annotated[list[Outcome] | None, Query(description="Repeatable.")] = None,
+        event: Annotated[_Text | None, Query(description="One event name.")] = None,
+        stream_id: Annotated[_Text | None, Query(description="One stream.")] = None,
+        since: _TimeQuery = None,
+        until: _TimeQuery = None,
+        limit: _Limit = DEFAULT_PAGE_SIZE,
+        cursor: _Cursor = None,
+    ) -> dict[str, Any]:
+        since, until = _window(since, until)
+        page = _cursor_or_422(
+            lambda: tracker.delivery_page(
+                outcome or None,
+                event=event,
+                stream_id=stream_id,
+                since=since,
+                until=until,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+        return _paged(request, response, page, DeliveryModel.of)
+
+    @router.get(
+        "/alerts",
+        summary="Account concurrency alerts in a time window, newest first",
+        response_model=AlertPage,
+    )
+    def list_alerts(
+        request: Request,
+        response: Response,
+        since: _TimeQuery = None,
+        until: _TimeQuery = None,
+        account_id: _Account = None,
+        limit: _Limit = DEFAULT_PAGE_SIZE,
+        cursor: _Cursor = None,
+    ) -> dict[str, Any]:
+        since, until = _window(since, until)
+        page = _cursor_or_422(
+            lambda: tracker.alert_page(
+                since, until, account_id=account_id, limit=limit, cursor=cursor
+            )
+        )
+        return _paged(request, response, page, AlertModel.of)
+
+    @router.get(
         "/stats/stop-reasons",
         summary="Why streams stopped in a time window",
         response_model=list[StopReasonStatModel],  # type: ignore[valid-type]
@@ -181,11 +344,65 @@ def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
         since: _TimeQuery = None,
         until: _TimeQuery = None,
         by_scope: bool = False,
-        account_id: Annotated[_Text | None, Query(description="One Zoom account.")] = None,
+        account_id: _Account = None,
     ) -> list[RecordModel]:
-        stats = tracker.stop_reason_stats(
-            _epoch_ms(since), _epoch_ms(until), by_scope, account_id=account_id
-        )
+        since, until = _window(since, until)
+        stats = tracker.stop_reason_stats(since, until, by_scope, account_id=account_id)
         return [StopReasonStatModel.of(stat) for stat in stats]
+
+    @router.get(
+        "/stats/interruptions",
+        summary="Interruptions of the streams that began in a time window",
+    )
+    def interruptions(
+        since: _TimeQuery = None,
+        until: _TimeQuery = None,
+        scope: Scope | None = None,
+        by_scope: Annotated[bool, Query(description="One entry per scope.")] = False,
+        account_id: _Account = None,
+    ) -> list[InterruptionStatsModel]:
+        since, until = _window(since, until)
+        if by_scope and scope is not None:
+            raise _invalid("scope", "by_scope lists every scope: give one or the other", scope)
+        scopes: list[Scope | None] = list(Scope) if by_scope else [scope]
+        return [
+            InterruptionStatsModel.of(
+                each,
+                tracker.interruption_stats(since, until, scope=each, account_id=account_id),
+            )
+            for each in scopes
+        ]
+
+    @router.get(
+        "/stats/unhandled",
+        summary="Event names this version does not handle, received in a time window",
+        response_model=list[UnhandledEventStatModel],  # type: ignore[valid-type]
+    )
+    def unhandled(since: _TimeQuery = None, until: _TimeQuery = None) -> list[RecordModel]:
+        since, until = _window(since, until)
+        return [UnhandledEventStatModel.of(stat) for stat in tracker.unhandled_stats(since, until)]
+
+    @router.get(
+        "/subscriptions",
+        summary="Durable consumers: cursor, lag, parked transitions, last error",
+        response_model=SubscriptionPage,
+    )
+    def list_subscriptions(
+        request: Request,
+        response: Response,
+        limit: _Limit = DEFAULT_PAGE_SIZE,
+        cursor: _Cursor = None,
+    ) -> dict[str, Any]:
+        def read() -> Page[Any]:
+            after = decode_cursor("subscriptions", cursor, (str,))[0] if cursor else None
+            # A few consumers per database: read whole, paged by name.
+            found = [s for s in tracker.subscriptions() if after is None or s.consumer > after]
+            found.sort(key=lambda s: s.consumer)
+            more = len(found) > limit
+            found = found[:limit]
+            following = encode_cursor("subscriptions", [found[-1].consumer]) if more else None
+            return Page(found, following)
+
+        return _paged(request, response, _cursor_or_422(read), SubscriptionModel.of)
 
     return router

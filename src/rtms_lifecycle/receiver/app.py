@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -66,6 +67,7 @@ def create_app(
     max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
     dashboard_idle: float = DEFAULT_IDLE_SECONDS,
     claims_older_than: float = _metrics.DEFAULT_CLAIMS_OLDER_THAN,
+    long_live: timedelta | float = _metrics.DEFAULT_LONG_LIVE,
 ) -> FastAPI:
     """The receiver: ``POST {path}``, ``GET /healthz``, ``GET /metrics`` and, with a token, the
     read API.
@@ -82,6 +84,9 @@ def create_app(
     ``event_ts`` may be ahead of this clock before it is rejected (a given Tracker keeps its own).
     ``dashboard_idle``: seconds an unused dashboard session lasts. ``claims_older_than``:
     seconds a live stream may go unclaimed or unconnected before ``/metrics`` counts it.
+    ``long_live`` (seconds, or a
+    timedelta): how long a stream may stay live before ``/metrics`` counts it in
+    ``rtms_lifecycle_long_live_streams`` (12 hours by default).
     """
     # Verify the configuration before touching a database: a misconfigured receiver should
     # fail without creating anything.
@@ -90,6 +95,11 @@ def create_app(
     )
     token = _api_token(api_token)
     check_positive("store_timeout", store_timeout, MAX_WAIT_SECONDS)
+    if not isinstance(long_live, timedelta):
+        check_positive("long_live", long_live)
+        long_live = timedelta(seconds=long_live)
+    elif long_live <= timedelta(0):
+        check_positive("long_live", long_live.total_seconds())
     # An outage fails every request alike: one traceback a minute per kind is enough.
     throttle_tracebacks()
     registry = _metrics.new_registry() if metrics else None
@@ -100,7 +110,7 @@ def create_app(
         else Tracker(db or os.environ.get(DB_ENV) or None, max_event_ahead=max_event_ahead)
     )
     if registry is not None:
-        _metrics.add_store_gauges(registry, tracker)
+        _metrics.add_store_gauges(registry, tracker, long_live)
         _metrics.add_claim_gauges(registry, tracker, claims_older_than)
 
     @asynccontextmanager

@@ -2,8 +2,9 @@
 
 Counters and the store-time histogram live in this process (or, with ``PROMETHEUS_MULTIPROC_DIR``
 set, in files shared by every worker process, which a scrape adds up). What the database knows
-(active streams, the schema revision) is read from it at scrape time, so that every receiver in
-front of one database reports the same numbers.
+(live streams, subscriptions, the schema revision) is read from it at scrape time, so that every
+receiver in front of one database reports the same numbers. deploy/prometheus/alerts.yml and
+deploy/grafana/rtms-lifecycle.json use these names: tests/test_monitoring.py keeps them in step.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable
+from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Final
 
@@ -23,19 +25,26 @@ from prometheus_client.registry import Collector
 
 from rtms_lifecycle.events import Scope
 from rtms_lifecycle.exceptions import ConfigurationError
+from rtms_lifecycle.machine import ACTIVE_STATES, State, TransitionName
+from rtms_lifecycle.records import IngestResult
+from rtms_lifecycle.stop_reasons import StopReasonCategory, describe_stop_reason
 from rtms_lifecycle.tracker import Tracker
 
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_CLAIMS_OLDER_THAN",
+    "DEFAULT_LONG_LIVE",
     "DELIVERIES",
     "MULTIPROC_ENV",
     "REFUSALS",
     "STORE_FAILURES",
+    "STOPS",
     "STORE_SECONDS",
     "NO_SCOPE",
     "add_claim_gauges",
+    "UNHANDLED_RTMS",
     "add_store_gauges",
+    "count_stop",
     "exposition",
     "new_registry",
     "scope_label",
@@ -75,7 +84,31 @@ STORE_SECONDS: Final = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
     registry=None,
 )
-_PROCESS_METRICS: Final = (DELIVERIES, REFUSALS, STORE_FAILURES, STORE_SECONDS)
+UNHANDLED_RTMS: Final = Counter(
+    "rtms_lifecycle_unhandled_rtms_deliveries",
+    "Deliveries of an event name this version does not handle that mentions RTMS "
+    "(stats --unhandled names them).",
+    registry=None,
+)
+STOPS: Final = Counter(
+    "rtms_lifecycle_stops",
+    "Streams a webhook delivery stopped, by stop reason (its name; codes this version does not "
+    "know as UNKNOWN) and category.",
+    ["reason", "category"],
+    registry=None,
+)
+_PROCESS_METRICS: Final = (
+    DELIVERIES,
+    REFUSALS,
+    STORE_FAILURES,
+    STORE_SECONDS,
+    UNHANDLED_RTMS,
+    STOPS,
+)
+# The claims work adds its process metrics (claims taken, lost, expired) beside these.
+
+#: How long a stream may stay live before ``rtms_lifecycle_long_live_streams`` counts it.
+DEFAULT_LONG_LIVE: Final = timedelta(hours=12)
 
 
 def scope_label(event: str | None) -> str:
@@ -87,6 +120,19 @@ def scope_label(event: str | None) -> str:
     return prefix if prefix in _SCOPES else NO_SCOPE
 
 
+def count_stop(result: IngestResult) -> None:
+    """Count the stop ``result`` applied, if it applied one, by its reason's name and category.
+
+    Only the catalogue's names: a code label taken as sent would let any signed body add series.
+    """
+    if result.transition is None or result.transition.name is not TransitionName.STOP:
+        return
+    code = result.stream.stop_reason if result.stream is not None else None
+    described = describe_stop_reason(code, expired=False)
+    unknown = described.category is StopReasonCategory.UNKNOWN
+    STOPS.labels("UNKNOWN" if unknown else described.name, described.category.value).inc()
+
+
 def _package_version() -> str:
     try:
         return version("rtms-lifecycle")
@@ -95,11 +141,13 @@ def _package_version() -> str:
 
 
 class _FromStore(Collector):
-    """Gauges read from the database at each scrape."""
+    """Gauges read from the database at each scrape: three cheap queries (the live partial
+    index grouped; one row per durable consumer; the schema revision)."""
 
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: Tracker, long_live: timedelta) -> None:
         self._tracker = tracker
         self._version = _package_version()
+        self._long_live = long_live
 
     def collect(self) -> Iterable[Metric]:
         info = GaugeMetricFamily(
@@ -107,25 +155,67 @@ class _FromStore(Collector):
             "This receiver's version and its database's schema revision (always 1).",
             labels=["version", "schema_revision"],
         )
-        active = GaugeMetricFamily(
-            "rtms_lifecycle_active_streams",
-            "Streams whose media flows now (started or resumed), by scope, read from the store.",
-            labels=["scope"],
-        )
         try:
             revision = self._tracker.schema_revision()
-            counts = self._tracker.active_counts()
+            live = self._tracker.live_counts(self._long_live)
+            subscriptions = self._tracker.subscriptions()
         except Exception:
             # A scrape during an outage still answers: the process counters are what shows it.
-            log.warning("metrics: the database did not answer; active streams left out")
+            log.warning("metrics: the database did not answer; store gauges left out")
             info.add_metric([self._version, "unknown"], 1)
             yield info
             return
         info.add_metric([self._version, revision or "none"], 1)
         yield info
-        for scope in Scope:
-            active.add_metric([scope.value], counts.get(scope, 0))
-        yield active
+        yield from self._streams(live)
+        lag = GaugeMetricFamily(
+            "rtms_lifecycle_subscription_lag",
+            "Transitions in the feed after a durable consumer's cursor.",
+            labels=["consumer"],
+        )
+        parked = GaugeMetricFamily(
+            "rtms_lifecycle_subscription_parked",
+            "Transitions a durable consumer's callback kept failing on, set aside.",
+            labels=["consumer"],
+        )
+        for status in subscriptions:
+            lag.add_metric([status.consumer], status.lag)
+            parked.add_metric([status.consumer], status.parked)
+        yield lag
+        yield parked
+        # The claims work adds its store gauges (claims held, expired) here.
+
+    def _streams(self, live: list[tuple[Scope, State, int, int]]) -> Iterable[Metric]:
+        active = GaugeMetricFamily(
+            "rtms_lifecycle_active_streams",
+            "Streams whose media flows now (started or resumed), by scope, read from the store.",
+            labels=["scope"],
+        )
+        interrupted = GaugeMetricFamily(
+            "rtms_lifecycle_interrupted_streams",
+            "Streams interrupted now (no resume or stop yet), by scope.",
+            labels=["scope"],
+        )
+        long_live = GaugeMetricFamily(
+            "rtms_lifecycle_long_live_streams",
+            "Live streams (not stopped) that started more than "
+            "rtms_lifecycle_long_live_seconds ago, by scope.",
+            labels=["scope"],
+        )
+        counts = {scope: [0, 0, 0] for scope in Scope}
+        for scope, state, count, older in live:
+            counts[scope][0 if state in ACTIVE_STATES else 1] += count
+            counts[scope][2] += older
+        for scope, (flowing, down, older) in counts.items():
+            active.add_metric([scope.value], flowing)
+            interrupted.add_metric([scope.value], down)
+            long_live.add_metric([scope.value], older)
+        threshold = GaugeMetricFamily(
+            "rtms_lifecycle_long_live_seconds",
+            "How long a stream may be live before rtms_lifecycle_long_live_streams counts it.",
+        )
+        threshold.add_metric([], self._long_live.total_seconds())
+        yield from (active, interrupted, long_live, threshold)
 
 
 def new_registry() -> CollectorRegistry:
@@ -148,9 +238,12 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
-def add_store_gauges(registry: CollectorRegistry, tracker: Tracker) -> None:
-    """Add the gauges read from ``tracker``'s database at each scrape."""
-    registry.register(_FromStore(tracker))
+def add_store_gauges(
+    registry: CollectorRegistry, tracker: Tracker, long_live: timedelta = DEFAULT_LONG_LIVE
+) -> None:
+    """Add the gauges read from ``tracker``'s database at each scrape; ``long_live``: how long
+    a stream may be live before ``rtms_lifecycle_long_live_streams`` counts it."""
+    registry.register(_FromStore(tracker, long_live))
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

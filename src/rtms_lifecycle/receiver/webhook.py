@@ -228,6 +228,9 @@ def create_router(
         took = time.perf_counter() - started
         _metrics.STORE_SECONDS.observe(took)
         _metrics.DELIVERIES.labels(result.outcome.value, _metrics.scope_label(result.event)).inc()
+        if result.outcome is Outcome.UNHANDLED and looks_like_rtms(result.event or ""):
+            _metrics.UNHANDLED_RTMS.inc()
+        _metrics.count_stop(result)
         _log_recorded(result, took)
         if result.event == _URL_VALIDATION and result.outcome is Outcome.APPLIED:
             return JSONResponse(_answer_url_validation(verified.secret, body).model_dump())

@@ -75,6 +75,8 @@ class Incoming:
     # A verified webhook: when it was signed (epoch ms) and the label of the secret that did.
     signed_at: int | None = None
     secret_label: str | None = None
+    # A reprocessed delivery: the id of the refused delivery whose bytes these are.
+    reprocess_of: int | None = None
 
 
 @dataclass(slots=True)
@@ -406,6 +408,7 @@ class Batch:
                 item.signed_at,
                 item.secret_label,
                 same_as,
+                item.reprocess_of,
             )
         )
         return _Pending(outcome, event, stream_id, errors, detail, delivery_id)

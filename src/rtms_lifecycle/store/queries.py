@@ -24,7 +24,7 @@ from sqlalchemy import (
     union_all,
 )
 
-from rtms_lifecycle.events import EventKind, Scope, Source
+from rtms_lifecycle.events import ZOOM_SOURCES, EventKind, Scope
 from rtms_lifecycle.machine import ACTIVE_STATES, State, TransitionName, fold
 from rtms_lifecycle.records import (
     ConcurrencyAlertRecord,
@@ -112,9 +112,13 @@ def _matching_streams(
     since: int | None,
     until: int | None,
     account_id: str | None,
+    began: tuple[int | None, int | None] = (None, None),
 ) -> Select[Any]:
-    """``query`` narrowed to the streams that ``list_streams`` and ``count_streams`` select."""
+    """``query`` narrowed to the streams that ``list_streams`` and ``count_streams`` select:
+    alive in ``[since, until)``, and begun in ``began`` (``[since, until)`` of the start)."""
     query = _of_account(query.where(streams.c.state != State.NEW.value), account_id)
+    if began != (None, None):
+        query = query.where(_window(streams.c.first_event_at, *began))
     if states:
         values = [State(s).value for s in states]
         if State.STOPPED.value not in values:
@@ -124,9 +128,8 @@ def _matching_streams(
         query = query.where(streams.c.scope == Scope(scope).value)
     if scope_id is not None:
         query = query.where(streams.c.scope_id == scope_id)
-    began = streams.c.first_event_at
     if until is not None:
-        query = query.where(began < until)
+        query = query.where(streams.c.first_event_at < until)
     if since is not None:
         query = query.where(or_(streams.c.stopped_at.is_(None), streams.c.stopped_at >= since))
     return query
@@ -141,14 +144,46 @@ def list_streams(
     until: int | None,
     limit: int | None,
     account_id: str | None = None,
+    began: tuple[int | None, int | None] = (None, None),
 ) -> list[Stream]:
     query = _matching_streams(
-        select(*_STREAM_COLUMNS), states, scope, scope_id, since, until, account_id
+        select(*_STREAM_COLUMNS), states, scope, scope_id, since, until, account_id, began
     )
     query = query.order_by(streams.c.last_event_at.desc(), streams.c.stream_id)
     if limit is not None:
         query = query.limit(limit)
     return _streams(conn, query)
+
+
+def stream_page(
+    conn: Connection,
+    states: Sequence[State] | None,
+    scope: Scope | None,
+    scope_id: str | None,
+    since: int | None,
+    until: int | None,
+    account_id: str | None,
+    after: tuple[int, str] | None,
+    limit: int,
+) -> list[tuple[int, Stream]]:
+    """Streams that began in ``[since, until)``, newest start first, ``limit`` after ``after``;
+    each with its start time (``first_event_at``), the first half of its keyset position.
+
+    Keyset order on ``(first_event_at, stream_id)``, read from ix_streams_first_event_at: a page
+    boundary is a position, not a count, so rows inserted between pages neither shift nor repeat.
+    """
+    began = streams.c.first_event_at
+    query = _matching_streams(
+        select(began, *_STREAM_COLUMNS), states, scope, scope_id, None, None, account_id
+    ).where(_window(began, since, until))
+    if after is not None:
+        at, sid = after
+        query = query.where(or_(began < at, and_(began == at, streams.c.stream_id < sid)))
+    query = query.order_by(began.desc(), streams.c.stream_id.desc()).limit(limit)
+    rows = conn.execute(query).all()
+    return list(
+        zip((row[0] for row in rows), streams_from_rows(row[1:] for row in rows), strict=True)
+    )
 
 
 def count_streams(
@@ -159,9 +194,17 @@ def count_streams(
     since: int | None,
     until: int | None,
     account_id: str | None = None,
+    began: tuple[int | None, int | None] = (None, None),
 ) -> int:
     query = _matching_streams(
-        select(func.count()).select_from(streams), states, scope, scope_id, since, until, account_id
+        select(func.count()).select_from(streams),
+        states,
+        scope,
+        scope_id,
+        since,
+        until,
+        account_id,
+        began,
     )
     count: int = conn.execute(query).scalar_one()
     return count
@@ -267,7 +310,7 @@ def stop_reason_stats(
     scope_column = streams.c.scope if by_scope else literal(None)
     duration = streams.c.stopped_at - streams.c.started_at
     # An expiry and a webhook's stop without a reason both have no code: the source tells them.
-    expired = streams.c.stop_source != Source.WEBHOOK.value
+    expired = streams.c.stop_source.not_in(ZOOM_SOURCES)
     query = _of_account(
         select(scope_column, streams.c.stop_reason, expired, duration).where(
             _window(streams.c.stopped_at, since, until)
@@ -315,7 +358,7 @@ def stop_reason_counts(
     stopped_at = streams.c.stopped_at
     bucket = (stopped_at - stopped_at % literal(bucket_ms)).label("bucket")
     # As in stop_reason_stats: a stop without a code is an expiry unless a webhook sent it.
-    expired = (streams.c.stop_source != Source.WEBHOOK.value).label("expired")
+    expired = streams.c.stop_source.not_in(ZOOM_SOURCES).label("expired")
     query = (
         select(bucket, streams.c.stop_reason, expired, func.count())
         .where(_window(stopped_at, since, until))
@@ -416,19 +459,46 @@ def _interruptions(
     }
 
 
-def alerts(conn: Connection, since: int | None, limit: int | None) -> list[ConcurrencyAlertRecord]:
+def alerts(
+    conn: Connection,
+    since: int | None,
+    limit: int | None,
+    until: int | None = None,
+    account_id: str | None = None,
+    before: tuple[int, int] | None = None,
+) -> list[ConcurrencyAlertRecord]:
+    a = concurrency_alerts.c
     query = select(concurrency_alerts)
     if since is not None:
-        query = query.where(concurrency_alerts.c.event_ts >= since)
-    query = query.order_by(concurrency_alerts.c.event_ts.desc(), concurrency_alerts.c.id.desc())
+        query = query.where(a.event_ts >= since)
+    if until is not None:
+        query = query.where(a.event_ts < until)
+    if account_id is not None:
+        query = query.where(a.account_id == account_id)
+    if before is not None:
+        # Keyset on (event_ts, id), newest first: ix_concurrency_alerts_event_ts holds the id.
+        query = query.where(
+            or_(a.event_ts < before[0], and_(a.event_ts == before[0], a.id < before[1]))
+        )
+    query = query.order_by(a.event_ts.desc(), a.id.desc())
     if limit is not None:
         query = query.limit(limit)
     return [alert_from_row(r) for r in conn.execute(query)]
 
 
 def list_deliveries(
-    conn: Connection, outcomes: Iterable[Outcome] | None, stream_id: str | None, limit: int | None
+    conn: Connection,
+    outcomes: Iterable[Outcome] | None,
+    stream_id: str | None,
+    limit: int | None,
+    *,
+    event: str | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    before: int | None = None,
 ) -> list[DeliveryRecord]:
+    """Deliveries newest first (by id, the primary key: ``before`` is a keyset position);
+    ``since``/``until`` on the time they were received."""
     # A duplicate that references the delivery it repeats is read with that delivery's bytes.
     first = deliveries.alias("first")
     query = select(deliveries, first.c.raw.label("first_raw")).outerjoin_from(
@@ -454,6 +524,14 @@ def list_deliveries(
                 )
             )
         )
+    if event is not None:
+        query = query.where(deliveries.c.event == event)
+    if since is not None:
+        query = query.where(deliveries.c.received_at >= since)
+    if until is not None:
+        query = query.where(deliveries.c.received_at < until)
+    if before is not None:
+        query = query.where(deliveries.c.id < before)
     query = query.order_by(deliveries.c.id.desc())
     if limit is not None:
         query = query.limit(limit)
@@ -475,6 +553,22 @@ def active_counts(conn: Connection) -> dict[Scope, int]:
         .group_by(streams.c.scope)
     )
     return {Scope(scope): count for scope, count in conn.execute(query)}
+
+
+def live_counts(conn: Connection, started_before: int) -> list[tuple[Scope, State, int, int]]:
+    """Per scope and live state: how many streams, and how many of them started before
+    ``started_before``; grouped inside the live partial index, as :func:`active_counts`."""
+    old = func.sum(case((streams.c.started_at < started_before, 1), else_=0))
+    query = (
+        select(streams.c.scope, streams.c.state, func.count(), old)
+        .where(_LIVE, streams.c.state != State.NEW.value)
+        .group_by(streams.c.scope, streams.c.state)
+    )
+    return [
+        (Scope(scope), State(state), count, int(older or 0))
+        for scope, state, count, older in conn.execute(query)
+        if scope is not None
+    ]
 
 
 def unhandled_stats(

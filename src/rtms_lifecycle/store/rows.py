@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from rtms_lifecycle.events import EventKind, Scope, Source, StreamEvent
@@ -75,6 +76,7 @@ DELIVERY_COLUMNS: Final = (
     "signed_at",
     "secret_label",
     "same_as",
+    "reprocess_of",
 )
 #: An audit row, in ``Transition``'s field order.
 TRANSITION_COLUMNS: Final = tuple(Transition.__dataclass_fields__)
@@ -194,6 +196,10 @@ def event_from_delivery(
         parsed = parse_delivery(raw)
         assert isinstance(parsed, StreamEvent), "a stored webhook event was parsed once already"
         return parsed
+    if source == Source.REPROCESS:
+        parsed = parse_delivery(raw)
+        assert isinstance(parsed, StreamEvent), "a reprocessed event was parsed once already"
+        return replace(parsed, source=Source.REPROCESS)
     return unscoped_stream_event(
         event, EventKind(kind), stream_id, event_ts, Source(source), scope, scope_id
     )
@@ -241,4 +247,5 @@ def delivery_from_row(r: SqlRow[Any]) -> DeliveryRecord:
         raw=bytes(r.raw if r.first_raw is None else r.first_raw),
         signed_at=r.signed_at,
         secret_label=r.secret_label,
+        reprocess_of=r.reprocess_of,
     )

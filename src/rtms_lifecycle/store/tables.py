@@ -138,6 +138,9 @@ deliveries = Table(
     Column("secret_label", String(64)),
     # The event delivery (of the same stream) whose bytes this duplicate repeats.
     Column("same_as", BigInteger),
+    # A reprocessed delivery: the id of the delivery an earlier version refused, whose bytes
+    # these are (``Tracker.reprocess``); that row stays as it was.
+    Column("reprocess_of", BigInteger),
     # Partial indexes: a random-keyed index entry per delivery was most of a bulk load's cost.
     Index(
         "ix_deliveries_unapplied",
@@ -152,6 +155,13 @@ deliveries = Table(
         "id",
         sqlite_where=text(NOT_EVENT_PREDICATE),
         postgresql_where=text(NOT_EVENT_PREDICATE),
+    ),
+    # Which refused deliveries were reprocessed already: a second run finds them here.
+    Index(
+        "ix_deliveries_reprocess_of",
+        "reprocess_of",
+        sqlite_where=text("reprocess_of IS NOT NULL"),
+        postgresql_where=text("reprocess_of IS NOT NULL"),
     ),
     # A stream's events are the deliveries that brought each one first (docs/concepts.md): their
     # identity is unique, kept so by the database, not the code. Re-folds parse their raw bytes.
