@@ -236,7 +236,8 @@ def test_claim_gauges_count_unclaimed_and_unconnected_streams(db_url: str, tmp_p
     connections, read from the store by any receiver."""
     from rtms_lifecycle.clock import now_ms
 
-    old = now_ms() - 60_000
+    # "young" stays younger than the threshold however slowly the server starts under load.
+    old = now_ms() - 3_600_000
     with Tracker(db_url) as tracker:
         tracker.ingest_batch(
             [_deliveries.body("started", f"m-{i}", old + i) for i in range(3)]
@@ -247,9 +248,9 @@ def test_claim_gauges_count_unclaimed_and_unconnected_streams(db_url: str, tmp_p
         assert held is not None
         assert joined is not None
         tracker.report_connected(joined, at_ms=old + 1 + 1_500)
-        stats = tracker.claim_stats(older_than=10)
+        stats = tracker.claim_stats(older_than=600)
         assert (stats.unclaimed, stats.unconnected, stats.connected) == (1, 2, 1)
-    with serve_command(db_url, tmp_path, "--claims-older-than", "10") as served:
+    with serve_command(db_url, tmp_path, "--claims-older-than", "600") as served:
         found = scrape(served.url)
     assert value(found, "rtms_lifecycle_unclaimed_streams") == 1  # m-2 ("young" is too young)
     assert value(found, "rtms_lifecycle_unconnected_streams") == 2  # m-0 held, m-2
@@ -285,7 +286,7 @@ def test_store_gauges_for_on_call(sqlite_url: str) -> None:
     assert value(found, "rtms_lifecycle_long_live_streams", scope="meeting") == 2
     assert value(found, "rtms_lifecycle_long_live_streams", scope="session") == 0
     assert value(found, "rtms_lifecycle_long_live_seconds") == 3600
-    assert value(found, "rtms_lifecycle_subscription_lag", consumer="billing") >= 1
+    assert value(found, "rtms_lifecycle_subscription_lag", consumer="billing") == 3
     assert value(found, "rtms_lifecycle_subscription_parked", consumer="billing") == 0
 
 

@@ -119,6 +119,15 @@ def _start(tracker: Tracker, sid: str, n: int = 0) -> None:
     tracker.ingest(body("started", sid, T0 + n, scope_id=sid))
 
 
+def test_a_consumer_from_the_start_lags_by_the_whole_feed(tracker: Tracker) -> None:
+    """Its lag counts every recorded transition (a cursor before the feed's first one)."""
+    for n in range(3):
+        _start(tracker, f"s{n}", n)
+    tracker.consumer("everything", from_start=True)
+    (status,) = tracker.subscriptions()
+    assert status.lag == 3
+
+
 def test_new_consumer_starts_at_the_end_of_the_feed(tracker: Tracker) -> None:
     """Without from_start, a new consumer gets only what is recorded after it subscribed."""
     _start(tracker, "before")

@@ -359,8 +359,11 @@ def list_subscriptions(store: Store) -> list[SubscriptionStatus]:
         found = []
         for row in rows:
             position = (row.cursor_tx, row.cursor_id)
+            # FROM named: on SQLite a cursor before the feed's start is a bare ``true()``.
             lag = conn.execute(
-                select(func.count()).where(_queries.feed_after(conn, position))
+                select(func.count())
+                .select_from(transitions_table)
+                .where(_queries.feed_after(conn, position))
             ).scalar_one()
             leased = row.lease_until is not None and row.lease_until > now_ms()
             found.append(
