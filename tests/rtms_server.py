@@ -108,6 +108,8 @@ class RTMSServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="rtms-server")
         self._server: Server | None = None
         self._sequence = 0
+        # Keep-alive loops, ended with the server so that none is left pending on a closed loop.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle (test thread) ------------------------------------------------------------
 
@@ -122,6 +124,7 @@ class RTMSServer:
         """Vanish and end the server's thread."""
         if self._thread.is_alive():
             self.vanish()
+            self._call(self._end_tasks())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
         self._loop.close()
@@ -279,7 +282,9 @@ class RTMSServer:
         with self._changed:
             self._joined[stream_id] = Joined(stream_id, str(message["meeting_uuid"]), connection)
             self._changed.notify_all()
-        asyncio.get_running_loop().create_task(self._keep_alive(stream_id, connection))
+        task = asyncio.get_running_loop().create_task(self._keep_alive(stream_id, connection))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _data_handshake(self, connection: ServerConnection, message: dict[str, Any]) -> None:
         self.handshakes.append(message)
@@ -310,6 +315,11 @@ class RTMSServer:
                 await connection.send(
                     _state_update(joined, SESSION_STATE_UPDATE, SESSION_STARTED, 0)
                 )
+
+    async def _end_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _keep_alive(self, stream_id: str, connection: ServerConnection) -> None:
         while self._joined.get(stream_id) is not None:
