@@ -192,7 +192,7 @@ def _traced(variant: str, url: str, conninfo: str, bodies: Sequence[bytes], trac
                 conn.pgconn.trace(sink.fileno())
                 return conn
 
-            psycopg.connect = traced_connect  # type: ignore[assignment]
+            psycopg.connect = traced_connect
 
             class NoBarrier:
                 def wait(self) -> None:
