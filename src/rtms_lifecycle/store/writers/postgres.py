@@ -324,6 +324,7 @@ class PostgresWriter:
         # (connection, when it left the pool): a list, whose pop and append are atomic.
         self._idle: list[tuple[PoolProxiedConnection, float]] = []
         self._closed = False
+        self._idle_status = psycopg.pq.TransactionStatus.IDLE
 
     def confirm(self) -> None:
         """Every commit reached the server or raised."""
@@ -353,13 +354,12 @@ class PostgresWriter:
             return checkout(self._engine), time.monotonic()
 
     def _keep(self, held: PoolProxiedConnection, since: float) -> None:
-        conn = held.driver_connection
-        assert isinstance(conn, self._psycopg.Connection)
+        conn: Any = held.driver_connection
         if (
             not self._closed
             and len(self._idle) < _IDLE_MAX
             and time.monotonic() - since < _KEEP_S
-            and conn.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE
+            and conn.pgconn.transaction_status == self._idle_status
         ):
             self._idle.append((held, since))
         else:
