@@ -356,7 +356,13 @@ def main(argv: list[str] | None = None) -> int:
                 if ours in summary and base in summary:
                     best = summary[ours]["best_rate"] / summary[base]["best_rate"]
                     median = summary[ours]["median_rate"] / summary[base]["median_rate"]
-                    print(f"{ours} / {base}: best {best:.2f}x, median {median:.2f}x")
+                    cpu = sum(summary[base][k] for k in ("client_us", "server_us")) / sum(
+                        summary[ours][k] for k in ("client_us", "server_us")
+                    )
+                    print(
+                        f"{ours} / {base}: best {best:.2f}x, median {median:.2f}x;"
+                        f" by CPU per delivery (client + server) {cpu:.2f}x"
+                    )
         statements = {}
         if args.statements:
             enable_statement_stats(server)
