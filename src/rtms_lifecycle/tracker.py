@@ -212,7 +212,8 @@ class Tracker:
         return self._store.engine
 
     def close(self) -> None:
-        """Release the database connections."""
+        """Release the database connections (an engine you passed in goes back to you as it
+        is: its pool is yours to dispose)."""
         self._store.close()
 
     def __enter__(self) -> Tracker:

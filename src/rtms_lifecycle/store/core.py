@@ -59,6 +59,8 @@ class Store:
 
     def __init__(self, db: str | Engine | None = None, *, migrate: bool = True) -> None:
         given = db or default_url()
+        # An engine the caller made is the caller's to dispose: other stores may hold it.
+        self._owns_engine = isinstance(given, str)
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         plain = plain_sqlite_file(given) if isinstance(given, str) else None
@@ -132,7 +134,8 @@ class Store:
             self._writer.close()
         if self._queue is not None:
             self._queue.shutdown()
-        self._dispose_reads()
+        if self._owns_engine:
+            self._dispose_reads()
 
     @property
     def queue(self) -> WriteQueue | None:
