@@ -389,3 +389,28 @@ def test_postgres_new_stream_inserted_under_a_writer_is_retried_cautiously(
     assert stream is not None
     assert stream.state is State.STARTED
     assert [r.message for r in caplog.records if "lost a race" in r.message]
+
+
+@pytest.mark.postgres
+def test_kept_postgres_connections_outlive_no_dispose_and_no_dropped_tracker(
+    postgres_url: str,
+) -> None:
+    """The writer keeps connections between transactions: an engine its owner disposes, and a
+    tracker dropped without close(), leave none open (a leak is a ResourceWarning: an error)."""
+    import gc
+
+    from rtms_lifecycle.store.engine import create_store_engine
+
+    engine = create_store_engine(postgres_url)
+    try:
+        with Tracker(engine) as tracker:
+            tracker.ingest(raw("started", "s1", 10))
+            engine.dispose()  # by its owner, while the tracker keeps a connection
+            tracker.ingest(raw("stopped", "s1", 20, stop_reason=6))
+            assert tracker.stream("s1").state is State.STOPPED  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+    dropped = Tracker(postgres_url)
+    dropped.ingest(raw("started", "s2", 10))
+    del dropped
+    gc.collect()

@@ -5,6 +5,7 @@ a read and a write, each a prepared statement PostgreSQL plans once."""
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -418,6 +419,11 @@ class PostgresWriter:
         self._idle: list[tuple[PoolProxiedConnection, float]] = []
         self._closed = False
         self._idle_status = psycopg.pq.TransactionStatus.IDLE
+        # The pool the kept connections came from: an engine disposed since (by its owner)
+        # has a new one, and a connection of the old one is closed, not kept or given back.
+        self._pool = engine.pool
+        # A tracker dropped unclosed still closes its kept connections.
+        weakref.finalize(self, _release_all, self._idle, False)
 
     def confirm(self) -> None:
         """Every commit reached the server or raised."""
@@ -431,12 +437,7 @@ class PostgresWriter:
     def close(self) -> None:
         """Give the connections kept back to the pool."""
         self._closed = True
-        while self._idle:
-            try:
-                held, _ = self._idle.pop()
-            except IndexError:
-                break
-            self._release(held)
+        _release_all(self._idle, self._current())
 
     def probe(self, deadline: float) -> None:
         with self.transaction(cautious=True, deadline=deadline) as tx:
@@ -444,7 +445,14 @@ class PostgresWriter:
                 tx._cursor.execute(statement)
             raise RollBack
 
+    def _current(self) -> bool:
+        """Whether the kept connections are still of the engine's pool."""
+        return self._engine.pool is self._pool
+
     def _take(self) -> tuple[PoolProxiedConnection, float]:
+        if not self._current():
+            _release_all(self._idle, self._current())
+            self._pool = self._engine.pool
         try:
             return self._idle.pop()
         except IndexError:
@@ -454,6 +462,7 @@ class PostgresWriter:
         conn: Any = held.driver_connection
         if (
             not self._closed
+            and self._current()
             and len(self._idle) < _IDLE_MAX
             and time.monotonic() - since < _KEEP_S
             and conn.pgconn.transaction_status == self._idle_status
@@ -463,11 +472,7 @@ class PostgresWriter:
             self._release(held)
 
     def _release(self, held: PoolProxiedConnection) -> None:
-        # The connection goes back to the pool as SQLAlchemy lent it.
-        conn = held.driver_connection
-        if held.is_valid and conn is not None and conn.autocommit:
-            conn.autocommit = False
-        held.close()
+        _release(held, self._current())
 
     @contextmanager
     def transaction(
@@ -534,3 +539,24 @@ class PostgresWriter:
                 self._keep(held, since)
             else:
                 held.close()
+
+
+def _release(held: PoolProxiedConnection, current: bool) -> None:
+    """Give a connection back to the pool as SQLAlchemy lent it; one of a pool its engine has
+    since disposed is closed instead (nobody would close it there)."""
+    if not current:
+        held.invalidate()
+        return
+    conn = held.driver_connection
+    if held.is_valid and conn is not None and conn.autocommit:
+        conn.autocommit = False
+    held.close()
+
+
+def _release_all(idle: list[tuple[PoolProxiedConnection, float]], current: bool) -> None:
+    while idle:
+        try:
+            held, _ = idle.pop()
+        except IndexError:
+            return
+        _release(held, current)
