@@ -392,11 +392,11 @@ def test_postgres_new_stream_inserted_under_a_writer_is_retried_cautiously(
 
 
 @pytest.mark.postgres
-def test_kept_postgres_connections_outlive_no_dispose_and_no_dropped_tracker(
+def test_a_disposed_engine_and_a_dropped_tracker_leave_no_postgres_connection_open(
     postgres_url: str,
 ) -> None:
-    """The writer keeps connections between transactions: an engine its owner disposes, and a
-    tracker dropped without close(), leave none open (a leak is a ResourceWarning: an error)."""
+    """An engine its owner disposes under a tracker, and a tracker dropped without close(),
+    leave no connection open (a leak is a ResourceWarning: an error here)."""
     import gc
 
     from rtms_lifecycle.store.engine import create_store_engine
@@ -405,7 +405,7 @@ def test_kept_postgres_connections_outlive_no_dispose_and_no_dropped_tracker(
     try:
         with Tracker(engine) as tracker:
             tracker.ingest(raw("started", "s1", 10))
-            engine.dispose()  # by its owner, while the tracker keeps a connection
+            engine.dispose()  # by its owner, while the tracker uses it
             tracker.ingest(raw("stopped", "s1", 20, stop_reason=6))
             assert tracker.stream("s1").state is State.STOPPED  # type: ignore[union-attr]
     finally:
