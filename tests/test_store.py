@@ -390,27 +390,3 @@ def test_postgres_new_stream_inserted_under_a_writer_is_retried_cautiously(
     assert stream.state is State.STARTED
     assert [r.message for r in caplog.records if "lost a race" in r.message]
 
-
-@pytest.mark.postgres
-def test_a_disposed_engine_and_a_dropped_tracker_leave_no_postgres_connection_open(
-    postgres_url: str,
-) -> None:
-    """An engine its owner disposes under a tracker, and a tracker dropped without close(),
-    leave no connection open (a leak is a ResourceWarning: an error here)."""
-    import gc
-
-    from rtms_lifecycle.store.engine import create_store_engine
-
-    engine = create_store_engine(postgres_url)
-    try:
-        with Tracker(engine) as tracker:
-            tracker.ingest(raw("started", "s1", 10))
-            engine.dispose()  # by its owner, while the tracker uses it
-            tracker.ingest(raw("stopped", "s1", 20, stop_reason=6))
-            assert tracker.stream("s1").state is State.STOPPED  # type: ignore[union-attr]
-    finally:
-        engine.dispose()
-    dropped = Tracker(postgres_url)
-    dropped.ingest(raw("started", "s2", 10))
-    del dropped
-    gc.collect()

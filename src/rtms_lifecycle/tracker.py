@@ -212,8 +212,7 @@ class Tracker:
         return self._store.engine
 
     def close(self) -> None:
-        """Release the database connections (an engine you passed in goes back to you as it
-        is: its pool is yours to dispose)."""
+        """Release the database connections."""
         self._store.close()
 
     def __enter__(self) -> Tracker:

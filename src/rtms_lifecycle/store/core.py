@@ -18,7 +18,6 @@ import math
 import random
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
@@ -60,9 +59,6 @@ class Store:
 
     def __init__(self, db: str | Engine | None = None, *, migrate: bool = True) -> None:
         given = db or default_url()
-        # An engine the caller made is the caller's to dispose: other stores may hold it.
-        self._owns_engine = isinstance(given, str)
-        self._release: weakref.finalize[[], Store] | None = None
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         plain = plain_sqlite_file(given) if isinstance(given, str) else None
@@ -86,9 +82,6 @@ class Store:
             from rtms_lifecycle.store.urls import sqlite_file
 
             self._engine, self._url, file = engine, "", None
-            if self._owns_engine:
-                # A tracker dropped without close() still closes its pooled connections.
-                self._release = weakref.finalize(self, engine.dispose)
             self.dialect = engine.dialect.name
             self.sqlite_path = sqlite_file(engine.url)
             self._writer = writer_for(engine)
@@ -139,10 +132,7 @@ class Store:
             self._writer.close()
         if self._queue is not None:
             self._queue.shutdown()
-        if self._release is not None:
-            self._release()
-        elif self._owns_engine:
-            self._dispose_reads()
+        self._dispose_reads()
 
     @property
     def queue(self) -> WriteQueue | None:
