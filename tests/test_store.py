@@ -389,4 +389,3 @@ def test_postgres_new_stream_inserted_under_a_writer_is_retried_cautiously(
     assert stream is not None
     assert stream.state is State.STARTED
     assert [r.message for r in caplog.records if "lost a race" in r.message]
-
