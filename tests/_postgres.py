@@ -317,16 +317,18 @@ def running_server(*, durable: bool = False) -> Iterator[PostgresServer]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def create_database(server: PostgresServer, prefix: str = "rtms_test_") -> str:
-    """A new empty, uniquely named UTF-8 database on ``server``; returns its name."""
+def create_database(
+    server: PostgresServer, prefix: str = "rtms_test_", *, template: str = "template0"
+) -> str:
+    """A new uniquely named UTF-8 database on ``server``, a copy of ``template``; its name."""
     import psycopg
     from psycopg import sql
 
     name = f"{prefix}{uuid.uuid4().hex[:16]}"
     with psycopg.connect(server.conninfo(), autocommit=True) as conn:
         conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
-                sql.Identifier(name)
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} ENCODING 'UTF8'").format(
+                sql.Identifier(name), sql.Identifier(template)
             )
         )
     return name

@@ -84,16 +84,33 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def migrated_postgres_template(postgres_server: PostgresServer) -> str:
+    """A database at the newest schema, copied for each test that opens a ``tracker``.
+
+    Migrating a new database takes about 0.45 s, copying this one about 0.1 s; over 300
+    tests open a PostgreSQL tracker.
+    """
+    from rtms_lifecycle import Tracker
+
+    name = create_database(postgres_server, prefix="rtms_template_")
+    Tracker(postgres_server.url(name)).close()  # migrates, then closes every connection
+    return name
+
+
 @pytest.fixture
-def make_postgres_url(postgres_server: PostgresServer) -> Iterator[Callable[[], str]]:
-    """Factory: each call creates a fresh, uniquely named database and returns its URL."""
+def make_postgres_url(postgres_server: PostgresServer) -> Iterator[Callable[..., str]]:
+    """Factory: each call creates a fresh, uniquely named database and returns its URL.
+
+    ``template`` names a database to copy (its schema and rows); by default it is empty.
+    """
     import psycopg
     from psycopg import sql
 
     created: list[str] = []
 
-    def make() -> str:
-        created.append(create_database(postgres_server))
+    def make(template: str = "template0") -> str:
+        created.append(create_database(postgres_server, template=template))
         return postgres_server.url(created[-1])
 
     yield make
@@ -106,8 +123,8 @@ def make_postgres_url(postgres_server: PostgresServer) -> Iterator[Callable[[], 
 
 
 @pytest.fixture
-def postgres_url(make_postgres_url: Callable[[], str]) -> str:
-    """SQLAlchemy URL of a fresh PostgreSQL database, dropped after the test."""
+def postgres_url(make_postgres_url: Callable[..., str]) -> str:
+    """SQLAlchemy URL of a fresh, empty PostgreSQL database, dropped after the test."""
     return make_postgres_url()
 
 
@@ -117,6 +134,10 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/rtms.db"
 
 
+#: Fixtures (here and in test modules) that open a tracker on ``db_url`` before the test runs.
+OPEN_A_TRACKER = frozenset({"tracker", "atracker", "recorded"})
+
+
 @pytest.fixture(
     params=[
         pytest.param("sqlite", id="sqlite"),
@@ -124,15 +145,22 @@ def sqlite_url(tmp_path: Path) -> str:
     ]
 )
 def db_url(request: pytest.FixtureRequest) -> str:
-    """SQLAlchemy URL for each backend in turn: SQLite, then PostgreSQL."""
+    """SQLAlchemy URL for each backend in turn: SQLite, then PostgreSQL.
+
+    A test whose fixtures open a tracker on it first thing gets, on PostgreSQL, a copy of an
+    already migrated database: the tracker would migrate it first thing anyway.
+    """
     backend: str = request.param
+    if backend == "postgres" and OPEN_A_TRACKER.intersection(request.fixturenames):
+        make: Callable[..., str] = request.getfixturevalue("make_postgres_url")
+        return make(template=request.getfixturevalue("migrated_postgres_template"))
     url: str = request.getfixturevalue(f"{backend}_url")
     return url
 
 
 @pytest.fixture
 def tracker(db_url: str) -> Iterator[Tracker]:
-    """A Tracker on a fresh database of each backend."""
+    """A Tracker on a fresh database of each backend (at the newest schema)."""
     from rtms_lifecycle import Tracker
 
     with Tracker(db_url) as t:

@@ -9,7 +9,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from rtms_lifecycle import Tracker
+from rtms_lifecycle.store.migrate import head_revision, revisions
 from rtms_lifecycle.store.sqlite import SQLITE_PRAGMAS
+from tests._deliveries import raw
 from tests._postgres import PostgresServer, running_server, server_version
 from tests.benchmarks import baseline_sqlite
 
@@ -49,6 +52,21 @@ def test_postgres_databases_are_distinct(
     with psycopg.connect(_libpq(other_url)) as conn:
         found = conn.execute("SELECT to_regclass('only_here')").fetchone()
     assert found == (None,)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_postgres_tracker_gets_its_own_copy_at_the_newest_schema(
+    tracker: Tracker, db_url: str, postgres_url: str
+) -> None:
+    """The ``tracker`` fixture's database is a copy of a migrated one, its own, at the head."""
+    assert revisions(db_url) == (head_revision(), head_revision())
+    assert _dbname(db_url) != _dbname(postgres_url)
+    tracker.ingest(raw("started", "copied", 1_741_701_600_000))
+    with psycopg.connect(_libpq(postgres_url)) as conn:
+        empty = conn.execute("SELECT to_regclass('streams')").fetchone()
+    assert empty == (None,)
+    assert [s.stream_id for s in tracker.active_streams()] == ["copied"]
 
 
 @pytest.mark.postgres
