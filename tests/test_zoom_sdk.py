@@ -7,10 +7,7 @@ server after about 11 s: that test waits for it; every other test ends within a 
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import platform
 import sys
 import threading
 import time
@@ -32,29 +29,16 @@ from rtms_lifecycle.zoom import (
     signature,
     stream_ended,
 )
-from tests.rtms_server import AUDIO, TRANSCRIPT, RTMSServer
+from tests.rtms_server import AUDIO, TRANSCRIPT, RTMSServer, sdk_or_skip
 
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret"
 
 
-def _wheel_exists_here() -> bool:
-    return (
-        sys.platform == "linux" and platform.machine() == "x86_64" and sys.version_info >= (3, 11)
-    )
-
-
 @pytest.fixture(scope="module")
 def sdk() -> ModuleType:
     """The ``rtms`` module; skipped where it is missing (failed under CI where its wheel exists)."""
-    try:
-        rtms: ModuleType = importlib.import_module("rtms")
-    except ImportError:
-        reason = "Zoom's RTMS SDK is not installed: pip install -e '.[zoom]'"
-        if os.environ.get("CI", "").lower() == "true" and _wheel_exists_here():
-            pytest.fail(f"{reason} [failing, not skipping: CI=true and its wheel exists here]")
-        pytest.skip(reason)
-    return rtms
+    return sdk_or_skip()
 
 
 # -- a tracker of our own: records calls, can be told the claim was lost ----------------------
@@ -307,17 +291,28 @@ def test_a_vanished_server_keeps_the_claim_and_is_rejoined(
     ]
 
 
+@pytest.mark.parametrize(
+    ("lost", "reported"),
+    [
+        ("taken", []),  # the claim is another worker's: no report
+        # A stop ended the claim: the store takes the word, else connected-after-stop for good.
+        ("stopped", [("disconnected", RECEIVER_REQUEST_CLOSE)]),
+    ],
+)
 def test_a_lost_claim_leaves_without_releasing(
-    server: RTMSServer, streams: list[ZoomStream[Claim]]
+    server: RTMSServer,
+    streams: list[ZoomStream[Claim]],
+    lost: str,
+    reported: list[tuple[str, Any]],
 ) -> None:
     tracker, media = Tracker(), Media()
     stream = _connected(streams, server, tracker, media, renew_every=0.2)
     joined = server.wait_joined("stream-1", set())
 
-    tracker.lost = "taken"
+    tracker.lost = lost
     assert stream.join(5)
-    assert stream.ended == ZoomEnded("lost", claim_lost="taken")
-    assert tracker.names() == ["connected"]  # the claim is another worker's: no report
+    assert stream.ended == ZoomEnded("lost", claim_lost=lost)
+    assert tracker.calls == [("connected", None), *reported]
     _wait(lambda: joined.signalling.state.name == "CLOSED", 5)  # the SDK left
 
 

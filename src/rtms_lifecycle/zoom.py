@@ -20,7 +20,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -342,6 +342,14 @@ class ZoomStream(Generic[ClaimT]):
         )
         polling = asyncio.create_task(sdk_loop.run_async())
         stopping = asyncio.create_task(self._stopping.wait())
+
+        async def leave() -> None:
+            """Release the client (on this thread, the SDK's) and poll no more: a poll between
+            a leave and the reports after it segfaulted the process (2 runs of 4, on loopback)."""
+            _leave(client)
+            sdk_loop.stop()
+            await polling
+
         try:
             while True:
                 getting = asyncio.create_task(events.get())
@@ -350,11 +358,11 @@ class ZoomStream(Generic[ClaimT]):
                 )
                 if getting not in done:
                     getting.cancel()
-                    _leave(client)
+                    await leave()
                     return await self._left_by_us(calls, renewing)
                 kind, value = getting.result()
                 try:
-                    ended = await self._event(calls, client, kind, value)
+                    ended = await self._event(calls, leave, kind, value)
                 except ClaimLost as lost:  # a report can learn it before a renewal does
                     self._connected = False
                     return ZoomEnded("lost", claim_lost=lost.reason)
@@ -364,16 +372,17 @@ class ZoomStream(Generic[ClaimT]):
                     return ended
         finally:
             stopping.cancel()
-            _leave(client)  # released on this thread, the SDK's, whatever happened
-            sdk_loop.stop()
-            await polling
+            await leave()  # whatever happened
 
     async def _left_by_us(
         self, calls: ThreadPoolExecutor, renewing: asyncio.Task[str]
     ) -> ZoomEnded:
-        if renewing.done():  # the claim is someone else's now: nothing more to report
-            self._connected = False
-            return ZoomEnded("lost", claim_lost=renewing.result())
+        if renewing.done():
+            lost = renewing.result()
+            if lost == "stopped" and self._connected:
+                await self._left_stopped(calls)
+            self._connected = False  # taken, expired: another's claim, nothing more to report
+            return ZoomEnded("lost", claim_lost=lost)
         if not self._connected:
             return await self._finish(calls, renewing, None)
         self._connected = False
@@ -386,8 +395,26 @@ class ZoomStream(Generic[ClaimT]):
         )
         return await self._finish(calls, renewing, RECEIVER_REQUEST_CLOSE)
 
+    async def _left_stopped(self, calls: ThreadPoolExecutor) -> None:
+        """Say we left a stream Zoom stopped (a stop ends the claim, not this word): else
+        ``connected_after_stop()`` would list it for good."""
+        claim = self._claim
+        try:
+            await self._call(
+                calls,
+                lambda: self._tracker.report_disconnected(
+                    claim, at_ms=_now_ms(), reason=RECEIVER_REQUEST_CLOSE
+                ),
+            )
+        except Exception:  # the stream is over either way
+            _log.warning("reporting %s disconnected failed", claim.stream_id, exc_info=True)
+
     async def _event(
-        self, calls: ThreadPoolExecutor, client: Any, kind: str, value: int
+        self,
+        calls: ThreadPoolExecutor,
+        leave: Callable[[], Awaitable[None]],
+        kind: str,
+        value: int,
     ) -> ZoomEnded | Literal["rejoin"] | None:
         """Act on one SDK event: None to keep going, ``rejoin``, or how the stream ended."""
         claim = self._claim
@@ -399,7 +426,7 @@ class ZoomStream(Generic[ClaimT]):
             return None
         if kind == "joined":  # refused: a bad signature, or no media connection in time
             _log.warning("joining %s was refused (reason %s)", claim.stream_id, value)
-            _leave(client)
+            await leave()
             return "rejoin"
         if kind == "interrupted":
             if self._connected:
@@ -412,7 +439,7 @@ class ZoomStream(Generic[ClaimT]):
                 )
             return None
         if kind == "left":
-            _leave(client)  # the SDK keeps a client after its on_leave until released
+            await leave()  # the SDK keeps a client after its on_leave until released
             if self._connected:
                 self._connected = False
                 at = _now_ms()
