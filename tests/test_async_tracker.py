@@ -38,6 +38,7 @@ from rtms_lifecycle import (
 )
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.server import create_router
+from rtms_lifecycle.store.core import LOAD_CHUNK
 from rtms_lifecycle.webhook import WebhookVerifier
 from tests._live import SECRET, serving, signed
 
@@ -171,6 +172,33 @@ async def test_every_write_awaits_to_the_sync_result(db_url: str, twin_url: str)
     assert [replace(s, stopped_at=0, last_event_at=0) for s in got[4]] == [
         replace(s, stopped_at=0, last_event_at=0) for s in expected[4]
     ]
+
+
+async def test_a_bulk_transaction_decided_a_few_at_a_time_records_what_one_at_a_time_does(
+    db_url: str, twin_url: str
+) -> None:
+    """ingest_many's transaction, parsed and decided LOAD_CHUNK deliveries at a time, sees the
+    chunks before it: copies, conflicts and late events far apart give what one delivery per
+    transaction gives."""
+    per_stream = [[d for d, _ in lifecycle(f"s{i}", T0 + i * HOUR)] for i in range(12)]
+    # Each stream's late events and copies come more than a chunk after its first events.
+    bodies = [d for events in per_stream for d in events[:5]]
+    bodies += [d for events in per_stream for d in events[5:]]
+    bodies += bodies[:80]
+    assert len(bodies) > 3 * LOAD_CHUNK
+    with Tracker(twin_url) as tracker:
+        expected = (
+            tracker.ingest_many(bodies, batch_size=1),
+            [(d.outcome, d.stream_id, d.detail) for d in tracker.deliveries(limit=None)],
+            tracker.streams(),
+        )
+    async with AsyncTracker(db_url) as atracker:
+        got = (
+            await atracker.ingest_many(bodies, batch_size=len(bodies)),
+            [(d.outcome, d.stream_id, d.detail) for d in await atracker.deliveries(limit=None)],
+            await atracker.streams(),
+        )
+    assert got == expected
 
 
 async def test_ingest_many_reads_an_async_iterable(atracker: AsyncTracker) -> None:

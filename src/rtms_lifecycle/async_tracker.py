@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import timedelta
-from itertools import islice
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 from rtms_lifecycle import subscriptions as _subs
@@ -66,6 +65,7 @@ from rtms_lifecycle.tracker import (
     Timestamp,
     Tracker,
     TransitionCallback,
+    load_next,
     submit_deliveries,
     write_executor,
 )
@@ -373,9 +373,7 @@ class AsyncTracker:
 
     async def _batch(self, bodies: Iterator[Body], size: int) -> IngestSummary:
         """The next ``size`` bodies, read, parsed and recorded in one job (none: all read)."""
-        return await self._write(
-            lambda: self._sync.ingest_many(islice(bodies, size), batch_size=size)
-        )
+        return await self._write(load_next, self._sync, bodies, size)
 
     async def report_resumed(self, stream_id: str, at_ms: int) -> IngestResult:
         """Awaitable :meth:`Tracker.report_resumed`."""

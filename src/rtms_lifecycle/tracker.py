@@ -7,10 +7,11 @@ import inspect
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from rtms_lifecycle.bodies import to_raw
@@ -93,6 +94,7 @@ __all__ = [
     "Subscription",
     "TransitionCallback",
     "Tracker",
+    "load_next",
     "submit_deliveries",
     "write_executor",
 ]
@@ -1277,6 +1279,24 @@ def submit_deliveries(
             raise ValueError("headers verify one body")
         verified = [tracker._verified(bodies[0], headers, None)]
     return tracker._submit(bodies, verified, deadline)
+
+
+def load_next(tracker: Tracker, bodies: Iterator[Body], size: int) -> IngestSummary:
+    """The next ``size`` bodies of a bulk load, in one transaction, as :meth:`Tracker.ingest_many`
+    records them, for AsyncTracker's jobs (run in a worker thread, none left: a total of 0).
+
+    Without callbacks the bodies are parsed a few at a time within the transaction, each few let
+    go once decided: a bulk load then leaves almost nothing for Python's full collection passes
+    to be triggered by, which stop every thread, the event loop's too.
+    """
+    batch = list(islice(bodies, size))
+    if not batch:
+        return IngestSummary({})
+    if tracker._subscriptions:
+        return tracker.ingest_many(batch, batch_size=size)
+    outcomes = tracker._store.load(batch, tracker._arrived)
+    tracker._store.confirm()
+    return IngestSummary(dict(Counter(outcomes)))
 
 
 def write_executor(tracker: Tracker) -> Executor | None:

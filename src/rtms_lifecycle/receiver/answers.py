@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 from collections.abc import Collection, Mapping
-from typing import Any, Literal, Self, get_type_hints
+from typing import Any, Final, Literal, Self, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -43,6 +44,7 @@ __all__ = [
     "SubscriptionPage",
     "TransitionModel",
     "UnhandledEventStatModel",
+    "delivery_answer",
     "UrlValidationAnswer",
 ]
 
@@ -53,6 +55,24 @@ class DeliveryAnswer(BaseModel):
     outcome: Outcome
     delivery_id: int | None
     error: str | None = None
+
+
+# The answer's bytes as JSONResponse renders DeliveryAnswer, without a model and a dict per
+# delivery: the prefix per outcome is made once.
+_ANSWER_PREFIX: Final = {
+    outcome: f'{{"outcome":"{outcome._value_}","delivery_id":'.encode() for outcome in Outcome
+}
+
+
+def delivery_answer(outcome: Outcome, delivery_id: int | None, error: str | None) -> bytes:
+    """``DeliveryAnswer(...)`` as the JSON bytes of the webhook's answer."""
+    tail = b',"error":null}' if error is None else b',"error":%s}' % _json_text(error)
+    head = b"null" if delivery_id is None else b"%d" % delivery_id
+    return _ANSWER_PREFIX[outcome] + head + tail
+
+
+def _json_text(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode()
 
 
 class UrlValidationAnswer(BaseModel):

@@ -32,7 +32,12 @@ from rtms_lifecycle.exceptions import (
 # answers Zoom's first delivery.
 from rtms_lifecycle.parsing import parse_delivery
 from rtms_lifecycle.receiver import metrics as _metrics
-from rtms_lifecycle.receiver.answers import DeliveryAnswer, ErrorAnswer, UrlValidationAnswer
+from rtms_lifecycle.receiver.answers import (
+    DeliveryAnswer,
+    ErrorAnswer,
+    UrlValidationAnswer,
+    delivery_answer,
+)
 from rtms_lifecycle.receiver.http import REQUEST_STARTED
 from rtms_lifecycle.receiver.settings import (
     DEFAULT_MAX_BODY_BYTES,
@@ -241,9 +246,9 @@ def create_router(
                 result.event,
                 " (it looks like an RTMS event)" if looks_like_rtms(result.event) else "",
             )
-        delivery = DeliveryAnswer(
-            outcome=result.outcome, delivery_id=result.delivery_id, error=result.error
+        return Response(
+            delivery_answer(result.outcome, result.delivery_id, result.error),
+            media_type="application/json",
         )
-        return JSONResponse(delivery.model_dump(mode="json"))
 
     return router

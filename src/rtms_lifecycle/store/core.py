@@ -18,11 +18,11 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError, StoreTimeout
@@ -35,7 +35,7 @@ from rtms_lifecycle.store.queue import Prepare, WriteQueue
 from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SQLITE_IMMEDIATE
 from rtms_lifecycle.store.streak import FailureStreak
 from rtms_lifecycle.store.urls import default_url, plain_sqlite_file
-from rtms_lifecycle.store.writers import WriteFailed, Writer
+from rtms_lifecycle.store.writers import WriteFailed, Writer, WriteTx
 from rtms_lifecycle.store.writers.base import check_deadline
 
 if TYPE_CHECKING:
@@ -43,7 +43,13 @@ if TYPE_CHECKING:
 
     from rtms_lifecycle.store.sqlite import SqliteFile
 
-__all__ = ["Store"]
+__all__ = ["LOAD_CHUNK", "Store"]
+
+B = TypeVar("B")
+R = TypeVar("R")
+
+#: Deliveries parsed and decided at a time inside one bulk-load transaction (:meth:`Store.load`).
+LOAD_CHUNK: Final = 64
 
 # The name it has always logged under: operators' log filters match it
 # (see docs/decisions/0071-logger-names-kept.md).
@@ -198,6 +204,28 @@ class Store:
             return [result.outcome for result in results if result is not None]
         return self._write(items, False, None, durable).outcomes()
 
+    def load(
+        self, bodies: Sequence[B], convert: Callable[[B], Incoming], *, chunk: int = LOAD_CHUNK
+    ) -> list[Outcome]:
+        """A bulk load's transaction (not durable, as :meth:`outcomes` with ``durable=False``):
+        ``bodies`` converted and decided ``chunk`` at a time, all committed together.
+
+        Each chunk's parsed deliveries are let go before the next is parsed, so that few of them
+        live long enough for Python's collector to move them to its oldest generation: what
+        triggers its full passes, which stop every thread (an event loop's too) for tens of ms.
+        A chunk reads what the chunks before it wrote, as a transaction of its own would.
+        """
+
+        def run(tx: WriteTx) -> list[Outcome]:
+            outcomes: list[Outcome] = []
+            now = now_ms()
+            for start in range(0, len(bodies), chunk):
+                items = [convert(body) for body in bodies[start : start + chunk]]
+                outcomes += Batch(tx, now, False).run(items).outcomes()
+            return outcomes
+
+        return self._attempts(len(bodies), run, None, False)
+
     def _write_group(
         self, items: Sequence[Incoming], with_records: bool, deadline: float | None
     ) -> list[IngestResult | None]:
@@ -211,12 +239,15 @@ class Store:
         deadline: float | None,
         durable: bool,
     ) -> Batch:
+        def run(tx: WriteTx) -> Batch:
+            return Batch(tx, now_ms(), with_records).run(items)
+
         if not durable:
-            return self._attempts(items, with_records, deadline, durable)
+            return self._attempts(len(items), run, deadline, durable)
         # Durable writes answer senders: theirs is the health that counts. A timeout (a held
         # store) is not counted: the probe waits for the same lock, and says so itself.
         try:
-            batch = self._attempts(items, with_records, deadline, durable)
+            batch = self._attempts(len(items), run, deadline, durable)
         except StoreTimeout:
             raise
         except (StoreError, DatabaseUnavailable) as exc:
@@ -226,30 +257,26 @@ class Store:
         return batch
 
     def _attempts(
-        self,
-        items: Sequence[Incoming],
-        with_records: bool,
-        deadline: float | None,
-        durable: bool,
-    ) -> Batch:
+        self, size: int, run: Callable[[WriteTx], R], deadline: float | None, durable: bool
+    ) -> R:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # A batch that lost a race is retried cautiously: no more optimism.
                 with (
                     self._serialised(deadline),
                     self._writer.transaction(
-                        cautious=attempt > 1, size=len(items), deadline=deadline, durable=durable
+                        cautious=attempt > 1, size=size, deadline=deadline, durable=durable
                     ) as tx,
                 ):
-                    return Batch(tx, now_ms(), with_records).run(items)
+                    return run(tx)
             except WriteFailed as exc:
                 expired = deadline is not None and remaining(deadline) <= 0
                 if exc.timed_out or (exc.retryable and expired):
                     raise StoreTimeout(
-                        f"could not record {len(items)} deliveries within the time budget: {exc}"
+                        f"could not record {size} deliveries within the time budget: {exc}"
                     ) from exc
                 if not exc.retryable or attempt == _ATTEMPTS:
-                    raise StoreError(f"could not record {len(items)} deliveries: {exc}") from exc
+                    raise StoreError(f"could not record {size} deliveries: {exc}") from exc
                 log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc)
                 time.sleep(random.uniform(0, 0.01 * 2**attempt))
             except Exception as exc:
