@@ -79,14 +79,7 @@ def test_a_sign_out_is_kept_until_the_session_would_have_expired(tracker: Tracke
     tracker.revoke_dashboard_session("a" * 32, now + 60_000)
     assert tracker.dashboard_session_revoked("a" * 32)
     assert not tracker.dashboard_session_revoked("b" * 32)
-    with tracker.engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO dashboard_revocations (session_id, revoked_at, expires_at)"
-                " VALUES (:sid, :at, :at)"
-            ),
-            {"sid": "c" * 32, "at": now - 1},
-        )
+    expired(tracker, "c" * 32, now)
     assert not tracker.dashboard_session_revoked("c" * 32)
     tracker.revoke_dashboard_session("d" * 32, now + 60_000)
     assert _revocations(tracker) == ["a" * 32, "d" * 32]
@@ -96,16 +89,21 @@ def test_a_prune_drops_expired_sign_outs(tracker: Tracker) -> None:
     """`prune` drops the revocations whose session has expired anyway, and keeps the others."""
     now = int(time.time() * 1000)
     tracker.revoke_dashboard_session("a" * 32, now + 3_600_000)
+    expired(tracker, "c" * 32, now)
+    tracker.prune(timedelta(days=1))
+    assert _revocations(tracker) == ["a" * 32]
+
+
+def expired(tracker: Tracker, session_id: str, now: int) -> None:
+    """A revocation whose session expired a moment before ``now``."""
     with tracker.engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO dashboard_revocations (session_id, revoked_at, expires_at)"
                 " VALUES (:sid, :at, :at)"
             ),
-            {"sid": "c" * 32, "at": now - 1},
+            {"sid": session_id, "at": now - 1},
         )
-    tracker.prune(timedelta(days=1))
-    assert _revocations(tracker) == ["a" * 32]
 
 
 def _revocations(tracker: Tracker) -> list[str]:
