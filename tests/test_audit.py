@@ -9,6 +9,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -255,6 +256,9 @@ def test_postgres_the_receivers_role_records_but_cannot_delete_history(
                 )
             )
         assert len(receiver.audit("a")) == 4
+        # A dashboard sign-out, from a receiver process.
+        receiver.revoke_dashboard_session("a" * 32, int(time.time() * 1000) + 60_000)
+        assert receiver.dashboard_session_revoked("a" * 32)
     with Tracker(owner_url) as owner:
         newest(owner)
         assert owner.prune(DAY).streams == 2

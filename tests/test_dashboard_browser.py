@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,10 @@ from click.testing import CliRunner
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.receiver.dashboard import REFRESH_SECONDS
-from rtms_lifecycle.server import create_app
+from rtms_lifecycle.server import API_TOKEN_ENV, create_app
 from tests._deliveries import body
 from tests._live import SECRET, serving
+from tests._served import ENTRY_POINT, serve_command
 from tests.conftest import _skip_or_fail
 
 # One xdist worker launches the browser and loads the demo day once for every test here.
@@ -193,11 +196,84 @@ def test_without_signing_in_the_browser_sees_only_the_form(
     assert not [value for value in secrets if value in page.content()]
 
 
-def test_the_default_window_shows_the_demo_day(page: Any, site: str) -> None:
-    """The demo's day ends now: the default 24-hour window has stopped streams to show."""
-    sign_in(page, site)
-    page.wait_for_selector("#stop-reasons svg .bar")
-    assert "No stream stopped in" not in page.inner_text("body")
+@pytest.fixture
+def fresh_demo(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``rtms-lifecycle demo`` into a new database, then ``rtms-lifecycle serve`` on it, both as
+    an operator runs them (nothing another test added: its day ends now); (database, URL)."""
+    url = f"sqlite:///{tmp_path}/fresh-demo.db"
+    loaded = subprocess.run(
+        [str(ENTRY_POINT), "--db", url, "demo"], capture_output=True, text=True, timeout=120
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    with serve_command(url, tmp_path, env={API_TOKEN_ENV: TOKEN}) as served:
+        yield url, served.url
+
+
+def stop_counts(db: str, since_ms: int) -> int:
+    """How many streams stopped since ``since_ms``, as ``stats --json`` counts them."""
+    since = datetime.fromtimestamp(since_ms / 1000, UTC).isoformat()
+    return sum(row["count"] for row in run_cli(db, "stats", "--since", since, "--json"))
+
+
+# A duration the page writes for less than a day: "45s", "3m 07s", "2h 05m".
+UNDER_A_DAY = re.compile(r"\d+s|\d+m \d\ds|\d+h \d\dm")
+
+
+def test_the_default_window_shows_the_demo_day(
+    browser: Any, fresh_demo: tuple[str, str], shots: Path
+) -> None:
+    """The demo's day ends now: /dashboard without a window chosen shows the last 24 hours, with
+    the day's stops, its live streams a few minutes or hours old, and every chart and table."""
+    db, site = fresh_demo
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        before = int(time.time() * 1000)
+        sign_in(page, site)
+        page.wait_for_selector("#stop-reasons svg .bar")
+        after = int(time.time() * 1000)
+        page.screenshot(path=str(shots / "dashboard-24h.png"), full_page=True)
+        assert page.url == f"{site}/dashboard"
+        # The default window: 24 hours, marked as the current one.
+        assert page.inner_text("nav.windows a.current") == "24h"
+        assert "statistics over 24 hours" in page.inner_text(".asof")
+        body_text = page.inner_text("body")
+        assert "No stream stopped in" not in body_text
+        assert "No stream began in" not in body_text
+        # The day's stops, as `stats --since` counts them over the page's window.
+        stopped = int(page.get_attribute("#stopped-count", "data-count"))
+        day = 24 * 3_600_000
+        assert stop_counts(db, after - day) <= stopped <= stop_counts(db, before - day)
+        assert stopped > 0
+        bars = page.eval_on_selector_all(
+            "#stop-reasons .bar", "bars => bars.map(b => Number(b.dataset.count))"
+        )
+        assert bars
+        assert sum(bars) == stopped
+        # The abnormal share, one column per hour with stops, all within the window.
+        starts = page.eval_on_selector_all(
+            "#stop-reasons .share", "cols => cols.map(c => Number(c.dataset.start))"
+        )
+        assert starts
+        assert all(before - day - 3_600_000 < start <= after for start in starts)
+        # Live streams a few minutes or hours old, not from a day long gone.
+        live = int(page.get_attribute("#live-count", "data-count"))
+        assert live > 0
+        ages = page.eval_on_selector_all(
+            "#live-streams tr[data-stream-id]", "rows => rows.map(r => r.cells[4].innerText)"
+        )
+        assert ages
+        assert [age for age in ages if not UNDER_A_DAY.fullmatch(age)] == []
+        # The tables: interruptions per scope, problem deliveries, concurrency alerts.
+        assert page.locator("#interruptions tr[data-scope]").count() > 0
+        assert page.locator("#problems tr[data-delivery-id]").count() > 0
+        assert page.locator("#alerts tbody tr").count() > 0
+        assert errors == []
+    finally:
+        context.close()
 
 
 def test_the_api_docs_render_with_the_network_blocked(page: Any, site: str, shots: Path) -> None:

@@ -290,6 +290,32 @@ def test_store_gauges_for_on_call(sqlite_url: str) -> None:
     assert value(found, "rtms_lifecycle_subscription_parked", consumer="billing") == 0
 
 
+def test_serve_long_live_sets_the_threshold(sqlite_url: str, tmp_path: Path) -> None:
+    """`serve --long-live 1h`: the threshold /metrics exports, and the streams it counts."""
+    from rtms_lifecycle.clock import now_ms
+
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(_deliveries.raw("started", "two-hours", now_ms() - 2 * 3_600_000))
+        tracker.ingest(_deliveries.raw("started", "ten-minutes", now_ms() - 600_000))
+    with serve_command(sqlite_url, tmp_path, "--long-live", "1h") as served:
+        found = scrape(served.url)
+    assert value(found, "rtms_lifecycle_long_live_seconds") == 3600
+    assert value(found, "rtms_lifecycle_long_live_streams", scope="meeting") == 1
+
+
+@pytest.mark.parametrize("given", ["soon", "0", "-1h", "nan", "1h-", ""])
+def test_serve_refuses_a_long_live_that_is_not_a_duration(sqlite_url: str, given: str) -> None:
+    """A bad `--long-live` is a usage error (exit 2) naming the option, before anything starts."""
+    from click.testing import CliRunner
+
+    from rtms_lifecycle.cli.commands import cli
+
+    result = CliRunner().invoke(cli, ["--db", sqlite_url, "serve", "--long-live", given])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--long-live'" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_long_live_threshold_that_is_not_positive_is_refused(sqlite_url: str) -> None:
     """long_live=0 is a ConfigurationError naming it, before anything is opened."""
     from rtms_lifecycle import ConfigurationError

@@ -5,7 +5,8 @@ A prune removes, for a cutoff (now minus ``older_than``):
 - every stream that stopped before the cutoff, with all of its deliveries and transitions;
 - every delivery received before the cutoff that belongs to no stored stream (rejected and
   unhandled bodies, account alerts, URL validations);
-- every concurrency alert received before the cutoff.
+- every concurrency alert received before the cutoff;
+- every dashboard sign-out whose session has expired anyway (whatever the cutoff).
 
 A stream that is not stopped is kept whole, however old. So are the newest delivery and the newest
 transition, with their stream: SQLite numbers a new row after the largest id, and a removed

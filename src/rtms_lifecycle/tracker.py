@@ -507,6 +507,22 @@ class Tracker:
         with self._store.read() as conn:
             return _claims.claim_history(conn, stream_id)
 
+    # --- dashboard sessions -----------------------------------------------------------------
+
+    def revoke_dashboard_session(self, session_id: str, until_ms: int) -> None:
+        """Record a dashboard sign-out, read by every process of this database, until
+        ``until_ms`` (epoch ms; when the session would have expired anyway). Revocations already
+        expired are dropped in the same transaction."""
+        from rtms_lifecycle.store import revocations as _revocations
+
+        _revocations.revoke(self._store, session_id, until_ms, now_ms(), _deadline())
+
+    def dashboard_session_revoked(self, session_id: str) -> bool:
+        """Whether a dashboard session was signed out (in any process of this database)."""
+        from rtms_lifecycle.store import revocations as _revocations
+
+        return _revocations.revoked(self._store, session_id, now_ms())
+
     def expire(self, stale_after: timedelta | float, *, dry_run: bool = False) -> list[Stream]:
         """Stop every live stream with no event for ``stale_after``.
 

@@ -20,6 +20,7 @@ __all__ = [
     "Seconds",
     "check_window",
     "parse_duration",
+    "parse_period",
     "parse_time",
     "parsed_by",
 ]
@@ -78,6 +79,20 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"{text!r}: the duration must be longer than zero")
     if seconds > MAX_DURATION.total_seconds():
         raise ValueError(f"{text!r} is out of range: at most {MAX_DURATION.days}d")
+    return timedelta(seconds=seconds)
+
+
+def parse_period(text: str) -> timedelta:
+    """A duration as :func:`parse_duration` reads it, or a bare number of seconds (as the
+    serve options that take seconds do)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return parse_duration(text)
+    if not 0 < seconds <= MAX_DURATION.total_seconds():  # nan fails here too
+        raise ValueError(
+            f"{text!r}: the duration must be longer than zero and at most {MAX_DURATION.days}d"
+        )
     return timedelta(seconds=seconds)
 
 

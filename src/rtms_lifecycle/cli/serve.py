@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import click
 
 from rtms_lifecycle.bounds import MAX_WAIT_SECONDS
 from rtms_lifecycle.cli.app import App, pass_app
 from rtms_lifecycle.cli.errors import Failure
-from rtms_lifecycle.cli.params import Seconds
+from rtms_lifecycle.cli.params import Seconds, parse_period, parsed_by
 from rtms_lifecycle.defaults import (
     DEFAULT_MAX_EVENT_AHEAD,
     LOG_FORMATS,
@@ -118,6 +120,15 @@ __all__ = ["serve"]
     metavar="SECONDS",
     help="/metrics counts a live stream unclaimed or unconnected once it started this long ago.",
 )
+@click.option(
+    "--long-live",
+    default="12h",
+    show_default=True,
+    metavar="DURATION",
+    callback=parsed_by(parse_period),
+    help="/metrics counts a live stream in rtms_lifecycle_long_live_streams once it started "
+    "this long ago (e.g. 90m, 12h, 2d, or seconds).",
+)
 @pass_app
 def serve(
     app: App,
@@ -136,6 +147,7 @@ def serve(
     max_event_ahead: float,
     dashboard_idle: float,
     claims_older_than: float,
+    long_live: timedelta,
 ) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
     try:
@@ -160,4 +172,5 @@ def serve(
         max_event_ahead=max_event_ahead,
         dashboard_idle=dashboard_idle,
         claims_older_than=claims_older_than,
+        long_live=long_live,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging.config
 import resource
 import socket
+from datetime import timedelta
 from typing import Final
 
 import uvicorn
@@ -16,6 +17,7 @@ from rtms_lifecycle.receiver.app import create_app
 from rtms_lifecycle.receiver.dashboard.auth import DEFAULT_IDLE_SECONDS
 from rtms_lifecycle.receiver.http import bounded_protocol
 from rtms_lifecycle.receiver.logs import LogFormat, log_config
+from rtms_lifecycle.receiver.metrics import DEFAULT_LONG_LIVE
 from rtms_lifecycle.receiver.settings import DEFAULT_PATH, DEFAULT_REQUEST_TIMEOUT, check_positive
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW
@@ -86,6 +88,7 @@ def run(
     max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
     dashboard_idle: float = DEFAULT_IDLE_SECONDS,
     claims_older_than: float = 30.0,
+    long_live: timedelta | float = DEFAULT_LONG_LIVE,
 ) -> None:
     """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
 
@@ -116,6 +119,7 @@ def run(
         max_event_ahead=max_event_ahead,
         dashboard_idle=dashboard_idle,
         claims_older_than=claims_older_than,
+        long_live=long_live,
     )
     # The access log shows method, path and status only: never a header, so never a signature.
     uvicorn.run(

@@ -23,6 +23,7 @@ from rtms_lifecycle.exceptions import StoreError
 from rtms_lifecycle.records import PruneRecord, PruneResult
 from rtms_lifecycle.store.core import Store
 from rtms_lifecycle.store.predicates import STREAM_DELIVERY_PREDICATES
+from rtms_lifecycle.store.revocations import FORGET_EXPIRED
 from rtms_lifecycle.store.sqlite import PRUNING_FUNCTION, not_pruning
 from rtms_lifecycle.store.tables import prunes
 
@@ -243,11 +244,13 @@ class _Pruner:
             yield found
 
     def alerts(self) -> int:
-        """Remove old concurrency alerts, and record the prune's last step."""
+        """Remove old concurrency alerts and expired dashboard sign-outs, and record the
+        prune's last step."""
         with self.step():
             found: int = self.sql(
                 "DELETE FROM concurrency_alerts WHERE received_at < %s", [self.cutoff]
             ).rowcount
+            self.sql(FORGET_EXPIRED.replace(":now", "%s"), [self.now()])
             self.record(0, 0, 0, found)
         return found
 

@@ -27,6 +27,8 @@ def receiver_grants(role: str) -> list[str]:
         # Workers' claims: the claim row changes hands; its history only grows.
         f"GRANT SELECT, INSERT, UPDATE ON stream_claims TO {role}",
         f"GRANT SELECT, INSERT ON claim_history TO {role}",
+        # Dashboard sign-outs: a sign-out drops the revocations that have expired.
+        f"GRANT SELECT, INSERT, DELETE ON dashboard_revocations TO {role}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {{schema}} TO {role}",
         "REVOKE ALL ON FUNCTION rtms_lifecycle_prune_streams(text[], text, bigint)"
         f" FROM PUBLIC, {role}",

@@ -326,3 +326,14 @@ pruned_chains = Table(
     Column("last_tx_id", BigInteger, nullable=False),
     Column("head", String(64)),
 )
+
+# Signed-out dashboard sessions, read by every receiver process on each dashboard request, until
+# the session would have expired anyway (``expires_at``, epoch ms); then any write may drop it.
+dashboard_revocations = Table(
+    "dashboard_revocations",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("revoked_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_dashboard_revocations_expires_at", "expires_at"),
+)

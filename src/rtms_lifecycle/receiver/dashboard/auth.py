@@ -1,12 +1,12 @@
 """Signing in to the dashboard: the read API's token, exchanged once for a session cookie.
 
 The cookie never holds the token itself: it holds a random session id, when the session was
-issued and when it was last used, and an HMAC of those keyed by the token. Every receiver
-process accepts it without a shared store; changing the token signs every browser out. A
-session ends after ``idle_seconds`` without a request (each request renews the cookie), after
-a week in any case, and at sign-out: the process that served the sign-out refuses the session
-from then on (other processes until its idle time runs out: docs/dashboard.md). The token
-travels only in a POST body (the sign-in form) or an ``Authorization`` header, never in a URL.
+issued and when it was last used, and an HMAC of those keyed by the token, so that every
+receiver process accepts it; changing the token signs every browser out. A session ends after
+``idle_seconds`` without a request (each request renews the cookie), after a week in any case,
+and at sign-out: the sign-out is written to the database (``dashboard_revocations``), which
+every receiver process sharing it reads on each dashboard request. The token travels only in a
+POST body (the sign-in form) or an ``Authorization`` header, never in a URL.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Final
+from typing import Final, Protocol
 
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
@@ -33,6 +33,7 @@ __all__ = [
     "FAILURES_PER_ADDRESS",
     "FAILURES_OVERALL",
     "SESSION_SECONDS",
+    "SharedRevocations",
     "SignInThrottle",
     "Sessions",
     "same_origin",
@@ -53,15 +54,37 @@ FAILURES_OVERALL: Final = 50
 _PURPOSE: Final = b"rtms-lifecycle dashboard session v2:"
 
 
-class Sessions:
-    """Checks tokens and session cookies against one API token, in constant time."""
+class SharedRevocations(Protocol):
+    """Where sign-outs are kept for every process (a :class:`~rtms_lifecycle.tracker.Tracker`);
+    both raise the store's errors when the database fails."""
 
-    def __init__(self, api_token: str, *, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> None:
+    def revoke_dashboard_session(self, session_id: str, until_ms: int) -> None: ...
+
+    def dashboard_session_revoked(self, session_id: str) -> bool: ...
+
+
+class Sessions:
+    """Checks tokens and session cookies against one API token, in constant time.
+
+    With ``shared``, a sign-out is recorded there and every cookie check reads it (one primary
+    key lookup), so that a sign-out holds in every process reading the same database; a check
+    whose read fails raises the store's error: the caller refuses the request.
+    """
+
+    def __init__(
+        self,
+        api_token: str,
+        *,
+        idle_seconds: float = DEFAULT_IDLE_SECONDS,
+        shared: SharedRevocations | None = None,
+    ) -> None:
         if not 0 < idle_seconds <= SESSION_SECONDS:
             raise ValueError(f"idle_seconds must be from 1 to {SESSION_SECONDS}")
         self._token = api_token.encode("utf-8")
         self.idle_seconds = idle_seconds
-        # Signed-out session ids, until their cookie would have expired anyway.
+        self._shared = shared
+        # Sessions signed out here, until their cookie would have expired anyway: this process
+        # refuses them even while the database does not answer.
         self._revoked: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -81,8 +104,9 @@ class Sessions:
         return f"{fields}.{self._mac(fields)}"
 
     def _read(self, value: str | None, now: float) -> tuple[str, int] | None:
-        # (session id, issued) of a valid cookie; bytes compared, not text: compare_digest
-        # raises on text that is not ASCII, and a cookie is whatever the browser sends.
+        # (session id, issued) of a valid cookie not signed out here; bytes compared, not text:
+        # compare_digest raises on text that is not ASCII, and a cookie is whatever the browser
+        # sends. The shared revocations are not read here.
         parts = (value or "").split(".")
         if len(parts) != 4 or not all(p.isascii() and p.isalnum() for p in parts):
             return None
@@ -99,18 +123,23 @@ class Sessions:
         return session, int(issued)
 
     def cookie_valid(self, value: str | None, now: float | None = None) -> bool:
-        """Whether ``value`` is a live session this token issued."""
-        return self._read(value, time.time() if now is None else now) is not None
+        """Whether ``value`` is a live session this token issued and nobody signed out; the
+        store's error if the shared revocations cannot be read."""
+        found = self._read(value, time.time() if now is None else now)
+        if found is None:
+            return False
+        return self._shared is None or not self._shared.dashboard_session_revoked(found[0])
 
     def signed_in(self, request: Request) -> bool:
-        """Whether the request carries a live session cookie or the bearer token."""
-        if self.cookie_valid(request.cookies.get(COOKIE_NAME)):
-            return True
+        """Whether the request carries the bearer token or a live session cookie (the store's
+        error if the cookie's session cannot be checked)."""
         try:
             token = bearer_token(request)
         except SeveralAuthorizations:
-            return False  # a credential that depends on the headers' order is none
-        return token is not None and self.token_matches(token)
+            token = None  # a credential that depends on the headers' order is none
+        if token is not None and self.token_matches(token):
+            return True
+        return self.cookie_valid(request.cookies.get(COOKIE_NAME))
 
     def _set(self, request: Request, response: Response, value: str) -> None:
         response.set_cookie(
@@ -128,21 +157,31 @@ class Sessions:
         self._set(request, response, self.new_cookie())
 
     def renew(self, request: Request, response: Response) -> None:
-        """Move the session's idle expiry on, if the request has a live session cookie."""
+        """Move the session's idle expiry on, if the request has a session cookie (checked
+        before the page was made)."""
         now = time.time()
         found = self._read(request.cookies.get(COOKIE_NAME), now)
         if found is not None:
             session, issued = found
             self._set(request, response, self.new_cookie(now, session=session, issued=issued))
 
-    def sign_out(self, request: Request, response: Response) -> None:
-        """End the request's session here and remove its cookie."""
+    def sign_out(self, request: Request) -> None:
+        """End the request's session: here at once, then in the shared revocations (the
+        store's error if that write fails; this process refuses the session all the same)."""
         now = time.time()
         found = self._read(request.cookies.get(COOKIE_NAME), now)
-        if found is not None:
-            with self._lock:
-                self._revoked = {s: t for s, t in self._revoked.items() if t > now}
-                self._revoked[found[0]] = found[1] + SESSION_SECONDS
+        if found is None:
+            return
+        session, issued = found
+        until = issued + SESSION_SECONDS
+        with self._lock:
+            self._revoked = {s: t for s, t in self._revoked.items() if t > now}
+            self._revoked[session] = until
+        if self._shared is not None:
+            self._shared.revoke_dashboard_session(session, until * 1000)
+
+    def forget(self, request: Request, response: Response) -> None:
+        """Remove the session cookie from the browser."""
         response.delete_cookie(
             COOKIE_NAME,
             path="/dashboard",

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Final
 from urllib.parse import parse_qs, quote
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import ClientDisconnect
 
@@ -100,12 +100,13 @@ def create_dashboard_router(
     """``/dashboard``: pages for people, behind a sign-in with the read API's token.
 
     A sign-in form whose body takes over ``request_timeout`` seconds to arrive is answered 408.
-    A session unused for ``idle_seconds`` ends. Failed sign-ins are throttled (429); a form
-    POST from another origin is refused (403).
+    A session unused for ``idle_seconds`` ends; a sign-out is written to the tracker's
+    database, and holds in every process reading it. Failed sign-ins are throttled (429, in
+    this process); a form POST from another origin is refused (403).
     """
     if not api_token:
         raise ConfigurationError("the dashboard needs a non-empty API token")
-    sessions = Sessions(api_token, idle_seconds=idle_seconds)
+    sessions = Sessions(api_token, idle_seconds=idle_seconds, shared=tracker)
     throttle = SignInThrottle()
     env = _environment()
     stats = StatsCache(tracker, fresh_s=REFRESH_SECONDS)
@@ -119,20 +120,36 @@ def create_dashboard_router(
         answer.headers["Cache-Control"] = "no-store"
         return answer
 
-    def require_session(request: Request) -> None:
-        if sessions.signed_in(request):
-            return
+    def refused(request: Request) -> Response | None:
+        """The answer to a request without a live session, or None if it has one. A session
+        that cannot be checked (the database does not answer) is refused with 503."""
+        try:
+            if sessions.signed_in(request):
+                return None
+        except (StoreError, DatabaseUnavailable):
+            log.exception("the dashboard could not check a session's sign-out; answered 503")
+            if _wants_html(request):
+                return page("unavailable.html", 503, {"Retry-After": str(REFRESH_SECONDS)})
+            return JSONResponse(
+                {"detail": "the store is unavailable; retry later"},
+                503,
+                headers={"Retry-After": str(REFRESH_SECONDS)},
+            )
         if _wants_html(request):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             location = f"{PREFIX}/login?next={quote(target, safe='/')}"
-            raise HTTPException(303, "sign in first", headers={"Location": location})
-        raise HTTPException(401, "sign in first", headers={"WWW-Authenticate": "Bearer"})
-
-    signed_in = [Depends(require_session)]
+            return RedirectResponse(location, 303, headers=_HEADERS)
+        return JSONResponse(
+            {"detail": "sign in first"}, 401, headers={"WWW-Authenticate": "Bearer"}
+        )
 
     @router.get("/login")
     def login_form(request: Request, next: str | None = None) -> Response:
-        if sessions.signed_in(request):
+        try:
+            known = sessions.signed_in(request)
+        except (StoreError, DatabaseUnavailable):
+            known = False  # unchecked: the form, as to anyone not signed in
+        if known:
             return RedirectResponse(_safe_next(next), 303, headers=_HEADERS)
         return page("login.html", next=_safe_next(next), error=None)
 
@@ -185,8 +202,16 @@ def create_dashboard_router(
     def logout(request: Request) -> Response:
         if not same_origin(request):
             return cross_origin()
-        answer = RedirectResponse(f"{PREFIX}/login", 303, headers=_HEADERS)
-        sessions.sign_out(request, answer)
+        answer: Response
+        try:
+            sessions.sign_out(request)
+        except (StoreError, DatabaseUnavailable):
+            log.exception("the dashboard could not record a sign-out in the store; answered 503")
+            idle = format_duration(int(sessions.idle_seconds * 1000))
+            answer = page("unrecorded.html", 503, idle=idle)
+        else:
+            answer = RedirectResponse(f"{PREFIX}/login", 303, headers=_HEADERS)
+        sessions.forget(request, answer)
         return answer
 
     def invalid(parameter: str, value: str, expected: str) -> Response:
@@ -197,12 +222,14 @@ def create_dashboard_router(
         log.exception("the dashboard could not read the store")
         return page("unavailable.html", 503, headers={"Retry-After": str(REFRESH_SECONDS)})
 
-    @router.get("", dependencies=signed_in)
+    @router.get("")
     def dashboard(
         request: Request,
         window: str = "24h",
         page_number: Annotated[str, Query(alias="page")] = "1",
     ) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
         # Checked here, not by FastAPI: its 422 is JSON, which a browser shows as raw text.
         if window not in WINDOWS:
             return invalid("window", window, f"one of {', '.join(WINDOWS)}")
@@ -218,8 +245,10 @@ def create_dashboard_router(
         sessions.renew(request, answer)
         return answer
 
-    @router.get("/streams/{stream_id:path}", dependencies=signed_in)
+    @router.get("/streams/{stream_id:path}")
     def stream(request: Request, stream_id: str) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
         if "\x00" in stream_id:
             # No stream id holds NUL, and PostgreSQL cannot even look one up: its query failed.
             return page("missing.html", 404, stream_id=stream_id)
