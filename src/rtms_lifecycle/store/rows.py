@@ -41,6 +41,7 @@ __all__ = [
     "alert_from_row",
     "delivery_from_row",
     "event_from_delivery",
+    "held_streams_from_rows",
     "new_stream_row",
     "state_from_row",
     "state_row",
@@ -162,6 +163,29 @@ def streams_from_rows(rows: Iterable[Row]) -> list[Stream]:
     return [
         Stream(sid, SCOPE_OF[scope], scope_id, account, key, operator, urls, STATE_OF[state], *rest)
         for sid, scope, scope_id, account, key, operator, urls, state, *rest in rows
+    ]
+
+
+def held_streams_from_rows(rows: Iterable[Row]) -> list[Stream]:
+    """Rows in ``STREAM_RECORD_COLUMNS`` order, then the claim's worker and connected flag (null
+    when unheld), as Streams."""
+    return [
+        Stream(
+            sid,
+            SCOPE_OF[scope],
+            scope_id,
+            account,
+            key,
+            operator,
+            urls,
+            STATE_OF[state],
+            *rest,
+            worker,
+            bool(connected),
+        )
+        for sid, scope, scope_id, account, key, operator, urls, state, *rest, worker, connected in (
+            rows
+        )
     ]
 
 
