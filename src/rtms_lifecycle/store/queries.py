@@ -38,6 +38,7 @@ from rtms_lifecycle.records import (
     UnhandledEventStat,
 )
 from rtms_lifecycle.stop_reasons import describe_stop_reason
+from rtms_lifecycle.store import rollup
 from rtms_lifecycle.store.predicates import (
     EVENT_PREDICATE,
     STREAM_DELIVERY_PREDICATES,
@@ -322,14 +323,11 @@ def _window(column: Any, since: int | None, until: int | None) -> Any:
     return and_(*clauses)
 
 
-def stop_reason_stats(
-    conn: Connection,
-    since: int | None,
-    until: int | None,
-    by_scope: bool,
-    account_id: str | None = None,
-) -> list[StopReasonStat]:
-    # Only columns of ix_streams_stopped_at: the rows are never visited, the index answers.
+def _stop_stats_from_rows(
+    conn: Connection, since: int | None, until: int | None, by_scope: bool, account_id: str | None
+) -> dict[tuple[str | None, int | None, bool], tuple[int, int | None]]:
+    """Count and median duration per group of stops, from the rows themselves: one account's
+    (the rollup has no account: it would hold about a row per stop), or to check the rollup."""
     scope_column = streams.c.scope if by_scope else literal(None)
     duration = streams.c.stopped_at - streams.c.started_at
     # An expiry and a webhook's stop without a reason both have no code: the source tells them.
@@ -343,14 +341,43 @@ def stop_reason_stats(
     groups: dict[tuple[str | None, int | None, bool], list[int | None]] = defaultdict(list)
     for key_scope, reason, by_expiry, took in conn.execute(query):
         groups[key_scope, reason, reason is None and by_expiry is not False].append(took)
-    counts = {key: len(found) for key, found in groups.items()}
+    found = {}
+    for key, durations in groups.items():
+        timed = [took for took in durations if took is not None]
+        found[key] = (len(durations), int(statistics.median(timed)) if timed else None)
+    return found
+
+
+def stop_reason_stats(
+    conn: Connection,
+    since: int | None,
+    until: int | None,
+    by_scope: bool,
+    account_id: str | None = None,
+    *,
+    from_rows: bool = False,
+) -> list[StopReasonStat]:
+    """``from_rows`` reads every stop of the window instead of the rollup (the same answer)."""
+    # (scope, reason, expired) -> (count, median duration)
+    found: dict[tuple[str | None, int | None, bool], tuple[int, int | None]] = {}
+    if account_id is None and not from_rows:
+        # Whole days from the rollup, medians from the one bucket that holds each.
+        for group, buckets in rollup.histogram(conn, since, until, by_scope).items():
+            count = sum(buckets.values())
+            if count:
+                median = rollup.median_duration(conn, group, buckets, since, until, by_scope)
+                found[group[0], None if group[1] else group[2], group[1] == rollup.EXPIRED] = (
+                    count,
+                    median,
+                )
+    else:
+        found = _stop_stats_from_rows(conn, since, until, by_scope, account_id)
     totals: dict[str | None, int] = defaultdict(int)
-    for (scope, _, _), count in counts.items():
+    for (scope, _, _), (count, _) in found.items():
         totals[scope] += count
     stats = []
-    for (scope, reason, by_expiry), count in counts.items():
+    for (scope, reason, by_expiry), (count, median) in found.items():
         described = describe_stop_reason(reason, expired=by_expiry)
-        found = [took for took in groups[scope, reason, by_expiry] if took is not None]
         stats.append(
             StopReasonStat(
                 stop_reason=reason,
@@ -358,7 +385,7 @@ def stop_reason_stats(
                 stop_reason_category=described.category,
                 count=count,
                 share=round(count / totals[scope], 6),
-                median_duration_ms=int(statistics.median(found)) if found else None,
+                median_duration_ms=median,
                 scope=Scope(scope) if scope else None,
             )
         )

@@ -45,14 +45,21 @@ def day_sql(row: str) -> str:
 
 
 def bucket_sql(row: str) -> str:
-    """The duration bucket of a stopped ``row``."""
+    """The duration bucket of a stopped ``row``: a binary search (5 comparisons, not 28)."""
     took = f"({row}.stopped_at - {row}.started_at)"
-    steps = " ".join(
-        f"WHEN {took} < {upper} THEN {index}" for index, upper in enumerate(DURATION_BOUNDS[1:])
-    )
+
+    def search(low: int, high: int) -> str:
+        if low == high:
+            return str(low)
+        middle = (low + high + 1) // 2
+        return (
+            f"CASE WHEN {took} < {DURATION_BOUNDS[middle]} THEN {search(low, middle - 1)}"
+            f" ELSE {search(middle, high)} END"
+        )
+
     return (
         f"(CASE WHEN {row}.started_at IS NULL THEN {NO_DURATION} WHEN {took} < 0 THEN {NEGATIVE}"
-        f" {steps} ELSE {len(DURATION_BOUNDS) - 1} END)"
+        f" ELSE {search(0, len(DURATION_BOUNDS) - 1)} END)"
     )
 
 
@@ -187,7 +194,9 @@ def _nth_durations(
 ) -> list[int]:
     scope, kind, reason = group
     took = "(stopped_at - started_at)"
-    where = ["stopped_at IS NOT NULL", "started_at IS NOT NULL"]
+    # No test of started_at: the duration's bounds imply it, and a column outside the index
+    # would make SQLite visit the table for every row the OFFSET skips.
+    where = ["stopped_at IS NOT NULL"]
     params: dict[str, Any] = {"offset": offsets[0], "limit": offsets[-1] - offsets[0] + 1}
     if kind == WITH_REASON:
         where.append("stop_reason = :reason")

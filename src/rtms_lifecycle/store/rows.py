@@ -169,24 +169,14 @@ def streams_from_rows(rows: Iterable[Row]) -> list[Stream]:
 def held_streams_from_rows(rows: Iterable[Row]) -> list[Stream]:
     """Rows in ``STREAM_RECORD_COLUMNS`` order, then the claim's worker and connected flag (null
     when unheld), as Streams."""
-    return [
-        Stream(
-            sid,
-            SCOPE_OF[scope],
-            scope_id,
-            account,
-            key,
-            operator,
-            urls,
-            STATE_OF[state],
-            *rest,
-            worker,
-            bool(connected),
-        )
-        for sid, scope, scope_id, account, key, operator, urls, state, *rest, worker, connected in (
-            rows
-        )
-    ]
+    found = []
+    for sid, scope, scope_id, account, key, operator, urls, state, *rest in rows:
+        fields = (sid, SCOPE_OF[scope], scope_id, account, key, operator, urls, STATE_OF[state])
+        stream = Stream(*fields, *rest[:-2])
+        if rest[-2] is not None:
+            stream.worker, stream.connected = rest[-2], bool(rest[-1])
+        found.append(stream)
+    return found
 
 
 def transition_from_row(row: Row) -> Transition:
