@@ -104,6 +104,7 @@ def histogram(conn: Connection, since: int | None, until: int | None, by_scope: 
     first, end = _whole_days(since, until)
     found: Histogram = defaultdict(lambda: defaultdict(int))
     scope = "scope" if by_scope else "''"
+    grouped = "scope, " if by_scope else ""  # PostgreSQL refuses a constant in GROUP BY
     params: dict[str, Any] = {}
     clauses = []
     if first is not None:
@@ -117,12 +118,13 @@ def histogram(conn: Connection, since: int | None, until: int | None, by_scope: 
         rows = conn.execute(
             text(
                 f"SELECT {scope}, kind, stop_reason, bucket, sum(count) FROM stop_reason_rollup"
-                f"{where} GROUP BY {scope}, kind, stop_reason, bucket"
+                f"{where} GROUP BY {grouped}kind, stop_reason, bucket"
             ),
             params,
         )
         for key_scope, kind, reason, bucket, count in rows:
             found[key_scope or None, kind, reason][bucket] += int(count)
+    grouped = "s.scope, " if by_scope else ""
     for lower, upper in _edges(since, until, first, end):
         params = {"lower": lower, "upper": upper}
         window = ["s.stopped_at IS NOT NULL"]
@@ -130,12 +132,12 @@ def histogram(conn: Connection, since: int | None, until: int | None, by_scope: 
             window.append("s.stopped_at >= :lower")
         if upper is not None:
             window.append("s.stopped_at < :upper")
+        group = f"{kind_sql('s')}, coalesce(s.stop_reason, 0), {bucket_sql('s')}"
         edge_scope = "s.scope" if by_scope else "''"
-        group = f"{edge_scope}, {kind_sql('s')}, coalesce(s.stop_reason, 0), {bucket_sql('s')}"
         rows = conn.execute(
             text(
-                f"SELECT {group}, count(*) FROM streams AS s WHERE {' AND '.join(window)}"
-                f" GROUP BY {group}"
+                f"SELECT {edge_scope}, {group}, count(*) FROM streams AS s"
+                f" WHERE {' AND '.join(window)} GROUP BY {grouped}{group}"
             ),
             params,
         )
