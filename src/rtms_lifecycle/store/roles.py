@@ -27,6 +27,8 @@ def receiver_grants(role: str) -> list[str]:
         # Workers' claims: the claim row changes hands; its history only grows.
         f"GRANT SELECT, INSERT, UPDATE ON stream_claims TO {role}",
         f"GRANT SELECT, INSERT ON claim_history TO {role}",
+        # The stop rollup: triggers on streams keep it in the receiver's transactions.
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON stop_reason_rollup TO {role}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {{schema}} TO {role}",
         "REVOKE ALL ON FUNCTION rtms_lifecycle_prune_streams(text[], text, bigint)"
         f" FROM PUBLIC, {role}",
