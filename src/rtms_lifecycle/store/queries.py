@@ -361,7 +361,10 @@ def stop_reason_stats(
     # (scope, reason, expired) -> (count, median duration)
     found: dict[tuple[str | None, int | None, bool], tuple[int, int | None]] = {}
     if account_id is None and not from_rows:
-        # Whole days from the rollup, medians from the one bucket that holds each.
+        # Whole days from the rollup, medians from the one bucket that holds each: several
+        # statements, which must see one snapshot (SQLite's readers always do).
+        if conn.dialect.name == "postgresql" and not conn.in_transaction():
+            conn.execution_options(isolation_level="REPEATABLE READ")
         for group, buckets in rollup.histogram(conn, since, until, by_scope).items():
             count = sum(buckets.values())
             if count:
