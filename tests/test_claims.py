@@ -164,7 +164,8 @@ def test_reports_record_what_the_worker_saw(tracker: Tracker) -> None:
     assert [s.stream_id for s in tracker.unclaimed_streams(older_than=60)] == [ids[1]]
     tracker.report_disconnected(claim, reason=14)
     assert tracker.stream(ids[0]).connected is False  # type: ignore[union-attr]
-    assert [(s.worker, s.connected) for s in tracker.active_streams()][0] == ("a", False)
+    first = tracker.active_streams()[0]
+    assert (first.worker, first.connected) == ("a", False)
     with pytest.raises(ValueError, match="at_ms"):
         tracker.report_connected(claim, at_ms=-1)
     with pytest.raises(ValueError, match="worker"):

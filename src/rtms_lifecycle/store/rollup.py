@@ -98,50 +98,48 @@ def _whole_days(since: int | None, until: int | None) -> tuple[int | None, int |
     return first, end
 
 
+def _range(
+    column: str, name: str, lower: int | None, upper: int | None
+) -> tuple[list[str], dict[str, Any]]:
+    """``lower <= column < upper`` (each bound optional) as SQL clauses and their parameters."""
+    clauses, params = [], {}
+    if lower is not None:
+        clauses.append(f"{column} >= :{name}_low")
+        params[f"{name}_low"] = lower
+    if upper is not None:
+        clauses.append(f"{column} < :{name}_high")
+        params[f"{name}_high"] = upper
+    return clauses, params
+
+
 def histogram(conn: Connection, since: int | None, until: int | None, by_scope: bool) -> Histogram:
     """Stops in [since, until) per group and duration bucket: whole days from the rollup, the
     partial days at the edges from the stop index."""
     first, end = _whole_days(since, until)
-    found: Histogram = defaultdict(lambda: defaultdict(int))
-    scope = "scope" if by_scope else "''"
-    grouped = "scope, " if by_scope else ""  # PostgreSQL refuses a constant in GROUP BY
-    params: dict[str, Any] = {}
-    clauses = []
-    if first is not None:
-        clauses.append("day >= :first")
-        params["first"] = first
-    if end is not None:
-        clauses.append("day < :end")
-        params["end"] = end
+    statements: list[tuple[str, dict[str, Any]]] = []
     if first is None or end is None or first < end:
+        clauses, params = _range("day", "day", first, end)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = conn.execute(
-            text(
-                f"SELECT {scope}, kind, stop_reason, bucket, sum(count) FROM stop_reason_rollup"
-                f"{where} GROUP BY {grouped}kind, stop_reason, bucket"
-            ),
-            params,
+        # PostgreSQL refuses a constant in GROUP BY: without scopes, the scope is selected only.
+        scope, grouped = ("scope", "scope, ") if by_scope else ("''", "")
+        sql = (
+            f"SELECT {scope}, kind, stop_reason, bucket, sum(count)"
+            f" FROM stop_reason_rollup{where} GROUP BY {grouped}kind, stop_reason, bucket"
         )
-        for key_scope, kind, reason, bucket, count in rows:
-            found[key_scope or None, kind, reason][bucket] += int(count)
-    grouped = "s.scope, " if by_scope else ""
+        statements.append((sql, params))
+    group = f"{kind_sql('s')}, coalesce(s.stop_reason, 0), {bucket_sql('s')}"
     for lower, upper in _edges(since, until, first, end):
-        params = {"lower": lower, "upper": upper}
-        window = ["s.stopped_at IS NOT NULL"]
-        if lower is not None:
-            window.append("s.stopped_at >= :lower")
-        if upper is not None:
-            window.append("s.stopped_at < :upper")
-        group = f"{kind_sql('s')}, coalesce(s.stop_reason, 0), {bucket_sql('s')}"
-        edge_scope = "s.scope" if by_scope else "''"
-        rows = conn.execute(
-            text(
-                f"SELECT {edge_scope}, {group}, count(*) FROM streams AS s"
-                f" WHERE {' AND '.join(window)} GROUP BY {grouped}{group}"
-            ),
-            params,
+        clauses, params = _range("s.stopped_at", "at", lower, upper)
+        where = " AND ".join(["s.stopped_at IS NOT NULL", *clauses])
+        scope, grouped = ("s.scope", "s.scope, ") if by_scope else ("''", "")
+        sql = (
+            f"SELECT {scope}, {group}, count(*) FROM streams AS s"
+            f" WHERE {where} GROUP BY {grouped}{group}"
         )
-        for key_scope, kind, reason, bucket, count in rows:
+        statements.append((sql, params))
+    found: Histogram = defaultdict(lambda: defaultdict(int))
+    for sql, params in statements:
+        for key_scope, kind, reason, bucket, count in conn.execute(text(sql), params):
             found[key_scope or None, kind, reason][bucket] += int(count)
     return found
 
@@ -214,19 +212,13 @@ def _nth_durations(
     if by_scope:
         where.append("coalesce(scope, '') = :scope")
         params["scope"] = scope or ""
-    lower, upper = _bounds(bucket)
-    if lower is not None:
-        where.append(f"{took} >= :low")
-        params["low"] = lower
-    if upper is not None:
-        where.append(f"{took} < :high")
-        params["high"] = upper
-    if since is not None:
-        where.append("stopped_at >= :since")
-        params["since"] = since
-    if until is not None:
-        where.append("stopped_at < :until")
-        params["until"] = until
+    for column, name, (lower, upper) in (
+        (took, "took", _bounds(bucket)),
+        ("stopped_at", "at", (since, until)),
+    ):
+        clauses, bounds = _range(column, name, lower, upper)
+        where += clauses
+        params.update(bounds)
     rows = conn.execute(
         text(
             f"SELECT {took} FROM streams WHERE {' AND '.join(where)}"
