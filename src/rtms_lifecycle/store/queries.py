@@ -12,6 +12,7 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
+    bindparam,
     case,
     false,
     func,
@@ -96,6 +97,22 @@ def _of_account(query: Any, account_id: str | None) -> Any:
     return query if account_id is None else query.where(streams.c.account_id == account_id)
 
 
+# Live streams with their claims' holders, built once: the unfiltered form is the hot one.
+_HELD: Final = and_(
+    stream_claims.c.stream_id == streams.c.stream_id,
+    stream_claims.c.ended_at.is_(None),
+    stream_claims.c.expires_at > bindparam("now"),
+)
+_ACTIVE: Final = select(*_STREAM_COLUMNS).where(
+    _LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES])
+)
+_ACTIVE_HELD: Final = (
+    select(*_STREAM_COLUMNS, stream_claims.c.worker, stream_claims.c.connected)
+    .select_from(streams.outerjoin(stream_claims, _HELD))
+    .where(_LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES]))
+)
+
+
 def active_streams(
     conn: Connection,
     scope: Scope | None,
@@ -107,17 +124,7 @@ def active_streams(
     the same query (a primary-key lookup per stream, instead of thousands of bound ids)."""
     # The live predicate is repeated verbatim so that SQLite picks the partial index (which
     # holds every column, account_id included: the filters never leave it).
-    columns: list[Any] = list(_STREAM_COLUMNS)
-    if now is not None:
-        columns += [stream_claims.c.worker, stream_claims.c.connected]
-    query = select(*columns).where(_LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES]))
-    if now is not None:
-        held = and_(
-            stream_claims.c.stream_id == streams.c.stream_id,
-            stream_claims.c.ended_at.is_(None),
-            stream_claims.c.expires_at > now,
-        )
-        query = query.select_from(streams.outerjoin(stream_claims, held))
+    query = _ACTIVE if now is None else _ACTIVE_HELD
     if scope is not None:
         query = query.where(streams.c.scope == Scope(scope).value)
     if scope_id is not None:
@@ -125,7 +132,7 @@ def active_streams(
     query = _of_account(query, account_id).order_by(streams.c.stream_id)
     if now is None:
         return _streams(conn, query)
-    return held_streams_from_rows(conn.execute(query))
+    return held_streams_from_rows(conn.execute(query, {"now": now}))
 
 
 def _matching_streams(
