@@ -1,4 +1,4 @@
-"""The stop rollup (``store/rollup.py``, migration 0013) answers ``stop_reason_stats`` exactly as
+"""The stop rollup (``store/rollup.py``, migration 0014) answers ``stop_reason_stats`` exactly as
 the plain query over ``streams`` does, whatever happened to the stops: out of order, replaced by
 an earlier stop with another reason, expired, batched, pruned."""
 

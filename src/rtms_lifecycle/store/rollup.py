@@ -1,4 +1,4 @@
-"""The per-day rollup of stops behind ``stop_reason_stats`` (migration 0013).
+"""The per-day rollup of stops behind ``stop_reason_stats`` (migration 0014).
 
 ``stop_reason_rollup`` holds, per UTC day of ``stopped_at``, scope, stop reason and bucket of
 duration, how many rows of ``streams`` stopped then. Triggers on ``streams`` keep it in the

@@ -130,7 +130,7 @@ Index(
 
 # Stops per UTC day of stopped_at, scope, kind (0 a reason code, 1 a webhook's stop without
 # one, 2 an expiry), reason (0 without one) and duration bucket: kept by triggers on streams
-# (migration 0013, ``store/rollup.py``), so it counts exactly what streams holds.
+# (migration 0014, ``store/rollup.py``), so it counts exactly what streams holds.
 stop_reason_rollup = Table(
     "stop_reason_rollup",
     metadata,

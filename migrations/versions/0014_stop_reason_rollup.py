@@ -7,8 +7,8 @@ stop, whichever code path does it (writers, batches, reprocess, an earlier stop 
 later one, prune): it always counts what ``streams`` holds. The upgrade fills it from the stored
 rows. The expressions below must stay those of ``rtms_lifecycle.store.rollup`` (a test compares).
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-07 13:00:00
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0013"
-down_revision: str | None = "0012"
+revision: str = "0014"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
