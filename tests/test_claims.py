@@ -156,10 +156,16 @@ def test_reports_record_what_the_worker_saw(tracker: Tracker) -> None:
     stream = tracker.stream(ids[0])
     assert stream is not None
     assert (stream.worker, stream.connected) == ("a", True)
+    # active_streams() reads the holders in its own query: the same answer.
+    held = [(s.stream_id, s.worker, s.connected) for s in tracker.active_streams()]
+    assert held == [(ids[0], "a", True), (ids[1], None, False)]
+    assert [s.worker for s in tracker.active_streams(account_id="nobody")] == []
     assert [s.stream_id for s in tracker.unconnected_streams(older_than=60)] == [ids[1]]
     assert [s.stream_id for s in tracker.unclaimed_streams(older_than=60)] == [ids[1]]
     tracker.report_disconnected(claim, reason=14)
     assert tracker.stream(ids[0]).connected is False  # type: ignore[union-attr]
+    first = tracker.active_streams()[0]
+    assert (first.worker, first.connected) == ("a", False)
     with pytest.raises(ValueError, match="at_ms"):
         tracker.report_connected(claim, at_ms=-1)
     with pytest.raises(ValueError, match="worker"):

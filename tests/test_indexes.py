@@ -46,3 +46,21 @@ def test_newest_applied_deliveries_are_the_newest_rows(stored: Tracker) -> None:
     """The newest applied deliveries are read newest row first, without sorting them."""
     (plan,) = query_plan(stored, lambda: stored.deliveries("applied", limit=10))
     assert "TEMP B-TREE" not in plan
+
+
+def test_stop_reason_stats_read_the_rollup_and_the_stop_indexes(tmp_path: Path) -> None:
+    """Whole days from the rollup's key, the edges from the stop index, each median from the
+    duration index: no query scans streams."""
+    day = 86_400_000
+    with Tracker(f"sqlite:///{tmp_path}/rtms.db") as tracker:
+        for n in range(4):
+            tracker.ingest(raw("started", f"s{n}", 10 * day + n * 1000))
+            tracker.ingest(raw("stopped", f"s{n}", 11 * day + n * 7_000_000, stop_reason=6))
+        plans = query_plan(tracker, lambda: tracker.stop_reason_stats(10 * day + 5, 13 * day - 5))
+        assert "stop_reason_rollup USING PRIMARY KEY (day>? AND day<?)" in plans[0]
+        assert all("ix_streams_stopped_at (stopped_at>? AND stopped_at<?)" in p for p in plans[1:3])
+        assert "ix_streams_stop_duration (stop_reason=?" in plans[3]
+        assert not any("SCAN streams" in plan for plan in plans)
+        (live,) = query_plan(tracker, tracker.active_streams)
+        assert "COVERING INDEX ix_streams_live" in live
+        assert "stream_claims USING INDEX sqlite_autoindex_stream_claims_1 (stream_id=?)" in live

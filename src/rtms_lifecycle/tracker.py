@@ -951,11 +951,8 @@ class Tracker:
         from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
-            return _with_holders(
-                conn,
-                _queries.active_streams(
-                    conn, Scope(scope) if scope else None, scope_id, account_id
-                ),
+            return _queries.active_streams(
+                conn, Scope(scope) if scope else None, scope_id, account_id, now_ms()
             )
 
     def streams(

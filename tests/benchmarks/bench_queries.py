@@ -12,7 +12,8 @@ parameters; ``--rebuild`` forces a new one.
 
 Reported: ``active_streams()``, ``stop_reason_stats()`` over one month of stops (and over all
 of them), ``stream(id)`` + ``history(id)``, each against a plain ``sqlite3`` baseline that runs
-the same SQL without SQLAlchemy or result objects; and the time of one late event
+the same SQL without SQLAlchemy or result objects (for the stop statistics: the plain query
+over every stop, which the rollup replaced); and the time of one late event
 (``Tracker.ingest`` of an ``interrupted`` older than the stream's stop, which re-folds it) for
 databases of several sizes: it must not grow with the number of stored streams.
 """
@@ -260,13 +261,13 @@ def bench_queries(path: Path, months: int, repeat: int) -> list[dict[str, Any]]:
             f"stop_reason_stats() over a month ({in_month:,} stops)",
             timed(lambda: tracker.stop_reason_stats(month_start, month_end), max(repeat // 5, 5)),
             timed(lambda: raw_stats(conn, month_start, month_end), max(repeat // 5, 5)),
-            300.0,
+            100.0,
         ),
         (
             f"stop_reason_stats() over all ({total - active:,} stops)",
             timed(tracker.stop_reason_stats, 5, warmup=1),
             timed(lambda: raw_stats(conn, None, None), 5, warmup=1),
-            None,
+            100.0,
         ),
         (
             f"active_streams(account_id=) (of {active:,})",

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
+    bindparam,
     case,
     false,
     func,
@@ -38,6 +39,7 @@ from rtms_lifecycle.records import (
     UnhandledEventStat,
 )
 from rtms_lifecycle.stop_reasons import describe_stop_reason
+from rtms_lifecycle.store import rollup
 from rtms_lifecycle.store.predicates import (
     EVENT_PREDICATE,
     STREAM_DELIVERY_PREDICATES,
@@ -50,10 +52,17 @@ from rtms_lifecycle.store.rows import (
     alert_from_row,
     delivery_from_row,
     event_from_delivery,
+    held_streams_from_rows,
     streams_from_rows,
     transition_from_row,
 )
-from rtms_lifecycle.store.tables import LIVE_PREDICATE, concurrency_alerts, deliveries, streams
+from rtms_lifecycle.store.tables import (
+    LIVE_PREDICATE,
+    concurrency_alerts,
+    deliveries,
+    stream_claims,
+    streams,
+)
 from rtms_lifecycle.store.tables import transitions as transitions_table
 from rtms_lifecycle.unhandled import looks_like_rtms
 
@@ -88,20 +97,42 @@ def _of_account(query: Any, account_id: str | None) -> Any:
     return query if account_id is None else query.where(streams.c.account_id == account_id)
 
 
+# Live streams with their claims' holders, built once: the unfiltered form is the hot one.
+_HELD: Final = and_(
+    stream_claims.c.stream_id == streams.c.stream_id,
+    stream_claims.c.ended_at.is_(None),
+    stream_claims.c.expires_at > bindparam("now"),
+)
+_ACTIVE: Final = select(*_STREAM_COLUMNS).where(
+    _LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES])
+)
+_ACTIVE_HELD: Final = (
+    select(*_STREAM_COLUMNS, stream_claims.c.worker, stream_claims.c.connected)
+    .select_from(streams.outerjoin(stream_claims, _HELD))
+    .where(_LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES]))
+)
+
+
 def active_streams(
-    conn: Connection, scope: Scope | None, scope_id: str | None, account_id: str | None = None
+    conn: Connection,
+    scope: Scope | None,
+    scope_id: str | None,
+    account_id: str | None = None,
+    now: int | None = None,
 ) -> list[Stream]:
+    """Live streams; with ``now``, each with its claim's worker and connection state, read in
+    the same query (a primary-key lookup per stream, instead of thousands of bound ids)."""
     # The live predicate is repeated verbatim so that SQLite picks the partial index (which
     # holds every column, account_id included: the filters never leave it).
-    query = select(*_STREAM_COLUMNS).where(
-        _LIVE, streams.c.state.in_([s.value for s in ACTIVE_STATES])
-    )
+    query = _ACTIVE if now is None else _ACTIVE_HELD
     if scope is not None:
         query = query.where(streams.c.scope == Scope(scope).value)
     if scope_id is not None:
         query = query.where(streams.c.scope_id == scope_id)
-    query = _of_account(query, account_id)
-    return _streams(conn, query.order_by(streams.c.stream_id))
+    query = _of_account(query, account_id).order_by(streams.c.stream_id)
+    if now is None:
+        return _streams(conn, query)
+    return held_streams_from_rows(conn.execute(query, {"now": now}))
 
 
 def _matching_streams(
@@ -299,14 +330,11 @@ def _window(column: Any, since: int | None, until: int | None) -> Any:
     return and_(*clauses)
 
 
-def stop_reason_stats(
-    conn: Connection,
-    since: int | None,
-    until: int | None,
-    by_scope: bool,
-    account_id: str | None = None,
-) -> list[StopReasonStat]:
-    # Only columns of ix_streams_stopped_at: the rows are never visited, the index answers.
+def _stop_stats_from_rows(
+    conn: Connection, since: int | None, until: int | None, by_scope: bool, account_id: str | None
+) -> dict[tuple[str | None, int | None, bool], tuple[int, int | None]]:
+    """Count and median duration per group of stops, from the rows themselves: one account's
+    (the rollup has no account: it would hold about a row per stop), or to check the rollup."""
     scope_column = streams.c.scope if by_scope else literal(None)
     duration = streams.c.stopped_at - streams.c.started_at
     # An expiry and a webhook's stop without a reason both have no code: the source tells them.
@@ -320,14 +348,46 @@ def stop_reason_stats(
     groups: dict[tuple[str | None, int | None, bool], list[int | None]] = defaultdict(list)
     for key_scope, reason, by_expiry, took in conn.execute(query):
         groups[key_scope, reason, reason is None and by_expiry is not False].append(took)
-    counts = {key: len(found) for key, found in groups.items()}
+    found = {}
+    for key, durations in groups.items():
+        timed = [took for took in durations if took is not None]
+        found[key] = (len(durations), int(statistics.median(timed)) if timed else None)
+    return found
+
+
+def stop_reason_stats(
+    conn: Connection,
+    since: int | None,
+    until: int | None,
+    by_scope: bool,
+    account_id: str | None = None,
+    *,
+    from_rows: bool = False,
+) -> list[StopReasonStat]:
+    """``from_rows`` reads every stop of the window instead of the rollup (the same answer)."""
+    # (scope, reason, expired) -> (count, median duration)
+    found: dict[tuple[str | None, int | None, bool], tuple[int, int | None]] = {}
+    if account_id is None and not from_rows:
+        # Whole days from the rollup, medians from the one bucket that holds each: several
+        # statements, which must see one snapshot (SQLite's readers always do).
+        if conn.dialect.name == "postgresql" and not conn.in_transaction():
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        for group, buckets in rollup.histogram(conn, since, until, by_scope).items():
+            count = sum(buckets.values())
+            if count:
+                median = rollup.median_duration(conn, group, buckets, since, until, by_scope)
+                found[group[0], None if group[1] else group[2], group[1] == rollup.EXPIRED] = (
+                    count,
+                    median,
+                )
+    else:
+        found = _stop_stats_from_rows(conn, since, until, by_scope, account_id)
     totals: dict[str | None, int] = defaultdict(int)
-    for (scope, _, _), count in counts.items():
+    for (scope, _, _), (count, _) in found.items():
         totals[scope] += count
     stats = []
-    for (scope, reason, by_expiry), count in counts.items():
+    for (scope, reason, by_expiry), (count, median) in found.items():
         described = describe_stop_reason(reason, expired=by_expiry)
-        found = [took for took in groups[scope, reason, by_expiry] if took is not None]
         stats.append(
             StopReasonStat(
                 stop_reason=reason,
@@ -335,7 +395,7 @@ def stop_reason_stats(
                 stop_reason_category=described.category,
                 count=count,
                 share=round(count / totals[scope], 6),
-                median_duration_ms=int(statistics.median(found)) if found else None,
+                median_duration_ms=median,
                 scope=Scope(scope) if scope else None,
             )
         )

@@ -29,6 +29,8 @@ def receiver_grants(role: str) -> list[str]:
         f"GRANT SELECT, INSERT ON claim_history TO {role}",
         # Dashboard sign-outs: a sign-out drops the revocations that have expired.
         f"GRANT SELECT, INSERT, DELETE ON dashboard_revocations TO {role}",
+        # The stop rollup: triggers on streams keep it in the receiver's transactions.
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON stop_reason_rollup TO {role}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {{schema}} TO {role}",
         "REVOKE ALL ON FUNCTION rtms_lifecycle_prune_streams(text[], text, bigint)"
         f" FROM PUBLIC, {role}",

@@ -115,6 +115,34 @@ streams = Table(
     Index("ix_streams_first_event_at", "first_event_at"),
 )
 
+# The median duration of a group of stops (stop_reason_stats) is found in this order, inside
+# the one duration bucket of ``stop_reason_rollup`` that holds it.
+Index(
+    "ix_streams_stop_duration",
+    streams.c.stop_reason,
+    streams.c.stopped_at - streams.c.started_at,
+    streams.c.scope,
+    streams.c.stopped_at,
+    streams.c.stop_source,
+    sqlite_where=text("stopped_at IS NOT NULL"),
+    postgresql_where=text("stopped_at IS NOT NULL"),
+)
+
+# Stops per UTC day of stopped_at, scope, kind (0 a reason code, 1 a webhook's stop without
+# one, 2 an expiry), reason (0 without one) and duration bucket: kept by triggers on streams
+# (migration 0014, ``store/rollup.py``), so it counts exactly what streams holds.
+stop_reason_rollup = Table(
+    "stop_reason_rollup",
+    metadata,
+    Column("day", BigInteger, primary_key=True),
+    Column("scope", String(32), primary_key=True),
+    Column("kind", SmallInteger, primary_key=True),
+    Column("stop_reason", Integer, primary_key=True),
+    Column("bucket", SmallInteger, primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
 deliveries = Table(
     "deliveries",
     metadata,
