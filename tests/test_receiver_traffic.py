@@ -25,7 +25,9 @@ from tests import _deliveries
 from tests._live import serving, signed
 
 APP1, APP2 = "first-apps-secret", "second-apps-secret"
-STARTED = _deliveries.raw("started", "stream-1", 1_000)
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
+STARTED = _deliveries.raw("started", "stream-1", T0 + 1_000)
 
 
 @pytest.fixture(autouse=True)
@@ -169,7 +171,7 @@ def test_read_api_shows_a_stream_without_scope_id(
     tracker: Tracker, receiver: Callable[..., httpx.Client]
 ) -> None:
     """A stream no delivery gave a scope id yet is served with scope_id null."""
-    started = _deliveries.body("started", "no-scope", 1_000)
+    started = _deliveries.body("started", "no-scope", T0 + 1_000)
     del started["payload"]["meeting_uuid"]
     tracker.ingest(started)
     client = receiver(api_token="read-token")
