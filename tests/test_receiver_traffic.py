@@ -139,7 +139,7 @@ def test_first_unhandled_event_name_is_logged_once(
     client = receiver()
     names = ["phone.call_rtms_started", "phone.call_rtms_started", "meeting.participant_joined"]
     for i, name in enumerate(names):
-        delivery = json.dumps({"event": name, "event_ts": i, "payload": {}}).encode()
+        delivery = json.dumps({"event": name, "event_ts": T0 + i, "payload": {}}).encode()
         assert post(client, delivery, signed(delivery, APP1)).json()["outcome"] == "unhandled"
     warned = [r.getMessage() for r in caplog.records if "does not handle" in r.getMessage()]
     assert len(warned) == 2
