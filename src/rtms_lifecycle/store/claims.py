@@ -68,6 +68,7 @@ _ENQUEUE: Final = text(
     " ON CONFLICT (stream_id) DO NOTHING"
 )
 _SHARE_STREAM: Final = text("SELECT 1 FROM streams WHERE stream_id = :sid FOR SHARE")
+_STREAM_RECORD: Final = ", ".join(f"s.{name}" for name in STREAM_RECORD_COLUMNS)
 # How often a claim looks again after a candidate was renewed under it (a late renewal won).
 _CLAIM_ATTEMPTS: Final = 5
 
@@ -169,10 +170,10 @@ def claim(
 
 def _candidate(
     conn: Connection, where: ClaimFilter, now: int, exclude: Sequence[str]
-) -> tuple[str, bool] | None:
-    """The stream to take, locked on PostgreSQL, and whether it came from the queue: the older
-    of the first queued stream and the first held stream whose lease ran out. Each is an index
-    walk that stops at the first row it can lock, however many streams are held."""
+) -> tuple[Stream, bool] | None:
+    """The stream to take (locked on PostgreSQL, so read as it is now) and whether it came from
+    the queue: the older of the first queued stream and the first held stream whose lease ran
+    out. Each is an index walk that stops at the first row it can lock, however many are held."""
     params: dict[str, Any] = {"now": now}
     sql = _filters(where, params)
     if exclude:
@@ -180,7 +181,7 @@ def _candidate(
         sql += f" AND s.stream_id NOT IN ({', '.join(f':x{i}' for i in range(len(exclude)))})"
     postgres = conn.dialect.name == "postgresql"
     lock = " FOR NO KEY UPDATE OF s SKIP LOCKED" if postgres else ""
-    found: list[tuple[Any, str, bool]] = []
+    found: list[tuple[int | None, str, Stream, bool]] = []
     for source, order, queued in (
         (
             "claim_queue AS q JOIN streams AS s ON s.stream_id = q.stream_id WHERE",
@@ -196,18 +197,19 @@ def _candidate(
     ):
         row = conn.execute(
             text(
-                f"SELECT s.stream_id, s.started_at FROM {source} {_LIVE_STREAMS}{sql}"
+                f"SELECT {_STREAM_RECORD} FROM {source} {_LIVE_STREAMS}{sql}"
                 f" ORDER BY {order} LIMIT 1{lock}"
             ),
             params,
         ).first()
         if row is not None:
-            found.append((row[1], row[0], queued))
+            (stream,) = streams_from_rows([tuple(row)])
+            found.append((stream.started_at, stream.stream_id, stream, queued))
     if not found:
         return None
     # The databases' own order of a missing start: last on PostgreSQL, first on SQLite.
-    _, sid, queued = min(found, key=lambda f: (postgres == (f[0] is None), f[0] or 0, f[1]))
-    return sid, queued
+    *_, stream, queued = min(found, key=lambda f: (postgres == (f[0] is None), f[0] or 0, f[1]))
+    return stream, queued
 
 
 def _claim_once(
@@ -221,7 +223,8 @@ def _claim_once(
     candidate = _candidate(conn, where, now, exclude)
     if candidate is None:
         return None
-    sid, queued = candidate
+    stream, queued = candidate
+    sid = stream.stream_id
     previous = _locked_claim_row(conn, sid)
     values = {"sid": sid, "worker": worker, "now": now, "until": now + lease_ms}
     if previous is None:
@@ -263,10 +266,8 @@ def _claim_once(
         )
     conn.execute(_DEQUEUE, {"sid": sid})
     _history(conn, sid, token, worker, ClaimEventKind.CLAIMED, "worker", now, now)
-    stream = read_stream(conn, sid)
-    assert stream is not None  # its row is locked (PostgreSQL) or the only writer's (SQLite)
-    row = _claim_row(conn, sid)
-    return _as_claim(row, stream)
+    # Its row is locked (PostgreSQL) or the only writer's (SQLite): nothing to read again.
+    return _as_claim((sid, token, worker, now, now, now + lease_ms, None, None, False), stream)
 
 
 def _lost(conn: Connection, sid: str, token: int, row: Any, now: int) -> ClaimLost:
