@@ -180,25 +180,33 @@ def _candidate(
         params.update({f"x{i}": sid for i, sid in enumerate(exclude)})
         sql += f" AND s.stream_id NOT IN ({', '.join(f':x{i}' for i in range(len(exclude)))})"
     postgres = conn.dialect.name == "postgresql"
-    lock = " FOR NO KEY UPDATE OF s SKIP LOCKED" if postgres else ""
+    # Locking the queue or claim row too, which the taker deletes or updates, makes a claimer
+    # that reaches the row after the taker committed skip it, instead of taking the stream
+    # row (only locked, never changed) and finding the claim held.
+    lock = " FOR NO KEY UPDATE OF s, {} SKIP LOCKED" if postgres else ""
+    # SQLite's planner would rather scan the live streams' covering index and sort them: a
+    # CROSS JOIN keeps the queue (or the expiry index) the outer loop.
+    join = "JOIN" if postgres else "CROSS JOIN"
     found: list[tuple[int | None, str, Stream, bool]] = []
-    for source, order, queued in (
+    for source, order, queued, alias in (
         (
-            "claim_queue AS q JOIN streams AS s ON s.stream_id = q.stream_id WHERE",
+            f"claim_queue AS q {join} streams AS s ON s.stream_id = q.stream_id WHERE",
             "q.started_at, q.stream_id",
             True,
+            "q",
         ),
         (
-            "stream_claims AS c JOIN streams AS s ON s.stream_id = c.stream_id"
+            f"stream_claims AS c {join} streams AS s ON s.stream_id = c.stream_id"
             f" WHERE c.{HELD_CLAIM_PREDICATE} AND c.expires_at <= :now AND",
             "s.started_at, s.stream_id",
             False,
+            "c",
         ),
     ):
         row = conn.execute(
             text(
                 f"SELECT {_STREAM_RECORD} FROM {source} {_LIVE_STREAMS}{sql}"
-                f" ORDER BY {order} LIMIT 1{lock}"
+                f" ORDER BY {order} LIMIT 1{lock.format(alias)}"
             ),
             params,
         ).first()
