@@ -257,8 +257,8 @@ def test_a_packaged_schema_behind_the_migrations_is_upgraded(
     assert _schema_of(tmp_path / "new.db") == _schema_of(tmp_path / "migrated.db")
 
 
-def test_0013_queues_the_live_streams_nobody_holds(db_url: str) -> None:
-    """Upgrading to 0013 queues each live stream no claim holds: claimed, released, stopped and
+def test_0015_queues_the_live_streams_nobody_holds(db_url: str) -> None:
+    """Upgrading to 0015 queues each live stream no claim holds: claimed, released, stopped and
     expired streams are where a claim finds them, as the triggers and claims keep them after."""
     from alembic import command
 
@@ -278,7 +278,7 @@ def test_0013_queues_the_live_streams_nobody_holds(db_url: str) -> None:
     config = _migrate.alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.downgrade(config, "0012")
+        command.downgrade(config, "0014")
         command.upgrade(config, "head")
     with engine.connect() as conn:
         again = conn.execute(text("SELECT stream_id FROM claim_queue")).scalars().all()

@@ -9,7 +9,7 @@ trigger on ``streams`` (migration 0010).
 
 A claim finds a free stream in ``claim_queue`` (the live streams no claim holds, in start
 order) or among the claims whose lease ran out (``ix_stream_claims_expires_at``), never by
-reading the held streams (migration 0013, docs/decisions/new-claim-queue.md).
+reading the held streams (migration 0015, docs/decisions/new-claim-queue.md).
 """
 
 from __future__ import annotations

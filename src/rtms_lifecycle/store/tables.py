@@ -295,7 +295,7 @@ stream_claims = Table(
     Column("connected", Boolean, nullable=False),
     Column("connected_at", BigInteger),
     Column("disconnected_at", BigInteger),
-    # Held or expired claims, by expiry: an expired lease is claimable (migration 0013).
+    # Held or expired claims, by expiry: an expired lease is claimable (migration 0015).
     Index(
         "ix_stream_claims_expires_at",
         "expires_at",
@@ -307,7 +307,7 @@ stream_claims = Table(
 # The live streams nobody holds and no lease covers, in the order workers take them: a claim
 # reads the first row whose stream it can lock, however many streams are held. Kept by triggers
 # on streams (a start adds the row, a stop removes it), a claim (removes it) and a release (adds
-# it back), each in its own transaction (migration 0013). A held stream whose lease ran out is
+# it back), each in its own transaction (migration 0015). A held stream whose lease ran out is
 # found through ix_stream_claims_expires_at instead.
 claim_queue = Table(
     "claim_queue",
