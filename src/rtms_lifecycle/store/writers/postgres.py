@@ -55,6 +55,8 @@ __all__ = ["PostgresWriter"]
 _RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01", "23505"})
 # Query cancelled (our watchdog, or the operator's statement_timeout), lock timeout.
 _TIMEOUT_SQLSTATES: Final = frozenset({"57014", "55P03"})
+# Invalid SQL statement name: a named prepared statement that no longer exists.
+_GONE_SQLSTATES: Final = frozenset({b"26000"})
 _PG_PROBE: Final = tuple(statement.replace("%s", "''::bytea") for statement in PROBE)
 
 
@@ -243,15 +245,36 @@ class _Libpq:
             formats.append(0)
         pgconn = self._pgconn
         if name not in self._prepared:
-            prepared = pgconn.prepare(name, sql.encode())
-            if prepared.status != pq.ExecStatus.COMMAND_OK:
-                raise errors.error_from_result(prepared)
-            self._prepared.add(name)
+            self._prepare(name, sql)
         # None is NULL (psycopg's own type hints leave it out).
         result = pgconn.exec_prepared(name, values, formats)  # type: ignore[arg-type]
         if result.status != pq.ExecStatus.TUPLES_OK and result.status != pq.ExecStatus.COMMAND_OK:
-            raise errors.error_from_result(result)
+            if result.error_field(pq.DiagnosticField.SQLSTATE) not in _GONE_SQLSTATES:
+                raise errors.error_from_result(result)
+            # The statement is gone: psycopg sends DEALLOCATE ALL on a rollback once it has
+            # prepared statements of its own (so does DISCARD ALL, a pooler's reset). In
+            # autocommit the failed execution changed nothing: prepare again, run once more.
+            self._prepared.discard(name)
+            self._prepare(name, sql)
+            result = pgconn.exec_prepared(name, values, formats)  # type: ignore[arg-type]
+            if (
+                result.status != pq.ExecStatus.TUPLES_OK
+                and result.status != pq.ExecStatus.COMMAND_OK
+            ):
+                raise errors.error_from_result(result)
         return result
+
+    def _prepare(self, name: bytes, sql: str) -> None:
+        from psycopg import errors, pq
+
+        prepared = self._pgconn.prepare(name, sql.encode())
+        # Duplicate: prepared on this session by a _Libpq before this one.
+        if (
+            prepared.status != pq.ExecStatus.COMMAND_OK
+            and prepared.error_field(pq.DiagnosticField.SQLSTATE) != b"42P05"
+        ):
+            raise errors.error_from_result(prepared)
+        self._prepared.add(name)
 
 
 # Where a pooled connection keeps its cursor and its _Libpq: psycopg's cursor caches the adapters
@@ -527,6 +550,9 @@ class PostgresWriter:
                     broken = True
             if broken:
                 held.invalidate()
+                # The kept ones most likely share its fate (a restarted server): a retry that
+                # took them one by one would run out of attempts before reaching a live one.
+                _release_all(self._idle, current=False)
             if isinstance(exc, RollBack):
                 return
             if isinstance(exc, psycopg.Error):
