@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
@@ -491,6 +491,9 @@ class PostgresWriter:
             and conn.pgconn.transaction_status == self._idle_status
         ):
             self._idle.append((held, since))
+            if self._closed or not self._current():
+                # Closed (or its pool disposed) while this one was being kept: not kept after all.
+                _release_all(self._idle, self._current())
         else:
             self._release(held)
 
@@ -570,13 +573,15 @@ class PostgresWriter:
 def _release(held: PoolProxiedConnection, current: bool) -> None:
     """Give a connection back to the pool as SQLAlchemy lent it; one of a pool its engine has
     since disposed is closed instead (nobody would close it there)."""
-    if not current:
-        held.invalidate()
-        return
-    conn = held.driver_connection
-    if held.is_valid and conn is not None and conn.autocommit:
-        conn.autocommit = False
-    held.close()
+    if current:
+        conn = held.driver_connection
+        # One that cannot go back (its server gone, say) is closed instead.
+        with suppress(Exception):
+            if held.is_valid and conn is not None and conn.autocommit:
+                conn.autocommit = False
+            held.close()
+            return
+    held.invalidate()
 
 
 def _release_all(idle: list[tuple[PoolProxiedConnection, float]], current: bool) -> None:
