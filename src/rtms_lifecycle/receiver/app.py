@@ -17,6 +17,9 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
+# Imported here, not at the first delivery: parsing imports the models lazily (for the command
+# line), and under load that import alone outlasted a delivery's 2 s budget.
+import rtms_lifecycle.models  # noqa: F401
 from rtms_lifecycle.bounds import MAX_WAIT_SECONDS
 from rtms_lifecycle.defaults import DEFAULT_MAX_EVENT_AHEAD
 from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError, StoreTimeout
