@@ -37,7 +37,7 @@ from rtms_lifecycle.receiver.settings import (
     check_positive,
     log,
 )
-from rtms_lifecycle.receiver.webhook import create_router
+from rtms_lifecycle.receiver.webhook import WebhookFront, WebhookHandler, check_path
 from rtms_lifecycle.store import urls as _dburl
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracker import Tracker
@@ -138,16 +138,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.tracker = tracker
-    app.include_router(
-        create_router(
-            tracker,
-            verifier,
-            path=path,
-            max_body_bytes=max_body_bytes,
-            store_timeout=store_timeout,
-            request_timeout=request_timeout,
-        )
+    check_path(path)
+    webhook = WebhookHandler(
+        tracker,
+        verifier,
+        max_body_bytes=max_body_bytes,
+        store_timeout=store_timeout,
+        request_timeout=request_timeout,
     )
+    # Declared for the OpenAPI schema; deliveries reach the handler in front of the routing.
+    app.include_router(webhook.router(path))
+    app.add_middleware(WebhookFront, path=path, handler=webhook)
     if token is not None:
         app.include_router(create_read_router(tracker, token))
         app.include_router(
