@@ -801,3 +801,26 @@ def test_an_unexpected_error_on_the_webhook_is_a_plain_500(
     with serving(app) as url:
         answer = httpx.post(f"{url}/webhook", content=STARTED, headers=signed(STARTED))
     assert (answer.status_code, answer.text) == (500, "Internal Server Error")
+
+
+def test_middleware_added_after_create_app_sees_every_delivery(tracker: Tracker) -> None:
+    """A user's ``app.add_middleware`` wraps the webhook's front door too: tracing or request ids
+    added by an embedding app still see deliveries."""
+    seen: list[str] = []
+
+    class Seen:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                seen.append(f"{scope['method']} {scope['path']}")
+            await self.app(scope, receive, send)
+
+    app = create_app(tracker, secrets=[SECRET])
+    app.add_middleware(Seen)
+    with serving(app) as url:
+        answer = httpx.post(f"{url}/webhook", content=STARTED, headers=signed(STARTED))
+        assert answer.status_code == 200
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    assert seen == ["POST /webhook", "GET /healthz"]
