@@ -31,6 +31,7 @@ __all__ = [
     "PostgresServer",
     "PostgresUnavailable",
     "create_database",
+    "restart_server",
     "running_server",
     "server_version",
 ]
@@ -315,6 +316,35 @@ def running_server(*, durable: bool = False) -> Iterator[PostgresServer]:
     finally:
         _stop_server(bindir, run_as, base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def restart_server(server: PostgresServer) -> None:
+    """Stop ``server`` at once (its backends end, as in a crash) and start it again on its port."""
+    run_as = _run_as()
+    base = server.data_dir.parent
+    restart = _run(
+        [
+            str(server.bindir / "pg_ctl"),
+            "restart",
+            "--pgdata",
+            str(server.data_dir),
+            "--log",
+            str(server.log_file),
+            "-m",
+            "immediate",
+            "--wait",
+            "--timeout",
+            str(int(STARTUP_TIMEOUT_S)),
+        ],
+        run_as,
+        base,
+    )
+    if restart.returncode != 0:
+        raise RuntimeError(
+            f"pg_ctl restart failed ({restart.returncode}):\n{restart.stdout}\n{restart.stderr}\n"
+            f"--- server log ---\n{server.log()}"
+        )
+    _wait_until_ready(server)
 
 
 def create_database(

@@ -201,6 +201,13 @@ async def test_a_bulk_transaction_decided_a_few_at_a_time_records_what_one_at_a_
     assert got == expected
 
 
+async def test_a_dashboard_sign_out_is_recorded_and_read_back(atracker: AsyncTracker) -> None:
+    assert not await atracker.dashboard_session_revoked("sid")
+    await atracker.revoke_dashboard_session("sid", now_ms() + 60_000)
+    assert await atracker.dashboard_session_revoked("sid")
+    assert not await atracker.dashboard_session_revoked("other")
+
+
 async def test_ingest_many_reads_an_async_iterable(atracker: AsyncTracker) -> None:
     """An async generator of bodies is recorded in batches, with the outcomes a list gets."""
     items = workload(3)

@@ -319,8 +319,8 @@ def test_sqlite_commits_that_answer_a_sender_are_synced_and_bulk_loads_are_not(
 def test_read_api_answers_503_when_the_store_fails(
     db_url: str, request: pytest.FixtureRequest, serve: Callable[..., httpx.Client]
 ) -> None:
-    """With the store gone (SQLite: its tables dropped; PostgreSQL: the database dropped), the read
-    API answers 503 like the webhook, not 500."""
+    """With the store gone (SQLite: the tables it reads dropped; PostgreSQL: the database
+    dropped), the read API answers 503 like the webhook, not 500."""
     with Tracker(db_url) as tracker:
         client = serve(tracker, api_token=TOKEN)
         auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -328,6 +328,7 @@ def test_read_api_answers_503_when_the_store_fails(
         if db_url.startswith("sqlite"):
             with sqlite3.connect(_sqlite_path(db_url)) as lite:
                 lite.execute("DROP TABLE streams")
+                lite.execute("DROP TABLE stop_reason_rollup")
             lite.close()
         else:
             name = db_url.rsplit("/", 1)[1]

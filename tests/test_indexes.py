@@ -67,3 +67,20 @@ def test_stop_reason_stats_read_the_rollup_and_the_stop_indexes(tmp_path: Path) 
         (live,) = query_plan(tracker, tracker.active_streams)
         assert "COVERING INDEX ix_streams_live" in live
         assert "stream_claims USING INDEX sqlite_autoindex_stream_claims_1 (stream_id=?)" in live
+
+
+def test_a_claim_reads_the_free_streams_not_the_held_ones(tmp_path: Path) -> None:
+    """A claim walks the claim queue in start order and seeks expired leases by expiry: it
+    neither scans the streams nor sorts them, however many are held."""
+    with Tracker(f"sqlite:///{tmp_path}/rtms.db") as tracker:
+        for i in range(5):
+            tracker.ingest(raw("started", f"s{i}", 1_000 + i))
+        assert tracker.claim("w1") is not None
+        plans = query_plan(tracker, lambda: tracker.claim("w2"))
+    queue, expired = plans[:2]
+    assert "ix_claim_queue_started_at_stream_id" in queue
+    assert "TEMP B-TREE" not in queue
+    assert "ix_stream_claims_expires_at (expires_at<?)" in expired
+    for plan in (queue, expired):
+        assert "SCAN s" not in plan
+        assert "SCAN streams" not in plan

@@ -257,3 +257,35 @@ def test_a_packaged_schema_behind_the_migrations_is_upgraded(
     Tracker(f"sqlite:///{tmp_path / 'new.db'}").close()
     schema_script.migrate_file(tmp_path / "migrated.db")
     assert _schema_of(tmp_path / "new.db") == _schema_of(tmp_path / "migrated.db")
+
+
+def test_0015_queues_the_live_streams_nobody_holds(db_url: str) -> None:
+    """Upgrading to 0015 queues each live stream no claim holds: claimed, released, stopped and
+    expired streams are where a claim finds them, as the triggers and claims keep them after."""
+    from alembic import command
+
+    from tests._deliveries import body
+
+    engine = create_store_engine(db_url)
+    with Tracker(engine) as tracker:
+        now = int(time.time() * 1000)
+        tracker.ingest_batch([body("started", f"s{i}", now - 60_000 + i) for i in range(5)])
+        first, *_ = [tracker.claim("w1") for _ in range(3)]
+        assert first is not None
+        assert tracker.release(first)
+        tracker.ingest(raw("stopped", "s1", now - 1_000))
+        with engine.connect() as conn:
+            queued = conn.execute(text("SELECT stream_id FROM claim_queue")).scalars().all()
+        assert sorted(queued) == ["s0", "s3", "s4"]
+    config = _migrate.alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0014")
+        command.upgrade(config, "head")
+    with engine.connect() as conn:
+        again = conn.execute(text("SELECT stream_id FROM claim_queue")).scalars().all()
+    assert sorted(again) == sorted(queued)
+    with Tracker(engine) as tracker:
+        taken = [tracker.claim("w2") for _ in range(4)]
+        assert [c.stream_id if c else None for c in taken] == ["s0", "s3", "s4", None]
+    engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 
 import httpx
 import pytest
@@ -22,7 +23,8 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtms_lifecycle import ConfigurationError, Outcome, State, Tracker
+from rtms_lifecycle import AsyncTracker, ConfigurationError, Outcome, State, Tracker
+from rtms_lifecycle.receiver.http import OneSendPerAnswer
 from rtms_lifecycle.server import API_TOKEN_ENV, StoredState, create_app, create_router, run
 from rtms_lifecycle.webhook import SECRET_ENV, WebhookVerifier
 from tests import _deliveries
@@ -754,3 +756,73 @@ def test_fuzzed_requests_never_get_a_5xx(
     }[mode]
     response = post(client, body, headers)
     assert response.status_code == (200 if mode == "signed" else 401)
+
+
+def test_an_answer_leaves_in_one_send() -> None:
+    """serve's protocol gathers what an answer writes in one pass of the loop into one send;
+    closing sends what is left first."""
+    sent: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+        def close(self) -> None:
+            sent.append(b"<closed>")
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def answer() -> None:
+        gathered = OneSendPerAnswer(Transport(), asyncio.get_running_loop())  # type: ignore[arg-type]
+        gathered.write(b"head ")
+        gathered.write(b"")
+        gathered.write(b"body")
+        assert sent == []
+        await asyncio.sleep(0)
+        assert sent == [b"head body"]
+        gathered.write(b"last")
+        gathered.close()
+        await asyncio.sleep(0)
+        assert sent == [b"head body", b"last", b"<closed>"]
+
+    asyncio.run(answer())
+
+
+def test_an_unexpected_error_on_the_webhook_is_a_plain_500(
+    tracker: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook's handler sits inside Starlette's error middleware: a bug answers 500, as on
+    every other route."""
+
+    async def broken(*args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError("a bug")
+
+    app = create_app(tracker, secrets=[SECRET])
+    monkeypatch.setattr(AsyncTracker, "ingest", broken)
+    with serving(app) as url:
+        answer = httpx.post(f"{url}/webhook", content=STARTED, headers=signed(STARTED))
+    assert (answer.status_code, answer.text) == (500, "Internal Server Error")
+
+
+def test_middleware_added_after_create_app_sees_every_delivery(tracker: Tracker) -> None:
+    """A user's ``app.add_middleware`` wraps the webhook's front door too: tracing or request ids
+    added by an embedding app still see deliveries."""
+    seen: list[str] = []
+
+    class Seen:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                seen.append(f"{scope['method']} {scope['path']}")
+            await self.app(scope, receive, send)
+
+    app = create_app(tracker, secrets=[SECRET])
+    app.add_middleware(Seen)
+    with serving(app) as url:
+        answer = httpx.post(f"{url}/webhook", content=STARTED, headers=signed(STARTED))
+        assert answer.status_code == 200
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    assert seen == ["POST /webhook", "GET /healthz"]

@@ -155,3 +155,31 @@ def test_two_recorded_revisions_are_refused(tmp_path: Path) -> None:
             _migrate.current_revision(engine)
     finally:
         engine.dispose()
+
+
+_FIRST_DELIVERY = """
+import hashlib, hmac, json, sys, time
+from fastapi.testclient import TestClient
+from rtms_lifecycle.server import create_app
+
+with TestClient(create_app({db!r}, secrets=["s"])) as client:
+    before = set(sys.modules)
+    body = json.dumps({{"event": "meeting.rtms_started", "event_ts": int(time.time() * 1000),
+                       "payload": {{"rtms_stream_id": "a", "meeting_uuid": "m"}}}}).encode()
+    ts = str(int(time.time()))
+    sig = "v0=" + hmac.new(b"s", f"v0:{{ts}}:".encode() + body, hashlib.sha256).hexdigest()
+    answer = client.post("/webhook", content=body,
+                         headers={{"x-zm-request-timestamp": ts, "x-zm-signature": sig}})
+    assert answer.status_code == 200, answer.text
+    print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_the_receiver_s_first_delivery_imports_nothing(tmp_path: Path) -> None:
+    """A started receiver has imported what a delivery needs: the first one's time budget goes
+    to the database, not to imports."""
+    code = _FIRST_DELIVERY.format(db=f"sqlite:///{tmp_path / 'x.db'}")
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.splitlines()[-1]) == []

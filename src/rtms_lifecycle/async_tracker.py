@@ -873,6 +873,14 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.schema_revision`."""
         return await self._read(self._sync.schema_revision)
 
+    async def revoke_dashboard_session(self, session_id: str, until_ms: int) -> None:
+        """Awaitable :meth:`Tracker.revoke_dashboard_session`."""
+        await self._write(self._sync.revoke_dashboard_session, session_id, until_ms)
+
+    async def dashboard_session_revoked(self, session_id: str) -> bool:
+        """Awaitable :meth:`Tracker.dashboard_session_revoked`."""
+        return await self._read(self._sync.dashboard_session_revoked, session_id)
+
     async def check_writable(self, timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
         """Awaitable :meth:`Tracker.check_writable`. Not queued behind this tracker's writes: it
         asks whether the store can take a write now, within ``timeout``."""

@@ -4,7 +4,8 @@ The same three statements as the SQLite baseline (insert the delivery, upsert th
 insert the transition row), no validation, no ORM. Deliveries are split among the processes by
 stream (a hash of ``rtms_stream_id``), as a sharded consumer would; ``Tracker`` runs get the same
 split (see bench_ingest.py). ``--schema library`` writes into the library's own tables (created
-by ``Tracker``), ``lean`` into three tables with primary keys only.
+by ``Tracker``), ``lean`` into three tables with primary keys only. ``read_stream``: each
+transaction first reads the stream's row, as a writer that decides from the stored state must.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ LIBRARY: Final = (
     " late, recorded_at, tx_id, delivery_id)"
     " VALUES (%s, '', %s, %s, %s, %s, 'webhook', false, %s, 0, %s)",
 )
+READ_STREAM: Final = "SELECT * FROM streams WHERE stream_id = %s"
 
 
 def partition(jsonl: Path, processes: int) -> list[list[bytes]]:
@@ -71,7 +73,13 @@ def partition(jsonl: Path, processes: int) -> list[list[bytes]]:
     return parts
 
 
-def raw_worker(conninfo: str, bodies: Sequence[bytes], schema: str, barrier: Barrier) -> None:
+def raw_worker(
+    conninfo: str,
+    bodies: Sequence[bytes],
+    schema: str,
+    barrier: Barrier,
+    read_stream: bool = False,
+) -> None:
     """One process of the baseline: one transaction per delivery."""
     import psycopg
 
@@ -91,6 +99,9 @@ def raw_worker(conninfo: str, bodies: Sequence[bytes], schema: str, barrier: Bar
             stopped_at = ts if kind == "stopped" else None
             reason = payload.get("stop_reason")
             with conn.cursor() as cur:
+                if read_stream:
+                    cur.execute(READ_STREAM, (stream_id,))
+                    cur.fetchone()
                 if schema == "lean":
                     cur.execute(insert_delivery, (now, event, ts, stream_id, raw))
                     row = cur.fetchone()
@@ -147,7 +158,12 @@ def run_processes(
     return Result(name, sum(len(p) for p in parts), seconds)
 
 
-def run(conninfo: str, parts: Sequence[Sequence[bytes]], schema: str = "library") -> Result:
+def run(
+    conninfo: str,
+    parts: Sequence[Sequence[bytes]],
+    schema: str = "library",
+    read_stream: bool = False,
+) -> Result:
     """The baseline into the database at ``conninfo`` (already holding the chosen schema)."""
     import psycopg
 
@@ -156,8 +172,9 @@ def run(conninfo: str, parts: Sequence[Sequence[bytes]], schema: str = "library"
             for statement in LEAN_SCHEMA:
                 conn.execute(statement)
     return run_processes(
-        f"raw psycopg ({schema} schema), {len(parts)} processes, 1 transaction/delivery",
+        f"raw psycopg ({schema} schema{', stream read' if read_stream else ''}),"
+        f" {len(parts)} processes, 1 transaction/delivery",
         raw_worker,
         parts,
-        lambda part, barrier: (conninfo, part, schema, barrier),
+        lambda part, barrier: (conninfo, part, schema, barrier, read_stream),
     )

@@ -17,6 +17,9 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
+# Imported here, not at the first delivery: parsing imports the models lazily (for the command
+# line), and under load that import alone outlasted a delivery's 2 s budget.
+import rtms_lifecycle.models  # noqa: F401
 from rtms_lifecycle.bounds import MAX_WAIT_SECONDS
 from rtms_lifecycle.defaults import DEFAULT_MAX_EVENT_AHEAD, DEFAULT_MIN_EVENT_TIME
 from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError, StoreTimeout
@@ -34,7 +37,7 @@ from rtms_lifecycle.receiver.settings import (
     check_positive,
     log,
 )
-from rtms_lifecycle.receiver.webhook import create_router
+from rtms_lifecycle.receiver.webhook import WebhookFront, WebhookHandler, check_path
 from rtms_lifecycle.store import urls as _dburl
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracker import Tracker
@@ -141,16 +144,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.tracker = tracker
-    app.include_router(
-        create_router(
-            tracker,
-            verifier,
-            path=path,
-            max_body_bytes=max_body_bytes,
-            store_timeout=store_timeout,
-            request_timeout=request_timeout,
-        )
+    check_path(path)
+    webhook = WebhookHandler(
+        tracker,
+        verifier,
+        max_body_bytes=max_body_bytes,
+        store_timeout=store_timeout,
+        request_timeout=request_timeout,
     )
+    # Declared for the OpenAPI schema; deliveries reach the handler in front of the routing.
+    app.include_router(webhook.router(path))
+    app.add_middleware(WebhookFront, path=path, handler=webhook)
     if token is not None:
         app.include_router(create_read_router(tracker, token))
         app.include_router(

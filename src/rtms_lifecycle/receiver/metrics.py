@@ -44,6 +44,7 @@ __all__ = [
     "add_claim_gauges",
     "UNHANDLED_RTMS",
     "add_store_gauges",
+    "count_delivery",
     "count_stop",
     "exposition",
     "new_registry",
@@ -118,6 +119,19 @@ def scope_label(event: str | None) -> str:
     """
     prefix = (event or "").partition(".")[0]
     return prefix if prefix in _SCOPES else NO_SCOPE
+
+
+# DELIVERIES' series by (outcome, scope): labels() takes a lock and checks its values each time.
+_DELIVERED: Final[dict[tuple[str, str], Counter]] = {}
+
+
+def count_delivery(result: IngestResult) -> None:
+    """Count a recorded delivery in ``DELIVERIES``, by its outcome and its event's scope."""
+    key = (result.outcome.value, scope_label(result.event))
+    series = _DELIVERED.get(key)
+    if series is None:
+        series = _DELIVERED[key] = DELIVERIES.labels(*key)
+    series.inc()
 
 
 def count_stop(result: IngestResult) -> None:

@@ -5,17 +5,24 @@ Status codes (docs/receiver.md explains each choice): 200 for every delivery the
 a rejected one included (Zoom would only retry the same unusable bytes); 401 for a request that
 fails verification (nothing stored); 413 beyond the body size limit; 503 when the store fails, so
 that Zoom retries. No secret, signature or token is ever logged or answered.
+
+The route is served by :class:`WebhookHandler`, a plain ASGI app: ``create_app`` puts it in front
+of FastAPI's routing (:class:`WebhookFront`), so that a delivery crosses no framework layer; the
+FastAPI route :func:`create_router` declares (the OpenAPI schema's entry, and the route of an
+embedding app) hands its requests to the same handler.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import time
 from typing import Final
 
-import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
+from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rtms_lifecycle.async_tracker import AsyncTracker
 from rtms_lifecycle.bounds import MAX_WAIT_SECONDS
@@ -50,44 +57,76 @@ from rtms_lifecycle.records import IngestResult, Outcome
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.unhandled import FirstSeen, looks_like_rtms
-from rtms_lifecycle.webhook import RefusalReason, WebhookVerifier, url_validation_response
+from rtms_lifecycle.webhook import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    RefusalReason,
+    WebhookVerifier,
+    url_validation_response,
+)
 
-__all__ = ["create_router"]
+__all__ = ["WebhookFront", "WebhookHandler", "check_path", "create_router", "json_bytes"]
 
 _URL_VALIDATION: Final = "endpoint.url_validation"
+_CONTENT_LENGTH: Final = b"content-length"
+_SIGNATURE: Final = SIGNATURE_HEADER.encode()
+_TIMESTAMP: Final = TIMESTAMP_HEADER.encode()
+_JSON_TYPE: Final = (b"content-type", b"application/json")
 
 
-def _error(status: int, error: str, detail: str) -> JSONResponse:
-    return JSONResponse(ErrorAnswer(error=error, detail=detail).model_dump(), status_code=status)
+def json_bytes(content: object) -> bytes:
+    """``content`` as Starlette's ``JSONResponse`` renders it: compact JSON, UTF-8."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _error(error: str, detail: str) -> bytes:
+    return json_bytes(ErrorAnswer(error=error, detail=detail).model_dump())
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+class _Disconnected(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
     # The server has already refused a malformed Content-Length; a large one is refused before
     # a byte of the body is read.
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    body: bytes = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        body += message.get("body", b"")
         if len(body) > limit:  # chunked, or a Content-Length that lied
             raise _TooLarge
-    return bytes(body)
+        if not message.get("more_body", False):
+            return body
 
 
-def _answer_url_validation(secret: str, body: bytes) -> UrlValidationAnswer:
+def check_path(path: str) -> None:
+    """Refuse a webhook path that does not start with ``/``."""
+    if not path.startswith("/"):
+        raise ConfigurationError(f"the webhook path must start with '/', got {path!r}")
+
+
+def _answer_url_validation(secret: str, body: bytes) -> bytes:
     # Parsed again here rather than for every delivery: challenges are rare, deliveries are not.
     challenge = parse_delivery(body)
     assert isinstance(challenge, UrlValidation), "the tracker applied it as a url validation"
-    return UrlValidationAnswer(**url_validation_response(secret, challenge.plain_token))
+    answer = UrlValidationAnswer(**url_validation_response(secret, challenge.plain_token))
+    return json_bytes(answer.model_dump())
 
 
 def _log_recorded(result: IngestResult, seconds: float) -> None:
-    # One line per delivery; the fields let a JSON log be searched by stream and outcome.
+    # One line per delivery; the fields let a JSON log be searched by stream and outcome. Its
+    # fields are not even gathered when the level is off.
+    if not log.isEnabledFor(logging.INFO):
+        return
     reason = result.error or result.detail
     error = f": {reason}" if reason else ""
     log.info(
@@ -108,6 +147,235 @@ def _log_recorded(result: IngestResult, seconds: float) -> None:
     )
 
 
+class WebhookHandler:
+    """The webhook route as an ASGI app: verify, answer url validation, record the delivery.
+
+    Deliveries are recorded by an :class:`AsyncTracker` (a :class:`Tracker` is wrapped in one
+    that shares it): the event loop never waits on the database, and the tracker's callbacks
+    (``async def`` ones too) run on the event loop before the answer. A delivery the store
+    cannot commit within ``store_timeout`` seconds is answered 503 (nothing kept; Zoom retries);
+    a body that takes over ``request_timeout`` seconds to arrive, 408. Every request it is given
+    is taken for a ``POST`` of a delivery: routing is the caller's.
+    """
+
+    def __init__(
+        self,
+        tracker: AsyncTracker | Tracker,
+        verifier: WebhookVerifier,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        store_timeout: float = DEFAULT_STORE_TIMEOUT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> None:
+        if max_body_bytes < 1:
+            raise ConfigurationError("max_body_bytes must be at least 1")
+        check_positive("store_timeout", store_timeout, MAX_WAIT_SECONDS)
+        check_positive("request_timeout", request_timeout)
+        # The tracker queues each delivery in the store's one write queue (SQLite): deliveries
+        # that arrive together share a commit, each within its own budget from its arrival.
+        self._recorder = tracker if isinstance(tracker, AsyncTracker) else AsyncTracker(tracker)
+        self._verifier = verifier
+        self._unhandled = FirstSeen()
+        self.max_body_bytes = max_body_bytes
+        self._store_timeout = store_timeout
+        self._request_timeout = request_timeout
+        # The answers that do not depend on the request, rendered once.
+        self._too_large = _error("body_too_large", f"request body exceeds {max_body_bytes} bytes")
+        self._too_slow = _error("body_timeout", f"the body took over {request_timeout} s")
+        self._busy = _error(
+            "store_busy",
+            f"the store did not commit within {store_timeout} s; nothing was kept, retry later",
+        )
+        self._unavailable = _error(
+            "store_unavailable", "the delivery could not be recorded; retry later"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status, body = await self._answer(scope, receive)
+        # The headers Starlette's Response gives: a length, and a type when there is a body.
+        length = (_CONTENT_LENGTH, b"%d" % len(body))
+        headers = [length, _JSON_TYPE] if body else [length]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        declared: bytes | None = None
+        wanted: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name == _CONTENT_LENGTH:
+                declared = value if declared is None else declared
+            elif name in (_SIGNATURE, _TIMESTAMP):
+                wanted.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        # The whole request, headers included, within request_timeout of its first byte.
+        began = scope.get(REQUEST_STARTED, time.monotonic())
+        try:
+            # asyncio's own timeout: a third of anyio's cost per request, on the event loop
+            # AsyncTracker requires anyway.
+            async with asyncio.timeout(max(0.0, began + self._request_timeout - time.monotonic())):
+                body = await _read_body(receive, declared, self.max_body_bytes)
+        except TimeoutError:
+            log.info("a webhook sender's body took over %s s; answered 408", self._request_timeout)
+            return 408, self._too_slow
+        except _TooLarge:
+            _metrics.REFUSALS.labels("body_too_large").inc()
+            return 413, self._too_large
+        except _Disconnected:
+            # Nobody is left to answer, and half a body is nothing to record.
+            log.info("a webhook sender disconnected before its body was complete")
+            return 400, b""
+        try:
+            verified = self._verifier.verify(wanted, body)
+        except WebhookRefused as refused:
+            client = scope.get("client")
+            self._log_refused(refused, client[0] if client else "?")
+            return 401, _error(refused.reason, str(refused))
+        started = time.perf_counter()
+        try:
+            result = await self._recorder.ingest(
+                body, verified=verified, timeout=self._store_timeout
+            )
+        except StoreTimeout as exc:
+            # A busy store, not a broken one: one line, no traceback.
+            log.warning("store busy: answered 503 so that Zoom retries: %s", exc)
+            return 503, self._busy
+        except (StoreError, DatabaseUnavailable):
+            took = time.perf_counter() - started
+            _metrics.STORE_FAILURES.inc()
+            _metrics.STORE_SECONDS.observe(took)
+            log.exception(
+                "could not record a webhook delivery; answering 503 so Zoom retries",
+                extra={"outcome": "store_failed", "duration_ms": round(took * 1000, 3)},
+            )
+            return 503, self._unavailable
+        took = time.perf_counter() - started
+        _metrics.STORE_SECONDS.observe(took)
+        _metrics.count_delivery(result)
+        if result.outcome is Outcome.UNHANDLED and looks_like_rtms(result.event or ""):
+            _metrics.UNHANDLED_RTMS.inc()
+        _metrics.count_stop(result)
+        _log_recorded(result, took)
+        if result.event == _URL_VALIDATION and result.outcome is Outcome.APPLIED:
+            return 200, _answer_url_validation(verified.secret, body)
+        if (
+            result.outcome is Outcome.UNHANDLED
+            and result.event
+            and self._unhandled.first(result.event)
+        ):
+            log.warning(
+                "first delivery of an event this version does not handle: %r%s; stored as "
+                "unhandled (rtms-lifecycle stats --unhandled lists them)",
+                result.event,
+                " (it looks like an RTMS event)" if looks_like_rtms(result.event) else "",
+            )
+        return 200, delivery_answer(result.outcome, result.delivery_id, result.error)
+
+    def _log_refused(self, refused: WebhookRefused, client: str) -> None:
+        _metrics.REFUSALS.labels(refused.reason).inc()
+        if refused.reason == RefusalReason.TIMESTAMP_STALE:
+            # Genuine but old: a replay, a skewed clock, or a retry Zoom did not sign again.
+            log.warning(
+                "refused a validly signed webhook request from %s signed %.0f s ago, "
+                "beyond the %g s replay window (see --replay-window)",
+                client,
+                refused.age_seconds,
+                self._verifier.replay_window,
+                extra={"reason": str(refused.reason), "client": client},
+            )
+        else:
+            log.warning(
+                "refused a webhook request from %s: %s",
+                client,
+                refused.reason,
+                extra={"reason": str(refused.reason), "client": client},
+            )
+
+    def router(self, path: str = DEFAULT_PATH) -> APIRouter:
+        """A router declaring ``POST {path}`` (its OpenAPI entry), whose requests this handler
+        answers."""
+        check_path(path)
+        router = APIRouter(tags=["webhook"])
+        handler = self
+
+        @router.post(
+            path,
+            response_model=None,
+            summary="Receive a Zoom RTMS webhook delivery",
+            responses={
+                200: {
+                    "model": DeliveryAnswer | UrlValidationAnswer,
+                    "description": "Recorded (a rejected body too: see `outcome` and `error`), "
+                    "or the answer to Zoom's url validation challenge.",
+                },
+                401: {"model": ErrorAnswer, "description": "Verification failed; nothing stored."},
+                408: {
+                    "model": ErrorAnswer,
+                    "description": "The body came too slowly; nothing stored.",
+                },
+                413: {
+                    "model": ErrorAnswer,
+                    "description": f"Body over {self.max_body_bytes} bytes.",
+                },
+                503: {
+                    "model": ErrorAnswer,
+                    "description": "The store failed, or did not commit within its time budget; "
+                    "nothing stored, Zoom will retry.",
+                },
+            },
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "description": "The delivery exactly as Zoom sent it; verified over these "
+                    "bytes.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "parameters": [
+                    {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+                    for name in (SIGNATURE_HEADER, TIMESTAMP_HEADER)
+                ],
+            },
+        )
+        async def receive(request: Request) -> Response:
+            return _Handled(handler)
+
+        return router
+
+
+class _Handled(Response):
+    """The answer of an ASGI app: FastAPI passes it the request's receive and send, unread."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class WebhookFront:
+    """ASGI middleware: ``POST {path}`` straight to ``handler``, every other request to ``app``.
+
+    A delivery then skips FastAPI's routing, request and response objects (about a third of the
+    event loop's time under load); the route FastAPI declares answers through the same handler.
+    """
+
+    def __init__(self, app: ASGIApp, *, path: str, handler: ASGIApp) -> None:
+        self._app = app
+        self._path = path
+        self._handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Behind a root path, FastAPI's route matching applies (it answers with the same handler).
+        if (
+            scope["type"] == "http"
+            and scope["path"] == self._path
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        ):
+            await self._handler(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+
 def create_router(
     tracker: AsyncTracker | Tracker,
     verifier: WebhookVerifier,
@@ -117,138 +385,14 @@ def create_router(
     store_timeout: float = DEFAULT_STORE_TIMEOUT,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> APIRouter:
-    """A router with ``POST {path}``: verify, answer url validation, record the delivery.
-
-    Deliveries are recorded by an :class:`AsyncTracker` (a :class:`Tracker` is wrapped in one
-    that shares it): the event loop never waits on the database, and the tracker's callbacks
-    (``async def`` ones too) run on the event loop before the answer. A delivery the store
-    cannot commit within ``store_timeout`` seconds is answered 503 (nothing kept; Zoom retries);
-    a body that takes over ``request_timeout`` seconds to arrive, 408. Include the router in
-    your own app with ``app.include_router(router)``.
-    """
-    if not path.startswith("/"):
-        raise ConfigurationError(f"the webhook path must start with '/', got {path!r}")
-    if max_body_bytes < 1:
-        raise ConfigurationError("max_body_bytes must be at least 1")
-    check_positive("store_timeout", store_timeout, MAX_WAIT_SECONDS)
-    check_positive("request_timeout", request_timeout)
-    # The tracker queues each delivery in the store's one write queue (SQLite): deliveries
-    # that arrive together share a commit, each within its own budget from its arrival.
-    recorder = tracker if isinstance(tracker, AsyncTracker) else AsyncTracker(tracker)
-    unhandled = FirstSeen()
-    router = APIRouter(tags=["webhook"])
-
-    @router.post(
-        path,
-        response_model=None,
-        summary="Receive a Zoom RTMS webhook delivery",
-        responses={
-            200: {
-                "model": DeliveryAnswer | UrlValidationAnswer,
-                "description": "Recorded (a rejected body too: see `outcome` and `error`), "
-                "or the answer to Zoom's url validation challenge.",
-            },
-            401: {"model": ErrorAnswer, "description": "Verification failed; nothing stored."},
-            408: {"model": ErrorAnswer, "description": "The body came too slowly; nothing stored."},
-            413: {"model": ErrorAnswer, "description": f"Body over {max_body_bytes} bytes."},
-            503: {
-                "model": ErrorAnswer,
-                "description": "The store failed, or did not commit within its time budget; "
-                "nothing stored, Zoom will retry.",
-            },
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "description": "The delivery exactly as Zoom sent it; verified over these bytes.",
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            },
-            "parameters": [
-                {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
-                for name in ("x-zm-signature", "x-zm-request-timestamp")
-            ],
-        },
+    """A router with ``POST {path}``, answered by a :class:`WebhookHandler` (see it for the
+    arguments). Include it in your own app with ``app.include_router(router)``."""
+    check_path(path)
+    handler = WebhookHandler(
+        tracker,
+        verifier,
+        max_body_bytes=max_body_bytes,
+        store_timeout=store_timeout,
+        request_timeout=request_timeout,
     )
-    async def receive(request: Request) -> Response:
-        # The whole request, headers included, within request_timeout of its first byte.
-        began = request.scope.get(REQUEST_STARTED, time.monotonic())
-        try:
-            with anyio.fail_after(max(0.0, began + request_timeout - time.monotonic())):
-                body = await _read_body(request, max_body_bytes)
-        except TimeoutError:
-            log.info("a webhook sender's body took over %s s; answered 408", request_timeout)
-            return _error(408, "body_timeout", f"the body took over {request_timeout} s")
-        except _TooLarge:
-            _metrics.REFUSALS.labels("body_too_large").inc()
-            return _error(413, "body_too_large", f"request body exceeds {max_body_bytes} bytes")
-        except ClientDisconnect:
-            # Nobody is left to answer, and half a body is nothing to record.
-            log.info("a webhook sender disconnected before its body was complete")
-            return Response(status_code=400)
-        try:
-            verified = verifier.verify(request.headers, body)
-        except WebhookRefused as refused:
-            client = request.client.host if request.client else "?"
-            _metrics.REFUSALS.labels(refused.reason).inc()
-            if refused.reason == RefusalReason.TIMESTAMP_STALE:
-                # Genuine but old: a replay, a skewed clock, or a retry Zoom did not sign again.
-                log.warning(
-                    "refused a validly signed webhook request from %s signed %.0f s ago, "
-                    "beyond the %g s replay window (see --replay-window)",
-                    client,
-                    refused.age_seconds,
-                    verifier.replay_window,
-                    extra={"reason": str(refused.reason), "client": client},
-                )
-            else:
-                log.warning(
-                    "refused a webhook request from %s: %s",
-                    client,
-                    refused.reason,
-                    extra={"reason": str(refused.reason), "client": client},
-                )
-            return _error(401, refused.reason, str(refused))
-        started = time.perf_counter()
-        try:
-            result = await recorder.ingest(body, verified=verified, timeout=store_timeout)
-        except StoreTimeout as exc:
-            # A busy store, not a broken one: one line, no traceback.
-            log.warning("store busy: answered 503 so that Zoom retries: %s", exc)
-            return _error(
-                503,
-                "store_busy",
-                f"the store did not commit within {store_timeout} s; nothing was kept, retry later",
-            )
-        except (StoreError, DatabaseUnavailable):
-            took = time.perf_counter() - started
-            _metrics.STORE_FAILURES.inc()
-            _metrics.STORE_SECONDS.observe(took)
-            log.exception(
-                "could not record a webhook delivery; answering 503 so Zoom retries",
-                extra={"outcome": "store_failed", "duration_ms": round(took * 1000, 3)},
-            )
-            return _error(
-                503, "store_unavailable", "the delivery could not be recorded; retry later"
-            )
-        took = time.perf_counter() - started
-        _metrics.STORE_SECONDS.observe(took)
-        _metrics.DELIVERIES.labels(result.outcome.value, _metrics.scope_label(result.event)).inc()
-        if result.outcome is Outcome.UNHANDLED and looks_like_rtms(result.event or ""):
-            _metrics.UNHANDLED_RTMS.inc()
-        _metrics.count_stop(result)
-        _log_recorded(result, took)
-        if result.event == _URL_VALIDATION and result.outcome is Outcome.APPLIED:
-            return JSONResponse(_answer_url_validation(verified.secret, body).model_dump())
-        if result.outcome is Outcome.UNHANDLED and result.event and unhandled.first(result.event):
-            log.warning(
-                "first delivery of an event this version does not handle: %r%s; stored as "
-                "unhandled (rtms-lifecycle stats --unhandled lists them)",
-                result.event,
-                " (it looks like an RTMS event)" if looks_like_rtms(result.event) else "",
-            )
-        return Response(
-            delivery_answer(result.outcome, result.delivery_id, result.error),
-            media_type="application/json",
-        )
-
-    return router
+    return handler.router(path)

@@ -3,8 +3,13 @@
 Every write is one :meth:`Store.transaction` (the store's time budget and file checks; on
 SQLite, its one writer queue). On PostgreSQL a claim locks the stream row it takes with ``FOR
 NO KEY UPDATE SKIP LOCKED``: concurrent claimers never wait on each other, each skips the rows
-the others are taking. A renewal, release or report locks the claim row only. A stop ends the
-claim in the transaction that records it: a trigger on ``streams`` (migration 0010).
+the others are taking. A renewal or report locks the claim row only, a release the stream row
+(shared) then the claim row. A stop ends the claim in the transaction that records it: a
+trigger on ``streams`` (migration 0010).
+
+A claim finds a free stream in ``claim_queue`` (the live streams no claim holds, in start
+order) or among the claims whose lease ran out (``ix_stream_claims_expires_at``), never by
+reading the held streams (migration 0015, docs/decisions/0109-claim-queue.md).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from rtms_lifecycle.exceptions import ClaimLost
 from rtms_lifecycle.records import Claim, ClaimEvent, ClaimEventKind, ClaimStats, Stream
 from rtms_lifecycle.store.queries import stream as read_stream
 from rtms_lifecycle.store.rows import STREAM_RECORD_COLUMNS, streams_from_rows
-from rtms_lifecycle.store.tables import LIVE_PREDICATE
+from rtms_lifecycle.store.tables import HELD_CLAIM_PREDICATE, LIVE_PREDICATE
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -56,6 +61,14 @@ _INSERT_HISTORY: Final = text(
     "INSERT INTO claim_history (stream_id, token, worker, event, source, at, recorded_at, reason)"
     " VALUES (:sid, :token, :worker, :event, :source, :at, :now, :reason)"
 )
+_DEQUEUE: Final = text("DELETE FROM claim_queue WHERE stream_id = :sid")
+_ENQUEUE: Final = text(
+    "INSERT INTO claim_queue (stream_id, started_at) SELECT s.stream_id, s.started_at"
+    f" FROM streams AS s WHERE s.stream_id = :sid AND {_LIVE_STREAMS}"
+    " ON CONFLICT (stream_id) DO NOTHING"
+)
+_SHARE_STREAM: Final = text("SELECT 1 FROM streams WHERE stream_id = :sid FOR SHARE")
+_STREAM_RECORD: Final = ", ".join(f"s.{name}" for name in STREAM_RECORD_COLUMNS)
 # How often a claim looks again after a candidate was renewed under it (a late renewal won).
 _CLAIM_ATTEMPTS: Final = 5
 
@@ -155,6 +168,58 @@ def claim(
     return None
 
 
+def _candidate(
+    conn: Connection, where: ClaimFilter, now: int, exclude: Sequence[str]
+) -> tuple[Stream, bool] | None:
+    """The stream to take (locked on PostgreSQL, so read as it is now) and whether it came from
+    the queue: the older of the first queued stream and the first held stream whose lease ran
+    out. Each is an index walk that stops at the first row it can lock, however many are held."""
+    params: dict[str, Any] = {"now": now}
+    sql = _filters(where, params)
+    if exclude:
+        params.update({f"x{i}": sid for i, sid in enumerate(exclude)})
+        sql += f" AND s.stream_id NOT IN ({', '.join(f':x{i}' for i in range(len(exclude)))})"
+    postgres = conn.dialect.name == "postgresql"
+    # Locking the queue or claim row too, which the taker deletes or updates, makes a claimer
+    # that reaches the row after the taker committed skip it, instead of taking the stream
+    # row (only locked, never changed) and finding the claim held.
+    lock = " FOR NO KEY UPDATE OF s, {} SKIP LOCKED" if postgres else ""
+    # SQLite's planner would rather scan the live streams' covering index and sort them: a
+    # CROSS JOIN keeps the queue (or the expiry index) the outer loop.
+    join = "JOIN" if postgres else "CROSS JOIN"
+    found: list[tuple[int | None, str, Stream, bool]] = []
+    for source, order, queued, alias in (
+        (
+            f"claim_queue AS q {join} streams AS s ON s.stream_id = q.stream_id WHERE",
+            "q.started_at, q.stream_id",
+            True,
+            "q",
+        ),
+        (
+            f"stream_claims AS c {join} streams AS s ON s.stream_id = c.stream_id"
+            f" WHERE c.{HELD_CLAIM_PREDICATE} AND c.expires_at <= :now AND",
+            "s.started_at, s.stream_id",
+            False,
+            "c",
+        ),
+    ):
+        row = conn.execute(
+            text(
+                f"SELECT {_STREAM_RECORD} FROM {source} {_LIVE_STREAMS}{sql}"
+                f" ORDER BY {order} LIMIT 1{lock.format(alias)}"
+            ),
+            params,
+        ).first()
+        if row is not None:
+            (stream,) = streams_from_rows([tuple(row)])
+            found.append((stream.started_at, stream.stream_id, stream, queued))
+    if not found:
+        return None
+    # The databases' own order of a missing start: last on PostgreSQL, first on SQLite.
+    *_, stream, queued = min(found, key=lambda f: (postgres == (f[0] is None), f[0] or 0, f[1]))
+    return stream, queued
+
+
 def _claim_once(
     conn: Connection,
     worker: str,
@@ -163,24 +228,11 @@ def _claim_once(
     now: int,
     exclude: Sequence[str],
 ) -> Claim | Literal[False] | None:
-    params: dict[str, Any] = {"now": now}
-    skip = ""
-    if exclude:
-        params.update({f"x{i}": sid for i, sid in enumerate(exclude)})
-        skip = f" AND s.stream_id NOT IN ({', '.join(f':x{i}' for i in range(len(exclude)))})"
-    lock = " FOR NO KEY UPDATE OF s SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
-    candidate = conn.execute(
-        text(
-            "SELECT s.stream_id FROM streams AS s"
-            " LEFT JOIN stream_claims AS c ON c.stream_id = s.stream_id"
-            f" WHERE {_LIVE_STREAMS}{_filters(where, params)}{skip} AND {_FREE}"
-            f" ORDER BY s.started_at, s.stream_id LIMIT 1{lock}"
-        ),
-        params,
-    ).first()
+    candidate = _candidate(conn, where, now, exclude)
     if candidate is None:
         return None
-    sid: str = candidate[0]
+    stream, queued = candidate
+    sid = stream.stream_id
     previous = _locked_claim_row(conn, sid)
     values = {"sid": sid, "worker": worker, "now": now, "until": now + lease_ms}
     if previous is None:
@@ -194,6 +246,8 @@ def _claim_once(
         token = 1
     else:
         if previous[6] is None and previous[5] > now:
+            if queued:  # held: the queue's row is stale
+                conn.execute(_DEQUEUE, {"sid": sid})
             return False  # renewed late between the two reads: another candidate
         if previous[6] is None:
             # The holder's lease ran out and nobody said so: its end is recorded now.
@@ -218,11 +272,10 @@ def _claim_once(
             ),
             {**values, "token": token, "no": False},
         )
+    conn.execute(_DEQUEUE, {"sid": sid})
     _history(conn, sid, token, worker, ClaimEventKind.CLAIMED, "worker", now, now)
-    stream = read_stream(conn, sid)
-    assert stream is not None  # its row is locked (PostgreSQL) or the only writer's (SQLite)
-    row = _claim_row(conn, sid)
-    return _as_claim(row, stream)
+    # Its row is locked (PostgreSQL) or the only writer's (SQLite): nothing to read again.
+    return _as_claim((sid, token, worker, now, now, now + lease_ms, None, None, False), stream)
 
 
 def _lost(conn: Connection, sid: str, token: int, row: Any, now: int) -> ClaimLost:
@@ -271,9 +324,14 @@ def release(
 ) -> bool:
     """End claim ``token``; False (nothing written) if it had already ended or been replaced."""
     with store.transaction(deadline) as conn:
+        # The stream row first, as a claim and a stop lock it: a stop waits for the release,
+        # so that it finds (and removes) the queue row the release adds.
+        if conn.dialect.name == "postgresql":
+            conn.execute(_SHARE_STREAM, {"sid": sid})
         row = _locked_claim_row(conn, sid)
         if row is None or int(row[1]) != token or row[6] is not None:
             return False
+        conn.execute(_ENQUEUE, {"sid": sid})
         conn.execute(
             text(
                 "UPDATE stream_claims SET ended_at = :now, end_reason = 'released'"

@@ -134,11 +134,13 @@ class Store:
 
     def close(self) -> None:
         """Release every connection."""
-        with self._serialised(None):
-            self._writer.close()
-        if self._queue is not None:
-            self._queue.shutdown()
-        self._dispose_reads()
+        try:
+            with self._serialised(None):
+                self._writer.close()
+        finally:
+            if self._queue is not None:
+                self._queue.shutdown()
+            self._dispose_reads()
 
     @property
     def queue(self) -> WriteQueue | None:

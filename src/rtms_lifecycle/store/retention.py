@@ -206,6 +206,7 @@ class _Pruner:
             ("transitions", ""),
             ("claim_history", ""),
             ("stream_claims", ""),
+            ("claim_queue", ""),
             *(("deliveries", f" AND {part}") for part in STREAM_DELIVERY_PREDICATES),
         ):
             removed[table] += self.sql(

@@ -26,6 +26,8 @@ def receiver_grants(role: str) -> list[str]:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON subscriptions, subscription_parked TO {role}",
         # Workers' claims: the claim row changes hands; its history only grows.
         f"GRANT SELECT, INSERT, UPDATE ON stream_claims TO {role}",
+        # The free streams: a start or release adds a row, a claim or stop removes it.
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON claim_queue TO {role}",
         f"GRANT SELECT, INSERT ON claim_history TO {role}",
         # Dashboard sign-outs: a sign-out drops the revocations that have expired.
         f"GRANT SELECT, INSERT, DELETE ON dashboard_revocations TO {role}",

@@ -304,6 +304,9 @@ prunes = Table(
     Index("ix_prunes_run", "run"),
 )
 
+#: A claim not ended (held, or expired and nobody said so); queries must repeat it verbatim.
+HELD_CLAIM_PREDICATE: Final = "ended_at IS NULL"
+
 # A stream's newest claim: kept after it ends, so that the next claim's token is greater. A
 # stop ends it in the transaction that records the stop (a trigger on streams, migration 0010).
 stream_claims = Table(
@@ -320,6 +323,26 @@ stream_claims = Table(
     Column("connected", Boolean, nullable=False),
     Column("connected_at", BigInteger),
     Column("disconnected_at", BigInteger),
+    # Held or expired claims, by expiry: an expired lease is claimable (migration 0015).
+    Index(
+        "ix_stream_claims_expires_at",
+        "expires_at",
+        sqlite_where=text(HELD_CLAIM_PREDICATE),
+        postgresql_where=text(HELD_CLAIM_PREDICATE),
+    ),
+)
+
+# The live streams nobody holds and no lease covers, in the order workers take them: a claim
+# reads the first row whose stream it can lock, however many streams are held. Kept by triggers
+# on streams (a start adds the row, a stop removes it), a claim (removes it) and a release (adds
+# it back), each in its own transaction (migration 0015). A held stream whose lease ran out is
+# found through ix_stream_claims_expires_at instead.
+claim_queue = Table(
+    "claim_queue",
+    metadata,
+    Column("stream_id", String(_ID_LENGTH), primary_key=True),
+    Column("started_at", BigInteger),
+    Index("ix_claim_queue_started_at_stream_id", "started_at", "stream_id"),
 )
 
 # Append-only, as transitions: claims, late renewals, releases, expiries seen, stops, and what
