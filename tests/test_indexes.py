@@ -74,7 +74,7 @@ def test_a_claim_reads_the_free_streams_not_the_held_ones(tmp_path: Path) -> Non
     neither scans the streams nor sorts them, however many are held."""
     with Tracker(f"sqlite:///{tmp_path}/rtms.db") as tracker:
         for i in range(5):
-            tracker.ingest(raw("started", f"s{i}", 1_000 + i))
+            tracker.ingest(raw("started", f"s{i}", T0 + i))
         assert tracker.claim("w1") is not None
         plans = query_plan(tracker, lambda: tracker.claim("w2"))
     queue, expired = plans[:2]
