@@ -538,7 +538,9 @@ def test_router_on_an_async_tracker_answers_after_its_async_callbacks(sqlite_url
 )
 @given(
     events=st.lists(
-        st.tuples(st.sampled_from(list(EventKind)[:3]), st.integers(min_value=1, max_value=20)),
+        st.tuples(
+            st.sampled_from(list(EventKind)[:3]), st.integers(min_value=T0 + 1, max_value=T0 + 20)
+        ),
         min_size=1,
         max_size=12,
     ),

@@ -16,14 +16,16 @@ from rtms_lifecycle import Tracker
 from ._deliveries import raw
 from ._postgres import PostgresServer
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 
 def record_some(tracker: Tracker) -> None:
     """A stopped stream with a retry, a live one and a rejected body."""
     for body in (
-        raw("started", "s1", 1_000),
-        raw("stopped", "s1", 2_000),
-        raw("stopped", "s1", 2_000),
-        raw("started", "s2", 3_000),
+        raw("started", "s1", T0 + 1_000),
+        raw("stopped", "s1", T0 + 2_000),
+        raw("stopped", "s1", T0 + 2_000),
+        raw("started", "s2", T0 + 3_000),
         b"not json",
     ):
         tracker.ingest(body)
@@ -90,4 +92,4 @@ def test_pg_dump_and_pg_restore_restore_the_record_and_its_guard(
             with pytest.raises(DBAPIError, match="append-only"), restored.engine.begin() as c:
                 c.execute(text("DELETE FROM transitions"))
             # Sequences came along: new rows do not collide with restored ones.
-            assert restored.ingest(raw("stopped", "s2", 4_000)).transition is not None
+            assert restored.ingest(raw("stopped", "s2", T0 + 4_000)).transition is not None

@@ -25,6 +25,8 @@ import yaml
 from tests._live import SECRET, signed
 from tests._served import ENTRY_POINT, running
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 OUR_IMAGE = "rtms-lifecycle:local"
@@ -168,7 +170,7 @@ def test_every_compose_command_runs(postgres_url: str, tmp_path: Path) -> None:
             subprocess.run(python_probe, check=True, timeout=30)
             payload = {"rtms_stream_id": f"s{n}", "meeting_uuid": "m", "server_urls": "wss://a"}
             raw = json.dumps(
-                {"event": "meeting.rtms_started", "event_ts": 1_000 + n, "payload": payload}
+                {"event": "meeting.rtms_started", "event_ts": T0 + n, "payload": payload}
             ).encode()
             answer = httpx.post(f"{served.url}/webhook", content=raw, headers=signed(raw, SECRET))
             assert answer.json()["outcome"] == "applied"

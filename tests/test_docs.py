@@ -18,6 +18,8 @@ import pytest
 from rtms_lifecycle import Tracker, describe_stop_reason
 from rtms_lifecycle.machine import transition_table
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
@@ -204,9 +206,9 @@ def test_embedding_example_runs(
         return dict(answer.json())
 
     with TestClient(namespace["app"]) as client:
-        assert webhook("started", 1_000)["outcome"] == "applied"
-        assert webhook("interrupted", 2_000)["outcome"] == "applied"
-        resumed = client.post("/internal/streams/s1/resumed", params={"at_ms": 3_000})
+        assert webhook("started", T0 + 1_000)["outcome"] == "applied"
+        assert webhook("interrupted", T0 + 2_000)["outcome"] == "applied"
+        resumed = client.post("/internal/streams/s1/resumed", params={"at_ms": T0 + 3_000})
         assert resumed.json() == {"outcome": "applied"}
         live = client.get("/live").json()
         assert [(s["stream_id"], s["state"], s["resumes"]) for s in live] == [("s1", "resumed", 1)]
@@ -245,7 +247,10 @@ def test_embedding_example_logs_under_uvicorn_as_written(tmp_path: Path) -> None
 
     env = {"RTMS_LIFECYCLE_DB": f"sqlite:///{tmp_path}/app.db", "PYTHONPATH": str(tmp_path)}
     with running(argv, tmp_path, env, probe="/live") as served:
-        for event, ts, extra in [("started", 1_000, {}), ("stopped", 2_000, {"stop_reason": 11})]:
+        for event, ts, extra in [
+            ("started", T0 + 1_000, {}),
+            ("stopped", T0 + 2_000, {"stop_reason": 11}),
+        ]:
             payload = {"rtms_stream_id": "s1", "meeting_uuid": "m1", "server_urls": "wss://a"}
             raw = json.dumps(
                 {"event": f"meeting.rtms_{event}", "event_ts": ts, "payload": payload | extra}

@@ -4,9 +4,13 @@ bearer-token rule, and database files the CLI cannot open."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +18,7 @@ from click.testing import CliRunner
 from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 
-from rtms_lifecycle import Outcome, Tracker
+from rtms_lifecycle import AsyncTracker, ConfigurationError, Outcome, Tracker
 from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.clock import format_time
 from rtms_lifecycle.receiver.dashboard import COOKIE_NAME
@@ -22,11 +26,15 @@ from rtms_lifecycle.receiver.dashboard.auth import Sessions
 from rtms_lifecycle.receiver.dashboard.pages import WINDOWS
 from rtms_lifecycle.server import create_app
 from tests._deliveries import body, raw
-from tests._live import SECRET, serving
+from tests._live import SECRET, serving, signed
 
 TOKEN = "edges-token"
 T0 = 1_700_000_000_000
 Y10K = 253_402_300_800_000  # 10000-01-01T00:00:00Z
+SECONDS = 1_741_651_200  # 2025-03-11T00:00:00Z in seconds, where milliseconds belong
+IN_SECONDS = (
+    "event_ts: 1741651200 is before 2000-01-01T00:00:00Z (milliseconds since the epoch expected)"
+)
 HTML = {"accept": "text/html"}
 
 
@@ -37,6 +45,8 @@ HTML = {"accept": "text/html"}
     ("event_ts", "reason"),
     [
         (Y10K, "ahead of the receiving clock"),
+        (SECONDS, "before 2000-01-01T00:00:00Z"),
+        (0, "before 2000-01-01T00:00:00Z"),
         (2**63, "between 0 and 2**63-1"),
         (-1, "between 0 and 2**63-1"),
     ],
@@ -78,6 +88,120 @@ def test_an_accepted_event_stays_accepted_when_its_stream_is_refolded(sqlite_url
         stream = tracker.stream("s")
         assert stream is not None
         assert stream.stopped_at == now + 1_900_000
+
+
+def test_an_event_time_in_seconds_is_rejected_on_every_path(db_url: str) -> None:
+    """Seconds where milliseconds belong (January 1970) are refused naming ``event_ts``, the
+    value and the bound, and kept with their bytes: one delivery, a batch, a bulk load, the
+    app's word."""
+    with Tracker(db_url) as tracker:
+        delivery = raw("started", "secs", SECONDS)
+        result = tracker.ingest(delivery)
+        assert result.outcome is Outcome.REJECTED
+        assert [str(e) for e in result.errors] == [IN_SECONDS]
+        (batched,) = tracker.ingest_batch([raw("started", "batch", SECONDS)])
+        assert [str(e) for e in batched.errors] == [IN_SECONDS]
+        bulk = tracker.ingest_many([raw("started", "bulk", SECONDS), raw("started", "z", 0)])
+        assert bulk.counts == {Outcome.REJECTED: 2}
+        assert tracker.report_resumed("secs", SECONDS).outcome is Outcome.REJECTED
+        assert tracker.count_streams() == 0
+        (stored, *_) = tracker.deliveries(stream_id="secs", limit=None)[::-1]
+        assert (stored.outcome, stored.raw) == (Outcome.REJECTED, delivery)
+        assert stored.error == [{"field": "event_ts", "reason": IN_SECONDS[len("event_ts: ") :]}]
+
+
+def test_the_earliest_event_time_is_a_setting(sqlite_url: str) -> None:
+    with Tracker(sqlite_url, min_event_time=0) as tracker:  # only the parser's bound: 1970
+        assert tracker.ingest(raw("started", "toy", 10)).outcome is Outcome.APPLIED
+    later = datetime(2025, 1, 1, tzinfo=UTC)
+    with Tracker(sqlite_url, min_event_time=later) as tracker:
+        result = tracker.ingest(raw("started", "2023", T0))
+        assert result.outcome is Outcome.REJECTED
+        assert "before 2025-01-01T00:00:00Z" in str(result.errors[0])
+        assert tracker.ingest(raw("started", "2025", 1_741_651_200_000)).outcome is Outcome.APPLIED
+    with Tracker(sqlite_url, min_event_time=T0 + 1) as tracker:
+        reason = tracker.ingest(raw("started", "ms", T0)).errors[0].reason
+        assert reason.startswith(f"{T0} is before 2023-11-14T22:13:20.001Z")
+
+
+@pytest.mark.parametrize("bound", [-1, True, 2**63, 1.5, "2000-01-01"], ids=repr)
+def test_an_earliest_event_time_that_is_not_a_time_is_refused(sqlite_url: str, bound: Any) -> None:
+    with pytest.raises(ConfigurationError, match="min_event_time"):
+        Tracker(sqlite_url, min_event_time=bound)
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
+
+
+def test_the_async_tracker_takes_the_earliest_event_time(sqlite_url: str) -> None:
+    async def scenario() -> None:
+        async with AsyncTracker(sqlite_url, min_event_time=0) as tracker:
+            assert (await tracker.ingest(raw("started", "toy", 10))).outcome is Outcome.APPLIED
+        async with AsyncTracker(sqlite_url) as tracker:
+            result = await tracker.ingest(raw("started", "secs", SECONDS))
+            assert [str(e) for e in result.errors] == [IN_SECONDS]
+        with Tracker(sqlite_url) as shared, pytest.raises(TypeError, match="own options"):
+            AsyncTracker(shared, min_event_time=0)
+
+    asyncio.run(scenario())
+
+
+def test_reprocess_judges_a_refused_time_against_its_own_bound(sqlite_url: str) -> None:
+    """A reprocessed delivery arrives again: refused still under the same bound, let in by a
+    looser one."""
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(raw("started", "toy", 10))
+        assert tracker.reprocess().after == {"rejected": 1}
+        assert tracker.stream("toy") is None
+    with Tracker(sqlite_url, min_event_time=0) as tracker:
+        assert tracker.reprocess().after == {"applied": 1}
+        stream = tracker.stream("toy")
+        assert stream is not None
+        assert stream.started_at == 10
+
+
+def test_the_ingest_command_rejects_an_event_time_in_seconds(db_url: str) -> None:
+    lines = f"{raw('started', 'secs', SECONDS).decode()}\n{raw('started', 'ok', T0).decode()}\n"
+    result = CliRunner().invoke(cli, ["--db", db_url, "ingest", "-", "--json"], input=lines)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rejected"] == 1
+    with Tracker(db_url) as tracker:
+        (stored,) = tracker.deliveries(Outcome.REJECTED)
+        assert (stored.stream_id, stored.error) == (
+            "secs",
+            [{"field": "event_ts", "reason": IN_SECONDS[len("event_ts: ") :]}],
+        )
+        assert tracker.stream("ok") is not None
+
+
+def _serve_options(monkeypatch: pytest.MonkeyPatch, *args: str) -> dict[str, Any]:
+    """What ``serve`` hands the receiver, which is not started."""
+    from rtms_lifecycle.receiver import runner
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(runner, "run", lambda **options: seen.update(options))
+    result = CliRunner().invoke(cli, ["serve", *args])
+    assert result.exit_code == 0, result.output
+    return seen
+
+
+def test_serve_reads_the_earliest_event_time_as_other_time_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RTMS_LIFECYCLE_MIN_EVENT_TIME", raising=False)
+    assert _serve_options(monkeypatch)["min_event_time"] == 946_684_800_000
+    assert _serve_options(monkeypatch, "--min-event-time", "0")["min_event_time"] == 0
+    given = _serve_options(monkeypatch, "--min-event-time", "2025-03-11")
+    assert given["min_event_time"] == 1_741_651_200_000
+    monkeypatch.setenv("RTMS_LIFECYCLE_MIN_EVENT_TIME", str(T0))
+    assert _serve_options(monkeypatch)["min_event_time"] == T0
+    for bad, said in (
+        (str(SECONDS), "looks like epoch seconds"),
+        ("0001-01-01", "before 1970"),
+        ("soon", "neither epoch milliseconds"),
+    ):
+        result = CliRunner().invoke(cli, ["serve", "--min-event-time", bad])
+        assert result.exit_code == 2
+        assert "--min-event-time" in result.output
+        assert said in result.output
 
 
 def test_any_stored_time_is_formatted() -> None:
@@ -150,19 +274,35 @@ def test_the_dashboard_and_read_api_render_out_of_range_times(db_url: str) -> No
         assert "+10000-01-01" in client.get("/dashboard/streams/y10k").text
 
 
-def test_the_receiver_rejects_a_delivery_from_year_10000(sqlite_url: str) -> None:
-    from tests._live import signed
-
-    delivery = raw("started", "y10k", Y10K)
+@pytest.mark.parametrize(
+    ("event_ts", "said"),
+    [(Y10K, "event_ts: must not be more than 86,400 s ahead"), (SECONDS, IN_SECONDS)],
+    ids=["year-10000", "seconds"],
+)
+def test_the_receiver_rejects_an_event_time_out_of_range(
+    db_url: str, event_ts: int, said: str
+) -> None:
+    """Answered 200 (Zoom must not retry it) with the outcome and the reason, and kept."""
+    delivery = raw("started", "odd", event_ts)
     with (
-        Tracker(sqlite_url) as tracker,
+        Tracker(db_url) as tracker,
         serving(create_app(tracker, secrets=[SECRET])) as url,
     ):
         answer = httpx.post(f"{url}/webhook", content=delivery, headers=signed(delivery))
         assert answer.status_code == 200, answer.text
         assert answer.json()["outcome"] == "rejected"
-        assert "event_ts" in answer.text
-        assert tracker.stream("y10k") is None
+        assert answer.json()["error"].startswith(said)
+        (stored,) = tracker.deliveries()
+        assert (stored.id, stored.raw) == (answer.json()["delivery_id"], delivery)
+        assert tracker.stream("odd") is None
+
+
+def test_the_receiver_takes_the_earliest_event_time(db_url: str) -> None:
+    app = create_app(db_url, secrets=[SECRET], min_event_time=0)
+    with serving(app) as url:
+        toy = raw("started", "toy", 10)
+        answer = httpx.post(f"{url}/webhook", content=toy, headers=signed(toy))
+        assert answer.json()["outcome"] == "applied", answer.text
 
 
 # --- dashboard sign-in ------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
 from tests._live import app_clients, serving_process, signed
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 TOKEN = "read-api-token"
 # How long a test holds the store: far beyond Zoom's 3 s, so that an answer that came before
 # the release did not wait for it.
@@ -57,7 +59,7 @@ def post(client: httpx.Client, body: bytes) -> httpx.Response:
 
 def started(stream: str) -> bytes:
     """A meeting's ``started`` delivery for ``stream``."""
-    return _deliveries.raw("started", stream, 1_000)
+    return _deliveries.raw("started", stream, T0 + 1_000)
 
 
 def _conninfo(url: str) -> str:
@@ -498,7 +500,7 @@ def test_connections_over_the_limit_get_a_fast_503(sqlite_url: str, tmp_path: Pa
 
 
 def post_padded(client: httpx.Client, stream: str, size: int = 0) -> int:
-    body = _deliveries.raw("started", stream, 1_000)
+    body = _deliveries.raw("started", stream, T0 + 1_000)
     if size:
         body = body[:-1] + b', "padding": "' + b"x" * size + b'"}'
     return client.post("/webhook", content=body, headers=signed(body)).status_code

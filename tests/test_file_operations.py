@@ -18,6 +18,8 @@ from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
 from tests._live import receiver_process, signed
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,7 +40,7 @@ class Sender:
         for _ in range(n):
             self.sent += 1
             stream = f"s-{self.sent}"
-            body = _deliveries.raw("started", stream, 1_000)
+            body = _deliveries.raw("started", stream, T0 + 1_000)
             status = self.client.post("/webhook", content=body, headers=signed(body)).status_code
             if status == 200:
                 self.acknowledged.append(stream)

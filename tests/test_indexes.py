@@ -15,14 +15,16 @@ from rtms_lifecycle import Tracker
 from tests._deliveries import raw
 from tests._plans import query_plan
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 
 @pytest.fixture
 def stored(tmp_path: Path) -> Iterator[Tracker]:
     """A tracker on a new SQLite file, with a stream's event, duplicate and conflict stored."""
     with Tracker(f"sqlite:///{tmp_path}/rtms.db") as tracker:
-        tracker.ingest(raw("started", "s1", 1_000))
-        tracker.ingest(raw("started", "s1", 1_000))
-        tracker.ingest(raw("started", "s1", 1_000, operator_id="someone else"))
+        tracker.ingest(raw("started", "s1", T0 + 1_000))
+        tracker.ingest(raw("started", "s1", T0 + 1_000))
+        tracker.ingest(raw("started", "s1", T0 + 1_000, operator_id="someone else"))
         yield tracker
 
 
@@ -51,12 +53,13 @@ def test_newest_applied_deliveries_are_the_newest_rows(stored: Tracker) -> None:
 def test_stop_reason_stats_read_the_rollup_and_the_stop_indexes(tmp_path: Path) -> None:
     """Whole days from the rollup's key, the edges from the stop index, each median from the
     duration index: no query scans streams."""
-    day = 86_400_000
+    day, d = 86_400_000, 19_000  # d: days since the epoch (2022-01-08)
     with Tracker(f"sqlite:///{tmp_path}/rtms.db") as tracker:
         for n in range(4):
-            tracker.ingest(raw("started", f"s{n}", 10 * day + n * 1000))
-            tracker.ingest(raw("stopped", f"s{n}", 11 * day + n * 7_000_000, stop_reason=6))
-        plans = query_plan(tracker, lambda: tracker.stop_reason_stats(10 * day + 5, 13 * day - 5))
+            tracker.ingest(raw("started", f"s{n}", (d + 10) * day + n * 1000))
+            tracker.ingest(raw("stopped", f"s{n}", (d + 11) * day + n * 7_000_000, stop_reason=6))
+        window = ((d + 10) * day + 5, (d + 13) * day - 5)
+        plans = query_plan(tracker, lambda: tracker.stop_reason_stats(*window))
         assert "stop_reason_rollup USING PRIMARY KEY (day>? AND day<?)" in plans[0]
         assert all("ix_streams_stopped_at (stopped_at>? AND stopped_at<?)" in p for p in plans[1:3])
         assert "ix_streams_stop_duration (stop_reason=?" in plans[3]
@@ -71,7 +74,7 @@ def test_a_claim_reads_the_free_streams_not_the_held_ones(tmp_path: Path) -> Non
     neither scans the streams nor sorts them, however many are held."""
     with Tracker(f"sqlite:///{tmp_path}/rtms.db") as tracker:
         for i in range(5):
-            tracker.ingest(raw("started", f"s{i}", 1_000 + i))
+            tracker.ingest(raw("started", f"s{i}", T0 + i))
         assert tracker.claim("w1") is not None
         plans = query_plan(tracker, lambda: tracker.claim("w2"))
     queue, expired = plans[:2]

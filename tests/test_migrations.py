@@ -35,6 +35,8 @@ __all__ = [
     "test_upgrade",
 ]
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 
 @pytest.fixture
 def alembic_config() -> dict[str, str]:
@@ -108,7 +110,7 @@ def test_a_refused_schema_leaves_no_connection_open(postgres_url: str) -> None:
 def test_database_refuses_to_rewrite_the_audit_history(db_url: str, statement: str) -> None:
     """Even raw SQL cannot update or delete audit rows: the database refuses."""
     with Tracker(db_url) as tracker:
-        tracker.ingest(raw("started", "s1", 10))
+        tracker.ingest(raw("started", "s1", T0 + 10))
         with pytest.raises(DBAPIError, match="append-only"), tracker.engine.begin() as conn:
             conn.execute(text(statement))
         assert len(tracker.audit("s1")) == 1
@@ -157,16 +159,16 @@ def test_events_stored_before_0003_are_read_from_their_deliveries(db_url: str) -
     """After 0003 an event stored by an older version is still known: duplicates, re-folds."""
     engine = create_store_engine(db_url)
     _migrate.upgrade(engine, "0002")
-    first = raw("started", "s1", 100, scope_id="mtg-1", server_urls="wss://a")
+    first = raw("started", "s1", T0 + 100, scope_id="mtg-1", server_urls="wss://a")
     with engine.begin() as conn:
-        _old_started(conn, "s1", 100, first)
+        _old_started(conn, "s1", T0 + 100, first)
     _migrate.upgrade(engine)
     with Tracker(engine) as tracker:
         assert tracker.ingest(first).outcome is Outcome.DUPLICATE
-        other = raw("started", "s1", 100, scope_id="mtg-1", server_urls="wss://b")
+        other = raw("started", "s1", T0 + 100, scope_id="mtg-1", server_urls="wss://b")
         assert tracker.ingest(other).outcome is Outcome.CONFLICT
         # An interruption before the stored start: the stream is re-folded from the raw bytes.
-        late = tracker.ingest(raw("interrupted", "s1", 50, scope_id="mtg-1"))
+        late = tracker.ingest(raw("interrupted", "s1", T0 + 50, scope_id="mtg-1"))
         assert late.outcome is Outcome.APPLIED
         stream = tracker.stream("s1")
         assert stream is not None

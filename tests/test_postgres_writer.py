@@ -21,6 +21,7 @@ from ._postgres import PostgresServer, restart_server
 pytestmark = pytest.mark.postgres
 
 _WRITERS = 8  # as many connections as a writer keeps
+T0 = 1_700_000_000_000  # Nov 2023: event times after the 2000 lower bound
 
 
 def _database(url: str) -> str:
@@ -78,13 +79,13 @@ def test_a_rollback_that_drops_every_prepared_statement_fails_no_write(postgres_
     """psycopg sends DEALLOCATE ALL when it rolls back a connection it prepared statements on
     (its own, after five runs of one): the writer's go too, and it prepares them again."""
     with Tracker(postgres_url) as tracker:
-        tracker.ingest(raw("started", "s1", 10))  # prepares the one-delivery read and write
+        tracker.ingest(raw("started", "s1", T0 + 10))  # prepares the one-delivery read and write
         for i in range(6):  # psycopg prepares the batch read, its fifth run on this connection
             tracker.ingest_batch(
-                [raw("interrupted", "s1", 100 + 2 * i), raw("resumed", "s1", 101 + 2 * i)]
+                [raw("interrupted", "s1", T0 + 100 + 2 * i), raw("resumed", "s1", T0 + 101 + 2 * i)]
             )
         tracker.check_writable(10.0)  # the probe rolls back
-        tracker.ingest(raw("stopped", "s1", 1_000, stop_reason=6))
+        tracker.ingest(raw("stopped", "s1", T0 + 1_000, stop_reason=6))
         assert tracker.stream("s1").state is State.STOPPED  # type: ignore[union-attr]
 
 
@@ -94,14 +95,14 @@ def test_backends_terminated_between_writes_fail_no_write(
     """Every kept connection ended by the server (pg_terminate_backend): the next write opens a
     new one, whatever number of dead ones the writer kept."""
     with Tracker(postgres_url) as tracker:
-        tracker.ingest(raw("started", "s1", 10))
-        _concurrent_writes(tracker, postgres_server, postgres_url, 100)
+        tracker.ingest(raw("started", "s1", T0 + 10))
+        _concurrent_writes(tracker, postgres_server, postgres_url, T0 + 100)
         with psycopg.connect(postgres_server.conninfo(), autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                 (_database(postgres_url),),
             )
-        tracker.ingest(raw("stopped", "s1", 1_000, stop_reason=6))
+        tracker.ingest(raw("stopped", "s1", T0 + 1_000, stop_reason=6))
         assert tracker.stream("s1").state is State.STOPPED  # type: ignore[union-attr]
         assert _delivered(tracker) == 2 + _WRITERS
 
@@ -112,10 +113,10 @@ def test_a_restarted_server_fails_no_write_once_it_is_back(
     """The server stopped and started again under a tracker with kept connections (and their
     prepared statements, gone with the backends): the next write succeeds."""
     with Tracker(postgres_url) as tracker:
-        tracker.ingest(raw("started", "s1", 10))
-        _concurrent_writes(tracker, postgres_server, postgres_url, 100)
+        tracker.ingest(raw("started", "s1", T0 + 10))
+        _concurrent_writes(tracker, postgres_server, postgres_url, T0 + 100)
         restart_server(postgres_server)
-        tracker.ingest(raw("stopped", "s1", 1_000, stop_reason=6))
+        tracker.ingest(raw("stopped", "s1", T0 + 1_000, stop_reason=6))
         assert tracker.stream("s1").state is State.STOPPED  # type: ignore[union-attr]
 
 
@@ -125,14 +126,14 @@ def test_a_write_cancelled_at_its_deadline_leaves_its_connection_usable(
     """A write cancelled by the time budget (waiting on a row another transaction holds), then
     writes on the same kept connection: they succeed, and the cancelled one left nothing."""
     with Tracker(postgres_url) as tracker:
-        tracker.ingest(raw("started", "s1", 10))
+        tracker.ingest(raw("started", "s1", T0 + 10))
         with psycopg.connect(postgres_server.conninfo(_database(postgres_url))) as holder:
             holder.execute("SELECT 1 FROM streams WHERE stream_id = 's1' FOR UPDATE")
             with pytest.raises(StoreTimeout):
-                tracker.ingest(raw("interrupted", "s1", 20), timeout=0.5)
-        for ts in range(30, 40):
+                tracker.ingest(raw("interrupted", "s1", T0 + 20), timeout=0.5)
+        for ts in range(T0 + 30, T0 + 40):
             tracker.ingest(raw("interrupted" if ts % 2 == 0 else "started", "s1", ts))
-        tracker.ingest(raw("stopped", "s1", 1_000, stop_reason=6))
+        tracker.ingest(raw("stopped", "s1", T0 + 1_000, stop_reason=6))
         assert tracker.stream("s1").state is State.STOPPED  # type: ignore[union-attr]
         assert _delivered(tracker) == 12
 
@@ -143,17 +144,17 @@ def test_closed_and_dropped_trackers_leave_no_connection_open(
     """A tracker closed, one on a caller's engine, and one dropped unclosed: no connection of
     theirs stays open, none is left to the garbage collector."""
     with Tracker(postgres_url) as tracker:
-        tracker.ingest(raw("started", "s1", 10))
-        _concurrent_writes(tracker, postgres_server, postgres_url, 100)
+        tracker.ingest(raw("started", "s1", T0 + 10))
+        _concurrent_writes(tracker, postgres_server, postgres_url, T0 + 100)
     assert _backends(postgres_server, postgres_url) == 0
     engine = create_store_engine(postgres_url)
     with Tracker(engine) as given:
-        given.ingest(raw("interrupted", "s1", 200))
+        given.ingest(raw("interrupted", "s1", T0 + 200))
         engine.dispose()  # by its owner, while the tracker keeps a connection
-        given.ingest(raw("resumed", "s1", 201))
+        given.ingest(raw("resumed", "s1", T0 + 201))
     assert _backends(postgres_server, postgres_url) == 0
     dropped: Any = Tracker(postgres_url)
-    dropped.ingest(raw("stopped", "s1", 1_000, stop_reason=6))
+    dropped.ingest(raw("stopped", "s1", T0 + 1_000, stop_reason=6))
     del dropped
     gc.collect()
     assert _backends(postgres_server, postgres_url) == 0

@@ -13,6 +13,8 @@ from rtms_lifecycle.defaults import DEFAULT_BATCH_SIZE
 from rtms_lifecycle.read_ahead import read_ahead
 from tests._deliveries import raw
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 
 def _reading_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("rtms-lifecycle-read-ahead")]
@@ -103,8 +105,8 @@ def test_read_ahead_stops_reading_when_closed() -> None:
 def test_a_load_of_several_default_batches_is_recorded_whole(db_url: str) -> None:
     """A bulk load longer than two default batches, read ahead, records every delivery once."""
     streams = DEFAULT_BATCH_SIZE + DEFAULT_BATCH_SIZE // 2
-    bodies = [raw("started", f"s{n}", 1_000 + n) for n in range(streams)]
-    bodies += [raw("stopped", f"s{n}", 9_000_000 + n) for n in range(streams)]
+    bodies = [raw("started", f"s{n}", T0 + 1_000 + n) for n in range(streams)]
+    bodies += [raw("stopped", f"s{n}", T0 + 9_000_000 + n) for n in range(streams)]
     bodies.append(bodies[0])  # a retry, in the last batch
     with Tracker(db_url) as tracker:
         summary = tracker.ingest_many(iter(bodies))

@@ -25,7 +25,9 @@ from tests import _deliveries
 from tests._live import serving, signed
 
 APP1, APP2 = "first-apps-secret", "second-apps-secret"
-STARTED = _deliveries.raw("started", "stream-1", 1_000)
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
+STARTED = _deliveries.raw("started", "stream-1", T0 + 1_000)
 
 
 @pytest.fixture(autouse=True)
@@ -137,7 +139,7 @@ def test_first_unhandled_event_name_is_logged_once(
     client = receiver()
     names = ["phone.call_rtms_started", "phone.call_rtms_started", "meeting.participant_joined"]
     for i, name in enumerate(names):
-        delivery = json.dumps({"event": name, "event_ts": i, "payload": {}}).encode()
+        delivery = json.dumps({"event": name, "event_ts": T0 + i, "payload": {}}).encode()
         assert post(client, delivery, signed(delivery, APP1)).json()["outcome"] == "unhandled"
     warned = [r.getMessage() for r in caplog.records if "does not handle" in r.getMessage()]
     assert len(warned) == 2
@@ -169,7 +171,7 @@ def test_read_api_shows_a_stream_without_scope_id(
     tracker: Tracker, receiver: Callable[..., httpx.Client]
 ) -> None:
     """A stream no delivery gave a scope id yet is served with scope_id null."""
-    started = _deliveries.body("started", "no-scope", 1_000)
+    started = _deliveries.body("started", "no-scope", T0 + 1_000)
     del started["payload"]["meeting_uuid"]
     tracker.ingest(started)
     client = receiver(api_token="read-token")

@@ -31,6 +31,8 @@ from tests import _deliveries
 from tests._deliveries import SPEC_STREAM_KEYS
 from tests._live import SECRET, app_clients, serving, serving_process, signed
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 OTHER = "second-app-secret"
 TOKEN = "read-api-token"
 
@@ -38,7 +40,7 @@ TOKEN = "read-api-token"
 def url_validation(token: str) -> bytes:
     """Zoom's endpoint challenge carrying ``token``."""
     return json.dumps(
-        {"event": "endpoint.url_validation", "event_ts": 1, "payload": {"plainToken": token}}
+        {"event": "endpoint.url_validation", "event_ts": T0, "payload": {"plainToken": token}}
     ).encode()
 
 
@@ -80,7 +82,7 @@ def post(
 
 # --- refusals -------------------------------------------------------------------------------------
 
-STARTED = _deliveries.raw("started", "stream-1", 1_000)
+STARTED = _deliveries.raw("started", "stream-1", T0 + 1_000)
 
 
 @pytest.mark.parametrize(
@@ -232,7 +234,7 @@ def test_concurrent_signed_deliveries_are_all_recorded_exactly_once(
     senders, per_sender, kinds = 16, 300, ("started", "interrupted", "stopped")
     n_streams = senders * per_sender // len(kinds)
     bodies = [
-        _deliveries.raw(kind, f"s{k}", 1_000 * (j + 1), stop_reason=k % 27)
+        _deliveries.raw(kind, f"s{k}", T0 + 1_000 * (j + 1), stop_reason=k % 27)
         for k in range(n_streams)
         for j, kind in enumerate(kinds)
     ]
@@ -284,7 +286,7 @@ def test_dropped_postgres_database_answers_503_on_webhook_and_healthz(
         name = postgres_url.rsplit("/", 1)[1]
         with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-        response = post(client, _deliveries.raw("stopped", "stream-1", 2_000))
+        response = post(client, _deliveries.raw("stopped", "stream-1", T0 + 2_000))
         assert response.status_code == 503
         assert response.json()["error"] == "store_unavailable"
         health = client.get("/healthz")
@@ -410,11 +412,11 @@ def test_read_api_token_comes_from_the_environment(
 def populated(client: httpx.Client) -> httpx.Client:
     """Three streams via the webhook: s-stopped (meeting), s-live (session), s-down (meeting)."""
     for body in (
-        _deliveries.raw("started", "s-stopped", 1_000),
-        _deliveries.raw("stopped", "s-stopped", 61_000, stop_reason=6),
-        _deliveries.raw("started", "s-live", 2_000, scope="session", scope_id="sess"),
-        _deliveries.raw("started", "s-down", 3_000),
-        _deliveries.raw("interrupted", "s-down", 4_000),
+        _deliveries.raw("started", "s-stopped", T0 + 1_000),
+        _deliveries.raw("stopped", "s-stopped", T0 + 61_000, stop_reason=6),
+        _deliveries.raw("started", "s-live", T0 + 2_000, scope="session", scope_id="sess"),
+        _deliveries.raw("started", "s-down", T0 + 3_000),
+        _deliveries.raw("interrupted", "s-down", T0 + 4_000),
     ):
         assert post(client, body).json()["outcome"] == "applied"
     client.headers["Authorization"] = f"Bearer {TOKEN}"
@@ -472,8 +474,8 @@ def test_stream_detail_has_the_stream_and_its_history(populated: httpx.Client) -
     assert detail["stream"]["state"] == "stopped"
     assert detail["stream"]["stop_reason_name"] == "MEETING_ENDED"
     assert [(t["name"], t["event_ts"]) for t in detail["history"]] == [
-        ("start", 1_000),
-        ("stop", 61_000),
+        ("start", T0 + 1_000),
+        ("stop", T0 + 61_000),
     ]
     assert populated.get("/streams/unknown").status_code == 404
 
@@ -484,7 +486,7 @@ def test_a_stream_id_with_a_slash_is_found(
 ) -> None:
     """A stored stream id holding '/', sent as it is or percent-encoded, answers its detail."""
     stored = stream_id.replace("%2F", "/")
-    assert tracker.ingest(_deliveries.raw("started", stored, 5_000)).outcome is Outcome.APPLIED
+    assert tracker.ingest(_deliveries.raw("started", stored, T0 + 5_000)).outcome is Outcome.APPLIED
     answer = populated.get(f"/streams/{stream_id}")
     assert answer.status_code == 200
     assert answer.json()["stream"]["stream_id"] == stored
@@ -495,9 +497,9 @@ def test_a_stream_id_with_a_slash_is_found(
     [
         ("", [(None, 6, 1)]),
         ("?by_scope=true", [("meeting", 6, 1)]),
-        ("?since=1970-01-01T00:01:02", []),
-        ("?until=61001", [(None, 6, 1)]),
-        ("?until=61000", []),
+        ("?since=2023-11-14T22:14:22", []),  # T0 + 62 s
+        (f"?until={T0 + 61_001}", [(None, 6, 1)]),
+        (f"?until={T0 + 61_000}", []),
     ],
 )
 def test_stop_reason_stats(

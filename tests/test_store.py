@@ -25,6 +25,8 @@ from rtms_lifecycle.store.tables import deliveries, transitions
 
 from ._deliveries import body, raw
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 WEBHOOK_KINDS = [EventKind.STARTED, EventKind.INTERRUPTED, EventKind.STOPPED]
 
 
@@ -70,7 +72,7 @@ def same_stream(a: Stream | None, b: Stream | None) -> bool:
 
 
 event_sets = st.lists(
-    st.tuples(st.sampled_from(list(EventKind)), st.integers(min_value=1, max_value=30)),
+    st.tuples(st.sampled_from(list(EventKind)), st.integers(min_value=T0 + 1, max_value=T0 + 30)),
     min_size=1,
     max_size=10,
     unique=True,
@@ -116,16 +118,17 @@ def test_any_order_and_duplicates_give_the_same_stream(
 def test_outcome_of_each_kind_of_delivery(tracker: Tracker) -> None:
     """Each delivery gets the one outcome docs/concepts.md gives it, stored with it."""
     cases = [
-        (raw("started", "s1", 10), Outcome.APPLIED),
-        (raw("started", "s1", 10), Outcome.DUPLICATE),
-        (raw("started", "s1", 10, server_urls="wss://elsewhere"), Outcome.CONFLICT),
-        (raw("started", "s1", 11, scope=Scope.WEBINAR), Outcome.CONFLICT),
-        (raw("stopped", "s1", 20), Outcome.APPLIED),
-        (raw("interrupted", "s1", 30), Outcome.IGNORED),
+        (raw("started", "s1", T0 + 10), Outcome.APPLIED),
+        (raw("started", "s1", T0 + 10), Outcome.DUPLICATE),
+        (raw("started", "s1", T0 + 10, server_urls="wss://elsewhere"), Outcome.CONFLICT),
+        (raw("started", "s1", T0 + 11, scope=Scope.WEBINAR), Outcome.CONFLICT),
+        (raw("stopped", "s1", T0 + 20), Outcome.APPLIED),
+        (raw("interrupted", "s1", T0 + 30), Outcome.IGNORED),
         (b"{not json", Outcome.REJECTED),
-        (b'{"event": "meeting.rtms_future_thing", "event_ts": 5}', Outcome.UNHANDLED),
+        (b'{"event": "meeting.rtms_future_thing", "event_ts": 1700000000005}', Outcome.UNHANDLED),
         (
-            b'{"event": "endpoint.url_validation", "event_ts": 5, "payload": {"plainToken": "t"}}',
+            b'{"event": "endpoint.url_validation", "event_ts": 1700000000005, '
+            b'"payload": {"plainToken": "t"}}',
             Outcome.APPLIED,
         ),
     ]
@@ -138,8 +141,8 @@ def test_outcome_of_each_kind_of_delivery(tracker: Tracker) -> None:
 
 def test_first_stored_version_stands_on_conflict(tracker: Tracker) -> None:
     """A conflicting payload changes nothing: the first version's fields stay."""
-    tracker.ingest(raw("started", "s1", 10, server_urls="wss://first"))
-    result = tracker.ingest(raw("started", "s1", 10, server_urls="wss://second"))
+    tracker.ingest(raw("started", "s1", T0 + 10, server_urls="wss://first"))
+    result = tracker.ingest(raw("started", "s1", T0 + 10, server_urls="wss://second"))
     assert result.outcome is Outcome.CONFLICT
     assert result.detail is not None
     assert "first stands" in result.detail
@@ -150,7 +153,7 @@ def test_first_stored_version_stands_on_conflict(tracker: Tracker) -> None:
 
 def test_rejected_delivery_keeps_raw_bytes_and_error(tracker: Tracker) -> None:
     """A rejected body is stored byte for byte with the field and reason of its rejection."""
-    bad = json.dumps(body("stopped", "s1", 10, stop_reason="HOST_TRIGGERED")).encode() + b"  "
+    bad = json.dumps(body("stopped", "s1", T0 + 10, stop_reason="HOST_TRIGGERED")).encode() + b"  "
     result = tracker.ingest(bad)
     assert result.outcome is Outcome.REJECTED
     (stored,) = tracker.deliveries(outcome="rejected")
@@ -169,9 +172,9 @@ def test_non_utf8_body_is_kept(tracker: Tracker) -> None:
 
 def test_late_event_refolds_and_is_marked_late(tracker: Tracker) -> None:
     """An event older than the stream's last event re-folds it and its audit row says late."""
-    tracker.ingest(raw("started", "s1", 10))
-    tracker.ingest(raw("stopped", "s1", 50))
-    result = tracker.ingest(raw("interrupted", "s1", 30))
+    tracker.ingest(raw("started", "s1", T0 + 10))
+    tracker.ingest(raw("stopped", "s1", T0 + 50))
+    result = tracker.ingest(raw("interrupted", "s1", T0 + 30))
     assert result.outcome is Outcome.APPLIED
     assert result.transition is not None
     assert (result.transition.late, result.transition.name) == (True, "interrupt")
@@ -186,9 +189,9 @@ def test_late_event_refolds_and_is_marked_late(tracker: Tracker) -> None:
 
 def test_event_after_stop_is_ignored_and_kept(tracker: Tracker) -> None:
     """An event after the stop is ignored, still stored, and counts nowhere."""
-    tracker.ingest(raw("started", "s1", 10))
-    tracker.ingest(raw("stopped", "s1", 20))
-    assert tracker.ingest(raw("started", "s1", 30)).outcome is Outcome.IGNORED
+    tracker.ingest(raw("started", "s1", T0 + 10))
+    tracker.ingest(raw("stopped", "s1", T0 + 20))
+    assert tracker.ingest(raw("started", "s1", T0 + 30)).outcome is Outcome.IGNORED
     with tracker.engine.connect() as conn:
         stored = conn.execute(
             select(func.count())
@@ -198,17 +201,17 @@ def test_event_after_stop_is_ignored_and_kept(tracker: Tracker) -> None:
     assert stored == 3
     stream = tracker.stream("s1")
     assert stream is not None
-    assert (stream.failovers, stream.last_event_at) == (0, 20)
+    assert (stream.failovers, stream.last_event_at) == (0, T0 + 20)
 
 
 def test_a_batch_of_more_streams_than_one_lookup_holds(tracker: Tracker) -> None:
     """A batch touching 1,200 stored streams reads them all (they are looked up 500 at a time)."""
     ids = [f"s{n}" for n in range(1200)]
-    tracker.ingest_many([raw("started", sid, 10) for sid in ids])
-    summary = tracker.ingest_many([raw("stopped", sid, 20) for sid in ids] + [b"{}"])
+    tracker.ingest_many([raw("started", sid, T0 + 10) for sid in ids])
+    summary = tracker.ingest_many([raw("stopped", sid, T0 + 20) for sid in ids] + [b"{}"])
     assert summary.counts == {Outcome.APPLIED: 1200, Outcome.REJECTED: 1}
     assert {s.state for s in tracker.streams(limit=None)} == {State.STOPPED}
-    assert tracker.ingest_many([raw("stopped", sid, 20) for sid in ids]).counts == {
+    assert tracker.ingest_many([raw("stopped", sid, T0 + 20) for sid in ids]).counts == {
         Outcome.DUPLICATE: 1200
     }
 
@@ -216,7 +219,7 @@ def test_a_batch_of_more_streams_than_one_lookup_holds(tracker: Tracker) -> None
 def test_one_audit_row_per_applied_event(tracker: Tracker) -> None:
     """Each applied event appends exactly one audit row; others append none."""
     outcomes = [
-        tracker.ingest(raw(kind, "s1", ts)).outcome
+        tracker.ingest(raw(kind, "s1", T0 + ts)).outcome
         for kind, ts in [
             ("started", 10),
             ("started", 10),
@@ -236,7 +239,7 @@ def test_one_audit_row_per_applied_event(tracker: Tracker) -> None:
 def _scenario(streams: int, seed: int) -> dict[str, list[tuple[EventKind, int]]]:
     rnd = random.Random(seed)
     return {
-        f"stream-{n}": [(rnd.choice(list(EventKind)), rnd.randint(1, 12)) for _ in range(6)]
+        f"stream-{n}": [(rnd.choice(list(EventKind)), T0 + rnd.randint(1, 12)) for _ in range(6)]
         for n in range(streams)
     }
 
@@ -355,11 +358,11 @@ def test_postgres_stream_changed_under_a_writer_is_retried_cautiously(
 
     caplog.set_level(logging.DEBUG, "rtms_lifecycle.store")
     with Tracker(postgres_url) as tracker:
-        tracker.ingest(raw("started", "s1", 10))
+        tracker.ingest(raw("started", "s1", T0 + 10))
     result, stream = _ingest_while_held(
         postgres_url,
         "UPDATE streams SET updated_at = updated_at + 1 WHERE stream_id = 's1'",
-        raw("stopped", "s1", 20, stop_reason=6),
+        raw("stopped", "s1", T0 + 20, stop_reason=6),
     )
     assert result.outcome is Outcome.APPLIED
     assert stream is not None
@@ -384,7 +387,7 @@ def test_postgres_new_stream_inserted_under_a_writer_is_retried_cautiously(
         "INSERT INTO streams (stream_id, state, interruptions, resumes, failovers, fold_ts,"
         " fold_rank, created_at, updated_at) VALUES ('s2', 'new', 0, 0, 0, -1, -1, 0, 0)"
     )
-    result, stream = _ingest_while_held(postgres_url, hold, raw("started", "s2", 10))
+    result, stream = _ingest_while_held(postgres_url, hold, raw("started", "s2", T0 + 10))
     assert result.outcome is Outcome.APPLIED
     assert stream is not None
     assert stream.state is State.STARTED

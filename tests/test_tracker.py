@@ -1166,7 +1166,7 @@ def test_deliveries_of_unknown_filters_are_empty(tracker: Tracker) -> None:
 
 def test_rejected_body_is_found_by_the_stream_it_names(tracker: Tracker) -> None:
     """A rejected body that names a stream is listed among that stream's deliveries."""
-    bad = body("stopped", "named-stream", 10, stop_reason="HOST_TRIGGERED")
+    bad = body("stopped", "named-stream", T0 + 10, stop_reason="HOST_TRIGGERED")
     assert tracker.ingest(bad).outcome is Outcome.REJECTED
     (stored,) = tracker.deliveries(stream_id="named-stream")
     assert stored.outcome is Outcome.REJECTED
@@ -1177,7 +1177,7 @@ SECRET = "whsec-test"
 
 def test_ingest_with_headers_verifies_the_signature(db_url: str) -> None:
     """With webhook secrets, ingest(headers=...) records a genuine delivery."""
-    raw = json.dumps(body("started", "signed", 10)).encode()
+    raw = json.dumps(body("started", "signed", T0 + 10)).encode()
     with Tracker(db_url, webhook_secrets=["old-secret", SECRET]) as tracker:
         assert tracker.ingest(raw, headers=signed(raw, SECRET)).outcome is Outcome.APPLIED
 
@@ -1195,7 +1195,7 @@ def test_ingest_with_bad_headers_is_refused_and_stores_nothing(
     db_url: str, headers: Callable[[bytes], dict[str, str]]
 ) -> None:
     """A refused request raises WebhookRefused and leaves the store untouched."""
-    raw = json.dumps(body("started", "signed", 10)).encode()
+    raw = json.dumps(body("started", "signed", T0 + 10)).encode()
     with Tracker(db_url, webhook_secrets=[SECRET]) as tracker:
         with pytest.raises(WebhookRefused):
             tracker.ingest(raw, headers=headers(raw))
@@ -1204,7 +1204,7 @@ def test_ingest_with_bad_headers_is_refused_and_stores_nothing(
 
 def test_ingest_with_headers_needs_secrets(tracker: Tracker) -> None:
     """Asking for verification without secrets is a configuration error, not a silent skip."""
-    raw = json.dumps(body("started", "signed", 10)).encode()
+    raw = json.dumps(body("started", "signed", T0 + 10)).encode()
     with pytest.raises(ConfigurationError, match="webhook_secrets"):
         tracker.ingest(raw, headers=signed(raw, SECRET))
     assert tracker.deliveries() == []

@@ -22,6 +22,8 @@ from rtms_lifecycle.tracker import write_executor
 from . import _deliveries
 from ._live import SECRET, serving, signed
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 
 def _queue(tracker: Tracker) -> WriteQueue:
     queue = write_executor(tracker)
@@ -30,7 +32,7 @@ def _queue(tracker: Tracker) -> WriteQueue:
 
 
 def _started(stream: str) -> bytes:
-    return _deliveries.raw("started", stream, 1_000)
+    return _deliveries.raw("started", stream, T0 + 1_000)
 
 
 def _until(check: Callable[[], bool], within: float = 20) -> None:

@@ -16,6 +16,8 @@ from tests import _deliveries
 from tests._live import serving_process, signed
 from tests.test_faults import holding_the_store
 
+T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+
 ZOOM_WAITS = 3.0
 # How long the store is held: beyond Zoom's wait, so that every answer in it is a refusal.
 HELD = 5.0
@@ -32,7 +34,7 @@ def send(client: httpx.Client, sender: int, until: float) -> list[tuple[int, flo
     n = 0
     while time.monotonic() < until:
         n += 1
-        body = _deliveries.raw("started", f"s-{sender}-{n}", 1_000)
+        body = _deliveries.raw("started", f"s-{sender}-{n}", T0 + 1_000)
         begun = time.monotonic()
         status = client.post("/webhook", content=body, headers=signed(body)).status_code
         answers.append((status, time.monotonic() - begun))

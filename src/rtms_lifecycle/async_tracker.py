@@ -28,6 +28,7 @@ from rtms_lifecycle.defaults import (
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_EVENT_AHEAD,
+    DEFAULT_MIN_EVENT_TIME,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
 )
@@ -117,6 +118,7 @@ class AsyncTracker:
         webhook_secrets: Sequence[str] | None = None,
         replay_window: float = DEFAULT_REPLAY_WINDOW,
         max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
+        min_event_time: Timestamp = DEFAULT_MIN_EVENT_TIME,
         max_threads: int = DEFAULT_MAX_THREADS,
     ) -> None:
         if max_threads < 1:
@@ -127,6 +129,7 @@ class AsyncTracker:
                 or webhook_secrets is not None
                 or replay_window != DEFAULT_REPLAY_WINDOW
                 or max_event_ahead != DEFAULT_MAX_EVENT_AHEAD
+                or min_event_time != DEFAULT_MIN_EVENT_TIME
             ):
                 raise TypeError("an existing Tracker keeps its own options: pass db alone")
             self._sync, self._owned = db, False
@@ -137,6 +140,7 @@ class AsyncTracker:
                 webhook_secrets=webhook_secrets,
                 replay_window=replay_window,
                 max_event_ahead=max_event_ahead,
+                min_event_time=min_event_time,
             )
             self._owned = True
         self._threads = ThreadPoolExecutor(max_threads, thread_name_prefix="rtms-lifecycle")

@@ -16,6 +16,7 @@ __all__ = [
     "MAX_WAIT_SECONDS",
     "MIN_EPOCH_MS",
     "arrival_time_problem",
+    "iso_utc",
 ]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -33,16 +34,28 @@ MAX_DURATION: Final = timedelta(days=3_652_425)
 MAX_WAIT_SECONDS: Final = 86_400.0
 
 
-def arrival_time_problem(event_ts: int, received_ms: int, max_ahead_ms: int) -> str | None:
+def arrival_time_problem(
+    event_ts: int, received_ms: int, max_ahead_ms: int, earliest_ms: int
+) -> str | None:
     """Why a delivery's ``event_ts`` is not a time it can have been sent at, or None.
 
     Checked once, when the delivery arrives: a stored event is never re-judged against a later
-    clock (a re-fold re-reads stored bodies), so what was accepted stays accepted. The parser
-    already refuses a time before 1970 (a negative one).
+    clock (a re-fold re-reads stored bodies), so what was accepted stays accepted. A time before
+    ``earliest_ms`` is most likely seconds where milliseconds belong, a zero or garbage.
     """
+    if event_ts < earliest_ms:
+        return (
+            f"{event_ts} is before {iso_utc(earliest_ms)} (milliseconds since the epoch expected)"
+        )
     if event_ts - received_ms > max_ahead_ms:
         return (
             f"must not be more than {max_ahead_ms // 1000:,} s ahead of the receiving clock, "
             f"got {event_ts} ({(event_ts - received_ms) // 1000:,} s ahead)"
         )
     return None
+
+
+def iso_utc(ms: int) -> str:
+    """Epoch ms from year 1 to 9999 in ISO 8601, UTC; milliseconds only when there are some."""
+    moment = (_EPOCH + timedelta(milliseconds=ms)).replace(tzinfo=None)
+    return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds") + "Z"

@@ -15,13 +15,14 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from rtms_lifecycle.bodies import to_raw
-from rtms_lifecycle.bounds import arrival_time_problem
+from rtms_lifecycle.bounds import MAX_EPOCH_MS, arrival_time_problem
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_EVENT_AHEAD,
+    DEFAULT_MIN_EVENT_TIME,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
 )
@@ -173,6 +174,17 @@ def _epoch_ms(value: Timestamp | None) -> int | None:
     return int(value.timestamp() * 1000)
 
 
+def _min_event_time(value: object) -> int:
+    """``min_event_time`` in epoch ms, from 0 (1970, no bound beyond the parser's) to 9999."""
+    if isinstance(value, datetime):
+        value = _epoch_ms(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH_MS:
+        raise ConfigurationError(
+            f"min_event_time must be epoch milliseconds (at least 0) or a datetime, got {value!r}"
+        )
+    return value
+
+
 class Tracker:
     """Records RTMS deliveries into a database and answers questions about streams.
 
@@ -182,7 +194,8 @@ class Tracker:
     older migration is refused (:class:`SchemaOutdatedError`) until ``rtms-lifecycle db upgrade``.
 
     A delivery whose ``event_ts`` is more than ``max_event_ahead`` seconds (a day) ahead of this
-    process's clock when it arrives is recorded as ``rejected``.
+    process's clock when it arrives, or before ``min_event_time`` (epoch ms or an aware
+    datetime; 2000-01-01T00:00:00Z), is recorded as ``rejected``.
     """
 
     def __init__(
@@ -193,12 +206,14 @@ class Tracker:
         webhook_secrets: Sequence[str] | None = None,
         replay_window: float = DEFAULT_REPLAY_WINDOW,
         max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
+        min_event_time: Timestamp = DEFAULT_MIN_EVENT_TIME,
     ) -> None:
         if not max_event_ahead >= 0:  # nan too
             raise ConfigurationError(
                 f"max_event_ahead must be a number of seconds, at least 0, got {max_event_ahead!r}"
             )
         self._max_ahead_ms = int(min(max_event_ahead, 1e12) * 1000)
+        self._earliest_ms = _min_event_time(min_event_time)
         self._verifier = (
             WebhookVerifier(webhook_secrets, replay_window) if webhook_secrets is not None else None
         )
@@ -354,7 +369,7 @@ class Tracker:
         event = "app.rtms_resumed"
         try:
             sid, ts = check_app_event(stream_id, at_ms)
-            problem = arrival_time_problem(ts, now_ms(), self._max_ahead_ms)
+            problem = arrival_time_problem(ts, now_ms(), self._max_ahead_ms, self._earliest_ms)
             if problem is not None:
                 raise DeliveryRejected([FieldError("event_ts", problem)], event, sid)
         except DeliveryRejected as exc:
@@ -446,7 +461,11 @@ class Tracker:
         from rtms_lifecycle.store import claims as _claims
 
         now = now_ms()
-        at = now if at_ms is None else check_report_time(at_ms, now, self._max_ahead_ms)
+        at = (
+            now
+            if at_ms is None
+            else check_report_time(at_ms, now, self._max_ahead_ms, self._earliest_ms)
+        )
         if reason is not None and (isinstance(reason, bool) or not isinstance(reason, int)):
             raise ValueError(f"reason: must be an integer code, not {reason!r}")
         _claims.report(
@@ -635,8 +654,11 @@ class Tracker:
         if isinstance(parsed, UnhandledDelivery):
             return Outcome.UNHANDLED
         if isinstance(parsed, StreamEvent):
-            # Judged against the clock when it arrived, as it would have been then.
-            if arrival_time_problem(parsed.event_ts, received_at, self._max_ahead_ms):
+            # Arriving again: judged against the clock when it first arrived, and this tracker's
+            # earliest time (which may have been relaxed to let it in).
+            if arrival_time_problem(
+                parsed.event_ts, received_at, self._max_ahead_ms, self._earliest_ms
+            ):
                 return Outcome.REJECTED
             item.parsed = replace(parsed, source=Source.REPROCESS)
         item.reprocess_of = delivery_id
@@ -691,7 +713,7 @@ class Tracker:
         event_ts = getattr(parsed, "event_ts", None)
         if event_ts is None:
             return item
-        problem = arrival_time_problem(event_ts, now_ms(), self._max_ahead_ms)
+        problem = arrival_time_problem(event_ts, now_ms(), self._max_ahead_ms, self._earliest_ms)
         if problem is None:
             return item
         return Incoming(

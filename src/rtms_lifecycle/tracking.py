@@ -84,11 +84,11 @@ def lease_ms(seconds: object, name: str = "lease") -> int:
     return max(int(seconds * 1000), 1 if name == "lease" else 0)
 
 
-def check_report_time(at_ms: object, now: int, max_ahead_ms: int) -> int:
+def check_report_time(at_ms: object, now: int, max_ahead_ms: int, earliest_ms: int) -> int:
     """A worker's report time (epoch ms), checked as an event time is on arrival."""
     if isinstance(at_ms, bool) or not isinstance(at_ms, int) or at_ms < 0:
         raise ValueError(f"at_ms: must be epoch milliseconds, not {at_ms!r}")
-    problem = arrival_time_problem(at_ms, now, max_ahead_ms)
+    problem = arrival_time_problem(at_ms, now, max_ahead_ms, earliest_ms)
     if problem is not None:
         raise ValueError(f"at_ms: {problem}")
     return at_ms

@@ -9,16 +9,26 @@ import click
 from rtms_lifecycle.bounds import MAX_WAIT_SECONDS
 from rtms_lifecycle.cli.app import App, pass_app
 from rtms_lifecycle.cli.errors import Failure
-from rtms_lifecycle.cli.params import Seconds, parse_period, parsed_by
+from rtms_lifecycle.cli.params import Seconds, parse_period, parse_time, parsed_by
 from rtms_lifecycle.defaults import (
     DEFAULT_MAX_EVENT_AHEAD,
+    DEFAULT_MIN_EVENT_TIME_TEXT,
     LOG_FORMATS,
     LOG_LEVELS,
     MAX_EVENT_AHEAD_ENV,
+    MIN_EVENT_TIME_ENV,
 )
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 
 __all__ = ["serve"]
+
+
+def _min_event_time(text: str) -> int:
+    """``--min-event-time``: a time as other options read it, not before 1970."""
+    ms = parse_time(text)
+    if ms < 0:
+        raise ValueError(f"{text} is before 1970: event times are counted from 1970 on")
+    return ms
 
 
 @click.command()
@@ -105,6 +115,17 @@ __all__ = ["serve"]
     help="Reject a delivery whose event_ts is further ahead of this clock (docs/receiver.md).",
 )
 @click.option(
+    "--min-event-time",
+    default=DEFAULT_MIN_EVENT_TIME_TEXT,
+    show_default=True,
+    envvar=MIN_EVENT_TIME_ENV,
+    show_envvar=True,
+    metavar="T",
+    callback=parsed_by(_min_event_time),
+    help="Reject a delivery whose event_ts is before T (epoch ms or ISO 8601; 0 for no bound "
+    "but 1970).",
+)
+@click.option(
     "--dashboard-idle",
     type=Seconds(min=1, max=7 * 24 * 3600),
     default=1800.0,
@@ -145,6 +166,7 @@ def serve(
     metrics: bool,
     replay_window: float,
     max_event_ahead: float,
+    min_event_time: int,
     dashboard_idle: float,
     claims_older_than: float,
     long_live: timedelta,
@@ -170,6 +192,7 @@ def serve(
         backlog=backlog,
         replay_window=replay_window,
         max_event_ahead=max_event_ahead,
+        min_event_time=min_event_time,
         dashboard_idle=dashboard_idle,
         claims_older_than=claims_older_than,
         long_live=long_live,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -21,7 +21,7 @@ from fastapi_offline import FastAPIOffline
 # line), and under load that import alone outlasted a delivery's 2 s budget.
 import rtms_lifecycle.models  # noqa: F401
 from rtms_lifecycle.bounds import MAX_WAIT_SECONDS
-from rtms_lifecycle.defaults import DEFAULT_MAX_EVENT_AHEAD
+from rtms_lifecycle.defaults import DEFAULT_MAX_EVENT_AHEAD, DEFAULT_MIN_EVENT_TIME
 from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError, StoreTimeout
 from rtms_lifecycle.receiver import metrics as _metrics
 from rtms_lifecycle.receiver.answers import HealthAnswer
@@ -68,6 +68,7 @@ def create_app(
     store_timeout: float = DEFAULT_STORE_TIMEOUT,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
+    min_event_time: int | datetime = DEFAULT_MIN_EVENT_TIME,
     dashboard_idle: float = DEFAULT_IDLE_SECONDS,
     claims_older_than: float = _metrics.DEFAULT_CLAIMS_OLDER_THAN,
     long_live: timedelta | float = _metrics.DEFAULT_LONG_LIVE,
@@ -84,7 +85,8 @@ def create_app(
     whether to serve ``/metrics`` (Prometheus' text format; docs/operations.md).
     ``store_timeout``: seconds a delivery may take to commit before it is answered 503 (Zoom
     waits 3 s); ``/healthz`` uses the same budget. ``max_event_ahead``: seconds a delivery's
-    ``event_ts`` may be ahead of this clock before it is rejected (a given Tracker keeps its own).
+    ``event_ts`` may be ahead of this clock before it is rejected, ``min_event_time`` (epoch ms or
+    a datetime) the earliest it may be (a given Tracker keeps its own).
     ``dashboard_idle``: seconds an unused dashboard session lasts. ``claims_older_than``:
     seconds a live stream may go unclaimed or unconnected before ``/metrics`` counts it.
     ``long_live`` (seconds, or a
@@ -110,7 +112,11 @@ def create_app(
     tracker = (
         db
         if isinstance(db, Tracker)
-        else Tracker(db or os.environ.get(DB_ENV) or None, max_event_ahead=max_event_ahead)
+        else Tracker(
+            db or os.environ.get(DB_ENV) or None,
+            max_event_ahead=max_event_ahead,
+            min_event_time=min_event_time,
+        )
     )
     if registry is not None:
         _metrics.add_store_gauges(registry, tracker, long_live)

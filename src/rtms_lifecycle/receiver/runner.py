@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging.config
 import resource
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
 import uvicorn
 
-from rtms_lifecycle.defaults import DEFAULT_MAX_EVENT_AHEAD
+from rtms_lifecycle.defaults import DEFAULT_MAX_EVENT_AHEAD, DEFAULT_MIN_EVENT_TIME
 from rtms_lifecycle.exceptions import ConfigurationError
 from rtms_lifecycle.receiver.app import create_app
 from rtms_lifecycle.receiver.dashboard.auth import DEFAULT_IDLE_SECONDS
@@ -86,6 +86,7 @@ def run(
     backlog: int | None = None,
     replay_window: float = DEFAULT_REPLAY_WINDOW,
     max_event_ahead: float = DEFAULT_MAX_EVENT_AHEAD,
+    min_event_time: int | datetime = DEFAULT_MIN_EVENT_TIME,
     dashboard_idle: float = DEFAULT_IDLE_SECONDS,
     claims_older_than: float = 30.0,
     long_live: timedelta | float = DEFAULT_LONG_LIVE,
@@ -117,6 +118,7 @@ def run(
         request_timeout=request_timeout,
         replay_window=replay_window,
         max_event_ahead=max_event_ahead,
+        min_event_time=min_event_time,
         dashboard_idle=dashboard_idle,
         claims_older_than=claims_older_than,
         long_live=long_live,
