@@ -138,9 +138,9 @@ def _text(limit: int) -> Any:
             return None
         if value.__class__ is str:
             # The usual case, before the checks of other types (several per delivery).
-            text = value.replace("\x00", "") if "\x00" in value else value
-            _check_length(text, limit)
-            return text
+            plain: str = value.replace("\x00", "") if "\x00" in value else value
+            _check_length(plain, limit)
+            return plain
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
