@@ -136,6 +136,11 @@ def _text(limit: int) -> Any:
         # Tolerated as null when absent; numbers are kept as their text so nothing is lost.
         if value is None:
             return None
+        if value.__class__ is str:
+            # The usual case, before the checks of other types (several per delivery).
+            plain: str = value.replace("\x00", "") if "\x00" in value else value
+            _check_length(plain, limit)
+            return plain
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
@@ -466,7 +471,8 @@ _ENVELOPE: Final = TypeAdapter(Delivery)
 
 
 def _decode(body: bytes | bytearray | memoryview | str | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(body, Mapping):
+    # bytes first: every stored or received body is bytes, and the Mapping check is an ABC's.
+    if body.__class__ is not bytes and isinstance(body, Mapping):
         # Any mapping is accepted, not only a dict (e.g. a framework's read-only view of the body).
         data: Any = dict(body)
     else:
