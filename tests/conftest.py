@@ -8,9 +8,9 @@ fixtures that need it, so a broken package still lets the session start and say 
 If the PostgreSQL binaries cannot be found the PostgreSQL tests are skipped, unless the
 environment variable ``CI`` is ``true``: CI must exercise them, so there the run fails instead.
 
-With pytest-xdist installed, ``python -m pytest`` runs on every core (``-n auto --dist
-loadgroup``) unless told otherwise (``-n 0``, ``-n 4``, ``-p no:xdist``). Most of the suite
-waits (for servers, subprocesses, timeouts), so two workers nearly halve its time on two cores.
+With pytest-xdist installed, ``python -m pytest`` runs two workers per core (``--dist
+loadgroup``) unless told otherwise (``-n 0``, ``-n 2``, ``-p no:xdist``). Most of the suite
+waits (for servers, subprocesses, timeouts), so the workers outnumber the cores.
 """
 
 from __future__ import annotations
@@ -49,14 +49,16 @@ def skip_or_fail() -> Callable[[str], NoReturn]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """Distribute over the cores by default; not in a worker, and not when ``-n`` was given.
+    """Two workers per core by default; not in a worker, and not when ``-n`` was given.
 
-    In ``addopts`` an ``-n`` would make ``-p no:xdist`` a usage error; here it is only a default.
+    Most of the suite waits (servers, subprocesses, timeouts): on 2 cores one worker per core
+    kept them 35% busy and took 6:23, two per core 4:45 (docs/benchmarks.md). In ``addopts`` an
+    ``-n`` would make ``-p no:xdist`` a usage error; here it is only a default.
     """
     if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
         return
     if config.option.numprocesses is None:
-        config.option.numprocesses = "auto"
+        config.option.numprocesses = 2 * (os.cpu_count() or 1)
         if config.option.dist == "no":
             # Modules marked xdist_group build something costly once (a wheel, a browser).
             config.option.dist = "loadgroup"
