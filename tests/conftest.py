@@ -49,7 +49,8 @@ def skip_or_fail() -> Callable[[str], NoReturn]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """Two workers per core by default; not in a worker, and not when ``-n`` was given.
+    """Two workers per core by default (not in a worker, not when ``-n`` was given); a crashed
+    worker ends the run.
 
     Most of the suite waits (servers, subprocesses, timeouts): on 2 cores one worker per core
     kept them 35% busy and took 6:23, two per core 4:45 (docs/benchmarks.md). In ``addopts`` an
@@ -62,6 +63,11 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         if config.option.dist == "no":
             # Modules marked xdist_group build something costly once (a wheel, a browser).
             config.option.dist = "loadgroup"
+    if config.option.maxworkerrestart is None:
+        # A worker killed by a crash (a segfault in a native library) is reported as that
+        # test's failure and ends the run: under --dist loadgroup xdist 3.8's replacement
+        # worker got no work and the run waited for ever.
+        config.option.maxworkerrestart = "0"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
