@@ -35,6 +35,7 @@ SIGNAL_HANDSHAKE_REQ = 1
 SIGNAL_HANDSHAKE_RESP = 2
 DATA_HANDSHAKE_REQ = 3
 DATA_HANDSHAKE_RESP = 4
+EVENT_UPDATE = 6
 CLIENT_READY_ACK = 7
 STREAM_STATE_UPDATE = 8
 SESSION_STATE_UPDATE = 9
@@ -53,6 +54,7 @@ MEDIA_NAMES = {AUDIO: "audio", VIDEO: "video", DESKSHARE: "deskshare", TRANSCRIP
 SESSION_STARTED = 2  # rtms.SessionState
 SESSION_STOPPED = 5
 STREAM_TERMINATED = 4  # rtms.StreamState
+EVENT_MEDIA_CONNECTION_INTERRUPTED = 7  # rtms.EVENT_MEDIA_CONNECTION_INTERRUPTED
 STATUS_OK = 0
 STATUS_INVALID_SIGNATURE = 6  # any non-zero status refuses a handshake
 
@@ -97,6 +99,10 @@ class Joined:
         return f"session-{self.stream_id}"
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def _state_update(joined: Joined, msg_type: int, state: int, reason: int) -> str:
     """A session (``msg_type`` 9) or stream (8) state update: the SDK needs ``rtms_session_id``
     (of a session it was told started) and ``reason``, and ignores an update without them."""
@@ -105,7 +111,7 @@ def _state_update(joined: Joined, msg_type: int, state: int, reason: int) -> str
         "rtms_session_id": joined.session_id,
         "state": state,
         "reason": reason,
-        "timestamp": int(time.time() * 1000),
+        "timestamp": _now_ms(),
     }
     return json.dumps(message)
 
@@ -178,6 +184,13 @@ class RTMSServer:
             )
         )
 
+    def interrupt(self, stream_id: str) -> None:
+        """Say the stream's media connection was interrupted (the SDK's
+        ``on_media_connection_interrupted``): an event update whose ``event`` names it."""
+        event = {"event_type": EVENT_MEDIA_CONNECTION_INTERRUPTED, "timestamp": _now_ms()}
+        signalling = self._joined[stream_id].signalling
+        self._call(signalling.send(json.dumps({"msg_type": EVENT_UPDATE, "event": event})))
+
     # -- media (test thread) ----------------------------------------------------------------
 
     def send_audio(self, stream_id: str, data: bytes, user_id: int, user_name: str) -> None:
@@ -188,13 +201,13 @@ class RTMSServer:
             "user_id": user_id,
             "user_name": user_name,
             "data": base64.b64encode(data).decode(),
-            "timestamp": int(time.time() * 1000),
+            "timestamp": _now_ms(),
         }
         self._send_media(stream_id, AUDIO, MEDIA_DATA_AUDIO, content)
 
     def send_transcript(self, stream_id: str, text: str, user_id: int, user_name: str) -> None:
         """One transcript line; the SDK drops a line without ``start_time``."""
-        now = int(time.time() * 1000)
+        now = _now_ms()
         content = {
             "user_id": user_id,
             "user_name": user_name,
@@ -353,7 +366,7 @@ class RTMSServer:
             request = {
                 "msg_type": KEEP_ALIVE_REQ,
                 "sequence": self._sequence,
-                "timestamp": int(time.time() * 1000),
+                "timestamp": _now_ms(),
             }
             try:
                 await connection.send(json.dumps(request))

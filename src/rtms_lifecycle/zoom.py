@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import inspect
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from rtms_lifecycle.exceptions import ClaimLost
 from rtms_lifecycle.stop_reasons import StopReasonCategory, describe_stop_reason
@@ -50,8 +51,6 @@ MediaCallback = Callable[[bytes, int, int, Any], object]
 
 DATA_CONNECTION_INTERRUPTED = 14  # Zoom's stop reason for a media connection interrupted
 RECEIVER_REQUEST_CLOSE = 20  # Zoom's stop reason for an app that left on purpose
-_SESSION_ADD = 1  # rtms.SESSION_EVENT_ADD
-_SESSION_RESUME = 4  # rtms.SESSION_EVENT_RESUME
 
 
 def load_sdk() -> Any:
@@ -220,6 +219,7 @@ class ZoomStream(Generic[ClaimT]):
         self._rejoin_every = rejoin_every
         self._poll_interval = poll_interval
         self._connected = False
+        self._interrupted = False  # set by the SDK's interruption, cleared by the next frame
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
@@ -457,22 +457,49 @@ class ZoomStream(Generic[ClaimT]):
         return None
 
     def _client(self, events: asyncio.Queue[tuple[str, int]]) -> Any:
-        """A new ``rtms.Client``: its callbacks run on this thread, inside the SDK's poll."""
+        """A new ``rtms.Client``: its callbacks run on this thread, inside the SDK's poll.
+
+        No ``on_session_update``: rtms 1.1 builds its session from a field it never sets (the
+        stream id) and crashed the process in about 1 join of 100 (seen in a core dump). Media
+        flowing again after an interruption says the connection is back instead.
+        """
+        self._interrupted = False
         client = self._rtms.Client()
         client.on_join_confirm(lambda reason: events.put_nowait(("joined", int(reason))))
         client.on_leave(lambda reason: events.put_nowait(("left", int(reason))))
-        client.on_media_connection_interrupted(
-            lambda timestamp: events.put_nowait(("interrupted", int(timestamp)))
-        )
 
-        def session_update(op: int, session: Any) -> None:
-            if op in (_SESSION_ADD, _SESSION_RESUME):
-                events.put_nowait(("resumed", op))
+        def interrupted(timestamp: int) -> None:
+            self._interrupted = True
+            events.put_nowait(("interrupted", int(timestamp)))
 
-        client.on_session_update(session_update)
+        client.on_media_connection_interrupted(interrupted)
         for name, callback in self._media.items():
             if callback is not None:
-                getattr(client, name)(callback)
+                getattr(client, name)(self._watched(callback, events))
         if self._configure is not None:
             self._configure(client)
         return client
+
+    def _watched(
+        self, callback: MediaCallback, events: asyncio.Queue[tuple[str, int]]
+    ) -> MediaCallback:
+        """``callback``, first saying media is back if the connection was interrupted."""
+
+        def back() -> None:
+            if self._interrupted:
+                self._interrupted = False
+                events.put_nowait(("resumed", 0))
+
+        if inspect.iscoroutinefunction(callback):  # the SDK awaits it on this loop
+
+            async def watched_async(data: bytes, size: int, timestamp: int, metadata: Any) -> None:
+                back()
+                await cast(Awaitable[object], callback(data, size, timestamp, metadata))
+
+            return watched_async
+
+        def watched(data: bytes, size: int, timestamp: int, metadata: Any) -> object:
+            back()
+            return callback(data, size, timestamp, metadata)
+
+        return watched
