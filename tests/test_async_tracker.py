@@ -201,6 +201,41 @@ async def test_a_bulk_transaction_decided_a_few_at_a_time_records_what_one_at_a_
     assert got == expected
 
 
+async def test_a_bulk_load_with_callbacks_calls_back_each_transition_and_lets_the_loop_run(
+    db_url: str, twin_url: str
+) -> None:
+    """Decided a chunk at a time, a batch calls back what one delivery per transaction does, in
+    order; its callbacks, none of which suspends, leave the loop other turns meanwhile."""
+    per_stream = [[d for d, _ in lifecycle(f"s{i}", T0 + i * HOUR)] for i in range(45)]
+    bodies = [d for events in per_stream for d in events] + [d for d, _ in workload(1)]
+    expected: list[tuple[str, str, str]] = []
+    with Tracker(twin_url) as tracker:
+        tracker.on_transition(lambda t, s: expected.append((t.stream_id, t.name, s.state)))
+        tracker.ingest_many(bodies, batch_size=1)
+    got: list[tuple[str, str, str]] = []
+    turns = 0
+    turns_seen: list[int] = []
+
+    async def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def callback(transition: Transition, stream: Stream) -> None:
+        got.append((transition.stream_id, transition.name, stream.state))
+        turns_seen.append(turns)
+
+    async with AsyncTracker(db_url) as atracker:
+        atracker.on_transition(callback)
+        ticker = asyncio.create_task(other_work())
+        await atracker.ingest_many(bodies, batch_size=len(bodies))
+        ticker.cancel()
+    assert len(got) > 3 * LOAD_CHUNK
+    assert got == expected
+    assert turns_seen[-1] > turns_seen[0]
+
+
 async def test_a_dashboard_sign_out_is_recorded_and_read_back(atracker: AsyncTracker) -> None:
     assert not await atracker.dashboard_session_revoked("sid")
     await atracker.revoke_dashboard_session("sid", now_ms() + 60_000)

@@ -93,6 +93,10 @@ DEFAULT_MAX_THREADS: Final = 16
 
 _Notice = tuple[Transition, Stream]
 # The transitions a write in this worker-thread job applied, and which AsyncTracker asked: the
+#: Callbacks run between two yields to the event loop. A callback that does not suspend (most
+#: ``async def`` ones) would otherwise run a whole batch's worth in one step of the loop.
+_NOTICES_PER_STEP: Final = 32
+
 # Tracker calls its callbacks in the writing thread, and they belong on the event loop.
 _COLLECTING: contextvars.ContextVar[tuple[AsyncTracker, list[_Notice]] | None] = (
     contextvars.ContextVar("rtms_lifecycle_collecting", default=None)
@@ -291,7 +295,9 @@ class AsyncTracker:
 
     async def _notify(self, notices: Sequence[_Notice]) -> None:
         subscriptions = self._subscriptions
-        for transition, stream in notices:
+        for index, (transition, stream) in enumerate(notices):
+            if index and not index % _NOTICES_PER_STEP:
+                await asyncio.sleep(0)  # a bulk load's callbacks must not hold the loop
             for subscription in subscriptions:
                 if subscription.wants(transition, stream):
                     try:

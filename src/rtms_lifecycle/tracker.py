@@ -1320,17 +1320,23 @@ def load_next(tracker: Tracker, bodies: Iterator[Body], size: int) -> IngestSumm
     """The next ``size`` bodies of a bulk load, in one transaction, as :meth:`Tracker.ingest_many`
     records them, for AsyncTracker's jobs (run in a worker thread, none left: a total of 0).
 
-    Without callbacks the bodies are parsed a few at a time within the transaction, each few let
-    go once decided: a bulk load then leaves almost nothing for Python's full collection passes
-    to be triggered by, which stop every thread, the event loop's too.
+    The bodies are parsed a few at a time within the transaction, each few let go once decided
+    (only results with their records are kept, when callbacks need them): a bulk load then
+    leaves little for Python's full collection passes to be triggered by, which stop every
+    thread, the event loop's too.
     """
     batch = list(islice(bodies, size))
     if not batch:
         return IngestSummary({})
-    if tracker._subscriptions:
-        return tracker.ingest_many(batch, batch_size=size)
-    outcomes = tracker._store.load(batch, tracker._arrived)
+    subscriptions = tracker._subscriptions
+    if subscriptions:  # only the results, for the callbacks after the commit
+        results = tracker._store.load_records(batch, tracker._arrived)
+        outcomes = [result.outcome for result in results if result is not None]
+    else:
+        outcomes = tracker._store.load(batch, tracker._arrived)
     tracker._store.confirm()
+    if subscriptions:
+        tracker._notify_all(subscriptions, results)
     return IngestSummary(dict(Counter(outcomes)))
 
 

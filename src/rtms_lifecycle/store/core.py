@@ -217,14 +217,30 @@ class Store:
         triggers its full passes, which stop every thread (an event loop's too) for tens of ms.
         A chunk reads what the chunks before it wrote, as a transaction of its own would.
         """
+        return self._load(bodies, convert, chunk, False, Batch.outcomes)
 
-        def run(tx: WriteTx) -> list[Outcome]:
-            outcomes: list[Outcome] = []
+    def load_records(
+        self, bodies: Sequence[B], convert: Callable[[B], Incoming], *, chunk: int = LOAD_CHUNK
+    ) -> list[IngestResult | None]:
+        """:meth:`load`, with each delivery's result and records, for callbacks: these are kept
+        until the commit, the parsed deliveries are not."""
+        return self._load(bodies, convert, chunk, True, Batch.results)
+
+    def _load(
+        self,
+        bodies: Sequence[B],
+        convert: Callable[[B], Incoming],
+        chunk: int,
+        with_records: bool,
+        collect: Callable[[Batch], list[R]],
+    ) -> list[R]:
+        def run(tx: WriteTx) -> list[R]:
+            kept: list[R] = []
             now = now_ms()
             for start in range(0, len(bodies), chunk):
                 items = [convert(body) for body in bodies[start : start + chunk]]
-                outcomes += Batch(tx, now, False).run(items).outcomes()
-            return outcomes
+                kept += collect(Batch(tx, now, with_records).run(items))
+            return kept
 
         return self._attempts(len(bodies), run, None, False)
 
