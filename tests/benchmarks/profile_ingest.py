@@ -22,23 +22,26 @@ from .bench_ingest import lines, make_load
 # (label, file suffix, function name): cumulative time of these functions.
 CUMULATIVE = (
     ("whole ingest_many", "rtms_lifecycle/tracker.py", "ingest_many"),
-    ("parse: to_incoming (pydantic parse_delivery)", "rtms_lifecycle/_batch.py", "to_incoming"),
-    ("Store.record (one transaction)", "rtms_lifecycle/_store.py", "record"),
-    ("  Batch._load (streams, stored identities, ids)", "rtms_lifecycle/_batch.py", "_load"),
-    ("  Batch._decide (in-memory decisions)", "rtms_lifecycle/_batch.py", "_decide"),
-    ("    machine.step", "rtms_lifecycle/machine.py", "step"),
     (
-        "    event_from_delivery (re-folds, collisions)",
-        "rtms_lifecycle/_rows.py",
-        "event_from_delivery",
+        "parse: to_incoming (decode, parse, event time)",
+        "rtms_lifecycle/store/batch.py",
+        "to_incoming",
     ),
-    ("  write (inserts, updates)", "rtms_lifecycle/_writers/sqlite.py", "write"),
+    ("  parse_delivery (pydantic)", "rtms_lifecycle/models.py", "parse_delivery"),
+    ("Store._write (one transaction)", "rtms_lifecycle/store/core.py", "_write"),
+    ("  Batch._load (streams, stored identities, ids)", "rtms_lifecycle/store/batch.py", "_load"),
+    ("  Batch._decide (in-memory decisions)", "rtms_lifecycle/store/batch.py", "_decide"),
+    ("    machine.step", "rtms_lifecycle/machine.py", "step"),
+    ("    chain_hash (audit chain)", "rtms_lifecycle/store/chain.py", "chain_hash"),
+    ("    Batch._delivery (delivery rows)", "rtms_lifecycle/store/batch.py", "_delivery"),
+    ("  Batch._write_streams (stream rows)", "rtms_lifecycle/store/batch.py", "_write_streams"),
+    ("  SqliteTx.write (inserts, updates)", "rtms_lifecycle/store/writers/sqlite.py", "write"),
     (
         "    _sqlite_changes (changed columns)",
-        "rtms_lifecycle/_writers/sqlite.py",
+        "rtms_lifecycle/store/writers/sqlite.py",
         "_sqlite_changes",
     ),
-    ("  BEGIN and COMMIT", "rtms_lifecycle/_writers/sqlite.py", "transaction"),
+    ("  BEGIN and COMMIT", "rtms_lifecycle/store/writers/sqlite.py", "transaction"),
 )
 # C functions of the sqlite3 module: the time SQLite itself spends.
 DRIVER = ("execute", "executemany", "commit", "fetchone", "fetchall", "fetchmany")
