@@ -222,24 +222,21 @@ class AsyncTracker:
     ) -> list[IngestResult]:
         # Queued in the store (SQLite), no thread waits: the writer thread parses, writes (with
         # the deliveries queued beside these) and runs the Tracker's callbacks; ours run here.
+        # One future per write: the writer thread puts the transitions beside the results.
         notices: list[_Notice] = []
-        done: Future[tuple[list[IngestResult], list[_Notice]]] = Future()
 
-        def submit() -> Future[list[IngestResult]]:
+        def submit() -> Future[tuple[list[IngestResult], list[_Notice]]]:
             _COLLECTING.set((self, notices))
             return submit_deliveries(
-                self._sync, bodies, verified=verified, headers=headers, deadline=deadline
+                self._sync,
+                bodies,
+                verified=verified,
+                headers=headers,
+                deadline=deadline,
+                then=lambda results: (results, notices),
             )
 
-        def collected(written: Future[list[IngestResult]]) -> None:
-            exc = written.exception()
-            if exc is not None:
-                done.set_exception(exc)
-            else:
-                done.set_result((written.result(), notices))
-
-        contextvars.copy_context().run(submit).add_done_callback(collected)
-        return await self._outcome(done)
+        return await self._outcome(contextvars.copy_context().run(submit))
 
     async def _outcome(self, job: Future[tuple[T, list[_Notice]]]) -> T:
         loop = asyncio.get_running_loop()
