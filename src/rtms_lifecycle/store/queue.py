@@ -130,9 +130,9 @@ class WriteQueue(Executor):
         self,
         prepare: Prepare,
         *,
-        with_records: bool = True,
         deadline: float | None = None,
         then: Then | None = None,
+        with_records: bool = True,
     ) -> Future[Any]:
         """Queue a durable delivery write; its future holds one result per item, or the error.
 
