@@ -168,6 +168,34 @@ def test_a_group_member_past_its_deadline_is_left_out_and_the_others_written(
         assert sorted(d.stream_id or "" for d in tracker.deliveries()) == ["kept-1", "kept-2"]
 
 
+def test_queued_writes_fail_each_at_its_own_deadline_whatever_their_order(
+    sqlite_url: str,
+) -> None:
+    """The queue's one alarm serves every queued deadline: a later-queued write with an earlier
+    deadline fails at it, then the next at its own, while a write without one waits its turn."""
+    with Tracker(sqlite_url) as tracker, ThreadPoolExecutor(1) as pool:
+        store = tracker._store
+
+        def submit(stream: str, within: float | None) -> Future[list[IngestResult | None]]:
+            deadline = None if within is None else time.monotonic() + within
+            return pool.submit(store.submit, [_incoming(stream)], deadline=deadline).result()
+
+        with store.exclusive():
+            begun = time.monotonic()
+            second = submit("second", 1.5)
+            first = submit("first", 0.2)
+            patient = submit("patient", None)
+            with pytest.raises(StoreTimeout):
+                first.result(10)
+            assert not second.done(), "failed before its own deadline"
+            with pytest.raises(StoreTimeout):
+                second.result(10)
+            assert time.monotonic() - begun < 5, "failed at the release, not at the deadline"
+            assert not patient.done()
+        assert [r.stream_id for r in patient.result(10) if r] == ["patient"]
+        assert [d.stream_id for d in tracker.deliveries()] == ["patient"]
+
+
 def test_bad_input_fails_its_own_write_alone(sqlite_url: str) -> None:
     """A body of an unsupported type fails its caller with TypeError; its group is written."""
     with Tracker(sqlite_url) as tracker, _loop_in_thread() as loop:

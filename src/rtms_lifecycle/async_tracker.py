@@ -163,6 +163,8 @@ class AsyncTracker:
         # Writes in worker threads, and callbacks of writes whose caller stopped waiting.
         self._jobs: set[Future[Any]] = set()
         self._callbacks: set[asyncio.Task[None]] = set()
+        # Where finished writes are handed to the event loop that awaits them (the last one).
+        self._handoff: _Handoff | None = None
         self._closed = False
 
     @property
@@ -222,30 +224,30 @@ class AsyncTracker:
     ) -> list[IngestResult]:
         # Queued in the store (SQLite), no thread waits: the writer thread parses, writes (with
         # the deliveries queued beside these) and runs the Tracker's callbacks; ours run here.
+        # One future per write: the writer thread puts the transitions beside the results.
         notices: list[_Notice] = []
-        done: Future[tuple[list[IngestResult], list[_Notice]]] = Future()
 
-        def submit() -> Future[list[IngestResult]]:
+        def submit() -> Future[tuple[list[IngestResult], list[_Notice]]]:
             _COLLECTING.set((self, notices))
             return submit_deliveries(
-                self._sync, bodies, verified=verified, headers=headers, deadline=deadline
+                self._sync,
+                bodies,
+                verified=verified,
+                headers=headers,
+                deadline=deadline,
+                then=lambda results: (results, notices),
             )
 
-        def collected(written: Future[list[IngestResult]]) -> None:
-            exc = written.exception()
-            if exc is not None:
-                done.set_exception(exc)
-            else:
-                done.set_result((written.result(), notices))
-
-        contextvars.copy_context().run(submit).add_done_callback(collected)
-        return await self._outcome(done)
+        return await self._outcome(contextvars.copy_context().run(submit))
 
     async def _outcome(self, job: Future[tuple[T, list[_Notice]]]) -> T:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[tuple[T, list[_Notice]]] = loop.create_future()
+        handoff = self._handoff
+        if handoff is None or handoff.loop is not loop:
+            handoff = self._handoff = _Handoff(loop, self._settle)
         self._jobs.add(job)
-        job.add_done_callback(functools.partial(self._finished, loop, waiter))
+        job.add_done_callback(functools.partial(self._finished, handoff, waiter))
         # The waiter is not linked back to the job: a commit cannot be called back once its thread
         # runs, so a cancelled caller stops waiting, and the write finishes, callbacks included.
         result, notices = await waiter
@@ -253,13 +255,10 @@ class AsyncTracker:
             await asyncio.shield(self._notify_in_task(notices))
         return result
 
-    def _finished(
-        self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], job: Future[Any]
-    ) -> None:
+    def _finished(self, handoff: _Handoff, waiter: asyncio.Future[Any], job: Future[Any]) -> None:
         # In the worker thread: hand the outcome to the event loop (unless it is closed: nobody
         # is left to tell), then stop counting the job, so close() never misses its callbacks.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._settle, waiter, job)
+        handoff.post(waiter, job)
         self._jobs.discard(job)
 
     def _settle(self, waiter: asyncio.Future[Any], job: Future[Any]) -> None:
@@ -891,6 +890,42 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.check_writable`. Not queued behind this tracker's writes: it
         asks whether the store can take a write now, within ``timeout``."""
         await self._read(self._sync.check_writable, timeout)
+
+
+class _Handoff:
+    """Finished jobs handed from other threads to one event loop, to settle there: one wake-up
+    of the loop for the jobs that finish together (a group commit's), not one each (a system
+    call in the writer thread, and a pass of the event loop, per delivery)."""
+
+    __slots__ = ("_items", "_lock", "_settle", "loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settle: Callable[[asyncio.Future[Any], Future[Any]], None],
+    ) -> None:
+        self.loop = loop
+        self._settle = settle
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Future[Any], Future[Any]]] = []
+
+    def post(self, waiter: asyncio.Future[Any], job: Future[Any]) -> None:
+        """Settle ``waiter`` from ``job`` on the loop (nothing if the loop is closed)."""
+        with self._lock:
+            self._items.append((waiter, job))
+            if len(self._items) > 1:
+                return  # the loop is already called to take them
+        with contextlib.suppress(RuntimeError):  # closed: nobody is left to tell
+            self.loop.call_soon_threadsafe(self._take)
+
+    def _take(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for waiter, job in items:
+            try:
+                self._settle(waiter, job)
+            except Exception:  # one waiter's failure must not strand the others
+                log.exception("could not hand a finished write to its caller")
 
 
 def _in_context(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Callable[[], T]:

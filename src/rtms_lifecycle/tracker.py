@@ -288,33 +288,26 @@ class Tracker:
         bodies: Sequence[Body],
         verified: Sequence[Verification | None] | None,
         deadline: float | None,
-    ) -> Future[list[IngestResult]]:
+        then: Callable[[list[IngestResult]], Any] | None = None,
+    ) -> Future[Any]:
         # A durable write of these deliveries, queued with the writes beside it: parsed when it
         # begins, this tracker's callbacks called (in the caller's context) before the future
-        # is done.
+        # is done. One future per write: ``then`` (in the writing thread) makes its value.
         checks = _checks(bodies, verified)
         context = contextvars.copy_context()
-        written = self._store.submit(
+
+        def after(results: list[IngestResult | None]) -> Any:
+            subscriptions = self._subscriptions
+            if subscriptions:  # each callback's error is its own (logged), not the write's
+                context.run(self._notify_all, subscriptions, results)
+            kept = [result for result in results if result is not None]
+            return kept if then is None else then(kept)
+
+        return self._store.submit(
             lambda: [self._arrived(body, v) for body, v in zip(bodies, checks, strict=True)],
             deadline=deadline,
+            then=after,
         )
-        done: Future[list[IngestResult]] = Future()
-
-        def after(write: Future[list[IngestResult | None]]) -> None:
-            exc = write.exception()
-            if exc is not None:
-                done.set_exception(exc)
-                return
-            results = write.result()
-            subscriptions = self._subscriptions
-            try:
-                if subscriptions:
-                    context.run(self._notify_all, subscriptions, results)
-            finally:
-                done.set_result([result for result in results if result is not None])
-
-        written.add_done_callback(after)
-        return done
 
     def ingest_batch(
         self,
@@ -1301,19 +1294,21 @@ def submit_deliveries(
     verified: Sequence[Verification | None] | None = None,
     headers: Mapping[str, str] | None = None,
     deadline: float | None = None,
-) -> Future[list[IngestResult]]:
+    then: Callable[[list[IngestResult]], Any] | None = None,
+) -> Future[Any]:
     """:meth:`Tracker.ingest_batch` as a future, for callers that must not block (AsyncTracker).
 
     On SQLite the write is queued with the store's other writes (a group commit with the
     deliveries queued beside it), parsed when it begins, and the tracker's callbacks run in the
     writer thread, in the caller's context, before the future is done. Elsewhere it is written
     now, in the calling thread. ``headers`` (one body): verified first, as ``ingest`` does.
+    The future holds the results, or ``then(results)`` (called where the callbacks run).
     """
     if headers is not None:
         if len(bodies) != 1:
             raise ValueError("headers verify one body")
         verified = [tracker._verified(bodies[0], headers, None)]
-    return tracker._submit(bodies, verified, deadline)
+    return tracker._submit(bodies, verified, deadline, then)
 
 
 def load_next(tracker: Tracker, bodies: Iterator[Body], size: int) -> IngestSummary:

@@ -31,7 +31,7 @@ from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.store.batch import Batch, Incoming
 from rtms_lifecycle.store.deadline import WATCHDOG, remaining
 from rtms_lifecycle.store.errors import first_line, translate, translated
-from rtms_lifecycle.store.queue import Prepare, WriteQueue
+from rtms_lifecycle.store.queue import Prepare, Then, WriteQueue
 from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SQLITE_IMMEDIATE
 from rtms_lifecycle.store.streak import FailureStreak
 from rtms_lifecycle.store.urls import default_url, plain_sqlite_file
@@ -178,22 +178,34 @@ class Store:
         crash of the machine may undo the last commits.
         """
         if durable and self._queue is not None and not self._queue.writing:
-            return self.submit(items, with_records=with_records, deadline=deadline).result()
+            written: list[IngestResult | None] = self.submit(
+                items, with_records=with_records, deadline=deadline
+            ).result()
+            return written
         return self._write(items, with_records, deadline, durable).results()
 
     def submit(
-        self, prepare: Prepare, *, with_records: bool = True, deadline: float | None = None
-    ) -> Future[list[IngestResult | None]]:
+        self,
+        prepare: Prepare,
+        *,
+        with_records: bool = True,
+        deadline: float | None = None,
+        then: Then | None = None,
+    ) -> Future[Any]:
         """:meth:`record` durably, as a future: on SQLite the write is queued (written with the
         writes queued beside it, its own results or error as if alone); elsewhere, or on the
         writer's own thread, it is written now. ``prepare``: the items, or a callable making
-        them (called when the write begins; what it raises is this write's error)."""
+        them (called when the write begins; what it raises is this write's error). ``then``:
+        the future holds ``then(results)``, called in the writing thread after the commit."""
         if self._queue is not None and not self._queue.writing:
-            return self._queue.record(prepare, with_records=with_records, deadline=deadline)
-        future: Future[list[IngestResult | None]] = Future()
+            return self._queue.record(
+                prepare, with_records=with_records, deadline=deadline, then=then
+            )
+        future: Future[Any] = Future()
         try:
             items = prepare() if callable(prepare) else prepare
-            future.set_result(self._write(items, with_records, deadline, True).results())
+            results = self._write(items, with_records, deadline, True).results()
+            future.set_result(results if then is None else then(results))
         except Exception as exc:
             future.set_exception(exc)
         return future

@@ -9,11 +9,13 @@ writer in its own thread (:meth:`WriteQueue.hold`: bulk loads, pruning, health p
 Delivery writes queued next to each other are written together, in one transaction (a group
 commit: one sync to disk for many senders); each caller still gets its own results, or its own
 exception, as if it had written alone. A queued write whose deadline passes before its turn
-fails then with :class:`StoreTimeout`, nothing written.
+fails then with :class:`StoreTimeout`, nothing written: one watchdog alarm, set for the earliest
+deadline queued, serves them all (an alarm per write cost a heap entry and a lock each).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import deque
@@ -29,7 +31,7 @@ from rtms_lifecycle.store.batch import Incoming
 from rtms_lifecycle.store.deadline import Watchdog, remaining
 from rtms_lifecycle.store.writers import WriteFailed
 
-__all__ = ["DEFAULT_GROUP", "GroupWrite", "Prepare", "WriteQueue"]
+__all__ = ["DEFAULT_GROUP", "GroupWrite", "Prepare", "Then", "WriteQueue"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -38,6 +40,8 @@ T = TypeVar("T")
 DEFAULT_GROUP: Final = 100
 
 Results = list[IngestResult | None]
+#: Makes a delivery write's value from its results, in the writer thread, after the commit.
+Then = Callable[[Results], Any]
 #: What a queued delivery write records: its items, or how to make them (run by the writer).
 Prepare = Sequence[Incoming] | Callable[[], Sequence[Incoming]]
 #: Writes items in one transaction: ``(items, with_records, deadline)``; the store's.
@@ -55,8 +59,8 @@ class _Deliveries(_Entry):
     prepare: Prepare
     with_records: bool
     deadline: float | None
-    future: Future[Results]
-    disarm: Callable[[], None] | None = None
+    future: Future[Any]
+    then: Then | None = None
     items: Sequence[Incoming] = ()
 
 
@@ -99,6 +103,9 @@ class WriteQueue(Executor):
         # Set by shutdown: the writer thread ends once nothing is queued.
         self._closing = False
         self._watchdog = Watchdog()
+        # The deadline the watchdog's alarm is set for (None: no alarm): the earliest of the
+        # queued delivery writes' when it was set. Writes taken before it are not its concern.
+        self._alarm: float | None = None
         #: Writes taken from the queue (each delivery write, job and hold that waited its turn),
         #: and the transactions that wrote groups of deliveries.
         self.jobs = 0
@@ -120,19 +127,27 @@ class WriteQueue(Executor):
             return sum(1 for entry in self._pending if not entry.taken)
 
     def record(
-        self, prepare: Prepare, *, with_records: bool = True, deadline: float | None = None
-    ) -> Future[Results]:
+        self,
+        prepare: Prepare,
+        *,
+        deadline: float | None = None,
+        then: Then | None = None,
+        with_records: bool = True,
+    ) -> Future[Any]:
         """Queue a durable delivery write; its future holds one result per item, or the error.
 
         ``prepare`` (items, or a callable making them in the writer thread) may be written in
-        one transaction with the delivery writes queued next to it.
+        one transaction with the delivery writes queued next to it. ``then``: the future holds
+        ``then(results)`` instead, called in the writer thread after the commit (what it raises
+        is the future's error).
         """
-        future: Future[Results] = Future()
+        future: Future[Any] = Future()
         future.set_running_or_notify_cancel()  # a queued write is not undone by its caller
-        entry = _Deliveries(prepare, with_records, deadline, future)
-        if deadline is not None:
-            entry.disarm = self._watchdog.watch(deadline, lambda: self._expire(entry))
-        self._enqueue(entry)
+        entry = _Deliveries(prepare, with_records, deadline, future, then)
+        with self._cond:
+            self._append(entry)
+            if deadline is not None and (self._alarm is None or deadline < self._alarm):
+                self._arm(deadline)
         return future
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
@@ -201,13 +216,32 @@ class WriteQueue(Executor):
         if self._owner is None:
             self._cond.notify_all()
 
-    def _expire(self, entry: _Deliveries) -> None:
-        # The watchdog, at the entry's deadline: still queued, it fails now.
+    def _arm(self, deadline: float) -> None:
+        # With the lock held.
+        self._alarm = deadline
+        self._watchdog.watch(deadline, self._expire)
+
+    def _expire(self) -> None:
+        # The watchdog, at the alarm's deadline: queued delivery writes past theirs fail now;
+        # the alarm is set again for the earliest one left (usually none: taken in time).
+        now = time.monotonic()
+        late: list[_Deliveries] = []
         with self._cond:
-            if entry.taken:
-                return
-            entry.taken = True
-        entry.future.set_exception(_late("waited"))
+            if self._alarm is not None and self._alarm <= now:
+                self._alarm = None
+            earliest: float | None = None
+            for entry in self._pending:
+                if entry.taken or not isinstance(entry, _Deliveries) or entry.deadline is None:
+                    continue
+                if entry.deadline <= now:
+                    entry.taken = True
+                    late.append(entry)
+                elif earliest is None or entry.deadline < earliest:
+                    earliest = entry.deadline
+            if earliest is not None and (self._alarm is None or earliest < self._alarm):
+                self._arm(earliest)
+        for entry in late:
+            entry.future.set_exception(_late("waited"))
 
     # --- the writer thread --------------------------------------------------------------------
 
@@ -268,8 +302,6 @@ class WriteQueue(Executor):
     def _deliver(self, group: list[_Deliveries]) -> None:
         live: list[_Deliveries] = []
         for entry in group:
-            if entry.disarm is not None:
-                entry.disarm()
             if entry.deadline is not None and remaining(entry.deadline) <= 0:
                 entry.future.set_exception(_late("waited"))
                 continue
@@ -313,7 +345,10 @@ class WriteQueue(Executor):
         start = 0
         for entry in group:
             end = start + len(entry.items)
-            entry.future.set_result(results[start:end])
+            if entry.then is None:
+                entry.future.set_result(results[start:end])
+            else:
+                _settle(entry.future, functools.partial(entry.then, results[start:end]))
             start = end
         return []
 
