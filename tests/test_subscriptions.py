@@ -73,20 +73,20 @@ def test_every_transition_reaches_each_consumer_across_processes_and_a_kill(
     context = multiprocessing.get_context("spawn")
     logs = {"a": tmp_path / "a.log", "b": tmp_path / "b.log"}
     # a1 is slow, so that it is still delivering when it is killed; a2 waits for its lease.
+    # Idle exits outlast a spawned process's start-up and a standby's wait under load (with 4 s,
+    # a2 once gave up standing by before the kill, at load 20, and nobody delivered the rest).
     victim = context.Process(target=_consume, args=(db_url, "a", str(logs["a"]), 0.02, 600.0))
-    consumers = [
-        victim,
-        context.Process(target=_consume, args=(db_url, "a", str(logs["a"]), 0.0)),
-        context.Process(target=_consume, args=(db_url, "b", str(logs["b"]), 0.0)),
-    ]
+    standby = context.Process(target=_consume, args=(db_url, "a", str(logs["a"]), 0.0, 10.0))
+    other = context.Process(target=_consume, args=(db_url, "b", str(logs["b"]), 0.0, 10.0))
+    consumers = [victim, standby, other]
     victim.start()
     _wait_for(lambda: _holder(db_url, "a") is not None, "the first consumer's lease")
-    for process in consumers[1:]:
-        process.start()
+    other.start()
     writers = [context.Process(target=_write, args=(db_url, w)) for w in range(WRITERS)]
     for process in writers:
         process.start()
     _wait_for(lambda: len(_delivered(logs["a"])) >= 20, "deliveries before the kill")
+    standby.start()
     os.kill(victim.pid or 0, signal.SIGKILL)
     for process in writers:
         process.join(DEADLINE_S)
