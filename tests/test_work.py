@@ -163,7 +163,10 @@ def test_quick_failures_back_off_longer_until_a_child_outlives_a_lease(
     w = works(
         "w1", "--backoff", "0.2", WORK_CHILD_EXIT="0:3", WORK_CHILD_SLOW_FROM=f"4:{LEASE + 0.5}"
     )
-    released = lambda: [line for line in w.lines() if line["event"] == "released"]  # noqa: E731
+
+    def released() -> list[dict[str, Any]]:
+        return [line for line in w.lines() if line["event"] == "released"]
+
     wait_for(lambda: len(released()) >= 4, timeout=60)
     assert [line["backoff"] for line in released()[:4]] == [0.2, 0.4, 0.8, 0.2]
     assert [line["token"] for line in released()[:4]] == [1, 2, 3, 4]
@@ -177,7 +180,10 @@ def test_new_server_urls_restart_the_child_under_the_same_claim(
 ) -> None:
     (sid,) = _start(tracker, 1)
     w = works("w1")
-    starts = lambda: [c for c in w.children() if c["event"] == "start"]  # noqa: E731
+
+    def starts() -> list[dict[str, Any]]:
+        return [c for c in w.children() if c["event"] == "start"]
+
     (first,) = wait_for(starts)
     at = now_ms()
     tracker.ingest(body("interrupted", sid, at))
