@@ -24,7 +24,6 @@ __all__ = [
     "parse_period",
     "parse_time",
     "parsed_by",
-    "short_duration",
 ]
 
 # Epoch milliseconds below this are before 1973: such a number is almost surely epoch seconds.
@@ -95,22 +94,25 @@ def _period_seconds(text: str) -> float:
     except ValueError:
         return _duration_seconds(text)
     if not math.isfinite(seconds):
-        raise ValueError(f"{text!r} is not a number of seconds nor a duration (e.g. 30s, 2m)")
+        raise ValueError(f"{text!r} is not a number of seconds")
     return seconds
 
 
 def parse_period(text: str) -> timedelta:
     """A duration as :func:`parse_duration` reads it, or a bare number of seconds (as the
     serve options that take seconds do)."""
-    seconds = _period_seconds(text)
-    if not 0 < seconds <= MAX_DURATION.total_seconds():
+    try:
+        seconds = float(text)
+    except ValueError:
+        return parse_duration(text)
+    if not 0 < seconds <= MAX_DURATION.total_seconds():  # nan fails here too
         raise ValueError(
             f"{text!r}: the duration must be longer than zero and at most {MAX_DURATION.days}d"
         )
     return timedelta(seconds=seconds)
 
 
-def short_duration(seconds: float) -> str:
+def _short_duration(seconds: float) -> str:
     """``86400`` as ``1d``, ``300`` as ``5m``, ``0.3`` as ``0.3s``: for messages and help."""
     for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -129,7 +131,7 @@ class Duration(click.ParamType[float]):
 
     @property
     def bounds(self) -> str:
-        return f"from {short_duration(self.low)} to {short_duration(self.high)}"
+        return f"from {_short_duration(self.low)} to {_short_duration(self.high)}"
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
