@@ -159,10 +159,10 @@ def test_quick_failures_back_off_longer_until_a_child_outlives_a_lease(
     tracker: Tracker, works: Callable[..., Work]
 ) -> None:
     (sid,) = _start(tracker, 1)
-    # Tokens 1 to 3 exit at once, token 4 after more than a lease, then at once again.
-    w = works(
-        "w1", "--backoff", "0.2", WORK_CHILD_EXIT="0:3", WORK_CHILD_SLOW_FROM=f"4:{LEASE + 0.5}"
-    )
+    # Tokens 1 to 3 exit at once, token 4 after more than a lease (3 s: far from both, on a
+    # loaded machine too).
+    w = works("w1", "--lease", "3s", "--backoff", "0.2", WORK_CHILD_EXIT="0:3",
+              WORK_CHILD_SLOW_FROM="4:4.5")  # fmt: skip
 
     def released() -> list[dict[str, Any]]:
         return [line for line in w.lines() if line["event"] == "released"]
@@ -196,9 +196,10 @@ def test_new_server_urls_restart_the_child_under_the_same_claim(
     (failover,) = [line for line in w.lines() if line["event"] == "failover"]
     assert failover["server_urls"] == "wss://failover.zoom.us/2"
     assert failover["state"] == "resumed"
-    # The claim was kept throughout: no release, no new token.
-    assert [e.event for e in tracker.claim_history(sid)] == ["claimed"]
-    assert _held(tracker) == {sid: "w1"}
+    # The claim was kept throughout: no release, no new token (a late renewal may be recorded).
+    events = [(e.event, e.token) for e in tracker.claim_history(sid)]
+    assert [e for e in events if e[0] != "renewed_late"] == [("claimed", 1)]
+    assert [(c.stream_id, c.worker, c.token) for c in tracker.claims()] == [(sid, "w1", 1)]
     assert w.stop() == 130
     kinds = [(line["event"], line.get("reason")) for line in w.lines()]
     assert ("released", "worker stopping") in kinds
