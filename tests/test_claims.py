@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,79 @@ def test_a_claim_passes_over_the_streams_it_excludes(tracker: Tracker) -> None:
     assert tracker.claim("a", exclude=ids) is None
     with pytest.raises(ValueError, match="exclude"):
         tracker.claim("a", exclude=[f"x{i}" for i in range(501)])
+
+
+def test_cli_claims_flags_expired_leases_and_names_the_worker_asked_for(
+    tracker: Tracker, db_url: str
+) -> None:
+    from click.testing import CliRunner
+
+    from rtms_lifecycle.cli.commands import cli
+
+    ids = start(tracker, 2)
+    short = tracker.claim("brief", lease=timedelta(milliseconds=50))
+    held = tracker.claim("steady", lease=timedelta(minutes=5))
+    assert short is not None
+    assert held is not None
+    assert held.expires_at - held.renewed_at == 300_000
+    deadline = time.monotonic() + 10
+    while now_ms() <= short.expires_at and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["--db", db_url, "claims", "--json"])
+    assert shown.exit_code == 0, shown.output
+    flags = {c["worker"]: (c["stream_id"], c["expired"]) for c in json.loads(shown.output)}
+    assert flags == {"brief": (ids[0], True), "steady": (ids[1], False)}
+    table = runner.invoke(cli, ["--db", db_url, "claims"])
+    assert table.exit_code == 0
+    (brief_row,) = [line for line in table.output.splitlines() if "brief" in line]
+    assert "EXPIRED" in brief_row
+    assert "ago" in brief_row
+    (steady_row,) = [line for line in table.output.splitlines() if "steady" in line]
+    assert "EXPIRED" not in steady_row
+    nobody = runner.invoke(cli, ["--db", db_url, "claims", "--worker", "nobody"])
+    assert nobody.exit_code == 0
+    assert "No claims held by worker 'nobody'." in nobody.output
+    assert "no worker holds" not in nobody.output
+    for blank in ("", " "):
+        refused = runner.invoke(cli, ["--db", db_url, "claims", "--worker", blank])
+        assert refused.exit_code == 2
+        assert "'--worker'" in refused.output
+
+
+def test_ages_and_leases_take_seconds_or_a_timedelta_and_a_bad_scope_is_named(
+    tracker: Tracker, db_url: str
+) -> None:
+    ids = start(tracker, 2, at=now_ms() - 60_000)
+    start(tracker, 1, at=now_ms(), prefix="new")
+    for older_than in (30, 30.0, timedelta(seconds=30)):
+        assert [s.stream_id for s in tracker.unclaimed_streams(older_than=older_than)] == ids
+        assert [s.stream_id for s in tracker.unconnected_streams(older_than=older_than)] == ids
+        assert tracker.claim_stats(older_than=older_than).unclaimed == 2
+    with pytest.raises(ValueError, match="older_than: must be from 0 to 86400 seconds"):
+        tracker.unclaimed_streams(older_than=timedelta(days=2))
+    for scope in ("zoomphone", ["meeting", "zoomphone"]):
+        with pytest.raises(ValueError, match=r"^scope: 'zoomphone' is not a valid Scope") as bad:
+            tracker.claim("w", scope=scope)
+        assert "meeting, webinar, session, contact_center, phone" in str(bad.value)
+    with pytest.raises(ValueError, match=r"^scope: "):
+        tracker.streams(scope="zoomphone")
+    claim = tracker.claim("w", lease=timedelta(seconds=20))
+    assert claim is not None
+    assert claim.expires_at - claim.claimed_at == 20_000
+    renewed = tracker.renew(claim, lease=timedelta(minutes=1))
+    assert renewed.expires_at - renewed.renewed_at == 60_000
+
+    async def run() -> None:
+        async with AsyncTracker(db_url) as asynchronous:
+            unclaimed = await asynchronous.unclaimed_streams(older_than=timedelta(seconds=30))
+            assert [s.stream_id for s in unclaimed] == ids[1:]
+            unconnected = await asynchronous.unconnected_streams(timedelta(seconds=30))
+            assert [s.stream_id for s in unconnected] == ids
+            with pytest.raises(ValueError, match=r"^scope: "):
+                await asynchronous.claim("w", scope="zoomphone")
+            taken = await asynchronous.claim("w2", lease=timedelta(seconds=15))
+            assert taken is not None
+            assert taken.expires_at - taken.claimed_at == 15_000
+
+    asyncio.run(run())

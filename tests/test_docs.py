@@ -264,3 +264,33 @@ def test_embedding_example_logs_under_uvicorn_as_written(tmp_path: Path) -> None
             assert time.monotonic() < deadline, "\n".join(served.lines())
             time.sleep(0.05)
         assert any("WARNING:     app: stream s1 died:" in line for line in served.lines())
+
+
+def _undefined_names(source: str) -> set[str]:
+    """Names the code reads that it never binds (imports, assignments, defs, parameters)."""
+    import ast
+    import builtins
+
+    tree = ast.parse(source)
+    bound, read = set(dir(builtins)), set[str]()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return read - bound
+
+
+def test_the_complete_worker_can_be_pasted_and_run() -> None:
+    """docs/workers.md's complete worker defines every name it uses, and releases its claims on
+    Ctrl-C as well as on SIGTERM."""
+    (worker,) = [b for b in python_blocks(DOCS / "workers.md") if "tracker.claim(" in b]
+    assert _undefined_names(worker) == set()
+    assert "signal.SIGINT" in worker
+    assert "signal.SIGTERM" in worker
+    assert "stream.stop()" in worker
+    compile(worker, "workers.md", "exec")

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.cli.commands import cli
+from rtms_lifecycle.cli.params import Duration
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
 
@@ -42,7 +43,7 @@ class Work:
         self.out = self.events.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rtms_lifecycle", "--db", db, "work", worker, "--json",
-             "--lease", str(LEASE), "--poll", "0.1", "--grace", "2", *args, "--", *CHILD],
+             "--lease", str(LEASE), "--poll", "0.1", "--grace", "2s", *args, "--", *CHILD],
             stdout=self.out,
             env={**os.environ, "WORK_CHILD_LOG": str(self.log), **env},
             cwd=ROOT,
@@ -97,7 +98,7 @@ def test_children_get_their_stream_and_a_stop_ends_the_child(
     tracker: Tracker, works: Callable[..., Work]
 ) -> None:
     ids = _start(tracker, 3)
-    w = works("w1", "--max", "2")
+    w = works("w1", "--max", "2", RTMS_LIFECYCLE_DB="")  # work's own --db reaches the children
     starts = wait_for(lambda: [c for c in w.children() if c["event"] == "start"][1:] and
                       [c for c in w.children() if c["event"] == "start"])  # fmt: skip
     envs = {c["env"]["RTMS_STREAM_ID"]: c["env"] for c in starts}
@@ -110,6 +111,10 @@ def test_children_get_their_stream_and_a_stop_ends_the_child(
     assert first["RTMS_SERVER_URLS"] == stream.server_urls
     assert first["RTMS_OPERATOR_ID"] == (stream.operator_id or "")
     assert first["RTMS_CLAIM_TOKEN"] == "1"
+    assert first["RTMS_WORKER"] == "w1"
+    # A Python child's Tracker() opens the database work uses.
+    with Tracker(first["RTMS_LIFECYCLE_DB"]) as theirs:
+        assert {c.stream_id for c in theirs.claims("w1")} == set(ids[:2])
     assert _held(tracker) == {ids[0]: "w1", ids[1]: "w1"}
 
     tracker.ingest(body("stopped", ids[0], now_ms(), stop_reason=6))
@@ -148,6 +153,57 @@ def test_a_child_exiting_early_is_reported_and_its_stream_claimed_again(
         ("claimed", 2, None),
     ]
     assert w.stop() == 130
+
+
+def test_quick_failures_back_off_longer_until_a_child_outlives_a_lease(
+    tracker: Tracker, works: Callable[..., Work]
+) -> None:
+    (sid,) = _start(tracker, 1)
+    # Tokens 1 to 3 exit at once, token 4 after more than a lease (3 s: far from both, on a
+    # loaded machine too).
+    w = works("w1", "--lease", "3s", "--backoff", "0.2", WORK_CHILD_EXIT="0:3",
+              WORK_CHILD_SLOW_FROM="4:4.5")  # fmt: skip
+
+    def released() -> list[dict[str, Any]]:
+        return [line for line in w.lines() if line["event"] == "released"]
+
+    wait_for(lambda: len(released()) >= 4, timeout=60)
+    assert [line["backoff"] for line in released()[:4]] == [0.2, 0.4, 0.8, 0.2]
+    assert [line["token"] for line in released()[:4]] == [1, 2, 3, 4]
+    assert w.stop() == 130
+    tokens = [e.token for e in tracker.claim_history(sid) if e.event == "claimed"]
+    assert tokens[:4] == [1, 2, 3, 4]
+
+
+def test_new_server_urls_restart_the_child_under_the_same_claim(
+    tracker: Tracker, works: Callable[..., Work]
+) -> None:
+    (sid,) = _start(tracker, 1)
+    w = works("w1")
+
+    def starts() -> list[dict[str, Any]]:
+        return [c for c in w.children() if c["event"] == "start"]
+
+    (first,) = wait_for(starts)
+    at = now_ms()
+    tracker.ingest(body("interrupted", sid, at))
+    tracker.ingest(body("started", sid, at + 1, server_urls="wss://failover.zoom.us/2"))
+    second = wait_for(lambda: starts()[1:])[0]
+    assert second["env"]["RTMS_SERVER_URLS"] == "wss://failover.zoom.us/2"
+    assert second["env"]["RTMS_CLAIM_TOKEN"] == first["env"]["RTMS_CLAIM_TOKEN"] == "1"
+    signalled = [c for c in w.children() if c["event"] == "signal"]
+    assert [(c["pid"], c["signal"]) for c in signalled] == [(first["pid"], "SIGTERM")]
+    (failover,) = [line for line in w.lines() if line["event"] == "failover"]
+    assert failover["server_urls"] == "wss://failover.zoom.us/2"
+    assert failover["state"] == "resumed"
+    # The claim was kept throughout: no release, no new token (a late renewal may be recorded).
+    events = [(e.event, e.token) for e in tracker.claim_history(sid)]
+    assert [e for e in events if e[0] != "renewed_late"] == [("claimed", 1)]
+    assert [(c.stream_id, c.worker, c.token) for c in tracker.claims()] == [(sid, "w1", 1)]
+    assert w.stop() == 130
+    kinds = [(line["event"], line.get("reason")) for line in w.lines()]
+    assert ("released", "worker stopping") in kinds
+    assert ("released", "failover") not in kinds
 
 
 def test_sigint_and_sigterm_release_every_claim(
@@ -195,7 +251,9 @@ def test_kill_9_streams_are_taken_by_another_work_within_the_lease(
     assert heir.stop() == 130
 
 
-def test_bad_input_is_refused_before_anything_is_claimed(tmp_path: Path) -> None:
+def test_bad_input_is_refused_before_anything_is_claimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"sqlite:///{tmp_path}/rtms.db"
     with Tracker(url) as tracker:
         _start(tracker, 1)
@@ -207,6 +265,31 @@ def test_bad_input_is_refused_before_anything_is_claimed(tmp_path: Path) -> None
     nothing = runner.invoke(cli, ["--db", url, "work", "w1"])
     assert nothing.exit_code == 2
     assert "after --" in nothing.output
+    no_worker = runner.invoke(cli, ["--db", url, "work", "--", "true"])
+    assert no_worker.exit_code == 2
+    assert "Missing argument 'WORKER'" in no_worker.output
+    assert "Invalid value for 'COMMAND'" not in no_worker.output
+    (tmp_path / "send.py").write_text("print('hi')\n")
+    monkeypatch.chdir(tmp_path)
+    here = runner.invoke(cli, ["--db", url, "work", "w1", "--", "./send.py"])
+    bare = runner.invoke(cli, ["--db", url, "work", "w1", "--", "send.py"])
+    assert here.exit_code == 2
+    assert "exists but is not executable (chmod +x ./send.py)" in here.output
+    assert bare.exit_code == 2
+    assert "not on PATH" in bare.output
+    assert "./send.py" in bare.output
+    for option, value, bounds in [
+        ("--lease", "0", "from 0.3s to 1d"),
+        ("--lease", "2d", "from 0.3s to 1d"),
+        ("--poll", "0.01", "from 0.05s to 1h"),
+        ("--grace", "2h", "from 0s to 1h"),
+        ("--backoff", "soon", "from 0s to 1d"),
+        ("--backoff", "nan", "from 0s to 1d"),
+    ]:
+        refused = runner.invoke(cli, ["--db", url, "work", "w1", option, value, "--", "true"])
+        assert refused.exit_code == 2, (option, value)
+        assert option in refused.output
+        assert bounds in refused.output, refused.output
     blank = runner.invoke(cli, ["--db", url, "work", " ", "--", "true"])
     assert blank.exit_code == 2
     assert "WORKER" in blank.output
@@ -217,3 +300,15 @@ def test_bad_input_is_refused_before_anything_is_claimed(tmp_path: Path) -> None
     assert gone.exit_code == 3
     with Tracker(url) as tracker:
         assert tracker.claims() == []
+
+
+def test_durations_are_read_as_the_other_duration_options_read_them() -> None:
+    lease = Duration(0.3, 86_400)
+    assert [lease.convert(v, None, None) for v in ("30s", "30", "0.5", "1m30s", "1d")] == [
+        30.0,
+        30.0,
+        0.5,
+        90.0,
+        86_400.0,
+    ]
+    assert Duration(0, 3600).convert("0", None, None) == 0.0

@@ -3,7 +3,9 @@
 Each line of ``$WORK_CHILD_LOG`` is JSON: ``{"pid", "event": "start", "env", "t"}`` when it
 starts, ``{"pid", "event": "signal", "signal", "t"}`` for each SIGTERM or SIGINT (then it
 exits 0). With ``WORK_CHILD_EXIT`` set to ``SECONDS:CODE`` it exits by itself after that long,
-with that code (only the first child of each stream, when ``WORK_CHILD_EXIT_ONCE`` is set).
+with that code (only the first child of each stream, when ``WORK_CHILD_EXIT_ONCE`` is set);
+``WORK_CHILD_SLOW_FROM`` set to ``TOKEN:SECONDS`` makes the children of claim tokens from TOKEN
+on run that long instead.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def main() -> None:
     once = os.environ.get("WORK_CHILD_EXIT_ONCE")
     if exit_after and (not once or env.get("RTMS_CLAIM_TOKEN") == "1"):
         seconds, code = exit_after.split(":")
+        slow = os.environ.get("WORK_CHILD_SLOW_FROM")
+        if slow:
+            token, longer = slow.split(":")
+            if int(env["RTMS_CLAIM_TOKEN"]) >= int(token):
+                seconds = longer
         time.sleep(float(seconds))
         _write({"event": "exit", "code": int(code)})
         sys.exit(int(code))

@@ -6,7 +6,7 @@ Credentials come from ``ZOOM_CLIENT_ID`` and ``ZOOM_CLIENT_SECRET``. Each line o
 ``{"event": "started", "stream_id", "token"}`` when it joins a claimed stream, ``{"event":
 "audio" | "transcript", "stream_id", "data", "user"}`` for each frame its media callbacks get
 (audio as hex), ``{"event": "ended", "stream_id", "why", "code", "claim_lost"}`` when a stream's
-slot is free again. SIGTERM: it leaves every stream, releases every claim and exits 0.
+slot is free again. SIGINT or SIGTERM: it leaves every stream, releases every claim and exits 0.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def main() -> None:
 
     tracker = Tracker(url)
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     running: list[ZoomStream[Claim]] = []
 
     while not stopping.is_set():

@@ -394,7 +394,7 @@ class AsyncTracker:
         self,
         worker: str,
         *,
-        lease: float = DEFAULT_CLAIM_LEASE,
+        lease: timedelta | float = DEFAULT_CLAIM_LEASE,
         scope: Scope | str | Iterable[Scope | str] | None = None,
         account_id: str | None = None,
         scope_id: str | None = None,
@@ -411,7 +411,7 @@ class AsyncTracker:
             exclude=tuple(exclude),
         )
 
-    async def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:
+    async def renew(self, claim: Claim, *, lease: timedelta | float | None = None) -> Claim:
         """Awaitable :meth:`Tracker.renew`."""
         return await self._write(self._sync.renew, claim, lease=lease)
 
@@ -433,16 +433,18 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.claims`."""
         return await self._read(self._sync.claims, worker)
 
-    async def unclaimed_streams(self, older_than: float = 0.0) -> list[Stream]:
+    async def unclaimed_streams(self, older_than: timedelta | float = 0.0) -> list[Stream]:
         """Awaitable :meth:`Tracker.unclaimed_streams`."""
         return await self._read(self._sync.unclaimed_streams, older_than)
 
-    async def unconnected_streams(self, older_than: float = 30.0) -> list[Stream]:
+    async def unconnected_streams(self, older_than: timedelta | float = 30.0) -> list[Stream]:
         """Awaitable :meth:`Tracker.unconnected_streams`."""
         return await self._read(self._sync.unconnected_streams, older_than)
 
     async def claim_stats(
-        self, older_than: float = 30.0, buckets: Sequence[float] = DEFAULT_CONNECT_BUCKETS
+        self,
+        older_than: timedelta | float = 30.0,
+        buckets: Sequence[float] = DEFAULT_CONNECT_BUCKETS,
     ) -> ClaimStats:
         """Awaitable :meth:`Tracker.claim_stats`."""
         return await self._read(self._sync.claim_stats, older_than, buckets)

@@ -63,6 +63,7 @@ from rtms_lifecycle.tracking import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_CONNECT_BUCKETS,
     MAX_CLAIM_EXCLUDE,
+    as_kind,
     as_set,
     callback_failed,
     check_batch_size,
@@ -121,7 +122,12 @@ class Subscription:
     @classmethod
     def of(cls, callback: TransitionCallback, to: Any, name: Any, scope: Any) -> Subscription:
         """The filters as :meth:`Tracker.on_transition` takes them: one value or several."""
-        return cls(callback, as_set(to, State), as_set(name, TransitionName), as_set(scope, Scope))
+        return cls(
+            callback,
+            as_set(to, State, "to"),
+            as_set(name, TransitionName, "name"),
+            as_set(scope, Scope, "scope"),
+        )
 
     def wants(self, transition: Transition, stream: Stream) -> bool:
         return (
@@ -158,10 +164,10 @@ def _stream_filters(
     until: Timestamp | None,
 ) -> tuple[list[State] | None, Scope | None, str | None, int | None, int | None]:
     """``streams()``'s and ``count_streams()``'s filters as the queries take them."""
-    states = sorted(as_set(state, State) or ())
+    states = sorted(as_set(state, State, "state") or ())
     return (
         states or None,
-        Scope(scope) if scope else None,
+        as_kind(scope, Scope, "scope") if scope else None,
         scope_id,
         _epoch_ms(since),
         _epoch_ms(until),
@@ -381,14 +387,15 @@ class Tracker:
         self,
         worker: str,
         *,
-        lease: float = DEFAULT_CLAIM_LEASE,
+        lease: timedelta | float = DEFAULT_CLAIM_LEASE,
         scope: Scope | str | Iterable[Scope | str] | None = None,
         account_id: str | None = None,
         scope_id: str | None = None,
         exclude: Iterable[str] = (),
     ) -> Claim | None:
         """Take one live stream (started, resumed or interrupted) that nobody holds with an
-        unexpired lease, the oldest start first, for ``lease`` seconds; None if there is none.
+        unexpired lease, the oldest start first, for ``lease`` (seconds or a timedelta); None if
+        there is none. ``scope``: a :class:`Scope` or its value (``meeting``...), or several.
         Streams in ``exclude`` are passed over (a worker backing off from them).
 
         Each new claim of a stream gets a greater ``token``. Many processes may claim at once:
@@ -396,7 +403,7 @@ class Tracker:
         """
         from rtms_lifecycle.store import claims as _claims
 
-        scopes = as_set(scope, Scope)
+        scopes = as_set(scope, Scope, "scope")
         where = (
             sorted(s.value for s in scopes) if scopes else None,
             scope_id,
@@ -415,8 +422,9 @@ class Tracker:
             skip,
         )
 
-    def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:
-        """Extend the claim's lease (by ``lease`` seconds, else as long as it was taken for).
+    def renew(self, claim: Claim, *, lease: timedelta | float | None = None) -> Claim:
+        """Extend the claim's lease (by ``lease``, seconds or a timedelta; else as long as it was
+        taken for).
 
         Raises :class:`ClaimLost` once the claim is not the caller's: ``expired`` (its lease
         ran out and the stream was taken, then let go), ``taken`` (another worker holds it),
@@ -473,18 +481,19 @@ class Tracker:
         with self._store.read() as conn:
             return _claims.claimed(conn, worker, now_ms())
 
-    def unclaimed_streams(self, older_than: float = 0.0) -> list[Stream]:
-        """Live streams that started at least ``older_than`` seconds ago and that nobody holds
-        (no claim, or an ended or expired one), oldest first."""
+    def unclaimed_streams(self, older_than: timedelta | float = 0.0) -> list[Stream]:
+        """Live streams that started at least ``older_than`` ago (seconds or a timedelta) and that
+        nobody holds (no claim, or an ended or expired one), oldest first."""
         from rtms_lifecycle.store import claims as _claims
 
         now = now_ms()
         with self._store.read() as conn:
             return _claims.unclaimed(conn, now - lease_ms(older_than, "older_than"), now)
 
-    def unconnected_streams(self, older_than: float = 30.0) -> list[Stream]:
-        """Live streams that started at least ``older_than`` seconds ago whose media no
-        worker reports connected now (unheld, or held but not connected), oldest first."""
+    def unconnected_streams(self, older_than: timedelta | float = 30.0) -> list[Stream]:
+        """Live streams that started at least ``older_than`` ago (seconds or a timedelta) whose
+        media no worker reports connected now (unheld, or held but not connected), oldest
+        first."""
         from rtms_lifecycle.store import claims as _claims
 
         now = now_ms()
@@ -492,12 +501,14 @@ class Tracker:
             return _claims.unconnected(conn, now - lease_ms(older_than, "older_than"), now)
 
     def claim_stats(
-        self, older_than: float = 30.0, buckets: Sequence[float] = DEFAULT_CONNECT_BUCKETS
+        self,
+        older_than: timedelta | float = 30.0,
+        buckets: Sequence[float] = DEFAULT_CONNECT_BUCKETS,
     ) -> ClaimStats:
-        """How many live streams started at least ``older_than`` seconds ago nobody holds, and
-        how many no worker reports connected; and the seconds from start to first reported
-        connection of every live stream, counted in ``buckets`` (upper bounds, in seconds).
-        Two aggregate queries: cheap enough for every metrics scrape."""
+        """How many live streams started at least ``older_than`` ago (seconds or a timedelta)
+        nobody holds, and how many no worker reports connected; and the seconds from start to
+        first reported connection of every live stream, counted in ``buckets`` (upper bounds,
+        in seconds). Two aggregate queries: cheap enough for every metrics scrape."""
         from rtms_lifecycle.store import claims as _claims
 
         bounds = sorted({lease_ms(b, "buckets") for b in buckets})
@@ -611,7 +622,9 @@ class Tracker:
         """
         from rtms_lifecycle.store import reprocess as _reprocess
 
-        wanted = sorted(as_set(outcome, Outcome) or {Outcome.REJECTED, Outcome.UNHANDLED})
+        wanted = sorted(
+            as_set(outcome, Outcome, "outcome") or {Outcome.REJECTED, Outcome.UNHANDLED}
+        )
         if not set(wanted) <= {Outcome.REJECTED, Outcome.UNHANDLED}:
             raise ValueError("reprocess reads rejected and unhandled deliveries only")
         check_batch_size(batch_size)
@@ -967,7 +980,11 @@ class Tracker:
 
         with self._store.read() as conn:
             return _queries.active_streams(
-                conn, Scope(scope) if scope else None, scope_id, account_id, now_ms()
+                conn,
+                as_kind(scope, Scope, "scope") if scope else None,
+                scope_id,
+                account_id,
+                now_ms(),
             )
 
     def streams(
@@ -1098,7 +1115,9 @@ class Tracker:
         from rtms_lifecycle.store import queries as _queries
 
         with self._store.read() as conn:
-            return _queries.list_deliveries(conn, as_set(outcome, Outcome), stream_id, limit)
+            return _queries.list_deliveries(
+                conn, as_set(outcome, Outcome, "outcome"), stream_id, limit
+            )
 
     def delivery_page(
         self,
@@ -1120,7 +1139,7 @@ class Tracker:
         with self._store.read() as conn:
             found = _queries.list_deliveries(
                 conn,
-                as_set(outcome, Outcome),
+                as_set(outcome, Outcome, "outcome"),
                 stream_id,
                 limit + 1,
                 event=event,
@@ -1217,7 +1236,7 @@ class Tracker:
                 conn,
                 _epoch_ms(since),
                 _epoch_ms(until),
-                Scope(scope) if scope else None,
+                as_kind(scope, Scope, "scope") if scope else None,
                 account_id,
             )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
+from enum import Enum, EnumMeta
 from typing import TYPE_CHECKING, Any
 
 from rtms_lifecycle.bounds import arrival_time_problem
@@ -17,6 +19,7 @@ __all__ = [
     "DEFAULT_CLAIM_LEASE",
     "DEFAULT_CONNECT_BUCKETS",
     "MAX_CLAIM_EXCLUDE",
+    "as_kind",
     "as_set",
     "callback_failed",
     "check_batch_size",
@@ -39,12 +42,24 @@ _WORKER_LENGTH = 200
 log = logging.getLogger("rtms_lifecycle.tracker")
 
 
-def as_set(value: Any, kind: Callable[[Any], Any]) -> frozenset[Any] | None:
-    """One value or many (a string is one) as a set of ``kind``; None stays None."""
+def as_set(value: Any, kind: Callable[[Any], Any], name: str) -> frozenset[Any] | None:
+    """One value or many (a string is one) as a set of ``kind``; None stays None. A value
+    ``kind`` refuses is a :class:`ValueError` naming the argument (``name``)."""
     if value is None:
         return None
     values = [value] if isinstance(value, str) else list(value)
-    return frozenset(kind(v) for v in values)
+    return frozenset(as_kind(v, kind, name) for v in values)
+
+
+def as_kind(value: Any, kind: Callable[[Any], Any], name: str) -> Any:
+    """``kind(value)``, or a :class:`ValueError` naming the argument and, for an enum, its
+    valid values."""
+    try:
+        return kind(value)
+    except ValueError as exc:
+        members: list[Enum] = list(kind) if isinstance(kind, EnumMeta) else []
+        valid = ", ".join(str(m.value) for m in members)
+        raise ValueError(f"{name}: {exc}" + (f"; valid: {valid}" if valid else "")) from None
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -73,14 +88,20 @@ def check_worker(worker: object) -> str:
 
 
 def lease_ms(seconds: object, name: str = "lease") -> int:
-    """A number of seconds (from 0.001 to a day; ``older_than`` from 0) in milliseconds."""
+    """A number of seconds or a :class:`~datetime.timedelta` (from 0.001 s to a day;
+    ``older_than`` from 0) in milliseconds."""
     low = 0.0 if name != "lease" else 0.001
+    if isinstance(seconds, timedelta):
+        seconds = seconds.total_seconds()
     if (
         isinstance(seconds, bool)
         or not isinstance(seconds, int | float)
         or not low <= seconds <= _MAX_LEASE
     ):
-        raise ValueError(f"{name}: must be from {low:g} to {_MAX_LEASE:g} seconds, not {seconds!r}")
+        raise ValueError(
+            f"{name}: must be from {low:g} to {_MAX_LEASE:g} seconds (a number or a timedelta), "
+            f"not {seconds!r}"
+        )
     return max(int(seconds * 1000), 1 if name == "lease" else 0)
 
 

@@ -270,12 +270,19 @@ def stream_command(app: App, stream_id: str, as_json: bool) -> None:
 def claims(app: App, worker: str | None, as_json: bool) -> None:
     """Which worker holds which live stream: tokens, lease ages, connection state."""
     from rtms_lifecycle.clock import now_ms
+    from rtms_lifecycle.tracking import check_worker
 
+    if worker is not None:
+        try:
+            check_worker(worker)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--worker'") from None
     found = app.tracker(create=False).claims(worker)
+    now = now_ms()
     if as_json:
-        emit_json([claim.as_dict() for claim in found])
+        emit_json([{**claim.as_dict(), "expired": claim.expires_at <= now} for claim in found])
         return
-    print_table(app.out, claims_table(found, now_ms()))
+    print_table(app.out, claims_table(found, now, worker))
 
 
 @cli.command()

@@ -17,6 +17,7 @@ __all__ = [
     "ACCOUNT_OPTION",
     "JSON_OPTION",
     "TEXT",
+    "Duration",
     "Seconds",
     "check_window",
     "parse_duration",
@@ -70,16 +71,31 @@ def check_window(since: int | None, until: int | None) -> None:
 
 def parse_duration(text: str) -> timedelta:
     """A duration such as ``90s``, ``15m``, ``6h``, ``2d`` or ``1h30m``."""
-    compact = text.strip().lower().replace(" ", "")
-    parts = _DURATION_PART.findall(compact)
-    if not parts or "".join(n + u for n, u in parts) != compact:
-        raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 15m, 6h, 2d or 1h30m")
-    seconds = sum(int(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    seconds = _duration_seconds(text)
     if seconds <= 0:
         raise ValueError(f"{text!r}: the duration must be longer than zero")
     if seconds > MAX_DURATION.total_seconds():
         raise ValueError(f"{text!r} is out of range: at most {MAX_DURATION.days}d")
     return timedelta(seconds=seconds)
+
+
+def _duration_seconds(text: str) -> int:
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION_PART.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 15m, 6h, 2d or 1h30m")
+    return sum(int(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def _period_seconds(text: str) -> float:
+    """Seconds from a bare number (``0.5``, ``30``) or a duration (``30s``, ``2m``, ``1h30m``)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return _duration_seconds(text)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a number of seconds")
+    return seconds
 
 
 def parse_period(text: str) -> timedelta:
@@ -94,6 +110,47 @@ def parse_period(text: str) -> timedelta:
             f"{text!r}: the duration must be longer than zero and at most {MAX_DURATION.days}d"
         )
     return timedelta(seconds=seconds)
+
+
+def _short_duration(seconds: float) -> str:
+    """``86400`` as ``1d``, ``300`` as ``5m``, ``0.3`` as ``0.3s``: for messages and help."""
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+class Duration(click.ParamType[float]):
+    """Seconds as a bare number (``30``, ``0.5``) or a duration (``30s``, ``2m``, ``1h30m``),
+    from ``low`` to ``high``: a float number of seconds."""
+
+    name = "duration"
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    @property
+    def bounds(self) -> str:
+        return f"from {_short_duration(self.low)} to {_short_duration(self.high)}"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)  # a default
+        else:
+            try:
+                seconds = _period_seconds(str(value))
+            except ValueError:
+                self.fail(
+                    f"{str(value)!r} is neither seconds nor a duration: give {self.bounds}, "
+                    "e.g. 30, 30s or 2m",
+                    param,
+                    ctx,
+                )
+        if not self.low <= seconds <= self.high:
+            self.fail(f"{str(value)!r} is out of range: give {self.bounds}", param, ctx)
+        return seconds
 
 
 def parsed_by(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:

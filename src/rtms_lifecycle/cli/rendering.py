@@ -277,9 +277,11 @@ def claim_history_table(events: Sequence[ClaimEvent]) -> Table:
     return table
 
 
-def claims_table(claims: Sequence[Claim], now: int) -> Table | Text:
+def claims_table(claims: Sequence[Claim], now: int, worker: str | None = None) -> Table | Text:
     from rich.text import Text
 
+    if not claims and worker is not None:
+        return Text(f"No claims held by worker {worker!r}.")
     if not claims:
         return Text("No claims: no worker holds a live stream.")
     table = _table(
@@ -306,7 +308,9 @@ def claims_table(claims: Sequence[Claim], now: int) -> Table | Text:
             "yes" if claim.connected else "no",
             format_duration(max(now - claim.claimed_at, 0)),
             f"{format_duration(max(now - claim.renewed_at, 0))} ago",
-            format_duration(left) if left > 0 else _styled("expired", "red"),
+            format_duration(left)
+            if left > 0
+            else _styled(f"EXPIRED {format_duration(-left)} ago", "bold red"),
         )
     return table
 

@@ -3,9 +3,11 @@
 One loop on the main thread claims streams up to ``--max``, starts COMMAND for each with the
 stream in its environment, renews the leases at a third of their length, and ends a child
 (SIGTERM to its process group, SIGKILL after ``--grace``) once its stream stopped or its claim
-was lost. A child that exits on its own is reported disconnected, its claim released and its
-stream passed over for ``--backoff`` seconds (another worker may take it meanwhile). SIGINT or
-SIGTERM to ``work`` end every child and release every claim.
+was lost. A renewal that finds the stream's server URLs changed (Zoom failed over) restarts the
+child under the same claim. A child that exits on its own is reported disconnected, its claim
+released and its stream passed over for ``--backoff`` seconds, twice as long after each quick
+failure up to a cap (another worker may take it meanwhile). SIGINT or SIGTERM to ``work`` end
+every child and release every claim.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -27,9 +30,9 @@ import click
 
 from rtms_lifecycle.cli.app import App, pass_app
 from rtms_lifecycle.cli.errors import interrupted
-from rtms_lifecycle.cli.params import ACCOUNT_OPTION, TEXT, Seconds
+from rtms_lifecycle.cli.params import ACCOUNT_OPTION, TEXT, Duration
 from rtms_lifecycle.clock import format_time, now_ms
-from rtms_lifecycle.defaults import SCOPES
+from rtms_lifecycle.defaults import DB_ENV, SCOPES
 from rtms_lifecycle.exceptions import ClaimLost, RTMSLifecycleError
 
 if TYPE_CHECKING:
@@ -41,12 +44,22 @@ __all__ = ["Supervisor", "child_environment", "work"]
 #: The longest the loop sleeps: how soon a child's exit is noticed.
 _TICK: Final = 0.1
 _PR_SET_PDEATHSIG: Final = 1
+#: The longest back-off after quick failures: ten times ``--backoff``, at most five minutes
+#: (unless ``--backoff`` itself is longer).
+_BACKOFF_GROWTH: Final = 10
+_BACKOFF_CAP: Final = 300.0
+# Why a child is told to stop while its claim is kept and renewed.
+_STOPPING: Final = "worker stopping"
+_FAILOVER: Final = "failover"
 
 
-def child_environment(claim: Claim, worker: str) -> dict[str, str]:
-    """The variables that tell a child which stream it joins, and under which claim."""
+def child_environment(claim: Claim, worker: str, db: str | None = None) -> dict[str, str]:
+    """The variables that tell a child which stream it joins, under which claim, and (``db``)
+    the database ``work`` uses."""
     stream = claim.stream
+    database = {DB_ENV: db} if db is not None else {}
     return {
+        **database,
         "RTMS_STREAM_ID": claim.stream_id,
         "RTMS_SERVER_URLS": stream.server_urls or "",
         "RTMS_SCOPE": stream.scope.value,
@@ -85,6 +98,7 @@ class _Job:
     child: subprocess.Popen[bytes]
     renew_at: float  # monotonic seconds
     lease_end: float
+    started: float
     #: Why the child was told to stop; None while it runs on its own.
     ending: str | None = None
     kill_at: float = math.inf
@@ -108,8 +122,10 @@ class Supervisor:
         poll: float = 1.0,
         as_json: bool = False,
         out: IO[str] | None = None,
+        db: str | None = None,
     ) -> None:
         self.tracker, self.worker, self.command = tracker, worker, list(command)
+        self.db = db
         self.most, self.lease, self.grace, self.backoff, self.poll = (
             most,
             lease,
@@ -120,7 +136,9 @@ class Supervisor:
         self.scopes, self.account_id, self.as_json = list(scopes), account_id, as_json
         self.out = out or sys.stdout
         self.jobs: dict[str, _Job] = {}
-        self.backing_off: dict[str, float] = {}
+        #: stream id -> (until when it is passed over, quick failures in a row)
+        self.backing_off: dict[str, tuple[float, int]] = {}
+        self.backoff_cap = max(backoff, min(_BACKOFF_GROWTH * backoff, _BACKOFF_CAP))
         self.signalled: int | None = None
         self._hurry = False
         self._next_claim = 0.0
@@ -160,7 +178,7 @@ class Supervisor:
         self._emit("stopping", None, signal=signal.Signals(self.signalled or 0).name)
         now = time.monotonic()
         for job in self.jobs.values():
-            self._end(job, "worker stopping", now)
+            self._end(job, _STOPPING, now)
         while self.jobs:
             now = time.monotonic()
             if self._hurry:
@@ -173,7 +191,14 @@ class Supervisor:
     # --- claims and children ----------------------------------------------------------------
 
     def _claim_more(self, now: float) -> None:
-        self.backing_off = {s: t for s, t in self.backing_off.items() if t > now}
+        # A stream neither held nor failing lately (another worker's now, or stopped) is
+        # forgotten: its next failure starts from --backoff again.
+        self.backing_off = {
+            sid: (until, failures)
+            for sid, (until, failures) in self.backing_off.items()
+            if sid in self.jobs or until + self.backoff_cap > now
+        }
+        passed_over = [sid for sid, (until, _) in self.backing_off.items() if until > now]
         while len(self.jobs) < self.most and self.signalled is None:
             try:
                 claim = self.tracker.claim(
@@ -181,7 +206,7 @@ class Supervisor:
                     lease=self.lease,
                     scope=self.scopes or None,
                     account_id=self.account_id,
-                    exclude=self.backing_off,
+                    exclude=passed_over,
                 )
             except RTMSLifecycleError as exc:
                 self._emit("error", None, action="claim", error=str(exc))
@@ -192,8 +217,10 @@ class Supervisor:
             self._emit("claimed", claim, expires_at=claim.expires_at)
             self._start(claim, time.monotonic())
 
-    def _start(self, claim: Claim, now: float) -> None:
-        env = {**os.environ, **child_environment(claim, self.worker)}
+    def _start(self, claim: Claim, now: float, held: _Job | None = None) -> None:
+        """Start a child for ``claim``; ``held``: the job it replaces (a failover), whose
+        renewal times it keeps."""
+        env = {**os.environ, **child_environment(claim, self.worker, self.db)}
         try:
             child = subprocess.Popen(
                 self.command,
@@ -206,11 +233,14 @@ class Supervisor:
             )
         except OSError as exc:
             self._emit("error", claim, action="start", error=str(exc))
-            self._let_go(claim, f"could not start: {exc}", now)
+            self._let_go(claim, f"could not start: {exc}", now, ran=0.0)
             return
         self._emit("started", claim, pid=child.pid)
-        third = self.lease / 3
-        self.jobs[claim.stream_id] = _Job(claim, child, now + third, now + self.lease)
+        if held is not None:
+            renew_at, lease_end = held.renew_at, held.lease_end
+        else:
+            renew_at, lease_end = now + self.lease / 3, now + self.lease
+        self.jobs[claim.stream_id] = _Job(claim, child, renew_at, lease_end, now)
 
     def _reap(self, now: float) -> None:
         for sid, job in list(self.jobs.items()):
@@ -222,18 +252,25 @@ class Supervisor:
                 continue
             del self.jobs[sid]
             self._emit("exited", job.claim, pid=job.child.pid, code=code)
+            if job.ending == _FAILOVER and self.signalled is None:
+                self._start(job.claim, now, held=job)  # the same claim, the new server URLs
+                continue
             if job.ending is None:
-                self._let_go(job.claim, f"child exited with {code}", now)
+                self._let_go(job.claim, f"child exited with {code}", now, ran=now - job.started)
             else:
-                self._finish(job.claim, job.ending)
+                self._finish(job.claim, _STOPPING if job.ending == _FAILOVER else job.ending)
             self._next_claim = 0.0
 
-    def _let_go(self, claim: Claim, reason: str, now: float) -> None:
-        """A child that ended on its own: said, released, and its stream passed over a while."""
-        self._finish(claim, reason)
-        self.backing_off[claim.stream_id] = now + self.backoff
+    def _let_go(self, claim: Claim, reason: str, now: float, ran: float) -> None:
+        """A child that ended on its own: said, released, and its stream passed over a while,
+        twice as long after each child that ran less than a lease (up to the cap)."""
+        _, failures = self.backing_off.get(claim.stream_id, (0.0, 0))
+        failures = 1 if ran >= self.lease else failures + 1
+        wait = min(self.backoff * 2 ** min(failures - 1, 32), self.backoff_cap)
+        self._finish(claim, reason, backoff=wait)
+        self.backing_off[claim.stream_id] = (now + wait, failures)
 
-    def _finish(self, claim: Claim, reason: str) -> None:
+    def _finish(self, claim: Claim, reason: str, **fields: Any) -> None:
         try:
             self.tracker.report_disconnected(claim)
             self._emit("disconnected", claim)
@@ -247,20 +284,24 @@ class Supervisor:
             self._emit("error", claim, action="release", error=str(exc))
             return
         if released:
-            self._emit("released", claim, reason=reason)
+            self._emit("released", claim, reason=reason, **fields)
 
     def _keep(self, now: float) -> None:
         """Renew what is due; end the children of claims lost, or whose lease ran out unrenewed."""
         for job in self.jobs.values():
-            if job.ending is not None and job.ending != "worker stopping":
+            if job.ending not in (None, _STOPPING, _FAILOVER):
                 continue  # lost: nothing to renew
             if job.renew_at <= now:
                 self._renew(job, now)
-            if job.ending is None and job.lease_end <= now:
+            if job.ending in (None, _FAILOVER) and job.lease_end <= now:
                 self._emit("lost", job.claim, reason="lease ran out unrenewed")
-                self._end(job, "lease ran out unrenewed", now)
+                if job.ending is None:
+                    self._end(job, "lease ran out unrenewed", now)
+                else:
+                    job.ending = "lease ran out unrenewed"
 
     def _renew(self, job: _Job, now: float) -> None:
+        before = job.claim.stream.server_urls
         try:
             job.claim = self.tracker.renew(job.claim, lease=self.lease)
         except ClaimLost as lost:
@@ -279,6 +320,12 @@ class Supervisor:
             job.renew_at = now + min(1.0, self.lease / 10)
             return
         job.renew_at, job.lease_end = now + self.lease / 3, now + self.lease
+        after = job.claim.stream.server_urls
+        if after and after != before and job.ending is None:
+            # Zoom failed over: the child's RTMS_SERVER_URLS are stale. A new child for the
+            # same claim; the claim is kept and renewed meanwhile.
+            self._emit(_FAILOVER, job.claim, server_urls=after, state=job.claim.stream.state.value)
+            self._end(job, _FAILOVER, now)
 
     def _end(self, job: _Job, reason: str, now: float) -> None:
         if job.ending is not None:
@@ -324,13 +371,43 @@ _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 def _check_command(command: Sequence[str]) -> None:
     if not command:
         raise click.BadParameter("give the command to run, after --", param_hint="'COMMAND'")
-    if shutil.which(command[0]) is None:
-        raise click.BadParameter(
-            f"{command[0]!r} is not an executable file (nor one on PATH)", param_hint="'COMMAND'"
+    program = command[0]
+    if shutil.which(program) is not None:
+        return
+    if os.sep in program or (os.altsep and os.altsep in program):
+        if os.path.isdir(program):
+            problem = f"{program!r} is a folder, not a program"
+        elif os.path.exists(program):
+            problem = f"{program!r} exists but is not executable (chmod +x {program})"
+        else:
+            problem = f"{program!r}: no such file"
+    elif os.path.isfile(program):
+        problem = f"{program!r} is not on PATH; for the file in this folder give ./{program}" + (
+            "" if os.access(program, os.X_OK) else f" (and chmod +x {program})"
         )
+    else:
+        problem = f"{program!r} is not an executable file nor one on PATH"
+    raise click.BadParameter(problem, param_hint="'COMMAND'")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class _WorkCommand(click.Command):
+    """``work -- true`` takes ``true`` for WORKER and leaves no COMMAND: say WORKER is missing."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)
+        rest = super().parse_args(ctx, args)
+        if "--" in given and not ctx.params.get("command"):
+            after = given[given.index("--") + 1 :]
+            if after and after[0] == ctx.params.get("worker"):
+                raise click.UsageError(
+                    "Missing argument 'WORKER': name the worker before --, e.g. "
+                    f"rtms-lifecycle work worker-7 -- {shlex.join(after)}",
+                    ctx,
+                )
+        return rest
+
+
+@click.command(cls=_WorkCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("worker", type=TEXT)
 @click.option(
     "--max",
@@ -342,35 +419,46 @@ def _check_command(command: Sequence[str]) -> None:
 )
 @click.option(
     "--lease",
-    type=Seconds(min=0.3, max=86_400),
-    default=30.0,
+    type=Duration(0.3, 86_400),
+    default="30s",
     show_default=True,
-    help="Seconds a claim holds unless renewed; renewed every third of it.",
+    metavar="DURATION",
+    help="How long a claim holds unless renewed (0.3s to 1d; 30, 30s, 2m); renewed every "
+    "third of it.",
 )
 @click.option(
-    "--scope", "scopes", type=click.Choice(SCOPES), multiple=True, help="Only this product."
+    "--scope",
+    "scopes",
+    type=click.Choice(SCOPES),
+    multiple=True,
+    help="Only this product; repeat for several.",
 )
 @ACCOUNT_OPTION
 @click.option(
     "--grace",
-    type=Seconds(min=0, max=3600),
-    default=10.0,
+    type=Duration(0, 3600),
+    default="10s",
     show_default=True,
-    help="Seconds between SIGTERM and SIGKILL of a child whose stream ended.",
+    metavar="DURATION",
+    help="Between SIGTERM and SIGKILL of any child being stopped: its stream stopped, its "
+    "claim lost, a failover, or work stopping (0s to 1h).",
 )
 @click.option(
     "--backoff",
-    type=Seconds(min=0, max=86_400),
-    default=5.0,
+    type=Duration(0, 86_400),
+    default="5s",
     show_default=True,
-    help="Seconds a stream whose child exited on its own is passed over.",
+    metavar="DURATION",
+    help="How long a stream whose child exited on its own is passed over (0s to 1d); doubled "
+    "after each child that ran less than a lease, up to 10 times it or 5m, whichever is less.",
 )
 @click.option(
     "--poll",
-    type=Seconds(min=0.05, max=3600),
-    default=1.0,
+    type=Duration(0.05, 3600),
+    default="1s",
     show_default=True,
-    help="Seconds between looks for a free stream while none is.",
+    metavar="DURATION",
+    help="Between looks for a free stream while none is (0.05s to 1h).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line (docs/cli.md).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -391,8 +479,10 @@ def work(
     """Claim up to --max live streams as WORKER and run COMMAND once for each.
 
     The child finds its stream in RTMS_STREAM_ID, RTMS_SERVER_URLS, RTMS_SCOPE, RTMS_SCOPE_ID,
-    RTMS_OPERATOR_ID, RTMS_ACCOUNT_ID and RTMS_CLAIM_TOKEN. It gets SIGTERM when its stream
-    stops or the claim is lost; one that exits on its own has its stream claimed again after
+    RTMS_OPERATOR_ID, RTMS_ACCOUNT_ID, RTMS_CLAIM_TOKEN (fence writes with it) and RTMS_WORKER,
+    and the database work uses in RTMS_LIFECYCLE_DB. It gets SIGTERM when its stream stops or
+    the claim is lost; when Zoom fails over to new server URLs it is replaced by a new child
+    under the same claim. One that exits on its own has its stream claimed again after
     --backoff. Ctrl-C ends every child and releases every claim. Put COMMAND after `--`:
 
         rtms-lifecycle work worker-7 --max 20 -- python join.py
@@ -416,6 +506,7 @@ def work(
         backoff=backoff,
         poll=poll,
         as_json=as_json,
+        db=app.db,
     )
     supervisor.run()
     if supervisor.signalled == signal.SIGINT:
