@@ -34,6 +34,7 @@ from rtms_lifecycle.cli.params import ACCOUNT_OPTION, TEXT, Duration
 from rtms_lifecycle.clock import format_time, now_ms
 from rtms_lifecycle.defaults import DB_ENV, SCOPES
 from rtms_lifecycle.exceptions import ClaimLost, RTMSLifecycleError
+from rtms_lifecycle.tracking import MAX_CLAIM_EXCLUDE
 
 if TYPE_CHECKING:
     from rtms_lifecycle.records import Claim
@@ -199,6 +200,10 @@ class Supervisor:
             if sid in self.jobs or until + self.backoff_cap > now
         }
         passed_over = [sid for sid, (until, _) in self.backing_off.items() if until > now]
+        if len(passed_over) > MAX_CLAIM_EXCLUDE:
+            # So many children failing is the command's fault: claim again as back-offs end.
+            self._next_claim = now + self.poll
+            return
         while len(self.jobs) < self.most and self.signalled is None:
             try:
                 claim = self.tracker.claim(
