@@ -28,10 +28,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
 
 from rtms_lifecycle import Claim, Tracker
 from rtms_lifecycle.clock import now_ms
