@@ -25,7 +25,6 @@ import random
 import statistics
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -37,6 +36,7 @@ from rtms_lifecycle import Claim, Tracker
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
 from tests._postgres import create_database, running_server, server_version
+from tests.benchmarks.bench_pg_writers import count_trace
 
 P99_TARGET_MS = 20.0
 
@@ -101,19 +101,6 @@ class _Tracing:
                 self.sink = None
 
 
-def _per_call(path: Path, calls: int) -> tuple[float, float]:
-    """Round trips (ReadyForQuery) and statements (Bind or simple Query) per call."""
-    counts: Counter[str] = Counter()
-    for line in path.read_text(errors="replace").splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 4:
-            counts[f"{fields[1]} {fields[3].strip()}"] += 1
-    return (
-        counts["B ReadyForQuery"] / calls,
-        (counts["F Bind"] + counts["F Query"]) / calls,
-    )
-
-
 def _traced(url: str, calls: int, out: Connection) -> None:
     """Release and claim again ``calls`` times alone, each kind traced on its own."""
     tracing = _Tracing()
@@ -134,7 +121,8 @@ def _traced(url: str, calls: int, out: Connection) -> None:
                 for _ in range(len(held) - 1):
                     call()
             cpu = (time.process_time() - began) / (len(held) - 1)
-            found[kind] = (*_per_call(path, len(held) - 1), cpu * 1000)
+            counted = count_trace(path, len(held) - 1)
+            found[kind] = (counted["round_trips"], counted["statements"], cpu * 1000)
     out.send(found)
 
 
