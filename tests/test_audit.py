@@ -259,6 +259,11 @@ def test_postgres_the_receivers_role_records_but_cannot_delete_history(
         # A dashboard sign-out, from a receiver process.
         receiver.revoke_dashboard_session("a" * 32, int(time.time() * 1000) + 60_000)
         assert receiver.dashboard_session_revoked("a" * 32)
+        # A worker's claim, one call of the claim function (migration 0016), and its release.
+        receiver.ingest(raw("started", "claimable", now_ms() - 1_000))
+        claim = receiver.claim("w")
+        assert claim is not None
+        assert receiver.release(claim)
     with Tracker(owner_url) as owner:
         newest(owner)
         assert owner.prune(DAY).streams == 2

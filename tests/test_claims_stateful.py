@@ -40,6 +40,8 @@ class ClaimsMachine(RuleBasedStateMachine):
     tracker: ClassVar[Tracker]
     store: ClassVar[Store]
     examples: ClassVar[Iterator[int]]
+    #: PostgreSQL: claim through the generic path, not the claim statement.
+    generic: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,7 +81,9 @@ class ClaimsMachine(RuleBasedStateMachine):
         if not alive:
             return
         worker = data.draw(st.sampled_from(alive))
-        claim = claims.claim(self.store, worker, LEASE_MS, NO_FILTER, self.now, None)
+        claim = claims.claim(
+            self.store, worker, LEASE_MS, NO_FILTER, self.now, None, generic=self.generic
+        )
         if claim is None:
             return
         assert claim.stream_id in self.streams
@@ -201,13 +205,16 @@ class ClaimsMachine(RuleBasedStateMachine):
                 self.tracker.ingest(body("stopped", sid, now_ms(), stop_reason=6))
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres"])
-def test_claims_state_machine(db: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(
+    ("db", "generic"), [("sqlite", True), ("postgres", False), ("postgres", True)]
+)
+def test_claims_state_machine(db: str, generic: bool, request: pytest.FixtureRequest) -> None:
     url: str = request.getfixturevalue(f"{db}_url")
     with Tracker(url) as tracker:
         store = Store(url)
         try:
             ClaimsMachine.tracker, ClaimsMachine.store = tracker, store
+            ClaimsMachine.generic = generic
             ClaimsMachine.examples = itertools.count()
             run_state_machine_as_test(
                 ClaimsMachine,

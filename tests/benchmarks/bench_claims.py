@@ -9,9 +9,12 @@ streams, then ``--processes`` processes claim at once, each timing every ``claim
   ``--churn`` times: the steady state of a busy fleet, where a claim must find the one free
   stream among thousands held.
 
-Target: p99 under 20 ms in both phases. Usage (figures go to docs/benchmarks.md, "Claims")::
+Target: p99 under 20 ms in both phases. Then one process alone releases and claims again
+``--trace`` times, traced by libpq: round trips (ReadyForQuery) and statements per release and
+per claim, and the client's CPU time per call. Usage (figures go to docs/benchmarks.md,
+"Claims")::
 
-    python -m tests.benchmarks.bench_claims [--streams 10000 --processes 16 --churn 200]
+    python -m tests.benchmarks.bench_claims [--streams 10000 --processes 16 --churn 200 --trace 200]
 """
 
 from __future__ import annotations
@@ -20,14 +23,20 @@ import argparse
 import multiprocessing
 import random
 import statistics
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
 
 from rtms_lifecycle import Claim, Tracker
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
 from tests._postgres import create_database, running_server, server_version
+from tests.benchmarks.bench_pg_writers import count_trace
 
 P99_TARGET_MS = 20.0
 
@@ -58,6 +67,79 @@ def _claimer(url: str, name: str, churn: int, start: Barrier, out: Connection) -
     out.send((fill, again))
 
 
+class _Tracing:
+    """Every libpq connection the process opens, traced into ``sink`` while one is set."""
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self.conns: list[Any] = []
+        self.sink: int | None = None
+        connect = psycopg.Connection.connect
+
+        def traced(cls: Any, *args: Any, **kwargs: Any) -> Any:
+            conn = connect(*args, **kwargs)
+            self.conns.append(conn.pgconn)
+            if self.sink is not None:
+                conn.pgconn.trace(self.sink)
+            return conn
+
+        # SQLAlchemy calls psycopg.connect, an alias of Connection.connect.
+        psycopg.connect = lambda *args, **kwargs: traced(psycopg.Connection, *args, **kwargs)
+
+    @contextmanager
+    def traced(self, path: Path) -> Iterator[None]:
+        with path.open("w") as sink:
+            self.sink = sink.fileno()
+            for pgconn in self.conns:
+                pgconn.trace(self.sink)
+            try:
+                yield
+            finally:
+                for pgconn in self.conns:
+                    pgconn.untrace()  # flushes libpq's buffer
+                self.sink = None
+
+
+def _traced(url: str, calls: int, out: Connection) -> None:
+    """Release and claim again ``calls`` times alone, each kind traced on its own."""
+    tracing = _Tracing()
+    with Tracker(url) as tracker, tempfile.TemporaryDirectory(prefix="rtms-trace-") as tmp:
+        name = "traced"
+        held = [tracker.claim(name, lease=600) for _ in range(calls + 1)]
+        mine = [c for c in held if c is not None]
+        tracker.release(mine.pop())  # every connection opened, every statement prepared
+        tracker.claim(name, lease=600)
+        found: dict[str, tuple[float, float, float]] = {}
+        for kind, call in (
+            ("release", lambda: tracker.release(mine.pop())),
+            ("claim", lambda: tracker.claim(name, lease=600)),
+        ):
+            path = Path(tmp) / kind
+            began = time.process_time()
+            with tracing.traced(path):
+                for _ in range(len(held) - 1):
+                    call()
+            cpu = (time.process_time() - began) / (len(held) - 1)
+            counted = count_trace(path, len(held) - 1)
+            found[kind] = (counted["round_trips"], counted["statements"], cpu * 1000)
+    out.send(found)
+
+
+def _trace(url: str, calls: int) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_traced, args=(url, calls, send))
+    proc.start()
+    found = recv.recv()
+    proc.join()
+    for kind, (trips, statements, cpu) in found.items():
+        print(
+            f"{kind}: {trips:.2f} round trips, {statements:.2f} statements,"
+            f" {cpu:.2f} ms client CPU (traced, one process)"
+        )
+
+
 def _summary(label: str, seconds: list[float]) -> float:
     ms = sorted(s * 1000 for s in seconds)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
@@ -73,6 +155,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=16)
     parser.add_argument("--churn", type=int, default=200)
+    parser.add_argument("--trace", type=int, default=200, help="calls traced (0: none)")
     args = parser.parse_args()
     with running_server() as server:
         url = server.url(create_database(server))
@@ -108,6 +191,12 @@ def main() -> None:
             assert len({c.stream_id for c in held}) == len(held) <= args.streams
         verdict = "meets" if max(fill, churn) < P99_TARGET_MS else "misses"
         print(f"p99 target {P99_TARGET_MS:.0f} ms: {verdict}")
+        if args.trace:
+            with Tracker(url) as tracker:
+                # Streams for the traced process to take: the first ones let go.
+                for claim in tracker.claims()[: args.trace + 1]:
+                    tracker.release(claim)
+            _trace(url, args.trace)
 
 
 if __name__ == "__main__":

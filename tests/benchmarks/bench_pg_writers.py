@@ -170,8 +170,9 @@ def run_variant(server: Any, variant: str, parts: Sequence[Sequence[bytes]]) -> 
     return Run(variant, deliveries, seconds, client_cpu, server_cpu, os.getloadavg()[0])
 
 
-def _count_trace(path: Path, deliveries: int) -> dict[str, float]:
-    """Round trips (ReadyForQuery) and statements (Bind or simple Query) per delivery."""
+def count_trace(path: Path, deliveries: int) -> dict[str, float]:
+    """Round trips (ReadyForQuery) and statements (Bind or simple Query) per delivery (or
+    per call) in a libpq trace."""
     counts: Counter[str] = Counter()
     for line in path.read_text(errors="replace").splitlines():
         fields = line.split("\t")
@@ -234,7 +235,7 @@ def round_trips(server: Any, variant: str, bodies: Sequence[bytes]) -> dict[str,
         process.join()
         if process.exitcode != 0:
             raise RuntimeError(f"{variant}: the traced run failed")
-        return _count_trace(trace, len(bodies))
+        return count_trace(trace, len(bodies))
 
 
 def enable_statement_stats(server: Any) -> None:

@@ -23,7 +23,7 @@ from rtms_lifecycle.exceptions import ClaimLost
 from rtms_lifecycle.records import Claim, ClaimEvent, ClaimEventKind, ClaimStats, Stream
 from rtms_lifecycle.store.queries import stream as read_stream
 from rtms_lifecycle.store.rows import STREAM_RECORD_COLUMNS, streams_from_rows
-from rtms_lifecycle.store.tables import HELD_CLAIM_PREDICATE, LIVE_PREDICATE
+from rtms_lifecycle.store.tables import HELD_CLAIM_PREDICATE, LIVE_PREDICATE, streams
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -157,15 +157,73 @@ def claim(
     now: int,
     deadline: float | None,
     exclude: Sequence[str] = (),
+    *,
+    generic: bool = False,
 ) -> Claim | None:
     """Take the live stream that started first among those nobody holds (and not one of
-    ``exclude``); None if none."""
+    ``exclude``); None if none.
+
+    On PostgreSQL one statement does it (``rtms_lifecycle_claim``, migration 0016) unless
+    ``generic``: the path every database can run, which tests compare it with.
+    """
+    if store.dialect == "postgresql" and not generic:
+        return _claim_in_postgres(store, worker, lease_ms, where, now, deadline, exclude)
     for _ in range(_CLAIM_ATTEMPTS):
         with store.transaction(deadline) as conn:
             taken = _claim_once(conn, worker, lease_ms, where, now, exclude)
         if taken is None or isinstance(taken, Claim):
             return taken
     return None
+
+
+# One round trip: the function's token and the stream's columns, read under its lock.
+_PG_CLAIM: Final = (
+    f"SELECT c.token, {', '.join(f'(c.stream).{name}' for name in STREAM_RECORD_COLUMNS)}"
+    " FROM rtms_lifecycle_claim($1::text, $2::bigint, $3::bigint, $4::text[], $5::text,"
+    " $6::text, $7::text[], $8::integer) AS c"
+)
+_PG_CLAIM_TYPES: Final = (
+    int,
+    *(int if streams.c[name].type.python_type is int else bytes.decode
+      for name in STREAM_RECORD_COLUMNS),
+)  # fmt: skip
+
+
+def _pg_array(values: Sequence[str]) -> str:
+    """A ``text[]`` literal: libpq sends every parameter as text."""
+    quoted = (v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return "{" + ",".join(f'"{v}"' for v in quoted) + "}"
+
+
+def _claim_in_postgres(
+    store: Store,
+    worker: str,
+    lease_ms: int,
+    where: ClaimFilter,
+    now: int,
+    deadline: float | None,
+    exclude: Sequence[str],
+) -> Claim | None:
+    scopes, scope_id, account_id = where
+    params = (
+        worker,
+        now,
+        lease_ms,
+        _pg_array(sorted(scopes)) if scopes else None,
+        scope_id,
+        account_id,
+        _pg_array(exclude),
+        _CLAIM_ATTEMPTS,
+    )
+    rows = store.statement(
+        b"rtms_lifecycle_claim", _PG_CLAIM, params, _PG_CLAIM_TYPES, deadline, "claim a stream"
+    )
+    if not rows:
+        return None
+    token, *record = rows[0]
+    (stream,) = streams_from_rows([tuple(record)])
+    sid = stream.stream_id
+    return _as_claim((sid, token, worker, now, now, now + lease_ms, None, None, False), stream)
 
 
 def _candidate(

@@ -286,9 +286,36 @@ class Store:
         self._streak.succeeded()
         return batch
 
+    def statement(
+        self,
+        name: bytes,
+        sql: str,
+        params: Sequence[Any],
+        types: Sequence[Callable[[bytes], Any]],
+        deadline: float | None,
+        what: str,
+    ) -> list[tuple[Any, ...]]:
+        """PostgreSQL only: the rows of one statement (``$n`` parameters) run alone, atomic on
+        its own: one round trip on a connection the writer keeps, a prepared statement named
+        ``name`` (see ``writers.postgres``). ``types`` turn each column's text into its value;
+        ``what`` names the write in errors. Retried as a write that lost a race is."""
+        from rtms_lifecycle.store.writers.postgres import PostgresTx
+
+        def run(tx: WriteTx) -> list[tuple[Any, ...]]:
+            assert isinstance(tx, PostgresTx)
+            return tx.statement(name, sql, params, types)
+
+        return self._attempts(1, run, deadline, True, what)
+
     def _attempts(
-        self, size: int, run: Callable[[WriteTx], R], deadline: float | None, durable: bool
+        self,
+        size: int,
+        run: Callable[[WriteTx], R],
+        deadline: float | None,
+        durable: bool,
+        what: str | None = None,
     ) -> R:
+        what = what or f"record {size} deliveries"
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # A batch that lost a race is retried cautiously: no more optimism.
@@ -302,11 +329,9 @@ class Store:
             except WriteFailed as exc:
                 expired = deadline is not None and remaining(deadline) <= 0
                 if exc.timed_out or (exc.retryable and expired):
-                    raise StoreTimeout(
-                        f"could not record {size} deliveries within the time budget: {exc}"
-                    ) from exc
+                    raise StoreTimeout(f"could not {what} within the time budget: {exc}") from exc
                 if not exc.retryable or attempt == _ATTEMPTS:
-                    raise StoreError(f"could not record {size} deliveries: {exc}") from exc
+                    raise StoreError(f"could not {what}: {exc}") from exc
                 log.debug("retrying a batch that lost a race (attempt %d): %s", attempt, exc)
                 time.sleep(random.uniform(0, 0.01 * 2**attempt))
             except Exception as exc:

@@ -29,6 +29,10 @@ def receiver_grants(role: str) -> list[str]:
         # The free streams: a start or release adds a row, a claim or stop removes it.
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON claim_queue TO {role}",
         f"GRANT SELECT, INSERT ON claim_history TO {role}",
+        # A claim on PostgreSQL is this one call (migration 0016), with the role's own rights.
+        "GRANT EXECUTE ON FUNCTION"
+        " rtms_lifecycle_claim(text, bigint, bigint, text[], text, text, text[], integer)"
+        f" TO {role}",
         # Dashboard sign-outs: a sign-out drops the revocations that have expired.
         f"GRANT SELECT, INSERT, DELETE ON dashboard_revocations TO {role}",
         # The stop rollup: triggers on streams keep it in the receiver's transactions.

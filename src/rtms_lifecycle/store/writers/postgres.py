@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import lru_cache
@@ -390,6 +390,29 @@ class PostgresTx:
             # Read without locks: a prune removed the stream since its identities were read.
             raise WriteFailed("a stored event was pruned meanwhile", retryable=True)
         return row
+
+    def statement(
+        self,
+        name: bytes,
+        sql: str,
+        params: Sequence[Any],
+        types: Sequence[Callable[[bytes], Any]],
+    ) -> list[Row]:
+        """The rows of one statement (``$n`` parameters), prepared as ``name`` on libpq in
+        autocommit, where ``types`` turn each column's text into its value; else through
+        psycopg."""
+        result = None if self._libpq is None else self._libpq.run(name, sql, params)
+        if result is None:
+            return [tuple(row) for row in self._cursor.execute(sql, params).fetchall()]
+        return [
+            tuple(
+                None if value is None else load(value)
+                for value, load in zip(
+                    (result.get_value(row, i) for i in range(result.nfields)), types, strict=True
+                )
+            )
+            for row in range(result.ntuples)
+        ]
 
     def write(self, writes: Writes) -> None:
         tables = (
