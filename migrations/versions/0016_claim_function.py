@@ -6,7 +6,7 @@ ran out, each locked with ``FOR NO KEY UPDATE ... SKIP LOCKED``; the claim row l
 checked (a holder renewed meanwhile: the stale queue row goes, and it looks again, at most
 ``attempts`` times); an expired holder's end and the claim recorded in ``claim_history``; the
 queue row removed. It returns the new token and the stream's row, read under the lock
-(docs/decisions/new-claim-statement.md). SQLite gets nothing.
+(docs/decisions/0116-claim-statement.md). SQLite gets nothing.
 
 Revision ID: 0016
 Revises: 0015
