@@ -79,17 +79,19 @@ class GroupWriter:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 error = exc
-            for _, done in group:
-                done.get_loop().call_soon_threadsafe(_settle, done, error)
+            # One wake-up of the event loop per group, not one per body (a system call each).
+            waiting = [done for _, done in group]
+            waiting[0].get_loop().call_soon_threadsafe(_settle, waiting, error)
 
 
-def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
-    if done.cancelled():
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
+def _settle(waiting: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for done in waiting:
+        if done.cancelled():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
 
 def _verified(secret: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
@@ -136,7 +138,9 @@ def make_app(db_path: str, secret: str) -> Callable[[Scope, Receive, Send], Awai
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": _JSON})
+    # A length, not chunked encoding: its terminating chunk cost the sender another read.
+    headers = [*_JSON, (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
