@@ -160,6 +160,8 @@ def test_reports_record_what_the_worker_saw(tracker: Tracker) -> None:
     # active_streams() reads the holders in its own query: the same answer.
     held = [(s.stream_id, s.worker, s.connected) for s in tracker.active_streams()]
     assert held == [(ids[0], "a", True), (ids[1], None, False)]
+    # Unfiltered, it reads the driver's rows; filtered, SQLAlchemy's: the same streams.
+    assert tracker.active_streams(scope="meeting") == tracker.active_streams()
     assert [s.worker for s in tracker.active_streams(account_id="nobody")] == []
     assert [s.stream_id for s in tracker.unconnected_streams(older_than=60)] == [ids[1]]
     assert [s.stream_id for s in tracker.unclaimed_streams(older_than=60)] == [ids[1]]
