@@ -394,7 +394,9 @@ async def test_run_outlives_dropped_connections(postgres_url: str) -> None:
                 writer.ingest(body("started", "after", T0 + 1, scope_id="after"))
 
             async def second() -> bool:
-                return got == ["before", "after"]
+                # At least once: "before" comes again if the outage cut its acknowledgement
+                # (the test ends the connections as soon as it was delivered).
+                return list(dict.fromkeys(got)) == ["before", "after"]
 
             await _until(second, "a delivery after the outage")
         finally:
