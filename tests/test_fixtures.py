@@ -11,7 +11,11 @@ import pytest
 
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.store.migrate import head_revision, revisions
-from rtms_lifecycle.store.sqlite import SQLITE_PRAGMAS
+from rtms_lifecycle.store.sqlite import (
+    SQLITE_BULK_CHECKPOINT_PAGES,
+    SQLITE_PRAGMAS,
+    SQLITE_WRITER_CACHE_KB,
+)
 from tests._deliveries import raw
 from tests._postgres import PostgresServer, running_server, server_version
 from tests.benchmarks import baseline_sqlite
@@ -110,5 +114,7 @@ def test_db_url_yields_each_backend(db_url: str, request: pytest.FixtureRequest)
 
 
 def test_the_sqlite_baseline_uses_the_store_s_pragmas() -> None:
-    """The plain sqlite3 benchmark script sets the very pragmas the store sets."""
+    """The plain sqlite3 benchmark script sets the very pragmas the store (and its writer) sets."""
     assert baseline_sqlite.STORE_PRAGMAS == SQLITE_PRAGMAS
+    assert baseline_sqlite.WRITER_CACHE_KB == SQLITE_WRITER_CACHE_KB
+    assert baseline_sqlite.BULK_CHECKPOINT_PAGES == SQLITE_BULK_CHECKPOINT_PAGES

@@ -7,12 +7,15 @@ insert the transition row. No validation, no duplicate detection, no fold, no OR
 (``journal_mode=WAL``, ``synchronous=NORMAL``, ``busy_timeout=30000``, ``BEGIN IMMEDIATE``),
 spelt out here so that the script imports nothing but the standard library (a test checks they
 are the store's);
+``--pragmas writer`` adds what the store's writer sets for a bulk load: a 32 MB page cache, a
+checkpoint every 10,000 log pages;
 ``--pragmas default`` keeps SQLite's defaults (rollback journal, ``synchronous=FULL``).
 ``--schema lean`` makes three minimal tables (primary keys only); ``--schema user`` adds what a
 user's own script would need to be correct (a unique event identity on deliveries, an index on
 the stream state, for "which streams are live"); ``--schema library`` writes
 the same three statements into the library's own tables, with all of its indexes and triggers
-(the database is created by ``Tracker``).
+(the database is created by ``Tracker``, or given with ``--db FILE --prepared``): the least SQL
+the library's record needs.
 
     python -m tests.benchmarks.baseline_sqlite /tmp/load.jsonl --batch-size 1000
 """
@@ -90,6 +93,9 @@ LEAN_INSERT_TRANSITION: Final = (
 # rtms_lifecycle.store.sqlite.SQLITE_PRAGMAS (tests/test_fixtures.py checks): importing the library
 # for them would add its imports, SQLAlchemy's among them, to the script's start-up.
 STORE_PRAGMAS: Final = ("busy_timeout=30000", "journal_mode=WAL", "synchronous=NORMAL")
+# The store's SQLITE_WRITER_CACHE_KB and SQLITE_BULK_CHECKPOINT_PAGES, the same way.
+WRITER_CACHE_KB: Final = 32_768
+BULK_CHECKPOINT_PAGES: Final = 10_000
 SCOPE_ID_FIELDS: Final = ("meeting_uuid", "webinar_uuid", "session_id", "engagement_id", "call_id")
 STATE_OF: Final = {"started": "started", "interrupted": "interrupted", "stopped": "stopped"}
 NAME_OF: Final = {"started": "start", "interrupted": "interrupt", "stopped": "stop"}
@@ -116,9 +122,12 @@ class Result:
 def connect(path: Path, pragmas: str) -> sqlite3.Connection:
     """A connection in autocommit mode (we BEGIN ourselves), with the chosen pragmas."""
     conn = sqlite3.connect(path, isolation_level=None)
-    if pragmas == "store":
+    if pragmas in ("store", "writer"):
         for pragma in STORE_PRAGMAS:
             conn.execute(f"PRAGMA {pragma}")
+        if pragmas == "writer":
+            conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KB}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
     elif pragmas != "default":
         raise ValueError(f"unknown pragmas {pragmas!r}")
     return conn
@@ -239,14 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="raw sqlite3 ingest baseline")
     parser.add_argument("jsonl", type=Path)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--pragmas", choices=("store", "default"), default="store")
+    parser.add_argument("--pragmas", choices=("store", "writer", "default"), default="store")
     parser.add_argument("--schema", choices=("lean", "user", "library"), default="lean")
     parser.add_argument(
         "--db", type=Path, help="write this new file (kept) instead of a temporary one"
     )
+    parser.add_argument(
+        "--prepared", action="store_true", help="--db already has the schema: write into it"
+    )
     args = parser.parse_args(argv)
     if args.db is not None:
-        prepare(args.db, args.schema)
+        if not args.prepared:
+            prepare(args.db, args.schema)
         conn = connect(args.db, args.pragmas)
         with args.jsonl.open("rb") as lines:
             count = ingest(lines, conn, args.batch_size, args.schema)

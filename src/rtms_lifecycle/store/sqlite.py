@@ -15,9 +15,11 @@ from typing import Any, Final
 
 __all__ = [
     "PRUNING_FUNCTION",
+    "SQLITE_BULK_CHECKPOINT_PAGES",
     "SQLITE_BUSY_TIMEOUT_MS",
     "SQLITE_IMMEDIATE",
     "SQLITE_PRAGMAS",
+    "SQLITE_WRITER_CACHE_KB",
     "SqliteFile",
     "not_pruning",
     "prepare",
@@ -34,6 +36,10 @@ SQLITE_PRAGMAS: Final = (
     "journal_mode=WAL",
     "synchronous=NORMAL",
 )
+#: The writer's page cache in KiB (SQLite's default is 2 MB); it grows only as it is used.
+SQLITE_WRITER_CACHE_KB: Final = 32_768
+#: Log pages between two checkpoints of a bulk load (SQLite's default is 1,000).
+SQLITE_BULK_CHECKPOINT_PAGES: Final = 10_000
 #: The SQLite guard of the audit history lets a DELETE pass only where this returns 1: every
 #: connection of the store defines it as 0, a prune's own connection as 1 (migration 0006).
 PRUNING_FUNCTION: Final = "rtms_lifecycle_pruning"

@@ -23,7 +23,13 @@ from rtms_lifecycle.store.rows import (
     TRANSITION_ROW_COLUMNS,
     Row,
 )
-from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SqliteFile, unavailable
+from rtms_lifecycle.store.sqlite import (
+    SQLITE_BULK_CHECKPOINT_PAGES,
+    SQLITE_BUSY_TIMEOUT_MS,
+    SQLITE_WRITER_CACHE_KB,
+    SqliteFile,
+    unavailable,
+)
 from rtms_lifecycle.store.writers.base import (
     EVENT,
     IDENTITY_LOOKUP,
@@ -55,11 +61,8 @@ _CHUNK: Final = 500
 Held = tuple[sqlite3.Connection, Callable[[bool], None]]
 Connector = Callable[[], Held]
 _FOLD_TS: Final = STREAM_COLUMNS.index("fold_ts")
-# Log pages between two checkpoints: SQLite's default, and a bulk load's.
+# Log pages between two checkpoints of a commit that answers a sender: SQLite's default.
 _CHECKPOINT_PAGES: Final = 1_000
-_BULK_CHECKPOINT_PAGES: Final = 10_000
-# The writer's page cache (SQLite's default is 2 MB), in KiB; it grows only as it is used.
-_WRITER_CACHE_KB: Final = 32_768
 # Seconds between two checks of the file after commits that answer nobody (a bulk load's; the
 # load checks once more at its end). Checking after each of them cost 5-10% of a load of one
 # delivery per transaction (measured, alternating runs), far more than the stat itself.
@@ -207,7 +210,7 @@ def _grow_cache(conn: Any) -> None:
     # default 2 MB page cache, a bulk load read those pages back from the OS again and again
     # (65,667 reads for 64,000 deliveries; 14,123 from 16 MB up, measured). Only the writer's
     # connection, whose cache grows only as it is used.
-    conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KB}")
+    conn.execute(f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KB}")
 
 
 class SqliteWriter:
@@ -361,7 +364,7 @@ class SqliteWriter:
             # A bulk load copies its log into the database every 40 MB instead of every 4 MB:
             # the index pages each batch rewrites are copied once per checkpoint, not once per
             # commit (a third of a 64,000-delivery load's writes, measured).
-            pages = _CHECKPOINT_PAGES if durable else _BULK_CHECKPOINT_PAGES
+            pages = _CHECKPOINT_PAGES if durable else SQLITE_BULK_CHECKPOINT_PAGES
             conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
             self._synchronous_full = durable
 
