@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     took, pages[name] = by_script(args.load, db, args.batch_size)
                 seconds[name] = min(seconds.get(name, took), took)
-    print(f"{'dropped':<40} {'seconds':>8} {'change':>8} {'log pages':>10} {'change':>8}")
+    logged_header = f" {'log pages':>10} {'change':>8}" if pages else ""
+    print(f"{'dropped':<40} {'seconds':>8} {'change':>8}{logged_header}")
     for name, took in seconds.items():
         logged = f"{pages[name]:>10} {pages[name] - pages['none']:>+8}" if pages else ""
         print(f"{name:<40} {took:>8.3f} {took - seconds['none']:>+8.3f} {logged}")
