@@ -53,7 +53,7 @@ def ours(load: Path, db: Path, batch_size: int | None) -> Result:
     return Result(f"rtms-lifecycle ingest, batch {shown}", sum(counts.values()), seconds)
 
 
-def script(load: Path, db: Path, batch_size: int, *options: str) -> Result:
+def script(load: Path, db: Path, batch_size: int, name: str, *options: str) -> Result:
     """``baseline_sqlite`` writing ``db`` in a new process."""
     command = [sys.executable, "-m", "tests.benchmarks.baseline_sqlite", str(load)]
     command += ["--batch-size", str(batch_size), "--db", str(db), *options]
@@ -61,19 +61,19 @@ def script(load: Path, db: Path, batch_size: int, *options: str) -> Result:
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     count = json.loads(done.stdout)["deliveries"]
-    name = "plain sqlite3 script" if "user" in options else "the script on our schema"
     return Result(f"{name}, batch {batch_size}", count, seconds)
 
 
 def baseline(load: Path, db: Path, batch_size: int) -> Result:
     """The user's own ``sqlite3`` script in a new process on a new database."""
-    return script(load, db, batch_size, "--schema", "user")
+    return script(load, db, batch_size, "plain sqlite3 script", "--schema", "user")
 
 
 def floor(load: Path, db: Path, batch_size: int, schema: Path) -> Result:
     """The script's three statements on a copy of our new schema, set up as our writer is."""
     shutil.copy(schema, db)
-    return script(load, db, batch_size, "--schema", "library", "--pragmas", "writer", "--prepared")
+    options = ("--schema", "library", "--pragmas", "writer", "--prepared")
+    return script(load, db, batch_size, "the script on our schema", *options)
 
 
 def trio(
