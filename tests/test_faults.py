@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rtms_lifecycle import StoreError, StoreTimeout, Tracker
+from rtms_lifecycle import DatabaseUnavailable, StoreError, StoreTimeout, Tracker
 from rtms_lifecycle.server import API_TOKEN_ENV
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
@@ -268,6 +268,33 @@ def test_a_deleted_file_opened_by_sqlite_uri_is_noticed_too(tmp_path: Path) -> N
         path.unlink()
         with pytest.raises(StoreError, match="deleted"):
             tracker.ingest(started("s-2"))
+
+
+@pytest.mark.parametrize("uri", [False, True], ids=["path", "sqlite-uri"])
+def test_no_new_connection_opens_the_path_while_the_file_is_moved_away(
+    tmp_path: Path, uri: bool
+) -> None:
+    """The engine a user may use (``Tracker.engine``) and every read refuse a new connection
+    while the file is away (one would make an empty file there, and take the live -wal for its
+    own); once it is back, connections open and every acknowledged write is there."""
+    path = tmp_path / "rtms.db"
+    with Tracker(f"sqlite:///file:{path}?uri=true" if uri else f"sqlite:///{path}") as tracker:
+        tracker.ingest(started("s-1"))
+        tracker.engine.dispose()  # no pooled connection to the file: the next one opens the path
+        moved = path.with_name("rtms.db.moved")
+        path.rename(moved)
+        with pytest.raises(DatabaseUnavailable, match="moved away"):
+            tracker.engine.connect()
+        with pytest.raises(DatabaseUnavailable, match="moved away"):
+            tracker.schema_revision()
+        assert not path.exists()
+        assert Path(f"{path}-wal").exists()
+        moved.rename(path)
+        with tracker.engine.connect():
+            pass
+        assert tracker.ingest(started("s-2")).outcome.value == "applied"
+    with Tracker(f"sqlite:///{path}") as reopened:
+        assert sorted(s.stream_id for s in reopened.streams()) == ["s-1", "s-2"]
 
 
 @pytest.mark.parametrize("deleted_at", [5, 20], ids=["midway", "after-the-last-commit"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rtms_lifecycle.receiver.settings import API_TOKEN_ENV
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
 from tests._live import receiver_process, signed
@@ -100,6 +101,35 @@ def test_moving_the_file_away_and_back_loses_nothing(
     assert sender.health().status_code == 200
     killed(process)
     assert len(sender.acknowledged) == 25
+    assert lost(sender.acknowledged, path) == []
+    assert len(stored(path)) == 25
+
+
+def test_reads_while_the_file_is_moved_away_open_no_other_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Prometheus scrape, the API and the dashboard while the file is moved away: no empty
+    file is made at the path and the live -wal stays (a scrape used to do both, and a restart
+    then found none of the 20 acknowledged); moved back, all 25 acknowledged are stored."""
+    monkeypatch.setenv(API_TOKEN_ENV, "scrape-token")
+    path = tmp_path / "y.db"
+    with (
+        receiver_process(f"sqlite:///{path}", tmp_path) as (url, process),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        sender = Sender(client)
+        assert sender.post(20) == [200] * 20
+        moved = path.with_name("y.db.moved")
+        path.rename(moved)
+        bearer = {"Authorization": "Bearer scrape-token"}
+        for page in ("/metrics", "/streams", "/dashboard", "/metrics"):
+            status = client.get(page, headers=bearer).status_code
+            assert status < 500 or status == 503, page
+        assert not path.exists()
+        assert Path(f"{path}-wal").exists()
+        moved.rename(path)
+        assert sender.post(5) == [200] * 5
+        killed(process)
     assert lost(sender.acknowledged, path) == []
     assert len(stored(path)) == 25
 

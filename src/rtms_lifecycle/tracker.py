@@ -1299,11 +1299,7 @@ class Tracker:
 
     def schema_revision(self) -> str | None:
         """The migration the database is at (None: no schema yet)."""
-        from rtms_lifecycle.store import migrate as _migrate
-        from rtms_lifecycle.store.errors import translated
-
-        with translated(self._store.sqlite_path):
-            return _migrate.current_revision(self.engine)
+        return self._store.schema_revision()
 
 
 def submit_deliveries(

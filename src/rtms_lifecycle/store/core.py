@@ -67,6 +67,7 @@ class Store:
         given = db or default_url()
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
+        self._refusing: tuple[Engine, Callable[..., None]] | None = None
         plain = plain_sqlite_file(given) if isinstance(given, str) else None
         self._writer: Writer
         if plain is not None:
@@ -91,6 +92,8 @@ class Store:
             self.dialect = engine.dialect.name
             self.sqlite_path = sqlite_file(engine.url)
             self._writer = writer_for(engine)
+            if self.sqlite_path is not None:
+                self._refuse_other_files(engine)
         # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
         # tries: every write of this process queues here instead (PostgreSQL needs no queue).
         self._queue = WriteQueue(self._write_group) if self.dialect == "sqlite" else None
@@ -124,8 +127,24 @@ class Store:
                 if self._engine is None:
                     from rtms_lifecycle.store.engine import create_store_engine
 
-                    self._engine = create_store_engine(self._url)
+                    engine = create_store_engine(self._url)
+                    self._refuse_other_files(engine)
+                    self._engine = engine
         return self._engine
+
+    def _refuse_other_files(self, engine: Engine) -> None:
+        # Every new connection opens the path. Once the file there is not the one the writer
+        # opened, one would create an empty database there, or take the writer's -wal for its
+        # own, and delete it by name when it closed: acknowledged deliveries lost.
+        from sqlalchemy import event
+
+        def refuse(*_connect_args: object) -> None:
+            why = self._writer.refusal()
+            if why is not None:
+                raise DatabaseUnavailable(f"database unavailable: {why}")
+
+        event.listen(engine, "do_connect", refuse)
+        self._refusing = (engine, refuse)
 
     def _dispose_reads(self) -> None:
         # The pooled read connections still read a deleted or replaced SQLite file.
@@ -141,6 +160,13 @@ class Store:
             if self._queue is not None:
                 self._queue.shutdown()
             self._dispose_reads()
+            if self._refusing is not None:
+                # A caller's engine outlives the store.
+                from sqlalchemy import event
+
+                engine, refuse = self._refusing
+                event.remove(engine, "do_connect", refuse)
+                self._refusing = None
 
     @property
     def queue(self) -> WriteQueue | None:
@@ -431,7 +457,7 @@ class Store:
     def read(self) -> Iterator[Connection]:
         """A read-only connection (its transaction ends with the ``with`` block); database
         errors leave as the library's (:class:`DatabaseUnavailable`, :class:`DatabaseError`)."""
-        if self._writer.moved():
+        if self._writer.refusal() is not None:
             # A new read connection would open another file by its path: the writer recovers
             # (a deleted -wal) or says why not.
             try:
@@ -441,6 +467,11 @@ class Store:
                 raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
         with translated(self.sqlite_path), self.engine.connect() as conn:
             yield conn
+
+    def schema_revision(self) -> str | None:
+        """The migration the database is at (None: no schema yet), read as :meth:`read` reads."""
+        with self.read() as conn:
+            return _migrate.read_revision(conn)
 
     def ping(self) -> bool:
         """Whether the database answers."""

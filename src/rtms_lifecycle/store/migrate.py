@@ -117,7 +117,7 @@ def current_revision(engine: Engine) -> str | None:
         with _pooled_sqlite(engine) as conn, sqlite_errors(_file_of(engine)):
             return _sqlite_revision(conn)
     with engine.connect() as conn:
-        return _read_revision(conn)
+        return read_revision(conn)
 
 
 @contextmanager
@@ -141,7 +141,8 @@ def _one_revision(rows: list[str]) -> str | None:
     return str(rows[0]) if rows else None
 
 
-def _read_revision(conn: Connection) -> str | None:
+def read_revision(conn: Connection) -> str | None:
+    """The revision the database of ``conn`` is at; None for a database without our schema."""
     from sqlalchemy import inspect
 
     # Looked up first: on PostgreSQL a failed SELECT would abort the caller's transaction.
@@ -223,7 +224,7 @@ def ensure_schema(engine: Engine) -> None:
     if current is None:
         with _schema_locked(engine) as conn:
             # Read again under the lock: another process may have created it meanwhile.
-            current = _read_revision(conn)
+            current = read_revision(conn)
             if current is None:
                 from sqlalchemy import inspect
 

@@ -161,9 +161,10 @@ class Writer(Protocol):
         writer opened, before and after a write on another connection than the writer's."""
         ...
 
-    def moved(self) -> bool:
-        """Whether the database (SQLite: its files) is no longer the one the writer opened:
-        a cheap look (two ``stat`` calls), without the writer's turn."""
+    def refusal(self) -> str | None:
+        """Why a new connection by the database's path must not be opened now (SQLite: the
+        files there are no longer the ones the writer holds open); None if it may. A cheap look
+        (two ``stat`` calls), without the writer's turn."""
         ...
 
     def close(self) -> None:

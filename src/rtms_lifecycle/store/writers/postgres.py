@@ -474,8 +474,8 @@ class PostgresWriter:
     def confirm(self) -> None:
         """Every commit reached the server or raised."""
 
-    def moved(self) -> bool:
-        return False
+    def refusal(self) -> str | None:
+        return None
 
     def check_file(self) -> None:
         """No file to lose: the server keeps the database."""

@@ -289,9 +289,13 @@ class SqliteWriter:
             self._held[1](False)
         self._held = None
 
-    def moved(self) -> bool:
+    def refusal(self) -> str | None:
+        # Only while the connection is held: closed, it holds no log another could take.
         files = self._files
-        return files is not None and self._held is not None and files.change() is not None
+        if files is None or self._held is None:
+            return None
+        change = files.change()
+        return None if change is None else self.outage or files.describe(change)
 
     def _connection(self) -> sqlite3.Connection:
         if self._held is not None and self.outage is not None:
