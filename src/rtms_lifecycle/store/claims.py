@@ -210,10 +210,12 @@ def _pg_load(python_type: type) -> Callable[[bytes], Any]:
     return bytes.decode
 
 
-_PG_STREAM_TYPES: Final = tuple(
+#: How each column of a statement's row is read from libpq's text.
+_PgTypes = tuple[Callable[[bytes], Any], ...]
+_PG_STREAM_TYPES: Final[_PgTypes] = tuple(
     _pg_load(streams.c[name].type.python_type) for name in STREAM_RECORD_COLUMNS
 )
-_PG_CLAIM_TYPES: Final = (int, *_PG_STREAM_TYPES)
+_PG_CLAIM_TYPES: Final[_PgTypes] = (int, *_PG_STREAM_TYPES)
 
 
 def _pg_array(values: Sequence[str]) -> str:
@@ -388,12 +390,12 @@ _PG_RENEW: Final = (
     f" {', '.join(f'(r.stream).{name}' for name in STREAM_RECORD_COLUMNS)}"
     " FROM rtms_lifecycle_renew($1::text, $2::bigint, $3::bigint, $4::bigint) AS r"
 )
-_PG_RENEW_TYPES: Final = (
+_PG_RENEW_TYPES: Final[_PgTypes] = (
     *(_pg_load(stream_claims.c[name].type.python_type) for name in _CLAIM_NAMES),
     *_PG_STREAM_TYPES,
 )
 _PG_RELEASE: Final = "SELECT rtms_lifecycle_release($1::text, $2::bigint, $3::text, $4::bigint)"
-_PG_RELEASE_TYPES: Final = (_pg_load(bool),)
+_PG_RELEASE_TYPES: Final[_PgTypes] = (_pg_load(bool),)
 
 
 def renew(
@@ -422,8 +424,8 @@ def renew(
         )
         if rows:
             row = rows[0]
-            (stream,) = streams_from_rows([row[len(_CLAIM_NAMES) :]])
-            return _as_claim(row, stream)
+            (held,) = streams_from_rows([row[len(_CLAIM_NAMES) :]])
+            return _as_claim(row, held)
         # The function wrote nothing; a claim lost stays lost (tokens only grow).
         with store.transaction(deadline) as conn:
             raise _lost(conn, sid, token, _locked_claim_row(conn, sid), now)
