@@ -383,8 +383,8 @@ def _lost(conn: Connection, sid: str, token: int, row: Any, now: int) -> ClaimLo
     return ClaimLost(reason, f"the claim on {sid} was lost: {reason}")
 
 
-# A renewal and a release on PostgreSQL (migration 0017): its rules are those below, which a
-# change must keep in step with the functions'.
+# A renewal and a release on PostgreSQL: one call each (migration 0017) of functions that keep
+# the rules of ``renew`` and ``release`` below; a change to those rules changes both.
 _PG_RENEW: Final = (
     f"SELECT {', '.join(f'(r.claim).{name}' for name in _CLAIM_NAMES)},"
     f" {', '.join(f'(r.stream).{name}' for name in STREAM_RECORD_COLUMNS)}"
@@ -424,8 +424,8 @@ def renew(
         )
         if rows:
             row = rows[0]
-            (held,) = streams_from_rows([row[len(_CLAIM_NAMES) :]])
-            return _as_claim(row, held)
+            (record,) = streams_from_rows([row[len(_CLAIM_NAMES) :]])
+            return _as_claim(row, record)
         # The function wrote nothing; a claim lost stays lost (tokens only grow).
         with store.transaction(deadline) as conn:
             raise _lost(conn, sid, token, _locked_claim_row(conn, sid), now)
