@@ -259,11 +259,26 @@ def test_postgres_the_receivers_role_records_but_cannot_delete_history(
         # A dashboard sign-out, from a receiver process.
         receiver.revoke_dashboard_session("a" * 32, int(time.time() * 1000) + 60_000)
         assert receiver.dashboard_session_revoked("a" * 32)
-        # A worker's claim, one call of the claim function (migration 0016), and its release.
+        # A worker's claim, renewal and release, one call of a function each (migrations 0016
+        # and 0017), which `db grant` lets the role execute (not only through PUBLIC).
         receiver.ingest(raw("started", "claimable", now_ms() - 1_000))
         claim = receiver.claim("w")
         assert claim is not None
+        assert receiver.renew(claim).token == claim.token
         assert receiver.release(claim)
+        with receiver.engine.connect() as c:
+            granted = c.execute(
+                text(
+                    "SELECT routine_name FROM information_schema.routine_privileges"
+                    " WHERE grantee = current_user AND privilege_type = 'EXECUTE'"
+                    " AND routine_name LIKE 'rtms_lifecycle_%' ORDER BY routine_name"
+                )
+            ).scalars()
+            assert list(granted) == [
+                "rtms_lifecycle_claim",
+                "rtms_lifecycle_release",
+                "rtms_lifecycle_renew",
+            ]
     with Tracker(owner_url) as owner:
         newest(owner)
         assert owner.prune(DAY).streams == 2

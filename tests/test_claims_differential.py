@@ -1,8 +1,10 @@
-"""PostgreSQL's claim statement (``rtms_lifecycle_claim``, migration 0016) against the generic
+"""PostgreSQL's claim statements (``rtms_lifecycle_claim``, migration 0016;
+``rtms_lifecycle_renew`` and ``rtms_lifecycle_release``, migration 0017) against the generic
 claim path: any sequence of starts, claims (with scope, account and exclude filters), renewals,
-releases, reports, time and stops, run on two databases, one claiming through the statement and
-the other through the generic path, gives the same outcomes (claims, tokens, ``ClaimLost``
-reasons) and leaves the same rows in ``stream_claims``, ``claim_history`` and ``claim_queue``.
+releases, reports, time and stops, run on two databases, one claiming, renewing and releasing
+through the statements and the other through the generic path, gives the same outcomes (claims,
+tokens, ``ClaimLost`` reasons and messages) and leaves the same rows in ``stream_claims``,
+``claim_history`` and ``claim_queue``.
 """
 
 from __future__ import annotations
@@ -145,20 +147,20 @@ class Differential(RuleBasedStateMachine):
     def renew(self, data: st.DataObject, lease: int) -> None:
         old = data.draw(st.sampled_from(self.taken))
         kind, renewed = self._both(
-            lambda _tracker, store, _generic: claims.renew(
-                store, old.stream_id, old.token, lease, self.now, None
+            lambda _tracker, store, generic: claims.renew(
+                store, old.stream_id, old.token, lease, self.now, None, generic=generic
             )
         )
         if kind == "ok":
             self.taken.append(renewed)
 
     @precondition(lambda self: self.taken)
-    @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), reason=st.sampled_from(("done", None)))
+    def release(self, data: st.DataObject, reason: str | None) -> None:
         old = data.draw(st.sampled_from(self.taken))
         self._both(
-            lambda _tracker, store, _generic: claims.release(
-                store, old.stream_id, old.token, "done", self.now, None
+            lambda _tracker, store, generic: claims.release(
+                store, old.stream_id, old.token, reason, self.now, None, generic=generic
             )
         )
 

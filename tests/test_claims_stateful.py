@@ -40,7 +40,7 @@ class ClaimsMachine(RuleBasedStateMachine):
     tracker: ClassVar[Tracker]
     store: ClassVar[Store]
     examples: ClassVar[Iterator[int]]
-    #: PostgreSQL: claim through the generic path, not the claim statement.
+    #: PostgreSQL: claim, renew and release through the generic path, not the statements.
     generic: ClassVar[bool] = False
 
     def __init__(self) -> None:
@@ -100,7 +100,9 @@ class ClaimsMachine(RuleBasedStateMachine):
         old = self.held[worker][sid]
         why: str | None = None
         try:
-            renewed = claims.renew(self.store, sid, old.token, LEASE_MS, self.now, None)
+            renewed = claims.renew(
+                self.store, sid, old.token, LEASE_MS, self.now, None, generic=self.generic
+            )
         except ClaimLost as lost:
             del self.held[worker][sid]
             why = lost.reason
@@ -121,7 +123,9 @@ class ClaimsMachine(RuleBasedStateMachine):
             return
         worker, sid = data.draw(st.sampled_from(mine))
         claim = self.held[worker].pop(sid)
-        released = claims.release(self.store, sid, claim.token, "done", self.now, None)
+        released = claims.release(
+            self.store, sid, claim.token, "done", self.now, None, generic=self.generic
+        )
         if claim.expires_at > self.now and sid not in self.stopped:
             assert released  # an unexpired claim of a live stream is still its holder's
         if released:

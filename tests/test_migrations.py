@@ -288,4 +288,7 @@ def test_0015_queues_the_live_streams_nobody_holds(db_url: str) -> None:
     with Tracker(engine) as tracker:
         taken = [tracker.claim("w2") for _ in range(4)]
         assert [c.stream_id if c else None for c in taken] == ["s0", "s3", "s4", None]
+        # The renewal and release functions (0017, PostgreSQL) are back too.
+        assert taken[0] is not None
+        assert tracker.release(tracker.renew(taken[0]))
     engine.dispose()

@@ -9,9 +9,9 @@ streams, then ``--processes`` processes claim at once, each timing every ``claim
   ``--churn`` times: the steady state of a busy fleet, where a claim must find the one free
   stream among thousands held.
 
-Target: p99 under 20 ms in both phases. Then one process alone releases and claims again
-``--trace`` times, traced by libpq: round trips (ReadyForQuery) and statements per release and
-per claim, and the client's CPU time per call. Usage (figures go to docs/benchmarks.md,
+Target: p99 under 20 ms in both phases. Then one process alone renews, releases and claims
+again ``--trace`` times, traced by libpq: round trips (ReadyForQuery) and statements per renewal,
+release and claim, and the client's CPU time per call. Usage (figures go to docs/benchmarks.md,
 "Claims")::
 
     python -m tests.benchmarks.bench_claims [--streams 10000 --processes 16 --churn 200 --trace 200]
@@ -102,16 +102,19 @@ class _Tracing:
 
 
 def _traced(url: str, calls: int, out: Connection) -> None:
-    """Release and claim again ``calls`` times alone, each kind traced on its own."""
+    """Renew, release and claim again ``calls`` times alone, each kind traced on its own."""
     tracing = _Tracing()
     with Tracker(url) as tracker, tempfile.TemporaryDirectory(prefix="rtms-trace-") as tmp:
         name = "traced"
         held = [tracker.claim(name, lease=600) for _ in range(calls + 1)]
         mine = [c for c in held if c is not None]
-        tracker.release(mine.pop())  # every connection opened, every statement prepared
+        tracker.renew(mine[0])  # every connection opened, every statement prepared
+        tracker.release(mine.pop())
         tracker.claim(name, lease=600)
+        renewing = iter(list(mine))
         found: dict[str, tuple[float, float, float]] = {}
         for kind, call in (
+            ("renew", lambda: tracker.renew(next(renewing))),
             ("release", lambda: tracker.release(mine.pop())),
             ("claim", lambda: tracker.claim(name, lease=600)),
         ):

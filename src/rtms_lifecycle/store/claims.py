@@ -10,11 +10,15 @@ trigger on ``streams`` (migration 0010).
 A claim finds a free stream in ``claim_queue`` (the live streams no claim holds, in start
 order) or among the claims whose lease ran out (``ix_stream_claims_expires_at``), never by
 reading the held streams (migration 0015, docs/decisions/0109-claim-queue.md).
+
+On PostgreSQL a claim, a renewal and a release are each one call of a PL/pgSQL function
+(migrations 0016 and 0017) that keeps the rules of the generic path here: a change to the rules
+changes both, or ``tests/test_claims_differential.py`` fails.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy import text
@@ -23,7 +27,12 @@ from rtms_lifecycle.exceptions import ClaimLost
 from rtms_lifecycle.records import Claim, ClaimEvent, ClaimEventKind, ClaimStats, Stream
 from rtms_lifecycle.store.queries import stream as read_stream
 from rtms_lifecycle.store.rows import STREAM_RECORD_COLUMNS, streams_from_rows
-from rtms_lifecycle.store.tables import HELD_CLAIM_PREDICATE, LIVE_PREDICATE, streams
+from rtms_lifecycle.store.tables import (
+    HELD_CLAIM_PREDICATE,
+    LIVE_PREDICATE,
+    stream_claims,
+    streams,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -48,10 +57,18 @@ __all__ = [
 #: (scopes, scope_id, account_id): which streams a worker takes
 ClaimFilter = tuple[Sequence[str] | None, str | None, str | None]
 
-_CLAIM_COLUMNS: Final = (
-    "c.stream_id, c.token, c.worker, c.claimed_at, c.renewed_at, c.expires_at, c.ended_at,"
-    " c.end_reason, c.connected"
+_CLAIM_NAMES: Final = (
+    "stream_id",
+    "token",
+    "worker",
+    "claimed_at",
+    "renewed_at",
+    "expires_at",
+    "ended_at",
+    "end_reason",
+    "connected",
 )
+_CLAIM_COLUMNS: Final = ", ".join(f"c.{name}" for name in _CLAIM_NAMES)
 # A live stream a worker may take: started, resumed or interrupted (never ``new``); the live
 # predicate verbatim, so that SQLite reads the partial index.
 _LIVE_STREAMS: Final = f"s.{LIVE_PREDICATE} AND s.state <> 'new'"
@@ -182,11 +199,23 @@ _PG_CLAIM: Final = (
     " FROM rtms_lifecycle_claim($1::text, $2::bigint, $3::bigint, $4::text[], $5::text,"
     " $6::text, $7::text[], $8::integer) AS c"
 )
-_PG_CLAIM_TYPES: Final = (
-    int,
-    *(int if streams.c[name].type.python_type is int else bytes.decode
-      for name in STREAM_RECORD_COLUMNS),
-)  # fmt: skip
+
+
+def _pg_load(python_type: type) -> Callable[[bytes], Any]:
+    """How a column of ``python_type`` is read from libpq's text."""
+    if python_type is int:
+        return int
+    if python_type is bool:
+        return lambda value: value == b"t"
+    return bytes.decode
+
+
+#: How each column of a statement's row is read from libpq's text.
+_PgTypes = tuple[Callable[[bytes], Any], ...]
+_PG_STREAM_TYPES: Final[_PgTypes] = tuple(
+    _pg_load(streams.c[name].type.python_type) for name in STREAM_RECORD_COLUMNS
+)
+_PG_CLAIM_TYPES: Final[_PgTypes] = (int, *_PG_STREAM_TYPES)
 
 
 def _pg_array(values: Sequence[str]) -> str:
@@ -354,10 +383,52 @@ def _lost(conn: Connection, sid: str, token: int, row: Any, now: int) -> ClaimLo
     return ClaimLost(reason, f"the claim on {sid} was lost: {reason}")
 
 
+# A renewal and a release on PostgreSQL: one call each (migration 0017) of functions that keep
+# the rules of ``renew`` and ``release`` below; a change to those rules changes both.
+_PG_RENEW: Final = (
+    f"SELECT {', '.join(f'(r.claim).{name}' for name in _CLAIM_NAMES)},"
+    f" {', '.join(f'(r.stream).{name}' for name in STREAM_RECORD_COLUMNS)}"
+    " FROM rtms_lifecycle_renew($1::text, $2::bigint, $3::bigint, $4::bigint) AS r"
+)
+_PG_RENEW_TYPES: Final[_PgTypes] = (
+    *(_pg_load(stream_claims.c[name].type.python_type) for name in _CLAIM_NAMES),
+    *_PG_STREAM_TYPES,
+)
+_PG_RELEASE: Final = "SELECT rtms_lifecycle_release($1::text, $2::bigint, $3::text, $4::bigint)"
+_PG_RELEASE_TYPES: Final[_PgTypes] = (_pg_load(bool),)
+
+
 def renew(
-    store: Store, sid: str, token: int, lease_ms: int, now: int, deadline: float | None
+    store: Store,
+    sid: str,
+    token: int,
+    lease_ms: int,
+    now: int,
+    deadline: float | None,
+    *,
+    generic: bool = False,
 ) -> Claim:
-    """Extend the lease of claim ``token``; :class:`ClaimLost` once it is not held."""
+    """Extend the lease of claim ``token``; :class:`ClaimLost` once it is not held.
+
+    On PostgreSQL one statement does it (``rtms_lifecycle_renew``, migration 0017) unless
+    ``generic``; a lost claim's reason is then read in a transaction of its own.
+    """
+    if store.dialect == "postgresql" and not generic:
+        rows = store.statement(
+            b"rtms_lifecycle_renew",
+            _PG_RENEW,
+            (sid, token, lease_ms, now),
+            _PG_RENEW_TYPES,
+            deadline,
+            "renew a claim",
+        )
+        if rows:
+            row = rows[0]
+            (record,) = streams_from_rows([row[len(_CLAIM_NAMES) :]])
+            return _as_claim(row, record)
+        # The function wrote nothing; a claim lost stays lost (tokens only grow).
+        with store.transaction(deadline) as conn:
+            raise _lost(conn, sid, token, _locked_claim_row(conn, sid), now)
     with store.transaction(deadline) as conn:
         row = _locked_claim_row(conn, sid)
         if row is None or int(row[1]) != token or row[6] is not None:
@@ -378,9 +449,30 @@ def renew(
 
 
 def release(
-    store: Store, sid: str, token: int, reason: str | None, now: int, deadline: float | None
+    store: Store,
+    sid: str,
+    token: int,
+    reason: str | None,
+    now: int,
+    deadline: float | None,
+    *,
+    generic: bool = False,
 ) -> bool:
-    """End claim ``token``; False (nothing written) if it had already ended or been replaced."""
+    """End claim ``token``; False (nothing written) if it had already ended or been replaced.
+
+    On PostgreSQL one statement does it (``rtms_lifecycle_release``, migration 0017) unless
+    ``generic``.
+    """
+    if store.dialect == "postgresql" and not generic:
+        ((released,),) = store.statement(
+            b"rtms_lifecycle_release",
+            _PG_RELEASE,
+            (sid, token, reason, now),
+            _PG_RELEASE_TYPES,
+            deadline,
+            "release a claim",
+        )
+        return bool(released)
     with store.transaction(deadline) as conn:
         # The stream row first, as a claim and a stop lock it: a stop waits for the release,
         # so that it finds (and removes) the queue row the release adds.

@@ -33,6 +33,9 @@ def receiver_grants(role: str) -> list[str]:
         "GRANT EXECUTE ON FUNCTION"
         " rtms_lifecycle_claim(text, bigint, bigint, text[], text, text, text[], integer)"
         f" TO {role}",
+        # A renewal and a release too (migration 0017).
+        "GRANT EXECUTE ON FUNCTION rtms_lifecycle_renew(text, bigint, bigint, bigint),"
+        f" rtms_lifecycle_release(text, bigint, text, bigint) TO {role}",
         # Dashboard sign-outs: a sign-out drops the revocations that have expired.
         f"GRANT SELECT, INSERT, DELETE ON dashboard_revocations TO {role}",
         # The stop rollup: triggers on streams keep it in the receiver's transactions.
