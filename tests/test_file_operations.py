@@ -187,8 +187,8 @@ def test_db_backup_copies_a_live_database_consistently(
     live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     """`rtms-lifecycle db backup` while the receiver writes: the copy holds every delivery
-    acknowledged before it, and is a sound SQLite file; an existing target is refused (exit 1
-    or more, nothing overwritten); PostgreSQL is told to use pg_dump (exit 2)."""
+    acknowledged before it, and is a sound SQLite file; an existing target, or one in a missing
+    folder, is bad input (exit 2, nothing written); PostgreSQL is told to use pg_dump (exit 2)."""
     path, sender, _ = live
     assert sender.post(15) == [200] * 15
     target = tmp_path / "copy.db"
@@ -202,9 +202,18 @@ def test_db_backup_copies_a_live_database_consistently(
     done = subprocess.run([*cli, "db", "backup", str(target)], capture_output=True, check=False)
     assert done.returncode == 0, done.stderr
     assert lost(sender.acknowledged, target) == []
+    before = target.read_bytes()
     again = subprocess.run([*cli, "db", "backup", str(target)], capture_output=True, check=False)
-    assert again.returncode != 0
+    assert again.returncode == 2
     assert b"exists" in again.stderr
+    assert target.read_bytes() == before
+    nowhere = tmp_path / "missing" / "copy.db"
+    lost_folder = subprocess.run(
+        [*cli, "db", "backup", str(nowhere)], capture_output=True, check=False
+    )
+    assert lost_folder.returncode == 2
+    assert b"is not a folder" in lost_folder.stderr
+    assert not nowhere.parent.exists()
     pg = [
         sys.executable,
         "-c",

@@ -548,7 +548,10 @@ def db_backup(app: App, target: Path) -> None:
             "db backup copies an SQLite file; for PostgreSQL use pg_dump "
             "(pg_dump --format=custom --file=rtms.dump DATABASE_URL; restore with pg_restore)"
         )
-    pages = backup_sqlite(plain[1], target)
+    try:
+        pages = backup_sqlite(plain[1], target)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
     app.out.print(f"backed up {plain[1].path} into {target} ({pages} pages)", markup=False)
 
 

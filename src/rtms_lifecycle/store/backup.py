@@ -16,9 +16,12 @@ __all__ = ["backup_sqlite"]
 
 
 def backup_sqlite(source: SqliteFile, target: Path) -> int:
-    """Copy ``source`` into the new file ``target`` (refused if it exists); its page count."""
+    """Copy ``source`` into the new file ``target``; its page count. ``ValueError`` (nothing
+    written) if ``target`` exists or its folder does not."""
     if target.exists():
-        raise StoreError(f"{target} exists: a backup is written to a new file")
+        raise ValueError(f"{target} exists: a backup is written to a new file")
+    if not target.parent.is_dir():
+        raise ValueError(f"{target.parent} is not a folder: the backup's folder must exist")
     try:
         live = source.connect()
     except sqlite3.Error as exc:
