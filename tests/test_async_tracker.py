@@ -109,6 +109,7 @@ def test_every_tracker_method_has_an_awaitable_twin() -> None:
 QUERIES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("stream", ("s1",), {}),
     ("stream", ("nobody",), {}),
+    ("stored_stream_ids", (["s1", "nobody", "s1"],), {}),
     ("active_streams", (), {}),
     ("active_streams", ("meeting",), {}),
     ("streams", (), {}),

@@ -342,6 +342,26 @@ def test_the_overview_shows_live_streams_reasons_problems_and_interruptions(
     assert f'data-delivery-id="{rejected.id}"' in page
 
 
+def test_a_problem_delivery_links_its_stream_only_when_the_stream_is_stored(
+    sqlite_url: str, signed_in: Callable[[str], httpx.Client]
+) -> None:
+    """Rejected deliveries carry stream ids: the one of a stored stream is a link that opens
+    its page, the one that created no stream is plain text (its link was a 404)."""
+    t = now_ms() - HOUR_MS
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(body("started", "stored-stream", t))
+        for stream_id in ("stored-stream", "never-stored"):  # event_ts in seconds: rejected
+            assert tracker.ingest(body("stopped", stream_id, t // 1000)).outcome.value == "rejected"
+        with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
+            client = signed_in(url)
+            problems = overview(client).split('id="problems"')[1].split("</section>")[0]
+            links = re.findall(r'href="([^"]+)"', problems)
+            assert links == ["/dashboard/streams/stored-stream"]
+            assert client.get(links[0]).status_code == 200
+            assert client.get("/dashboard/streams/never-stored").status_code == 404
+    assert "never-stored" in problems
+
+
 def test_the_window_chooses_the_statistics(
     site: str, signed_in: Callable[[str], httpx.Client]
 ) -> None:

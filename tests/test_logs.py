@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,42 @@ def test_json_refusal_carries_its_reason(sqlite_url: str, tmp_path: Path) -> Non
         "timestamp_stale",
         "127.0.0.1",
     )
+
+
+def _slow_body(served: Served) -> bytes:
+    """Headers and half a body, then silence: the first bytes of the receiver's answer."""
+    port = int(served.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(b'POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{"ev')
+        raw.settimeout(10)
+        return raw.recv(1024)
+
+
+def test_every_refusal_is_one_warning_line_with_client_and_reason(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A body too large (413) or too slow (408) is logged as a refused signature is: one
+    WARNING line with the client address and the reason code, as operations.md promises."""
+    body = _deliveries.raw("started", "m-1", T0)
+    large = b"{" + b" " * 70_000 + b"}"
+    options = ("--log-format", "json", "--request-timeout", "1")
+    with serve_command(sqlite_url, tmp_path, *options) as served:
+        assert deliver(served, body, secret="guessed") == 401
+        assert deliver(served, large) == 413
+        assert _slow_body(served).startswith(b"HTTP/1.1 408")
+        found = httpx.get(f"{served.url}/metrics").text
+    refusals = [line for line in json_lines(served.lines()) if line.get("client")]
+    assert [(r["level"], r["reason"], r["client"]) for r in refusals] == [
+        ("warning", reason, "127.0.0.1")
+        for reason in ("signature_invalid", "body_too_large", "body_timeout")
+    ]
+    for refusal in refusals:
+        assert refusal["logger"] == "rtms_lifecycle.server"
+        assert (
+            refusal["message"] == f"refused a webhook request from 127.0.0.1: {refusal['reason']}"
+        )
+    for reason in ("signature_invalid", "body_too_large", "body_timeout"):
+        assert f'rtms_lifecycle_webhook_refusals_total{{reason="{reason}"}} 1.0' in found
 
 
 @pytest.mark.postgres

@@ -483,6 +483,19 @@ def test_stream_returns_the_stored_stream_or_none(populated: Tracker) -> None:
     assert populated.stream("nope") is None
 
 
+def test_stored_stream_ids_keeps_the_ids_stream_finds(populated: Tracker) -> None:
+    """stored_stream_ids() answers which ids name a stream stream() finds: not the id of a
+    rejected delivery, nor of a resume reported before any webhook; past one IN list too."""
+    populated.ingest(body("stopped", "rejected-only", T0 // 1000))  # event_ts in seconds
+    populated.report_resumed("early", T0)
+    asked = ["m-res", "p-old", "rejected-only", "early", "nope", "m-res"]
+    assert populated.stored_stream_ids(asked) == {"m-res", "p-old"}
+    many = [f"absent-{i}" for i in range(1200)] + ["w-live"]
+    assert populated.stored_stream_ids(iter(many)) == {"w-live"}
+    assert populated.stored_stream_ids([]) == set()
+    assert {i for i in asked if populated.stream(i)} == {"m-res", "p-old"}
+
+
 @pytest.mark.parametrize(
     ("scope", "scope_id", "expected"),
     [

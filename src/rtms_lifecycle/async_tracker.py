@@ -651,6 +651,10 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.stream`."""
         return await self._read(self._sync.stream, stream_id)
 
+    async def stored_stream_ids(self, stream_ids: Iterable[str]) -> set[str]:
+        """Awaitable :meth:`Tracker.stored_stream_ids`."""
+        return await self._read(self._sync.stored_stream_ids, list(stream_ids))
+
     async def active_streams(
         self,
         scope: Scope | str | None = None,

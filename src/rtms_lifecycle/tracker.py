@@ -965,6 +965,14 @@ class Tracker:
             found = _queries.stream(conn, stream_id)
             return _with_holders(conn, [found])[0] if found is not None else None
 
+    def stored_stream_ids(self, stream_ids: Iterable[str]) -> set[str]:
+        """Which of ``stream_ids`` name a stored stream (one that :meth:`stream` finds), in
+        one read."""
+        from rtms_lifecycle.store import queries as _queries
+
+        with self._store.read() as conn:
+            return _queries.stored_stream_ids(conn, stream_ids)
+
     def active_streams(
         self,
         scope: Scope | str | None = None,

@@ -57,6 +57,9 @@ class RefusalReason(StrEnum):
     TIMESTAMP_INVALID = "timestamp_invalid"
     TIMESTAMP_STALE = "timestamp_stale"
     TIMESTAMP_FUTURE = "timestamp_future"
+    # The receiver's, before the body is verified: over its size limit, slower than its timeout.
+    BODY_TOO_LARGE = "body_too_large"
+    BODY_TIMEOUT = "body_timeout"
 
 
 def _hmac_hex(secret: str, message: bytes) -> str:

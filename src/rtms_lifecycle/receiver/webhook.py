@@ -3,8 +3,9 @@
 
 Status codes (docs/receiver.md explains each choice): 200 for every delivery the store recorded,
 a rejected one included (Zoom would only retry the same unusable bytes); 401 for a request that
-fails verification (nothing stored); 413 beyond the body size limit; 503 when the store fails, so
-that Zoom retries. No secret, signature or token is ever logged or answered.
+fails verification (nothing stored); 413 beyond the body size limit; 408 for a body slower than
+the request timeout (each refusal one WARNING line); 503 when the store fails, so that Zoom
+retries. No secret, signature or token is ever logged or answered.
 
 The route is served by :class:`WebhookHandler`, a plain ASGI app: ``create_app`` puts it in front
 of FastAPI's routing (:class:`WebhookFront`), so that a delivery crosses no framework layer; the
@@ -180,8 +181,12 @@ class WebhookHandler:
         self._store_timeout = store_timeout
         self._request_timeout = request_timeout
         # The answers that do not depend on the request, rendered once.
-        self._too_large = _error("body_too_large", f"request body exceeds {max_body_bytes} bytes")
-        self._too_slow = _error("body_timeout", f"the body took over {request_timeout} s")
+        self._too_large = _error(
+            RefusalReason.BODY_TOO_LARGE, f"request body exceeds {max_body_bytes} bytes"
+        )
+        self._too_slow = _error(
+            RefusalReason.BODY_TIMEOUT, f"the body took over {request_timeout} s"
+        )
         self._busy = _error(
             "store_busy",
             f"the store did not commit within {store_timeout} s; nothing was kept, retry later",
@@ -214,10 +219,10 @@ class WebhookHandler:
             async with asyncio.timeout(max(0.0, began + self._request_timeout - time.monotonic())):
                 body = await _read_body(receive, declared, self.max_body_bytes)
         except TimeoutError:
-            log.info("a webhook sender's body took over %s s; answered 408", self._request_timeout)
+            self._log_refused(WebhookRefused(RefusalReason.BODY_TIMEOUT), scope)
             return 408, self._too_slow
         except _TooLarge:
-            _metrics.REFUSALS.labels("body_too_large").inc()
+            self._log_refused(WebhookRefused(RefusalReason.BODY_TOO_LARGE), scope)
             return 413, self._too_large
         except _Disconnected:
             # Nobody is left to answer, and half a body is nothing to record.
@@ -226,8 +231,7 @@ class WebhookHandler:
         try:
             verified = self._verifier.verify(wanted, body)
         except WebhookRefused as refused:
-            client = scope.get("client")
-            self._log_refused(refused, client[0] if client else "?")
+            self._log_refused(refused, scope)
             return 401, _error(refused.reason, str(refused))
         started = time.perf_counter()
         try:
@@ -269,8 +273,11 @@ class WebhookHandler:
             )
         return 200, delivery_answer(result.outcome, result.delivery_id, result.error)
 
-    def _log_refused(self, refused: WebhookRefused, client: str) -> None:
+    def _log_refused(self, refused: WebhookRefused, scope: Scope) -> None:
+        # Every refusal (401, 408, 413) is counted and logged here, one WARNING line each.
         _metrics.REFUSALS.labels(refused.reason).inc()
+        peer = scope.get("client")
+        client = peer[0] if peer else "?"
         if refused.reason == RefusalReason.TIMESTAMP_STALE:
             # Genuine but old: a replay, a skewed clock, or a retry Zoom did not sign again.
             log.warning(

@@ -71,6 +71,8 @@ _RANK: Final = case({kind.value: kind.rank for kind in EventKind}, value=transit
 
 
 _STREAM_COLUMNS: Final = [streams.c[name] for name in STREAM_RECORD_COLUMNS]
+# Bound parameters per IN list: far below any database's limit.
+_IDS_PER_STATEMENT: Final = 500
 
 
 def _streams(conn: Connection, query: Any) -> list[Stream]:
@@ -91,6 +93,19 @@ def stream(conn: Connection, stream_id: str) -> Stream | None:
     )
     found = _streams(conn, query)
     return found[0] if found else None
+
+
+def stored_stream_ids(conn: Connection, stream_ids: Iterable[str]) -> set[str]:
+    """Which of ``stream_ids`` name a stream :func:`stream` finds."""
+    ids = sorted(set(stream_ids))
+    found: set[str] = set()
+    for start in range(0, len(ids), _IDS_PER_STATEMENT):
+        query = select(streams.c.stream_id).where(
+            streams.c.stream_id.in_(ids[start : start + _IDS_PER_STATEMENT]),
+            streams.c.state != State.NEW.value,
+        )
+        found.update(conn.execute(query).scalars())
+    return found
 
 
 def _of_account(query: Any, account_id: str | None) -> Any:

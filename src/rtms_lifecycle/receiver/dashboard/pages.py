@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
@@ -116,6 +116,8 @@ class Overview:
     pages: int
     stats: WindowStats | None
     problems: Sequence[DeliveryRecord]
+    #: The problems' stream ids that name a stored stream: only these link to a stream page.
+    problem_streams: Set[str]
     alerts: Sequence[ConcurrencyAlertRecord]
 
 
@@ -263,6 +265,9 @@ def overview(tracker: Tracker, stats: StatsCache, window: Window, page: int) -> 
     active = [s for s in live if s.state in ACTIVE_STATES]
     pages = max(1, -(-len(live) // PAGE_SIZE))
     page = min(max(page, 1), pages)
+    problems = _problems(tracker)
+    # A rejected delivery names a stream it did not create: no page to link to.
+    mentioned = {record.stream_id for record in problems if record.stream_id}
     return Overview(
         now_ms=now_ms(),
         window=window,
@@ -273,7 +278,8 @@ def overview(tracker: Tracker, stats: StatsCache, window: Window, page: int) -> 
         page=page,
         pages=pages,
         stats=stats.get(window),
-        problems=_problems(tracker),
+        problems=problems,
+        problem_streams=tracker.stored_stream_ids(mentioned) if mentioned else set(),
         alerts=tracker.concurrency_alerts(limit=RECENT_ALERTS),
     )
 
