@@ -118,6 +118,21 @@ def test_ingest_takes_db_after_the_command(tmp_path: Path) -> None:
     assert (tmp_path / "after.db").is_file()
 
 
+@pytest.mark.parametrize("url", ["sqlite:/x.db", "sqlite:x.db", "postgresql:host/db"])
+def test_a_url_missing_its_slashes_is_refused_not_read_as_a_path(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sqlite:/x.db` is a URL with a slash missing, not x.db in a folder named "sqlite:": the
+    tracker raises DatabaseURLError showing the forms, the CLI exits 2; no file or folder made."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatabaseURLError, match="is not a database URL: give sqlite:///"):
+        Tracker(url)
+    result = CliRunner().invoke(cli, ["--db", url, "ingest", "-"], input="")
+    assert result.exit_code == 2, result.output
+    assert "is not a database URL" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- Tracker() and the environment ----------------------------------------------------------------
 
 

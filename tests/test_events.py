@@ -461,8 +461,8 @@ BAD_BODIES: dict[str, tuple[bytes | str, str]] = {
     "not JSON": (b"event=meeting.rtms_stopped", "json"),
     "truncated JSON": (VALID_BYTES[:-1], "json"),
     "empty": (b"", "json"),
-    "not UTF-8": (VALID_BYTES.replace(b"stream-1", b"stream-\xff"), "json"),
-    "UTF-16": (VALID_BYTES.decode().encode("utf-16"), "json"),
+    "not UTF-8": (VALID_BYTES.replace(b"stream-1", b"stream-\xff"), "not utf-8 text: byte 0xff"),
+    "UTF-16": (VALID_BYTES.decode().encode("utf-16"), "not utf-8 text: byte 0xff at offset 0"),
     "array": (b'[{"event": "meeting.rtms_stopped"}]', "object"),
     "number": (b"1626230691572", "object"),
     "string": (b'"meeting.rtms_stopped"', "object"),
@@ -473,7 +473,8 @@ BAD_BODIES: dict[str, tuple[bytes | str, str]] = {
 
 @pytest.mark.parametrize(("body", "word"), BAD_BODIES.values(), ids=list(BAD_BODIES))
 def test_body_not_a_json_object_is_rejected(body: bytes | str, word: str) -> None:
-    """A body that is not UTF-8 JSON holding an object is rejected, naming the body."""
+    """A body that is not UTF-8 JSON holding an object is rejected, naming the body (and, for
+    bytes that are not UTF-8, the first such byte and its offset)."""
     assert word in reason_for(rejected(body), "body")
 
 

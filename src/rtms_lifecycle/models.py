@@ -476,15 +476,26 @@ def _decode(body: bytes | bytearray | memoryview | str | Mapping[str, Any]) -> d
         # Any mapping is accepted, not only a dict (e.g. a framework's read-only view of the body).
         data: Any = dict(body)
     else:
+        raw = body if isinstance(body, str | bytes) else bytes(body)
         try:
-            data = from_json(body if isinstance(body, str | bytes) else bytes(body))
+            data = from_json(raw)
         except ValueError as exc:
-            raise DeliveryRejected([FieldError("body", f"not valid JSON: {exc}")]) from None
+            raise DeliveryRejected([FieldError("body", _not_json(raw, exc))]) from None
     if not isinstance(data, dict):
         raise DeliveryRejected(
             [FieldError("body", f"must be a JSON object, got {type(data).__name__}")]
         )
     return data
+
+
+def _not_json(raw: bytes | str, exc: ValueError) -> str:
+    # JSON is UTF-8: name the first byte that is not, rather than the parser's guess at a token.
+    if isinstance(raw, bytes):
+        try:
+            raw.decode()
+        except UnicodeDecodeError as bad:
+            return f"not UTF-8 text: byte 0x{raw[bad.start]:02x} at offset {bad.start}"
+    return f"not valid JSON: {exc}"
 
 
 # pydantic's wording for the few built-in checks left, in the words of the rest of our errors

@@ -102,6 +102,10 @@ def _check_text(text: str) -> None:
     except UnicodeEncodeError:
         # Bytes that are not UTF-8 (kept by Python as lone surrogates): no driver takes them.
         raise DatabaseURLError("the database URL is not valid UTF-8 text") from None
+    scheme = text.partition(":")[0].lower()
+    if "://" not in text and scheme in ("sqlite", "postgresql", "postgres"):
+        # "sqlite:/x" is a URL missing a slash, not a file in a folder named "sqlite:".
+        raise DatabaseURLError(f"{shown(text)!r} is not a database URL: give {_EXAMPLES}")
 
 
 def plain_sqlite_file(text: str) -> tuple[str, SqliteFile] | None:
