@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from rtms_lifecycle import AuditReport, Tracker
 from rtms_lifecycle.clock import now_ms
+from rtms_lifecycle.exceptions import DatabaseError
 from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.store.chain import HASHED_COLUMNS, chain_hash, encode
 from rtms_lifecycle.store.engine import create_store_engine
@@ -256,6 +257,12 @@ def test_postgres_the_receivers_role_records_but_cannot_delete_history(
                 )
             )
         assert len(receiver.audit("a")) == 4
+        # A prune as the receiver: a database error that says to run it as the owner (exit 1).
+        with pytest.raises(DatabaseError, match="a prune runs as the database's owner"):
+            receiver.prune(DAY)
+        assert receiver.prunes() == []
+        pruned = invoke(receiver_url, "prune", "--older-than", "1d")
+        assert pruned.exit_code == 1, pruned.output
         # A dashboard sign-out, from a receiver process.
         receiver.revoke_dashboard_session("a" * 32, int(time.time() * 1000) + 60_000)
         assert receiver.dashboard_session_revoked("a" * 32)

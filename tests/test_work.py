@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.cli.params import Duration
+from rtms_lifecycle.cli.work import event_line
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
 
@@ -95,7 +96,7 @@ def _held(tracker: Tracker) -> dict[str, str]:
 
 
 def test_children_get_their_stream_and_a_stop_ends_the_child(
-    tracker: Tracker, works: Callable[..., Work]
+    tracker: Tracker, works: Callable[..., Work], db_url: str
 ) -> None:
     ids = _start(tracker, 3)
     w = works("w1", "--max", "2", RTMS_LIFECYCLE_DB="")  # work's own --db reaches the children
@@ -112,7 +113,8 @@ def test_children_get_their_stream_and_a_stop_ends_the_child(
     assert first["RTMS_OPERATOR_ID"] == (stream.operator_id or "")
     assert first["RTMS_CLAIM_TOKEN"] == "1"
     assert first["RTMS_WORKER"] == "w1"
-    # A Python child's Tracker() opens the database work uses.
+    # A Python child's Tracker() opens the database work uses, named as work was given it.
+    assert first["RTMS_LIFECYCLE_DB"] == db_url
     with Tracker(first["RTMS_LIFECYCLE_DB"]) as theirs:
         assert {c.stream_id for c in theirs.claims("w1")} == set(ids[:2])
     assert _held(tracker) == {ids[0]: "w1", ids[1]: "w1"}
@@ -312,3 +314,16 @@ def test_durations_are_read_as_the_other_duration_options_read_them() -> None:
         86_400.0,
     ]
     assert Duration(0, 3600).convert("0", None, None) == 0.0
+
+
+def test_an_error_spanning_lines_is_one_event_line() -> None:
+    """psycopg's "connection failed" message spans lines: the text line keeps it on one, the
+    JSON line keeps it whole."""
+    error = 'connection failed: Connection refused\n\tIs the server running on "db" (1.2.3.4)?'
+    fields = {"action": "renew", "error": error}
+    text = event_line("error", 1_700_000_000_000, "w1", None, fields, as_json=False)
+    assert "\n" not in text
+    assert text.endswith('error=connection failed: Connection refused Is the server running on'
+                         ' "db" (1.2.3.4)?')  # fmt: skip
+    line = event_line("error", 1_700_000_000_000, "w1", None, fields, as_json=True)
+    assert json.loads(line) == {"event": "error", "at": 1_700_000_000_000, "worker": "w1", **fields}

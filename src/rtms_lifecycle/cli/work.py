@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from rtms_lifecycle.records import Claim
     from rtms_lifecycle.tracker import Tracker
 
-__all__ = ["Supervisor", "child_environment", "work"]
+__all__ = ["Supervisor", "child_environment", "event_line", "work"]
 
 #: The longest the loop sleeps: how soon a child's exit is noticed.
 _TICK: Final = 0.1
@@ -352,22 +352,34 @@ class Supervisor:
     # --- output -----------------------------------------------------------------------------
 
     def _emit(self, event: str, claim: Claim | None, **fields: Any) -> None:
-        at = now_ms()
-        line: dict[str, Any] = {"event": event, "at": at, "worker": self.worker}
-        if claim is not None:
-            line |= {"stream_id": claim.stream_id, "token": claim.token}
-        line |= fields
-        if self.as_json:
-            text = json.dumps(line)
-        else:
-            about = f" {claim.stream_id} token {claim.token}" if claim is not None else ""
-            rest = " ".join(f"{k}={v}" for k, v in fields.items() if k != "expires_at")
-            text = f"{format_time(at)} {event}{about}" + (f" {rest}" if rest else "")
+        text = event_line(event, now_ms(), self.worker, claim, fields, as_json=self.as_json)
         try:
             self.out.write(text + "\n")
             self.out.flush()
         except (BrokenPipeError, ValueError):
             pass  # nobody reads the events any more: the work goes on
+
+
+def event_line(
+    event: str,
+    at: int,
+    worker: str,
+    claim: Claim | None,
+    fields: dict[str, Any],
+    *,
+    as_json: bool,
+) -> str:
+    """One of ``work``'s event lines: a JSON object, or text for a person."""
+    if as_json:
+        line: dict[str, Any] = {"event": event, "at": at, "worker": worker}
+        if claim is not None:
+            line |= {"stream_id": claim.stream_id, "token": claim.token}
+        return json.dumps(line | fields)
+    about = f" {claim.stream_id} token {claim.token}" if claim is not None else ""
+    # One line per event: a driver's message may span several (psycopg's does).
+    shown = {k: " ".join(str(v).split()) for k, v in fields.items() if k != "expires_at"}
+    rest = " ".join(f"{k}={v}" for k, v in shown.items())
+    return f"{format_time(at)} {event}{about}" + (f" {rest}" if rest else "")
 
 
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
@@ -511,7 +523,8 @@ def work(
         backoff=backoff,
         poll=poll,
         as_json=as_json,
-        db=app.db,
+        # As given: the child may hand it to tools other than ours (psql reads postgresql://).
+        db=app.given_db,
     )
     supervisor.run()
     if supervisor.signalled == signal.SIGINT:

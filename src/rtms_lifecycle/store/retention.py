@@ -19,9 +19,10 @@ from typing import Any, Final
 
 from sqlalchemy import func, select
 
-from rtms_lifecycle.exceptions import StoreError
+from rtms_lifecycle.exceptions import DatabaseError, StoreError
 from rtms_lifecycle.records import PruneRecord, PruneResult
 from rtms_lifecycle.store.core import Store
+from rtms_lifecycle.store.errors import first_line
 from rtms_lifecycle.store.predicates import STREAM_DELIVERY_PREDICATES
 from rtms_lifecycle.store.revocations import FORGET_EXPIRED
 from rtms_lifecycle.store.sqlite import PRUNING_FUNCTION, not_pruning
@@ -32,6 +33,8 @@ __all__ = ["list_prunes", "prune"]
 # Per transaction: short enough that a waiting receiver's write is not held up for long.
 _STREAMS_PER_STEP: Final = 200
 _DELIVERIES_PER_STEP: Final = 5000
+# PostgreSQL's SQLSTATE for "permission denied".
+_INSUFFICIENT_PRIVILEGE: Final = "42501"
 
 # Stream selection: stopped before the cutoff (stopped_at is set exactly when a stream stopped;
 # the IS NOT NULL lets the planners use the partial index on stopped_at).
@@ -325,6 +328,11 @@ def prune(
             reclaimed = max(before - pruner.size(), 0)
             free = None if pruner.postgres else pruner.size("freelist_count")
     except (sqlite3.Error, _psycopg_errors()) as exc:
+        if getattr(exc, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+            # A receiver's role may not delete (docs/deploying-postgres.md, two roles).
+            raise DatabaseError(
+                f"the prune failed: {first_line(exc)}: a prune runs as the database's owner"
+            ) from exc
         raise StoreError(f"the prune failed: {exc}") from exc
     return PruneResult(cutoff, streams, deliveries, transitions, alerts, False, reclaimed, free)
 
