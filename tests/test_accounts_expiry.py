@@ -163,6 +163,7 @@ def test_a_real_stop_before_the_expiry_time_wins_in_any_order(
         if not stop_first:
             assert tracker.ingest(stop).outcome is Outcome.APPLIED
         stream = tracker.stream(sid)
+        assert tracker.verify_audit(sid).breaks == ()
     assert stream is not None
     assert (stream.state, stream.stop_reason, stream.stopped_at, stream.last_event_at) == (
         State.STOPPED,

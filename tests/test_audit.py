@@ -147,6 +147,16 @@ def test_a_stream_row_whose_head_was_moved_is_found(tracker: Tracker) -> None:
     assert (found.stream_id, found.reason) == ("b", "the stream's head is not its last row's hash")
 
 
+def test_a_stream_state_set_by_hand_is_found(tracker: Tracker) -> None:
+    """A stopped stream set back to live (a role that records may update stream rows)."""
+    history(tracker)
+    with tracker.engine.begin() as conn:
+        conn.execute(text("UPDATE streams SET state = 'started' WHERE stream_id = 'a'"))
+    (found,) = tracker.verify_audit().breaks
+    assert (found.stream_id, found.reason) == ("a", "the stream's state is not its last row's")
+    assert (found.expected, found.stored) == ("stopped", "started")
+
+
 @pytest.mark.parametrize(
     "statement",
     [

@@ -110,6 +110,9 @@ def test_any_order_and_duplicates_give_the_same_stream(
         expected = direct_fold("x", events)
         assert same_stream(tracker.stream(in_order), expected)
         assert same_stream(tracker.stream(shuffled), expected)
+        # Each stream's row agrees with its history: its head and its state are the last row's.
+        for sid in (in_order, shuffled):
+            assert tracker.verify_audit(sid).breaks == ()
 
 
 # --- outcomes ----------------------------------------------------------------------------------

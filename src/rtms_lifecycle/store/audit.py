@@ -25,12 +25,14 @@ __all__ = ["Position", "parse_head", "verify"]
 # Streams per read: their transitions are read in one statement, in chain order.
 _STREAMS_PER_READ: Final = 2000
 _HASHED: Final = len(HASHED_COLUMNS)
+_TO_STATE: Final = HASHED_COLUMNS.index("to_state")
 _ROWS: Final = (
     f"SELECT {', '.join(HASHED_COLUMNS)}, tx_id, chain_hash FROM transitions"
     " WHERE stream_id >= :first AND stream_id <= :last ORDER BY stream_id, id"
 )
 _HEADS: Final = (
-    "SELECT stream_id, chain_head FROM streams WHERE stream_id >= :first AND stream_id <= :last"
+    "SELECT stream_id, chain_head, state FROM streams"
+    " WHERE stream_id >= :first AND stream_id <= :last"
 )
 _HEADLESS: Final = (
     "SELECT stream_id, chain_head FROM streams WHERE chain_head IS NOT NULL"
@@ -79,8 +81,9 @@ class _Walk:
     streams: int = 0
     transitions: int = 0
 
-    def chain(self, stream_id: str, rows: Sequence[Sequence[Any]], stored_head: Any) -> None:
-        """Recompute one stream's chain (rows in id order) and compare it with what is stored."""
+    def chain(self, stream_id: str, rows: Sequence[Sequence[Any]], stored: Any) -> None:
+        """Recompute one stream's chain (rows in id order) and compare it with what is stored:
+        ``stored`` is the stream row's ``(chain_head, state)``, or ``_MISSING``."""
         self.streams += 1
         self.transitions += len(rows)
         broken = False
@@ -103,11 +106,13 @@ class _Walk:
                 self.entries[i].append(head_entry("live", stream_id, head))
         if broken:
             return
-        if stored_head is _MISSING:
+        if stored is _MISSING:
             self.breaks.append(
                 AuditBreak(stream_id, rows[-1][0], "the stream's row is missing", previous)
             )
-        elif stored_head != previous:
+            return
+        stored_head, state = stored
+        if stored_head != previous:
             self.breaks.append(
                 AuditBreak(
                     stream_id,
@@ -115,6 +120,17 @@ class _Walk:
                     "the stream's head is not its last row's hash",
                     previous,
                     stored_head,
+                )
+            )
+        elif state != rows[-1][_TO_STATE]:
+            # Every write that moves a stream records the move: its state is its last row's.
+            self.breaks.append(
+                AuditBreak(
+                    stream_id,
+                    rows[-1][0],
+                    "the stream's state is not its last row's",
+                    rows[-1][_TO_STATE],
+                    state,
                 )
             )
 
@@ -167,7 +183,9 @@ def verify(store: Store, stream_id: str | None = None, head: str | None = None) 
         walk = _Walk(positions, entries=[[] for _ in positions])
         for ids in _pages(conn, stream_id):
             bounds = {"first": ids[0], "last": ids[-1]}
-            heads: dict[str, Any] = dict(conn.execute(text(_HEADS), bounds).all())
+            heads: dict[str, Any] = {
+                sid: (head, state) for sid, head, state in conn.execute(text(_HEADS), bounds)
+            }
             chain: list[Sequence[Any]] = []
             for row in conn.execute(text(_ROWS), bounds):
                 if chain and chain[0][1] != row[1]:
