@@ -426,6 +426,10 @@ def test_the_cli_verifies_and_prints_a_digest(sqlite_url: str) -> None:
     assert (
         invoke(sqlite_url, "audit", "verify", "--stream", "a", "--head", head.output).exit_code == 2
     )
+    assert invoke(sqlite_url, "audit", "verify", "--stream", "a").exit_code == 0
+    unknown = invoke(sqlite_url, "audit", "verify", "--stream", "nosuch")
+    assert unknown.exit_code == 1
+    assert "no stream with rtms_stream_id 'nosuch'" in unknown.output
     assert "db grant: only PostgreSQL" in invoke(sqlite_url, "db", "grant", "x").output
     with Tracker(sqlite_url) as tracker, unguarded(tracker.engine) as conn:
         conn.execute(text("UPDATE transitions SET late = 1 WHERE id = 5"))

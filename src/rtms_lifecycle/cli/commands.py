@@ -669,11 +669,18 @@ def audit_verify(app: App, stream_id: str | None, head: str | None, as_json: boo
     """Recompute every transition's hash and name each chain's first broken link (exit 1 on any
     break, or if the --head digest does not verify)."""
     if stream_id is not None and head is not None:
-        raise click.UsageError("--head covers every stream: give it without --stream")
+        raise click.UsageError("'--head' covers every stream: give it without '--stream'")
+    tracker = app.tracker(create=False)
     try:
-        report = app.tracker(create=False).verify_audit(stream_id, head=head)
+        report = tracker.verify_audit(stream_id, head=head)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--head'") from exc
+    if stream_id is not None and report.streams == 0 and tracker.stream(stream_id) is None:
+        # As `stream ID` answers it: an unknown stream is not a verified one.
+        raise Failure(
+            f"no stream with rtms_stream_id {stream_id!r} is stored in {app.shown_db}: "
+            "nothing to verify"
+        )
     if as_json:
         emit_json(report.as_dict())
     else:
