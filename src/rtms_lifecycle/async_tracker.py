@@ -91,12 +91,12 @@ T = TypeVar("T")
 #: Worker threads for reads (and for writes on PostgreSQL), per AsyncTracker.
 DEFAULT_MAX_THREADS: Final = 16
 
-_Notice = tuple[Transition, Stream]
-# The transitions a write in this worker-thread job applied, and which AsyncTracker asked: the
 #: Callbacks run between two yields to the event loop. A callback that does not suspend (most
 #: ``async def`` ones) would otherwise run a whole batch's worth in one step of the loop.
 _NOTICES_PER_STEP: Final = 32
 
+_Notice = tuple[Transition, Stream]
+# The transitions a write in this worker-thread job applied, and which AsyncTracker asked: the
 # Tracker calls its callbacks in the writing thread, and they belong on the event loop.
 _COLLECTING: contextvars.ContextVar[tuple[AsyncTracker, list[_Notice]] | None] = (
     contextvars.ContextVar("rtms_lifecycle_collecting", default=None)
