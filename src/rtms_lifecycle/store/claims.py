@@ -26,7 +26,7 @@ from sqlalchemy import text
 from rtms_lifecycle.exceptions import ClaimLost
 from rtms_lifecycle.records import Claim, ClaimEvent, ClaimEventKind, ClaimStats, Stream
 from rtms_lifecycle.store.queries import stream as read_stream
-from rtms_lifecycle.store.rows import STREAM_RECORD_COLUMNS, streams_from_rows
+from rtms_lifecycle.store.rows import STREAM_RECORD_COLUMNS, in_lists, streams_from_rows
 from rtms_lifecycle.store.tables import (
     HELD_CLAIM_PREDICATE,
     LIVE_PREDICATE,
@@ -595,10 +595,8 @@ def unconnected(conn: Connection, started_before: int, now: int) -> list[Stream]
 
 def holders(conn: Connection, stream_ids: Iterable[str], now: int) -> dict[str, tuple[str, bool]]:
     """The worker holding each of these streams (an unexpired lease), and whether connected."""
-    ids = list(stream_ids)
     found: dict[str, tuple[str, bool]] = {}
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
+    for part in in_lists(list(stream_ids)):
         params: dict[str, Any] = {f"s{i}": sid for i, sid in enumerate(part)}
         params["now"] = now
         marks = ", ".join(f":s{i}" for i in range(len(part)))

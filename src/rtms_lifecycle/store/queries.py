@@ -53,6 +53,7 @@ from rtms_lifecycle.store.rows import (
     delivery_from_row,
     event_from_delivery,
     held_streams_from_rows,
+    in_lists,
     streams_from_rows,
     transition_from_row,
 )
@@ -71,8 +72,6 @@ _RANK: Final = case({kind.value: kind.rank for kind in EventKind}, value=transit
 
 
 _STREAM_COLUMNS: Final = [streams.c[name] for name in STREAM_RECORD_COLUMNS]
-# Bound parameters per IN list: far below any database's limit.
-_IDS_PER_STATEMENT: Final = 500
 
 
 def _streams(conn: Connection, query: Any) -> list[Stream]:
@@ -97,12 +96,10 @@ def stream(conn: Connection, stream_id: str) -> Stream | None:
 
 def stored_stream_ids(conn: Connection, stream_ids: Iterable[str]) -> set[str]:
     """Which of ``stream_ids`` name a stream :func:`stream` finds."""
-    ids = sorted(set(stream_ids))
     found: set[str] = set()
-    for start in range(0, len(ids), _IDS_PER_STATEMENT):
+    for ids in in_lists(sorted(set(stream_ids))):
         query = select(streams.c.stream_id).where(
-            streams.c.stream_id.in_(ids[start : start + _IDS_PER_STATEMENT]),
-            streams.c.state != State.NEW.value,
+            streams.c.stream_id.in_(ids), streams.c.state != State.NEW.value
         )
         found.update(conn.execute(query).scalars())
     return found

@@ -9,9 +9,9 @@ here is one of its table's (``tests/test_rows.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from rtms_lifecycle.events import EventKind, Scope, Source, StreamEvent
 from rtms_lifecycle.machine import State, StreamState, TransitionName
@@ -31,6 +31,7 @@ __all__ = [
     "ALERT_COLUMNS",
     "DELIVERY_COLUMNS",
     "EVENT_COLUMNS",
+    "IN_LIST_SIZE",
     "SCOPE_OF",
     "STATE_OF",
     "STREAM_COLUMNS",
@@ -42,6 +43,7 @@ __all__ = [
     "delivery_from_row",
     "event_from_delivery",
     "held_streams_from_rows",
+    "in_lists",
     "new_stream_row",
     "state_from_row",
     "state_row",
@@ -52,6 +54,17 @@ __all__ = [
 
 
 Row = tuple[Any, ...]
+#: Values bound in one ``IN (...)`` list: well under any database's bound-parameter limit.
+IN_LIST_SIZE: Final = 500
+T = TypeVar("T")
+
+
+def in_lists(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most :data:`IN_LIST_SIZE`, one ``IN (...)`` list each."""
+    for start in range(0, len(items), IN_LIST_SIZE):
+        yield items[start : start + IN_LIST_SIZE]
+
+
 # Stored text to enum member, cheaper than calling the enum: rows become objects by the thousand.
 SCOPE_OF: Final = {scope.value: scope for scope in Scope}
 STATE_OF: Final = {state.value: state for state in State}

@@ -19,9 +19,11 @@ from rtms_lifecycle.store.filewatch import Change, FileWatch, identity
 from rtms_lifecycle.store.rows import (
     ALERT_COLUMNS,
     DELIVERY_COLUMNS,
+    IN_LIST_SIZE,
     STREAM_COLUMNS,
     TRANSITION_ROW_COLUMNS,
     Row,
+    in_lists,
 )
 from rtms_lifecycle.store.sqlite import (
     SQLITE_BULK_CHECKPOINT_PAGES,
@@ -55,8 +57,6 @@ __all__ = ["SqliteWriter"]
 log = logging.getLogger("rtms_lifecycle.store")
 
 
-# Keeps IN (...) lists well under SQLite's bound-parameter limit.
-_CHUNK: Final = 500
 #: The connection a writer holds, and how to give it back (True: it broke, do not reuse it).
 Held = tuple[sqlite3.Connection, Callable[[bool], None]]
 Connector = Callable[[], Held]
@@ -67,11 +67,6 @@ _CHECKPOINT_PAGES: Final = 1_000
 # load checks once more at its end). Checking after each of them cost 5-10% of a load of one
 # delivery per transaction (measured, alternating runs), far more than the stat itself.
 _BULK_CHECK_INTERVAL: Final = 0.1
-
-
-def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
 
 
 _SQLITE_DELIVERIES: Final = insert_sql("deliveries", DELIVERY_COLUMNS, "?")
@@ -161,7 +156,7 @@ class SqliteTx:
     ) -> Loaded:
         conn = self._conn
         # BEGIN IMMEDIATE made this the only writer: the ids after the largest are ours.
-        first = stream_ids[:_CHUNK]
+        first = stream_ids[:IN_LIST_SIZE]
         if first:
             joined = conn.execute(_sqlite_first_streams(len(first)), first).fetchall()
             last_delivery, last_transition = joined[0][:2]
@@ -170,7 +165,7 @@ class SqliteTx:
             # An empty IN list would scan the streams table.
             last_delivery, last_transition = conn.execute(_SQLITE_LAST_IDS).fetchone()
             found = []
-        for chunk in _chunks(stream_ids[_CHUNK:]):
+        for chunk in in_lists(stream_ids[IN_LIST_SIZE:]):
             found += conn.execute(_sqlite_in(len(chunk)), chunk)
         # Only identities that may be stored are looked up: a new stream has no events, and a
         # stored stream's events all lie at or before its fold position (every stored event
@@ -178,7 +173,7 @@ class SqliteTx:
         folded = {row[0]: row[_FOLD_TS] for row in found}
         asked = [i for i in identities if i[0] in folded and i[2] <= folded[i[0]]]
         identified: list[Row] = []
-        for part in _chunks(asked):
+        for part in in_lists(asked):
             rows = conn.execute(_sqlite_identity_lookup(len(part)), [v for i in part for v in i])
             identified += [row for row in rows if row[3] is not None]
         return Loaded(
