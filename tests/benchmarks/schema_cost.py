@@ -28,9 +28,8 @@ from rtms_lifecycle.defaults import DEFAULT_BATCH_SIZE
 
 from .baseline_sqlite import connect, ingest, prepare
 from .bench_ingest import _cli_command
+from .wal_pages import frame_count
 
-_WAL_HEADER = 32
-_FRAME_HEADER = 24
 # The tables one delivery writes; their delete triggers never fire during a load.
 _WRITTEN = ("deliveries", "streams", "transitions")
 
@@ -68,7 +67,7 @@ def by_script(load: Path, db: Path, batch_size: int) -> tuple[float, int]:
         ingest(lines, conn, batch_size, "library")
     seconds = time.perf_counter() - started
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    pages = (Path(f"{db}-wal").stat().st_size - _WAL_HEADER) // (_FRAME_HEADER + page_size)
+    pages = frame_count(Path(f"{db}-wal").stat().st_size, page_size)
     conn.close()
     return seconds, pages
 

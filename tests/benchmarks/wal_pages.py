@@ -22,8 +22,14 @@ from pathlib import Path
 
 from .bench_ingest import _cli_command
 
-_WAL_HEADER = 32
-_FRAME_HEADER = 24
+# SQLite's WAL format: a 32-byte file header, then frames of a 24-byte header and a page.
+WAL_HEADER = 32
+FRAME_HEADER = 24
+
+
+def frame_count(wal_bytes: int, page_size: int) -> int:
+    """How many whole frames a log of ``wal_bytes`` holds."""
+    return (wal_bytes - WAL_HEADER) // (FRAME_HEADER + page_size)
 
 
 def _ingest(db: Path, lines: Path, script: bool, create: bool) -> None:
@@ -49,12 +55,12 @@ def frames(wal: bytes) -> tuple[list[int], int]:
     (page_size,) = struct.unpack(">I", wal[8:12])
     pages: list[int] = []
     commits = 0
-    offset = _WAL_HEADER
-    while offset + _FRAME_HEADER + page_size <= len(wal):
+    offset = WAL_HEADER
+    while offset + FRAME_HEADER + page_size <= len(wal):
         page, size_after = struct.unpack(">II", wal[offset : offset + 8])
         pages.append(page)
         commits += size_after != 0
-        offset += _FRAME_HEADER + page_size
+        offset += FRAME_HEADER + page_size
     return pages, commits
 
 
