@@ -11,6 +11,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -591,6 +592,25 @@ def test_a_full_disk_makes_healthz_say_so_after_failed_deliveries(
         filler.unlink()
         assert post_padded(client, "s-11") == 200
         assert health_of(client) == (200, "")
+
+
+def test_a_full_temporary_folder_does_not_fail_a_bulk_load(tmpfs: Path, tmp_path: Path) -> None:
+    """A batch's statements journal their pages, and SQLite moved that journal to a file in the
+    temporary folder: with that folder full (the database's disk not), ``ingest`` of 2,000
+    deliveries failed with "database or disk is full". The writer keeps it in memory."""
+    fill(tmpfs)
+    load = tmp_path / "load.jsonl"
+    load.write_bytes(b"\n".join(_deliveries.raw("started", f"s-{i}", T0 + i) for i in range(2_000)))
+    db = f"sqlite:///{tmp_path / 'rtms.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "rtms_lifecycle", "--db", db, "ingest", str(load), "--json"],
+        capture_output=True,
+        env={**os.environ, "SQLITE_TMPDIR": str(tmpfs)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    with Tracker(db) as tracker:
+        assert len(tracker.active_streams()) == 2_000
 
 
 # --- /healthz never says ok while deliveries fail: PostgreSQL -----------------------------------

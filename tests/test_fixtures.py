@@ -14,7 +14,7 @@ from rtms_lifecycle.store.migrate import head_revision, revisions
 from rtms_lifecycle.store.sqlite import (
     SQLITE_BULK_CHECKPOINT_PAGES,
     SQLITE_PRAGMAS,
-    SQLITE_WRITER_CACHE_KB,
+    SQLITE_WRITER_PRAGMAS,
 )
 from tests._deliveries import raw
 from tests._postgres import PostgresServer, running_server, server_version
@@ -116,5 +116,5 @@ def test_db_url_yields_each_backend(db_url: str, request: pytest.FixtureRequest)
 def test_the_sqlite_baseline_uses_the_store_s_pragmas() -> None:
     """The plain sqlite3 benchmark script sets the very pragmas the store (and its writer) sets."""
     assert baseline_sqlite.STORE_PRAGMAS == SQLITE_PRAGMAS
-    assert baseline_sqlite.WRITER_CACHE_KB == SQLITE_WRITER_CACHE_KB
+    assert baseline_sqlite.WRITER_PRAGMAS == SQLITE_WRITER_PRAGMAS
     assert baseline_sqlite.BULK_CHECKPOINT_PAGES == SQLITE_BULK_CHECKPOINT_PAGES

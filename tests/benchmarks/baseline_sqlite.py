@@ -7,8 +7,8 @@ insert the transition row. No validation, no duplicate detection, no fold, no OR
 (``journal_mode=WAL``, ``synchronous=NORMAL``, ``busy_timeout=30000``, ``BEGIN IMMEDIATE``),
 spelt out here so that the script imports nothing but the standard library (a test checks they
 are the store's);
-``--pragmas writer`` adds what the store's writer sets for a bulk load: a 32 MB page cache, a
-checkpoint every 10,000 log pages;
+``--pragmas writer`` adds what the store's writer sets for a bulk load: a 32 MB page cache,
+statement journals in memory, a checkpoint every 10,000 log pages;
 ``--pragmas default`` keeps SQLite's defaults (rollback journal, ``synchronous=FULL``).
 ``--schema lean`` makes three minimal tables (primary keys only); ``--schema user`` adds what a
 user's own script would need to be correct (a unique event identity on deliveries, an index on
@@ -93,8 +93,8 @@ LEAN_INSERT_TRANSITION: Final = (
 # rtms_lifecycle.store.sqlite.SQLITE_PRAGMAS (tests/test_fixtures.py checks): importing the library
 # for them would add its imports, SQLAlchemy's among them, to the script's start-up.
 STORE_PRAGMAS: Final = ("busy_timeout=30000", "journal_mode=WAL", "synchronous=NORMAL")
-# The store's SQLITE_WRITER_CACHE_KB and SQLITE_BULK_CHECKPOINT_PAGES, the same way.
-WRITER_CACHE_KB: Final = 32_768
+# The store's SQLITE_WRITER_PRAGMAS and SQLITE_BULK_CHECKPOINT_PAGES, the same way.
+WRITER_PRAGMAS: Final = ("cache_size=-32768", "temp_store=MEMORY")
 BULK_CHECKPOINT_PAGES: Final = 10_000
 SCOPE_ID_FIELDS: Final = ("meeting_uuid", "webinar_uuid", "session_id", "engagement_id", "call_id")
 STATE_OF: Final = {"started": "started", "interrupted": "interrupted", "stopped": "stopped"}
@@ -126,7 +126,8 @@ def connect(path: Path, pragmas: str) -> sqlite3.Connection:
         for pragma in STORE_PRAGMAS:
             conn.execute(f"PRAGMA {pragma}")
         if pragmas == "writer":
-            conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KB}")
+            for pragma in WRITER_PRAGMAS:
+                conn.execute(f"PRAGMA {pragma}")
             conn.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
     elif pragmas != "default":
         raise ValueError(f"unknown pragmas {pragmas!r}")
