@@ -101,6 +101,30 @@ def test_the_largest_numbers_still_work(scenario: str, args: list[str]) -> None:
     assert isinstance(invoke_json(scenario, *args), list)
 
 
+TIME_OPTIONS = [
+    ["streams", "--since"],
+    ["streams", "--until"],
+    ["stats", "--since"],
+    ["stats", "--until"],
+    ["alerts", "--since"],
+    ["deliveries", "reprocess", "--since"],
+]
+
+
+@pytest.mark.parametrize("number", ["0", "00", "1741651200", "99999999999"])
+@pytest.mark.parametrize("command", TIME_OPTIONS, ids=" ".join)
+def test_a_time_below_1e11_is_refused_as_seconds(
+    scenario_db: str, command: list[str], number: str
+) -> None:
+    """Every time option refuses a number that would be before 1973 as milliseconds, 0 too."""
+    result = invoke(scenario_db, *command, number)
+    assert result.exit_code == BAD_INPUT
+    line = one_clean_line(result)
+    assert f"'{command[-1]}'" in line
+    assert "looks like epoch seconds" in line
+    assert invoke_json(scenario_db, *command, "100000000000") is not None
+
+
 # --- database URLs --------------------------------------------------------------------------------
 
 

@@ -38,8 +38,11 @@ def parse_time(text: str) -> int:
     text = text.strip()
     if text.isascii() and text.isdigit():
         value = int(text)
-        if 0 < value < _MIN_EPOCH_MS:
-            raise ValueError(f"{text} looks like epoch seconds: give epoch milliseconds")
+        if value < _MIN_EPOCH_MS:
+            raise ValueError(
+                f"{text} looks like epoch seconds (as milliseconds it is before 1973): give "
+                "epoch milliseconds, from 100000000000, or an ISO 8601 date/time"
+            )
         return _in_time_range(value, text)
     try:
         moment = datetime.fromisoformat(text)
