@@ -1,0 +1,57 @@
+"""What the listing commands print around their rows: a sentence for none, a note when cut."""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_cli import SCENARIO, ingest, invoke, invoke_json
+
+# A filter that matches nothing in SCENARIO (all of it is in 2025), and the sentence said instead.
+EMPTY = [
+    (["streams", "--since", "2030-01-01"], "No streams match."),
+    (["streams", "--state", "stopped", "--scope", "meeting"], "No streams match."),
+    (["streams", "--since", "2030-01-01", "--limit", "5"], "No streams match."),
+    (["deliveries", "--stream", "nope"], "No deliveries match."),
+    (["deliveries", "--outcome", "rejected"], "No deliveries match."),
+    (["alerts", "--since", "2030-01-01"], "No concurrency alerts at or after 2030-01-01"),
+    (["stats", "--since", "2030-01-01"], "No streams stopped at or after 2030-01-01"),
+    (["stats", "--since", "2030-01-01", "--chart"], "No streams stopped at or after 2030-01-01"),
+    (["stats", "--unhandled"], "No deliveries of unhandled event names were received."),
+    (["expire", "--stale-after", "3650d", "--dry-run"], "Would expire 0 streams: no live"),
+]
+
+
+@pytest.fixture
+def scenario_db(sqlite_url: str) -> str:
+    ingest(sqlite_url, SCENARIO)
+    return sqlite_url
+
+
+@pytest.mark.parametrize(("args", "said"), EMPTY, ids=lambda v: " ".join(v) if v else "")
+def test_an_empty_list_is_one_sentence(scenario_db: str, args: list[str], said: str) -> None:
+    """Nothing matched: one sentence on stdout, no bare table header; --json is still []."""
+    result = invoke(scenario_db, *args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(said), result.stdout
+    assert len(result.stdout.splitlines()) == 1
+    assert not set(result.stdout) & set("┏━┃│└"), result.stdout
+    assert result.stderr == ""
+    if "--chart" not in args:
+        assert invoke_json(scenario_db, *args) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["streams"], "No streams are stored yet."),
+        (["deliveries"], "No deliveries are stored yet."),
+    ],
+)
+def test_an_empty_database_says_nothing_is_stored(
+    sqlite_url: str, args: list[str], said: str
+) -> None:
+    assert invoke(sqlite_url, "db", "upgrade").exit_code == 0
+    result = invoke(sqlite_url, *args)
+    assert result.exit_code == 0
+    assert result.stdout == said + "\n"
+    assert invoke_json(sqlite_url, *args) == []
