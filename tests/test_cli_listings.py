@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from .test_cli import SCENARIO, ingest, invoke, invoke_json
+from ._deliveries import body
+from .test_cli import SCENARIO, T0, ingest, invoke, invoke_json
 
 # A filter that matches nothing in SCENARIO (all of it is in 2025), and the sentence said instead.
 EMPTY = [
@@ -55,3 +56,27 @@ def test_an_empty_database_says_nothing_is_stored(
     assert result.exit_code == 0
     assert result.stdout == said + "\n"
     assert invoke_json(sqlite_url, *args) == []
+
+
+def test_deliveries_say_when_the_default_limit_cut_them(sqlite_url: str) -> None:
+    """101 deliveries: the default table shows 100 and says so; --json and a --limit given
+    print no note; 100 deliveries are not cut."""
+    ingest(sqlite_url, [body("started", f"s-{i:03d}", T0 + i) for i in range(101)])
+    result = invoke(sqlite_url, "deliveries")
+    assert result.exit_code == 0
+    note = "Showed the newest 100; use --limit N to see more (--limit 0 for all)."
+    assert result.stdout.splitlines()[-1] == note
+    assert "s-000" not in result.stdout
+    assert "s-001" in result.stdout
+    assert len(invoke_json(sqlite_url, "deliveries")) == 100
+    for args in (["--limit", "100"], ["--limit", "0"], ["--limit", "5"]):
+        assert "Showed" not in invoke(sqlite_url, "deliveries", *args).stdout
+    assert "s-000" in invoke(sqlite_url, "deliveries", "--limit", "0").stdout
+    assert "Showed" not in invoke(sqlite_url, "deliveries", "--stream", "s-005").stdout
+
+
+def test_deliveries_exactly_at_the_default_limit_are_not_cut(sqlite_url: str) -> None:
+    ingest(sqlite_url, [body("started", f"s-{i:03d}", T0 + i) for i in range(100)])
+    result = invoke(sqlite_url, "deliveries")
+    assert "Showed" not in result.stdout
+    assert "s-000" in result.stdout

@@ -428,7 +428,14 @@ def deliveries(
     app = ctx.find_object(App)
     assert app is not None
     tracker = app.tracker(create=False)
-    found = tracker.deliveries(outcomes or None, stream_id=stream_id, limit=limit or None)
+    # The table says when the default limit cut it (a --limit given is what was asked for, as
+    # for `streams`): one row past the limit tells, without counting them all.
+    noted = not as_json and ctx.get_parameter_source("limit") is ParameterSource.DEFAULT
+    found = tracker.deliveries(
+        outcomes or None, stream_id=stream_id, limit=limit + 1 if noted else limit or None
+    )
+    cut = noted and len(found) > limit
+    found = found[:limit] if cut else found
     filtered = bool(outcomes) or stream_id is not None
     app.show(
         as_json,
@@ -436,6 +443,8 @@ def deliveries(
         deliveries_table,
         "No deliveries match." if filtered else "No deliveries are stored yet.",
     )
+    if cut:
+        app.say(f"Showed the newest {limit:,}; use --limit N to see more (--limit 0 for all).")
 
 
 @deliveries.command("reprocess")
