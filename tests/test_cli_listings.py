@@ -80,3 +80,20 @@ def test_deliveries_exactly_at_the_default_limit_are_not_cut(sqlite_url: str) ->
     result = invoke(sqlite_url, "deliveries")
     assert "Showed" not in result.stdout
     assert "s-000" in result.stdout
+
+
+def test_alerts_since_filters_on_the_event_time_not_the_receipt(sqlite_url: str) -> None:
+    """An alert of 2025 received now is before a --since of an hour ago: its event time counts,
+    as docs/cli.md and --help say."""
+    near = {
+        "event": "rtms.concurrency_near_limit",
+        "event_ts": T0,
+        "payload": {"concurrency_limit": 10, "concurrency_number": 8, "percentage": 80},
+    }
+    ingest(sqlite_url, [near])
+    [alert] = invoke_json(sqlite_url, "alerts")
+    assert alert["received_at"] > T0 + 3_600_000
+    received_before = str(alert["received_at"] - 3_600_000)
+    assert invoke_json(sqlite_url, "alerts", "--since", received_before) == []
+    assert len(invoke_json(sqlite_url, "alerts", "--since", str(T0))) == 1
+    assert "event time" in invoke(sqlite_url, "alerts", "--help").stdout

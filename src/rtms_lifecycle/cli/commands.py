@@ -483,12 +483,13 @@ def reprocess(
     "--since",
     metavar="T",
     callback=parsed_by(parse_time),
-    help="Alerts at or after T (epoch ms or ISO 8601).",
+    help="Alerts whose event time (Zoom's event_ts, not when received) is at or after T "
+    "(epoch ms or ISO 8601).",
 )
 @JSON_OPTION
 @pass_app
 def alerts(app: App, since: int | None, as_json: bool) -> None:
-    """Account concurrency alerts (near the limit, or a stream refused), newest first."""
+    """Account concurrency alerts (near the limit, or a stream refused), newest event first."""
     app.show(
         as_json,
         app.tracker(create=False).concurrency_alerts(since),
