@@ -359,3 +359,20 @@ def test_a_plain_sqlite_path_is_read_as_sqlalchemy_reads_it(path: str, form: str
     assert file.path == _dburl.sqlite_file(parsed)
     connect_args = parsed.get_dialect()().create_connect_args(parsed)
     assert ([file.filename], file.options) == (list(connect_args[0]), dict(connect_args[1]))
+
+
+def test_db_history_titles_are_plain_whole_sentences(sqlite_url: str) -> None:
+    """Each title is its migration docstring's first paragraph as plain text: no ``literal``
+    quotes, not cut at the docstring's first line end; --json gives the same titles."""
+    invoke_json(sqlite_url, "db", "upgrade")
+    shown = invoke(sqlite_url, "db", "history")
+    assert shown.exit_code == 0
+    titles = [m["title"] for m in invoke_json(sqlite_url, "db", "history")["migrations"]]
+    printed = " ".join(shown.stdout.split())
+    for title in titles:
+        assert "``" not in title
+        assert "\n" not in title
+        assert title.endswith("."), title
+        assert title in printed
+    assert "``" not in shown.stdout
+    assert any("deliveries.reprocess_of links a delivery" in t for t in titles)

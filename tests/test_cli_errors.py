@@ -101,6 +101,57 @@ def test_the_largest_numbers_still_work(scenario: str, args: list[str]) -> None:
     assert isinstance(invoke_json(scenario, *args), list)
 
 
+TIME_OPTIONS = [
+    ["streams", "--since"],
+    ["streams", "--until"],
+    ["stats", "--since"],
+    ["stats", "--until"],
+    ["alerts", "--since"],
+    ["deliveries", "reprocess", "--since"],
+]
+
+
+@pytest.mark.parametrize("number", ["0", "00", "1741651200", "99999999999"])
+@pytest.mark.parametrize("command", TIME_OPTIONS, ids=" ".join)
+def test_a_time_below_1e11_is_refused_as_seconds(
+    scenario_db: str, command: list[str], number: str
+) -> None:
+    """Every time option refuses a number that would be before 1973 as milliseconds, 0 too."""
+    result = invoke(scenario_db, *command, number)
+    assert result.exit_code == BAD_INPUT
+    line = one_clean_line(result)
+    assert f"'{command[-1]}'" in line
+    assert "looks like epoch seconds" in line
+    assert invoke_json(scenario_db, *command, "100000000000") is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ("10000-01-01", "past year 9999"),
+        ("+10000-01-01T00:00:00Z", "past year 9999"),
+        ("9999-12-31T23:59:59-01:00", "past year 9999"),
+        ("99999999999999999", "past year 9999"),
+        ("9" * 5000, "past year 9999"),
+        ("0000-01-01", "before year 1"),
+        ("0001-01-01T00:00:00+05:00", "before year 1"),
+    ],
+    ids=lambda v: v[:30],
+)
+@pytest.mark.parametrize("command", TIME_OPTIONS, ids=" ".join)
+def test_a_year_out_of_range_is_named(
+    scenario_db: str, command: list[str], value: str, where: str
+) -> None:
+    """A time past year 9999 (or before year 1) is exit 2 naming the option and the year."""
+    result = invoke(scenario_db, *command, value)
+    assert result.exit_code == BAD_INPUT
+    line = one_clean_line(result)
+    assert f"'{command[-1]}'" in line
+    assert where in line
+    assert "the year is out of range" in line
+    assert len(line) < 300
+
+
 # --- database URLs --------------------------------------------------------------------------------
 
 

@@ -66,3 +66,16 @@ def test_the_readme_s_try_it_line_runs_twice(tmp_path: Path) -> None:
     again = run_process("demo", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "already here" in again.stdout
+
+
+def test_the_demo_s_expire_suggestion_finds_what_it_says(sqlite_url: str) -> None:
+    """The printed `expire` command, run as printed, lists the streams its comment counts."""
+    result = invoke(sqlite_url, "demo")
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.stdout.splitlines() if " expire --stale-after " in line]
+    found = re.search(r"expire (--stale-after \S+ --dry-run)\s+# the (\d+) live stream", line)
+    assert found is not None, line
+    args = found.group(1).split()
+    would = invoke_json(sqlite_url, "expire", *args)
+    assert len(would) >= int(found.group(2)) >= 1
+    assert invoke_json(sqlite_url, "streams", "--active")  # a dry run: nothing was closed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -89,6 +90,26 @@ def test_follow_resumes_after_the_last_line_written(db: str) -> None:
 def test_new_follower_starts_at_the_end_without_from_start(db: str) -> None:
     """Without --from-start a new consumer prints nothing of what was there before it."""
     assert follow_lines(db, "newcomer") == []
+
+
+def test_follow_says_it_waits_for_a_dead_holders_lease(db: str) -> None:
+    """Taking over from a killed follow waits for its lease: one line on stderr says so and until
+    when, then the transitions come as usual."""
+    with Tracker(db) as tracker:
+        dead = tracker.consumer("billing", from_start=True, lease=1.0)
+        assert dead.next() is not None  # takes the lease, then never reports back: killed
+    result = invoke(db, "follow", "billing", "--json", "--idle-exit", "1.5")
+    assert result.exit_code == 0, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Waiting for the previous holder of consumer 'billing' (")
+    assert re.search(r"its lease runs until about \d{4}-\d\d-\d\dT[\d:]+Z", line), line
+    assert len(result.stdout.splitlines()) == 4
+
+
+def test_follow_says_nothing_when_no_one_holds_the_consumer(db: str) -> None:
+    result = invoke(db, "follow", "billing", "--json", "--from-start", "--idle-exit", "0.3")
+    assert result.exit_code == 0
+    assert result.stderr == ""
 
 
 def test_follow_human_lines(db: str) -> None:

@@ -125,12 +125,20 @@ class App:
         as_json: bool,
         found: Sequence[_Found],
         table: Callable[[Sequence[_Found]], RenderableType],
+        empty: str | None = None,
     ) -> None:
-        """What a read command found: a JSON list of the records' documented shapes, or a table."""
+        """What a read command found: a JSON list of the records' documented shapes, or a table;
+        ``empty``, the sentence that stands for a table without rows."""
         if as_json:
             emit_json([record.as_dict() for record in found])
+        elif not found and empty is not None:
+            self.say(empty)
         else:
             print_table(self.out, table(found))
+
+    def say(self, sentence: str) -> None:
+        """One plain sentence on stdout: no markup, no highlighting of its numbers."""
+        self.out.print(sentence, markup=False, highlight=False)
 
 
 def current_app() -> App:

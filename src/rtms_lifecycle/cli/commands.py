@@ -83,6 +83,17 @@ _TABLE_STREAMS: Final = 50
 _MAX_OLDER_THAN: Final = timedelta(days=365_000)
 
 
+def _window(since: int | None, until: int | None) -> str:
+    """`` at or after T``, `` before T``, `` in [T, U)``, or nothing: for the empty sentences."""
+    if since is not None and until is not None:
+        return f" in [{format_time(since)}, {format_time(until)})"
+    if since is not None:
+        return f" at or after {format_time(since)}"
+    if until is not None:
+        return f" before {format_time(until)}"
+    return ""
+
+
 # --- the commands ---------------------------------------------------------------------------------
 
 
@@ -192,6 +203,8 @@ def streams(
             "'--active' means '--state started --state resumed': give one or the other"
         )
     wanted: Iterable[State | str] | None = ACTIVE_STATES if active else (states or None)
+    filtered = wanted is not None or any(v is not None for v in (scope, since, until, account_id))
+    empty = "No streams match." if filtered else "No streams are stored yet."
     tracker = app.tracker(create=False)
     if as_json or limit is not None:
         found = tracker.streams(
@@ -202,7 +215,12 @@ def streams(
             began_until=until,
             account_id=account_id,
         )
-        app.show(as_json, found, lambda found: streams_table(plural(len(found), "stream"), found))
+        app.show(
+            as_json,
+            found,
+            lambda found: streams_table(plural(len(found), "stream"), found),
+            empty,
+        )
         return
     # Drawing tens of thousands of rows takes a minute and helps nobody, and reading a million
     # streams to count them takes longer: the newest rows, and a count from the database.
@@ -221,6 +239,9 @@ def streams(
             wanted, scope=scope, began_since=since, began_until=until, account_id=account_id
         )
     )
+    if not found:
+        app.say(empty)
+        return
     if total > len(found):
         title = (
             f"Newest streams: showing {len(found)} of {total:,} "
@@ -256,9 +277,11 @@ def stream_command(app: App, stream_id: str, as_json: bool) -> None:
         )
         return
     app.out.print(stream_details(found))
-    print_table(app.out, history_table(history))
     if history:
+        print_table(app.out, history_table(history))
         app.out.print(timeline_bar(found, history, now_ms(), format_time))
+    else:
+        app.say("No transitions are recorded for this stream.")
     if claims:
         print_table(app.out, claim_history_table(claims))
 
@@ -340,7 +363,12 @@ def stats(
                 "'--unhandled' lists event names: it does not go with '--interruptions', "
                 "'--by-scope', '--chart' or '--account'"
             )
-        app.show(as_json, tracker.unhandled_stats(since, until), unhandled_table)
+        app.show(
+            as_json,
+            tracker.unhandled_stats(since, until),
+            unhandled_table,
+            f"No deliveries of unhandled event names were received{_window(since, until)}.",
+        )
         return
     if interruptions:
         scopes: list[Scope | None] = list(Scope) if by_scope else [None]
@@ -355,8 +383,14 @@ def stats(
         app.out.print(interruptions_table([(s.value if s else None, r) for s, r in rows]))
         return
     found = tracker.stop_reason_stats(since, until, by_scope=by_scope, account_id=account_id)
-    app.show(as_json, found, lambda found: stop_reasons_table(found, by_scope))
-    if chart and not as_json:
+    app.show(
+        as_json,
+        found,
+        lambda found: stop_reasons_table(found, by_scope),
+        f"No streams stopped{_window(since, until)}"
+        + (f" of account {account_id!r}." if account_id is not None else "."),
+    )
+    if chart and not as_json and found:
         app.out.print(stop_reason_bars(found, CATEGORY_STYLE, room=app.out.width))
 
 
@@ -394,8 +428,23 @@ def deliveries(
     app = ctx.find_object(App)
     assert app is not None
     tracker = app.tracker(create=False)
-    found = tracker.deliveries(outcomes or None, stream_id=stream_id, limit=limit or None)
-    app.show(as_json, found, deliveries_table)
+    # The table says when the default limit cut it (a --limit given is what was asked for, as
+    # for `streams`): one row past the limit tells, without counting them all.
+    noted = not as_json and ctx.get_parameter_source("limit") is ParameterSource.DEFAULT
+    found = tracker.deliveries(
+        outcomes or None, stream_id=stream_id, limit=limit + 1 if noted else limit or None
+    )
+    cut = noted and len(found) > limit
+    found = found[:limit] if cut else found
+    filtered = bool(outcomes) or stream_id is not None
+    app.show(
+        as_json,
+        found,
+        deliveries_table,
+        "No deliveries match." if filtered else "No deliveries are stored yet.",
+    )
+    if cut:
+        app.say(f"Showed the newest {limit:,}; use --limit N to see more (--limit 0 for all).")
 
 
 @deliveries.command("reprocess")
@@ -434,13 +483,19 @@ def reprocess(
     "--since",
     metavar="T",
     callback=parsed_by(parse_time),
-    help="Alerts at or after T (epoch ms or ISO 8601).",
+    help="Alerts whose event time (Zoom's event_ts, not when received) is at or after T "
+    "(epoch ms or ISO 8601).",
 )
 @JSON_OPTION
 @pass_app
 def alerts(app: App, since: int | None, as_json: bool) -> None:
-    """Account concurrency alerts (near the limit, or a stream refused), newest first."""
-    app.show(as_json, app.tracker(create=False).concurrency_alerts(since), alerts_table)
+    """Account concurrency alerts (near the limit, or a stream refused), newest event first."""
+    app.show(
+        as_json,
+        app.tracker(create=False).concurrency_alerts(since),
+        alerts_table,
+        f"No concurrency alerts{_window(since, None)}.",
+    )
 
 
 @cli.command()
@@ -465,6 +520,8 @@ def expire(app: App, stale_after: timedelta, dry_run: bool, as_json: bool) -> No
         as_json,
         closed,
         lambda closed: streams_table(f"{verb} {plural(len(closed), 'stream')}", closed),
+        f"{verb} 0 streams: no live stream has gone "
+        f"{format_duration(int(stale_after.total_seconds() * 1000))} without an event.",
     )
 
 

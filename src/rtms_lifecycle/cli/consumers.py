@@ -53,7 +53,26 @@ def _run_consumer(
         tracker.subscribe(consumer, callback, **options)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'CONSUMER'") from None
+    _say_if_held(app, consumer)
     tracker.run_subscriptions(idle_exit=idle_exit)
+
+
+def _say_if_held(app: App, consumer: str) -> None:
+    """Say on stderr that another process holds the consumer's lease, and until when: taking
+    over from a killed one waits for its lease to run out, which would look like a hang."""
+    from rtms_lifecycle.clock import format_time
+
+    held = next(
+        (s for s in app.tracker(create=False).subscriptions() if s.consumer == consumer), None
+    )
+    if held is None or held.holder is None or held.lease_until is None:
+        return
+    app.err.print(
+        f"Waiting for the previous holder of consumer {consumer!r} ({held.holder}): its lease "
+        f"runs until about {format_time(held.lease_until)} unless it stops first or renews it.",
+        markup=False,
+        highlight=False,
+    )
 
 
 @click.command()

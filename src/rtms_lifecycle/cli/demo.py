@@ -130,7 +130,7 @@ def _demo_verdict(summary: IngestSummary, transitions: int) -> str:
     )
 
 
-def _demo_next_steps(prefix: str, example: Stream | None) -> str:
+def _demo_next_steps(prefix: str, example: Stream | None, expire: tuple[str, str]) -> str:
     example_id = example.stream_id if example else "STREAM_ID"
     commands = [
         ("streams --active", "every stream whose media flows now"),
@@ -140,11 +140,38 @@ def _demo_next_steps(prefix: str, example: Stream | None) -> str:
         ("deliveries --outcome rejected", "bad deliveries and why they were refused"),
         ("alerts", "account concurrency alerts"),
         ("streams --state stopped --limit 5 --json", "the machine-readable form"),
-        ("expire --stale-after 6h", "close streams whose stopped webhook never came"),
+        expire,
     ]
     width = max(len(command) for command, _ in commands) + len(prefix) + 1
     lines = [f"  {prefix + ' ' + command:<{width}}  # {why}" for command, why in commands]
     return "Try next:\n" + "\n".join(lines)
+
+
+# `expire --stale-after` in the suggestions: the longest of these that some live stream of the
+# demo has gone without an event (a fresh demo's quietest is about 4h 40m).
+_STALE_AFTER: Final = (
+    ("6h", 6 * 3_600_000),
+    ("2h", 2 * 3_600_000),
+    ("1h", 3_600_000),
+    ("30m", 1_800_000),
+    ("15m", 900_000),
+)
+
+
+def _expire_step(live: list[Stream], now: int) -> tuple[str, str]:
+    """The `expire` suggestion: one that finds streams on this data, or says it finds none."""
+    for text, ms in _STALE_AFTER:
+        quiet = sum(1 for s in live if s.last_event_at is not None and now - s.last_event_at > ms)
+        if quiet:
+            streams = "stream" if quiet == 1 else "streams"
+            return (
+                f"expire --stale-after {text} --dry-run",
+                f"the {quiet} live {streams} silent over {text}: what expire would close",
+            )
+    return (
+        "expire --stale-after 6h --dry-run",
+        "live streams silent over 6h: what expire would close (none here yet)",
+    )
 
 
 def _eventfulness(stream: Stream) -> tuple[int, int]:
@@ -171,8 +198,8 @@ def demo(app: App, top: int, force: bool) -> None:
     Refuses a database that holds other streams (the fake ones could not be told apart or
     removed) unless --force.
     """
-    from rtms_lifecycle.clock import format_time
-    from rtms_lifecycle.machine import ACTIVE_STATES, State
+    from rtms_lifecycle.clock import format_time, now_ms
+    from rtms_lifecycle.machine import ACTIVE_STATES, LIVE_STATES, State
 
     tracker = app.tracker()
     day = demo_day()
@@ -209,4 +236,7 @@ def demo(app: App, top: int, force: bool) -> None:
     print_table(app.out, stop_reasons_table(tracker.stop_reason_stats(), by_scope=False))
     app.out.print(interruptions_table([(None, tracker.interruption_stats())]))
     example = max(tracker.streams(State.STOPPED), key=_eventfulness, default=None)
-    app.out.print(_demo_next_steps(app.command_prefix(), example), markup=False)
+    steps = _demo_next_steps(
+        app.command_prefix(), example, _expire_step(tracker.streams(LIVE_STATES), now_ms())
+    )
+    app.out.print(steps, markup=False)

@@ -31,19 +31,29 @@ _MIN_EPOCH_MS: Final = 100_000_000_000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_PART: Final = re.compile(r"(\d+)([smhd])")
+# An ISO 8601 date's year, signed or longer than four digits, which Python's parser refuses.
+_ISO_YEAR: Final = re.compile(r"([+-]?)(\d{4,})-\d")
+# Epoch milliseconds of year 9999 have 15 digits: a longer number is out of range, unread.
+_MAX_EPOCH_DIGITS: Final = 19
 
 
 def parse_time(text: str) -> int:
     """Epoch milliseconds from epoch ms or an ISO 8601 date/time (UTC unless it says otherwise)."""
     text = text.strip()
     if text.isascii() and text.isdigit():
+        if len(text.lstrip("0")) > _MAX_EPOCH_DIGITS:
+            raise _out_of_range(text, "past year 9999")
         value = int(text)
-        if 0 < value < _MIN_EPOCH_MS:
-            raise ValueError(f"{text} looks like epoch seconds: give epoch milliseconds")
+        if value < _MIN_EPOCH_MS:
+            raise ValueError(
+                f"{text} looks like epoch seconds (as milliseconds it is before 1973): give "
+                "epoch milliseconds, from 100000000000, or an ISO 8601 date/time"
+            )
         return _in_time_range(value, text)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
+        _check_iso_year(text)
         raise ValueError(
             f"{text!r} is neither epoch milliseconds nor an ISO 8601 date/time "
             "(e.g. 2025-03-11 or 2025-03-11T14:30:00Z)"
@@ -55,9 +65,31 @@ def parse_time(text: str) -> int:
 
 
 def _in_time_range(ms: int, text: str) -> int:
-    if not MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
-        raise ValueError(f"{text} is out of range: times go from year 1 to year 9999")
+    if ms > MAX_EPOCH_MS:
+        raise _out_of_range(text, "past year 9999")
+    if ms < MIN_EPOCH_MS:
+        raise _out_of_range(text, "before year 1")
     return ms
+
+
+def _check_iso_year(text: str) -> None:
+    """Name the year of a date the parser refused for its year alone (``10000-01-01``)."""
+    match = _ISO_YEAR.match(text)
+    if match is None:
+        return
+    sign, digits = match.groups()
+    year = int(digits[: _MAX_EPOCH_DIGITS + 1])
+    if sign == "-" or year == 0:
+        raise _out_of_range(text, "before year 1")
+    if year > 9999:
+        raise _out_of_range(text, "past year 9999")
+
+
+def _out_of_range(text: str, where: str) -> ValueError:
+    shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text):,} characters)"
+    return ValueError(
+        f"{shown} is {where}: the year is out of range, times go from year 1 to year 9999"
+    )
 
 
 def check_window(since: int | None, until: int | None) -> None:

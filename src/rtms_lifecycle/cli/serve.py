@@ -24,7 +24,10 @@ __all__ = ["serve"]
 
 
 def _min_event_time(text: str) -> int:
-    """``--min-event-time``: a time as other options read it, not before 1970."""
+    """``--min-event-time``: a time as other options read it, not before 1970; ``0`` for no bound
+    but 1970 itself."""
+    if text.strip() == "0":
+        return 0
     ms = parse_time(text)
     if ms < 0:
         raise ValueError(f"{text} is before 1970: event times are counted from 1970 on")

@@ -80,8 +80,8 @@ def head_revision() -> str:
 
 
 def migrations() -> list[tuple[str, str]]:
-    """Each migration this version ships, oldest first: its revision and the first line of its
-    docstring."""
+    """Each migration this version ships, oldest first: its revision and its title, the first
+    paragraph of its docstring as plain text."""
     folder = _PACKAGED if (_PACKAGED / "env.py").is_file() else _SOURCE
     titles = {}
     for path in (folder / "versions").glob("*.py"):
@@ -89,11 +89,19 @@ def migrations() -> list[tuple[str, str]]:
         found = dict(_REVISION_LINE.findall(text))
         if "revision" in found:
             (revision,) = _QUOTED.findall(found["revision"])
-            titles[revision] = text.lstrip().removeprefix('"""').partition("\n")[0].strip()
+            titles[revision] = migration_title(text)
     revisions, order = _revisions(), [head_revision()]
     while downs := revisions[order[-1]]:
         order.append(downs[0])
     return [(revision, titles[revision]) for revision in reversed(order)]
+
+
+def migration_title(source: str) -> str:
+    """A migration file's title: its docstring's first paragraph on one line, without the
+    reStructuredText literal quotes (````name````) it writes code in."""
+    docstring = source.lstrip().removeprefix('"""').partition('"""')[0]
+    paragraph = docstring.strip().split("\n\n")[0]
+    return " ".join(paragraph.replace("``", "").split())
 
 
 def is_known(revision: str) -> bool:
