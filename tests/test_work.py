@@ -42,7 +42,13 @@ class Work:
     """A ``work`` process and its children's log."""
 
     def __init__(
-        self, db: str, tmp: Path, worker: str, *args: str, as_json: bool = True, **env: str
+        self,
+        db: str,
+        tmp: Path,
+        worker: str,
+        *args: str,
+        as_json: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.log = tmp / f"{worker}.children.jsonl"
         self.events = tmp / f"{worker}.events.jsonl"
@@ -53,7 +59,7 @@ class Work:
             [sys.executable, "-m", "rtms_lifecycle", "--db", db, "work", worker, *mode,
              "--lease", str(LEASE), "--poll", "0.1", "--grace", "2s", *args, "--", *CHILD],
             stdout=self.out,
-            env={**os.environ, "WORK_CHILD_LOG": str(self.log), **env},
+            env={**os.environ, "WORK_CHILD_LOG": str(self.log), **(env or {})},
             cwd=ROOT,
         )  # fmt: skip
 
@@ -104,7 +110,7 @@ def works(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Work]]:
     started: list[Work] = []
 
     def make(worker: str, *args: str, **env: str) -> Work:
-        started.append(Work(db_url, tmp_path, worker, *args, **env))
+        started.append(Work(db_url, tmp_path, worker, *args, env=env))
         return started[-1]
 
     yield make
