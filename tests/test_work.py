@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,9 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 from rtms_lifecycle import Tracker
+from rtms_lifecycle.cli import work as work_module
 from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.cli.params import Duration
-from rtms_lifecycle.cli.work import event_line
+from rtms_lifecycle.cli.work import Supervisor, event_line
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
 from tests._postgres import PostgresUnavailable, create_database, running_server, stopped
@@ -423,3 +426,70 @@ def test_a_database_outage_is_said_once_counted_and_its_end_said_once(
     )
     assert "(renew failed: could not renew a claim: " in down_text
     assert "Connection refused" in down_text
+
+
+def test_a_long_outage_is_summed_up_every_so_often(
+    tmp_path: Path, skip_or_fail: Callable[[str], NoReturn], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the database stays down, a line sums up the failed calls every
+    OUTAGE_SUMMARY_EVERY seconds (30; half a second here), each count greater than the last."""
+    monkeypatch.setattr(work_module, "OUTAGE_SUMMARY_EVERY", 0.5)
+    monkeypatch.setenv("WORK_CHILD_LOG", str(tmp_path / "children.jsonl"))
+    out = io.StringIO()
+
+    def kinds() -> list[str]:
+        return [line.split()[1].rstrip(":") for line in out.getvalue().splitlines()]
+
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_server())
+        except PostgresUnavailable as exc:
+            skip_or_fail(f"{exc} (set CI=true to make this an error instead of a skip)")
+        tracker = stack.enter_context(Tracker(server.url(create_database(server))))
+        _start(tracker, 1)
+        supervisor = Supervisor(tracker, "w1", CHILD, lease=3, poll=0.1, out=out)
+        failed: list[BaseException] = []
+
+        def outage() -> None:
+            try:
+                wait_for(lambda: "started" in kinds())
+                with stopped(server):
+                    wait_for(lambda: kinds().count("database_still_down") >= 2)
+                wait_for(lambda: "database_back" in kinds())
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                supervisor.signalled = signal.SIGTERM  # the loop ends within a tick
+
+        driver = threading.Thread(target=outage)
+        driver.start()
+        supervisor.run()  # on this thread: it sets signal handlers
+        driver.join()
+    if failed:
+        raise failed[0]
+    lines = out.getvalue().splitlines()
+    assert kinds().count("database_down") == 1, lines
+    summaries = [line for line in lines if " database_still_down: " in line]
+    counts = [sum(int(n) for n in line.split("(")[1].split()[::2] if n.isdigit())
+              for line in summaries]  # fmt: skip
+    assert counts == sorted(set(counts)), summaries
+    assert "still cannot reach the database (" in summaries[0]
+    assert " renewal" in summaries[0]
+    assert " failed since " in summaries[0]
+    (back,) = [line for line in lines if " database_back: " in line]
+    assert "database reachable again after " in back
+
+
+def test_an_event_with_a_message_is_that_message_in_text_and_a_field_in_json() -> None:
+    fields = {"action": "renew", "error": "a\nb", "children": 2, "lease_ends": 1_700_000_030_000}
+    message = "cannot reach the database; 2 children keep running (renew failed: a\nb)"
+    text = event_line("database_down", 1_700_000_000_000, "w1", None, fields, as_json=False,
+                      message=message)  # fmt: skip
+    assert text == (
+        "2023-11-14T22:13:20Z database_down: cannot reach the database; 2 children keep running "
+        "(renew failed: a b)"
+    )
+    line = event_line("database_down", 1_700_000_000_000, "w1", None, fields, as_json=True,
+                      message=message)  # fmt: skip
+    assert json.loads(line) == {"event": "database_down", "at": 1_700_000_000_000, "worker": "w1",
+                                "message": message, **fields}  # fmt: skip
