@@ -34,6 +34,7 @@ __all__ = [
     "restart_server",
     "running_server",
     "server_version",
+    "stopped",
 ]
 
 PG_OS_USER = "postgres"
@@ -166,6 +167,8 @@ class PostgresServer:
     socket_dir: Path
     log_file: Path
     bindir: Path
+    #: The server's command-line options, to start it again as it was.
+    options: str = ""
 
     def url(self, dbname: str = "postgres") -> str:
         """SQLAlchemy URL (psycopg 3 driver) for database ``dbname`` on this server."""
@@ -246,37 +249,22 @@ def _start_server(bindir: Path, run_as: _RunAs, base: Path, *, durable: bool) ->
         )
 
     for attempt in range(1, START_ATTEMPTS + 1):
+        port = _free_port()
         server = PostgresServer(
             host=PG_HOST,
-            port=_free_port(),
+            port=port,
             user=PG_SUPERUSER,
             data_dir=data_dir,
             socket_dir=socket_dir,
             log_file=log_file,
             bindir=bindir,
+            options=(
+                f"-p {port} -k {shlex.quote(str(socket_dir))}"
+                f" -c listen_addresses={PG_HOST} -c max_connections=200"
+                + (DURABLE if durable else FAST)
+            ),
         )
-        options = (
-            f"-p {server.port} -k {shlex.quote(str(socket_dir))}"
-            f" -c listen_addresses={PG_HOST} -c max_connections=200"
-            + (DURABLE if durable else FAST)
-        )
-        start = _run(
-            [
-                str(bindir / "pg_ctl"),
-                "start",
-                "--pgdata",
-                str(data_dir),
-                "--log",
-                str(log_file),
-                "--wait",
-                "--timeout",
-                str(int(STARTUP_TIMEOUT_S)),
-                "-o",
-                options,
-            ],
-            run_as,
-            base,
-        )
+        start = _pg_ctl_start(server, run_as, base)
         if start.returncode == 0:
             _wait_until_ready(server)
             return server
@@ -287,6 +275,28 @@ def _start_server(bindir: Path, run_as: _RunAs, base: Path, *, durable: bool) ->
                 f"--- server log ---\n{server.log()}"
             )
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _pg_ctl_start(
+    server: PostgresServer, run_as: _RunAs, base: Path
+) -> subprocess.CompletedProcess[str]:
+    return _run(
+        [
+            str(server.bindir / "pg_ctl"),
+            "start",
+            "--pgdata",
+            str(server.data_dir),
+            "--log",
+            str(server.log_file),
+            "--wait",
+            "--timeout",
+            str(int(STARTUP_TIMEOUT_S)),
+            "-o",
+            server.options,
+        ],
+        run_as,
+        base,
+    )
 
 
 def _stop_server(bindir: Path, run_as: _RunAs, base: Path) -> None:
@@ -345,6 +355,25 @@ def restart_server(server: PostgresServer) -> None:
             f"--- server log ---\n{server.log()}"
         )
     _wait_until_ready(server)
+
+
+@contextmanager
+def stopped(server: PostgresServer) -> Iterator[None]:
+    """``server`` stopped at once (its backends end, as in a crash) for the block, then started
+    again on its port: an outage, for a server of the test's own (``running_server()``)."""
+    run_as = _run_as()
+    base = server.data_dir.parent
+    _stop_server(server.bindir, run_as, base)
+    try:
+        yield
+    finally:
+        start = _pg_ctl_start(server, run_as, base)
+        if start.returncode != 0:
+            raise RuntimeError(
+                f"pg_ctl start failed ({start.returncode}):\n{start.stdout}\n{start.stderr}\n"
+                f"--- server log ---\n{server.log()}"
+            )
+        _wait_until_ready(server)
 
 
 def create_database(

@@ -1185,6 +1185,60 @@ def test_rejected_body_is_found_by_the_stream_it_names(tracker: Tracker) -> None
     assert stored.outcome is Outcome.REJECTED
 
 
+def _with(base: dict[str, Any], /, **fields: Any) -> bytes:
+    return json.dumps({**base, **fields}).encode()
+
+
+STOP = body("stopped", "s1", T0 + 10)
+NUL_ID = {**STOP, "payload": {**STOP["payload"], "rtms_stream_id": "s\x001"}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "event_ts", "stream_id"),
+    [
+        pytest.param(_with(NUL_ID), T0 + 10, None, id="nul-in-stream-id"),
+        pytest.param(_with(NUL_ID, event_ts=str(T0 + 10)), T0 + 10, None, id="ts-as-digits"),
+        pytest.param(
+            _with(STOP, payload={**STOP["payload"], "stop_reason": "HOST"}),
+            T0 + 10,
+            "s1",
+            id="bad-stop-reason",
+        ),
+        pytest.param(_with(NUL_ID, event_ts="soon"), None, None, id="bad-ts-too"),
+        pytest.param(
+            _with({k: v for k, v in NUL_ID.items() if k != "event_ts"}), None, None, id="no-ts"
+        ),
+        pytest.param(_with(NUL_ID, event_ts=5), None, None, id="ts-before-2000"),
+        pytest.param(_with(NUL_ID, event_ts=now_ms() + 2 * 86_400_000), None, None, id="ts-ahead"),
+    ],
+)
+def test_a_rejected_body_keeps_its_valid_event_time(
+    tracker: Tracker, raw: bytes, event_ts: int | None, stream_id: str | None
+) -> None:
+    """Rejected for another field, a body is stored with its event and event time; an event
+    time missing, malformed or out of bounds stays empty."""
+    assert tracker.ingest(raw).outcome is Outcome.REJECTED
+    (stored,) = tracker.deliveries(outcome="rejected")
+    assert (stored.event, stored.event_ts, stored.stream_id) == (
+        "meeting.rtms_stopped",
+        event_ts,
+        stream_id,
+    )
+    assert stored.raw == raw
+
+
+def test_a_rejected_app_report_keeps_its_valid_event_time(tracker: Tracker) -> None:
+    """report_resumed with a bad stream id keeps its time; with a bad time, none."""
+    at = now_ms() - 1000
+    assert tracker.report_resumed("", at).outcome is Outcome.REJECTED
+    assert tracker.report_resumed("s1", -5).outcome is Outcome.REJECTED
+    stored = sorted(tracker.deliveries(outcome="rejected"), key=lambda d: d.id)
+    assert [(d.event, d.event_ts) for d in stored] == [
+        ("app.rtms_resumed", at),
+        ("app.rtms_resumed", None),
+    ]
+
+
 SECRET = "whsec-test"
 
 

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from click.testing import CliRunner
 
 from rtms_lifecycle import Tracker
+from rtms_lifecycle.cli import work as work_module
 from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.cli.params import Duration
-from rtms_lifecycle.cli.work import event_line
+from rtms_lifecycle.cli.work import Supervisor, event_line
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
+from tests._postgres import PostgresUnavailable, create_database, running_server, stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = [sys.executable, str(ROOT / "tests" / "work_child.py")]
@@ -38,15 +44,25 @@ def _start(tracker: Tracker, n: int) -> list[str]:
 class Work:
     """A ``work`` process and its children's log."""
 
-    def __init__(self, db: str, tmp: Path, worker: str, *args: str, **env: str) -> None:
+    def __init__(
+        self,
+        db: str,
+        tmp: Path,
+        worker: str,
+        *args: str,
+        as_json: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log = tmp / f"{worker}.children.jsonl"
         self.events = tmp / f"{worker}.events.jsonl"
         self.out = self.events.open("w")
+        self.as_json = as_json
+        mode = ["--json"] if as_json else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rtms_lifecycle", "--db", db, "work", worker, "--json",
+            [sys.executable, "-m", "rtms_lifecycle", "--db", db, "work", worker, *mode,
              "--lease", str(LEASE), "--poll", "0.1", "--grace", "2s", *args, "--", *CHILD],
             stdout=self.out,
-            env={**os.environ, "WORK_CHILD_LOG": str(self.log), **env},
+            env={**os.environ, "WORK_CHILD_LOG": str(self.log), **(env or {})},
             cwd=ROOT,
         )  # fmt: skip
 
@@ -57,6 +73,24 @@ class Work:
 
     def lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.events.read_text().splitlines()]
+
+    def text(self) -> list[str]:
+        """The lines as printed."""
+        return self.events.read_text().splitlines()
+
+    def kinds(self, lines: list[str] | None = None) -> list[str]:
+        """The event of each line (of ``lines``, else of all)."""
+        given = self.text() if lines is None else lines
+        if self.as_json:
+            return [json.loads(line)["event"] for line in given]
+        # 2026-12-07T18:44:33Z lost s1 token 1 ...; 2026-12-07T18:44:33Z database_down: ...
+        return [line.split()[1].rstrip(":") for line in given]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.out.close()
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> int:
         if self.proc.poll() is None:
@@ -79,15 +113,12 @@ def works(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Work]]:
     started: list[Work] = []
 
     def make(worker: str, *args: str, **env: str) -> Work:
-        started.append(Work(db_url, tmp_path, worker, *args, **env))
+        started.append(Work(db_url, tmp_path, worker, *args, env=env))
         return started[-1]
 
     yield make
     for one in started:
-        if one.proc.poll() is None:
-            one.proc.kill()
-            one.proc.wait()
-        one.out.close()
+        one.close()
 
 
 def _held(tracker: Tracker) -> dict[str, str]:
@@ -327,3 +358,138 @@ def test_an_error_spanning_lines_is_one_event_line() -> None:
                          ' "db" (1.2.3.4)?')  # fmt: skip
     line = event_line("error", 1_700_000_000_000, "w1", None, fields, as_json=True)
     assert json.loads(line) == {"event": "error", "at": 1_700_000_000_000, "worker": "w1", **fields}
+
+
+def test_a_database_outage_is_said_once_counted_and_its_end_said_once(
+    tmp_path: Path, skip_or_fail: Callable[[str], NoReturn]
+) -> None:
+    """PostgreSQL stopped under two ``work`` (--json, and text) holding three children each:
+    each says so once (once per distinct error), not once per failed renewal; each lease
+    running out is still its own lines; the recovery is one line with the count of failed
+    calls; then the streams are claimed again. A server of its own: this one is stopped."""
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_server())
+        except PostgresUnavailable as exc:
+            skip_or_fail(f"{exc} (set CI=true to make this an error instead of a skip)")
+        url = server.url(create_database(server))
+        with Tracker(url) as tracker:
+            _start(tracker, 6)
+        lease = ("--max", "3", "--lease", "3")  # retried every 0.3 s while the database is down
+        js = Work(url, tmp_path, "w1", *lease)
+        stack.callback(js.close)
+        text = Work(url, tmp_path, "w2", *lease, as_json=False)
+        stack.callback(text.close)
+
+        def count(work: Work, event: str) -> int:
+            return work.kinds().count(event)
+
+        wait_for(lambda: count(js, "started") == 3 and count(text, "started") == 3)
+        before = {js: len(js.text()), text: len(text.text())}
+        with stopped(server):
+            # Every lease runs out unrenewed: dozens of renewals fail meanwhile.
+            wait_for(lambda: count(js, "exited") == 3 and count(text, "exited") == 3)
+            during = {work: work.text()[before[work] :] for work in (js, text)}
+        wait_for(lambda: count(js, "database_back") and count(text, "database_back"))
+        wait_for(lambda: count(js, "started") == 6 and count(text, "started") == 6)
+        assert js.stop() == 130
+        assert text.stop() == 130
+
+    for work, lines in during.items():
+        kinds = Counter(work.kinds(lines))
+        # Per claim: lost, signalled, exited (and, once the child is gone, nothing printed
+        # for the failed report and release); the outage: one line per distinct error.
+        assert (kinds["lost"], kinds["signalled"], kinds["exited"]) == (3, 3, 3), lines
+        assert 1 <= kinds["database_down"] <= 3, lines
+        assert set(kinds) <= {"database_down", "database_still_down", "lost", "signalled",
+                              "exited"}, lines  # fmt: skip
+        assert kinds["database_still_down"] <= 1, lines  # one each 30 s
+    first_down = next(line for line in js.lines() if line["event"] == "database_down")
+    assert first_down["action"] == "renew"
+    assert first_down["children"] == 3
+    assert first_down["message"].startswith(
+        "cannot reach the database; 3 children keep running until their leases end, the first at "
+    )
+    assert first_down["lease_ends"] > first_down["at"]
+    (back,) = [line for line in js.lines() if line["event"] == "database_back"]
+    # At least one failed renewal per claim, each retried every 0.3 s until its lease ran out.
+    assert back["failures"]["renew"] >= 3 * 2, back
+    assert back["message"].startswith(f"database reachable again after {back['after']}s (")
+    assert first_down["at"] - 1000 < back["since"] <= first_down["at"]  # the first failure
+    (back_text,) = [line for line in text.text() if " database_back: " in line]
+    assert " database_back: database reachable again after " in back_text
+    assert " renewals" in back_text
+    down_text = next(line for line in text.text() if " database_down: " in line)
+    assert (
+        " database_down: cannot reach the database; 3 children keep running until their "
+        "leases end, the first at " in down_text
+    )
+    assert "(renew failed: could not renew a claim: " in down_text
+    assert "Connection refused" in down_text
+
+
+def test_a_long_outage_is_summed_up_every_so_often(
+    tmp_path: Path, skip_or_fail: Callable[[str], NoReturn], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the database stays down, a line sums up the failed calls every
+    OUTAGE_SUMMARY_EVERY seconds (30; half a second here), each count greater than the last."""
+    monkeypatch.setattr(work_module, "OUTAGE_SUMMARY_EVERY", 0.5)
+    monkeypatch.setenv("WORK_CHILD_LOG", str(tmp_path / "children.jsonl"))
+    out = io.StringIO()
+
+    def kinds() -> list[str]:
+        return [line.split()[1].rstrip(":") for line in out.getvalue().splitlines()]
+
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_server())
+        except PostgresUnavailable as exc:
+            skip_or_fail(f"{exc} (set CI=true to make this an error instead of a skip)")
+        tracker = stack.enter_context(Tracker(server.url(create_database(server))))
+        _start(tracker, 1)
+        supervisor = Supervisor(tracker, "w1", CHILD, lease=3, poll=0.1, out=out)
+        failed: list[BaseException] = []
+
+        def outage() -> None:
+            try:
+                wait_for(lambda: "started" in kinds())
+                with stopped(server):
+                    wait_for(lambda: kinds().count("database_still_down") >= 2)
+                wait_for(lambda: "database_back" in kinds())
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                supervisor.signalled = signal.SIGTERM  # the loop ends within a tick
+
+        driver = threading.Thread(target=outage)
+        driver.start()
+        supervisor.run()  # on this thread: it sets signal handlers
+        driver.join()
+    if failed:
+        raise failed[0]
+    lines = out.getvalue().splitlines()
+    assert kinds().count("database_down") == 1, lines
+    summaries = [line for line in lines if " database_still_down: " in line]
+    counts = [sum(int(n) for n in line.split("(")[1].split()[::2] if n.isdigit())
+              for line in summaries]  # fmt: skip
+    assert counts == sorted(set(counts)), summaries
+    assert "still cannot reach the database (" in summaries[0]
+    assert " renewal" in summaries[0]
+    assert " failed since " in summaries[0]
+    (back,) = [line for line in lines if " database_back: " in line]
+    assert "database reachable again after " in back
+
+
+def test_an_event_with_a_message_is_that_message_in_text_and_a_field_in_json() -> None:
+    fields = {"action": "renew", "error": "a\nb", "children": 2, "lease_ends": 1_700_000_030_000}
+    message = "cannot reach the database; 2 children keep running (renew failed: a\nb)"
+    text = event_line("database_down", 1_700_000_000_000, "w1", None, fields, as_json=False,
+                      message=message)  # fmt: skip
+    assert text == (
+        "2023-11-14T22:13:20Z database_down: cannot reach the database; 2 children keep running "
+        "(renew failed: a b)"
+    )
+    line = event_line("database_down", 1_700_000_000_000, "w1", None, fields, as_json=True,
+                      message=message)  # fmt: skip
+    assert json.loads(line) == {"event": "database_down", "at": 1_700_000_000_000, "worker": "w1",
+                                "message": message, **fields}  # fmt: skip

@@ -48,11 +48,15 @@ class DeliveryRejected(RTMSLifecycleError):
         errors: Sequence[FieldError],
         event: str | None = None,
         stream_id: str | None = None,
+        *,
+        event_ts: int | None = None,
     ) -> None:
         self.errors: tuple[FieldError, ...] = tuple(errors)
         self.event = event
         # The stream the body seems to be about, so that its rejections can be found with it.
         self.stream_id = stream_id
+        # Its event time when that was valid: the rejection was about another field.
+        self.event_ts = event_ts
         super().__init__("; ".join(str(e) for e in self.errors))
 
 

@@ -7,7 +7,7 @@ what importing pydantic costs, so only a process that parses a delivery imports 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
@@ -553,7 +553,7 @@ def parse_delivery(
     scope_id = fields[model.scope_id_field]
     fallback = _FALLBACK_SCOPE_IDS.get(model.scope)
     if scope_id is None and fallback is not None:
-        scope_id = _fallback_scope_id(data["payload"], fallback, parsed.event, rename)
+        scope_id = _fallback_scope_id(data["payload"], fallback, parsed, rename)
     return StreamEvent(
         event=parsed.event,
         scope=model.scope,
@@ -572,15 +572,16 @@ def parse_delivery(
 
 
 def _fallback_scope_id(
-    payload: dict[str, Any], name: str, event: str, rename: str | None
+    payload: dict[str, Any], name: str, parsed: Delivery, rename: str | None
 ) -> str | None:
     try:
         return _scope_id(payload.get(name))
     except PydanticCustomError as exc:
         raise DeliveryRejected(
             [FieldError(f"{rename or 'payload'}.{name}", exc.message())],
-            event,
+            parsed.event,
             _stream_id_hint(payload),
+            event_ts=parsed.event_ts,
         ) from None
 
 
@@ -588,12 +589,24 @@ def _validate(validate: Any, data: dict[str, Any], event: Any, rename: str | Non
     try:
         result: Delivery = validate(data)
     except ValidationError as exc:
+        errors = _field_errors(exc, rename) or [FieldError("body", str(exc))]
         raise DeliveryRejected(
-            _field_errors(exc, rename) or [FieldError("body", str(exc))],
+            errors,
             event if isinstance(event, str) and "\x00" not in event else None,
             _stream_id_hint(data.get("payload")),
+            event_ts=_event_ts_hint(data.get("event_ts"), errors),
         ) from None
     return result
+
+
+def _event_ts_hint(value: Any, errors: Sequence[FieldError]) -> int | None:
+    """A rejected body's event time, unless it is missing or itself rejected."""
+    if any(e.field == "event_ts" for e in errors):
+        return None
+    try:
+        return _event_ts(value)
+    except PydanticCustomError:
+        return None
 
 
 def _stream_id_hint(payload: Any) -> str | None:
@@ -660,5 +673,6 @@ def check_app_event(stream_id: Any, event_ts: Any) -> tuple[str, int]:
     try:
         checked = _AppEvent(rtms_stream_id=stream_id, event_ts=event_ts)
     except ValidationError as exc:
-        raise DeliveryRejected(_field_errors(exc, None)) from None
+        errors = _field_errors(exc, None)
+        raise DeliveryRejected(errors, event_ts=_event_ts_hint(event_ts, errors)) from None
     return checked.rtms_stream_id, checked.event_ts

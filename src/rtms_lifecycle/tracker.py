@@ -372,7 +372,10 @@ class Tracker:
             if problem is not None:
                 raise DeliveryRejected([FieldError("event_ts", problem)], event, sid)
         except DeliveryRejected as exc:
-            item = synthetic_delivery(event, stream_id, at_ms, Source.APP, None, errors=exc.errors)
+            valid = self._valid_ts(exc.event_ts)
+            item = synthetic_delivery(
+                event, stream_id, at_ms, Source.APP, None, errors=exc.errors, valid_ts=valid
+            )
         else:
             item = synthetic_delivery(
                 event, sid, ts, Source.APP, UnscopedEvent(sid, EventKind.RESUMED, ts)
@@ -716,6 +719,7 @@ class Tracker:
         (only now: a stored event is never re-judged, see :func:`arrival_time_problem`)."""
         item = to_incoming(body, verified=verified)
         parsed = item.parsed
+        item.event_ts = self._valid_ts(item.event_ts)  # rejected for another field
         event_ts = getattr(parsed, "event_ts", None)
         if event_ts is None:
             return item
@@ -732,6 +736,13 @@ class Tracker:
             signed_at=item.signed_at,
             secret_label=item.secret_label,
         )
+
+    def _valid_ts(self, event_ts: int | None) -> int | None:
+        """``event_ts`` if it would pass as an event's time now, else None."""
+        if event_ts is None:
+            return None
+        problem = arrival_time_problem(event_ts, now_ms(), self._max_ahead_ms, self._earliest_ms)
+        return event_ts if problem is None else None
 
     def _record(
         self,

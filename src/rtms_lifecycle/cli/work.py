@@ -7,7 +7,8 @@ was lost. A renewal that finds the stream's server URLs changed (Zoom failed ove
 child under the same claim. A child that exits on its own is reported disconnected, its claim
 released and its stream passed over for ``--backoff`` seconds, twice as long after each quick
 failure up to a cap (another worker may take it meanwhile). SIGINT or SIGTERM to ``work`` end
-every child and release every claim.
+every child and release every claim. While the database fails, its first error is printed
+once, the failed calls counted and summed up every 30 s, and its recovery said in one line.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -34,6 +36,7 @@ from rtms_lifecycle.cli.params import ACCOUNT_OPTION, TEXT, Duration
 from rtms_lifecycle.clock import format_time, now_ms
 from rtms_lifecycle.defaults import DB_ENV, SCOPES
 from rtms_lifecycle.exceptions import ClaimLost, RTMSLifecycleError
+from rtms_lifecycle.store.errors import unreachable
 from rtms_lifecycle.tracking import MAX_CLAIM_EXCLUDE
 
 if TYPE_CHECKING:
@@ -52,6 +55,12 @@ _BACKOFF_CAP: Final = 300.0
 # Why a child is told to stop while its claim is kept and renewed.
 _STOPPING: Final = "worker stopping"
 _FAILOVER: Final = "failover"
+#: Between two lines saying the database still fails.
+OUTAGE_SUMMARY_EVERY: Final = 30.0
+#: Different errors printed in one outage; past them the failures are only counted.
+_OUTAGE_ERRORS_SHOWN: Final = 10
+#: What a failed call of each action is called in the outage's lines.
+_CALLS: Final = {"renew": "renewal", "claim": "claim", "report": "report", "release": "release"}
 
 
 def child_environment(claim: Claim, worker: str, db: str | None = None) -> dict[str, str]:
@@ -105,6 +114,38 @@ class _Job:
     kill_at: float = math.inf
 
 
+def _driver_said(exc: BaseException) -> str:
+    """The first line of the error at the root of ``exc``: what the database or driver said."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())
+
+
+@dataclass
+class _Outage:
+    """Database calls failing since ``began`` (monotonic seconds; ``began_at`` epoch ms)."""
+
+    began: float
+    began_at: int
+    unreachable: bool
+    shown: float  # when its last line was printed
+    failures: Counter[str]
+    errors: set[str]
+    unshown: int = 0  # failures since that line
+
+    def problem(self, still: bool = False) -> str:
+        if self.unreachable:
+            return f"{'still ' if still else ''}cannot reach the database"
+        return f"database calls {'still ' if still else ''}fail"
+
+    def counted(self) -> str:
+        """``12 renewals, 1 claim``: the failed calls, most first."""
+        return ", ".join(
+            f"{n} {_CALLS.get(action, action)}{'s' if n != 1 else ''}"
+            for action, n in self.failures.most_common()
+        )
+
+
 class Supervisor:
     """Claims streams for ``worker`` and runs ``command`` for each; see the module's docstring."""
 
@@ -144,6 +185,7 @@ class Supervisor:
         self._hurry = False
         self._next_claim = 0.0
         self._preexec = _die_with_parent()
+        self._outage: _Outage | None = None
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -188,6 +230,8 @@ class Supervisor:
             self._reap(now)
             self._keep(now)
             self._sleep(now)
+        if self._outage is not None and self._outage.unshown:
+            self._still_down(self._outage, time.monotonic())
 
     # --- claims and children ----------------------------------------------------------------
 
@@ -214,8 +258,10 @@ class Supervisor:
                     exclude=passed_over,
                 )
             except RTMSLifecycleError as exc:
-                self._emit("error", None, action="claim", error=str(exc))
+                self._failed("claim", exc, now)
                 claim = None
+            else:
+                self._answered(time.monotonic())
             if claim is None:
                 self._next_claim = now + self.poll
                 return
@@ -280,14 +326,17 @@ class Supervisor:
             self.tracker.report_disconnected(claim)
             self._emit("disconnected", claim)
         except ClaimLost:
-            pass  # another worker holds it now: not ours to say
+            self._answered(time.monotonic())  # another worker holds it now: not ours to say
         except RTMSLifecycleError as exc:
-            self._emit("error", claim, action="report", error=str(exc))
+            self._failed("report", exc, time.monotonic())
+        else:
+            self._answered(time.monotonic())
         try:
             released = self.tracker.release(claim, reason=reason)
         except RTMSLifecycleError as exc:
-            self._emit("error", claim, action="release", error=str(exc))
+            self._failed("release", exc, time.monotonic())
             return
+        self._answered(time.monotonic())
         if released:
             self._emit("released", claim, reason=reason, **fields)
 
@@ -310,6 +359,7 @@ class Supervisor:
         try:
             job.claim = self.tracker.renew(job.claim, lease=self.lease)
         except ClaimLost as lost:
+            self._answered(now)
             fields: dict[str, Any] = {"reason": lost.reason}
             if lost.stop_reason is not None:
                 fields["stop_reason"] = lost.stop_reason
@@ -321,9 +371,10 @@ class Supervisor:
                 job.ending = f"claim lost: {lost.reason}"
             return
         except RTMSLifecycleError as exc:
-            self._emit("error", job.claim, action="renew", error=str(exc))
+            self._failed("renew", exc, now)
             job.renew_at = now + min(1.0, self.lease / 10)
             return
+        self._answered(now)
         job.renew_at, job.lease_end = now + self.lease / 3, now + self.lease
         after = job.claim.stream.server_urls
         if after and after != before and job.ending is None:
@@ -349,10 +400,77 @@ class Supervisor:
             fields["reason"] = reason
         self._emit("signalled", job.claim, **fields)
 
+    # --- a database outage -------------------------------------------------------------------
+
+    def _failed(self, action: str, exc: RTMSLifecycleError, now: float) -> None:
+        """A database call failed: said for the first failure and for each new error; otherwise
+        counted, and the count printed every ``OUTAGE_SUMMARY_EVERY`` seconds."""
+        error = str(exc)
+        outage = self._outage
+        if outage is None:
+            outage = _Outage(now, now_ms(), unreachable(exc), now, Counter(), set())
+            self._outage = outage
+        outage.failures[action] += 1
+        # The same failure reads differently for each call ("could not renew a claim: ..."):
+        # what the driver said tells one failure from another.
+        said = _driver_said(exc)
+        if said not in outage.errors and len(outage.errors) < _OUTAGE_ERRORS_SHOWN:
+            outage.errors.add(said)
+            self._down(outage, action, error, now)
+        elif now - outage.shown >= OUTAGE_SUMMARY_EVERY:
+            self._still_down(outage, now)
+        else:
+            outage.unshown += 1
+
+    def _down(self, outage: _Outage, action: str, error: str, now: float) -> None:
+        running = [j for j in self.jobs.values() if j.ending is None]
+        fields: dict[str, Any] = {"action": action, "error": error, "children": len(running)}
+        if running:
+            end = now_ms() + round((min(j.lease_end for j in running) - now) * 1000)
+            fields["lease_ends"] = end
+            if len(running) == 1:
+                keep = f"its child keeps running until its lease ends at {format_time(end)}"
+            else:
+                keep = (
+                    f"{len(running)} children keep running until their leases end, the first "
+                    f"at {format_time(end)}"
+                )
+        else:
+            keep = "no child is running"
+        message = f"{outage.problem()}; {keep} ({action} failed: {error})"
+        self._emit("database_down", None, message=message, **fields)
+        outage.shown, outage.unshown = now, 0
+
+    def _still_down(self, outage: _Outage, now: float) -> None:
+        message = (
+            f"{outage.problem(still=True)} ({outage.counted()} failed since "
+            f"{format_time(outage.began_at)})"
+        )
+        failures = dict(outage.failures)
+        self._emit("database_still_down", None, message=message, since=outage.began_at,
+                   failures=failures)  # fmt: skip
+        outage.shown, outage.unshown = now, 0
+
+    def _answered(self, now: float) -> None:
+        """A database call succeeded: an outage, if any, is over."""
+        outage, self._outage = self._outage, None
+        if outage is None:
+            return
+        after = round(now - outage.began, 1)
+        back = "database reachable again" if outage.unreachable else "database calls succeed again"
+        message = f"{back} after {after}s ({outage.counted()} failed)"
+        self._emit("database_back", None, message=message, since=outage.began_at, after=after,
+                   failures=dict(outage.failures))  # fmt: skip
+
     # --- output -----------------------------------------------------------------------------
 
-    def _emit(self, event: str, claim: Claim | None, **fields: Any) -> None:
-        text = event_line(event, now_ms(), self.worker, claim, fields, as_json=self.as_json)
+    def _emit(
+        self, event: str, claim: Claim | None, *, message: str | None = None, **fields: Any
+    ) -> None:
+        at = now_ms()
+        text = event_line(
+            event, at, self.worker, claim, fields, as_json=self.as_json, message=message
+        )
         try:
             self.out.write(text + "\n")
             self.out.flush()
@@ -368,14 +486,23 @@ def event_line(
     fields: dict[str, Any],
     *,
     as_json: bool,
+    message: str | None = None,
 ) -> str:
-    """One of ``work``'s event lines: a JSON object, or text for a person."""
+    """One of ``work``'s event lines: a JSON object, or text for a person.
+
+    ``message``: the whole story for a person (then the text line shows it instead of the
+    fields); a JSON line has it as ``message`` beside the fields.
+    """
     if as_json:
         line: dict[str, Any] = {"event": event, "at": at, "worker": worker}
         if claim is not None:
             line |= {"stream_id": claim.stream_id, "token": claim.token}
+        if message is not None:
+            line["message"] = message
         return json.dumps(line | fields)
     about = f" {claim.stream_id} token {claim.token}" if claim is not None else ""
+    if message is not None:
+        return f"{format_time(at)} {event}{about}: {' '.join(message.split())}"
     # One line per event: a driver's message may span several (psycopg's does).
     shown = {k: " ".join(str(v).split()) for k, v in fields.items() if k != "expires_at"}
     rest = " ".join(f"{k}={v}" for k, v in shown.items())

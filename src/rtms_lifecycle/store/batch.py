@@ -70,6 +70,7 @@ class Incoming:
     errors: tuple[FieldError, ...] = ()
     event: str | None = None
     stream_id: str | None = None  # for a rejected body: the stream it seems to be about
+    event_ts: int | None = None  # for a rejected body: its event time, when that was valid
     # Expiry only: record nothing unless the stream is still live with no event since then.
     stale_before: int | None = None
     # A verified webhook: when it was signed (epoch ms) and the label of the secret that did.
@@ -147,6 +148,7 @@ def to_incoming(
             errors=exc.errors,
             event=exc.event,
             stream_id=exc.stream_id,
+            event_ts=exc.event_ts,
             signed_at=signed[0],
             secret_label=signed[1],
         )
@@ -169,11 +171,15 @@ def synthetic_delivery(
     *,
     errors: tuple[FieldError, ...] = (),
     stale_before: int | None = None,
+    valid_ts: int | None = None,
 ) -> Incoming:
+    """``valid_ts``: a rejected one's event time, when that was valid."""
     # Stored like a webhook body, so that every event of a stream can be replayed from deliveries.
     body = {"event": event, "event_ts": event_ts, "payload": {"rtms_stream_id": stream_id}}
     raw = json.dumps(body, separators=(",", ":"), default=repr).encode()
-    return Incoming(raw, parsed, source, errors, event=event, stale_before=stale_before)
+    return Incoming(
+        raw, parsed, source, errors, event=event, event_ts=valid_ts, stale_before=stale_before
+    )
 
 
 class Batch:
@@ -239,7 +245,11 @@ class Batch:
         parsed = item.parsed
         if item.errors or parsed is None:
             return self._delivery(
-                item, Outcome.REJECTED, errors=item.errors, stream_id=item.stream_id
+                item,
+                Outcome.REJECTED,
+                errors=item.errors,
+                stream_id=item.stream_id,
+                event_ts=item.event_ts,
             )
         if isinstance(parsed, UnhandledDelivery):
             return self._delivery(

@@ -15,7 +15,7 @@ from pathlib import Path
 from rtms_lifecycle.exceptions import DatabaseError, DatabaseUnavailable, RTMSLifecycleError
 from rtms_lifecycle.store.sqlite import sqlite_trouble
 
-__all__ = ["first_line", "translate", "translated"]
+__all__ = ["first_line", "translate", "translated", "unreachable"]
 
 
 def first_line(exc: BaseException) -> str:
@@ -60,3 +60,24 @@ def translated(sqlite_path: Path | None) -> Iterator[None]:
         if error is None:
             raise
         raise error from exc
+
+
+#: PostgreSQL's codes for a connection refused, lost or not yet accepted: class 08, and a server
+#: shutting down or starting (57P01 to 57P03).
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` or what caused it says the database could not be reached (no connection,
+    one lost, a server going down), as opposed to a statement it refused."""
+    psycopg = sys.modules.get("psycopg")
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DatabaseUnavailable):
+            return True
+        if psycopg is not None and isinstance(seen, psycopg.OperationalError):
+            state = seen.sqlstate
+            if state is None or state.startswith(_UNREACHABLE_SQLSTATES):
+                return True
+        seen = seen.__cause__
+    return False
