@@ -116,6 +116,44 @@ def test_database_refuses_to_rewrite_the_audit_history(db_url: str, statement: s
         assert len(tracker.audit("s1")) == 1
 
 
+# A transition as versions before the audit chain (0011) wrote it: every column but the hash.
+_UNCHAINED_INSERT = (
+    "INSERT INTO transitions (stream_id, from_state, to_state, name, kind, event_ts, source,"
+    " late, recorded_at, tx_id, delivery_id) VALUES ('s1', 'started', 'stopped', 'stop',"
+    f" 'stopped', {T0 + 20}, 'webhook', false, {T0 + 20}, 0, NULL)"
+)
+
+
+def test_a_transition_without_its_chain_hash_is_refused(db_url: str) -> None:
+    """A receiver of a version before the audit chain, still running during a rolling upgrade,
+    wrote rows without a hash and answered 200: the chains broke for good. The database now
+    refuses such a row, so that old receiver fails instead (and Zoom retries later)."""
+    with Tracker(db_url) as tracker:
+        tracker.ingest(raw("started", "s1", T0 + 10))
+        with (
+            pytest.raises(DBAPIError, match="without its chain hash"),
+            tracker.engine.begin() as conn,
+        ):
+            conn.execute(text(_UNCHAINED_INSERT))
+        assert len(tracker.audit("s1")) == 1
+        assert tracker.verify_audit().ok
+
+
+def test_rows_stored_without_a_hash_do_not_stop_the_upgrade(db_url: str) -> None:
+    """A database that already holds rows an old receiver wrote without a hash upgrades past
+    0018: only new rows are checked (``audit verify`` still names the old ones)."""
+    engine = create_store_engine(db_url)
+    try:
+        _migrate.upgrade(engine, "0017")
+        with engine.begin() as conn:
+            conn.execute(text(_UNCHAINED_INSERT))
+        _migrate.upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM transitions")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
 def test_foreign_tables_are_refused(sqlite_url: str) -> None:
     """A database with our table names but no migration history is not taken over."""
     engine = create_store_engine(sqlite_url)
