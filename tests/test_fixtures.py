@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import psycopg
 import pytest
@@ -18,7 +20,11 @@ from rtms_lifecycle.store.sqlite import (
 )
 from tests._deliveries import raw
 from tests._postgres import PostgresServer, running_server, server_version
-from tests.benchmarks import baseline_sqlite
+from tests.benchmarks import baseline_postgres, baseline_sqlite
+from tests.benchmarks.generate import LoadSpec, generate
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Barrier
 
 
 def _libpq(url: str) -> str:
@@ -118,3 +124,20 @@ def test_the_sqlite_baseline_uses_the_store_s_pragmas() -> None:
     assert baseline_sqlite.STORE_PRAGMAS == SQLITE_PRAGMAS
     assert baseline_sqlite.WRITER_PRAGMAS == SQLITE_WRITER_PRAGMAS
     assert baseline_sqlite.BULK_CHECKPOINT_PAGES == SQLITE_BULK_CHECKPOINT_PAGES
+
+
+def test_the_raw_baselines_still_write_the_library_schema(db_url: str) -> None:
+    """The benchmarks' floors write our tables with plain SQL: a migration that refuses what
+    they write (a new required column, a new guard) must change them too."""
+    bodies = list(generate(LoadSpec(deliveries=200, streams=50)))
+    Tracker(db_url).close()
+    if db_url.startswith("sqlite:///"):
+        conn = baseline_sqlite.connect(Path(db_url.removeprefix("sqlite:///")), "writer")
+        assert baseline_sqlite.ingest(bodies, conn, 50, "library") == 200
+        conn.close()
+    else:
+        conninfo = db_url.replace("postgresql+psycopg://", "postgresql://")
+        together = cast("Barrier", threading.Barrier(1))
+        baseline_postgres.raw_worker(conninfo, bodies, "library", together)
+    with Tracker(db_url) as tracker:
+        assert len(tracker.streams()) == 50

@@ -19,7 +19,7 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any, Final
 
-from .baseline_sqlite import NAME_OF, SCOPE_ID_FIELDS, STATE_OF, Result
+from .baseline_sqlite import NAME_OF, SCOPE_ID_FIELDS, STATE_OF, UNHASHED, Result
 
 LEAN_SCHEMA: Final = (
     """CREATE TABLE deliveries (id BIGSERIAL PRIMARY KEY, received_at BIGINT NOT NULL,
@@ -55,8 +55,8 @@ LIBRARY: Final = (
         last_event_at = excluded.last_event_at, fold_ts = excluded.fold_ts,
         updated_at = excluded.updated_at""",
     "INSERT INTO transitions (stream_id, from_state, to_state, name, kind, event_ts, source,"
-    " late, recorded_at, tx_id, delivery_id)"
-    " VALUES (%s, '', %s, %s, %s, %s, 'webhook', false, %s, 0, %s)",
+    " late, recorded_at, tx_id, delivery_id, chain_hash)"
+    f" VALUES (%s, '', %s, %s, %s, %s, 'webhook', false, %s, 0, %s, '{UNHASHED}')",
 )
 READ_STREAM: Final = "SELECT * FROM streams WHERE stream_id = %s"
 

@@ -82,9 +82,12 @@ LEAN_UPSERT_STREAM: Final = """
         started_at = coalesce(streams.started_at, excluded.started_at),
         stopped_at = excluded.stopped_at, stop_reason = excluded.stop_reason,
         last_event_at = excluded.last_event_at, updated_at = excluded.updated_at"""
+# The library refuses a transition without its chain hash: a hash's worth of text, not computed.
+UNHASHED: Final = "0" * 64
 INSERT_TRANSITION: Final = (
     "INSERT INTO transitions (stream_id, from_state, to_state, name, kind, event_ts, source, late,"
-    " recorded_at, tx_id, delivery_id) VALUES (?, '', ?, ?, ?, ?, 'webhook', 0, ?, 0, ?)"
+    f" recorded_at, tx_id, delivery_id, chain_hash) VALUES (?, '', ?, ?, ?, ?, 'webhook', 0, ?, 0,"
+    f" ?, '{UNHASHED}')"
 )
 LEAN_INSERT_TRANSITION: Final = (
     "INSERT INTO transitions (stream_id, to_state, kind, event_ts, recorded_at, delivery_id)"
