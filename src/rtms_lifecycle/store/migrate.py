@@ -276,17 +276,20 @@ def downgrade_url(url: str, current: str, target: str) -> None:
 
     engine = create_store_engine(url)
     try:
-        with translated(_file_of(engine)), owner_needed("the downgrade"):
-            with _schema_locked(engine) as conn:
-                now = read_revision(conn)
-                if now != current:
-                    raise SchemaOutdatedError(
-                        f"the database's revision changed from {current} to {now} meanwhile: "
-                        "nothing downgraded; look again with `rtms-lifecycle db current`"
-                    )
-                config = alembic_config()
-                config.attributes["connection"] = conn
-                command.downgrade(config, target)
+        with (
+            translated(_file_of(engine)),
+            owner_needed("the downgrade"),
+            _schema_locked(engine) as conn,
+        ):
+            now = read_revision(conn)
+            if now != current:
+                raise SchemaOutdatedError(
+                    f"the database's revision changed from {current} to {now} meanwhile: "
+                    "nothing downgraded; look again with `rtms-lifecycle db current`"
+                )
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, target)
     finally:
         engine.dispose()
 
