@@ -63,8 +63,8 @@ DOWNGRADE_DROPS: Final[dict[str, str]] = {
     "0009": "nothing stored (an index)",
     "0010": "every claim and the claim history (workers lose the streams they hold)",
     "0011": "the audit hash chain: each transition's hash, each stream's chain head and the "
-    "record of the chains pruned; `db upgrade` hashes the history then stored again, so a "
-    "digest from `audit head` no longer covers the chains pruned before",
+    "record of the chains pruned; `db upgrade` hashes the history then stored again, and a "
+    "digest from `audit head` taken before no longer verifies once a chain was pruned",
     "0012": "the links from reprocessed deliveries to the refused ones they parsed again "
     "(both deliveries stay; a later `deliveries reprocess` reads the refused ones again, "
     "and their events come out duplicates)",
