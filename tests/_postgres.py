@@ -30,6 +30,7 @@ from urllib.parse import quote
 __all__ = [
     "PostgresServer",
     "PostgresUnavailable",
+    "as_role",
     "create_database",
     "restart_server",
     "running_server",
@@ -405,3 +406,12 @@ def server_version(server: PostgresServer) -> str:
     assert fsync is not None
     assert commit is not None
     return f"{version[0]} (fsync={fsync[0]}, synchronous_commit={commit[0]})"
+
+
+def as_role(url: str, role: str) -> str:
+    """``url`` logging in as ``role`` (password ``secret``) instead of its own user."""
+    return (
+        re.sub(r"//[^@/]*@", f"//{role}:secret@", url)
+        if "@" in url
+        else url.replace("//", f"//{role}:secret@", 1)
+    )

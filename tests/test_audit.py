@@ -29,6 +29,7 @@ from rtms_lifecycle.store.chain import HASHED_COLUMNS, chain_hash, encode
 from rtms_lifecycle.store.engine import create_store_engine
 
 from ._deliveries import raw
+from ._postgres import as_role
 from .test_cli import invoke
 from .test_docs import DOCS, python_blocks
 from .test_retention import DAY, newest, old_stopped
@@ -217,14 +218,6 @@ def bypass(engine: Engine) -> None:
         conn.execute(text("DELETE FROM transitions WHERE stream_id = 'a'"))
 
 
-def _as(url: str, role: str) -> str:
-    return (
-        re.sub(r"//[^@/]*@", f"//{role}:secret@", url)
-        if "@" in url
-        else url.replace("//", f"//{role}:secret@", 1)
-    )
-
-
 @pytest.fixture
 def two_roles(postgres_url: str) -> Iterator[tuple[str, str]]:
     """A database owned by one role, with a receiver's role granted by `db grant`."""
@@ -237,7 +230,7 @@ def two_roles(postgres_url: str) -> Iterator[tuple[str, str]]:
         name = conn.execute(text("SELECT current_database()")).scalar_one()
         conn.execute(text(f'ALTER DATABASE "{name}" OWNER TO {owner}'))
         conn.execute(text(f"ALTER SCHEMA public OWNER TO {owner}"))
-    owner_url, receiver_url = _as(postgres_url, owner), _as(postgres_url, receiver)
+    owner_url, receiver_url = as_role(postgres_url, owner), as_role(postgres_url, receiver)
     assert invoke(owner_url, "db", "upgrade").exit_code == 0
     granted = invoke(owner_url, "db", "grant", receiver)
     assert granted.exit_code == 0, granted.output

@@ -164,6 +164,7 @@ def test_cli_reference_documents_every_command() -> None:
         "db current",
         "db history",
         "db upgrade",
+        "db downgrade",
         "db grant",
         "audit verify",
         "audit head",

@@ -586,7 +586,7 @@ def prunes(app: App, limit: int | None, as_json: bool) -> None:
 
 @cli.group()
 def db() -> None:
-    """The database schema: which migration it is at, its history, and upgrading it."""
+    """The database schema: which migration it is at, its history, upgrading and downgrading it."""
 
 
 @db.command("backup")
@@ -690,6 +690,47 @@ def db_upgrade(app: App, as_json: bool) -> None:
         app.out.print(f"Already at the newest revision {after}.", markup=False)
     else:
         app.out.print(f"Upgraded from {before or 'an empty database'} to {after}.", markup=False)
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.option("--yes", is_flag=True, help="Do it: without, only say what it would undo and drop.")
+@JSON_OPTION
+@pass_app
+def db_downgrade(app: App, revision: str, yes: bool, as_json: bool) -> None:
+    """Undo the migrations after REVISION, to run the older version that needs it: streams,
+    deliveries, their history and alerts stay; what each undone migration added goes. Stop this
+    version's receivers and workers first; run it as the database's owner."""
+    from rtms_lifecycle.store import migrate as _migrate
+
+    app.require_database()
+    current, _ = _migrate.revisions(app.db)
+    try:
+        undone = _migrate.downgrade_plan(current, revision)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    plan = [
+        f"  {rev}  {title}\n        drops: {_migrate.DOWNGRADE_DROPS[rev]}" for rev, title in undone
+    ]
+    if not yes:
+        click.echo(
+            f"Downgrading {app.shown_db} from {current} to {revision} undoes "
+            f"{plural(len(undone), 'migration')}, newest first:\n" + "\n".join(plan) + "\n"
+            "Streams, deliveries, transitions, alerts and prune records are kept.",
+            err=True,
+        )
+        raise BadInput(f"nothing downgraded: run again with --yes to downgrade to {revision}")
+    assert current is not None  # downgrade_plan refuses a database without a schema
+    _migrate.downgrade_url(app.db, current, revision)
+    if as_json:
+        emit_json({"from": current, "to": revision, "undone": [rev for rev, _ in undone]})
+        return
+    app.out.print(
+        f"Downgraded {app.shown_db} from {current} to {revision}: undid "
+        f"{plural(len(undone), 'migration')} ({', '.join(rev for rev, _ in undone)}). "
+        "Start the version that needs it; `db upgrade` with a newer one brings them back.",
+        markup=False,
+    )
 
 
 @db.command("grant")

@@ -1,4 +1,5 @@
-"""Alembic from code: where the migrations live, which revision a database is at, upgrading.
+"""Alembic from code: where the migrations live, which revision a database is at, upgrading
+and downgrading.
 
 Only upgrading imports Alembic (a tenth of a second and more): which revision a database is at
 is one SELECT, which revisions this version ships is read from the migration files' text, and a
@@ -17,7 +18,12 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
-from rtms_lifecycle.exceptions import DatabaseUnavailable, SchemaOutdatedError, SchemaTooNewError
+from rtms_lifecycle.exceptions import (
+    DatabaseError,
+    DatabaseUnavailable,
+    SchemaOutdatedError,
+    SchemaTooNewError,
+)
 from rtms_lifecycle.store.sqlite import SQLITE_IMMEDIATE, unavailable
 
 if TYPE_CHECKING:
@@ -39,6 +45,36 @@ _VERSION_TABLE: Final = "alembic_version"
 # migration file, as Alembic's template writes them.
 _REVISION_LINE: Final = re.compile(r"^(revision|down_revision)\b[^=\n]*=(.*)$", re.MULTILINE)
 _QUOTED: Final = re.compile(r"""["']([^"']+)["']""")
+# PostgreSQL's SQLSTATE for "permission denied" (also "must be owner of table").
+_INSUFFICIENT_PRIVILEGE: Final = "42501"
+
+# What undoing each migration does to stored data, said before a downgrade runs (`db downgrade`)
+# and in docs/operations.md. Every migration but the first has an entry (a test checks).
+DOWNGRADE_DROPS: Final[dict[str, str]] = {
+    "0002": "nothing stored; the database no longer refuses updates and deletes of the audit "
+    "history",
+    "0003": "nothing: the stream_events table is rebuilt from the deliveries (with empty payloads)",
+    "0004": "nothing stored (a PostgreSQL function)",
+    "0005": "each stream's stop source and each delivery's secret label and signing time",
+    "0006": "the record of prunes (`prunes`); deliveries stored once for several retries get "
+    "their own copy of the bytes back (the database grows)",
+    "0007": "durable subscriptions: each consumer's cursor, lease and parked transitions",
+    "0008": "nothing stored (indexes)",
+    "0009": "nothing stored (an index)",
+    "0010": "every claim and the claim history (workers lose the streams they hold)",
+    "0011": "the audit hash chain: each transition's hash, each stream's chain head and the "
+    "record of the chains pruned; `db upgrade` hashes the history then stored again, and a "
+    "digest from `audit head` taken before no longer verifies once a chain was pruned",
+    "0012": "the links from reprocessed deliveries to the refused ones they parsed again "
+    "(both deliveries stay; a later `deliveries reprocess` reads the refused ones again, "
+    "and their events come out duplicates)",
+    "0013": "the dashboard sign-outs: a signed-out session cookie works again until it expires",
+    "0014": "the stop rollup, counted from the streams (`db upgrade` counts it again)",
+    "0015": "the claim queue, made from the streams and claims (`db upgrade` makes it again)",
+    "0016": "nothing stored (a PostgreSQL function)",
+    "0017": "nothing stored (PostgreSQL functions)",
+    "0018": "nothing stored; the database no longer refuses transitions without a chain hash",
+}
 
 
 def script_location() -> str:
@@ -208,6 +244,74 @@ def _sqlite_statements() -> Iterator[str]:
             statement = ""
 
 
+def downgrade_plan(current: str | None, target: str) -> list[tuple[str, str]]:
+    """The migrations a downgrade of a database at ``current`` to ``target`` undoes, newest
+    first, with their titles; ValueError saying why it cannot (naming the revision)."""
+    shipped = migrations()
+    known = [revision for revision, _ in shipped]
+    if target not in known:
+        raise ValueError(
+            f"unknown revision {target!r}: this version ships {known[0]} to {known[-1]} "
+            "(`rtms-lifecycle db history` lists them)"
+        )
+    if current is None:
+        raise ValueError("the database has no schema yet: nothing to downgrade")
+    refuse_newer(current)
+    if known.index(target) >= known.index(current):
+        raise ValueError(
+            f"revision {target} is not older than the database's revision {current}: "
+            "nothing to undo"
+        )
+    return shipped[known.index(target) + 1 : known.index(current) + 1][::-1]
+
+
+def downgrade_url(url: str, current: str, target: str) -> None:
+    """Undo the migrations after ``target`` in the database at ``url``, which was at ``current``
+    when the caller looked: under the schema lock, in one transaction on PostgreSQL. Refused
+    (:class:`SchemaOutdatedError`) if its revision changed meanwhile.
+    """
+    from alembic import command
+
+    from rtms_lifecycle.store.engine import create_store_engine
+    from rtms_lifecycle.store.errors import translated
+
+    engine = create_store_engine(url)
+    try:
+        with (
+            translated(_file_of(engine)),
+            owner_needed("the downgrade"),
+            _schema_locked(engine) as conn,
+        ):
+            now = read_revision(conn)
+            if now != current:
+                raise SchemaOutdatedError(
+                    f"the database's revision changed from {current} to {now} meanwhile: "
+                    "nothing downgraded; look again with `rtms-lifecycle db current`"
+                )
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, target)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def owner_needed(what: str) -> Iterator[None]:
+    """A permission refused by PostgreSQL as a :class:`DatabaseError` saying that ``what`` runs
+    as the database's owner (a receiver's role may not change the schema)."""
+    try:
+        yield
+    except Exception as exc:
+        cause = getattr(exc, "orig", None) or exc
+        if getattr(cause, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+            raise
+        from rtms_lifecycle.store.errors import first_line
+
+        raise DatabaseError(
+            f"{what} failed: {first_line(exc)}: run it as the database's owner"
+        ) from exc
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database to ``revision`` (default: the newest), one process at a time."""
     with _schema_locked(engine) as conn:
@@ -343,7 +447,8 @@ def upgrade_url(url: str) -> tuple[str | None, str | None]:
         with translated(_file_of(engine)):
             before = current_revision(engine)
             refuse_newer(before)
-            upgrade(engine)
+            with owner_needed("the upgrade"):
+                upgrade(engine)
             return before, current_revision(engine)
     finally:
         engine.dispose()
