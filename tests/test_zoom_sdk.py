@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.exceptions import ClaimLost
 from rtms_lifecycle.zoom import (
     DATA_CONNECTION_INTERRUPTED,
@@ -60,7 +61,7 @@ class Claim:
     stream_id: str
     worker: str
     token: int
-    expires_at: float
+    expires_at: int  # epoch ms
     stream: Stream
 
 
@@ -82,7 +83,7 @@ class Tracker:
         if self.lost is not None:
             raise ClaimLost(self.lost)
         self.renewals += 1
-        return replace(claim, expires_at=time.time() + 30)
+        return replace(claim, expires_at=now_ms() + 30_000)
 
     def release(self, claim: Claim, reason: str | None = None) -> None:
         self._record("release", reason)
@@ -106,7 +107,7 @@ class Tracker:
 
 def _claim_of(url: str, stream_id: str = "stream-1") -> Claim:
     stream = Stream(stream_id, "meeting-uuid==", url)
-    return Claim(stream_id, "worker-1", 1, time.time() + 30, stream)
+    return Claim(stream_id, "worker-1", 1, now_ms() + 30_000, stream)
 
 
 def _claim(server: RTMSServer) -> Claim:
