@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -29,7 +29,7 @@ from rtms_lifecycle.records import ClaimEvent
 from rtms_lifecycle.zoom import RECEIVER_REQUEST_CLOSE
 from tests import _deliveries
 from tests._live import signed
-from tests._postgres import PostgresUnavailable, create_database, running_server, stopped
+from tests._postgres import PostgresServer, create_database, stopped
 from tests._served import serve_command
 from tests.rtms_server import AUDIO, TRANSCRIPT, RTMSServer, sdk_or_skip
 
@@ -241,7 +241,7 @@ def test_a_vanished_server_is_reported_and_rejoined_on_the_same_claim(
 
 
 def test_the_worker_rides_out_a_database_outage_and_claims_again(
-    tmp_path: Path, skip_or_fail: Callable[[str], NoReturn]
+    tmp_path: Path, own_postgres: PostgresServer
 ) -> None:
     """The worker of docs/workers.md holding two streams, PostgreSQL stopped past the lease:
     it does not die; each stream is left before its lease ends (a stream the worker cannot
@@ -261,11 +261,7 @@ def test_the_worker_rides_out_a_database_outage_and_claims_again(
         return [line for line in found if line["event"] == event]
 
     with ExitStack() as stack:
-        try:
-            postgres = stack.enter_context(running_server())
-        except PostgresUnavailable as exc:
-            skip_or_fail(f"{exc} (set CI=true to make this an error instead of a skip)")
-        url = postgres.url(create_database(postgres))
+        url = own_postgres.url(create_database(own_postgres))
         tracker = stack.enter_context(Tracker(url))
         rtms = RTMSServer(CLIENT_ID, CLIENT_SECRET, keep_alive_every=0.5).start()
         stack.callback(rtms.close)
@@ -284,7 +280,7 @@ def test_the_worker_rides_out_a_database_outage_and_claims_again(
         wait_for(lambda: len(lines("started")) == 2, 15, "both streams claimed")
         for sid in ("s1", "s2"):
             rtms.wait_joined(sid, {AUDIO, TRANSCRIPT})
-        with stopped(postgres):
+        with stopped(own_postgres):
             wait_for(lambda: len(lines("ended")) == 2, 15, "both leases run out, both left")
             ended = lines("ended")
             wait_for(lambda: lines("claim_failed"), 10, "a failed claim, retried")

@@ -15,14 +15,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
+from rtms_lifecycle import Claim as StoreClaim
 from rtms_lifecycle import Tracker as StoreTracker
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.exceptions import ClaimLost
@@ -37,13 +37,7 @@ from rtms_lifecycle.zoom import (
     stream_ended,
 )
 from tests._deliveries import body
-from tests._postgres import (
-    PostgresServer,
-    PostgresUnavailable,
-    create_database,
-    running_server,
-    stopped,
-)
+from tests._postgres import PostgresServer, create_database, stopped
 from tests.rtms_server import AUDIO, TRANSCRIPT, RTMSServer, sdk_or_skip
 
 CLIENT_ID = "test-client-id"
@@ -425,15 +419,6 @@ def test_a_lease_about_to_end_is_never_joined(
 # -- a database outage: PostgreSQL of the test's own, stopped -------------------------------------
 
 
-@pytest.fixture
-def postgres(skip_or_fail: Callable[[str], NoReturn]) -> Iterator[PostgresServer]:
-    with ExitStack() as stack:
-        try:
-            yield stack.enter_context(running_server())
-        except PostgresUnavailable as exc:
-            skip_or_fail(f"{exc} (set CI=true to make this an error instead of a skip)")
-
-
 def _claimed(postgres: PostgresServer, server: RTMSServer) -> StoreTracker:
     """A tracker on a new database where stream-1 (on ``server``) is live and claimed."""
     tracker = StoreTracker(postgres.url(create_database(postgres)))
@@ -443,30 +428,37 @@ def _claimed(postgres: PostgresServer, server: RTMSServer) -> StoreTracker:
     return tracker
 
 
+def _joined(
+    tracker: StoreTracker, server: RTMSServer, media: Media, lease: float, **options: Any
+) -> ZoomStream[StoreClaim]:
+    """stream-1 claimed for ``lease`` seconds, joined and connected."""
+    claim = tracker.claim("worker-1", lease=lease)
+    assert claim is not None
+    stream = ZoomStream(tracker, claim, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                        on_audio_data=media.on_audio, **options).start()  # fmt: skip
+    server.wait_joined("stream-1", {AUDIO})
+    _wait(lambda: stream.connected, 5)
+    return stream
+
+
 def _said(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "rtms_lifecycle.zoom" and text in r.message]
 
 
 def test_an_outage_past_the_lease_leaves_before_the_lease_ends(
     server: RTMSServer,
-    postgres: PostgresServer,
+    own_postgres: PostgresServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Renewals fail (the server is stopped): retried quietly, one line; the stream is left
     leave_margin before the lease's end, and join() returns why, raising nothing."""
     caplog.set_level(logging.WARNING, "rtms_lifecycle.zoom")
     media = Media()
-    with _claimed(postgres, server) as tracker:
-        claim = tracker.claim("worker-1", lease=4)
-        assert claim is not None
-        stream = ZoomStream(tracker, claim, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                            on_audio_data=media.on_audio, renew_every=0.5,
-                            leave_margin=1.5).start()  # fmt: skip
+    with _claimed(own_postgres, server) as tracker:
+        stream = _joined(tracker, server, media, 4, renew_every=0.5, leave_margin=1.5)
         try:
-            server.wait_joined("stream-1", {AUDIO})
-            _wait(lambda: stream.connected, 5)
             joined = server.wait_joined("stream-1", set())
-            with stopped(postgres):
+            with stopped(own_postgres):
                 _wait(lambda: bool(_said(caplog, ": could not ")), 5)  # a renewal, or a report
                 lease_end = stream.claim.expires_at  # no renewal can succeed any more
                 assert stream.join(10)
@@ -487,22 +479,18 @@ def test_an_outage_past_the_lease_leaves_before_the_lease_ends(
 
 def test_a_short_outage_costs_nothing_and_a_stop_during_one_returns(
     server: RTMSServer,
-    postgres: PostgresServer,
+    own_postgres: PostgresServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An outage shorter than the lease: the stream stays joined, one line for the outage and
     one for its end. stop() during an outage: join() returns, saying the release failed."""
     caplog.set_level(logging.WARNING, "rtms_lifecycle.zoom")
     media = Media()
-    with _claimed(postgres, server) as tracker:
-        claim = tracker.claim("worker-1", lease=30)
-        assert claim is not None
-        stream = ZoomStream(tracker, claim, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                            on_audio_data=media.on_audio, renew_every=0.2).start()  # fmt: skip
+    with _claimed(own_postgres, server) as tracker:
+        stream = _joined(tracker, server, media, 30, renew_every=0.2)
+        claim = stream.claim
         try:
-            server.wait_joined("stream-1", {AUDIO})
-            _wait(lambda: stream.connected, 5)
-            with stopped(postgres):
+            with stopped(own_postgres):
                 _wait(lambda: len(_said(caplog, ": could not ")) == 1, 5)
                 failed_at = time.monotonic()
                 _wait(lambda: time.monotonic() > failed_at + 1.0, 2)  # several renewals fail
@@ -511,7 +499,7 @@ def test_a_short_outage_costs_nothing_and_a_stop_during_one_returns(
             assert not stream.join(0)
             assert len(_said(caplog, ": could not ")) == 1, caplog.text
 
-            with stopped(postgres):
+            with stopped(own_postgres):
                 _wait(lambda: len(_said(caplog, ": could not ")) == 2, 5)
                 stream.stop()
                 assert stream.join(10)  # no StoreError
