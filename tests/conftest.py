@@ -92,6 +92,16 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
 
 
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, for a test that stops it (`_postgres.stopped`)."""
+    with ExitStack() as stack:
+        try:
+            yield stack.enter_context(running_server())
+        except PostgresUnavailable as exc:
+            _skip_or_fail(f"{exc} (set CI=true to make this an error instead of a skip)")
+
+
 @pytest.fixture(scope="session")
 def migrated_postgres_template(postgres_server: PostgresServer) -> str:
     """A database at the newest schema, copied for each test that opens a ``tracker``.

@@ -283,6 +283,8 @@ def _undefined_names(source: str) -> set[str]:
             bound.add(node.name)
         elif isinstance(node, ast.arg):
             bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
     return read - bound
 
 
@@ -294,4 +296,5 @@ def test_the_complete_worker_can_be_pasted_and_run() -> None:
     assert "signal.SIGINT" in worker
     assert "signal.SIGTERM" in worker
     assert "stream.stop()" in worker
+    assert "except StoreError" in worker  # a failed claim is retried, not the worker's end
     compile(worker, "workers.md", "exec")

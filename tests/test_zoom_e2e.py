@@ -29,6 +29,7 @@ from rtms_lifecycle.records import ClaimEvent
 from rtms_lifecycle.zoom import RECEIVER_REQUEST_CLOSE
 from tests import _deliveries
 from tests._live import signed
+from tests._postgres import PostgresServer, create_database, stopped
 from tests._served import serve_command
 from tests.rtms_server import AUDIO, TRANSCRIPT, RTMSServer, sdk_or_skip
 
@@ -182,7 +183,7 @@ def test_a_started_stream_is_joined_gets_media_and_is_left_when_it_stops(
     (ended,) = wait_for(lambda: d.lines("ended"), 10, "the worker frees the stream's slot")
     assert ended == {
         "event": "ended", "stream_id": STREAM, "why": "lost", "code": None,
-        "claim_lost": "stopped",
+        "claim_lost": "stopped", "release_failed": None,
     }  # fmt: skip
     wait_for(lambda: signalling.signalling.state.name == "CLOSED", 5, "the SDK left")
     stream = d.tracker.stream(STREAM)
@@ -237,3 +238,57 @@ def test_a_vanished_server_is_reported_and_rejoined_on_the_same_claim(
         ("disconnected", "app", held.token, str(RECEIVER_REQUEST_CLOSE)),
         ("released", "worker", held.token, "worker stopped"),
     ]
+
+
+def test_the_worker_rides_out_a_database_outage_and_claims_again(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    """The worker of docs/workers.md holding two streams, PostgreSQL stopped past the lease:
+    it does not die; each stream is left before its lease ends (a stream the worker cannot
+    renew may be another's); claims fail and are retried; once the server is back the
+    streams are claimed again. A server of its own: this one is stopped."""
+    sdk_or_skip()
+    workdir = tmp_path / "worker"
+    workdir.mkdir()
+    out = tmp_path / "worker.jsonl"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ZM_RTMS_", "RTMS_"))}
+    environ |= {"ZOOM_CLIENT_ID": CLIENT_ID, "ZOOM_CLIENT_SECRET": CLIENT_SECRET}
+
+    def lines(event: str) -> list[dict[str, Any]]:
+        if not out.exists():
+            return []
+        found = [json.loads(line) for line in out.read_text().splitlines()]
+        return [line for line in found if line["event"] == event]
+
+    with ExitStack() as stack:
+        url = own_postgres.url(create_database(own_postgres))
+        tracker = stack.enter_context(Tracker(url))
+        rtms = RTMSServer(CLIENT_ID, CLIENT_SECRET, keep_alive_every=0.5).start()
+        stack.callback(rtms.close)
+        at = now_ms() - 1_000
+        tracker.ingest_batch(
+            [
+                _deliveries.body("started", sid, at, scope_id=MEETING, server_urls=rtms.url)
+                for sid in ("s1", "s2")
+            ]
+        )
+        argv = [sys.executable, str(ROOT / "tests" / "zoom_worker.py"), url, WORKER, str(out),
+                str(RENEW_EVERY), "4", "0.1"]  # fmt: skip
+        log = stack.enter_context((tmp_path / "worker.log").open("wb"))
+        worker = subprocess.Popen(argv, cwd=workdir, env=environ, stdout=log, stderr=log)
+        stack.callback(_end, worker)
+        wait_for(lambda: len(lines("started")) == 2, 15, "both streams claimed")
+        for sid in ("s1", "s2"):
+            rtms.wait_joined(sid, {AUDIO, TRANSCRIPT})
+        with stopped(own_postgres):
+            wait_for(lambda: len(lines("ended")) == 2, 15, "both leases run out, both left")
+            ended = lines("ended")
+            wait_for(lambda: lines("claim_failed"), 10, "a failed claim, retried")
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+        assert {(e["why"], e["claim_lost"]) for e in ended} == {("lost", "lease ran out unrenewed")}
+        wait_for(lambda: len(lines("started")) == 4, 30, "both streams claimed again")
+        assert sorted(s["token"] for s in lines("started")[2:]) == [2, 2]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+        assert tracker.claims(WORKER) == []
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()

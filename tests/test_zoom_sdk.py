@@ -3,11 +3,14 @@
 Skipped where ``rtms`` is not installed, except under ``CI=true`` on Linux x86_64 with Python
 3.11+, where its wheel exists and a missing SDK is a failure. The SDK gives up on a vanished
 server after about 11 s: that test waits for it; every other test ends within a few seconds.
+The database outages are a PostgreSQL server of the test's own, stopped.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
+import logging
 import sys
 import threading
 import time
@@ -19,9 +22,13 @@ from typing import Any
 
 import pytest
 
+from rtms_lifecycle import Claim as StoreClaim
+from rtms_lifecycle import Tracker as StoreTracker
+from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.exceptions import ClaimLost
 from rtms_lifecycle.zoom import (
     DATA_CONNECTION_INTERRUPTED,
+    LEASE_RAN_OUT,
     RECEIVER_REQUEST_CLOSE,
     ZoomEnded,
     ZoomStream,
@@ -29,6 +36,8 @@ from rtms_lifecycle.zoom import (
     signature,
     stream_ended,
 )
+from tests._deliveries import body
+from tests._postgres import PostgresServer, create_database, stopped
 from tests.rtms_server import AUDIO, TRANSCRIPT, RTMSServer, sdk_or_skip
 
 CLIENT_ID = "test-client-id"
@@ -60,7 +69,7 @@ class Claim:
     stream_id: str
     worker: str
     token: int
-    expires_at: float
+    expires_at: int  # epoch ms
     stream: Stream
 
 
@@ -82,7 +91,7 @@ class Tracker:
         if self.lost is not None:
             raise ClaimLost(self.lost)
         self.renewals += 1
-        return replace(claim, expires_at=time.time() + 30)
+        return replace(claim, expires_at=now_ms() + 30_000)
 
     def release(self, claim: Claim, reason: str | None = None) -> None:
         self._record("release", reason)
@@ -106,7 +115,7 @@ class Tracker:
 
 def _claim_of(url: str, stream_id: str = "stream-1") -> Claim:
     stream = Stream(stream_id, "meeting-uuid==", url)
-    return Claim(stream_id, "worker-1", 1, time.time() + 30, stream)
+    return Claim(stream_id, "worker-1", 1, now_ms() + 30_000, stream)
 
 
 def _claim(server: RTMSServer) -> Claim:
@@ -362,6 +371,151 @@ def test_a_wrong_secret_is_refused_and_never_connects(
     assert stream.join(5)
     assert stream.ended == ZoomEnded("requested", None)
     assert tracker.calls == [("release", "worker stopped")]
+
+
+def test_refused_joins_back_off_and_a_good_join_resets_the_wait(
+    server: RTMSServer, streams: list[ZoomStream[Claim]]
+) -> None:
+    """Each refused join waits twice as long as the last before the next (up to rejoin_max);
+    once a join succeeds, the next rejoin waits rejoin_every again."""
+    attempts: list[float] = []  # when each new client was about to join
+    tracker, media = Tracker(), Media()
+    server.client_secret = "not-the-apps"  # every join is refused
+    began = time.monotonic()
+    _start(streams, tracker, _claim(server), media, configure=lambda _: attempts.append(
+        time.monotonic()), rejoin_every=0.1, rejoin_max=1.6)  # fmt: skip
+    _wait(lambda: len(attempts) >= 6, 10)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    # Each gap is a join, its refusal, and the wait: 0.1, 0.2, 0.4, 0.8, then the cap 1.6.
+    for gap, wait in zip(gaps, (0.1, 0.2, 0.4, 0.8, 1.6), strict=False):
+        assert gap >= wait, gaps
+    # Without the back-off a join every 0.1 s: a dozen or more in 2 s; with it, at most 5.
+    assert len([at for at in attempts if at < began + 2.0]) <= 5, gaps
+
+    server.client_secret = CLIENT_SECRET
+    tracker.wait_for(lambda names: "connected" in names, 10)
+    server.wait_joined("stream-1", {AUDIO, TRANSCRIPT})
+    server.client_secret = "not-the-apps"
+    tried = len(attempts)
+    left = time.monotonic()
+    server.stop_stream("stream-1", reason=13)  # a leave that does not end the stream: rejoin
+    _wait(lambda: len(attempts) > tried, 5)
+    assert attempts[tried] - left < 1.0  # 0.1 s after the leave, not the 1.6 s reached before
+
+
+def test_a_lease_about_to_end_is_never_joined(
+    server: RTMSServer, streams: list[ZoomStream[Claim]]
+) -> None:
+    """A claim whose lease ends within leave_margin: not known to be held, so not joined."""
+    tracker, media = Tracker(), Media()
+    claim = replace(_claim(server), expires_at=now_ms() + 2_000)
+    stream = _start(streams, tracker, claim, media, leave_margin=3.0)
+    assert stream.join(5)
+    assert stream.ended == ZoomEnded("lost", claim_lost=LEASE_RAN_OUT)
+    assert server.handshakes == []
+    assert tracker.calls == []
+
+
+# -- a database outage: PostgreSQL of the test's own, stopped -------------------------------------
+
+
+def _claimed(postgres: PostgresServer, server: RTMSServer) -> StoreTracker:
+    """A tracker on a new database where stream-1 (on ``server``) is live and claimed."""
+    tracker = StoreTracker(postgres.url(create_database(postgres)))
+    started = body("started", "stream-1", now_ms() - 1_000, scope_id="meeting-uuid==",
+                   server_urls=server.url)  # fmt: skip
+    tracker.ingest_batch([started])
+    return tracker
+
+
+def _joined(
+    tracker: StoreTracker, server: RTMSServer, media: Media, lease: float, **options: Any
+) -> ZoomStream[StoreClaim]:
+    """stream-1 claimed for ``lease`` seconds, joined and connected."""
+    claim = tracker.claim("worker-1", lease=lease)
+    assert claim is not None
+    stream = ZoomStream(tracker, claim, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                        on_audio_data=media.on_audio, **options).start()  # fmt: skip
+    server.wait_joined("stream-1", {AUDIO})
+    _wait(lambda: stream.connected, 5)
+    return stream
+
+
+def _said(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "rtms_lifecycle.zoom" and text in r.message]
+
+
+def test_an_outage_past_the_lease_leaves_before_the_lease_ends(
+    server: RTMSServer,
+    own_postgres: PostgresServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Renewals fail (the server is stopped): retried quietly, one line; the stream is left
+    leave_margin before the lease's end, and join() returns why, raising nothing."""
+    caplog.set_level(logging.WARNING, "rtms_lifecycle.zoom")
+    media = Media()
+    with _claimed(own_postgres, server) as tracker:
+        stream = _joined(tracker, server, media, 4, renew_every=0.5, leave_margin=1.5)
+        try:
+            joined = server.wait_joined("stream-1", set())
+            with stopped(own_postgres):
+                _wait(lambda: bool(_said(caplog, ": could not ")), 5)  # a renewal, or a report
+                lease_end = stream.claim.expires_at  # no renewal can succeed any more
+                assert stream.join(10)
+                returned = now_ms()
+                assert returned < lease_end - 1_000, (returned, lease_end)  # left, and ended
+                assert stream.ended == ZoomEnded("lost", claim_lost=LEASE_RAN_OUT)
+                _wait(lambda: joined.signalling.state.name == "CLOSED", 5)  # the SDK left
+                joins = len(server.handshakes)
+            assert len(server.handshakes) == joins  # and never joined again
+        finally:
+            stream.stop()
+            stream.join(15)
+    # One line for the outage (not one per failed renewal), one for leaving; no tracebacks.
+    assert len(_said(caplog, ": could not ")) == 1, caplog.text
+    assert len(_said(caplog, "no renewal succeeded")) == 1, caplog.text
+    assert all(r.exc_info is None for r in _said(caplog, "")), caplog.text
+
+
+def test_a_short_outage_costs_nothing_and_a_stop_during_one_returns(
+    server: RTMSServer,
+    own_postgres: PostgresServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outage shorter than the lease: the stream stays joined, one line for the outage and
+    one for its end. stop() during an outage: join() returns, saying the release failed."""
+    caplog.set_level(logging.WARNING, "rtms_lifecycle.zoom")
+    media = Media()
+    with _claimed(own_postgres, server) as tracker:
+        stream = _joined(tracker, server, media, 30, renew_every=0.2)
+        claim = stream.claim
+        try:
+            with stopped(own_postgres):
+                _wait(lambda: len(_said(caplog, ": could not ")) == 1, 5)
+                failed_at = time.monotonic()
+                _wait(lambda: time.monotonic() > failed_at + 1.0, 2)  # several renewals fail
+            _wait(lambda: bool(_said(caplog, "the database answers again")), 10)
+            assert stream.connected
+            assert not stream.join(0)
+            assert len(_said(caplog, ": could not ")) == 1, caplog.text
+
+            with stopped(own_postgres):
+                _wait(lambda: len(_said(caplog, ": could not ")) == 2, 5)
+                stream.stop()
+                assert stream.join(10)  # no StoreError
+                ended = stream.ended
+        finally:
+            stream.stop()
+            stream.join(15)
+        assert ended is not None
+        assert (ended.why, ended.code) == ("requested", RECEIVER_REQUEST_CLOSE)
+        assert ended.release_failed is not None
+        assert ended.release_failed.startswith("could not ")
+        assert "\n" not in ended.release_failed
+        (held,) = tracker.claims("worker-1")  # not released: its lease runs out
+        assert held.token == claim.token
+    assert len(_said(caplog, "the claim was not released")) == 1, caplog.text
+    assert all(r.exc_info is None for r in _said(caplog, "")), caplog.text
 
 
 # -- without the SDK --------------------------------------------------------------------------

@@ -5,8 +5,10 @@ Usage: python tests/zoom_worker.py DB_URL WORKER OUT RENEW_EVERY LEASE POLL
 Credentials come from ``ZOOM_CLIENT_ID`` and ``ZOOM_CLIENT_SECRET``. Each line of OUT is JSON:
 ``{"event": "started", "stream_id", "token"}`` when it joins a claimed stream, ``{"event":
 "audio" | "transcript", "stream_id", "data", "user"}`` for each frame its media callbacks get
-(audio as hex), ``{"event": "ended", "stream_id", "why", "code", "claim_lost"}`` when a stream's
-slot is free again. SIGINT or SIGTERM: it leaves every stream, releases every claim and exits 0.
+(audio as hex), ``{"event": "ended", "stream_id", "why", "code", "claim_lost",
+"release_failed"}`` when a stream's slot is free again, ``{"event": "claim_failed", "error"}``
+when a claim fails (retried after POLL s, twice as long each time, up to 30 s). SIGINT or
+SIGTERM: it leaves every stream, releases every claim and exits 0.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 from typing import Any
 
 from rtms_lifecycle import Claim, Tracker
+from rtms_lifecycle.exceptions import StoreError
 from rtms_lifecycle.zoom import MediaCallback, ZoomStream
 
 
@@ -50,6 +53,7 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     running: list[ZoomStream[Claim]] = []
+    wait = poll
 
     while not stopping.is_set():
         for stream in running:
@@ -57,10 +61,17 @@ def main() -> None:
                 assert stream.ended is not None
                 ended = stream.ended
                 _write(out, {"event": "ended", "stream_id": stream.claim.stream_id,
-                             "why": ended.why, "code": ended.code,
-                             "claim_lost": ended.claim_lost})  # fmt: skip
+                             "why": ended.why, "code": ended.code, "claim_lost": ended.claim_lost,
+                             "release_failed": ended.release_failed})  # fmt: skip
         running = [s for s in running if s.ended is None]
-        claim = tracker.claim(worker, lease=lease) if len(running) < 20 else None
+        try:
+            claim = tracker.claim(worker, lease=lease) if len(running) < 20 else None
+        except StoreError as exc:
+            _write(out, {"event": "claim_failed", "error": str(exc).splitlines()[0]})
+            stopping.wait(wait)
+            wait = min(wait * 2, 30.0)
+            continue
+        wait = poll
         if claim is None:
             stopping.wait(poll)
             continue

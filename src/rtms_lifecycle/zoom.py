@@ -1,8 +1,9 @@
 """Connect a claimed stream with Zoom's RTMS SDK (``pip install 'rtms-lifecycle[zoom]'``).
 
 :class:`ZoomStream` joins the stream of a claim, reports to the tracker when media connects and
-disconnects, renews the claim while connected or rejoining, and leaves when the stream stops or
-the claim is lost. It needs of the tracker only :class:`ClaimTracker`.
+disconnects, renews the claim while connected or rejoining, and leaves when the stream stops, the
+claim is lost, or its lease is about to run out unrenewed (a database outage: another worker may
+take the stream then). It needs of the tracker only :class:`ClaimTracker`.
 
 The SDK's C library wants one OS thread to allocate, join, poll and release a client (releasing
 one from another thread trips its assertions): every :class:`ZoomStream` of the process runs on
@@ -15,6 +16,7 @@ docs/decisions/0092-zoom-sdk.md the protocol as the SDK speaks it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import inspect
@@ -24,14 +26,16 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
+from rtms_lifecycle.clock import format_time
 from rtms_lifecycle.exceptions import ClaimLost
 from rtms_lifecycle.stop_reasons import StopReasonCategory, describe_stop_reason
 
 __all__ = [
+    "LEASE_RAN_OUT",
     "ClaimTracker",
     "ClaimView",
     "MediaCallback",
@@ -51,6 +55,8 @@ MediaCallback = Callable[[bytes, int, int, Any], object]
 
 DATA_CONNECTION_INTERRUPTED = 14  # Zoom's stop reason for a media connection interrupted
 RECEIVER_REQUEST_CLOSE = 20  # Zoom's stop reason for an app that left on purpose
+#: ``ZoomEnded.claim_lost`` when the stream was left because no renewal succeeded in time.
+LEASE_RAN_OUT = "lease ran out unrenewed"
 
 
 def load_sdk() -> Any:
@@ -87,10 +93,12 @@ class StreamView(Protocol):
 
 
 class ClaimView(Protocol):
-    """What the adapter reads of a claim."""
+    """What the adapter reads of a claim: ``expires_at`` is when its lease ends (epoch ms)."""
 
     @property
     def stream_id(self) -> str: ...
+    @property
+    def expires_at(self) -> int: ...
     @property
     def stream(self) -> StreamView: ...
 
@@ -115,13 +123,16 @@ class ZoomEnded:
     """Why :meth:`ZoomStream.run` returned.
 
     ``why`` is ``stopped`` (the stream ended: ``code`` is the SDK's leave reason), ``lost`` (the
-    claim was lost: ``claim_lost`` is the tracker's reason), or ``requested`` (:meth:`stop`;
-    ``code`` 20, RECEIVER_REQUEST_CLOSE, if it left a connected stream).
+    claim was lost: ``claim_lost`` is the tracker's reason, or :data:`LEASE_RAN_OUT` when no
+    renewal succeeded before the lease's end), or ``requested`` (:meth:`stop`; ``code`` 20,
+    RECEIVER_REQUEST_CLOSE, if it left a connected stream). ``release_failed`` is the error that
+    kept a release from being written (the first line): the lease runs out instead.
     """
 
     why: str
     code: int | None = None
     claim_lost: str | None = None
+    release_failed: str | None = None
 
 
 _sdk_lock = threading.Lock()
@@ -153,6 +164,18 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a call's error seen: one nobody awaits any more would be logged with a traceback."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's first line: a store error's connection detail spans several."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else "") or type(exc).__name__
+
+
 def stream_ended(reason: int) -> bool:
     """Whether an SDK leave ``reason`` means the stream ended, rather than the connection.
 
@@ -173,8 +196,15 @@ class ZoomStream(Generic[ClaimT]):
     participant events...). The SDK opens no media connection, and so never confirms a join,
     without at least one media callback.
 
-    A leave for a connection failure (the SDK gives up after about 11 s of reconnecting) is
-    reported as disconnected, keeps the claim, and rejoins every ``rejoin_every`` seconds.
+    A leave for a connection failure (the SDK gives up after about 11 s of reconnecting) or a
+    refused join is reported as disconnected, keeps the claim, and rejoins after
+    ``rejoin_every`` seconds, twice as long after each join that fails in a row, up to
+    ``rejoin_max``.
+
+    While the database fails, renewals are retried every second (or ``renew_every``, if
+    shorter); if none succeeds, the stream is left ``leave_margin`` seconds before the lease
+    ends, and never joined again: :data:`LEASE_RAN_OUT`. Failed tracker calls are logged one
+    line per outage, and never raised from :meth:`join`.
     """
 
     def __init__(
@@ -191,6 +221,8 @@ class ZoomStream(Generic[ClaimT]):
         configure: Callable[[Any], object] | None = None,
         renew_every: float = 10.0,
         rejoin_every: float = 1.0,
+        rejoin_max: float = 30.0,
+        leave_margin: float = 3.0,
         poll_interval: float = 0.01,
     ) -> None:
         self._media = {
@@ -206,9 +238,19 @@ class ZoomStream(Generic[ClaimT]):
             )
         if not client_id or not client_secret:
             raise ValueError("client_id and client_secret: both are required to sign the join")
-        for name, value in (("renew_every", renew_every), ("rejoin_every", rejoin_every)):
+        for name, value in (
+            ("renew_every", renew_every),
+            ("rejoin_every", rejoin_every),
+            ("rejoin_max", rejoin_max),
+        ):
             if not value > 0:
                 raise ValueError(f"{name}: must be a positive number of seconds, not {value!r}")
+        if rejoin_max < rejoin_every:
+            raise ValueError(
+                f"rejoin_max: must be at least rejoin_every ({rejoin_every!r}), not {rejoin_max!r}"
+            )
+        if not leave_margin >= 0:
+            raise ValueError(f"leave_margin: must be 0 or more seconds, not {leave_margin!r}")
         self._rtms = load_sdk()
         self._tracker = tracker
         self._claim = claim
@@ -217,6 +259,12 @@ class ZoomStream(Generic[ClaimT]):
         self._configure = configure
         self._renew_every = renew_every
         self._rejoin_every = rejoin_every
+        self._rejoin_max = rejoin_max
+        self._rejoin_delay = rejoin_every  # doubled by each failed join, reset by a good one
+        self._leave_margin_ms = round(leave_margin * 1000)
+        self._lease_end = claim.expires_at  # epoch ms, as of the last renewal
+        self._failing_since: float | None = None  # monotonic, the outage's first failed call
+        self._failures = 0
         self._poll_interval = poll_interval
         self._connected = False
         self._interrupted = False  # set by the SDK's interruption, cleared by the next frame
@@ -280,47 +328,143 @@ class ZoomStream(Generic[ClaimT]):
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._started.set()
-        with ThreadPoolExecutor(1, thread_name_prefix="rtms-tracker") as calls:
-            renewing = asyncio.create_task(self._renew(calls))
-            try:
-                while True:
-                    ended = await self._session(calls, renewing)
-                    if ended is not None:
-                        return ended
-                    waiting = asyncio.create_task(self._stopping.wait())
-                    await asyncio.wait({waiting, renewing}, timeout=self._rejoin_every)
-                    waiting.cancel()
-                    if renewing.done() or self._stopping.is_set():
-                        return await self._finish(calls, renewing, None)
-            finally:
-                renewing.cancel()
+        # Not a with block: its exit would wait, on the SDK's thread, for a call hung on an
+        # unreachable database.
+        calls = ThreadPoolExecutor(1, thread_name_prefix="rtms-tracker")
+        renewing = asyncio.create_task(self._renew(calls))
+        try:
+            while True:
+                if renewing.done() or self._until_fence() <= 0:  # never join an unheld lease
+                    return await self._finish(calls, renewing, None)
+                ended = await self._session(calls, renewing)
+                if ended is not None:
+                    return ended
+                waiting = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait({waiting, renewing}, timeout=self._rejoin_delay)
+                waiting.cancel()
+                self._rejoin_delay = min(self._rejoin_delay * 2, self._rejoin_max)
+                if renewing.done() or self._stopping.is_set():
+                    return await self._finish(calls, renewing, None)
+        finally:
+            renewing.cancel()
+            calls.shutdown(wait=False)
 
     async def _call(self, calls: ThreadPoolExecutor, fn: Callable[[], object]) -> object:
         return await asyncio.get_running_loop().run_in_executor(calls, fn)
 
+    async def _try(
+        self, calls: ThreadPoolExecutor, what: str, fn: Callable[[], object]
+    ) -> str | None:
+        """A tracker call whose failure is logged (once per outage), not raised: None if it
+        succeeded, else the error's first line. :class:`ClaimLost` is raised."""
+        try:
+            await self._call(calls, fn)
+        except ClaimLost:
+            raise
+        except Exception as exc:
+            return self._failed(what, exc)
+        self._answered()
+        return None
+
+    def _failed(self, what: str, exc: BaseException) -> str:
+        """Count a failed tracker call; the first of an outage is said, with what it means."""
+        error = _first_line(exc)
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            _log.warning(
+                "%s: could not %s (%s); retrying quietly: the stream is left at %s unless a "
+                "renewal succeeds before (its lease ends at %s)",
+                self._claim.stream_id,
+                what,
+                error,
+                format_time(self._lease_end - self._leave_margin_ms),
+                format_time(self._lease_end),
+            )
+        return error
+
+    def _answered(self) -> None:
+        """A tracker call succeeded: say the end of an outage."""
+        if self._failing_since is not None:
+            _log.warning(
+                "%s: the database answers again after %.1f s (%d calls failed)",
+                self._claim.stream_id,
+                time.monotonic() - self._failing_since,
+                self._failures,
+            )
+            self._failing_since, self._failures = None, 0
+
+    def _until_fence(self) -> float:
+        """Seconds until the stream must be left, unless a renewal extends the lease."""
+        return (self._lease_end - self._leave_margin_ms - _now_ms()) / 1000
+
     async def _renew(self, calls: ThreadPoolExecutor) -> str:
-        """Renew until the claim is lost; returns the tracker's reason."""
+        """Renew until the claim is lost (the tracker's reason) or the lease is about to run
+        out unrenewed (:data:`LEASE_RAN_OUT`)."""
+        failed = False
         while True:
-            await asyncio.sleep(self._renew_every)
+            left = self._until_fence()
+            # After a success, at least one more try before the fence; after a failure, soon.
+            wait = min(1.0, self._renew_every, left) if failed else min(self._renew_every, left / 2)
+            await asyncio.sleep(max(wait, 0.0))
+            left = self._until_fence()
+            if left <= 0:
+                return self._ran_out()
             claim = self._claim
+            call = asyncio.get_running_loop().run_in_executor(calls, self._tracker.renew, claim)
+            call.add_done_callback(_retrieved)  # also when no one waits for it any more
+            done, _ = await asyncio.wait({call}, timeout=left)
+            if not done:  # hung on the database past the fence: its answer comes too late
+                return self._ran_out()
             try:
-                self._claim = await asyncio.get_running_loop().run_in_executor(
-                    calls, self._tracker.renew, claim
-                )
+                renewed = call.result()
             except ClaimLost as lost:
                 return lost.reason
-            except Exception:  # the lease outlives a failed renewal: try again next time
-                _log.warning("renewing the claim on %s failed", claim.stream_id, exc_info=True)
+            except Exception as exc:  # the lease outlives a failed renewal: try again soon
+                self._failed("renew the claim", exc)
+                failed = True
+                continue
+            self._claim, self._lease_end, failed = renewed, renewed.expires_at, False
+            self._answered()
+
+    def _ran_out(self) -> str:
+        _log.warning(
+            "%s: no renewal succeeded; leaving the stream before its lease ends at %s "
+            "(another worker may claim it then)",
+            self._claim.stream_id,
+            format_time(self._lease_end),
+        )
+        return LEASE_RAN_OUT
 
     async def _finish(
         self, calls: ThreadPoolExecutor, renewing: asyncio.Task[str], code: int | None
     ) -> ZoomEnded:
-        """Between joins: the claim was lost, or the worker asked to stop."""
+        """Between joins: the claim was lost or ran out, or the worker asked to stop."""
         if renewing.done():
             return ZoomEnded("lost", claim_lost=renewing.result())
+        if self._until_fence() <= 0:
+            renewing.cancel()
+            return ZoomEnded("lost", claim_lost=self._ran_out())
+        return await self._release(calls, "worker stopped", ZoomEnded("requested", code))
+
+    async def _release(self, calls: ThreadPoolExecutor, reason: str, ended: ZoomEnded) -> ZoomEnded:
+        """Release the claim; ``ended``, saying so if the release could not be written."""
         claim = self._claim
-        await self._call(calls, lambda: self._tracker.release(claim, reason="worker stopped"))
-        return ZoomEnded("requested", code)
+        try:
+            error = await self._try(
+                calls, "release the claim", lambda: self._tracker.release(claim, reason=reason)
+            )
+        except ClaimLost:  # nothing left to release
+            return ended
+        if error is None:
+            return ended
+        _log.warning(
+            "%s: the claim was not released (%s): its lease runs out at %s",
+            claim.stream_id,
+            error,
+            format_time(self._lease_end),
+        )
+        return replace(ended, release_failed=error)
 
     async def _session(
         self, calls: ThreadPoolExecutor, renewing: asyncio.Task[str]
@@ -387,27 +531,30 @@ class ZoomStream(Generic[ClaimT]):
             return await self._finish(calls, renewing, None)
         self._connected = False
         claim = self._claim
-        await self._call(
-            calls,
-            lambda: self._tracker.report_disconnected(
-                claim, at_ms=_now_ms(), reason=RECEIVER_REQUEST_CLOSE
-            ),
-        )
+        try:
+            await self._try(
+                calls,
+                "report the stream disconnected",
+                lambda: self._tracker.report_disconnected(
+                    claim, at_ms=_now_ms(), reason=RECEIVER_REQUEST_CLOSE
+                ),
+            )
+        except ClaimLost as lost:  # lost meanwhile: nothing to release
+            return ZoomEnded("lost", claim_lost=lost.reason)
         return await self._finish(calls, renewing, RECEIVER_REQUEST_CLOSE)
 
     async def _left_stopped(self, calls: ThreadPoolExecutor) -> None:
         """Say we left a stream Zoom stopped (a stop ends the claim, not this word): else
         ``connected_after_stop()`` would list it for good."""
         claim = self._claim
-        try:
-            await self._call(
+        with contextlib.suppress(ClaimLost):  # the stream is over either way
+            await self._try(
                 calls,
+                "report the stream disconnected",
                 lambda: self._tracker.report_disconnected(
                     claim, at_ms=_now_ms(), reason=RECEIVER_REQUEST_CLOSE
                 ),
             )
-        except Exception:  # the stream is over either way
-            _log.warning("reporting %s disconnected failed", claim.stream_id, exc_info=True)
 
     async def _event(
         self,
@@ -419,10 +566,16 @@ class ZoomStream(Generic[ClaimT]):
         """Act on one SDK event: None to keep going, ``rejoin``, or how the stream ended."""
         claim = self._claim
         if (kind == "joined" and value == 0) or (kind == "resumed" and not self._connected):
+            if kind == "joined":
+                self._rejoin_delay = self._rejoin_every
             if not self._connected:
                 self._connected = True
                 at = _now_ms()
-                await self._call(calls, lambda: self._tracker.report_connected(claim, at_ms=at))
+                await self._try(
+                    calls,
+                    "report the stream connected",
+                    lambda: self._tracker.report_connected(claim, at_ms=at),
+                )
             return None
         if kind == "joined":  # refused: a bad signature, or no media connection in time
             _log.warning("joining %s was refused (reason %s)", claim.stream_id, value)
@@ -431,8 +584,9 @@ class ZoomStream(Generic[ClaimT]):
         if kind == "interrupted":
             if self._connected:
                 self._connected = False
-                await self._call(
+                await self._try(
                     calls,
+                    "report the stream disconnected",
                     lambda: self._tracker.report_disconnected(
                         claim, at_ms=value or _now_ms(), reason=DATA_CONNECTION_INTERRUPTED
                     ),
@@ -443,17 +597,17 @@ class ZoomStream(Generic[ClaimT]):
             if self._connected:
                 self._connected = False
                 at = _now_ms()
-                await self._call(
+                await self._try(
                     calls,
+                    "report the stream disconnected",
                     lambda: self._tracker.report_disconnected(claim, at_ms=at, reason=value),
                 )
             if not stream_ended(value):
                 return "rejoin"
             name = describe_stop_reason(value).name
-            await self._call(
-                calls, lambda: self._tracker.release(claim, reason=f"stream stopped: {name}")
+            return await self._release(
+                calls, f"stream stopped: {name}", ZoomEnded("stopped", value)
             )
-            return ZoomEnded("stopped", value)
         return None
 
     def _client(self, events: asyncio.Queue[tuple[str, int]]) -> Any:
