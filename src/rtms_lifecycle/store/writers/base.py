@@ -232,8 +232,8 @@ PROBE: Final = (
     " ON CONFLICT (stream_id) DO UPDATE SET updated_at = excluded.updated_at",
     "UPDATE streams SET updated_at = 0 WHERE stream_id = ''",
     "INSERT INTO transitions (id, stream_id, from_state, to_state, name, kind, event_ts,"
-    " source, late, recorded_at, tx_id, delivery_id)"
-    " VALUES (0, '', 'new', 'new', 'probe', 'probe', 0, 'system', FALSE, 0, 0, 0)",
+    " source, late, recorded_at, tx_id, delivery_id, chain_hash)"
+    " VALUES (0, '', 'new', 'new', 'probe', 'probe', 0, 'system', FALSE, 0, 0, 0, '')",
     "INSERT INTO concurrency_alerts (id, event, event_ts, concurrency_number, payload,"
     " fingerprint, received_at) VALUES (0, '', 0, 0, '', '', 0)",
 )
