@@ -61,6 +61,8 @@ _BACKOFF_CAP: Final = 300.0
 # Why a child is told to stop while its claim is kept and renewed.
 _STOPPING: Final = "worker stopping"
 _FAILOVER: Final = "failover"
+#: Between SIGTERM and SIGKILL unless ``--grace`` says, or a third of the lease if less.
+DEFAULT_GRACE: Final = 10.0
 #: Why a child is ended when its claim's lease nears its end unrenewed.
 _FENCED: Final = "lease ending unrenewed"
 #: A fenced child's SIGKILL goes this long before its lease ends: dead, not dying, by then.
@@ -181,13 +183,15 @@ class Supervisor:
         lease: float = 30.0,
         scopes: Sequence[str] = (),
         account_id: str | None = None,
-        grace: float = 10.0,
+        grace: float | None = None,
         backoff: float = 5.0,
         poll: float = 1.0,
         as_json: bool = False,
         out: IO[str] | None = None,
         db: str | None = None,
     ) -> None:
+        if grace is None:
+            grace = min(DEFAULT_GRACE, lease / 3)
         if not grace < lease:
             raise ValueError(
                 f"grace: must be shorter than the lease ({lease:g}s), not {grace:g}s: a child "
@@ -613,7 +617,6 @@ def event_line(
 
 
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
-_DEFAULT_GRACE: Final = 10.0
 
 
 def _check_command(command: Sequence[str]) -> None:
@@ -743,9 +746,7 @@ def work(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'WORKER'") from None
     _check_command(command)
-    if grace is None:
-        grace = min(_DEFAULT_GRACE, lease / 3)
-    elif grace >= lease:
+    if grace is not None and grace >= lease:
         raise click.BadParameter(
             f"{grace:g}s is not shorter than --lease ({lease:g}s): a child whose claim goes "
             "unrenewed is ended --grace before its lease ends",
