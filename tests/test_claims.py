@@ -186,6 +186,10 @@ def test_scope_and_account_filters(tracker: Tracker) -> None:
     assert claim.stream_id == "w1"
     assert tracker.claim("a", scope=["webinar", "phone"]) is None
     assert tracker.claim("a", account_id="nobody") is None
+    # A blank account would match no stream: refused as a blank worker is.
+    for blank in ("", " "):
+        with pytest.raises(ValueError, match=r"^account_id: "):
+            tracker.claim("a", account_id=blank)
 
 
 def test_claim_history_is_append_only(tracker: Tracker) -> None:
@@ -219,6 +223,8 @@ def test_async_tracker_claims(db_url: str) -> None:
             assert await tracker.release(claim)
             assert [s.stream_id for s in await tracker.unclaimed_streams()] == ["a1"]
             assert len(await tracker.claim_history("a1")) == 3
+            with pytest.raises(ValueError, match=r"^account_id: "):
+                await tracker.claim("w", account_id="")
 
     asyncio.run(run())
 

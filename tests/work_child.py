@@ -5,7 +5,9 @@ starts, ``{"pid", "event": "signal", "signal", "t"}`` for each SIGTERM or SIGINT
 exits 0). With ``WORK_CHILD_EXIT`` set to ``SECONDS:CODE`` it exits by itself after that long,
 with that code (only the first child of each stream, when ``WORK_CHILD_EXIT_ONCE`` is set);
 ``WORK_CHILD_SLOW_FROM`` set to ``TOKEN:SECONDS`` makes the children of claim tokens from TOKEN
-on run that long instead.
+on run that long instead. ``WORK_CHILD_TERM_DELAY`` set to SECONDS makes SIGTERM take that
+long to end it, meanwhile writing ``{"event": "alive"}`` every 50 ms (then ``exit``): a child
+slow to stop, and when it last acted.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ def _write(line: dict[str, object]) -> None:
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
     _write({"event": "signal", "signal": signal.Signals(signum).name})
+    delay = float(os.environ.get("WORK_CHILD_TERM_DELAY") or 0)
+    if delay and signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        end = time.monotonic() + delay
+        while time.monotonic() < end:
+            _write({"event": "alive"})
+            time.sleep(0.05)
+        _write({"event": "exit", "code": 0})
     sys.exit(0)
 
 

@@ -66,6 +66,7 @@ from rtms_lifecycle.tracking import (
     as_kind,
     as_set,
     callback_failed,
+    check_account,
     check_batch_size,
     check_report_time,
     check_worker,
@@ -410,7 +411,7 @@ class Tracker:
         where = (
             sorted(s.value for s in scopes) if scopes else None,
             scope_id,
-            account_id,
+            check_account(account_id),
         )
         skip = sorted(set(exclude))
         if len(skip) > MAX_CLAIM_EXCLUDE:

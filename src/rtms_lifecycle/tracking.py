@@ -22,6 +22,7 @@ __all__ = [
     "as_kind",
     "as_set",
     "callback_failed",
+    "check_account",
     "check_batch_size",
     "check_report_time",
     "check_worker",
@@ -85,6 +86,14 @@ def check_worker(worker: object) -> str:
     if len(worker) > _WORKER_LENGTH or "\x00" in worker:
         raise ValueError(f"worker: at most {_WORKER_LENGTH} characters and no NUL")
     return worker
+
+
+def check_account(account_id: object) -> str | None:
+    """An account filter (None: every account), or :class:`ValueError`: a blank one would
+    match no stream, silently."""
+    if account_id is not None and (not isinstance(account_id, str) or not account_id.strip()):
+        raise ValueError(f"account_id: must be a Zoom account id or None, not {account_id!r}")
+    return account_id
 
 
 def lease_ms(seconds: object, name: str = "lease") -> int:

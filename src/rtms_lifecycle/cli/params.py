@@ -227,10 +227,19 @@ TEXT: Final = _Text()
 JSON_OPTION: Final = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (docs/cli.md) instead of a table."
 )
+
+
+def _account(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("give a Zoom account id, not a blank (it would match no stream)")
+    return value
+
+
 ACCOUNT_OPTION: Final = click.option(
     "--account",
     "account_id",
     metavar="ID",
     type=TEXT,
+    callback=_account,
     help="Only streams of this Zoom account_id.",
 )

@@ -1,14 +1,18 @@
 """``rtms-lifecycle work``: claim live streams and run a command for each, in any language.
 
 One loop on the main thread claims streams up to ``--max``, starts COMMAND for each with the
-stream in its environment, renews the leases at a third of their length, and ends a child
-(SIGTERM to its process group, SIGKILL after ``--grace``) once its stream stopped or its claim
-was lost. A renewal that finds the stream's server URLs changed (Zoom failed over) restarts the
-child under the same claim. A child that exits on its own is reported disconnected, its claim
-released and its stream passed over for ``--backoff`` seconds, twice as long after each quick
-failure up to a cap (another worker may take it meanwhile). SIGINT or SIGTERM to ``work`` end
-every child and release every claim. While the database fails, its first error is printed
-once, the failed calls counted and summed up every 30 s, and its recovery said in one line.
+stream in its environment, renews the leases at a third of their length (more often when
+``--grace`` leaves less), and ends a child (SIGTERM to its process group, SIGKILL after
+``--grace``) once its stream stopped or its claim was lost. A claim still unrenewed ``--grace``
+before its lease ends has its child ended then, SIGKILL just before the lease ends (both from a
+watchdog thread, whatever database call the loop waits on): no other worker can take the stream
+while the child lives. A renewal that finds the stream's server URLs changed (Zoom failed over)
+restarts the child under the same claim. A child that exits on its own is reported
+disconnected, its claim released and its stream passed over for ``--backoff`` seconds, twice as
+long after each quick failure up to a cap (another worker may take it meanwhile). SIGINT or
+SIGTERM to ``work`` end every child and release every claim. While the database fails, its
+first error is printed once, the failed calls counted and summed up every 30 s, and its
+recovery said in one line.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -36,6 +41,7 @@ from rtms_lifecycle.cli.params import ACCOUNT_OPTION, TEXT, Duration
 from rtms_lifecycle.clock import format_time, now_ms
 from rtms_lifecycle.defaults import DB_ENV, SCOPES
 from rtms_lifecycle.exceptions import ClaimLost, RTMSLifecycleError
+from rtms_lifecycle.store.deadline import Watchdog
 from rtms_lifecycle.store.errors import unreachable
 from rtms_lifecycle.tracking import MAX_CLAIM_EXCLUDE
 
@@ -43,7 +49,7 @@ if TYPE_CHECKING:
     from rtms_lifecycle.records import Claim
     from rtms_lifecycle.tracker import Tracker
 
-__all__ = ["Supervisor", "child_environment", "event_line", "work"]
+__all__ = ["Supervisor", "child_environment", "event_line", "one_line", "work"]
 
 #: The longest the loop sleeps: how soon a child's exit is noticed.
 _TICK: Final = 0.1
@@ -55,6 +61,12 @@ _BACKOFF_CAP: Final = 300.0
 # Why a child is told to stop while its claim is kept and renewed.
 _STOPPING: Final = "worker stopping"
 _FAILOVER: Final = "failover"
+#: Between SIGTERM and SIGKILL unless ``--grace`` says, or a third of the lease if less.
+DEFAULT_GRACE: Final = 10.0
+#: Why a child is ended when its claim's lease nears its end unrenewed.
+_FENCED: Final = "lease ending unrenewed"
+#: A fenced child's SIGKILL goes this long before its lease ends: dead, not dying, by then.
+_FENCE_MARGIN: Final = 0.1
 #: Between two lines saying the database still fails.
 OUTAGE_SUMMARY_EVERY: Final = 30.0
 #: Different errors printed in one outage; past them the failures are only counted.
@@ -112,6 +124,12 @@ class _Job:
     #: Why the child was told to stop; None while it runs on its own.
     ending: str | None = None
     kill_at: float = math.inf
+    kill_reason: str = "grace ran out"
+    killed: bool = False  # SIGKILL sent
+    reaped: bool = False
+    #: Disarm the SIGTERM due ``--grace`` before the lease ends and the SIGKILL due just
+    #: before it ends; armed again at each renewal.
+    fence: list[Callable[[], None]] = field(default_factory=list)
 
 
 def _driver_said(exc: BaseException) -> str:
@@ -119,6 +137,12 @@ def _driver_said(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     return " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: its lines (a driver's message may span several, psycopg's does)
+    joined with "; ", each one's runs of spaces made one."""
+    return "; ".join(" ".join(part.split()) for part in text.splitlines() if part.strip())
 
 
 @dataclass
@@ -159,13 +183,20 @@ class Supervisor:
         lease: float = 30.0,
         scopes: Sequence[str] = (),
         account_id: str | None = None,
-        grace: float = 10.0,
+        grace: float | None = None,
         backoff: float = 5.0,
         poll: float = 1.0,
         as_json: bool = False,
         out: IO[str] | None = None,
         db: str | None = None,
     ) -> None:
+        if grace is None:
+            grace = min(DEFAULT_GRACE, lease / 3)
+        if not grace < lease:
+            raise ValueError(
+                f"grace: must be shorter than the lease ({lease:g}s), not {grace:g}s: a child "
+                "whose claim goes unrenewed is ended grace before its lease ends"
+            )
         self.tracker, self.worker, self.command = tracker, worker, list(command)
         self.db = db
         self.most, self.lease, self.grace, self.backoff, self.poll = (
@@ -177,7 +208,17 @@ class Supervisor:
         )
         self.scopes, self.account_id, self.as_json = list(scopes), account_id, as_json
         self.out = out or sys.stdout
+        #: A third of the lease, or less when the grace leaves less: a renewal is tried, and
+        #: retried, before a claim's child is ended for want of one.
+        self.renew_every = min(lease / 3, (lease - grace) / 2)
         self.jobs: dict[str, _Job] = {}
+        #: Claims whose child was ended as their lease neared its end, and that end (monotonic).
+        self.expiring: dict[str, tuple[Claim, float]] = {}
+        # Between reaping a child, or deciding to end it, and signalling its group (the
+        # watchdog's thread does too): a reaped child's pid may be another process's.
+        self._signals = threading.RLock()
+        self._output = threading.Lock()
+        self._watchdog = Watchdog()
         #: stream id -> (until when it is passed over, quick failures in a row)
         self.backing_off: dict[str, tuple[float, int]] = {}
         self.backoff_cap = max(backoff, min(_BACKOFF_GROWTH * backoff, _BACKOFF_CAP))
@@ -210,9 +251,14 @@ class Supervisor:
             self._hurry = True  # a second Ctrl-C: no grace
         self.signalled = signum  # only flags: the loop's sleep is short (a lock could deadlock)
 
+    def _fence_at(self, job: _Job) -> float:
+        """When a claim still unrenewed has its child ended."""
+        return job.lease_end - max(self.grace, _FENCE_MARGIN)
+
     def _sleep(self, now: float) -> None:
         due = [_TICK + now, *(j.renew_at for j in self.jobs.values())]
         due += [j.kill_at for j in self.jobs.values()]
+        due += [end for _, end in self.expiring.values()]
         if self.signalled is None:
             due.append(self._next_claim)
         time.sleep(max(0.0, min(due) - now))
@@ -226,7 +272,8 @@ class Supervisor:
             now = time.monotonic()
             if self._hurry:
                 for job in self.jobs.values():
-                    job.kill_at = min(job.kill_at, now)
+                    if job.kill_at > now:
+                        job.kill_at, job.kill_reason = now, "worker stopping at once"
             self._reap(now)
             self._keep(now)
             self._sleep(now)
@@ -290,17 +337,22 @@ class Supervisor:
         if held is not None:
             renew_at, lease_end = held.renew_at, held.lease_end
         else:
-            renew_at, lease_end = now + self.lease / 3, now + self.lease
-        self.jobs[claim.stream_id] = _Job(claim, child, renew_at, lease_end, now)
+            renew_at, lease_end = now + self.renew_every, now + self.lease
+        job = _Job(claim, child, renew_at, lease_end, now)
+        self.jobs[claim.stream_id] = job
+        self._arm(job)
 
     def _reap(self, now: float) -> None:
         for sid, job in list(self.jobs.items()):
-            code = job.child.poll()
+            with self._signals:
+                code = job.child.poll()
+                job.reaped = code is not None
             if code is None:
                 if job.kill_at <= now:
-                    self._signal(job, signal.SIGKILL)
                     job.kill_at = math.inf
+                    self._kill(job, job.kill_reason)
                 continue
+            self._disarm(job)
             del self.jobs[sid]
             self._emit("exited", job.claim, pid=job.child.pid, code=code)
             if job.ending == _FAILOVER and self.signalled is None:
@@ -309,7 +361,11 @@ class Supervisor:
             if job.ending is None:
                 self._let_go(job.claim, f"child exited with {code}", now, ran=now - job.started)
             else:
-                self._finish(job.claim, _STOPPING if job.ending == _FAILOVER else job.ending)
+                released = self._finish(
+                    job.claim, _STOPPING if job.ending == _FAILOVER else job.ending
+                )
+                if job.ending == _FENCED and not released:
+                    self.expiring[sid] = (job.claim, job.lease_end)  # `lost` when it ends
             self._next_claim = 0.0
 
     def _let_go(self, claim: Claim, reason: str, now: float, ran: float) -> None:
@@ -321,7 +377,8 @@ class Supervisor:
         self._finish(claim, reason, backoff=wait)
         self.backing_off[claim.stream_id] = (now + wait, failures)
 
-    def _finish(self, claim: Claim, reason: str, **fields: Any) -> None:
+    def _finish(self, claim: Claim, reason: str, **fields: Any) -> bool:
+        """Report ``claim``'s child disconnected and release it; whether it was released."""
         try:
             self.tracker.report_disconnected(claim)
             self._emit("disconnected", claim)
@@ -335,24 +392,50 @@ class Supervisor:
             released = self.tracker.release(claim, reason=reason)
         except RTMSLifecycleError as exc:
             self._failed("release", exc, time.monotonic())
-            return
+            return False
         self._answered(time.monotonic())
         if released:
             self._emit("released", claim, reason=reason, **fields)
+        return released
 
     def _keep(self, now: float) -> None:
-        """Renew what is due; end the children of claims lost, or whose lease ran out unrenewed."""
+        """Renew what is due; end the children of claims lost, or whose lease nears its end
+        unrenewed."""
+        for sid, (claim, end) in list(self.expiring.items()):
+            if end <= now:
+                del self.expiring[sid]
+                self._emit("lost", claim, reason="lease ran out unrenewed")
         for job in self.jobs.values():
             if job.ending not in (None, _STOPPING, _FAILOVER):
-                continue  # lost: nothing to renew
+                continue  # lost or fenced: nothing to renew
             if job.renew_at <= now:
                 self._renew(job, now)
-            if job.ending in (None, _FAILOVER) and job.lease_end <= now:
-                self._emit("lost", job.claim, reason="lease ran out unrenewed")
-                if job.ending is None:
-                    self._end(job, "lease ran out unrenewed", now)
-                else:
-                    job.ending = "lease ran out unrenewed"
+
+    def _arm(self, job: _Job) -> None:
+        """Until the next renewal: SIGTERM ``--grace`` before the lease ends, SIGKILL just
+        before it ends, from the watchdog's thread, which a database call hanging cannot hold
+        back. Then nobody else can take the stream while the child lives."""
+        self._disarm(job)
+        job.fence = [
+            self._watchdog.watch(self._fence_at(job), lambda: self._fence(job)),
+            self._watchdog.watch(job.lease_end - _FENCE_MARGIN, lambda: self._kill(job, _FENCED)),
+        ]
+
+    @staticmethod
+    def _disarm(job: _Job) -> None:
+        """Never while holding the signals' lock: a watch that fires holds its own, then that."""
+        for disarm in job.fence:
+            disarm()
+        job.fence = []
+
+    def _fence(self, job: _Job) -> None:
+        """The claim is unrenewed ``--grace`` before its lease ends: its child is ended."""
+        with self._signals:
+            if job.ending is None:
+                job.ending = _FENCED
+                self._signal(job, signal.SIGTERM, _FENCED)  # SIGKILL: the other watch
+            elif job.ending == _FAILOVER:
+                job.ending = _FENCED  # told to stop already: no new child for a claim ending
 
     def _renew(self, job: _Job, now: float) -> None:
         before = job.claim.stream.server_urls
@@ -360,6 +443,7 @@ class Supervisor:
             job.claim = self.tracker.renew(job.claim, lease=self.lease)
         except ClaimLost as lost:
             self._answered(now)
+            self._disarm(job)  # not a lease to keep: the claim's end is known
             fields: dict[str, Any] = {"reason": lost.reason}
             if lost.stop_reason is not None:
                 fields["stop_reason"] = lost.stop_reason
@@ -375,7 +459,9 @@ class Supervisor:
             job.renew_at = now + min(1.0, self.lease / 10)
             return
         self._answered(now)
-        job.renew_at, job.lease_end = now + self.lease / 3, now + self.lease
+        job.renew_at, job.lease_end = now + self.renew_every, now + self.lease
+        if job.ending != _FENCED:
+            self._arm(job)
         after = job.claim.stream.server_urls
         if after and after != before and job.ending is None:
             # Zoom failed over: the child's RTMS_SERVER_URLS are stale. A new child for the
@@ -384,21 +470,33 @@ class Supervisor:
             self._end(job, _FAILOVER, now)
 
     def _end(self, job: _Job, reason: str, now: float) -> None:
-        if job.ending is not None:
-            return
-        job.ending = reason
-        job.kill_at = now + self.grace
-        self._signal(job, signal.SIGKILL if self._hurry else signal.SIGTERM, reason)
+        with self._signals:  # the watchdog may be ending it too
+            if job.ending is not None:
+                return
+            job.ending = reason
+            if self._hurry:
+                self._kill(job, reason)
+            else:
+                job.kill_at = now + self.grace
+                self._signal(job, signal.SIGTERM, reason)
 
-    def _signal(self, job: _Job, sig: signal.Signals, reason: str | None = None) -> None:
-        try:
-            os.killpg(job.child.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return  # gone already: the next reap sees it
-        fields: dict[str, Any] = {"pid": job.child.pid, "signal": sig.name}
-        if reason is not None:
-            fields["reason"] = reason
-        self._emit("signalled", job.claim, **fields)
+    def _kill(self, job: _Job, reason: str) -> None:
+        """SIGKILL to the child's group, once (from the loop, or a fence's timer thread)."""
+        with self._signals:
+            if job.killed:
+                return
+            job.killed = True
+            self._signal(job, signal.SIGKILL, reason)
+
+    def _signal(self, job: _Job, sig: signal.Signals, reason: str) -> None:
+        with self._signals:
+            if job.reaped:
+                return  # its pid may be another process's now
+            try:
+                os.killpg(job.child.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                return  # gone already: the next reap sees it
+            self._emit("signalled", job.claim, pid=job.child.pid, signal=sig.name, reason=reason)
 
     # --- a database outage -------------------------------------------------------------------
 
@@ -426,15 +524,24 @@ class Supervisor:
         running = [j for j in self.jobs.values() if j.ending is None]
         fields: dict[str, Any] = {"action": action, "error": error, "children": len(running)}
         if running:
-            end = now_ms() + round((min(j.lease_end for j in running) - now) * 1000)
-            fields["lease_ends"] = end
+            first = min(j.lease_end for j in running)
+            end = now_ms() + round((first - now) * 1000)
+            stop = end - round(max(self.grace, _FENCE_MARGIN) * 1000)
+            fields["lease_ends"], fields["stop_at"] = end, stop
+            before = f"{self.grace:g}s before"
             if len(running) == 1:
-                keep = f"its child keeps running until its lease ends at {format_time(end)}"
+                keep = (
+                    f"its child keeps running until {format_time(stop)}, {before} its lease "
+                    "ends, unless a renewal succeeds"
+                )
             else:
                 keep = (
-                    f"{len(running)} children keep running until their leases end, the first "
-                    f"at {format_time(end)}"
+                    f"{len(running)} children keep running until {before} their leases end, "
+                    f"the first at {format_time(stop)}, unless renewals succeed"
                 )
+        elif self.jobs:
+            n = len(self.jobs)
+            keep = "its child is being stopped" if n == 1 else f"{n} children are being stopped"
         else:
             keep = "no child is running"
         message = f"{outage.problem()}; {keep} ({action} failed: {error})"
@@ -467,15 +574,16 @@ class Supervisor:
     def _emit(
         self, event: str, claim: Claim | None, *, message: str | None = None, **fields: Any
     ) -> None:
-        at = now_ms()
-        text = event_line(
-            event, at, self.worker, claim, fields, as_json=self.as_json, message=message
-        )
-        try:
-            self.out.write(text + "\n")
-            self.out.flush()
-        except (BrokenPipeError, ValueError):
-            pass  # nobody reads the events any more: the work goes on
+        with self._output:  # a fence's timer thread writes too
+            at = now_ms()
+            text = event_line(
+                event, at, self.worker, claim, fields, as_json=self.as_json, message=message
+            )
+            try:
+                self.out.write(text + "\n")
+                self.out.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # nobody reads the events any more: the work goes on
 
 
 def event_line(
@@ -502,9 +610,8 @@ def event_line(
         return json.dumps(line | fields)
     about = f" {claim.stream_id} token {claim.token}" if claim is not None else ""
     if message is not None:
-        return f"{format_time(at)} {event}{about}: {' '.join(message.split())}"
-    # One line per event: a driver's message may span several (psycopg's does).
-    shown = {k: " ".join(str(v).split()) for k, v in fields.items() if k != "expires_at"}
+        return f"{format_time(at)} {event}{about}: {one_line(message)}"
+    shown = {k: one_line(str(v)) for k, v in fields.items() if k != "expires_at"}
     rest = " ".join(f"{k}={v}" for k, v in shown.items())
     return f"{format_time(at)} {event}{about}" + (f" {rest}" if rest else "")
 
@@ -581,11 +688,12 @@ class _WorkCommand(click.Command):
 @click.option(
     "--grace",
     type=Duration(0, 3600),
-    default="10s",
-    show_default=True,
+    default=None,
     metavar="DURATION",
     help="Between SIGTERM and SIGKILL of any child being stopped: its stream stopped, its "
-    "claim lost, a failover, or work stopping (0s to 1h).",
+    "claim lost, a failover, or work stopping (0s to 1h, shorter than --lease). A claim "
+    "unrenewed this long before its lease ends has its child ended, SIGKILL by the lease's "
+    "end.  [default: 10s, or a third of --lease if that is less]",
 )
 @click.option(
     "--backoff",
@@ -614,7 +722,7 @@ def work(
     lease: float,
     scopes: tuple[str, ...],
     account_id: str | None,
-    grace: float,
+    grace: float | None,
     backoff: float,
     poll: float,
     as_json: bool,
@@ -638,6 +746,12 @@ def work(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'WORKER'") from None
     _check_command(command)
+    if grace is not None and grace >= lease:
+        raise click.BadParameter(
+            f"{grace:g}s is not shorter than --lease ({lease:g}s): a child whose claim goes "
+            "unrenewed is ended --grace before its lease ends",
+            param_hint="'--grace'",
+        )
     supervisor = Supervisor(
         app.tracker(create=False),
         worker,
