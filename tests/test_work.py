@@ -482,7 +482,8 @@ def test_a_long_outage_is_summed_up_every_so_often(
     # One line for the outage; another only for an error not seen in it yet (a restarting
     # server says "not yet accepting connections" where a stopped one refused).
     downs = [line.split(" failed: ", 1)[1] for line in lines if " database_down: " in line]
-    assert downs and len(downs) == len(set(downs)), lines
+    assert downs, lines
+    assert len(downs) == len(set(downs)), lines
     summaries = [line for line in lines if " database_still_down: " in line]
     counts = [sum(int(n) for n in line.split("(")[1].split()[::2] if n.isdigit())
               for line in summaries]  # fmt: skip
