@@ -436,7 +436,8 @@ def test_a_database_outage_is_said_once_counted_and_its_end_said_once(
         "before their leases end, the first at " in down_text
     )
     assert "(renew failed: could not renew a claim: " in down_text
-    assert "Connection refused" in down_text
+    # What the driver said: refused, or a connection the stopping server closed.
+    assert "Connection refused" in down_text or "closed the connection" in down_text, down_text
 
 
 def test_a_long_outage_is_summed_up_every_so_often(
