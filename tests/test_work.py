@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from rtms_lifecycle.cli.work import Supervisor, event_line
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
 from tests._postgres import PostgresUnavailable, create_database, running_server, stopped
+from tests._proxy import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = [sys.executable, str(ROOT / "tests" / "work_child.py")]
@@ -577,67 +576,6 @@ def test_a_worker_whose_renewals_fail_kills_its_child_by_the_end_of_its_lease(
         w.close()
 
 
-class _Proxy:
-    """A TCP proxy to ``port`` on 127.0.0.1; ``close()`` cuts every connection and refuses
-    new ones: a network partition for the processes that connect through it."""
-
-    def __init__(self, port: int) -> None:
-        self.upstream = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port: int = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self.threads: list[threading.Thread] = []
-        self.closing = threading.Event()
-        self.lock = threading.Lock()
-        self._start(self._accept)
-
-    def _start(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self.threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while not self.closing.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            with self.lock:
-                if self.closing.is_set():
-                    client.close()
-                    server.close()
-                    return
-                self.sockets += [client, server]
-                self._start(self._pump, client, server)
-                self._start(self._pump, server, client)
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        with self.lock:
-            self.closing.set()
-            for sock in self.sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        for thread in self.threads:
-            thread.join(10)
-        self.listener.close()
-        for sock in self.sockets:
-            sock.close()
-
-
 def test_a_worker_cut_off_from_postgresql_ends_its_child_before_another_takes_the_stream(
     make_postgres_url: Callable[..., str], migrated_postgres_template: str, tmp_path: Path
 ) -> None:
@@ -648,7 +586,7 @@ def test_a_worker_cut_off_from_postgresql_ends_its_child_before_another_takes_th
     with ExitStack() as stack:
         tracker = stack.enter_context(Tracker(url))
         (sid,) = _start(tracker, 1)
-        proxy = _Proxy(make_url(url).port or 5432)
+        proxy = Proxy(make_url(url).port or 5432)
         stack.callback(proxy.close)
         through = make_url(url).set(host="127.0.0.1", port=proxy.port)
         lease = ("--lease", "4", "--grace", "2")

@@ -212,8 +212,10 @@ class AsyncTracker:
         return await loop.run_in_executor(self._threads, _in_context(fn, *args, **kwargs))
 
     async def _write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        call = functools.partial(fn, *args, **kwargs)
-        return await self._outcome(self._writes.submit(_in_context(self._collecting, call)))
+        return await self._outcome(self._submit(functools.partial(fn, *args, **kwargs)))
+
+    def _submit(self, call: Callable[[], T]) -> Future[tuple[T, list[_Notice]]]:
+        return self._writes.submit(_in_context(self._collecting, call))
 
     async def _deliver(
         self,
@@ -240,7 +242,9 @@ class AsyncTracker:
 
         return await self._outcome(contextvars.copy_context().run(submit))
 
-    async def _outcome(self, job: Future[tuple[T, list[_Notice]]]) -> T:
+    async def _outcome(
+        self, job: Future[tuple[T, list[_Notice]]], deadline: float | None = None
+    ) -> T:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[tuple[T, list[_Notice]]] = loop.create_future()
         handoff = self._handoff
@@ -250,7 +254,16 @@ class AsyncTracker:
         job.add_done_callback(functools.partial(self._finished, handoff, waiter))
         # The waiter is not linked back to the job: a commit cannot be called back once its thread
         # runs, so a cancelled caller stops waiting, and the write finishes, callbacks included.
-        result, notices = await waiter
+        if deadline is None:
+            result, notices = await waiter
+        else:
+            # The thread's own budget holds while the database answers; this one holds when it
+            # does not (a connect, or a cancel, lost in a network partition).
+            try:
+                async with asyncio.timeout(deadline + _ANSWER_MARGIN_S - time.monotonic()):
+                    result, notices = await waiter
+            except TimeoutError:
+                raise StoreTimeout("the database did not answer within the time budget") from None
         if notices:
             await asyncio.shield(self._notify_in_task(notices))
         return result
@@ -268,6 +281,8 @@ class AsyncTracker:
                 waiter.set_exception(exc)
             else:
                 waiter.set_result(job.result())
+        elif isinstance(exc, StoreTimeout):
+            pass  # its caller was told already, at its deadline
         elif exc is not None:
             log.error("a write whose caller was cancelled failed", exc_info=exc)
         elif notices := job.result()[1]:
@@ -330,7 +345,7 @@ class AsyncTracker:
             left = _left(deadline)
             return self._sync.ingest(body, headers=headers, verified=verified, timeout=left)
 
-        return await self._write(ingest)
+        return await self._outcome(self._submit(ingest), deadline)
 
     async def ingest_batch(
         self,
@@ -349,7 +364,7 @@ class AsyncTracker:
             left = None if deadline is None else _left(deadline)
             return self._sync.ingest_batch(bodies, verified=verified, timeout=left)
 
-        return await self._write(ingest_batch)
+        return await self._outcome(self._submit(ingest_batch), deadline)
 
     async def ingest_many(
         self,
@@ -937,6 +952,10 @@ class _Handoff:
 def _in_context(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Callable[[], T]:
     """``fn(*args, **kwargs)`` in a copy of the caller's context variables, as in to_thread."""
     return functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
+#: Seconds past a delivery's deadline that its caller waits for the thread recording it.
+_ANSWER_MARGIN_S: Final = 0.1
 
 
 def _left(deadline: float) -> float:

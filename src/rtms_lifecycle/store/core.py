@@ -29,7 +29,7 @@ from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError, StoreTime
 from rtms_lifecycle.records import IngestResult, Outcome
 from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.store.batch import Batch, Incoming
-from rtms_lifecycle.store.deadline import WATCHDOG, remaining
+from rtms_lifecycle.store.deadline import WATCHDOG, connecting_by, postgres_interrupts, remaining
 from rtms_lifecycle.store.errors import first_line, translate, translated
 from rtms_lifecycle.store.queue import Prepare, Then, WriteQueue
 from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SQLITE_IMMEDIATE
@@ -419,7 +419,7 @@ class Store:
         ``deadline``; on PostgreSQL a statement still running at ``deadline`` is cancelled.
         Database errors leave as the library's (:class:`StoreTimeout` past the deadline)."""
         try:
-            with self.guarded(deadline), self.engine.connect() as conn:
+            with self.guarded(deadline), connecting_by(deadline), self.engine.connect() as conn:
                 raw: Any = conn.connection.driver_connection
                 waits = SQLITE_BUSY_TIMEOUT_MS
                 if self.dialect == "sqlite":
@@ -430,7 +430,7 @@ class Store:
                         raw.execute(f"PRAGMA busy_timeout={waits}")
                 try:
                     with (
-                        WATCHDOG.guard(deadline, raw.cancel_safe)
+                        WATCHDOG.guard(deadline, *postgres_interrupts(raw))
                         if self.dialect == "postgresql"
                         else nullcontext(),
                         conn.begin(),

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
-from rtms_lifecycle.store.deadline import remaining
+from rtms_lifecycle.store.deadline import connecting_by, remaining
 from rtms_lifecycle.store.predicates import EVENT_PREDICATE
 from rtms_lifecycle.store.rows import EVENT_COLUMNS, STREAM_COLUMNS, Row
 
@@ -172,13 +172,16 @@ class Writer(Protocol):
         ...
 
 
-def checkout(engine: Engine) -> PoolProxiedConnection:
-    """A DBAPI connection from the engine's pool; :class:`WriteFailed` if none can be opened."""
+def checkout(engine: Engine, deadline: float | None = None) -> PoolProxiedConnection:
+    """A DBAPI connection from the engine's pool; :class:`WriteFailed` if none can be opened
+    (``timed_out`` if not by ``deadline``)."""
     # The pool hands over the driver's own error when it cannot connect.
     try:
-        return engine.raw_connection()
+        with connecting_by(deadline):
+            return engine.raw_connection()
     except engine.dialect.loaded_dbapi.Error as exc:
-        raise WriteFailed(str(exc), retryable=False) from exc
+        late = deadline is not None and remaining(deadline) <= 0
+        raise WriteFailed(str(exc), retryable=False, timed_out=late) from exc
 
 
 def insert_sql(

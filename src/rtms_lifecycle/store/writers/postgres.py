@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql
 
-from rtms_lifecycle.store.deadline import WATCHDOG
+from rtms_lifecycle.store.deadline import WATCHDOG, postgres_interrupts
 from rtms_lifecycle.store.predicates import EVENT_PREDICATE
 from rtms_lifecycle.store.rows import (
     ALERT_COLUMNS,
@@ -495,14 +495,14 @@ class PostgresWriter:
         """Whether the kept connections are still of the engine's pool."""
         return self._engine.pool is self._pool
 
-    def _take(self) -> tuple[PoolProxiedConnection, float]:
+    def _take(self, deadline: float | None) -> tuple[PoolProxiedConnection, float]:
         if not self._current():
             _release_all(self._idle, self._current())
             self._pool = self._engine.pool
         try:
             return self._idle.pop()
         except IndexError:
-            return checkout(self._engine), time.monotonic()
+            return checkout(self._engine, deadline), time.monotonic()
 
     def _keep(self, held: PoolProxiedConnection, since: float) -> None:
         conn: Any = held.driver_connection
@@ -535,7 +535,7 @@ class PostgresWriter:
         # PostgreSQL's own synchronous_commit decides durability (on by default: every commit).
         psycopg = self._psycopg
         check_deadline(deadline)
-        held, since = self._take()
+        held, since = self._take(deadline)
         conn = held.driver_connection
         assert isinstance(conn, psycopg.Connection)
         # An optimistic batch small enough to be written by one statement needs no transaction:
@@ -556,7 +556,11 @@ class PostgresWriter:
             cursor, libpq = kept
             if conn.autocommit is not alone:
                 conn.autocommit = alone
-            disarm = None if deadline is None else self._watchdog.watch(deadline, conn.cancel_safe)
+            disarm = (
+                None
+                if deadline is None
+                else self._watchdog.watch(deadline, *postgres_interrupts(conn))
+            )
             try:
                 yield PostgresTx(
                     cursor, self._sequences, cautious, libpq if alone and libpq.usable else None
