@@ -238,7 +238,7 @@ def test_db_backup_writes_a_new_owner_only_file_never_through_a_link(
         [*cli, "db", "backup", str(target)],
         capture_output=True,
         check=False,
-        preexec_fn=lambda: os.umask(0o022),  # noqa: PLW1509 (a umask, no threads in the child)
+        preexec_fn=lambda: os.umask(0o022),
     )
     assert done.returncode == 0, done.stderr
     assert target.stat().st_mode & 0o777 == 0o600
