@@ -10,8 +10,8 @@ open connections, a new one whose request comes within ``OVER_LIMIT_GRACE`` seco
 deliveries fail for about 4 s of retries), and one that sends nothing is closed then. The
 monotonic time of a request's first byte is in its scope (``REQUEST_STARTED``): the body's wait
 counts from it (for a connection's first request, from the opening). A request line and headers
-over ``MAX_HEADER_BYTES`` are answered 431 and the connection closed. What an answer writes in one pass of the event loop is sent at once
-(:class:`OneSendPerAnswer`).
+over ``MAX_HEADER_BYTES`` are answered 431 and the connection closed. What an answer writes in
+one pass of the event loop is sent at once (:class:`OneSendPerAnswer`).
 """
 
 from __future__ import annotations
