@@ -482,6 +482,18 @@ def test_a_body_that_arrives_too_slowly_is_answered_408(
         assert tracker.deliveries() == []
 
 
+def trickle_body(raw: socket.socket, begun: float, every: float) -> tuple[bytes, float]:
+    """Send a body byte every ``every`` seconds until an answer comes: it, and the seconds
+    since ``begun``."""
+    raw.settimeout(every)
+    answer = b""
+    while not answer and time.monotonic() - begun < HELD:
+        raw.sendall(b"x")
+        with contextlib.suppress(TimeoutError):
+            answer = raw.recv(1024)
+    return answer, time.monotonic() - begun
+
+
 def test_a_slow_request_is_answered_408_within_the_request_timeout_of_its_first_byte(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -495,13 +507,7 @@ def test_a_slow_request_is_answered_408_within_the_request_timeout_of_its_first_
             for byte in head:
                 raw.sendall(bytes([byte]))
                 time.sleep(2 / len(head))
-            raw.settimeout(0.5)
-            answer = b""
-            while not answer and time.monotonic() - begun < HELD:
-                raw.sendall(b"x")
-                with contextlib.suppress(TimeoutError):
-                    answer = raw.recv(1024)
-            took = time.monotonic() - begun
+            answer, took = trickle_body(raw, begun, 0.5)
     assert answer.startswith(b"HTTP/1.1 408")
     assert took < 3.6
 
@@ -518,13 +524,7 @@ def test_a_wait_before_the_first_byte_counts_in_the_request_timeout(
             begun = time.monotonic()
             time.sleep(2)
             raw.sendall(head)
-            raw.settimeout(0.25)
-            answer = b""
-            while not answer and time.monotonic() - begun < HELD:
-                raw.sendall(b"x")
-                with contextlib.suppress(TimeoutError):
-                    answer = raw.recv(1024)
-            took = time.monotonic() - begun
+            answer, took = trickle_body(raw, begun, 0.25)
     assert answer.startswith(b"HTTP/1.1 408")
     assert took < 3.9  # from the first byte it would be 5 s
 
