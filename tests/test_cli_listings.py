@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ._deliveries import body
-from .test_cli import SCENARIO, T0, ingest, invoke, invoke_json
+from .test_cli import SCENARIO, T0, ingest, invoke, invoke_json, run_process
 
 # A filter that matches nothing in SCENARIO (all of it is in 2025), and the sentence said instead.
 EMPTY = [
@@ -97,3 +99,34 @@ def test_alerts_since_filters_on_the_event_time_not_the_receipt(sqlite_url: str)
     assert invoke_json(sqlite_url, "alerts", "--since", received_before) == []
     assert len(invoke_json(sqlite_url, "alerts", "--since", str(T0))) == 1
     assert "event time" in invoke(sqlite_url, "alerts", "--help").stdout
+
+
+UNTRUSTED = "m-\x1b[2J\x07[red]x[/red]\u202eevil\n2026"
+SHOWN = "m-\\x1b[2J\\x07[red]x[/red]\\u202eevil\\x0a2026"
+
+
+def test_untrusted_text_is_shown_escaped(sqlite_url: str, tmp_path: Path) -> None:
+    """An id a delivery carries reaches the terminal as it is stored, escaped: no ESC or BEL
+    (colour, clear-screen), no bidi control, no Rich markup read from it, no extra line."""
+    ingest(
+        sqlite_url,
+        [
+            body(
+                "started",
+                UNTRUSTED,
+                T0,
+                scope_id="uuid-\x1b]0;title\x07",
+                operator_id="op-\u2066\x9b",
+            )
+        ],
+    )
+    for args in (["streams"], ["stream", UNTRUSTED], ["deliveries"]):
+        result = run_process("--db", sqlite_url, *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        shown = result.stdout
+        assert not {"\x1b", "\x07", "\x9b", "\u202e", "\u2066"} & set(shown), (args, shown)
+        assert SHOWN in shown, (args, shown)
+    details = run_process("--db", sqlite_url, "stream", UNTRUSTED, cwd=tmp_path).stdout
+    assert "uuid-\\x1b]0;title\\x07" in details
+    assert "op-\\u2066\\x9b" in details
+    assert invoke_json(sqlite_url, "stream", UNTRUSTED)["stream"]["stream_id"] == UNTRUSTED

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import timedelta
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -588,3 +589,24 @@ def test_a_store_that_fails_gives_a_503_page_not_a_500(
                 assert answer.status_code == 503
                 assert "The database does not answer" in answer.text
                 assert answer.headers["retry-after"] == "10"
+
+
+def test_bidi_and_control_characters_are_shown_escaped(
+    sqlite_url: str, signed_in: Callable[[str], httpx.Client]
+) -> None:
+    """Autoescaping stops HTML, not a U+202E that shows an id reversed: every page shows such
+    characters as escapes, and the stream page's link still opens the stream."""
+    spoof = "live-\u202e1000-\u2066x\u2069\u200e\u061c\x1b[31m"
+    shown = "live-\\u202e1000-\\u2066x\\u2069\\u200e\\u061c\\x1b[31m"
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(body("started", spoof, now_ms() - HOUR_MS, operator_id="op-\u202fx\u202e"))
+        with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
+            client = signed_in(url)
+            pages = [overview(client)]
+            stream = client.get(f"/dashboard/streams/{quote(spoof, safe='')}")
+            assert stream.status_code == 200
+            pages.append(stream.text)
+    for page in pages:
+        bad = [page[max(0, i - 120) : i + 40] for i, c in enumerate(page) if c in "\u202e\x1b"]
+        assert not set(page) & {"\u202e", "\u2066", "\u2069", "\u200e", "\u061c", "\x1b"}, bad
+        assert shown in page

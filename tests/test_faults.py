@@ -482,6 +482,18 @@ def test_a_body_that_arrives_too_slowly_is_answered_408(
         assert tracker.deliveries() == []
 
 
+def trickle_body(raw: socket.socket, begun: float, every: float) -> tuple[bytes, float]:
+    """Send a body byte every ``every`` seconds until an answer comes: it, and the seconds
+    since ``begun``."""
+    raw.settimeout(every)
+    answer = b""
+    while not answer and time.monotonic() - begun < HELD:
+        raw.sendall(b"x")
+        with contextlib.suppress(TimeoutError):
+            answer = raw.recv(1024)
+    return answer, time.monotonic() - begun
+
+
 def test_a_slow_request_is_answered_408_within_the_request_timeout_of_its_first_byte(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -495,15 +507,51 @@ def test_a_slow_request_is_answered_408_within_the_request_timeout_of_its_first_
             for byte in head:
                 raw.sendall(bytes([byte]))
                 time.sleep(2 / len(head))
-            raw.settimeout(0.5)
-            answer = b""
-            while not answer and time.monotonic() - begun < HELD:
-                raw.sendall(b"x")
-                with contextlib.suppress(TimeoutError):
-                    answer = raw.recv(1024)
-            took = time.monotonic() - begun
+            answer, took = trickle_body(raw, begun, 0.5)
     assert answer.startswith(b"HTTP/1.1 408")
     assert took < 3.6
+
+
+def test_a_wait_before_the_first_byte_counts_in_the_request_timeout(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A connection silent for 2 s, then headers and a body a byte at a time: 408 within the
+    request timeout (3 s) of the opening (it counted from the first byte: up to twice that)."""
+    head = b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n"
+    with serving_process(sqlite_url, tmp_path, options="request_timeout=3") as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            begun = time.monotonic()
+            time.sleep(2)
+            raw.sendall(head)
+            answer, took = trickle_body(raw, begun, 0.25)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert took < 3.9  # from the first byte it would be 5 s
+
+
+def test_an_oversized_request_head_is_answered_431_and_closed(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A 1 MB header is not read whole (httptools has no limit of its own): 431 and the
+    connection closed once the head passes MAX_HEADER_BYTES; a 32 KiB one is read (401)."""
+    with serving_process(sqlite_url, tmp_path) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.settimeout(10)
+            raw.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            sent = 0
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                while sent < 1024 * 1024:
+                    raw.sendall(b"a" * 16384)
+                    sent += 16384
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := raw.recv(4096):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 431"), answer
+        big = {"x-big": "a" * 32 * 1024}
+        response = httpx.post(f"{url}/webhook", content=b"{}", headers=big, timeout=10)
+        assert response.status_code == 401
 
 
 def test_connections_over_the_limit_get_a_fast_503(sqlite_url: str, tmp_path: Path) -> None:

@@ -224,3 +224,33 @@ def test_db_backup_copies_a_live_database_consistently(
     advice = subprocess.run([*pg, "db", "backup", "x.db"], capture_output=True, check=False)
     assert advice.returncode == 2
     assert b"pg_dump" in advice.stderr
+
+
+def test_db_backup_writes_a_new_owner_only_file_never_through_a_link(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The backup is created mode 0600 under a permissive umask; a symbolic link at the path,
+    even a dangling one, is refused by name (exit 2) and its target left untouched."""
+    cli = [sys.executable, "-c", "from rtms_lifecycle.cli import main; main()", "--db", sqlite_url]
+    assert subprocess.run([*cli, "db", "upgrade"], capture_output=True, check=False).returncode == 0
+    target = tmp_path / "copy.db"
+    done = subprocess.run(
+        [*cli, "db", "backup", str(target)],
+        capture_output=True,
+        check=False,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    assert done.returncode == 0, done.stderr
+    assert target.stat().st_mode & 0o777 == 0o600
+    victim = tmp_path / "victim.db"
+    link = tmp_path / "bk.db"
+    link.symlink_to(victim)
+    dangling = subprocess.run([*cli, "db", "backup", str(link)], capture_output=True, check=False)
+    assert dangling.returncode == 2
+    assert f"{link} is a symbolic link".encode() in dangling.stderr
+    assert not victim.exists()
+    victim.write_bytes(b"kept")
+    existing = subprocess.run([*cli, "db", "backup", str(link)], capture_output=True, check=False)
+    assert existing.returncode == 2
+    assert b"is a symbolic link" in existing.stderr
+    assert victim.read_bytes() == b"kept"

@@ -154,3 +154,43 @@ def test_unknown_log_format_is_a_usage_error(sqlite_url: str) -> None:
     result = CliRunner().invoke(cli, ["--db", sqlite_url, "serve", "--log-format", "xml"])
     assert result.exit_code == 2
     assert "'text', 'json'" in result.stderr or "text, json" in result.stderr
+
+
+FORGED = "m-1\n2026-03-11T14:30:00Z WARNING rtms_lifecycle.server: refused ... from 6.6.6.6"
+
+
+def test_text_lines_escape_what_a_delivery_carries(sqlite_url: str, tmp_path: Path) -> None:
+    """A signed stream id with a newline cannot forge a line, nor an ESC, BEL or bidi control
+    in an event name reach the log raw: each is shown as an escape, on the delivery's line."""
+    odd_event = "meeting.rtms_\x1b[2J\x07odd\u202e"
+    with serve_command(sqlite_url, tmp_path) as served:
+        assert deliver(served, _deliveries.raw("started", FORGED, T0)) == 200
+        odd = json.dumps({"event": odd_event, "event_ts": T0, "payload": {}}).encode()
+        assert deliver(served, odd) == 200
+    lines = served.lines()
+    text = "\n".join(lines)
+    assert not any(line.startswith("2026-03-11T14:30:00Z") for line in lines), lines
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert "\u202e" not in text
+    recorded = [line for line in lines if "recorded delivery 1 " in line]
+    assert len(recorded) == 1, lines
+    assert "stream m-1\\x0a2026-03-11T14:30:00Z WARNING" in recorded[0]
+    assert any("meeting.rtms_\\x1b[2J\\x07odd\\u202e" in line for line in lines), lines
+
+
+def test_a_client_path_cannot_forge_an_access_line(sqlite_url: str, tmp_path: Path) -> None:
+    """uvicorn's access line carries the request path as sent, percent-encoded."""
+    with serve_command(sqlite_url, tmp_path) as served:
+        httpx.get(f"{served.url}/x%0a2026-03-11T14:30:00Z%20WARNING%20forged%1b[31m")
+    lines = served.lines()
+    assert not any(line.startswith("2026-03-11T14:30:00Z") for line in lines), lines
+    assert any("GET /x%0a2026-03-11T14:30:00Z%20WARNING" in line for line in lines), lines
+
+
+def test_json_lines_keep_the_stored_text(sqlite_url: str, tmp_path: Path) -> None:
+    """The JSON format escapes through JSON itself: its fields hold the text as stored."""
+    with serve_command(sqlite_url, tmp_path, "--log-format", "json") as served:
+        assert deliver(served, _deliveries.raw("started", FORGED, T0)) == 200
+    recorded = [line for line in json_lines(served.lines()) if line.get("delivery_id")]
+    assert recorded[0]["stream_id"] == FORGED

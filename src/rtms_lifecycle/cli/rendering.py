@@ -14,6 +14,7 @@ from weakref import WeakKeyDictionary
 import click
 
 from rtms_lifecycle.clock import DASH, format_duration, format_time
+from rtms_lifecycle.display import printable
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -117,9 +118,16 @@ def emit_json(data: Any) -> None:
 
 
 def _styled(value: str | None, style: str | None) -> Text:
+    """A cell of ``value`` as it is (never read as markup), its control and bidi characters
+    escaped: ids and names come from deliveries, whose senders chose them."""
     from rich.text import Text
 
-    return Text(value if value is not None else DASH, style=style or "")
+    return Text(printable(value) if value is not None else DASH, style=style or "")
+
+
+def _shown(value: str | None) -> Text:
+    """An untrusted value's cell: see :func:`_styled`."""
+    return _styled(value or None, None)
 
 
 def _stop_reason(stream: Stream) -> Text:
@@ -154,11 +162,12 @@ def _table(
 def _whole(table: Table, column: int, values: Iterable[str | None]) -> None:
     """Never shorten this column (stream ids are copied from it); the others give way."""
     table.columns[column].no_wrap = True
-    table.columns[column].min_width = max((len(v or DASH) for v in values), default=None)
+    table.columns[column].min_width = max(
+        (len(printable(v) if v else DASH) for v in values), default=None
+    )
 
 
 def streams_table(title: str, streams: Sequence[Stream]) -> Table:
-    from rich.text import Text
 
     from rtms_lifecycle.clock import now_ms
 
@@ -186,7 +195,7 @@ def streams_table(title: str, streams: Sequence[Stream]) -> Table:
             end - stream.started_at if end is not None and stream.started_at is not None else None
         )
         table.add_row(
-            Text(stream.stream_id),
+            _shown(stream.stream_id),
             stream.scope.value,
             _styled(stream.state.value, _STATE_STYLE[stream.state]),
             format_time(stream.started_at),
@@ -224,7 +233,7 @@ def stream_details(stream: Stream) -> Table:
         ),
     ]
     for key, value in rows:
-        grid.add_row(key, value if isinstance(value, Text) else Text(value))
+        grid.add_row(key, value if isinstance(value, Text) else Text(printable(value)))
     return grid
 
 
@@ -243,7 +252,7 @@ def history_table(history: Sequence[Transition]) -> Table:
         late = " (late)" if transition.late else ""
         table.add_row(
             format_time(transition.event_ts),
-            transition.kind,
+            _shown(transition.kind),
             transition.name.value,
             f"{transition.from_state.value} → {transition.to_state.value}",
             transition.source.value,
@@ -268,11 +277,11 @@ def claim_history_table(events: Sequence[ClaimEvent]) -> Table:
     for event in events:
         table.add_row(
             format_time(event.at),
-            event.event,
-            event.worker,
+            _shown(event.event),
+            _shown(event.worker),
             f"{event.token:,}",
-            event.source,
-            event.reason or DASH,
+            _shown(event.source),
+            _shown(event.reason),
         )
     return table
 
@@ -281,7 +290,7 @@ def claims_table(claims: Sequence[Claim], now: int, worker: str | None = None) -
     from rich.text import Text
 
     if not claims and worker is not None:
-        return Text(f"No claims held by worker {worker!r}.")
+        return Text(f"No claims held by worker {printable(repr(worker))}.")
     if not claims:
         return Text("No claims: no worker holds a live stream.")
     table = _table(
@@ -301,8 +310,8 @@ def claims_table(claims: Sequence[Claim], now: int, worker: str | None = None) -
     for claim in claims:
         left = claim.expires_at - now
         table.add_row(
-            claim.worker,
-            claim.stream_id,
+            _shown(claim.worker),
+            _shown(claim.stream_id),
             f"{claim.token:,}",
             claim.stream.state.value,
             "yes" if claim.connected else "no",
@@ -340,7 +349,7 @@ def stop_reasons_table(stats: Sequence[StopReasonStat], by_scope: bool) -> Table
         cells: list[str | Text] = [stat.scope.value if stat.scope else DASH] if by_scope else []
         cells += [
             DASH if stat.stop_reason is None else str(stat.stop_reason),
-            stat.stop_reason_name,
+            _shown(stat.stop_reason_name),
             _styled(stat.stop_reason_category.value, CATEGORY_STYLE[stat.stop_reason_category]),
             f"{stat.count:,}",
             f"{stat.share:.1%}",
@@ -363,7 +372,7 @@ def interruptions_table(rows: Sequence[tuple[str | None, InterruptionStats]]) ->
     ]
     table = _table("Interruptions", *columns, right=columns[1:] if by_scope else columns)
     for scope, stats in rows:
-        cells = [scope or DASH] if by_scope else []
+        cells: list[str | Text] = [_shown(scope)] if by_scope else []
         cells += [
             f"{stats.streams:,}",
             f"{stats.interrupted_streams:,}",
@@ -377,7 +386,6 @@ def interruptions_table(rows: Sequence[tuple[str | None, InterruptionStats]]) ->
 
 
 def unhandled_table(stats: Sequence[UnhandledEventStat]) -> Table:
-    from rich.text import Text
 
     table = _table(
         "Unhandled event names",
@@ -390,7 +398,7 @@ def unhandled_table(stats: Sequence[UnhandledEventStat]) -> Table:
     )
     for stat in stats:
         table.add_row(
-            Text(stat.event, style="yellow" if stat.rtms else ""),
+            _styled(stat.event, "yellow" if stat.rtms else None),
             f"{stat.count:,}",
             format_time(stat.first_seen),
             format_time(stat.last_seen),
@@ -422,16 +430,15 @@ def deliveries_table(records: Sequence[DeliveryRecord]) -> Table:
             str(record.id),
             format_time(record.received_at),
             record.source.value,
-            Text(record.event or DASH),
+            _shown(record.event),
             _styled(record.outcome.value, _OUTCOME_STYLE[record.outcome]),
-            Text(record.stream_id or DASH),
-            Text(problem or record.detail or ""),
+            _shown(record.stream_id),
+            Text(printable(problem or record.detail or "")),
         )
     return table
 
 
 def alerts_table(alerts: Sequence[ConcurrencyAlertRecord]) -> Table:
-    from rich.text import Text
 
     table = _table(
         "Concurrency alerts (newest first)",
@@ -448,12 +455,12 @@ def alerts_table(alerts: Sequence[ConcurrencyAlertRecord]) -> Table:
         refused = f"{alert.id_field} {alert.id_value}" if alert.id_field else DASH
         table.add_row(
             format_time(alert.event_ts),
-            alert.event,
+            _shown(alert.event),
             f"{alert.concurrency_number:,}",
             DASH if alert.concurrency_limit is None else f"{alert.concurrency_limit:,}",
             DASH if alert.percentage is None else f"{alert.percentage}%",
-            Text(alert.operator_id or DASH),
-            Text(refused),
+            _shown(alert.operator_id),
+            _shown(refused),
         )
     return table
 
@@ -492,7 +499,7 @@ def follow_line(transition: Transition, stream: Stream, as_json: bool) -> str:
     # start's reason.
     stopping = transition.to_state is State.STOPPED and stream.stop_reason_name
     reason = f" {stream.stop_reason_name}" if stopping else ""
-    return (
+    return printable(
         f"{format_time(transition.event_ts)} {transition.stream_id} {stream.scope.value} "
         f"{transition.from_state.value} -> {transition.to_state.value} ({transition.name.value})"
         f"{reason}"
@@ -525,12 +532,12 @@ def subscriptions_table(found: Sequence[SubscriptionStatus]) -> Table | Text:
             else None
         )
         table.add_row(
-            status.consumer,
-            status.cursor,
+            _shown(status.consumer),
+            _shown(status.cursor),
             f"{status.lag:,}",
             _styled(f"{status.parked:,}", "red" if status.parked else None),
             f"{status.delivered:,}",
-            status.holder or DASH,
+            _shown(status.holder),
             _styled(error, "red"),
         )
     return table
@@ -723,4 +730,5 @@ def audit_report(report: AuditReport) -> str:
             + ", ".join(report.unverifiable)
         )
     lines.append(f"Digest now: {report.head}")
-    return "\n".join(lines)
+    # Each line escaped on its own: a stream id cannot add one.
+    return "\n".join(printable(line) for line in lines)

@@ -40,6 +40,7 @@ from rtms_lifecycle.cli.errors import interrupted
 from rtms_lifecycle.cli.params import ACCOUNT_OPTION, TEXT, Duration
 from rtms_lifecycle.clock import format_time, now_ms
 from rtms_lifecycle.defaults import DB_ENV, SCOPES
+from rtms_lifecycle.display import printable
 from rtms_lifecycle.exceptions import ClaimLost, RTMSLifecycleError
 from rtms_lifecycle.store.deadline import Watchdog
 from rtms_lifecycle.store.errors import unreachable
@@ -619,10 +620,10 @@ def event_line(
         return json.dumps(line | fields)
     about = f" {claim.stream_id} token {claim.token}" if claim is not None else ""
     if message is not None:
-        return f"{format_time(at)} {event}{about}: {one_line(message)}"
+        return printable(f"{format_time(at)} {event}{about}: {one_line(message)}")
     shown = {k: one_line(str(v)) for k, v in fields.items() if k != "expires_at"}
     rest = " ".join(f"{k}={v}" for k, v in shown.items())
-    return f"{format_time(at)} {event}{about}" + (f" {rest}" if rest else "")
+    return printable(f"{format_time(at)} {event}{about}" + (f" {rest}" if rest else ""))
 
 
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)

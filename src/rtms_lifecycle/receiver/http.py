@@ -9,8 +9,9 @@ open connections, a new one whose request comes within ``OVER_LIMIT_GRACE`` seco
 503 by uvicorn's own limit (a sender learns at once to retry; closing it unanswered made real
 deliveries fail for about 4 s of retries), and one that sends nothing is closed then. The
 monotonic time of a request's first byte is in its scope (``REQUEST_STARTED``): the body's wait
-counts from it. What an answer writes in one pass of the event loop is sent at once
-(:class:`OneSendPerAnswer`).
+counts from it (for a connection's first request, from the opening). A request line and headers
+over ``MAX_HEADER_BYTES`` are answered 431 and the connection closed. What an answer writes in
+one pass of the event loop is sent at once (:class:`OneSendPerAnswer`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from typing import Any, Final
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-__all__ = ["REQUEST_STARTED", "OneSendPerAnswer", "bounded_protocol"]
+__all__ = ["MAX_HEADER_BYTES", "REQUEST_STARTED", "OneSendPerAnswer", "bounded_protocol"]
+
+#: Bytes a request's line and headers may take: more is answered 431 and the connection closed.
+#: httptools (uvicorn's parser when installed) has no limit: a 50 MB header was read whole.
+MAX_HEADER_BYTES: Final = 64 * 1024
+_TOO_LARGE: Final = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
+    b"connection: close\r\n\r\n"
+)
 
 #: Seconds a connection over the limit may take to send its request (answered 503), else closed.
 OVER_LIMIT_GRACE: Final = 1.0
@@ -71,23 +80,37 @@ def bounded_protocol(request_timeout: float) -> type[asyncio.Protocol]:
     class Bounded(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         _rtms_timer: asyncio.TimerHandle | None = None
         _rtms_started: float | None = None
+        _rtms_head_bytes = 0
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(OneSendPerAnswer(transport, self.loop))
             limit = self.limit_concurrency
             over = limit is not None and len(self.connections) > limit
+            # The first request's time counts from the opening: a sender that waits before
+            # its first byte gets no more time for the body.
+            self._rtms_started = time.monotonic()
             self._rtms_watch(min(OVER_LIMIT_GRACE, request_timeout) if over else request_timeout)
 
         def data_received(self, data: bytes) -> None:
-            # The first bytes of a next request on a kept-alive connection: its headers too
-            # must come in time.
             idle = self.cycle is None or self.cycle.response_complete
-            if idle:
-                if self._rtms_timer is None:
-                    self._rtms_watch()
-                if self._rtms_started is None:
-                    self._rtms_started = time.monotonic()
+            if idle and self._rtms_started is None:
+                # The first bytes of a next request on a kept-alive connection: a watch of its
+                # own, so that an earlier one's leftover time is not added to it.
+                if self._rtms_timer is not None:
+                    self._rtms_timer.cancel()
+                self._rtms_watch()
+                self._rtms_started = time.monotonic()
+            before = self.cycle
             super().data_received(data)
+            if self.cycle is not before:
+                self._rtms_head_bytes = 0
+            elif idle and not self.transport.is_closing():
+                # Still no whole head: bound what the parser holds of it.
+                self._rtms_head_bytes += len(data)
+                if self._rtms_head_bytes > MAX_HEADER_BYTES:
+                    self.transport.write(_TOO_LARGE)
+                    self.transport.close()
+                    return
             if self.cycle is not None and REQUEST_STARTED not in self.cycle.scope:
                 self.cycle.scope[REQUEST_STARTED] = self._rtms_started or time.monotonic()
                 self._rtms_started = None

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from rtms_lifecycle.defaults import LOG_FORMATS
+from rtms_lifecycle.display import printable
 
 __all__ = ["LOG_FIELDS", "JsonFormatter", "LogFormat", "log_config"]
 
@@ -30,11 +31,19 @@ LOG_FIELDS: Final = (
 
 
 class _TextFormatter(logging.Formatter):
-    """``2026-03-11T14:30:00Z INFO rtms_lifecycle.server: message``: times in UTC."""
+    """``2026-03-11T14:30:00Z INFO rtms_lifecycle.server: message``: times in UTC.
+
+    The message is one line, its control characters escaped (:func:`printable`): it carries
+    ids from deliveries and paths from any client, which must not forge a line or reach a
+    terminal as escape sequences. A traceback follows on lines of its own, as it is.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)sZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
         self.converter = time.gmtime
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return printable(super().formatMessage(record))
 
 
 class JsonFormatter(logging.Formatter):

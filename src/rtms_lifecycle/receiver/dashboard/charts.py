@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from markupsafe import Markup, escape
 
 from rtms_lifecycle.clock import format_utc
+from rtms_lifecycle.display import printable
 from rtms_lifecycle.records import Stream, Transition
 from rtms_lifecycle.stop_reasons import StopReasonCategory
 from rtms_lifecycle.timeline import FLOWING, INTERRUPTED, timeline_span, timeline_spans
@@ -41,10 +42,16 @@ class ShareBucket:
     total: int
 
 
+def _escaped(text: str) -> Markup:
+    """Text for the SVG: HTML escaped, and its control and bidi characters (from ids a delivery
+    carries) written as escapes."""
+    return escape(printable(text))
+
+
 def _svg(width: int, height: int, label: str, body: list[str]) -> Markup:
     head = (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" aria-label="{escape(label)}">'
+        f'width="{width}" height="{height}" role="img" aria-label="{_escaped(label)}">'
     )
     return Markup(head + "".join(body) + "</svg>")
 
@@ -63,10 +70,10 @@ def reason_bars(bars: Sequence[ReasonBar]) -> Markup:
         code = "" if bar.code is None else str(bar.code)
         tip = f"{label} ({bar.category.value}): {bar.count:,} streams, {bar.share:.1%}"
         body.append(
-            f'<g class="bar" data-reason="{code}" data-name="{escape(bar.name)}" '
-            f'data-count="{bar.count}"><title>{escape(tip)}</title>'
+            f'<g class="bar" data-reason="{code}" data-name="{_escaped(bar.name)}" '
+            f'data-count="{bar.count}"><title>{_escaped(tip)}</title>'
             f'<text class="label" x="{label_w - 8}" y="{y + 16}" text-anchor="end">'
-            f"{escape(label)}</text>"
+            f"{_escaped(label)}</text>"
             f'<rect class="cat-{bar.category.value}" x="{label_w}" y="{y + 3}" '
             f'width="{length:.1f}" height="{row - 6}" rx="2"/>'
             f'<text class="value" x="{label_w + length + 6:.1f}" y="{y + 16}">'
@@ -102,7 +109,7 @@ def share_columns(buckets: Sequence[ShareBucket], label_fmt: str) -> Markup:
             h = max(share * plot_h, 1.0 if bucket.abnormal else 0.0)
             body.append(
                 f'<g class="share" data-start="{bucket.start_ms}" data-abnormal="{bucket.abnormal}"'
-                f' data-total="{bucket.total}"><title>{escape(tip)}</title>'
+                f' data-total="{bucket.total}"><title>{_escaped(tip)}</title>'
                 f'<rect class="hit" x="{x:.1f}" y="{top}" width="{step:.1f}" height="{plot_h}"/>'
                 f'<rect class="cat-abnormal" x="{x + step * 0.1:.1f}" y="{top + plot_h - h:.1f}" '
                 f'width="{max(step * 0.8, 1):.1f}" height="{h:.1f}"/></g>'
@@ -112,7 +119,7 @@ def share_columns(buckets: Sequence[ShareBucket], label_fmt: str) -> Markup:
             tick_x = x if i == 0 else x + step if i == n - 1 else x + step / 2
             body.append(
                 f'<text class="tick" x="{tick_x:.1f}" y="{height - 8}" '
-                f'text-anchor="{anchor}">{escape(when)}</text>'
+                f'text-anchor="{anchor}">{_escaped(when)}</text>'
             )
     return _svg(_WIDTH, height, "Share of stops that were abnormal over time", body)
 
@@ -168,7 +175,7 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
             lane_starts[lane] = x_from
             label = (
                 f'<text x="{x:.1f}" y="{_LABEL_LANES[lane]}" text-anchor="{anchor}">'
-                f"{escape(text)}</text>"
+                f"{_escaped(text)}</text>"
             )
         top_y = _LABEL_LANES[lane] + 4 if lane is not None else bar_y - 6
         late = " late" if t.late else ""
@@ -180,7 +187,7 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
         body.append(
             f'<g class="mark name-{t.name.value}{late}" data-transition-id="{t.id}" '
             f'data-name="{t.name.value}" data-late="{str(t.late).lower()}">'
-            f"<title>{escape(tip)}</title>"
+            f"<title>{_escaped(tip)}</title>"
             f'<line x1="{x:.1f}" y1="{top_y}" x2="{x:.1f}" y2="{bar_y + bar_h + 6}"/>'
             f'<circle cx="{x:.1f}" cy="{bar_y + bar_h / 2}" r="{7 if t.late else 5}"/>'
             f"{label}</g>"

@@ -11,9 +11,11 @@ import anyio
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from starlette.requests import ClientDisconnect
 
 from rtms_lifecycle.clock import format_duration, format_time
+from rtms_lifecycle.display import printable
 from rtms_lifecycle.exceptions import ConfigurationError, DatabaseUnavailable, StoreError
 from rtms_lifecycle.receiver.dashboard.auth import (
     DEFAULT_IDLE_SECONDS,
@@ -58,10 +60,18 @@ _HEADERS: Final = {
 }
 
 
+def _shown(value: object) -> object:
+    return printable(value) if isinstance(value, str) and not isinstance(value, Markup) else value
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=PackageLoader("rtms_lifecycle.receiver.dashboard", "templates"),
         autoescape=select_autoescape(default=True),
+        # Autoescaping stops HTML; a bidi control (U+202E) or an ESC in an id from a delivery
+        # would still show: every value printed is escaped with printable, but the markup the
+        # page builds itself (charts).
+        finalize=_shown,
         trim_blocks=True,
         lstrip_blocks=True,
     )
