@@ -34,7 +34,7 @@ from tests._live import SECRET, app_clients, serving, serving_process, signed
 T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
 
 OTHER = "second-app-secret"
-TOKEN = "read-api-token"
+TOKEN = "read-api-token-for-tests"
 
 
 def url_validation(token: str) -> bytes:
@@ -402,9 +402,14 @@ def test_read_api_token_comes_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tracker: Tracker, serve: Callable[..., httpx.Client]
 ) -> None:
     """RTMS_LIFECYCLE_API_TOKEN mounts the read API behind that token."""
-    monkeypatch.setenv(API_TOKEN_ENV, "from-env")
+    monkeypatch.setenv(API_TOKEN_ENV, "from-env-token-for-tests")
     client = serve(tracker)
-    assert client.get("/streams", headers={"Authorization": "Bearer from-env"}).status_code == 200
+    assert (
+        client.get(
+            "/streams", headers={"Authorization": "Bearer from-env-token-for-tests"}
+        ).status_code
+        == 200
+    )
     assert client.get("/streams", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 401
 
 
