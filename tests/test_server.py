@@ -377,10 +377,11 @@ READ_PATHS = [
 def test_read_api_is_absent_without_a_token(
     tracker: Tracker, serve: Callable[..., httpx.Client], path: str
 ) -> None:
-    """Without an API token the read endpoints do not exist, not even in the OpenAPI schema."""
+    """Without an API token the read endpoints do not exist, nor the schema that would list
+    them."""
     client = serve(tracker)
     assert client.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
-    assert path.split("/")[1] not in " ".join(client.get("/openapi.json").json()["paths"])
+    assert client.get("/openapi.json").status_code == 404
 
 
 @pytest.mark.parametrize("path", READ_PATHS)
