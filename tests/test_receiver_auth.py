@@ -77,21 +77,29 @@ def test_a_weak_token_is_refused_at_startup(tracker: Tracker, token: str) -> Non
     assert "secrets.token_urlsafe(32)" in str(refused.value)
 
 
-def test_serve_with_a_short_token_exits_2_naming_it(tmp_path: Path) -> None:
-    env = {**os.environ, SECRET_ENV: SECRET, API_TOKEN_ENV: "letmein"}
+def serve_refused(workdir: Path, *options: str, token: str | None = None) -> str:
+    """``serve --port 1 OPTIONS`` that must exit 2 before listening: its stderr."""
+    env = {**os.environ, SECRET_ENV: SECRET}
+    if token is not None:
+        env[API_TOKEN_ENV] = token
     result = subprocess.run(
-        [str(ENTRY_POINT), "serve", "--port", "1"],
+        [str(ENTRY_POINT), "serve", "--port", "1", *options],
         env=env,
-        cwd=tmp_path,
+        cwd=workdir,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2
-    assert API_TOKEN_ENV in result.stderr
-    assert "at least 16 characters, got 7" in result.stderr
-    assert "letmein" not in result.stderr
+    assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_serve_with_a_short_token_exits_2_naming_it(tmp_path: Path) -> None:
+    stderr = serve_refused(tmp_path, token="letmein")
+    assert API_TOKEN_ENV in stderr
+    assert "at least 16 characters, got 7" in stderr
+    assert "letmein" not in stderr
     assert not (tmp_path / "rtms_lifecycle.db").exists()
 
 
@@ -189,18 +197,7 @@ def test_serve_ignores_forwarded_headers_from_other_addresses(
 def test_serve_refuses_a_forwarded_allow_ips_that_names_no_address(
     tmp_path: Path, value: str
 ) -> None:
-    env = {**os.environ, SECRET_ENV: SECRET}
-    result = subprocess.run(
-        [str(ENTRY_POINT), "serve", "--port", "1", "--forwarded-allow-ips", value],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "--forwarded-allow-ips" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "--forwarded-allow-ips" in serve_refused(tmp_path, "--forwarded-allow-ips", value)
 
 
 # --- the API docs -------------------------------------------------------------------------------
