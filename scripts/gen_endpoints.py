@@ -24,7 +24,7 @@ def openapi_schema() -> dict[str, Any]:
     from rtms_lifecycle.server import create_app
 
     with tempfile.TemporaryDirectory() as folder:
-        app = create_app(f"sqlite:///{Path(folder)}/schema.db", secrets=["s"], api_token="t")
+        app = create_app(f"sqlite:///{Path(folder)}/schema.db", secrets=["s"], api_token="t" * 16)
         schema: dict[str, Any] = app.openapi()
         app.state.tracker.close()
     return schema

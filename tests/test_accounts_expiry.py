@@ -21,7 +21,7 @@ from tests._live import SECRET, serving
 
 HOUR = 3_600_000
 MINUTE = 60_000
-TOKEN = "read-token"
+TOKEN = "read-token-for-tests"
 
 
 def invoke_json(db: str, *args: str) -> Any:

@@ -17,7 +17,7 @@ from rtms_lifecycle import Tracker
 from rtms_lifecycle.server import create_app
 from tests._live import SECRET, serving
 
-TOKEN = "read-token"
+TOKEN = "read-token-for-tests"
 
 
 @contextmanager

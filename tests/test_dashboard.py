@@ -26,7 +26,7 @@ from rtms_lifecycle.webhook import SECRET_ENV
 from tests._deliveries import body
 from tests._live import SECRET, serving
 
-TOKEN = "dashboard-token"
+TOKEN = "dashboard-token-for-tests"
 HTML = {"accept": "text/html"}
 HOUR_MS = 3_600_000
 

@@ -31,7 +31,7 @@ from tests.conftest import _skip_or_fail
 
 # One xdist worker launches the browser and loads the demo day once for every test here.
 pytestmark = pytest.mark.xdist_group("browser")
-TOKEN = "browser-token"
+TOKEN = "browser-token-for-tests"
 CHROMIUM = Path(os.environ.get("RTMS_LIFECYCLE_CHROMIUM", "/usr/bin/chromium"))
 # Root in a container with a closed network: no sandbox, no GPU, nothing phoning home.
 CHROMIUM_ARGS = [

@@ -19,7 +19,7 @@ from rtms_lifecycle.webhook import SECRET_ENV
 from tests._live import SECRET, serving
 from tests._served import serve_command
 
-TOKEN = "dashboard-token"
+TOKEN = "dashboard-token-for-tests"
 HTML = {"accept": "text/html"}
 
 

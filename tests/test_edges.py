@@ -28,7 +28,7 @@ from rtms_lifecycle.server import create_app
 from tests._deliveries import body, raw
 from tests._live import SECRET, serving, signed
 
-TOKEN = "edges-token"
+TOKEN = "edges-token-for-tests"
 T0 = 1_700_000_000_000
 Y10K = 253_402_300_800_000  # 10000-01-01T00:00:00Z
 SECONDS = 1_741_651_200  # 2025-03-11T00:00:00Z in seconds, where milliseconds belong
@@ -349,7 +349,7 @@ def test_failed_sign_ins_are_throttled_and_logged_once(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     tracker, app = _site(sqlite_url)
-    caplog.set_level(logging.WARNING, "rtms_lifecycle.receiver.dashboard.auth")
+    caplog.set_level(logging.WARNING, "rtms_lifecycle.server")
     with tracker, serving(app) as url, httpx.Client(base_url=url) as client:
         statuses = [
             client.post(
@@ -362,7 +362,7 @@ def test_failed_sign_ins_are_throttled_and_logged_once(
         refused = client.post("/dashboard/login", data={"token": TOKEN}, headers={"origin": url})
         assert refused.status_code == 429
         assert 1 <= int(refused.headers["retry-after"]) <= 60
-    warnings = [r for r in caplog.records if "too many failed dashboard sign-ins" in r.message]
+    warnings = [r for r in caplog.records if "too many wrong API tokens" in r.message]
     assert len(warnings) == 1
 
 

@@ -33,7 +33,7 @@ from tests._live import app_clients, serving_process, signed
 
 T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
 
-TOKEN = "read-api-token"
+TOKEN = "read-api-token-for-tests"
 # How long a test holds the store: far beyond Zoom's 3 s, so that an answer that came before
 # the release did not wait for it.
 HELD = 12.0

@@ -111,7 +111,7 @@ def test_reads_while_the_file_is_moved_away_open_no_other_file(
     """A Prometheus scrape, the API and the dashboard while the file is moved away: no empty
     file is made at the path and the live -wal stays (a scrape used to do both, and a restart
     then found none of the 20 acknowledged); moved back, all 25 acknowledged are stored."""
-    monkeypatch.setenv(API_TOKEN_ENV, "scrape-token")
+    monkeypatch.setenv(API_TOKEN_ENV, "scrape-token-for-tests")
     path = tmp_path / "y.db"
     with (
         receiver_process(f"sqlite:///{path}", tmp_path) as (url, process),

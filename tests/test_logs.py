@@ -113,7 +113,10 @@ def test_startup_line_names_the_database_without_its_password(
     """The start-up line names the database (password masked), the secrets, the read API and
     metrics."""
     with_password = make_url(postgres_url).set(password=PASSWORD).render_as_string(False)
-    env = {"RTMS_LIFECYCLE_API_TOKEN": "token", "ZOOM_WEBHOOK_SECRET_TOKEN": "one,two"}
+    env = {
+        "RTMS_LIFECYCLE_API_TOKEN": "token-for-the-log-test",
+        "ZOOM_WEBHOOK_SECRET_TOKEN": "one,two",
+    }
     with serve_command(with_password, tmp_path, "--log-format", "json", env=env) as served:
         pass
     text = "\n".join(served.lines())

@@ -24,7 +24,7 @@ from tests import _deliveries
 from tests._live import SECRET, serving, signed
 from tests._served import serve_command, uvicorn_workers
 
-TOKEN = "metrics-token"
+TOKEN = "metrics-token-for-tests"
 T0 = 1_700_000_000_000
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

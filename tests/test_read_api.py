@@ -17,7 +17,7 @@ from rtms_lifecycle.server import create_app
 from tests import _deliveries
 from tests._live import SECRET, serving
 
-TOKEN = "read-token"
+TOKEN = "read-token-for-tests"
 T0 = 1_741_651_200_000  # 2025-03-11T00:00:00Z
 MINUTE = 60_000
 PATHS = [

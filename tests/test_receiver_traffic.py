@@ -174,8 +174,10 @@ def test_read_api_shows_a_stream_without_scope_id(
     started = _deliveries.body("started", "no-scope", T0 + 1_000)
     del started["payload"]["meeting_uuid"]
     tracker.ingest(started)
-    client = receiver(api_token="read-token")
-    response = client.get("/streams/no-scope", headers={"Authorization": "Bearer read-token"})
+    client = receiver(api_token="read-token-for-tests")
+    response = client.get(
+        "/streams/no-scope", headers={"Authorization": "Bearer read-token-for-tests"}
+    )
     assert response.status_code == 200
     assert response.json()["stream"]["scope_id"] is None
     db_url = tracker.engine.url.render_as_string(hide_password=False)

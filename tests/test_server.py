@@ -34,7 +34,7 @@ from tests._live import SECRET, app_clients, serving, serving_process, signed
 T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
 
 OTHER = "second-app-secret"
-TOKEN = "read-api-token"
+TOKEN = "read-api-token-for-tests"
 
 
 def url_validation(token: str) -> bytes:
@@ -377,10 +377,11 @@ READ_PATHS = [
 def test_read_api_is_absent_without_a_token(
     tracker: Tracker, serve: Callable[..., httpx.Client], path: str
 ) -> None:
-    """Without an API token the read endpoints do not exist, not even in the OpenAPI schema."""
+    """Without an API token the read endpoints do not exist, nor the schema that would list
+    them."""
     client = serve(tracker)
     assert client.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
-    assert path.split("/")[1] not in " ".join(client.get("/openapi.json").json()["paths"])
+    assert client.get("/openapi.json").status_code == 404
 
 
 @pytest.mark.parametrize("path", READ_PATHS)
@@ -402,9 +403,14 @@ def test_read_api_token_comes_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tracker: Tracker, serve: Callable[..., httpx.Client]
 ) -> None:
     """RTMS_LIFECYCLE_API_TOKEN mounts the read API behind that token."""
-    monkeypatch.setenv(API_TOKEN_ENV, "from-env")
+    monkeypatch.setenv(API_TOKEN_ENV, "from-env-token-for-tests")
     client = serve(tracker)
-    assert client.get("/streams", headers={"Authorization": "Bearer from-env"}).status_code == 200
+    assert (
+        client.get(
+            "/streams", headers={"Authorization": "Bearer from-env-token-for-tests"}
+        ).status_code
+        == 200
+    )
     assert client.get("/streams", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 401
 
 

@@ -7,9 +7,16 @@ enums' members are repeated as plain strings (a test checks they agree with the 
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Final
 
 __all__ = [
+    "API_TOKEN_ENV",
+    "DEFAULT_FORWARDED_ALLOW_IPS",
+    "FORWARDED_ALLOW_IPS_ENV",
+    "MIN_API_TOKEN_CHARS",
+    "api_token_problem",
+    "forwarded_allow_ips_problem",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "DB_ENV",
@@ -73,3 +80,50 @@ OUTCOMES: Final = ("applied", "ignored", "duplicate", "conflict", "rejected", "u
 #: The receiver's log formats and levels (``serve --log-format``, ``--log-level``).
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+#: The read API's, ``/metrics``' and the dashboard's bearer token (none: no read API).
+API_TOKEN_ENV: Final = "RTMS_LIFECYCLE_API_TOKEN"
+#: The shortest API token accepted: 16 random characters make guessing hopeless even at full
+#: speed from many addresses; ``secrets.token_urlsafe(32)`` gives 43.
+MIN_API_TOKEN_CHARS: Final = 16
+_MAKE_TOKEN: Final = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+#: Where ``serve`` (as uvicorn) reads the addresses trusted to set X-Forwarded-For/-Proto.
+FORWARDED_ALLOW_IPS_ENV: Final = "FORWARDED_ALLOW_IPS"
+#: uvicorn's own default: a proxy on the same machine.
+DEFAULT_FORWARDED_ALLOW_IPS: Final = "127.0.0.1,::1"
+
+
+def api_token_problem(token: str) -> str | None:
+    """Why ``token`` (already stripped; not empty) cannot be the API token, or None. The
+    token itself is never part of the answer."""
+    if len(token) < MIN_API_TOKEN_CHARS:
+        return (
+            f"must be at least {MIN_API_TOKEN_CHARS} characters, got {len(token)}; "
+            f"make one with: {_MAKE_TOKEN}"
+        )
+    if not all("!" <= c <= "~" for c in token):
+        # A header carries Latin-1 and the sign-in form UTF-8: only ASCII reads alike in both.
+        return (
+            "must be printable ASCII without spaces (an HTTP header could not carry it); "
+            f"make one with: {_MAKE_TOKEN}"
+        )
+    return None
+
+
+def forwarded_allow_ips_problem(value: str) -> str | None:
+    """Why ``value`` cannot name the proxies trusted to set X-Forwarded-For/-Proto, or None:
+    ``*``, or addresses and networks (``10.0.0.0/8``) separated by commas."""
+    if value.strip() == "*":
+        return None
+    for item in (part.strip() for part in value.split(",")):
+        try:
+            if "/" in item:
+                ipaddress.ip_network(item)
+            else:
+                ipaddress.ip_address(item)
+        except ValueError:
+            return (
+                f"{item!r} is not an IP address or network (e.g. 10.0.0.5, 172.18.0.0/16), "
+                "nor * alone"
+            )
+    return None

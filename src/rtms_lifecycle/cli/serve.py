@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import click
 
 from rtms_lifecycle.bounds import MAX_WAIT_SECONDS
 from rtms_lifecycle.cli.app import App, pass_app
-from rtms_lifecycle.cli.errors import Failure
+from rtms_lifecycle.cli.errors import BadInput, Failure
 from rtms_lifecycle.cli.params import Seconds, parse_period, parse_time, parsed_by
 from rtms_lifecycle.defaults import (
+    API_TOKEN_ENV,
     DEFAULT_MAX_EVENT_AHEAD,
     DEFAULT_MIN_EVENT_TIME_TEXT,
+    FORWARDED_ALLOW_IPS_ENV,
     LOG_FORMATS,
     LOG_LEVELS,
     MAX_EVENT_AHEAD_ENV,
     MIN_EVENT_TIME_ENV,
+    api_token_problem,
+    forwarded_allow_ips_problem,
 )
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 
@@ -32,6 +37,14 @@ def _min_event_time(text: str) -> int:
     if ms < 0:
         raise ValueError(f"{text} is before 1970: event times are counted from 1970 on")
     return ms
+
+
+def _proxies(text: str) -> str:
+    """``--forwarded-allow-ips``: checked here, since uvicorn takes a typo for a host name."""
+    problem = forwarded_allow_ips_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
+    return text.strip()
 
 
 @click.command()
@@ -153,6 +166,16 @@ def _min_event_time(text: str) -> int:
     help="/metrics counts a live stream in rtms_lifecycle_long_live_streams once it started "
     "this long ago (e.g. 90m, 12h, 2d, or seconds).",
 )
+@click.option(
+    "--forwarded-allow-ips",
+    envvar=FORWARDED_ALLOW_IPS_ENV,
+    show_envvar=True,
+    default=None,
+    metavar="ADDRESSES",
+    callback=parsed_by(_proxies),
+    help="The proxies whose X-Forwarded-For/-Proto are believed: addresses or networks, "
+    "comma-separated, or * [default: 127.0.0.1,::1] (docs/receiver.md).",
+)
 @pass_app
 def serve(
     app: App,
@@ -173,8 +196,13 @@ def serve(
     dashboard_idle: float,
     claims_older_than: float,
     long_live: timedelta,
+    forwarded_allow_ips: str | None,
 ) -> None:
     """Receive Zoom's webhooks over HTTP (needs ZOOM_WEBHOOK_SECRET_TOKEN; extra 'server')."""
+    token = os.environ.get(API_TOKEN_ENV, "").strip()
+    problem = api_token_problem(token) if token else None
+    if problem is not None:
+        raise BadInput(f"{API_TOKEN_ENV} {problem}")
     try:
         # The one import of the receiver by the CLI: the 'server' extra, only when asked for.
         from rtms_lifecycle.receiver import runner as receiver
@@ -199,4 +227,5 @@ def serve(
         dashboard_idle=dashboard_idle,
         claims_older_than=claims_older_than,
         long_live=long_live,
+        forwarded_allow_ips=forwarded_allow_ips,
     )

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from rtms_lifecycle.bounds import MAX_EPOCH_MS, MIN_EPOCH_MS
 from rtms_lifecycle.events import Scope
-from rtms_lifecycle.exceptions import ConfigurationError, DatabaseUnavailable, StoreError
+from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError
 from rtms_lifecycle.machine import ACTIVE_STATES, State
 from rtms_lifecycle.receiver.answers import (
     AlertModel,
@@ -40,7 +40,8 @@ from rtms_lifecycle.receiver.answers import (
     UnhandledEventStatModel,
 )
 from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
-from rtms_lifecycle.receiver.settings import API_TOKEN_ENV, log
+from rtms_lifecycle.receiver.settings import API_TOKEN_ENV, check_api_token, log
+from rtms_lifecycle.receiver.throttle import CredentialThrottle
 from rtms_lifecycle.records import Outcome, Page, decode_cursor, encode_cursor
 from rtms_lifecycle.tracker import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Tracker
 
@@ -172,10 +173,12 @@ _BEARER: Final = HTTPBearer(auto_error=False, description=f"The token set in {AP
 
 
 class RequireToken:
-    """The read API's guard: the bearer token, compared in constant time."""
+    """The read API's guard: the bearer token, compared in constant time; an address that sent
+    too many wrong ones is answered 429 for a while (``throttle``)."""
 
-    def __init__(self, api_token: str) -> None:
+    def __init__(self, api_token: str, throttle: CredentialThrottle | None = None) -> None:
         self._expected = api_token.encode("utf-8")
+        self._throttle = throttle or CredentialThrottle()
 
     def __call__(
         self,
@@ -193,8 +196,20 @@ class RequireToken:
                 "more than one Authorization header: send the bearer token once",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
             ) from None
-        given = (token or "").encode("utf-8", "surrogatepass")
-        if not hmac.compare_digest(given, self._expected):
+        if token is None:
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        # Checked before the token: a guess from a throttled address learns nothing.
+        wait = self._throttle.retry_after(request)
+        if wait is not None:
+            raise HTTPException(
+                429,
+                f"too many wrong bearer tokens from this address: retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        if not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), self._expected):
+            self._throttle.failed(request)
             raise HTTPException(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -220,15 +235,25 @@ class _StoreFailuresAre503(APIRoute):
         return guarded
 
 
-def create_read_router(tracker: Tracker, api_token: str) -> APIRouter:
-    """The read API, every route requiring ``Authorization: Bearer <api_token>``."""
-    if not api_token:
-        raise ConfigurationError("the read API needs a non-empty bearer token")
+def create_read_router(
+    tracker: Tracker, api_token: str, *, throttle: CredentialThrottle | None = None
+) -> APIRouter:
+    """The read API, every route requiring ``Authorization: Bearer <api_token>`` (at least 16
+    printable ASCII characters). Wrong tokens are counted per client address in ``throttle``
+    (by default one of the router's own): past 5 a minute that address is answered 429."""
+    check_api_token(api_token)
     router = APIRouter(
         tags=["read"],
-        dependencies=[Depends(RequireToken(api_token)), Depends(_only_known_parameters)],
+        dependencies=[
+            Depends(RequireToken(api_token, throttle)),
+            Depends(_only_known_parameters),
+        ],
         responses={
             401: {"model": DetailAnswer, "description": "Missing or wrong bearer token."},
+            429: {
+                "model": DetailAnswer,
+                "description": "Too many wrong bearer tokens from this address; see Retry-After.",
+            },
             503: {"model": DetailAnswer, "description": "The store is unavailable."},
         },
         route_class=_StoreFailuresAre503,

@@ -10,7 +10,7 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from fastapi import Depends, FastAPI
@@ -34,9 +34,11 @@ from rtms_lifecycle.receiver.settings import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PATH,
     DEFAULT_REQUEST_TIMEOUT,
+    check_api_token,
     check_positive,
     log,
 )
+from rtms_lifecycle.receiver.throttle import CredentialThrottle
 from rtms_lifecycle.receiver.webhook import WebhookFront, WebhookHandler, check_path
 from rtms_lifecycle.store import urls as _dburl
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
@@ -53,6 +55,8 @@ DB_ENV: Final = _dburl.DB_ENV
 
 def _api_token(api_token: str | None) -> str | None:
     token = (api_token if api_token is not None else os.environ.get(API_TOKEN_ENV, "")).strip()
+    if token:
+        check_api_token(token)
     return token or None
 
 
@@ -80,8 +84,11 @@ def create_app(
     default ``RTMS_LIFECYCLE_DB``, else the tracker's default. ``secrets``: by label (a
     mapping), or a list; by default ``ZOOM_WEBHOOK_SECRET_TOKEN`` (entries ``label=token`` or
     ``token``); without any the app refuses to start
-    (:class:`ConfigurationError`). ``api_token``: by default ``RTMS_LIFECYCLE_API_TOKEN``; the
-    read API exists only when one is set, and then guards ``/metrics`` too. ``metrics``:
+    (:class:`ConfigurationError`). ``api_token``: by default ``RTMS_LIFECYCLE_API_TOKEN``, at
+    least 16 printable ASCII characters (else :class:`ConfigurationError`); the read API, the
+    dashboard and the API docs (``/docs``, ``/redoc``, ``/openapi.json``) exist only when one
+    is set, and it then guards ``/metrics`` too (without one, ``/metrics`` is public). Wrong
+    tokens are throttled per client address (429). ``metrics``:
     whether to serve ``/metrics`` (Prometheus' text format; docs/operations.md).
     ``store_timeout``: seconds a delivery may take to commit before it is answered 503 (Zoom
     waits 3 s); ``/healthz`` uses the same budget. ``max_event_ahead``: seconds a delivery's
@@ -137,11 +144,20 @@ def create_app(
         if owned:
             tracker.close()
 
-    # Swagger UI and ReDoc from the package: /docs works on a machine without internet.
-    app = FastAPIOffline(
-        title="rtms-lifecycle receiver",
-        summary="Records Zoom RTMS webhooks into a queryable stream lifecycle.",
-        lifespan=lifespan,
+    # No slash redirects: Starlette builds their absolute URL from the Host header, so anyone
+    # could make this server redirect to another site. A trailing slash is a 404.
+    about: dict[str, Any] = {
+        "title": "rtms-lifecycle receiver",
+        "summary": "Records Zoom RTMS webhooks into a queryable stream lifecycle.",
+        "lifespan": lifespan,
+        "redirect_slashes": False,
+    }
+    # The API docs describe the read API: with it, and only with it. Swagger UI and ReDoc come
+    # from the package: /docs works on a machine without internet.
+    app = (
+        FastAPIOffline(**about)
+        if token is not None
+        else FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **about)
     )
     app.state.tracker = tracker
     check_path(path)
@@ -155,11 +171,17 @@ def create_app(
     # Declared for the OpenAPI schema; deliveries reach the handler in front of the routing.
     app.include_router(webhook.router(path))
     app.add_middleware(WebhookFront, path=path, handler=webhook)
+    # One count of wrong tokens per address for the read API, /metrics and the dashboard.
+    throttle = CredentialThrottle()
     if token is not None:
-        app.include_router(create_read_router(tracker, token))
+        app.include_router(create_read_router(tracker, token, throttle=throttle))
         app.include_router(
             create_dashboard_router(
-                tracker, token, request_timeout=request_timeout, idle_seconds=dashboard_idle
+                tracker,
+                token,
+                request_timeout=request_timeout,
+                idle_seconds=dashboard_idle,
+                throttle=throttle,
             )
         )
     health = _Health(tracker, store_timeout)
@@ -189,7 +211,7 @@ def create_app(
         response_model_exclude_none=True,
     )
     if registry is not None:
-        guard = [Depends(RequireToken(token))] if token is not None else []
+        guard = [Depends(RequireToken(token, throttle))] if token is not None else []
 
         @app.get(
             "/metrics",

@@ -4,6 +4,7 @@ with uvicorn, its connection limits fitted to the process's file descriptors."""
 from __future__ import annotations
 
 import logging.config
+import os
 import resource
 import socket
 from datetime import datetime, timedelta
@@ -11,18 +12,29 @@ from typing import Final
 
 import uvicorn
 
-from rtms_lifecycle.defaults import DEFAULT_MAX_EVENT_AHEAD, DEFAULT_MIN_EVENT_TIME
+from rtms_lifecycle.defaults import (
+    DEFAULT_FORWARDED_ALLOW_IPS,
+    DEFAULT_MAX_EVENT_AHEAD,
+    DEFAULT_MIN_EVENT_TIME,
+    FORWARDED_ALLOW_IPS_ENV,
+    forwarded_allow_ips_problem,
+)
 from rtms_lifecycle.exceptions import ConfigurationError
 from rtms_lifecycle.receiver.app import create_app
 from rtms_lifecycle.receiver.dashboard.auth import DEFAULT_IDLE_SECONDS
 from rtms_lifecycle.receiver.http import bounded_protocol
 from rtms_lifecycle.receiver.logs import LogFormat, log_config
 from rtms_lifecycle.receiver.metrics import DEFAULT_LONG_LIVE
-from rtms_lifecycle.receiver.settings import DEFAULT_PATH, DEFAULT_REQUEST_TIMEOUT, check_positive
+from rtms_lifecycle.receiver.settings import (
+    DEFAULT_PATH,
+    DEFAULT_REQUEST_TIMEOUT,
+    check_positive,
+    log,
+)
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW
 
-__all__ = ["DEFAULT_KEEP_ALIVE_TIMEOUT", "default_limits", "run"]
+__all__ = ["DEFAULT_KEEP_ALIVE_TIMEOUT", "default_limits", "proxies", "run"]
 
 #: Idle seconds after a response before a kept-alive connection is closed.
 DEFAULT_KEEP_ALIVE_TIMEOUT: Final = 5
@@ -70,6 +82,19 @@ def default_limits() -> tuple[int, int]:
     return max(1, min(_MAX_CONNECTIONS, soft - _RESERVED_FDS - backlog)), backlog
 
 
+def proxies(forwarded_allow_ips: str | None) -> str:
+    """The addresses trusted to set X-Forwarded-For/-Proto: as given, else
+    ``FORWARDED_ALLOW_IPS``, else uvicorn's default (this machine); checked, since uvicorn takes
+    a typo for a name that no client ever has."""
+    value = forwarded_allow_ips
+    if value is None or not value.strip():
+        value = os.environ.get(FORWARDED_ALLOW_IPS_ENV, "").strip() or DEFAULT_FORWARDED_ALLOW_IPS
+    problem = forwarded_allow_ips_problem(value)
+    if problem is not None:
+        raise ConfigurationError(f"forwarded_allow_ips ({FORWARDED_ALLOW_IPS_ENV}): {problem}")
+    return value.strip()
+
+
 def run(
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -90,6 +115,7 @@ def run(
     dashboard_idle: float = DEFAULT_IDLE_SECONDS,
     claims_older_than: float = 30.0,
     long_live: timedelta | float = DEFAULT_LONG_LIVE,
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     """Serve :func:`create_app` with uvicorn (``rtms-lifecycle serve``) until interrupted.
 
@@ -98,6 +124,8 @@ def run(
     response are closed, and those whose request is not whole within ``request_timeout``; beyond
     ``limit_concurrency`` open connections new ones are closed at once and requests answered
     503; ``backlog`` connections wait in the kernel's queue (defaults: :func:`default_limits`).
+    ``forwarded_allow_ips``: the proxies whose X-Forwarded-For and X-Forwarded-Proto are
+    believed (addresses or networks, comma-separated, or ``*``; see :func:`proxies`).
     """
     check_positive("keep_alive_timeout", keep_alive_timeout)
     check_positive("request_timeout", request_timeout)
@@ -106,6 +134,7 @@ def run(
     backlog = default_backlog if backlog is None else backlog
     if limit < 1 or backlog < 1:
         raise ConfigurationError("limit_concurrency and backlog must be at least 1")
+    trusted = proxies(forwarded_allow_ips)
     _check_listenable(host, port)
     config = log_config(log_level, log_format)
     # Configured before the app exists, so that what creating it logs is formatted too.
@@ -113,6 +142,7 @@ def run(
     # Neither format shows a record's thread or process: not gathering them makes each of the
     # two lines per delivery cheaper (the logging HOWTO's "Optimization"). The process is ours.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    log.info("X-Forwarded-For and X-Forwarded-Proto believed from: %s", trusted)
     app = create_app(
         db,
         path=path,
@@ -138,4 +168,6 @@ def run(
         timeout_keep_alive=keep_alive_timeout,
         limit_concurrency=limit,
         backlog=backlog,
+        proxy_headers=True,
+        forwarded_allow_ips=trusted,
     )

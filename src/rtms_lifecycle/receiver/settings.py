@@ -7,6 +7,7 @@ import logging
 import math
 from typing import Final
 
+from rtms_lifecycle.defaults import API_TOKEN_ENV, api_token_problem
 from rtms_lifecycle.exceptions import ConfigurationError
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_PATH",
     "DEFAULT_REQUEST_TIMEOUT",
+    "check_api_token",
     "check_positive",
     "log",
 ]
@@ -21,7 +23,6 @@ __all__ = [
 # The name it has always logged under: operators filter on it.
 log = logging.getLogger("rtms_lifecycle.server")
 
-API_TOKEN_ENV: Final = "RTMS_LIFECYCLE_API_TOKEN"
 DEFAULT_PATH: Final = "/webhook"
 # Zoom's RTMS deliveries are well under 4 KiB; 64 KiB leaves room for unknown fields while
 # capping what an unauthenticated sender makes us buffer before the signature is checked.
@@ -37,3 +38,10 @@ def check_positive(name: str, value: float, at_most: float = math.inf) -> None:
         raise ConfigurationError(
             f"{name} must be a positive number of seconds{limit}, got {value!r}"
         )
+
+
+def check_api_token(token: str) -> None:
+    """Refuse an API token that is short enough to guess (or that a header cannot carry)."""
+    problem = api_token_problem(token)
+    if problem is not None:
+        raise ConfigurationError(f"the API token (api_token, {API_TOKEN_ENV}) {problem}")

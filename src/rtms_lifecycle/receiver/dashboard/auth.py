@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import secrets
 import threading
 import time
 from typing import Final, Protocol
 
-from limits import RateLimitItemPerMinute
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -30,16 +26,11 @@ from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
 __all__ = [
     "COOKIE_NAME",
     "DEFAULT_IDLE_SECONDS",
-    "FAILURES_PER_ADDRESS",
-    "FAILURES_OVERALL",
     "SESSION_SECONDS",
     "SharedRevocations",
-    "SignInThrottle",
     "Sessions",
     "same_origin",
 ]
-
-log = logging.getLogger(__name__)
 
 COOKIE_NAME: Final = "rtms_dashboard"
 # A week at most: long enough for a wall screen left signed in, short enough that a cookie
@@ -48,9 +39,6 @@ SESSION_SECONDS: Final = 7 * 24 * 3600
 #: A session unused this long ends (the overview refreshes itself every 10 s, so an open page
 #: keeps its session).
 DEFAULT_IDLE_SECONDS: Final = 30 * 60
-#: Failed sign-ins a minute from one address, and from all addresses together, before 429.
-FAILURES_PER_ADDRESS: Final = 5
-FAILURES_OVERALL: Final = 50
 _PURPOSE: Final = b"rtms-lifecycle dashboard session v2:"
 
 
@@ -189,47 +177,6 @@ class Sessions:
             samesite="strict",
             secure=request.url.scheme == "https",
         )
-
-
-class SignInThrottle:
-    """Failed sign-ins, counted per client address and overall over a moving minute."""
-
-    def __init__(
-        self, per_address: int = FAILURES_PER_ADDRESS, overall: int = FAILURES_OVERALL
-    ) -> None:
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        self._per_address = RateLimitItemPerMinute(per_address)
-        self._overall = RateLimitItemPerMinute(overall)
-        # Keys throttled now, so that a burst is logged once, not once per attempt.
-        self._throttled: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def retry_after(self, address: str) -> int | None:
-        """Seconds until ``address`` may try again, or None if it may now."""
-        now = time.time()
-        wait = 0.0
-        for item, key in ((self._per_address, address), (self._overall, "*")):
-            if not self._limiter.test(item, "sign-in", key):
-                reset = self._limiter.get_window_stats(item, "sign-in", key).reset_time
-                wait = max(wait, reset - now)
-                self._note(key, reset)
-        return max(1, int(wait + 0.999)) if wait > 0 else None
-
-    def failed(self, address: str) -> None:
-        """Count a failed sign-in from ``address``."""
-        self._limiter.hit(self._per_address, "sign-in", address)
-        self._limiter.hit(self._overall, "sign-in", "*")
-
-    def _note(self, key: str, until: float) -> None:
-        with self._lock:
-            now = time.time()
-            self._throttled = {k: t for k, t in self._throttled.items() if t > now}
-            if key in self._throttled:
-                self._throttled[key] = max(self._throttled[key], until)
-                return
-            self._throttled[key] = until
-        who = "all addresses together" if key == "*" else f"address {key}"
-        log.warning("too many failed dashboard sign-ins from %s: refused for now (429)", who)
 
 
 def same_origin(request: Request) -> bool:

@@ -16,13 +16,9 @@ from starlette.requests import ClientDisconnect
 
 from rtms_lifecycle.clock import format_duration, format_time
 from rtms_lifecycle.display import printable
-from rtms_lifecycle.exceptions import ConfigurationError, DatabaseUnavailable, StoreError
-from rtms_lifecycle.receiver.dashboard.auth import (
-    DEFAULT_IDLE_SECONDS,
-    Sessions,
-    SignInThrottle,
-    same_origin,
-)
+from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError
+from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
+from rtms_lifecycle.receiver.dashboard.auth import DEFAULT_IDLE_SECONDS, Sessions, same_origin
 from rtms_lifecycle.receiver.dashboard.charts import reason_bars, share_columns, timeline
 from rtms_lifecycle.receiver.dashboard.pages import (
     PAGE_SIZE,
@@ -31,6 +27,8 @@ from rtms_lifecycle.receiver.dashboard.pages import (
     overview,
     stream_page,
 )
+from rtms_lifecycle.receiver.settings import check_api_token
+from rtms_lifecycle.receiver.throttle import CredentialThrottle
 from rtms_lifecycle.tracker import Tracker
 
 __all__ = ["PREFIX", "REFRESH_SECONDS", "create_dashboard_router"]
@@ -106,18 +104,19 @@ def create_dashboard_router(
     *,
     request_timeout: float = 5.0,
     idle_seconds: float = DEFAULT_IDLE_SECONDS,
+    throttle: CredentialThrottle | None = None,
 ) -> APIRouter:
     """``/dashboard``: pages for people, behind a sign-in with the read API's token.
 
     A sign-in form whose body takes over ``request_timeout`` seconds to arrive is answered 408.
     A session unused for ``idle_seconds`` ends; a sign-out is written to the tracker's
-    database, and holds in every process reading it. Failed sign-ins are throttled (429, in
-    this process); a form POST from another origin is refused (403).
+    database, and holds in every process reading it. Wrong tokens, signing in or as a bearer
+    token, are counted per client address in ``throttle`` (429 past the limit, in this
+    process); a form POST from another origin is refused (403).
     """
-    if not api_token:
-        raise ConfigurationError("the dashboard needs a non-empty API token")
+    check_api_token(api_token)
     sessions = Sessions(api_token, idle_seconds=idle_seconds, shared=tracker)
-    throttle = SignInThrottle()
+    throttle = throttle or CredentialThrottle()
     env = _environment()
     stats = StatsCache(tracker, fresh_s=REFRESH_SECONDS)
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -132,7 +131,23 @@ def create_dashboard_router(
 
     def refused(request: Request) -> Response | None:
         """The answer to a request without a live session, or None if it has one. A session
-        that cannot be checked (the database does not answer) is refused with 503."""
+        that cannot be checked (the database does not answer) is refused with 503; a bearer
+        token from an address that sent too many wrong ones, with 429."""
+        try:
+            token = bearer_token(request)
+        except SeveralAuthorizations:
+            token = None  # no credential (Sessions.signed_in reads it so too): nothing to count
+        if token is not None:
+            wait = throttle.retry_after(request)
+            if wait is not None:
+                detail = f"too many wrong bearer tokens from this address: retry in {wait} s"
+                return JSONResponse(
+                    {"detail": detail},
+                    429,
+                    headers={"Retry-After": str(wait)},
+                )
+            if not sessions.token_matches(token):
+                throttle.failed(request)
         try:
             if sessions.signed_in(request):
                 return None
@@ -174,8 +189,7 @@ def create_dashboard_router(
     async def login(request: Request) -> Response:
         if not same_origin(request):
             return cross_origin()
-        address = request.client.host if request.client else "unknown"
-        wait = throttle.retry_after(address)
+        wait = throttle.retry_after(request)
         if wait is not None:
             too_many = f"Too many failed sign-ins: try again in {wait} s."
             return page("login.html", 429, {"Retry-After": str(wait)}, next=PREFIX, error=too_many)
@@ -199,7 +213,7 @@ def create_dashboard_router(
         target = _safe_next((fields.get("next") or [""])[0])
         token = (fields.get("token") or [""])[0].strip()
         if not sessions.token_matches(token):
-            throttle.failed(address)
+            throttle.failed(request)
             error = "That is not the API token (RTMS_LIFECYCLE_API_TOKEN)." if token else None
             return page(
                 "login.html", 401, next=target, error=error or "Enter the API token to sign in."
