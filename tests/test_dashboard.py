@@ -596,8 +596,8 @@ def test_bidi_and_control_characters_are_shown_escaped(
 ) -> None:
     """Autoescaping stops HTML, not a U+202E that shows an id reversed: every page shows such
     characters as escapes, and the stream page's link still opens the stream."""
-    spoof = "live-\u202e1000-\u2066x\u2069\u200e\u061c\x1b[31m"
-    shown = "live-\\u202e1000-\\u2066x\\u2069\\u200e\\u061c\\x1b[31m"
+    spoof = "live-\u202e1000-\u2066x\u2069\u200e\u061c\x1b[31m\nx"
+    shown = "live-\\u202e1000-\\u2066x\\u2069\\u200e\\u061c\\x1b[31m\\x0ax"
     with Tracker(sqlite_url) as tracker:
         tracker.ingest(body("started", spoof, now_ms() - HOUR_MS, operator_id="op-\u202fx\u202e"))
         with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:

@@ -529,6 +529,31 @@ def test_a_wait_before_the_first_byte_counts_in_the_request_timeout(
     assert took < 3.9  # from the first byte it would be 5 s
 
 
+def test_a_trickling_sender_is_cut_off_with_its_408(sqlite_url: str, tmp_path: Path) -> None:
+    """The 408 closes the connection: kept open, the server went on reading the trickle until
+    its keep-alive timeout (408 at 5 s, closed at 10 s)."""
+    head = b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n"
+    with serving_process(sqlite_url, tmp_path, options="request_timeout=2") as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(head)
+            answer, _ = trickle_body(raw, time.monotonic(), 0.25)
+            answered = time.monotonic()
+            closed = False
+            while not closed and time.monotonic() - answered < HELD:
+                try:
+                    raw.sendall(b"x")
+                    closed = raw.recv(1024) == b""
+                except TimeoutError:
+                    continue
+                except OSError:  # reset: closed too
+                    closed = True
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"connection: close" in answer.lower()
+    assert closed
+    assert time.monotonic() - answered < 1.5
+
+
 def test_an_oversized_request_head_is_answered_431_and_closed(
     sqlite_url: str, tmp_path: Path
 ) -> None:

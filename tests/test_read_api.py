@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -252,3 +253,15 @@ def test_alerts_statistics_and_subscriptions(tracker: Tracker, api: httpx.Client
     assert [s["consumer"] for s in page["items"]] == ["c-a", "c-b"]
     assert [s["consumer"] for s in api.get(page["next"]).json()["items"]] == ["c-c"]
     assert re.match(r"^/subscriptions\?limit=2&cursor=", page["next"])
+
+
+def test_a_stream_whose_id_holds_a_newline_has_its_page(
+    tracker: Tracker, api: httpx.Client
+) -> None:
+    """A signed delivery's stream id is its sender's text: one with a newline is stored, and
+    its page answered 404 (a path parameter stopped at the newline)."""
+    stream_id = "nl\nx"
+    started(tracker, stream_id, T0)
+    answer = api.get("/streams/" + quote(stream_id, safe=""))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stream"]["stream_id"] == stream_id

@@ -40,6 +40,7 @@ from rtms_lifecycle.receiver.answers import (
     UnhandledEventStatModel,
 )
 from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
+from rtms_lifecycle.receiver.paths import STREAM_PATH
 from rtms_lifecycle.receiver.settings import API_TOKEN_ENV, check_api_token, log
 from rtms_lifecycle.receiver.throttle import CredentialThrottle
 from rtms_lifecycle.records import Outcome, Page, decode_cursor, encode_cursor
@@ -297,7 +298,7 @@ def create_read_router(
         return _paged(request, response, page, StreamModel.of)
 
     @router.get(
-        "/streams/{stream_id:path}",
+        STREAM_PATH,
         summary="One stream and its history",
         responses={404: {"model": DetailAnswer, "description": "No such stream."}},
     )

@@ -73,6 +73,11 @@ _CONTENT_LENGTH: Final = b"content-length"
 _SIGNATURE: Final = SIGNATURE_HEADER.encode()
 _TIMESTAMP: Final = TIMESTAMP_HEADER.encode()
 _JSON_TYPE: Final = (b"content-type", b"application/json")
+# A body refused unread (too slow, too large): the connection closes with the answer. Kept
+# open, uvicorn went on reading the trickle until its keep-alive timeout (408 at 5 s, closed at
+# 10 s).
+_CLOSING: Final = frozenset({408, 413})
+_CLOSE: Final = (b"connection", b"close")
 
 
 def json_bytes(content: object) -> bytes:
@@ -200,6 +205,8 @@ class WebhookHandler:
         # The headers Starlette's Response gives: a length, and a type when there is a body.
         length = (_CONTENT_LENGTH, b"%d" % len(body))
         headers = [length, _JSON_TYPE] if body else [length]
+        if status in _CLOSING:
+            headers.append(_CLOSE)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -27,6 +27,7 @@ from rtms_lifecycle.receiver.dashboard.pages import (
     overview,
     stream_page,
 )
+from rtms_lifecycle.receiver.paths import STREAM_PATH
 from rtms_lifecycle.receiver.settings import check_api_token
 from rtms_lifecycle.receiver.throttle import CredentialThrottle
 from rtms_lifecycle.tracker import Tracker
@@ -269,7 +270,7 @@ def create_dashboard_router(
         sessions.renew(request, answer)
         return answer
 
-    @router.get("/streams/{stream_id:path}")
+    @router.get(STREAM_PATH)
     def stream(request: Request, stream_id: str) -> Response:
         if (refusal := refused(request)) is not None:
             return refusal
