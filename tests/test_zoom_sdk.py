@@ -419,9 +419,31 @@ def test_a_lease_about_to_end_is_never_joined(
 # -- a database outage: PostgreSQL of the test's own, stopped -------------------------------------
 
 
-def _claimed(postgres: PostgresServer, server: RTMSServer) -> StoreTracker:
+class Told(StoreTracker):
+    """A store tracker that counts the connection reports that failed."""
+
+    failed_reports = 0
+
+    def report_connected(self, claim: StoreClaim, at_ms: int | None = None) -> None:
+        try:
+            super().report_connected(claim, at_ms)
+        except Exception:
+            self.failed_reports += 1
+            raise
+
+    def report_disconnected(
+        self, claim: StoreClaim, at_ms: int | None = None, reason: int | None = None
+    ) -> None:
+        try:
+            super().report_disconnected(claim, at_ms, reason)
+        except Exception:
+            self.failed_reports += 1
+            raise
+
+
+def _claimed(postgres: PostgresServer, server: RTMSServer) -> Told:
     """A tracker on a new database where stream-1 (on ``server``) is live and claimed."""
-    tracker = StoreTracker(postgres.url(create_database(postgres)))
+    tracker = Told(postgres.url(create_database(postgres)))
     started = body("started", "stream-1", now_ms() - 1_000, scope_id="meeting-uuid==",
                    server_urls=server.url)  # fmt: skip
     tracker.ingest_batch([started])
@@ -516,6 +538,40 @@ def test_a_short_outage_costs_nothing_and_a_stop_during_one_returns(
         assert held.token == claim.token
     assert len(_said(caplog, "the claim was not released")) == 1, caplog.text
     assert all(r.exc_info is None for r in _said(caplog, "")), caplog.text
+
+
+def test_a_state_not_reported_in_an_outage_is_reported_once_the_database_answers(
+    server: RTMSServer, own_postgres: PostgresServer
+) -> None:
+    """Media interrupted, then back, each during an outage: the report that failed is made
+    once the database answers again, so the claim's stored state is the stream's."""
+    media, tracker = Media(), _claimed(own_postgres, server)
+    with tracker:
+
+        def stored() -> bool:
+            (claim,) = tracker.claims("worker-1")
+            return claim.connected
+
+        stream = _joined(tracker, server, media, 30, renew_every=0.2)
+        try:
+            _wait(stored, 5)
+            with stopped(own_postgres):
+                server.interrupt("stream-1")
+                _wait(lambda: tracker.failed_reports == 1, 5)
+                assert not stream.connected
+            _wait(lambda: not stored(), 10)
+
+            with stopped(own_postgres):
+                server.send_audio("stream-1", b"back", 1, "Ann")
+                _wait(lambda: tracker.failed_reports == 2, 5)
+                assert stream.connected
+            _wait(stored, 10)
+            assert stream.connected
+            assert not stream.join(0)
+        finally:
+            stream.stop()
+            stream.join(15)
+        assert tracker.failed_reports == 2
 
 
 # -- without the SDK --------------------------------------------------------------------------

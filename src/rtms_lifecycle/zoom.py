@@ -135,6 +135,15 @@ class ZoomEnded:
     release_failed: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """A connection state to report: when it began (epoch ms) and, if down, the SDK's reason."""
+
+    connected: bool
+    at_ms: int
+    reason: int | None = None
+
+
 _sdk_lock = threading.Lock()
 _sdk_loops: list[asyncio.AbstractEventLoop] = []
 
@@ -204,7 +213,9 @@ class ZoomStream(Generic[ClaimT]):
     While the database fails, renewals are retried every second (or ``renew_every``, if
     shorter); if none succeeds, the stream is left ``leave_margin`` seconds before the lease
     ends, and never joined again: :data:`LEASE_RAN_OUT`. Failed tracker calls are logged one
-    line per outage, and never raised from :meth:`join`.
+    line per outage, and never raised from :meth:`join`. The latest connection state that could
+    not be reported is reported after the next successful renewal, if still current and the
+    claim still held.
     """
 
     def __init__(
@@ -267,6 +278,9 @@ class ZoomStream(Generic[ClaimT]):
         self._failures = 0
         self._poll_interval = poll_interval
         self._connected = False
+        self._reports = 0  # connection reports sent, to tell the latest
+        self._unreported: _Report | None = None  # the latest report, if it failed
+        self._catching_up: asyncio.Task[None] | None = None
         self._interrupted = False  # set by the SDK's interruption, cleared by the next frame
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -347,6 +361,8 @@ class ZoomStream(Generic[ClaimT]):
                     return await self._finish(calls, renewing, None)
         finally:
             renewing.cancel()
+            if self._catching_up is not None:
+                self._catching_up.cancel()
             calls.shutdown(wait=False)
 
     async def _call(self, calls: ThreadPoolExecutor, fn: Callable[[], object]) -> object:
@@ -365,6 +381,52 @@ class ZoomStream(Generic[ClaimT]):
             return self._failed(what, exc)
         self._answered()
         return None
+
+    async def _report(self, calls: ThreadPoolExecutor, report: _Report) -> None:
+        """Report a connection state. If that fails, it is kept (the latest only: a newer
+        report supersedes it) for :meth:`_catch_up`. :class:`ClaimLost` is raised."""
+        self._reports += 1
+        number, claim = self._reports, self._claim
+        state = "connected" if report.connected else "disconnected"
+
+        def send() -> object:
+            if report.connected:
+                return self._tracker.report_connected(claim, at_ms=report.at_ms)
+            return self._tracker.report_disconnected(
+                claim, at_ms=report.at_ms, reason=report.reason
+            )
+
+        try:
+            await self._call(calls, send)
+        except ClaimLost:
+            self._unreported = None
+            raise
+        except Exception as exc:
+            self._failed(f"report the stream {state}", exc)
+            if number == self._reports and not isinstance(exc, ValueError):  # else no retry helps
+                self._unreported = report
+            return
+        if number == self._reports:
+            self._unreported = None
+        self._answered()
+
+    def _catch_up(self, calls: ThreadPoolExecutor) -> None:
+        """After a renewal: report the state a failed report left unsaid, if still current.
+
+        A task of its own, so that a report hung on the database never keeps the renewals from
+        leaving at the fence; a lost claim is the next renewal's to learn."""
+        report = self._unreported
+        if report is None or (self._catching_up is not None and not self._catching_up.done()):
+            return
+        self._unreported = None
+        if report.connected != self._connected:
+            return
+
+        async def again() -> None:
+            with contextlib.suppress(ClaimLost):
+                await self._report(calls, report)
+
+        self._catching_up = asyncio.create_task(again())
 
     def _failed(self, what: str, exc: BaseException) -> str:
         """Count a failed tracker call; the first of an outage is said, with what it means."""
@@ -426,6 +488,7 @@ class ZoomStream(Generic[ClaimT]):
                 continue
             self._claim, self._lease_end, failed = renewed, renewed.expires_at, False
             self._answered()
+            self._catch_up(calls)
 
     def _ran_out(self) -> str:
         _log.warning(
@@ -449,7 +512,7 @@ class ZoomStream(Generic[ClaimT]):
 
     async def _release(self, calls: ThreadPoolExecutor, reason: str, ended: ZoomEnded) -> ZoomEnded:
         """Release the claim; ``ended``, saying so if the release could not be written."""
-        claim = self._claim
+        claim, self._unreported = self._claim, None  # nothing to report for a released claim
         try:
             error = await self._try(
                 calls, "release the claim", lambda: self._tracker.release(claim, reason=reason)
@@ -530,15 +593,8 @@ class ZoomStream(Generic[ClaimT]):
         if not self._connected:
             return await self._finish(calls, renewing, None)
         self._connected = False
-        claim = self._claim
         try:
-            await self._try(
-                calls,
-                "report the stream disconnected",
-                lambda: self._tracker.report_disconnected(
-                    claim, at_ms=_now_ms(), reason=RECEIVER_REQUEST_CLOSE
-                ),
-            )
+            await self._report(calls, _Report(False, _now_ms(), RECEIVER_REQUEST_CLOSE))
         except ClaimLost as lost:  # lost meanwhile: nothing to release
             return ZoomEnded("lost", claim_lost=lost.reason)
         return await self._finish(calls, renewing, RECEIVER_REQUEST_CLOSE)
@@ -546,15 +602,8 @@ class ZoomStream(Generic[ClaimT]):
     async def _left_stopped(self, calls: ThreadPoolExecutor) -> None:
         """Say we left a stream Zoom stopped (a stop ends the claim, not this word): else
         ``connected_after_stop()`` would list it for good."""
-        claim = self._claim
         with contextlib.suppress(ClaimLost):  # the stream is over either way
-            await self._try(
-                calls,
-                "report the stream disconnected",
-                lambda: self._tracker.report_disconnected(
-                    claim, at_ms=_now_ms(), reason=RECEIVER_REQUEST_CLOSE
-                ),
-            )
+            await self._report(calls, _Report(False, _now_ms(), RECEIVER_REQUEST_CLOSE))
 
     async def _event(
         self,
@@ -570,12 +619,7 @@ class ZoomStream(Generic[ClaimT]):
                 self._rejoin_delay = self._rejoin_every
             if not self._connected:
                 self._connected = True
-                at = _now_ms()
-                await self._try(
-                    calls,
-                    "report the stream connected",
-                    lambda: self._tracker.report_connected(claim, at_ms=at),
-                )
+                await self._report(calls, _Report(True, _now_ms()))
             return None
         if kind == "joined":  # refused: a bad signature, or no media connection in time
             _log.warning("joining %s was refused (reason %s)", claim.stream_id, value)
@@ -584,24 +628,14 @@ class ZoomStream(Generic[ClaimT]):
         if kind == "interrupted":
             if self._connected:
                 self._connected = False
-                await self._try(
-                    calls,
-                    "report the stream disconnected",
-                    lambda: self._tracker.report_disconnected(
-                        claim, at_ms=value or _now_ms(), reason=DATA_CONNECTION_INTERRUPTED
-                    ),
-                )
+                at = value or _now_ms()
+                await self._report(calls, _Report(False, at, DATA_CONNECTION_INTERRUPTED))
             return None
         if kind == "left":
             await leave()  # the SDK keeps a client after its on_leave until released
             if self._connected:
                 self._connected = False
-                at = _now_ms()
-                await self._try(
-                    calls,
-                    "report the stream disconnected",
-                    lambda: self._tracker.report_disconnected(claim, at_ms=at, reason=value),
-                )
+                await self._report(calls, _Report(False, _now_ms(), value))
             if not stream_ended(value):
                 return "rejoin"
             name = describe_stop_reason(value).name
