@@ -4,11 +4,12 @@ A signed delivery still carries text its sender chose: a stream id with a newlin
 line, an ESC sequence recolours or clears the operator's terminal, a bidi control (U+202E)
 shows an id reversed. :func:`printable` escapes every character that is not printable, the
 rule ``repr()`` follows, so that what is shown is what is stored, one character per glyph.
+:func:`error_line` is the one line shown of an error.
 """
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+__all__ = ["error_line", "printable"]
 
 
 def _escape(char: str) -> str:
@@ -30,3 +31,9 @@ def printable(text: str) -> str:
     if text.isprintable():  # nearly always: one pass in C
         return text
     return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (a database driver's spans several), or its type's
+    name if it says nothing."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

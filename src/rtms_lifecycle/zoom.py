@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from rtms_lifecycle.clock import format_time
+from rtms_lifecycle.display import error_line
 from rtms_lifecycle.exceptions import ClaimLost
 from rtms_lifecycle.stop_reasons import StopReasonCategory, describe_stop_reason
 
@@ -177,12 +178,6 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
     """Mark a call's error seen: one nobody awaits any more would be logged with a traceback."""
     if not future.cancelled():
         future.exception()
-
-
-def _first_line(exc: BaseException) -> str:
-    """An error's first line: a store error's connection detail spans several."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else "") or type(exc).__name__
 
 
 def stream_ended(reason: int) -> bool:
@@ -430,7 +425,7 @@ class ZoomStream(Generic[ClaimT]):
 
     def _failed(self, what: str, exc: BaseException) -> str:
         """Count a failed tracker call; the first of an outage is said, with what it means."""
-        error = _first_line(exc)
+        error = error_line(exc)
         self._failures += 1
         if self._failing_since is None:
             self._failing_since = time.monotonic()

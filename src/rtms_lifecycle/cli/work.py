@@ -40,7 +40,7 @@ from rtms_lifecycle.cli.errors import interrupted
 from rtms_lifecycle.cli.params import ACCOUNT_OPTION, TEXT, Duration
 from rtms_lifecycle.clock import format_time, now_ms
 from rtms_lifecycle.defaults import DB_ENV, SCOPES
-from rtms_lifecycle.display import printable
+from rtms_lifecycle.display import error_line, printable
 from rtms_lifecycle.exceptions import ClaimLost, RTMSLifecycleError
 from rtms_lifecycle.store.deadline import Watchdog
 from rtms_lifecycle.store.errors import unreachable
@@ -140,7 +140,7 @@ def _driver_said(exc: BaseException) -> str:
     """The first line of the error at the root of ``exc``: what the database or driver said."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    return " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())
+    return " ".join(error_line(exc).split())
 
 
 def one_line(text: str) -> str:

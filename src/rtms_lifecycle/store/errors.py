@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rtms_lifecycle.display import error_line
 from rtms_lifecycle.exceptions import DatabaseError, DatabaseUnavailable, RTMSLifecycleError
 from rtms_lifecycle.store.sqlite import sqlite_trouble
 
@@ -20,8 +21,7 @@ __all__ = ["first_line", "translate", "translated", "unreachable"]
 
 def first_line(exc: BaseException) -> str:
     """What the driver said, first line: SQLAlchemy's own text spans lines (SQL, parameters)."""
-    cause = getattr(exc, "orig", None) or exc
-    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return error_line(getattr(exc, "orig", None) or exc)
 
 
 def translate(exc: BaseException, sqlite_path: Path | None) -> RTMSLifecycleError | None:
