@@ -255,9 +255,9 @@ class Supervisor:
             self._hurry = True  # a second Ctrl-C: no grace
         self.signalled = signum  # only flags: the loop's sleep is short (a lock could deadlock)
 
-    def _fence_at(self, job: _Job) -> float:
-        """When a claim still unrenewed has its child ended."""
-        return job.lease_end - max(self.grace, self._kill_margin())
+    def _fence_lead(self) -> float:
+        """How long before an unrenewed lease's end its child is ended (SIGTERM)."""
+        return max(self.grace, self._kill_margin())
 
     def _kill_margin(self) -> float:
         """How long before an unrenewed lease's end its child is SIGKILLed."""
@@ -425,7 +425,7 @@ class Supervisor:
         back. Then nobody else can take the stream while the child lives."""
         self._disarm(job)
         job.fence = [
-            self._watchdog.watch(self._fence_at(job), lambda: self._fence(job)),
+            self._watchdog.watch(job.lease_end - self._fence_lead(), lambda: self._fence(job)),
             self._watchdog.watch(
                 job.lease_end - self._kill_margin(), lambda: self._kill(job, _FENCED)
             ),
@@ -536,7 +536,7 @@ class Supervisor:
         if running:
             first = min(j.lease_end for j in running)
             end = now_ms() + round((first - now) * 1000)
-            stop = end - round(max(self.grace, self._kill_margin()) * 1000)
+            stop = end - round(self._fence_lead() * 1000)
             fields["lease_ends"], fields["stop_at"] = end, stop
             before = f"{self.grace:g}s before"
             if len(running) == 1:
