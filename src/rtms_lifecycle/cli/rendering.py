@@ -168,7 +168,6 @@ def _whole(table: Table, column: int, values: Iterable[str | None]) -> None:
 
 
 def streams_table(title: str, streams: Sequence[Stream]) -> Table:
-
     from rtms_lifecycle.clock import now_ms
 
     now = now_ms()
@@ -386,7 +385,6 @@ def interruptions_table(rows: Sequence[tuple[str | None, InterruptionStats]]) ->
 
 
 def unhandled_table(stats: Sequence[UnhandledEventStat]) -> Table:
-
     table = _table(
         "Unhandled event names",
         "Event",
@@ -439,7 +437,6 @@ def deliveries_table(records: Sequence[DeliveryRecord]) -> Table:
 
 
 def alerts_table(alerts: Sequence[ConcurrencyAlertRecord]) -> Table:
-
     table = _table(
         "Concurrency alerts (newest first)",
         "Event time (UTC)",
