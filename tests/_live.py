@@ -11,15 +11,27 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from rtms_lifecycle.defaults import API_TOKEN_ENV, DB_ENV, FORWARDED_ALLOW_IPS_ENV
 from rtms_lifecycle.webhook import SECRET_ENV, sign
 
 SECRET = "receiver-secret"
+#: What a receiver reads from the environment: no test inherits it from the developer's shell.
+RECEIVER_ENV: Final = (SECRET_ENV, API_TOKEN_ENV, DB_ENV, FORWARDED_ALLOW_IPS_ENV)
+
+
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset :data:`RECEIVER_ENV` for the test."""
+    for name in RECEIVER_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
 START_TIMEOUT_S = 30.0
 
 

@@ -21,10 +21,9 @@ from rtms_lifecycle import Scope, Tracker
 from rtms_lifecycle.receiver.dashboard import COOKIE_NAME
 from rtms_lifecycle.receiver.dashboard.auth import SESSION_SECONDS, Sessions
 from rtms_lifecycle.receiver.dashboard.pages import WINDOWS, StatsCache
-from rtms_lifecycle.server import API_TOKEN_ENV, create_app
-from rtms_lifecycle.webhook import SECRET_ENV
+from rtms_lifecycle.server import create_app
 from tests._deliveries import body
-from tests._live import SECRET, serving
+from tests._live import SECRET, clean_environment, serving
 
 TOKEN = "dashboard-token-for-tests"
 HTML = {"accept": "text/html"}
@@ -33,9 +32,8 @@ HOUR_MS = 3_600_000
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No secret, token or database from the developer's shell leaks into a test."""
-    for name in (SECRET_ENV, API_TOKEN_ENV, "RTMS_LIFECYCLE_DB"):
-        monkeypatch.delenv(name, raising=False)
+    """Nothing a receiver reads from the developer's shell leaks into a test."""
+    clean_environment(monkeypatch)
 
 
 def now_ms() -> int:

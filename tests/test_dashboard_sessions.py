@@ -15,8 +15,7 @@ from sqlalchemy import text
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.receiver.dashboard import COOKIE_NAME
 from rtms_lifecycle.server import API_TOKEN_ENV, create_app
-from rtms_lifecycle.webhook import SECRET_ENV
-from tests._live import SECRET, serving
+from tests._live import SECRET, clean_environment, serving
 from tests._served import serve_command
 
 TOKEN = "dashboard-token-for-tests"
@@ -25,9 +24,8 @@ HTML = {"accept": "text/html"}
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No secret, token or database from the developer's shell leaks into a test."""
-    for name in (SECRET_ENV, API_TOKEN_ENV, "RTMS_LIFECYCLE_DB"):
-        monkeypatch.delenv(name, raising=False)
+    """Nothing a receiver reads from the developer's shell leaks into a test."""
+    clean_environment(monkeypatch)
 
 
 def sign_in(url: str) -> str:

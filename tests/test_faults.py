@@ -26,10 +26,8 @@ import pytest
 from psycopg import sql
 
 from rtms_lifecycle import DatabaseUnavailable, StoreError, StoreTimeout, Tracker
-from rtms_lifecycle.server import API_TOKEN_ENV
-from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
-from tests._live import app_clients, serving_process, signed
+from tests._live import app_clients, clean_environment, serving_process, signed
 
 T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
 
@@ -41,9 +39,8 @@ HELD = 12.0
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No secret, token or database from the developer's shell leaks into a test."""
-    for name in (SECRET_ENV, API_TOKEN_ENV, "RTMS_LIFECYCLE_DB"):
-        monkeypatch.delenv(name, raising=False)
+    """Nothing a receiver reads from the developer's shell leaks into a test."""
+    clean_environment(monkeypatch)
 
 
 @pytest.fixture

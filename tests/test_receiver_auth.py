@@ -17,7 +17,7 @@ from rtms_lifecycle.exceptions import ConfigurationError
 from rtms_lifecycle.server import API_TOKEN_ENV, create_app
 from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.webhook import SECRET_ENV
-from tests._live import SECRET, serving, signed
+from tests._live import SECRET, clean_environment, serving, signed
 from tests._served import ENTRY_POINT, serve_command
 
 pytest.importorskip("fastapi")
@@ -30,8 +30,7 @@ OTHER_CLIENT = "127.0.0.2"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (SECRET_ENV, API_TOKEN_ENV, "RTMS_LIFECYCLE_DB", "FORWARDED_ALLOW_IPS"):
-        monkeypatch.delenv(name, raising=False)
+    clean_environment(monkeypatch)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from rtms_lifecycle.server import API_TOKEN_ENV, StoredState, create_app, create
 from rtms_lifecycle.webhook import SECRET_ENV, WebhookVerifier
 from tests import _deliveries
 from tests._deliveries import SPEC_STREAM_KEYS
-from tests._live import SECRET, app_clients, serving, serving_process, signed
+from tests._live import SECRET, app_clients, clean_environment, serving, serving_process, signed
 
 T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
 
@@ -46,9 +46,8 @@ def url_validation(token: str) -> bytes:
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No secret, token or database from the developer's shell leaks into a test."""
-    for name in (SECRET_ENV, API_TOKEN_ENV, "RTMS_LIFECYCLE_DB"):
-        monkeypatch.delenv(name, raising=False)
+    """Nothing a receiver reads from the developer's shell leaks into a test."""
+    clean_environment(monkeypatch)
 
 
 @pytest.fixture
