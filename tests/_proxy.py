@@ -9,6 +9,7 @@ in its startup. ``forward()`` heals it: what was held is delivered late, as TCP 
 A proxy in user space cannot make the client's own kernel see packets vanish: what the client
 sent is still acknowledged (by the proxy's kernel), so TCP keepalives and ``tcp_user_timeout``
 never fire through it. It shows what waits on the server's answer: a connect, a query, a cancel.
+(``test_postgres_partition`` drops its packets in the kernel with iptables for the rest.)
 """
 
 from __future__ import annotations

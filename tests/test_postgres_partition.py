@@ -6,10 +6,13 @@ closes nothing, and new connections are accepted but never reach the server.
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import pytest
 from sqlalchemy import make_url
 
 from rtms_lifecycle import Tracker
-from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreTimeout
+from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError, StoreTimeout
 from rtms_lifecycle.store.deadline import ABORT_AFTER_S, CANCEL_TIMEOUT_S, DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.store.engine import create_store_engine
 from tests._deliveries import raw
@@ -154,3 +157,43 @@ def test_libpq_timeouts_reach_the_socket_and_the_url_wins(postgres_url: str) -> 
     assert _socket_options(postgres_url + own) == {
         "keepalive": 1, "idle": 7, "interval": 5, "count": 2, "user_timeout": 3000,
     }  # fmt: skip
+
+
+@contextmanager
+def _vanishing(port: int) -> Iterator[None]:
+    """Drop every packet to and from ``port`` on loopback in the kernel (iptables): the client's
+    own TCP then waits for acknowledgements that never come, as in a real partition."""
+    rules = [["INPUT", "-i", "lo", "-p", "tcp", flag, str(port), "-j", "DROP"]
+             for flag in ("--dport", "--sport")]  # fmt: skip
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        pytest.skip("needs root and iptables to drop packets in the kernel")
+    added = []
+    try:
+        for rule in rules:
+            done = subprocess.run(["iptables", "-I", *rule], capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"iptables refused a rule: {done.stderr.strip()}")
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            subprocess.run(["iptables", "-D", *rule], check=True)
+
+
+def test_a_held_connection_whose_packets_vanish_fails_within_tcp_user_timeout(
+    proxied: tuple[Proxy, str],
+) -> None:
+    """No budget, an open connection, packets lost in the kernel: the write fails once
+    tcp_user_timeout (the URL's 3 s here) and a reconnect's connect_timeout (2 s) have run out,
+    nothing of it is kept, and the tracker works again once the network heals."""
+    proxy, url = proxied
+    with Tracker(f"{url}?tcp_user_timeout=3000&connect_timeout=2") as tracker:
+        tracker.ingest(raw("started", "s0", T0))
+        with _vanishing(proxy.port):
+            began = time.monotonic()
+            with pytest.raises((StoreError, DatabaseUnavailable), match="timeout"):
+                tracker.ingest(raw("started", "s1", T0))
+            took = time.monotonic() - began
+        assert 3.0 <= took < 3.0 + 2.0 + SLACK_S, took
+        assert [s.stream_id for s in tracker.streams()] == ["s0"]
+        assert tracker.ingest(raw("started", "s2", T0)).delivery_id

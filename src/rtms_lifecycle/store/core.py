@@ -341,7 +341,7 @@ class Store:
         durable: bool,
         what: str | None = None,
     ) -> R:
-        what = what or f"record {size} deliveries"
+        what = what or f"record {size} deliver{'y' if size == 1 else 'ies'}"
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # A batch that lost a race is retried cautiously: no more optimism.
