@@ -715,7 +715,8 @@ def audit_report(report: AuditReport) -> str:
     for found in report.breaks:
         at = f"transition {found.transition_id}" if found.transition_id is not None else "head"
         lines.append(f"stream {found.stream_id}, {at}: {found.reason}")
-        lines.append(f"  expected {found.expected or DASH}\n  stored   {found.stored or DASH}")
+        lines.append(f"  expected {found.expected or DASH}")
+        lines.append(f"  stored   {found.stored or DASH}")
     if report.head_matches is not None:
         verdict = (
             "verifies" if report.head_matches else "DOES NOT verify: the history it covers changed"
@@ -727,5 +728,5 @@ def audit_report(report: AuditReport) -> str:
             + ", ".join(report.unverifiable)
         )
     lines.append(f"Digest now: {report.head}")
-    # Each line escaped on its own: a stream id cannot add one.
+    # Each line escaped on its own (a stream id cannot add one): no line may hold a line break.
     return "\n".join(printable(line) for line in lines)
