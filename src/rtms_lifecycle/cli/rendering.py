@@ -291,7 +291,13 @@ def claims_table(claims: Sequence[Claim], now: int, worker: str | None = None) -
     if not claims and worker is not None:
         return Text(f"No claims held by worker {printable(repr(worker))}.")
     if not claims:
-        return Text("No claims: no worker holds a live stream.")
+        # All a read of the claims knows: a worker may run and hold none (between streams, or
+        # its children failing at once: see `work`'s children_failing lines).
+        return Text(
+            "No claims held now: no live stream is claimed. A running worker holds none while "
+            "it has no stream to take, or while its children keep failing (its "
+            "children_failing lines say so)."
+        )
     table = _table(
         "Claims (by worker)",
         "Worker",
