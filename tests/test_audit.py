@@ -430,7 +430,11 @@ def test_the_cli_verifies_and_prints_a_digest(sqlite_url: str) -> None:
     assert broken.exit_code == 1
     (found,) = json.loads(broken.output)["breaks"]
     assert (found["stream_id"], found["transition_id"]) == ("b", 5)
-    assert "stream b, transition 5" in invoke(sqlite_url, "audit", "verify").output
+    shown = invoke(sqlite_url, "audit", "verify").output
+    assert "stream b, transition 5" in shown
+    # Our own line breaks are line breaks: only the untrusted parts are escaped.
+    assert "\\x0a" not in shown
+    assert re.search(r"\n  expected [0-9a-f]{64}\n  stored   [0-9a-f]{64}\n", shown)
     assert invoke(sqlite_url, "audit", "head").exit_code == 1
 
 
@@ -454,3 +458,18 @@ def test_the_documented_encoding_lists_the_hashed_columns_in_order() -> None:
     listed = text_.split("the previous hash (NULL for a stream's first row), ", 1)[1]
     listed = listed.split(". The stream's rows", 1)[0]
     assert tuple(re.findall(r"`(\w+)`", listed)) == HASHED_COLUMNS
+
+
+def test_the_report_escapes_stored_text_but_keeps_its_own_line_breaks() -> None:
+    from rtms_lifecycle.cli.rendering import audit_report
+    from rtms_lifecycle.records import AuditBreak
+
+    forged = AuditBreak("x\ny\x1b[2J", 7, "the stored hash is not the row's", "e", "s\nforged")
+    shown = audit_report(AuditReport(1, 1, 0, "1.1.0.ab", breaks=(forged,)))
+    assert shown.splitlines() == [
+        "1 chain, 1 transition and 0 pruned chains checked: BROKEN.",
+        "stream x\\x0ay\\x1b[2J, transition 7: the stored hash is not the row's",
+        "  expected e",
+        "  stored   s\\x0aforged",
+        "Digest now: 1.1.0.ab",
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -211,6 +212,76 @@ def test_quick_failures_back_off_longer_until_a_child_outlives_a_lease(
     assert w.stop() == 130
     tokens = [e.token for e in tracker.claim_history(sid) if e.event == "claimed"]
     assert tokens[:4] == [1, 2, 3, 4]
+
+
+def test_children_failing_at_once_are_said_and_so_is_their_recovery(
+    tracker: Tracker, works: Callable[..., Work], db_url: str
+) -> None:
+    """Three children in a row exit 1 at once: one children_failing line with the count, the
+    code and the command; the fourth runs past FAST_FAILURE (5 s): children_recovered."""
+    _start(tracker, 1)
+    w = works("w1", "--backoff", "0.2", WORK_CHILD_EXIT="0:1", WORK_CHILD_SLOW_FROM="4:60")
+
+    def said(event: str) -> list[dict[str, Any]]:
+        return [line for line in w.lines() if line["event"] == event]
+
+    (failing,) = wait_for(lambda: said("children_failing"))
+    assert (failing["failures"], failing["code"], failing["command"]) == (3, 1, CHILD)
+    assert "every child fails at once: 3 in a row since " in failing["message"]
+    assert "the last exited with 1 within 5s of starting" in failing["message"]
+    assert failing["since"] <= failing["at"]
+    (recovered,) = wait_for(lambda: said("children_recovered"), timeout=30)
+    assert (recovered["failures"], recovered["since"]) == (3, failing["since"])
+    assert "children run again" in recovered["message"]
+    # Said once each: the failures before the line were counted, not each said.
+    assert len(said("children_failing")) == 1
+    assert w.stop() == 130
+    # Nothing is claimed once it stopped; the listing does not say that no worker runs.
+    shown = CliRunner().invoke(cli, ["--db", db_url, "claims"])
+    assert "No claims held now: no live stream is claimed." in shown.output
+    assert "no worker holds" not in shown.output
+
+
+def test_children_failing_at_once_are_said_again_every_so_often(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While every child keeps failing, the line comes again (every CHILDREN_FAILING_EVERY
+    seconds: 30; half a second here), its count growing; a text line reads as a sentence."""
+    monkeypatch.setattr(work_module, "CHILDREN_FAILING_EVERY", 0.5)
+    monkeypatch.setenv("WORK_CHILD_LOG", str(tmp_path / "children.jsonl"))
+    monkeypatch.setenv("WORK_CHILD_EXIT", "0:3")
+    out = io.StringIO()
+
+    def failing() -> list[str]:
+        return [line for line in out.getvalue().splitlines() if " children_failing: " in line]
+
+    with Tracker(sqlite_url) as tracker:
+        _start(tracker, 2)
+        supervisor = Supervisor(tracker, "w1", CHILD, most=2, lease=3, poll=0.1, backoff=0.1,
+                                out=out)  # fmt: skip
+        failed: list[BaseException] = []
+
+        def watch() -> None:
+            try:
+                wait_for(lambda: len(failing()) >= 2, timeout=30)
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                supervisor.signalled = signal.SIGTERM
+
+        driver = threading.Thread(target=watch)
+        driver.start()
+        supervisor.run()
+        driver.join()
+    if failed:
+        raise failed[0]
+    lines = failing()
+    counts = [int(line.split(" in a row")[0].split()[-1]) for line in lines]
+    assert counts == sorted(set(counts)), lines
+    assert counts[0] >= 3, lines
+    assert "the last exited with 3 within 5s of starting; check the command: " in lines[0]
+    assert lines[0].endswith(shlex.join(CHILD))
+    assert "children_recovered" not in out.getvalue()
 
 
 def test_new_server_urls_restart_the_child_under_the_same_claim(

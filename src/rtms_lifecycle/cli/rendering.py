@@ -291,7 +291,13 @@ def claims_table(claims: Sequence[Claim], now: int, worker: str | None = None) -
     if not claims and worker is not None:
         return Text(f"No claims held by worker {printable(repr(worker))}.")
     if not claims:
-        return Text("No claims: no worker holds a live stream.")
+        # All a read of the claims knows: a worker may run and hold none (between streams, or
+        # its children failing at once: see `work`'s children_failing lines).
+        return Text(
+            "No claims held now: no live stream is claimed. A running worker holds none while "
+            "it has no stream to take, or while its children keep failing (its "
+            "children_failing lines say so)."
+        )
     table = _table(
         "Claims (by worker)",
         "Worker",
@@ -715,7 +721,8 @@ def audit_report(report: AuditReport) -> str:
     for found in report.breaks:
         at = f"transition {found.transition_id}" if found.transition_id is not None else "head"
         lines.append(f"stream {found.stream_id}, {at}: {found.reason}")
-        lines.append(f"  expected {found.expected or DASH}\n  stored   {found.stored or DASH}")
+        lines.append(f"  expected {found.expected or DASH}")
+        lines.append(f"  stored   {found.stored or DASH}")
     if report.head_matches is not None:
         verdict = (
             "verifies" if report.head_matches else "DOES NOT verify: the history it covers changed"
@@ -727,5 +734,5 @@ def audit_report(report: AuditReport) -> str:
             + ", ".join(report.unverifiable)
         )
     lines.append(f"Digest now: {report.head}")
-    # Each line escaped on its own: a stream id cannot add one.
+    # Each line escaped on its own (a stream id cannot add one): no line may hold a line break.
     return "\n".join(printable(line) for line in lines)

@@ -12,7 +12,9 @@ disconnected, its claim released and its stream passed over for ``--backoff`` se
 long after each quick failure up to a cap (another worker may take it meanwhile). SIGINT or
 SIGTERM to ``work`` end every child and release every claim. While the database fails, its
 first error is printed once, the failed calls counted and summed up every 30 s, and its
-recovery said in one line.
+recovery said in one line. So are children that keep failing at once (three in a row exit with
+an error within 5 s of starting, whatever their streams): one line, again every 30 s while they
+do, and one when a child runs again.
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ _MIN_FENCE_MARGIN: Final = 0.1
 OUTAGE_SUMMARY_EVERY: Final = 30.0
 #: Different errors printed in one outage; past them the failures are only counted.
 _OUTAGE_ERRORS_SHOWN: Final = 10
+#: A child that exits with an error (or cannot start) this soon after it started failed at
+#: once; so many of them in a row, whatever their streams, are said (``children_failing``), and
+#: said again at most every ``CHILDREN_FAILING_EVERY`` seconds while the row goes on.
+FAST_FAILURE: Final = 5.0
+FAST_FAILURES_SAID: Final = 3
+CHILDREN_FAILING_EVERY: Final = 30.0
 #: What a failed call of each action is called in the outage's lines.
 _CALLS: Final = {"renew": "renewal", "claim": "claim", "report": "report", "release": "release"}
 
@@ -174,6 +182,16 @@ class _Outage:
         )
 
 
+@dataclass
+class _Failing:
+    """Children failing at once, in a row, since ``began_at`` (epoch ms)."""
+
+    began_at: int
+    count: int = 0
+    code: int | None = None  # the last one's exit code; None if it could not start
+    said: float | None = None  # when its last line was printed (monotonic), if one was
+
+
 class Supervisor:
     """Claims streams for ``worker`` and runs ``command`` for each; see the module's docstring."""
 
@@ -231,6 +249,7 @@ class Supervisor:
         self._next_claim = 0.0
         self._preexec = _die_with_parent()
         self._outage: _Outage | None = None
+        self._failing: _Failing | None = None
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -340,6 +359,7 @@ class Supervisor:
         except OSError as exc:
             self._emit("error", claim, action="start", error=str(exc))
             self._let_go(claim, f"could not start: {exc}", now, ran=0.0)
+            self._failed_at_once(None, now)
             return
         self._emit("started", claim, pid=child.pid)
         if held is not None:
@@ -359,6 +379,8 @@ class Supervisor:
                 if job.kill_at <= now:
                     job.kill_at = math.inf
                     self._kill(job, job.kill_reason)
+                elif job.ending is None and now - job.started >= FAST_FAILURE:
+                    self._ran(now)
                 continue
             self._disarm(job)
             del self.jobs[sid]
@@ -368,6 +390,10 @@ class Supervisor:
                 continue
             if job.ending is None:
                 self._let_go(job.claim, f"child exited with {code}", now, ran=now - job.started)
+                if code != 0 and now - job.started < FAST_FAILURE:
+                    self._failed_at_once(code, now)
+                else:
+                    self._ran(now)
             else:
                 released = self._finish(
                     job.claim, _STOPPING if job.ending == _FAILOVER else job.ending
@@ -507,6 +533,41 @@ class Supervisor:
             except (ProcessLookupError, PermissionError):
                 return  # gone already: the next reap sees it
             self._emit("signalled", job.claim, pid=job.child.pid, signal=sig.name, reason=reason)
+
+    # --- children failing at once -----------------------------------------------------------
+
+    def _failed_at_once(self, code: int | None, now: float) -> None:
+        """A child exited with an error within ``FAST_FAILURE`` seconds of starting (``code``
+        None: it could not start): counted, and said once ``FAST_FAILURES_SAID`` are in a row."""
+        failing = self._failing = self._failing or _Failing(now_ms())
+        failing.count += 1
+        failing.code = code
+        if failing.count < FAST_FAILURES_SAID:
+            return
+        if failing.said is not None and now - failing.said < CHILDREN_FAILING_EVERY:
+            return
+        failing.said = now
+        what = "could not start" if code is None else f"exited with {code}"
+        message = (
+            f"every child fails at once: {failing.count} in a row since "
+            f"{format_time(failing.began_at)}, the last {what} within {FAST_FAILURE:g}s of "
+            f"starting; check the command: {shlex.join(self.command)}"
+        )
+        self._emit("children_failing", None, message=message, failures=failing.count,
+                   code=code, command=self.command, since=failing.began_at)  # fmt: skip
+
+    def _ran(self, now: float) -> None:
+        """A child ran ``FAST_FAILURE`` seconds, or exited without an error: the row of
+        failures, if any, is over (and said to be, if it was said)."""
+        failing, self._failing = self._failing, None
+        if failing is None or failing.said is None:
+            return
+        message = (
+            f"children run again: one ran {FAST_FAILURE:g}s or exited 0, after "
+            f"{failing.count} in a row failed at once since {format_time(failing.began_at)}"
+        )
+        self._emit("children_recovered", None, message=message, failures=failing.count,
+                   since=failing.began_at)  # fmt: skip
 
     # --- a database outage -------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from rtms_lifecycle.store.rows import (
     state_from_row,
     state_row,
     state_to_stream,
+    stored_bytes,
     transition_from_row,
     unscoped_stream_event,
 )
@@ -300,7 +301,9 @@ class Batch:
             if isinstance(stored, int):
                 # Only a second delivery of a stored event reads the first one's body again.
                 row = self.tx.event(stored)
-                stored = self.first_delivery[identity] = _First(stored, bytes(row[-1]), None, row)
+                stored = self.first_delivery[identity] = _First(
+                    stored, stored_bytes(row[-1]), None, row
+                )
             if item.raw == stored.raw:
                 # Zoom's retries repeat the body byte for byte: the copy references the first.
                 if stored.row is not None:

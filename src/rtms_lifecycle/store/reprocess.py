@@ -9,6 +9,7 @@ from sqlalchemy import Connection, exists, select
 
 from rtms_lifecycle.events import Source
 from rtms_lifecycle.records import Outcome
+from rtms_lifecycle.store.rows import stored_bytes
 from rtms_lifecycle.store.tables import deliveries
 
 __all__ = ["refused"]
@@ -38,4 +39,4 @@ def refused(
     )
     if since is not None:
         query = query.where(d.received_at >= since)
-    return [(i, at, outcome, bytes(raw)) for i, at, outcome, raw in conn.execute(query)]
+    return [(i, at, outcome, stored_bytes(raw)) for i, at, outcome, raw in conn.execute(query)]

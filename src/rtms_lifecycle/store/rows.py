@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from rtms_lifecycle.events import EventKind, Scope, Source, StreamEvent
+from rtms_lifecycle.exceptions import DatabaseError, DeliveryRejected
 from rtms_lifecycle.machine import State, StreamState, TransitionName
 from rtms_lifecycle.parsing import parse_delivery
 from rtms_lifecycle.records import (
@@ -48,6 +49,7 @@ __all__ = [
     "state_from_row",
     "state_row",
     "state_to_stream",
+    "stored_bytes",
     "streams_from_rows",
     "transition_from_row",
 ]
@@ -240,15 +242,21 @@ def event_from_delivery(
     A webhook's body is parsed again; an app's or the system's event is rebuilt, with the
     stream's ``scope`` and ``scope_id`` (it carries none of its own).
     """
-    _, stream_id, source, event, kind, event_ts, raw = row
-    if source == Source.WEBHOOK:
-        parsed = parse_delivery(raw)
-        assert isinstance(parsed, StreamEvent), "a stored webhook event was parsed once already"
-        return parsed
-    if source == Source.REPROCESS:
-        parsed = parse_delivery(raw)
-        assert isinstance(parsed, StreamEvent), "a reprocessed event was parsed once already"
-        return replace(parsed, source=Source.REPROCESS)
+    delivery_id, stream_id, source, event, kind, event_ts, stored = row
+    if source in (Source.WEBHOOK, Source.REPROCESS):
+        # It was parsed once, as a stream's event, when it was applied: if it no longer is one,
+        # its body was changed since.
+        try:
+            parsed = parse_delivery(stored_bytes(stored))
+            problem = None if isinstance(parsed, StreamEvent) else "it is no stream event"
+        except DeliveryRejected as exc:
+            problem = str(exc)
+        if problem is not None or not isinstance(parsed, StreamEvent):
+            raise DatabaseError(
+                f"deliveries row {delivery_id}: the stored body of this applied event no longer "
+                f"parses ({problem}); was it edited outside rtms-lifecycle?"
+            )
+        return parsed if source == Source.WEBHOOK else replace(parsed, source=Source.REPROCESS)
     return unscoped_stream_event(
         event, EventKind(kind), stream_id, event_ts, Source(source), scope, scope_id
     )
@@ -281,8 +289,82 @@ def alert_from_row(row: SqlRow[Any]) -> ConcurrencyAlertRecord:
     return ConcurrencyAlertRecord(**{k: m[k] for k in ConcurrencyAlertRecord.__dataclass_fields__})
 
 
+def stored_bytes(value: object) -> bytes:
+    """A stored body (a BLOB column) as bytes, whatever SQLite holds there.
+
+    SQLite keeps a value of any type in any column: a body set by hand to text or a number
+    (``UPDATE deliveries SET raw = 'text'``) reads as that text's UTF-8 bytes, or the number's
+    digits, as SQLite's own ``CAST(value AS BLOB)`` gives them: what is shown is what is stored.
+    """
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    if isinstance(value, int | float):
+        return str(value).encode()
+    return b""  # NULL: the column refuses it, but a hand-made table may not
+
+
+# A delivery's columns that hold one type (or NULL where marked), checked as a row is read: SQLite
+# keeps any type in any column, and a value edited by hand must not crash a listing.
+_DELIVERY_TYPES: Final = (
+    ("id", int, False),
+    ("received_at", int, False),
+    ("source", str, False),
+    ("event", str, True),
+    ("event_ts", int, True),
+    ("stream_id", str, True),
+    ("outcome", str, False),
+    ("error", str, True),
+    ("detail", str, True),
+    ("signed_at", int, True),
+    ("secret_label", str, True),
+    ("reprocess_of", int, True),
+)
+_SOURCES: Final = frozenset(source.value for source in Source)
+_OUTCOMES: Final = frozenset(outcome.value for outcome in Outcome)
+
+
+def _unreadable(row_id: object, column: str, value: object, expected: str) -> DatabaseError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return DatabaseError(
+        f"deliveries row {row_id!r}: its {column} holds {type(value).__name__} {shown}, not "
+        f"{expected} (was it edited outside rtms-lifecycle?)"
+    )
+
+
+def _delivery_errors(row_id: object, stored: str | None) -> list[dict[str, str]] | None:
+    if not stored:
+        return None
+    try:
+        errors = json.loads(stored)
+    except ValueError:
+        errors = None
+    if not isinstance(errors, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("field"), str) and isinstance(e.get("reason"), str)
+        for e in errors
+    ):
+        raise _unreadable(row_id, "error", stored, 'a JSON list of {"field", "reason"}')
+    return errors
+
+
 def delivery_from_row(r: SqlRow[Any]) -> DeliveryRecord:
-    """A ``deliveries`` row, with ``first_raw`` (the bytes of the delivery it references)."""
+    """A ``deliveries`` row, with ``first_raw`` (the bytes of the delivery it references).
+
+    Raises :class:`DatabaseError` naming the row and the column if a value is not of its
+    column's type (set by hand: SQLite keeps it); a body of another type reads as its bytes.
+    """
+    for column, kind, nullable in _DELIVERY_TYPES:
+        value = getattr(r, column)
+        if not (isinstance(value, kind) or (value is None and nullable)):
+            raise _unreadable(r.id, column, value, "an integer" if kind is int else "text")
+    if r.source not in _SOURCES:
+        raise _unreadable(r.id, "source", r.source, "one of " + ", ".join(sorted(_SOURCES)))
+    if r.outcome not in _OUTCOMES:
+        raise _unreadable(r.id, "outcome", r.outcome, "one of " + ", ".join(sorted(_OUTCOMES)))
     return DeliveryRecord(
         id=r.id,
         received_at=r.received_at,
@@ -291,9 +373,9 @@ def delivery_from_row(r: SqlRow[Any]) -> DeliveryRecord:
         event_ts=r.event_ts,
         stream_id=r.stream_id,
         outcome=Outcome(r.outcome),
-        error=json.loads(r.error) if r.error else None,
+        error=_delivery_errors(r.id, r.error),
         detail=r.detail,
-        raw=bytes(r.raw if r.first_raw is None else r.first_raw),
+        raw=stored_bytes(r.raw if r.first_raw is None else r.first_raw),
         signed_at=r.signed_at,
         secret_label=r.secret_label,
         reprocess_of=r.reprocess_of,
