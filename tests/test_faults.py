@@ -644,11 +644,12 @@ def fill(folder: Path) -> Path:
 
 
 def test_a_full_disk_makes_healthz_say_so_after_failed_deliveries(
-    tmpfs: Path, serve: Callable[..., httpx.Client]
+    tmpfs: Path, serve: Callable[..., httpx.Client], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A full file system fails only commits, which a probe rolled back never meets (10 of 10
     checks said ok): after 3 failed deliveries /healthz answers 503 saying why and since when;
-    the next delivery written resets it."""
+    the next delivery written resets it, and one line says writes work again."""
+    caplog.set_level(logging.WARNING, "rtms_lifecycle.store")
     with Tracker(f"sqlite:///{tmpfs / 'rtms.db'}") as tracker:
         client = serve(tracker)
         assert post_padded(client, "s-0") == 200
@@ -662,6 +663,10 @@ def test_a_full_disk_makes_healthz_say_so_after_failed_deliveries(
         filler.unlink()
         assert post_padded(client, "s-11") == 200
         assert health_of(client) == (200, "")
+        assert post_padded(client, "s-12") == 200
+    again = [r.getMessage() for r in caplog.records if "records deliveries again" in r.getMessage()]
+    assert len(again) == 1, again
+    assert f"after {answers.count(503)} failed writes in a row" in again[0]
 
 
 def test_a_full_temporary_folder_does_not_fail_a_bulk_load(tmpfs: Path, tmp_path: Path) -> None:

@@ -309,7 +309,11 @@ class Store:
         except (StoreError, DatabaseUnavailable) as exc:
             self._streak.failed(first_line(exc))
             raise
-        self._streak.succeeded()
+        if (ended := self._streak.succeeded()) is not None:
+            log.warning(
+                "the store records deliveries again, after %d failed writes in a row over %.1f s",
+                *ended,
+            )
         return batch
 
     def statement(

@@ -26,10 +26,16 @@ class FailureStreak:
         self._since: datetime | None = None
         self._reason = ""
 
-    def succeeded(self) -> None:
-        if self._failed:
-            with self._lock:
-                self._failed, self._since = 0, None
+    def succeeded(self) -> tuple[int, float] | None:
+        """End the streak: how many writes had failed in a row, over how many seconds."""
+        if not self._failed:
+            return None
+        with self._lock:
+            failed, since = self._failed, self._since
+            self._failed, self._since = 0, None
+        if not failed or since is None:
+            return None
+        return failed, (datetime.now(UTC) - since).total_seconds()
 
     def failed(self, reason: str) -> None:
         with self._lock:

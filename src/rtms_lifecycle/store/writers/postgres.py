@@ -502,7 +502,8 @@ class PostgresWriter:
         try:
             return self._idle.pop()
         except IndexError:
-            return checkout(self._engine, deadline), time.monotonic()
+            pass  # outside the handler: a failed connect must not chain an IndexError
+        return checkout(self._engine, deadline), time.monotonic()
 
     def _keep(self, held: PoolProxiedConnection, since: float) -> None:
         conn: Any = held.driver_connection
