@@ -266,6 +266,19 @@ def recovered(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f"{path.name}.recovered-*"))
 
 
+def started_again_on(path: Path, sender: Sender, workdir: Path) -> None:
+    """A receiver started on the file at ``path`` finds it (no new database said) and answers
+    5 deliveries 200; then kill -9."""
+    with (
+        receiver_process(f"sqlite:///{path}", workdir) as (url, again),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        sender.client = client
+        assert sender.post(5) == [200] * 5
+        killed(again)
+    assert "created a new, empty database" not in (workdir / "server.log").read_text()
+
+
 def test_deleting_the_file_under_load_restores_it_and_loses_nothing(
     live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
@@ -326,14 +339,7 @@ def test_deleting_the_file_and_making_another_keeps_a_recovered_copy(
     assert path.stat().st_size == 0
     assert recovered(path) == [copy]
     copy.rename(path)
-    with (
-        receiver_process(f"sqlite:///{path}", tmp_path) as (url, again),
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
-        sender.client = client
-        assert sender.post(5) == [200] * 5
-        killed(again)
-    assert "created a new, empty database" not in (tmp_path / "server.log").read_text()
+    started_again_on(path, sender, tmp_path)
     assert len(sender.acknowledged) == 25
     assert lost(sender.acknowledged, path) == []
 
@@ -356,14 +362,7 @@ def test_a_deleted_file_is_saved_at_shutdown_or_health_check(
         killed(process)
     assert "restored at its path" in (tmp_path / "server.log").read_text()
     assert lost(sender.acknowledged, path) == []
-    with (
-        receiver_process(f"sqlite:///{path}", tmp_path) as (url, again),
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
-        sender.client = client
-        assert sender.post(5) == [200] * 5
-        killed(again)
-    assert "created a new, empty database" not in (tmp_path / "server.log").read_text()
+    started_again_on(path, sender, tmp_path)
     assert len(stored(path)) == 25
 
 
