@@ -752,7 +752,8 @@ def test_installed_demo_uses_the_default_database_in_the_current_folder(workdir:
 
 
 def test_installed_ingest_from_a_pipe(workdir: Path) -> None:
-    """A real pipe into `ingest -` prints only the counts, with no progress bar."""
+    """A real pipe into `ingest -` prints only the counts, with no progress bar; stderr says
+    only that the database file was new."""
     result = run_process(
         "ingest", "-", "--json", cwd=workdir, stdin=jsonl([*SCENARIO, "bad"]).encode()
     )
@@ -762,7 +763,7 @@ def test_installed_ingest_from_a_pipe(workdir: Path) -> None:
         "applied": 10,
         "rejected": 1,
     }
-    assert result.stderr == ""
+    assert result.stderr == "created a new, empty database at rtms_lifecycle.db\n"
 
 
 def test_installed_command_refuses_an_outdated_database(workdir: Path) -> None:

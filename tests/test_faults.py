@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rtms_lifecycle import DatabaseUnavailable, StoreError, StoreTimeout, Tracker
+from rtms_lifecycle import DatabaseUnavailable, StoreTimeout, Tracker
 from tests import _deliveries
 from tests._live import app_clients, clean_environment, serving_process, signed
 
@@ -225,12 +225,32 @@ def test_read_only_postgres_database_makes_healthz_say_so(
 # --- a deleted SQLite file ------------------------------------------------------------------------
 
 
-def test_deleted_sqlite_file_answers_503_until_a_restart_adopts_the_restored_file(
+def test_a_deleted_sqlite_file_is_put_back_from_the_open_connection(
+    sqlite_url: str, serve: Callable[..., httpx.Client]
+) -> None:
+    """Its file deleted, the receiver saves it through its open connection, puts it back at the
+    path and goes on answering 200 (webhook and health): nothing acknowledged vanishes with the
+    process."""
+    path = _sqlite_path(sqlite_url)
+    with Tracker(sqlite_url) as tracker:
+        client = serve(tracker)
+        assert post(client, started("s-1")).status_code == 200
+        path.unlink()
+        answers = [post(client, started(f"s-{i}")).status_code for i in range(2, 12)]
+        assert answers == [200] * 10
+        assert client.get("/healthz").json() == {"status": "ok"}
+    with Tracker(sqlite_url) as reopened:
+        assert len(reopened.streams()) == 11
+    assert not list(path.parent.glob("*.recovered-*"))
+
+
+def test_deleted_sqlite_file_with_a_backup_in_its_place_answers_503_until_a_restart(
     sqlite_url: str, tmp_path: Path, serve: Callable[..., httpx.Client]
 ) -> None:
-    """Once its file is deleted, the receiver answers 503 (webhook and health) instead of 200s
-    that vanish with the process; a backup restored in its place is another file, which only a
-    restart adopts (it may lack what was acknowledged since the backup)."""
+    """A file deleted and a backup put in its place: the deleted file is kept beside it as
+    <path>.recovered-<time> (every delivery in it), and the receiver answers 503 (webhook and
+    health) naming that copy; the backup is another file, which only a restart adopts (it may
+    lack what was acknowledged since the backup)."""
     path = _sqlite_path(sqlite_url)
     with Tracker(sqlite_url) as tracker:
         client = serve(tracker)
@@ -240,32 +260,37 @@ def test_deleted_sqlite_file_answers_503_until_a_restart_adopts_the_restored_fil
             source.backup(copy)
         source.close()
         copy.close()
+        assert post(client, started("s-2")).status_code == 200
         path.unlink()
-        answers = [post(client, started(f"s-{i}")).status_code for i in range(2, 12)]
+        shutil.move(backup, path)
+        answers = [post(client, started(f"s-{i}")).status_code for i in range(3, 13)]
         health = client.get("/healthz")
         assert answers == [503] * 10
         assert health.status_code == 503
-        assert "deleted" in health.json()["reason"]
-        assert not path.exists()  # nothing made a new, empty file in its place
-        shutil.move(backup, path)
-        assert post(client, started("s-12")).status_code == 503
-        assert "replaced" in client.get("/healthz").json()["reason"]
+        (kept,) = path.parent.glob(f"{path.name}.recovered-*")
+        assert str(kept) in health.json()["reason"]
+        assert "replaced" not in health.json()["reason"]
     with Tracker(sqlite_url) as restarted:
         client = serve(restarted)
-        assert post(client, started("s-12")).json()["outcome"] == "applied"
+        assert post(client, started("s-13")).json()["outcome"] == "applied"
         assert client.get("/healthz").json() == {"status": "ok"}
     with Tracker(sqlite_url) as reopened:
-        assert sorted(s.stream_id for s in reopened.streams()) == ["s-1", "s-12"]
+        assert sorted(s.stream_id for s in reopened.streams()) == ["s-1", "s-13"]
+    with Tracker(f"sqlite:///{kept}") as recovered:
+        assert sorted(s.stream_id for s in recovered.streams()) == ["s-1", "s-2"]
 
 
 def test_a_deleted_file_opened_by_sqlite_uri_is_noticed_too(tmp_path: Path) -> None:
-    """A database opened by SQLite URI (uri=true) whose file is deleted refuses the next write."""
+    """A database opened by SQLite URI (uri=true) whose file is deleted is put back at its path
+    by the next write, and reopened by its URI."""
     path = tmp_path / "rtms.db"
     with Tracker(f"sqlite:///file:{path}?uri=true") as tracker:
         tracker.ingest(started("s-1"))
         path.unlink()
-        with pytest.raises(StoreError, match="deleted"):
-            tracker.ingest(started("s-2"))
+        assert tracker.ingest(started("s-2")).outcome.value == "applied"
+        assert path.exists()
+    with Tracker(f"sqlite:///{path}") as reopened:
+        assert sorted(s.stream_id for s in reopened.streams()) == ["s-1", "s-2"]
 
 
 @pytest.mark.parametrize("uri", [False, True], ids=["path", "sqlite-uri"])
@@ -296,9 +321,9 @@ def test_no_new_connection_opens_the_path_while_the_file_is_moved_away(
 
 
 @pytest.mark.parametrize("deleted_at", [5, 20], ids=["midway", "after-the-last-commit"])
-def test_a_bulk_load_into_a_deleted_file_ends_in_an_error(tmp_path: Path, deleted_at: int) -> None:
-    """A file deleted during ingest_many, even after its last commit: the load raises, naming
-    it, and makes no new file."""
+def test_a_bulk_load_into_a_deleted_file_puts_it_back(tmp_path: Path, deleted_at: int) -> None:
+    """A file deleted during ingest_many, even after its last commit: the load ends with every
+    delivery in the file put back at the path (saved from the open connection)."""
     path = tmp_path / "rtms.db"
 
     def bodies() -> Iterator[bytes]:
@@ -310,9 +335,10 @@ def test_a_bulk_load_into_a_deleted_file_ends_in_an_error(tmp_path: Path, delete
 
     with Tracker(f"sqlite:///{path}") as tracker:
         tracker.ingest(started("s-first"))
-        with pytest.raises(StoreError, match="deleted"):
-            tracker.ingest_many(bodies(), batch_size=1)
-    assert not path.exists()
+        tracker.ingest_many(bodies(), batch_size=1)
+        assert path.exists()
+    with Tracker(f"sqlite:///{path}") as reopened:
+        assert len(reopened.streams()) == 21
 
 
 # --- durability -----------------------------------------------------------------------------------

@@ -3,18 +3,23 @@ real ``serve`` process, ended by kill -9: nothing acknowledged is lost (docs/ope
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
 from rtms_lifecycle.receiver.settings import API_TOKEN_ENV
+from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
 from tests._live import receiver_process, signed
@@ -31,8 +36,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 class Sender:
     """Posts ``started`` deliveries of new streams; remembers which were answered 200."""
 
-    def __init__(self, client: httpx.Client) -> None:
+    def __init__(self, client: httpx.Client, prefix: str = "s") -> None:
         self.client = client
+        self.prefix = prefix
         self.sent = 0
         self.acknowledged: list[str] = []
 
@@ -40,7 +46,7 @@ class Sender:
         statuses = []
         for _ in range(n):
             self.sent += 1
-            stream = f"s-{self.sent}"
+            stream = f"{self.prefix}-{self.sent}"
             body = _deliveries.raw("started", stream, T0 + 1_000)
             status = self.client.post("/webhook", content=body, headers=signed(body)).status_code
             if status == 200:
@@ -254,3 +260,128 @@ def test_db_backup_writes_a_new_owner_only_file_never_through_a_link(
     assert existing.returncode == 2
     assert b"is a symbolic link" in existing.stderr
     assert victim.read_bytes() == b"kept"
+
+
+def recovered(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}.recovered-*"))
+
+
+def started_again_on(path: Path, sender: Sender, workdir: Path) -> None:
+    """A receiver started on the file at ``path`` finds it (no new database said) and answers
+    5 deliveries 200; then kill -9."""
+    with (
+        receiver_process(f"sqlite:///{path}", workdir) as (url, again),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        sender.client = client
+        assert sender.post(5) == [200] * 5
+        killed(again)
+    assert "created a new, empty database" not in (workdir / "server.log").read_text()
+
+
+def test_deleting_the_file_under_load_restores_it_and_loses_nothing(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """rm y.db while 4 senders post: the receiver saves the deleted file from its open
+    connection and puts it back at the path; every delivery answered 200, before and after, is
+    stored there after kill -9 (it used to be kept only by the deleted file, lost at restart)."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    senders = [Sender(sender.client, f"load{n}") for n in range(4)]
+    started = threading.Barrier(len(senders) + 1)
+
+    def load(one: Sender) -> list[int]:
+        started.wait()
+        return one.post(40)
+
+    with ThreadPoolExecutor(len(senders)) as pool:
+        answers = [pool.submit(load, one) for one in senders]
+        started.wait()
+        while sum(len(one.acknowledged) for one in senders) < 20:
+            if all(answer.done() for answer in answers):
+                break
+            time.sleep(0.005)
+        path.unlink()
+        statuses = [status for answer in answers for status in answer.result()]
+    assert set(statuses) <= {200, 503}, statuses
+    assert sender.post(10) == [200] * 10
+    assert sender.health().status_code == 200
+    said = (tmp_path / "server.log").read_text()
+    assert f"the database file {path} was deleted while open: restored at its path" in said
+    assert recovered(path) == []
+    killed(process)
+    acknowledged = sender.acknowledged + [s for one in senders for s in one.acknowledged]
+    assert len(acknowledged) >= 30 + 20
+    assert lost(acknowledged, path) == []
+
+
+def test_deleting_the_file_and_making_another_keeps_a_recovered_copy(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """rm y.db and an empty file made at the path: 503s and /healthz 503 naming the copy kept
+    as y.db.recovered-<time>, which holds every acknowledged delivery; the empty file is left
+    alone. Stopped, the copy put at the path, started: 200s, and nothing acknowledged lost."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    path.unlink()
+    path.touch()
+    assert sender.post(3) == [503] * 3
+    (copy,) = recovered(path)
+    health = sender.health()
+    assert health.status_code == 503
+    reason = health.json()["reason"]
+    assert str(copy) in reason
+    assert "Stop the receivers" in reason
+    assert path.stat().st_size == 0
+    assert lost(sender.acknowledged, copy) == []
+    process.terminate()
+    process.wait(timeout=30)
+    assert path.stat().st_size == 0
+    assert recovered(path) == [copy]
+    copy.rename(path)
+    started_again_on(path, sender, tmp_path)
+    assert len(sender.acknowledged) == 25
+    assert lost(sender.acknowledged, path) == []
+
+
+@pytest.mark.parametrize("then", ["SIGTERM", "/healthz"])
+def test_a_deleted_file_is_saved_at_shutdown_or_health_check(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path, then: str
+) -> None:
+    """rm y.db, then no delivery: a SIGTERM restart (or a /healthz, 200) saves it at the path
+    before the last handle goes; the restarted receiver finds every delivery (it used to start
+    on a new, empty database)."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    path.unlink()
+    if then == "SIGTERM":
+        process.terminate()
+        process.wait(timeout=30)
+    else:
+        assert sender.health().status_code == 200
+        killed(process)
+    assert "restored at its path" in (tmp_path / "server.log").read_text()
+    assert lost(sender.acknowledged, path) == []
+    started_again_on(path, sender, tmp_path)
+    assert len(stored(path)) == 25
+
+
+def test_a_new_database_file_is_said_with_the_copies_beside_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Creating a new SQLite file logs one WARNING naming it, and the recovered copies of a
+    deleted database beside it; opening an existing file says nothing."""
+    path = tmp_path / "y.db"
+    copy = tmp_path / "y.db.recovered-20261207T101500Z"
+    copy.write_bytes(b"")
+    caplog.set_level(logging.WARNING, "rtms_lifecycle.store")
+    Tracker(str(path)).close()
+    (said,) = [r for r in caplog.records if "created a new" in r.message]
+    assert said.levelno == logging.WARNING
+    assert said.message == (
+        f"created a new, empty database at {path} (copies of a deleted database are beside "
+        f"it: {copy})"
+    )
+    caplog.clear()
+    Tracker(f"sqlite:///{path}").close()
+    assert not [r for r in caplog.records if "created a new" in r.message]

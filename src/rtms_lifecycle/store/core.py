@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -32,6 +33,7 @@ from rtms_lifecycle.store.batch import Batch, Incoming
 from rtms_lifecycle.store.deadline import WATCHDOG, connecting_by, postgres_interrupts, remaining
 from rtms_lifecycle.store.errors import first_line, translate, translated
 from rtms_lifecycle.store.queue import Prepare, Then, WriteQueue
+from rtms_lifecycle.store.salvage import recovered_beside
 from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SQLITE_IMMEDIATE
 from rtms_lifecycle.store.streak import FailureStreak
 from rtms_lifecycle.store.urls import default_url, plain_sqlite_file
@@ -58,6 +60,16 @@ log = logging.getLogger("rtms_lifecycle.store")
 
 # How often a transaction that lost a race (deadlock, serialisation, a busy SQLite) is retried.
 _ATTEMPTS: Final = 8
+
+
+def _say_created(path: Path) -> None:
+    # A new file where one was expected (a deleted database, a mistyped path) must be seen.
+    kept = recovered_beside(path)
+    log.warning(
+        "created a new, empty database at %s%s",
+        path,
+        f" (copies of a deleted database are beside it: {', '.join(kept)})" if kept else "",
+    )
 
 
 class Store:
@@ -98,6 +110,7 @@ class Store:
         # tries: every write of this process queues here instead (PostgreSQL needs no queue).
         self._queue = WriteQueue(self._write_group) if self.dialect == "sqlite" else None
         self._streak = FailureStreak()
+        new_file = self.sqlite_path is not None and not os.path.lexists(self.sqlite_path)
         if migrate:
             try:
                 if file is None:
@@ -109,6 +122,8 @@ class Store:
                 # A refused schema (e.g. a newer one) leaves no open connection behind.
                 self.close()
                 raise
+            if new_file and self.sqlite_path is not None and self.sqlite_path.exists():
+                _say_created(self.sqlite_path)
 
     @staticmethod
     def _ensure_sqlite(file: SqliteFile) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ from rtms_lifecycle.store.rows import (
     Row,
     in_lists,
 )
+from rtms_lifecycle.store.salvage import keep_recovered, put_at, save_copy
 from rtms_lifecycle.store.sqlite import (
     SQLITE_BULK_CHECKPOINT_PAGES,
     SQLITE_BUSY_TIMEOUT_MS,
@@ -67,6 +69,9 @@ _CHECKPOINT_PAGES: Final = 1_000
 # load checks once more at its end). Checking after each of them cost 5-10% of a load of one
 # delivery per transaction (measured, alternating runs), far more than the stat itself.
 _BULK_CHECK_INTERVAL: Final = 0.1
+# Seconds before a copy of a deleted database file that failed (a full disk) is tried again:
+# each try copies the whole database.
+_SAVE_RETRY_INTERVAL: Final = 5.0
 
 
 _SQLITE_DELIVERIES: Final = insert_sql("deliveries", DELIVERY_COLUMNS, "?")
@@ -220,7 +225,9 @@ class SqliteWriter:
     delete by name, files that are not its own), until the original files are back at their
     paths; nothing committed before is lost. A ``-wal`` deleted alone while the database file
     is still the original is recovered: the open connection still holds the log, and copies it
-    into the database file (synced) before it is reopened.
+    into the database file (synced) before it is reopened. A database file deleted while open
+    (``rm``) is saved through the connection: put back at its path if nothing is there (writes
+    go on), else kept beside it as ``<path>.recovered-<time>`` (the outage names it).
     """
 
     def __init__(
@@ -241,6 +248,8 @@ class SqliteWriter:
         # A commit since the file was last checked, and when the next bulk commit checks it.
         self._unchecked = False
         self._check_due = 0.0
+        # When a failed copy of a deleted database file may be tried again.
+        self._save_due = 0.0
 
     @classmethod
     def of_file(cls, file: SqliteFile, dispose_reads: Callable[[], None]) -> SqliteWriter:
@@ -275,20 +284,28 @@ class SqliteWriter:
         return cls(checked_out, None, engine.dispose)
 
     def close(self) -> None:
+        files = self._files
+        if files is not None and self._held is not None:
+            deleted = self._deleted(files.change())
+            if deleted is not None:
+                # Closed, the last handle of the deleted file would take every delivery with it.
+                self._save_deleted(deleted)
         if self._held is None:
             return
-        files = self._files
         if files is not None and not files.wal_is_safe_to_delete():
             _keep_open(self._held[0])
             log.warning("left the connection to %s open: %s", files.path, self.outage)
         else:
             self._held[1](False)
+            if files is not None and files.recovered is not None:
+                files.remove_logs()
         self._held = None
 
     def refusal(self) -> str | None:
-        # Only while the connection is held: closed, it holds no log another could take.
+        # Only while the connection is held (closed, it holds no log another could take), or
+        # closed to save a deleted file that could not be put back.
         files = self._files
-        if files is None or self._held is None:
+        if files is None or (self._held is None and self.outage is None):
             return None
         change = files.change()
         return None if change is None else self.outage or files.describe(change)
@@ -318,11 +335,14 @@ class SqliteWriter:
         if change is None:
             log.warning("the database files of %s are back: writes resume", self._files.path)
             self.outage = None
-        elif change is Change.WAL_GONE and self._rescue():
             return
-        else:
-            self.outage = self._files.describe(change)
-            raise WriteFailed(self.outage, retryable=False)
+        if change is Change.WAL_GONE:
+            if self._rescue():
+                return
+        elif (deleted := self._deleted(change)) is not None and self._save_deleted(deleted):
+            return
+        self.outage = self._files.describe(change)
+        raise WriteFailed(self.outage, retryable=False)
 
     def _rescue(self) -> bool:
         """Copy the log of a ``-wal`` deleted while open into the database file (the original,
@@ -348,6 +368,59 @@ class SqliteWriter:
             self._files.wal_path,
         )
         return True
+
+    def _deleted(self, change: Change | None) -> os.stat_result | None:
+        # The status of the database file gone from its path (or replaced) if it was deleted,
+        # and is not saved yet.
+        files = self._files
+        if (
+            change not in (Change.GONE, Change.REPLACED)
+            or files is None
+            or files.recovered is not None
+            or time.monotonic() < self._save_due
+        ):
+            return None
+        return files.deleted()
+
+    def _save_deleted(self, status: os.stat_result) -> bool:
+        """Save the database file deleted while open (``status``), through the connection that
+        holds it: put at its path if nothing is there, then reopened (True); else kept as
+        ``<path>.recovered-<time>`` and the outage says so (False)."""
+        files, held = self._files, self._held
+        assert files is not None
+        assert held is not None
+        # The pool's connections hold the deleted file too: closed, the writer's is the last.
+        self._dispose_reads()
+        try:
+            copy = save_copy(held[0], files.path, status.st_mode)
+        except (OSError, sqlite3.Error) as exc:
+            self._save_due = time.monotonic() + _SAVE_RETRY_INTERVAL
+            log.error(
+                "the database file %s was deleted while open, and could not be saved from the "
+                "open connection (tried again in %g s): %s",
+                files.path,
+                _SAVE_RETRY_INTERVAL,
+                exc,
+            )
+            return False
+        if identity(files.path) is None and files.wal_is_safe_to_delete():
+            held[1](False)
+            self._held = None
+            files.remove_logs()
+            adopted = identity(copy)
+            if put_at(copy, files.path):
+                files.database, files.wal = adopted, None
+                self.outage = None
+                log.error(
+                    "the database file %s was deleted while open: restored at its path from the "
+                    "open connection, every committed delivery kept; writes go on",
+                    files.path,
+                )
+                return True
+        files.recovered = keep_recovered(copy, files.path)
+        self.outage = files.describe(Change.GONE)
+        log.error("%s", self.outage)
+        return False
 
     def _settle(self, conn: sqlite3.Connection, deadline: float | None, durable: bool) -> None:
         # The wait for another process's write lock ends at the deadline: rounded up, so that a
@@ -379,12 +452,13 @@ class SqliteWriter:
             self._checked()
             return
         assert files is not None
-        if change is Change.WAL_GONE:
+        deleted = self._deleted(change)
+        if change is Change.WAL_GONE or deleted is not None:
             if in_transaction:
-                # Rolled back; the retry's connection recovers the log first.
+                # Rolled back; the retry's connection recovers the log (or the file) first.
                 self.outage = files.describe(change)
                 raise WriteFailed(self.outage, retryable=True)
-            if self._rescue():
+            if self._rescue() if deleted is None else self._save_deleted(deleted):
                 self._checked()
                 return
         self._enter_outage(files.describe(change))
