@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import time
@@ -14,9 +15,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
+from rtms_lifecycle import Tracker
 from rtms_lifecycle.cli.commands import cli
+from rtms_lifecycle.receiver import webhook as _webhook
+from rtms_lifecycle.receiver.logthrottle import OTHERS, LineGroups
+from rtms_lifecycle.server import create_app
 from tests import _deliveries
-from tests._live import signed
+from tests._live import SECRET, serving, signed
 from tests._served import Served, serve_command
 
 T0 = 1_700_000_000_000
@@ -99,9 +104,16 @@ def test_every_refusal_is_one_warning_line_with_client_and_reason(
     ]
     for refusal in refusals:
         assert refusal["logger"] == "rtms_lifecycle.server"
-        assert (
-            refusal["message"] == f"refused a webhook request from 127.0.0.1: {refusal['reason']}"
+        assert refusal["message"].startswith(
+            f"refused a webhook request from 127.0.0.1: {refusal['reason']}"
         )
+    # The forged signature's line says what usually causes it, and the fix.
+    assert "regenerated in the Marketplace but not here" in refusals[0]["message"]
+    assert 'ZOOM_WEBHOOK_SECRET_TOKEN="new=NEW,old=OLD"' in refusals[0]["message"]
+    assert [r["message"] for r in refusals[1:]] == [
+        f"refused a webhook request from 127.0.0.1: {reason}"
+        for reason in ("body_too_large", "body_timeout")
+    ]
     for reason in ("signature_invalid", "body_too_large", "body_timeout"):
         assert f'rtms_lifecycle_webhook_refusals_total{{reason="{reason}"}} 1.0' in found
 
@@ -197,3 +209,136 @@ def test_json_lines_keep_the_stored_text(sqlite_url: str, tmp_path: Path) -> Non
         assert deliver(served, _deliveries.raw("started", FORGED, T0)) == 200
     recorded = [line for line in json_lines(served.lines()) if line.get("delivery_id")]
     assert recorded[0]["stream_id"] == FORGED
+
+
+def _refusals(served: Served) -> list[dict[str, Any]]:
+    return [line for line in json_lines(served.lines()) if line.get("client")]
+
+
+def test_a_flood_of_refusals_from_one_address_is_one_line_per_reason(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """200 unsigned and 200 forged requests from one address: one WARNING line for each reason
+    (the next, a minute on, says how many were left out), no access line for any of them; a
+    delivery that gets through still has its access line, and every refusal is counted."""
+    body = _deliveries.raw("started", "m-1", T0)
+    with (
+        serve_command(sqlite_url, tmp_path, "--log-format", "json") as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
+        for _ in range(200):
+            assert client.post("/webhook", content=body).status_code == 401
+            headers = signed(body, secret="guessed")
+            assert client.post("/webhook", content=body, headers=headers).status_code == 401
+        assert deliver(served, body) == 200
+        found = httpx.get(f"{served.url}/metrics").text
+    assert [(r["level"], r["reason"]) for r in _refusals(served)] == [
+        ("warning", "signature_missing"),
+        ("warning", "signature_invalid"),
+    ]
+    access = [
+        line["message"]
+        for line in json_lines(served.lines())
+        if line["logger"] == "uvicorn.access" and "POST /webhook" in line["message"]
+    ]
+    assert [line.rsplit(" ", 1)[1] for line in access] == ["200"]
+    for reason in ("signature_missing", "signature_invalid"):
+        assert f'rtms_lifecycle_webhook_refusals_total{{reason="{reason}"}} 200.0' in found
+
+
+def test_refusal_lines_after_the_period_say_how_many_were_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refusals of one address and reason: the first line at once, the next after the period
+    counting those left out between; every refusal is accounted for by exactly one line."""
+    period = 2.0
+    monkeypatch.setattr(_webhook, "REFUSAL_LINES_EVERY", period)
+    caplog.set_level(logging.WARNING, "rtms_lifecycle.server")
+    body = _deliveries.raw("started", "m-1", T0)
+    with (
+        Tracker(f"sqlite:///{tmp_path}/g.db") as tracker,
+        serving(create_app(tracker, secrets=[SECRET])) as base,
+        httpx.Client(base_url=base) as client,
+    ):
+        started = time.monotonic()
+        for _ in range(10):
+            assert client.post("/webhook", content=body).status_code == 401
+        quick = time.monotonic() - started
+        time.sleep(period)
+        assert client.post("/webhook", content=body).status_code == 401
+    lines = [r.getMessage() for r in caplog.records if "refused a webhook" in r.getMessage()]
+    counted = [
+        re.search(r"; (\d+) more like it from this address since the last", line) for line in lines
+    ]
+    assert sum(1 + (int(m.group(1)) if m else 0) for m in counted) == 11
+    assert lines[0] == "refused a webhook request from 127.0.0.1: signature_missing"
+    if quick < period:  # the ten came within one period: one line, then one counting nine
+        assert [m.group(1) if m else None for m in counted] == [None, "9"]
+
+
+def test_clock_refusals_point_at_the_clock(sqlite_url: str, tmp_path: Path) -> None:
+    """A request signed an hour ahead is refused with its distance and a clock hint; one an
+    hour old says to check the clock before widening --replay-window."""
+    body = _deliveries.raw("started", "m-1", T0)
+    with serve_command(sqlite_url, tmp_path, "--log-format", "json") as served:
+        assert deliver(served, body, ts=int(time.time()) + 3600) == 401
+        assert deliver(served, body, ts=int(time.time()) - 3600) == 401
+    signed_by = "refused a validly signed webhook request from 127\\.0\\.0\\.1 signed 3[56]\\d\\d s"
+    expected = [
+        (
+            "timestamp_future",
+            " in the future, beyond the 300 s replay window: this host's clock is likely behind"
+            " \\(check NTP\\)",
+        ),
+        (
+            "timestamp_stale",
+            " ago, beyond the 300 s replay window: check this host's clock \\(NTP\\) before"
+            " widening --replay-window",
+        ),
+    ]
+    for line, (reason, rest) in zip(_refusals(served), expected, strict=True):
+        assert line["reason"] == reason
+        assert re.fullmatch(signed_by + rest, line["message"]), line["message"]
+
+
+def test_a_store_failure_line_names_the_event_and_the_stream(
+    tmp_path: Path,
+) -> None:
+    """While the SQLite file is moved away every delivery is answered 503: its ERROR line names
+    the event and the stream (JSON fields too), and a body that is not JSON still gets its line,
+    with neither."""
+    path = tmp_path / "moved.db"
+    body = _deliveries.raw("stopped", "m-9", T0 + 1, stop_reason=6)
+    with serve_command(f"sqlite:///{path}", tmp_path, "--log-format", "json") as served:
+        assert deliver(served, _deliveries.raw("started", "m-9", T0)) == 200
+        path.rename(tmp_path / "aside.db")
+        try:
+            assert deliver(served, body) == 503
+            assert deliver(served, b"\xff{not json") == 503
+        finally:
+            (tmp_path / "aside.db").rename(path)
+    failed = [line for line in json_lines(served.lines()) if line.get("outcome") == "store_failed"]
+    named, unnamed = failed
+    assert (named["level"], named["event"], named["stream_id"]) == (
+        "error",
+        "meeting.rtms_stopped",
+        "m-9",
+    )
+    assert named["message"].startswith(
+        "could not record a webhook delivery (meeting.rtms_stopped, stream m-9); answering 503"
+    )
+    assert unnamed.keys().isdisjoint({"event", "stream_id"})
+    assert unnamed["message"].startswith("could not record a webhook delivery (?, stream -);")
+
+
+def test_line_groups_are_bounded() -> None:
+    """Past ``held`` addresses, new ones share one group: a flood from many addresses cannot
+    grow the table, and is still one line a period."""
+    groups = LineGroups(period=3600, held=2)
+    assert [groups.admit(key) for key in ("a", "b", "a", "c", "d")] == [
+        ("a", 0),
+        ("b", 0),
+        None,
+        (OTHERS, 0),
+        None,
+    ]

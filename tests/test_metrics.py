@@ -7,6 +7,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +302,30 @@ def test_serve_long_live_sets_the_threshold(sqlite_url: str, tmp_path: Path) -> 
         found = scrape(served.url)
     assert value(found, "rtms_lifecycle_long_live_seconds") == 3600
     assert value(found, "rtms_lifecycle_long_live_streams", scope="meeting") == 1
+
+
+def test_recent_stops_count_webhook_stops_and_expiries(db_url: str, tmp_path: Path) -> None:
+    """`expire` (a cron, not the receiver) closes a stream whose stop never came: /metrics
+    counts it among the recent stops as expired, apart from Zoom's stops; stops older than the
+    window are left out. Read from the store, on SQLite and PostgreSQL."""
+    from rtms_lifecycle.clock import now_ms
+
+    hour = 3_600_000
+    now = now_ms()
+    with Tracker(db_url) as tracker:
+        tracker.ingest(_deliveries.raw("started", "stopped", now - 2 * hour))
+        tracker.ingest(_deliveries.raw("stopped", "stopped", now - hour, stop_reason=6))
+        tracker.ingest(_deliveries.raw("started", "no-stop", now - 3 * hour))
+        tracker.ingest(_deliveries.raw("started", "no-stop-either", now - 4 * hour))
+        tracker.ingest(_deliveries.raw("started", "long-ago", now - 12 * hour))
+        tracker.ingest(_deliveries.raw("stopped", "long-ago", now - 11 * hour, stop_reason=6))
+        assert len(tracker.expire(timedelta(hours=1))) == 2
+        assert tracker.recent_stops(timedelta(hours=6)) == (1, 2)
+    with serve_command(db_url, tmp_path) as served:
+        found = scrape(served.url)
+    assert value(found, "rtms_lifecycle_recent_stops", kind="webhook") == 1
+    assert value(found, "rtms_lifecycle_recent_stops", kind="expired") == 2
+    assert value(found, "rtms_lifecycle_recent_stops_seconds") == 6 * 3600
 
 
 @pytest.mark.parametrize("given", ["soon", "0", "-1h", "nan", "1h-", ""])

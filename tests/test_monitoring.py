@@ -1,6 +1,6 @@
 """deploy/prometheus and deploy/grafana: every metric and label they use is one ``/metrics``
-exports (scraped from a real receiver that saw every kind of traffic), and promtool accepts the
-rules."""
+exports (scraped from a real receiver that saw every kind of traffic), promtool accepts the
+rules, and the rules fire (and stay quiet) on the series of deploy/prometheus/alerts_test.yml."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tests._live import SECRET, serving, signed
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
+RULE_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
 DASHBOARD = DEPLOY / "grafana" / "rtms-lifecycle.json"
 T0 = 1_700_000_000_000
 # Labels Prometheus adds to every scraped series, and its own metric of a target's health.
@@ -135,3 +136,50 @@ def test_promtool_accepts_the_rules_and_the_config(
     ):
         done = subprocess.run([promtool, *args], capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_unit_tests_of_the_rules_pass(skip_or_fail: Callable[[str], NoReturn]) -> None:
+    """``promtool test rules alerts_test.yml``: a rotated secret or a skewed clock on a quiet
+    account pages, refusals beside recorded deliveries do not; the refusal spike is a share of
+    all webhook requests; mostly expiries among recent stops opens a ticket."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        skip_or_fail("promtool is not installed (apt-get install prometheus)")
+    done = subprocess.run(
+        [promtool, "test", "rules", RULE_TESTS.name],
+        cwd=RULE_TESTS.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    tested = {
+        case["alertname"]
+        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for case in test["alert_rule_test"]
+    }
+    assert {
+        "RtmsDeliveriesAllRefused",
+        "RtmsWebhookRefusalSpike",
+        "RtmsStaleSignatures",
+        "RtmsStopsExpiring",
+    } <= tested
+
+
+def test_refusal_series_start_at_zero(tmp_path: Path) -> None:
+    """Every refusal reason is exported before any refusal of its kind (from 0: the counters are
+    this process's, which other tests may have counted in), so that the first refusal of a quiet
+    account is an increase a rule sees; and the recent stops are exported by kind."""
+    url = f"sqlite:///{tmp_path}/z.db"
+    with Tracker(url) as tracker, serving(create_app(tracker, secrets=[SECRET])) as base:
+        text = httpx.get(f"{base}/metrics", timeout=30).text
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    for reason in ("signature_invalid", "timestamp_stale", "timestamp_future"):
+        assert found["rtms_lifecycle_webhook_refusals_total", (("reason", reason),)] >= 0
+    assert found["rtms_lifecycle_recent_stops", (("kind", "expired"),)] == 0
+    assert found["rtms_lifecycle_recent_stops", (("kind", "webhook"),)] == 0
+    assert found["rtms_lifecycle_recent_stops_seconds", ()] == 6 * 3600

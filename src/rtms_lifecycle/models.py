@@ -41,6 +41,7 @@ __all__ = [
     "StreamDelivery",
     "check_app_event",
     "parse_delivery",
+    "stream_id_hint",
 ]
 
 # Largest epoch-ms a BIGINT column holds; anything beyond is not a timestamp.
@@ -580,7 +581,7 @@ def _fallback_scope_id(
         raise DeliveryRejected(
             [FieldError(f"{rename or 'payload'}.{name}", exc.message())],
             parsed.event,
-            _stream_id_hint(payload),
+            stream_id_hint(payload),
             event_ts=parsed.event_ts,
         ) from None
 
@@ -593,7 +594,7 @@ def _validate(validate: Any, data: dict[str, Any], event: Any, rename: str | Non
         raise DeliveryRejected(
             errors,
             event if isinstance(event, str) and "\x00" not in event else None,
-            _stream_id_hint(data.get("payload")),
+            stream_id_hint(data.get("payload")),
             event_ts=_event_ts_hint(data.get("event_ts"), errors),
         ) from None
     return result
@@ -609,7 +610,8 @@ def _event_ts_hint(value: Any, errors: Sequence[FieldError]) -> int | None:
         return None
 
 
-def _stream_id_hint(payload: Any) -> str | None:
+def stream_id_hint(payload: Any) -> str | None:
+    """The stream id a delivery's payload names, if it is one the store can hold; else None."""
     if not isinstance(payload, dict):
         return None
     found = payload.get("rtms_stream_id")

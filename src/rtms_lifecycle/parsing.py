@@ -9,6 +9,7 @@ ID``) never builds them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rtms_lifecycle.events import ParsedDelivery
 
-__all__ = ["check_app_event", "parse_delivery", "stream_event_names"]
+__all__ = ["check_app_event", "named_in", "parse_delivery", "stream_event_names"]
 
 Body = bytes | bytearray | memoryview | str | Mapping[str, Any]
 
@@ -32,6 +33,26 @@ def _parser() -> Callable[[Body], ParsedDelivery]:
     from rtms_lifecycle.models import parse_delivery as parse
 
     return parse
+
+
+#: The longest event name :func:`named_in` gives back.
+_NAME_LONGEST = 100
+
+
+def named_in(body: bytes) -> tuple[str | None, str | None]:
+    """The event name and the stream id a body names, as far as it reads; None for what does
+    not. Never raises: it says what a delivery that failed elsewhere was about."""
+    from rtms_lifecycle.models import stream_id_hint
+
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            return None, None
+        event = data.get("event")
+        name = event[:_NAME_LONGEST] if isinstance(event, str) else None
+        return name, stream_id_hint(data.get("payload"))
+    except Exception:  # any body at all: not JSON, nested too deep, not UTF-8
+        return None, None
 
 
 def check_app_event(stream_id: Any, event_ts: Any) -> tuple[str, int]:

@@ -1317,6 +1317,16 @@ class Tracker:
         with self._store.read() as conn:
             return _queries.live_counts(conn, now_ms() - int(seconds * 1000))
 
+    def recent_stops(self, within: timedelta | float) -> tuple[int, int]:
+        """Streams stopped in the last ``within`` (by ``stopped_at``, Zoom's event time or an
+        expiry's): ``(by a webhook, by an expiry)``, from the stop index (cheap enough for every
+        scrape: it reads only the window's stops)."""
+        from rtms_lifecycle.store import queries as _queries
+
+        seconds = within.total_seconds() if isinstance(within, timedelta) else within
+        with self._store.read() as conn:
+            return _queries.recent_stops(conn, now_ms() - int(seconds * 1000))
+
     def schema_revision(self) -> str | None:
         """The migration the database is at (None: no schema yet)."""
         return self._store.schema_revision()

@@ -28,7 +28,7 @@ from rtms_lifecycle.receiver.answers import HealthAnswer
 from rtms_lifecycle.receiver.api import RequireToken, create_read_router
 from rtms_lifecycle.receiver.dashboard import create_dashboard_router
 from rtms_lifecycle.receiver.dashboard.auth import DEFAULT_IDLE_SECONDS
-from rtms_lifecycle.receiver.logthrottle import throttle_tracebacks
+from rtms_lifecycle.receiver.logthrottle import skip_access_lines, throttle_tracebacks
 from rtms_lifecycle.receiver.settings import (
     API_TOKEN_ENV,
     DEFAULT_MAX_BODY_BYTES,
@@ -114,6 +114,8 @@ def create_app(
         check_positive("long_live", long_live.total_seconds())
     # An outage fails every request alike: one traceback a minute per kind is enough.
     throttle_tracebacks()
+    # A refused webhook request is logged by its (grouped) WARNING, not once more by uvicorn.
+    skip_access_lines()
     registry = _metrics.new_registry() if metrics else None
     owned = not isinstance(db, Tracker)
     tracker = (

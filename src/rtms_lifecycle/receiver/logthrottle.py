@@ -1,4 +1,5 @@
-"""Failures logged one line each; a traceback only for the first of a kind per minute.
+"""Failures logged one line each, a traceback only for the first of a kind per minute; and
+lines that a sender can repeat at will grouped per key (:class:`LineGroups`).
 
 An outage (a database gone, a file-descriptor limit reached) fails every request the same way:
 with a traceback each time, thousands of identical tracebacks bury the log (and fill the disk)
@@ -11,14 +12,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextvars import ContextVar
 from typing import Final
 
-__all__ = ["TracebackThrottle", "throttle_tracebacks"]
+__all__ = [
+    "ACCESS_LINE_SKIPPED",
+    "GROUPS_HELD",
+    "OTHERS",
+    "LineGroups",
+    "SkipAccessLine",
+    "TracebackThrottle",
+    "skip_access_lines",
+    "throttle_tracebacks",
+]
 
 #: Loggers whose failures come in floods: ours, asyncio's (``accept()`` out of file
 #: descriptors) and uvicorn's.
 FLOODED: Final = ("rtms_lifecycle.server", "asyncio", "uvicorn.error")
 _LONGEST: Final = 500
+#: Keys :class:`LineGroups` follows at once; beyond, new keys share one group.
+GROUPS_HELD: Final = 4096
+#: The key of that shared group.
+OTHERS: Final = "others"
 
 
 class TracebackThrottle(logging.Filter):
@@ -55,9 +70,75 @@ class TracebackThrottle(logging.Filter):
         return True
 
 
+#: Set while a request whose answer is logged otherwise (a refused webhook request) sends it:
+#: uvicorn writes its access line from inside that ``send``, in the request's context.
+ACCESS_LINE_SKIPPED: Final[ContextVar[bool]] = ContextVar("access_line_skipped", default=False)
+
+
+class SkipAccessLine(logging.Filter):
+    """A filter for uvicorn's access logger: leaves out the line of a request that set
+    :data:`ACCESS_LINE_SKIPPED`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ACCESS_LINE_SKIPPED.get()
+
+
+def skip_access_lines(name: str = "uvicorn.access") -> None:
+    """Attach one :class:`SkipAccessLine` to the access logger (once: idempotent)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, SkipAccessLine) for f in logger.filters):
+        logger.addFilter(SkipAccessLine())
+
+
 def throttle_tracebacks(names: tuple[str, ...] = FLOODED) -> None:
     """Attach one :class:`TracebackThrottle` to each named logger (once: idempotent)."""
     for name in names:
         logger = logging.getLogger(name)
         if not any(isinstance(f, TracebackThrottle) for f in logger.filters):
             logger.addFilter(TracebackThrottle())
+
+
+class LineGroups:
+    """Which lines of a kind to write, per key (a client address and a reason): the first, then
+    at most one every ``period`` seconds, which says how many were left out before it.
+
+    A flood of refused requests from one address then costs a line every ``period``, not one
+    per request. At most ``held`` keys are followed; past them, new keys share the group
+    :data:`OTHERS` until old groups have nothing left to report.
+    """
+
+    def __init__(self, period: float = 60.0, held: int = GROUPS_HELD) -> None:
+        self._period = period
+        self._held = held
+        # key -> [when its last line was written, lines left out since]
+        self._groups: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, key: str) -> tuple[str, int] | None:
+        """``(group, lines left out before this one)`` if this line is to be written, else None."""
+        now = time.monotonic()
+        with self._lock:
+            group = self._groups.get(key)
+            if group is None:
+                if len(self._groups) >= self._held:
+                    self._forget(now)
+                if len(self._groups) >= self._held:
+                    key = OTHERS
+                    group = self._groups.get(key)
+            if group is None:
+                self._groups[key] = [now, 0]
+                return key, 0
+            if now - group[0] < self._period:
+                group[1] += 1
+                return None
+            left_out = int(group[1])
+            group[0], group[1] = now, 0
+            return key, left_out
+
+    def _forget(self, now: float) -> None:
+        # Groups whose period is over with nothing left out: their next line is a first one.
+        self._groups = {
+            key: group
+            for key, group in self._groups.items()
+            if group[1] or now - group[0] < self._period
+        }

@@ -29,11 +29,13 @@ from rtms_lifecycle.machine import ACTIVE_STATES, State, TransitionName
 from rtms_lifecycle.records import IngestResult
 from rtms_lifecycle.stop_reasons import StopReasonCategory, describe_stop_reason
 from rtms_lifecycle.tracker import Tracker
+from rtms_lifecycle.webhook import RefusalReason
 
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_CLAIMS_OLDER_THAN",
     "DEFAULT_LONG_LIVE",
+    "RECENT_STOPS",
     "DELIVERIES",
     "MULTIPROC_ENV",
     "REFUSALS",
@@ -110,6 +112,9 @@ _PROCESS_METRICS: Final = (
 
 #: How long a stream may stay live before ``rtms_lifecycle_long_live_streams`` counts it.
 DEFAULT_LONG_LIVE: Final = timedelta(hours=12)
+#: The window ``rtms_lifecycle_recent_stops`` counts stops in: longer than the interval of any
+#: ``expire`` schedule, since an expiry is dated when its stream went stale, not when it ran.
+RECENT_STOPS: Final = timedelta(hours=6)
 
 
 def scope_label(event: str | None) -> str:
@@ -172,6 +177,7 @@ class _FromStore(Collector):
         try:
             revision = self._tracker.schema_revision()
             live = self._tracker.live_counts(self._long_live)
+            stops = self._tracker.recent_stops(RECENT_STOPS)
             subscriptions = self._tracker.subscriptions()
         except Exception:
             # A scrape during an outage still answers: the process counters are what shows it.
@@ -182,6 +188,7 @@ class _FromStore(Collector):
         info.add_metric([self._version, revision or "none"], 1)
         yield info
         yield from self._streams(live)
+        yield from _recent_stops(*stops)
         lag = GaugeMetricFamily(
             "rtms_lifecycle_subscription_lag",
             "Transitions in the feed after a durable consumer's cursor.",
@@ -232,6 +239,23 @@ class _FromStore(Collector):
         yield from (active, interrupted, long_live, threshold)
 
 
+def _recent_stops(webhook: int, expired: int) -> Iterable[Metric]:
+    recent = GaugeMetricFamily(
+        "rtms_lifecycle_recent_stops",
+        "Streams stopped in the last rtms_lifecycle_recent_stops_seconds (by their stop time), "
+        "by a webhook's stop or by an expiry (a stop that never came), read from the store.",
+        labels=["kind"],
+    )
+    recent.add_metric(["webhook"], webhook)
+    recent.add_metric(["expired"], expired)
+    window = GaugeMetricFamily(
+        "rtms_lifecycle_recent_stops_seconds",
+        "The window rtms_lifecycle_recent_stops counts stops in.",
+    )
+    window.add_metric([], RECENT_STOPS.total_seconds())
+    yield from (recent, window)
+
+
 def new_registry() -> CollectorRegistry:
     """A registry of this process's metrics (or every worker's, in multiprocess mode).
 
@@ -249,6 +273,10 @@ def new_registry() -> CollectorRegistry:
     else:
         for metric in _PROCESS_METRICS:
             registry.register(metric)
+    # Every refusal reason from zero: the first refusal of a kind is then an increase, which a
+    # rule over a few refusals an hour (a rotated secret on a quiet account) must see.
+    for reason in RefusalReason:
+        REFUSALS.labels(reason.value)
     return registry
 
 

@@ -21,7 +21,13 @@ from starlette.requests import HTTPConnection
 
 from rtms_lifecycle.receiver.settings import log
 
-__all__ = ["FAILURES_LOGGED", "FAILURES_PER_ADDRESS", "CredentialThrottle", "client_key"]
+__all__ = [
+    "FAILURES_LOGGED",
+    "FAILURES_PER_ADDRESS",
+    "CredentialThrottle",
+    "address_key",
+    "client_key",
+]
 
 #: Wrong credentials a minute from one address before it is answered 429.
 FAILURES_PER_ADDRESS: Final = 5
@@ -33,7 +39,11 @@ _ALL: Final = "*"
 def client_key(request: HTTPConnection) -> str:
     """The address failures are counted under: the client's (behind a trusted proxy, the one
     X-Forwarded-For names); an IPv6 client's /64, which one subscriber usually holds whole."""
-    host = request.client.host if request.client else "unknown"
+    return address_key(request.client.host if request.client else "unknown")
+
+
+def address_key(host: str) -> str:
+    """:func:`client_key` of a client address as the server gives it."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -4,8 +4,9 @@
 Status codes (docs/receiver.md explains each choice): 200 for every delivery the store recorded,
 a rejected one included (Zoom would only retry the same unusable bytes); 401 for a request that
 fails verification (nothing stored); 413 beyond the body size limit; 408 for a body slower than
-the request timeout (each refusal one WARNING line); 503 when the store fails, so that Zoom
-retries. No secret, signature or token is ever logged or answered.
+the request timeout (a WARNING line, grouped per client address and reason, instead of an access
+line); 503 when the store fails, so that Zoom retries. No secret, signature or token is ever
+logged or answered.
 
 The route is served by :class:`WebhookHandler`, a plain ASGI app: ``create_app`` puts it in front
 of FastAPI's routing (:class:`WebhookFront`), so that a delivery crosses no framework layer; the
@@ -38,7 +39,7 @@ from rtms_lifecycle.exceptions import (
 
 # From parsing, not events: the receiver builds the delivery models as it starts, not while it
 # answers Zoom's first delivery.
-from rtms_lifecycle.parsing import parse_delivery
+from rtms_lifecycle.parsing import named_in, parse_delivery
 from rtms_lifecycle.receiver import metrics as _metrics
 from rtms_lifecycle.receiver.answers import (
     DeliveryAnswer,
@@ -47,6 +48,7 @@ from rtms_lifecycle.receiver.answers import (
     delivery_answer,
 )
 from rtms_lifecycle.receiver.http import REQUEST_STARTED
+from rtms_lifecycle.receiver.logthrottle import ACCESS_LINE_SKIPPED, OTHERS, LineGroups
 from rtms_lifecycle.receiver.settings import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PATH,
@@ -54,11 +56,13 @@ from rtms_lifecycle.receiver.settings import (
     check_positive,
     log,
 )
+from rtms_lifecycle.receiver.throttle import address_key
 from rtms_lifecycle.records import IngestResult, Outcome
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.unhandled import FirstSeen, looks_like_rtms
 from rtms_lifecycle.webhook import (
+    SECRET_ENV,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     RefusalReason,
@@ -78,6 +82,18 @@ _JSON_TYPE: Final = (b"content-type", b"application/json")
 # 10 s).
 _CLOSING: Final = frozenset({408, 413})
 _CLOSE: Final = (b"connection", b"close")
+# Answers a WARNING line (grouped) stands for: uvicorn's access line is left out for them.
+_REFUSED: Final = frozenset({401, 408, 413})
+#: Seconds between two refusal lines of one client address and reason (the first is at once).
+REFUSAL_LINES_EVERY: Final = 60.0
+# What a refusal's line adds to its reason code: the usual cause, and what to do.
+_HINTS: Final[dict[str, str]] = {
+    RefusalReason.SIGNATURE_INVALID: (
+        " (no configured secret signed it: if Zoom's deliveries are all refused, its Secret "
+        f"Token was likely regenerated in the Marketplace but not here; give both, "
+        f'{SECRET_ENV}="new=NEW,old=OLD", and restart)'
+    ),
+}
 
 
 def json_bytes(content: object) -> bytes:
@@ -182,6 +198,7 @@ class WebhookHandler:
         self._recorder = tracker if isinstance(tracker, AsyncTracker) else AsyncTracker(tracker)
         self._verifier = verifier
         self._unhandled = FirstSeen()
+        self._refusal_lines = LineGroups(REFUSAL_LINES_EVERY)
         self.max_body_bytes = max_body_bytes
         self._store_timeout = store_timeout
         self._request_timeout = request_timeout
@@ -207,7 +224,11 @@ class WebhookHandler:
         headers = [length, _JSON_TYPE] if body else [length]
         if status in _CLOSING:
             headers.append(_CLOSE)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        skipped = ACCESS_LINE_SKIPPED.set(status in _REFUSED)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+        finally:
+            ACCESS_LINE_SKIPPED.reset(skipped)
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
@@ -253,9 +274,19 @@ class WebhookHandler:
             took = time.perf_counter() - started
             _metrics.STORE_FAILURES.inc()
             _metrics.STORE_SECONDS.observe(took)
+            # Named, so that the on-call can list the streams whose events wait for a retry.
+            event, stream_id = named_in(body)
             log.exception(
-                "could not record a webhook delivery; answering 503 so Zoom retries",
-                extra={"outcome": "store_failed", "duration_ms": round(took * 1000, 3)},
+                "could not record a webhook delivery (%s, stream %s); answering 503 so Zoom "
+                "retries",
+                event or "?",
+                stream_id or "-",
+                extra={
+                    "event": event,
+                    "stream_id": stream_id,
+                    "outcome": "store_failed",
+                    "duration_ms": round(took * 1000, 3),
+                },
             )
             return 503, self._unavailable
         took = time.perf_counter() - started
@@ -281,26 +312,53 @@ class WebhookHandler:
         return 200, delivery_answer(result.outcome, result.delivery_id, result.error)
 
     def _log_refused(self, refused: WebhookRefused, scope: Scope) -> None:
-        # Every refusal (401, 408, 413) is counted and logged here, one WARNING line each.
+        # Every refusal (401, 408, 413) is counted; logged at WARNING, grouped per client
+        # address and reason (a flood from one address is a line a minute, not one a request).
         _metrics.REFUSALS.labels(refused.reason).inc()
         peer = scope.get("client")
         client = peer[0] if peer else "?"
-        if refused.reason == RefusalReason.TIMESTAMP_STALE:
-            # Genuine but old: a replay, a skewed clock, or a retry Zoom did not sign again.
+        admitted = self._refusal_lines.admit(f"{address_key(client)} {refused.reason}")
+        if admitted is None:
+            return
+        group, left_out = admitted
+        if left_out:
+            source = "this address" if group != OTHERS else "addresses not followed one by one"
+            said = f"; {left_out} more like it from {source} since the last such line"
+        else:
+            said = ""
+        extra = {"reason": str(refused.reason), "client": client}
+        age = refused.age_seconds
+        if refused.reason == RefusalReason.TIMESTAMP_STALE and age is not None:
+            # Genuine but old: a clock ahead here, a replay, or a retry Zoom did not sign again.
             log.warning(
                 "refused a validly signed webhook request from %s signed %.0f s ago, "
-                "beyond the %g s replay window (see --replay-window)",
+                "beyond the %g s replay window: check this host's clock (NTP) before widening "
+                "--replay-window%s",
                 client,
-                refused.age_seconds,
+                age,
                 self._verifier.replay_window,
-                extra={"reason": str(refused.reason), "client": client},
+                said,
+                extra=extra,
+            )
+        elif refused.reason == RefusalReason.TIMESTAMP_FUTURE and age is not None:
+            log.warning(
+                "refused a validly signed webhook request from %s signed %.0f s in the future, "
+                "beyond the %g s replay window: this host's clock is likely behind (check "
+                "NTP)%s",
+                client,
+                -age,
+                self._verifier.replay_window,
+                said,
+                extra=extra,
             )
         else:
             log.warning(
-                "refused a webhook request from %s: %s",
+                "refused a webhook request from %s: %s%s%s",
                 client,
                 refused.reason,
-                extra={"reason": str(refused.reason), "client": client},
+                _HINTS.get(refused.reason, ""),
+                said,
+                extra=extra,
             )
 
     def router(self, path: str = DEFAULT_PATH) -> APIRouter:

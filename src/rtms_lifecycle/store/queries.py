@@ -671,6 +671,20 @@ def live_counts(conn: Connection, started_before: int) -> list[tuple[Scope, Stat
     ]
 
 
+def recent_stops(conn: Connection, since: int) -> tuple[int, int]:
+    """Streams stopped at or after ``since``: ``(by a webhook, by an expiry)``, counted inside
+    ``ix_streams_stopped_at``."""
+    kind = rollup.kind_sql("s")
+    expired = f"CASE WHEN {kind} = {rollup.EXPIRED} THEN 1 ELSE 0 END"
+    query = text(
+        f"SELECT count(*), coalesce(sum({expired}), 0) FROM streams AS s"
+        " WHERE s.stopped_at IS NOT NULL AND s.stopped_at >= :since"
+    )
+    row = conn.execute(query, {"since": since}).one()
+    total, expiries = int(row[0]), int(row[1])
+    return total - expiries, expiries
+
+
 def unhandled_stats(
     conn: Connection, since: int | None, until: int | None
 ) -> list[UnhandledEventStat]:
