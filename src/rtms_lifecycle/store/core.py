@@ -354,7 +354,6 @@ class Store:
         durable: bool,
         what: str | None = None,
     ) -> R:
-        what = what or f"record {size} deliveries"
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # A batch that lost a race is retried cautiously: no more optimism.
@@ -366,6 +365,7 @@ class Store:
                 ):
                     return run(tx)
             except WriteFailed as exc:
+                what = what or f"record {size} deliveries"
                 expired = deadline is not None and remaining(deadline) <= 0
                 if exc.timed_out or (exc.retryable and expired):
                     raise StoreTimeout(f"could not {what} within the time budget: {exc}") from exc
