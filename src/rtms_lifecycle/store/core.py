@@ -203,23 +203,18 @@ class Store:
         commit, shared with the durable writes queued beside it); without it (bulk loads), a
         crash of the machine may undo the last commits.
         """
-        held = self._idle_turn(durable)
-        if held is None:
-            written: list[IngestResult | None] = self.submit(
-                items, with_records=with_records, deadline=deadline
-            ).result()
-            return written
-        with held:
-            return self._write(items, with_records, deadline, durable).results()
-
-    def _idle_turn(self, durable: bool) -> AbstractContextManager[object] | None:
-        # A durable write on SQLite takes its turn in the queue: written in the calling thread
-        # if the queue is idle (a caller that would only wait on a future), else None (queued,
-        # to be written by the writer thread with the writes beside it).
-        queue = self._queue
-        if not durable or queue is None or queue.writing:
-            return nullcontext()
-        return queue.hold_if_idle()
+        if durable and self._queue is not None and not self._queue.writing:
+            # An idle queue: written here, in the calling thread; else queued, and written by
+            # the writer thread with the writes beside it.
+            held = self._queue.hold_if_idle()
+            if held is None:
+                written: list[IngestResult | None] = self.submit(
+                    items, with_records=with_records, deadline=deadline
+                ).result()
+                return written
+            with held:
+                return self._write(items, with_records, deadline, durable).results()
+        return self._write(items, with_records, deadline, durable).results()
 
     def submit(
         self,
@@ -250,12 +245,14 @@ class Store:
     def outcomes(self, items: Sequence[Incoming], *, durable: bool = True) -> list[Outcome]:
         """Record deliveries in one transaction as :meth:`record` does, and say only what each
         came to (a bulk load without callbacks counts no more)."""
-        held = self._idle_turn(durable)
-        if held is None:
-            results = self.submit(items, with_records=False).result()
-            return [result.outcome for result in results if result is not None]
-        with held:
-            return self._write(items, False, None, durable).outcomes()
+        if durable and self._queue is not None and not self._queue.writing:
+            held = self._queue.hold_if_idle()
+            if held is None:
+                results = self.submit(items, with_records=False).result()
+                return [result.outcome for result in results if result is not None]
+            with held:
+                return self._write(items, False, None, durable).outcomes()
+        return self._write(items, False, None, durable).outcomes()
 
     def load(
         self, bodies: Sequence[B], convert: Callable[[B], Incoming], *, chunk: int = LOAD_CHUNK

@@ -4,7 +4,9 @@ SQLite admits one writer at a time, and writers left to queue inside SQLite poll
 sleeps of up to 100 ms (its busy handler). So each SQLite store has one queue, and every write of
 the process takes its turn in it: durable delivery writes and other jobs run on the queue's
 writer thread (callers wait on a :class:`~concurrent.futures.Future`); a caller may also hold the
-writer in its own thread (:meth:`WriteQueue.hold`: bulk loads, pruning, health probes).
+writer in its own thread (:meth:`WriteQueue.hold`: bulk loads, pruning, health probes), and a
+synchronous delivery write that finds the queue idle is written in its caller's thread
+(:meth:`WriteQueue.hold_if_idle`).
 
 Delivery writes queued next to each other are written together, in one transaction (a group
 commit: one sync to disk for many senders); each caller still gets its own results, or its own

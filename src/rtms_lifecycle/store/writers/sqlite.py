@@ -165,17 +165,20 @@ class SqliteTx:
             # An empty IN list would scan the streams table.
             last_delivery, last_transition = conn.execute(_SQLITE_LAST_IDS).fetchone()
             found = []
-        for chunk in in_lists(stream_ids[IN_LIST_SIZE:]):
-            found += conn.execute(_sqlite_in(len(chunk)), chunk)
+        if len(stream_ids) > IN_LIST_SIZE:
+            for chunk in in_lists(stream_ids[IN_LIST_SIZE:]):
+                found += conn.execute(_sqlite_in(len(chunk)), chunk)
         # Only identities that may be stored are looked up: a new stream has no events, and a
         # stored stream's events all lie at or before its fold position (every stored event
         # was folded in), so an event after it (the usual, in-order case) is new.
         folded = {row[0]: row[_FOLD_TS] for row in found}
         asked = [i for i in identities if i[0] in folded and i[2] <= folded[i[0]]]
         identified: list[Row] = []
-        for part in in_lists(asked):
-            rows = conn.execute(_sqlite_identity_lookup(len(part)), [v for i in part for v in i])
-            identified += [row for row in rows if row[3] is not None]
+        if asked:
+            for part in in_lists(asked):
+                values = [v for i in part for v in i]
+                rows = conn.execute(_sqlite_identity_lookup(len(part)), values)
+                identified += [row for row in rows if row[3] is not None]
         return Loaded(
             found, identified, count((last_delivery or 0) + 1), count((last_transition or 0) + 1)
         )
