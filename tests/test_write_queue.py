@@ -123,6 +123,45 @@ def test_concurrent_receiver_deliveries_share_commits(sqlite_url: str) -> None:
         assert len(tracker.deliveries(limit=None)) == senders
 
 
+def test_a_write_on_an_idle_queue_is_written_by_its_caller_and_counted_as_a_group(
+    sqlite_url: str,
+) -> None:
+    """With nothing writing nor queued, ``Tracker.ingest`` writes in the calling thread (no
+    handover to the writer thread: nothing taken from the queue), a group of one."""
+    with Tracker(sqlite_url) as tracker:
+        queue = _queue(tracker)
+        jobs, groups = queue.jobs, queue.groups
+        for i in range(3):
+            assert tracker.ingest(_started(f"s-{i}")).outcome is Outcome.APPLIED
+        assert queue.jobs == jobs
+        assert queue.groups - groups == 3
+        assert list(queue.group_sizes)[-3:] == [1, 1, 1]
+        assert not queue.writing
+        # The turn was given back: a held writer still makes the next write queue behind it.
+        with ThreadPoolExecutor(1) as pool:
+            with tracker._store.exclusive():
+                queued = pool.submit(tracker.ingest, _started("queued"))
+                _until(lambda: queue.waiting == 1)
+                assert not queued.done()
+            assert queued.result(10).outcome is Outcome.APPLIED
+        assert queue.jobs == jobs + 1
+
+
+def test_tracker_threads_writing_at_once_each_get_their_delivery_stored(sqlite_url: str) -> None:
+    """Threads that find the queue idle write themselves, the others queue behind them: every
+    delivery is stored once, each caller gets its own applied result."""
+    with Tracker(sqlite_url) as tracker, ThreadPoolExecutor(6) as pool:
+
+        def send(thread: int) -> list[Outcome]:
+            return [tracker.ingest(_started(f"t{thread}-{i}")).outcome for i in range(25)]
+
+        outcomes = [o for done in pool.map(send, range(6)) for o in done]
+        assert outcomes == [Outcome.APPLIED] * 150
+        stored = [d.stream_id or "" for d in tracker.deliveries(limit=None)]
+        assert sorted(stored) == sorted(f"t{t}-{i}" for t in range(6) for i in range(25))
+        assert not _queue(tracker).writing
+
+
 def test_a_write_queued_past_its_deadline_times_out_at_it_and_writes_nothing(
     sqlite_url: str,
 ) -> None:

@@ -219,10 +219,16 @@ class Store:
         crash of the machine may undo the last commits.
         """
         if durable and self._queue is not None and not self._queue.writing:
-            written: list[IngestResult | None] = self.submit(
-                items, with_records=with_records, deadline=deadline
-            ).result()
-            return written
+            # An idle queue: written here, in the calling thread; else queued, and written by
+            # the writer thread with the writes beside it.
+            held = self._queue.hold_if_idle()
+            if held is None:
+                written: list[IngestResult | None] = self.submit(
+                    items, with_records=with_records, deadline=deadline
+                ).result()
+                return written
+            with held:
+                return self._write(items, with_records, deadline, durable).results()
         return self._write(items, with_records, deadline, durable).results()
 
     def submit(
@@ -255,8 +261,12 @@ class Store:
         """Record deliveries in one transaction as :meth:`record` does, and say only what each
         came to (a bulk load without callbacks counts no more)."""
         if durable and self._queue is not None and not self._queue.writing:
-            results = self.submit(items, with_records=False).result()
-            return [result.outcome for result in results if result is not None]
+            held = self._queue.hold_if_idle()
+            if held is None:
+                results = self.submit(items, with_records=False).result()
+                return [result.outcome for result in results if result is not None]
+            with held:
+                return self._write(items, False, None, durable).outcomes()
         return self._write(items, False, None, durable).outcomes()
 
     def load(
@@ -360,7 +370,6 @@ class Store:
         durable: bool,
         what: str | None = None,
     ) -> R:
-        what = what or f"record {size} deliver{'y' if size == 1 else 'ies'}"
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 # A batch that lost a race is retried cautiously: no more optimism.
@@ -372,6 +381,7 @@ class Store:
                 ):
                     return run(tx)
             except WriteFailed as exc:
+                what = what or f"record {size} deliver{'y' if size == 1 else 'ies'}"
                 expired = deadline is not None and remaining(deadline) <= 0
                 if exc.timed_out or (exc.retryable and expired):
                     raise StoreTimeout(f"could not {what} within the time budget: {exc}") from exc

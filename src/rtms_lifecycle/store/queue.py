@@ -4,7 +4,9 @@ SQLite admits one writer at a time, and writers left to queue inside SQLite poll
 sleeps of up to 100 ms (its busy handler). So each SQLite store has one queue, and every write of
 the process takes its turn in it: durable delivery writes and other jobs run on the queue's
 writer thread (callers wait on a :class:`~concurrent.futures.Future`); a caller may also hold the
-writer in its own thread (:meth:`WriteQueue.hold`: bulk loads, pruning, health probes).
+writer in its own thread (:meth:`WriteQueue.hold`: bulk loads, pruning, health probes), and a
+synchronous delivery write that finds the queue idle is written in its caller's thread
+(:meth:`WriteQueue.hold_if_idle`).
 
 Delivery writes queued next to each other are written together, in one transaction (a group
 commit: one sync to disk for many senders); each caller still gets its own results, or its own
@@ -165,6 +167,23 @@ class WriteQueue(Executor):
         """
         # Not a generator: a bulk load of one delivery per transaction holds once per delivery.
         return _Held(self, deadline)
+
+    def hold_if_idle(self) -> AbstractContextManager[None] | None:
+        """The calling thread is the writer for the block, if no one writes nor waits now (a
+        write of one group, counted as the writer thread counts its groups); else None.
+
+        A caller that would only wait on a future writes itself: handing a write to the writer
+        thread and back cost about 60 us of CPU per ``Tracker.ingest`` (measured). Whatever
+        queues meanwhile is written after it, in one group, as behind any write.
+        """
+        me = threading.get_ident()
+        with self._lock:
+            if self._owner is not None or self._pending:
+                return None
+            self._owner = me
+            self.groups += 1
+            self.group_sizes.append(1)
+        return _Held(self, None, taken=True)
 
     def _take(self, deadline: float | None) -> bool:
         """Become the writer (True), or find the calling thread is already (False)."""
@@ -373,13 +392,15 @@ class WriteQueue(Executor):
 class _Held:
     __slots__ = ("_deadline", "_queue", "_taken")
 
-    def __init__(self, queue: WriteQueue, deadline: float | None) -> None:
+    def __init__(self, queue: WriteQueue, deadline: float | None, *, taken: bool = False) -> None:
         self._queue = queue
         self._deadline = deadline
-        self._taken = False
+        # True: the turn is this thread's already (hold_if_idle), and is given back on exit.
+        self._taken = taken
 
     def __enter__(self) -> None:
-        self._taken = self._queue._take(self._deadline)
+        if not self._taken:  # taken already by hold_if_idle
+            self._taken = self._queue._take(self._deadline)
 
     def __exit__(self, *exc_info: object) -> None:
         self._queue._give_back(self._taken)
