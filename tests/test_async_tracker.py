@@ -123,6 +123,7 @@ QUERIES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("stop_reason_stats", (), {}),
     ("stop_reason_stats", (), {"by_scope": True}),
     ("interruption_stats", (), {}),
+    ("recent_stops", (10**9,), {}),
     ("unhandled_stats", (), {}),
     ("subscriptions", (), {}),
     ("concurrency_alerts", (), {}),

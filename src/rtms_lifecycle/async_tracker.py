@@ -805,6 +805,10 @@ class AsyncTracker:
         """Awaitable :meth:`Tracker.live_counts`."""
         return await self._read(self._sync.live_counts, long_after)
 
+    async def recent_stops(self, within: timedelta | float) -> tuple[int, int]:
+        """Awaitable :meth:`Tracker.recent_stops`."""
+        return await self._read(self._sync.recent_stops, within)
+
     async def history(self, stream_id: str) -> list[Transition]:
         """Awaitable :meth:`Tracker.history`."""
         return await self._read(self._sync.history, stream_id)
