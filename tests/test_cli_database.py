@@ -29,6 +29,7 @@ READ_COMMANDS = [
     ["alerts"],
     ["db", "current"],
     ["expire", "--stale-after", "2h", "--dry-run"],
+    ["expire", "--stale-after", "2h"],  # a cron job pointed at the wrong path must say so
     ["prune", "--older-than", "30d", "--dry-run"],
     ["prune", "--older-than", "30d"],
     ["prunes"],

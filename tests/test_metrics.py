@@ -347,3 +347,24 @@ def test_a_long_live_threshold_that_is_not_positive_is_refused(sqlite_url: str) 
 
     with pytest.raises(ConfigurationError, match="long_live"):
         create_app(sqlite_url, secrets=[SECRET], long_live=0)
+
+
+def test_stops_are_counted_by_their_catalogue_name(sqlite_url: str, tmp_path: Path) -> None:
+    """Code 0 is UNDEFINED and a stop without a reason NOT_PROVIDED, as `stats` names them; only
+    codes outside the catalogue share UNKNOWN."""
+    t0 = 1_700_000_000_000
+    reasons: list[int | None] = [0, None, 99, 1234, 6]
+    with serve_command(sqlite_url, tmp_path) as served:
+        for n, reason in enumerate(reasons):
+            assert deliver(served.url, _deliveries.raw("started", f"s{n}", t0)).status_code == 200
+            stop = _deliveries.raw("stopped", f"s{n}", t0 + 1000, stop_reason=reason)
+            assert deliver(served.url, stop).status_code == 200
+        found = scrape(served.url)
+    counted = {
+        dict(labels)["reason"]: count
+        for (name, labels), count in found.items()
+        if name == "rtms_lifecycle_stops_total"
+    }
+    assert {reason: n for reason, n in counted.items() if n} == {
+        "UNDEFINED": 1, "NOT_PROVIDED": 1, "UNKNOWN": 2, "MEETING_ENDED": 1,
+    }  # fmt: skip

@@ -514,7 +514,7 @@ def expire(app: App, stale_after: timedelta, dry_run: bool, as_json: bool) -> No
 
     Each stops at its last event plus --stale-after, when it became stale.
     """
-    closed = app.tracker(create=not dry_run).expire(stale_after, dry_run=dry_run)
+    closed = app.tracker(create=False).expire(stale_after, dry_run=dry_run)
     verb = "Would expire" if dry_run else "Expired"
     app.show(
         as_json,

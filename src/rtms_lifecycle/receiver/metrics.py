@@ -27,7 +27,7 @@ from rtms_lifecycle.events import Scope
 from rtms_lifecycle.exceptions import ConfigurationError
 from rtms_lifecycle.machine import ACTIVE_STATES, State, TransitionName
 from rtms_lifecycle.records import IngestResult
-from rtms_lifecycle.stop_reasons import StopReasonCategory, describe_stop_reason
+from rtms_lifecycle.stop_reasons import describe_stop_reason
 from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.webhook import RefusalReason
 
@@ -148,8 +148,9 @@ def count_stop(result: IngestResult) -> None:
         return
     code = result.stream.stop_reason if result.stream is not None else None
     described = describe_stop_reason(code, expired=False)
-    unknown = described.category is StopReasonCategory.UNKNOWN
-    STOPS.labels("UNKNOWN" if unknown else described.name, described.category.value).inc()
+    # UNDEFINED (code 0) and NOT_PROVIDED are named; only codes outside the catalogue share one.
+    uncatalogued = described.name == f"UNKNOWN_{code}"
+    STOPS.labels("UNKNOWN" if uncatalogued else described.name, described.category.value).inc()
 
 
 def _package_version() -> str:
