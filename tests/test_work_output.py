@@ -9,16 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.cli.child_output import MAX_LINE
 from rtms_lifecycle.cli.work import Supervisor
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
+from tests.test_work import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 LINES = 50_000  # about 1 MB, many times a pipe's buffer
@@ -36,15 +34,6 @@ out.write(b"last without newline")
 """
 
 
-def _until(what: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := what():
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
 def _work(db: str, tmp: Path, *args: str) -> tuple[list[str], str]:
     """Run ``work`` until its one child exited and was released; its stdout lines and stderr."""
     with Tracker(db) as tracker:
@@ -57,7 +46,7 @@ def _work(db: str, tmp: Path, *args: str) -> tuple[list[str], str]:
             stdout=stdout, stderr=stderr, cwd=ROOT,
         )  # fmt: skip
         try:
-            _until(lambda: b"released" in out.read_bytes())
+            wait_for(lambda: b"released" in out.read_bytes())
             proc.send_signal(signal.SIGINT)
             assert proc.wait(20) == 130
         finally:
@@ -139,7 +128,7 @@ def test_thousands_of_short_children_leak_no_descriptor_nor_thread(sqlite_url: s
 
             def stop_after() -> None:
                 try:
-                    _until(lambda: out.getvalue().count('"exited"') >= exits, timeout=120)
+                    wait_for(lambda: out.getvalue().count('"exited"') >= exits, timeout=120)
                 except BaseException as exc:
                     failed.append(exc)
                 finally:
