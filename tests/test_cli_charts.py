@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+from random import Random
 
+import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.text import Text
 
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.cli.charts import timeline_bar
 from rtms_lifecycle.cli.commands import cli
-from rtms_lifecycle.clock import format_time
+from rtms_lifecycle.clock import format_time, now_ms
+from rtms_lifecycle.timeline import timeline_marks
 from tests._deliveries import body
 from tests.test_cli_database import terminal_output
 
@@ -45,8 +50,9 @@ def test_stream_draws_its_timeline_under_the_history(sqlite_url: str) -> None:
     after = result.output.split("History (event time)")[1]
     assert "Timeline 2025-03-11T00:00:00Z → 2025-03-11T01:00:00Z" in after
     marks = next(line for line in after.splitlines() if line.startswith("S"))
-    # As recorded: the restart was a failover when it arrived, before the late interruption.
-    assert re.fullmatch(r"S +I +F +X", marks.rstrip())
+    # In event-time order, as the counts read it: the restart after the (late) interruption is
+    # a resume, though it was recorded as a failover when it arrived before the interruption.
+    assert re.fullmatch(r"S +I +R +X", marks.rstrip())
 
 
 def test_the_timeline_colours_interruptions_and_late_events(sqlite_url: str) -> None:
@@ -128,3 +134,57 @@ def test_stop_reason_bars_fit_a_narrow_terminal(sqlite_url: str) -> None:
     assert len(bars) == 3
     assert "16 DATA_CONNECTION_CLOSED_ABNORMALLY" in shown
     assert max(len(line) for line in shown.splitlines()) <= 80
+
+
+def test_a_late_interruption_makes_the_restart_a_resume_on_the_timeline(sqlite_url: str) -> None:
+    """started(t0), started(t2) with new server URLs, then interrupted(t1) delivered late: the
+    counts say one resume and no failover, and so do the timeline's letters; the stored
+    history still says what was known at each arrival."""
+    t0 = now_ms() - 3 * MINUTE  # live: its timeline runs to now
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(body("started", "late", t0))
+        tracker.ingest(body("started", "late", t0 + 2 * MINUTE, server_urls="wss://rtms.zoom.us/2"))
+        tracker.ingest(body("interrupted", "late", t0 + MINUTE))
+        recorded = [t.name.value for t in tracker.history("late")]
+    assert recorded == ["start", "interrupt", "failover"]  # never rewritten
+    output = invoke(sqlite_url, "stream", "late").output
+    assert "1 interruption, 1 resume, 0 failovers" in output
+    after = output.split("History (event time)")[1]
+    marks = next(line for line in after.splitlines() if line.startswith("S"))
+    assert re.fullmatch(r"S +I +R", marks.rstrip())
+
+
+_KINDS = st.sampled_from(["started", "interrupted", "stopped"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(st.integers(0, 30), _KINDS, st.integers(1, 3)),
+        min_size=1,
+        max_size=7,
+        unique_by=lambda e: (e[0], e[1]),
+    ),
+    order=st.randoms(use_true_random=False),
+)
+def test_the_timeline_marks_do_not_depend_on_the_order_of_arrival(
+    tmp_path_factory: pytest.TempPathFactory, events: list[tuple[int, str, int]], order: Random
+) -> None:
+    """Whatever order a stream's started, interrupted and stopped events arrive in, its
+    timeline shows the marks of their arrival in event-time order."""
+
+    def marks(arrival: list[tuple[int, str, int]]) -> list[tuple[int, str]]:
+        url = f"sqlite:///{tmp_path_factory.mktemp('order')}/db.sqlite"
+        with Tracker(url) as tracker:
+            for minute, kind, urls in arrival:
+                at = T0 + minute * MINUTE
+                tracker.ingest(body(kind, "p", at, server_urls=f"wss://rtms.zoom.us/{urls}"))
+            history = tracker.history("p")
+        return [(t.event_ts, name.value) for t, name in timeline_marks(history)]
+
+    shuffled = list(events)
+    order.shuffle(shuffled)
+    assert marks(shuffled) == marks(sorted(events, key=lambda e: (e[0], _RANKS[e[1]])))
+
+
+_RANKS = {"started": 0, "interrupted": 1, "stopped": 3}

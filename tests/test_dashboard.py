@@ -411,6 +411,26 @@ def test_a_live_stream_s_timeline_runs_to_now_however_old(sqlite_url: str) -> No
     assert float(live) == pytest.approx(track, abs=1)
 
 
+def test_a_late_interruption_makes_the_restart_a_resume_on_the_stream_page(
+    db_url: str, signed_in: Callable[[str], httpx.Client]
+) -> None:
+    """started(t0), started(t2) with new server URLs, then interrupted(t1) delivered late: the
+    page's marks agree with its counts (a resume, no failover)."""
+    t0 = now_ms() - HOUR_MS
+    with Tracker(db_url) as tracker:
+        tracker.ingest(body("started", "late", t0))
+        tracker.ingest(body("started", "late", t0 + 120_000, server_urls="wss://rtms.zoom.us/2"))
+        tracker.ingest(body("interrupted", "late", t0 + 60_000))
+        history = tracker.history("late")
+        with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
+            page = signed_in(url).get("/dashboard/streams/late").text
+    assert [t.name.value for t in history] == ["start", "interrupt", "failover"]
+    assert "<dd>1 interruption, 1 resume, 0 failovers</dd>" in page
+    marks = re.findall(r'<g class="mark [^"]*" data-transition-id="\d+" data-name="(\w+)"', page)
+    assert sorted(marks) == ["interrupt", "resume", "start"]
+    assert "recorded as failover at its arrival" in page
+
+
 def test_pages_write_a_missing_value_as_the_command_line_does(
     site: str, recorded: tuple[Tracker, dict[str, str]], signed_in: Callable[[str], httpx.Client]
 ) -> None:

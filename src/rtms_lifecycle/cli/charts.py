@@ -11,7 +11,13 @@ from rich.text import Text
 
 from rtms_lifecycle.machine import TransitionName
 from rtms_lifecycle.records import StopReasonStat, Stream, Transition
-from rtms_lifecycle.timeline import FLOWING, INTERRUPTED, timeline_span, timeline_spans
+from rtms_lifecycle.timeline import (
+    FLOWING,
+    INTERRUPTED,
+    timeline_marks,
+    timeline_span,
+    timeline_spans,
+)
 
 __all__ = ["stop_reason_bars", "timeline_bar"]
 
@@ -34,8 +40,9 @@ def timeline_bar(
 ) -> Group:
     """One row per column of time: green ``█`` while media flows, yellow ``▒`` while interrupted
     (two glyphs: output without colours tells them apart); under it a letter per transition
-    (S start, I interrupt, R resume, F failover, X stop; red: arrived late; ``*``: several in one
-    column). ``label`` writes the first and last instants."""
+    (S start, I interrupt, R resume, F failover, X stop, as the fold reads the events in
+    event-time order; red: arrived late; ``*``: several in one column). ``label`` writes the
+    first and last instants."""
     first, end = timeline_span(stream, history, now_ms)
     span = max(end - first, 1)
     # Each column shows the states the stream went through in its slice of time: interrupted
@@ -52,10 +59,10 @@ def timeline_bar(
         else:
             bar.append("·", style="dim")
     marks: list[Text | None] = [None] * width
-    for transition in history:
+    for transition, name in timeline_marks(history):
         column = min((transition.event_ts - first) * width // span, width - 1)
         style = "bold red" if transition.late else "bold"
-        marks[column] = Text("*" if marks[column] else _MARK[transition.name], style=style)
+        marks[column] = Text("*" if marks[column] else _MARK[name], style=style)
     mark_row = Text()
     for mark in marks:
         mark_row.append_text(mark or Text(" "))

@@ -14,7 +14,9 @@ SIGTERM to ``work`` end every child and release every claim. While the database 
 first error is printed once, the failed calls counted and summed up every 30 s, and its
 recovery said in one line. So are children that keep failing at once (three in a row exit with
 an error within 5 s of starting, whatever their streams): one line, again every 30 s while they
-do, and one when a child runs again.
+do, and one when a child runs again. The children's stdout and stderr are read through pipes
+and written line by line among ``work``'s own lines, each with its stream (``--child-output
+lines``, the default), unless ``--child-output inherit`` hands them ``work``'s own.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import click
 
 from rtms_lifecycle.cli.app import App, pass_app
+from rtms_lifecycle.cli.child_output import MAX_LINE, ChildLine, ChildPipes, LineReader
 from rtms_lifecycle.cli.errors import interrupted
 from rtms_lifecycle.cli.params import ACCOUNT_OPTION, TEXT, Duration
 from rtms_lifecycle.clock import format_time, now_ms
@@ -52,7 +55,16 @@ if TYPE_CHECKING:
     from rtms_lifecycle.records import Claim
     from rtms_lifecycle.tracker import Tracker
 
-__all__ = ["Supervisor", "child_environment", "event_line", "one_line", "work"]
+__all__ = [
+    "INHERIT",
+    "LINES",
+    "Supervisor",
+    "child_environment",
+    "child_output_line",
+    "event_line",
+    "one_line",
+    "work",
+]
 
 #: The longest the loop sleeps: how soon a child's exit is noticed.
 _TICK: Final = 0.1
@@ -83,6 +95,12 @@ _OUTAGE_ERRORS_SHOWN: Final = 10
 FAST_FAILURE: Final = 5.0
 FAST_FAILURES_SAID: Final = 3
 CHILDREN_FAILING_EVERY: Final = 30.0
+#: How long a child's exit waits to be said for the rest of its output (its pipes' end, which a
+#: grandchild holding them may put off), and how long ``work`` reads what is left as it exits.
+_OUTPUT_DRAIN: Final = 1.0
+#: ``--child-output``: read through pipes and written line by line, or ``work``'s own.
+LINES: Final = "lines"
+INHERIT: Final = "inherit"
 #: What a failed call of each action is called in the outage's lines.
 _CALLS: Final = {"renew": "renewal", "claim": "claim", "report": "report", "release": "release"}
 
@@ -142,6 +160,10 @@ class _Job:
     #: Disarm the SIGTERM due ``--grace`` before the lease ends and the SIGKILL due just
     #: before it ends; armed again at each renewal.
     fence: list[Callable[[], None]] = field(default_factory=list)
+    #: The child's stdout and stderr, read line by line; None when it inherits ``work``'s.
+    pipes: ChildPipes | None = None
+    #: When its exit was seen while its output was still being read (monotonic).
+    exited_at: float | None = None
 
 
 def _driver_said(exc: BaseException) -> str:
@@ -211,6 +233,7 @@ class Supervisor:
         as_json: bool = False,
         out: IO[str] | None = None,
         db: str | None = None,
+        child_output: str = LINES,
     ) -> None:
         if grace is None:
             grace = min(DEFAULT_GRACE, lease / 3)
@@ -250,12 +273,18 @@ class Supervisor:
         self._preexec = _die_with_parent()
         self._outage: _Outage | None = None
         self._failing: _Failing | None = None
+        if child_output not in (LINES, INHERIT):
+            raise ValueError(f"child_output: {LINES} or {INHERIT}, not {child_output!r}")
+        self.child_output = child_output
+        self._reader: LineReader | None = None
 
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
         """Work until SIGINT or SIGTERM, then end every child and release every claim."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        if self.child_output == LINES:
+            self._reader = LineReader(self._child_lines)
         try:
             while self.signalled is None:
                 now = time.monotonic()
@@ -266,6 +295,9 @@ class Supervisor:
                 self._sleep(now)
             self._shutdown()
         finally:
+            if self._reader is not None:
+                self._reader.close(_OUTPUT_DRAIN)
+                self._reader = None
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -346,17 +378,27 @@ class Supervisor:
         """Start a child for ``claim``; ``held``: the job it replaces (a failover), whose
         renewal times it keeps."""
         env = {**os.environ, **child_environment(claim, self.worker, self.db)}
+        pipes: ChildPipes | None = None
         try:
+            if self._reader is not None:
+                pipes = ChildPipes(None)
+                stdout: Any = pipes.writers[0]
+                stderr: Any = pipes.writers[1]
+            else:
+                # --json keeps stdout for the event lines: the children write to stderr.
+                stdout, stderr = (sys.stderr if self.as_json else None), None
             child = subprocess.Popen(
                 self.command,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                # --json keeps stdout for the event lines: the children write to stderr.
-                stdout=sys.stderr if self.as_json else None,
+                stdout=stdout,
+                stderr=stderr,
                 start_new_session=True,  # a group of its own: Ctrl-C reaches `work` only
                 preexec_fn=self._preexec,  # one prctl call: no lock taken after the fork
             )
         except OSError as exc:
+            if pipes is not None:
+                pipes.abandon()
             self._emit("error", claim, action="start", error=str(exc))
             self._let_go(claim, f"could not start: {exc}", now, ran=0.0)
             self._failed_at_once(None, now)
@@ -366,7 +408,11 @@ class Supervisor:
             renew_at, lease_end = held.renew_at, held.lease_end
         else:
             renew_at, lease_end = now + self.renew_every, now + self.lease
-        job = _Job(claim, child, renew_at, lease_end, now)
+        job = _Job(claim, child, renew_at, lease_end, now, pipes=pipes)
+        if pipes is not None and self._reader is not None:
+            pipes.close_writers()  # the child's exit ends them
+            pipes.owner = job
+            self._reader.add(pipes)
         self.jobs[claim.stream_id] = job
         self._arm(job)
 
@@ -382,6 +428,11 @@ class Supervisor:
                 elif job.ending is None and now - job.started >= FAST_FAILURE:
                     self._ran(now)
                 continue
+            if job.pipes is not None and not job.pipes.done.is_set():
+                # Its last lines before its exit; unless a grandchild keeps its pipes open.
+                job.exited_at = job.exited_at or now
+                if now - job.exited_at < _OUTPUT_DRAIN:
+                    continue
             self._disarm(job)
             del self.jobs[sid]
             self._emit("exited", job.claim, pid=job.child.pid, code=code)
@@ -642,16 +693,28 @@ class Supervisor:
 
     # --- output -----------------------------------------------------------------------------
 
+    def _child_lines(self, owner: object, lines: list[ChildLine]) -> None:
+        """Lines a child wrote, from the reader's thread: each a ``child_output`` line."""
+        assert isinstance(owner, _Job)
+        at, pid = now_ms(), owner.child.pid
+        texts = [
+            child_output_line(line, at, self.worker, owner.claim, pid, as_json=self.as_json)
+            for line in lines
+        ]
+        self._write(texts)
+
     def _emit(
         self, event: str, claim: Claim | None, *, message: str | None = None, **fields: Any
     ) -> None:
-        with self._output:  # a fence's timer thread writes too
-            at = now_ms()
-            text = event_line(
-                event, at, self.worker, claim, fields, as_json=self.as_json, message=message
-            )
+        at = now_ms()
+        text = event_line(event, at, self.worker, claim, fields, as_json=self.as_json,
+                          message=message)  # fmt: skip
+        self._write([text])
+
+    def _write(self, texts: list[str]) -> None:
+        with self._output:  # a fence's timer thread and the children's reader write too
             try:
-                self.out.write(text + "\n")
+                self.out.write("".join(text + "\n" for text in texts))
                 self.out.flush()
             except (BrokenPipeError, ValueError):
                 pass  # nobody reads the events any more: the work goes on
@@ -685,6 +748,19 @@ def event_line(
     shown = {k: one_line(str(v)) for k, v in fields.items() if k != "expires_at"}
     rest = " ".join(f"{k}={v}" for k, v in shown.items())
     return printable(f"{format_time(at)} {event}{about}" + (f" {rest}" if rest else ""))
+
+
+def child_output_line(
+    line: ChildLine, at: int, worker: str, claim: Claim, pid: int, *, as_json: bool
+) -> str:
+    """A line a child wrote, as ``work`` writes it: a ``child_output`` JSON object, or the text
+    behind its stream id, pid and fd (escaped: a child's output is untrusted)."""
+    cut = {"cut": True} if line.cut else {}
+    if as_json:
+        fields = {"pid": pid, "fd": line.fd, "line": line.text, **cut}
+        return event_line("child_output", at, worker, claim, fields, as_json=True)
+    marker = f" [cut at {MAX_LINE} bytes]" if line.cut else ""
+    return printable(f"{format_time(at)} {claim.stream_id}[{pid}] {line.fd}: {line.text}") + marker
 
 
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
@@ -784,6 +860,15 @@ class _WorkCommand(click.Command):
     help="Between looks for a free stream while none is (0.05s to 1h).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line (docs/cli.md).")
+@click.option(
+    "--child-output",
+    type=click.Choice([LINES, INHERIT]),
+    default=LINES,
+    show_default=True,
+    help="lines: each line a child writes to stdout or stderr is written by work, with its "
+    "stream id (with --json a child_output object); inherit: the children write to work's own "
+    "stdout (stderr with --json) and stderr, unmarked.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
 def work(
@@ -797,6 +882,7 @@ def work(
     backoff: float,
     poll: float,
     as_json: bool,
+    child_output: str,
     command: tuple[str, ...],
 ) -> None:
     """Claim up to --max live streams as WORKER and run COMMAND once for each.
@@ -835,6 +921,7 @@ def work(
         backoff=backoff,
         poll=poll,
         as_json=as_json,
+        child_output=child_output,
         # As given: the child may hand it to tools other than ours (psql reads postgresql://).
         db=app.given_db,
     )

@@ -15,7 +15,13 @@ from rtms_lifecycle.clock import format_utc
 from rtms_lifecycle.display import printable
 from rtms_lifecycle.records import Stream, Transition
 from rtms_lifecycle.stop_reasons import StopReasonCategory
-from rtms_lifecycle.timeline import FLOWING, INTERRUPTED, timeline_span, timeline_spans
+from rtms_lifecycle.timeline import (
+    FLOWING,
+    INTERRUPTED,
+    timeline_marks,
+    timeline_span,
+    timeline_spans,
+)
 
 __all__ = ["ReasonBar", "ShareBucket", "reason_bars", "share_columns", "timeline"]
 
@@ -139,7 +145,8 @@ def _ticks(first: int, last: int, count: int = 5) -> list[int]:
 
 def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Markup:
     """The stream on a time axis: live (green) and interrupted (amber) spans, a mark per
-    transition (late ones ringed in red and labelled), time ticks in UTC."""
+    transition as it reads in event-time order (late ones ringed in red and labelled), time
+    ticks in UTC."""
     height, left, right, bar_y, bar_h = 160, 24, 24, 66, 22
     plot_w = _WIDTH - left - right
     if not history:
@@ -161,9 +168,9 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
         )
     # Labelled from the right: where marks crowd, the stop's label is the one that matters.
     lane_starts = [1e9] * len(_LABEL_LANES)
-    for t in reversed(history):
+    for t, name in reversed(timeline_marks(history)):
         x = x_of(t.event_ts)
-        text = t.name.value + (" (late)" if t.late else "")
+        text = name.value + (" (late)" if t.late else "")
         anchor = "start" if x < left + 40 else "end" if x > left + plot_w - 40 else "middle"
         width = len(text) * _CHAR_W
         x_from = x if anchor == "start" else x - width if anchor == "end" else x - width / 2
@@ -179,14 +186,16 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
             )
         top_y = _LABEL_LANES[lane] + 4 if lane is not None else bar_y - 6
         late = " late" if t.late else ""
+        # The recorded row says what was known at its arrival; the mark, what it is in
+        # event-time order (the counts' reading).
+        recorded = "" if name is t.name else f"; recorded as {t.name.value} at its arrival"
         tip = (
-            f"{t.name.value}: {t.from_state.value} → {t.to_state.value} at "
-            f"{format_utc(t.event_ts, '%Y-%m-%d %H:%M:%S')} UTC ({t.kind}, {t.source.value})"
-            + (", arrived late" if t.late else "")
+            f"{name.value} at {format_utc(t.event_ts, '%Y-%m-%d %H:%M:%S')} UTC "
+            f"({t.kind}, {t.source.value}" + (", arrived late" if t.late else "") + f"{recorded})"
         )
         body.append(
-            f'<g class="mark name-{t.name.value}{late}" data-transition-id="{t.id}" '
-            f'data-name="{t.name.value}" data-late="{str(t.late).lower()}">'
+            f'<g class="mark name-{name.value}{late}" data-transition-id="{t.id}" '
+            f'data-name="{name.value}" data-late="{str(t.late).lower()}">'
             f"<title>{_escaped(tip)}</title>"
             f'<line x1="{x:.1f}" y1="{top_y}" x2="{x:.1f}" y2="{bar_y + bar_h + 6}"/>'
             f'<circle cx="{x:.1f}" cy="{bar_y + bar_h / 2}" r="{7 if t.late else 5}"/>'
