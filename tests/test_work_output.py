@@ -26,6 +26,7 @@ CHILD = f"""
 import os, sys
 out = sys.stdout.buffer
 out.write(b"hello " + os.environ["RTMS_STREAM_ID"].encode() + b"\\n")
+out.write(b"unbuffered=" + os.environ.get("PYTHONUNBUFFERED", "-").encode() + b"\\n")
 sys.stderr.buffer.write(b"warn \\x1b[31mred\\r\\n")
 out.write(b"bad \\xff bytes\\n")
 out.write(b"x" * {MAX_LINE * 3} + b"\\nafter the long one\\n")
@@ -44,6 +45,7 @@ def _work(db: str, tmp: Path, *args: str) -> tuple[list[str], str]:
             [sys.executable, "-m", "rtms_lifecycle", "--db", db, "work", "w1", "--backoff", "1h",
              *args, "--", sys.executable, "-c", CHILD],
             stdout=stdout, stderr=stderr, cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
         )  # fmt: skip
         try:
             wait_for(lambda: b"released" in out.read_bytes())
@@ -71,11 +73,12 @@ def test_json_children_lines_are_objects_naming_their_stream_pid_and_fd(
     stdout = [e["line"] for e in output if e["fd"] == "stdout"]
     stderr = [e["line"] for e in output if e["fd"] == "stderr"]
     assert stderr == ["warn \x1b[31mred"]  # JSON escapes it; the CR of CRLF dropped
-    assert stdout[:2] == ["hello s1", "bad \ufffd bytes"]
+    # work asks a Python child to write its lines as they come (a pipe is block-buffered)
+    assert stdout[:3] == ["hello s1", "unbuffered=1", "bad \ufffd bytes"]
     (cut,) = [e for e in output if e.get("cut")]
     assert cut["line"] == "x" * MAX_LINE
-    assert stdout[3] == "after the long one"
-    assert stdout[4:] == [f"n{i}" for i in range(LINES)] + ["last without newline"]
+    assert stdout[4] == "after the long one"
+    assert stdout[5:] == [f"n{i}" for i in range(LINES)] + ["last without newline"]
 
 
 def test_text_children_lines_follow_their_stream_and_are_escaped(

@@ -381,6 +381,8 @@ class Supervisor:
         pipes: ChildPipes | None = None
         try:
             if self._reader is not None:
+                # A Python child writing to a pipe buffers its lines in blocks: relayed late.
+                env.setdefault("PYTHONUNBUFFERED", "1")
                 pipes = ChildPipes(None)
                 stdout: Any = pipes.writers[0]
                 stderr: Any = pipes.writers[1]
