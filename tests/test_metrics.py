@@ -23,6 +23,7 @@ from rtms_lifecycle.server import create_app
 from rtms_lifecycle.store import migrate as _migrate
 from tests import _deliveries
 from tests._live import SECRET, serving, signed
+from tests._postgres import PostgresServer, as_role, create_database, stopped
 from tests._served import serve_command, uvicorn_workers
 
 TOKEN = "metrics-token-for-tests"
@@ -368,3 +369,108 @@ def test_stops_are_counted_by_their_catalogue_name(sqlite_url: str, tmp_path: Pa
     assert {reason: n for reason, n in counted.items() if n} == {
         "UNDEFINED": 1, "NOT_PROVIDED": 1, "UNKNOWN": 2, "MEETING_ENDED": 1,
     }  # fmt: skip
+
+
+# --- capacity, and whether the store answered ------------------------------------------------
+
+#: Gauges read from the store: left out of a scrape that cannot read it.
+STORE_GAUGES = (
+    "rtms_lifecycle_active_streams",
+    "rtms_lifecycle_interrupted_streams",
+    "rtms_lifecycle_recent_stops",
+    "rtms_lifecycle_unclaimed_streams",
+    "rtms_lifecycle_unconnected_streams",
+)
+
+
+def names(found: Samples) -> set[str]:
+    return {name for name, _ in found}
+
+
+def test_sqlite_capacity_gauges_answer_while_the_store_cannot_be_read(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The file sizes and the disk's room (os.stat, os.statvfs); with the database moved
+    away, store_readable is 0, the store gauges are left out, the disk gauges still answer;
+    moved back, everything is read again."""
+    path = tmp_path / "rtms.db"
+    with serve_command(sqlite_url, tmp_path) as served:
+        assert deliver(served.url, _deliveries.raw("started", "m-1", T0)).status_code == 200
+        found = scrape(served.url)
+        assert value(found, "rtms_lifecycle_store_readable") == 1
+        assert value(found, "rtms_lifecycle_database_bytes", file="db") == path.stat().st_size > 0
+        assert ("rtms_lifecycle_database_bytes", frozenset({("file", "wal")})) in found
+        free = value(found, "rtms_lifecycle_database_disk_free_bytes")
+        assert 0 < free <= value(found, "rtms_lifecycle_database_disk_size_bytes")
+        assert set(STORE_GAUGES) <= names(found)
+        path.rename(tmp_path / "rtms.db.moved")
+        try:
+            down = scrape(served.url)
+        finally:
+            (tmp_path / "rtms.db.moved").rename(path)
+        back = scrape(served.url)
+    assert value(down, "rtms_lifecycle_store_readable") == 0
+    assert names(down).isdisjoint(STORE_GAUGES)
+    assert ("rtms_lifecycle_database_bytes", frozenset({("file", "db")})) not in down
+    assert value(down, "rtms_lifecycle_database_disk_free_bytes") > 0
+    assert value(down, "rtms_lifecycle_database_disk_size_bytes") > 0
+    assert value(down, "rtms_lifecycle_deliveries_total", outcome="applied", scope="meeting") == 1
+    assert not path.with_name("rtms.db.moved").exists()
+    assert value(back, "rtms_lifecycle_store_readable") == 1
+    assert value(back, "rtms_lifecycle_active_streams", scope="meeting") == 1
+
+
+@pytest.mark.postgres
+def test_postgresql_size_and_store_readable_while_the_server_is_stopped(
+    own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """pg_database_size as file="db", no disk gauge (the server's disk is not this host's);
+    with the server stopped, store_readable is 0 and every store gauge, the size included, is
+    left out while the counters still answer; once it is back, 1 again."""
+    url = own_postgres.url(create_database(own_postgres))
+    with serve_command(url, tmp_path) as served:
+        assert deliver(served.url, _deliveries.raw("started", "m-1", T0)).status_code == 200
+        found = scrape(served.url)
+        assert value(found, "rtms_lifecycle_store_readable") == 1
+        assert value(found, "rtms_lifecycle_database_bytes", file="db") > 1_000_000
+        assert not {n for n in names(found) if n.startswith("rtms_lifecycle_database_disk")}
+        assert ("rtms_lifecycle_database_bytes", frozenset({("file", "wal")})) not in found
+        with stopped(own_postgres):
+            down = scrape(served.url)
+        back = _scrape_until_readable(served.url)
+    assert value(down, "rtms_lifecycle_store_readable") == 0
+    assert names(down).isdisjoint({*STORE_GAUGES, "rtms_lifecycle_database_bytes"})
+    assert value(down, "rtms_lifecycle_deliveries_total", outcome="applied", scope="meeting") == 1
+    assert value(back, "rtms_lifecycle_active_streams", scope="meeting") == 1
+
+
+def _scrape_until_readable(url: str, timeout: float = 30.0) -> Samples:
+    """A scrape that read the store, polled for: a pool's connections end with the server."""
+    deadline = time.monotonic() + timeout
+    while value(found := scrape(url), "rtms_lifecycle_store_readable") != 1:
+        assert time.monotonic() < deadline, "the store is still unreadable"
+        time.sleep(0.1)
+    return found
+
+
+@pytest.mark.postgres
+def test_the_receivers_role_may_read_the_database_size(postgres_url: str) -> None:
+    """pg_database_size(current_database()) needs CONNECT on the database, which any role that
+    logs in has: a role granted only what `db grant` grants reads it."""
+    from rtms_lifecycle.store.engine import create_store_engine
+    from rtms_lifecycle.store.roles import grant_receiver
+
+    role = f"metrics_{postgres_url.rsplit('/', 1)[1][-8:]}"
+    Tracker(postgres_url).close()
+    admin = create_store_engine(postgres_url)
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN PASSWORD 'secret'")
+        grant_receiver(admin, role)
+    finally:
+        admin.dispose()
+    with Tracker(as_role(postgres_url, role)) as receiver:
+        capacity = receiver.capacity()
+    assert capacity.database_bytes is not None
+    assert capacity.database_bytes > 0
+    assert (capacity.wal_bytes, capacity.disk_free_bytes, capacity.disk_size_bytes) == (None,) * 3

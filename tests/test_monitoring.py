@@ -141,7 +141,8 @@ def test_promtool_accepts_the_rules_and_the_config(
 def test_promtool_unit_tests_of_the_rules_pass(skip_or_fail: Callable[[str], NoReturn]) -> None:
     """``promtool test rules alerts_test.yml``: a rotated secret or a skewed clock on a quiet
     account pages, refusals beside recorded deliveries do not; the refusal spike is a share of
-    all webhook requests; mostly expiries among recent stops opens a ticket."""
+    all webhook requests; mostly expiries among recent stops opens a ticket; a disk filling up
+    opens a ticket, then pages; an unreadable store pages, and keeps the unclaimed page firing."""
     promtool = shutil.which("promtool")
     if promtool is None:
         skip_or_fail("promtool is not installed (apt-get install prometheus)")
@@ -163,6 +164,10 @@ def test_promtool_unit_tests_of_the_rules_pass(skip_or_fail: Callable[[str], NoR
         "RtmsWebhookRefusalSpike",
         "RtmsStaleSignatures",
         "RtmsStopsExpiring",
+        "RtmsDiskFillingUp",
+        "RtmsDiskAlmostFull",
+        "RtmsStoreUnreadable",
+        "RtmsStreamsUnclaimed",
     } <= tested
 
 

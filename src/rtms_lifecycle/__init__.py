@@ -41,6 +41,7 @@ _SOURCES: Final[dict[str, str]] = {
     "ClaimEvent": "records",
     "ClaimStats": "records",
     "ConcurrencyAlertRecord": "records",
+    "DatabaseCapacity": "records",
     "DeliveryRecord": "records",
     "IngestResult": "records",
     "InterruptionStats": "records",
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
     from rtms_lifecycle.records import ClaimEvent as ClaimEvent
     from rtms_lifecycle.records import ClaimStats as ClaimStats
     from rtms_lifecycle.records import ConcurrencyAlertRecord as ConcurrencyAlertRecord
+    from rtms_lifecycle.records import DatabaseCapacity as DatabaseCapacity
     from rtms_lifecycle.records import DeliveryRecord as DeliveryRecord
     from rtms_lifecycle.records import IngestResult as IngestResult
     from rtms_lifecycle.records import InterruptionStats as InterruptionStats

@@ -41,6 +41,7 @@ from rtms_lifecycle.records import (
     ClaimEvent,
     ClaimStats,
     ConcurrencyAlertRecord,
+    DatabaseCapacity,
     DeliveryRecord,
     IngestResult,
     InterruptionStats,
@@ -804,6 +805,10 @@ class AsyncTracker:
     ) -> list[tuple[Scope, State, int, int]]:
         """Awaitable :meth:`Tracker.live_counts`."""
         return await self._read(self._sync.live_counts, long_after)
+
+    async def capacity(self) -> DatabaseCapacity:
+        """Awaitable :meth:`Tracker.capacity`."""
+        return await self._read(self._sync.capacity)
 
     async def recent_stops(self, within: timedelta | float) -> tuple[int, int]:
         """Awaitable :meth:`Tracker.recent_stops`."""

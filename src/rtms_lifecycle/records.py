@@ -23,6 +23,7 @@ __all__ = [
     "AuditReport",
     "ClaimStats",
     "ConcurrencyAlertRecord",
+    "DatabaseCapacity",
     "DeliveryRecord",
     "IngestResult",
     "InterruptionStats",
@@ -521,6 +522,27 @@ class ClaimStats:
     def connected(self) -> int:
         """Live streams a worker reported connected at least once."""
         return self.connect_buckets[-1][1] if self.connect_buckets else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseCapacity:
+    """The room the database takes and, on SQLite, what its disk has left, in bytes.
+
+    None where it is not known: a file not at its path (moved away), a disk that is not this
+    host's (PostgreSQL's server).
+    """
+
+    #: The database: the SQLite file, or PostgreSQL's ``pg_database_size``.
+    database_bytes: int | None
+    #: SQLite's write-ahead log (``-wal``; 0 when there is none); None on PostgreSQL.
+    wal_bytes: int | None
+    #: Free on the SQLite database's file system for this process (``f_bavail``).
+    disk_free_bytes: int | None
+    #: That file system's size.
+    disk_size_bytes: int | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,6 +36,7 @@ from rtms_lifecycle.records import (
     ClaimEvent,
     ClaimStats,
     ConcurrencyAlertRecord,
+    DatabaseCapacity,
     DeliveryRecord,
     IngestResult,
     InterruptionStats,
@@ -1326,6 +1327,12 @@ class Tracker:
         seconds = within.total_seconds() if isinstance(within, timedelta) else within
         with self._store.read() as conn:
             return _queries.recent_stops(conn, now_ms() - int(seconds * 1000))
+
+    def capacity(self) -> DatabaseCapacity:
+        """The database's size in bytes and, on SQLite, its file system's free and total bytes
+        (None where not known). On SQLite ``os.stat``/``os.statvfs`` of the paths it opened:
+        it answers while the database cannot be read; on PostgreSQL ``pg_database_size``."""
+        return self._store.capacity()
 
     def schema_revision(self) -> str | None:
         """The migration the database is at (None: no schema yet)."""

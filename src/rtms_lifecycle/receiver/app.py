@@ -128,8 +128,7 @@ def create_app(
         )
     )
     if registry is not None:
-        _metrics.add_store_gauges(registry, tracker, long_live)
-        _metrics.add_claim_gauges(registry, tracker, claims_older_than)
+        _metrics.add_store_gauges(registry, tracker, long_live, claims_older_than)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from rtms_lifecycle.events import Scope
 from rtms_lifecycle.exceptions import ConfigurationError
 from rtms_lifecycle.machine import ACTIVE_STATES, State, TransitionName
-from rtms_lifecycle.records import IngestResult
+from rtms_lifecycle.records import ClaimStats, DatabaseCapacity, IngestResult
 from rtms_lifecycle.stop_reasons import describe_stop_reason
 from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.webhook import RefusalReason
@@ -43,7 +43,6 @@ __all__ = [
     "STOPS",
     "STORE_SECONDS",
     "NO_SCOPE",
-    "add_claim_gauges",
     "UNHANDLED_RTMS",
     "add_store_gauges",
     "count_delivery",
@@ -115,6 +114,8 @@ DEFAULT_LONG_LIVE: Final = timedelta(hours=12)
 #: The window ``rtms_lifecycle_recent_stops`` counts stops in: longer than the interval of any
 #: ``expire`` schedule, since an expiry is dated when its stream went stale, not when it ran.
 RECENT_STOPS: Final = timedelta(hours=6)
+#: Seconds a live stream may go unclaimed or unconnected before the gauges count it.
+DEFAULT_CLAIMS_OLDER_THAN: Final = 30.0
 
 
 def scope_label(event: str | None) -> str:
@@ -161,20 +162,38 @@ def _package_version() -> str:
 
 
 class _FromStore(Collector):
-    """Gauges read from the database at each scrape: three cheap queries (the live partial
-    index grouped; one row per durable consumer; the schema revision)."""
+    """Gauges read from the database at each scrape: a few cheap queries (the live partial
+    index grouped; the window's stops; one row per durable consumer; the schema revision; two
+    aggregates over the claims; on PostgreSQL ``pg_database_size``), each part left out alone
+    when it fails, and ``rtms_lifecycle_store_readable`` saying whether all of them answered.
+    The SQLite file and disk gauges need no read: they answer during an outage."""
 
-    def __init__(self, tracker: Tracker, long_live: timedelta) -> None:
+    def __init__(self, tracker: Tracker, long_live: timedelta, claims_older_than: float) -> None:
         self._tracker = tracker
         self._version = _package_version()
         self._long_live = long_live
+        self._claims_older_than = claims_older_than
 
     def collect(self) -> Iterable[Metric]:
+        metrics: list[Metric] = []
+        readable = self._main(metrics)
+        readable &= self._claims(metrics)
+        readable &= self._capacity(metrics)
+        yield from metrics
+        yield GaugeMetricFamily(
+            "rtms_lifecycle_store_readable",
+            "1 if this scrape read every gauge that comes from the store, 0 if some are left "
+            "out (the database did not answer): unknown, not zero.",
+            value=int(readable),
+        )
+
+    def _main(self, metrics: list[Metric]) -> bool:
         info = GaugeMetricFamily(
             "rtms_lifecycle_info",
             "This receiver's version and its database's schema revision (always 1).",
             labels=["version", "schema_revision"],
         )
+        metrics.append(info)
         try:
             revision = self._tracker.schema_revision()
             live = self._tracker.live_counts(self._long_live)
@@ -184,12 +203,10 @@ class _FromStore(Collector):
             # A scrape during an outage still answers: the process counters are what shows it.
             log.warning("metrics: the database did not answer; store gauges left out")
             info.add_metric([self._version, "unknown"], 1)
-            yield info
-            return
+            return False
         info.add_metric([self._version, revision or "none"], 1)
-        yield info
-        yield from self._streams(live)
-        yield from _recent_stops(*stops)
+        metrics.extend(self._streams(live))
+        metrics.extend(_recent_stops(*stops))
         lag = GaugeMetricFamily(
             "rtms_lifecycle_subscription_lag",
             "Transitions in the feed after a durable consumer's cursor.",
@@ -203,9 +220,27 @@ class _FromStore(Collector):
         for status in subscriptions:
             lag.add_metric([status.consumer], status.lag)
             parked.add_metric([status.consumer], status.parked)
-        yield lag
-        yield parked
-        # The claims work adds its store gauges (claims held, expired) here.
+        metrics += (lag, parked)
+        return True
+
+    def _claims(self, metrics: list[Metric]) -> bool:
+        try:
+            stats = self._tracker.claim_stats(self._claims_older_than)
+        except Exception:
+            log.warning("metrics: the database did not answer; claim gauges left out")
+            return False
+        metrics.extend(_claim_gauges(stats, self._claims_older_than))
+        return True
+
+    def _capacity(self, metrics: list[Metric]) -> bool:
+        try:
+            capacity = self._tracker.capacity()
+        except Exception:
+            # PostgreSQL's size is a query; SQLite's gauges are os.stat and never get here.
+            log.warning("metrics: the database did not answer; its size left out")
+            return False
+        metrics.extend(_capacity_gauges(capacity))
+        return True
 
     def _streams(self, live: list[tuple[Scope, State, int, int]]) -> Iterable[Metric]:
         active = GaugeMetricFamily(
@@ -257,6 +292,31 @@ def _recent_stops(webhook: int, expired: int) -> Iterable[Metric]:
     yield from (recent, window)
 
 
+def _capacity_gauges(capacity: DatabaseCapacity) -> Iterable[Metric]:
+    """The database's size, and its disk's (SQLite), for alerts before the disk is full."""
+    files = GaugeMetricFamily(
+        "rtms_lifecycle_database_bytes",
+        "Bytes of the database: file=db (the SQLite file, or PostgreSQL's pg_database_size) "
+        "and file=wal (SQLite's write-ahead log).",
+        labels=["file"],
+    )
+    for name, size in (("db", capacity.database_bytes), ("wal", capacity.wal_bytes)):
+        if size is not None:
+            files.add_metric([name], size)
+    if files.samples:
+        yield files
+    for suffix, size, what in (
+        ("free", capacity.disk_free_bytes, "Bytes this process may still write"),
+        ("size", capacity.disk_size_bytes, "Bytes in all"),
+    ):
+        if size is not None:
+            yield GaugeMetricFamily(
+                f"rtms_lifecycle_database_disk_{suffix}_bytes",
+                f"{what} on the file system of the SQLite database's folder.",
+                value=size,
+            )
+
+
 def new_registry() -> CollectorRegistry:
     """A registry of this process's metrics (or every worker's, in multiprocess mode).
 
@@ -282,11 +342,19 @@ def new_registry() -> CollectorRegistry:
 
 
 def add_store_gauges(
-    registry: CollectorRegistry, tracker: Tracker, long_live: timedelta = DEFAULT_LONG_LIVE
+    registry: CollectorRegistry,
+    tracker: Tracker,
+    long_live: timedelta = DEFAULT_LONG_LIVE,
+    claims_older_than: float = DEFAULT_CLAIMS_OLDER_THAN,
 ) -> None:
     """Add the gauges read from ``tracker``'s database at each scrape; ``long_live``: how long
-    a stream may be live before ``rtms_lifecycle_long_live_streams`` counts it."""
-    registry.register(_FromStore(tracker, long_live))
+    a stream may be live before ``rtms_lifecycle_long_live_streams`` counts it;
+    ``claims_older_than``: the age in seconds from which the claim gauges count a live stream."""
+    if not 0 <= claims_older_than <= 86_400:
+        raise ConfigurationError(
+            f"claims_older_than must be from 0 to 86400 seconds, got {claims_older_than!r}"
+        )
+    registry.register(_FromStore(tracker, long_live, claims_older_than))
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
@@ -296,57 +364,31 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 # --- claims: who takes care of the live streams (read from the store at each scrape) ---------
 
-#: Seconds a live stream may go unclaimed or unconnected before the gauges count it.
-DEFAULT_CLAIMS_OLDER_THAN: Final = 30.0
 
-
-class _Claims(Collector):
+def _claim_gauges(stats: ClaimStats, older_than: float) -> Iterable[Metric]:
     """Live streams no worker holds or has joined, and the start-to-connected latency."""
-
-    def __init__(self, tracker: Tracker, older_than: float) -> None:
-        self._tracker, self._older_than = tracker, older_than
-
-    def collect(self) -> Iterable[Metric]:
-        try:
-            stats = self._tracker.claim_stats(self._older_than)
-        except Exception:
-            log.warning("metrics: the database did not answer; claim gauges left out")
-            return
-        after = f"started more than {self._older_than:g} s ago"
-        yield GaugeMetricFamily(
-            "rtms_lifecycle_unclaimed_streams",
-            f"Live streams {after} that no worker holds (read from the store).",
-            value=stats.unclaimed,
-        )
-        yield GaugeMetricFamily(
-            "rtms_lifecycle_unconnected_streams",
-            f"Live streams {after} whose media no worker reports connected.",
-            value=stats.unconnected,
-        )
-        yield GaugeHistogramMetricFamily(
-            "rtms_lifecycle_connect_latency_seconds",
-            "Seconds from a live stream's start to its first connection a worker reported, "
-            "over the live streams (a gauge histogram: streams leave it when they stop).",
-            buckets=[(_le(bound), n) for bound, n in stats.connect_buckets],
-            gsum_value=stats.connect_seconds,
-        )
+    after = f"started more than {older_than:g} s ago"
+    yield GaugeMetricFamily(
+        "rtms_lifecycle_unclaimed_streams",
+        f"Live streams {after} that no worker holds (read from the store).",
+        value=stats.unclaimed,
+    )
+    yield GaugeMetricFamily(
+        "rtms_lifecycle_unconnected_streams",
+        f"Live streams {after} whose media no worker reports connected.",
+        value=stats.unconnected,
+    )
+    yield GaugeHistogramMetricFamily(
+        "rtms_lifecycle_connect_latency_seconds",
+        "Seconds from a live stream's start to its first connection a worker reported, "
+        "over the live streams (a gauge histogram: streams leave it when they stop).",
+        buckets=[(_le(bound), n) for bound, n in stats.connect_buckets],
+        gsum_value=stats.connect_seconds,
+    )
 
 
 def _le(seconds: float) -> str:
     return "+Inf" if seconds == math.inf else repr(seconds)  # as prometheus_client writes it
-
-
-def add_claim_gauges(
-    registry: CollectorRegistry,
-    tracker: Tracker,
-    older_than: float = DEFAULT_CLAIMS_OLDER_THAN,
-) -> None:
-    """Add the claim gauges, which count streams started at least ``older_than`` s ago."""
-    if not 0 <= older_than <= 86_400:
-        raise ConfigurationError(
-            f"claims_older_than must be from 0 to 86400 seconds, got {older_than!r}"
-        )
-    registry.register(_Claims(tracker, older_than))
 
 
 # --- end of claims --------------------------------------------------------------------------------

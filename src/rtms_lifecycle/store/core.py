@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError, StoreTimeout
-from rtms_lifecycle.records import IngestResult, Outcome
+from rtms_lifecycle.records import DatabaseCapacity, IngestResult, Outcome
 from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.store.batch import Batch, Incoming
 from rtms_lifecycle.store.deadline import WATCHDOG, connecting_by, postgres_interrupts, remaining
@@ -501,6 +501,19 @@ class Store:
         """The migration the database is at (None: no schema yet), read as :meth:`read` reads."""
         with self.read() as conn:
             return _migrate.read_revision(conn)
+
+    def capacity(self) -> DatabaseCapacity:
+        """The database's size and its disk's room (:mod:`~rtms_lifecycle.store.capacity`):
+        on SQLite without opening anything, so it answers while reads fail; on PostgreSQL
+        read as :meth:`read` reads."""
+        from rtms_lifecycle.store import capacity as _capacity
+
+        if self.sqlite_path is not None:
+            return _capacity.sqlite_capacity(self.sqlite_path)
+        if self.dialect != "postgresql":
+            return _capacity.UNKNOWN
+        with self.read() as conn:
+            return _capacity.postgres_capacity(conn)
 
     def ping(self) -> bool:
         """Whether the database answers."""
