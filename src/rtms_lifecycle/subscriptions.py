@@ -40,6 +40,7 @@ from rtms_lifecycle.exceptions import ConfigurationError
 from rtms_lifecycle.records import Stream, SubscriptionStatus, Transition
 from rtms_lifecycle.store import subscriptions as _rows
 from rtms_lifecycle.store.core import Store
+from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.store.subscriptions import NOTIFY_CHANNEL, START, FeedWaker, Position
 
 __all__ = [
@@ -173,9 +174,10 @@ class Consumer:
     def create(self) -> None:
         """Store the consumer's row unless it exists (``create=False`` left it to this call):
         a new one starts at the end of the feed as it is now, or at its start."""
-        _rows.ensure_consumer(
-            self.store, self.name, from_start=self.from_start, deadline=self._deadline()
-        )
+        # No lease is held yet, so none bounds it: a short lease (0.3 s) left 0.15 s, which a
+        # loaded machine spent before the write began.
+        deadline = max(self._deadline(), time.monotonic() + DEFAULT_STORE_TIMEOUT)
+        _rows.ensure_consumer(self.store, self.name, from_start=self.from_start, deadline=deadline)
 
     # --- the lease --------------------------------------------------------------------------
 
