@@ -98,7 +98,7 @@ def test_a_digest_still_verifies_after_new_rows_and_a_prune(tracker: Tracker) ->
     assert tracker.prune(DAY).streams == 1
     late = tracker.verify_audit(head=head)
     assert late.unverifiable == ("live",)
-    assert late.head_matches is False
+    assert (late.head_matches, late.inconclusive, late.ok) == (None, True, False)
 
 
 def test_a_rewritten_row_is_named(tracker: Tracker) -> None:
@@ -436,6 +436,26 @@ def test_the_cli_verifies_and_prints_a_digest(sqlite_url: str) -> None:
     assert "\\x0a" not in shown
     assert re.search(r"\n  expected [0-9a-f]{64}\n  stored   [0-9a-f]{64}\n", shown)
     assert invoke(sqlite_url, "audit", "head").exit_code == 1
+
+
+def test_a_digest_a_prune_made_uncheckable_is_exit_4_not_a_break(sqlite_url: str) -> None:
+    """A chain that grew after the digest and was pruned before the check: the digest can be
+    neither confirmed nor refuted. Exit 4, apart from a break's 1, so an alert tells them apart."""
+    with Tracker(sqlite_url) as tracker:
+        history(tracker)
+        head = tracker.audit_head()
+        tracker.ingest(raw("stopped", "live", 1_700_000_300_000))
+        tracker.ingest(raw("started", "newer", now_ms()))
+        assert tracker.prune(DAY).streams >= 1
+    checked = invoke(sqlite_url, "audit", "verify", "--head", head, "--json")
+    assert checked.exit_code == 4, checked.output
+    found = json.loads(checked.output)
+    assert (found["ok"], found["inconclusive"], found["head_matches"]) == (False, True, None)
+    assert found["breaks"] == []
+    shown = invoke(sqlite_url, "audit", "verify", "--head", head)
+    assert shown.exit_code == 4
+    assert "CANNOT BE CHECKED" in shown.output
+    assert "DOES NOT verify" not in shown.output
 
 
 def test_the_async_tracker_has_the_same(sqlite_url: str) -> None:

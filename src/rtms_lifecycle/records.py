@@ -469,8 +469,9 @@ class AuditReport:
     """What ``audit verify`` found: the chains recomputed, their breaks, the digest of them all.
 
     ``head`` is the digest of every chain now (``audit head``); ``head_matches`` says whether a
-    digest given to compare still verifies (None if none was given). ``unverifiable`` names the
-    chains pruned since that digest, with rows after it: their part in it cannot be recomputed.
+    digest given to compare still verifies (None if none was given, or if it cannot be told).
+    ``unverifiable`` names the chains pruned since that digest, with rows after it: their part in
+    it cannot be recomputed, so the digest is neither confirmed nor refuted (``inconclusive``).
     """
 
     streams: int
@@ -482,9 +483,14 @@ class AuditReport:
     unverifiable: tuple[str, ...] = ()
 
     @property
+    def inconclusive(self) -> bool:
+        """The digest given could not be checked: chains it covered were pruned since."""
+        return bool(self.unverifiable) and self.head_matches is None
+
+    @property
     def ok(self) -> bool:
         """No break, and the digest given (if any) verifies."""
-        return not self.breaks and self.head_matches is not False
+        return not self.breaks and self.head_matches is not False and not self.inconclusive
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -495,6 +501,7 @@ class AuditReport:
             "pruned_chains": self.pruned_chains,
             "head": self.head,
             "head_matches": self.head_matches,
+            "inconclusive": self.inconclusive,
             "unverifiable": list(self.unverifiable),
             "breaks": [b.as_dict() for b in self.breaks],
         }

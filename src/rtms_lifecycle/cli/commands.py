@@ -783,8 +783,10 @@ def audit_verify(app: App, stream_id: str | None, head: str | None, as_json: boo
         emit_json(report.as_dict())
     else:
         app.out.print(audit_report(report), markup=False)
-    if not report.ok:
+    if report.breaks or report.head_matches is False:
         raise click.exceptions.Exit(1)
+    if report.inconclusive:
+        raise click.exceptions.Exit(4)  # not a break: an alert can tell the two apart
 
 
 @audit.command("head")

@@ -728,6 +728,11 @@ def audit_report(report: AuditReport) -> str:
             "verifies" if report.head_matches else "DOES NOT verify: the history it covers changed"
         )
         lines.append(f"The digest given {verdict}.")
+    if report.inconclusive:
+        lines.append(
+            "The digest given CANNOT BE CHECKED: chains it covered were pruned since it was taken"
+            " (take a new digest after each prune, and check it before the next)."
+        )
     if report.unverifiable:
         lines.append(
             "Pruned since that digest, with rows it covered (their part cannot be recomputed): "

@@ -215,6 +215,8 @@ def verify(store: Store, stream_id: str | None = None, head: str | None = None) 
     matches = None
     if given is not None:
         matches = digest(walk.entries[1]) == given[1]
+        if not matches and unverifiable:
+            matches = None  # what the pruned rows held is gone: neither confirmed nor refuted
     return AuditReport(
         streams=walk.streams,
         transitions=walk.transitions,
