@@ -57,6 +57,7 @@ class Work:
         *args: str,
         as_json: bool = True,
         env: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.log = tmp / f"{worker}.children.jsonl"
         self.events = tmp / f"{worker}.events.jsonl"
@@ -66,7 +67,7 @@ class Work:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rtms_lifecycle", "--db", db, "work", worker, *mode,
              "--lease", str(LEASE), "--poll", "0.1", "--grace", str(GRACE), *args, "--",
-             *CHILD],
+             *(command or CHILD)],
             stdout=self.out,
             env={**os.environ, "WORK_CHILD_LOG": str(self.log), **(env or {})},
             cwd=ROOT,
