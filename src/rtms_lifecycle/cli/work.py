@@ -979,7 +979,8 @@ def work(
     and the database work uses in RTMS_LIFECYCLE_DB. It gets SIGTERM when its stream stops or
     the claim is lost; when Zoom fails over to new server URLs it is replaced by a new child
     under the same claim. One that exits on its own has its stream claimed again after
-    --backoff. Ctrl-C ends every child and releases every claim. Put COMMAND after `--`:
+    --backoff, what it left in its process group killed. Ctrl-C ends every child and releases
+    every claim. Put COMMAND after `--`:
 
         rtms-lifecycle work worker-7 --max 20 -- python join.py
     """
