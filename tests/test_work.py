@@ -115,6 +115,27 @@ def wait_for(what: Callable[[], Any], timeout: float = 20.0) -> Any:
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
+def run_until(supervisor: Supervisor, done: Callable[[], object]) -> None:
+    """Run ``supervisor`` here until ``done``, called on another thread, returns; what it
+    raised is raised here."""
+    failed: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            done()
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            supervisor.signalled = signal.SIGTERM
+
+    driver = threading.Thread(target=watch)
+    driver.start()
+    supervisor.run()
+    driver.join()
+    if failed:
+        raise failed[0]
+
+
 @pytest.fixture
 def works(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Work]]:
     started: list[Work] = []
@@ -260,22 +281,7 @@ def test_children_failing_at_once_are_said_again_every_so_often(
         _start(tracker, 2)
         supervisor = Supervisor(tracker, "w1", CHILD, most=2, lease=3, poll=0.1, backoff=0.1,
                                 out=out)  # fmt: skip
-        failed: list[BaseException] = []
-
-        def watch() -> None:
-            try:
-                wait_for(lambda: len(failing()) >= 2, timeout=30)
-            except BaseException as exc:
-                failed.append(exc)
-            finally:
-                supervisor.signalled = signal.SIGTERM
-
-        driver = threading.Thread(target=watch)
-        driver.start()
-        supervisor.run()
-        driver.join()
-    if failed:
-        raise failed[0]
+        run_until(supervisor, lambda: wait_for(lambda: len(failing()) >= 2, timeout=30))
     lines = failing()
     counts = [int(line.split(" in a row")[0].split()[-1]) for line in lines]
     assert counts == sorted(set(counts)), lines

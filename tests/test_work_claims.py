@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import stat
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from rtms_lifecycle.cli import work as work_module
 from rtms_lifecycle.cli.work import FAST_FAILURE, Supervisor
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
-from tests.test_work import CHILD, Work, wait_for
+from tests.test_work import CHILD, Work, run_until, wait_for
 
 
 def _ingest(tracker: Tracker, ids: list[str]) -> None:
@@ -191,27 +190,16 @@ def test_a_stream_handed_back_while_its_child_runs_gets_a_new_child_after_the_ol
         _ingest(tracker, ["s0"])
         supervisor = Supervisor(tracker, "w1", CHILD, most=2, lease=1.5, grace=0.5, poll=0.1,
                                 as_json=True, out=out)  # fmt: skip
-        failed: list[BaseException] = []
 
         def lines() -> list[dict[str, Any]]:
             return [json.loads(line) for line in out.getvalue().splitlines()]
 
-        def watch() -> None:
-            try:
-                wait_for(lambda: len([e for e in lines() if e["event"] == "started"]) >= 2)
-                held = [(c.stream_id, c.token) for c in tracker.claims("w1")]
-                assert held == [("s0", 2)], held
-            except BaseException as exc:
-                failed.append(exc)
-            finally:
-                supervisor.signalled = signal.SIGTERM
+        def restarted() -> None:
+            wait_for(lambda: len([e for e in lines() if e["event"] == "started"]) >= 2)
+            held = [(c.stream_id, c.token) for c in tracker.claims("w1")]
+            assert held == [("s0", 2)], held
 
-        driver = threading.Thread(target=watch)
-        driver.start()
-        supervisor.run()
-        driver.join()
-    if failed:
-        raise failed[0]
+        run_until(supervisor, restarted)
     events = [(e["event"], e.get("token"), e.get("pid")) for e in lines()]
     first, second = [e for e in lines() if e["event"] == "started"][:2]
     assert (first["token"], second["token"]) == (1, 2)
