@@ -57,6 +57,7 @@ class Work:
         *args: str,
         as_json: bool = True,
         env: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.log = tmp / f"{worker}.children.jsonl"
         self.events = tmp / f"{worker}.events.jsonl"
@@ -66,7 +67,7 @@ class Work:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rtms_lifecycle", "--db", db, "work", worker, *mode,
              "--lease", str(LEASE), "--poll", "0.1", "--grace", str(GRACE), *args, "--",
-             *CHILD],
+             *(command or CHILD)],
             stdout=self.out,
             env={**os.environ, "WORK_CHILD_LOG": str(self.log), **(env or {})},
             cwd=ROOT,
@@ -112,6 +113,27 @@ def wait_for(what: Callable[[], Any], timeout: float = 20.0) -> Any:
             return found
         time.sleep(0.05)
     raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def run_until(supervisor: Supervisor, done: Callable[[], object]) -> None:
+    """Run ``supervisor`` here until ``done``, called on another thread, returns; what it
+    raised is raised here."""
+    failed: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            done()
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            supervisor.signalled = signal.SIGTERM
+
+    driver = threading.Thread(target=watch)
+    driver.start()
+    supervisor.run()
+    driver.join()
+    if failed:
+        raise failed[0]
 
 
 @pytest.fixture
@@ -259,22 +281,7 @@ def test_children_failing_at_once_are_said_again_every_so_often(
         _start(tracker, 2)
         supervisor = Supervisor(tracker, "w1", CHILD, most=2, lease=3, poll=0.1, backoff=0.1,
                                 out=out)  # fmt: skip
-        failed: list[BaseException] = []
-
-        def watch() -> None:
-            try:
-                wait_for(lambda: len(failing()) >= 2, timeout=30)
-            except BaseException as exc:
-                failed.append(exc)
-            finally:
-                supervisor.signalled = signal.SIGTERM
-
-        driver = threading.Thread(target=watch)
-        driver.start()
-        supervisor.run()
-        driver.join()
-    if failed:
-        raise failed[0]
+        run_until(supervisor, lambda: wait_for(lambda: len(failing()) >= 2, timeout=30))
     lines = failing()
     counts = [int(line.split(" in a row")[0].split()[-1]) for line in lines]
     assert counts == sorted(set(counts)), lines

@@ -16,7 +16,7 @@ from rtms_lifecycle.cli.child_output import MAX_LINE
 from rtms_lifecycle.cli.work import Supervisor
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
-from tests.test_work import wait_for
+from tests.test_work import run_until, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 LINES = 50_000  # about 1 MB, many times a pipe's buffer
@@ -127,22 +127,8 @@ def test_thousands_of_short_children_leak_no_descriptor_nor_thread(sqlite_url: s
             out = io.StringIO()
             supervisor = Supervisor(tracker, "w1", child, most=4, lease=3, poll=0.05,
                                     backoff=0, as_json=True, out=out)  # fmt: skip
-            failed: list[BaseException] = []
-
-            def stop_after() -> None:
-                try:
-                    wait_for(lambda: out.getvalue().count('"exited"') >= exits, timeout=120)
-                except BaseException as exc:
-                    failed.append(exc)
-                finally:
-                    supervisor.signalled = signal.SIGTERM
-
-            driver = threading.Thread(target=stop_after)
-            driver.start()
-            supervisor.run()
-            driver.join()
-            if failed:
-                raise failed[0]
+            run_until(supervisor, lambda: wait_for(
+                lambda: out.getvalue().count('"exited"') >= exits, timeout=120))  # fmt: skip
             return out.getvalue()
 
         run(4)  # the database's connections and the watchdog's thread, opened once

@@ -21,6 +21,7 @@ lines``, the default), unless ``--child-output inherit`` hands them ``work``'s o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -76,6 +77,11 @@ _BACKOFF_CAP: Final = 300.0
 # Why a child is told to stop while its claim is kept and renewed.
 _STOPPING: Final = "worker stopping"
 _FAILOVER: Final = "failover"
+#: A claim handed back for a stream whose child still runs (its old claim's lease ran out):
+#: that child is ended and a new one started under the new claim, never both at once.
+_CLAIMED_AGAIN: Final = "claimed again"
+#: Endings after which the same claim gets a new child.
+_RESTARTS: Final = (_FAILOVER, _CLAIMED_AGAIN)
 #: Between SIGTERM and SIGKILL unless ``--grace`` says, or a third of the lease if less.
 DEFAULT_GRACE: Final = 10.0
 #: Why a child is ended when its claim's lease nears its end unrenewed.
@@ -144,6 +150,25 @@ def _die_with_parent() -> Callable[[], None] | None:
     return in_child
 
 
+def _exited(pid: int) -> bool:
+    """Whether our child ``pid`` exited, without reaping it: unreaped, its pid (and so its
+    process group's id) cannot be another process's yet."""
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:  # not on every platform: the group is ended once it is reaped
+        return False
+    try:
+        return waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # reaped already
+
+
+def _end_group(pgid: int) -> None:
+    """SIGKILL what is left of a child's process group once the child exited: a grandchild
+    may hold the stream's media connection, and the stream may be claimed again next."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left
+        os.killpg(pgid, signal.SIGKILL)
+
+
 @dataclass
 class _Job:
     claim: Claim
@@ -164,6 +189,8 @@ class _Job:
     pipes: ChildPipes | None = None
     #: When its exit was seen while its output was still being read (monotonic).
     exited_at: float | None = None
+    #: It ran ``FAST_FAILURE`` seconds (counted once, for children failing at once).
+    ran: bool = False
 
 
 def _driver_said(exc: BaseException) -> str:
@@ -209,6 +236,7 @@ class _Failing:
     """Children failing at once, in a row, since ``began_at`` (epoch ms)."""
 
     began_at: int
+    began: float  # monotonic: only a child started since can end the row
     count: int = 0
     code: int | None = None  # the last one's exit code; None if it could not start
     said: float | None = None  # when its last line was printed (monotonic), if one was
@@ -349,12 +377,17 @@ class Supervisor:
             for sid, (until, failures) in self.backing_off.items()
             if sid in self.jobs or until + self.backoff_cap > now
         }
-        passed_over = [sid for sid, (until, _) in self.backing_off.items() if until > now]
-        if len(passed_over) > MAX_CLAIM_EXCLUDE:
-            # So many children failing is the command's fault: claim again as back-offs end.
-            self._next_claim = now + self.poll
-            return
-        while len(self.jobs) < self.most and self.signalled is None:
+        # At most one claim per free slot, then back to renewals and reaping: a child that
+        # cannot start adds no job, and claiming on made a stream claimed, failed and released
+        # hundreds of times a second while held leases went unrenewed.
+        for _ in range(self.most - len(self.jobs)):
+            if self.signalled is not None:
+                return
+            passed_over = self._passed_over(now)
+            if passed_over is None:
+                # So many children failing is the command's fault: claim again as back-offs end.
+                self._next_claim = now + self.poll
+                return
             try:
                 claim = self.tracker.claim(
                     self.worker,
@@ -372,7 +405,47 @@ class Supervisor:
                 self._next_claim = now + self.poll
                 return
             self._emit("claimed", claim, expires_at=claim.expires_at)
+            held = self.jobs.get(claim.stream_id)
+            if held is not None:
+                self._claimed_again(held, claim, time.monotonic())
+                continue
+            expired = self.expiring.pop(claim.stream_id, None)
+            if expired is not None:
+                self._emit("lost", expired[0], reason="lease ran out unrenewed")
             self._start(claim, time.monotonic())
+
+    def _passed_over(self, now: float) -> list[str] | None:
+        """The streams a claim must not return: those backing off, then those held (a held
+        claim whose lease ran out unrenewed is claimable again), the nearest their lease's end
+        first, as many as a claim takes; None when the back-offs alone are too many."""
+        backing = [
+            sid
+            for sid, (until, _) in self.backing_off.items()
+            if until > now and sid not in self.jobs
+        ]
+        room = MAX_CLAIM_EXCLUDE - len(backing)
+        if room < 0:
+            return None
+        ends = {sid: job.lease_end for sid, job in self.jobs.items()}
+        ends |= {sid: end for sid, (_, end) in self.expiring.items() if sid not in ends}
+        held = sorted(ends, key=ends.__getitem__)[:room]
+        return backing + held
+
+    def _claimed_again(self, job: _Job, claim: Claim, now: float) -> None:
+        """The database handed back a stream whose child still runs: the old claim's lease ran
+        out unrenewed (the loop was slower than the lease; past the exclude list's size). The
+        new claim is kept and renewed, the old child ended (its token is stale: its fenced
+        writes fail) and, once it exited, a new child started under the new claim."""
+        self._disarm(job)
+        with self._signals:
+            old, job.claim = job.claim, claim
+            job.renew_at, job.lease_end = now + self.renew_every, now + self.lease
+            self._emit("lost", old, reason="lease ran out unrenewed")
+            if job.ending is None:
+                self._end(job, _CLAIMED_AGAIN, now)
+            else:
+                job.ending = _CLAIMED_AGAIN  # told to stop already: its signals stand
+        self._arm(job)
 
     def _start(self, claim: Claim, now: float, held: _Job | None = None) -> None:
         """Start a child for ``claim``; ``held``: the job it replaces (a failover), whose
@@ -421,14 +494,20 @@ class Supervisor:
     def _reap(self, now: float) -> None:
         for sid, job in list(self.jobs.items()):
             with self._signals:
+                ended = not job.reaped and _exited(job.child.pid)
+                if ended:
+                    _end_group(job.child.pid)
                 code = job.child.poll()
+                if code is not None and not job.reaped and not ended:
+                    _end_group(job.child.pid)
                 job.reaped = code is not None
             if code is None:
                 if job.kill_at <= now:
                     job.kill_at = math.inf
                     self._kill(job, job.kill_reason)
-                elif job.ending is None and now - job.started >= FAST_FAILURE:
-                    self._ran(now)
+                elif job.ending is None and not job.ran and now - job.started >= FAST_FAILURE:
+                    job.ran = True
+                    self._ran(job, now)
                 continue
             if job.pipes is not None and not job.pipes.done.is_set():
                 # Its last lines before its exit; unless a grandchild keeps its pipes open.
@@ -438,18 +517,19 @@ class Supervisor:
             self._disarm(job)
             del self.jobs[sid]
             self._emit("exited", job.claim, pid=job.child.pid, code=code)
-            if job.ending == _FAILOVER and self.signalled is None:
-                self._start(job.claim, now, held=job)  # the same claim, the new server URLs
+            if job.ending in _RESTARTS and self.signalled is None:
+                # The same claim: with the new server URLs, or the claim handed back.
+                self._start(job.claim, now, held=job)
                 continue
             if job.ending is None:
                 self._let_go(job.claim, f"child exited with {code}", now, ran=now - job.started)
                 if code != 0 and now - job.started < FAST_FAILURE:
                     self._failed_at_once(code, now)
                 else:
-                    self._ran(now)
+                    self._ran(job, now)
             else:
                 released = self._finish(
-                    job.claim, _STOPPING if job.ending == _FAILOVER else job.ending
+                    job.claim, _STOPPING if job.ending in _RESTARTS else job.ending
                 )
                 if job.ending == _FENCED and not released:
                     self.expiring[sid] = (job.claim, job.lease_end)  # `lost` when it ends
@@ -493,7 +573,7 @@ class Supervisor:
                 del self.expiring[sid]
                 self._emit("lost", claim, reason="lease ran out unrenewed")
         for job in self.jobs.values():
-            if job.ending not in (None, _STOPPING, _FAILOVER):
+            if job.ending not in (None, _STOPPING, *_RESTARTS):
                 continue  # lost or fenced: nothing to renew
             if job.renew_at <= now:
                 self._renew(job, now)
@@ -523,7 +603,7 @@ class Supervisor:
             if job.ending is None:
                 job.ending = _FENCED
                 self._signal(job, signal.SIGTERM, _FENCED)  # SIGKILL: the other watch
-            elif job.ending == _FAILOVER:
+            elif job.ending in _RESTARTS:
                 job.ending = _FENCED  # told to stop already: no new child for a claim ending
 
     def _renew(self, job: _Job, now: float) -> None:
@@ -592,7 +672,7 @@ class Supervisor:
     def _failed_at_once(self, code: int | None, now: float) -> None:
         """A child exited with an error within ``FAST_FAILURE`` seconds of starting (``code``
         None: it could not start): counted, and said once ``FAST_FAILURES_SAID`` are in a row."""
-        failing = self._failing = self._failing or _Failing(now_ms())
+        failing = self._failing = self._failing or _Failing(now_ms(), now)
         failing.count += 1
         failing.code = code
         if failing.count < FAST_FAILURES_SAID:
@@ -609,11 +689,16 @@ class Supervisor:
         self._emit("children_failing", None, message=message, failures=failing.count,
                    code=code, command=self.command, since=failing.began_at)  # fmt: skip
 
-    def _ran(self, now: float) -> None:
-        """A child ran ``FAST_FAILURE`` seconds, or exited without an error: the row of
-        failures, if any, is over (and said to be, if it was said)."""
-        failing, self._failing = self._failing, None
-        if failing is None or failing.said is None:
+    def _ran(self, job: _Job, now: float) -> None:
+        """``job``'s child ran ``FAST_FAILURE`` seconds (said once for each), or exited without
+        an error: the row of failures, if any, is over (and said to be, if it was said), if it
+        started since the row began. A child started before shows nothing of the new ones:
+        counting it each tick made the lines flap beside one long-running child."""
+        failing = self._failing
+        if failing is None or job.started < failing.began:
+            return
+        self._failing = None
+        if failing.said is None:
             return
         message = (
             f"children run again: one ran {FAST_FAILURE:g}s or exited 0, after "
@@ -894,7 +979,8 @@ def work(
     and the database work uses in RTMS_LIFECYCLE_DB. It gets SIGTERM when its stream stops or
     the claim is lost; when Zoom fails over to new server URLs it is replaced by a new child
     under the same claim. One that exits on its own has its stream claimed again after
-    --backoff. Ctrl-C ends every child and releases every claim. Put COMMAND after `--`:
+    --backoff, what it left in its process group killed. Ctrl-C ends every child and releases
+    every claim. Put COMMAND after `--`:
 
         rtms-lifecycle work worker-7 --max 20 -- python join.py
     """
