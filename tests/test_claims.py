@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from rtms_lifecycle import AsyncTracker, ClaimLost, State, Tracker
 from rtms_lifecycle.clock import now_ms
+from rtms_lifecycle.store.claims import holders
 from tests._deliveries import body
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,23 @@ def test_claims_take_each_live_stream_once_oldest_first(tracker: Tracker) -> Non
     assert tracker.stream(ids[1]) is not None
     assert tracker.stream(ids[1]).worker == "b"  # type: ignore[union-attr]
     assert tracker.unclaimed_streams() == []
+
+
+def test_the_holders_of_any_number_of_streams_take_one_compiled_statement(
+    tracker: Tracker,
+) -> None:
+    # A statement per count of streams was a new entry of SQLAlchemy's compiled cache for every
+    # count of live streams a dashboard page listed: 2,400 objects more per view in a receiver.
+    ids = start(tracker, 40)
+    held = tracker.claim("a")
+    assert held is not None
+    cache: dict[object, object] = {}
+    with tracker.engine.connect() as raw:
+        conn = raw.execution_options(compiled_cache=cache)
+        for n in range(1, len(ids) + 1):
+            found = holders(conn, ids[-n:], now_ms())
+            assert found == ({held.stream_id: ("a", False)} if held.stream_id in ids[-n:] else {})
+    assert len(cache) == 1
 
 
 def test_tokens_grow_with_every_new_claim(tracker: Tracker) -> None:
