@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import signal
+import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import threading
+import time
+from collections import Counter
 from pathlib import Path
+from typing import IO, Any
 
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.cli.child_output import MAX_LINE
+from rtms_lifecycle.cli.line_writer import LineWriter
 from rtms_lifecycle.cli.work import Supervisor
 from rtms_lifecycle.clock import now_ms
 from tests._deliveries import body
@@ -148,3 +156,213 @@ def test_thousands_of_short_children_leak_no_descriptor_nor_thread(sqlite_url: s
             token = event["token"]
             assert sorted(said.get(key, [])) == [f"stderr err {token}", f"stdout out {token}"]
     assert exits >= wanted
+
+
+# --- a stdout nobody reads holds back nothing but the output ---------------------------------
+
+# `work` as `python -m rtms_lifecycle` runs it, keeping one of its own lines queued.
+_FEW_QUEUED = (
+    "import rtms_lifecycle.cli.work as w; w.OWN_BACKLOG = 1; "
+    "from rtms_lifecycle.cli import main; main()"
+)
+
+
+def _unread_work(db: str, tmp: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``work --json`` whose stdout is a pipe this test does not read (yet), and whose child,
+    slow to obey SIGTERM, writes to its stdout without end."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _FEW_QUEUED, "--db", db, "work", "w1", "--json", "--poll", "0.1",
+         *args, "--", *CHILD_CMD],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
+        env={**os.environ, "WORK_CHILD_LOG": str(tmp / "children.jsonl"),
+             "WORK_CHILD_CHATTY": "1", "WORK_CHILD_TERM_DELAY": "60"},
+    )  # fmt: skip
+
+
+CHILD_CMD = [sys.executable, str(ROOT / "tests" / "work_child.py")]
+
+
+def _child_log(tmp: Path) -> list[dict[str, Any]]:
+    log = tmp / "children.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _full(pipe: IO[bytes]) -> bool:
+    """Whether ``work``'s stdout pipe holds at least half what it can: its writer waits."""
+    size = fcntl.fcntl(pipe.fileno(), _F_GETPIPE_SZ)
+    queued = struct.unpack("i", fcntl.ioctl(pipe.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    return bool(queued >= size // 2)
+
+
+_F_GETPIPE_SZ = 1032
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie not yet reaped: nothing it does any more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_an_unread_stdout_holds_back_no_fence_and_the_dropped_lines_are_counted(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """With ``work``'s stdout full and its renewals failing (another connection holds SQLite's
+    write lock), the child that ignores SIGTERM is SIGKILLed before its lease ends, and another
+    worker can claim the stream; once stdout is read, ``output_dropped`` counts what was lost."""
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(body("started", "s1", now_ms() - 60_000))
+    proc = _unread_work(sqlite_url, tmp_path, "--lease", "4", "--grace", "2")
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(proc.stdout.read()))  # type: ignore[union-attr]
+    try:
+        (start,) = wait_for(lambda: [c for c in _child_log(tmp_path) if c["event"] == "start"])
+        assert proc.stdout is not None
+        wait_for(lambda: _full(proc.stdout))  # type: ignore[arg-type]
+        locker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=10,
+                                 isolation_level=None)  # fmt: skip
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            (expires_at,) = locker.execute(
+                "SELECT expires_at FROM stream_claims WHERE stream_id = 's1'"
+            ).fetchone()
+            wait_for(lambda: _dead(start["pid"]), timeout=30)
+            reader.start()  # stdout read from now on
+        finally:
+            locker.rollback()
+            locker.close()
+        acted = [c for c in _child_log(tmp_path) if c["event"] in ("signal", "alive")]
+        assert acted[0]["signal"] == "SIGTERM"
+        assert max(c["t"] for c in acted) * 1000 <= expires_at, (acted[-1], expires_at)
+        with Tracker(sqlite_url) as tracker:
+
+            def claimed_again() -> bool:
+                tracker.claim("w2", lease=30)
+                return any(c.stream_id == "s1" and c.token >= 2 for c in tracker.claims())
+
+            wait_for(claimed_again, timeout=30)
+        assert _dead(start["pid"])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        reader.join(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if reader.is_alive():
+            reader.join(30)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    lines = b"".join(read).decode().splitlines()
+    # The first line may be cut where the pipe was full as the reading began.
+    events = [json.loads(line) for line in lines[1:] if line.startswith('{"event"')]
+    own = [e for e in events if e["event"] != "child_output"]
+    # One line kept queued: bursts drop lines while it is read too; each drop said once.
+    said = [e for e in own if e["event"] == "output_dropped"]
+    assert said, [e["event"] for e in own]
+    first = said[0]
+    assert first["dropped"] >= 1, first
+    assert f"{first['dropped']} of work's lines dropped since " in first["message"]
+    happened = Counter({"claimed": 1, "started": 1, "database_down": 1, "signalled": 2})
+    missing = happened - Counter(e["event"] for e in own)
+    assert sum(missing.values()) <= sum(e["dropped"] for e in said), (missing, said)
+
+
+def test_sigterm_ends_a_work_whose_stdout_nobody_reads(sqlite_url: str, tmp_path: Path) -> None:
+    """SIGTERM ends the child (SIGKILL after --grace), releases the claim and exits 0 within
+    --grace, the child's exit's wait for its output and the 2 s given to stdout, stdout unread."""
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(body("started", "s1", now_ms() - 60_000))
+    grace = 1.0
+    proc = _unread_work(sqlite_url, tmp_path, "--lease", "10", "--grace", str(grace))
+    try:
+        (start,) = wait_for(lambda: [c for c in _child_log(tmp_path) if c["event"] == "start"])
+        assert proc.stdout is not None
+        wait_for(lambda: _full(proc.stdout))  # type: ignore[arg-type]
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert took < grace + 1.0 + 2.0 + 5.0, took  # the slack: a loaded machine
+    assert _dead(start["pid"])
+    assert [c["signal"] for c in _child_log(tmp_path) if c["event"] == "signal"] == ["SIGTERM"]
+    with Tracker(sqlite_url) as tracker:
+        assert tracker.claims() == []
+        (released,) = [e for e in tracker.claim_history("s1") if e.event == "released"]
+        assert released.reason == "worker stopping"
+
+
+def _pipe_filled() -> tuple[int, int]:
+    """A pipe whose buffer is full: a blocking write to it waits until it is read."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"-" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    return r, w
+
+
+def _drain(fd: int) -> list[str]:
+    chunks = []
+    while chunk := os.read(fd, 65_536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode().lstrip("-").splitlines()
+
+
+def test_the_writer_keeps_the_newest_own_lines_counts_the_rest_and_never_waits() -> None:
+    """Own lines past the limit drop the oldest, counted exactly in one line said where they
+    were; own lines go before children's queued, but an exit after its child's lines."""
+    r, w = _pipe_filled()
+    with os.fdopen(w, "w") as out:
+        writer = LineWriter(out, lambda n, since: f"dropped {n}", own_limit=5,
+                            child_limit=1000, now_ms=now_ms)  # fmt: skip
+        writer.lines(["child a"])  # taken by the writer, which waits on the full pipe
+        wait_for(lambda: writer._taken == 1)
+        began = time.monotonic()
+        writer.lines(["child b", "child c"])
+        writer.event("exited", after_children=True)
+        for i in range(100):
+            writer.event(f"own {i}")
+        writer.lines(["child d"])
+        assert time.monotonic() - began < 5  # nothing waited on the pipe
+        reading = threading.Thread(target=lambda: lines.extend(_drain(r)))
+        lines: list[str] = []
+        reading.start()
+        writer.close_by(time.monotonic() + 20)
+        assert writer.close()
+    reading.join(20)
+    os.close(r)
+    assert lines == ["child a", "dropped 96", *[f"own {i}" for i in range(95, 100)],
+                     "child b", "child c", "child d"]  # fmt: skip
+
+
+def test_the_writer_gives_up_by_its_deadline_on_a_pipe_nobody_reads() -> None:
+    """A child's lines wait for room no longer than the deadline; closing returns by it."""
+    r, w = _pipe_filled()
+    with os.fdopen(w, "w") as out:
+        writer = LineWriter(out, lambda n, since: f"dropped {n}", own_limit=5,
+                            child_limit=2, now_ms=now_ms)  # fmt: skip
+        writer.lines(["a"])
+        wait_for(lambda: writer._taken == 1)
+        writer.lines(["b", "c"])
+        writer.close_by(time.monotonic() + 0.5)
+        writer.lines(["d"])  # no room: dropped at the deadline
+        assert not writer.close()
+        lines: list[str] = []
+        reading = threading.Thread(target=lambda: lines.extend(_drain(r)))
+        reading.start()  # the writer, left behind, ends its writes
+        writer._thread.join(20)
+    reading.join(20)
+    os.close(r)
+    assert lines == ["a", "b", "c"]

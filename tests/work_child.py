@@ -7,7 +7,8 @@ with that code (only the first child of each stream, when ``WORK_CHILD_EXIT_ONCE
 ``WORK_CHILD_SLOW_FROM`` set to ``TOKEN:SECONDS`` makes the children of claim tokens from TOKEN
 on run that long instead. ``WORK_CHILD_TERM_DELAY`` set to SECONDS makes SIGTERM take that
 long to end it, meanwhile writing ``{"event": "alive"}`` every 50 ms (then ``exit``): a child
-slow to stop, and when it last acted.
+slow to stop, and when it last acted. ``WORK_CHILD_CHATTY`` set makes it write lines to stdout
+without end, from a thread of its own (its signals are handled even while stdout is full).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from types import FrameType
 
@@ -41,11 +43,19 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     sys.exit(0)
 
 
+def _chatter() -> None:
+    line = f"chatty {os.getpid()} " + "x" * 100 + "\n"
+    while True:
+        os.write(1, line.encode())
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     env = {k: v for k, v in os.environ.items() if k.startswith("RTMS_")}
     _write({"event": "start", "env": env})
+    if os.environ.get("WORK_CHILD_CHATTY"):
+        threading.Thread(target=_chatter, daemon=True).start()
     exit_after = os.environ.get("WORK_CHILD_EXIT")
     once = os.environ.get("WORK_CHILD_EXIT_ONCE")
     if exit_after and (not once or env.get("RTMS_CLAIM_TOKEN") == "1"):

@@ -1,9 +1,10 @@
 """The children's stdout and stderr of ``rtms-lifecycle work``, read through pipes, line by line.
 
 One thread and one selector serve every child, whatever ``--max``: a thread per pipe would be
-20,000 threads at ``--max 10000``. The thread only reads and hands whole lines on, so a child
-writing megabytes never waits on a full pipe while ``work`` can write, and ``work``'s loop and
-its fences never wait on a child's output. Each pipe's read end is closed at its end of file
+20,000 threads at ``--max 10000``. The thread only reads and hands whole lines on (to
+``work``'s writer thread, which makes it wait while many are queued: then the children wait on
+their pipes, as they would on a slow stdout of their own); no other thread of ``work``'s waits
+on a child's output. Each pipe's read end is closed at its end of file
 (every process holding the write end is gone), or when the reader is closed.
 """
 

@@ -16,7 +16,8 @@ recovery said in one line. So are children that keep failing at once (three in a
 an error within 5 s of starting, whatever their streams): one line, again every 30 s while they
 do, and one when a child runs again. The children's stdout and stderr are read through pipes
 and written line by line among ``work``'s own lines, each with its stream (``--child-output
-lines``, the default), unless ``--child-output inherit`` hands them ``work``'s own.
+lines``, the default), unless ``--child-output inherit`` hands them ``work``'s own. One thread
+writes every line: none of the others waits on a slow reader of ``work``'s stdout.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import click
 from rtms_lifecycle.cli.app import App, pass_app
 from rtms_lifecycle.cli.child_output import MAX_LINE, ChildLine, ChildPipes, LineReader
 from rtms_lifecycle.cli.errors import interrupted
+from rtms_lifecycle.cli.line_writer import LineWriter
 from rtms_lifecycle.cli.params import ACCOUNT_OPTION, TEXT, Duration
 from rtms_lifecycle.clock import format_time, now_ms
 from rtms_lifecycle.defaults import DB_ENV, SCOPES
@@ -104,6 +106,16 @@ CHILDREN_FAILING_EVERY: Final = 30.0
 #: How long a child's exit waits to be said for the rest of its output (its pipes' end, which a
 #: grandchild holding them may put off), and how long ``work`` reads what is left as it exits.
 _OUTPUT_DRAIN: Final = 1.0
+#: How long ``work``, ending, goes on writing what is queued to a slow stdout: then it exits.
+_OUTPUT_FLUSH: Final = 2.0
+#: ``work``'s own lines queued while its stdout is slow; past them the oldest are dropped (and
+#: counted in an ``output_dropped`` line): an operator needs the newest, what is now.
+OWN_BACKLOG: Final = 10_000
+#: The children's lines queued; past them the thread reading their pipes waits, and so do they.
+CHILD_BACKLOG: Final = 1_000
+#: Events written only after every child's line queued before them: a child's exit follows
+#: its last lines.
+_AFTER_ITS_LINES: Final = frozenset({"exited"})
 #: ``--child-output``: read through pipes and written line by line, or ``work``'s own.
 LINES: Final = "lines"
 INHERIT: Final = "inherit"
@@ -290,7 +302,8 @@ class Supervisor:
         # Between reaping a child, or deciding to end it, and signalling its group (the
         # watchdog's thread does too): a reaped child's pid may be another process's.
         self._signals = threading.RLock()
-        self._output = threading.Lock()
+        #: Writes every line from a thread of its own while ``run`` runs.
+        self._writer: LineWriter | None = None
         self._watchdog = Watchdog()
         #: stream id -> (until when it is passed over, quick failures in a row)
         self.backing_off: dict[str, tuple[float, int]] = {}
@@ -311,6 +324,8 @@ class Supervisor:
     def run(self) -> None:
         """Work until SIGINT or SIGTERM, then end every child and release every claim."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        writer = self._writer = LineWriter(self.out, self._dropped_line, own_limit=OWN_BACKLOG,
+                                           child_limit=CHILD_BACKLOG, now_ms=now_ms)  # fmt: skip
         if self.child_output == LINES:
             self._reader = LineReader(self._child_lines)
         try:
@@ -323,9 +338,13 @@ class Supervisor:
                 self._sleep(now)
             self._shutdown()
         finally:
+            # A reader of stdout that stopped reading holds `work` back this long, no longer.
+            writer.close_by(time.monotonic() + _OUTPUT_FLUSH)
             if self._reader is not None:
                 self._reader.close(_OUTPUT_DRAIN)
                 self._reader = None
+            writer.close()
+            self._writer = None
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -788,23 +807,38 @@ class Supervisor:
             child_output_line(line, at, self.worker, owner.claim, pid, as_json=self.as_json)
             for line in lines
         ]
-        self._write(texts)
+        if self._writer is not None:
+            self._writer.lines(texts)  # waits while many are queued: the child waits too
 
     def _emit(
         self, event: str, claim: Claim | None, *, message: str | None = None, **fields: Any
     ) -> None:
+        """Queue one of ``work``'s lines; never waits (the watchdog's thread emits too)."""
         at = now_ms()
         text = event_line(event, at, self.worker, claim, fields, as_json=self.as_json,
                           message=message)  # fmt: skip
-        self._write([text])
+        if self._writer is not None:
+            self._writer.event(text, after_children=event in _AFTER_ITS_LINES)
+        else:
+            self._write(text)
 
-    def _write(self, texts: list[str]) -> None:
-        with self._output:  # a fence's timer thread and the children's reader write too
-            try:
-                self.out.write("".join(text + "\n" for text in texts))
-                self.out.flush()
-            except (BrokenPipeError, ValueError):
-                pass  # nobody reads the events any more: the work goes on
+    def _write(self, text: str) -> None:
+        """Outside ``run``, with no writer thread: written at once."""
+        try:
+            self.out.write(text + "\n")
+            self.out.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # nobody reads the events any more: the work goes on
+
+    def _dropped_line(self, count: int, since: int) -> str:
+        """The line saying ``count`` of ``work``'s lines were dropped, the first at ``since``."""
+        message = (
+            f"{count} of work's lines dropped since {format_time(since)}: its stdout was read "
+            f"slower than they came (past {OWN_BACKLOG} queued the oldest go)"
+        )
+        return event_line("output_dropped", now_ms(), self.worker, None,
+                          {"dropped": count, "since": since}, as_json=self.as_json,
+                          message=message)  # fmt: skip
 
 
 def event_line(
