@@ -161,21 +161,6 @@ def _held(tracker: Tracker) -> set[str]:
     return {c.stream_id for c in tracker.claims() if c.expires_at > now}
 
 
-class _SlowFirstStart(io.StringIO):
-    """``work``'s output, stalled ``stall`` seconds on its first ``started`` line: a full pipe
-    to a slow reader holds the loop so."""
-
-    def __init__(self, stall: float) -> None:
-        super().__init__()
-        self.stall, self.stalled = stall, False
-
-    def write(self, text: str) -> int:
-        if '"event": "started"' in text and not self.stalled:
-            self.stalled = True
-            time.sleep(self.stall)
-        return super().write(text)
-
-
 def test_a_stream_handed_back_while_its_child_runs_gets_a_new_child_after_the_old_exits(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,9 +170,19 @@ def test_a_stream_handed_back_while_its_child_runs_gets_a_new_child_after_the_ol
     monkeypatch.setattr(work_module, "MAX_CLAIM_EXCLUDE", 0)
     log = tmp_path / "children.jsonl"
     monkeypatch.setenv("WORK_CHILD_LOG", str(log))
-    out = _SlowFirstStart(stall=2.5)
+    out = io.StringIO()
     with Tracker(sqlite_url) as tracker:
         _ingest(tracker, ["s0"])
+        claim, calls = tracker.claim, []
+
+        def slow_second_claim(*args: Any, **kwargs: Any) -> Any:
+            """The loop held past s0's lease (a slow database call), as a loaded host holds it."""
+            calls.append(1)
+            if len(calls) == 2:
+                time.sleep(2.5)
+            return claim(*args, **kwargs)
+
+        monkeypatch.setattr(tracker, "claim", slow_second_claim)
         supervisor = Supervisor(tracker, "w1", CHILD, most=2, lease=1.5, grace=0.5, poll=0.1,
                                 as_json=True, out=out)  # fmt: skip
 
