@@ -18,11 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rtms_lifecycle.exceptions import DatabaseUnavailable
 from rtms_lifecycle.receiver.settings import API_TOKEN_ENV
 from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
-from tests._live import receiver_process, signed
+from tests._live import free_port, receiver_process, signed
 
 T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
 
@@ -385,3 +386,68 @@ def test_a_new_database_file_is_said_with_the_copies_beside_it(
     caplog.clear()
     Tracker(f"sqlite:///{path}").close()
     assert not [r for r in caplog.records if "created a new" in r.message]
+
+
+def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``rtms-lifecycle`` run in its own process from ``workdir``."""
+    code = "from rtms_lifecycle.cli import main; main()"
+    env = {**os.environ, SECRET_ENV: "secret-for-tests"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_no_database_is_created_beside_the_live_log_of_a_moved_one(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """mv y.db away under a receiver, then db upgrade, ingest and a second serve at y.db: each
+    refused, exit 3, naming the orphaned -wal and -shm; nothing is created at y.db and the live
+    -wal is untouched (SQLite used to make a 4096-byte y.db and a new -wal: all 20 lost). Moved
+    back: 200s again, and after kill -9 all 25 acknowledged are stored."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    logs = (wal.stat().st_ino, shm.stat().st_ino, wal.read_bytes())
+    moved = path.with_name("moved.db")
+    path.rename(moved)
+    deliveries = tmp_path / "in.jsonl"
+    deliveries.write_bytes(_deliveries.raw("started", "ingested", T0 + 1_000) + b"\n")
+    for args in (
+        ("db", "upgrade"),
+        ("ingest", str(deliveries)),
+        ("serve", "--port", str(free_port())),
+    ):
+        done = cli(tmp_path, "--db", "y.db", *args)
+        assert done.returncode == 3, (args, done.stdout, done.stderr)
+        said = done.stderr
+        assert "a write-ahead log without its database" in said, said
+        assert f"{wal}" in said or "y.db-wal" in said, said
+        assert "moved or deleted while in use" in said
+        assert "Traceback" not in said
+        assert not path.exists(), args
+        assert (wal.stat().st_ino, shm.stat().st_ino) == logs[:2], args
+    assert wal.read_bytes()[: len(logs[2])] == logs[2]
+    moved.rename(path)
+    assert sender.post(5) == [200] * 5
+    killed(process)
+    assert len(sender.acknowledged) == 25
+    assert lost(sender.acknowledged, path) == []
+
+
+def test_the_library_creates_no_database_beside_an_orphaned_log(tmp_path: Path) -> None:
+    """A Tracker (plain path or URL) at a path whose file is absent but whose -wal is there is
+    refused with DatabaseUnavailable naming it, and creates nothing."""
+    path = tmp_path / "y.db"
+    wal = Path(f"{path}-wal")
+    wal.write_bytes(b"live log")
+    for db in (str(path), f"sqlite:///{path}"):
+        with pytest.raises(DatabaseUnavailable, match="a write-ahead log without its database"):
+            Tracker(db)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["y.db-wal"]
+    assert wal.read_bytes() == b"live log"

@@ -34,7 +34,11 @@ from rtms_lifecycle.store.deadline import WATCHDOG, connecting_by, postgres_inte
 from rtms_lifecycle.store.errors import first_line, translate, translated
 from rtms_lifecycle.store.queue import Prepare, Then, WriteQueue
 from rtms_lifecycle.store.salvage import recovered_beside
-from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SQLITE_IMMEDIATE
+from rtms_lifecycle.store.sqlite import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    SQLITE_IMMEDIATE,
+    refuse_orphaned_log,
+)
 from rtms_lifecycle.store.streak import FailureStreak
 from rtms_lifecycle.store.urls import default_url, plain_sqlite_file
 from rtms_lifecycle.store.writers import WriteFailed, Writer, WriteTx
@@ -95,7 +99,7 @@ class Store:
             from rtms_lifecycle.store.engine import configure_sqlite, create_store_engine
             from rtms_lifecycle.store.writers import writer_for
 
-            engine = create_store_engine(given) if isinstance(given, str) else given
+            engine = create_store_engine(given, watched=True) if isinstance(given, str) else given
             if engine.dialect.name == "sqlite" and not isinstance(given, str):
                 configure_sqlite(engine)
             from rtms_lifecycle.store.urls import sqlite_file
@@ -142,7 +146,7 @@ class Store:
                 if self._engine is None:
                     from rtms_lifecycle.store.engine import create_store_engine
 
-                    engine = create_store_engine(self._url)
+                    engine = create_store_engine(self._url, watched=True)
                     self._refuse_other_files(engine)
                     self._engine = engine
         return self._engine
@@ -157,6 +161,9 @@ class Store:
             why = self._writer.refusal()
             if why is not None:
                 raise DatabaseUnavailable(f"database unavailable: {why}")
+            if self.sqlite_path is not None:
+                # Opening by path would create a database beside another's live log.
+                refuse_orphaned_log(self.sqlite_path)
 
         event.listen(engine, "do_connect", refuse)
         self._refusing = (engine, refuse)

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from rtms_lifecycle.exceptions import DatabaseUnavailable
 from rtms_lifecycle.store.deadline import remaining
 from rtms_lifecycle.store.filewatch import Change, FileWatch, identity
 from rtms_lifecycle.store.rows import (
@@ -263,6 +264,8 @@ class SqliteWriter:
                 conn = file.connect()
             except sqlite3.Error as exc:
                 raise WriteFailed(unavailable(file.path, exc), retryable=False) from exc
+            except DatabaseUnavailable as exc:
+                raise WriteFailed(str(exc), retryable=False) from exc
             return conn, lambda _broken: conn.close()
 
         return cls(connect, file.path, dispose_reads)
