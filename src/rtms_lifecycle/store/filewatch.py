@@ -85,6 +85,8 @@ class FileWatch:
     wal: Identity | None = None
     #: where a copy of the deleted database file was kept, the path being taken
     recovered: str | None = None
+    #: why the last copy of the deleted database file could not be written (None: no failure)
+    save_failed: str | None = None
     # The descriptor the database file was last found at.
     _fd: int | None = field(default=None, repr=False)
 
@@ -128,7 +130,8 @@ class FileWatch:
         database at the path would take them for its own. Only once the connection is closed,
         its content saved, and :meth:`wal_is_safe_to_delete`."""
         for name in (self.wal_path, self.path + "-shm"):
-            with contextlib.suppress(FileNotFoundError):
+            # A read-only folder keeps them: the refusal of an orphaned log names them.
+            with contextlib.suppress(OSError):
                 os.unlink(name)
 
     def wal_is_safe_to_delete(self) -> bool:
@@ -148,6 +151,15 @@ class FileWatch:
                 what = f"the write-ahead log {path}-wal was deleted while open"
             case Change.WAL_REPLACED:
                 what = f"the write-ahead log {path}-wal was replaced by another file while open"
+        if self.save_failed is not None and change in (Change.GONE, Change.REPLACED):
+            folder = os.path.dirname(os.path.abspath(path))
+            return (
+                f"the database file {path} was deleted while open, and the copy of it from the "
+                f"open connection could not be written ({self.save_failed}): do NOT restart or "
+                "stop this receiver, its open connection holds the only copy of every delivery "
+                f"recorded; make room on the disk, or make the folder {folder} writable: the "
+                "copy is tried again every 5 s, and put back at the path"
+            )
         if self.recovered is not None and change in (Change.GONE, Change.REPLACED):
             return (
                 f"the database file {path} was deleted while open, and another file is at its "
