@@ -433,16 +433,34 @@ class Store:
         admits one writer at a time); every write of the store queues behind it."""
         return self._serialised(None)
 
+    @property
+    def restores(self) -> int:
+        """How often the database was reopened on another file (SQLite: a file deleted while
+        open restored at its path, a deleted ``-wal`` recovered). Read before opening a
+        connection kept across writes, and given to :meth:`guarded` as ``opened``."""
+        return self._writer.restores
+
     @contextmanager
-    def guarded(self, deadline: float | None = None) -> Iterator[None]:
+    def guarded(
+        self, deadline: float | None = None, *, opened: int | None = None
+    ) -> Iterator[None]:
         """Held around a write on a connection other than the store's writer's (subscriptions,
         prunes): this process's writes one at a time, the wait counted against ``deadline``
         (:class:`StoreTimeout` past it), and on SQLite the file checked before and after
-        (:class:`StoreError` if it was deleted or replaced)."""
+        (:class:`StoreError` if it was deleted or replaced). ``opened``: :attr:`restores` when
+        the connection was opened; :class:`StoreError` if the file was restored since (the
+        connection still writes to the deleted one)."""
         try:
             with self._serialised(deadline):
                 check_deadline(deadline)
                 self._writer.check_file()
+                if opened is not None and opened != self._writer.restores:
+                    raise StoreError(
+                        f"the database file {self.sqlite_path} (or its -wal) was deleted and "
+                        "restored at its path while this connection was open: it still writes "
+                        "to the deleted file, so it stopped; what it committed before is in the "
+                        "restored file. Run it again"
+                    )
                 yield
                 self._writer.check_file()
         except WriteFailed as exc:

@@ -246,6 +246,7 @@ class SqliteWriter:
         self._files = FileWatch(str(path)) if path is not None else None
         #: Why writes are refused now (the files at the paths are not the connection's), or None.
         self.outage: str | None = None
+        self.restores = 0
         # What the held connection is set to now: pragmas are set only when they change.
         self._busy_ms = SQLITE_BUSY_TIMEOUT_MS
         # None until the first transaction sets the sync and checkpoint pragmas its way.
@@ -370,6 +371,7 @@ class SqliteWriter:
         self._held[1](False)
         self._held = None
         self.outage = None
+        self.restores += 1
         log.warning(
             "the write-ahead log %s was deleted while open: its content was copied into the "
             "database file, and the database reopened",
@@ -416,6 +418,7 @@ class SqliteWriter:
             if put_at(copy, files.path):
                 files.database, files.wal = adopted, None
                 self.outage = None
+                self.restores += 1
                 log.error(
                     "the database file %s was deleted while open: restored at its path from the "
                     "open connection, every committed delivery kept; writes go on",
