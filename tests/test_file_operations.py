@@ -506,3 +506,44 @@ def test_a_deleted_file_that_cannot_be_saved_says_do_not_restart_and_is_kept_at_
     started_again_on(path, sender, tmp_path)
     assert len(sender.acknowledged) == 25
     assert lost(sender.acknowledged, path) == []
+
+
+def test_a_start_beside_recovered_copies_names_them(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """rm y.db and another file made at the path: the copy is kept as y.db.recovered-<time>.
+    A receiver started again on the file at the path says, at WARNING, which copies lie beside
+    it and to compare them before replacing anything (that start used to be silent)."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    path.unlink()
+    path.touch()
+    assert sender.post(1) == [503]
+    (copy,) = recovered(path)
+    process.terminate()
+    process.wait(timeout=30)
+    (tmp_path / "server.log").unlink()
+    with receiver_process(f"sqlite:///{path}", tmp_path) as (_, again):
+        killed(again)
+    said = (tmp_path / "server.log").read_text()
+    warned = [line for line in said.splitlines() if "copies of a deleted database" in line]
+    assert len(warned) == 1, said
+    assert " WARNING " in warned[0]
+    assert f"beside {path}: {copy};" in warned[0]
+    assert "Compare each with" in warned[0]
+    assert lost(sender.acknowledged, copy) == []
+
+
+def test_opening_a_database_names_the_recovered_copies_beside_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The library, opening an existing database with copies beside it, warns once naming them."""
+    path = tmp_path / "y.db"
+    Tracker(str(path)).close()
+    copy = tmp_path / "y.db.recovered-20261207T101500Z"
+    copy.write_bytes(b"")
+    caplog.set_level(logging.WARNING, "rtms_lifecycle.store")
+    Tracker(f"sqlite:///{path}").close()
+    (said,) = [r for r in caplog.records if "copies of a deleted database" in r.message]
+    assert said.levelno == logging.WARNING
+    assert f"beside {path}: {copy};" in said.message

@@ -76,6 +76,23 @@ def _say_created(path: Path) -> None:
     )
 
 
+def _say_recovered(path: Path) -> None:
+    # Copies kept when the file was deleted while open and another took its path: forgotten,
+    # their deliveries are lost to whoever reads the file at the path.
+    kept = recovered_beside(path)
+    if kept:
+        log.warning(
+            "copies of a deleted database are beside %s: %s; each holds what was recorded up to "
+            "its time, saved from the open connection of a receiver whose file was deleted while "
+            "another took its path. Compare each with %s (which may hold later deliveries) "
+            "before replacing or deleting anything (see docs/operations.md, Backup, restore and "
+            "moving the database)",
+            path,
+            ", ".join(kept),
+            path,
+        )
+
+
 class Store:
     """Persistence of the lifecycle: the only module that writes SQL."""
 
@@ -126,8 +143,11 @@ class Store:
                 # A refused schema (e.g. a newer one) leaves no open connection behind.
                 self.close()
                 raise
-            if new_file and self.sqlite_path is not None and self.sqlite_path.exists():
+        if self.sqlite_path is not None:
+            if migrate and new_file and self.sqlite_path.exists():
                 _say_created(self.sqlite_path)
+            else:
+                _say_recovered(self.sqlite_path)
 
     @staticmethod
     def _ensure_sqlite(file: SqliteFile) -> str:
