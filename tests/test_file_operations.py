@@ -547,3 +547,23 @@ def test_opening_a_database_names_the_recovered_copies_beside_it(
     (said,) = [r for r in caplog.records if "copies of a deleted database" in r.message]
     assert said.levelno == logging.WARNING
     assert f"beside {path}: {copy};" in said.message
+
+
+def test_a_file_deleted_while_idle_is_restored_without_traffic(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """rm y.db, then no delivery, no /healthz, no scrape: the receiver's periodic check saves it
+    and puts it back at the path on its own, so a kill -9 afterwards loses nothing (it used to
+    be noticed only at the next commit or health check: after kill -9, all 20 were lost)."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    path.unlink()
+    log = tmp_path / "server.log"
+    deadline = time.monotonic() + 60
+    while "restored at its path" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        assert process.poll() is None
+        time.sleep(0.05)
+    killed(process)
+    assert recovered(path) == []
+    assert lost(sender.acknowledged, path) == []

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from rtms_lifecycle.store.sqlite import SqliteFile
 
-__all__ = ["LOAD_CHUNK", "Store"]
+__all__ = ["FILE_CHECK_INTERVAL", "LOAD_CHUNK", "Store"]
 
 B = TypeVar("B")
 R = TypeVar("R")
@@ -61,6 +61,9 @@ LOAD_CHUNK: Final = 64
 # (see docs/decisions/0071-logger-names-kept.md).
 log = logging.getLogger("rtms_lifecycle.store")
 
+
+#: Seconds between two checks of an SQLite database's files by :meth:`Store.watch_files`.
+FILE_CHECK_INTERVAL: Final = 2.0
 
 # How often a transaction that lost a race (deadlock, serialisation, a busy SQLite) is retried.
 _ATTEMPTS: Final = 8
@@ -130,6 +133,7 @@ class Store:
         # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
         # tries: every write of this process queues here instead (PostgreSQL needs no queue).
         self._queue = WriteQueue(self._write_group) if self.dialect == "sqlite" else None
+        self._watching: tuple[threading.Thread, threading.Event] | None = None
         self._streak = FailureStreak()
         new_file = self.sqlite_path is not None and not os.path.lexists(self.sqlite_path)
         if migrate:
@@ -193,8 +197,39 @@ class Store:
         if self._engine is not None:
             self._engine.dispose()
 
+    def watch_files(self, interval: float = FILE_CHECK_INTERVAL) -> None:
+        """Check an SQLite database's files every ``interval`` seconds until :meth:`close`, in
+        the writer's turn, as a commit does: a file deleted while open is saved (and put back)
+        even when nothing is written, before the process may be killed. For long-running
+        processes (``serve``); nothing for PostgreSQL or an in-memory database."""
+        if self.sqlite_path is None or self._watching is not None:
+            return
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._watch, args=(interval, stop), name="rtms-lifecycle-file-watch", daemon=True
+        )
+        self._watching = (thread, stop)
+        thread.start()
+
+    def _watch(self, interval: float, stop: threading.Event) -> None:
+        while not stop.wait(interval):
+            try:
+                with self._serialised(None):
+                    if stop.is_set():
+                        return
+                    self._writer.check_file()
+            except WriteFailed:
+                pass  # an outage: the writer logged it, /healthz and the 503s tell it
+            except Exception:
+                log.exception("the check of the database files of %s failed", self.sqlite_path)
+
     def close(self) -> None:
         """Release every connection."""
+        if self._watching is not None:
+            thread, stop = self._watching
+            stop.set()
+            thread.join()
+            self._watching = None
         try:
             with self._serialised(None):
                 self._writer.close()
