@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rtms_lifecycle.exceptions import DatabaseUnavailable
+from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError
 from rtms_lifecycle.receiver.settings import API_TOKEN_ENV
 from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.webhook import SECRET_ENV
@@ -567,3 +567,34 @@ def test_a_file_deleted_while_idle_is_restored_without_traffic(
     killed(process)
     assert recovered(path) == []
     assert lost(sender.acknowledged, path) == []
+
+
+def test_the_losing_writer_of_a_deleted_file_says_to_compare_before_replacing(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]],
+) -> None:
+    """rm y.db under a receiver and a Tracker of this process, both writing: the first to
+    notice puts its copy back at the path, the other keeps an older copy as
+    y.db.recovered-<time>, and its advice says to compare the two before replacing anything
+    (it said to put the older copy at the path: later deliveries lost)."""
+    path, sender, _process = live
+    assert sender.post(20) == [200] * 20
+    with Tracker(str(path)) as tracker:
+        tracker.ingest(_deliveries.raw("started", "t-1", T0 + 1_000))
+        path.unlink()
+        reasons = []
+        try:
+            tracker.ingest(_deliveries.raw("started", "t-2", T0 + 1_000))
+        except StoreError as exc:
+            reasons.append(str(exc))
+        statuses = sender.post(1)
+        health = sender.health()
+        if health.status_code == 503:
+            reasons.append(health.json()["reason"])
+        (copy,) = recovered(path)
+        (reason,) = reasons
+        assert statuses == [503 if health.status_code == 503 else 200]
+    assert str(copy) in reason
+    assert f"compare it with {copy}" in reason, reason
+    assert "before replacing anything" in reason
+    assert "Only if it is not that database: Stop the receivers" in reason
+    assert lost(sender.acknowledged[:20], copy) == []

@@ -163,10 +163,13 @@ class FileWatch:
         if self.recovered is not None and change in (Change.GONE, Change.REPLACED):
             return (
                 f"the database file {path} was deleted while open, and another file is at its "
-                f"path (or at its -wal's): every delivery recorded was saved to "
-                f"{self.recovered}; writes are refused. Stop the receivers, put "
-                f"{self.recovered} at {path}, and start them "
-                "(see docs/operations.md, Backup, restore and moving the database)"
+                f"path (or at its -wal's): every delivery this process recorded was saved to "
+                f"{self.recovered}; writes are refused. The file at {path} may be the same "
+                "database put back by another process that had it open (a receiver, a prune), "
+                f"holding later deliveries: compare it with {self.recovered} (e.g. "
+                "rtms-lifecycle stats on each) before replacing anything. Only if it is not "
+                f"that database: Stop the receivers, put {self.recovered} at {path}, and start "
+                "them (see docs/operations.md, Backup, restore and moving the database)"
             )
         return (
             f"{what}: writes are refused until the original is back at its path (or the "
