@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -169,13 +169,15 @@ def receiver_process(
     path: str = "/webhook",
     options: str = "",
     nofile: int | None = None,
+    prefix: Sequence[str] = (),
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``rtms_lifecycle.server.run`` (what ``rtms-lifecycle serve`` calls) in its own process.
 
     Its own process, so that senders in the test process do not share its interpreter lock.
     ``options``: more keyword arguments of ``run``, as Python source; ``nofile``: the process's
-    file descriptor limit. Yields the base URL once /healthz answers; the server's output goes
-    to ``server.log`` in ``workdir``; yields it with the process (a test may kill it).
+    file descriptor limit; ``prefix``: what runs it (e.g. ``setpriv ... --``). Yields the base
+    URL once /healthz answers; the server's output goes to ``server.log`` in ``workdir``;
+    yields it with the process (a test may kill it).
     """
 
     def argv(port: int) -> list[str]:
@@ -186,7 +188,7 @@ def receiver_process(
         if nofile is not None:
             limit = f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile},) * 2)"
             code = f"import resource; {limit}; {code}"
-        return [sys.executable, "-c", code]
+        return [*prefix, sys.executable, "-c", code]
 
     env = {**os.environ, SECRET_ENV: SECRET}
     with server_process(argv, workdir, env, "server.log") as (url, _, process):

@@ -25,7 +25,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rtms_lifecycle import DatabaseUnavailable, StoreTimeout, Tracker
+from rtms_lifecycle import DatabaseUnavailable, StoreError, StoreTimeout, Tracker
+from rtms_lifecycle.clock import now_ms
+from rtms_lifecycle.store import retention as store_retention
+from rtms_lifecycle.store.core import Store
 from tests import _deliveries
 from tests._live import app_clients, clean_environment, serving_process, signed
 
@@ -770,3 +773,36 @@ def test_a_revoked_insert_on_transitions_makes_healthz_say_so(
         assert post_padded(client, "s-1") == 503
         checks = [health_of(client) for _ in range(5)]
     assert all(code == 503 and "permission denied" in reason for code, reason in checks), checks
+
+
+def test_a_prune_whose_file_is_deleted_and_restored_midway_fails(tmp_path: Path) -> None:
+    """rm of the file during a prune's first step: the store restores it at its path, and the
+    prune's next step fails naming why instead of writing to the deleted file and reporting
+    every removal (it used to report 119,998 removed deliveries the file still held)."""
+    path = tmp_path / "rtms.db"
+    with Tracker(str(path)) as tracker:
+        tracker.ingest_many(
+            [started(f"s-{n}") for n in range(450)]
+            + [_deliveries.raw("stopped", f"s-{n}", T0 + 2_000) for n in range(450)]
+        )
+    store = Store(str(path))
+    calls = 0
+
+    def now() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            path.unlink()
+        return now_ms()
+
+    try:
+        with pytest.raises(StoreError, match="deleted and restored at its path while this"):
+            store_retention.prune(store, now_ms(), now, dry_run=False, vacuum=False)
+        assert store.restores == 1
+    finally:
+        store.close()
+    with sqlite3.connect(path) as lite:
+        # The first step (200 streams) was committed before the restore, and is in the file.
+        assert lite.execute("SELECT count(*) FROM streams").fetchone() == (250,)
+        assert lite.execute("SELECT count(*) FROM prunes").fetchone() == (1,)
+    lite.close()

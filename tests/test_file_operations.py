@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,11 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rtms_lifecycle.exceptions import DatabaseUnavailable, StoreError
 from rtms_lifecycle.receiver.settings import API_TOKEN_ENV
 from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
-from tests._live import receiver_process, signed
+from tests._live import free_port, receiver_process, signed
 
 T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
 
@@ -385,3 +387,214 @@ def test_a_new_database_file_is_said_with_the_copies_beside_it(
     caplog.clear()
     Tracker(f"sqlite:///{path}").close()
     assert not [r for r in caplog.records if "created a new" in r.message]
+
+
+def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``rtms-lifecycle`` run in its own process from ``workdir``."""
+    code = "from rtms_lifecycle.cli import main; main()"
+    env = {**os.environ, SECRET_ENV: "secret-for-tests"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_no_database_is_created_beside_the_live_log_of_a_moved_one(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """mv y.db away under a receiver, then db upgrade, ingest and a second serve at y.db: each
+    refused, exit 3, naming the orphaned -wal and -shm; nothing is created at y.db and the live
+    -wal is untouched (SQLite used to make a 4096-byte y.db and a new -wal: all 20 lost). Moved
+    back: 200s again, and after kill -9 all 25 acknowledged are stored."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    logs = (wal.stat().st_ino, shm.stat().st_ino, wal.read_bytes())
+    moved = path.with_name("moved.db")
+    path.rename(moved)
+    deliveries = tmp_path / "in.jsonl"
+    deliveries.write_bytes(_deliveries.raw("started", "ingested", T0 + 1_000) + b"\n")
+    for args in (
+        ("db", "upgrade"),
+        ("ingest", str(deliveries)),
+        ("serve", "--port", str(free_port())),
+    ):
+        done = cli(tmp_path, "--db", "y.db", *args)
+        assert done.returncode == 3, (args, done.stdout, done.stderr)
+        said = done.stderr
+        assert "a write-ahead log without its database" in said, said
+        assert f"{wal}" in said or "y.db-wal" in said, said
+        assert "moved or deleted while in use" in said
+        assert not path.exists(), args
+        assert (wal.stat().st_ino, shm.stat().st_ino) == logs[:2], args
+    assert wal.read_bytes()[: len(logs[2])] == logs[2]
+    moved.rename(path)
+    assert sender.post(5) == [200] * 5
+    killed(process)
+    assert len(sender.acknowledged) == 25
+    assert lost(sender.acknowledged, path) == []
+
+
+def test_the_library_creates_no_database_beside_an_orphaned_log(tmp_path: Path) -> None:
+    """A Tracker (plain path or URL) at a path whose file is absent but whose -wal is there is
+    refused with DatabaseUnavailable naming it, and creates nothing."""
+    path = tmp_path / "y.db"
+    wal = Path(f"{path}-wal")
+    wal.write_bytes(b"live log")
+    for db in (str(path), f"sqlite:///{path}"):
+        with pytest.raises(DatabaseUnavailable, match="a write-ahead log without its database"):
+            Tracker(db)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["y.db-wal"]
+    assert wal.read_bytes() == b"live log"
+
+
+def unprivileged() -> list[str]:
+    """What runs a process that a folder's permissions bind: as root, without the
+    capabilities that pass them by."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: a read-only folder binds nothing")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def test_a_deleted_file_that_cannot_be_saved_says_do_not_restart_and_is_kept_at_shutdown(
+    tmp_path: Path,
+) -> None:
+    """rm y.db, then its folder made read-only: the copy cannot be written, and the 503s and
+    /healthz say so, and say not to restart or stop the receiver (they used to say "or the
+    receiver is restarted": a restart then lost all 20). SIGTERM anyway: the copy is kept in the
+    receiver's current folder, named at ERROR; put back, nothing acknowledged is lost."""
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "y.db"
+    with (
+        receiver_process(f"sqlite:///{path}", tmp_path, prefix=unprivileged()) as (url, process),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        sender = Sender(client)
+        assert sender.post(20) == [200] * 20
+        path.unlink()
+        data.chmod(0o555)
+        try:
+            assert sender.post(3) == [503] * 3
+            health = sender.health()
+            assert health.status_code == 503
+            reason = health.json()["reason"]
+            assert "could not be written" in reason, reason
+            assert "Permission denied" in reason, reason
+            assert "do NOT restart or stop this receiver" in reason, reason
+            assert "restarted" not in reason
+            process.terminate()
+            process.wait(timeout=30)
+        finally:
+            data.chmod(0o755)
+    said = (tmp_path / "server.log").read_text()
+    (copy,) = recovered(tmp_path / "y.db")
+    assert f"every delivery recorded was saved to {copy} instead" in said, said
+    assert not path.exists()
+    assert lost(sender.acknowledged, copy) == []
+    for log in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        log.unlink(missing_ok=True)
+    copy.rename(path)
+    started_again_on(path, sender, tmp_path)
+    assert len(sender.acknowledged) == 25
+    assert lost(sender.acknowledged, path) == []
+
+
+def test_a_start_beside_recovered_copies_names_them(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """rm y.db and another file made at the path: the copy is kept as y.db.recovered-<time>.
+    A receiver started again on the file at the path says, at WARNING, which copies lie beside
+    it and to compare them before replacing anything (that start used to be silent)."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    path.unlink()
+    path.touch()
+    assert sender.post(1) == [503]
+    (copy,) = recovered(path)
+    process.terminate()
+    process.wait(timeout=30)
+    (tmp_path / "server.log").unlink()
+    with receiver_process(f"sqlite:///{path}", tmp_path) as (_, again):
+        killed(again)
+    said = (tmp_path / "server.log").read_text()
+    warned = [line for line in said.splitlines() if "copies of a deleted database" in line]
+    assert len(warned) == 1, said
+    assert " WARNING " in warned[0]
+    assert f"beside {path}: {copy};" in warned[0]
+    assert "Compare each with" in warned[0]
+    assert lost(sender.acknowledged, copy) == []
+
+
+def test_opening_a_database_names_the_recovered_copies_beside_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The library, opening an existing database with copies beside it, warns once naming them."""
+    path = tmp_path / "y.db"
+    Tracker(str(path)).close()
+    copy = tmp_path / "y.db.recovered-20261207T101500Z"
+    copy.write_bytes(b"")
+    caplog.set_level(logging.WARNING, "rtms_lifecycle.store")
+    Tracker(f"sqlite:///{path}").close()
+    (said,) = [r for r in caplog.records if "copies of a deleted database" in r.message]
+    assert said.levelno == logging.WARNING
+    assert f"beside {path}: {copy};" in said.message
+
+
+def test_a_file_deleted_while_idle_is_restored_without_traffic(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """rm y.db, then no delivery, no /healthz, no scrape: the receiver's periodic check saves it
+    and puts it back at the path on its own, so a kill -9 afterwards loses nothing (it used to
+    be noticed only at the next commit or health check: after kill -9, all 20 were lost)."""
+    path, sender, process = live
+    assert sender.post(20) == [200] * 20
+    path.unlink()
+    log = tmp_path / "server.log"
+    deadline = time.monotonic() + 60
+    while "restored at its path" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        assert process.poll() is None
+        time.sleep(0.05)
+    killed(process)
+    assert recovered(path) == []
+    assert lost(sender.acknowledged, path) == []
+
+
+def test_the_losing_writer_of_a_deleted_file_says_to_compare_before_replacing(
+    live: tuple[Path, Sender, subprocess.Popen[bytes]],
+) -> None:
+    """rm y.db under a receiver and a Tracker of this process, both writing: the first to
+    notice puts its copy back at the path, the other keeps an older copy as
+    y.db.recovered-<time>, and its advice says to compare the two before replacing anything
+    (it said to put the older copy at the path: later deliveries lost)."""
+    path, sender, _process = live
+    assert sender.post(20) == [200] * 20
+    with Tracker(str(path)) as tracker:
+        tracker.ingest(_deliveries.raw("started", "t-1", T0 + 1_000))
+        path.unlink()
+        reasons = []
+        try:
+            tracker.ingest(_deliveries.raw("started", "t-2", T0 + 1_000))
+        except StoreError as exc:
+            reasons.append(str(exc))
+        statuses = sender.post(1)
+        health = sender.health()
+        if health.status_code == 503:
+            reasons.append(health.json()["reason"])
+        (copy,) = recovered(path)
+        (reason,) = reasons
+        assert statuses == [503 if health.status_code == 503 else 200]
+    assert str(copy) in reason
+    assert f"compare it with {copy}" in reason, reason
+    assert "before replacing anything" in reason
+    assert "Only if it is not that database: Stop the receivers" in reason
+    assert lost(sender.acknowledged[:20], copy) == []

@@ -58,7 +58,7 @@ from rtms_lifecycle.store.batch import (
     synthetic_delivery,
     to_incoming,
 )
-from rtms_lifecycle.store.core import Store
+from rtms_lifecycle.store.core import FILE_CHECK_INTERVAL, Store
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracking import (
     DEFAULT_CLAIM_LEASE,
@@ -235,6 +235,12 @@ class Tracker:
     def engine(self) -> Engine:
         """The SQLAlchemy engine underneath."""
         return self._store.engine
+
+    def watch_files(self, interval: float = FILE_CHECK_INTERVAL) -> None:
+        """Check the SQLite database's files every ``interval`` seconds until :meth:`close`,
+        as every commit does: a file deleted while open is then saved and put back even when
+        nothing is written (``serve`` does this). Nothing for PostgreSQL."""
+        self._store.watch_files(interval)
 
     def close(self) -> None:
         """Release the database connections."""

@@ -132,6 +132,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # A database file deleted while idle is saved before a kill -9 can lose it.
+        tracker.watch_files()
         log.info(
             "receiver ready: database %s, %d webhook secret(s), webhook path %s, "
             "read API %s, metrics %s",

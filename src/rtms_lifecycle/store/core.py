@@ -34,7 +34,11 @@ from rtms_lifecycle.store.deadline import WATCHDOG, connecting_by, postgres_inte
 from rtms_lifecycle.store.errors import first_line, translate, translated
 from rtms_lifecycle.store.queue import Prepare, Then, WriteQueue
 from rtms_lifecycle.store.salvage import recovered_beside
-from rtms_lifecycle.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, SQLITE_IMMEDIATE
+from rtms_lifecycle.store.sqlite import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    SQLITE_IMMEDIATE,
+    refuse_orphaned_log,
+)
 from rtms_lifecycle.store.streak import FailureStreak
 from rtms_lifecycle.store.urls import default_url, plain_sqlite_file
 from rtms_lifecycle.store.writers import WriteFailed, Writer, WriteTx
@@ -45,7 +49,7 @@ if TYPE_CHECKING:
 
     from rtms_lifecycle.store.sqlite import SqliteFile
 
-__all__ = ["LOAD_CHUNK", "Store"]
+__all__ = ["FILE_CHECK_INTERVAL", "LOAD_CHUNK", "Store"]
 
 B = TypeVar("B")
 R = TypeVar("R")
@@ -57,6 +61,9 @@ LOAD_CHUNK: Final = 64
 # (see docs/decisions/0071-logger-names-kept.md).
 log = logging.getLogger("rtms_lifecycle.store")
 
+
+#: Seconds between two checks of an SQLite database's files by :meth:`Store.watch_files`.
+FILE_CHECK_INTERVAL: Final = 2.0
 
 # How often a transaction that lost a race (deadlock, serialisation, a busy SQLite) is retried.
 _ATTEMPTS: Final = 8
@@ -70,6 +77,23 @@ def _say_created(path: Path) -> None:
         path,
         f" (copies of a deleted database are beside it: {', '.join(kept)})" if kept else "",
     )
+
+
+def _say_recovered(path: Path) -> None:
+    # Copies kept when the file was deleted while open and another took its path: forgotten,
+    # their deliveries are lost to whoever reads the file at the path.
+    kept = recovered_beside(path)
+    if kept:
+        log.warning(
+            "copies of a deleted database are beside %s: %s; each holds what was recorded up to "
+            "its time, saved from the open connection of a receiver whose file was deleted while "
+            "another took its path. Compare each with %s (which may hold later deliveries) "
+            "before replacing or deleting anything (see docs/operations.md, Backup, restore and "
+            "moving the database)",
+            path,
+            ", ".join(kept),
+            path,
+        )
 
 
 class Store:
@@ -95,7 +119,7 @@ class Store:
             from rtms_lifecycle.store.engine import configure_sqlite, create_store_engine
             from rtms_lifecycle.store.writers import writer_for
 
-            engine = create_store_engine(given) if isinstance(given, str) else given
+            engine = create_store_engine(given, watched=True) if isinstance(given, str) else given
             if engine.dialect.name == "sqlite" and not isinstance(given, str):
                 configure_sqlite(engine)
             from rtms_lifecycle.store.urls import sqlite_file
@@ -109,6 +133,7 @@ class Store:
         # SQLite admits one writer at a time and its busy handler sleeps up to 100 ms between
         # tries: every write of this process queues here instead (PostgreSQL needs no queue).
         self._queue = WriteQueue(self._write_group) if self.dialect == "sqlite" else None
+        self._watching: tuple[threading.Thread, threading.Event] | None = None
         self._streak = FailureStreak()
         new_file = self.sqlite_path is not None and not os.path.lexists(self.sqlite_path)
         if migrate:
@@ -122,8 +147,11 @@ class Store:
                 # A refused schema (e.g. a newer one) leaves no open connection behind.
                 self.close()
                 raise
-            if new_file and self.sqlite_path is not None and self.sqlite_path.exists():
+        if self.sqlite_path is not None:
+            if migrate and new_file and self.sqlite_path.exists():
                 _say_created(self.sqlite_path)
+            else:
+                _say_recovered(self.sqlite_path)
 
     @staticmethod
     def _ensure_sqlite(file: SqliteFile) -> str:
@@ -142,7 +170,7 @@ class Store:
                 if self._engine is None:
                     from rtms_lifecycle.store.engine import create_store_engine
 
-                    engine = create_store_engine(self._url)
+                    engine = create_store_engine(self._url, watched=True)
                     self._refuse_other_files(engine)
                     self._engine = engine
         return self._engine
@@ -157,6 +185,9 @@ class Store:
             why = self._writer.refusal()
             if why is not None:
                 raise DatabaseUnavailable(f"database unavailable: {why}")
+            if self.sqlite_path is not None:
+                # Opening by path would create a database beside another's live log.
+                refuse_orphaned_log(self.sqlite_path)
 
         event.listen(engine, "do_connect", refuse)
         self._refusing = (engine, refuse)
@@ -166,8 +197,39 @@ class Store:
         if self._engine is not None:
             self._engine.dispose()
 
+    def watch_files(self, interval: float = FILE_CHECK_INTERVAL) -> None:
+        """Check an SQLite database's files every ``interval`` seconds until :meth:`close`, in
+        the writer's turn, as a commit does: a file deleted while open is saved (and put back)
+        even when nothing is written, before the process may be killed. For long-running
+        processes (``serve``); nothing for PostgreSQL or an in-memory database."""
+        if self.sqlite_path is None or self._watching is not None:
+            return
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._watch, args=(interval, stop), name="rtms-lifecycle-file-watch", daemon=True
+        )
+        self._watching = (thread, stop)
+        thread.start()
+
+    def _watch(self, interval: float, stop: threading.Event) -> None:
+        while not stop.wait(interval):
+            try:
+                with self._serialised(None):
+                    if stop.is_set():
+                        return
+                    self._writer.check_file()
+            except WriteFailed:
+                pass  # an outage: the writer logged it, /healthz and the 503s tell it
+            except Exception:
+                log.exception("the check of the database files of %s failed", self.sqlite_path)
+
     def close(self) -> None:
         """Release every connection."""
+        if self._watching is not None:
+            thread, stop = self._watching
+            stop.set()
+            thread.join()
+            self._watching = None
         try:
             with self._serialised(None):
                 self._writer.close()
@@ -426,16 +488,34 @@ class Store:
         admits one writer at a time); every write of the store queues behind it."""
         return self._serialised(None)
 
+    @property
+    def restores(self) -> int:
+        """How often the database was reopened on another file (SQLite: a file deleted while
+        open restored at its path, a deleted ``-wal`` recovered). Read before opening a
+        connection kept across writes, and given to :meth:`guarded` as ``opened``."""
+        return self._writer.restores
+
     @contextmanager
-    def guarded(self, deadline: float | None = None) -> Iterator[None]:
+    def guarded(
+        self, deadline: float | None = None, *, opened: int | None = None
+    ) -> Iterator[None]:
         """Held around a write on a connection other than the store's writer's (subscriptions,
         prunes): this process's writes one at a time, the wait counted against ``deadline``
         (:class:`StoreTimeout` past it), and on SQLite the file checked before and after
-        (:class:`StoreError` if it was deleted or replaced)."""
+        (:class:`StoreError` if it was deleted or replaced). ``opened``: :attr:`restores` when
+        the connection was opened; :class:`StoreError` if the file was restored since (the
+        connection still writes to the deleted one)."""
         try:
             with self._serialised(deadline):
                 check_deadline(deadline)
                 self._writer.check_file()
+                if opened is not None and opened != self._writer.restores:
+                    raise StoreError(
+                        f"the database file {self.sqlite_path} (or its -wal) was deleted and "
+                        "restored at its path while this connection was open: it still writes "
+                        "to the deleted file, so it stopped; what it committed before is in the "
+                        "restored file. Run it again"
+                    )
                 yield
                 self._writer.check_file()
         except WriteFailed as exc:

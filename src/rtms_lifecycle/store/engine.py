@@ -16,8 +16,9 @@ from rtms_lifecycle.store.sqlite import (
     SQLITE_PRAGMAS,
     not_pruning,
     prepare,
+    refuse_orphaned_log,
 )
-from rtms_lifecycle.store.urls import check_driver, parse
+from rtms_lifecycle.store.urls import check_driver, parse, sqlite_file
 
 __all__ = [
     "LIBPQ_DEFAULTS",
@@ -81,12 +82,22 @@ def configure_sqlite(engine: Engine) -> None:
         event.listen(engine, "begin", _sqlite_begin)
 
 
-def create_store_engine(url: str) -> Engine:
-    """An engine configured the way the store needs it (SQLite pragmas and locking)."""
+def create_store_engine(url: str, *, watched: bool = False) -> Engine:
+    """An engine configured the way the store needs it (SQLite pragmas and locking). A new
+    connection to an SQLite file is refused where :func:`refuse_orphaned_log` says, unless
+    ``watched`` (the store checks that itself, after its writer's own reasons)."""
     url = _normalise_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url)
         configure_sqlite(engine)
+        path = sqlite_file(engine.url)
+        if path is not None and not watched:
+
+            def refuse(*_connect_args: object) -> None:
+                # Opening by path would create a database beside another's live log.
+                refuse_orphaned_log(path)
+
+            event.listen(engine, "do_connect", refuse)
         return engine
     # No pre-ping: it costs a round trip per transaction; a connection found dead is discarded
     # (and with it the pool's others) and the write retried.

@@ -85,6 +85,8 @@ class FileWatch:
     wal: Identity | None = None
     #: where a copy of the deleted database file was kept, the path being taken
     recovered: str | None = None
+    #: why the last copy of the deleted database file could not be written (None: no failure)
+    save_failed: str | None = None
     # The descriptor the database file was last found at.
     _fd: int | None = field(default=None, repr=False)
 
@@ -128,7 +130,8 @@ class FileWatch:
         database at the path would take them for its own. Only once the connection is closed,
         its content saved, and :meth:`wal_is_safe_to_delete`."""
         for name in (self.wal_path, self.path + "-shm"):
-            with contextlib.suppress(FileNotFoundError):
+            # A read-only folder keeps them: the refusal of an orphaned log names them.
+            with contextlib.suppress(OSError):
                 os.unlink(name)
 
     def wal_is_safe_to_delete(self) -> bool:
@@ -148,13 +151,25 @@ class FileWatch:
                 what = f"the write-ahead log {path}-wal was deleted while open"
             case Change.WAL_REPLACED:
                 what = f"the write-ahead log {path}-wal was replaced by another file while open"
+        if self.save_failed is not None and change in (Change.GONE, Change.REPLACED):
+            folder = os.path.dirname(os.path.abspath(path))
+            return (
+                f"the database file {path} was deleted while open, and the copy of it from the "
+                f"open connection could not be written ({self.save_failed}): do NOT restart or "
+                "stop this receiver, its open connection holds the only copy of every delivery "
+                f"recorded; make room on the disk, or make the folder {folder} writable: the "
+                "copy is tried again every 5 s, and put back at the path"
+            )
         if self.recovered is not None and change in (Change.GONE, Change.REPLACED):
             return (
                 f"the database file {path} was deleted while open, and another file is at its "
-                f"path (or at its -wal's): every delivery recorded was saved to "
-                f"{self.recovered}; writes are refused. Stop the receivers, put "
-                f"{self.recovered} at {path}, and start them "
-                "(see docs/operations.md, Backup, restore and moving the database)"
+                f"path (or at its -wal's): every delivery this process recorded was saved to "
+                f"{self.recovered}; writes are refused. The file at {path} may be the same "
+                "database put back by another process that had it open (a receiver, a prune), "
+                f"holding later deliveries: compare it with {self.recovered} (e.g. "
+                "rtms-lifecycle stats on each) before replacing anything. Only if it is not "
+                f"that database: Stop the receivers, put {self.recovered} at {path}, and start "
+                "them (see docs/operations.md, Backup, restore and moving the database)"
             )
         return (
             f"{what}: writes are refused until the original is back at its path (or the "

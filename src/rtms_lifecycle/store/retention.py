@@ -76,11 +76,14 @@ class _Pruner:
         self.run = uuid.uuid4().hex
         self.postgres = store.dialect == "postgresql"
         self.conn: Any = None
+        self.opened = 0
 
     # --- the connection -----------------------------------------------------------------------
 
     @contextmanager
     def connected(self) -> Iterator[None]:
+        # Before opening: a file restored meanwhile fails the first step, never a later one.
+        self.opened = self.store.restores
         held = self.store.engine.raw_connection()
         self.conn = held.driver_connection
         try:
@@ -96,7 +99,7 @@ class _Pruner:
         """One transaction; a writing one may delete audit rows of streams it removed."""
         conn = self.conn
         if not self.postgres:
-            with self.store.guarded() if write else _nothing():
+            with self.store.guarded(opened=self.opened) if write else _nothing():
                 if write:
                     # Only this connection's deletes pass the guard, and only until the commit.
                     conn.create_function(PRUNING_FUNCTION, 0, _pruning)
@@ -290,7 +293,7 @@ class _Pruner:
             return
         if full:
             # Rewrites the file without its free pages (writers wait meanwhile).
-            with self.store.guarded():
+            with self.store.guarded(opened=self.opened):
                 conn.execute("VACUUM")
         # The write-ahead log holds a copy of every page the prune touched.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

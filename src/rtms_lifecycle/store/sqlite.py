@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from rtms_lifecycle.exceptions import DatabaseUnavailable
+
 __all__ = [
     "PRUNING_FUNCTION",
     "SQLITE_BULK_CHECKPOINT_PAGES",
@@ -23,7 +25,9 @@ __all__ = [
     "SQLITE_WRITER_PRAGMAS",
     "SqliteFile",
     "not_pruning",
+    "orphaned_log",
     "prepare",
+    "refuse_orphaned_log",
     "sqlite_trouble",
     "unavailable",
 ]
@@ -95,6 +99,34 @@ def sqlite_trouble(path: Path) -> str | None:
     return None
 
 
+def orphaned_log(path: Path | str) -> str | None:
+    """Why no database may be created at ``path``: the file is absent but its ``-wal`` or
+    ``-shm`` is there (None if not). SQLite would take them for the new file's own, fail with
+    "disk I/O error", and replace the log: if it is the live log of a database moved or deleted
+    while in use, its deliveries could then never come back."""
+    name = os.fspath(path)
+    if os.path.lexists(name):
+        return None
+    logs = [f"{name}{end}" for end in ("-wal", "-shm") if os.path.lexists(f"{name}{end}")]
+    if not logs:
+        return None
+    return (
+        f"database unavailable: {name} is absent but {' and '.join(logs)} "
+        f"{'are' if len(logs) > 1 else 'is'} there, a write-ahead log without its database: "
+        "the database was moved or deleted while in use; put it back at its path (a receiver "
+        "still running on it restores a deleted one itself), or, if it is lost for good, "
+        f"remove {' and '.join(logs)} to start a new, empty database; nothing was created "
+        "(see docs/operations.md, Backup, restore and moving the database)"
+    )
+
+
+def refuse_orphaned_log(path: Path | str) -> None:
+    """Raise :class:`DatabaseUnavailable` if :func:`orphaned_log` says why."""
+    why = orphaned_log(path)
+    if why is not None:
+        raise DatabaseUnavailable(why)
+
+
 def unavailable(path: Path | None, error: sqlite3.Error) -> str:
     """What to tell of an SQLite database that SQLite could not open or use: why, when the file
     system tells, else SQLite's own words."""
@@ -117,7 +149,9 @@ class SqliteFile:
         return cls(Path(path), os.path.abspath(path), {"check_same_thread": False})
 
     def connect(self) -> sqlite3.Connection:
-        """A new connection, set up by :func:`prepare`."""
+        """A new connection, set up by :func:`prepare`; :class:`DatabaseUnavailable` where
+        :func:`orphaned_log` refuses."""
+        refuse_orphaned_log(self.path)
         connection: sqlite3.Connection = sqlite3.connect(self.filename, **self.options)
         try:
             prepare(connection)

@@ -129,6 +129,10 @@ def check_deadline(deadline: float | None) -> None:
 class Writer(Protocol):
     """Opens write transactions on one database."""
 
+    #: How often the writer reopened its database on another file (SQLite: a deleted file
+    #: restored, a deleted ``-wal`` recovered): a connection opened before writes to the old one.
+    restores: int
+
     def transaction(
         self,
         *,

@@ -474,6 +474,9 @@ class PostgresWriter:
     def confirm(self) -> None:
         """Every commit reached the server or raised."""
 
+    #: The server keeps the database: never reopened on another.
+    restores = 0
+
     def refusal(self) -> str | None:
         return None
 

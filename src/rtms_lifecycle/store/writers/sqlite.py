@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from rtms_lifecycle.exceptions import DatabaseUnavailable
 from rtms_lifecycle.store.deadline import remaining
 from rtms_lifecycle.store.filewatch import Change, FileWatch, identity
 from rtms_lifecycle.store.rows import (
@@ -244,6 +246,7 @@ class SqliteWriter:
         self._files = FileWatch(str(path)) if path is not None else None
         #: Why writes are refused now (the files at the paths are not the connection's), or None.
         self.outage: str | None = None
+        self.restores = 0
         # What the held connection is set to now: pragmas are set only when they change.
         self._busy_ms = SQLITE_BUSY_TIMEOUT_MS
         # None until the first transaction sets the sync and checkpoint pragmas its way.
@@ -263,6 +266,8 @@ class SqliteWriter:
                 conn = file.connect()
             except sqlite3.Error as exc:
                 raise WriteFailed(unavailable(file.path, exc), retryable=False) from exc
+            except DatabaseUnavailable as exc:
+                raise WriteFailed(str(exc), retryable=False) from exc
             return conn, lambda _broken: conn.close()
 
         return cls(connect, file.path, dispose_reads)
@@ -289,10 +294,11 @@ class SqliteWriter:
     def close(self) -> None:
         files = self._files
         if files is not None and self._held is not None:
+            self._save_due = 0.0  # the last chance: not put off by an earlier failure
             deleted = self._deleted(files.change())
-            if deleted is not None:
+            if deleted is not None and not self._save_deleted(deleted) and files.recovered is None:
                 # Closed, the last handle of the deleted file would take every delivery with it.
-                self._save_deleted(deleted)
+                self._save_elsewhere(deleted)
         if self._held is None:
             return
         if files is not None and not files.wal_is_safe_to_delete():
@@ -365,6 +371,7 @@ class SqliteWriter:
         self._held[1](False)
         self._held = None
         self.outage = None
+        self.restores += 1
         log.warning(
             "the write-ahead log %s was deleted while open: its content was copied into the "
             "database file, and the database reopened",
@@ -398,14 +405,11 @@ class SqliteWriter:
             copy = save_copy(held[0], files.path, status.st_mode)
         except (OSError, sqlite3.Error) as exc:
             self._save_due = time.monotonic() + _SAVE_RETRY_INTERVAL
-            log.error(
-                "the database file %s was deleted while open, and could not be saved from the "
-                "open connection (tried again in %g s): %s",
-                files.path,
-                _SAVE_RETRY_INTERVAL,
-                exc,
-            )
+            files.save_failed = str(exc)
+            self.outage = files.describe(Change.GONE)
+            log.error("%s", self.outage)
             return False
+        files.save_failed = None
         if identity(files.path) is None and files.wal_is_safe_to_delete():
             held[1](False)
             self._held = None
@@ -414,6 +418,7 @@ class SqliteWriter:
             if put_at(copy, files.path):
                 files.database, files.wal = adopted, None
                 self.outage = None
+                self.restores += 1
                 log.error(
                     "the database file %s was deleted while open: restored at its path from the "
                     "open connection, every committed delivery kept; writes go on",
@@ -424,6 +429,48 @@ class SqliteWriter:
         self.outage = files.describe(Change.GONE)
         log.error("%s", self.outage)
         return False
+
+    def _save_elsewhere(self, status: os.stat_result) -> None:
+        """At close, the copy of a deleted database file that could not be written beside it:
+        kept in the current folder, else the temporary folder (a service's private one, under
+        systemd's PrivateTmp, is removed when it stops: the current folder comes first)."""
+        files, held = self._files, self._held
+        assert files is not None
+        assert held is not None
+        name = os.path.basename(files.path)
+        tried = {os.path.dirname(os.path.abspath(files.path))}
+        for folder in (os.getcwd(), tempfile.gettempdir()):
+            folder = os.path.abspath(folder)
+            if folder in tried:
+                continue
+            tried.add(folder)
+            target = os.path.join(folder, name)
+            try:
+                copy = save_copy(held[0], target, status.st_mode)
+                kept = keep_recovered(copy, target)
+            except (OSError, sqlite3.Error) as exc:
+                log.error(
+                    "the deleted database file %s could not be saved in %s: %s", name, folder, exc
+                )
+                continue
+            files.recovered = kept
+            log.error(
+                "the database file %s was deleted while open and could not be saved beside it "
+                "(%s): every delivery recorded was saved to %s instead; remove any %s-wal and "
+                "%s-shm left there and put the copy at %s before starting a receiver on it",
+                files.path,
+                files.save_failed,
+                kept,
+                files.path,
+                files.path,
+                files.path,
+            )
+            return
+        log.error(
+            "the database file %s was deleted while open and could not be saved anywhere: "
+            "the deliveries recorded in it are lost",
+            files.path,
+        )
 
     def _settle(self, conn: sqlite3.Connection, deadline: float | None, durable: bool) -> None:
         # The wait for another process's write lock ends at the deadline: rounded up, so that a
