@@ -57,6 +57,7 @@ from rtms_lifecycle.records import (
     Transition,
     UnhandledEventStat,
 )
+from rtms_lifecycle.store.core import FILE_CHECK_INTERVAL
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 from rtms_lifecycle.tracker import (
     DEFAULT_BATCH_SIZE,
@@ -177,6 +178,10 @@ class AsyncTracker:
     def engine(self) -> Engine:
         """The SQLAlchemy engine underneath."""
         return self._sync.engine
+
+    async def watch_files(self, interval: float = FILE_CHECK_INTERVAL) -> None:
+        """:meth:`Tracker.watch_files`: a thread of its own checks the files; nothing waits."""
+        self._sync.watch_files(interval)
 
     async def close(self) -> None:
         """End :meth:`run_subscriptions`, wait for calls still running, then release the threads
