@@ -67,6 +67,24 @@ def test_the_holders_of_any_number_of_streams_take_one_compiled_statement(
     assert len(cache) == 1
 
 
+def test_claims_excluding_any_number_of_streams_take_one_compiled_statement(
+    tracker: Tracker,
+) -> None:
+    # A worker excludes the streams it holds: a mark per excluded stream compiled and cached a
+    # statement for every length of that list.
+    ids = start(tracker, 30)
+    cache: dict[object, object] = {}
+    tracker.engine.update_execution_options(compiled_cache=cache)
+    sizes = []
+    for n in range(1, 21):
+        claim = tracker.claim("a", exclude=ids[:n])
+        assert claim is not None
+        assert claim.stream_id not in ids[:n]
+        assert tracker.release(claim)
+        sizes.append(len(cache))
+    assert sizes[-1] == sizes[2], sizes
+
+
 def test_tokens_grow_with_every_new_claim(tracker: Tracker) -> None:
     (sid,) = start(tracker, 1)
     tokens = []

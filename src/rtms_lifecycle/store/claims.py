@@ -264,8 +264,10 @@ def _candidate(
     params: dict[str, Any] = {"now": now}
     sql = _filters(where, params)
     if exclude:
-        params.update({f"x{i}": sid for i, sid in enumerate(exclude)})
-        sql += f" AND s.stream_id NOT IN ({', '.join(f':x{i}' for i in range(len(exclude)))})"
+        # One statement whatever the list's length (a worker passes the streams it holds): a
+        # mark per stream compiled and cached a statement for every length.
+        params["exclude"] = list(exclude)
+        sql += " AND s.stream_id NOT IN :exclude"
     postgres = conn.dialect.name == "postgresql"
     # Locking the queue or claim row too, which the taker deletes or updates, makes a claimer
     # that reaches the row after the taker committed skip it, instead of taking the stream
@@ -290,13 +292,13 @@ def _candidate(
             "c",
         ),
     ):
-        row = conn.execute(
-            text(
-                f"SELECT {_STREAM_RECORD} FROM {source} {_LIVE_STREAMS}{sql}"
-                f" ORDER BY {order} LIMIT 1{lock.format(alias)}"
-            ),
-            params,
-        ).first()
+        statement = text(
+            f"SELECT {_STREAM_RECORD} FROM {source} {_LIVE_STREAMS}{sql}"
+            f" ORDER BY {order} LIMIT 1{lock.format(alias)}"
+        )
+        if exclude:
+            statement = statement.bindparams(bindparam("exclude", expanding=True))
+        row = conn.execute(statement, params).first()
         if row is not None:
             (stream,) = streams_from_rows([tuple(row)])
             found.append((stream.started_at, stream.stream_id, stream, queued))
