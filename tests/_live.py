@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -97,6 +98,25 @@ PORT_ATTEMPTS = 3
 """Starts of a server process, each on a new port, when the port was taken before it bound."""
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on 127.0.0.1:``port`` (Linux's /proc;
+    True where it cannot be told)."""
+    try:
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return True
+    owned = set()
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            owned.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    for line in table:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+            return f"socket:[{fields[9]}]" in owned
+    return False
+
+
 def _answering(process: subprocess.Popen[bytes], url: str, log: Path, probe: str) -> bool:
     """Whether the process came to answer ``url`` + ``probe`` (False: it exited, its port taken)."""
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -109,7 +129,11 @@ def _answering(process: subprocess.Popen[bytes], url: str, log: Path, probe: str
             raise RuntimeError(f"the receiver did not start ({log}):\n{said}")
         try:
             httpx.get(f"{url}{probe}", timeout=1).raise_for_status()
-            return True
+            if _listens(process.pid, int(url.rsplit(":", 1)[1])):
+                return True
+            # Another process took the port between free_port() and this one's bind, and
+            # answered: this one is about to exit with "address already in use".
+            time.sleep(0.05)
         except httpx.HTTPError:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the receiver did not answer; see {log}") from None
