@@ -280,18 +280,26 @@ class Store:
         commit, shared with the durable writes queued beside it); without it (bulk loads), a
         crash of the machine may undo the last commits.
         """
+        batch = self._written_here(items, with_records, deadline, durable)
+        if batch is None:
+            written: list[IngestResult | None] = self.submit(
+                items, with_records=with_records, deadline=deadline
+            ).result()
+            return written
+        return batch.results()
+
+    def _written_here(
+        self, items: Sequence[Incoming], with_records: bool, deadline: float | None, durable: bool
+    ) -> Batch | None:
+        """The batch written in the calling thread, or None where a durable write must queue
+        (another write holds or awaits the SQLite queue: the writer thread writes it with them)."""
         if durable and self._queue is not None and not self._queue.writing:
-            # An idle queue: written here, in the calling thread; else queued, and written by
-            # the writer thread with the writes beside it.
             held = self._queue.hold_if_idle()
             if held is None:
-                written: list[IngestResult | None] = self.submit(
-                    items, with_records=with_records, deadline=deadline
-                ).result()
-                return written
+                return None
             with held:
-                return self._write(items, with_records, deadline, durable).results()
-        return self._write(items, with_records, deadline, durable).results()
+                return self._write(items, with_records, deadline, durable)
+        return self._write(items, with_records, deadline, durable)
 
     def submit(
         self,
@@ -322,14 +330,11 @@ class Store:
     def outcomes(self, items: Sequence[Incoming], *, durable: bool = True) -> list[Outcome]:
         """Record deliveries in one transaction as :meth:`record` does, and say only what each
         came to (a bulk load without callbacks counts no more)."""
-        if durable and self._queue is not None and not self._queue.writing:
-            held = self._queue.hold_if_idle()
-            if held is None:
-                results = self.submit(items, with_records=False).result()
-                return [result.outcome for result in results if result is not None]
-            with held:
-                return self._write(items, False, None, durable).outcomes()
-        return self._write(items, False, None, durable).outcomes()
+        batch = self._written_here(items, False, None, durable)
+        if batch is None:
+            results = self.submit(items, with_records=False).result()
+            return [result.outcome for result in results if result is not None]
+        return batch.outcomes()
 
     def load(
         self, bodies: Sequence[B], convert: Callable[[B], Incoming], *, chunk: int = LOAD_CHUNK
