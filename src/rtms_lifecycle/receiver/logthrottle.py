@@ -83,19 +83,21 @@ class SkipAccessLine(logging.Filter):
         return not ACCESS_LINE_SKIPPED.get()
 
 
+def _attach_once(name: str, kind: type[logging.Filter]) -> None:
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
+
+
 def skip_access_lines(name: str = "uvicorn.access") -> None:
     """Attach one :class:`SkipAccessLine` to the access logger (once: idempotent)."""
-    logger = logging.getLogger(name)
-    if not any(isinstance(f, SkipAccessLine) for f in logger.filters):
-        logger.addFilter(SkipAccessLine())
+    _attach_once(name, SkipAccessLine)
 
 
 def throttle_tracebacks(names: tuple[str, ...] = FLOODED) -> None:
     """Attach one :class:`TracebackThrottle` to each named logger (once: idempotent)."""
     for name in names:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, TracebackThrottle) for f in logger.filters):
-            logger.addFilter(TracebackThrottle())
+        _attach_once(name, TracebackThrottle)
 
 
 class LineGroups:
