@@ -85,6 +85,15 @@ def app_clients(timeout: float = 30) -> Iterator[Callable[..., httpx.Client]]:
         yield start
 
 
+@contextmanager
+def read_api(db: Any, token: str) -> Iterator[httpx.Client]:
+    """Serve ``create_app(db, api_token=token)``; a client of it that sends ``token``."""
+    with app_clients() as start:
+        client = start(db, api_token=token)
+        client.headers["Authorization"] = f"Bearer {token}"
+        yield client
+
+
 def free_port() -> int:
     """A 127.0.0.1 port that was free a moment ago. Another process (another xdist worker's
     server) may take it before the server it is meant for binds: see :func:`server_process`."""

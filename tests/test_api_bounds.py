@@ -14,21 +14,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rtms_lifecycle import Tracker
-from rtms_lifecycle.server import create_app
-from tests._live import SECRET, serving
+from tests._live import read_api
 
 TOKEN = "read-token-for-tests"
 
 
 @contextmanager
 def _read_api(db: str) -> Iterator[httpx.Client]:
-    with (
-        Tracker(db) as tracker,
-        serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url,
-        httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
-        ) as client,
-    ):
+    with Tracker(db) as tracker, read_api(tracker, TOKEN) as client:
         yield client
 
 

@@ -7,16 +7,14 @@ import base64
 import json
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
 from urllib.parse import quote
 
 import httpx
 import pytest
 
 from rtms_lifecycle import Outcome, Tracker
-from rtms_lifecycle.server import create_app
 from tests import _deliveries
-from tests._live import SECRET, serving
+from tests._live import read_api
 
 TOKEN = "read-token-for-tests"
 T0 = 1_741_651_200_000  # 2025-03-11T00:00:00Z
@@ -32,21 +30,10 @@ PATHS = [
 ]
 
 
-@contextmanager
-def _served(tracker: Tracker) -> Iterator[httpx.Client]:
-    with (
-        serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url,
-        httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
-        ) as client,
-    ):
-        yield client
-
-
 @pytest.fixture
 def api(tracker: Tracker) -> Iterator[httpx.Client]:
     """A receiver with the read API over ``tracker`` (each database)."""
-    with _served(tracker) as client:
+    with read_api(tracker, TOKEN) as client:
         yield client
 
 

@@ -14,10 +14,9 @@ import httpx
 import pytest
 
 from rtms_lifecycle import Outcome, Tracker
-from rtms_lifecycle.server import create_app
 
 from ._deliveries import raw
-from ._live import SECRET, serving
+from ._live import read_api
 from .test_cli import invoke
 
 T0 = 1_700_000_000_000
@@ -49,11 +48,10 @@ def _served(url: str) -> Iterator[tuple[httpx.Client, httpx.Client]]:
     """The read API's client and a dashboard client signed in, over the database at ``url``."""
     with (
         Tracker(url) as tracker,
-        serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as base,
+        read_api(tracker, TOKEN) as api,
         httpx.Client(
-            base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
-        ) as api,
-        httpx.Client(base_url=base, headers={"accept": "text/html"}, timeout=30) as dashboard,
+            base_url=api.base_url, headers={"accept": "text/html"}, timeout=30
+        ) as dashboard,
     ):
         assert dashboard.post("/dashboard/login", data={"token": TOKEN}).status_code == 303
         yield api, dashboard
