@@ -1062,7 +1062,7 @@ def test_concurrency_alerts_and_latest_alert(tracker: Tracker, bulk: bool) -> No
 @pytest.mark.parametrize("stale_after", [timedelta(hours=1), 3600.0], ids=["timedelta", "seconds"])
 def test_expire_closes_only_stale_live_streams(tracker: Tracker, stale_after: Any) -> None:
     """expire() stops live streams idle longer than stale_after, as source=system without reason,
-    each at its last event plus stale_after."""
+    dated when it runs."""
     now = now_ms()
     tracker.ingest_many(
         [
@@ -1079,9 +1079,9 @@ def test_expire_closes_only_stale_live_streams(tracker: Tracker, stale_after: An
         ]
     )
 
-    last_events = {"stale-started": now - 3 * HOUR, "stale-int": now - 2 * HOUR}
-    last_events["stale-res"] = now - 5 * HOUR + 2
+    before = now_ms()
     closed = tracker.expire(stale_after)
+    after = now_ms()
 
     assert ids(closed) == {"stale-started", "stale-int", "stale-res"}
     for stream in closed:
@@ -1089,7 +1089,8 @@ def test_expire_closes_only_stale_live_streams(tracker: Tracker, stale_after: An
         assert stream.state is State.STOPPED
         assert stream.stop_reason is None
         assert (stream.stop_reason_name, stream.stop_reason_category) == ("EXPIRED", "expired")
-        assert stream.stopped_at == last_events[stream.stream_id] + HOUR
+        assert stream.stopped_at is not None
+        assert before <= stream.stopped_at <= after
         last = tracker.audit(stream.stream_id)[-1]
         assert (last.name, last.kind, last.source, last.to_state) == (
             "stop",
@@ -1107,27 +1108,27 @@ def test_expire_closes_only_stale_live_streams(tracker: Tracker, stale_after: An
 
 
 def test_real_stop_arriving_after_expiry_replaces_it(tracker: Tracker) -> None:
-    """A late real stopped (older event_ts) wins over the expiry, which is kept but ignored."""
+    """A late real stopped (older event_ts) wins over the expiry, which is kept but ignored.
+
+    The real stop is dated after the stream went stale (its start plus an hour) but before the
+    expiry ran: Zoom's retries of a stop come up to 85 minutes late.
+    """
     now = now_ms()
     tracker.ingest(body("started", "s1", now - 3 * HOUR))
     (expired,) = tracker.expire(timedelta(hours=1))
     assert expired.stop_reason_name == "EXPIRED"
 
-    # The expiry stopped it at its last event plus an hour: now - 2h. The real stop came before.
-    result = tracker.ingest(body("stopped", "s1", now - 2 * HOUR - MINUTE, stop_reason=6))
+    stopped_at = now - 30 * MINUTE
+    result = tracker.ingest(body("stopped", "s1", stopped_at, stop_reason=6))
 
     assert result.outcome is Outcome.APPLIED
     assert result.transition is not None
     assert (result.transition.name, result.transition.late) == ("stop", True)
     stream = tracker.stream("s1")
     assert stream is not None
-    assert (stream.state, stream.stop_reason, stream.stopped_at) == (
-        State.STOPPED,
-        6,
-        now - 2 * HOUR - MINUTE,
-    )
+    assert (stream.state, stream.stop_reason, stream.stopped_at) == (State.STOPPED, 6, stopped_at)
     assert (stream.stop_reason_name, stream.stop_reason_category) == ("MEETING_ENDED", "normal")
-    assert stream.last_event_at == now - 2 * HOUR - MINUTE
+    assert stream.last_event_at == stopped_at
     assert [t.source for t in tracker.audit("s1")] == ["webhook", "system", "webhook"]
     assert [d.source for d in tracker.deliveries(stream_id="s1")] == [
         "webhook",

@@ -560,12 +560,10 @@ class Tracker:
     def expire(self, stale_after: timedelta | float, *, dry_run: bool = False) -> list[Stream]:
         """Stop every live stream with no event for ``stale_after``.
 
-        Each gets a ``source=system`` ``stopped`` event with no stop reason, at its
-        ``last_event_at`` plus ``stale_after``: the moment it became stale, not the moment this
-        ran, so a late expiry does not stretch the stream's duration. A real ``stopped`` that
-        arrives later with an older ``event_ts`` is folded in first and wins over the expiry.
-        With ``dry_run``, nothing is written: the streams are returned as the expiry would
-        leave them.
+        Each gets a ``source=system`` ``stopped`` event with no stop reason, dated now (one
+        time for the whole run). A real ``stopped`` that arrives later carries an older
+        ``event_ts``, so it is folded in first and wins over the expiry. With ``dry_run``,
+        nothing is written: the streams are returned as the expiry would leave them.
         """
         from rtms_lifecycle.store import queries as _queries
 
@@ -574,8 +572,8 @@ class Tracker:
             if isinstance(stale_after, timedelta)
             else float(stale_after)
         )
-        stale_ms = int(seconds * 1000)
-        cutoff = now_ms() - stale_ms
+        at = now_ms()
+        cutoff = at - int(seconds * 1000)
         with self._store.read() as conn:
             stale = _queries.stale_streams(conn, cutoff)
         if dry_run:
@@ -588,13 +586,12 @@ class Tracker:
                     stop_reason=None,
                     stop_source=Source.SYSTEM.value,
                 )
-                for stream, at in ((s, _expired_at(s, stale_ms)) for s in stale)
+                for stream in stale
             ]
         closed: list[Stream] = []
         for start in range(0, len(stale), DEFAULT_BATCH_SIZE):
             items = []
             for stream in stale[start : start + DEFAULT_BATCH_SIZE]:
-                at = _expired_at(stream, stale_ms)
                 items.append(
                     synthetic_delivery(
                         "system.rtms_expired",
@@ -602,8 +599,8 @@ class Tracker:
                         at,
                         Source.SYSTEM,
                         UnscopedEvent(stream.stream_id, EventKind.STOPPED, at),
-                        # Only if no newer event came meanwhile: the stop time was read from it.
-                        stale_before=at - stale_ms + 1,
+                        # Only if the stream is still stale: no newer event came meanwhile.
+                        stale_before=cutoff + 1,
                     )
                 )
             closed.extend(
@@ -1452,12 +1449,6 @@ def _page(
 def _check_page_size(limit: int) -> None:
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValueError(f"limit must be from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
-
-
-def _expired_at(stream: Stream, stale_ms: int) -> int:
-    # A live stream always has a last event (the one that made it live).
-    assert stream.last_event_at is not None
-    return stream.last_event_at + stale_ms
 
 
 def _parse_cursor(cursor: str | None) -> tuple[int, int]:

@@ -512,7 +512,7 @@ def alerts(app: App, since: int | None, as_json: bool) -> None:
 def expire(app: App, stale_after: timedelta, dry_run: bool, as_json: bool) -> None:
     """Stop live streams whose stopped webhook never came (stop reason EXPIRED).
 
-    Each stops at its last event plus --stale-after, when it became stale.
+    Each stops now; a real stop that arrives later is older, so it wins.
     """
     closed = app.tracker(create=False).expire(stale_after, dry_run=dry_run)
     verb = "Would expire" if dry_run else "Expired"

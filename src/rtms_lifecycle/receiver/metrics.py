@@ -111,8 +111,7 @@ _PROCESS_METRICS: Final = (
 
 #: How long a stream may stay live before ``rtms_lifecycle_long_live_streams`` counts it.
 DEFAULT_LONG_LIVE: Final = timedelta(hours=12)
-#: The window ``rtms_lifecycle_recent_stops`` counts stops in: longer than the interval of any
-#: ``expire`` schedule, since an expiry is dated when its stream went stale, not when it ran.
+#: The window ``rtms_lifecycle_recent_stops`` counts stops in (an expiry is dated when it ran).
 RECENT_STOPS: Final = timedelta(hours=6)
 #: Seconds a live stream may go unclaimed or unconnected before the gauges count it.
 DEFAULT_CLAIMS_OLDER_THAN: Final = 30.0
