@@ -4,6 +4,7 @@ the packaged schema a new SQLite database starts with."""
 from __future__ import annotations
 
 import importlib
+import logging
 import sqlite3
 import sys
 import time
@@ -56,6 +57,25 @@ def test_new_database_is_created_at_head(db_url: str) -> None:
     """A new, empty database gets the schema at the latest migration on first use."""
     with Tracker(db_url) as tracker:
         assert _migrate.current_revision(tracker.engine) == _migrate.head_revision()
+
+
+def test_an_upgrade_logs_one_line_of_its_own_and_none_of_alembics(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application logging at INFO sees which revisions, not Alembic's line per migration."""
+    caplog.set_level(logging.INFO)
+    engine = create_store_engine(db_url)
+    try:
+        _migrate.upgrade(engine, "0001")
+        _migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("alembic")] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "rtms_lifecycle.store"] == [
+        "database schema upgraded from nothing to 0001",
+        f"database schema upgraded from 0001 to {_migrate.head_revision()}",
+    ]
+    assert logging.getLogger("alembic").level == logging.NOTSET
 
 
 def test_older_database_is_refused(db_url: str) -> None:

@@ -10,6 +10,7 @@ tests).
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 # The PostgreSQL advisory lock held while the schema is created or upgraded ("rtms" in ASCII).
 _PG_SCHEMA_LOCK: Final = 0x72746D73
+
+_log = logging.getLogger("rtms_lifecycle.store")
 
 # The wheel carries the migrations inside the package (pyproject: force-include).
 _PACKAGED = Path(__file__).resolve().parents[1] / "migrations"
@@ -227,9 +230,29 @@ def _schema_locked(engine: Engine) -> Iterator[Connection]:
 def _upgrade(conn: Connection, revision: str) -> None:
     from alembic import command
 
+    before = read_revision(conn)
     config = alembic_config()
     config.attributes["connection"] = conn
-    command.upgrade(config, revision)
+    with _alembic_quiet():
+        command.upgrade(config, revision)
+    after = read_revision(conn)
+    if after != before:
+        _log.info("database schema upgraded from %s to %s", before or "nothing", after)
+
+
+@contextmanager
+def _alembic_quiet() -> Iterator[None]:
+    """Keep Alembic's INFO lines (27 for a new PostgreSQL database: its plugins, then a line per
+    migration) out of an application's INFO log, unless it set Alembic's level itself."""
+    alembic = logging.getLogger("alembic")
+    if alembic.level != logging.NOTSET:
+        yield
+        return
+    alembic.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        alembic.setLevel(logging.NOTSET)
 
 
 def _sqlite_statements() -> Iterator[str]:
@@ -290,7 +313,9 @@ def downgrade_url(url: str, current: str, target: str) -> None:
                 )
             config = alembic_config()
             config.attributes["connection"] = conn
-            command.downgrade(config, target)
+            with _alembic_quiet():
+                command.downgrade(config, target)
+            _log.info("database schema downgraded from %s to %s", now, target)
     finally:
         engine.dispose()
 
