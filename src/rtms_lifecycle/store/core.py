@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import threading
 import time
@@ -135,26 +134,28 @@ class Store:
         self._queue = WriteQueue(self._write_group) if self.dialect == "sqlite" else None
         self._watching: tuple[threading.Thread, threading.Event] | None = None
         self._streak = FailureStreak()
-        new_file = self.sqlite_path is not None and not os.path.lexists(self.sqlite_path)
+        created = False
         if migrate:
             try:
                 if file is None:
                     with translated(self.sqlite_path):
-                        _migrate.ensure_schema(self.engine)
-                elif self._ensure_sqlite(file) != _migrate.head_revision():
-                    _migrate.upgrade(self.engine)
+                        created = _migrate.ensure_schema(self.engine)
+                else:
+                    revision, created = self._ensure_sqlite(file)
+                    if revision != _migrate.head_revision():
+                        _migrate.upgrade(self.engine)
             except BaseException:
                 # A refused schema (e.g. a newer one) leaves no open connection behind.
                 self.close()
                 raise
         if self.sqlite_path is not None:
-            if migrate and new_file and self.sqlite_path.exists():
+            if created:
                 _say_created(self.sqlite_path)
             else:
                 _say_recovered(self.sqlite_path)
 
     @staticmethod
-    def _ensure_sqlite(file: SqliteFile) -> str:
+    def _ensure_sqlite(file: SqliteFile) -> tuple[str, bool]:
         with _migrate.sqlite_errors(file.path):
             conn = file.connect()
         try:

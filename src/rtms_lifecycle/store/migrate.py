@@ -343,21 +343,22 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         _upgrade(conn, revision)
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Create the schema in a new, empty database; refuse one at an older revision.
+def ensure_schema(engine: Engine) -> bool:
+    """Create the schema in a new, empty database; refuse one at an older revision. True if
+    this call created it.
 
     Safe when several processes open a new database at once: one creates the schema under the
     schema lock, the others wait for it, then find the schema there.
     """
     if engine.dialect.name == "sqlite":
         with _pooled_sqlite(engine) as conn:
-            revision = ensure_sqlite(conn, _file_of(engine))
+            revision, created = ensure_sqlite(conn, _file_of(engine))
         if revision != head_revision():
             upgrade(engine)
-        return
+        return created
     current = current_revision(engine)
     if current == head_revision():
-        return
+        return False
     if current is None:
         with _schema_locked(engine) as conn:
             # Read again under the lock: another process may have created it meanwhile.
@@ -367,29 +368,29 @@ def ensure_schema(engine: Engine) -> None:
 
                 _refuse_foreign(set(inspect(conn).get_table_names()))
                 _upgrade(conn, "head")
-                return
+                return True
         if current == head_revision():
-            return
-    _refuse(current)
+            return False
+    return _refuse(current)
 
 
-def ensure_sqlite(conn: sqlite3.Connection, path: Path | None) -> str:
+def ensure_sqlite(conn: sqlite3.Connection, path: Path | None) -> tuple[str, bool]:
     """:func:`ensure_schema` on an SQLite connection, without SQLAlchemy: a new database gets
     the packaged schema (other processes wait for it); one at an older or a newer revision is
-    refused. Returns the revision: behind the head only for a database just created from a
-    packaged schema that is behind the migrations (the tests keep it at the head), which the
-    caller then upgrades with Alembic.
+    refused. Returns the revision, and whether this call created the schema. The revision is
+    behind the head only for a database just created from a packaged schema that is behind the
+    migrations (the tests keep it at the head), which the caller then upgrades with Alembic.
     """
     with sqlite_errors(path):
         current = _sqlite_revision(conn)
         if current is None:
             created = _create_sqlite(conn)
             if created is not None:
-                return created
+                return created, True
             current = _sqlite_revision(conn)
     if current is None or current != head_revision():
         _refuse(current)
-    return current
+    return current, False
 
 
 def _create_sqlite(conn: sqlite3.Connection) -> str | None:
