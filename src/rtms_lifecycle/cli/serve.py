@@ -138,8 +138,8 @@ def _proxies(text: str) -> str:
     show_envvar=True,
     metavar="T",
     callback=parsed_by(_min_event_time),
-    help="Reject a delivery whose event_ts is before T (epoch ms or ISO 8601; 0 for no bound "
-    "but 1970).",
+    help="Reject a delivery whose event_ts is before T (epoch ms or ISO 8601; 0: no bound but "
+    "1970). In production 2000-01-01T00:00:00Z refuses times sent in seconds (docs/deploying.md).",
 )
 @click.option(
     "--dashboard-idle",
