@@ -25,7 +25,7 @@ import yaml
 from tests._live import SECRET, signed
 from tests._served import ENTRY_POINT, running
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
