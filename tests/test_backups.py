@@ -16,7 +16,7 @@ from rtms_lifecycle import Tracker
 from ._deliveries import raw
 from ._postgres import PostgresServer
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 
 def record_some(tracker: Tracker) -> None:

@@ -25,11 +25,12 @@ import yaml
 from tests._live import SECRET, signed
 from tests._served import ENTRY_POINT, running
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 OUR_IMAGE = "rtms-lifecycle:local"
+GUARD = "RTMS_LIFECYCLE_MIN_EVENT_TIME"
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -140,11 +141,24 @@ def test_compose_has_the_documented_services() -> None:
     assert all(port.startswith("127.0.0.1:") for port in published)
 
 
+def guard_default(service: dict[str, Any]) -> str:
+    """The receiver's RTMS_LIFECYCLE_MIN_EVENT_TIME as compose resolves it when unset."""
+    (value,) = re.findall(r"^\$\{" + GUARD + r":-(.+)\}$", service["environment"][GUARD])
+    return str(value)
+
+
+def test_the_deployments_guard_against_event_times_in_seconds() -> None:
+    """The library bounds event_ts by the parser alone; deploy/ sets 2000 as a production guard."""
+    for name in ("receiver-1", "receiver-2"):
+        assert guard_default(compose()["services"][name]) == "2000-01-01T00:00:00Z"
+    assert f"\nEnvironment={GUARD}=2000-01-01T00:00:00Z\n" in unit()
+
+
 def test_every_compose_command_runs(postgres_url: str, tmp_path: Path) -> None:
     """The migration's command, then both receivers' commands, against one PostgreSQL: each
     receiver answers /healthz (as the Dockerfile's HEALTHCHECK asks it) and records a delivery."""
     services = compose()["services"]
-    env = {"RTMS_LIFECYCLE_DB": postgres_url}
+    env = {"RTMS_LIFECYCLE_DB": postgres_url, GUARD: guard_default(services["receiver-1"])}
     migrate = subprocess.run(
         installed(services["migrate"]["command"]),
         env={**os.environ, **env},
@@ -174,6 +188,11 @@ def test_every_compose_command_runs(postgres_url: str, tmp_path: Path) -> None:
             ).encode()
             answer = httpx.post(f"{served.url}/webhook", content=raw, headers=signed(raw, SECRET))
             assert answer.json()["outcome"] == "applied"
+            in_seconds = raw.replace(str(T0 + n).encode(), str((T0 + n) // 1000).encode())
+            answer = httpx.post(
+                f"{served.url}/webhook", content=in_seconds, headers=signed(in_seconds, SECRET)
+            )
+            assert answer.json()["outcome"] == "rejected", answer.text
             assert any('"receiver ready' in line for line in served.lines())
     from rtms_lifecycle import Tracker
 

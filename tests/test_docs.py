@@ -18,7 +18,7 @@ import pytest
 from rtms_lifecycle import Tracker, describe_stop_reason
 from rtms_lifecycle.machine import transition_table
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

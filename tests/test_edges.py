@@ -32,6 +32,8 @@ TOKEN = "edges-token-for-tests"
 T0 = 1_700_000_000_000
 Y10K = 253_402_300_800_000  # 10000-01-01T00:00:00Z
 SECONDS = 1_741_651_200  # 2025-03-11T00:00:00Z in seconds, where milliseconds belong
+# The production guard deploy/ sets (RTMS_LIFECYCLE_MIN_EVENT_TIME); the default is 0.
+Y2K = datetime(2000, 1, 1, tzinfo=UTC)
 IN_SECONDS = (
     "event_ts: 1741651200 is before 2000-01-01T00:00:00Z (milliseconds since the epoch expected)"
 )
@@ -54,7 +56,9 @@ HTML = {"accept": "text/html"}
 def test_an_event_time_out_of_range_is_rejected_and_kept(
     sqlite_url: str, event_ts: int, reason: str
 ) -> None:
-    with Tracker(sqlite_url) as tracker:
+    """Beyond the parser's range or the day ahead by default; before 2000 under that bound."""
+    bound = Y2K if "before" in reason else 0
+    with Tracker(sqlite_url, min_event_time=bound) as tracker:
         result = tracker.ingest(raw("started", "odd", event_ts))
         assert result.outcome is Outcome.REJECTED
         assert [e.field for e in result.errors] == ["event_ts"]
@@ -94,7 +98,7 @@ def test_an_event_time_in_seconds_is_rejected_on_every_path(db_url: str) -> None
     """Seconds where milliseconds belong (January 1970) are refused naming ``event_ts``, the
     value and the bound, and kept with their bytes: one delivery, a batch, a bulk load, the
     app's word."""
-    with Tracker(db_url) as tracker:
+    with Tracker(db_url, min_event_time=Y2K) as tracker:
         delivery = raw("started", "secs", SECONDS)
         result = tracker.ingest(delivery)
         assert result.outcome is Outcome.REJECTED
@@ -110,9 +114,25 @@ def test_an_event_time_in_seconds_is_rejected_on_every_path(db_url: str) -> None
         assert stored.error == [{"field": "event_ts", "reason": IN_SECONDS[len("event_ts: ") :]}]
 
 
+def test_toy_event_times_are_applied_by_default(db_url: str) -> None:
+    """The delivery contract bounds event_ts by the parser alone: a test's small times apply."""
+    with Tracker(db_url) as tracker:
+        assert tracker.ingest(raw("started", "toy", 1000)).outcome is Outcome.APPLIED
+        assert tracker.ingest(raw("stopped", "toy", 2000)).outcome is Outcome.APPLIED
+        stream = tracker.stream("toy")
+        assert stream is not None
+        assert (stream.started_at, stream.stopped_at) == (1000, 2000)
+
+
 def test_the_earliest_event_time_is_a_setting(sqlite_url: str) -> None:
     with Tracker(sqlite_url, min_event_time=0) as tracker:  # only the parser's bound: 1970
         assert tracker.ingest(raw("started", "toy", 10)).outcome is Outcome.APPLIED
+    with Tracker(sqlite_url, min_event_time=Y2K) as tracker:
+        result = tracker.ingest(raw("started", "1999", 915_148_800_000))  # 1999-01-01
+        assert [str(e) for e in result.errors] == [
+            "event_ts: 915148800000 is before 2000-01-01T00:00:00Z (milliseconds since the epoch "
+            "expected)"
+        ]
     later = datetime(2025, 1, 1, tzinfo=UTC)
     with Tracker(sqlite_url, min_event_time=later) as tracker:
         result = tracker.ingest(raw("started", "2023", T0))
@@ -133,13 +153,13 @@ def test_an_earliest_event_time_that_is_not_a_time_is_refused(sqlite_url: str, b
 
 def test_the_async_tracker_takes_the_earliest_event_time(sqlite_url: str) -> None:
     async def scenario() -> None:
-        async with AsyncTracker(sqlite_url, min_event_time=0) as tracker:
+        async with AsyncTracker(sqlite_url) as tracker:  # no bound by default
             assert (await tracker.ingest(raw("started", "toy", 10))).outcome is Outcome.APPLIED
-        async with AsyncTracker(sqlite_url) as tracker:
+        async with AsyncTracker(sqlite_url, min_event_time=Y2K) as tracker:
             result = await tracker.ingest(raw("started", "secs", SECONDS))
             assert [str(e) for e in result.errors] == [IN_SECONDS]
         with Tracker(sqlite_url) as shared, pytest.raises(TypeError, match="own options"):
-            AsyncTracker(shared, min_event_time=0)
+            AsyncTracker(shared, min_event_time=Y2K)
 
     asyncio.run(scenario())
 
@@ -147,7 +167,7 @@ def test_the_async_tracker_takes_the_earliest_event_time(sqlite_url: str) -> Non
 def test_reprocess_judges_a_refused_time_against_its_own_bound(sqlite_url: str) -> None:
     """A reprocessed delivery arrives again: refused still under the same bound, let in by a
     looser one."""
-    with Tracker(sqlite_url) as tracker:
+    with Tracker(sqlite_url, min_event_time=Y2K) as tracker:
         tracker.ingest(raw("started", "toy", 10))
         assert tracker.reprocess().after == {"rejected": 1}
         assert tracker.stream("toy") is None
@@ -159,8 +179,11 @@ def test_reprocess_judges_a_refused_time_against_its_own_bound(sqlite_url: str) 
 
 
 def test_the_ingest_command_rejects_an_event_time_in_seconds(db_url: str) -> None:
+    """Under the bound serve reads from RTMS_LIFECYCLE_MIN_EVENT_TIME, which the CLI reads too."""
     lines = f"{raw('started', 'secs', SECONDS).decode()}\n{raw('started', 'ok', T0).decode()}\n"
-    result = CliRunner().invoke(cli, ["--db", db_url, "ingest", "-", "--json"], input=lines)
+    result = CliRunner(env={"RTMS_LIFECYCLE_MIN_EVENT_TIME": "2000-01-01T00:00:00Z"}).invoke(
+        cli, ["--db", db_url, "ingest", "-", "--json"], input=lines
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["rejected"] == 1
     with Tracker(db_url) as tracker:
@@ -170,6 +193,24 @@ def test_the_ingest_command_rejects_an_event_time_in_seconds(db_url: str) -> Non
             [{"field": "event_ts", "reason": IN_SECONDS[len("event_ts: ") :]}],
         )
         assert tracker.stream("ok") is not None
+
+
+def test_the_cli_reprocesses_under_the_bound_serve_reads(sqlite_url: str) -> None:
+    """``deliveries reprocess`` keeps refusing what serve refused under the same environment;
+    a value that is not a time is exit 2 naming the variable."""
+    with Tracker(sqlite_url, min_event_time=Y2K) as tracker:
+        tracker.ingest(raw("started", "secs", SECONDS))
+    args = ["--db", sqlite_url, "deliveries", "reprocess", "--json"]
+    guarded = CliRunner(env={"RTMS_LIFECYCLE_MIN_EVENT_TIME": "2000-01-01T00:00:00Z"})
+    result = guarded.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["after"] == {"rejected": 1}
+    bad = CliRunner(env={"RTMS_LIFECYCLE_MIN_EVENT_TIME": "soon"}).invoke(cli, args)
+    assert bad.exit_code == 2
+    assert "RTMS_LIFECYCLE_MIN_EVENT_TIME: " in bad.output
+    assert "Traceback" not in bad.output
+    with Tracker(sqlite_url) as tracker:
+        assert tracker.stream("secs") is None
 
 
 def _serve_options(monkeypatch: pytest.MonkeyPatch, *args: str) -> dict[str, Any]:
@@ -187,7 +228,9 @@ def test_serve_reads_the_earliest_event_time_as_other_time_options(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("RTMS_LIFECYCLE_MIN_EVENT_TIME", raising=False)
-    assert _serve_options(monkeypatch)["min_event_time"] == 946_684_800_000
+    assert _serve_options(monkeypatch)["min_event_time"] == 0  # no bound but 1970
+    given = _serve_options(monkeypatch, "--min-event-time", "2000-01-01T00:00:00Z")
+    assert given["min_event_time"] == 946_684_800_000
     assert _serve_options(monkeypatch, "--min-event-time", "0")["min_event_time"] == 0
     given = _serve_options(monkeypatch, "--min-event-time", "2025-03-11")
     assert given["min_event_time"] == 1_741_651_200_000
@@ -285,7 +328,7 @@ def test_the_receiver_rejects_an_event_time_out_of_range(
     """Answered 200 (Zoom must not retry it) with the outcome and the reason, and kept."""
     delivery = raw("started", "odd", event_ts)
     with (
-        Tracker(db_url) as tracker,
+        Tracker(db_url, min_event_time=Y2K) as tracker,
         serving(create_app(tracker, secrets=[SECRET])) as url,
     ):
         answer = httpx.post(f"{url}/webhook", content=delivery, headers=signed(delivery))
@@ -303,6 +346,23 @@ def test_the_receiver_takes_the_earliest_event_time(db_url: str) -> None:
         toy = raw("started", "toy", 10)
         answer = httpx.post(f"{url}/webhook", content=toy, headers=signed(toy))
         assert answer.json()["outcome"] == "applied", answer.text
+    app = create_app(db_url, secrets=[SECRET], min_event_time=Y2K)
+    with serving(app) as url:
+        old = raw("started", "1999", 915_148_800_000)
+        answer = httpx.post(f"{url}/webhook", content=old, headers=signed(old))
+        assert answer.json()["outcome"] == "rejected", answer.text
+        assert answer.json()["error"].startswith("event_ts: 915148800000 is before 2000-01-01")
+
+
+def test_the_receiver_applies_toy_event_times_by_default(db_url: str) -> None:
+    with Tracker(db_url) as tracker, serving(create_app(tracker, secrets=[SECRET])) as url:
+        for event, event_ts in (("started", 1000), ("stopped", 2000)):
+            delivery = raw(event, "toy", event_ts)
+            answer = httpx.post(f"{url}/webhook", content=delivery, headers=signed(delivery))
+            assert answer.json()["outcome"] == "applied", answer.text
+        stream = tracker.stream("toy")
+        assert stream is not None
+        assert (stream.state.value, stream.started_at, stream.stopped_at) == ("stopped", 1000, 2000)
 
 
 # --- dashboard sign-in ------------------------------------------------------------------------

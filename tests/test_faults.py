@@ -32,7 +32,7 @@ from rtms_lifecycle.store.core import Store
 from tests import _deliveries
 from tests._live import app_clients, clean_environment, serving_process, signed
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 TOKEN = "read-api-token-for-tests"
 # How long a test holds the store: far beyond Zoom's 3 s, so that an answer that came before

@@ -26,7 +26,7 @@ from rtms_lifecycle.webhook import SECRET_ENV
 from tests import _deliveries
 from tests._live import free_port, receiver_process, signed
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 
 @pytest.fixture(autouse=True)

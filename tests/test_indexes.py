@@ -15,7 +15,7 @@ from rtms_lifecycle import Tracker
 from tests._deliveries import raw
 from tests._plans import query_plan
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ __all__ = [
     "test_upgrade",
 ]
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 
 @pytest.fixture

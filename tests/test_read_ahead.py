@@ -13,7 +13,7 @@ from rtms_lifecycle.defaults import DEFAULT_BATCH_SIZE
 from rtms_lifecycle.read_ahead import read_ahead
 from tests._deliveries import raw
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 
 def _reading_threads() -> list[threading.Thread]:

@@ -25,7 +25,7 @@ from tests import _deliveries
 from tests._live import serving, signed
 
 APP1, APP2 = "first-apps-secret", "second-apps-secret"
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 STARTED = _deliveries.raw("started", "stream-1", T0 + 1_000)
 
@@ -67,6 +67,37 @@ def test_url_validation_without_event_ts_is_answered(
     assert response.json() == {"plainToken": "qgg8vlvZRS6UYooatFL8Aw", "encryptedToken": expected}
     (stored,) = tracker.deliveries()
     assert (stored.outcome, stored.event_ts) == (Outcome.APPLIED, None)
+
+
+@pytest.mark.parametrize("ahead", [None, 2 * 86_400_000], ids=["tiny", "two-days-ahead"])
+def test_url_validation_is_answered_whatever_its_event_ts(
+    tracker: Tracker, ahead: int | None
+) -> None:
+    """The time bounds do not apply to Zoom's challenge, by default nor set tight: it is
+    answered, and recorded as applied with its time as sent, else Zoom's validation of the
+    endpoint fails. Every other delivery stays bounded."""
+    event_ts = 1_600_000 if ahead is None else int(time.time() * 1000) + ahead
+    token = "qgg8vlvZRS6UYooatFL8Aw"
+    body = json.dumps(
+        {"event": "endpoint.url_validation", "event_ts": event_ts, "payload": {"plainToken": token}}
+    ).encode()
+    expected = hmac.new(APP1.encode(), token.encode(), hashlib.sha256).hexdigest()
+    db_url = tracker.engine.url.render_as_string(hide_password=False)
+    with Tracker(db_url, min_event_time=T0, max_event_ahead=60) as tight:
+        for recorder, early in ((tracker, "applied"), (tight, "rejected")):
+            with (
+                serving(create_app(recorder, secrets=[APP1])) as url,
+                httpx.Client(base_url=url, timeout=30) as client,
+            ):
+                response = post(client, body, signed(body, APP1))
+                assert response.status_code == 200, response.text
+                assert response.json() == {"plainToken": token, "encryptedToken": expected}
+                toy = _deliveries.raw("started", f"toy-{early}", 1_600_000)
+                assert post(client, toy, signed(toy, APP1)).json()["outcome"] == early
+    challenges = [d for d in tracker.deliveries() if d.event == "endpoint.url_validation"]
+    assert [(d.outcome, d.event_ts, d.error) for d in challenges] == [
+        (Outcome.APPLIED, event_ts, None)
+    ] * 2
 
 
 def test_unsigned_url_validation_without_event_ts_is_refused(

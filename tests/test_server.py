@@ -31,7 +31,7 @@ from tests import _deliveries
 from tests._deliveries import SPEC_STREAM_KEYS
 from tests._live import SECRET, app_clients, clean_environment, serving, serving_process, signed
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 OTHER = "second-app-secret"
 TOKEN = "read-api-token-for-tests"

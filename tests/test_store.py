@@ -25,7 +25,7 @@ from rtms_lifecycle.store.tables import deliveries, transitions
 
 from ._deliveries import body, raw
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 WEBHOOK_KINDS = [EventKind.STARTED, EventKind.INTERRUPTED, EventKind.STOPPED]
 

@@ -22,7 +22,7 @@ from rtms_lifecycle.tracker import write_executor
 from . import _deliveries
 from ._live import SECRET, serving, signed
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 
 def _queue(tracker: Tracker) -> WriteQueue:

@@ -16,7 +16,7 @@ from tests import _deliveries
 from tests._live import serving_process, signed
 from tests.test_faults import holding_the_store
 
-T0 = 1_700_000_000_000  # a real time (Nov 2023): event times before 2000 are rejected
+T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
 ZOOM_WAITS = 3.0
 # How long the store is held: beyond Zoom's wait, so that every answer in it is a refusal.

@@ -64,11 +64,12 @@ DEFAULT_POLL_INTERVAL: Final = 0.5
 DEFAULT_MAX_EVENT_AHEAD: Final = 86_400.0
 #: The environment variable ``serve`` reads it from.
 MAX_EVENT_AHEAD_ENV: Final = "RTMS_LIFECYCLE_MAX_EVENT_AHEAD"
-#: The earliest ``event_ts`` accepted on arrival (epoch ms): 2000-01-01T00:00:00Z. Refuses a time
-#: sent in seconds instead of milliseconds (1.7e9 ms is January 1970), a zero or garbage.
-DEFAULT_MIN_EVENT_TIME: Final = 946_684_800_000
-#: Its ISO 8601 spelling, as ``serve --help`` shows it.
-DEFAULT_MIN_EVENT_TIME_TEXT: Final = "2000-01-01T00:00:00Z"
+#: The earliest ``event_ts`` accepted on arrival (epoch ms): 0, no bound beyond the parser's
+#: (1970), as the delivery contract says. A deployment sets one (docs/deploying.md) to refuse a
+#: time sent in seconds instead of milliseconds (1.7e9 ms is January 1970).
+DEFAULT_MIN_EVENT_TIME: Final = 0
+#: Its spelling as ``serve --help`` shows it.
+DEFAULT_MIN_EVENT_TIME_TEXT: Final = "0"
 #: The environment variable ``serve`` reads it from.
 MIN_EVENT_TIME_ENV: Final = "RTMS_LIFECYCLE_MIN_EVENT_TIME"
 

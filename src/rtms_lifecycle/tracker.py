@@ -26,7 +26,14 @@ from rtms_lifecycle.defaults import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_RETRY_DELAY,
 )
-from rtms_lifecycle.events import EventKind, Scope, Source, StreamEvent, UnhandledDelivery
+from rtms_lifecycle.events import (
+    EventKind,
+    Scope,
+    Source,
+    StreamEvent,
+    UnhandledDelivery,
+    UrlValidation,
+)
 from rtms_lifecycle.exceptions import ConfigurationError, DeliveryRejected, FieldError
 from rtms_lifecycle.machine import State, TransitionName
 from rtms_lifecycle.parsing import check_app_event
@@ -203,7 +210,8 @@ class Tracker:
 
     A delivery whose ``event_ts`` is more than ``max_event_ahead`` seconds (a day) ahead of this
     process's clock when it arrives, or before ``min_event_time`` (epoch ms or an aware
-    datetime; 2000-01-01T00:00:00Z), is recorded as ``rejected``.
+    datetime; 0 by default, no bound but 1970), is recorded as ``rejected``. Neither bound
+    applies to Zoom's url validation challenge: it is answered whatever its ``event_ts``.
     """
 
     def __init__(
@@ -726,7 +734,9 @@ class Tracker:
         parsed = item.parsed
         item.event_ts = self._valid_ts(item.event_ts)  # rejected for another field
         event_ts = getattr(parsed, "event_ts", None)
-        if event_ts is None:
+        # The challenge is answered whatever its time, else Zoom's validation of the endpoint
+        # fails; it changes no stream, so its time orders nothing.
+        if event_ts is None or isinstance(parsed, UrlValidation):
             return item
         problem = arrival_time_problem(event_ts, now_ms(), self._max_ahead_ms, self._earliest_ms)
         if problem is None:

@@ -8,14 +8,17 @@ given; the URL is checked, and Rich's consoles are made, when a command's body f
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import click
 
-from rtms_lifecycle.cli.errors import cli_errors
+from rtms_lifecycle.cli.errors import BadInput, cli_errors
+from rtms_lifecycle.cli.params import parse_min_event_time
 from rtms_lifecycle.cli.rendering import emit_json, make_console, print_table
+from rtms_lifecycle.defaults import DEFAULT_MIN_EVENT_TIME, MIN_EVENT_TIME_ENV
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -96,7 +99,7 @@ class App:
         if self._tracker is None:
             if not create:
                 self.require_database()
-            self._tracker = Tracker(self.db)
+            self._tracker = Tracker(self.db, min_event_time=_min_event_time_from_env())
         return self._tracker
 
     def require_database(self) -> None:
@@ -139,6 +142,18 @@ class App:
     def say(self, sentence: str) -> None:
         """One plain sentence on stdout: no markup, no highlighting of its numbers."""
         self.out.print(sentence, markup=False, highlight=False)
+
+
+def _min_event_time_from_env() -> int:
+    # The bound ``serve`` reads from the environment: ``ingest`` and ``deliveries reprocess``
+    # judge event times by it too, so that reprocessing does not let in what serve refused.
+    text = os.environ.get(MIN_EVENT_TIME_ENV, "")
+    if not text.strip():
+        return DEFAULT_MIN_EVENT_TIME
+    try:
+        return parse_min_event_time(text)
+    except ValueError as exc:
+        raise BadInput(f"{MIN_EVENT_TIME_ENV}: {exc}") from None
 
 
 def current_app() -> App:

@@ -185,6 +185,17 @@ class Duration(click.ParamType[float]):
         return seconds
 
 
+def parse_min_event_time(text: str) -> int:
+    """``--min-event-time`` (and ``RTMS_LIFECYCLE_MIN_EVENT_TIME``): a time as other options read
+    it, not before 1970; ``0`` for no bound but 1970 itself."""
+    if text.strip() == "0":
+        return 0
+    ms = parse_time(text)
+    if ms < 0:
+        raise ValueError(f"{text} is before 1970: event times are counted from 1970 on")
+    return ms
+
+
 def parsed_by(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
     """An option callback reading the value with one of the parsers above."""
 

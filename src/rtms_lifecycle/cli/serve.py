@@ -10,7 +10,7 @@ import click
 from rtms_lifecycle.bounds import MAX_WAIT_SECONDS
 from rtms_lifecycle.cli.app import App, pass_app
 from rtms_lifecycle.cli.errors import BadInput, Failure
-from rtms_lifecycle.cli.params import Seconds, parse_period, parse_time, parsed_by
+from rtms_lifecycle.cli.params import Seconds, parse_min_event_time, parse_period, parsed_by
 from rtms_lifecycle.defaults import (
     API_TOKEN_ENV,
     DEFAULT_MAX_EVENT_AHEAD,
@@ -26,17 +26,6 @@ from rtms_lifecycle.defaults import (
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
 
 __all__ = ["serve"]
-
-
-def _min_event_time(text: str) -> int:
-    """``--min-event-time``: a time as other options read it, not before 1970; ``0`` for no bound
-    but 1970 itself."""
-    if text.strip() == "0":
-        return 0
-    ms = parse_time(text)
-    if ms < 0:
-        raise ValueError(f"{text} is before 1970: event times are counted from 1970 on")
-    return ms
 
 
 def _proxies(text: str) -> str:
@@ -137,9 +126,9 @@ def _proxies(text: str) -> str:
     envvar=MIN_EVENT_TIME_ENV,
     show_envvar=True,
     metavar="T",
-    callback=parsed_by(_min_event_time),
-    help="Reject a delivery whose event_ts is before T (epoch ms or ISO 8601; 0 for no bound "
-    "but 1970).",
+    callback=parsed_by(parse_min_event_time),
+    help="Reject a delivery whose event_ts is before T (epoch ms or ISO 8601; 0: no bound but "
+    "1970). In production 2000-01-01T00:00:00Z refuses times sent in seconds (docs/deploying.md).",
 )
 @click.option(
     "--dashboard-idle",

@@ -93,7 +93,8 @@ def create_app(
     ``store_timeout``: seconds a delivery may take to commit before it is answered 503 (Zoom
     waits 3 s); ``/healthz`` uses the same budget. ``max_event_ahead``: seconds a delivery's
     ``event_ts`` may be ahead of this clock before it is rejected, ``min_event_time`` (epoch ms or
-    a datetime) the earliest it may be (a given Tracker keeps its own).
+    a datetime; 0 by default) the earliest it may be (a given Tracker keeps its own); neither
+    applies to the url validation challenge.
     ``dashboard_idle``: seconds an unused dashboard session lasts. ``claims_older_than``:
     seconds a live stream may go unclaimed or unconnected before ``/metrics`` counts it.
     ``long_live`` (seconds, or a
