@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from rtms_lifecycle import AuditReport, Tracker
@@ -293,6 +293,21 @@ def test_postgres_the_receivers_role_records_but_cannot_delete_history(
         newest(owner)
         assert owner.prune(DAY).streams == 2
         assert owner.verify_audit().ok
+
+
+def test_postgres_db_grant_refuses_the_owner_whose_prunes_it_would_stop(
+    two_roles: tuple[str, str],
+) -> None:
+    """The one-role setup: `db grant OWNER` would revoke the prune's function from the owner."""
+    owner_url, _ = two_roles
+    owner = make_url(owner_url).username
+    refused = invoke(owner_url, "db", "grant", str(owner))
+    assert refused.exit_code == 1, refused.output
+    assert f"db grant: {owner} owns the database's objects and needs no grant" in refused.output
+    with Tracker(owner_url) as tracker:
+        history(tracker)
+        newest(tracker)
+        assert tracker.prune(DAY).streams == 2
 
 
 def test_postgres_even_the_owner_setting_pruning_on_is_found(postgres_url: str) -> None:

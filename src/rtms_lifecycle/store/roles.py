@@ -15,6 +15,8 @@ from rtms_lifecycle.store.errors import translated
 
 __all__ = ["grant_receiver", "receiver_grants"]
 
+_PRUNE_FUNCTION = "rtms_lifecycle_prune_streams(text[], text, bigint)"
+
 
 def receiver_grants(role: str) -> list[str]:
     """The statements that let ``role`` (an identifier, quoted as SQL needs) run a receiver."""
@@ -41,8 +43,7 @@ def receiver_grants(role: str) -> list[str]:
         # The stop rollup: triggers on streams keep it in the receiver's transactions.
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON stop_reason_rollup TO {role}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {{schema}} TO {role}",
-        "REVOKE ALL ON FUNCTION rtms_lifecycle_prune_streams(text[], text, bigint)"
-        f" FROM PUBLIC, {role}",
+        f"REVOKE ALL ON FUNCTION {_PRUNE_FUNCTION} FROM PUBLIC, {role}",
     ]
 
 
@@ -53,6 +54,21 @@ def grant_receiver(engine: Engine, role: str) -> list[str]:
         raise ConfigurationError("db grant: only PostgreSQL has roles (SQLite has none)")
     quote = engine.dialect.identifier_preparer.quote
     with translated(None), engine.begin() as conn:
+        owner = conn.execute(
+            text(
+                "SELECT pg_get_userbyid(proowner) FROM pg_proc"
+                " WHERE proname = 'rtms_lifecycle_prune_streams'"
+            )
+        ).scalar()
+        if owner == role:
+            # Its statements revoke the prune's function from the role: from the owner, that
+            # stops every prune until the owner's right is granted back by hand.
+            raise ConfigurationError(
+                f"db grant: {role} owns the database's objects and needs no grant; give the "
+                "receiver a role of its own (docs/deploying-postgres.md). If an earlier "
+                f"`db grant {role}` stopped prunes, run as {role}: GRANT EXECUTE ON FUNCTION "
+                f"{_PRUNE_FUNCTION} TO {quote(role)}"
+            )
         schema = conn.execute(text("SELECT current_schema()")).scalar_one()
         statements = [s.replace("{schema}", quote(schema)) for s in receiver_grants(quote(role))]
         for statement in statements:
