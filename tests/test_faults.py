@@ -27,6 +27,7 @@ from psycopg import sql
 
 from rtms_lifecycle import DatabaseUnavailable, StoreError, StoreTimeout, Tracker
 from rtms_lifecycle.clock import now_ms
+from rtms_lifecycle.defaults import API_TOKEN_ENV
 from rtms_lifecycle.store import retention as store_retention
 from rtms_lifecycle.store.core import Store
 from tests import _deliveries
@@ -555,10 +556,15 @@ def test_a_wait_before_the_first_byte_counts_in_the_request_timeout(
     assert took < 3.9  # from the first byte it would be 5 s
 
 
-def test_a_trickling_sender_is_cut_off_with_its_408(sqlite_url: str, tmp_path: Path) -> None:
-    """The 408 closes the connection: kept open, the server went on reading the trickle until
-    its keep-alive timeout (408 at 5 s, closed at 10 s)."""
-    head = b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n"
+@pytest.mark.parametrize("path", ["/webhook", "/dashboard/login"])
+def test_a_trickling_sender_is_cut_off_with_its_408(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """The 408 closes the connection, the webhook's as the sign-in form's: kept open, the
+    server went on reading the trickle until its request timeout ran again (408 at 5 s, closed
+    at 10 s)."""
+    monkeypatch.setenv(API_TOKEN_ENV, "t" * 32)  # the dashboard exists only with a token
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n".encode()
     with serving_process(sqlite_url, tmp_path, options="request_timeout=2") as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as raw:

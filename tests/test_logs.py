@@ -18,7 +18,16 @@ from sqlalchemy.engine import make_url
 from rtms_lifecycle import Tracker
 from rtms_lifecycle.cli.commands import cli
 from rtms_lifecycle.receiver import webhook as _webhook
-from rtms_lifecycle.receiver.logthrottle import OTHERS, LineGroups
+from rtms_lifecycle.receiver.logthrottle import (
+    INVALID_REQUEST,
+    OTHERS,
+    REQUEST_SCOPE,
+    AccessLines,
+    InvalidRequestLines,
+    LineGroups,
+    mark_authenticated,
+    shortened,
+)
 from rtms_lifecycle.server import create_app
 from tests import _deliveries
 from tests._live import SECRET, serving, signed
@@ -342,3 +351,160 @@ def test_line_groups_are_bounded() -> None:
         (OTHERS, 0),
         None,
     ]
+
+
+def _answer(raw: socket.socket) -> int:
+    """Read one answer (with a Content-Length) off ``raw``; its status."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = raw.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length")
+    )
+    while len(rest) < length:
+        rest += raw.recv(65536)
+    return int(lines[0].split()[1])
+
+
+API_TOKEN = "an-api-token-of-32-characters-00"
+
+
+def test_a_flood_of_unauthenticated_requests_is_a_line_a_minute_per_address(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """3000 requests for a 65,000-character path (404) on one connection, 300 malformed
+    requests and 50 upgrades, 404s, 405s and wrong-token 401s from one address: one access
+    line (its path cut at 200 characters, with the length) and one warning per kind, each
+    naming the address, not a line a request (792 MB in 10 s before). An authenticated
+    request's 404 and every 2xx keep their line each."""
+    long_path = b"/" + b"A" * 65_000
+    env = {"RTMS_LIFECYCLE_API_TOKEN": API_TOKEN}
+    with serve_command(sqlite_url, tmp_path, "--log-format", "json", env=env) as served:
+        # Before the wrong tokens: past five a minute, this address is answered 429.
+        with httpx.Client(base_url=served.url) as client:
+            bearer = {"Authorization": f"Bearer {API_TOKEN}"}
+            for _ in range(3):
+                assert client.get("/streams/nope", headers=bearer).status_code == 404
+                assert client.get("/healthz").status_code == 200
+        port = int(served.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.settimeout(10)
+            for _ in range(3000):
+                raw.sendall(b"GET " + long_path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert _answer(raw) == 404
+            others = [
+                b"GET /webhook HTTP/1.1\r\nHost: x\r\n\r\n",  # 405
+                b"GET /streams HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n\r\n",
+                b"GET /streams HTTP/1.1\r\nHost: x\r\n\r\n",  # 401
+                b"GET /dashboard HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\n\r\n",  # 303
+                b"GET /x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            ]
+            statuses = set()
+            for _ in range(50):
+                for request in others:
+                    raw.sendall(request)
+                    statuses.add(_answer(raw))
+        assert statuses == {303, 401, 404, 405, 429}
+        for _ in range(300):
+            with socket.create_connection(("127.0.0.1", port)) as bad:
+                bad.settimeout(10)
+                bad.sendall(b"GARBAGE\x01 / HTTP/1.1\r\n\r\n")
+                assert bad.recv(1024).startswith(b"HTTP/1.1 400")
+    size = served.log.stat().st_size
+    logged = json_lines(served.lines())
+    assert size < 10_000, size
+    access = [line for line in logged if line["logger"] == "uvicorn.access"]
+    grouped = [line for line in access if line.get("client")]
+    assert len(grouped) == 1, grouped
+    assert grouped[0]["client"] == "127.0.0.1"
+    assert grouped[0]["message"].endswith(f'"GET /{"A" * 199}...(65001 characters) HTTP/1.1" 404')
+    kept = [line["message"].split('"')[1] for line in access if not line.get("client")]
+    # The readiness probe's /healthz lines first.
+    assert kept[-6:] == ["GET /streams/nope HTTP/1.1", "GET /healthz HTTP/1.1"] * 3
+    assert set(kept) == {"GET /streams/nope HTTP/1.1", "GET /healthz HTTP/1.1"}
+    warned = [
+        line for line in logged if line["logger"] == "uvicorn.error" and line["level"] == "warning"
+    ]
+    assert [(line["message"], line.get("client")) for line in warned] == [
+        ("Unsupported upgrade request from 127.0.0.1", "127.0.0.1"),
+        ("Invalid HTTP request received from 127.0.0.1", "127.0.0.1"),
+    ]
+
+
+def test_grouped_access_lines_say_how_many_were_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Unauthenticated 3xx/4xx lines of one address: the first, then after the period one
+    counting those left out, every one accounted for; an authenticated request's and a 2xx
+    are written each."""
+    period = 0.5
+    lines = AccessLines(period)
+    access = logging.getLogger("tests.access")
+    access.addFilter(lines)
+    caplog.set_level(logging.INFO, "tests.access")
+
+    def answer(path: str, status: int, authenticated: bool = False) -> None:
+        scope: dict[str, Any] = {"client": ("10.0.0.7", 5000)}
+        if authenticated:
+            mark_authenticated(scope)
+        token = REQUEST_SCOPE.set(scope)
+        try:
+            access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.7:5000", "GET", path, "1.1", status)
+        finally:
+            REQUEST_SCOPE.reset(token)
+
+    try:
+        started = time.monotonic()
+        for status in (404, 405, 401, 303, 400):
+            answer("/x", status)
+        answer("/mine", 404, authenticated=True)
+        answer("/ok", 200)
+        quick = time.monotonic() - started
+        time.sleep(period)
+        answer("/x", 404)
+    finally:
+        access.removeFilter(lines)
+    said = [r.getMessage() for r in caplog.records]
+    assert [line for line in said if "/x" not in line] == [
+        '10.0.0.7:5000 - "GET /mine HTTP/1.1" 404',
+        '10.0.0.7:5000 - "GET /ok HTTP/1.1" 200',
+    ]
+    grouped = [line for line in said if "/x" in line]
+    pattern = r"; (\d+) more unauthenticated 3xx/4xx answers from this address since the last"
+    counted = [re.search(pattern, line) for line in grouped]
+    assert sum(1 + (int(m.group(1)) if m else 0) for m in counted) == 6
+    assert grouped[0] == '10.0.0.7:5000 - "GET /x HTTP/1.1" 404'
+    if quick < period:  # the five came within one period: one line, then one counting four
+        assert [m.group(1) if m else None for m in counted] == [None, "4"]
+
+
+def test_invalid_requests_of_an_unknown_address_share_one_group(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without the server's protocol no address is known: uvicorn's warnings are still one
+    line a period, of all addresses together; other warnings pass."""
+    lines = InvalidRequestLines(3600)
+    error = logging.getLogger("tests.error")
+    error.addFilter(lines)
+    caplog.set_level(logging.INFO, "tests.error")
+    try:
+        for _ in range(5):
+            error.warning(INVALID_REQUEST)
+        error.warning("something else")
+    finally:
+        error.removeFilter(lines)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Invalid HTTP request received from an unknown address",
+        "something else",
+    ]
+
+
+def test_access_lines_cut_long_paths() -> None:
+    """A path over 200 characters is cut, an ellipsis and its length after it."""
+    assert shortened("/" + "b" * 199) == "/" + "b" * 199
+    assert shortened("/" + "b" * 300) == "/" + "b" * 199 + "...(301 characters)"

@@ -40,6 +40,7 @@ from rtms_lifecycle.receiver.answers import (
     UnhandledEventStatModel,
 )
 from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
+from rtms_lifecycle.receiver.logthrottle import mark_authenticated
 from rtms_lifecycle.receiver.paths import STREAM_PATH
 from rtms_lifecycle.receiver.settings import API_TOKEN_ENV, check_api_token, log
 from rtms_lifecycle.receiver.throttle import CredentialThrottle
@@ -214,6 +215,7 @@ class RequireToken:
             raise HTTPException(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
+        mark_authenticated(request.scope)
 
 
 class _StoreFailuresAre503(APIRoute):

@@ -28,7 +28,11 @@ from rtms_lifecycle.receiver.answers import HealthAnswer
 from rtms_lifecycle.receiver.api import RequireToken, create_read_router
 from rtms_lifecycle.receiver.dashboard import create_dashboard_router
 from rtms_lifecycle.receiver.dashboard.auth import DEFAULT_IDLE_SECONDS
-from rtms_lifecycle.receiver.logthrottle import skip_access_lines, throttle_tracebacks
+from rtms_lifecycle.receiver.logthrottle import (
+    RequestScope,
+    bound_access_lines,
+    throttle_tracebacks,
+)
 from rtms_lifecycle.receiver.settings import (
     API_TOKEN_ENV,
     DEFAULT_MAX_BODY_BYTES,
@@ -115,8 +119,9 @@ def create_app(
         check_positive("long_live", long_live.total_seconds())
     # An outage fails every request alike: one traceback a minute per kind is enough.
     throttle_tracebacks()
-    # A refused webhook request is logged by its (grouped) WARNING, not once more by uvicorn.
-    skip_access_lines()
+    # A refused webhook request is logged by its (grouped) WARNING, not once more by uvicorn;
+    # what anyone may repeat at will (a 404, a malformed request) is grouped per address.
+    bound_access_lines()
     registry = _metrics.new_registry() if metrics else None
     owned = not isinstance(db, Tracker)
     tracker = (
@@ -174,6 +179,8 @@ def create_app(
     )
     # Declared for the OpenAPI schema; deliveries reach the handler in front of the routing.
     app.include_router(webhook.router(path))
+    # Inside the webhook's front: only the requests the app routes pay for it.
+    app.add_middleware(RequestScope)
     app.add_middleware(WebhookFront, path=path, handler=webhook)
     # One count of wrong tokens per address for the read API, /metrics and the dashboard.
     throttle = CredentialThrottle()

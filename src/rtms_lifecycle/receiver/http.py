@@ -11,7 +11,9 @@ deliveries fail for about 4 s of retries), and one that sends nothing is closed 
 monotonic time of a request's first byte is in its scope (``REQUEST_STARTED``): the body's wait
 counts from it (for a connection's first request, from the opening). A request line and headers
 over ``MAX_HEADER_BYTES`` are answered 431 and the connection closed. What an answer writes in
-one pass of the event loop is sent at once (:class:`OneSendPerAnswer`).
+one pass of the event loop is sent at once (:class:`OneSendPerAnswer`). While uvicorn parses a
+connection's bytes, its client address is :data:`~rtms_lifecycle.receiver.logthrottle.PEER`, so
+that the warning of a malformed request can name it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import time
 from typing import Any, Final
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from rtms_lifecycle.receiver.logthrottle import PEER
 
 __all__ = ["MAX_HEADER_BYTES", "REQUEST_STARTED", "OneSendPerAnswer", "bounded_protocol"]
 
@@ -101,7 +105,11 @@ def bounded_protocol(request_timeout: float) -> type[asyncio.Protocol]:
                 self._rtms_watch()
                 self._rtms_started = time.monotonic()
             before = self.cycle
-            super().data_received(data)
+            peer = PEER.set(self.client[0] if self.client else None)
+            try:
+                super().data_received(data)
+            finally:
+                PEER.reset(peer)
             if self.cycle is not before:
                 self._rtms_head_bytes = 0
             elif idle and not self.transport.is_closing():

@@ -165,6 +165,8 @@ def run(
         log_config=config,
         log_level=log_level.lower(),
         http=bounded_protocol(request_timeout),
+        # No route is a WebSocket: an upgrade request is answered as plain HTTP.
+        ws="none",
         timeout_keep_alive=keep_alive_timeout,
         limit_concurrency=limit,
         backlog=backlog,

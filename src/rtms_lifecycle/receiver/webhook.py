@@ -48,7 +48,7 @@ from rtms_lifecycle.receiver.answers import (
     delivery_answer,
 )
 from rtms_lifecycle.receiver.http import REQUEST_STARTED
-from rtms_lifecycle.receiver.logthrottle import ACCESS_LINE_SKIPPED, OTHERS, LineGroups
+from rtms_lifecycle.receiver.logthrottle import ACCESS_LINE_SKIPPED, LineGroups
 from rtms_lifecycle.receiver.settings import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PATH,
@@ -128,6 +128,11 @@ async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> by
             raise _TooLarge
         if not message.get("more_body", False):
             return body
+
+
+def _client(scope: Scope) -> str:
+    peer = scope.get("client")
+    return str(peer[0]) if peer else "?"
 
 
 def check_path(path: str) -> None:
@@ -253,8 +258,15 @@ class WebhookHandler:
             self._log_refused(WebhookRefused(RefusalReason.BODY_TOO_LARGE), scope)
             return 413, self._too_large
         except _Disconnected:
-            # Nobody is left to answer, and half a body is nothing to record.
-            log.info("a webhook sender disconnected before its body was complete")
+            # Nobody is left to answer, and half a body is nothing to record. Anyone can do
+            # it at will: grouped per address as refusals are.
+            said = self._refusal_lines.note(f"{address_key(_client(scope))} disconnected")
+            if said is not None:
+                log.info(
+                    "a webhook sender (%s) disconnected before its body was complete%s",
+                    _client(scope),
+                    said,
+                )
             return 400, b""
         try:
             verified = self._verifier.verify(wanted, body)
@@ -315,17 +327,10 @@ class WebhookHandler:
         # Every refusal (401, 408, 413) is counted; logged at WARNING, grouped per client
         # address and reason (a flood from one address is a line a minute, not one a request).
         _metrics.REFUSALS.labels(refused.reason).inc()
-        peer = scope.get("client")
-        client = peer[0] if peer else "?"
-        admitted = self._refusal_lines.admit(f"{address_key(client)} {refused.reason}")
-        if admitted is None:
+        client = _client(scope)
+        said = self._refusal_lines.note(f"{address_key(client)} {refused.reason}")
+        if said is None:
             return
-        group, left_out = admitted
-        if left_out:
-            source = "this address" if group != OTHERS else "addresses not followed one by one"
-            said = f"; {left_out} more like it from {source} since the last such line"
-        else:
-            said = ""
         extra = {"reason": str(refused.reason), "client": client}
         age = refused.age_seconds
         if refused.reason == RefusalReason.TIMESTAMP_STALE and age is not None:

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from rtms_lifecycle.receiver.bearer import SeveralAuthorizations, bearer_token
+from rtms_lifecycle.receiver.logthrottle import mark_authenticated
 
 __all__ = [
     "COOKIE_NAME",
@@ -125,9 +126,12 @@ class Sessions:
             token = bearer_token(request)
         except SeveralAuthorizations:
             token = None  # a credential that depends on the headers' order is none
-        if token is not None and self.token_matches(token):
+        if (token is not None and self.token_matches(token)) or self.cookie_valid(
+            request.cookies.get(COOKIE_NAME)
+        ):
+            mark_authenticated(request.scope)
             return True
-        return self.cookie_valid(request.cookies.get(COOKIE_NAME))
+        return False
 
     def _set(self, request: Request, response: Response, value: str) -> None:
         response.set_cookie(

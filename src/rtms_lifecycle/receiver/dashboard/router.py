@@ -27,9 +27,10 @@ from rtms_lifecycle.receiver.dashboard.pages import (
     overview,
     stream_page,
 )
+from rtms_lifecycle.receiver.logthrottle import LINES_EVERY, LineGroups, mark_authenticated
 from rtms_lifecycle.receiver.paths import STREAM_PATH
 from rtms_lifecycle.receiver.settings import check_api_token
-from rtms_lifecycle.receiver.throttle import CredentialThrottle
+from rtms_lifecycle.receiver.throttle import CredentialThrottle, client_key
 from rtms_lifecycle.tracker import Tracker
 
 __all__ = ["PREFIX", "REFRESH_SECONDS", "create_dashboard_router"]
@@ -40,6 +41,10 @@ PREFIX: Final = "/dashboard"
 REFRESH_SECONDS: Final = 10
 # The sign-in form posts one short field; anything longer is not a sign-in.
 _MAX_FORM_BYTES: Final = 8 * 1024
+# For an answer given with the form unread: the connection closes with it. Kept open, the
+# server went on reading a trickled form until its request timeout ran again (408 at 5 s,
+# closed at 10 s).
+_CLOSE: Final = {"Connection": "close"}
 # The overview's pages of problem deliveries: past this, a number is a typo.
 _LAST_PAGE: Final = 1_000_000
 _STATIC: Final = {
@@ -121,6 +126,8 @@ def create_dashboard_router(
     env = _environment()
     stats = StatsCache(tracker, fresh_s=REFRESH_SECONDS)
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
+    # Browsers leaving mid-form, per address: anyone can repeat it at will.
+    left = LineGroups(LINES_EVERY)
 
     def page(
         name: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any
@@ -184,7 +191,7 @@ def create_dashboard_router(
             "This form was sent from another site (its Origin is not this dashboard's): "
             "refused. Sign in from the dashboard's own page."
         )
-        return page("login.html", 403, next=PREFIX, error=error)
+        return page("login.html", 403, _CLOSE, next=PREFIX, error=error)
 
     @router.post("/login")
     async def login(request: Request) -> Response:
@@ -193,7 +200,8 @@ def create_dashboard_router(
         wait = throttle.retry_after(request)
         if wait is not None:
             too_many = f"Too many failed sign-ins: try again in {wait} s."
-            return page("login.html", 429, {"Retry-After": str(wait)}, next=PREFIX, error=too_many)
+            headers = {"Retry-After": str(wait), **_CLOSE}
+            return page("login.html", 429, headers, next=PREFIX, error=too_many)
         body = bytearray()
         try:
             # A body that never comes would hold the connection for ever: the server's own
@@ -202,13 +210,21 @@ def create_dashboard_router(
                 async for chunk in request.stream():
                     body += chunk
                     if len(body) > _MAX_FORM_BYTES:  # read no further: nobody signs in with that
-                        return page("login.html", 413, next=PREFIX, error="The form is too large.")
+                        too_large = "The form is too large."
+                        return page("login.html", 413, _CLOSE, next=PREFIX, error=too_large)
         except TimeoutError:
             late = f"The form took over {request_timeout:g} s to arrive."
-            return page("login.html", 408, next=PREFIX, error=late)
+            return page("login.html", 408, _CLOSE, next=PREFIX, error=late)
         except ClientDisconnect:
             # Nobody is left to answer: not an error of the server's.
-            log.info("a browser disconnected before its sign-in form was complete")
+            host = request.client.host if request.client else "?"
+            said = left.note(client_key(request))
+            if said is not None:
+                log.info(
+                    "a browser (%s) disconnected before its sign-in form was complete%s",
+                    host,
+                    said,
+                )
             return Response(status_code=400)
         fields = parse_qs(body.decode("utf-8", "replace"))
         target = _safe_next((fields.get("next") or [""])[0])
@@ -219,6 +235,7 @@ def create_dashboard_router(
             return page(
                 "login.html", 401, next=target, error=error or "Enter the API token to sign in."
             )
+        mark_authenticated(request.scope)
         answer = RedirectResponse(target, 303, headers=_HEADERS)
         sessions.sign_in(request, answer)
         return answer
