@@ -43,6 +43,7 @@ __all__ = [
     "StreamView",
     "ZoomEnded",
     "ZoomStream",
+    "check_tracker",
     "load_sdk",
     "sdk_loop",
     "signature",
