@@ -584,12 +584,20 @@ def _store_stream(
                       on_audio_data=media.on_audio, **options)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"rejoin_every": 0.1, "rejoin_max": 0.4},  # re-read on the rejoin schedule
+        {"rejoin_every": 20.0, "rejoin_max": 30.0, "renew_every": 0.3},  # at a renewal
+    ],
+    ids=["rejoins", "renewals"],
+)
 def test_a_claim_before_its_server_urls_is_held_and_joined_once_they_come(
-    server: RTMSServer, db_url: str, caplog: pytest.LogCaptureFixture
+    server: RTMSServer, db_url: str, caplog: pytest.LogCaptureFixture, schedule: dict[str, float]
 ) -> None:
     """The interrupted event came before the started one: the claim has no server URLs. The
     SDK would refuse the join and say so only in its log: the claim is held, re-read on the
-    rejoin schedule, and joined once the started event brought them."""
+    rejoin schedule and at each renewal, and joined once the started event brought them."""
     caplog.set_level(logging.WARNING, "rtms_lifecycle.zoom")
     media, began = Media(), now_ms()
     with StoreTracker(db_url) as tracker:
@@ -597,7 +605,7 @@ def test_a_claim_before_its_server_urls_is_held_and_joined_once_they_come(
         claim = tracker.claim("worker-1", lease=30)
         assert claim is not None
         assert claim.stream.server_url_list == []
-        stream = _store_stream(tracker, claim, media, rejoin_every=0.1, rejoin_max=0.4).start()
+        stream = _store_stream(tracker, claim, media, **schedule).start()
         try:
             _wait(lambda: bool(_said(caplog, "server URLs are not known yet")), 5)
             time.sleep(0.5)  # several re-reads: none joins

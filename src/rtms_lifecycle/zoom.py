@@ -384,16 +384,19 @@ class ZoomStream(Generic[ClaimT]):
             while True:
                 if renewing.done() or self._until_fence() <= 0:  # never join an unheld lease
                     return await self._finish(calls, renewing, None)
-                if self._claim.stream.server_url_list:
+                urls = bool(self._claim.stream.server_url_list)
+                if urls:
                     ended = await self._session(calls, renewing)
                     if ended is not None:
                         return ended
                 else:  # the SDK refuses a join without URLs, and says so only in its log
                     self._no_urls_yet()
-                if not await self._hold(renewing, self._rejoin_delay):
+                    self._renewed.clear()  # a renewal meanwhile reads the stream too
+                until = None if urls else self._renewed
+                if not await self._hold(renewing, self._rejoin_delay, until):
                     return await self._finish(calls, renewing, None)
                 self._rejoin_delay = min(self._rejoin_delay * 2, self._rejoin_max)
-                if not self._claim.stream.server_url_list:
+                if not (self._claim.stream.server_url_list or self._renewed.is_set()):
                     # A renewal reads the stream again: its started event may have come.
                     self._renewed.clear()
                     self._renew_now.set()
