@@ -663,22 +663,14 @@ class Supervisor:
             due = stream is None or bool(stream.server_url_list)
         if not due:
             return
-        try:
-            claim = self.tracker.renew(held.claim, lease=self.lease)
-        except ClaimLost as lost:
-            self._answered(now)
+        claim = self._renewal(held.claim, now)
+        if isinstance(claim, ClaimLost):  # stopped, say: there is no child to end
             del self.held[sid]
-            fields: dict[str, Any] = {"reason": lost.reason}
-            if lost.stop_reason is not None:
-                fields["stop_reason"] = lost.stop_reason
-            self._emit("lost", held.claim, **fields)
             self._next_claim = 0.0
             return
-        except RTMSLifecycleError as exc:
-            self._failed("renew", exc, now)
+        if claim is None:
             held.renew_at = now + min(1.0, self.lease / 10)
             return
-        self._answered(now)
         held.claim, held.renew_at, held.lease_end = claim, now + self.renew_every, now + self.lease
         if claim.stream.server_url_list:
             del self.held[sid]
@@ -712,28 +704,39 @@ class Supervisor:
             elif job.ending in _RESTARTS:
                 job.ending = _FENCED  # told to stop already: no new child for a claim ending
 
-    def _renew(self, job: _Job, now: float) -> None:
-        before = job.claim.stream.server_urls
+    def _renewal(self, claim: Claim, now: float) -> Claim | ClaimLost | None:
+        """Renew ``claim``: the renewed claim; the :class:`ClaimLost`, said in a ``lost``
+        line; or None when the database failed (counted, to retry soon)."""
         try:
-            job.claim = self.tracker.renew(job.claim, lease=self.lease)
+            renewed = self.tracker.renew(claim, lease=self.lease)
         except ClaimLost as lost:
             self._answered(now)
-            self._disarm(job)  # not a lease to keep: the claim's end is known
             fields: dict[str, Any] = {"reason": lost.reason}
             if lost.stop_reason is not None:
                 fields["stop_reason"] = lost.stop_reason
-            self._emit("lost", job.claim, **fields)
-            job.renew_at = math.inf
-            if job.ending is None:
-                self._end(job, f"claim lost: {lost.reason}", now)
-            else:
-                job.ending = f"claim lost: {lost.reason}"
-            return
+            self._emit("lost", claim, **fields)
+            return lost
         except RTMSLifecycleError as exc:
             self._failed("renew", exc, now)
+            return None
+        self._answered(now)
+        return renewed
+
+    def _renew(self, job: _Job, now: float) -> None:
+        before = job.claim.stream.server_urls
+        renewed = self._renewal(job.claim, now)
+        if isinstance(renewed, ClaimLost):
+            self._disarm(job)  # not a lease to keep: the claim's end is known
+            job.renew_at = math.inf
+            if job.ending is None:
+                self._end(job, f"claim lost: {renewed.reason}", now)
+            else:
+                job.ending = f"claim lost: {renewed.reason}"
+            return
+        if renewed is None:
             job.renew_at = now + min(1.0, self.lease / 10)
             return
-        self._answered(now)
+        job.claim = renewed
         job.renew_at, job.lease_end = now + self.renew_every, now + self.lease
         if job.ending != _FENCED:
             self._arm(job)
