@@ -183,7 +183,8 @@ def test_children_get_their_stream_and_a_stop_ends_the_child(
     (child,) = [c for c in starts if c["env"]["RTMS_STREAM_ID"] == ids[0]]
     assert [(s["pid"], s["signal"]) for s in signalled] == [(child["pid"], "SIGTERM")]
     # Learnt at a renewal (the stop), not from a lease running out; how soon is not timed here.
-    (lost,) = [line for line in w.lines() if line["event"] == "lost"]
+    # work's lines are written by a thread of its own: the child may log its signal first.
+    (lost,) = wait_for(lambda: [line for line in w.lines() if line["event"] == "lost"])
     assert (lost["stream_id"], lost["reason"], lost["stop_reason"]) == (ids[0], "stopped", 6)
     # The freed slot takes the third stream; the stopped one's claim ended with the stop.
     wait_for(lambda: _held(tracker) == {ids[1]: "w1", ids[2]: "w1"})
@@ -320,6 +321,49 @@ def test_new_server_urls_restart_the_child_under_the_same_claim(
     kinds = [(line["event"], line.get("reason")) for line in w.lines()]
     assert ("released", "worker stopping") in kinds
     assert ("released", "failover") not in kinds
+
+
+def test_a_claim_before_its_server_urls_gets_a_child_once_they_come(
+    tracker: Tracker, works: Callable[..., Work]
+) -> None:
+    """The interrupted event came before the started one: no server URLs. No child starts
+    with an empty RTMS_SERVER_URLS; the claim is held (renewed past its lease) until the
+    started event brings them, then its child starts under the same claim."""
+    at = now_ms()
+    tracker.ingest(body("interrupted", "s0", at))
+    w = works("w1")
+    wait_for(lambda: [line for line in w.lines() if line["event"] == "waiting"])
+    time.sleep(LEASE * 1.5)  # renewed meanwhile: still w1's, and no child
+    assert w.children() == []
+    assert [(c.stream_id, c.worker, c.token) for c in tracker.claims()] == [("s0", "w1", 1)]
+    assert _held(tracker) == {"s0": "w1"}
+
+    tracker.ingest(body("started", "s0", at - 1_000, server_urls="wss://rtms.zoom.us/late"))
+    (child,) = wait_for(lambda: [c for c in w.children() if c["event"] == "start"])
+    assert child["env"]["RTMS_SERVER_URLS"] == "wss://rtms.zoom.us/late"
+    assert child["env"]["RTMS_CLAIM_TOKEN"] == "1"
+    assert w.stop() == 130
+    assert tracker.claims() == []
+    (waiting,) = [line for line in w.lines() if line["event"] == "waiting"]
+    assert waiting["reason"] == "no server URLs yet"
+
+
+def test_a_claim_waiting_for_server_urls_ends_when_its_stream_stops(
+    tracker: Tracker, works: Callable[..., Work]
+) -> None:
+    at = now_ms()
+    tracker.ingest(body("interrupted", "s0", at))
+    w = works("w1")
+    wait_for(lambda: [line for line in w.lines() if line["event"] == "waiting"])
+    tracker.ingest(body("stopped", "s0", at + 1, stop_reason=6))
+    (lost,) = wait_for(lambda: [line for line in w.lines() if line["event"] == "lost"])
+    assert (lost["reason"], lost["stop_reason"]) == ("stopped", 6)
+    assert w.stop() == 130
+    assert w.children() == []
+    assert tracker.claims() == []
+    kinds = [line["event"] for line in w.lines()]
+    assert "started" not in kinds
+    assert "disconnected" not in kinds  # no child: nothing was connected
 
 
 def test_sigint_and_sigterm_release_every_claim(

@@ -574,6 +574,202 @@ def test_a_state_not_reported_in_an_outage_is_reported_once_the_database_answers
         assert tracker.failed_reports == 2
 
 
+# -- a real store, SQLite and PostgreSQL ---------------------------------------------------------
+
+
+def _store_stream(
+    tracker: StoreTracker, claim: StoreClaim, media: Media, **options: Any
+) -> ZoomStream[StoreClaim]:
+    return ZoomStream(tracker, claim, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                      on_audio_data=media.on_audio, **options)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"rejoin_every": 0.1, "rejoin_max": 0.4},  # re-read on the rejoin schedule
+        {"rejoin_every": 20.0, "rejoin_max": 30.0, "renew_every": 0.3},  # at a renewal
+    ],
+    ids=["rejoins", "renewals"],
+)
+def test_a_claim_before_its_server_urls_is_held_and_joined_once_they_come(
+    server: RTMSServer, db_url: str, caplog: pytest.LogCaptureFixture, schedule: dict[str, float]
+) -> None:
+    """The interrupted event came before the started one: the claim has no server URLs. The
+    SDK would refuse the join and say so only in its log: the claim is held, re-read on the
+    rejoin schedule and at each renewal, and joined once the started event brought them."""
+    caplog.set_level(logging.WARNING, "rtms_lifecycle.zoom")
+    media, began = Media(), now_ms()
+    with StoreTracker(db_url) as tracker:
+        tracker.ingest_batch([body("interrupted", "stream-1", began, scope_id="meeting-uuid==")])
+        claim = tracker.claim("worker-1", lease=30)
+        assert claim is not None
+        assert claim.stream.server_url_list == []
+        stream = _store_stream(tracker, claim, media, **schedule).start()
+        try:
+            _wait(lambda: bool(_said(caplog, "server URLs are not known yet")), 5)
+            time.sleep(0.5)  # several re-reads: none joins
+            assert server.handshakes == []
+            assert not stream.join(0)
+            (held,) = tracker.claims("worker-1")
+            assert held.token == claim.token
+
+            started = body("started", "stream-1", began - 1_000, scope_id="meeting-uuid==",
+                           server_urls=server.url)  # fmt: skip
+            tracker.ingest_batch([started])
+            server.wait_joined("stream-1", {AUDIO})
+            _wait(lambda: stream.connected, 5)
+            assert stream.claim.token == claim.token
+        finally:
+            stream.stop()
+            assert stream.join(10)
+        assert stream.ended == ZoomEnded("requested", RECEIVER_REQUEST_CLOSE)
+        assert tracker.claims("worker-1") == []
+    assert len(_said(caplog, "server URLs are not known yet")) == 1, caplog.text
+
+
+def test_a_stream_that_stops_before_its_server_urls_come_ends_as_a_stop(
+    server: RTMSServer, db_url: str
+) -> None:
+    media, began = Media(), now_ms()
+    with StoreTracker(db_url) as tracker:
+        tracker.ingest_batch([body("interrupted", "stream-1", began, scope_id="meeting-uuid==")])
+        claim = tracker.claim("worker-1", lease=30)
+        assert claim is not None
+        stream = _store_stream(tracker, claim, media, renew_every=0.2).start()
+        try:
+            time.sleep(0.3)
+            tracker.ingest_batch([body("stopped", "stream-1", began + 1, scope_id="meeting-uuid==",
+                                       stop_reason=6)])  # fmt: skip
+            assert stream.join(5)
+        finally:
+            stream.stop()
+            stream.join(10)
+        assert stream.ended == ZoomEnded("lost", claim_lost="stopped")
+        assert server.handshakes == []
+
+
+def test_stop_during_a_rejoin_back_off_returns_at_once_and_releases(
+    server: RTMSServer, db_url: str
+) -> None:
+    """A refused join waits rejoin_every (20 s here) before the next: stop() ends the wait at
+    once, and the release is seen by another tracker on the same database."""
+    media = Media()
+    with StoreTracker(db_url) as tracker, StoreTracker(db_url) as other:
+        started = body("started", "stream-1", now_ms() - 1_000, scope_id="meeting-uuid==",
+                       server_urls=server.url)  # fmt: skip
+        tracker.ingest_batch([started])
+        claim = tracker.claim("worker-1", lease=30)
+        assert claim is not None
+        stream = ZoomStream(
+            tracker,
+            claim,
+            client_id=CLIENT_ID,
+            client_secret="wrong",
+            on_audio_data=media.on_audio,
+            rejoin_every=20,
+            rejoin_max=30,
+        ).start()
+        try:
+            _wait(lambda: server.refused == ["stream-1"], 10)
+            time.sleep(0.3)  # into the back-off
+            asked = time.monotonic()
+            stream.stop()
+            assert stream.join(5)
+            took = time.monotonic() - asked
+        finally:
+            stream.stop()
+            stream.join(10)
+        assert took < 1.0, took
+        assert stream.ended == ZoomEnded("requested", None)
+        assert other.claims("worker-1") == []
+        again = other.claim("worker-2", lease=30)
+        assert again is not None
+        assert again.stream_id == "stream-1"
+
+
+def test_a_join_the_sdk_never_answers_times_out_and_backs_off(
+    sdk: Any,
+    server: RTMSServer,
+    streams: list[ZoomStream[Claim]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SDK joins on its poll's thread and only logs a join that failed there (as it did
+    for empty server URLs): no answer ever comes. Each join waits join_timeout, then the
+    rejoin back-off, and stop() still returns at once."""
+    attempts: list[float] = []
+
+    def failing(self: Any) -> None:
+        raise ValueError("server_urls is required")
+
+    monkeypatch.setattr(sdk.Client, "_do_alloc_and_join", failing)
+    tracker = Tracker()
+    stream = _start(streams, tracker, _claim(server), Media(), join_timeout=0.2,
+                    rejoin_every=0.1, rejoin_max=0.4,
+                    configure=lambda _: attempts.append(time.monotonic()))  # fmt: skip
+    _wait(lambda: len(attempts) >= 4, 10)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    for gap, wait in zip(gaps, (0.1, 0.2, 0.4), strict=False):
+        assert gap >= 0.2 + wait, gaps  # the join's timeout, then the back-off
+    asked = time.monotonic()
+    stream.stop()
+    assert stream.join(5)
+    assert time.monotonic() - asked < 1.0
+    assert stream.ended == ZoomEnded("requested", None)
+    assert tracker.calls == [("release", "worker stopped")]
+    assert server.handshakes == []
+
+
+def test_a_lease_ended_already_is_said_to_have_ended(
+    server: RTMSServer, streams: list[ZoomStream[Claim]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process frozen past its lease: the line says the lease ended, and how long ago."""
+    caplog.set_level(logging.WARNING, "rtms_lifecycle.zoom")
+    claim = replace(_claim(server), expires_at=now_ms() - 11_000)
+    stream = _start(streams, Tracker(), claim, Media())
+    assert stream.join(5)
+    assert stream.ended == ZoomEnded("lost", claim_lost=LEASE_RAN_OUT)
+    (said,) = _said(caplog, "lease")
+    assert "without a renewal" in said.message, said.message
+    assert "(11 s ago)" in said.message, said.message
+    assert "before its lease ends" not in said.message
+    assert server.handshakes == []
+
+
+def test_an_async_tracker_is_refused_and_its_sync_tracker_serves_an_event_loop(
+    server: RTMSServer, sqlite_url: str
+) -> None:
+    """AsyncTracker's methods are coroutines, which ZoomStream's thread would never run: a
+    TypeError naming the fix. With ``.sync``, an event loop awaits ``stream.wait()``."""
+    import asyncio
+
+    from rtms_lifecycle import AsyncTracker
+
+    async def main() -> ZoomEnded:
+        async with AsyncTracker(sqlite_url) as atracker:
+            started = body("started", "stream-1", now_ms() - 1_000, scope_id="meeting-uuid==",
+                           server_urls=server.url)  # fmt: skip
+            await atracker.ingest(started)
+            claim = await atracker.claim("worker-1", lease=30)
+            assert claim is not None
+            with pytest.raises(TypeError, match=r"pass async_tracker\.sync"):
+                ZoomStream(atracker, claim, client_id=CLIENT_ID,  # type: ignore[misc]
+                           client_secret=CLIENT_SECRET, on_audio_data=Media().on_audio)  # fmt: skip
+            stream = _store_stream(atracker.sync, claim, Media()).start()
+            await asyncio.to_thread(server.wait_joined, "stream-1", {AUDIO})
+            await asyncio.to_thread(_wait, lambda: stream.connected, 5)
+            stream.stop()
+            return await asyncio.wait_for(stream.wait(), 10)
+
+    assert asyncio.run(main()) == ZoomEnded("requested", RECEIVER_REQUEST_CLOSE)
+
+
+def test_a_tracker_without_the_methods_is_refused() -> None:
+    with pytest.raises(TypeError, match="has no renew, release"):
+        ZoomStream(object(), _claim_of("ws://x"), client_id="id",  # type: ignore[arg-type]
+                   client_secret="secret", on_audio_data=Media().on_audio)  # fmt: skip
+
+
 # -- without the SDK --------------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "StreamView",
     "ZoomEnded",
     "ZoomStream",
+    "check_tracker",
     "load_sdk",
     "sdk_loop",
     "signature",
@@ -192,6 +193,26 @@ def stream_ended(reason: int) -> bool:
     )
 
 
+_TRACKER_METHODS = ("renew", "release", "report_connected", "report_disconnected")
+
+
+def check_tracker(tracker: object) -> None:
+    """A TypeError unless ``tracker`` has the :class:`ClaimTracker` methods, and plain ones:
+    they are called from a thread of the adapter's, where a coroutine would never run."""
+    missing = [name for name in _TRACKER_METHODS if not callable(getattr(tracker, name, None))]
+    if missing:
+        raise TypeError(
+            f"tracker: {type(tracker).__name__} has no {', '.join(missing)}; ZoomStream needs "
+            "a ClaimTracker, such as rtms_lifecycle.Tracker"
+        )
+    if any(inspect.iscoroutinefunction(getattr(tracker, name)) for name in _TRACKER_METHODS):
+        raise TypeError(
+            f"tracker: {type(tracker).__name__}'s methods are coroutines, and ZoomStream calls "
+            "its tracker from a thread of its own: pass async_tracker.sync (the Tracker on "
+            "the same database) instead, and await stream.wait() in your event loop"
+        )
+
+
 class ZoomStream(Generic[ClaimT]):
     """One claimed stream, joined with Zoom's RTMS SDK until it stops or the claim is lost.
 
@@ -200,10 +221,12 @@ class ZoomStream(Generic[ClaimT]):
     participant events...). The SDK opens no media connection, and so never confirms a join,
     without at least one media callback.
 
-    A leave for a connection failure (the SDK gives up after about 11 s of reconnecting) or a
-    refused join is reported as disconnected, keeps the claim, and rejoins after
-    ``rejoin_every`` seconds, twice as long after each join that fails in a row, up to
-    ``rejoin_max``.
+    A leave for a connection failure (the SDK gives up after about 11 s of reconnecting), a
+    refused join, or a join unanswered within ``join_timeout`` seconds is reported as
+    disconnected, keeps the claim, and rejoins after ``rejoin_every`` seconds, twice as long
+    after each join that fails in a row, up to ``rejoin_max``. A claim whose stream has no
+    server URLs yet (its ``started`` event has not arrived) is held, and re-read on that same
+    schedule, until they are known: then it is joined.
 
     While the database fails, renewals are retried every second (or ``renew_every``, if
     shorter); if none succeeds, the stream is left ``leave_margin`` seconds before the lease
@@ -229,8 +252,10 @@ class ZoomStream(Generic[ClaimT]):
         rejoin_every: float = 1.0,
         rejoin_max: float = 30.0,
         leave_margin: float = 3.0,
+        join_timeout: float = 30.0,
         poll_interval: float = 0.01,
     ) -> None:
+        check_tracker(tracker)
         self._media = {
             "on_audio_data": on_audio_data,
             "on_transcript_data": on_transcript_data,
@@ -248,6 +273,7 @@ class ZoomStream(Generic[ClaimT]):
             ("renew_every", renew_every),
             ("rejoin_every", rejoin_every),
             ("rejoin_max", rejoin_max),
+            ("join_timeout", join_timeout),
         ):
             if not value > 0:
                 raise ValueError(f"{name}: must be a positive number of seconds, not {value!r}")
@@ -267,6 +293,8 @@ class ZoomStream(Generic[ClaimT]):
         self._rejoin_every = rejoin_every
         self._rejoin_max = rejoin_max
         self._rejoin_delay = rejoin_every  # doubled by each failed join, reset by a good one
+        self._join_timeout = join_timeout
+        self._awaiting_urls = False  # said once: the claim is held until its URLs are known
         self._leave_margin_ms = round(leave_margin * 1000)
         self._lease_end = claim.expires_at  # epoch ms, as of the last renewal
         self._failing_since: float | None = None  # monotonic, the outage's first failed call
@@ -278,6 +306,8 @@ class ZoomStream(Generic[ClaimT]):
         self._catching_up: asyncio.Task[None] | None = None
         self._interrupted = False  # set by the SDK's interruption, cleared by the next frame
         self._stopping: asyncio.Event | None = None
+        self._renew_now: asyncio.Event | None = None  # asks the renewals for one at once
+        self._renewed: asyncio.Event | None = None  # set by each renewal that succeeds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
         self._future: Future[ZoomEnded] | None = None
@@ -321,6 +351,14 @@ class ZoomStream(Generic[ClaimT]):
         if loop is not None and stopping is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stopping.set)
 
+    async def wait(self) -> ZoomEnded:
+        """How the stream ended, awaited on the caller's event loop (an asyncio app's way to
+        :meth:`result`; the stream runs on the SDK's thread all the same)."""
+        if self._future is None:
+            raise RuntimeError("not started: call start() first")
+        self.ended = await asyncio.wrap_future(self._future)
+        return self.ended
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the end (up to ``timeout`` seconds); whether it ended."""
         if self._future is None:
@@ -336,6 +374,7 @@ class ZoomStream(Generic[ClaimT]):
     async def _run(self) -> ZoomEnded:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        self._renew_now, self._renewed = asyncio.Event(), asyncio.Event()
         self._started.set()
         # Not a with block: its exit would wait, on the SDK's thread, for a call hung on an
         # unreachable database.
@@ -345,20 +384,58 @@ class ZoomStream(Generic[ClaimT]):
             while True:
                 if renewing.done() or self._until_fence() <= 0:  # never join an unheld lease
                     return await self._finish(calls, renewing, None)
-                ended = await self._session(calls, renewing)
-                if ended is not None:
-                    return ended
-                waiting = asyncio.create_task(self._stopping.wait())
-                await asyncio.wait({waiting, renewing}, timeout=self._rejoin_delay)
-                waiting.cancel()
-                self._rejoin_delay = min(self._rejoin_delay * 2, self._rejoin_max)
-                if renewing.done() or self._stopping.is_set():
+                urls = bool(self._claim.stream.server_url_list)
+                if urls:
+                    ended = await self._session(calls, renewing)
+                    if ended is not None:
+                        return ended
+                else:  # the SDK refuses a join without URLs, and says so only in its log
+                    self._no_urls_yet()
+                    self._renewed.clear()  # a renewal meanwhile reads the stream too
+                until = None if urls else self._renewed
+                if not await self._hold(renewing, self._rejoin_delay, until):
                     return await self._finish(calls, renewing, None)
+                self._rejoin_delay = min(self._rejoin_delay * 2, self._rejoin_max)
+                if not (self._claim.stream.server_url_list or self._renewed.is_set()):
+                    # A renewal reads the stream again: its started event may have come.
+                    self._renewed.clear()
+                    self._renew_now.set()
+                    if not await self._hold(renewing, until=self._renewed):
+                        return await self._finish(calls, renewing, None)
         finally:
             renewing.cancel()
             if self._catching_up is not None:
                 self._catching_up.cancel()
             calls.shutdown(wait=False)
+
+    async def _hold(
+        self,
+        renewing: asyncio.Task[str],
+        seconds: float | None = None,
+        until: asyncio.Event | None = None,
+    ) -> bool:
+        """Wait ``seconds``, or until ``until`` is set, holding the claim; False if the worker
+        stops or the renewals end (the claim lost, or its lease about to run out) first."""
+        assert self._stopping is not None
+        stopping = asyncio.create_task(self._stopping.wait())
+        waits: set[asyncio.Future[Any]] = {stopping, renewing}
+        if until is not None:
+            waits.add(asyncio.create_task(until.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits - {renewing}:
+                task.cancel()
+        return not (renewing.done() or self._stopping.is_set())
+
+    def _no_urls_yet(self) -> None:
+        if not self._awaiting_urls:
+            self._awaiting_urls = True
+            _log.warning(
+                "%s: its server URLs are not known yet (its started event has not arrived); "
+                "holding the claim, and joining once a renewal finds them",
+                self._claim.stream_id,
+            )
 
     async def _call(self, calls: ThreadPoolExecutor, fn: Callable[[], object]) -> object:
         return await asyncio.get_running_loop().run_in_executor(calls, fn)
@@ -463,7 +540,11 @@ class ZoomStream(Generic[ClaimT]):
             left = self._until_fence()
             # After a success, at least one more try before the fence; after a failure, soon.
             wait = min(1.0, self._renew_every, left) if failed else min(self._renew_every, left / 2)
-            await asyncio.sleep(max(wait, 0.0))
+            assert self._renew_now is not None
+            assert self._renewed is not None
+            with contextlib.suppress(TimeoutError):  # or at once when asked
+                await asyncio.wait_for(self._renew_now.wait(), max(wait, 0.0))
+            self._renew_now.clear()
             left = self._until_fence()
             if left <= 0:
                 return self._ran_out()
@@ -482,16 +563,30 @@ class ZoomStream(Generic[ClaimT]):
                 failed = True
                 continue
             self._claim, self._lease_end, failed = renewed, renewed.expires_at, False
+            self._renewed.set()
             self._answered()
             self._catch_up(calls)
 
     def _ran_out(self) -> str:
-        _log.warning(
-            "%s: no renewal succeeded; leaving the stream before its lease ends at %s "
-            "(another worker may claim it then)",
-            self._claim.stream_id,
-            format_time(self._lease_end),
-        )
+        """Say why the stream is left: the lease ends soon, or (the process was frozen, say)
+        ended already, unrenewed."""
+        late = (_now_ms() - self._lease_end) / 1000
+        if late >= 0:
+            _log.warning(
+                "%s: the lease ended at %s (%.0f s ago) without a renewal; leaving the stream "
+                "(another worker may hold it already)",
+                self._claim.stream_id,
+                format_time(self._lease_end),
+                late,
+            )
+        else:
+            _log.warning(
+                "%s: no renewal succeeded; leaving the stream before its lease ends at %s "
+                "(in %.1f s; another worker may claim it then)",
+                self._claim.stream_id,
+                format_time(self._lease_end),
+                -late,
+            )
         return LEASE_RAN_OUT
 
     async def _finish(
@@ -534,16 +629,23 @@ class ZoomStream(Generic[ClaimT]):
         sdk_loop = self._rtms.EventLoop(poll_interval=self._poll_interval)
         sdk_loop.add(client)
         stream = self._claim.stream
-        client.join(
-            meeting_uuid=stream.scope_id,
-            rtms_stream_id=stream.stream_id,
-            server_urls=",".join(stream.server_url_list),
-            signature=signature(
-                self._client_id, self._client_secret, stream.scope_id or "", stream.stream_id
-            ),
-        )
+        try:
+            client.join(
+                meeting_uuid=stream.scope_id,
+                rtms_stream_id=stream.stream_id,
+                server_urls=",".join(stream.server_url_list),
+                signature=signature(
+                    self._client_id, self._client_secret, stream.scope_id or "", stream.stream_id
+                ),
+            )
+        except Exception as exc:  # the SDK's own checks: tried again, as for a refusal
+            _log.warning("joining %s failed (%s)", stream.stream_id, error_line(exc))
+            return None  # the finally below is not reached: nothing polls this client
         polling = asyncio.create_task(sdk_loop.run_async())
         stopping = asyncio.create_task(self._stopping.wait())
+        # The SDK answers a join (confirmed or refused) within about 10 s, unless its join
+        # failed on the poll's thread: it logs that, and never answers.
+        answer_by: float | None = time.monotonic() + self._join_timeout
 
         async def leave() -> None:
             """Release the client (on this thread, the SDK's) and poll no more: a poll between
@@ -555,14 +657,27 @@ class ZoomStream(Generic[ClaimT]):
         try:
             while True:
                 getting = asyncio.create_task(events.get())
+                unanswered = None if answer_by is None else max(answer_by - time.monotonic(), 0)
                 done, _ = await asyncio.wait(
-                    {getting, stopping, renewing}, return_when=asyncio.FIRST_COMPLETED
+                    {getting, stopping, renewing},
+                    timeout=unanswered,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
+                if not done:
+                    getting.cancel()
+                    _log.warning(
+                        "joining %s got no answer in %g s; joining again",
+                        stream.stream_id,
+                        self._join_timeout,
+                    )
+                    return None
                 if getting not in done:
                     getting.cancel()
                     await leave()
                     return await self._left_by_us(calls, renewing)
                 kind, value = getting.result()
+                if kind in ("joined", "left"):
+                    answer_by = None
                 try:
                     ended = await self._event(calls, leave, kind, value)
                 except ClaimLost as lost:  # a report can learn it before a renewal does

@@ -7,7 +7,9 @@ stream in its environment, renews the leases at a third of their length (more of
 before its lease ends has its child ended then, SIGKILL just before the lease ends (both from a
 watchdog thread, whatever database call the loop waits on): no other worker can take the stream
 while the child lives. A renewal that finds the stream's server URLs changed (Zoom failed over)
-restarts the child under the same claim. A child that exits on its own is reported
+restarts the child under the same claim. A claim whose stream has no server URLs yet (its
+started event has not arrived) is held without a child, the stream read again every ``--poll``,
+until they come: then its child starts. A child that exits on its own is reported
 disconnected, its claim released and its stream passed over for ``--backoff`` seconds, twice as
 long after each quick failure up to a cap (another worker may take it meanwhile). SIGINT or
 SIGTERM to ``work`` end every child and release every claim. While the database fails, its
@@ -120,7 +122,15 @@ _AFTER_ITS_LINES: Final = frozenset({"exited"})
 LINES: Final = "lines"
 INHERIT: Final = "inherit"
 #: What a failed call of each action is called in the outage's lines.
-_CALLS: Final = {"renew": "renewal", "claim": "claim", "report": "report", "release": "release"}
+_CALLS: Final = {
+    "renew": "renewal",
+    "claim": "claim",
+    "report": "report",
+    "release": "release",
+    "read": "stream read",
+}
+#: Why a claim is held without a child: its stream's server URLs are not known yet.
+_NO_URLS: Final = "no server URLs yet"
 
 
 def child_environment(claim: Claim, worker: str, db: str | None = None) -> dict[str, str]:
@@ -203,6 +213,17 @@ class _Job:
     exited_at: float | None = None
     #: It ran ``FAST_FAILURE`` seconds (counted once, for children failing at once).
     ran: bool = False
+
+
+@dataclass
+class _Held:
+    """A claim held without a child until its stream's server URLs are known (the interrupted
+    event came before the started one): renewed as a job's is, the stream read between."""
+
+    claim: Claim
+    renew_at: float  # monotonic seconds
+    lease_end: float
+    look_at: float  # the next read of the stream
 
 
 def _driver_said(exc: BaseException) -> str:
@@ -297,6 +318,8 @@ class Supervisor:
         #: retried, before a claim's child is ended for want of one.
         self.renew_every = min(lease / 3, (lease - grace) / 2)
         self.jobs: dict[str, _Job] = {}
+        #: Claims held until their stream's server URLs are known: no child runs for them yet.
+        self.held: dict[str, _Held] = {}
         #: Claims whose child was ended as their lease neared its end, and that end (monotonic).
         self.expiring: dict[str, tuple[Claim, float]] = {}
         # Between reaping a child, or deciding to end it, and signalling its group (the
@@ -363,6 +386,7 @@ class Supervisor:
 
     def _sleep(self, now: float) -> None:
         due = [_TICK + now, *(j.renew_at for j in self.jobs.values())]
+        due += [min(h.renew_at, h.look_at, h.lease_end) for h in self.held.values()]
         due += [j.kill_at for j in self.jobs.values()]
         due += [end for _, end in self.expiring.values()]
         if self.signalled is None:
@@ -374,6 +398,9 @@ class Supervisor:
         now = time.monotonic()
         for job in self.jobs.values():
             self._end(job, _STOPPING, now)
+        for held in list(self.held.values()):
+            del self.held[held.claim.stream_id]
+            self._finish(held.claim, _STOPPING, report=False)
         while self.jobs:
             now = time.monotonic()
             if self._hurry:
@@ -399,7 +426,7 @@ class Supervisor:
         # At most one claim per free slot, then back to renewals and reaping: a child that
         # cannot start adds no job, and claiming on made a stream claimed, failed and released
         # hundreds of times a second while held leases went unrenewed.
-        for _ in range(self.most - len(self.jobs)):
+        for _ in range(self.most - len(self.jobs) - len(self.held)):
             if self.signalled is not None:
                 return
             passed_over = self._passed_over(now)
@@ -424,14 +451,26 @@ class Supervisor:
                 self._next_claim = now + self.poll
                 return
             self._emit("claimed", claim, expires_at=claim.expires_at)
-            held = self.jobs.get(claim.stream_id)
-            if held is not None:
-                self._claimed_again(held, claim, time.monotonic())
+            running = self.jobs.get(claim.stream_id)
+            if running is not None:
+                self._claimed_again(running, claim, time.monotonic())
                 continue
             expired = self.expiring.pop(claim.stream_id, None)
             if expired is not None:
                 self._emit("lost", expired[0], reason="lease ran out unrenewed")
-            self._start(claim, time.monotonic())
+            waited = self.held.pop(claim.stream_id, None)
+            if waited is not None:  # its lease ran out unrenewed: a new claim, held anew
+                self._emit("lost", waited.claim, reason="lease ran out unrenewed")
+            self._begin(claim, time.monotonic())
+
+    def _begin(self, claim: Claim, now: float) -> None:
+        """A child for a new claim; none before its stream's server URLs are known: the child
+        would get an empty ``RTMS_SERVER_URLS``, and Zoom's SDK refuses to join with one."""
+        if claim.stream.server_url_list:
+            self._start(claim, now)
+            return
+        self._emit("waiting", claim, reason=_NO_URLS)
+        self.held[claim.stream_id] = _Held(claim, now + self.renew_every, now + self.lease, now)
 
     def _passed_over(self, now: float) -> list[str] | None:
         """The streams a claim must not return: those backing off, then those held (a held
@@ -446,6 +485,7 @@ class Supervisor:
         if room < 0:
             return None
         ends = {sid: job.lease_end for sid, job in self.jobs.items()}
+        ends |= {sid: held.lease_end for sid, held in self.held.items()}
         ends |= {sid: end for sid, (_, end) in self.expiring.items() if sid not in ends}
         held = sorted(ends, key=ends.__getitem__)[:room]
         return backing + held
@@ -563,17 +603,20 @@ class Supervisor:
         self._finish(claim, reason, backoff=wait)
         self.backing_off[claim.stream_id] = (now + wait, failures)
 
-    def _finish(self, claim: Claim, reason: str, **fields: Any) -> bool:
-        """Report ``claim``'s child disconnected and release it; whether it was released."""
+    def _finish(self, claim: Claim, reason: str, *, report: bool = True, **fields: Any) -> bool:
+        """Report ``claim``'s child disconnected (``report``: it had one) and release it;
+        whether it was released."""
         try:
-            self.tracker.report_disconnected(claim)
-            self._emit("disconnected", claim)
+            if report:
+                self.tracker.report_disconnected(claim)
+                self._emit("disconnected", claim)
         except ClaimLost:
             self._answered(time.monotonic())  # another worker holds it now: not ours to say
         except RTMSLifecycleError as exc:
             self._failed("report", exc, time.monotonic())
         else:
-            self._answered(time.monotonic())
+            if report:
+                self._answered(time.monotonic())
         try:
             released = self.tracker.release(claim, reason=reason)
         except RTMSLifecycleError as exc:
@@ -596,6 +639,42 @@ class Supervisor:
                 continue  # lost or fenced: nothing to renew
             if job.renew_at <= now:
                 self._renew(job, now)
+        for held in list(self.held.values()):
+            self._hold(held, now)
+
+    def _hold(self, held: _Held, now: float) -> None:
+        """Keep a claim held for its server URLs: renewed when due, and at once when a read of
+        its stream finds them; then its child starts. Dropped once lost, or its lease ended."""
+        sid = held.claim.stream_id
+        if held.lease_end <= now:  # renewals failed until its end: no child to end
+            del self.held[sid]
+            self._emit("lost", held.claim, reason="lease ran out unrenewed")
+            self._next_claim = 0.0
+            return
+        due = held.renew_at <= now
+        if not due and held.look_at <= now:
+            held.look_at = now + self.poll
+            try:
+                stream = self.tracker.stream(sid)
+            except RTMSLifecycleError as exc:
+                self._failed("read", exc, now)
+                return
+            self._answered(now)
+            due = stream is None or bool(stream.server_url_list)
+        if not due:
+            return
+        claim = self._renewal(held.claim, now)
+        if isinstance(claim, ClaimLost):  # stopped, say: there is no child to end
+            del self.held[sid]
+            self._next_claim = 0.0
+            return
+        if claim is None:
+            held.renew_at = now + min(1.0, self.lease / 10)
+            return
+        held.claim, held.renew_at, held.lease_end = claim, now + self.renew_every, now + self.lease
+        if claim.stream.server_url_list:
+            del self.held[sid]
+            self._start(claim, now)
 
     def _arm(self, job: _Job) -> None:
         """Until the next renewal: SIGTERM ``--grace`` before the lease ends, SIGKILL just
@@ -625,28 +704,39 @@ class Supervisor:
             elif job.ending in _RESTARTS:
                 job.ending = _FENCED  # told to stop already: no new child for a claim ending
 
-    def _renew(self, job: _Job, now: float) -> None:
-        before = job.claim.stream.server_urls
+    def _renewal(self, claim: Claim, now: float) -> Claim | ClaimLost | None:
+        """Renew ``claim``: the renewed claim; the :class:`ClaimLost`, said in a ``lost``
+        line; or None when the database failed (counted, to retry soon)."""
         try:
-            job.claim = self.tracker.renew(job.claim, lease=self.lease)
+            renewed = self.tracker.renew(claim, lease=self.lease)
         except ClaimLost as lost:
             self._answered(now)
-            self._disarm(job)  # not a lease to keep: the claim's end is known
             fields: dict[str, Any] = {"reason": lost.reason}
             if lost.stop_reason is not None:
                 fields["stop_reason"] = lost.stop_reason
-            self._emit("lost", job.claim, **fields)
-            job.renew_at = math.inf
-            if job.ending is None:
-                self._end(job, f"claim lost: {lost.reason}", now)
-            else:
-                job.ending = f"claim lost: {lost.reason}"
-            return
+            self._emit("lost", claim, **fields)
+            return lost
         except RTMSLifecycleError as exc:
             self._failed("renew", exc, now)
+            return None
+        self._answered(now)
+        return renewed
+
+    def _renew(self, job: _Job, now: float) -> None:
+        before = job.claim.stream.server_urls
+        renewed = self._renewal(job.claim, now)
+        if isinstance(renewed, ClaimLost):
+            self._disarm(job)  # not a lease to keep: the claim's end is known
+            job.renew_at = math.inf
+            if job.ending is None:
+                self._end(job, f"claim lost: {renewed.reason}", now)
+            else:
+                job.ending = f"claim lost: {renewed.reason}"
+            return
+        if renewed is None:
             job.renew_at = now + min(1.0, self.lease / 10)
             return
-        self._answered(now)
+        job.claim = renewed
         job.renew_at, job.lease_end = now + self.renew_every, now + self.lease
         if job.ending != _FENCED:
             self._arm(job)
