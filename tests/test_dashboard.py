@@ -349,8 +349,9 @@ def test_a_problem_delivery_links_its_stream_only_when_the_stream_is_stored(
     t = now_ms() - HOUR_MS
     with Tracker(sqlite_url) as tracker:
         tracker.ingest(body("started", "stored-stream", t))
-        for stream_id in ("stored-stream", "never-stored"):  # event_ts in seconds: rejected
-            assert tracker.ingest(body("stopped", stream_id, t // 1000)).outcome.value == "rejected"
+        for stream_id in ("stored-stream", "never-stored"):  # a stop reason that is no number
+            stop = body("stopped", stream_id, t, stop_reason="six")
+            assert tracker.ingest(stop).outcome.value == "rejected"
         with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
             client = signed_in(url)
             problems = overview(client).split('id="problems"')[1].split("</section>")[0]
