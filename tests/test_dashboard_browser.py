@@ -349,3 +349,270 @@ def test_live_streams_show_their_worker_and_the_stream_page_its_claims(
         with Tracker(demo_db) as tracker:
             for claim in claims:
                 tracker.release(claim)
+
+
+def fresh_context(browser: Any, width: int) -> Any:
+    """A browser context ``width`` CSS pixels wide (375: a phone)."""
+    return browser.new_context(viewport={"width": width, "height": 800})
+
+
+@pytest.fixture
+def small_site(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A receiver over a database of its own, with a few live streams; (database, URL)."""
+    db = f"sqlite:///{tmp_path}/small.db"
+    with Tracker(db) as tracker:
+        for n in range(6):
+            tracker.ingest(body("started", f"small-{n}", 1_700_000_000_000 + n * 1000))
+    with serving(create_app(db, secrets=[SECRET], api_token=TOKEN)) as url:
+        yield db, url
+
+
+def refreshed(page: Any, db: str, stream_id: str) -> None:
+    """Start ``stream_id``, let a refresh interval pass, wait until the page shows it."""
+    before = int(page.get_attribute("#live-count", "data-count"))
+    with Tracker(db) as tracker:
+        tracker.ingest(body("started", stream_id, 1_700_000_100_000))
+    page.clock.run_for(REFRESH_SECONDS * 1000)
+    deadline = time.monotonic() + 25
+    while page.get_attribute("#live-count", "data-count") != str(before + 1):
+        assert time.monotonic() < deadline, "the page did not refresh within 25 s"
+        page.wait_for_timeout(100)
+
+
+def test_a_refresh_keeps_focus_scroll_and_a_selection(
+    browser: Any, small_site: tuple[str, str]
+) -> None:
+    """On a phone, a refresh that changes the live list keeps the focused link focused (by its
+    address, in its new row) and the table's sideways scroll; a selected id holds the refresh
+    back until it is cleared. On a live stream's page, the timeline's scroll and its opened
+    text."""
+    db, site = small_site
+    context = fresh_context(browser, 375)
+    try:
+        page = context.new_page()
+        page.clock.install()
+        sign_in(page, site)
+        link = '#live-streams a[href$="/small-2"]'
+        page.focus(link)
+        page.evaluate(f"document.querySelector('{link}').old = true")
+        frame = "#live-streams .scroll"
+        page.eval_on_selector(frame, "f => { f.scrollLeft = 120; }")
+        assert page.eval_on_selector(frame, "f => f.scrollLeft") == 120
+        refreshed(page, db, "small-new-1")
+        focused = page.evaluate(
+            "[document.activeElement.getAttribute('href'), document.activeElement.old === true]"
+        )
+        assert focused == ["/dashboard/streams/small-2", False]  # a new node, the same link
+        assert page.eval_on_selector(frame, "f => f.scrollLeft") == 120
+        # Select an id, as support staff do to copy it: the refresh waits.
+        page.eval_on_selector(
+            '#live-streams a[href$="/small-3"]',
+            "a => { const r = document.createRange(); r.selectNodeContents(a);"
+            " getSelection().removeAllRanges(); getSelection().addRange(r); }",
+        )
+        with Tracker(db) as tracker:
+            tracker.ingest(body("started", "small-new-2", 1_700_000_200_000))
+        page.clock.run_for(REFRESH_SECONDS * 1000)
+        assert "paused while text is selected" in page.inner_text("#refreshed")
+        assert page.evaluate("getSelection().toString()") == "small-3"
+        assert page.locator('[data-stream-id="small-new-2"]').count() == 0
+        # Cleared: the refresh it held back runs at once.
+        page.evaluate("getSelection().removeAllRanges()")
+        page.wait_for_selector('[data-stream-id="small-new-2"]', timeout=25_000)
+        assert "updated" in page.inner_text("#refreshed")
+        page.goto(f"{site}/dashboard/streams/small-4")
+        timeline = "#timeline .chart-frame"
+        page.eval_on_selector(timeline, "f => { f.scrollLeft = 200; }")
+        page.click("#timeline details summary")
+        page.evaluate("document.querySelector('#timeline svg').old = true")
+        page.clock.run_for(REFRESH_SECONDS * 1000)
+        deadline = time.monotonic() + 25
+        while page.evaluate("document.querySelector('#timeline svg').old === true"):
+            assert time.monotonic() < deadline, "the page did not refresh within 25 s"
+            page.wait_for_timeout(100)
+        assert page.eval_on_selector(timeline, "f => f.scrollLeft") == 200
+        assert page.eval_on_selector("#timeline details", "d => d.open") is True
+        assert page.is_visible("#timeline details li")
+    finally:
+        context.close()
+
+
+# WCAG 2 contrast of every piece of text on the page against the first opaque background
+# behind it: the lowest ratios, with what they belong to.
+CONTRASTS = """() => {
+  const rgb = c => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const behind = el => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || c[3] > 0) { return c.slice(0, 3); }
+    }
+    return [255, 255, 255];
+  };
+  const found = [];
+  for (const el of document.querySelectorAll("body *:not(svg *)")) {
+    const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.getClientRects().length) { continue; }
+    const style = getComputedStyle(el);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+    const [a, b] = [lum(rgb(style.color)), lum(behind(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    found.push([Math.round(ratio * 100) / 100, large ? 3 : 4.5, el.className || el.tagName,
+                el.textContent.trim().slice(0, 30)]);
+  }
+  return found;
+}"""
+
+
+def test_text_contrast_headings_skip_link_and_text_for_the_charts(
+    page: Any, site: str, demo_db: str
+) -> None:
+    """Every text on the overview and a stream page meets WCAG AA contrast (the "as of" line
+    and the grey pills included); each page has one h1; the first Tab reaches a skip link
+    that leads past the header; what the charts' tooltips say is also there as text."""
+    sign_in(page, site, "/dashboard?window=all")
+    with Tracker(demo_db) as tracker:
+        stream = max(tracker.streams("stopped"), key=lambda s: (s.interruptions, s.failovers))
+    for path in ("/dashboard?window=all", f"/dashboard/streams/{stream.stream_id}"):
+        page.goto(site + path)
+        found = page.evaluate(CONTRASTS)
+        classes = {str(name) for _, _, name, _ in found}
+        if "window" in path:
+            assert {"asof", "pill state-stopped"} <= classes  # "no worker" is a stopped pill
+        assert [f for f in found if f[0] < f[1]] == []
+        assert page.locator("h1").count() == 1
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.className") == "skip"
+        box = page.locator("a.skip").bounding_box()
+        assert box is not None
+        assert box["y"] >= 0
+        page.keyboard.press("Enter")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.getElementById('content').contains(document.activeElement)")
+    page.goto(site + "/dashboard?window=all")
+    assert page.locator('nav.jump a[href="#stop-reasons"]').count() == 1
+    columns = page.eval_on_selector_all(
+        "#stop-reasons .share", "cs => cs.map(c => [c.dataset.abnormal, c.dataset.total])"
+    )
+    page.click("#stop-reasons details summary")
+    rows = page.eval_on_selector_all(
+        "#stop-reasons details tbody tr",
+        "rs => rs.map(r => [r.cells[1].innerText, r.cells[2].innerText])",
+    )
+    assert rows == [[f"{int(a):,}", f"{int(t):,}"] for a, t in columns]
+    assert rows
+    page.goto(f"{site}/dashboard/streams/{stream.stream_id}")
+    tips = page.eval_on_selector_all("#timeline .mark title", "ts => ts.map(t => t.textContent)")
+    page.click("#timeline details summary")
+    assert sorted(
+        page.eval_on_selector_all("#timeline details li", "ls => ls.map(l => l.innerText)")
+    ) == sorted(tips)
+    assert page.console_errors == []
+
+
+# Text drawn smaller than this many CSS pixels, and text that runs out of its box.
+SMALL_OR_CUT = """() => {
+  const found = [];
+  for (const el of document.querySelectorAll("#content *")) {
+    const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.getClientRects().length) { continue; }
+    let size = parseFloat(getComputedStyle(el).fontSize);
+    const svg = el.closest("svg");
+    if (svg) {
+      size *= svg.getScreenCTM().a;
+      const box = el.getBBox();
+      const view = svg.viewBox.baseVal;
+      if (box.x < view.x || box.x + box.width > view.x + view.width) {
+        found.push(["cut", el.textContent]);
+      }
+    }
+    if (size < 10) { found.push(["small", size, el.textContent.slice(0, 30)]); }
+  }
+  for (const card of document.querySelectorAll("#stream, #timeline, #stop-reasons, #live")) {
+    if (card.scrollWidth > card.clientWidth) { found.push(["scrolls", card.id]); }
+  }
+  if (document.documentElement.scrollWidth > innerWidth) { found.push(["page scrolls"]); }
+  return found;
+}"""
+
+
+def test_a_phone_reads_the_stop_reasons_and_every_timeline(
+    browser: Any, site: str, demo_db: str
+) -> None:
+    """At 375 px no text of the overview or of a stream page with late marks is under 10 px,
+    no chart label runs past its chart, and only a timeline's own frame scrolls sideways."""
+    with Tracker(demo_db) as tracker:
+        late = [
+            s.stream_id
+            for s in tracker.streams("stopped")
+            if any(t.late for t in tracker.history(s.stream_id))
+        ]
+    assert late
+    context = fresh_context(browser, 375)
+    try:
+        page = context.new_page()
+        sign_in(page, site, "/dashboard?window=all")
+        page.wait_for_selector("#stop-reasons .bar")
+        assert page.evaluate(SMALL_OR_CUT) == []
+        for stream_id in late:
+            page.goto(f"{site}/dashboard/streams/{stream_id}")
+            assert (stream_id, page.evaluate(SMALL_OR_CUT)) == (stream_id, [])
+            frame = page.eval_on_selector(
+                "#timeline .chart-frame", "f => [f.scrollWidth > f.clientWidth, f.tabIndex]"
+            )
+            assert frame == [True, 0]  # it scrolls, and a keyboard can scroll it
+    finally:
+        context.close()
+
+
+PADDED = "  padded id  "
+
+
+def test_long_and_padded_ids_are_shown_whole_and_copy_as_stored(
+    browser: Any, tmp_path: Path
+) -> None:
+    """A 255-character stream id, scope id, account and operator wrap inside their card (at
+    375 and 1400 px); an id with leading and trailing spaces shows them and copies them."""
+    db = f"sqlite:///{tmp_path}/ids.db"
+    long_id = "L" * 255
+    values = {"scope_id": "S" * 255, "account_id": "A" * 255, "operator_id": "O" * 255}
+    with Tracker(db) as tracker:
+        tracker.ingest(body("started", long_id, 1_700_000_000_000, **values))
+        tracker.ingest(body("started", PADDED, 1_700_000_001_000, scope_id=PADDED))
+    shown = """els => els.map(el => {
+      const card = el.closest(".card, .scroll").getBoundingClientRect();
+      const box = el.getBoundingClientRect();
+      const range = document.createRange();
+      range.selectNodeContents(el);
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+      return [el.innerText, getSelection().toString(),
+              box.left >= card.left && box.right <= card.right];
+    })"""
+    with serving(create_app(db, secrets=[SECRET], api_token=TOKEN)) as site:
+        for width in (375, 1400):
+            context = fresh_context(browser, width)
+            try:
+                page = context.new_page()
+                sign_in(page, site)
+                links = page.eval_on_selector_all("#live-streams a.id", shown)
+                assert sorted(links) == sorted([[v, v, True] for v in (long_id, PADDED)])
+                page.goto(f"{site}/dashboard/streams/{long_id}")
+                ids = page.eval_on_selector_all("#stream .id", shown)
+                expected = [
+                    long_id,
+                    values["scope_id"],
+                    values["account_id"],
+                    values["operator_id"],
+                ]
+                assert ids == [[v, v, True] for v in expected]
+                assert page.eval_on_selector("#stream", "c => c.scrollWidth <= c.clientWidth")
+                page.goto(f"{site}/dashboard/streams/%20%20padded%20id%20%20")
+                ids = page.eval_on_selector_all("#stream .id", shown)
+                assert ids == [[PADDED, PADDED, True], [PADDED, PADDED, True]]
+            finally:
+                context.close()

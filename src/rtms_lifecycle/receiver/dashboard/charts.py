@@ -54,6 +54,25 @@ def _escaped(text: str) -> Markup:
     return escape(printable(text))
 
 
+def _framed(svg: Markup, label: str) -> Markup:
+    """``svg`` at its own size in a frame that scrolls sideways on a narrow screen (the page
+    does not), focusable so that a keyboard scrolls it too."""
+    return (
+        Markup(
+            f'<div class="chart-frame" tabindex="0" role="region" aria-label="{_escaped(label)}">'
+        )
+        + svg
+        + Markup("</div>")
+    )
+
+
+def _as_text(summary: str, body: str) -> Markup:
+    """What a chart's tooltips say, as text to open: reachable without a pointer."""
+    return Markup(
+        f'<details class="as-text"><summary>{_escaped(summary)}</summary>{body}</details>'
+    )
+
+
 def _svg(width: int, height: int, label: str, body: list[str]) -> Markup:
     head = (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
@@ -63,29 +82,28 @@ def _svg(width: int, height: int, label: str, body: list[str]) -> Markup:
 
 
 def reason_bars(bars: Sequence[ReasonBar]) -> Markup:
-    """Horizontal bars, longest first as given, one per stop reason, coloured by category."""
-    row, label_w, value_w = 24, 300, 110
-    height = max(len(bars), 1) * row + 8
-    plot = _WIDTH - label_w - value_w
+    """A row per stop reason, longest first as given: its name and count as HTML text (which
+    wraps on a narrow screen and keeps its size) around a bar drawn as a small SVG."""
     biggest = max((bar.count for bar in bars), default=0) or 1
-    body: list[str] = []
-    for i, bar in enumerate(bars):
-        y = 4 + i * row
-        length = max(bar.count * plot / biggest, 1.0)
+    rows: list[str] = []
+    for bar in bars:
+        length = max(bar.count * 100 / biggest, 0.5)
         label = bar.name if bar.code is None else f"{bar.code} {bar.name}"
         code = "" if bar.code is None else str(bar.code)
-        tip = f"{label} ({bar.category.value}): {bar.count:,} streams, {bar.share:.1%}"
-        body.append(
+        rows.append(
+            f'<li><span class="label">{_escaped(label)} '
+            f'<span class="muted">{bar.category.value}</span></span>'
+            '<svg xmlns="http://www.w3.org/2000/svg" class="barline" viewBox="0 0 100 10" '
+            'preserveAspectRatio="none" aria-hidden="true">'
             f'<g class="bar" data-reason="{code}" data-name="{_escaped(bar.name)}" '
-            f'data-count="{bar.count}"><title>{_escaped(tip)}</title>'
-            f'<text class="label" x="{label_w - 8}" y="{y + 16}" text-anchor="end">'
-            f"{_escaped(label)}</text>"
-            f'<rect class="cat-{bar.category.value}" x="{label_w}" y="{y + 3}" '
-            f'width="{length:.1f}" height="{row - 6}" rx="2"/>'
-            f'<text class="value" x="{label_w + length + 6:.1f}" y="{y + 16}">'
-            f"{bar.count:,} · {bar.share:.1%}</text></g>"
+            f'data-count="{bar.count}">'
+            f'<rect class="cat-{bar.category.value}" x="0" y="1" width="{length:.1f}" '
+            'height="8" rx="0.6"/></g></svg>'
+            f'<span class="value">{bar.count:,} · {bar.share:.1%}</span></li>'
         )
-    return _svg(_WIDTH, height, "Streams stopped per stop reason", body)
+    return Markup(
+        '<ol class="bars" aria-label="Streams stopped per stop reason">' + "".join(rows) + "</ol>"
+    )
 
 
 def share_columns(buckets: Sequence[ShareBucket], label_fmt: str) -> Markup:
@@ -104,6 +122,7 @@ def share_columns(buckets: Sequence[ShareBucket], label_fmt: str) -> Markup:
         )
     n = max(len(buckets), 1)
     step = plot_w / n
+    rows: list[str] = []
     for i, bucket in enumerate(buckets):
         x = left + i * step
         when = format_utc(bucket.start_ms, label_fmt)
@@ -113,6 +132,11 @@ def share_columns(buckets: Sequence[ShareBucket], label_fmt: str) -> Markup:
                 f"{when} UTC: {bucket.abnormal:,} of {bucket.total:,} stops abnormal ({share:.1%})"
             )
             h = max(share * plot_h, 1.0 if bucket.abnormal else 0.0)
+            rows.append(
+                f"<tr><td>{format_utc(bucket.start_ms, '%Y-%m-%d %H:%M')}</td>"
+                f'<td class="num">{bucket.abnormal:,}</td><td class="num">{bucket.total:,}</td>'
+                f'<td class="num">{share:.1%}</td></tr>'
+            )
             body.append(
                 f'<g class="share" data-start="{bucket.start_ms}" data-abnormal="{bucket.abnormal}"'
                 f' data-total="{bucket.total}"><title>{_escaped(tip)}</title>'
@@ -127,15 +151,25 @@ def share_columns(buckets: Sequence[ShareBucket], label_fmt: str) -> Markup:
                 f'<text class="tick" x="{tick_x:.1f}" y="{height - 8}" '
                 f'text-anchor="{anchor}">{_escaped(when)}</text>'
             )
-    return _svg(_WIDTH, height, "Share of stops that were abnormal over time", body)
+    label = "Share of stops that were abnormal over time"
+    table = (
+        '<div class="scroll"><table><thead><tr><th>From (UTC)</th><th class="num">Abnormal</th>'
+        '<th class="num">Stops</th><th class="num">Share</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+    return _framed(_svg(_WIDTH, height, label, body), label) + _as_text(
+        "The counts as a table", table
+    )
 
 
 _SPAN_CLASS = {FLOWING: "state-live", INTERRUPTED: "state-interrupted"}
 
 
-# Label rows above the bar (y of the text baseline), and a label's width per character.
+# Label rows above the bar (y of the text baseline), and a label's width per character: 12 px
+# DejaVu Sans runs to 7.6 px a character, its semi-bold (a late mark's label) to 8.2.
 _LABEL_LANES = (16, 34, 52)
-_CHAR_W = 7.0
+_CHAR_W = 8.4
+_EDGE = 2
 
 
 def _ticks(first: int, last: int, count: int = 5) -> list[int]:
@@ -149,8 +183,10 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
     ticks in UTC."""
     height, left, right, bar_y, bar_h = 160, 24, 24, 66, 22
     plot_w = _WIDTH - left - right
+    label = f"Timeline of stream {stream.stream_id}"
     if not history:
-        return _svg(_WIDTH, 40, "No transitions", ['<text x="24" y="24">No transitions</text>'])
+        none = _svg(_WIDTH, 40, "No transitions", ['<text x="24" y="24">No transitions</text>'])
+        return _framed(none, label)
     first, end = timeline_span(stream, history, now_ms)
     span = max(end - first, 1)
 
@@ -168,11 +204,19 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
         )
     # Labelled from the right: where marks crowd, the stop's label is the one that matters.
     lane_starts = [1e9] * len(_LABEL_LANES)
+    notes: list[str] = []
     for t, name in reversed(timeline_marks(history)):
         x = x_of(t.event_ts)
         text = name.value + (" (late)" if t.late else "")
-        anchor = "start" if x < left + 40 else "end" if x > left + plot_w - 40 else "middle"
         width = len(text) * _CHAR_W
+        # Centred on its mark unless that would run past an edge of the chart.
+        anchor = (
+            "start"
+            if x - width / 2 < _EDGE
+            else "end"
+            if x + width / 2 > _WIDTH - _EDGE
+            else "middle"
+        )
         x_from = x if anchor == "start" else x - width if anchor == "end" else x - width / 2
         # The first lane with room; marks too close to label are still drawn, and every
         # transition is in the history table and in the mark's tooltip.
@@ -193,6 +237,7 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
             f"{name.value} at {format_utc(t.event_ts, '%Y-%m-%d %H:%M:%S')} UTC "
             f"({t.kind}, {t.source.value}" + (", arrived late" if t.late else "") + f"{recorded})"
         )
+        notes.append(f"<li>{_escaped(tip)}</li>")
         body.append(
             f'<g class="mark name-{name.value}{late}" data-transition-id="{t.id}" '
             f'data-name="{name.value}" data-late="{str(t.late).lower()}">'
@@ -213,4 +258,5 @@ def timeline(stream: Stream, history: Sequence[Transition], now_ms: int) -> Mark
         )
     day = format_utc(first, "%Y-%m-%d")
     body.append(f'<text class="tick" x="{left}" y="{height - 6}">{day} (UTC)</text>')
-    return _svg(_WIDTH, height, f"Timeline of stream {stream.stream_id}", body)
+    marks = f'<ol class="marks">{"".join(reversed(notes))}</ol>'
+    return _framed(_svg(_WIDTH, height, label, body), label) + _as_text("The marks as text", marks)
