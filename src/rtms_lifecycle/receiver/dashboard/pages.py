@@ -200,8 +200,9 @@ def window_stats(tracker: Tracker, window: Window) -> WindowStats:
 
 #: How old a long window's (7d, 30d, all) statistics may get before a page asks for new ones;
 #: the 24 h window's bound is the refresh interval. One computation at 100,000 streams took
-#: 0.08 s (7d), 0.34 s (30d), 1.65 s (all) median on a loaded 2-vCPU machine
-#: (bench_window_stats, docs/benchmarks.md "Dashboard"): every 60 s is under 3% of a core.
+#: 0.08 s (7d), 0.34 s (30d), 1.65 s (all) median on the shared 2-vCPU machine (load 6 to 9),
+#: 0.71, 1.14 and 8.2 s under load 11 (bench_window_stats, docs/benchmarks.md "Dashboard"):
+#: every 60 s is 3% of a core, 14% at the worst, and under the five-times guard below.
 LONG_WINDOW_MAX_AGE_S: Final = 60.0
 #: A computation starts no sooner than this many times its last duration after the last one
 #: started, so that watching a very big store keeps a core at most a fifth busy (at 1,000,000
