@@ -1078,9 +1078,12 @@ class Tracker:
         account_id: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         cursor: str | None = None,
+        holders: bool = False,
     ) -> Page[Stream]:
         """Streams that began (first event) in ``[since, until)``, newest start first, a page
         of ``limit`` at a time: pass the page's ``next`` as ``cursor`` for the one after it.
+        ``holders``: fill in the live ones' workers and connection states, as :meth:`streams`
+        does.
 
         Keyset paging: streams added between two pages never make a stream that existed at the
         first page appear twice or not at all. ValueError for a cursor of another list.
@@ -1104,8 +1107,9 @@ class Tracker:
                 after,
                 limit + 1,
             )
-        page = _page(rows, limit, lambda last: ("streams", [last[0], last[1].stream_id]))
-        return Page([stream for _, stream in page.items], page.next)
+            page = _page(rows, limit, lambda last: ("streams", [last[0], last[1].stream_id]))
+            found = [stream for _, stream in page.items]
+            return Page(_with_holders(conn, found) if holders else found, page.next)
 
     def history(self, stream_id: str) -> list[Transition]:
         """The stream's transitions in event-time order (how it went)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import Counter, defaultdict
@@ -15,6 +14,7 @@ from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.events import Scope
 from rtms_lifecycle.machine import ACTIVE_STATES, LIVE_STATES
 from rtms_lifecycle.receiver.dashboard.charts import ReasonBar, ShareBucket
+from rtms_lifecycle.receiver.settings import log
 from rtms_lifecycle.records import (
     ClaimEvent,
     ConcurrencyAlertRecord,
@@ -32,16 +32,17 @@ __all__ = [
     "PAGE_SIZE",
     "WINDOWS",
     "Overview",
+    "LONG_WINDOW_MAX_AGE_S",
+    "CachedStats",
     "StatsCache",
     "StreamPage",
     "Window",
     "WindowStats",
+    "max_age_s",
     "overview",
     "stream_page",
     "window_stats",
 ]
-
-log = logging.getLogger(__name__)
 
 PAGE_SIZE: Final = 50
 RECENT_PROBLEMS: Final = 20
@@ -111,14 +112,23 @@ class Overview:
     active: int
     interrupted: int
     active_by_scope: dict[Scope, int]
+    #: One page of live streams, newest start first, after ``cursor`` (None: the newest page).
     live: Sequence[Stream]
-    page: int
-    pages: int
+    cursor: str | None
+    #: The cursor of the page after this one; None on the last.
+    next_cursor: str | None
     stats: WindowStats | None
+    #: Whether newer statistics of the window are being computed.
+    stats_updating: bool
     problems: Sequence[DeliveryRecord]
     #: The problems' stream ids that name a stored stream: only these link to a stream page.
     problem_streams: Set[str]
     alerts: Sequence[ConcurrencyAlertRecord]
+
+    @property
+    def stats_age_ms(self) -> int | None:
+        """How old the window's statistics are (None without any)."""
+        return None if self.stats is None else max(0, self.now_ms - self.stats.computed_ms)
 
 
 def _reason_bars(counts: Sequence[StopReasonCount]) -> list[ReasonBar]:
@@ -188,34 +198,71 @@ def window_stats(tracker: Tracker, window: Window) -> WindowStats:
     )
 
 
+#: How old a long window's (7d, 30d, all) statistics may get before a page asks for new ones;
+#: the 24 h window's bound is the refresh interval. One computation at 100,000 streams took
+#: 0.08 s (7d), 0.34 s (30d), 1.65 s (all) median on the shared 2-vCPU machine (load 6 to 9),
+#: 0.71, 1.14 and 8.2 s under load 11 (bench_window_stats, docs/benchmarks.md "Dashboard"):
+#: every 60 s is 3% of a core, 14% at the worst, and under the five-times guard below.
+LONG_WINDOW_MAX_AGE_S: Final = 60.0
+#: A computation starts no sooner than this many times its last duration after the last one
+#: started, so that watching a very big store keeps a core at most a fifth busy (at 1,000,000
+#: streams "all" took 64 s: its figures are then up to about 5 minutes old, and say so).
+_CPU_SHARE: Final = 5
+
+
+def max_age_s(window: Window, refresh_s: float, long_s: float = LONG_WINDOW_MAX_AGE_S) -> float:
+    """How old ``window``'s statistics may be before a page asks for new ones (seconds)."""
+    short = window.length is not None and window.length <= DAY
+    return refresh_s if short else max(refresh_s, long_s)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedStats:
+    """A window's newest statistics, and whether newer ones are being computed."""
+
+    stats: WindowStats | None
+    updating: bool
+
+
 class StatsCache:
     """Window statistics computed in the background, so that no page waits long for them.
 
     Interruption statistics re-fold the events of every interrupted stream of the window: on a
-    small store that takes milliseconds, on a million streams seconds for 30 days. The first
-    page of a window waits up to ``wait_s`` for them; later pages show the newest result with
-    the time it was computed, at once, and start the next computation when it is older than the
-    refresh interval or five times as long as it took (so that watching a big store keeps one
-    core at most a fifth busy).
+    small store that takes milliseconds, on a million streams seconds for 30 days. A page whose
+    window has no statistics yet, or statistics older than :func:`max_age_s` (the refresh
+    interval for 24 hours, :data:`LONG_WINDOW_MAX_AGE_S` for longer windows), starts a new
+    computation and waits up to ``wait_s`` for it; past that it shows the previous result (the
+    page says how old) and the next refresh the new one.
     """
 
-    def __init__(self, tracker: Tracker, *, fresh_s: float = 10.0, wait_s: float = 0.15) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        *,
+        fresh_s: float = 10.0,
+        wait_s: float = 0.15,
+        long_s: float = LONG_WINDOW_MAX_AGE_S,
+    ) -> None:
         self._tracker = tracker
         self._fresh_s = fresh_s
+        self._long_s = long_s
         self._wait_s = wait_s
         self._lock = threading.Lock()
         # One computation at a time: they are reads, but each can keep a core busy.
         self._one_at_a_time = threading.Lock()
+        # window -> (monotonic start of the computation, its duration, its result)
         self._done: dict[str, tuple[float, float, WindowStats]] = {}
         self._running: dict[str, threading.Thread] = {}
 
-    def get(self, window: Window) -> WindowStats | None:
+    def get(self, window: Window) -> CachedStats:
         """The newest statistics of ``window`` (None while the first computation runs); starts
-        a new computation when they are stale."""
+        a new computation when they are older than the window's bound."""
         with self._lock:
             done = self._done.get(window.key)
             running = self._running.get(window.key)
-            stale = done is None or time.monotonic() - done[0] > max(self._fresh_s, 5 * done[1])
+            stale = done is None or time.monotonic() - done[0] > max(
+                max_age_s(window, self._fresh_s, self._long_s), _CPU_SHARE * done[1]
+            )
             if stale and running is None:
                 # A daemon thread: stopping the receiver never waits for a dashboard statistic.
                 running = threading.Thread(
@@ -223,13 +270,14 @@ class StatsCache:
                 )
                 self._running[window.key] = running
                 running.start()
-        if done is None and running is not None:
-            # Only the first visit of a window waits (briefly); later ones show the previous
-            # result while the next is computed.
+        if stale and running is not None:
+            # Briefly: a page that cannot have fresh figures at once shows the previous ones,
+            # with their age, while the next are computed.
             running.join(timeout=self._wait_s)
             with self._lock:
                 done = self._done.get(window.key)
-        return done[2] if done else None
+                running = self._running.get(window.key)
+        return CachedStats(done[2] if done else None, running is not None)
 
     def _compute(self, window: Window) -> None:
         try:
@@ -237,7 +285,7 @@ class StatsCache:
                 started = time.monotonic()
                 stats = window_stats(self._tracker, window)
             with self._lock:
-                self._done[window.key] = (time.monotonic(), time.monotonic() - started, stats)
+                self._done[window.key] = (started, time.monotonic() - started, stats)
         except Exception:
             log.exception("could not compute the dashboard's statistics over %s", window.label)
         finally:
@@ -257,27 +305,35 @@ def _problems(tracker: Tracker) -> list[DeliveryRecord]:
     return found[:RECENT_PROBLEMS]
 
 
-def overview(tracker: Tracker, stats: StatsCache, window: Window, page: int) -> Overview:
-    """Live streams (one page of them), statistics over ``window``, recent problem deliveries
-    and concurrency alerts."""
-    live = tracker.streams(LIVE_STATES)
-    live.sort(key=lambda s: (s.started_at or 0, s.stream_id), reverse=True)
-    active = [s for s in live if s.state in ACTIVE_STATES]
-    pages = max(1, -(-len(live) // PAGE_SIZE))
-    page = min(max(page, 1), pages)
+def overview(
+    tracker: Tracker, stats: StatsCache, window: Window, cursor: str | None = None
+) -> Overview:
+    """Live streams (the page after ``cursor``), statistics over ``window``, recent problem
+    deliveries and concurrency alerts. ValueError for a cursor of another list."""
+    # Keyset paging, as the read API's: a page starts after a position, not a count, so that
+    # streams starting and stopping between pages neither repeat rows nor skip them.
+    live = tracker.stream_page(LIVE_STATES, limit=PAGE_SIZE, cursor=cursor, holders=True)
+    # Counted by the database on the live index: a count per scope (a handful).
+    by_scope = {
+        scope: count
+        for scope in Scope
+        if (count := tracker.count_streams(ACTIVE_STATES, scope=scope))
+    }
     problems = _problems(tracker)
     # A rejected delivery names a stream it did not create: no page to link to.
     mentioned = {record.stream_id for record in problems if record.stream_id}
+    cached = stats.get(window)
     return Overview(
         now_ms=now_ms(),
         window=window,
-        active=len(active),
-        interrupted=len(live) - len(active),
-        active_by_scope=dict(Counter(s.scope for s in active).most_common()),
-        live=live[(page - 1) * PAGE_SIZE : page * PAGE_SIZE],
-        page=page,
-        pages=pages,
-        stats=stats.get(window),
+        active=sum(by_scope.values()),
+        interrupted=tracker.count_streams(LIVE_STATES - ACTIVE_STATES),
+        active_by_scope=dict(sorted(by_scope.items(), key=lambda item: -item[1])),
+        live=live.items,
+        cursor=cursor,
+        next_cursor=live.next,
+        stats=cached.stats,
+        stats_updating=cached.updating,
         problems=problems,
         problem_streams=tracker.stored_stream_ids(mentioned) if mentioned else set(),
         alerts=tracker.concurrency_alerts(limit=RECENT_ALERTS),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from importlib.resources import files
 from typing import Annotated, Any, Final
 from urllib.parse import parse_qs, quote
@@ -29,13 +28,14 @@ from rtms_lifecycle.receiver.dashboard.pages import (
 )
 from rtms_lifecycle.receiver.logthrottle import LINES_EVERY, LineGroups, mark_authenticated
 from rtms_lifecycle.receiver.paths import STREAM_PATH
-from rtms_lifecycle.receiver.settings import check_api_token
+from rtms_lifecycle.receiver.settings import check_api_token, log
 from rtms_lifecycle.receiver.throttle import CredentialThrottle, client_key
 from rtms_lifecycle.tracker import Tracker
 
 __all__ = ["PREFIX", "REFRESH_SECONDS", "create_dashboard_router"]
 
-log = logging.getLogger(__name__)
+# ``log`` is the receiver's logger: its tracebacks are throttled (one a minute per kind), so
+# that an outage failing every request does not write a traceback per request.
 
 PREFIX: Final = "/dashboard"
 REFRESH_SECONDS: Final = 10
@@ -47,6 +47,10 @@ _MAX_FORM_BYTES: Final = 8 * 1024
 _CLOSE: Final = {"Connection": "close"}
 # The overview's pages of problem deliveries: past this, a number is a typo.
 _LAST_PAGE: Final = 1_000_000
+# The read API's bound on a cursor; the dashboard's are far shorter.
+_LONGEST_CURSOR: Final = 512
+_OVERVIEW_PARAMETERS: Final = frozenset({"window", "cursor", "page"})
+_CURSOR_EXPECTED: Final = "the position an “older →” link gives (without page)"
 _STATIC: Final = {
     "dashboard.css": "text/css",
     "dashboard.js": "text/javascript",
@@ -256,9 +260,31 @@ def create_dashboard_router(
         sessions.forget(request, answer)
         return answer
 
-    def invalid(parameter: str, value: str, expected: str) -> Response:
+    def invalid(parameter: str, value: str, expected: str, reason: str | None = None) -> Response:
         shown = value if len(value) <= 60 else value[:57] + "..."
-        return page("invalid.html", 422, parameter=parameter, value=shown, expected=expected)
+        return page(
+            "invalid.html",
+            422,
+            parameter=parameter,
+            value=shown,
+            expected=expected,
+            reason=reason,
+        )
+
+    def unexpected(request: Request, known: frozenset[str]) -> Response | None:
+        """The 422 page for a query parameter the page does not take or that comes twice (as
+        the read API refuses them), or None: a typo must not show another page as asked."""
+        seen: set[str] = set()
+        for name, value in request.query_params.multi_items():
+            if name not in known:
+                takes = ", ".join(sorted(known)) or "none"
+                return invalid(
+                    name[:60], value, "", f"this page takes no such parameter (it takes: {takes})"
+                )
+            if name in seen:
+                return invalid(name, value, "", "given more than once: give it once")
+            seen.add(name)
+        return None
 
     def unavailable() -> Response:
         log.exception("the dashboard could not read the store")
@@ -268,22 +294,33 @@ def create_dashboard_router(
     def dashboard(
         request: Request,
         window: str = "24h",
-        page_number: Annotated[str, Query(alias="page")] = "1",
+        cursor: str | None = None,
+        page_number: Annotated[str | None, Query(alias="page")] = None,
     ) -> Response:
         if (refusal := refused(request)) is not None:
             return refusal
+        if (wrong := unexpected(request, _OVERVIEW_PARAMETERS)) is not None:
+            return wrong
         # Checked here, not by FastAPI: its 422 is JSON, which a browser shows as raw text.
         if window not in WINDOWS:
             return invalid("window", window, f"one of {', '.join(WINDOWS)}")
-        if not (page_number.isascii() and page_number.isdigit()) or not (
-            1 <= int(page_number) <= _LAST_PAGE
+        if page_number is not None and (
+            not (page_number.isascii() and page_number.isdigit())
+            or not 1 <= int(page_number) <= _LAST_PAGE
         ):
             return invalid("page", page_number, f"a whole number from 1 to {_LAST_PAGE:,}")
+        if cursor is not None and (page_number is not None or len(cursor) > _LONGEST_CURSOR):
+            return invalid("cursor", cursor, _CURSOR_EXPECTED)
         try:
-            view = overview(tracker, stats, WINDOWS[window], int(page_number))
+            view = overview(tracker, stats, WINDOWS[window], cursor)
+        except ValueError:
+            return invalid("cursor", cursor or "", _CURSOR_EXPECTED)
         except (StoreError, DatabaseUnavailable):
             return unavailable()
-        answer = page("overview.html", view=view)
+        # Numbered pages shifted as streams started and stopped; an old link gets the newest
+        # page, saying so.
+        renumbered = page_number is not None and page_number != "1"
+        answer = page("overview.html", view=view, renumbered=renumbered)
         sessions.renew(request, answer)
         return answer
 
@@ -291,6 +328,8 @@ def create_dashboard_router(
     def stream(request: Request, stream_id: str) -> Response:
         if (refusal := refused(request)) is not None:
             return refusal
+        if (wrong := unexpected(request, frozenset())) is not None:
+            return wrong
         if "\x00" in stream_id:
             # No stream id holds NUL, and PostgreSQL cannot even look one up: its query failed.
             return page("missing.html", 404, stream_id=stream_id)
