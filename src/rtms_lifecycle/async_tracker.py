@@ -749,6 +749,7 @@ class AsyncTracker:
         account_id: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         cursor: str | None = None,
+        holders: bool = False,
     ) -> Page[Stream]:
         """Awaitable :meth:`Tracker.stream_page`."""
         return await self._read(
@@ -761,6 +762,7 @@ class AsyncTracker:
             account_id=account_id,
             limit=limit,
             cursor=cursor,
+            holders=holders,
         )
 
     async def delivery_page(
