@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import quote_from_bytes
 
@@ -239,7 +239,7 @@ def test_a_cursor_at_the_bounds_is_answered(
 def test_the_tracker_refuses_such_a_cursor_with_a_value_error(tracker: Tracker) -> None:
     """The library's pages refuse such a cursor with a ValueError saying why, before the
     database sees it (it was an OverflowError from the driver, or a StoreError)."""
-    reads = [
+    reads: list[tuple[Callable[[str], object], list[object]]] = [
         (lambda c: tracker.stream_page(cursor=c), ["streams", 2**63, "x"]),
         (lambda c: tracker.stream_page(cursor=c), ["streams", 1, "\x00"]),
         (lambda c: tracker.delivery_page(cursor=c), ["deliveries", -(2**63) - 1]),
