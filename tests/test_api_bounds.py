@@ -3,8 +3,10 @@ databases: numbers the database cannot hold, text it cannot compare, ambiguous c
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import quote_from_bytes
 
@@ -178,4 +180,107 @@ def test_no_query_value_gets_a_5xx_or_an_error_log(
     with caplog.at_level(logging.ERROR):
         response = api.get(target)
     assert response.status_code in (200, 404, 422), (target, response.text)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _cursor(*values: object) -> str:
+    """A hand-made cursor holding ``values``, as a client could forge one."""
+    text = json.dumps(list(values), separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("path", "values", "why"),
+    [
+        ("/streams", ["streams", 99999999999999999999999, "x"], "a number past"),
+        ("/streams", ["streams", -(2**63) - 1, "x"], "a number past"),
+        ("/streams", ["streams", 1, "\x00"], "text with a NUL character"),
+        ("/streams", ["streams", 1, "a\ud800b"], "text that is not valid Unicode"),
+        ("/deliveries", ["deliveries", 2**63], "a number past"),
+        ("/alerts", ["alerts", 2**63, 1], "a number past"),
+        ("/alerts", ["alerts", 1, -(2**64)], "a number past"),
+        ("/subscriptions", ["subscriptions", "a\x00"], "text with a NUL character"),
+    ],
+)
+def test_a_cursor_holding_what_no_column_holds_is_422(
+    api: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    values: list[object],
+    why: str,
+) -> None:
+    """A forged cursor with a number past 64 bits or text with NUL is a 422 naming ``cursor``
+    and why: not a 500 (SQLite's OverflowError) nor a 503 logged as an outage (PostgreSQL)."""
+    with caplog.at_level(logging.ERROR):
+        response = api.get(f"{path}?cursor={_cursor(*values)}")
+    assert fields(response) == {"cursor"}
+    assert why in response.json()["detail"][0]["msg"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("path", "values"),
+    [
+        ("/streams", ["streams", 2**63 - 1, "x"]),
+        ("/streams", ["streams", -(2**63), ""]),
+        ("/deliveries", ["deliveries", 2**63 - 1]),
+        ("/alerts", ["alerts", -(2**63), 2**63 - 1]),
+    ],
+)
+def test_a_cursor_at_the_bounds_is_answered(
+    api: httpx.Client, path: str, values: list[object]
+) -> None:
+    """The largest and smallest 64-bit numbers are positions like any other: an empty page."""
+    response = api.get(f"{path}?cursor={_cursor(*values)}")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"items": [], "next": None}
+
+
+def test_the_tracker_refuses_such_a_cursor_with_a_value_error(tracker: Tracker) -> None:
+    """The library's pages refuse such a cursor with a ValueError saying why, before the
+    database sees it (it was an OverflowError from the driver, or a StoreError)."""
+    reads: list[tuple[Callable[[str], object], list[object]]] = [
+        (lambda c: tracker.stream_page(cursor=c), ["streams", 2**63, "x"]),
+        (lambda c: tracker.stream_page(cursor=c), ["streams", 1, "\x00"]),
+        (lambda c: tracker.delivery_page(cursor=c), ["deliveries", -(2**63) - 1]),
+        (lambda c: tracker.alert_page(cursor=c), ["alerts", 1, 2**63]),
+    ]
+    for read, values in reads:
+        with pytest.raises(ValueError, match=r"not a cursor of this list \("):
+            read(_cursor(*values))
+    with pytest.raises(ValueError, match="past what the database holds"):
+        tracker.transitions_since(f"{2**63}:1")
+
+
+_CURSOR_ROUTES = st.sampled_from(["/streams", "/deliveries", "/alerts", "/subscriptions"])
+# What a JSON cursor can hold: numbers of any size, text with NUL or lone surrogates, and the
+# wrong types.
+_CURSOR_VALUE = st.one_of(
+    st.integers(),
+    st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1]),
+    st.text(st.characters(exclude_categories=()), max_size=8),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+)
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(route=_CURSOR_ROUTES, values=st.lists(_CURSOR_VALUE, min_size=1, max_size=3))
+@example(route="/streams", values=[99999999999999999999999, "x"])
+@example(route="/streams", values=[1, "\x00"])
+@example(route="/deliveries", values=[2**63])
+@example(route="/alerts", values=[1, 2**63])
+def test_no_cursor_gets_a_5xx_or_an_error_log(
+    api: httpx.Client, caplog: pytest.LogCaptureFixture, route: str, values: list[object]
+) -> None:
+    """Whatever a cursor of a route's own kind holds, the answer is 200 or 422, and nothing is
+    logged as an error."""
+    cursor = _cursor(route.lstrip("/"), *values)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        response = api.get(f"{route}?cursor={cursor}")
+    assert response.status_code in (200, 422), (route, values, response.text)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

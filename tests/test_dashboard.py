@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import timedelta
+from html import escape, unescape
 from urllib.parse import quote
 
 import httpx
@@ -475,6 +476,42 @@ def test_a_stream_id_with_a_slash_has_its_page(
             answer = client.get(link.group(1))
     assert answer.status_code == 200
     assert "a/b" in answer.text
+
+
+@pytest.mark.parametrize(
+    ("stream_id", "href"),
+    [
+        (".", "/dashboard/stream?id=."),
+        ("..", "/dashboard/stream?id=.."),
+        ("../metrics", "/dashboard/streams/..%2Fmetrics"),
+        ("a/../b", "/dashboard/streams/a%2F..%2Fb"),
+        ("%2E%2E", "/dashboard/streams/%252E%252E"),
+    ],
+)
+def test_a_stream_id_with_dot_segments_is_linked_as_one_segment(
+    sqlite_url: str, signed_in: Callable[[str], httpx.Client], stream_id: str, href: str
+) -> None:
+    """An id a browser would resolve as a path (``..``, ``../metrics``) is linked as one
+    encoded segment, or by query when it is a dot segment itself; the link opens its page,
+    signed in or through the sign-in form."""
+    with Tracker(sqlite_url) as tracker:
+        tracker.ingest(body("started", stream_id, now_ms()))
+        with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
+            client = signed_in(url)
+            links = re.findall(r'<a class="id" href="([^"]+)"', overview(client))
+            assert links == [href.replace("&", "&amp;")]
+            answer = client.get(httpx.URL(url + href))
+            with httpx.Client(base_url=url, headers=HTML) as anonymous:
+                form = anonymous.get(httpx.URL(url + href), follow_redirects=True)
+                found = re.search(r'name="next" value="([^"]*)"', form.text)
+                assert found is not None, form.text
+                back = anonymous.post(
+                    "/dashboard/login", data={"token": TOKEN, "next": unescape(found.group(1))}
+                )
+    assert answer.status_code == 200
+    assert f'<span class="id">{escape(stream_id)}</span>' in answer.text
+    assert back.status_code == 303
+    assert back.headers["location"] == href
 
 
 def test_pages_forbid_inline_scripts_and_framing(

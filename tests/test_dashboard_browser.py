@@ -616,3 +616,32 @@ def test_long_and_padded_ids_are_shown_whole_and_copy_as_stored(
                 assert ids == [[PADDED, PADDED, True], [PADDED, PADDED, True]]
             finally:
                 context.close()
+
+
+DOT_IDS = [".", "..", "../metrics", "./x", "a/../b", "..%2Fmetrics", "%2E%2E"]
+
+
+def test_links_to_streams_whose_ids_are_dot_segments_open_them(
+    browser: Any, sqlite_url: str
+) -> None:
+    """Streams whose ids are ``.``, ``..``, ``../metrics`` and the like: each overview link
+    opens that stream's page in the browser (``href="/dashboard/streams/.."`` was resolved by
+    the browser to /dashboard/, and ``%2E%2E`` is too)."""
+    started_at = int(time.time() * 1000) - 60_000
+    with Tracker(sqlite_url) as tracker:
+        for n, stream_id in enumerate(DOT_IDS):
+            tracker.ingest(body("started", stream_id, started_at + n))
+        with serving(create_app(tracker, secrets=[SECRET], api_token=TOKEN)) as url:
+            context = browser.new_context()
+            try:
+                tab = context.new_page()
+                sign_in(tab, url)
+                hrefs = tab.eval_on_selector_all(
+                    "a.id", "links => links.map(a => [a.textContent, a.href])"
+                )
+                assert sorted(text for text, _ in hrefs) == sorted(DOT_IDS)
+                for text, href in hrefs:
+                    tab.goto(href)
+                    assert tab.inner_text("h1 .id") == text, (text, href, tab.url)
+            finally:
+                context.close()

@@ -30,8 +30,10 @@ from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.defaults import API_TOKEN_ENV
 from rtms_lifecycle.store import retention as store_retention
 from rtms_lifecycle.store.core import Store
+from rtms_lifecycle.store.errors import HEALTH_REASONS
 from tests import _deliveries
 from tests._live import app_clients, clean_environment, serving_process, signed
+from tests._postgres import PostgresServer, create_database, restart_server, stopped
 
 T0 = 1_700_000_000_000  # a real time (Nov 2023), as Zoom sends them
 
@@ -176,7 +178,10 @@ def test_healthz_answers_head(db_url: str, serve: Callable[..., httpx.Client]) -
 
 @pytest.mark.parametrize("table", ["deliveries", "transitions"])
 def test_damaged_sqlite_pages_make_healthz_say_so(
-    sqlite_url: str, serve: Callable[..., httpx.Client], table: str
+    sqlite_url: str,
+    serve: Callable[..., httpx.Client],
+    table: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A SQLite file whose deliveries (or transitions) pages are damaged: deliveries 503, and
     /healthz 503 with SQLite's reason (it used to answer ok: the database still answered
@@ -197,12 +202,17 @@ def test_damaged_sqlite_pages_make_healthz_say_so(
         client = serve(tracker)
         health = client.get("/healthz")
         assert post(client, started("s-2")).status_code == 503
-    assert (health.status_code, health.json()["status"]) == (503, "unavailable")
-    assert "malformed" in health.json()["reason"]
+    assert health.status_code == 503
+    assert health.json() == {"status": "unavailable", "reason": "database damaged"}
+    (line,) = health_lines(caplog)
+    assert "malformed" in line
 
 
 def test_read_only_postgres_database_makes_healthz_say_so(
-    postgres_url: str, postgres_server: Any, serve: Callable[..., httpx.Client]
+    postgres_url: str,
+    postgres_server: Any,
+    serve: Callable[..., httpx.Client],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A PostgreSQL database switched to read-only: deliveries 503, /healthz 503 with the reason."""
     name = postgres_url.rsplit("/", 1)[1]
@@ -222,8 +232,10 @@ def test_read_only_postgres_database_makes_healthz_say_so(
             )
         assert post(client, started("s-1")).status_code == 503
         health = client.get("/healthz")
-    assert (health.status_code, health.json()["status"]) == (503, "unavailable")
-    assert "read-only" in health.json()["reason"]
+    assert health.status_code == 503
+    assert health.json() == {"status": "unavailable", "reason": "database refuses writes"}
+    (line,) = health_lines(caplog)
+    assert "read-only" in line
 
 
 # --- a deleted SQLite file ------------------------------------------------------------------------
@@ -249,7 +261,10 @@ def test_a_deleted_sqlite_file_is_put_back_from_the_open_connection(
 
 
 def test_deleted_sqlite_file_with_a_backup_in_its_place_answers_503_until_a_restart(
-    sqlite_url: str, tmp_path: Path, serve: Callable[..., httpx.Client]
+    sqlite_url: str,
+    tmp_path: Path,
+    serve: Callable[..., httpx.Client],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A file deleted and a backup put in its place: the deleted file is kept beside it as
     <path>.recovered-<time> (every delivery in it), and the receiver answers 503 (webhook and
@@ -272,8 +287,11 @@ def test_deleted_sqlite_file_with_a_backup_in_its_place_answers_503_until_a_rest
         assert answers == [503] * 10
         assert health.status_code == 503
         (kept,) = path.parent.glob(f"{path.name}.recovered-*")
-        assert str(kept) in health.json()["reason"]
-        assert "replaced" not in health.json()["reason"]
+        assert str(kept) not in health.text
+        assert health.json()["reason"] in HEALTH_REASONS
+        (line,) = health_lines(caplog)
+        assert str(kept) in line
+        assert "replaced" not in line
     with Tracker(sqlite_url) as restarted:
         client = serve(restarted)
         assert post(client, started("s-13")).json()["outcome"] == "applied"
@@ -641,7 +659,18 @@ def post_padded(client: httpx.Client, stream: str, size: int = 0) -> int:
 
 def health_of(client: httpx.Client) -> tuple[int, str]:
     answer = client.get("/healthz")
-    return answer.status_code, answer.json().get("reason", "")
+    reason: str = answer.json().get("reason", "")
+    assert reason in ("", *HEALTH_REASONS), reason
+    return answer.status_code, reason
+
+
+def health_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the health check logged: the database's own words, which /healthz does not say."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("health check: the store cannot record deliveries")
+    ]
 
 
 # --- /healthz never says ok while deliveries fail: SQLite ---------------------------------------
@@ -692,9 +721,10 @@ def test_a_full_disk_makes_healthz_say_so_after_failed_deliveries(
         answers = [post_padded(client, f"s-{i}", size=20_000) for i in range(1, 11)]
         assert answers.count(503) >= 3
         checks = [health_of(client) for _ in range(10)]
-        assert all(status == 503 for status, _ in checks), checks
-        assert "delivery writes failed (since " in checks[0][1]
-        assert "full" in checks[0][1]
+        assert checks == [(503, "disk full")] * 10, checks
+        (line,) = health_lines(caplog)  # once, not at each check
+        assert "delivery writes failed (since " in line
+        assert "full" in line
         filler.unlink()
         assert post_padded(client, "s-11") == 200
         assert health_of(client) == (200, "")
@@ -750,7 +780,10 @@ def test_a_locked_postgres_table_makes_healthz_say_so(
 
 
 def test_a_revoked_insert_on_transitions_makes_healthz_say_so(
-    postgres_url: str, postgres_server: Any, serve: Callable[..., httpx.Client]
+    postgres_url: str,
+    postgres_server: Any,
+    serve: Callable[..., httpx.Client],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The app's role loses INSERT on transitions: deliveries 503 and /healthz 503 naming the
     refusal (5 of 5 said ok)."""
@@ -778,7 +811,76 @@ def test_a_revoked_insert_on_transitions_makes_healthz_say_so(
             )
         assert post_padded(client, "s-1") == 503
         checks = [health_of(client) for _ in range(5)]
-    assert all(code == 503 and "permission denied" in reason for code, reason in checks), checks
+    assert checks == [(503, "database refuses writes")] * 5, checks
+    (line,) = health_lines(caplog)  # once, not at each check
+    assert "permission denied" in line
+
+
+def test_a_stopped_postgres_server_is_unreachable_and_only_the_log_says_where(
+    own_postgres: PostgresServer,
+    serve: Callable[..., httpx.Client],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL stopped: /healthz (public) answers 503 "database unreachable" and nothing of
+    the server's address (it said "connection to server at 127.0.0.1, port N failed"); the log
+    says it once, however often the load balancer asks."""
+    url = own_postgres.url(create_database(own_postgres))
+    with Tracker(url) as tracker:
+        client = serve(tracker, store_timeout=2)
+        assert health_of(client) == (200, "")
+        with stopped(own_postgres):
+            answers = [client.get("/healthz") for _ in range(4)]
+        assert health_of(client) == (200, "")
+    for answer in answers:
+        assert answer.status_code == 503
+        assert answer.json() == {"status": "unavailable", "reason": "database unreachable"}
+    (line,) = health_lines(caplog)
+    assert str(own_postgres.port) in line
+
+
+@pytest.mark.parametrize("first", ["healthz", "read", "delivery"])
+@pytest.mark.parametrize("how", ["restart", "terminate"])
+def test_connections_the_server_closed_are_replaced_at_the_first_request(
+    postgres_url: str,
+    postgres_server: PostgresServer,
+    serve: Callable[..., httpx.Client],
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    first: str,
+) -> None:
+    """PostgreSQL restarted under a running receiver, or its connections ended by an
+    administrator: the first /healthz, delivery and read after it answer 200 (the first
+    /healthz answered 503 "terminating connection due to administrator command")."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with Tracker(postgres_url) as tracker:
+        client = serve(tracker, api_token=TOKEN)
+        # Several pooled connections: every kind of request, some at once.
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: post(client, started(f"s-{i}")), range(8)))
+            list(pool.map(lambda _: client.get("/streams", headers=auth), range(8)))
+        assert health_of(client) == (200, "")
+        if how == "restart":
+            restart_server(postgres_server)
+        else:
+            with psycopg.connect(postgres_server.conninfo(), autocommit=True) as admin:
+                # With a timeout it returns once each backend has ended, not when signalled.
+                ended = admin.execute(
+                    "SELECT bool_and(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity"
+                    " WHERE datname = %s",
+                    (postgres_url.rsplit("/", 1)[1],),
+                ).fetchone()
+            assert ended == (True,)
+        requests = {
+            "healthz": lambda: client.get("/healthz"),
+            "read": lambda: client.get("/streams", headers=auth),
+            "delivery": lambda: post(client, started("s-after")),
+        }
+        order = [first, *(name for name in requests if name != first)]
+        answers = {name: requests[name]().status_code for name in order}
+        assert answers == dict.fromkeys(order, 200), answers
+        assert client.get("/streams/s-after", headers=auth).status_code == 200
+    assert health_lines(caplog) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_a_prune_whose_file_is_deleted_and_restored_midway_fails(tmp_path: Path) -> None:

@@ -252,3 +252,19 @@ def test_a_stream_whose_id_holds_a_newline_has_its_page(
     answer = api.get("/streams/" + quote(stream_id, safe=""))
     assert answer.status_code == 200, answer.text
     assert answer.json()["stream"]["stream_id"] == stream_id
+
+
+@pytest.mark.parametrize("stream_id", ["..", ".", "../metrics", "a/../b"])
+def test_next_pages_keep_a_dot_segment_stream_id(
+    tracker: Tracker, api: httpx.Client, stream_id: str
+) -> None:
+    """``next`` (and Link) of a list filtered on an id that is, or holds, a dot segment keeps
+    it in the query, encoded: following it pages that stream's deliveries, not another's."""
+    started(tracker, "other", T0)
+    for n in range(5):
+        kind = "started" if n == 0 else "interrupted"
+        tracker.ingest(_deliveries.raw(kind, stream_id, T0 + n * MINUTE))
+    seen = pages(api, f"/deliveries?limit=2&stream_id={quote(stream_id, safe='')}", key="id")
+    mine = {str(d.id) for d in tracker.deliveries(stream_id=stream_id, limit=None)}
+    assert len(seen) == 5
+    assert set(seen) == mine

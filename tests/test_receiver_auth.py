@@ -6,6 +6,7 @@ redirect built from the Host header."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from rtms_lifecycle.exceptions import ConfigurationError
 from rtms_lifecycle.server import API_TOKEN_ENV, create_app
 from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.webhook import SECRET_ENV
+from tests import _deliveries
 from tests._live import SECRET, clean_environment, serving, signed
 from tests._served import ENTRY_POINT, serve_command
 
@@ -225,3 +227,55 @@ def test_a_trailing_slash_is_a_404_not_a_redirect(url: str, method: str, path: s
     answer = httpx.request(method, url + path, content=body, headers=headers)
     assert answer.status_code == 404
     assert "location" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/streams",
+        "/streams/s-1",
+        "/deliveries",
+        "/alerts",
+        "/subscriptions",
+        "/stats/stop-reasons",
+        "/stats/interruptions",
+        "/stats/unhandled",
+        "/metrics",
+        "/streams?cursor=garbage",
+        "/streams/no-such-stream",
+    ],
+)
+def test_what_a_token_reads_is_never_cached(tracker: Tracker, url: str, path: str) -> None:
+    """Every authenticated answer (raw delivery bodies among them), its errors too, is
+    ``Cache-Control: no-store``: no proxy or browser cache keeps it for the next reader."""
+    tracker.ingest(_deliveries.raw("started", "s-1", 1_700_000_000_000))
+    with client_from(url) as client:
+        answer = client.get(path, headers=bearer(TOKEN))
+        refused = client.get(path)
+    assert answer.status_code in (200, 404, 422), answer.text
+    assert answer.headers["cache-control"] == "no-store"
+    assert refused.status_code == 401
+    assert refused.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+def test_the_api_docs_are_never_framed(url: str, path: str) -> None:
+    """/docs and /redoc refuse to be shown in another site's frame (clickjacking), and keep
+    working offline: their scripts load from this server."""
+    with client_from(url) as client:
+        answer = client.get(path)
+        assert answer.status_code == 200
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'"
+        for asset in re.findall(r'(?:src|href)="(/[^"]+)"', answer.text):
+            assert client.get(asset).status_code == 200, asset
+
+
+def test_the_dashboard_keeps_its_own_headers(url: str) -> None:
+    """The dashboard's stricter policy and its static files' caching are not overwritten."""
+    with client_from(url) as client:
+        page = client.get("/dashboard/login")
+        style = client.get("/dashboard/static/dashboard.css")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    assert style.headers["cache-control"] == "public, max-age=3600"

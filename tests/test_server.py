@@ -273,9 +273,13 @@ def test_healthz_answers_200_while_the_database_answers(
 
 
 def test_dropped_postgres_database_answers_503_on_webhook_and_healthz(
-    postgres_url: str, postgres_server: Any, serve: Callable[..., httpx.Client]
+    postgres_url: str,
+    postgres_server: Any,
+    serve: Callable[..., httpx.Client],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """With its PostgreSQL database dropped, the webhook answers 503 (Zoom retries), healthz 503."""
+    """With its PostgreSQL database dropped, the webhook answers 503 (Zoom retries), healthz 503
+    "database unreachable"; the log names the database."""
     import psycopg
     from psycopg import sql
 
@@ -289,8 +293,11 @@ def test_dropped_postgres_database_answers_503_on_webhook_and_healthz(
         assert response.status_code == 503
         assert response.json()["error"] == "store_unavailable"
         health = client.get("/healthz")
-        assert (health.status_code, health.json()["status"]) == (503, "unavailable")
-        assert "does not exist" in health.json()["reason"]
+        assert health.status_code == 503
+        assert health.json() == {"status": "unavailable", "reason": "database unreachable"}
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("health")]
+    assert "does not exist" in line
+    assert name in line
 
 
 def test_sqlite_store_failure_answers_503(

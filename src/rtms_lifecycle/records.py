@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final, Generic, TypeVar
 
+from rtms_lifecycle.bounds import MAX_COUNT
 from rtms_lifecycle.events import Scope, Source
 from rtms_lifecycle.exceptions import FieldError
 from rtms_lifecycle.machine import State, TransitionName
@@ -602,4 +603,26 @@ def decode_cursor(kind: str, cursor: str, types: Sequence[type]) -> tuple[Any, .
         )
     ):
         raise ValueError(f"not a cursor of this list: {cursor[:40]!r}")
+    for value in found[1:]:
+        problem = _stored_value_problem(value)
+        if problem is not None:
+            # Only a hand-made cursor holds one: the driver answered an OverflowError (SQLite)
+            # or an error read as an outage (PostgreSQL).
+            raise ValueError(f"not a cursor of this list ({problem}): {cursor[:40]!r}")
     return tuple(found[1:])
+
+
+def _stored_value_problem(value: int | str) -> str | None:
+    """Why a database column cannot hold ``value`` (a signed 64-bit integer, or UTF-8 text
+    without NUL), or None."""
+    if isinstance(value, int):
+        if not -MAX_COUNT - 1 <= value <= MAX_COUNT:
+            return "a number past what the database holds"
+        return None
+    if "\x00" in value:
+        return "text with a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text that is not valid Unicode"
+    return None

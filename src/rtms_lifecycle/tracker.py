@@ -15,7 +15,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from rtms_lifecycle.bodies import to_raw
-from rtms_lifecycle.bounds import MAX_EPOCH_MS, arrival_time_problem
+from rtms_lifecycle.bounds import MAX_COUNT, MAX_EPOCH_MS, arrival_time_problem
 from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.defaults import (
     DEFAULT_BATCH_SIZE,
@@ -1470,6 +1470,10 @@ def _parse_cursor(cursor: str | None) -> tuple[int, int]:
         return (-1, -1)
     try:
         tx_id, _, transition_id = cursor.partition(":")
-        return (int(tx_id), int(transition_id))
+        position = (int(tx_id), int(transition_id))
     except ValueError:
         raise ValueError(f"not a feed cursor: {cursor!r}") from None
+    if not all(-1 <= each <= MAX_COUNT for each in position):
+        # Past a 64-bit integer the driver raised OverflowError rather than a ValueError.
+        raise ValueError(f"not a feed cursor (a number past what the database holds): {cursor!r}")
+    return position

@@ -90,10 +90,15 @@ class ErrorAnswer(BaseModel):
 
 
 class HealthAnswer(BaseModel):
-    """Whether the store can record a delivery now; ``reason`` says why not."""
+    """Whether the store can record a delivery now; ``reason`` says why not, in a few fixed
+    words (the database's own message is in the receiver's log)."""
 
     status: Literal["ok", "unavailable"]
-    reason: str | None = None
+    reason: str | None = Field(
+        default=None,
+        description="store busy, database unreachable, database refuses writes, disk full, "
+        "database damaged, or database error",
+    )
 
 
 class RecordModel(BaseModel):

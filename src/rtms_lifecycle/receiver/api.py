@@ -219,7 +219,8 @@ class RequireToken:
 
 
 class _StoreFailuresAre503(APIRoute):
-    """A read route whose store fails answers 503, as the webhook does, rather than 500."""
+    """A read route whose store fails answers 503, as the webhook does, rather than 500; every
+    answer is ``Cache-Control: no-store``."""
 
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = super().get_route_handler()
@@ -229,10 +230,12 @@ class _StoreFailuresAre503(APIRoute):
                 response: Response = await handler(request)
             except (StoreError, DatabaseUnavailable):
                 log.exception("the read API could not read the store; answered 503")
-                return JSONResponse(
+                response = JSONResponse(
                     DetailAnswer(detail="the store is unavailable; retry later").model_dump(),
                     status_code=503,
                 )
+            # Also where the router is mounted in another app: no cache keeps what a token read.
+            response.headers.setdefault("Cache-Control", "no-store")
             return response
 
         return guarded

@@ -28,6 +28,7 @@ from rtms_lifecycle.receiver.answers import HealthAnswer
 from rtms_lifecycle.receiver.api import RequireToken, create_read_router
 from rtms_lifecycle.receiver.dashboard import create_dashboard_router
 from rtms_lifecycle.receiver.dashboard.auth import DEFAULT_IDLE_SECONDS
+from rtms_lifecycle.receiver.http import DefaultHeaders
 from rtms_lifecycle.receiver.logthrottle import (
     RequestScope,
     bound_access_lines,
@@ -46,6 +47,7 @@ from rtms_lifecycle.receiver.throttle import CredentialThrottle
 from rtms_lifecycle.receiver.webhook import WebhookFront, WebhookHandler, check_path
 from rtms_lifecycle.store import urls as _dburl
 from rtms_lifecycle.store.deadline import DEFAULT_STORE_TIMEOUT
+from rtms_lifecycle.store.errors import health_reason
 from rtms_lifecycle.tracker import Tracker
 from rtms_lifecycle.webhook import DEFAULT_REPLAY_WINDOW, WebhookVerifier, labelled_secrets_from_env
 
@@ -179,8 +181,9 @@ def create_app(
     )
     # Declared for the OpenAPI schema; deliveries reach the handler in front of the routing.
     app.include_router(webhook.router(path))
-    # Inside the webhook's front: only the requests the app routes pay for it.
+    # Inside the webhook's front: only the requests the app routes pay for them.
     app.add_middleware(RequestScope)
+    app.add_middleware(DefaultHeaders)
     app.add_middleware(WebhookFront, path=path, handler=webhook)
     # One count of wrong tokens per address for the read API, /metrics and the dashboard.
     throttle = CredentialThrottle()
@@ -252,24 +255,31 @@ class _Health:
         self._limiter: anyio.CapacityLimiter | None = None
         self._failed: str | None = None
 
-    def _probe(self) -> str | None:
+    def _probe(self) -> tuple[str, str] | None:
+        """None, or the reason answered (one of ``HEALTH_REASONS``) and the detail logged."""
         try:
             self._tracker.check_writable(self._timeout)
         except StoreTimeout as exc:
-            return f"store busy: {exc}"
+            return health_reason(exc, busy=True), f"store busy: {exc}"
         except (StoreError, DatabaseUnavailable) as exc:
-            return " ".join(str(exc).split("\n", 1)[0].split())
+            return health_reason(exc), " ".join(str(exc).split("\n", 1)[0].split())
         return None
 
     async def problem(self) -> str | None:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
         with anyio.move_on_after(self._timeout + 0.25):
-            reason = await anyio.to_thread.run_sync(
+            found = await anyio.to_thread.run_sync(
                 self._probe, limiter=self._limiter, abandon_on_cancel=True
             )
-            if reason is not None and reason != self._failed:
-                log.warning("health check: the store cannot record deliveries: %s", reason)
-            self._failed = reason
-            return reason
-        return f"store busy: no answer within {self._timeout} s"
+            # Logged when it changes, not at every probe; the answer names only the kind.
+            detail = found[1] if found is not None else None
+            if found is not None and detail != self._failed:
+                log.warning("health check: the store cannot record deliveries (%s): %s", *found)
+            self._failed = detail
+            return found[0] if found is not None else None
+        detail = f"store busy: no answer within {self._timeout} s"
+        if detail != self._failed:
+            log.warning("health check: the store cannot record deliveries: %s", detail)
+            self._failed = detail
+        return "store busy"

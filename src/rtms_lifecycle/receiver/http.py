@@ -26,7 +26,14 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from rtms_lifecycle.receiver.logthrottle import PEER
 
-__all__ = ["MAX_HEADER_BYTES", "REQUEST_STARTED", "OneSendPerAnswer", "bounded_protocol"]
+__all__ = [
+    "DEFAULT_HEADERS",
+    "MAX_HEADER_BYTES",
+    "REQUEST_STARTED",
+    "DefaultHeaders",
+    "OneSendPerAnswer",
+    "bounded_protocol",
+]
 
 #: Bytes a request's line and headers may take: more is answered 431 and the connection closed.
 #: httptools (uvicorn's parser when installed) has no limit: a 50 MB header was read whole.
@@ -40,6 +47,37 @@ _TOO_LARGE: Final = (
 OVER_LIMIT_GRACE: Final = 1.0
 #: The scope key holding ``time.monotonic()`` of a request's first byte.
 REQUEST_STARTED: Final = "rtms_lifecycle.request_started"
+
+#: Headers every answer but the webhook's carries unless it sets its own: nothing the read API,
+#: /metrics or the API docs answer is kept by a cache (a shared proxy, the browser's disk), and
+#: no page of this server is shown inside another site's frame.
+DEFAULT_HEADERS: Final = (
+    (b"cache-control", b"no-store"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+)
+
+
+class DefaultHeaders:
+    """ASGI middleware: :data:`DEFAULT_HEADERS` added to each HTTP answer that lacks them."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(each for each in DEFAULT_HEADERS if each[0] not in present)
+                message["headers"] = headers
+            await send(message)
+
+        await self._app(scope, receive, with_headers)
 
 
 class OneSendPerAnswer:

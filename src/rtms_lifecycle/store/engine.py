@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import select
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 
 from rtms_lifecycle.store.deadline import bound_connect
 from rtms_lifecycle.store.sqlite import (
@@ -25,6 +27,7 @@ __all__ = [
     "PRUNING_FUNCTION",
     "SQLITE_BUSY_TIMEOUT_MS",
     "SQLITE_PRAGMAS",
+    "closed_by_server",
     "configure_sqlite",
     "create_store_engine",
     "libpq_defaults",
@@ -99,8 +102,9 @@ def create_store_engine(url: str, *, watched: bool = False) -> Engine:
 
             event.listen(engine, "do_connect", refuse)
         return engine
-    # No pre-ping: it costs a round trip per transaction; a connection found dead is discarded
-    # (and with it the pool's others) and the write retried.
+    # No pre-ping: it costs a round trip per checkout (24 us on loopback, more over a network).
+    # A connection the server closed (a restart, pg_terminate_backend) is found by a look at
+    # its socket instead (1.2 us), and replaced.
     engine = create_engine(
         url,
         pool_size=10,
@@ -109,4 +113,24 @@ def create_store_engine(url: str, *, watched: bool = False) -> Engine:
         connect_args=libpq_defaults(url),
     )
     event.listen(engine, "do_connect", bound_connect)
+    event.listen(engine, "checkout", _replace_if_closed)
     return engine
+
+
+def closed_by_server(conn: Any) -> bool:
+    """Whether the server ended idle psycopg connection ``conn``: its socket has something to
+    read (a termination notice, end of file) though nothing was asked. A look, no round trip:
+    a server that stopped answering is found by the statement timeouts instead."""
+    try:
+        if conn.closed or conn.broken:
+            return True
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except Exception:  # a closed descriptor, psycopg's OperationalError: ended all the same
+        return True
+    return bool(readable)
+
+
+def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    # The pool discards the connection and opens another in its place.
+    if closed_by_server(dbapi_connection):
+        raise DisconnectionError("the server closed the connection")

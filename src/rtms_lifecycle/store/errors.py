@@ -11,12 +11,20 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Final
 
 from rtms_lifecycle.display import error_line
 from rtms_lifecycle.exceptions import DatabaseError, DatabaseUnavailable, RTMSLifecycleError
 from rtms_lifecycle.store.sqlite import sqlite_trouble
 
-__all__ = ["first_line", "translate", "translated", "unreachable"]
+__all__ = [
+    "HEALTH_REASONS",
+    "first_line",
+    "health_reason",
+    "translate",
+    "translated",
+    "unreachable",
+]
 
 
 def first_line(exc: BaseException) -> str:
@@ -81,3 +89,60 @@ def unreachable(exc: BaseException) -> bool:
                 return True
         seen = seen.__cause__
     return False
+
+
+#: What ``/healthz`` may answer as its ``reason``: a fixed, short vocabulary that tells a load
+#: balancer and an operator what kind of trouble it is, and nothing of the database's own text
+#: (host, port, socket path, role and file names), which goes to the log.
+HEALTH_REASONS: Final = (
+    "store busy",
+    "database unreachable",
+    "database refuses writes",
+    "disk full",
+    "database damaged",
+    "database error",
+)
+# SQLSTATEs and SQLite result codes (the primary code, the low byte) of each kind.
+_PG_STATES: Final = {
+    "25006": "database refuses writes",  # read_only_sql_transaction
+    "42501": "database refuses writes",  # insufficient_privilege
+    "53100": "disk full",
+    "XX001": "database damaged",  # data_corrupted
+    "XX002": "database damaged",  # index_corrupted
+}
+_SQLITE_CODES: Final = {8: "database refuses writes", 13: "disk full", 11: "database damaged"}
+_SQLITE_CODES_NOTADB: Final = 26
+# What the library's own messages say, when no driver error is attached (the file watcher's).
+_WORDS: Final = (
+    (("no space left", "disk is full", "disk full"), "disk full"),
+    (
+        ("read-only", "readonly", "permission denied", "not writable", "could not be written"),
+        "database refuses writes",
+    ),
+    (("malformed", "not a database", "not an sqlite database", "corrupt"), "database damaged"),
+)
+
+
+def health_reason(exc: BaseException, busy: bool = False) -> str:
+    """Which of :data:`HEALTH_REASONS` ``exc`` is (``busy``: the store did not answer in time)."""
+    if busy:
+        return "store busy"
+    seen: BaseException | None = exc
+    while seen is not None:
+        state = getattr(seen, "sqlstate", None)
+        if isinstance(state, str) and state in _PG_STATES:
+            return _PG_STATES[state]
+        code = getattr(seen, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            if code & 0xFF == _SQLITE_CODES_NOTADB:
+                return "database damaged"
+            if code & 0xFF in _SQLITE_CODES:
+                return _SQLITE_CODES[code & 0xFF]
+        seen = seen.__cause__ or getattr(seen, "orig", None)
+    text = str(exc).lower()
+    for words, reason in _WORDS:
+        if any(word in text for word in words):
+            return reason
+    if isinstance(exc, DatabaseUnavailable) or unreachable(exc):
+        return "database unreachable"
+    return "database error"

@@ -32,7 +32,7 @@ from rtms_lifecycle.receiver.settings import check_api_token, log
 from rtms_lifecycle.receiver.throttle import CredentialThrottle, client_key
 from rtms_lifecycle.tracker import Tracker
 
-__all__ = ["PREFIX", "REFRESH_SECONDS", "create_dashboard_router"]
+__all__ = ["PREFIX", "REFRESH_SECONDS", "STREAM_BY_QUERY", "create_dashboard_router", "stream_href"]
 
 # ``log`` is the receiver's logger: its tracebacks are throttled (one a minute per kind), so
 # that an outage failing every request does not write a traceback per request.
@@ -84,6 +84,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["time"] = format_time
+    env.filters["stream_href"] = stream_href
     env.filters["duration"] = format_duration
     env.globals.update(
         prefix=PREFIX,
@@ -95,6 +96,19 @@ def _environment() -> Environment:
         page_size=PAGE_SIZE,
     )
     return env
+
+
+#: The stream page by query, for the ids a path cannot carry: a browser resolves a segment
+#: ``.`` or ``..`` (``%2E%2E`` too) before it asks, and so asked for another page.
+STREAM_BY_QUERY: Final = "/stream"
+
+
+def stream_href(stream_id: str) -> str:
+    """The link to a stream's page: its id one percent-encoded path segment (a ``/`` in it
+    too), or a query for an id that is a dot segment."""
+    if stream_id in (".", ".."):
+        return f"{PREFIX}{STREAM_BY_QUERY}?id={quote(stream_id, safe='')}"
+    return f"{PREFIX}/streams/{quote(stream_id, safe='')}"
 
 
 def _wants_html(request: Request) -> bool:
@@ -173,7 +187,10 @@ def create_dashboard_router(
                 headers={"Retry-After": str(REFRESH_SECONDS)},
             )
         if _wants_html(request):
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            # The path as sent: decoded, an id's %2F would come back as a "../" to resolve.
+            raw = request.scope.get("raw_path")
+            path = raw.decode("latin-1") if raw else quote(request.url.path)
+            target = path + (f"?{request.url.query}" if request.url.query else "")
             location = f"{PREFIX}/login?next={quote(target, safe='/')}"
             return RedirectResponse(location, 303, headers=_HEADERS)
         return JSONResponse(
@@ -323,6 +340,10 @@ def create_dashboard_router(
         answer = page("overview.html", view=view, renumbered=renumbered)
         sessions.renew(request, answer)
         return answer
+
+    @router.get(STREAM_BY_QUERY)
+    def stream_by_query(request: Request, stream_id: Annotated[str, Query(alias="id")]) -> Response:
+        return stream(request, stream_id)
 
     @router.get(STREAM_PATH)
     def stream(request: Request, stream_id: str) -> Response:

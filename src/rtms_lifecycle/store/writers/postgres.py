@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql
 
 from rtms_lifecycle.store.deadline import WATCHDOG, postgres_interrupts
+from rtms_lifecycle.store.engine import closed_by_server
 from rtms_lifecycle.store.predicates import EVENT_PREDICATE
 from rtms_lifecycle.store.rows import (
     ALERT_COLUMNS,
@@ -503,9 +504,15 @@ class PostgresWriter:
             _release_all(self._idle, self._current())
             self._pool = self._engine.pool
         try:
-            return self._idle.pop()
+            held, since = self._idle.pop()
         except IndexError:
             pass  # outside the handler: a failed connect must not chain an IndexError
+        else:
+            if not closed_by_server(held.driver_connection):
+                return held, since
+            # The server ended it (a restart, say): the others kept most likely share its fate.
+            held.invalidate()
+            _release_all(self._idle, current=False)
         return checkout(self._engine, deadline), time.monotonic()
 
     def _keep(self, held: PoolProxiedConnection, since: float) -> None:
