@@ -398,10 +398,11 @@ def test_a_new_database_file_is_said_with_the_copies_beside_it(
     Tracker(str(path)).close()
     (said,) = [r for r in caplog.records if "created a new" in r.message]
     assert said.levelno == logging.WARNING
-    assert said.message == (
-        f"created a new, empty database at {path} (copies of a deleted database are beside "
-        f"it: {copy})"
+    assert said.message.startswith(
+        f"created a new, empty database at {path}; copies of a deleted database are beside "
+        f"{path}: {copy}; each holds what was recorded up to its time"
     )
+    assert f"Compare each with {path}" in said.message
     caplog.clear()
     Tracker(f"sqlite:///{path}").close()
     assert not [r for r in caplog.records if "created a new" in r.message]

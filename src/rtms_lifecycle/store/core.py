@@ -68,31 +68,22 @@ FILE_CHECK_INTERVAL: Final = 2.0
 _ATTEMPTS: Final = 8
 
 
-def _say_created(path: Path) -> None:
-    # A new file where one was expected (a deleted database, a mistyped path) must be seen.
-    kept = recovered_beside(path)
-    log.warning(
-        "created a new, empty database at %s%s",
-        path,
-        f" (copies of a deleted database are beside it: {', '.join(kept)})" if kept else "",
-    )
-
-
-def _say_recovered(path: Path) -> None:
-    # Copies kept when the file was deleted while open and another took its path: forgotten,
-    # their deliveries are lost to whoever reads the file at the path.
+def _say_opened(path: Path, created: bool) -> None:
+    # A new file where one was expected (a deleted database, a mistyped path) must be seen; and
+    # copies kept when the file was deleted while open and another took its path, forgotten,
+    # hold deliveries lost to whoever reads the file at the path.
+    said = [f"created a new, empty database at {path}"] if created else []
     kept = recovered_beside(path)
     if kept:
-        log.warning(
-            "copies of a deleted database are beside %s: %s; each holds what was recorded up to "
-            "its time, saved from the open connection of a receiver whose file was deleted while "
-            "another took its path. Compare each with %s (which may hold later deliveries) "
-            "before replacing or deleting anything (see docs/operations.md, Backup, restore and "
-            "moving the database)",
-            path,
-            ", ".join(kept),
-            path,
+        said.append(
+            f"copies of a deleted database are beside {path}: {', '.join(kept)}; each holds "
+            "what was recorded up to its time, saved from the open connection of a receiver "
+            f"whose file was deleted while another took its path. Compare each with {path} "
+            "(which may hold later deliveries) before replacing or deleting anything (see "
+            "docs/operations.md, Backup, restore and moving the database)"
         )
+    if said:
+        log.warning("; ".join(said))
 
 
 class Store:
@@ -149,10 +140,7 @@ class Store:
                 self.close()
                 raise
         if self.sqlite_path is not None:
-            if created:
-                _say_created(self.sqlite_path)
-            else:
-                _say_recovered(self.sqlite_path)
+            _say_opened(self.sqlite_path, created)
 
     @staticmethod
     def _ensure_sqlite(file: SqliteFile) -> tuple[str, bool]:

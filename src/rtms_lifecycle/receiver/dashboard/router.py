@@ -343,13 +343,16 @@ def create_dashboard_router(
 
     @router.get(STREAM_BY_QUERY)
     def stream_by_query(request: Request, stream_id: Annotated[str, Query(alias="id")]) -> Response:
-        return stream(request, stream_id)
+        return stream_view(request, stream_id, frozenset({"id"}))
 
     @router.get(STREAM_PATH)
     def stream(request: Request, stream_id: str) -> Response:
+        return stream_view(request, stream_id, frozenset())
+
+    def stream_view(request: Request, stream_id: str, known: frozenset[str]) -> Response:
         if (refusal := refused(request)) is not None:
             return refusal
-        if (wrong := unexpected(request, frozenset())) is not None:
+        if (wrong := unexpected(request, known)) is not None:
             return wrong
         if "\x00" in stream_id:
             # No stream id holds NUL, and PostgreSQL cannot even look one up: its query failed.
