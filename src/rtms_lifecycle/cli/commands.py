@@ -279,7 +279,9 @@ def stream_command(app: App, stream_id: str, as_json: bool) -> None:
     app.out.print(stream_details(found))
     if history:
         print_table(app.out, history_table(history))
-        app.out.print(timeline_bar(found, history, now_ms(), format_time))
+        # The bar is as wide as the terminal allows, up to 64 columns: a wrapped one reads wrong.
+        width = max(10, min(64, app.out.width))
+        app.out.print(timeline_bar(found, history, now_ms(), format_time, width=width))
     else:
         app.say("No transitions are recorded for this stream.")
     if claims:
@@ -380,7 +382,7 @@ def stats(
             data = [{"scope": s.value, **r.as_dict()} for s, r in rows if s is not None]
             emit_json(data if by_scope else rows[0][1].as_dict())
             return
-        app.out.print(interruptions_table([(s.value if s else None, r) for s, r in rows]))
+        print_table(app.out, interruptions_table([(s.value if s else None, r) for s, r in rows]))
         return
     found = tracker.stop_reason_stats(since, until, by_scope=by_scope, account_id=account_id)
     app.show(

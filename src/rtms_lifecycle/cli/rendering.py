@@ -103,7 +103,15 @@ _OUTCOME_STYLE: Final = {
 def make_console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    console = Console(stderr=stderr, highlight=False)
+    from rtms_lifecycle.cli.errors import output_closed
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # Rich's own exits 1, which reads as a failure under `set -o pipefail`.
+            self.quiet = True
+            raise output_closed()
+
+    console = (Console if stderr else _Console)(stderr=stderr, highlight=False)
     if not console.is_terminal:
         console.width = _PIPE_WIDTH
     return console
@@ -367,15 +375,27 @@ def stop_reasons_table(stats: Sequence[StopReasonStat], by_scope: bool) -> Table
 def interruptions_table(rows: Sequence[tuple[str | None, InterruptionStats]]) -> Table:
     by_scope = any(scope is not None for scope, _ in rows)
     columns = ["Scope"] if by_scope else []
+    # Headers that differ in their first word: a narrow column wraps them, never confuses them.
     columns += [
         "Streams",
-        "Interrupted",
+        "Interrupted streams",
         "Interruptions",
         "Recovered",
         "Median recovery",
         "Stopped while interrupted",
     ]
-    table = _table("Interruptions", *columns, right=columns[1:] if by_scope else columns)
+    table = _table(
+        "Interruptions",
+        *columns,
+        right=columns[1:] if by_scope else columns,
+        narrow=(
+            "Stopped while interrupted",
+            "Recovered",
+            "Median recovery",
+            "Streams",
+            "Interrupted streams",
+        ),
+    )
     for scope, stats in rows:
         cells: list[str | Text] = [_shown(scope)] if by_scope else []
         cells += [
@@ -399,7 +419,9 @@ def unhandled_table(stats: Sequence[UnhandledEventStat]) -> Table:
         "Last seen (UTC)",
         "RTMS?",
         right=("Deliveries",),
+        narrow=("First seen (UTC)", "Last seen (UTC)", "RTMS?", "Deliveries"),
     )
+    _whole(table, 0, (stat.event for stat in stats))  # the names it exists to show
     for stat in stats:
         table.add_row(
             _styled(stat.event, "yellow" if stat.rtms else None),
@@ -453,6 +475,8 @@ def alerts_table(alerts: Sequence[ConcurrencyAlertRecord]) -> Table:
         "Operator",
         "Refused",
         right=("Streams", "Limit", "Percent"),
+        narrow=("Operator", "Limit", "Event", "Percent", "Refused"),
+        flexible="Refused",
     )
     for alert in alerts:
         refused = f"{alert.id_field} {alert.id_value}" if alert.id_field else DASH
@@ -633,10 +657,13 @@ def _fit(out: Console, table: Table) -> list[str]:
     columns = _cell_texts(out, table) if narrow else None
     if columns is None:
         return []
-    # What each column needs: its longest line and the padding; a flexible one can wrap.
+    # What each column needs: its longest line and the padding (a header wraps between its
+    # words); a flexible one can wrap.
     needs = {}
-    for column, texts in zip(table.columns, columns, strict=True):
-        width = 2 + max(cell_len(line) for text in texts for line in text.plain.split("\n"))
+    for column, (header, *cells) in zip(table.columns, columns, strict=True):
+        words = [cell_len(word) for word in header.plain.split()]
+        lines = [cell_len(line) for text in cells for line in text.plain.split("\n")]
+        width = 2 + max(words + lines, default=0)
         flexes = column.header == flexible
         needs[str(column.header)] = min(width, _FLEXIBLE_WIDTH) if flexes else width
     hidden = []
