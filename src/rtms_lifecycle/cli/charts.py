@@ -42,7 +42,7 @@ def timeline_bar(
     (two glyphs: output without colours tells them apart); under it a letter per transition
     (S start, I interrupt, R resume, F failover, X stop, as the fold reads the events in
     event-time order; red: arrived late; ``*``: several in one column). ``label`` writes the
-    first and last instants."""
+    first and last instants. ``width``: the bar's, at most the terminal's."""
     first, end = timeline_span(stream, history, now_ms)
     span = max(end - first, 1)
     # Each column shows the states the stream went through in its slice of time: interrupted
@@ -70,9 +70,10 @@ def timeline_bar(
         Text.assemble(("Timeline ", "bold"), f"{label(first)} → {label(end)}"),
         bar,
         mark_row,
+        # Two lines that wrap between their entries, never inside one.
         Text(
-            "█ media flowing  ▒ interrupted  S start  I interrupt  R resume  F failover  X stop"
-            "  (red: arrived late)",
+            "█ media flowing  ▒ interrupted  (red: arrived late)\n"
+            "S start  I interrupt  R resume  F failover  X stop",
             style="dim",
         ),
     )
@@ -88,22 +89,25 @@ def stop_reason_bars(
     """A bar per stop reason (and scope), as long as its count, coloured by its category.
 
     ``room``: the terminal's width; the bars are shortened to fit in it beside their labels
-    (to 10 columns at least), rather than wrap.
+    (to 10 columns at least), then the reasons' labels (with an ellipsis), rather than wrap.
     """
     table = Table.grid(padding=(0, 1))
     by_scope = any(stat.scope is not None for stat in stats)
+    reason_width = None
     if room is not None:
         labels = [
             (stat.scope.value if stat.scope else "", _reason_label(stat), _count_label(stat))
             for stat in stats
         ]
-        beside = sum(
+        scopes, reasons, counts = (
             max((len(cell) for cell in column), default=0) for column in zip(*labels, strict=True)
         )
-        width = max(10, min(width, room - beside - (3 if by_scope else 2)))
+        gaps = 3 if by_scope else 2
+        width = max(10, min(width, room - scopes - reasons - counts - gaps))
+        reason_width = max(1, room - scopes - counts - gaps - width)
     if by_scope:
         table.add_column()
-    table.add_column(justify="right")
+    table.add_column(justify="right", no_wrap=True, overflow="ellipsis", max_width=reason_width)
     table.add_column()
     table.add_column(justify="right")
     biggest = max((stat.count for stat in stats), default=0) or 1

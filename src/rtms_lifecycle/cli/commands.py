@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
@@ -42,9 +42,11 @@ from rtms_lifecycle.cli.rendering import (
     claims_table,
     deliveries_table,
     emit_json,
+    emit_json_pages,
     history_table,
     interruptions_table,
     plural,
+    print_pages,
     print_table,
     prune_table,
     prunes_table,
@@ -72,12 +74,17 @@ from rtms_lifecycle.defaults import (
 # SQLAlchemy, the tracker) is imported in the functions that use it.
 if TYPE_CHECKING:
     from rtms_lifecycle.machine import State
+    from rtms_lifecycle.records import DeliveryRecord
+    from rtms_lifecycle.tracker import Tracker
 
 # The parsers and formatters are part of what the command line offers (the tests use them).
 __all__ = ["cli", "format_duration", "format_time", "main", "parse_duration", "parse_time"]
 
 # The streams table without --limit: the newest this many (--json still lists every stream).
 _TABLE_STREAMS: Final = 50
+# Rows read and written at a time by a long listing: 1,000 deliveries are read and drawn in
+# about 0.1 s, so a closed pipe ends the command that soon.
+_PAGE: Final = 1000
 # prune --older-than: a cutoff a thousand years back is before any stream; much further back it
 # would be before year 1, which no date (nor the prune's own report) can show.
 _MAX_OLDER_THAN: Final = timedelta(days=365_000)
@@ -279,7 +286,9 @@ def stream_command(app: App, stream_id: str, as_json: bool) -> None:
     app.out.print(stream_details(found))
     if history:
         print_table(app.out, history_table(history))
-        app.out.print(timeline_bar(found, history, now_ms(), format_time))
+        # The bar is as wide as the terminal allows, up to 64 columns: a wrapped one reads wrong.
+        width = max(10, min(64, app.out.width))
+        app.out.print(timeline_bar(found, history, now_ms(), format_time, width=width))
     else:
         app.say("No transitions are recorded for this stream.")
     if claims:
@@ -380,7 +389,7 @@ def stats(
             data = [{"scope": s.value, **r.as_dict()} for s, r in rows if s is not None]
             emit_json(data if by_scope else rows[0][1].as_dict())
             return
-        app.out.print(interruptions_table([(s.value if s else None, r) for s, r in rows]))
+        print_table(app.out, interruptions_table([(s.value if s else None, r) for s, r in rows]))
         return
     found = tracker.stop_reason_stats(since, until, by_scope=by_scope, account_id=account_id)
     app.show(
@@ -428,23 +437,50 @@ def deliveries(
     app = ctx.find_object(App)
     assert app is not None
     tracker = app.tracker(create=False)
+    filtered = bool(outcomes) or stream_id is not None
+    empty = "No deliveries match." if filtered else "No deliveries are stored yet."
+    if limit == 0 or limit > _PAGE:
+        # Written a page at a time: `| head` ends at once, `less` shows the first screen.
+        pages = _delivery_pages(tracker, outcomes, stream_id, limit)
+        if as_json:
+            emit_json_pages([record.as_dict() for record in page] for page in pages)
+            return
+        tables = (
+            deliveries_table(page, None if n else "Deliveries (newest first)")
+            for n, page in enumerate(pages)
+        )
+        if not print_pages(app.out, tables):
+            app.say(empty)
+        return
     # The table says when the default limit cut it (a --limit given is what was asked for, as
     # for `streams`): one row past the limit tells, without counting them all.
     noted = not as_json and ctx.get_parameter_source("limit") is ParameterSource.DEFAULT
     found = tracker.deliveries(
-        outcomes or None, stream_id=stream_id, limit=limit + 1 if noted else limit or None
+        outcomes or None, stream_id=stream_id, limit=limit + 1 if noted else limit
     )
     cut = noted and len(found) > limit
     found = found[:limit] if cut else found
-    filtered = bool(outcomes) or stream_id is not None
-    app.show(
-        as_json,
-        found,
-        deliveries_table,
-        "No deliveries match." if filtered else "No deliveries are stored yet.",
-    )
+    app.show(as_json, found, deliveries_table, empty)
     if cut:
         app.say(f"Showed the newest {limit:,}; use --limit N to see more (--limit 0 for all).")
+
+
+def _delivery_pages(
+    tracker: Tracker, outcomes: tuple[str, ...], stream_id: str | None, limit: int
+) -> Iterator[list[DeliveryRecord]]:
+    """The newest ``limit`` deliveries (0: all), newest first, a page at a time."""
+    cursor, left = None, limit or None
+    while True:
+        size = _PAGE if left is None else min(_PAGE, left)
+        page = tracker.delivery_page(
+            outcomes or None, stream_id=stream_id, limit=size, cursor=cursor
+        )
+        yield page.items
+        if left is not None:
+            left -= len(page.items)
+        if page.next is None or left == 0:
+            return
+        cursor = page.next
 
 
 @deliveries.command("reprocess")

@@ -7,12 +7,18 @@ The exit codes are documented in docs/cli.md; scripts and cron jobs branch on th
   ``db upgrade`` (or a newer rtms-lifecycle), ``demo`` into real data, damaged input;
 - 3: the database is unavailable: a missing SQLite file, a server that cannot be reached;
 - 130: interrupted (Ctrl-C), as a shell reports a command killed by SIGINT.
+
+A reader that stops reading (``| head``, ``less`` quit early) is no failure: the command ends
+quietly with 0, whatever it was writing.
 """
 
 from __future__ import annotations
 
+import os
+import select
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Final
 
 import click
@@ -36,6 +42,7 @@ __all__ = [
     "Unavailable",
     "cli_errors",
     "interrupted",
+    "output_closed",
 ]
 
 FAILURE: Final = 1
@@ -75,6 +82,26 @@ def interrupted(message: str) -> click.exceptions.Exit:
     return click.exceptions.Exit(INTERRUPTED)
 
 
+def output_closed() -> click.exceptions.Exit:
+    """The exit to raise once stdout's reader has gone: later writes (and the flush at exit) go
+    to /dev/null, so that nothing more is said; 0, as for a command that said all it had to."""
+    with suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return click.exceptions.Exit(0)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (a broken pipe may also be a socket's)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _missing_extra(exc: ModuleNotFoundError) -> Failure | None:
     extra = _OPTIONAL_EXTRAS.get((exc.name or "").partition(".")[0])
     if extra is None:
@@ -106,3 +133,7 @@ def cli_errors() -> Iterator[None]:
         raise failure from exc
     except KeyboardInterrupt:
         raise interrupted("Interrupted.") from None
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        raise output_closed() from None

@@ -43,6 +43,7 @@ __all__ = [
     "alerts_table",
     "deliveries_table",
     "emit_json",
+    "emit_json_pages",
     "follow_line",
     "history_table",
     "interruptions_table",
@@ -51,6 +52,7 @@ __all__ = [
     "plural",
     "prune_table",
     "prunes_table",
+    "print_pages",
     "print_table",
     "report_ingest",
     "size",
@@ -103,7 +105,15 @@ _OUTCOME_STYLE: Final = {
 def make_console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    console = Console(stderr=stderr, highlight=False)
+    from rtms_lifecycle.cli.errors import output_closed
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # Rich's own exits 1, which reads as a failure under `set -o pipefail`.
+            self.quiet = True
+            raise output_closed()
+
+    console = (Console if stderr else _Console)(stderr=stderr, highlight=False)
     if not console.is_terminal:
         console.width = _PIPE_WIDTH
     return console
@@ -112,6 +122,16 @@ def make_console(stderr: bool = False) -> Console:
 def emit_json(data: Any) -> None:
     # ASCII escapes: a stored lone surrogate or a legacy stdout encoding cannot break the output.
     click.echo(json.dumps(data))
+
+
+def emit_json_pages(pages: Iterable[Sequence[Any]]) -> None:
+    """A JSON list written a page of items at a time, byte for byte ``emit_json(list)``."""
+    sep = "["
+    for page in pages:
+        if page:
+            click.echo(sep + ", ".join(json.dumps(item) for item in page), nl=False)
+            sep = ", "
+    click.echo("[]" if sep == "[" else "]")
 
 
 # --- formats --------------------------------------------------------------------------------------
@@ -367,15 +387,27 @@ def stop_reasons_table(stats: Sequence[StopReasonStat], by_scope: bool) -> Table
 def interruptions_table(rows: Sequence[tuple[str | None, InterruptionStats]]) -> Table:
     by_scope = any(scope is not None for scope, _ in rows)
     columns = ["Scope"] if by_scope else []
+    # Headers that differ in their first word: a narrow column wraps them, never confuses them.
     columns += [
         "Streams",
-        "Interrupted",
+        "Interrupted streams",
         "Interruptions",
         "Recovered",
         "Median recovery",
         "Stopped while interrupted",
     ]
-    table = _table("Interruptions", *columns, right=columns[1:] if by_scope else columns)
+    table = _table(
+        "Interruptions",
+        *columns,
+        right=columns[1:] if by_scope else columns,
+        narrow=(
+            "Stopped while interrupted",
+            "Recovered",
+            "Median recovery",
+            "Streams",
+            "Interrupted streams",
+        ),
+    )
     for scope, stats in rows:
         cells: list[str | Text] = [_shown(scope)] if by_scope else []
         cells += [
@@ -399,7 +431,10 @@ def unhandled_table(stats: Sequence[UnhandledEventStat]) -> Table:
         "Last seen (UTC)",
         "RTMS?",
         right=("Deliveries",),
+        narrow=("First seen (UTC)", "Last seen (UTC)", "RTMS?", "Deliveries"),
     )
+    # The names it exists to show: whole, folded onto a second line if the terminal is narrower.
+    table.columns[0].overflow = "fold"
     for stat in stats:
         table.add_row(
             _styled(stat.event, "yellow" if stat.rtms else None),
@@ -411,11 +446,13 @@ def unhandled_table(stats: Sequence[UnhandledEventStat]) -> Table:
     return table
 
 
-def deliveries_table(records: Sequence[DeliveryRecord]) -> Table:
+def deliveries_table(
+    records: Sequence[DeliveryRecord], title: str | None = "Deliveries (newest first)"
+) -> Table:
     from rich.text import Text
 
     table = _table(
-        "Deliveries (newest first)",
+        title,
         "ID",
         "Received (UTC)",
         "Source",
@@ -453,6 +490,8 @@ def alerts_table(alerts: Sequence[ConcurrencyAlertRecord]) -> Table:
         "Operator",
         "Refused",
         right=("Streams", "Limit", "Percent"),
+        narrow=("Operator", "Limit", "Event", "Percent", "Refused"),
+        flexible="Refused",
     )
     for alert in alerts:
         refused = f"{alert.id_field} {alert.id_value}" if alert.id_field else DASH
@@ -601,12 +640,16 @@ def print_table(out: Console, table: RenderableType) -> None:
     quick = _quick_table(out, table) if table.row_count >= _QUICK_ROWS else None
     out.print(table if quick is None else quick, soft_wrap=quick is not None)
     if hidden:
-        out.print(
-            f"Left out at this width: {', '.join(hidden)} (a wider terminal shows them; --json "
-            "has every field).",
-            style="dim",
-            markup=False,
-        )
+        _say_hidden(out, hidden)
+
+
+def _say_hidden(out: Console, hidden: Sequence[str]) -> None:
+    out.print(
+        f"Left out at this width: {', '.join(hidden)} (a wider terminal shows them; --json "
+        "has every field).",
+        style="dim",
+        markup=False,
+    )
 
 
 def _cell_texts(out: Console, table: Table) -> list[list[Text]] | None:
@@ -633,10 +676,13 @@ def _fit(out: Console, table: Table) -> list[str]:
     columns = _cell_texts(out, table) if narrow else None
     if columns is None:
         return []
-    # What each column needs: its longest line and the padding; a flexible one can wrap.
+    # What each column needs: its longest line and the padding (a header wraps between its
+    # words); a flexible one can wrap.
     needs = {}
-    for column, texts in zip(table.columns, columns, strict=True):
-        width = 2 + max(cell_len(line) for text in texts for line in text.plain.split("\n"))
+    for column, (head, *cells) in zip(table.columns, columns, strict=True):
+        words = [cell_len(word) for word in head.plain.split()]
+        lines = [cell_len(line) for text in cells for line in text.plain.split("\n")]
+        width = 2 + max(words + lines, default=0)
         flexes = column.header == flexible
         needs[str(column.header)] = min(width, _FLEXIBLE_WIDTH) if flexes else width
     hidden = []
@@ -652,9 +698,20 @@ def _fit(out: Console, table: Table) -> list[str]:
 def _quick_table(out: Console, table: Table) -> Text | None:
     """The table as one Text, line for line what Rich draws, or None if Rich must lay it out:
     a cell over a line, a table wider than the console, or a style this does not draw."""
+    layout = _quick_layout(out, table)
+    if layout is None:
+        return None
+    widths, columns = layout
+    return _quick_lines(out, table, widths, columns, head=True, foot=True)
+
+
+def _quick_layout(
+    out: Console, table: Table, at_least: Sequence[int] = ()
+) -> tuple[list[int], list[list[Text]]] | None:
+    """The widths :func:`_quick_table` draws ``table`` at (each at least ``at_least``'s) and its
+    cells, or None if Rich must lay it out."""
     from rich.box import Box
     from rich.cells import cell_len
-    from rich.text import Text
 
     if (
         not isinstance(table.box, Box)
@@ -665,6 +722,7 @@ def _quick_table(out: Console, table: Table) -> Text | None:
         or table.caption
         or table.row_styles
         or any(row.style or row.end_section for row in table.rows)
+        or not (table.title is None or isinstance(table.title, str))
     ):
         return None
     columns = _cell_texts(out, table)
@@ -675,40 +733,105 @@ def _quick_table(out: Console, table: Table) -> Text | None:
         max(column.min_width or 0, 2 + max(cell_len(t.plain) for t in texts))
         for column, texts in zip(table.columns, columns, strict=True)
     ]
+    if len(at_least) == len(widths):
+        widths = [max(a, b) for a, b in zip(widths, at_least, strict=True)]
     if sum(widths) + len(widths) + 1 > out.width:
         return None
+    return widths, columns
+
+
+def _quick_lines(
+    out: Console,
+    table: Table,
+    widths: Sequence[int],
+    columns: Sequence[Sequence[Text]],
+    *,
+    head: bool,
+    foot: bool,
+) -> Text:
+    """The table's rows drawn at ``widths``; ``head``: its title, top and header before them;
+    ``foot``: its bottom line after them."""
+    from rich.box import Box
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    assert isinstance(table.box, Box)
     box = table.box.substitute(out.options, safe=out.safe_box)
-    drawn = Text()
-    if table.title is not None:
-        title = table.title if isinstance(table.title, str) else None
-        if title is None:
-            return None
-        drawn.append(title.ljust(sum(widths) + len(widths) + 1), style="table.title")
-        drawn.append("\n")
-    drawn.append(box.get_top(widths) + "\n")
-    for row in range(table.row_count + 1):
+    lines: list[Text] = []
+    if head and isinstance(table.title, str):
+        lines.append(Text(table.title.ljust(sum(widths) + len(widths) + 1), style="table.title"))
+    if head:
+        lines.append(Text(box.get_top(widths)))
+    for row in range(0 if head else 1, table.row_count + 1):
         left, middle, right = (
             (box.head_left, box.head_vertical, box.head_right)
             if row == 0
             else (box.mid_left, box.mid_vertical, box.mid_right)
         )
-        drawn.append(left)
+        line = Text(left)
         for number, (column, texts) in enumerate(zip(table.columns, columns, strict=True)):
             cell = texts[row]
             gap = " " * (widths[number] - 2 - cell_len(cell.plain))
-            drawn.append(" ")
+            line.append(" ")
             if column.justify == "right":
-                drawn.append(gap)
-            drawn.append_text(cell if row else Text.assemble(cell, style=table.header_style or ""))
+                line.append(gap)
+            line.append_text(cell if row else Text.assemble(cell, style=table.header_style or ""))
             if column.justify != "right":
-                drawn.append(gap)
-            drawn.append(" ")
-            drawn.append(right if number == len(widths) - 1 else middle)
-        drawn.append("\n")
+                line.append(gap)
+            line.append(" ")
+            line.append(right if number == len(widths) - 1 else middle)
+        lines.append(line)
         if row == 0:
-            drawn.append(box.get_row(widths, "head") + "\n")
-    drawn.append(box.get_bottom(widths))
-    return drawn
+            lines.append(Text(box.get_row(widths, "head")))
+    if foot:
+        lines.append(Text(box.get_bottom(widths)))
+    return Text("\n").join(lines)
+
+
+def print_pages(out: Console, pages: Iterable[Table]) -> bool:
+    """Print one listing read a page at a time (each page a table of the same columns, only
+    the first with a title) as one table, each page as soon as it is read: ``| head`` and
+    ``less`` see the first rows at once, and a closed pipe ends the command at the next page.
+    Whether any page had a row.
+
+    The first page decides which columns a narrow terminal leaves out. A later page with a
+    wider cell widens its rows only; a page Rich must lay out (a cell over a line) is drawn as
+    a table of its own, its header repeated.
+    """
+    from rich.box import Box
+
+    hidden: list[str] | None = None
+    widths: list[int] = []  # of the table being drawn; empty: none is open
+    box: Box | None = None
+    rows = False
+    for table in pages:
+        if hidden is None:
+            if not table.row_count:
+                return False
+            hidden = _fit(out, table)
+        else:
+            table.columns[:] = [c for c in table.columns if c.header not in hidden]
+        rows = rows or bool(table.row_count)
+        layout = _quick_layout(out, table, widths)
+        if layout is None or not isinstance(table.box, Box):
+            if box is not None:
+                out.print(box.get_bottom(widths), soft_wrap=True)
+                widths, box = [], None
+            if table.row_count:
+                out.print(table)
+            continue
+        head = box is None
+        widths, columns = layout
+        box = table.box.substitute(out.options, safe=out.safe_box)
+        if table.row_count or head:
+            out.print(
+                _quick_lines(out, table, widths, columns, head=head, foot=False), soft_wrap=True
+            )
+    if box is not None:
+        out.print(box.get_bottom(widths), soft_wrap=True)
+    if hidden:
+        _say_hidden(out, hidden)
+    return rows
 
 
 def audit_report(report: AuditReport) -> str:
