@@ -623,10 +623,10 @@ def prunes(app: App, limit: int | None, as_json: bool) -> None:
     to its end."""
     found = app.tracker(create=False).prunes(limit)
     app.show(as_json, found, prunes_table)
-    if not as_json and not all(record.complete for record in found):
+    if not as_json and found and not found[0].complete:
         app.say(
-            "A partial prune was interrupted (or is still running): it removed only part of "
-            "what was older than its cutoff. Run `prune` again to remove the rest."
+            "The newest prune is partial: it was interrupted (or is still running), and removed "
+            "only part of what was older than its cutoff. Run `prune` again to remove the rest."
         )
 
 

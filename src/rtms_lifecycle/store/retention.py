@@ -53,6 +53,8 @@ class PruneInterrupted(KeyboardInterrupt):
 # Per transaction: short enough that a waiting receiver's write is not held up for long.
 _STREAMS_PER_STEP: Final = 200
 _DELIVERIES_PER_STEP: Final = 5000
+# What each record of a prune counts.
+_COUNTED: Final = ("streams", "deliveries", "transitions", "alerts")
 # PostgreSQL's SQLSTATE for "permission denied".
 _INSUFFICIENT_PRIVILEGE: Final = "42501"
 
@@ -369,7 +371,7 @@ def prune(
     except KeyboardInterrupt as exc:
         if dry_run:
             raise
-        partial = _result(cutoff, done, None, None)
+        partial = _result(cutoff, _recorded(store, pruner.run) or done, None, None)
         raise PruneInterrupted(partial, complete=complete) from exc
     except (sqlite3.Error, _psycopg_errors()) as exc:
         if getattr(exc, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
@@ -388,6 +390,20 @@ def _result(
 ) -> PruneResult:
     streams, deliveries, transitions, alerts = done
     return PruneResult(cutoff, streams, deliveries, transitions, alerts, False, reclaimed, free)
+
+
+def _recorded(store: Store, run: str) -> list[int] | None:
+    """What the run's records say it removed: exact, where the counts kept in memory may miss
+    a step that a Ctrl-C interrupted between its commit and its count. None if unreadable."""
+    query = select(*(func.coalesce(func.sum(prunes.c[name]), 0) for name in _COUNTED)).where(
+        prunes.c.run == run
+    )
+    try:
+        with store.read() as conn:
+            row = conn.execute(query).one()
+    except Exception:  # a database that failed meanwhile: the counts in memory
+        return None
+    return [int(n) for n in row]
 
 
 def _so_far(done: Sequence[int]) -> str:
@@ -421,10 +437,7 @@ def list_prunes(store: Store, limit: int | None) -> list[PruneRecord]:
             func.min(prunes.c.pruned_at),
             func.max(prunes.c.pruned_at),
             func.min(prunes.c.cutoff),
-            *(
-                func.sum(prunes.c[name])
-                for name in ("streams", "deliveries", "transitions", "alerts")
-            ),
+            *(func.sum(prunes.c[name]) for name in _COUNTED),
             func.max(case((last_step, 1), else_=0)),
         )
         .group_by(prunes.c.run)
