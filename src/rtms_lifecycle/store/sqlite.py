@@ -108,7 +108,7 @@ def _execute_when_free(cursor: Any, statement: str, deadline: float) -> None:
             cursor.execute(statement)
             return
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+            if not is_busy(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
