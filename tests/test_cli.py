@@ -234,10 +234,10 @@ def test_ingest_streams_its_input_to_the_tracker(
     seen: list[type] = []
     original = Tracker.ingest_many
 
-    def spy(self: Tracker, bodies: Iterable[Any], *, batch_size: int = 1000) -> Any:
+    def spy(self: Tracker, bodies: Iterable[Any], *, batch_size: int = 1000, **kw: Any) -> Any:
         seen.append(type(bodies))
         assert iter(bodies) is bodies
-        return original(self, bodies, batch_size=batch_size)
+        return original(self, bodies, batch_size=batch_size, **kw)
 
     monkeypatch.setattr(Tracker, "ingest_many", spy)
     path = tmp_path / "in.jsonl"

@@ -414,7 +414,8 @@ def test_cli_prune_json_dry_run_then_prune_then_prunes(db_url: str) -> None:
     assert run("prune", "--older-than", "30d") == expected
     (record,) = run("prunes")
     assert {k: record[k] for k in expected} == expected
-    assert set(record) == {"run", "started_at", "finished_at", "cutoff", *expected}
+    assert set(record) == {"run", "started_at", "finished_at", "cutoff", "complete", *expected}
+    assert record["complete"] is True
 
 
 def test_cli_prune_human_output_and_too_short_retention(sqlite_url: str) -> None:

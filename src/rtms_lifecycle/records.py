@@ -367,6 +367,9 @@ class PruneRecord:
     deliveries: int
     transitions: int
     alerts: int
+    #: False for a run that was interrupted (or still runs): its last step is not recorded,
+    #: and streams older than its cutoff may be left.
+    complete: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -352,7 +352,11 @@ class Tracker:
         return [result for result in results if result is not None]
 
     def ingest_many(
-        self, bodies: Iterable[Body], *, batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        bodies: Iterable[Body],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        committed: Counter[Outcome] | None = None,
     ) -> IngestSummary:
         """Record many deliveries, ``batch_size`` per transaction, streaming the input.
 
@@ -362,9 +366,11 @@ class Tracker:
         batches before it are recorded. With batches of 64 or more, each batch is parsed in a
         helper thread while the one before is written, so a batch is written once the next
         one has been read from ``bodies`` (or ``bodies`` has ended).
+        ``committed``: each batch's outcomes are added to it once it commits, so that a caller
+        knows what is recorded when this raises (a database that fails, a Ctrl-C).
         """
         check_batch_size(batch_size)
-        counts: Counter[Outcome] = Counter()
+        counts: Counter[Outcome] = Counter() if committed is None else committed
         for batch in read_ahead(bodies, self._arrived, batch_size):
             if self._subscriptions:
                 # Callbacks need each transition and its stream.

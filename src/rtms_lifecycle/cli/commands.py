@@ -23,7 +23,7 @@ from rtms_lifecycle.bounds import MAX_COUNT
 from rtms_lifecycle.cli.app import App, Group, pass_app
 from rtms_lifecycle.cli.consumers import follow, forward, subscriptions
 from rtms_lifecycle.cli.demo import demo
-from rtms_lifecycle.cli.errors import BadInput, Failure
+from rtms_lifecycle.cli.errors import BadInput, Failure, interrupted
 from rtms_lifecycle.cli.params import (
     ACCOUNT_OPTION,
     JSON_OPTION,
@@ -90,6 +90,17 @@ _PAGE: Final = 1000
 _MAX_OLDER_THAN: Final = timedelta(days=365_000)
 
 
+def _check_lock_wait() -> None:
+    """Refuse a bad lock wait (``RTMS_LIFECYCLE_LOCK_WAIT``) before anything is done."""
+    from rtms_lifecycle.exceptions import ConfigurationError
+    from rtms_lifecycle.store.sqlite import lock_wait_s
+
+    try:
+        lock_wait_s()
+    except ConfigurationError as exc:
+        raise BadInput(str(exc)) from exc
+
+
 def _window(since: int | None, until: int | None) -> str:
     """`` at or after T``, `` before T``, `` in [T, U)``, or nothing: for the empty sentences."""
     if since is not None and until is not None:
@@ -145,6 +156,7 @@ def ingest(app: App, path: str, batch_size: int, as_json: bool) -> None:
     Blank lines are skipped; a line that is not a valid delivery is stored as rejected and the
     run goes on.
     """
+    _check_lock_wait()
     tracker = app.tracker()
     started = time.perf_counter()
     if path == "-":
@@ -155,7 +167,9 @@ def ingest(app: App, path: str, batch_size: int, as_json: bool) -> None:
     if as_json:
         emit_json(summary.as_dict())
     else:
-        report_ingest(app.out, summary, time.perf_counter() - started)
+        # Writes that stopped before what was read: only what was committed is counted.
+        verb = "Read" if reading.writes_kept_up else "Recorded"
+        report_ingest(app.out, summary, time.perf_counter() - started, verb)
     reading.check(summary.total)
 
 
@@ -592,7 +606,32 @@ def prune(app: App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json:
         raise click.BadParameter(
             f"at most {_MAX_OLDER_THAN.days}d (1,000 years)", param_hint="'--older-than'"
         )
-    result = app.tracker(create=False).prune(older_than, dry_run=dry_run, vacuum=vacuum)
+    from rtms_lifecycle.store.retention import PruneInterrupted
+
+    _check_lock_wait()
+    try:
+        result = app.tracker(create=False).prune(older_than, dry_run=dry_run, vacuum=vacuum)
+    except PruneInterrupted as stop:
+        if as_json:
+            emit_json(stop.result.as_dict())
+        else:
+            app.out.print(
+                f"Removed what is older than {format_time(stop.result.cutoff)}, until the "
+                "interruption:",
+                markup=False,
+            )
+            app.out.print(prune_table(stop.result))
+        if stop.complete:
+            raise interrupted(
+                "Interrupted after the last step: everything older than the cutoff is removed "
+                "(`prunes` lists the run as complete); the space it freed is reused by new rows"
+                f"{' (the VACUUM did not run)' if vacuum else ''}."
+            ) from None
+        raise interrupted(
+            "Interrupted: the prune stopped before its end. What it removed is above, and "
+            "recorded (`prunes` lists the run as partial); older streams are left: run it "
+            "again to remove them."
+        ) from None
     if as_json:
         emit_json(result.as_dict())
         return
@@ -616,8 +655,15 @@ def prune(app: App, older_than: timedelta, dry_run: bool, vacuum: bool, as_json:
 @JSON_OPTION
 @pass_app
 def prunes(app: App, limit: int | None, as_json: bool) -> None:
-    """Recorded prunes, newest first: when, the cutoff, and what each removed."""
-    app.show(as_json, app.tracker(create=False).prunes(limit), prunes_table)
+    """Recorded prunes, newest first: when, the cutoff, what each removed, and whether it ran
+    to its end."""
+    found = app.tracker(create=False).prunes(limit)
+    app.show(as_json, found, prunes_table)
+    if not as_json and found and not found[0].complete:
+        app.say(
+            "The newest prune is partial: it was interrupted (or is still running), and removed "
+            "only part of what was older than its cutoff. Run `prune` again to remove the rest."
+        )
 
 
 @cli.group()

@@ -5,7 +5,8 @@ The exit codes are documented in docs/cli.md; scripts and cron jobs branch on th
 - 1: the command ran and failed (an unknown stream, a database error while working);
 - 2: bad input, nothing done: an option value, the database URL, a database that needs
   ``db upgrade`` (or a newer rtms-lifecycle), ``demo`` into real data, damaged input;
-- 3: the database is unavailable: a missing SQLite file, a server that cannot be reached;
+- 3: the database is unavailable: a missing SQLite file, a server that cannot be reached, a
+  SQLite file another process held locked for all of the wait;
 - 130: interrupted (Ctrl-C), as a shell reports a command killed by SIGINT.
 
 A reader that stops reading (``| head``, ``less`` quit early) is no failure: the command ends
@@ -41,6 +42,7 @@ __all__ = [
     "Failure",
     "Unavailable",
     "cli_errors",
+    "failure_of",
     "interrupted",
     "output_closed",
 ]
@@ -112,20 +114,27 @@ def _missing_extra(exc: ModuleNotFoundError) -> Failure | None:
     )
 
 
+def failure_of(exc: RTMSLifecycleError, message: str | None = None) -> Failure:
+    """The exit for a library error, with its message or ``message``."""
+    said = str(exc) if message is None else message
+    if isinstance(exc, SchemaOutdatedError | DatabaseURLError):
+        return BadInput(said)
+    if isinstance(exc, DatabaseError):
+        # A statement the database failed: the command ran, and the same run fails again.
+        return Failure(said)
+    if isinstance(exc, DatabaseUnavailable | StoreError):
+        # Also a database another process held locked for all of the wait: later, it may work.
+        return Unavailable(said)
+    return Failure(said)
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """Turn every library error into a message: operators read these, not tracebacks."""
     try:
         yield
-    except (SchemaOutdatedError, DatabaseURLError) as exc:
-        raise BadInput(str(exc)) from exc
-    except DatabaseError as exc:
-        # A statement the database failed: the command ran, and the same run fails again.
-        raise Failure(str(exc)) from exc
-    except (DatabaseUnavailable, StoreError) as exc:
-        raise Unavailable(str(exc)) from exc
     except RTMSLifecycleError as exc:
-        raise Failure(str(exc)) from exc
+        raise failure_of(exc) from exc
     except ModuleNotFoundError as exc:
         failure = _missing_extra(exc)
         if failure is None:

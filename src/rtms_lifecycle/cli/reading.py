@@ -2,7 +2,9 @@
 
 Reading goes to the input's end, or to where it stops: damage, or Ctrl-C. Either way the input
 simply ends there for the tracker, which commits what it was given: the deliveries read before
-the stop are recorded, and the command says how many and at which line.
+the stop are recorded, and the command says how many and at which line. A database that fails,
+or a Ctrl-C while a write waits for another process's lock, stops the writes instead: the
+command says how many deliveries the batches committed before were.
 """
 
 from __future__ import annotations
@@ -12,20 +14,23 @@ import gzip
 import signal
 import threading
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Final, Protocol, TypeVar
 
-from rtms_lifecycle.cli.errors import BadInput, interrupted
+from rtms_lifecycle.cli.errors import BadInput, failure_of, interrupted
 from rtms_lifecycle.cli.rendering import plural
+from rtms_lifecycle.exceptions import RTMSLifecycleError
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Task
     from rich.text import Text
 
+    from rtms_lifecycle.records import Outcome
     from rtms_lifecycle.tracker import IngestSummary, Tracker
 
 __all__ = ["Reading", "replay"]
@@ -45,6 +50,16 @@ _GZIP_MAGIC: Final = b"\x1f\x8b"
 def _deliveries(count: int, before_it: str = "") -> str:
     # "1 delivery is", "2 deliveries before it are"
     return f"{plural(count, 'delivery', 'deliveries')}{before_it} {'is' if count == 1 else 'are'}"
+
+
+def _committed(recorded: int) -> str:
+    # "the first 10,000 deliveries of the input are recorded and committed"
+    if recorded == 0:
+        return "no delivery of the input is recorded"
+    return (
+        f"the first {_deliveries(recorded, ' of the input')} recorded and committed, "
+        "the rest is not"
+    )
 
 
 class _LineSource(Protocol):
@@ -74,6 +89,11 @@ class Reading:
     interrupted: bool = False
     #: The numbers of the lines skipped for being longer than ``MAX_LINE_BYTES``.
     overlong: list[int] = field(default_factory=list)
+    #: Why the writes stopped before the input's end: the database failed.
+    failure: RTMSLifecycleError | None = None
+    #: The batch being written was rolled back by a Ctrl-C (``"lock"``: while it waited for
+    #: another process's lock; ``"write"``: a second Ctrl-C), or None.
+    unwritten: str | None = None
     _waiting: bool = False
 
     def lines_of(self, source: _LineSource) -> Iterator[bytes]:
@@ -131,8 +151,28 @@ class Reading:
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    @property
+    def writes_kept_up(self) -> bool:
+        """Whether every delivery read was written (else the writes stopped before)."""
+        return self.failure is None and self.unwritten is None
+
     def check(self, recorded: int) -> None:
         """Raise the right exit if the input did not reach its end; ``recorded`` deliveries did."""
+        if self.failure is not None:
+            raise failure_of(
+                self.failure,
+                f"{self.failure}; {_committed(recorded)}: running the same input again is safe "
+                "(what was recorded comes back as duplicates)",
+            )
+        if self.unwritten is not None:
+            during = (
+                ", while waiting for another process's lock on the database"
+                if self.unwritten == "lock"
+                else ""
+            )
+            raise interrupted(
+                f"Interrupted after line {self.lines:,}{during}: {_committed(recorded)}."
+            )
         if self.damage is not None:
             raise BadInput(
                 f"the input is damaged at line {self.lines + 1:,} ({self.damage}): reading "
@@ -255,9 +295,14 @@ def replay(
 
     Damaged input or a Ctrl-C ends the input early; what was read is recorded (``Reading.check``).
     """
+    from rtms_lifecycle.store.sqlite import LockWaitInterrupted, lock_waits_interrupted_by
+    from rtms_lifecycle.tracker import IngestSummary
+
     total, position = _size_and_position(raw)
     reading = Reading()
-    with reading.interruptible():
+    committed: Counter[Outcome] = Counter()
+    # A Ctrl-C (noted, not raised: what was read is committed) ends a wait for a lock.
+    with reading.interruptible(), lock_waits_interrupted_by(lambda: reading.interrupted):
         # Whether it is gzip: the first bytes, which an idle pipe may not have sent yet.
         gzipped = reading.wait(lambda: _starts_with(raw, _GZIP_MAGIC))
         if gzipped is None:
@@ -268,4 +313,15 @@ def replay(
             # full passes, which a bulk load's millions of small objects otherwise trigger
             # over and over (as docs/embedding.md advises an application to do).
             gc.freeze()
-            return tracker.ingest_many(lines, batch_size=batch_size), reading
+            try:
+                summary = tracker.ingest_many(lines, batch_size=batch_size, committed=committed)
+            except LockWaitInterrupted:
+                reading.unwritten = "lock"
+            except KeyboardInterrupt:
+                reading.interrupted = True
+                reading.unwritten = "write"
+            except RTMSLifecycleError as exc:
+                reading.failure = exc
+            else:
+                return summary, reading
+    return IngestSummary(dict(committed)), reading

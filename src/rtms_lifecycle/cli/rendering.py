@@ -507,10 +507,10 @@ def alerts_table(alerts: Sequence[ConcurrencyAlertRecord]) -> Table:
     return table
 
 
-def report_ingest(out: Console, summary: IngestSummary, seconds: float) -> None:
+def report_ingest(out: Console, summary: IngestSummary, seconds: float, verb: str = "Read") -> None:
     rate = summary.total / seconds if seconds > 0 else 0.0
     read = plural(summary.total, "delivery", "deliveries")
-    out.print(f"Read {read} in {seconds:.1f} s ({rate:,.0f}/s).", markup=False)
+    out.print(f"{verb} {read} in {seconds:.1f} s ({rate:,.0f}/s).", markup=False)
     out.print(outcomes_table(summary))
 
 
@@ -609,6 +609,7 @@ def prunes_table(found: Sequence[PruneRecord]) -> Table | Text:
         "Deliveries",
         "Transitions",
         "Alerts",
+        "Run",
         right=("Streams", "Deliveries", "Transitions", "Alerts"),
     )
     for record in found:
@@ -620,6 +621,7 @@ def prunes_table(found: Sequence[PruneRecord]) -> Table | Text:
                 f"{n:,}"
                 for n in (record.streams, record.deliveries, record.transitions, record.alerts)
             ),
+            "complete" if record.complete else "partial",
         )
     return table
 

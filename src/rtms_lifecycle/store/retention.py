@@ -11,13 +11,14 @@ this process's writes one at a time, the file checked.
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 
 from rtms_lifecycle.exceptions import DatabaseError, StoreError
 from rtms_lifecycle.records import PruneRecord, PruneResult
@@ -25,14 +26,35 @@ from rtms_lifecycle.store.core import Store
 from rtms_lifecycle.store.errors import first_line
 from rtms_lifecycle.store.predicates import STREAM_DELIVERY_PREDICATES
 from rtms_lifecycle.store.revocations import FORGET_EXPIRED
-from rtms_lifecycle.store.sqlite import PRUNING_FUNCTION, not_pruning
+from rtms_lifecycle.store.sqlite import (
+    PRUNING_FUNCTION,
+    SQLITE_BUSY_TIMEOUT_MS,
+    SQLITE_WAIT_SLICE_MS,
+    execute_when_unlocked,
+    lock_wait_s,
+    not_pruning,
+)
 from rtms_lifecycle.store.tables import prunes
 
-__all__ = ["list_prunes", "prune"]
+__all__ = ["PruneInterrupted", "list_prunes", "prune"]
+
+
+class PruneInterrupted(KeyboardInterrupt):
+    """A Ctrl-C stopped a prune: ``result`` is what its committed steps removed (each recorded
+    in ``prunes``), the step under way rolled back; ``complete`` if every step had committed
+    (it stopped in the vacuum or the checkpoint after them)."""
+
+    def __init__(self, result: PruneResult, *, complete: bool) -> None:
+        super().__init__()
+        self.result = result
+        self.complete = complete
+
 
 # Per transaction: short enough that a waiting receiver's write is not held up for long.
 _STREAMS_PER_STEP: Final = 200
 _DELIVERIES_PER_STEP: Final = 5000
+# What each record of a prune counts.
+_COUNTED: Final = ("streams", "deliveries", "transitions", "alerts")
 # PostgreSQL's SQLSTATE for "permission denied".
 _INSUFFICIENT_PRIVILEGE: Final = "42501"
 
@@ -86,11 +108,17 @@ class _Pruner:
         self.opened = self.store.restores
         held = self.store.engine.raw_connection()
         self.conn = held.driver_connection
+        if not self.postgres:
+            # Waits for another process's lock in slices, a Ctrl-C seen between two.
+            self.conn.execute(f"PRAGMA busy_timeout={SQLITE_WAIT_SLICE_MS}")
         try:
             yield
         except BaseException:
             held.invalidate()
             raise
+        else:
+            if not self.postgres:
+                self.conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         finally:
             held.close()
 
@@ -103,7 +131,10 @@ class _Pruner:
                 if write:
                     # Only this connection's deletes pass the guard, and only until the commit.
                     conn.create_function(PRUNING_FUNCTION, 0, _pruning)
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                if write:
+                    execute_when_unlocked(conn, "BEGIN IMMEDIATE", self.store.sqlite_path)
+                else:
+                    conn.execute("BEGIN")
                 try:
                     yield
                     conn.execute("COMMIT")
@@ -294,9 +325,13 @@ class _Pruner:
         if full:
             # Rewrites the file without its free pages (writers wait meanwhile).
             with self.store.guarded(opened=self.opened):
-                conn.execute("VACUUM")
-        # The write-ahead log holds a copy of every page the prune touched.
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                execute_when_unlocked(conn, "VACUUM", self.store.sqlite_path)
+        # The write-ahead log holds a copy of every page the prune touched. Busy (a reader or a
+        # writer of another process), it is tried again a slice at a time, as a lock is awaited.
+        until = time.monotonic() + lock_wait_s()
+        while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+            if time.monotonic() >= until:
+                break  # the log is copied later, by the next checkpoint of any connection
 
 
 def _pruning() -> int:
@@ -314,30 +349,73 @@ def prune(
     """Remove (or with ``dry_run`` count) what is older than ``cutoff`` (epoch ms); see
     :mod:`rtms_lifecycle.retention`. :class:`StoreError` if the database fails."""
     pruner = _Pruner(store, cutoff, now)
+    # What the committed steps removed: streams, deliveries, transitions, alerts.
+    done = [0, 0, 0, 0]
+    complete = False
     try:
         with pruner.connected():
             if dry_run:
                 counts = pruner.count()
                 return PruneResult(cutoff, *counts, dry_run=True, reclaimed_bytes=None)
             before = pruner.size()
-            streams = deliveries = transitions = 0
             for removed in pruner.streams():
-                streams, deliveries, transitions = (
-                    a + b for a, b in zip((streams, deliveries, transitions), removed, strict=True)
-                )
-            deliveries += sum(pruner.orphans())
-            alerts = pruner.alerts()
+                for i, n in enumerate(removed):
+                    done[i] += n
+            for found in pruner.orphans():
+                done[1] += found
+            done[3] = pruner.alerts()
+            complete = True
             pruner.vacuum(vacuum)
             reclaimed = max(before - pruner.size(), 0)
             free = None if pruner.postgres else pruner.size("freelist_count")
+    except KeyboardInterrupt as exc:
+        if dry_run:
+            raise
+        partial = _result(cutoff, _recorded(store, pruner.run) or done, None, None)
+        raise PruneInterrupted(partial, complete=complete) from exc
     except (sqlite3.Error, _psycopg_errors()) as exc:
         if getattr(exc, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
             # A receiver's role may not delete (docs/deploying-postgres.md, two roles).
             raise DatabaseError(
                 f"the prune failed: {first_line(exc)}: a prune runs as the database's owner"
             ) from exc
-        raise StoreError(f"the prune failed: {exc}") from exc
+        raise StoreError(f"the prune failed: {exc}{_so_far(done)}") from exc
+    except StoreError as exc:  # the file checks of Store.guarded
+        raise StoreError(f"{exc}{_so_far(done)}") from exc
+    return _result(cutoff, done, reclaimed, free)
+
+
+def _result(
+    cutoff: int, done: Sequence[int], reclaimed: int | None, free: int | None
+) -> PruneResult:
+    streams, deliveries, transitions, alerts = done
     return PruneResult(cutoff, streams, deliveries, transitions, alerts, False, reclaimed, free)
+
+
+def _recorded(store: Store, run: str) -> list[int] | None:
+    """What the run's records say it removed: exact, where the counts kept in memory may miss
+    a step that a Ctrl-C interrupted between its commit and its count. None if unreadable."""
+    query = select(*(func.coalesce(func.sum(prunes.c[name]), 0) for name in _COUNTED)).where(
+        prunes.c.run == run
+    )
+    try:
+        with store.read() as conn:
+            row = conn.execute(query).one()
+    except Exception:  # a database that failed meanwhile: the counts in memory
+        return None
+    return [int(n) for n in row]
+
+
+def _so_far(done: Sequence[int]) -> str:
+    """What a prune that stopped had removed, for its error: nothing if it removed nothing."""
+    if not any(done):
+        return ""
+    streams, deliveries, transitions, alerts = done
+    return (
+        f"; before that it removed {streams:,} streams, {deliveries:,} deliveries, "
+        f"{transitions:,} transitions and {alerts:,} alerts (recorded in `prunes`), and left "
+        "the rest: run it again to finish"
+    )
 
 
 def _psycopg_errors() -> type[Exception]:
@@ -350,16 +428,17 @@ def _psycopg_errors() -> type[Exception]:
 
 def list_prunes(store: Store, limit: int | None) -> list[PruneRecord]:
     """Recorded prunes, newest first."""
+    # A prune's last step (alerts) always records a row that removed no stream, delivery or
+    # transition, and only it does: a run without that row was interrupted (or still runs).
+    last_step = and_(prunes.c.streams == 0, prunes.c.deliveries == 0, prunes.c.transitions == 0)
     query = (
         select(
             prunes.c.run,
             func.min(prunes.c.pruned_at),
             func.max(prunes.c.pruned_at),
             func.min(prunes.c.cutoff),
-            *(
-                func.sum(prunes.c[name])
-                for name in ("streams", "deliveries", "transitions", "alerts")
-            ),
+            *(func.sum(prunes.c[name]) for name in _COUNTED),
+            func.max(case((last_step, 1), else_=0)),
         )
         .group_by(prunes.c.run)
         .order_by(func.min(prunes.c.id).desc())
@@ -368,4 +447,14 @@ def list_prunes(store: Store, limit: int | None) -> list[PruneRecord]:
         query = query.limit(limit)
     with store.read() as conn:
         found = conn.execute(query).all()
-    return [PruneRecord(run, *(int(value) for value in rest)) for run, *rest in found]
+    records = []
+    for row in found:
+        begun, ended, cut, streams, deliveries, transitions, alerts, done = (
+            int(n) for n in row[1:]
+        )
+        records.append(
+            PruneRecord(
+                row[0], begun, ended, cut, streams, deliveries, transitions, alerts, done == 1
+            )
+        )
+    return records

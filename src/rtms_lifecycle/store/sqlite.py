@@ -7,24 +7,35 @@ reads use, sets its connections up with :func:`prepare` too.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from rtms_lifecycle.exceptions import DatabaseUnavailable
+from rtms_lifecycle.exceptions import ConfigurationError, DatabaseUnavailable
 
 __all__ = [
+    "LOCK_WAIT_ENV",
     "PRUNING_FUNCTION",
     "SQLITE_BULK_CHECKPOINT_PAGES",
     "SQLITE_BUSY_TIMEOUT_MS",
     "SQLITE_IMMEDIATE",
     "SQLITE_PRAGMAS",
+    "SQLITE_WAIT_SLICE_MS",
     "SQLITE_WRITER_CACHE_KB",
     "SQLITE_WRITER_PRAGMAS",
+    "LockWaitInterrupted",
+    "LockedOut",
     "SqliteFile",
+    "execute_when_unlocked",
+    "is_busy",
+    "lock_wait_s",
+    "lock_waits_interrupted_by",
     "not_pruning",
     "orphaned_log",
     "prepare",
@@ -35,6 +46,12 @@ __all__ = [
 
 #: How long an SQLite write waits for another process's write lock when it has no deadline.
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+#: The environment variable that sets how many seconds a write without a deadline (a command's)
+#: waits for another process's write lock in all (default: the busy timeout's 30 s).
+LOCK_WAIT_ENV: Final = "RTMS_LIFECYCLE_LOCK_WAIT"
+#: The busy timeout of such a write: it waits in slices this long, and Python runs its signal
+#: handlers between two (a Ctrl-C), which it cannot while SQLite's busy handler sleeps.
+SQLITE_WAIT_SLICE_MS: Final = 100
 #: What every SQLite connection of the store runs first (the raw benchmarks use the same). The
 #: busy timeout comes first: switching a new file to WAL waits for the other processes' locks.
 SQLITE_PRAGMAS: Final = (
@@ -91,10 +108,91 @@ def _execute_when_free(cursor: Any, statement: str, deadline: float) -> None:
             cursor.execute(statement)
             return
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+            if not is_busy(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's SQLITE_BUSY: another connection holds a lock."""
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+    )
+
+
+def lock_wait_s() -> float:
+    """Seconds a write without a deadline waits for another process's lock: ``LOCK_WAIT_ENV``,
+    else the busy timeout; :class:`ConfigurationError` if the variable is not a number > 0."""
+    given = os.environ.get(LOCK_WAIT_ENV, "").strip()
+    if not given:
+        return SQLITE_BUSY_TIMEOUT_MS / 1000
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ConfigurationError(f"{LOCK_WAIT_ENV}: {given!r} is not a number of seconds > 0")
+    return seconds
+
+
+class LockedOut(sqlite3.OperationalError):
+    """Another process held the database's lock for all of the wait (:func:`lock_wait_s`)."""
+
+
+class LockWaitInterrupted(KeyboardInterrupt):
+    """A wait for another process's lock, ended by a Ctrl-C (:func:`lock_waits_interrupted_by`)."""
+
+
+# What the main thread's wait for a lock asks between two slices: whether the user asked to
+# stop (a Ctrl-C that a handler noted without raising); see lock_waits_interrupted_by.
+_stop_checks: list[Callable[[], bool]] = []
+
+
+@contextmanager
+def lock_waits_interrupted_by(stop: Callable[[], bool]) -> Iterator[None]:
+    """In the block, a wait for a lock ends with :class:`LockWaitInterrupted` once ``stop()``
+    is true: for a Ctrl-C handler that only notes the Ctrl-C (``ingest`` commits what it read)."""
+    _stop_checks.append(stop)
+    try:
+        yield
+    finally:
+        _stop_checks.remove(stop)
+
+
+def execute_when_unlocked(
+    conn: sqlite3.Connection, statement: str, path: Path | str | None = None
+) -> sqlite3.Cursor:
+    """Run ``statement`` on ``conn``, whose busy timeout is ``SQLITE_WAIT_SLICE_MS``, waiting
+    for another process's lock up to :func:`lock_wait_s` in all, a slice at a time: between
+    two, a Ctrl-C is seen (within about 0.1 s). :class:`LockedOut` once the wait is over.
+
+    Free, the statement runs once, as it would without this (nothing is read or timed)."""
+    try:
+        return conn.execute(statement)
+    except sqlite3.OperationalError as exc:
+        if not is_busy(exc):
+            raise
+    # The first slice has passed; from here on, a wait.
+    begun = time.monotonic() - SQLITE_WAIT_SLICE_MS / 1000
+    bound = lock_wait_s()
+    while True:
+        if any(stop() for stop in _stop_checks):
+            raise LockWaitInterrupted
+        waited = time.monotonic() - begun
+        if waited >= bound:
+            name = f"the database {path}" if path is not None else "the database"
+            took = f"{waited:.0f}" if waited >= 10 else f"{waited:.1f}"
+            raise LockedOut(
+                f"{name} is locked by another process: it held the lock for all of the "
+                f"{took} s this command waited (set {LOCK_WAIT_ENV} to wait longer)"
+            )
+        try:
+            return conn.execute(statement)
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
 
 
 def sqlite_trouble(path: Path) -> str | None:

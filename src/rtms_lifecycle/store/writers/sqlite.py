@@ -32,8 +32,11 @@ from rtms_lifecycle.store.salvage import keep_recovered, put_at, save_copy
 from rtms_lifecycle.store.sqlite import (
     SQLITE_BULK_CHECKPOINT_PAGES,
     SQLITE_BUSY_TIMEOUT_MS,
+    SQLITE_WAIT_SLICE_MS,
     SQLITE_WRITER_PRAGMAS,
+    LockedOut,
     SqliteFile,
+    execute_when_unlocked,
     unavailable,
 )
 from rtms_lifecycle.store.writers.base import (
@@ -239,6 +242,7 @@ class SqliteWriter:
         self, connect: Connector, path: Path | None, dispose_reads: Callable[[], None]
     ) -> None:
         self._connect = connect
+        self._path = path
         # ``dispose_reads`` closes the pooled read connections: they still read a replaced file.
         self._dispose_reads = dispose_reads
         self._held: Held | None = None
@@ -476,7 +480,8 @@ class SqliteWriter:
         # The wait for another process's write lock ends at the deadline: rounded up, so that a
         # wait that gives up has reached it (rounded down, SQLite gave up a moment before, and the
         # failure read as an error of the store instead of a timeout: "database is locked").
-        busy = SQLITE_BUSY_TIMEOUT_MS if deadline is None else math.ceil(remaining(deadline) * 1000)
+        # Without one it waits in slices, in Python (see execute_when_unlocked).
+        busy = SQLITE_WAIT_SLICE_MS if deadline is None else math.ceil(remaining(deadline) * 1000)
         if busy != self._busy_ms:
             conn.execute(f"PRAGMA busy_timeout={max(busy, 1)}")
             self._busy_ms = busy
@@ -566,7 +571,10 @@ class SqliteWriter:
         try:
             self._settle(conn, deadline, durable)
             # The write lock is taken up front: two writers never both read, then both write.
-            conn.execute("BEGIN IMMEDIATE")
+            if deadline is None:
+                execute_when_unlocked(conn, "BEGIN IMMEDIATE", self._path)
+            else:
+                conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
             raised = self._abort(conn, exc, deadline)
             if raised is exc:
@@ -596,6 +604,11 @@ class SqliteWriter:
             busy = False
         if isinstance(exc, RollBack):
             return exc
+        if isinstance(exc, LockedOut):
+            # Waited for the lock as long as a write without a deadline does: not retried.
+            failed = WriteFailed(str(exc), retryable=False)
+            failed.__cause__ = exc
+            return failed
         if not busy:
             # Whatever went wrong, the next transaction starts on a fresh connection.
             self._discard()
