@@ -22,7 +22,9 @@ from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.models import MAX_STOP_CODE, MIN_STOP_CODE
 from rtms_lifecycle.server import create_app
 from rtms_lifecycle.stop_reasons import describe_stop_reason
+from rtms_lifecycle.store import migrate as _migrate
 from rtms_lifecycle.store import queries
+from rtms_lifecycle.store.engine import create_store_engine
 from tests._deliveries import body, raw
 from tests._live import SECRET, serving
 
@@ -150,3 +152,39 @@ def test_any_64_bit_code_is_stored_as_sent(tracker: Tracker, code: int, as_text:
         plain = queries.stop_reason_stats(conn, None, None, False, None, from_rows=True)
     assert ours == plain
     assert code in {s.stop_reason for s in ours}
+
+
+@pytest.mark.postgres
+def test_a_tracker_open_across_the_upgrade_keeps_recording(postgres_url: str) -> None:
+    """Statements a receiver prepared before 0019 changed the column's type are prepared again:
+    its stops after the upgrade are recorded, none answered with an error."""
+    with Tracker(postgres_url) as tracker:
+        _migrate.downgrade_url(postgres_url, _migrate.head_revision(), "0018")
+        at = now_ms() - 10 * MINUTE
+        for i in range(8):
+            tracker.ingest(raw("started", f"before{i}", at + i))
+            tracker.ingest(raw("stopped", f"before{i}", at + 100 + i, stop_reason=6))
+            assert tracker.stream(f"before{i}") is not None
+            tracker.stop_reason_stats()
+            # More than one statement writes (PG_ROWS): in a transaction, through psycopg,
+            # which prepares a statement from its fifth run on.
+            tracker.ingest_batch(
+                [body("started", f"b{i}-{n}", at + n) for n in range(150)]
+            )
+        engine = create_store_engine(postgres_url)
+        try:
+            _migrate.upgrade(engine)
+        finally:
+            engine.dispose()
+        for i in range(8):
+            stop(tracker, f"after{i}", 2**40 + i)
+            stream = tracker.stream(f"after{i}")
+            assert stream is not None
+            assert stream.stop_reason == 2**40 + i
+        assert {s.stop_reason for s in tracker.stop_reason_stats()} >= {6, 2**40}
+        stops = [body("stopped", f"b0-{n}", at + 1000 + n, stop_reason=2**40) for n in range(150)]
+        results = tracker.ingest_batch(stops)
+        assert {r.outcome for r in results} == {Outcome.APPLIED}
+        assert {s.stop_reason for s in tracker.streams() if s.stream_id.startswith("b0-")} == {
+            2**40
+        }
