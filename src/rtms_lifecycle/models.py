@@ -77,10 +77,10 @@ def _integer(value: Any) -> int:
 
 
 def _strict_int(value: Any) -> int:
-    value = _integer(value)
-    if not -(2**31) <= value < 2**31:
-        raise PydanticCustomError("int", "out of range, got {got}", {"got": value})
-    return value
+    number = _integer(value)
+    if not -(2**31) <= number < 2**31:
+        raise PydanticCustomError("int", "out of range, got {got}", {"got": number})
+    return number
 
 
 #: The stop codes a column holds (BIGINT; SQLite's INTEGER): any other is stored as the nearer.

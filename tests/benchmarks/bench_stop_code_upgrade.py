@@ -8,15 +8,20 @@ fill ``stop_reason_rollup`` too), then ``VACUUM ANALYZE``. Timed: the upgrade 00
 50 ms for the whole upgrade: each answer's status and seconds, and, after the upgrade, every
 delivery answered 503 sent again (as Zoom retries) and its stream found stopped.
 
+``--old-src DIR``: the receiver runs the code of another checkout's ``src`` (a version before
+0019, started on the database at 0018), as during a real upgrade, before the roll-over.
+
 Usage::
 
     python -m tests.benchmarks.bench_stop_code_upgrade [--streams 100000] [--runs 3]
+    python -m tests.benchmarks.bench_stop_code_upgrade --old-src ../main/src
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -103,7 +108,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--streams", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--old-src", type=Path)
     args = parser.parse_args()
+    if args.old_src is not None:
+        os.environ["PYTHONPATH"] = str(args.old_src.resolve())
     with running_server(durable=True) as server:
         url = server.url(create_database(server, "rtms_bench_"))
         engine = create_store_engine(url)
@@ -116,8 +124,14 @@ def main() -> None:
                     _migrate.downgrade_url(url, _migrate.head_revision(), "0018")
                 seconds.append(timed_upgrade(engine))
             with tempfile.TemporaryDirectory() as tmp:
-                with receiver_process(url, Path(tmp)) as (base, _):
+                # This version refuses to start on 0018: it starts at head, then the database
+                # is downgraded under it.
+                old = args.old_src is not None
+                if old:
                     _migrate.downgrade_url(url, _migrate.head_revision(), "0018")
+                with receiver_process(url, Path(tmp)) as (base, _):
+                    if not old:
+                        _migrate.downgrade_url(url, _migrate.head_revision(), "0018")
                     upgrade = threading.Thread(target=timed_upgrade, args=(engine,))
                     began = time.perf_counter()
                     upgrade.start()
