@@ -144,6 +144,7 @@ def main() -> None:
                             client.post("/webhook", content=a["body"], headers=signed(a["body"]))
                             for a in refused
                         ]
+                        health = client.get("/healthz").status_code
                 log = (Path(tmp) / "server.log").read_text(errors="replace")
             with Tracker(engine) as tracker:
                 lost = [
@@ -166,6 +167,7 @@ def main() -> None:
         "slowest_answer_seconds": round(max(a["seconds"] for a in answers), 2),
         "answered_503": len(refused),
         "retried_then": sorted({r.status_code for r in retried}),
+        "healthz_after": health,
         "streams_not_stopped_after": len(lost),
         "store_busy_log_lines": log.count("store busy"),
         "other_log_lines": sorted(
