@@ -168,9 +168,7 @@ def test_a_tracker_open_across_the_upgrade_keeps_recording(postgres_url: str) ->
             tracker.stop_reason_stats()
             # More than one statement writes (PG_ROWS): in a transaction, through psycopg,
             # which prepares a statement from its fifth run on.
-            tracker.ingest_batch(
-                [body("started", f"b{i}-{n}", at + n) for n in range(150)]
-            )
+            tracker.ingest_batch([body("started", f"b{i}-{n}", at + n) for n in range(150)])
         engine = create_store_engine(postgres_url)
         try:
             _migrate.upgrade(engine)
