@@ -186,3 +186,22 @@ def test_a_tracker_open_across_the_upgrade_keeps_recording(postgres_url: str) ->
         assert {s.stop_reason for s in tracker.streams() if s.stream_id.startswith("b0-")} == {
             2**40
         }
+
+
+@pytest.mark.postgres
+def test_a_downgrade_below_0019_is_refused_while_a_wide_code_is_stored(
+    postgres_url: str,
+) -> None:
+    """The 32-bit column of 0018 cannot hold the code: the downgrade says which stream holds
+    one, and changes nothing."""
+    with Tracker(postgres_url) as tracker:
+        stop(tracker, "wide", 2**31)
+    result = CliRunner().invoke(cli, ["--db", postgres_url, "db", "downgrade", "0018", "--yes"])
+    assert result.exit_code != 0
+    assert "streams.stop_reason: stream wide holds stop code 2147483648" in result.output
+    assert "Traceback" not in result.output
+    engine = create_store_engine(postgres_url)
+    try:
+        assert _migrate.current_revision(engine) == _migrate.head_revision()
+    finally:
+        engine.dispose()

@@ -64,7 +64,22 @@ def upgrade() -> None:
     _retype("bigint")
 
 
+# A code beyond 32 bits has no place in the older column: the downgrade is refused, naming a
+# stream that holds one, rather than store another code (the rollup holds no code streams lack).
+_WIDE_CODE: Final = """DO $$
+DECLARE held record;
+BEGIN
+    SELECT stream_id, stop_reason INTO held FROM streams
+    WHERE stop_reason NOT BETWEEN -2147483648 AND 2147483647 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'streams.stop_reason: stream % holds stop code %, beyond the 32 bits'
+            ' (-2147483648..2147483647) revision 0018 stores: nothing downgraded',
+            held.stream_id, held.stop_reason;
+    END IF;
+END $$"""
+
+
 def downgrade() -> None:
-    # A code beyond 32 bits has no place in the older column: the downgrade fails on it
-    # ("integer out of range") rather than store another code.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(_WIDE_CODE)
     _retype("integer")
