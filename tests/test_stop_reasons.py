@@ -38,7 +38,7 @@ SPEC_TABLE = {
 }
 # docs/stop-reasons.md: Zoom's failover guide restarts the whole RTMS connection for these.
 RESTART_CONNECTION = {*range(10, 20), 24}
-UNKNOWN_CODES = [-1, 27, 99, 1000, 2**31 - 1, -(2**31)]
+UNKNOWN_CODES = [-1, 27, 99, 1000, 2**31 - 1, -(2**31), 2**31, 2**63 - 1, -(2**63)]
 
 
 @pytest.mark.parametrize(("code", "name", "category"), [(c, *row) for c, row in SPEC_TABLE.items()])

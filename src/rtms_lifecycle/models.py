@@ -6,6 +6,7 @@ what importing pydantic costs, so only a process that parses a delivery imports 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -32,6 +33,8 @@ from rtms_lifecycle.events import (
     UrlValidation,
 )
 from rtms_lifecycle.exceptions import DeliveryRejected, FieldError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "STREAM_MODELS",
@@ -67,12 +70,22 @@ def _event_ts(value: Any) -> int:
     return value
 
 
-def _strict_int(value: Any) -> int:
+def _integer(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PydanticCustomError("int", "must be an integer, got {got}", {"got": _show(value)})
-    if not -(2**31) <= value < 2**31:
-        raise PydanticCustomError("int", "out of range, got {got}", {"got": value})
     return value
+
+
+def _strict_int(value: Any) -> int:
+    number = _integer(value)
+    if not -(2**31) <= number < 2**31:
+        raise PydanticCustomError("int", "out of range, got {got}", {"got": number})
+    return number
+
+
+#: The stop codes a column holds (BIGINT; SQLite's INTEGER): any other is stored as the nearer.
+MIN_STOP_CODE: Final = -(2**63)
+MAX_STOP_CODE: Final = 2**63 - 1
 
 
 def _stop_reason(value: Any) -> int | None:
@@ -80,13 +93,30 @@ def _stop_reason(value: Any) -> int | None:
     # one is still a stop (losing it would leave the stream live forever).
     if value is None:
         return None
+    code = value
     if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
-        value = int(value)
-    return _strict_int(value)
+        # More than 19 digits is beyond 64 bits: its sign is all that matters, unread.
+        beyond = len(value.lstrip("-").lstrip("0")) > 19
+        code = (-1 if value.startswith("-") else 1) * 2**64 if beyond else int(value)
+    code = _integer(code)
+    if MIN_STOP_CODE <= code <= MAX_STOP_CODE:
+        return code
+    # No column holds it, and refusing it would lose the stop (the stream would stay live):
+    # the stop is applied with the nearer 64-bit bound; the stored body keeps the code as sent.
+    stored = MAX_STOP_CODE if code > 0 else MIN_STOP_CODE
+    log.warning(
+        "payload.stop_reason: %s is outside the 64-bit range %d..%d; the stop is applied with"
+        " stop_reason %d (the stored body keeps the code as sent)",
+        _show(value),
+        MIN_STOP_CODE,
+        MAX_STOP_CODE,
+        stored,
+    )
+    return stored
 
 
-# An integer written as text ("6"); at most 20 digits, so int() never works hard on it.
-_INTEGER_TEXT: Final = re.compile(r"-?[0-9]{1,20}")
+# An integer written as text ("6"); a longer one than 64 bits holds is not read digit by digit.
+_INTEGER_TEXT: Final = re.compile(r"-?[0-9]+")
 
 
 def _scope_id(value: Any) -> str | None:

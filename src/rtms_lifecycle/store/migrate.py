@@ -77,6 +77,8 @@ DOWNGRADE_DROPS: Final[dict[str, str]] = {
     "0016": "nothing stored (a PostgreSQL function)",
     "0017": "nothing stored (PostgreSQL functions)",
     "0018": "nothing stored; the database no longer refuses transitions without a chain hash",
+    "0019": "nothing stored; PostgreSQL's stop codes are 32-bit again (refused, nothing "
+    "downgraded, while a stream holds a code beyond 32 bits)",
 }
 
 

@@ -40,6 +40,8 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for ids that grow.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
+# A stop code is any 64-bit integer (migration 0019); SQLite's INTEGER already holds 64 bits.
+_StopCode = BigInteger().with_variant(Integer(), "sqlite")
 _ID_LENGTH: Final = MAX_ID_LENGTH
 _CONSUMER_LENGTH: Final = 200
 
@@ -80,7 +82,7 @@ streams = Table(
     Column("first_event_at", BigInteger),
     Column("started_at", BigInteger),
     Column("stopped_at", BigInteger),
-    Column("stop_reason", Integer),
+    Column("stop_reason", _StopCode),
     Column("last_event_at", BigInteger),
     Column("interruptions", Integer, nullable=False),
     Column("resumes", Integer, nullable=False),
@@ -137,7 +139,7 @@ stop_reason_rollup = Table(
     Column("day", BigInteger, primary_key=True),
     Column("scope", String(32), primary_key=True),
     Column("kind", SmallInteger, primary_key=True),
-    Column("stop_reason", Integer, primary_key=True),
+    Column("stop_reason", _StopCode, primary_key=True),
     Column("bucket", SmallInteger, primary_key=True),
     Column("count", BigInteger, nullable=False),
     sqlite_with_rowid=False,

@@ -58,6 +58,10 @@ _RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01", "23505"})
 _TIMEOUT_SQLSTATES: Final = frozenset({"57014", "55P03"})
 # Invalid SQL statement name: a named prepared statement that no longer exists.
 _GONE_SQLSTATES: Final = frozenset({b"26000"})
+# Feature not supported, as "cached plan must not change result type": a column the statement
+# returns changed type since it was prepared (a migration's ALTER ... TYPE, 0019's say). The
+# statement is prepared again; a 0A000 for another reason fails the second time too.
+_RETYPED_SQLSTATE: Final = b"0A000"
 _PG_PROBE: Final = tuple(statement.replace("%s", "''::bytea") for statement in PROBE)
 
 
@@ -250,11 +254,15 @@ class _Libpq:
         # None is NULL (psycopg's own type hints leave it out).
         result = pgconn.exec_prepared(name, values, formats)  # type: ignore[arg-type]
         if result.status != pq.ExecStatus.TUPLES_OK and result.status != pq.ExecStatus.COMMAND_OK:
-            if result.error_field(pq.DiagnosticField.SQLSTATE) not in _GONE_SQLSTATES:
+            sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
+            if sqlstate == _RETYPED_SQLSTATE:
+                pgconn.exec_(b"DEALLOCATE " + name)
+            elif sqlstate not in _GONE_SQLSTATES:
                 raise errors.error_from_result(result)
-            # The statement is gone: psycopg sends DEALLOCATE ALL on a rollback once it has
-            # prepared statements of its own (so does DISCARD ALL, a pooler's reset). In
-            # autocommit the failed execution changed nothing: prepare again, run once more.
+            # The statement is gone (psycopg sends DEALLOCATE ALL on a rollback once it has
+            # prepared statements of its own, and so does DISCARD ALL, a pooler's reset) or was
+            # deallocated above. In autocommit the failed execution changed nothing: prepare
+            # again, run once more.
             self._prepared.discard(name)
             self._prepare(name, sql)
             result = pgconn.exec_prepared(name, values, formats)  # type: ignore[arg-type]
