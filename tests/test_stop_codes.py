@@ -1,6 +1,6 @@
 """Any 64-bit stop code is stored and reported as ``UNKNOWN_<code>`` on SQLite and PostgreSQL;
 a code beyond 64 bits still applies its stop, with the nearer bound
-(docs/decisions/new-stop-codes-64-bit.md)."""
+(docs/decisions/0148-stop-codes-64-bit.md)."""
 
 from __future__ import annotations
 
