@@ -282,6 +282,22 @@ async def test_ingest_many_reads_a_sync_iterable_off_the_event_loop(
     assert summary["applied"] == 2
 
 
+async def test_ingest_many_counts_what_it_committed_before_failing(
+    atracker: AsyncTracker,
+) -> None:
+    """``committed`` holds the batches recorded before a body that cannot be read stops it."""
+
+    def arrive() -> Iterator[object]:
+        yield from (body("started", f"s{n}", T0 + n) for n in range(4))
+        yield 42  # not a body: TypeError, after the batches before it
+
+    committed: Counter[Outcome] = Counter()
+    with pytest.raises(TypeError):
+        await atracker.ingest_many(arrive(), batch_size=2, committed=committed)  # type: ignore[arg-type]
+    assert committed == Counter({Outcome.APPLIED: 4})
+    assert len(await atracker.streams()) == 4
+
+
 async def test_ingest_many_rejects_a_batch_size_below_one(atracker: AsyncTracker) -> None:
     """batch_size=0 is a ValueError before anything is read."""
     with pytest.raises(ValueError, match="batch_size"):

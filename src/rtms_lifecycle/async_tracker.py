@@ -377,15 +377,16 @@ class AsyncTracker:
         bodies: Iterable[Body] | AsyncIterable[Body],
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        committed: Counter[Outcome] | None = None,
     ) -> IngestSummary:
         """Awaitable :meth:`Tracker.ingest_many`, from a sync or an async iterable.
 
         A sync iterable is read in the worker thread (a file or a generator may block); an async
         one on the event loop. Each batch is parsed and committed in a worker thread, and its
-        callbacks run before the next batch is read.
+        callbacks run before the next batch is read. ``committed``: as for the Tracker's.
         """
         check_batch_size(batch_size)
-        counts: Counter[Outcome] = Counter()
+        counts: Counter[Outcome] = Counter() if committed is None else committed
         if isinstance(bodies, AsyncIterable):
             batch: list[Body] = []
             async for body in bodies:
