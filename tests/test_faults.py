@@ -30,6 +30,7 @@ from rtms_lifecycle.clock import now_ms
 from rtms_lifecycle.defaults import API_TOKEN_ENV
 from rtms_lifecycle.store import retention as store_retention
 from rtms_lifecycle.store.core import Store
+from rtms_lifecycle.store.engine import closed_by_server
 from rtms_lifecycle.store.errors import HEALTH_REASONS
 from tests import _deliveries
 from tests._live import app_clients, clean_environment, serving_process, signed
@@ -914,3 +915,22 @@ def test_a_prune_whose_file_is_deleted_and_restored_midway_fails(tmp_path: Path)
         assert lite.execute("SELECT count(*) FROM streams").fetchone() == (250,)
         assert lite.execute("SELECT count(*) FROM prunes").fetchone() == (1,)
     lite.close()
+
+
+def test_a_connection_on_a_descriptor_past_1024_is_not_taken_for_closed(
+    postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    """A busy receiver holds more than 1,024 descriptors: the look at a pooled connection's
+    socket must work there too (select() refuses them, and every checkout would reconnect)."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with psycopg.connect(postgres_url.replace("+psycopg", ""), autocommit=True) as conn:
+            assert conn.pgconn.socket > 1024
+            assert not closed_by_server(conn)
+            with psycopg.connect(postgres_server.conninfo(), autocommit=True) as admin:
+                pid = conn.info.backend_pid
+                admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+            assert closed_by_server(conn)
+    finally:
+        for fd in held:
+            os.close(fd)

@@ -124,10 +124,13 @@ def closed_by_server(conn: Any) -> bool:
     try:
         if conn.closed or conn.broken:
             return True
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        # poll, not select: select refuses descriptors past 1024, which a busy receiver has.
+        look = select.poll()
+        look.register(conn.pgconn.socket, select.POLLIN)
+        ready = look.poll(0)
     except Exception:  # a closed descriptor, psycopg's OperationalError: ended all the same
         return True
-    return bool(readable)
+    return bool(ready)
 
 
 def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
