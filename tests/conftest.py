@@ -16,6 +16,7 @@ waits (for servers, subprocesses, timeouts), so the workers outnumber the cores.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +28,13 @@ from tests._postgres import PostgresServer, PostgresUnavailable, create_database
 
 if TYPE_CHECKING:
     from rtms_lifecycle import Tracker
+
+# A suite started in the background by a non-interactive shell (`pytest ... &`) inherits SIGINT
+# ignored, and so would every command it starts: Python then installs no Ctrl-C handler in
+# them, and the tests that send one a Ctrl-C would see it ignored. Handled here, SIGINT is back
+# to its default in every process started from the suite.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _in_ci() -> bool:

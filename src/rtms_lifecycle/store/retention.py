@@ -27,6 +27,7 @@ from rtms_lifecycle.store.errors import first_line
 from rtms_lifecycle.store.predicates import STREAM_DELIVERY_PREDICATES
 from rtms_lifecycle.store.revocations import FORGET_EXPIRED
 from rtms_lifecycle.store.sqlite import (
+    PRUNING,
     PRUNING_FUNCTION,
     SQLITE_BUSY_TIMEOUT_MS,
     SQLITE_WAIT_SLICE_MS,
@@ -130,7 +131,7 @@ class _Pruner:
             with self.store.guarded(opened=self.opened) if write else _nothing():
                 if write:
                     # Only this connection's deletes pass the guard, and only until the commit.
-                    conn.create_function(PRUNING_FUNCTION, 0, _pruning)
+                    conn.create_function(PRUNING_FUNCTION, 0, PRUNING)
                 if write:
                     execute_when_unlocked(conn, "BEGIN IMMEDIATE", self.store.sqlite_path)
                 else:
@@ -332,10 +333,6 @@ class _Pruner:
         while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
             if time.monotonic() >= until:
                 break  # the log is copied later, by the next checkpoint of any connection
-
-
-def _pruning() -> int:
-    return 1
 
 
 @contextmanager

@@ -7,6 +7,7 @@ reads use, sets its connections up with :func:`prepare` too.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sqlite3
@@ -21,6 +22,7 @@ from rtms_lifecycle.exceptions import ConfigurationError, DatabaseUnavailable
 
 __all__ = [
     "LOCK_WAIT_ENV",
+    "PRUNING",
     "PRUNING_FUNCTION",
     "SQLITE_BULK_CHECKPOINT_PAGES",
     "SQLITE_BUSY_TIMEOUT_MS",
@@ -78,9 +80,13 @@ PRUNING_FUNCTION: Final = "rtms_lifecycle_pruning"
 SQLITE_IMMEDIATE: Final = "rtms_lifecycle_immediate"
 
 
-def not_pruning() -> int:
-    """What ``rtms_lifecycle_pruning()`` says on a connection that is not pruning."""
-    return 0
+#: What ``rtms_lifecycle_pruning()`` says on a connection that is not pruning: 0. A builtin,
+#: not a Python function: SQLite calls it inside a DELETE, and a Ctrl-C that came meanwhile,
+#: raised in a function of ours, failed the statement as "user-defined function raised
+#: exception" instead of interrupting the command; a builtin runs no bytecode to raise it in.
+not_pruning: Final[Callable[[], int]] = int
+#: The same on a prune's own connection: 1.
+PRUNING: Final[Callable[[], int]] = functools.partial(int, 1)
 
 
 def prepare(connection: Any) -> None:
