@@ -298,12 +298,17 @@ def test_postgres_the_receivers_role_records_but_cannot_delete_history(
 def test_postgres_db_grant_refuses_the_owner_whose_prunes_it_would_stop(
     two_roles: tuple[str, str],
 ) -> None:
-    """The one-role setup: `db grant OWNER` would revoke the prune's function from the owner."""
+    """The one-role setup: `db grant OWNER` would revoke the prune's function from the owner;
+    `db grant public` would let every role of the server write the history."""
     owner_url, _ = two_roles
     owner = make_url(owner_url).username
     refused = invoke(owner_url, "db", "grant", str(owner))
     assert refused.exit_code == 1, refused.output
     assert f"db grant: {owner} owns the database's objects and needs no grant" in refused.output
+    for everyone in ("public", "PUBLIC"):
+        refused = invoke(owner_url, "db", "grant", everyone)
+        assert refused.exit_code == 1, refused.output
+        assert "db grant: PUBLIC is every role of the database server" in refused.output
     with Tracker(owner_url) as tracker:
         history(tracker)
         newest(tracker)

@@ -1,6 +1,6 @@
 """Stop codes are 64-bit: ``streams.stop_reason`` and ``stop_reason_rollup.stop_reason`` become
 ``BIGINT`` on PostgreSQL, so a code Zoom's enum does not list is stored whatever its size
-(docs/decisions/new-stop-codes-64-bit.md).
+(docs/decisions/0148-stop-codes-64-bit.md).
 
 - PostgreSQL: ``ALTER COLUMN ... TYPE bigint`` rewrites both tables and their indexes under an
   exclusive lock (100,000 streams: docs/operations.md, "Upgrading"). PostgreSQL refuses it while

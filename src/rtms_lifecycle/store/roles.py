@@ -52,6 +52,12 @@ def grant_receiver(engine: Engine, role: str) -> list[str]:
     returns the statements run. :class:`ConfigurationError` on SQLite, which has no roles."""
     if engine.dialect.name != "postgresql":
         raise ConfigurationError("db grant: only PostgreSQL has roles (SQLite has none)")
+    if role.lower() == "public":
+        # PUBLIC is every role of the cluster: each could then write the history.
+        raise ConfigurationError(
+            "db grant: PUBLIC is every role of the database server; name the receiver's own "
+            "role (docs/deploying-postgres.md)"
+        )
     quote = engine.dialect.identifier_preparer.quote
     with translated(None), engine.begin() as conn:
         owner = conn.execute(
